@@ -1,0 +1,205 @@
+//! What a test's machines are: the node specs a scenario declares, and the driver configuration
+//! JSON that `nix/` writes for NixOS-built machines (`vmcheck run --config FILE`).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// The default test subnet (RFC 5737 TEST-NET-1): never routed, never the host's.
+pub const TEST_SUBNET_PREFIX: [u8; 3] = [192, 0, 2];
+pub const TEST_SUBNET_LEN: u8 = 24;
+
+/// What a machine is for; it picks the default image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Runs nvmet and `vmcheck-target`.
+    Target,
+    /// Runs nvme-cli and fio.
+    Initiator,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Target => "target",
+            Role::Initiator => "initiator",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An emulated NVMe disk (its own controller), backed by a raw file in the run directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskSpec {
+    /// QEMU device id; also the handle for hot-remove.
+    pub id: String,
+    pub size_mib: u64,
+    /// The controller serial the guest sees.
+    pub serial: String,
+    /// virtio-blk instead of NVMe (the guest sees /dev/vdX).
+    #[serde(default)]
+    pub virtio: bool,
+}
+
+impl DiskSpec {
+    pub fn nvme(id: &str, size_mib: u64) -> Self {
+        DiskSpec { id: id.to_string(), size_mib, serial: format!("vmcheck-{id}"), virtio: false }
+    }
+    pub fn virtio(id: &str, size_mib: u64) -> Self {
+        DiskSpec { virtio: true, ..Self::nvme(id, size_mib) }
+    }
+}
+
+/// A machine of a test, as a scenario declares it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeSpec {
+    pub name: String,
+    pub role: Role,
+    pub memory_mib: u64,
+    pub cpus: u32,
+    /// Address on the test network (vlan 1).
+    pub address: Ipv4Addr,
+    /// Test networks this machine is on.
+    pub vlans: Vec<u32>,
+    pub disks: Vec<DiskSpec>,
+    /// NixOS start script (`run-<name>-vm`); `None` boots the default image of `role`.
+    #[serde(default)]
+    pub start_script: Option<PathBuf>,
+}
+
+impl NodeSpec {
+    /// A node with the defaults: 1 CPU, 512 MiB (the initiator with fio gets more), vlan 1.
+    pub fn new(name: &str, role: Role, host: u8) -> Self {
+        let [a, b, c] = TEST_SUBNET_PREFIX;
+        NodeSpec {
+            name: name.to_string(),
+            role,
+            memory_mib: 512,
+            cpus: 1,
+            address: Ipv4Addr::new(a, b, c, host),
+            vlans: vec![1],
+            disks: Vec::new(),
+            start_script: None,
+        }
+    }
+    pub fn with_disk(mut self, disk: DiskSpec) -> Self {
+        self.disks.push(disk);
+        self
+    }
+    pub fn with_memory(mut self, mib: u64) -> Self {
+        self.memory_mib = mib;
+        self
+    }
+}
+
+/// Machine names become file names, QEMU ids and REPL words: keep them plain.
+pub fn validate_machine_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if !ok {
+        bail!("machine name {name:?} must start with a letter and hold only letters, digits, '-' and '_' (at most 32)");
+    }
+    Ok(())
+}
+
+/// The driver configuration `nix/` writes (`vmcheck run --config FILE`, and the `.driver` script).
+///
+/// Shape: `{"name": "...", "scenario": "...", "global_timeout": 3600,
+/// "machines": {"target": {"start_script": "/nix/store/.../bin/run-target-vm"}, ...}}`.
+/// Machines named here replace the default image of the scenario's node of the same name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriverConfig {
+    /// The test's name (the Nix check's name); used for logs and JUnit.
+    pub name: String,
+    /// The registered scenario to run.
+    pub scenario: String,
+    /// Seconds the whole test may take.
+    #[serde(default = "default_global_timeout")]
+    pub global_timeout: u64,
+    pub machines: BTreeMap<String, MachineConfig>,
+}
+
+fn default_global_timeout() -> u64 {
+    3600
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    /// NixOS `system.build.vm`'s `bin/run-<name>-vm`.
+    pub start_script: PathBuf,
+    /// The machine's address on the test network, when it differs from the scenario's.
+    #[serde(default)]
+    pub address: Option<Ipv4Addr>,
+}
+
+impl DriverConfig {
+    pub fn from_json(text: &str) -> Result<Self> {
+        let config: DriverConfig = serde_json::from_str(text).context("driver configuration is not valid")?;
+        if config.global_timeout == 0 {
+            bail!("driver configuration: global_timeout must be above 0 seconds");
+        }
+        for name in config.machines.keys() {
+            validate_machine_name(name).context("driver configuration")?;
+        }
+        Ok(config)
+    }
+
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading driver configuration {}", path.display()))?;
+        Self::from_json(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// Puts the configured start scripts and addresses onto the scenario's nodes; a configured
+    /// machine the scenario does not have is an error, not silently ignored.
+    pub fn apply(&self, nodes: &mut [NodeSpec]) -> Result<()> {
+        for (name, machine) in &self.machines {
+            let Some(node) = nodes.iter_mut().find(|n| &n.name == name) else {
+                let known: Vec<_> = nodes.iter().map(|n| n.name.as_str()).collect();
+                bail!("driver configuration names machine {name:?}, but scenario {} has only {known:?}", self.scenario);
+            };
+            node.start_script = Some(machine.start_script.clone());
+            if let Some(address) = machine.address {
+                node.address = address;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_applies_driver_config() {
+        let json = r#"{"name":"fio_nvme_basic","scenario":"fio_nvme_basic","global_timeout":900,
+            "machines":{"target":{"start_script":"/nix/store/x-target/bin/run-target-vm"}}}"#;
+        let config = DriverConfig::from_json(json).unwrap();
+        let mut nodes = vec![NodeSpec::new("target", Role::Target, 1), NodeSpec::new("initiator", Role::Initiator, 2)];
+        config.apply(&mut nodes).unwrap();
+        assert_eq!(nodes[0].start_script.as_deref(), Some(std::path::Path::new("/nix/store/x-target/bin/run-target-vm")));
+        assert_eq!(nodes[1].start_script, None);
+    }
+
+    #[test]
+    fn rejects_unknown_machine_and_fields() {
+        let config = DriverConfig::from_json(r#"{"name":"t","scenario":"s","machines":{"ghost":{"start_script":"/x"}}}"#).unwrap();
+        let err = config.apply(&mut [NodeSpec::new("target", Role::Target, 1)]).unwrap_err();
+        assert!(err.to_string().contains("ghost"), "{err}");
+        assert!(DriverConfig::from_json(r#"{"name":"t","scenario":"s","machines":{},"bogus":1}"#).is_err());
+        assert!(DriverConfig::from_json(r#"{"name":"t","scenario":"s","machines":{"9bad":{"start_script":"/x"}}}"#).is_err());
+    }
+}

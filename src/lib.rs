@@ -1,0 +1,25 @@
+//! vmcheck: VM-level integration tests for storage systems.
+//!
+//! The pieces follow DESIGN.md: [`qemu`] (process, command line, console), [`qmp`], [`qga`],
+//! [`network`], [`machine`] (the API a scenario calls), [`driver`], [`images`], [`target`]
+//! (the in-guest storage daemon and its client), [`tools`] (typed fio and nvme-cli),
+//! [`scenarios`], [`repl`].
+
+pub mod accel;
+pub mod config;
+pub mod driver;
+pub mod images;
+pub mod log;
+pub mod machine;
+pub mod network;
+pub mod process;
+pub mod qapi_stream;
+pub mod qemu;
+pub mod qga;
+pub mod qmp;
+pub mod scenarios;
+pub mod target;
+pub mod timeouts;
+pub mod tools;
+
+pub use machine::Machine;

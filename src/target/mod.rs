@@ -1,0 +1,6 @@
+//! The storage target: gRPC (`proto/`) over Linux nvmet through configfs.
+
+/// Generated gRPC types and stubs for `vmcheck.target.v1`.
+pub mod proto {
+    tonic::include_proto!("vmcheck.target.v1");
+}
