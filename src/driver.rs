@@ -1,1 +1,250 @@
-//! TODO
+//! The driver: a run's machines, its run directory, `start_all`, subtests with timings, the
+//! global timeout, logs and JUnit.
+//!
+//! Each run lives in its own temporary directory (`$TMPDIR/vmcheck-run-<pid>-XXXX`): sockets,
+//! disks, console logs. It is removed at the end unless `keep_state` is set; directories of runs
+//! whose driver was killed (`kill -9` leaves no chance to clean) are removed by the next run.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::accel::{self, Accel};
+use crate::config::{NodeSpec, Role};
+use crate::images::{Image, Images};
+use crate::log;
+use crate::machine::{Machine, MachineEnv};
+use crate::network::Switch;
+use crate::qemu::Boot;
+
+/// Kernel parameters of the default images: serial console, quiet boot (serial output is slow
+/// under TCG; the guest raises the console log level once it is up), reboot on panic.
+pub const DEFAULT_KERNEL_PARAMS: &str = "console=ttyS0,115200 quiet panic=1 mitigations=off random.trust_cpu=on no_timer_check tsc=reliable 8250.nr_uarts=1";
+
+/// How a run is set up.
+#[derive(Debug, Clone)]
+pub struct DriverOptions {
+    /// Keep the run directory (disks, sockets, logs) after the run.
+    pub keep_state: bool,
+    /// Keep console logs, command lines and the transcript here.
+    pub out_dir: Option<PathBuf>,
+    /// The QEMU binary; found on PATH when unset.
+    pub qemu: Option<PathBuf>,
+    pub images: Option<Images>,
+}
+
+impl Default for DriverOptions {
+    fn default() -> Self {
+        DriverOptions { keep_state: false, out_dir: None, qemu: None, images: None }
+    }
+}
+
+/// One subtest's outcome.
+#[derive(Debug, Clone)]
+pub struct SubtestResult {
+    pub name: String,
+    pub duration: Duration,
+    pub error: Option<String>,
+}
+
+/// A run: its machines and everything they share.
+pub struct Driver {
+    machines: Vec<Machine>,
+    env: Arc<MachineEnv>,
+    /// Removed when the driver is dropped, unless kept.
+    _run_dir: Option<tempfile::TempDir>,
+    subtests: Mutex<Vec<SubtestResult>>,
+    started: Instant,
+    pub accel: Accel,
+}
+
+impl Driver {
+    /// Builds (or finds) the images, probes the accelerator, creates the run directory, the
+    /// switches and the machines. Nothing is started.
+    pub async fn new(nodes: Vec<NodeSpec>, options: DriverOptions) -> Result<Driver> {
+        if nodes.is_empty() {
+            bail!("a test needs at least one machine");
+        }
+        let mut names = std::collections::HashSet::new();
+        for n in &nodes {
+            crate::config::validate_machine_name(&n.name)?;
+            if !names.insert(n.name.clone()) {
+                bail!("two machines are named {}", n.name);
+            }
+        }
+        let qemu = match &options.qemu {
+            Some(q) => q.clone(),
+            None => which::which("qemu-system-x86_64").map_err(|_| anyhow!("qemu-system-x86_64 is not on PATH; install it with: apt-get install -y qemu-system-x86"))?,
+        };
+        let images = match &options.images {
+            Some(i) => i.clone(),
+            None => Images::from_env()?,
+        };
+        let mut role_images: HashMap<Role, Image> = HashMap::new();
+        for role in nodes.iter().filter(|n| n.start_script.is_none()).map(|n| n.role) {
+            if !role_images.contains_key(&role) {
+                let images = images.clone();
+                let image = tokio::task::spawn_blocking(move || images.ensure(role)).await??;
+                role_images.insert(role, image);
+            }
+        }
+        let probe_kernel = role_images.values().next().map(|i| i.kernel.clone());
+        let accel = accel::choose(&qemu, probe_kernel.as_deref(), Some(&images.cache_dir)).await?;
+        remove_stale_run_dirs();
+        let run_dir = tempfile::Builder::new().prefix(&format!("vmcheck-run-{}-", std::process::id())).tempdir().context("creating the run directory")?;
+        let path = run_dir.path().to_path_buf();
+        log::line(&format!("run directory: {} (accelerator: {})", path.display(), accel.name()));
+        std::fs::create_dir_all(path.join("net"))?;
+        let log_dir = match &options.out_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+                d.clone()
+            }
+            None => path.join("logs"),
+        };
+        std::fs::create_dir_all(&log_dir)?;
+        let mut switches = HashMap::new();
+        for vlan in nodes.iter().flat_map(|n| n.vlans.iter().copied()) {
+            if let std::collections::hash_map::Entry::Vacant(e) = switches.entry(vlan) {
+                e.insert(Arc::new(Switch::start(vlan, &path.join("net"))?));
+            }
+        }
+        let env = Arc::new(MachineEnv { run_dir: path, qemu, accel, switches, log_dir });
+        let mut machines = Vec::new();
+        for node in nodes {
+            let boot = match &node.start_script {
+                Some(script) => Boot::StartScript { path: script.clone(), kernel_params: String::new() },
+                None => {
+                    let image = &role_images[&node.role];
+                    Boot::Kernel { kernel: image.kernel.clone(), initrd: image.initrd.clone(), append: DEFAULT_KERNEL_PARAMS.to_string() }
+                }
+            };
+            machines.push(Machine::new(node, boot, env.clone())?);
+        }
+        let run_dir = if options.keep_state {
+            let kept = run_dir.keep();
+            log::line(&format!("keeping the run directory {}", kept.display()));
+            None
+        } else {
+            Some(run_dir)
+        };
+        Ok(Driver { machines, env, _run_dir: run_dir, subtests: Mutex::new(Vec::new()), started: Instant::now(), accel })
+    }
+
+    pub fn machines(&self) -> &[Machine] {
+        &self.machines
+    }
+
+    /// The machine named `name`.
+    pub fn machine(&self, name: &str) -> Result<Machine> {
+        self.machines.iter().find(|m| m.name() == name).cloned().ok_or_else(|| {
+            let known: Vec<_> = self.machines.iter().map(Machine::name).collect();
+            anyhow!("no machine named {name:?}; this test has {known:?}")
+        })
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        &self.env.run_dir
+    }
+
+    /// The switch of `vlan`.
+    pub fn switch(&self, vlan: u32) -> Option<Arc<Switch>> {
+        self.env.switches.get(&vlan).cloned()
+    }
+
+    /// Starts every machine and waits until every agent answers (in parallel).
+    pub async fn start_all(&self) -> Result<()> {
+        log::nested("start all VMs", async {
+            for m in &self.machines {
+                m.start().await?;
+            }
+            let waits = self.machines.iter().map(|m| m.wait_for_agent());
+            for r in futures::future::join_all(waits).await {
+                r?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Runs one subtest: logs its name and time, records its outcome for the summary and JUnit.
+    pub async fn subtest<T>(&self, name: &str, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let started = Instant::now();
+        let result = log::nested(&format!("subtest: {name}"), f).await;
+        let error = result.as_ref().err().map(|e| format!("{e:#}"));
+        self.subtests.lock().unwrap().push(SubtestResult { name: name.to_string(), duration: started.elapsed(), error });
+        result.with_context(|| format!("subtest {name:?} failed"))
+    }
+
+    pub fn subtest_results(&self) -> Vec<SubtestResult> {
+        self.subtests.lock().unwrap().clone()
+    }
+
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Stops every machine at once (no clean shutdown: the test is over).
+    pub async fn kill_all(&self) {
+        for m in &self.machines {
+            m.kill().await;
+        }
+    }
+
+    /// The subtest table printed at the end of a run.
+    pub fn summary(&self, test: &str) -> String {
+        let results = self.subtest_results();
+        let width = results.iter().map(|r| r.name.len()).max().unwrap_or(0).max(20);
+        let mut s = format!("{test}: subtests\n");
+        for r in &results {
+            let verdict = if r.error.is_none() { "ok" } else { "FAILED" };
+            s += &format!("  {:<width$}  {:>8.2} s  {verdict}\n", r.name, r.duration.as_secs_f64());
+        }
+        s += &format!("  {:<width$}  {:>8.2} s\n", "total", self.elapsed().as_secs_f64());
+        s
+    }
+}
+
+/// Removes `vmcheck-run-<pid>-*` directories of drivers that no longer run.
+fn remove_stale_run_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("vmcheck-run-") else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid != std::process::id() && !crate::process::is_alive(pid) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Writes JUnit XML: one test suite per test, one test case per subtest.
+pub fn write_junit(path: &Path, tests: &[(String, Vec<SubtestResult>)]) -> Result<()> {
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    let mut report = Report::new("vmcheck");
+    for (test, results) in tests {
+        let mut suite = TestSuite::new(test.as_str());
+        for r in results {
+            let status = match &r.error {
+                None => TestCaseStatus::success(),
+                Some(e) => {
+                    let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                    s.set_message(e.lines().next().unwrap_or("failed"));
+                    s.set_description(e.as_str());
+                    s
+                }
+            };
+            let mut case = TestCase::new(r.name.as_str(), status);
+            case.set_classname(test.as_str());
+            case.set_time(r.duration);
+            suite.add_test_case(case);
+        }
+        report.add_test_suite(suite);
+    }
+    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    report.serialize(file).map_err(|e| anyhow!("writing JUnit XML: {e}"))?;
+    Ok(())
+}

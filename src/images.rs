@@ -1,1 +1,528 @@
-//! TODO
+//! Default images without Nix: a Debian kernel and one initramfs per role, assembled from the
+//! host's packages into a content-addressed cache (`$VMCHECK_CACHE`, default
+//! `~/.cache/vmcheck`).
+//!
+//! The kernel package is fetched with `apt-get download` and unpacked with `dpkg -x`, never
+//! installed. Each initramfs holds busybox (init, shell), the guest agent, the role's tools with
+//! the libraries `ldd` names, the role's kernel modules with their dependencies in load order, and
+//! for the target role the project's own `vmcheck-target`. An image is rebuilt only when the hash
+//! of its inputs changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{anyhow, bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use crate::config::Role;
+
+/// Bump when the layout of an image changes, so every cached image is rebuilt.
+const BUILDER_VERSION: &str = "vmcheck-images-3";
+const KERNEL_META_PACKAGE: &str = "linux-image-amd64";
+
+const RC: &str = include_str!("images/rc.sh");
+const QGA: &str = include_str!("images/qga.sh");
+const TARGET: &str = include_str!("images/target.sh");
+const INITTAB: &str = include_str!("images/inittab");
+
+/// Host tools the builder runs, with the Debian package that provides each.
+const BUILD_TOOLS: &[(&str, &str)] = &[
+    ("apt-get", "apt"),
+    ("apt-cache", "apt"),
+    ("dpkg", "dpkg"),
+    ("depmod", "kmod"),
+    ("cpio", "cpio"),
+    ("ldd", "libc-bin"),
+];
+
+/// Files that go into the guest, with their Debian package.
+const BUSYBOX: (&str, &str) = ("/bin/busybox", "busybox-static");
+const COMMON_BINARIES: &[(&str, &str)] = &[("/usr/sbin/qemu-ga", "qemu-guest-agent"), ("/usr/bin/lsblk", "util-linux")];
+const INITIATOR_BINARIES: &[(&str, &str)] = &[("/usr/sbin/nvme", "nvme-cli"), ("/usr/bin/fio", "fio")];
+
+const COMMON_MODULES: &[&str] = &["virtio_pci", "virtio_net", "virtio_console", "virtio_blk", "virtio_balloon", "nvme"];
+const TARGET_MODULES: &[&str] = &["configfs", "nvmet", "nvmet-tcp"];
+const INITIATOR_MODULES: &[&str] = &["nvme-tcp"];
+
+/// A kernel and the initramfs of one role, ready to boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    pub role: Role,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// The inputs' hash: the name of the image in the cache.
+    pub hash: String,
+}
+
+/// The image builder and its cache.
+#[derive(Debug, Clone)]
+pub struct Images {
+    pub cache_dir: PathBuf,
+    /// The in-guest target daemon to put into the target image.
+    pub target_daemon: Option<PathBuf>,
+    /// Print what is being done (to stderr).
+    pub verbose: bool,
+}
+
+impl Images {
+    /// The default cache: `$VMCHECK_CACHE`, else the user's cache directory.
+    pub fn from_env() -> Result<Images> {
+        let cache_dir = match std::env::var_os("VMCHECK_CACHE") {
+            Some(dir) => PathBuf::from(dir),
+            None => dirs::cache_dir().ok_or_else(|| anyhow!("no user cache directory; set VMCHECK_CACHE"))?.join("vmcheck"),
+        };
+        Ok(Images { cache_dir, target_daemon: find_target_daemon(), verbose: true })
+    }
+
+    fn say(&self, what: &str) {
+        if self.verbose {
+            eprintln!("images: {what}");
+        }
+    }
+
+    /// Builds (or finds in the cache) the image of `role`.
+    pub fn ensure(&self, role: Role) -> Result<Image> {
+        fs::create_dir_all(&self.cache_dir).with_context(|| format!("creating cache {}", self.cache_dir.display()))?;
+        // One builder at a time per cache; a second run waits, then finds the image built.
+        let _lock = lock_file(&self.cache_dir.join("lock"))?;
+        check_host_tools()?;
+        let kernel = self.ensure_kernel()?;
+        let inputs = self.inputs(role, &kernel)?;
+        let hash = inputs.hash();
+        let dir = self.cache_dir.join("images").join(format!("{}-{}", role, &hash[..16]));
+        let image = Image { role, kernel: kernel.vmlinuz.clone(), initrd: dir.join("initrd"), hash: hash.clone() };
+        if image.initrd.exists() {
+            self.say(&format!("{role} image up to date ({})", &hash[..16]));
+            return Ok(image);
+        }
+        self.say(&format!("building the {role} image ({} files, kernel {})", inputs.files.len(), kernel.version));
+        let staging = tempfile::Builder::new().prefix(".staging-").tempdir_in(&self.cache_dir)?;
+        let root = staging.path().join("root");
+        assemble(&root, role, &inputs, &kernel)?;
+        let out = staging.path().join("initrd");
+        write_cpio(&root, &out)?;
+        let size = fs::metadata(&out)?.len();
+        fs::create_dir_all(dir.parent().unwrap_or(&self.cache_dir))?;
+        let tmp_dir = staging.path().join("out");
+        fs::create_dir(&tmp_dir)?;
+        fs::rename(&out, tmp_dir.join("initrd"))?;
+        fs::write(tmp_dir.join("inputs.txt"), inputs.describe())?;
+        let _ = fs::remove_dir_all(&dir);
+        fs::rename(&tmp_dir, &dir).with_context(|| format!("moving the image into {}", dir.display()))?;
+        self.say(&format!("{role} image built: {} ({:.1} MiB)", dir.display(), size as f64 / 1048576.0));
+        Ok(image)
+    }
+
+    /// The kernel package, downloaded and unpacked once per version.
+    fn ensure_kernel(&self) -> Result<Kernel> {
+        let package = match std::env::var("VMCHECK_KERNEL_PACKAGE") {
+            Ok(p) => p,
+            Err(_) => resolve_kernel_package()?,
+        };
+        let version = package_candidate_version(&package)?;
+        let dir = self.cache_dir.join("kernel").join(format!("{package}_{version}"));
+        if !dir.join("done").exists() {
+            self.say(&format!("fetching {package} {version} (apt-get download, dpkg -x)"));
+            fs::create_dir_all(dir.parent().unwrap())?;
+            let work = tempfile::Builder::new().prefix(".kernel-").tempdir_in(&self.cache_dir)?;
+            run(Command::new("apt-get").args(["download", &format!("{package}={version}")]).current_dir(work.path()))
+                .with_context(|| format!("downloading {package}; is the package list current? (apt-get update)"))?;
+            let deb = fs::read_dir(work.path())?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .find(|p| p.extension().is_some_and(|e| e == "deb"))
+                .ok_or_else(|| anyhow!("apt-get download {package} left no .deb"))?;
+            let unpacked = work.path().join("x");
+            run(Command::new("dpkg").arg("-x").arg(&deb).arg(&unpacked))?;
+            let kver = single_dir_name(&unpacked.join("lib/modules"))?;
+            run(Command::new("depmod").arg("-b").arg(&unpacked).arg(&kver))?;
+            fs::write(unpacked.join("done"), &kver)?;
+            let _ = fs::remove_dir_all(&dir);
+            fs::rename(&unpacked, &dir)?;
+        }
+        let kver = fs::read_to_string(dir.join("done"))?.trim().to_string();
+        Ok(Kernel { vmlinuz: dir.join(format!("boot/vmlinuz-{kver}")), modules: dir.join("lib/modules").join(&kver), version: kver, package: format!("{package}={version}") })
+    }
+
+    /// Everything that decides what the image holds.
+    fn inputs(&self, role: Role, kernel: &Kernel) -> Result<Inputs> {
+        let mut binaries: Vec<(&str, &str)> = COMMON_BINARIES.to_vec();
+        if role == Role::Initiator {
+            binaries.extend_from_slice(INITIATOR_BINARIES);
+        }
+        let mut files = BTreeSet::new();
+        files.insert(PathBuf::from(BUSYBOX.0));
+        require_file(BUSYBOX.0, BUSYBOX.1)?;
+        for (path, package) in &binaries {
+            require_file(path, package)?;
+            files.insert(PathBuf::from(path));
+            files.extend(shared_libraries(Path::new(path))?);
+        }
+        let mut own = BTreeMap::new();
+        if role == Role::Target {
+            let daemon = self.target_daemon.clone().ok_or_else(|| {
+                anyhow!("the target image needs the vmcheck-target binary: build it (cargo build --bins) or set VMCHECK_TARGET_BIN")
+            })?;
+            let data = fs::read(&daemon).with_context(|| format!("reading {}", daemon.display()))?;
+            files.extend(shared_libraries(&daemon)?);
+            own.insert("/usr/bin/vmcheck-target".to_string(), (daemon, hex::encode(Sha256::digest(&data))));
+        }
+        let mut modules = COMMON_MODULES.to_vec();
+        modules.extend_from_slice(if role == Role::Target { TARGET_MODULES } else { INITIATOR_MODULES });
+        let modules = module_load_order(&kernel.modules, &modules)?;
+        Ok(Inputs { role, kernel: kernel.package.clone(), files, own, modules })
+    }
+}
+
+#[derive(Debug)]
+struct Kernel {
+    vmlinuz: PathBuf,
+    modules: PathBuf,
+    version: String,
+    package: String,
+}
+
+#[derive(Debug)]
+struct Inputs {
+    role: Role,
+    kernel: String,
+    /// Host files copied as they are (binaries and libraries).
+    files: BTreeSet<PathBuf>,
+    /// The project's own files: guest path -> (host path, content hash).
+    own: BTreeMap<String, (PathBuf, String)>,
+    /// Module paths relative to the modules directory, in load order.
+    modules: Vec<String>,
+}
+
+impl Inputs {
+    /// Host files are identified by path, size and mtime (hashing 80 MB of libraries on every run
+    /// would cost more than it saves); the project's own files and scripts by content.
+    fn describe(&self) -> String {
+        let mut s = format!("{BUILDER_VERSION}\nrole {}\nkernel {}\n", self.role, self.kernel);
+        for f in &self.files {
+            let m = fs::metadata(f).ok();
+            let (size, mtime) = m.map(|m| (m.size(), m.mtime())).unwrap_or_default();
+            s += &format!("file {} {size} {mtime}\n", f.display());
+        }
+        for (guest, (_, hash)) in &self.own {
+            s += &format!("own {guest} {hash}\n");
+        }
+        for m in &self.modules {
+            s += &format!("module {m}\n");
+        }
+        for script in [RC, QGA, TARGET, INITTAB] {
+            s += &format!("script {}\n", hex::encode(Sha256::digest(script)));
+        }
+        s
+    }
+
+    fn hash(&self) -> String {
+        hex::encode(Sha256::digest(self.describe()))
+    }
+}
+
+/// Lays out the guest's root file system under `root`.
+fn assemble(root: &Path, role: Role, inputs: &Inputs, kernel: &Kernel) -> Result<()> {
+    for dir in ["bin", "sbin", "usr/bin", "usr/sbin", "etc/vmcheck", "proc", "sys", "dev", "run", "tmp", "root", "var", "lib/modules"] {
+        fs::create_dir_all(root.join(dir))?;
+    }
+    std::os::unix::fs::symlink("/run", root.join("var/run"))?;
+    for file in &inputs.files {
+        copy_host_file(file, &root.join(file.strip_prefix("/").unwrap_or(file)))?;
+    }
+    // Busybox applets as symlinks, made here rather than with `busybox --install` at every boot.
+    let list = output(Command::new(BUSYBOX.0).arg("--list-full"))?;
+    for applet in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let link = root.join(applet);
+        if link.exists() || link.symlink_metadata().is_ok() {
+            continue;
+        }
+        if let Some(parent) = link.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        std::os::unix::fs::symlink(BUSYBOX.0, &link)?;
+    }
+    std::os::unix::fs::symlink(BUSYBOX.0, root.join("init"))?;
+    for (guest, (host, _)) in &inputs.own {
+        let dest = root.join(guest.trim_start_matches('/'));
+        strip_copy(host, &dest)?;
+    }
+    let mut order = String::new();
+    for m in &inputs.modules {
+        let dest = root.join("lib/modules").join(&kernel.version).join(m);
+        fs::create_dir_all(dest.parent().unwrap())?;
+        fs::copy(kernel.modules.join(m), &dest)?;
+        order += &format!("{}/{m}\n", kernel.version);
+    }
+    fs::write(root.join("etc/vmcheck/modules"), order)?;
+    write_script(&root.join("etc/vmcheck/rc"), RC)?;
+    write_script(&root.join("etc/vmcheck/qga"), QGA)?;
+    let mut inittab = INITTAB.to_string();
+    if role == Role::Target {
+        write_script(&root.join("etc/vmcheck/target"), TARGET)?;
+        inittab += "::respawn:/etc/vmcheck/target\n";
+    }
+    fs::write(root.join("etc/inittab"), inittab)?;
+    fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    fs::write(root.join("etc/group"), "root:x:0:\n")?;
+    fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n")?;
+    Ok(())
+}
+
+/// Packs `root` as an uncompressed newc cpio: under TCG the guest unpacks a compressed initramfs
+/// slower than QEMU loads the bigger file (see the note in README's benchmark section).
+fn write_cpio(root: &Path, out: &Path) -> Result<()> {
+    let mut list = Vec::new();
+    collect_paths(root, root, &mut list)?;
+    list.sort();
+    let file = fs::File::create(out)?;
+    let mut child = Command::new("cpio")
+        .args(["--quiet", "-o", "-H", "newc", "-R", "0:0", "--reproducible"])
+        .current_dir(root)
+        .stdin(Stdio::piped())
+        .stdout(file)
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running cpio")?;
+    {
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        for p in &list {
+            writeln!(stdin, "{p}")?;
+        }
+    }
+    let result = child.wait_with_output()?;
+    if !result.status.success() {
+        bail!("cpio failed: {}", String::from_utf8_lossy(&result.stderr));
+    }
+    Ok(())
+}
+
+fn collect_paths(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let rel = path.strip_prefix(root).expect("below root");
+        out.push(rel.to_string_lossy().into_owned());
+        if path.symlink_metadata()?.is_dir() {
+            collect_paths(root, &path, out)?;
+        }
+    }
+    Ok(())
+}
+
+/// The modules `wanted` and all they depend on, dependencies first, from `modules.dep`.
+pub fn module_load_order(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<String>> {
+    let dep_text = fs::read_to_string(modules_dir.join("modules.dep"))
+        .with_context(|| format!("reading {}/modules.dep", modules_dir.display()))?;
+    let builtin = fs::read_to_string(modules_dir.join("modules.builtin")).unwrap_or_default();
+    module_order_from(&dep_text, &builtin, wanted)
+}
+
+fn module_order_from(dep_text: &str, builtin: &str, wanted: &[&str]) -> Result<Vec<String>> {
+    let deps: BTreeMap<&str, Vec<&str>> = dep_text
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(m, d)| (m.trim(), d.split_whitespace().collect()))
+        .collect();
+    let by_name = |name: &str| -> Option<&str> {
+        let want = name.replace('-', "_");
+        deps.keys().copied().find(|p| module_name(p) == want)
+    };
+    let is_builtin = |name: &str| builtin.lines().any(|p| module_name(p) == name.replace('-', "_"));
+    let mut order = Vec::new();
+    let mut seen = BTreeSet::new();
+    fn visit<'a>(m: &'a str, deps: &BTreeMap<&'a str, Vec<&'a str>>, seen: &mut BTreeSet<&'a str>, order: &mut Vec<String>) {
+        if !seen.insert(m) {
+            return;
+        }
+        for d in deps.get(m).map(Vec::as_slice).unwrap_or_default() {
+            visit(d, deps, seen, order);
+        }
+        order.push(m.to_string());
+    }
+    for name in wanted {
+        match by_name(name) {
+            Some(path) => visit(path, &deps, &mut seen, &mut order),
+            None if is_builtin(name) => {}
+            None => bail!("kernel module {name} is neither in modules.dep nor built in"),
+        }
+    }
+    Ok(order)
+}
+
+/// `kernel/drivers/nvme/host/nvme-tcp.ko` -> `nvme_tcp` (the kernel treats - and _ alike).
+fn module_name(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let stem = file.split(".ko").next().unwrap_or(file);
+    stem.replace('-', "_")
+}
+
+/// The shared libraries `ldd` says `binary` needs, with the dynamic loader.
+fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new("ldd").arg(binary).output().with_context(|| format!("running ldd {}", binary.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        // Static binaries make ldd fail with "not a dynamic executable".
+        return Ok(Vec::new());
+    }
+    parse_ldd(&text).with_context(|| format!("ldd {}", binary.display()))
+}
+
+fn parse_ldd(text: &str) -> Result<Vec<PathBuf>> {
+    let mut libs = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.contains("not found") {
+            bail!("a library is missing on the host: {line}");
+        }
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            libs.push(PathBuf::from(p));
+        }
+    }
+    Ok(libs)
+}
+
+/// Copies a host file to `dest`, following links, keeping its mode.
+fn copy_host_file(src: &Path, dest: &Path) -> Result<()> {
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    fs::copy(src, dest).with_context(|| format!("copying {} into the image", src.display()))?;
+    Ok(())
+}
+
+/// Copies the project's own binary without its debug info: image size costs boot time.
+fn strip_copy(src: &Path, dest: &Path) -> Result<()> {
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let stripped = which::which("strip").is_ok()
+        && Command::new("strip").arg("-o").arg(dest).arg(src).status().map(|s| s.success()).unwrap_or(false);
+    if !stripped {
+        fs::copy(src, dest)?;
+    }
+    fs::set_permissions(dest, fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+fn write_script(path: &Path, text: &str) -> Result<()> {
+    fs::write(path, text)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))?;
+    Ok(())
+}
+
+fn require_file(path: &str, package: &str) -> Result<()> {
+    if !Path::new(path).exists() {
+        bail!("{path} is missing on the host; install it with: apt-get install -y {package}");
+    }
+    Ok(())
+}
+
+fn check_host_tools() -> Result<()> {
+    let missing: Vec<_> = BUILD_TOOLS.iter().filter(|(tool, _)| which::which(tool).is_err()).collect();
+    if !missing.is_empty() {
+        let tools: Vec<_> = missing.iter().map(|(t, _)| *t).collect();
+        let packages: BTreeSet<_> = missing.iter().map(|(_, p)| *p).collect();
+        bail!(
+            "the image builder needs {} on the host; install with: apt-get install -y {}",
+            tools.join(", "),
+            packages.into_iter().collect::<Vec<_>>().join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// `linux-image-amd64` is a meta package; the kernel is the package it depends on.
+fn resolve_kernel_package() -> Result<String> {
+    let text = output(Command::new("apt-cache").args(["depends", KERNEL_META_PACKAGE]))?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-"))
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("apt-cache knows no kernel behind {KERNEL_META_PACKAGE}; run: apt-get update"))
+}
+
+fn package_candidate_version(package: &str) -> Result<String> {
+    let text = output(Command::new("apt-cache").args(["policy", package]))?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("Candidate: "))
+        .find(|v| *v != "(none)")
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("apt has no candidate for {package}; run: apt-get update"))
+}
+
+fn single_dir_name(dir: &Path) -> Result<String> {
+    let names: Vec<_> = fs::read_dir(dir)?.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    match names.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => bail!("expected one kernel version under {}, found {names:?}", dir.display()),
+    }
+}
+
+/// Where the in-guest daemon is: `$VMCHECK_TARGET_BIN`, else beside this executable (cargo puts
+/// both binaries in one directory; tests run from its `deps/` subdirectory).
+pub fn find_target_daemon() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("VMCHECK_TARGET_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [dir.join("vmcheck-target"), dir.parent()?.join("vmcheck-target")].into_iter().find(|p| p.is_file())
+}
+
+fn lock_file(path: &Path) -> Result<nix::fcntl::Flock<fs::File>> {
+    let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow!("locking {}: {e}", path.display()))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    output(cmd).map(drop)
+}
+
+fn output(cmd: &mut Command) -> Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("running {shown}"))?;
+    if !out.status.success() {
+        bail!("{shown} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEP: &str = "kernel/drivers/nvme/host/nvme-tcp.ko: kernel/drivers/nvme/host/nvme-fabrics.ko kernel/drivers/nvme/host/nvme-core.ko kernel/lib/crc64.ko\n\
+kernel/drivers/nvme/host/nvme-fabrics.ko: kernel/drivers/nvme/host/nvme-core.ko\n\
+kernel/drivers/nvme/host/nvme-core.ko: kernel/lib/crc64.ko\n\
+kernel/lib/crc64.ko:\n";
+
+    #[test]
+    fn modules_come_after_their_dependencies() {
+        let order = module_order_from(DEP, "", &["nvme_tcp", "nvme-core"]).unwrap();
+        assert_eq!(
+            order,
+            ["kernel/lib/crc64.ko", "kernel/drivers/nvme/host/nvme-core.ko", "kernel/drivers/nvme/host/nvme-fabrics.ko", "kernel/drivers/nvme/host/nvme-tcp.ko"]
+        );
+    }
+
+    #[test]
+    fn builtin_modules_are_skipped_and_unknown_ones_named() {
+        assert!(module_order_from(DEP, "kernel/fs/configfs/configfs.ko\n", &["configfs"]).unwrap().is_empty());
+        let err = module_order_from(DEP, "", &["nvmet"]).unwrap_err();
+        assert!(err.to_string().contains("nvmet"), "{err}");
+    }
+
+    #[test]
+    fn ldd_output_is_parsed() {
+        let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibnvme.so.1 => /lib/x86_64-linux-gnu/libnvme.so.1 (0x1)\n\t/lib64/ld-linux-x86-64.so.2 (0x2)\n";
+        assert_eq!(parse_ldd(text).unwrap(), [PathBuf::from("/lib/x86_64-linux-gnu/libnvme.so.1"), PathBuf::from("/lib64/ld-linux-x86-64.so.2")]);
+        assert!(parse_ldd("\tlibfoo.so.1 => not found\n").is_err());
+    }
+}

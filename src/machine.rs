@@ -1,1 +1,524 @@
-//! TODO
+//! The machine API a scenario calls (names follow the NixOS test driver where one exists).
+//!
+//! Every wait has a timeout; a failed wait or command names what was expected, what happened,
+//! for how long, and shows the machine's last console lines.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use serde_json::Value;
+
+use crate::accel::Accel;
+use crate::config::{NodeSpec, Role, TEST_SUBNET_LEN};
+use crate::log;
+use crate::network::{Link, Switch};
+use crate::qemu::{Boot, Console, ControlNic, Disk, DiskKind, Nic, QemuProcess, QemuSpec};
+use crate::qga::{ExecOutput, ExecTimeout, MemoryStats, Qga};
+use crate::qmp::Qmp;
+use crate::timeouts;
+
+/// Console lines shown with an error.
+pub const ERROR_CONSOLE_LINES: usize = 20;
+/// The port `vmcheck-target` listens on in the target guest.
+pub const TARGET_GRPC_PORT: u16 = 10124;
+
+/// What every machine of a run shares.
+pub struct MachineEnv {
+    pub run_dir: PathBuf,
+    pub qemu: PathBuf,
+    pub accel: Accel,
+    pub switches: HashMap<u32, Arc<Switch>>,
+    /// Per-machine console logs and command lines go here.
+    pub log_dir: PathBuf,
+}
+
+/// A failure of the machine API, with the console tail that explains it.
+#[derive(Debug, thiserror::Error)]
+#[error("{machine}: {what}\n{detail}\nlast {} console lines of {machine}:\n{console}", ERROR_CONSOLE_LINES)]
+pub struct MachineError {
+    pub machine: String,
+    pub what: String,
+    pub detail: String,
+    pub console: String,
+    /// Set when the error is a wait that ran out of time.
+    pub timed_out: Option<Duration>,
+}
+
+struct Running {
+    process: QemuProcess,
+    qmp: Arc<Qmp>,
+    qga: Arc<Qga>,
+    /// The loopback port forwarded to the target's gRPC port.
+    grpc_port: Option<u16>,
+}
+
+/// A machine of a test. Cheap to clone; clones share the machine.
+#[derive(Clone)]
+pub struct Machine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node: NodeSpec,
+    boot: Boot,
+    env: Arc<MachineEnv>,
+    dir: PathBuf,
+    console: Arc<Console>,
+    running: tokio::sync::RwLock<Option<Running>>,
+}
+
+impl Machine {
+    pub fn new(node: NodeSpec, boot: Boot, env: Arc<MachineEnv>) -> Result<Machine> {
+        crate::config::validate_machine_name(&node.name)?;
+        let dir = env.run_dir.join(&node.name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let console = Console::new(&node.name, Some(&env.log_dir.join(format!("{}.console.log", node.name))));
+        Ok(Machine { inner: Arc::new(Inner { node, boot, env, dir, console, running: tokio::sync::RwLock::new(None) }) })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.node.name
+    }
+    pub fn node(&self) -> &NodeSpec {
+        &self.inner.node
+    }
+    pub fn role(&self) -> Role {
+        self.inner.node.role
+    }
+    pub fn console(&self) -> &Arc<Console> {
+        &self.inner.console
+    }
+
+    /// The QEMU description this machine boots with.
+    pub fn qemu_spec(&self) -> QemuSpec {
+        let node = &self.inner.node;
+        let net_dir = self.inner.env.run_dir.join("net");
+        let nics = node
+            .vlans
+            .iter()
+            .filter_map(|v| self.inner.env.switches.get(v).map(|s| (v, s)))
+            .map(|(&vlan, switch)| Nic {
+                vlan,
+                mac: crate::qemu::test_mac(vlan, node.address),
+                address: node.address,
+                prefix_len: TEST_SUBNET_LEN,
+                local: net_dir.join(format!("{}-vlan{vlan}.sock", node.name)),
+                remote: switch.socket.clone(),
+            })
+            .collect();
+        let disks = node
+            .disks
+            .iter()
+            .map(|d| Disk {
+                id: d.id.clone(),
+                path: self.inner.dir.join(format!("{}.img", d.id)),
+                serial: d.serial.clone(),
+                kind: if d.virtio { DiskKind::VirtioBlk } else { DiskKind::Nvme },
+            })
+            .collect();
+        QemuSpec {
+            name: node.name.clone(),
+            qemu: self.inner.env.qemu.clone(),
+            accel: self.inner.env.accel,
+            boot: self.inner.boot.clone(),
+            memory_mib: node.memory_mib,
+            cpus: node.cpus,
+            disks,
+            nics,
+            control: (node.role == Role::Target).then_some(ControlNic { guest_port: TARGET_GRPC_PORT }),
+            qmp_socket: self.inner.dir.join("qmp.sock"),
+            qga_socket: self.inner.dir.join("qga.sock"),
+            balloon: true,
+            extra_args: Vec::new(),
+        }
+    }
+
+    /// A [`MachineError`] with the current console tail.
+    pub fn error(&self, what: impl Into<String>, detail: impl Into<String>) -> anyhow::Error {
+        self.make_error(what.into(), detail.into(), None)
+    }
+
+    fn timeout_error(&self, what: String, detail: String, waited: Duration) -> anyhow::Error {
+        self.make_error(what, detail, Some(waited))
+    }
+
+    fn make_error(&self, what: String, detail: String, timed_out: Option<Duration>) -> anyhow::Error {
+        let tail = self.inner.console.tail(ERROR_CONSOLE_LINES);
+        let console = if tail.is_empty() { "  (no console output)".to_string() } else { tail.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n") };
+        MachineError { machine: self.name().to_string(), what, detail, console, timed_out }.into()
+    }
+
+    /// Starts QEMU (a no-op when it runs). Disks are created on first start and kept across
+    /// restarts.
+    pub async fn start(&self) -> Result<()> {
+        let mut running = self.inner.running.write().await;
+        if let Some(r) = running.as_ref() {
+            if r.process.exited().is_none() {
+                return Ok(());
+            }
+        }
+        *running = None;
+        let spec = self.qemu_spec();
+        for disk in &spec.disks {
+            if !disk.path.exists() {
+                let size = self.inner.node.disks.iter().find(|d| d.id == disk.id).map(|d| d.size_mib).unwrap_or(0);
+                let f = std::fs::File::create(&disk.path).with_context(|| format!("creating disk {}", disk.path.display()))?;
+                f.set_len(size << 20)?;
+            }
+        }
+        for nic in &spec.nics {
+            let _ = std::fs::remove_file(&nic.local);
+            if let Some(sw) = self.inner.env.switches.get(&nic.vlan) {
+                sw.add_port(self.name(), &nic.local);
+            }
+        }
+        let _ = std::fs::remove_file(&spec.qmp_socket);
+        let _ = std::fs::remove_file(&spec.qga_socket);
+        log::line(&format!("{}: starting vm", self.name()));
+        let shared = self.inner.env.run_dir.join("shared");
+        std::fs::create_dir_all(&shared)?;
+        let process = QemuProcess::start(&spec, &self.inner.dir, &shared, self.inner.console.clone(), Some(&self.inner.env.log_dir)).await?;
+        let pid = process.pid;
+        let _ = std::fs::write(self.inner.dir.join("qemu.pid"), pid.to_string());
+        // QEMU waits for the QMP connection before it runs the guest.
+        let qmp = tokio::select! {
+            q = Qmp::connect(&spec.qmp_socket, timeouts::request()) => q,
+            _ = process.wait(timeouts::request()) => Err(anyhow!("QEMU exited: {}", process.exited().unwrap_or_default())),
+        };
+        let qmp = match qmp {
+            Ok(q) => Arc::new(q),
+            Err(e) => {
+                let _ = process.kill().await;
+                return Err(self.error("QEMU did not start", format!("{e:#}\nQEMU stderr:\n{}", process.stderr())));
+            }
+        };
+        let grpc_port = match &spec.control {
+            Some(c) => Some(hostfwd_port(&qmp, c.guest_port).await.map_err(|e| self.error("reading the gRPC forward", format!("{e:#}")))?),
+            None => None,
+        };
+        log::line(&format!("{}: QEMU running (pid {pid})", self.name()));
+        *running = Some(Running { process, qmp, qga: Arc::new(Qga::new(&spec.qga_socket)), grpc_port });
+        Ok(())
+    }
+
+    async fn with_running<T>(&self, f: impl FnOnce(&Running) -> T) -> Result<T> {
+        let running = self.inner.running.read().await;
+        match running.as_ref() {
+            Some(r) if r.process.exited().is_none() => Ok(f(r)),
+            Some(r) => Err(self.error("the machine is not running", format!("QEMU exited: {}\n{}", r.process.exited().unwrap_or_default(), r.process.stderr()))),
+            None => Err(self.error("the machine is not running", "start it first")),
+        }
+    }
+
+    /// The QMP monitor.
+    pub async fn qmp(&self) -> Result<Arc<Qmp>> {
+        self.with_running(|r| r.qmp.clone()).await
+    }
+    /// The guest agent.
+    pub async fn qga(&self) -> Result<Arc<Qga>> {
+        self.with_running(|r| r.qga.clone()).await
+    }
+    /// The QEMU process id while it runs.
+    pub async fn pid(&self) -> Option<u32> {
+        self.with_running(|r| r.process.pid).await.ok()
+    }
+    /// Whether QEMU runs.
+    pub async fn is_up(&self) -> bool {
+        self.with_running(|_| ()).await.is_ok()
+    }
+
+    /// Where the driver reaches the target's gRPC daemon (a loopback forward of this run).
+    pub async fn grpc_addr(&self) -> Result<SocketAddr> {
+        let port = self.with_running(|r| r.grpc_port).await?;
+        let port = port.ok_or_else(|| self.error("no gRPC forward", "only target machines have one"))?;
+        Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+    }
+
+    /// Waits until the machine has booted and its guest agent answers.
+    pub async fn wait_for_agent(&self) -> Result<()> {
+        self.start().await?;
+        let timeout = timeouts::boot();
+        let started = Instant::now();
+        let (qga, exited) = {
+            let running = self.inner.running.read().await;
+            let r = running.as_ref().expect("started above");
+            (r.qga.clone(), r.process.exited_signal())
+        };
+        let result = tokio::select! {
+            r = qga.sync(timeout) => r,
+            s = exited => Err(anyhow!("QEMU exited ({s}) before the agent answered")),
+        };
+        result.map_err(|e| self.timeout_error("waiting for the guest agent".into(), format!("{e:#}"), started.elapsed()))?;
+        log::line(&format!("{}: agent answered after {:.2} s", self.name(), started.elapsed().as_secs_f64()));
+        Ok(())
+    }
+
+    /// Runs `cmd` with `sh -c` in its own process group; waits at most `timeout`.
+    pub async fn execute_with_timeout(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput> {
+        let qga = self.qga().await?;
+        // setsid makes the shell a process-group leader, so a timeout kills its children too.
+        let argv = ["/bin/sh", "-c", "exec setsid /bin/sh -c \"$1\"", "sh", cmd];
+        match qga.exec(&argv, timeout).await {
+            Ok(out) => Ok(out),
+            Err(e) => match e.downcast_ref::<ExecTimeout>() {
+                Some(t) => Err(self.timeout_error(
+                    format!("command did not finish within {timeout:?}: {cmd}"),
+                    format!("it was killed; its output so far:\nstdout:\n{}\nstderr:\n{}", t.stdout, t.stderr),
+                    timeout,
+                )),
+                None => Err(self.error(format!("could not run: {cmd}"), format!("{e:#}"))),
+            },
+        }
+    }
+
+    /// Runs `cmd`; its exit status and output, whatever the status.
+    pub async fn execute(&self, cmd: &str) -> Result<ExecOutput> {
+        self.execute_with_timeout(cmd, timeouts::command()).await
+    }
+
+    /// Runs `cmd`, which must exit 0; returns its stdout.
+    pub async fn succeed(&self, cmd: &str) -> Result<String> {
+        self.succeed_with_timeout(cmd, timeouts::command()).await
+    }
+
+    pub async fn succeed_with_timeout(&self, cmd: &str, timeout: Duration) -> Result<String> {
+        log::nested(&format!("{}: must succeed: {cmd}", self.name()), async {
+            let out = self.execute_with_timeout(cmd, timeout).await?;
+            if out.status != 0 {
+                return Err(self.error(format!("command failed with status {}: {cmd}", out.status), format!("stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr)));
+            }
+            Ok(out.stdout)
+        })
+        .await
+    }
+
+    /// Runs `cmd`, which must exit non-zero; returns its stdout and stderr.
+    pub async fn fail(&self, cmd: &str) -> Result<ExecOutput> {
+        log::nested(&format!("{}: must fail: {cmd}", self.name()), async {
+            let out = self.execute(cmd).await?;
+            if out.status == 0 {
+                return Err(self.error(format!("command succeeded but should have failed: {cmd}"), format!("stdout:\n{}", out.stdout)));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Retries `cmd` until it exits 0; returns its stdout.
+    pub async fn wait_until_succeeds(&self, cmd: &str, timeout: Duration) -> Result<String> {
+        let out = self.retry(&format!("waiting for success: {cmd}"), cmd, timeout, |o| o.status == 0).await?;
+        Ok(out.stdout)
+    }
+
+    /// Retries `cmd` until it exits non-zero.
+    pub async fn wait_until_fails(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput> {
+        self.retry(&format!("waiting for failure: {cmd}"), cmd, timeout, |o| o.status != 0).await
+    }
+
+    async fn retry(&self, label: &str, cmd: &str, timeout: Duration, done: impl Fn(&ExecOutput) -> bool) -> Result<ExecOutput> {
+        log::nested(&format!("{}: {label}", self.name()), async {
+            let started = Instant::now();
+            let deadline = started + timeout;
+            let mut last = None;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    let detail = match last {
+                        Some(ExecOutput { status, stdout, stderr, .. }) => format!("last attempt: status {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"),
+                        None => "no attempt finished".into(),
+                    };
+                    return Err(self.timeout_error(format!("{label}: gave up after {timeout:?}"), detail, started.elapsed()));
+                }
+                match self.execute_with_timeout(cmd, left).await {
+                    Ok(out) if done(&out) => return Ok(out),
+                    Ok(out) => last = Some(out),
+                    Err(e) if is_timeout(&e) => continue,
+                    Err(e) => return Err(e),
+                }
+                tokio::time::sleep(Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now()))).await;
+            }
+        })
+        .await
+    }
+
+    /// Waits until `path` exists in the guest.
+    pub async fn wait_for_file(&self, path: &str, timeout: Duration) -> Result<()> {
+        self.wait_until_succeeds(&format!("test -e {}", shell_quote(path)), timeout).await.map(drop)
+    }
+
+    /// Waits until something in the guest listens on TCP `port` (read from /proc/net/tcp*).
+    pub async fn wait_for_open_port(&self, port: u16, timeout: Duration) -> Result<()> {
+        let cmd = format!("cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk '$4 == \"0A\" && $2 ~ /:{port:04X}$/ {{ found = 1 }} END {{ exit !found }}'");
+        self.wait_until_succeeds(&cmd, timeout).await.map(drop)
+    }
+
+    /// Waits for console text matching `regex` that no earlier wait consumed; returns the match.
+    pub async fn wait_for_console_text(&self, regex: &str, timeout: Duration) -> Result<String> {
+        let re = regex::Regex::new(regex).with_context(|| format!("bad regular expression {regex:?}"))?;
+        let started = Instant::now();
+        log::nested(&format!("{}: waiting for console text /{regex}/", self.name()), async {
+            self.inner.console.wait_for(&re, timeout).await.map_err(|e| self.timeout_error(format!("waiting for console text /{regex}/"), format!("{e:#}"), started.elapsed()))
+        })
+        .await
+    }
+
+    /// Whether the console ever showed text matching `regex`.
+    pub fn console_contains(&self, regex: &str) -> Result<bool> {
+        let re = regex::Regex::new(regex).with_context(|| format!("bad regular expression {regex:?}"))?;
+        Ok(self.inner.console.contains(&re))
+    }
+
+    /// Powers the guest off cleanly and waits for QEMU to exit.
+    pub async fn shutdown(&self) -> Result<()> {
+        log::nested(&format!("{}: shutting down", self.name()), async {
+            let qga = self.qga().await?;
+            self.fire_and_forget(&qga, "poweroff").await;
+            self.wait_for_exit(timeouts::shutdown()).await
+        })
+        .await
+    }
+
+    /// Reboots the guest and waits until its agent answers again.
+    pub async fn reboot(&self) -> Result<()> {
+        log::nested(&format!("{}: rebooting", self.name()), async {
+            let qmp = self.qmp().await?;
+            let qga = self.qga().await?;
+            let mark = qmp.event_count();
+            self.fire_and_forget(&qga, "reboot").await;
+            let started = Instant::now();
+            qmp.wait_for_event(mark, timeouts::shutdown(), |e| e.name == "RESET")
+                .await
+                .map_err(|e| self.timeout_error("waiting for the guest to reset".into(), format!("{e:#}"), started.elapsed()))?;
+            self.wait_for_agent().await
+        })
+        .await
+    }
+
+    /// Simulates a sudden power failure: QEMU quits at once. `start` boots the machine again.
+    pub async fn crash(&self) -> Result<()> {
+        log::nested(&format!("{}: crashing", self.name()), async {
+            let qmp = self.qmp().await?;
+            let _ = qmp.execute(qapi::qmp::quit {}).await;
+            self.wait_for_exit(timeouts::quit()).await
+        })
+        .await
+    }
+
+    /// Ends QEMU at once, without asking the guest (cleanup).
+    pub async fn kill(&self) {
+        let running = self.inner.running.write().await.take();
+        if let Some(r) = running {
+            let _ = r.process.kill().await;
+        }
+    }
+
+    async fn fire_and_forget(&self, qga: &Qga, cmd: &str) {
+        // The agent dies with the guest; the command's answer may never come.
+        let _ = qga
+            .execute(qapi::qga::guest_exec {
+                path: "/bin/sh".into(),
+                arg: Some(vec!["-c".into(), cmd.into()]),
+                env: None,
+                input_data: None,
+                capture_output: None,
+            })
+            .await;
+    }
+
+    async fn wait_for_exit(&self, timeout: Duration) -> Result<()> {
+        let mut running = self.inner.running.write().await;
+        let Some(r) = running.as_ref() else { return Ok(()) };
+        match r.process.wait(timeout).await {
+            Ok(_) => {
+                *running = None;
+                Ok(())
+            }
+            Err(e) => Err(self.timeout_error("waiting for QEMU to exit".into(), format!("{e:#}"), timeout)),
+        }
+    }
+
+    /// Runs a raw QMP command (by name, with JSON arguments).
+    pub async fn qmp_raw(&self, name: &str, arguments: Value) -> Result<Value> {
+        self.qmp().await?.execute_raw(name, arguments).await
+    }
+
+    /// The guest's memory figures.
+    pub async fn memory_stats(&self) -> Result<MemoryStats> {
+        self.qga().await?.memory_stats().await
+    }
+
+    /// Cuts this machine off the test network (both directions), as a pulled cable would.
+    pub async fn block(&self) -> Result<()> {
+        log::line(&format!("{}: network blocked", self.name()));
+        self.change_links(|l| l.up = false)
+    }
+
+    /// Reconnects this machine to the test network.
+    pub async fn unblock(&self) -> Result<()> {
+        log::line(&format!("{}: network unblocked", self.name()));
+        self.change_links(|l| l.up = true)
+    }
+
+    /// Changes this machine's links on every vlan it is on (loss, delay, up).
+    pub fn change_links(&self, change: impl Fn(&mut Link)) -> Result<()> {
+        for v in &self.inner.node.vlans {
+            if let Some(sw) = self.inner.env.switches.get(v) {
+                sw.set_link(self.name(), &change)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether an error is a wait or command that ran out of time.
+pub fn is_timeout(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<MachineError>().is_some_and(|m| m.timed_out.is_some())
+}
+
+/// Quotes a word for `sh`.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// The loopback port QEMU bound for `hostfwd=tcp:127.0.0.1:0-:guest_port` (from `info usernet`).
+async fn hostfwd_port(qmp: &Qmp, guest_port: u16) -> Result<u16> {
+    let text = qmp.execute(qapi::qmp::human_monitor_command { command_line: "info usernet".into(), cpu_index: None }).await?;
+    parse_usernet_port(&text, guest_port).ok_or_else(|| anyhow!("no forward to guest port {guest_port} in `info usernet`:\n{text}"))
+}
+
+/// Finds the host port of a `HOST_FORWARD` line whose guest port is `guest_port`.
+fn parse_usernet_port(text: &str, guest_port: u16) -> Option<u16> {
+    text.lines().filter(|l| l.contains("HOST_FORWARD")).find_map(|l| {
+        // "  TCP[HOST_FORWARD]  13  127.0.0.1  40591  198.51.100.15  10124  0  0"
+        let fields: Vec<&str> = l.split_whitespace().collect();
+        let (host, guest) = (fields.get(3)?.parse::<u16>().ok()?, fields.get(5)?.parse::<u16>().ok()?);
+        (guest == guest_port).then_some(host)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernet_forward_port_is_found() {
+        let text = "Hub -1 (ctl):\n  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\n  TCP[HOST_FORWARD]  13       127.0.0.1 40591  198.51.100.15 10124     0     0\n";
+        assert_eq!(parse_usernet_port(text, 10124), Some(40591));
+        assert_eq!(parse_usernet_port(text, 22), None);
+    }
+
+    #[test]
+    fn words_are_quoted_for_sh() {
+        assert_eq!(shell_quote("/dev/nvme0n1"), "/dev/nvme0n1");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}

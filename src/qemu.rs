@@ -1,1 +1,590 @@
-//! TODO
+//! The QEMU process: a command line built from a typed machine description, start and stop, and
+//! the serial console captured line by line.
+//!
+//! The driver's plumbing (QMP, guest agent, serial console, test NICs, disks) is one list of
+//! arguments, [`QemuSpec::plumbing_args`], used unchanged for both default images (appended to
+//! the kernel boot) and NixOS start scripts (passed in `QEMU_OPTS`), so the guest contract is the
+//! same on both.
+
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::{watch, Notify};
+
+use crate::accel::Accel;
+
+/// How the machine boots.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Boot {
+    /// A kernel and initramfs (the default images).
+    Kernel { kernel: PathBuf, initrd: PathBuf, append: String },
+    /// A NixOS `run-<name>-vm` script; it brings its own kernel, memory and CPUs.
+    StartScript { path: PathBuf, kernel_params: String },
+}
+
+/// How a disk is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskKind {
+    /// Its own emulated NVMe controller.
+    Nvme,
+    VirtioBlk,
+}
+
+/// A disk: a raw image file on the host, attached as `id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Disk {
+    pub id: String,
+    pub path: PathBuf,
+    pub serial: String,
+    pub kind: DiskKind,
+}
+
+impl Disk {
+    /// The `-drive` and `-device` arguments (also used by `device_add` for hot-attach).
+    pub fn args(&self) -> Vec<String> {
+        vec!["-drive".into(), self.drive_arg(), "-device".into(), self.device_arg()]
+    }
+    pub fn drive_id(&self) -> String {
+        format!("drive-{}", self.id)
+    }
+    fn drive_arg(&self) -> String {
+        format!("if=none,id={},file={},format=raw,cache=writeback,discard=unmap", self.drive_id(), self.path.display())
+    }
+    fn device_arg(&self) -> String {
+        let model = match self.kind {
+            DiskKind::Nvme => "nvme",
+            DiskKind::VirtioBlk => "virtio-blk-pci",
+        };
+        format!("{model},id={},drive={},serial={}", self.id, self.drive_id(), self.serial)
+    }
+}
+
+/// A NIC on a test network: a datagram link from a unix socket of its own to the switch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nic {
+    pub vlan: u32,
+    pub mac: String,
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    /// The socket QEMU binds.
+    pub local: PathBuf,
+    /// The switch's socket for this vlan.
+    pub remote: PathBuf,
+}
+
+impl Nic {
+    pub fn netdev_id(&self) -> String {
+        format!("vlan{}", self.vlan)
+    }
+}
+
+/// A user-mode NIC that only forwards a loopback port to a guest port (the target's gRPC).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlNic {
+    pub guest_port: u16,
+}
+
+/// The control network: documentation addresses (RFC 5737 TEST-NET-2), inside QEMU only.
+pub const CONTROL_NET: &str = "198.51.100.0/24";
+pub const CONTROL_GUEST_ADDR: &str = "198.51.100.15";
+pub const CONTROL_MAC: &str = "52:54:00:ff:00:01";
+
+/// A typed description of one QEMU machine.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QemuSpec {
+    pub name: String,
+    pub qemu: PathBuf,
+    pub accel: Accel,
+    pub boot: Boot,
+    pub memory_mib: u64,
+    pub cpus: u32,
+    pub disks: Vec<Disk>,
+    pub nics: Vec<Nic>,
+    pub control: Option<ControlNic>,
+    pub qmp_socket: PathBuf,
+    pub qga_socket: PathBuf,
+    pub balloon: bool,
+    pub extra_args: Vec<String>,
+}
+
+/// The MAC of a machine's NIC on a vlan: 52:54:00 (QEMU's prefix), 12, vlan, host byte.
+pub fn test_mac(vlan: u32, address: Ipv4Addr) -> String {
+    format!("52:54:00:12:{:02x}:{:02x}", vlan & 0xff, address.octets()[3])
+}
+
+impl QemuSpec {
+    /// Kernel parameters the default images' init reads: name, role, and the NIC addresses.
+    pub fn guest_kernel_params(&self) -> String {
+        let mut nets: Vec<String> = self.nics.iter().map(|n| format!("{},{}/{}", n.mac, n.address, n.prefix_len)).collect();
+        if self.control.is_some() {
+            nets.push(format!("{CONTROL_MAC},{CONTROL_GUEST_ADDR}/24"));
+        }
+        format!("vmcheck.name={} vmcheck.net={}", self.name, nets.join(";"))
+    }
+
+    /// The arguments that connect the machine to the driver, for either kind of boot.
+    pub fn plumbing_args(&self) -> Vec<String> {
+        let mut a: Vec<String> = Vec::new();
+        let mut push = |s: &[&str]| a.extend(s.iter().map(|s| s.to_string()));
+        // The agent's socket is created before QMP's, whose wait=on holds QEMU until the driver
+        // has connected: no event is missed and the agent socket already exists.
+        push(&["-chardev", &format!("socket,id=qga0,path={},server=on,wait=off", self.qga_socket.display())]);
+        push(&["-device", "virtio-serial-pci,id=vserial0"]);
+        push(&["-device", "virtserialport,bus=vserial0.0,chardev=qga0,name=org.qemu.guest_agent.0,id=qga-port"]);
+        push(&["-chardev", &format!("socket,id=qmp0,path={},server=on,wait=on", self.qmp_socket.display())]);
+        push(&["-mon", "chardev=qmp0,mode=control"]);
+        push(&["-chardev", "stdio,id=console0,signal=off"]);
+        push(&["-serial", "chardev:console0"]);
+        for nic in &self.nics {
+            push(&[
+                "-netdev",
+                &format!(
+                    "dgram,id={},local.type=unix,local.path={},remote.type=unix,remote.path={}",
+                    nic.netdev_id(),
+                    nic.local.display(),
+                    nic.remote.display()
+                ),
+            ]);
+            push(&["-device", &format!("virtio-net-pci,netdev={},mac={},id=nic-{}", nic.netdev_id(), nic.mac, nic.netdev_id())]);
+        }
+        for disk in &self.disks {
+            a.extend(disk.args());
+        }
+        if self.balloon {
+            a.extend(["-device".to_string(), "virtio-balloon-pci,id=balloon0,deflate-on-oom=on".to_string()]);
+        }
+        a.extend(self.extra_args.iter().cloned());
+        a
+    }
+
+    /// The `hostfwd` user-mode options of the control NIC.
+    fn control_netdev_opts(&self, c: &ControlNic) -> String {
+        format!("net={CONTROL_NET},restrict=on,hostfwd=tcp:127.0.0.1:0-:{}", c.guest_port)
+    }
+
+    /// The whole command line of a kernel boot.
+    pub fn kernel_boot_args(&self) -> Result<Vec<String>> {
+        let Boot::Kernel { kernel, initrd, append } = &self.boot else {
+            bail!("{}: not a kernel boot", self.name);
+        };
+        let mut a: Vec<String> = vec![
+            "-name".into(),
+            format!("{},debug-threads=on", self.name),
+            "-nodefaults".into(),
+            "-no-user-config".into(),
+            "-display".into(),
+            "none".into(),
+            "-M".into(),
+            "pc".into(),
+            "-m".into(),
+            self.memory_mib.to_string(),
+            "-smp".into(),
+            self.cpus.to_string(),
+        ];
+        a.extend(self.accel.qemu_args());
+        a.extend(["-kernel".into(), kernel.display().to_string(), "-initrd".into(), initrd.display().to_string()]);
+        a.extend(["-append".into(), format!("{} {append}", self.guest_kernel_params())]);
+        if let Some(c) = &self.control {
+            a.extend(["-netdev".into(), format!("user,id=ctl,{}", self.control_netdev_opts(c))]);
+            a.extend(["-device".into(), format!("virtio-net-pci,netdev=ctl,mac={CONTROL_MAC},id=nic-ctl")]);
+        }
+        a.extend(self.plumbing_args());
+        Ok(a)
+    }
+
+    /// The process to run: QEMU itself, or the NixOS start script with the plumbing in its
+    /// environment.
+    pub fn command(&self, state_dir: &Path, shared_dir: &Path) -> Result<tokio::process::Command> {
+        match &self.boot {
+            Boot::Kernel { .. } => {
+                let mut cmd = tokio::process::Command::new(&self.qemu);
+                cmd.args(self.kernel_boot_args()?);
+                Ok(cmd)
+            }
+            Boot::StartScript { path, kernel_params } => {
+                let plumbing = self.plumbing_args();
+                // run-<name>-vm splits $QEMU_OPTS on white space.
+                if let Some(bad) = plumbing.iter().find(|a| a.chars().any(char::is_whitespace)) {
+                    bail!("{}: QEMU argument {bad:?} holds white space; use a run directory without spaces", self.name);
+                }
+                let mut cmd = tokio::process::Command::new(path);
+                cmd.env("QEMU_OPTS", plumbing.join(" "))
+                    .env("QEMU_KERNEL_PARAMS", format!("console=ttyS0 {} {kernel_params}", self.guest_kernel_params()))
+                    .env("TMPDIR", state_dir)
+                    .env("USE_TMPDIR", "1")
+                    .env("SHARED_DIR", shared_dir)
+                    .current_dir(state_dir);
+                if let Some(c) = &self.control {
+                    cmd.env("QEMU_NET_OPTS", self.control_netdev_opts(c));
+                }
+                Ok(cmd)
+            }
+        }
+    }
+}
+
+/// Console lines kept for error messages.
+const CONSOLE_TAIL: usize = 200;
+/// Console text kept for `wait_for_console_text` and `console_contains`.
+const CONSOLE_HISTORY_BYTES: usize = 8 << 20;
+
+#[derive(Default)]
+struct ConsoleState {
+    tail: VecDeque<String>,
+    history: String,
+    /// Bytes dropped from the front of `history`.
+    dropped: usize,
+    /// Absolute offset up to which `wait_for_console_text` has consumed.
+    cursor: usize,
+    closed: bool,
+}
+
+/// A machine's serial console: every line, echoed and logged, kept for waits and errors.
+pub struct Console {
+    name: String,
+    state: Mutex<ConsoleState>,
+    changed: Notify,
+    log: Mutex<Option<std::fs::File>>,
+}
+
+impl Console {
+    pub fn new(name: &str, log_path: Option<&Path>) -> Arc<Console> {
+        let log = log_path.and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
+        Arc::new(Console { name: name.to_string(), state: Mutex::default(), changed: Notify::new(), log: Mutex::new(log) })
+    }
+
+    fn push(&self, line: String) {
+        crate::log::console_line(&self.name, &line);
+        if let Some(f) = self.log.lock().unwrap().as_mut() {
+            use std::io::Write;
+            let _ = writeln!(f, "{line}");
+        }
+        let mut s = self.state.lock().unwrap();
+        s.history.push_str(&line);
+        s.history.push('\n');
+        if s.history.len() > CONSOLE_HISTORY_BYTES {
+            let cut = s.history.len() - CONSOLE_HISTORY_BYTES / 2;
+            let cut = (cut..s.history.len()).find(|i| s.history.is_char_boundary(*i)).unwrap_or(s.history.len());
+            s.history.drain(..cut);
+            s.dropped += cut;
+        }
+        s.tail.push_back(line);
+        if s.tail.len() > CONSOLE_TAIL {
+            s.tail.pop_front();
+        }
+        drop(s);
+        self.changed.notify_waiters();
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap().closed = true;
+        self.changed.notify_waiters();
+    }
+
+    /// The last `n` lines.
+    pub fn tail(&self, n: usize) -> Vec<String> {
+        let s = self.state.lock().unwrap();
+        s.tail.iter().skip(s.tail.len().saturating_sub(n)).cloned().collect()
+    }
+
+    /// Whether the console has ever shown text matching `re` (within the kept history).
+    pub fn contains(&self, re: &regex::Regex) -> bool {
+        re.is_match(&self.state.lock().unwrap().history)
+    }
+
+    /// Waits for console text matching `re` that no earlier wait consumed; returns the match.
+    pub async fn wait_for(&self, re: &regex::Regex, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let changed = self.changed.notified();
+            {
+                let mut s = self.state.lock().unwrap();
+                let from = s.cursor.saturating_sub(s.dropped).min(s.history.len());
+                if let Some(m) = re.find(&s.history[from..]) {
+                    let text = m.as_str().to_string();
+                    s.cursor = s.dropped + from + m.end();
+                    return Ok(text);
+                }
+                if s.closed {
+                    bail!("the console closed (QEMU exited) before text matching /{re}/ appeared");
+                }
+            }
+            if tokio::time::timeout_at(deadline.into(), changed).await.is_err() {
+                bail!("no console text matching /{re}/ within {timeout:?}");
+            }
+        }
+    }
+
+    /// Every console line from now on, until the machine stops (for the REPL's `console`).
+    pub fn follow(&self) -> (usize, &Notify) {
+        let s = self.state.lock().unwrap();
+        (s.dropped + s.history.len(), &self.changed)
+    }
+
+    /// Console text from absolute offset `from`; returns the text and the new offset.
+    pub fn text_since(&self, from: usize) -> (String, usize) {
+        let s = self.state.lock().unwrap();
+        let start = from.saturating_sub(s.dropped).min(s.history.len());
+        (s.history[start..].to_string(), s.dropped + s.history.len())
+    }
+}
+
+/// Reads lines from `reader` into `console` until end of stream.
+async fn capture_lines(reader: impl AsyncRead + Unpin, sink: impl Fn(String)) {
+    let mut lines = BufReader::new(reader);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match lines.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf);
+                sink(clean_console_line(&line));
+            }
+        }
+    }
+}
+
+/// Drops the line ending, carriage returns and terminal escape sequences.
+pub fn clean_console_line(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\x1b' => {
+                // CSI: ESC [ params final-byte
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\r' | '\n' => {}
+            c if c.is_control() && c != '\t' => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A running QEMU (or start script) and its console.
+pub struct QemuProcess {
+    pub pid: u32,
+    pub console: Arc<Console>,
+    stderr: Arc<Mutex<String>>,
+    exit: watch::Receiver<Option<String>>,
+    /// Owns the child: aborting it drops the child, which kills it.
+    waiter: tokio::task::JoinHandle<()>,
+    _stdin: Option<tokio::process::ChildStdin>,
+}
+
+impl Drop for QemuProcess {
+    fn drop(&mut self) {
+        // SIGKILL now, not when the runtime gets round to dropping the aborted task.
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), nix::sys::signal::Signal::SIGKILL);
+        self.waiter.abort();
+    }
+}
+
+impl QemuProcess {
+    /// Starts the machine's process; the console is captured from its stdout.
+    pub async fn start(spec: &QemuSpec, state_dir: &Path, shared_dir: &Path, console: Arc<Console>, log_dir: Option<&Path>) -> Result<QemuProcess> {
+        let mut cmd = spec.command(state_dir, shared_dir)?;
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        if let Some(dir) = log_dir {
+            let line = command_line_text(&cmd);
+            let _ = std::fs::write(dir.join(format!("{}.cmdline", spec.name)), line);
+        }
+        let mut child = crate::process::spawn(cmd).await.with_context(|| format!("{}: starting QEMU", spec.name))?;
+        let pid = child.id().ok_or_else(|| anyhow!("{}: QEMU exited at once", spec.name))?;
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr_pipe = child.stderr.take().expect("piped stderr");
+        let stdin = child.stdin.take();
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let out_console = console.clone();
+        let console_task = tokio::spawn(capture_lines(stdout, move |l| out_console.push(l)));
+        let err_buf = stderr.clone();
+        let name = spec.name.clone();
+        let stderr_task = tokio::spawn(capture_lines(stderr_pipe, move |l| {
+            tracing::debug!(machine = %name, "qemu stderr: {l}");
+            let mut b = err_buf.lock().unwrap();
+            if b.len() < 64 * 1024 {
+                b.push_str(&l);
+                b.push('\n');
+            }
+        }));
+        let (exit_tx, exit) = watch::channel(None);
+        let console_for_exit = console.clone();
+        let waiter = tokio::spawn(async move {
+            let status = child.wait().await;
+            // Let the console and stderr drain before the exit is announced.
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                let _ = console_task.await;
+                let _ = stderr_task.await;
+            })
+            .await;
+            console_for_exit.close();
+            let text = match status {
+                Ok(s) => s.to_string(),
+                Err(e) => format!("wait failed: {e}"),
+            };
+            let _ = exit_tx.send(Some(text));
+        });
+        Ok(QemuProcess { pid, console, stderr, exit, waiter, _stdin: stdin })
+    }
+
+    /// The exit status text, once the process has exited.
+    pub fn exited(&self) -> Option<String> {
+        self.exit.borrow().clone()
+    }
+
+    /// What QEMU wrote to stderr (its error messages).
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits for the process to exit; Err on timeout.
+    pub async fn wait(&self, timeout: Duration) -> Result<String> {
+        match tokio::time::timeout(timeout, self.exited_signal()).await {
+            Ok(status) => Ok(status),
+            Err(_) => bail!("QEMU (pid {}) still running after {timeout:?}", self.pid),
+        }
+    }
+
+    /// A future that resolves, with the exit status, when the process exits; it borrows nothing.
+    pub fn exited_signal(&self) -> impl std::future::Future<Output = String> + Send + 'static {
+        let mut rx = self.exit.clone();
+        async move {
+            let status = match rx.wait_for(Option::is_some).await {
+                Ok(v) => v.clone().unwrap_or_default(),
+                Err(_) => "unknown (waiter gone)".to_string(),
+            };
+            status
+        }
+    }
+
+    /// Kills the process at once and waits for it.
+    pub async fn kill(&self) -> Result<String> {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), nix::sys::signal::Signal::SIGKILL);
+        self.wait(Duration::from_secs(10)).await
+    }
+}
+
+/// The command as a shell line, for the per-machine log.
+fn command_line_text(cmd: &tokio::process::Command) -> String {
+    let std = cmd.as_std();
+    let mut s = String::new();
+    for (k, v) in std.get_envs() {
+        let _ = write!(s, "{}={:?} ", k.to_string_lossy(), v.map(|v| v.to_string_lossy().into_owned()).unwrap_or_default());
+    }
+    let _ = write!(s, "{}", std.get_program().to_string_lossy());
+    for a in std.get_args() {
+        let _ = write!(s, " '{}'", a.to_string_lossy().replace('\'', "'\\''"));
+    }
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> QemuSpec {
+        QemuSpec {
+            name: "target".into(),
+            qemu: "qemu-system-x86_64".into(),
+            accel: Accel::Tcg,
+            boot: Boot::Kernel { kernel: "/k/vmlinuz".into(), initrd: "/k/initrd".into(), append: "console=ttyS0 quiet".into() },
+            memory_mib: 512,
+            cpus: 1,
+            disks: vec![Disk { id: "disk0".into(), path: "/run/d0.img".into(), serial: "vmcheck-disk0".into(), kind: DiskKind::Nvme }],
+            nics: vec![Nic {
+                vlan: 1,
+                mac: test_mac(1, Ipv4Addr::new(192, 0, 2, 1)),
+                address: Ipv4Addr::new(192, 0, 2, 1),
+                prefix_len: 24,
+                local: "/run/net/target-1.sock".into(),
+                remote: "/run/net/switch-1.sock".into(),
+            }],
+            control: Some(ControlNic { guest_port: 10124 }),
+            qmp_socket: "/run/target/qmp.sock".into(),
+            qga_socket: "/run/target/qga.sock".into(),
+            balloon: true,
+            extra_args: vec!["-rtc".into(), "base=utc".into()],
+        }
+    }
+
+    fn after<'a>(args: &'a [String], flag: &str, containing: &str) -> Option<&'a str> {
+        args.windows(2).find(|w| w[0] == flag && w[1].contains(containing)).map(|w| w[1].as_str())
+    }
+
+    #[test]
+    fn kernel_boot_command_line() {
+        let args = spec().kernel_boot_args().unwrap();
+        assert_eq!(after(&args, "-m", ""), Some("512"));
+        assert_eq!(after(&args, "-cpu", ""), Some("max"));
+        assert_eq!(after(&args, "-device", "nvme"), Some("nvme,id=disk0,drive=drive-disk0,serial=vmcheck-disk0"));
+        assert!(after(&args, "-drive", "id=drive-disk0,file=/run/d0.img,format=raw").is_some());
+        assert_eq!(
+            after(&args, "-netdev", "dgram"),
+            Some("dgram,id=vlan1,local.type=unix,local.path=/run/net/target-1.sock,remote.type=unix,remote.path=/run/net/switch-1.sock")
+        );
+        assert_eq!(after(&args, "-device", "virtio-net-pci,netdev=vlan1"), Some("virtio-net-pci,netdev=vlan1,mac=52:54:00:12:01:01,id=nic-vlan1"));
+        assert_eq!(after(&args, "-netdev", "user"), Some("user,id=ctl,net=198.51.100.0/24,restrict=on,hostfwd=tcp:127.0.0.1:0-:10124"));
+        let append = after(&args, "-append", "").unwrap();
+        assert!(append.starts_with("vmcheck.name=target vmcheck.net=52:54:00:12:01:01,192.0.2.1/24;52:54:00:ff:00:01,198.51.100.15/24"), "{append}");
+        assert!(append.ends_with("console=ttyS0 quiet"));
+        assert_eq!(args.last().map(String::as_str), Some("base=utc"));
+        // The agent's chardev exists before QMP's wait=on blocks QEMU.
+        let qga = args.iter().position(|a| a.contains("id=qga0")).unwrap();
+        let qmp = args.iter().position(|a| a.contains("id=qmp0")).unwrap();
+        assert!(qga < qmp);
+    }
+
+    #[test]
+    fn start_script_gets_plumbing_in_environment() {
+        let mut s = spec();
+        s.boot = Boot::StartScript { path: "/nix/store/x/bin/run-target-vm".into(), kernel_params: String::new() };
+        let cmd = s.command(Path::new("/run/target"), Path::new("/run/shared")).unwrap();
+        let env: std::collections::HashMap<_, _> =
+            cmd.as_std().get_envs().map(|(k, v)| (k.to_string_lossy().into_owned(), v.unwrap().to_string_lossy().into_owned())).collect();
+        assert!(env["QEMU_OPTS"].contains("-mon chardev=qmp0,mode=control"));
+        assert!(!env["QEMU_OPTS"].contains("-kernel"));
+        assert_eq!(env["QEMU_NET_OPTS"], "net=198.51.100.0/24,restrict=on,hostfwd=tcp:127.0.0.1:0-:10124");
+        assert!(env["QEMU_KERNEL_PARAMS"].contains("vmcheck.name=target"));
+        assert_eq!(env["USE_TMPDIR"], "1");
+        s.qmp_socket = "/tmp/with space/qmp.sock".into();
+        assert!(s.command(Path::new("/r"), Path::new("/s")).is_err());
+    }
+
+    #[test]
+    fn console_lines_are_cleaned() {
+        assert_eq!(clean_console_line("\x1b[0;32mOK\x1b[0m done\r\n"), "OK done");
+        assert_eq!(clean_console_line("[    6.5] nvme nvme0: new ctrl\n"), "[    6.5] nvme nvme0: new ctrl");
+    }
+
+    #[tokio::test]
+    async fn console_wait_consumes_matches() {
+        let c = Console::new("m", None);
+        c.push("booting".into());
+        c.push("login: ready 1".into());
+        c.push("login: ready 2".into());
+        let re = regex::Regex::new(r"ready \d").unwrap();
+        assert_eq!(c.wait_for(&re, Duration::from_millis(10)).await.unwrap(), "ready 1");
+        assert_eq!(c.wait_for(&re, Duration::from_millis(10)).await.unwrap(), "ready 2");
+        let err = c.wait_for(&re, Duration::from_millis(10)).await.unwrap_err();
+        assert!(err.to_string().contains("within"), "{err}");
+        assert!(c.contains(&re));
+        assert_eq!(c.tail(2), ["login: ready 1", "login: ready 2"]);
+    }
+}

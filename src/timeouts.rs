@@ -1,1 +1,55 @@
-//! TODO
+//! Every timeout of the driver and of the guest tools it runs, scaled from one place.
+//!
+//! The base values are chosen for TCG on two shared cores (the slow case this project runs on);
+//! `VMCHECK_TIMEOUT_FACTOR` scales all of them (e.g. 0.5 on a fast KVM machine, 3 on a loaded one).
+
+use std::time::Duration;
+
+/// The factor every timeout is multiplied by: `VMCHECK_TIMEOUT_FACTOR`, default 1.
+pub fn factor() -> f64 {
+    std::env::var("VMCHECK_TIMEOUT_FACTOR").ok().and_then(|v| v.parse::<f64>().ok()).filter(|f| *f > 0.0).unwrap_or(1.0)
+}
+
+fn secs(base: f64) -> Duration {
+    Duration::from_secs_f64(base * factor())
+}
+
+/// From QEMU start until the guest agent answers.
+pub fn boot() -> Duration {
+    secs(180.0)
+}
+/// A guest command run by `succeed`/`execute` when the caller gives none.
+pub fn command() -> Duration {
+    secs(600.0)
+}
+/// One QMP or guest-agent request (not a guest command's run time).
+pub fn request() -> Duration {
+    secs(30.0)
+}
+/// From `shutdown` until QEMU has exited.
+pub fn shutdown() -> Duration {
+    secs(60.0)
+}
+/// Until a QEMU that was asked to quit has exited, before it is killed.
+pub fn quit() -> Duration {
+    secs(10.0)
+}
+/// Each step of the KVM probe: where KVM works, both take well under a second; under TCG the
+/// kernel step would take about 6 s, so a hanging KVM is told apart within a few seconds.
+pub fn kvm_probe() -> Duration {
+    Duration::from_secs(4)
+}
+
+/// NVMe-oF timeouts for `nvme connect` under TCG. The kernel's 5 s keep-alive was seen to expire
+/// while an initiator was still connecting; these leave room for slow guest time.
+pub struct NvmeTimeouts {
+    pub keep_alive_tmo: u32,
+    pub ctrl_loss_tmo: u32,
+    pub reconnect_delay: u32,
+}
+
+pub fn nvme() -> NvmeTimeouts {
+    let f = factor();
+    let s = |base: f64| (base * f).ceil().max(1.0) as u32;
+    NvmeTimeouts { keep_alive_tmo: s(30.0), ctrl_loss_tmo: s(120.0), reconnect_delay: s(2.0) }
+}

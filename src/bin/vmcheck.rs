@@ -1,1 +1,176 @@
-fn main() {}
+//! `vmcheck`: run storage scenarios on QEMU machines.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use vmcheck::config::{DriverConfig, Role};
+use vmcheck::driver::{write_junit, DriverOptions};
+use vmcheck::images::Images;
+use vmcheck::scenarios::{self, RunOptions};
+
+#[derive(Parser)]
+#[command(name = "vmcheck", version, about = "VM-level integration tests for storage systems")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the scenarios.
+    List,
+    /// Run scenarios (all listed ones when none is named).
+    Run {
+        names: Vec<String>,
+        /// Write JUnit XML here (one test case per subtest).
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        /// Keep console logs, command lines, the transcript and tool output here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Keep the run directory (disks, sockets) after the run.
+        #[arg(long)]
+        keep_vm_state: bool,
+        /// Driver configuration from nix/ (NixOS machines); names the scenario itself.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Seconds the whole of each scenario may take.
+        #[arg(long)]
+        global_timeout: Option<u64>,
+    },
+    /// Manage the default images.
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImagesCommand {
+    /// Build (or find up to date) the kernel and the initramfs of each role.
+    Build,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_env("VMCHECK_LOG")).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vmcheck: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async {
+        tokio::select! {
+            code = dispatch(cli.command) => code,
+            // Dropping the run kills every machine and removes the run directory.
+            _ = interrupted() => {
+                eprintln!("vmcheck: interrupted; stopping every machine");
+                ExitCode::from(130)
+            }
+        }
+    })
+}
+
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+}
+
+async fn dispatch(command: Command) -> ExitCode {
+    match command {
+        Command::List => {
+            for s in scenarios::all().iter().filter(|s| !s.hidden) {
+                println!("{:<28} {}", s.name, s.description);
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Images { command: ImagesCommand::Build } => {
+            let result = tokio::task::spawn_blocking(|| -> anyhow::Result<()> {
+                let images = Images::from_env()?;
+                for role in [Role::Target, Role::Initiator] {
+                    let image = images.ensure(role)?;
+                    println!("{role}: kernel {} initrd {}", image.kernel.display(), image.initrd.display());
+                }
+                Ok(())
+            })
+            .await;
+            match result {
+                Ok(Ok(())) => ExitCode::SUCCESS,
+                Ok(Err(e)) => {
+                    eprintln!("vmcheck: {e:#}");
+                    ExitCode::from(1)
+                }
+                Err(e) => {
+                    eprintln!("vmcheck: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Run { names, junit, out, keep_vm_state, config, global_timeout } => {
+            run(names, junit, out, keep_vm_state, config, global_timeout).await
+        }
+    }
+}
+
+async fn run(names: Vec<String>, junit: Option<PathBuf>, out: Option<PathBuf>, keep: bool, config: Option<PathBuf>, global_timeout: Option<u64>) -> ExitCode {
+    let usage = |msg: String| {
+        eprintln!("vmcheck: {msg}");
+        ExitCode::from(2)
+    };
+    let config = match config.as_deref().map(DriverConfig::load).transpose() {
+        Ok(c) => c,
+        Err(e) => return usage(format!("{e:#}")),
+    };
+    let names = match (&config, names.is_empty()) {
+        (Some(c), true) => vec![c.scenario.clone()],
+        (Some(_), false) => return usage("--config names the scenario; do not name others".into()),
+        (None, true) => scenarios::all().iter().filter(|s| !s.hidden).map(|s| s.name.to_string()).collect(),
+        (None, false) => names,
+    };
+    let mut chosen = Vec::new();
+    for n in &names {
+        match scenarios::find(n) {
+            Ok(s) => chosen.push(s),
+            Err(e) => return usage(format!("{e:#}")),
+        }
+    }
+    if let Some(dir) = &out {
+        if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| vmcheck::log::set_transcript(&dir.join("transcript.log"))) {
+            return usage(format!("cannot use --out {}: {e}", dir.display()));
+        }
+    }
+    let mut outcomes = Vec::new();
+    for s in chosen {
+        let options = RunOptions {
+            driver: DriverOptions { keep_state: keep, out_dir: out.as_ref().map(|d| d.join(s.name)), ..DriverOptions::default() },
+            config: config.clone(),
+            global_timeout: global_timeout.map(std::time::Duration::from_secs),
+        };
+        let outcome = scenarios::run(s, &options).await;
+        match &outcome.error {
+            None => vmcheck::log::line(&format!("{}: passed in {:.2} s", outcome.name, outcome.duration.as_secs_f64())),
+            Some(e) => vmcheck::log::line(&format!("{}: FAILED after {:.2} s:\n{e}", outcome.name, outcome.duration.as_secs_f64())),
+        }
+        outcomes.push(outcome);
+    }
+    if let Some(path) = junit {
+        let suites: Vec<_> = outcomes.iter().map(|o| (o.name.clone(), o.subtests.clone())).collect();
+        if let Err(e) = write_junit(&path, &suites) {
+            eprintln!("vmcheck: {e:#}");
+            return ExitCode::from(1);
+        }
+    }
+    let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
+    vmcheck::log::line(&format!("{} passed, {failed} failed", outcomes.len() - failed));
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

@@ -1,0 +1,44 @@
+#!/bin/sh
+# vmcheck guest bring-up, run once by busybox init (sysinit). Everything the guest contract
+# promises is set up here: filesystems, modules, the test network, configfs, hostnqn.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts /dev/shm /run /tmp /var/tmp /root
+mount -t devpts devpts /dev/pts
+mount -t tmpfs -o mode=0755 tmpfs /run
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+
+arg() { for w in $(cat /proc/cmdline); do case "$w" in "$1="*) echo "${w#*=}";; esac; done; }
+
+# Kernel messages at info level reach the console (nvme connect, hot-plug), as on NixOS.
+dmesg -n 7
+
+while read -r m; do
+  insmod "/lib/modules/$m" 2>/dev/null || echo "vmcheck: insmod $m failed"
+done < /etc/vmcheck/modules
+
+[ -d /sys/kernel/config ] && mount -t configfs configfs /sys/kernel/config
+
+name=$(arg vmcheck.name)
+hostname "${name:-vmcheck}"
+ip link set lo up
+
+# vmcheck.net=MAC,ADDR/LEN[;MAC,ADDR/LEN]: the NIC with that MAC gets that address.
+for spec in $(arg vmcheck.net | tr ';' ' '); do
+  mac=${spec%%,*}; addr=${spec#*,}
+  for dev in /sys/class/net/*; do
+    if [ "$(cat "$dev/address")" = "$mac" ]; then
+      ip addr add "$addr" dev "${dev##*/}"
+      ip link set "${dev##*/}" up
+    fi
+  done
+done
+
+mkdir -p /etc/nvme
+if [ ! -s /etc/nvme/hostnqn ]; then
+  echo "nqn.2014-08.org.nvmexpress:uuid:$(cat /proc/sys/kernel/random/uuid)" > /etc/nvme/hostnqn
+  cat /proc/sys/kernel/random/uuid > /etc/nvme/hostid
+fi
+echo "vmcheck: $(hostname) is up"
