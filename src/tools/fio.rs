@@ -427,6 +427,18 @@ impl FioLatency {
             ((key - p).abs() < 1e-6).then_some(*v)
         })
     }
+
+    /// The percentiles as (percent, ns) in numeric order (the map's string keys sort "10" before
+    /// "5").
+    pub fn percentiles_sorted(&self) -> Vec<(f64, u64)> {
+        let mut v: Vec<(f64, u64)> = self
+            .percentile
+            .iter()
+            .filter_map(|(k, v)| Some((k.parse().ok()?, *v)))
+            .collect();
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        v
+    }
 }
 
 /// The `sync` section of a job (fsync/fdatasync latencies).
@@ -692,6 +704,9 @@ mod tests {
             assert!(s.clat_ns.min <= p99 && p99 <= s.clat_ns.max.next_power_of_two());
             assert!(s.clat_ns.mean > 0.0 && s.lat_ns.mean >= s.clat_ns.mean);
             assert!(s.clat_ns.percentile.contains_key("99.990000"));
+            let sorted = s.clat_ns.percentiles_sorted();
+            assert_eq!((sorted.len(), sorted[0].0, sorted[16].0), (17, 1.0, 99.99));
+            assert!(sorted.windows(2).all(|w| w[0].1 <= w[1].1), "monotonic");
         }
         assert_eq!(job.trim.io_bytes, 0);
         assert_eq!(job.sync.as_ref().map(|s| s.total_ios), Some(0));
