@@ -55,7 +55,9 @@ pub fn console_line(machine: &str, text: &str) {
 pub async fn nested<T>(label: &str, f: impl std::future::Future<Output = T>) -> T {
     line(label);
     let started = Instant::now();
-    let out = f.await;
+    // Boxed: nested machine-API futures would otherwise be polled in deep, wide stack frames
+    // (debug builds overflowed a test thread's 2 MiB stack).
+    let out = Box::pin(f).await;
     line(&format!("({:.2} seconds)", started.elapsed().as_secs_f64()));
     out
 }

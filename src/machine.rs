@@ -155,6 +155,10 @@ impl Machine {
     /// Starts QEMU (a no-op when it runs). Disks are created on first start and kept across
     /// restarts.
     pub async fn start(&self) -> Result<()> {
+        Box::pin(self.start_inner()).await
+    }
+
+    async fn start_inner(&self) -> Result<()> {
         let mut running = self.inner.running.write().await;
         if let Some(r) = running.as_ref() {
             if r.process.exited().is_none() {
@@ -259,6 +263,10 @@ impl Machine {
 
     /// Runs `cmd` with `sh -c` in its own process group; waits at most `timeout`.
     pub async fn execute_with_timeout(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput> {
+        Box::pin(self.execute_inner(cmd, timeout)).await
+    }
+
+    async fn execute_inner(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput> {
         let qga = self.qga().await?;
         // setsid makes the shell a process-group leader, so a timeout kills its children too.
         let argv = ["/bin/sh", "-c", "exec setsid /bin/sh -c \"$1\"", "sh", cmd];
@@ -343,6 +351,23 @@ impl Machine {
             }
         })
         .await
+    }
+
+    /// The guest's block device (`/dev/...`) of the disk `id` of this machine's spec, found by
+    /// its serial: device names depend on probe order and image kind, serials do not.
+    pub async fn disk_device(&self, id: &str) -> Result<String> {
+        let disk = self.inner.node.disks.iter().find(|d| d.id == id).ok_or_else(|| {
+            let known: Vec<_> = self.inner.node.disks.iter().map(|d| d.id.as_str()).collect();
+            self.error(format!("no disk {id:?}"), format!("this machine has {known:?}"))
+        })?;
+        // NVMe pads serials with spaces; `echo $s` drops them.
+        let cmd = format!(
+            "for b in /sys/block/*; do s=$(cat $b/device/serial 2>/dev/null || cat $b/serial 2>/dev/null); \
+             [ \"$(echo $s)\" = {} ] && echo /dev/${{b##*/}}; done | grep .",
+            shell_quote(&disk.serial)
+        );
+        let out = self.wait_until_succeeds(&cmd, timeouts::request()).await?;
+        Ok(out.lines().next().unwrap_or_default().to_string())
     }
 
     /// Waits until `path` exists in the guest.

@@ -1,0 +1,81 @@
+//! The machine API against one real VM: exec results, timeouts and their errors, waits,
+//! console, reboot, crash and restart, shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{driver, err_text, SHORT};
+use vmcheck::config::{NodeSpec, Role};
+use vmcheck::machine::is_timeout;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machine_api_on_a_real_vm() {
+    let d = driver(vec![NodeSpec::new("machine", Role::Target, 1)]).await;
+    d.start_all().await.unwrap();
+    let m = d.machine("machine").unwrap();
+
+    // Exit status, stdout and stderr come back exactly, including non-ASCII and no newline.
+    let out = m.execute("printf 'a\\nb  '; printf 'é€' >&2; exit 3").await.unwrap();
+    assert_eq!((out.status, out.stdout.as_str(), out.stderr.as_str()), (3, "a\nb  ", "é€"));
+    let out = m.execute("kill -TERM $$").await.unwrap();
+    assert_eq!((out.status, out.signal), (143, Some(15)));
+    let big = m.succeed("head -c 300000 /dev/zero | tr '\\0' x").await.unwrap();
+    assert_eq!(big.len(), 300000);
+    assert_eq!(m.succeed("echo hello").await.unwrap(), "hello\n");
+    let failed = err_text(m.succeed("echo out; echo err >&2; exit 7").await);
+    assert!(failed.contains("status 7") && failed.contains("out") && failed.contains("err"), "{failed}");
+    let out = m.fail("false").await.unwrap();
+    assert_eq!(out.status, 1);
+    assert!(err_text(m.fail("true").await).contains("should have failed"));
+
+    // A command that never exits is bounded by its timeout; the error says so and shows the
+    // console tail.
+    m.succeed("echo console-marker-before-timeout > /dev/console").await.unwrap();
+    let e = m.succeed_with_timeout("sleep 600", SHORT).await.unwrap_err();
+    assert!(is_timeout(&e), "{e:#}");
+    let text = format!("{e:#}");
+    assert!(text.contains("did not finish within 3s") && text.contains("sleep 600"), "{text}");
+    assert!(text.contains("last 20 console lines") && text.contains("console-marker-before-timeout"), "{text}");
+    // A command that leaves a child holding stdout is bounded too, and the child is killed.
+    let e = m.execute_with_timeout("sleep 555 & echo started", SHORT).await.unwrap_err();
+    assert!(is_timeout(&e), "{e:#}");
+    assert!(format!("{e:#}").contains("started"), "partial output is kept: {e:#}");
+    m.wait_until_fails("pgrep -f 'sleep 555'", Duration::from_secs(10)).await.unwrap();
+
+    // Waits.
+    m.succeed("(sleep 2; touch /tmp/ready) >/dev/null 2>&1 &").await.unwrap();
+    m.wait_for_file("/tmp/ready", Duration::from_secs(30)).await.unwrap();
+    let e = m.wait_for_file("/tmp/never", Duration::from_secs(2)).await.unwrap_err();
+    assert!(is_timeout(&e) && format!("{e:#}").contains("test -e /tmp/never"), "{e:#}");
+    m.succeed("setsid nc -l -p 5555 </dev/null >/dev/null 2>&1 &").await.unwrap();
+    m.wait_for_open_port(5555, Duration::from_secs(30)).await.unwrap();
+    assert!(is_timeout(&m.wait_for_open_port(5556, Duration::from_secs(2)).await.unwrap_err()));
+    assert_eq!(m.wait_until_succeeds("cat /tmp/ready; echo ok", SHORT).await.unwrap(), "ok\n");
+    m.succeed("echo 'console-marker-42' > /dev/console").await.unwrap();
+    assert_eq!(m.wait_for_console_text(r"console-marker-\d+", Duration::from_secs(10)).await.unwrap(), "console-marker-42");
+    assert!(m.console_contains("console-marker-42").unwrap());
+    let e = m.wait_for_console_text("never-printed", Duration::from_secs(1)).await.unwrap_err();
+    assert!(format!("{e:#}").contains("never-printed") && format!("{e:#}").contains("last 20 console lines"), "{e:#}");
+
+    // Files and memory through the agent.
+    let qga = m.qga().await.unwrap();
+    qga.write_file("/tmp/f", b"bytes \x00\xff end").await.unwrap();
+    assert_eq!(qga.read_file("/tmp/f").await.unwrap(), b"bytes \x00\xff end");
+    let mem = m.memory_stats().await.unwrap();
+    assert!(mem.total_kib > 300_000 && mem.total_kib < 600_000, "{mem:?}");
+
+    // Reboot: RAM state is gone, the machine answers again.
+    m.reboot().await.unwrap();
+    m.fail("test -e /tmp/ready").await.unwrap();
+    // Crash, then start again.
+    m.crash().await.unwrap();
+    assert!(!m.is_up().await);
+    assert!(err_text(m.succeed("true").await).contains("not running"));
+    m.wait_for_agent().await.unwrap();
+    m.succeed("true").await.unwrap();
+    // Clean shutdown ends QEMU.
+    let pid = m.pid().await.unwrap();
+    m.shutdown().await.unwrap();
+    assert!(!vmcheck::process::is_alive(pid));
+}
