@@ -51,13 +51,14 @@
     value = number;
   }) (builtins.attrNames nodes));
 
-  # One NixOS system per node, evaluated with the caller's package set (as nixpkgs' tests do with
-  # `node.pkgs`), so overlays on `pkgs` reach the machines too.
+  # One NixOS system per node, evaluated with the caller's package set, read-only, as nixpkgs'
+  # tests do with `node.pkgs` (testing/nodes.nix): overlays go into `pkgs`, not into the nodes.
   evalNode = nodeName: module:
     evalConfig {
       system = null;
-      inherit pkgs;
       modules = [
+        (pkgs.path + "/nixos/modules/misc/nixpkgs/read-only.nix")
+        {nixpkgs.pkgs = pkgs;}
         guestModule
         {
           networking.hostName = lib.mkDefault nodeName;
