@@ -70,9 +70,12 @@
       vmcheck-alejandra = pkgs.callPackage ./nix/tools/alejandra/package.nix {};
     });
 
+    # Modules as attribute sets or functions that import the files, not bare paths: some versions
+    # of `nix flake check` refuse a path as a module (NixOS/nix#7355), and an import keeps the
+    # file's name in error messages.
     nixosModules = {
       # The guest contract: qemu-guest-agent, serial console, static test-network address.
-      guest = ./nix/modules/guest.nix;
+      guest = {imports = [./nix/modules/guest.nix];};
       # nvmet + nvmet-tcp, configfs, and vmcheck-target started at boot (this flake's package).
       target = {
         lib,
@@ -83,7 +86,7 @@
         vmcheck.target.package = lib.mkDefault (vmcheckFor pkgs);
       };
       # nvme-tcp, nvme-cli, fio, lsblk.
-      initiator = ./nix/modules/initiator.nix;
+      initiator = {imports = [./nix/modules/initiator.nix];};
     };
 
     lib = {

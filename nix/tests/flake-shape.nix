@@ -36,6 +36,10 @@ in
   assert builtins.all (s: expect "packages.${s}" shape.packages.${s} ["default" "vmcheck" "vmcheck-alejandra"]) systems;
   assert builtins.all (s: expect "checks.${s}" shape.checks.${s} scenarios) systems;
   assert builtins.all (s: expect "devShells.${s}" shape.devShells.${s} ["default"]) systems;
-  assert expect "nixosModules" (names outputs.nixosModules) ["guest" "initiator" "target"];
+  assert expect "nixosModules" shape.nixosModules {
+    guest = "set";
+    initiator = "set";
+    target = "lambda";
+  };
   assert expect "lib" shape.lib ["driverConfig" "makeTest"];
   assert expect "the nixpkgs input" (builtins.match "github:NixOS/nixpkgs/nixos-[0-9]{2}\\.[0-9]{2}" shape.nixpkgs) []; shape

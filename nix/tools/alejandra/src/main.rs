@@ -66,6 +66,7 @@ fn main() -> ExitCode {
     }
 
     let mut bad = 0usize;
+    let mut changed = 0usize;
     for file in &files {
         let shown = file.display().to_string();
         let before = match std::fs::read_to_string(file) {
@@ -87,7 +88,10 @@ fn main() -> ExitCode {
                 bad += 1;
             }
             (Status::Changed(true), after) => match std::fs::write(file, after) {
-                Ok(()) => eprintln!("{shown}: formatted"),
+                Ok(()) => {
+                    eprintln!("{shown}: formatted");
+                    changed += 1;
+                }
                 Err(err) => {
                     eprintln!("{shown}: cannot write: {err}");
                     bad += 1;
@@ -96,8 +100,11 @@ fn main() -> ExitCode {
         }
     }
 
-    let what = if check { "checked" } else { "formatted" };
-    eprintln!("vmcheck-alejandra: {} Nix file(s) {what}, {bad} with problems", files.len());
+    if check {
+        eprintln!("vmcheck-alejandra: {} Nix file(s) checked, {bad} not formatted or not valid", files.len());
+    } else {
+        eprintln!("vmcheck-alejandra: {} Nix file(s), {changed} reformatted, {bad} with problems", files.len());
+    }
     if bad == 0 {
         ExitCode::SUCCESS
     } else {
