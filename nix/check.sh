@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# What can be checked of the Nix side without nixpkgs (and so without building anything):
+#
+#   1. every .nix file parses                    nix-instantiate --parse
+#   2. no lint findings                          statix check (skipped if statix is not on PATH)
+#   3. no unused bindings                        deadnix --fail
+#   4. formatted                                 vmcheck-alejandra --check (the flake's formatter)
+#   5. the pure parts evaluate, to JSON          nix-instantiate --eval --strict --json:
+#        nix/tests/sample.nix            -> OUT/driver-config.sample.json (a DriverConfig)
+#        nix/tests/scenario-configs.nix  -> OUT/driver-config.<scenario>.json, one per scenario
+#        nix/tests/flake-shape.nix       -> OUT/flake-shape.json (asserts the outputs' shape)
+#      and bad input is refused with the field named (negative cases below).
+#
+# Usage: nix/check.sh [OUT_DIR]       (or VMCHECK_NIX_OUT=OUT_DIR; default: a temporary directory)
+#
+# Needs on PATH: nix-instantiate (Debian: apt-get install nix-bin), deadnix and vmcheck-alejandra
+# (cargo install --locked deadnix@1.3.1; cargo install --locked --path nix/tools/alejandra).
+# statix is not published on crates.io (the crate named statix there is an unrelated web
+# server), so it runs when it is on PATH and is skipped with a message otherwise;
+# VMCHECK_NIX_REQUIRE_STATIX=1 makes its absence an error.
+#
+# Evaluation uses the dummy store (--option store dummy://): nothing is written under /nix, and
+# it works as any user.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+out=${1:-${VMCHECK_NIX_OUT:-}}
+if [[ -z $out ]]; then
+  out=$(mktemp -d "${TMPDIR:-/tmp}/vmcheck-nix-check.XXXXXX")
+fi
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+step() { printf '\n== nix: %s\n' "$*"; }
+die() {
+  printf 'nix/check.sh: %s\n' "$*" >&2
+  exit 1
+}
+need() {
+  command -v "$1" >/dev/null || die "$1 is not on PATH; $2"
+}
+
+need nix-instantiate "install it with: apt-get install -y nix-bin"
+need deadnix "install it with: cargo install --locked deadnix --version 1.3.1"
+need vmcheck-alejandra "install it with: cargo install --locked --path nix/tools/alejandra"
+
+nix_eval() { nix-instantiate --option store dummy:// --eval --strict --json "$@"; }
+
+# The repository's Nix files, tracked or new, without build output.
+mapfile -t files < <(find . \( -name .git -o -name target -o -name 'result*' \) -prune -o -type f -name '*.nix' -print | sed 's|^\./||' | sort)
+[[ ${#files[@]} -gt 0 ]] || die "no .nix files found under $repo"
+
+step "parse ${#files[@]} files (nix-instantiate --parse)"
+for f in "${files[@]}"; do
+  nix-instantiate --option store dummy:// --parse "$f" >/dev/null || die "$f does not parse"
+done
+echo "ok: ${files[*]}"
+
+step "statix check"
+if command -v statix >/dev/null; then
+  statix check . || die "statix reported findings (statix fix applies its suggestions)"
+  echo "ok: $(statix --version 2>/dev/null | head -n1)"
+elif [[ ${VMCHECK_NIX_REQUIRE_STATIX:-} == 1 ]]; then
+  die "statix is not on PATH and VMCHECK_NIX_REQUIRE_STATIX=1"
+else
+  echo "SKIPPED: statix is not on PATH (it is not on crates.io; build it from its source to run it)"
+fi
+
+step "deadnix --fail"
+deadnix --fail "${files[@]}" || die "deadnix found unused code"
+echo "ok: $(deadnix --version)"
+
+step "format (vmcheck-alejandra --check; nix fmt formats)"
+vmcheck-alejandra --check "${files[@]}" || die "unformatted Nix files: run nix fmt (or vmcheck-alejandra FILE...)"
+
+step "evaluate the pure parts to JSON in $out"
+nix_eval nix/tests/sample.nix >"$out/driver-config.sample.json" || die "nix/tests/sample.nix does not evaluate"
+echo "ok: $out/driver-config.sample.json"
+nix_eval nix/tests/scenario-configs.nix >"$out/scenario-configs.json" || die "nix/tests/scenario-configs.nix does not evaluate"
+mapfile -t scenarios < <(nix_eval --expr 'builtins.attrNames (import ./nix/scenarios.nix)' | tr -d '[]"' | tr ',' '\n')
+for s in "${scenarios[@]}"; do
+  nix_eval --expr "(import ./nix/tests/scenario-configs.nix).\"$s\"" >"$out/driver-config.$s.json" ||
+    die "the driver configuration of scenario $s does not evaluate"
+  echo "ok: $out/driver-config.$s.json"
+done
+nix_eval nix/tests/flake-shape.nix >"$out/flake-shape.json" || die "flake.nix's outputs do not have the expected shape"
+echo "ok: $out/flake-shape.json"
+
+step "bad test definitions are refused, naming the field"
+refused() {
+  local expect=$1 args=$2 err
+  if err=$(nix_eval --expr "import ./nix/driver-config.nix { $args }" 2>&1 >/dev/null); then
+    die "accepted, should have been refused: { $args }"
+  fi
+  [[ $err == *"$expect"* ]] || die "refused { $args } without saying \"$expect\": $err"
+  echo "ok: refused ($expect)"
+}
+ok_machine='startScript = "/nix/store/x-vm/bin/run-t-vm";'
+refused "machine name" "name = \"t\"; scenario = \"s\"; machines.\"9t\" = { $ok_machine };"
+refused "address" "name = \"t\"; scenario = \"s\"; machines.t = { $ok_machine address = \"192.0.2.300\"; };"
+refused "startScript" "name = \"t\"; scenario = \"s\"; machines.t = { startScript = \"relative\"; };"
+refused "unknown attribute" "name = \"t\"; scenario = \"s\"; machines.t = { $ok_machine vlan = 1; };"
+refused "globalTimeout" "name = \"t\"; scenario = \"s\"; globalTimeout = 0; machines = { };"
+refused "scenario" "name = \"t\"; scenario = \"\"; machines = { };"
+
+printf '\nnix/check.sh: all Nix checks passed (JSON in %s)\n' "$out"
