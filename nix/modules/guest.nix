@@ -83,12 +83,13 @@ in {
     boot.consoleLogLevel = lib.mkDefault 7;
 
     networking = {
-      # eth0 is qemu-vm's user-mode NIC; the driver's forward ($QEMU_NET_OPTS hostfwd) goes to the
-      # guest address QEMU's user-mode network uses by default, 10.0.2.15. Static: no DHCP wait.
+      # eth0 is qemu-vm's user-mode NIC. The driver's $QEMU_NET_OPTS moves it to documentation
+      # addresses (net=198.51.100.0/24, RFC 5737) and forwards a loopback port to the guest's
+      # .15 there (src/qemu.rs CONTROL_NET, CONTROL_GUEST_ADDR). Static: no DHCP wait.
       useDHCP = lib.mkDefault false;
       interfaces.eth0.ipv4.addresses = lib.mkDefault [
         {
-          address = "10.0.2.15";
+          address = "198.51.100.15";
           prefixLength = 24;
         }
       ];

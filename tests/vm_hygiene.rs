@@ -1,0 +1,146 @@
+//! Process hygiene: however a run ends (success, a failed assertion, a timeout, SIGINT, SIGKILL
+//! of the driver), no QEMU of the run survives. The driver is the real `vmcheck` binary running
+//! hidden self-test scenarios; its QEMU processes are found by the PIDs it logs.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use vmcheck::process::is_alive;
+
+struct Run {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    _tmp: tempfile::TempDir,
+}
+
+fn start(scenario: &str) -> Run {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmcheck"))
+        .args(["run", scenario])
+        .env("TMPDIR", tmp.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Run { child, lines, seen: Vec::new(), _tmp: tmp }
+}
+
+impl Run {
+    /// Reads the driver's log until a line contains `text`.
+    fn wait_for_line(&mut self, text: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.seen.iter().any(|l| l.contains(text)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(l) => self.seen.push(l),
+                Err(_) => panic!("no log line with {text:?} within {timeout:?}; log:\n{}", self.seen.join("\n")),
+            }
+        }
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                self.seen.extend(self.lines.try_iter());
+                while let Ok(l) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                    self.seen.push(l);
+                }
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the driver did not exit within {timeout:?}; log:\n{}", self.seen.join("\n"));
+            }
+            self.seen.extend(self.lines.try_iter());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The QEMU PIDs and the run directory the driver logged.
+    fn qemu_pids(&self) -> Vec<u32> {
+        self.seen
+            .iter()
+            .filter_map(|l| l.split_once("QEMU running (pid ").and_then(|(_, r)| r.trim_end_matches(')').parse().ok()))
+            .collect()
+    }
+
+    fn run_dir(&self) -> PathBuf {
+        let line = self.seen.iter().find_map(|l| l.strip_prefix("run directory: ")).expect("the driver logs its run directory");
+        PathBuf::from(line.split(" (").next().unwrap())
+    }
+
+    /// Every process of the run is gone within a few seconds.
+    fn assert_nothing_left(&self) {
+        let pids = self.qemu_pids();
+        assert!(!pids.is_empty(), "the run started no QEMU; log:\n{}", self.seen.join("\n"));
+        let mut all = pids.clone();
+        all.push(self.child.id());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while all.iter().any(|&p| is_alive(p)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let alive: Vec<_> = all.iter().filter(|&&p| is_alive(p)).collect();
+        assert!(alive.is_empty(), "processes of the run still alive: {alive:?}");
+    }
+}
+
+const RUN: Duration = Duration::from_secs(240);
+
+fn ends_by_itself(scenario: &str, expected_code: i32) {
+    let mut run = start(scenario);
+    let status = run.wait_exit(RUN);
+    assert_eq!(status.code(), Some(expected_code), "log:\n{}", run.seen.join("\n"));
+    run.assert_nothing_left();
+    assert!(!run.run_dir().exists(), "the run directory {} is left behind", run.run_dir().display());
+}
+
+#[test]
+fn nothing_survives_success() {
+    ends_by_itself("selftest-pass", 0);
+}
+
+#[test]
+fn nothing_survives_a_failed_assertion() {
+    ends_by_itself("selftest-fail", 1);
+}
+
+#[test]
+fn nothing_survives_a_timeout() {
+    ends_by_itself("selftest-timeout", 1);
+}
+
+fn killed_by(signal: nix::sys::signal::Signal) -> Run {
+    let mut run = start("selftest-hang");
+    run.wait_for_line("machines up, hanging", RUN);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(run.child.id() as i32), signal).unwrap();
+    run.wait_exit(Duration::from_secs(30));
+    run.assert_nothing_left();
+    run
+}
+
+#[test]
+fn nothing_survives_sigint() {
+    let run = killed_by(nix::sys::signal::Signal::SIGINT);
+    assert!(!run.run_dir().exists(), "the run directory is removed after SIGINT");
+}
+
+#[test]
+fn nothing_survives_sigkill() {
+    // SIGKILL leaves no chance to remove the run directory; the next run removes it.
+    killed_by(nix::sys::signal::Signal::SIGKILL);
+}
