@@ -4,3 +4,5 @@
 pub mod proto {
     tonic::include_proto!("vmcheck.target.v1");
 }
+
+pub mod uri;
