@@ -5,4 +5,7 @@ pub mod proto {
     tonic::include_proto!("vmcheck.target.v1");
 }
 
+pub mod configfs;
+pub mod error;
+pub mod nvmet;
 pub mod uri;
