@@ -5,6 +5,8 @@ pub mod proto {
     tonic::include_proto!("vmcheck.target.v1");
 }
 
+pub mod address;
+pub mod backing;
 pub mod configfs;
 pub mod error;
 pub mod nvmet;
