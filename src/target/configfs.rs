@@ -171,6 +171,32 @@ impl ConfigFs {
         })
     }
 
+    /// Test aid: every entry under the root, sorted, as `d dir`, `f file = contents` or
+    /// `l link -> target` (paths relative to the root).
+    #[cfg(test)]
+    pub(crate) fn dump(&self) -> Vec<String> {
+        fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
+            let mut entries: Vec<PathBuf> = fs::read_dir(dir).expect("readable tree").map(|e| e.expect("entry").path()).collect();
+            entries.sort();
+            for path in entries {
+                let rel = path.strip_prefix(root).unwrap_or(&path).display().to_string();
+                let meta = path.symlink_metadata().expect("entry metadata");
+                if meta.file_type().is_symlink() {
+                    let target = fs::read_link(&path).expect("link target");
+                    out.push(format!("l {rel} -> {}", target.strip_prefix(root).unwrap_or(&target).display()));
+                } else if meta.is_dir() {
+                    out.push(format!("d {rel}"));
+                    walk(root, &path, out);
+                } else {
+                    out.push(format!("f {rel} = {}", fs::read_to_string(&path).expect("readable file")));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.root, &self.root, &mut out);
+        out
+    }
+
     fn run<T>(&self, op: Op, rel: &Path, f: impl FnOnce(&Path) -> io::Result<T>) -> FsResult<T> {
         let path = self.root.join(rel);
         let result = match self.take_fault(op, rel) {

@@ -7,7 +7,13 @@ pub mod proto {
 
 pub mod address;
 pub mod backing;
+pub mod client;
 pub mod configfs;
+pub mod conformance;
 pub mod error;
 pub mod nvmet;
+pub mod service;
 pub mod uri;
+
+#[cfg(test)]
+mod service_tests;

@@ -58,7 +58,7 @@ pub fn validate_nqn(what: &str, nqn: &str) -> Result<()> {
         return bad("not an NQN of the form nqn.yyyy-mm.reverse.domain[:name] (printable ASCII, no '/' or spaces)");
     }
     if nqn == DISCOVERY_NQN {
-        return bad("is the discovery subsystem's NQN");
+        return bad("that is the discovery subsystem's NQN");
     }
     Ok(())
 }
@@ -501,28 +501,8 @@ mod tests {
         }
     }
 
-    /// Every file, directory and symlink under the root, as `kind path[ -> target | = value]`.
     fn tree(nvmet: &Nvmet) -> Vec<String> {
-        fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-            let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-            entries.sort();
-            for path in entries {
-                let rel = path.strip_prefix(root).unwrap().display().to_string();
-                let meta = path.symlink_metadata().unwrap();
-                if meta.file_type().is_symlink() {
-                    let target = std::fs::read_link(&path).unwrap();
-                    out.push(format!("l {rel} -> {}", target.strip_prefix(root).unwrap().display()));
-                } else if meta.is_dir() {
-                    out.push(format!("d {rel}"));
-                    walk(root, &path, out);
-                } else {
-                    out.push(format!("f {rel} = {}", std::fs::read_to_string(&path).unwrap()));
-                }
-            }
-        }
-        let mut out = Vec::new();
-        walk(nvmet.fs().root(), nvmet.fs().root(), &mut out);
-        out
+        nvmet.fs().dump()
     }
 
     const EMPTY: [&str; 3] = ["d hosts", "d ports", "d subsystems"];
