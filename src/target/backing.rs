@@ -114,7 +114,7 @@ impl Backing {
         let bytes = size_mb * MIB;
         // The file is sparse: without this check a too-large bdev fails only on write.
         let fs_stat = nix::sys::statvfs::statvfs(&self.malloc_dir).map_err(|e| internal("statvfs for", &e))?;
-        let free = u64::from(fs_stat.blocks_available()).saturating_mul(fs_stat.fragment_size());
+        let free = fs_stat.blocks_available().saturating_mul(fs_stat.fragment_size());
         if bytes > free {
             return Err(Error::InvalidArgument(format!(
                 "size_mb={size_mb} does not fit: {} MiB free in {}",
@@ -206,7 +206,7 @@ mod tests {
     fn malloc_larger_than_free_space_is_refused() {
         let (dir, backing) = setup();
         let stat = nix::sys::statvfs::statvfs(dir.path()).unwrap();
-        if u64::from(stat.blocks_available()) * stat.fragment_size() >= crate::target::uri::MAX_MALLOC_MB * MIB {
+        if stat.blocks_available() * stat.fragment_size() >= crate::target::uri::MAX_MALLOC_MB * MIB {
             return; // a filesystem this large cannot show the refusal
         }
         let err = backing.open(&BdevUri::Malloc { name: "big".into(), size_mb: crate::target::uri::MAX_MALLOC_MB }).unwrap_err();

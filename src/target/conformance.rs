@@ -47,8 +47,8 @@ pub trait TargetApi {
 }
 
 impl TargetApi for TargetClient {
-    fn call(&mut self, call: Call) -> impl Future<Output = Result<Reply, Status>> + Send {
-        async move {
+    async fn call(&mut self, call: Call) -> Result<Reply, Status> {
+        {
             Ok(match call {
                 Call::ListBdevs => Reply::Bdevs(self.list_bdevs(proto::ListBdevsRequest {}).await?.into_inner()),
                 Call::ListSubsystems => Reply::Subsystems(self.list_subsystems(proto::ListSubsystemsRequest {}).await?.into_inner()),
@@ -65,9 +65,9 @@ impl TargetApi for TargetClient {
 
 /// Straight into the service, through the same `Target` methods tonic would call.
 impl TargetApi for &TargetService {
-    fn call(&mut self, call: Call) -> impl Future<Output = Result<Reply, Status>> + Send {
+    async fn call(&mut self, call: Call) -> Result<Reply, Status> {
         let svc: &TargetService = self;
-        async move {
+        {
             Ok(match call {
                 Call::ListBdevs => Reply::Bdevs(Target::list_bdevs(svc, Request::new(proto::ListBdevsRequest {})).await?.into_inner()),
                 Call::ListSubsystems => {
@@ -263,7 +263,8 @@ struct Snapshot {
 }
 
 async fn snapshot(api: &mut impl TargetApi) -> anyhow::Result<Snapshot> {
-    let (Reply::Bdevs(bdevs), Reply::Subsystems(subsystems)) = (api.call(Call::ListBdevs).await?, api.call(Call::ListSubsystems).await?) else {
+    let (Reply::Bdevs(bdevs), Reply::Subsystems(subsystems)) = (api.call(Call::ListBdevs).await?, api.call(Call::ListSubsystems).await?)
+    else {
         bail!("list calls gave unexpected replies");
     };
     Ok(Snapshot { bdevs: bdevs.bdevs, subsystems: subsystems.subsystems })
@@ -317,14 +318,12 @@ mod tests {
     struct Yes;
 
     impl TargetApi for Yes {
-        fn call(&mut self, call: Call) -> impl Future<Output = Result<Reply, Status>> + Send {
-            async move {
-                Ok(match call {
-                    Call::ListBdevs => Reply::Bdevs(Default::default()),
-                    Call::ListSubsystems => Reply::Subsystems(Default::default()),
-                    _ => Reply::Done,
-                })
-            }
+        async fn call(&mut self, call: Call) -> Result<Reply, Status> {
+            Ok(match call {
+                Call::ListBdevs => Reply::Bdevs(Default::default()),
+                Call::ListSubsystems => Reply::Subsystems(Default::default()),
+                _ => Reply::Done,
+            })
         }
     }
 

@@ -45,8 +45,9 @@ pub const MAX_NSID: u32 = 0xffff_fffe;
 
 /// `nqn.yyyy-mm.<reverse domain>[:<anything printable but '/'>]`; the NQN is a configfs
 /// directory name, so '/' is out even where the specification would allow it.
-static NQN_RE: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^nqn\.[0-9]{4}-(0[1-9]|1[0-2])\.[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[!-.0-~]+)?$").expect("valid regex"));
+static NQN_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^nqn\.[0-9]{4}-(0[1-9]|1[0-2])\.[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[!-.0-~]+)?$").expect("valid regex")
+});
 
 /// Checks an NQN given by a caller; `what` says which field it came from.
 pub fn validate_nqn(what: &str, nqn: &str) -> Result<()> {
@@ -124,7 +125,8 @@ impl Nvmet {
 
     /// The lowest namespace id a subsystem does not use.
     pub fn free_nsid(&self, nqn: &str) -> Result<u32> {
-        let used = numeric_entries::<u32>(&self.fs.list(&subsys(nqn).join("namespaces")).context(|| format!("listing namespaces of {nqn}"))?);
+        let used =
+            numeric_entries::<u32>(&self.fs.list(&subsys(nqn).join("namespaces")).context(|| format!("listing namespaces of {nqn}"))?);
         lowest_free(&used, 1, MAX_NSID).ok_or_else(|| Error::FailedPrecondition(format!("subsystem {nqn} has no free namespace id")))
     }
 
@@ -153,7 +155,12 @@ impl Nvmet {
         let port = port_dir(port_id);
         if !port_exists {
             undo.make_group(&port, &PORT).context(|| format!("creating port {port_id}"))?;
-            let addr = [("addr_trtype", "tcp".to_string()), ("addr_adrfam", "ipv4".into()), ("addr_traddr", spec.traddr.to_string()), ("addr_trsvcid", spec.trsvcid.to_string())];
+            let addr = [
+                ("addr_trtype", "tcp".to_string()),
+                ("addr_adrfam", "ipv4".into()),
+                ("addr_traddr", spec.traddr.to_string()),
+                ("addr_trsvcid", spec.trsvcid.to_string()),
+            ];
             for (attr, value) in addr {
                 undo.write(&port.join(attr), &value).context(|| format!("setting {attr}={value} on port {port_id}"))?;
             }
@@ -183,7 +190,9 @@ impl Nvmet {
             self.fs.unlink(&link).context(|| format!("unlinking {nqn} from port {port}"))?;
             let dir = port_dir(port);
             let empty = |sub: &str| self.fs.list(&dir.join(sub)).map(|entries| entries.is_empty());
-            if empty("subsystems").context(|| format!("listing port {port}"))? && empty("referrals").context(|| format!("listing port {port}"))? {
+            if empty("subsystems").context(|| format!("listing port {port}"))?
+                && empty("referrals").context(|| format!("listing port {port}"))?
+            {
                 self.fs.remove_group(&dir, &PORT).context(|| format!("removing port {port}"))?;
             }
         }
@@ -266,7 +275,7 @@ impl Nvmet {
     fn port_for(&self, traddr: Ipv4Addr, trsvcid: u16) -> Result<(u16, bool)> {
         let state = self.state()?;
         let svc = trsvcid.to_string();
-        for port in state.ports.iter().filter(|p| p.trtype == "tcp" && p.trsvcid == svc) {
+        if let Some(port) = state.ports.iter().find(|p| p.trtype == "tcp" && p.trsvcid == svc) {
             if port.adrfam == "ipv4" && port.traddr == traddr.to_string() {
                 return Ok((port.id, true));
             }
@@ -378,7 +387,8 @@ impl<'a> Undo<'a> {
         self.make_group(&dir, &NAMESPACE).context(|| format!("creating namespace {nsid} of {nqn}"))?;
         let path = ns.device_path.to_string_lossy();
         self.write(&dir.join("device_path"), &path).context(|| format!("setting device_path {path} on namespace {nsid} of {nqn}"))?;
-        self.write(&dir.join("device_uuid"), &ns.device_uuid.to_string()).context(|| format!("setting device_uuid on namespace {nsid} of {nqn}"))?;
+        self.write(&dir.join("device_uuid"), &ns.device_uuid.to_string())
+            .context(|| format!("setting device_uuid on namespace {nsid} of {nqn}"))?;
         if ns.buffered_io {
             self.write(&dir.join("buffered_io"), "1").context(|| format!("setting buffered_io on namespace {nsid} of {nqn}"))?;
         }
@@ -665,9 +675,22 @@ mod tests {
             validate_nqn("nqn", good).unwrap();
         }
         let long = format!("nqn.2019-05.io.vmcheck:{}", "x".repeat(MAX_NQN_LEN));
-        for bad in ["", "nqn", "not-an-nqn", "nqn.19-05.io.x", "nqn.2019-13.io.x", "nqn.2019-05.", "nqn.2019-05.io.x:", "nqn.2019-05.io.x:a/b",
-            "nqn.2019-05.io.x:a b", "nqn.2019-05.-io:a", "NQN.2019-05.io.x", "nqn.2019-05.io.x:\u{e9}", DISCOVERY_NQN, &long]
-        {
+        for bad in [
+            "",
+            "nqn",
+            "not-an-nqn",
+            "nqn.19-05.io.x",
+            "nqn.2019-13.io.x",
+            "nqn.2019-05.",
+            "nqn.2019-05.io.x:",
+            "nqn.2019-05.io.x:a/b",
+            "nqn.2019-05.io.x:a b",
+            "nqn.2019-05.-io:a",
+            "NQN.2019-05.io.x",
+            "nqn.2019-05.io.x:\u{e9}",
+            DISCOVERY_NQN,
+            &long,
+        ] {
             let err = validate_nqn("nqn", bad).expect_err(bad);
             assert_eq!(err.code(), tonic::Code::InvalidArgument);
             assert!(err.to_string().contains(&quoted(bad)), "{err}");

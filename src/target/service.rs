@@ -168,7 +168,9 @@ impl TargetService {
         let name = bdev_name(&req.name)?;
         match proto::ShareProtocol::try_from(req.protocol) {
             Ok(proto::ShareProtocol::Unspecified | proto::ShareProtocol::Nvmf) => {}
-            Err(_) => return Err(Error::InvalidArgument(format!("share protocol {} is not supported; use SHARE_PROTOCOL_NVMF", req.protocol))),
+            Err(_) => {
+                return Err(Error::InvalidArgument(format!("share protocol {} is not supported; use SHARE_PROTOCOL_NVMF", req.protocol)))
+            }
         }
         if let Some(nqn) = &req.nqn {
             nvmet::validate_nqn("subsystem NQN", nqn)?;
@@ -273,7 +275,11 @@ impl TargetService {
                     .collect(),
                 allowed_hosts: s.allowed_hosts.clone(),
                 allow_any_host: s.allow_any_host,
-                shared_bdev: registry.values().find(|e| e.shared_nqn() == Some(s.nqn.as_str())).map(|e| e.uri.to_string()).unwrap_or_default(),
+                shared_bdev: registry
+                    .values()
+                    .find(|e| e.shared_nqn() == Some(s.nqn.as_str()))
+                    .map(|e| e.uri.to_string())
+                    .unwrap_or_default(),
             })
             .collect();
         Ok(proto::ListSubsystemsReply { subsystems })

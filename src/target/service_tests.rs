@@ -148,7 +148,11 @@ async fn create_share_hot_attach_detach_unshare_destroy() {
     assert_eq!((vdb.claimed, vdb.claimed_by.as_str(), vdb.share_uri.as_str()), (true, CLAIMED_BY, shared.uri.as_str()));
 
     // Hot attach m0 into the live subsystem, then detach it.
-    let ns = match fx.call(Call::AddNamespace(proto::AddNamespaceRequest { nqn: shared.nqn.clone(), bdev: malloc.name.clone(), nsid: None })).await.unwrap() {
+    let ns = match fx
+        .call(Call::AddNamespace(proto::AddNamespaceRequest { nqn: shared.nqn.clone(), bdev: malloc.name.clone(), nsid: None }))
+        .await
+        .unwrap()
+    {
         Reply::Namespace(ns) => ns,
         other => panic!("{other:?}"),
     };
@@ -221,8 +225,13 @@ async fn a_share_that_fails_halfway_leaves_nothing_behind() {
     fx.create(name).await.unwrap();
     let before = fx.tree();
     // Where nvmet-tcp binds: the link of the subsystem into the port.
-    assert!(fx.svc.nvmet().fs().inject_fault(Op::Symlink, "ports/1/subsystems/nqn.2019-05.io.vmcheck:halfway", Errno::EADDRNOTAVAIL as i32));
-    let err = fx.share(proto::ShareBdevRequest { nqn: Some("nqn.2019-05.io.vmcheck:halfway".into()), ..share_req(name) }).await.unwrap_err();
+    assert!(fx.svc.nvmet().fs().inject_fault(
+        Op::Symlink,
+        "ports/1/subsystems/nqn.2019-05.io.vmcheck:halfway",
+        Errno::EADDRNOTAVAIL as i32
+    ));
+    let err =
+        fx.share(proto::ShareBdevRequest { nqn: Some("nqn.2019-05.io.vmcheck:halfway".into()), ..share_req(name) }).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("port 1") && err.message().contains("192.0.2.1:4420"), "{err:?}");
     assert_eq!(fx.tree(), before);
@@ -269,7 +278,8 @@ async fn health_reports_nvmet_and_version() {
 
     let dir = tempfile::tempdir().unwrap();
     let without = Fixture::with(tempfile::tempdir().unwrap(), ConfigFs::kernel(dir.path().join("absent")));
-    let reply = proto::target_server::Target::health(&without.svc, tonic::Request::new(proto::HealthRequest {})).await.unwrap().into_inner();
+    let reply =
+        proto::target_server::Target::health(&without.svc, tonic::Request::new(proto::HealthRequest {})).await.unwrap().into_inner();
     assert!(!reply.nvmet);
     without.create("malloc:///m3?size_mb=1").await.unwrap();
     let err = without.share(share_req("malloc:///m3?size_mb=1")).await.unwrap_err();
@@ -283,10 +293,12 @@ async fn health_reports_nvmet_and_version() {
 async fn concurrent_requests_are_serialised() {
     let fx = std::sync::Arc::new(Fixture::new());
     let name = "malloc:///race?size_mb=1";
-    let creates: Vec<_> = (0..8).map(|_| {
-        let fx = fx.clone();
-        tokio::spawn(async move { fx.create(name).await.map(|_| ()).map_err(|s| s.code()) })
-    }).collect();
+    let creates: Vec<_> = (0..8)
+        .map(|_| {
+            let fx = fx.clone();
+            tokio::spawn(async move { fx.create(name).await.map(|_| ()).map_err(|s| s.code()) })
+        })
+        .collect();
     let mut codes = Vec::new();
     for task in creates {
         codes.push(task.await.unwrap());
@@ -294,10 +306,12 @@ async fn concurrent_requests_are_serialised() {
     assert_eq!(codes.iter().filter(|c| c.is_ok()).count(), 1, "{codes:?}");
     assert!(codes.iter().all(|c| matches!(c, Ok(()) | Err(Code::AlreadyExists))), "{codes:?}");
 
-    let shares: Vec<_> = (0..8).map(|_| {
-        let fx = fx.clone();
-        tokio::spawn(async move { fx.share(share_req(name)).await.map(|_| ()).map_err(|s| s.code()) })
-    }).collect();
+    let shares: Vec<_> = (0..8)
+        .map(|_| {
+            let fx = fx.clone();
+            tokio::spawn(async move { fx.share(share_req(name)).await.map(|_| ()).map_err(|s| s.code()) })
+        })
+        .collect();
     let mut codes = Vec::new();
     for task in shares {
         codes.push(task.await.unwrap());
@@ -305,4 +319,3 @@ async fn concurrent_requests_are_serialised() {
     assert_eq!(codes.iter().filter(|c| c.is_ok()).count(), 1, "{codes:?}");
     assert_eq!(fx.svc.nvmet().state().unwrap().subsystems.len(), 1);
 }
-

@@ -210,7 +210,10 @@ mod tests {
         let uri = BdevUri::parse("malloc:///m0?size_mb=064").unwrap();
         assert_eq!(uri, BdevUri::Malloc { name: "m0".into(), size_mb: 64 });
         assert_eq!(uri.to_string(), "malloc:///m0?size_mb=64");
-        assert_eq!(BdevUri::parse("malloc:///m0?size_mb=64").unwrap().backing_key(), BdevUri::parse("malloc:///m0?size_mb=8").unwrap().backing_key());
+        assert_eq!(
+            BdevUri::parse("malloc:///m0?size_mb=64").unwrap().backing_key(),
+            BdevUri::parse("malloc:///m0?size_mb=8").unwrap().backing_key()
+        );
     }
 
     #[test]
