@@ -105,7 +105,8 @@ impl Backing {
         if blk_size < SECTOR as u32 || !blk_size.is_power_of_two() {
             return Err(Error::Internal(format!("block device /dev/{dev} reports logical block size {blk_size}")));
         }
-        let bytes = sectors.checked_mul(SECTOR).ok_or_else(|| Error::Internal(format!("block device /dev/{dev} reports {sectors} sectors")))?;
+        let bytes =
+            sectors.checked_mul(SECTOR).ok_or_else(|| Error::Internal(format!("block device /dev/{dev} reports {sectors} sectors")))?;
         Ok(Geometry { num_blocks: bytes / u64::from(blk_size), blk_size })
     }
 

@@ -255,11 +255,11 @@ impl fmt::Display for CaseOutcome {
     }
 }
 
-/// What must be the same before and after the table.
+/// What must be the same before and after the table: bdevs, and all nvmet state.
 #[derive(Debug, PartialEq)]
 struct Snapshot {
     bdevs: Vec<proto::Bdev>,
-    subsystems: Vec<proto::Subsystem>,
+    nvmet: proto::ListSubsystemsReply,
 }
 
 async fn snapshot(api: &mut impl TargetApi) -> anyhow::Result<Snapshot> {
@@ -267,7 +267,7 @@ async fn snapshot(api: &mut impl TargetApi) -> anyhow::Result<Snapshot> {
     else {
         bail!("list calls gave unexpected replies");
     };
-    Ok(Snapshot { bdevs: bdevs.bdevs, subsystems: subsystems.subsystems })
+    Ok(Snapshot { bdevs: bdevs.bdevs, nvmet: subsystems })
 }
 
 /// Runs the table, checks each row's code and message, then checks that bdevs and subsystems

@@ -263,16 +263,7 @@ impl TargetService {
                         device_uuid: ns.device_uuid.clone(),
                     })
                     .collect(),
-                ports: state
-                    .ports_of(&s.nqn)
-                    .map(|p| proto::Port {
-                        id: p.id.into(),
-                        trtype: p.trtype.clone(),
-                        adrfam: p.adrfam.clone(),
-                        traddr: p.traddr.clone(),
-                        trsvcid: p.trsvcid.parse().unwrap_or_default(),
-                    })
-                    .collect(),
+                ports: state.ports_of(&s.nqn).map(port_to_proto).collect(),
                 allowed_hosts: s.allowed_hosts.clone(),
                 allow_any_host: s.allow_any_host,
                 shared_bdev: registry
@@ -282,7 +273,7 @@ impl TargetService {
                     .unwrap_or_default(),
             })
             .collect();
-        Ok(proto::ListSubsystemsReply { subsystems })
+        Ok(proto::ListSubsystemsReply { subsystems, ports: state.ports.iter().map(port_to_proto).collect(), hosts: state.hosts.clone() })
     }
 
     async fn add_namespace(&self, req: proto::AddNamespaceRequest) -> Result<proto::Namespace> {
@@ -373,6 +364,16 @@ impl TargetService {
             device_uuid: entry.uuid,
             buffered_io: Backing::buffered_io(&entry.uri),
         }
+    }
+}
+
+fn port_to_proto(p: &nvmet::PortState) -> proto::Port {
+    proto::Port {
+        id: p.id.into(),
+        trtype: p.trtype.clone(),
+        adrfam: p.adrfam.clone(),
+        traddr: p.traddr.clone(),
+        trsvcid: p.trsvcid.parse().unwrap_or_default(),
     }
 }
 

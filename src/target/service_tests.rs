@@ -255,6 +255,8 @@ async fn leftover_state_is_reported_listed_and_left_alone() {
     let report = fx.svc.leftovers().unwrap();
     assert!(report.contains(leftover) && report.contains("/dev/vdz") && report.contains("port 1"), "{report}");
 
+    let Reply::Subsystems(all) = fx.call(Call::ListSubsystems).await.unwrap() else { panic!("ListSubsystems") };
+    assert_eq!(all.ports.iter().map(|p| (p.id, p.trsvcid)).collect::<Vec<_>>(), [(1, 4420)]);
     let listed = fx.subsystems().await;
     assert_eq!((listed[0].nqn.as_str(), listed[0].shared_bdev.as_str(), listed[0].namespaces[0].bdev.as_str()), (leftover, "", ""));
     fx.create("malloc:///m2?size_mb=4").await.unwrap();
