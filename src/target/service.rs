@@ -60,7 +60,7 @@ pub struct TargetService {
     backing: Backing,
     traddr: Traddr,
     started: Instant,
-    registry: Mutex<BTreeMap<String, Entry>>,
+    registry: Mutex<Registry>,
 }
 
 /// A bdev the daemon made, keyed by its canonical URI.
@@ -105,7 +105,7 @@ type Registry = BTreeMap<String, Entry>;
 
 impl TargetService {
     pub fn new(nvmet: Nvmet, backing: Backing, traddr: Traddr) -> Self {
-        TargetService { nvmet, backing, traddr, started: Instant::now(), registry: Mutex::new(BTreeMap::new()) }
+        TargetService { nvmet, backing, traddr, started: Instant::now(), registry: Mutex::new(Registry::new()) }
     }
 
     pub fn nvmet(&self) -> &Nvmet {
@@ -156,9 +156,7 @@ impl TargetService {
         let name = bdev_name(&req.name)?;
         let mut registry = self.registry.lock().await;
         let entry = lookup(&registry, &name)?;
-        if let Some(claim) = &entry.claim {
-            return Err(Error::FailedPrecondition(format!("bdev {name} is in use as {}; {}", describe(claim), undo_hint(entry))));
-        }
+        require_unclaimed(entry)?;
         self.backing.release(&entry.uri)?;
         registry.remove(&name);
         Ok(proto::DestroyBdevReply {})
@@ -194,9 +192,7 @@ impl TargetService {
         if let Some(uri) = &entry.share_uri {
             return Err(Error::AlreadyExists(format!("bdev {name} is already shared as {uri}")));
         }
-        if let Some(claim) = &entry.claim {
-            return Err(Error::FailedPrecondition(format!("bdev {name} is in use as {}; {}", describe(claim), undo_hint(entry))));
-        }
+        require_unclaimed(entry)?;
         self.require_present(entry)?;
         let nqn = req.nqn.clone().unwrap_or_else(|| format!("{NQN_PREFIX}{}", entry.uuid));
         if self.nvmet.subsystem_exists(&nqn) {
@@ -285,9 +281,7 @@ impl TargetService {
         let mut registry = self.registry.lock().await;
         self.require_own_subsystem(&registry, &req.nqn)?;
         let entry = lookup(&registry, &name)?;
-        if let Some(claim) = &entry.claim {
-            return Err(Error::FailedPrecondition(format!("bdev {name} is in use as {}; {}", describe(claim), undo_hint(entry))));
-        }
+        require_unclaimed(entry)?;
         self.require_present(entry)?;
         let nsid = match req.nsid {
             Some(nsid) if self.nvmet.namespace_exists(&req.nqn, nsid) => {
@@ -397,12 +391,11 @@ fn describe(claim: &Claim) -> String {
     format!("namespace {} of {}", claim.nsid, claim.nqn)
 }
 
-fn undo_hint(entry: &Entry) -> &'static str {
-    if entry.share_uri.is_some() {
-        "unshare it first"
-    } else {
-        "remove the namespace first"
-    }
+/// A bdev goes into one namespace at a time, and is not destroyed while in one.
+fn require_unclaimed(entry: &Entry) -> Result<()> {
+    let Some(claim) = &entry.claim else { return Ok(()) };
+    let hint = if entry.share_uri.is_some() { "unshare it first" } else { "remove the namespace first" };
+    Err(Error::FailedPrecondition(format!("bdev {} is in use as {}; {hint}", entry.uri, describe(claim))))
 }
 
 /// Logs the request, runs it, logs the outcome, and turns errors into statuses.
