@@ -1,6 +1,39 @@
 //! The storage target: gRPC (`proto/`) over Linux nvmet through configfs.
+//!
+//! The daemon `vmcheck-target` runs [`service::TargetService`] in the target VM; a scenario
+//! reaches it with [`client::connect`] and can check its error handling with
+//! [`conformance::run_bad_request_table`].
+//!
+//! Pieces: [`uri`] parses bdev URIs, [`backing`] finds or makes what is behind them (block
+//! devices in sysfs, malloc files on tmpfs), [`configfs`] is the tree (the kernel's, or an
+//! emulation for tests), [`nvmet`] makes and removes subsystems, namespaces and ports in it,
+//! [`address`] picks the address to share on, [`error`] maps failures to gRPC codes.
+//!
+//! Rules the API leaves open, as decided here:
+//! - A bdev's name is its canonical URI; its uuid is a v5 uuid of that name, so a bdev and
+//!   its default NQN (`nqn.2019-05.io.vmcheck:<uuid>`) are the same after a daemon restart.
+//! - nvmet ports bind to the advertised address (`--traddr`, or detected), not 0.0.0.0: the
+//!   discovery log then shows an address an initiator can connect to on every kernel.
+//!   Shares on the same TCP port share one nvmet port; a port goes when its last subsystem does.
+//! - malloc bdevs are files with nvmet `buffered_io` on (tmpfs refuses O_DIRECT before 6.6);
+//!   nvmet serves them with 4 KiB blocks, which is what `blk_size` reports.
+//! - State found at start (subsystems, ports, hosts, malloc files) is reported and left alone:
+//!   the daemon neither adopts nor removes what it did not make in this run.
 
 /// Generated gRPC types and stubs for `vmcheck.target.v1`.
 pub mod proto {
     tonic::include_proto!("vmcheck.target.v1");
 }
+
+pub mod address;
+pub mod backing;
+pub mod client;
+pub mod configfs;
+pub mod conformance;
+pub mod error;
+pub mod nvmet;
+pub mod service;
+pub mod uri;
+
+#[cfg(test)]
+mod service_tests;

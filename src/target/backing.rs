@@ -1,0 +1,219 @@
+//! What stands behind a bdev: a kernel block device (geometry from sysfs) or a RAM-backed file.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use super::error::{Error, Result};
+use super::uri::BdevUri;
+
+const MIB: u64 = 1 << 20;
+const SECTOR: u64 = 512;
+/// nvmet serves a file with the file's block size, capped at 4 KiB (`io-cmd-file.c`).
+const MAX_FILE_BLOCK: u64 = 4096;
+
+/// Size in blocks of a bdev.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub num_blocks: u64,
+    pub blk_size: u32,
+}
+
+/// Where block devices are looked up and malloc files are made; both replaceable for tests.
+#[derive(Debug, Clone)]
+pub struct Backing {
+    sysfs: PathBuf,
+    malloc_dir: PathBuf,
+}
+
+impl Backing {
+    /// `sysfs` is the sysfs mount (`/sys`); `malloc_dir` should be on tmpfs.
+    pub fn new(sysfs: impl Into<PathBuf>, malloc_dir: impl Into<PathBuf>) -> Self {
+        Backing { sysfs: sysfs.into(), malloc_dir: malloc_dir.into() }
+    }
+
+    /// The path nvmet opens (namespace `device_path`).
+    pub fn device_path(&self, uri: &BdevUri) -> PathBuf {
+        match uri {
+            BdevUri::Aio { dev } => Path::new("/dev").join(dev),
+            BdevUri::Malloc { name, .. } => self.malloc_dir.join(name),
+        }
+    }
+
+    /// Whether the backing is still there: a hot-removed disk leaves sysfs at once.
+    pub fn present(&self, uri: &BdevUri) -> bool {
+        match uri {
+            BdevUri::Aio { dev } => self.sysfs_dir(dev).exists(),
+            BdevUri::Malloc { .. } => self.device_path(uri).is_file(),
+        }
+    }
+
+    /// Files need buffered I/O in nvmet: tmpfs refuses O_DIRECT before Linux 6.6.
+    pub fn buffered_io(uri: &BdevUri) -> bool {
+        matches!(uri, BdevUri::Malloc { .. })
+    }
+
+    /// Inspects a block device, or makes a malloc file; the bdev's geometry.
+    pub fn open(&self, uri: &BdevUri) -> Result<Geometry> {
+        match uri {
+            BdevUri::Aio { dev } => self.block_device(dev),
+            BdevUri::Malloc { size_mb, .. } => self.make_malloc(&self.device_path(uri), *size_mb),
+        }
+    }
+
+    /// Undoes [`Backing::open`]: a malloc file is deleted (its RAM freed).
+    pub fn release(&self, uri: &BdevUri) -> Result<()> {
+        match uri {
+            BdevUri::Aio { .. } => Ok(()),
+            BdevUri::Malloc { .. } => {
+                let path = self.device_path(uri);
+                match fs::remove_file(&path) {
+                    Err(err) if err.kind() != io::ErrorKind::NotFound => {
+                        Err(Error::Internal(format!("removing malloc file {}: {err}", path.display())))
+                    }
+                    _ => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Malloc files already there, e.g. from an earlier run of the daemon.
+    pub fn malloc_files(&self) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(&self.malloc_dir) else { return Vec::new() };
+        let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        files.sort();
+        files
+    }
+
+    fn sysfs_dir(&self, dev: &str) -> PathBuf {
+        self.sysfs.join("class/block").join(dev)
+    }
+
+    fn block_device(&self, dev: &str) -> Result<Geometry> {
+        let dir = self.sysfs_dir(dev);
+        if !dir.exists() {
+            return Err(Error::NotFound(format!("block device /dev/{dev} not found ({} is missing)", dir.display())));
+        }
+        let sectors: u64 = read_number(&dir.join("size"))?;
+        // A partition has no queue/ of its own; its parent disk's is one level up.
+        let queue = if dir.join("queue").exists() { dir.join("queue") } else { dir.join("../queue") };
+        let blk_size: u32 = read_number(&queue.join("logical_block_size"))?;
+        if sectors == 0 {
+            return Err(Error::FailedPrecondition(format!("block device /dev/{dev} has size 0")));
+        }
+        if blk_size < SECTOR as u32 || !blk_size.is_power_of_two() {
+            return Err(Error::Internal(format!("block device /dev/{dev} reports logical block size {blk_size}")));
+        }
+        let bytes =
+            sectors.checked_mul(SECTOR).ok_or_else(|| Error::Internal(format!("block device /dev/{dev} reports {sectors} sectors")))?;
+        Ok(Geometry { num_blocks: bytes / u64::from(blk_size), blk_size })
+    }
+
+    fn make_malloc(&self, path: &Path, size_mb: u64) -> Result<Geometry> {
+        let internal = |what: &str, err: &dyn std::fmt::Display| Error::Internal(format!("{what} {}: {err}", path.display()));
+        fs::create_dir_all(&self.malloc_dir).map_err(|e| internal("creating the directory of", &e))?;
+        let bytes = size_mb * MIB;
+        // The file is sparse: without this check a too-large bdev fails only on write.
+        let fs_stat = nix::sys::statvfs::statvfs(&self.malloc_dir).map_err(|e| internal("statvfs for", &e))?;
+        let free = fs_stat.blocks_available().saturating_mul(fs_stat.fragment_size());
+        if bytes > free {
+            return Err(Error::InvalidArgument(format!(
+                "size_mb={size_mb} does not fit: {} MiB free in {}",
+                free / MIB,
+                self.malloc_dir.display()
+            )));
+        }
+        let file = match fs::OpenOptions::new().write(true).create_new(true).open(path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(Error::AlreadyExists(format!("malloc file {} exists already (left from an earlier run?)", path.display())));
+            }
+            Err(err) => return Err(internal("creating", &err)),
+        };
+        let geometry = file.set_len(bytes).and_then(|()| file.metadata()).map(|meta| {
+            let blk_size = meta.blksize().clamp(SECTOR, MAX_FILE_BLOCK) as u32;
+            Geometry { num_blocks: bytes / u64::from(blk_size), blk_size }
+        });
+        geometry.map_err(|err| {
+            let _ = fs::remove_file(path);
+            internal("sizing", &err)
+        })
+    }
+}
+
+fn read_number<T: std::str::FromStr>(path: &Path) -> Result<T> {
+    let text = fs::read_to_string(path).map_err(|err| Error::Internal(format!("reading {}: {err}", path.display())))?;
+    text.trim().parse().map_err(|_| Error::Internal(format!("{} holds {:?}, not a number", path.display(), text.trim())))
+}
+
+/// A fake sysfs for tests: `class/block/<dev>/{size, queue/logical_block_size}`.
+pub fn fake_block_device(sysfs: &Path, dev: &str, bytes: u64, blk_size: u32) -> io::Result<()> {
+    let dir = sysfs.join("class/block").join(dev);
+    fs::create_dir_all(dir.join("queue"))?;
+    fs::write(dir.join("size"), format!("{}\n", bytes / SECTOR))?;
+    fs::write(dir.join("queue/logical_block_size"), format!("{blk_size}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    fn setup() -> (tempfile::TempDir, Backing) {
+        let dir = tempfile::tempdir().unwrap();
+        let backing = Backing::new(dir.path().join("sys"), dir.path().join("malloc"));
+        (dir, backing)
+    }
+
+    #[test]
+    fn block_device_geometry_comes_from_sysfs() {
+        let (dir, backing) = setup();
+        fake_block_device(&dir.path().join("sys"), "vdb", 64 * MIB, 4096).unwrap();
+        let uri = BdevUri::Aio { dev: "vdb".into() };
+        assert_eq!(backing.open(&uri).unwrap(), Geometry { num_blocks: 16384, blk_size: 4096 });
+        assert!(backing.present(&uri));
+        assert_eq!(backing.device_path(&uri), Path::new("/dev/vdb"));
+        fs::remove_dir_all(dir.path().join("sys/class/block/vdb")).unwrap();
+        assert!(!backing.present(&uri));
+    }
+
+    #[test]
+    fn missing_or_empty_block_devices_are_refused() {
+        let (dir, backing) = setup();
+        let err = backing.open(&BdevUri::Aio { dev: "vdz".into() }).unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        assert!(err.to_string().contains("/dev/vdz"), "{err}");
+        fake_block_device(&dir.path().join("sys"), "vdc", 0, 512).unwrap();
+        let err = backing.open(&BdevUri::Aio { dev: "vdc".into() }).unwrap_err();
+        assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    }
+
+    #[test]
+    fn malloc_files_are_made_sized_and_released() {
+        let (_dir, backing) = setup();
+        let uri = BdevUri::Malloc { name: "m0".into(), size_mb: 4 };
+        let geometry = backing.open(&uri).unwrap();
+        assert_eq!(u64::from(geometry.blk_size) * geometry.num_blocks, 4 * MIB);
+        assert_eq!(fs::metadata(backing.device_path(&uri)).unwrap().len(), 4 * MIB);
+        assert!(backing.present(&uri));
+        assert_eq!(backing.open(&uri).unwrap_err().code(), Code::AlreadyExists);
+        assert_eq!(backing.malloc_files().len(), 1);
+        backing.release(&uri).unwrap();
+        assert!(!backing.present(&uri));
+        assert!(backing.malloc_files().is_empty());
+    }
+
+    #[test]
+    fn malloc_larger_than_free_space_is_refused() {
+        let (dir, backing) = setup();
+        let stat = nix::sys::statvfs::statvfs(dir.path()).unwrap();
+        if stat.blocks_available() * stat.fragment_size() >= crate::target::uri::MAX_MALLOC_MB * MIB {
+            return; // a filesystem this large cannot show the refusal
+        }
+        let err = backing.open(&BdevUri::Malloc { name: "big".into(), size_mb: crate::target::uri::MAX_MALLOC_MB }).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+        assert!(err.to_string().contains("size_mb=1048576"), "{err}");
+        assert!(backing.malloc_files().is_empty());
+    }
+}

@@ -1,0 +1,107 @@
+//! A typed client of `vmcheck-target`: the generated tonic client, connected once the daemon
+//! really answers.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use tokio::time::Instant;
+use tonic::transport::{Channel, Endpoint};
+
+use super::proto::{self, target_client};
+
+/// The generated client over a tonic channel.
+pub type TargetClient = target_client::TargetClient<Channel>;
+
+/// Longest single attempt; the whole wait is the caller's `timeout`.
+const ATTEMPT: Duration = Duration::from_secs(5);
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const MAX_PAUSE: Duration = Duration::from_secs(2);
+
+/// Connects to the daemon at `addr`, retrying until `timeout`: the daemon may still be starting.
+///
+/// A connection alone proves nothing (a QEMU `hostfwd` accepts before the guest listens), so
+/// each attempt ends with a `Health` call.
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> anyhow::Result<TargetClient> {
+    let endpoint =
+        Endpoint::from_shared(format!("http://{addr}")).with_context(|| format!("target address {addr}"))?.connect_timeout(ATTEMPT);
+    let deadline = Instant::now() + timeout;
+    let mut pause = FIRST_PAUSE;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let left = deadline.saturating_duration_since(Instant::now());
+        let error = match tokio::time::timeout(left.min(ATTEMPT), attempt(&endpoint)).await {
+            Ok(Ok(client)) => return Ok(client),
+            Ok(Err(err)) => err,
+            Err(_) => anyhow!("no answer within {:?}", left.min(ATTEMPT)),
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(error.context(format!("vmcheck-target at {addr} did not answer within {timeout:?} ({attempts} attempts)")));
+        }
+        tokio::time::sleep(pause.min(left)).await;
+        pause = (pause * 2).min(MAX_PAUSE);
+    }
+}
+
+async fn attempt(endpoint: &Endpoint) -> anyhow::Result<TargetClient> {
+    let channel = endpoint.connect().await.context("connecting")?;
+    let mut client = TargetClient::new(channel);
+    client.health(proto::HealthRequest {}).await.context("Health")?;
+    Ok(client)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::target::backing::Backing;
+    use crate::target::configfs::ConfigFs;
+    use crate::target::conformance::{run_bad_request_table, TableParams};
+    use crate::target::nvmet::{Nvmet, ROOT_LAYOUT};
+    use crate::target::proto::target_server::TargetServer;
+    use crate::target::service::{TargetService, Traddr};
+    use tokio_stream::wrappers::TcpListenerStream;
+
+    /// The daemon's stack on loopback, started late: connect waits for it, and the bad-request
+    /// table runs over real gRPC.
+    #[tokio::test]
+    async fn connect_waits_for_a_late_daemon_and_the_table_runs_over_grpc() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Not accepting yet: the first attempts fail as they would while the guest boots.
+        drop(listener);
+        let root = dir.path().to_path_buf();
+        let server = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let fs = ConfigFs::emulated(root.join("nvmet"), &ROOT_LAYOUT).unwrap();
+            let svc = TargetService::new(
+                Nvmet::new(fs),
+                Backing::new(root.join("sys"), root.join("malloc")),
+                Traddr::Fixed([192, 0, 2, 1].into()),
+            );
+            let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+            tonic::transport::Server::builder()
+                .add_service(TargetServer::new(svc))
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+        let mut client = connect(addr, Duration::from_secs(20)).await.unwrap();
+        let outcomes = run_bad_request_table(&mut client, &TableParams::default()).await.unwrap();
+        assert!(outcomes.len() >= 30);
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn connect_gives_up_at_the_timeout_naming_the_address() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let started = Instant::now();
+        let err = connect(addr, Duration::from_millis(600)).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(format!("{err:#}").contains(&addr.to_string()), "{err:#}");
+    }
+}

@@ -1,0 +1,323 @@
+//! Service-level tests: the service's own methods over an emulated configfs, a fake sysfs and a
+//! temporary malloc directory. No network, no VM.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+use tonic::Code;
+
+use super::backing::{fake_block_device, Backing};
+use super::configfs::{ConfigFs, Op};
+use super::conformance::{bad_request_table, run_bad_request_table, Call, Reply, TableParams, TargetApi};
+use super::nvmet::{NamespaceSpec, Nvmet, ShareSpec, ROOT_LAYOUT};
+use super::proto;
+use super::service::{TargetService, Traddr, CLAIMED_BY, NQN_PREFIX, STATE_FAULTED, STATE_ONLINE};
+
+const TRADDR: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+const EMPTY_TREE: [&str; 3] = ["d hosts", "d ports", "d subsystems"];
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    svc: TargetService,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = ConfigFs::emulated(dir.path().join("nvmet"), &ROOT_LAYOUT).unwrap();
+        Self::with(dir, fs)
+    }
+
+    fn with(dir: tempfile::TempDir, fs: ConfigFs) -> Self {
+        let backing = Backing::new(dir.path().join("sys"), dir.path().join("malloc"));
+        let svc = TargetService::new(Nvmet::new(fs), backing, Traddr::Fixed(TRADDR));
+        Fixture { dir, svc }
+    }
+
+    fn sysfs(&self) -> PathBuf {
+        self.dir.path().join("sys")
+    }
+
+    fn add_disk(&self, dev: &str, mib: u64) {
+        fake_block_device(&self.sysfs(), dev, mib << 20, 512).unwrap();
+    }
+
+    fn pull_disk(&self, dev: &str) {
+        std::fs::remove_dir_all(self.sysfs().join("class/block").join(dev)).unwrap();
+    }
+
+    fn tree(&self) -> Vec<String> {
+        self.svc.nvmet().fs().dump()
+    }
+
+    fn malloc_files(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("malloc")).map_or(0, |d| d.count())
+    }
+
+    async fn call(&self, call: Call) -> Result<Reply, tonic::Status> {
+        (&self.svc).call(call).await
+    }
+
+    async fn create(&self, uri: &str) -> Result<proto::Bdev, tonic::Status> {
+        match self.call(Call::CreateBdev(proto::CreateBdevRequest { uri: uri.into() })).await? {
+            Reply::Bdev(bdev) => Ok(bdev),
+            other => panic!("CreateBdev replied {other:?}"),
+        }
+    }
+
+    async fn share(&self, req: proto::ShareBdevRequest) -> Result<proto::ShareBdevReply, tonic::Status> {
+        match self.call(Call::ShareBdev(req)).await? {
+            Reply::Shared(reply) => Ok(reply),
+            other => panic!("ShareBdev replied {other:?}"),
+        }
+    }
+
+    async fn unshare(&self, name: &str) -> Result<Reply, tonic::Status> {
+        self.call(Call::UnshareBdev(proto::UnshareBdevRequest { name: name.into() })).await
+    }
+
+    async fn destroy(&self, name: &str) -> Result<Reply, tonic::Status> {
+        self.call(Call::DestroyBdev(proto::DestroyBdevRequest { name: name.into() })).await
+    }
+
+    async fn bdevs(&self) -> Vec<proto::Bdev> {
+        match self.call(Call::ListBdevs).await.unwrap() {
+            Reply::Bdevs(reply) => reply.bdevs,
+            other => panic!("ListBdevs replied {other:?}"),
+        }
+    }
+
+    async fn subsystems(&self) -> Vec<proto::Subsystem> {
+        match self.call(Call::ListSubsystems).await.unwrap() {
+            Reply::Subsystems(reply) => reply.subsystems,
+            other => panic!("ListSubsystems replied {other:?}"),
+        }
+    }
+}
+
+fn share_req(name: &str) -> proto::ShareBdevRequest {
+    proto::ShareBdevRequest { name: name.into(), ..Default::default() }
+}
+
+#[tokio::test]
+async fn bad_request_table_gets_its_codes_and_leaves_configfs_as_it_was() {
+    let fx = Fixture::new();
+    let table = bad_request_table(&TableParams::default());
+    let bad = table.iter().filter(|c| c.expect != Code::Ok).count();
+    assert!(bad >= 30, "the table has only {bad} bad requests");
+    // Someone else's share is there all along and must come through untouched.
+    fx.add_disk("vdb", 64);
+    fx.create("aio:///dev/vdb").await.unwrap();
+    fx.share(share_req("aio:///dev/vdb")).await.unwrap();
+    let before = fx.tree();
+
+    let mut api = &fx.svc;
+    let outcomes = match run_bad_request_table(&mut api, &TableParams::default()).await {
+        Ok(outcomes) => outcomes,
+        Err(err) => panic!("{err:#}"),
+    };
+    assert_eq!(outcomes.len(), table.len());
+    assert_eq!(fx.tree(), before, "configfs holds exactly what it held before the table");
+    assert_eq!(fx.malloc_files(), 0, "the table's malloc files are gone");
+
+    fx.unshare("aio:///dev/vdb").await.unwrap();
+    fx.destroy("aio:///dev/vdb").await.unwrap();
+    assert_eq!(fx.tree(), EMPTY_TREE);
+}
+
+#[tokio::test]
+async fn create_share_hot_attach_detach_unshare_destroy() {
+    let fx = Fixture::new();
+    fx.add_disk("vdb", 512);
+    let aio = fx.create("aio:///dev/vdb").await.unwrap();
+    assert_eq!((aio.name.as_str(), aio.num_blocks, aio.blk_size), ("aio:///dev/vdb", 1_048_576, 512));
+    assert_eq!((aio.claimed, aio.claimed_by.as_str(), aio.state.as_str()), (false, "", STATE_ONLINE));
+    // The uuid is derived from the name: stable across daemon restarts.
+    let restarted = Fixture::new();
+    restarted.add_disk("vdb", 1);
+    assert_eq!(aio.uuid, restarted.create("aio:///dev/vdb").await.unwrap().uuid);
+    let malloc = fx.create("malloc:///m0?size_mb=8").await.unwrap();
+    assert_eq!(malloc.num_blocks * u64::from(malloc.blk_size), 8 << 20);
+
+    let shared = fx.share(share_req("aio:///dev/vdb")).await.unwrap();
+    assert_eq!(shared.nqn, format!("{NQN_PREFIX}{}", aio.uuid));
+    assert_eq!(shared.uri, format!("nvmf://192.0.2.1:4420/{}", shared.nqn));
+    let listed = fx.bdevs().await;
+    let vdb = listed.iter().find(|b| b.name == "aio:///dev/vdb").unwrap();
+    assert_eq!((vdb.claimed, vdb.claimed_by.as_str(), vdb.share_uri.as_str()), (true, CLAIMED_BY, shared.uri.as_str()));
+
+    // Hot attach m0 into the live subsystem, then detach it.
+    let ns = match fx
+        .call(Call::AddNamespace(proto::AddNamespaceRequest { nqn: shared.nqn.clone(), bdev: malloc.name.clone(), nsid: None }))
+        .await
+        .unwrap()
+    {
+        Reply::Namespace(ns) => ns,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!((ns.nsid, ns.bdev.as_str(), ns.enabled), (2, malloc.name.as_str(), true));
+    let subsystems = fx.subsystems().await;
+    assert_eq!(subsystems.len(), 1);
+    let s = &subsystems[0];
+    assert_eq!((s.nqn.as_str(), s.shared_bdev.as_str(), s.allow_any_host), (shared.nqn.as_str(), "aio:///dev/vdb", true));
+    let namespaces: Vec<(u32, &str, &str)> = s.namespaces.iter().map(|n| (n.nsid, n.bdev.as_str(), n.device_path.as_str())).collect();
+    let m0_path = fx.dir.path().join("malloc/m0");
+    assert_eq!(namespaces, [(1, "aio:///dev/vdb", "/dev/vdb"), (2, malloc.name.as_str(), m0_path.to_str().unwrap())]);
+    assert_eq!(s.ports, [proto::Port { id: 1, trtype: "tcp".into(), adrfam: "ipv4".into(), traddr: "192.0.2.1".into(), trsvcid: 4420 }]);
+    assert!(fx.tree().iter().any(|l| l.ends_with("namespaces/2/buffered_io = 1")), "files are served with buffered I/O");
+    fx.call(Call::RemoveNamespace(proto::RemoveNamespaceRequest { nqn: shared.nqn.clone(), nsid: 2 })).await.unwrap();
+    assert!(!fx.bdevs().await.iter().find(|b| b.name == malloc.name).unwrap().claimed);
+
+    // A second share on the same port reuses nvmet port 1; another port makes port 2.
+    let on_4420 = fx.share(share_req(&malloc.name)).await.unwrap();
+    assert!(on_4420.uri.starts_with("nvmf://192.0.2.1:4420/"));
+    fx.add_disk("vdc", 16);
+    fx.create("aio:///dev/vdc").await.unwrap();
+    let custom = proto::ShareBdevRequest {
+        nqn: Some("nqn.2019-05.io.vmcheck:custom".into()),
+        port: Some(4421),
+        allowed_hosts: vec!["nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-00000000000a".into()],
+        ..share_req("aio:///dev/vdc")
+    };
+    assert_eq!(fx.share(custom).await.unwrap().uri, "nvmf://192.0.2.1:4421/nqn.2019-05.io.vmcheck:custom");
+    let ports: Vec<u32> = fx.subsystems().await.iter().flat_map(|s| s.ports.iter().map(|p| p.id)).collect();
+    assert_eq!(ports, [1, 1, 2]);
+
+    for name in ["aio:///dev/vdb", &malloc.name, "aio:///dev/vdc"] {
+        fx.unshare(name).await.unwrap();
+        fx.destroy(name).await.unwrap();
+    }
+    assert!(fx.bdevs().await.is_empty());
+    assert_eq!(fx.tree(), EMPTY_TREE);
+    assert_eq!(fx.malloc_files(), 0);
+}
+
+#[tokio::test]
+async fn a_vanished_device_is_faulted_and_the_daemon_keeps_answering() {
+    let fx = Fixture::new();
+    fx.add_disk("nvme1n1", 64);
+    let name = "aio:///dev/nvme1n1";
+    fx.create(name).await.unwrap();
+    fx.share(share_req(name)).await.unwrap();
+    fx.pull_disk("nvme1n1");
+
+    let bdev = fx.bdevs().await.remove(0);
+    assert_eq!((bdev.state.as_str(), bdev.claimed), (STATE_FAULTED, true));
+    assert_eq!(fx.subsystems().await.len(), 1, "still listed while shared");
+    fx.unshare(name).await.unwrap();
+    let err = fx.share(share_req(name)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains(name) && err.message().contains("/dev/nvme1n1"), "{err:?}");
+    fx.destroy(name).await.unwrap();
+
+    // Gone before creation: not found, naming the device.
+    let err = fx.create(name).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().contains("/dev/nvme1n1"), "{err:?}");
+    assert_eq!(fx.tree(), EMPTY_TREE);
+}
+
+#[tokio::test]
+async fn a_share_that_fails_halfway_leaves_nothing_behind() {
+    let fx = Fixture::new();
+    let name = "malloc:///m1?size_mb=4";
+    fx.create(name).await.unwrap();
+    let before = fx.tree();
+    // Where nvmet-tcp binds: the link of the subsystem into the port.
+    assert!(fx.svc.nvmet().fs().inject_fault(
+        Op::Symlink,
+        "ports/1/subsystems/nqn.2019-05.io.vmcheck:halfway",
+        Errno::EADDRNOTAVAIL as i32
+    ));
+    let err =
+        fx.share(proto::ShareBdevRequest { nqn: Some("nqn.2019-05.io.vmcheck:halfway".into()), ..share_req(name) }).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("port 1") && err.message().contains("192.0.2.1:4420"), "{err:?}");
+    assert_eq!(fx.tree(), before);
+    let bdev = fx.bdevs().await.remove(0);
+    assert!(!bdev.claimed && bdev.share_uri.is_empty());
+    // Nothing stale blocks the retry.
+    fx.share(proto::ShareBdevRequest { nqn: Some("nqn.2019-05.io.vmcheck:halfway".into()), ..share_req(name) }).await.unwrap();
+}
+
+#[tokio::test]
+async fn leftover_state_is_reported_listed_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("nvmet");
+    let leftover = "nqn.2019-05.io.vmcheck:leftover";
+    {
+        let earlier = Nvmet::new(ConfigFs::emulated(&root, &ROOT_LAYOUT).unwrap());
+        let ns = NamespaceSpec { nsid: 1, device_path: "/dev/vdz".into(), device_uuid: uuid::Uuid::nil(), buffered_io: false };
+        earlier.share(&ShareSpec { nqn: leftover.into(), allowed_hosts: vec![], namespace: ns, traddr: TRADDR, trsvcid: 4420 }).unwrap();
+    }
+    let fx = Fixture::with(dir, ConfigFs::emulated(&root, &ROOT_LAYOUT).unwrap());
+    let report = fx.svc.leftovers().unwrap();
+    assert!(report.contains(leftover) && report.contains("/dev/vdz") && report.contains("port 1"), "{report}");
+
+    let Reply::Subsystems(all) = fx.call(Call::ListSubsystems).await.unwrap() else { panic!("ListSubsystems") };
+    assert_eq!(all.ports.iter().map(|p| (p.id, p.trsvcid)).collect::<Vec<_>>(), [(1, 4420)]);
+    let listed = fx.subsystems().await;
+    assert_eq!((listed[0].nqn.as_str(), listed[0].shared_bdev.as_str(), listed[0].namespaces[0].bdev.as_str()), (leftover, "", ""));
+    fx.create("malloc:///m2?size_mb=4").await.unwrap();
+    let add = Call::AddNamespace(proto::AddNamespaceRequest { nqn: leftover.into(), bdev: "malloc:///m2?size_mb=4".into(), nsid: None });
+    assert_eq!(fx.call(add).await.unwrap_err().code(), Code::FailedPrecondition);
+    let clash = proto::ShareBdevRequest { nqn: Some(leftover.into()), ..share_req("malloc:///m2?size_mb=4") };
+    assert_eq!(fx.share(clash).await.unwrap_err().code(), Code::AlreadyExists);
+    // Its port is reused for a share on the same address.
+    assert_eq!(fx.share(share_req("malloc:///m2?size_mb=4")).await.unwrap().uri.split('/').nth(2), Some("192.0.2.1:4420"));
+    fx.unshare("malloc:///m2?size_mb=4").await.unwrap();
+    assert!(fx.svc.nvmet().subsystem_exists(leftover));
+    assert_eq!(fx.svc.nvmet().state().unwrap().ports.len(), 1, "the leftover still uses its port");
+}
+
+#[tokio::test]
+async fn health_reports_nvmet_and_version() {
+    let fx = Fixture::new();
+    let reply = proto::target_server::Target::health(&fx.svc, tonic::Request::new(proto::HealthRequest {})).await.unwrap().into_inner();
+    assert!(reply.nvmet);
+    assert_eq!(reply.version, env!("CARGO_PKG_VERSION"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let without = Fixture::with(tempfile::tempdir().unwrap(), ConfigFs::kernel(dir.path().join("absent")));
+    let reply =
+        proto::target_server::Target::health(&without.svc, tonic::Request::new(proto::HealthRequest {})).await.unwrap().into_inner();
+    assert!(!reply.nvmet);
+    without.create("malloc:///m3?size_mb=1").await.unwrap();
+    let err = without.share(share_req("malloc:///m3?size_mb=1")).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("nvmet module"), "{err:?}");
+    assert!(without.subsystems().await.is_empty());
+}
+
+/// Requests race; the lock makes exactly one share and one create win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_are_serialised() {
+    let fx = std::sync::Arc::new(Fixture::new());
+    let name = "malloc:///race?size_mb=1";
+    let creates: Vec<_> = (0..8)
+        .map(|_| {
+            let fx = fx.clone();
+            tokio::spawn(async move { fx.create(name).await.map(|_| ()).map_err(|s| s.code()) })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for task in creates {
+        codes.push(task.await.unwrap());
+    }
+    assert_eq!(codes.iter().filter(|c| c.is_ok()).count(), 1, "{codes:?}");
+    assert!(codes.iter().all(|c| matches!(c, Ok(()) | Err(Code::AlreadyExists))), "{codes:?}");
+
+    let shares: Vec<_> = (0..8)
+        .map(|_| {
+            let fx = fx.clone();
+            tokio::spawn(async move { fx.share(share_req(name)).await.map(|_| ()).map_err(|s| s.code()) })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for task in shares {
+        codes.push(task.await.unwrap());
+    }
+    assert_eq!(codes.iter().filter(|c| c.is_ok()).count(), 1, "{codes:?}");
+    assert_eq!(fx.svc.nvmet().state().unwrap().subsystems.len(), 1);
+}
