@@ -146,6 +146,15 @@ impl Driver {
         })
     }
 
+    /// Keeps `text` as `name` among the run's artifacts (`--out DIR`, else the run directory's
+    /// logs): raw tool output, for a person reading a failure later.
+    pub fn artifact(&self, name: &str, text: &str) {
+        let path = self.env.log_dir.join(name);
+        if let Err(e) = std::fs::write(&path, text) {
+            log::line(&format!("could not keep {}: {e}", path.display()));
+        }
+    }
+
     pub fn run_dir(&self) -> &Path {
         &self.env.run_dir
     }

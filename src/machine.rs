@@ -242,6 +242,15 @@ impl Machine {
         Ok(SocketAddr::from(([127, 0, 0, 1], port)))
     }
 
+    /// A gRPC client of the target daemon in this machine, through the run's loopback forward.
+    /// It retries until the daemon answers (it may still be starting).
+    pub async fn target_client(&self) -> Result<crate::target::client::TargetClient> {
+        let addr = self.grpc_addr().await?;
+        crate::target::client::connect(addr, timeouts::boot())
+            .await
+            .map_err(|e| self.error("connecting to the target daemon", format!("through {addr}: {e:#}")))
+    }
+
     /// Waits until the machine has booted and its guest agent answers.
     pub async fn wait_for_agent(&self) -> Result<()> {
         self.start().await?;

@@ -6,6 +6,7 @@ use futures::future::BoxFuture;
 use crate::config::NodeSpec;
 use crate::driver::Driver;
 
+pub mod fio_nvme_basic;
 mod selftest;
 
 /// A registered scenario.
@@ -25,6 +26,7 @@ pub struct Scenario {
 /// Every scenario, listed ones first.
 pub fn all() -> Vec<Scenario> {
     let mut all = Vec::new();
+    all.push(fio_nvme_basic::scenario());
     all.extend(selftest::scenarios());
     all.sort_by_key(|s| (s.hidden, s.name));
     all

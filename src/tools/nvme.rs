@@ -59,6 +59,20 @@ pub struct FabricsOptions {
 }
 
 impl FabricsOptions {
+    /// The keep-alive, controller-loss and reconnect timeouts of `crate::timeouts::nvme`, chosen
+    /// for TCG guests (the kernel's 5 s keep-alive expires while a slow guest still connects).
+    pub fn scaled_timeouts() -> Self {
+        let t = crate::timeouts::nvme();
+        FabricsOptions {
+            keep_alive_tmo: Some(t.keep_alive_tmo),
+            ctrl_loss_tmo: Some(t.ctrl_loss_tmo as i32),
+            reconnect_delay: Some(t.reconnect_delay),
+            ..FabricsOptions::default()
+        }
+    }
+}
+
+impl FabricsOptions {
     fn push_args(&self, argv: &mut Vec<String>) {
         let mut push = |name: &str, value: Option<String>| {
             if let Some(v) = value {
