@@ -1,0 +1,82 @@
+//! The storage target daemon in a real target VM: the whole life of a share seen from a real
+//! initiator, the bad-request table against real nvmet (and configfs exactly as before after
+//! it), and a backing disk hot-removed under the daemon.
+
+mod common;
+
+use std::time::Duration;
+
+use vmcheck::config::{DiskSpec, NodeSpec, Role};
+use vmcheck::target::conformance::{bad_request_table, run_bad_request_table, TableParams};
+use vmcheck::target::proto;
+use vmcheck::tools::fio::{Fio, FioReport};
+use vmcheck::tools::nvme::{DiscoveryLog, FabricsOptions, Nvme};
+
+const NVMET_DIRS: &str = "ls /sys/kernel/config/nvmet/subsystems /sys/kernel/config/nvmet/ports /sys/kernel/config/nvmet/hosts";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn target_daemon_in_a_real_vm() {
+    let d = common::driver(vec![
+        NodeSpec::new("target", Role::Target, 1).with_disk(DiskSpec::nvme("disk0", 128)),
+        NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768),
+    ])
+    .await;
+    d.start_all().await.unwrap();
+    let target = d.machine("target").unwrap();
+    let initiator = d.machine("initiator").unwrap();
+    let mut client = target.target_client().await.unwrap();
+    let health = client.health(proto::HealthRequest {}).await.unwrap().into_inner();
+    assert!(!health.version.is_empty() && health.nvmet, "{health:?}");
+    let empty_nvmet = target.succeed(NVMET_DIRS).await.unwrap();
+
+    // create -> share -> discover, connect, fio verify -> unshare -> destroy.
+    let dev = target.disk_device("disk0").await.unwrap();
+    let bdev = client.create_bdev(proto::CreateBdevRequest { uri: format!("aio://{dev}") }).await.unwrap().into_inner();
+    assert_eq!(bdev.num_blocks * u64::from(bdev.blk_size), 128 << 20);
+    let share = client
+        .share_bdev(proto::ShareBdevRequest { name: bdev.name.clone(), protocol: proto::ShareProtocol::Nvmf as i32, ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(share.uri.starts_with("nvmf://192.0.2.1:4420/"), "{share:?}");
+    let discovered = DiscoveryLog::parse(&initiator.succeed(&Nvme::discover("192.0.2.1", 4420).command_line()).await.unwrap()).unwrap();
+    assert!(discovered.find(&share.nqn).is_some(), "{discovered:?}");
+    initiator.succeed(&Nvme::connect("192.0.2.1", 4420, &share.nqn).options(FabricsOptions::scaled_timeouts()).command_line()).await.unwrap();
+    let ns = initiator.wait_until_succeeds("ls /dev/nvme*n1 | head -n1 | grep .", Duration::from_secs(30)).await.unwrap();
+    let job = Fio::seed_randrw_verify(ns.trim(), 5);
+    let out = initiator.execute(&job.command_line()).await.unwrap();
+    let fio = FioReport::parse_with_stderr(&out.stdout, &out.stderr).unwrap();
+    assert!(out.status == 0 && fio.problems().is_empty(), "{:?} {}", fio.problems(), out.stderr);
+    initiator.succeed(&Nvme::disconnect(&share.nqn)).await.unwrap();
+    client.unshare_bdev(proto::UnshareBdevRequest { name: bdev.name.clone() }).await.unwrap();
+    client.destroy_bdev(proto::DestroyBdevRequest { name: bdev.name.clone() }).await.unwrap();
+    assert!(client.list_bdevs(proto::ListBdevsRequest {}).await.unwrap().into_inner().bdevs.is_empty());
+    assert_eq!(target.succeed(NVMET_DIRS).await.unwrap(), empty_nvmet, "configfs holds nothing after unshare");
+
+    // Malformed and out-of-order requests, each with its code; configfs exactly as before.
+    let params = TableParams::default();
+    let outcomes = run_bad_request_table(&mut client, &params).await.unwrap();
+    let bad = bad_request_table(&params).into_iter().filter(|c| c.expect != tonic::Code::Ok).count();
+    assert!(bad >= 30, "only {bad} bad requests in the table");
+    assert_eq!(outcomes.len(), bad_request_table(&params).len());
+    assert_eq!(target.succeed(NVMET_DIRS).await.unwrap(), empty_nvmet, "configfs holds nothing after the table");
+
+    // The backing disk vanishes (hot-removed): the daemon keeps answering, the bdev is faulted.
+    let bdev = client.create_bdev(proto::CreateBdevRequest { uri: format!("aio://{dev}") }).await.unwrap().into_inner();
+    client
+        .share_bdev(proto::ShareBdevRequest { name: bdev.name.clone(), protocol: proto::ShareProtocol::Nvmf as i32, ..Default::default() })
+        .await
+        .unwrap();
+    let qmp = target.qmp().await.unwrap();
+    let mark = qmp.event_count();
+    target.qmp_raw("device_del", serde_json::json!({"id": "disk0"})).await.unwrap();
+    qmp.wait_for_event(mark, Duration::from_secs(60), |e| e.name == "DEVICE_DELETED" && e.data["device"] == "disk0").await.unwrap();
+    target.wait_until_fails(&format!("test -e {dev}"), Duration::from_secs(30)).await.unwrap();
+    client.health(proto::HealthRequest {}).await.unwrap();
+    let bdevs = client.list_bdevs(proto::ListBdevsRequest {}).await.unwrap().into_inner().bdevs;
+    assert_eq!(bdevs.len(), 1);
+    assert_eq!(bdevs[0].state, "faulted", "{bdevs:?}");
+    client.unshare_bdev(proto::UnshareBdevRequest { name: bdev.name.clone() }).await.unwrap();
+    client.destroy_bdev(proto::DestroyBdevRequest { name: bdev.name.clone() }).await.unwrap();
+    assert_eq!(target.succeed(NVMET_DIRS).await.unwrap(), empty_nvmet);
+}
