@@ -6,6 +6,7 @@
 //! [`scenarios`], [`repl`].
 
 pub mod accel;
+pub mod bench;
 pub mod config;
 pub mod driver;
 pub mod images;

@@ -277,8 +277,7 @@ impl Machine {
 
     async fn execute_inner(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput> {
         let qga = self.qga().await?;
-        // setsid makes the shell a process-group leader, so a timeout kills its children too.
-        let argv = ["/bin/sh", "-c", "exec setsid /bin/sh -c \"$1\"", "sh", cmd];
+        let argv = ["/bin/sh", "-c", cmd];
         match qga.exec(&argv, timeout).await {
             Ok(out) => Ok(out),
             Err(e) => match e.downcast_ref::<ExecTimeout>() {

@@ -14,7 +14,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::{watch, Notify};
 
@@ -405,24 +405,34 @@ impl QemuProcess {
             let line = command_line_text(&cmd);
             let _ = std::fs::write(dir.join(format!("{}.cmdline", spec.name)), line);
         }
-        let mut child = crate::process::spawn(cmd).await.with_context(|| format!("{}: starting QEMU", spec.name))?;
-        let pid = child.id().ok_or_else(|| anyhow!("{}: QEMU exited at once", spec.name))?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr_pipe = child.stderr.take().expect("piped stderr");
+        let child = crate::process::spawn(cmd).await.with_context(|| format!("{}: starting QEMU", spec.name))?;
+        Ok(Self::adopt(child, console))
+    }
+
+    /// Takes over a spawned child: captures its stdout as the console, keeps its stderr, and
+    /// watches for its exit.
+    pub fn adopt(mut child: tokio::process::Child, console: Arc<Console>) -> QemuProcess {
+        let pid = child.id().unwrap_or(0);
         let stdin = child.stdin.take();
         let stderr = Arc::new(Mutex::new(String::new()));
         let out_console = console.clone();
-        let console_task = tokio::spawn(capture_lines(stdout, move |l| out_console.push(l)));
+        let console_task = match child.stdout.take() {
+            Some(stdout) => tokio::spawn(capture_lines(stdout, move |l| out_console.push(l))),
+            None => tokio::spawn(async {}),
+        };
         let err_buf = stderr.clone();
-        let name = spec.name.clone();
-        let stderr_task = tokio::spawn(capture_lines(stderr_pipe, move |l| {
-            tracing::debug!(machine = %name, "qemu stderr: {l}");
-            let mut b = err_buf.lock().unwrap();
-            if b.len() < 64 * 1024 {
-                b.push_str(&l);
-                b.push('\n');
-            }
-        }));
+        let name = console.name.clone();
+        let stderr_task = match child.stderr.take() {
+            Some(pipe) => tokio::spawn(capture_lines(pipe, move |l| {
+                tracing::debug!(machine = %name, "qemu stderr: {l}");
+                let mut b = err_buf.lock().unwrap();
+                if b.len() < 64 * 1024 {
+                    b.push_str(&l);
+                    b.push('\n');
+                }
+            })),
+            None => tokio::spawn(async {}),
+        };
         let (exit_tx, exit) = watch::channel(None);
         let console_for_exit = console.clone();
         let waiter = tokio::spawn(async move {
@@ -440,7 +450,7 @@ impl QemuProcess {
             };
             let _ = exit_tx.send(Some(text));
         });
-        Ok(QemuProcess { pid, console, stderr, exit, waiter, _stdin: stdin })
+        QemuProcess { pid, console, stderr, exit, waiter, _stdin: stdin }
     }
 
     /// The exit status text, once the process has exited.

@@ -39,6 +39,18 @@ enum Command {
         #[arg(long)]
         global_timeout: Option<u64>,
     },
+    /// Measure the driver against bare QEMU: boot to agent, exec round trip, network throughput.
+    Bench {
+        /// Boots of each kind.
+        #[arg(long, default_value_t = 3)]
+        boots: usize,
+        /// Exec round trips of each kind (at least 20).
+        #[arg(long, default_value_t = 30)]
+        execs: usize,
+        /// MiB sent over the test network each way.
+        #[arg(long, default_value_t = 32)]
+        transfer_mib: u64,
+    },
     /// Manage the default images.
     Images {
         #[command(subcommand)]
@@ -108,6 +120,22 @@ async fn dispatch(command: Command) -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("vmcheck: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Bench { boots, execs, transfer_mib } => {
+            if boots == 0 || execs < 20 || transfer_mib == 0 {
+                eprintln!("vmcheck: bench needs --boots >= 1, --execs >= 20 and --transfer-mib >= 1");
+                return ExitCode::from(2);
+            }
+            match vmcheck::bench::run(&vmcheck::bench::BenchOptions { boots, execs, transfer_mib }).await {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vmcheck: bench failed: {e:#}");
                     ExitCode::from(1)
                 }
             }
