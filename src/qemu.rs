@@ -209,7 +209,10 @@ impl QemuSpec {
                 Ok(cmd)
             }
             Boot::StartScript { path, kernel_params } => {
-                let plumbing = self.plumbing_args();
+                let mut plumbing = self.plumbing_args();
+                // The script asks for accel=kvm:tcg; a later -machine accel= overrides it with the
+                // probe's verdict (KVM can exist and hang).
+                plumbing.extend(["-machine".to_string(), format!("accel={}", self.accel.name())]);
                 // run-<name>-vm splits $QEMU_OPTS on white space.
                 if let Some(bad) = plumbing.iter().find(|a| a.chars().any(char::is_whitespace)) {
                     bail!("{}: QEMU argument {bad:?} holds white space; use a run directory without spaces", self.name);
