@@ -1,0 +1,124 @@
+//! The REPL driven by a piped script: the real `vmcheck repl` binary against a real VM (the
+//! hidden one-machine scenario `selftest-fail`, whose machine has the target role), checking what
+//! it prints, that errors do not end the session, and that no QEMU outlives it.
+
+use std::io::{Read, Write};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use vmcheck::process::is_alive;
+
+struct Session {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Session {
+    /// The QEMU PIDs the driver logged.
+    fn qemu_pids(&self) -> Vec<u32> {
+        self.stderr.lines().filter_map(|l| l.split_once("QEMU running (pid ").and_then(|(_, r)| r.trim_end_matches(')').parse().ok())).collect()
+    }
+
+    fn assert_no_qemu_survives(&self) {
+        let pids = self.qemu_pids();
+        assert!(!pids.is_empty(), "no QEMU was started; stderr:\n{}", self.stderr);
+        // Killed QEMUs are reaped by init once the driver is gone; give that a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pids.iter().any(|p| is_alive(*p)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let alive: Vec<_> = pids.iter().filter(|p| is_alive(**p)).collect();
+        assert!(alive.is_empty(), "QEMU {alive:?} outlived the REPL");
+    }
+}
+
+/// Runs `vmcheck repl ARGS` with `script` on stdin; kills it after `timeout`.
+fn repl(args: &[&str], script: &str, timeout: Duration) -> Session {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmcheck"))
+        .arg("repl")
+        .args(args)
+        .env("TMPDIR", tmp.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let read = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the REPL did not end within {timeout:?}; stderr:\n{}", stderr.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    Session { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+}
+
+#[test]
+fn a_piped_script_drives_a_vm_and_quit_stops_it() {
+    let script = r#"
+machine.start
+machine.wait_for_agent
+machine: echo hello
+machine.execute echo out; echo err >&2; exit 3
+frobnicate
+machine.frob
+qmp machine {"execute":"query-status"}
+grpc Health {}
+grpc CreateBdev {"uri": "malloc:///m0?size_mb=8"}
+grpc ListBdevs
+grpc CreateBdev {"url": "x"}
+step selftest-fail
+
+machine: echo still-up
+quit
+machine: echo after-quit
+"#;
+    let s = repl(&["selftest-fail"], script, Duration::from_secs(300));
+    let all = format!("stdout:\n{}\nstderr:\n{}", s.stdout, s.stderr);
+    assert!(s.status.success(), "exit status {}; {all}", s.status);
+    for want in ["hello\n", "status 3\nstdout:\nout\nstderr:\nerr\n", "\"status\": \"running\"", "\"version\":", "\"name\": \"malloc:///m0?size_mb=8\"", "still-up"] {
+        assert!(s.stdout.contains(want), "stdout lacks {want:?}; {all}");
+    }
+    for want in [
+        "error: unknown command \"frobnicate\"",
+        "error: no machine command \"frob\"",
+        "CreateBdevRequest has no field \"url\"; its fields: uri",
+        "next subtest: an assertion that fails",
+        "expected 2, the guest said 1",
+        "selftest-fail: FAILED (the machines are left as they are)",
+    ] {
+        assert!(s.stderr.contains(want), "stderr lacks {want:?}; {all}");
+    }
+    assert!(!s.stdout.contains("after-quit"), "a line after quit ran; {all}");
+    assert_eq!(s.qemu_pids().len(), 1, "{all}");
+    s.assert_no_qemu_survives();
+}
+
+#[test]
+fn end_of_input_ends_the_session_and_stops_every_vm() {
+    // The default machines (fio_nvme_basic's pair); only the target is started, not waited for.
+    let s = repl(&[], "machines\ntarget.start\ninitiator: true\n", Duration::from_secs(120));
+    let all = format!("stdout:\n{}\nstderr:\n{}", s.stdout, s.stderr);
+    assert!(s.status.success(), "exit status {}; {all}", s.status);
+    assert!(s.stdout.contains("target       target     not running"), "{all}");
+    assert!(s.stdout.contains("initiator    initiator  not running"), "{all}");
+    assert!(s.stderr.contains("initiator: the machine is not running"), "{all}");
+    s.assert_no_qemu_survives();
+}
