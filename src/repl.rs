@@ -724,7 +724,12 @@ impl Session {
         }
         // A piped script's next line is a command, not a key: with a timeout, do not read it.
         let read_key = self.input.interactive || secs.is_none();
-        eprintln!("(following {}'s console{}{})", machine.name(), if read_key { "; Enter stops" } else { "" }, secs.map(|s| format!(" for {s} s")).unwrap_or_default());
+        let until = match (read_key, secs) {
+            (true, Some(s)) => format!("until Enter or for {s} s"),
+            (true, None) => "until Enter".to_string(),
+            (false, s) => format!("for {} s", s.unwrap_or_default()),
+        };
+        eprintln!("(following {}'s console {until})", machine.name());
         let key = async {
             if read_key {
                 self.input.read_line("").await;

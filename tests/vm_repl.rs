@@ -122,3 +122,21 @@ fn end_of_input_ends_the_session_and_stops_every_vm() {
     assert!(s.stderr.contains("initiator: the machine is not running"), "{all}");
     s.assert_no_qemu_survives();
 }
+
+#[test]
+fn the_nix_config_defines_the_machines_and_bad_arguments_are_usage_errors() {
+    // Nothing boots: a configured machine has a start script, so no image is needed either.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, r#"{"name": "t", "scenario": "selftest-pass", "machines": {"machine": {"start_script": "/bin/false"}}}"#).unwrap();
+    let config = config.to_str().unwrap();
+    let s = repl(&["--config", config], "machines\n", Duration::from_secs(60));
+    assert!(s.status.success(), "exit status {}; stderr:\n{}", s.status, s.stderr);
+    assert!(s.stdout.contains("machine      target     not running"), "stdout:\n{}", s.stdout);
+    let s = repl(&["fio_nvme_basic", "--config", config], "", Duration::from_secs(60));
+    assert_eq!(s.status.code(), Some(2), "stderr:\n{}", s.stderr);
+    assert!(s.stderr.contains("--config is for scenario selftest-pass, not fio_nvme_basic"), "stderr:\n{}", s.stderr);
+    let s = repl(&["no_such_scenario"], "", Duration::from_secs(60));
+    assert_eq!(s.status.code(), Some(2), "stderr:\n{}", s.stderr);
+    assert!(s.stderr.contains("unknown scenario \"no_such_scenario\""), "stderr:\n{}", s.stderr);
+}
