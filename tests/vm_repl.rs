@@ -140,3 +140,70 @@ fn the_nix_config_defines_the_machines_and_bad_arguments_are_usage_errors() {
     assert_eq!(s.status.code(), Some(2), "stderr:\n{}", s.stderr);
     assert!(s.stderr.contains("unknown scenario \"no_such_scenario\""), "stderr:\n{}", s.stderr);
 }
+
+/// The terminal side: `script` gives the REPL a pseudo-terminal, so rustyline (completion,
+/// Ctrl-C, history) is what reads the keys.
+#[test]
+fn at_a_terminal_tab_completes_ctrl_c_clears_and_history_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, r#"{"name": "t", "scenario": "selftest-pass", "machines": {"machine": {"start_script": "/bin/false"}}}"#).unwrap();
+    let command = format!("{} repl --config {}", env!("CARGO_BIN_EXE_vmcheck"), config.display());
+    let mut child = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env("VMCHECK_CACHE", dir.path())
+        .env("TMPDIR", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script(1) from util-linux runs");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut wait_for = |text: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !seen.contains(text) {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(bytes) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(_) => panic!("no {text:?} at the terminal; it shows:\n{seen}"),
+            }
+        }
+        std::mem::take(&mut seen)
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    let mut keys = |k: &str| stdin.write_all(k.as_bytes()).and_then(|()| stdin.flush()).unwrap();
+    // Keys typed before rustyline's raw mode could be flushed: wait for each prompt.
+    wait_for("vmcheck> ");
+    keys("machines\r");
+    wait_for("machine      target     not running");
+    wait_for("vmcheck> ");
+    keys("bogus\x03");
+    wait_for("vmcheck> ");
+    keys("he\t");
+    wait_for("help");
+    keys(" quit\r");
+    let shown = wait_for("stop every machine and leave");
+    assert!(!shown.contains("bogushelp"), "Ctrl-C did not clear the line:\n{shown}");
+    wait_for("vmcheck> ");
+    keys("quit\r");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the REPL did not quit");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "exit status {status}");
+    let history = std::fs::read_to_string(dir.path().join("repl_history")).unwrap();
+    assert!(history.contains("machines\nhelp quit\nquit"), "history:\n{history}");
+}
