@@ -50,6 +50,10 @@ pub struct SubtestResult {
     pub error: Option<String>,
 }
 
+/// Awaited with a subtest's name before the subtest runs (the REPL's `step` pauses there); an
+/// error stops the test before that subtest.
+pub type SubtestGate = Arc<dyn Fn(String) -> futures::future::BoxFuture<'static, Result<()>> + Send + Sync>;
+
 /// A run: its machines and everything they share.
 pub struct Driver {
     machines: Vec<Machine>,
@@ -58,6 +62,7 @@ pub struct Driver {
     _run_dir: Option<tempfile::TempDir>,
     subtests: Mutex<Vec<SubtestResult>>,
     started: Instant,
+    gate: Mutex<Option<SubtestGate>>,
     pub accel: Accel,
 }
 
@@ -136,7 +141,7 @@ impl Driver {
         } else {
             Some(run_dir)
         };
-        Ok(Driver { machines, env, _run_dir: run_dir, subtests: Mutex::new(Vec::new()), started: Instant::now(), accel })
+        Ok(Driver { machines, env, _run_dir: run_dir, subtests: Mutex::new(Vec::new()), started: Instant::now(), gate: Mutex::new(None), accel })
     }
 
     pub fn machines(&self) -> &[Machine] {
@@ -186,11 +191,20 @@ impl Driver {
 
     /// Runs one subtest: logs its name and time, records its outcome for the summary and JUnit.
     pub async fn subtest<T>(&self, name: &str, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        let gate = self.gate.lock().unwrap().clone();
+        if let Some(gate) = gate {
+            gate(name.to_string()).await?;
+        }
         let started = Instant::now();
         let result = log::nested(&format!("subtest: {name}"), f).await;
         let error = result.as_ref().err().map(|e| format!("{e:#}"));
         self.subtests.lock().unwrap().push(SubtestResult { name: name.to_string(), duration: started.elapsed(), error });
         result.with_context(|| format!("subtest {name:?} failed"))
+    }
+
+    /// Sets (or clears) the gate every subtest passes before it runs.
+    pub fn set_subtest_gate(&self, gate: Option<SubtestGate>) {
+        *self.gate.lock().unwrap() = gate;
     }
 
     pub fn subtest_results(&self) -> Vec<SubtestResult> {

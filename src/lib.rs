@@ -18,6 +18,7 @@ pub mod qapi_stream;
 pub mod qemu;
 pub mod qga;
 pub mod qmp;
+pub mod repl;
 pub mod scenarios;
 pub mod target;
 pub mod timeouts;

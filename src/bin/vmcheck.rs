@@ -51,6 +51,14 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         transfer_mib: u64,
     },
+    /// Interactive driver: the scenario's machines (default fio_nvme_basic's), defined but not
+    /// started; `help` at its prompt lists the commands.
+    Repl {
+        scenario: Option<String>,
+        /// Driver configuration from nix/ (NixOS machines); names the scenario itself.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Manage the default images.
     Images {
         #[command(subcommand)]
@@ -75,6 +83,10 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async {
+        if matches!(cli.command, Command::Repl { .. }) {
+            // The REPL handles Ctrl-C itself: it cancels a command, not the session.
+            return dispatch(cli.command).await;
+        }
         tokio::select! {
             code = dispatch(cli.command) => code,
             // Dropping the run kills every machine and removes the run directory.
@@ -140,6 +152,7 @@ async fn dispatch(command: Command) -> ExitCode {
                 }
             }
         }
+        Command::Repl { scenario, config } => vmcheck::repl::main(scenario, config).await,
         Command::Run { names, junit, out, keep_vm_state, config, global_timeout } => {
             run(names, junit, out, keep_vm_state, config, global_timeout).await
         }

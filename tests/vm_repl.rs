@@ -1,0 +1,209 @@
+//! The REPL driven by a piped script: the real `vmcheck repl` binary against a real VM (the
+//! hidden one-machine scenario `selftest-fail`, whose machine has the target role), checking what
+//! it prints, that errors do not end the session, and that no QEMU outlives it.
+
+use std::io::{Read, Write};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use vmcheck::process::is_alive;
+
+struct Session {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+impl Session {
+    /// The QEMU PIDs the driver logged.
+    fn qemu_pids(&self) -> Vec<u32> {
+        self.stderr.lines().filter_map(|l| l.split_once("QEMU running (pid ").and_then(|(_, r)| r.trim_end_matches(')').parse().ok())).collect()
+    }
+
+    fn assert_no_qemu_survives(&self) {
+        let pids = self.qemu_pids();
+        assert!(!pids.is_empty(), "no QEMU was started; stderr:\n{}", self.stderr);
+        // Killed QEMUs are reaped by init once the driver is gone; give that a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pids.iter().any(|p| is_alive(*p)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let alive: Vec<_> = pids.iter().filter(|p| is_alive(**p)).collect();
+        assert!(alive.is_empty(), "QEMU {alive:?} outlived the REPL");
+    }
+}
+
+/// Runs `vmcheck repl ARGS` with `script` on stdin; kills it after `timeout`.
+fn repl(args: &[&str], script: &str, timeout: Duration) -> Session {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmcheck"))
+        .arg("repl")
+        .args(args)
+        .env("TMPDIR", tmp.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(script.as_bytes()).unwrap();
+    let read = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let stdout = read(Box::new(child.stdout.take().unwrap()));
+    let stderr = read(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the REPL did not end within {timeout:?}; stderr:\n{}", stderr.join().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    Session { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+}
+
+#[test]
+fn a_piped_script_drives_a_vm_and_quit_stops_it() {
+    let script = r#"
+machine.start
+machine.wait_for_agent
+machine: echo hello
+machine.execute echo out; echo err >&2; exit 3
+frobnicate
+machine.frob
+qmp machine {"execute":"query-status"}
+grpc Health {}
+grpc CreateBdev {"uri": "malloc:///m0?size_mb=8"}
+grpc ListBdevs
+grpc CreateBdev {"url": "x"}
+step selftest-fail
+
+machine: echo still-up
+quit
+machine: echo after-quit
+"#;
+    let s = repl(&["selftest-fail"], script, Duration::from_secs(300));
+    let all = format!("stdout:\n{}\nstderr:\n{}", s.stdout, s.stderr);
+    assert!(s.status.success(), "exit status {}; {all}", s.status);
+    for want in ["hello\n", "status 3\nstdout:\nout\nstderr:\nerr\n", "\"status\": \"running\"", "\"version\":", "\"name\": \"malloc:///m0?size_mb=8\"", "still-up"] {
+        assert!(s.stdout.contains(want), "stdout lacks {want:?}; {all}");
+    }
+    for want in [
+        "error: unknown command \"frobnicate\"",
+        "error: no machine command \"frob\"",
+        "CreateBdevRequest has no field \"url\"; its fields: uri",
+        "next subtest: an assertion that fails",
+        "expected 2, the guest said 1",
+        "selftest-fail: FAILED (the machines are left as they are)",
+    ] {
+        assert!(s.stderr.contains(want), "stderr lacks {want:?}; {all}");
+    }
+    assert!(!s.stdout.contains("after-quit"), "a line after quit ran; {all}");
+    assert_eq!(s.qemu_pids().len(), 1, "{all}");
+    s.assert_no_qemu_survives();
+}
+
+#[test]
+fn end_of_input_ends_the_session_and_stops_every_vm() {
+    // The default machines (fio_nvme_basic's pair); only the target is started, not waited for.
+    let s = repl(&[], "machines\ntarget.start\ninitiator: true\n", Duration::from_secs(120));
+    let all = format!("stdout:\n{}\nstderr:\n{}", s.stdout, s.stderr);
+    assert!(s.status.success(), "exit status {}; {all}", s.status);
+    assert!(s.stdout.contains("target       target     not running"), "{all}");
+    assert!(s.stdout.contains("initiator    initiator  not running"), "{all}");
+    assert!(s.stderr.contains("initiator: the machine is not running"), "{all}");
+    s.assert_no_qemu_survives();
+}
+
+#[test]
+fn the_nix_config_defines_the_machines_and_bad_arguments_are_usage_errors() {
+    // Nothing boots: a configured machine has a start script, so no image is needed either.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, r#"{"name": "t", "scenario": "selftest-pass", "machines": {"machine": {"start_script": "/bin/false"}}}"#).unwrap();
+    let config = config.to_str().unwrap();
+    let s = repl(&["--config", config], "machines\n", Duration::from_secs(60));
+    assert!(s.status.success(), "exit status {}; stderr:\n{}", s.status, s.stderr);
+    assert!(s.stdout.contains("machine      target     not running"), "stdout:\n{}", s.stdout);
+    let s = repl(&["fio_nvme_basic", "--config", config], "", Duration::from_secs(60));
+    assert_eq!(s.status.code(), Some(2), "stderr:\n{}", s.stderr);
+    assert!(s.stderr.contains("--config is for scenario selftest-pass, not fio_nvme_basic"), "stderr:\n{}", s.stderr);
+    let s = repl(&["no_such_scenario"], "", Duration::from_secs(60));
+    assert_eq!(s.status.code(), Some(2), "stderr:\n{}", s.stderr);
+    assert!(s.stderr.contains("unknown scenario \"no_such_scenario\""), "stderr:\n{}", s.stderr);
+}
+
+/// The terminal side: `script` gives the REPL a pseudo-terminal, so rustyline (completion,
+/// Ctrl-C, history) is what reads the keys.
+#[test]
+fn at_a_terminal_tab_completes_ctrl_c_clears_and_history_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, r#"{"name": "t", "scenario": "selftest-pass", "machines": {"machine": {"start_script": "/bin/false"}}}"#).unwrap();
+    let command = format!("{} repl --config {}", env!("CARGO_BIN_EXE_vmcheck"), config.display());
+    let mut child = Command::new("script")
+        .args(["-qfec", &command, "/dev/null"])
+        .env("VMCHECK_CACHE", dir.path())
+        .env("TMPDIR", dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("script(1) from util-linux runs");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = stdout.read(&mut buf) {
+            if tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut wait_for = |text: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !seen.contains(text) {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(bytes) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+                Err(_) => panic!("no {text:?} at the terminal; it shows:\n{seen}"),
+            }
+        }
+        std::mem::take(&mut seen)
+    };
+    let mut stdin = child.stdin.take().unwrap();
+    let mut keys = |k: &str| stdin.write_all(k.as_bytes()).and_then(|()| stdin.flush()).unwrap();
+    // Keys typed before rustyline's raw mode could be flushed: wait for each prompt.
+    wait_for("vmcheck> ");
+    keys("machines\r");
+    wait_for("machine      target     not running");
+    wait_for("vmcheck> ");
+    keys("bogus\x03");
+    wait_for("vmcheck> ");
+    keys("he\t");
+    wait_for("help");
+    keys(" quit\r");
+    let shown = wait_for("stop every machine and leave");
+    assert!(!shown.contains("bogushelp"), "Ctrl-C did not clear the line:\n{shown}");
+    wait_for("vmcheck> ");
+    keys("quit\r");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the REPL did not quit");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "exit status {status}");
+    let history = std::fs::read_to_string(dir.path().join("repl_history")).unwrap();
+    assert!(history.contains("machines\nhelp quit\nquit"), "history:\n{history}");
+}
