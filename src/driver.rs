@@ -88,6 +88,7 @@ impl Driver {
             Some(i) => i.clone(),
             None => Images::from_env()?,
         };
+        let images_started = Instant::now();
         let mut role_images: HashMap<Role, Image> = HashMap::new();
         for role in nodes.iter().filter(|n| n.start_script.is_none()).map(|n| n.role) {
             if !role_images.contains_key(&role) {
@@ -97,6 +98,7 @@ impl Driver {
             }
         }
         // The probe boots a real kernel: a default image's, else the one a start script boots.
+        log::line(&format!("images ready in {:.2} s", images_started.elapsed().as_secs_f64()));
         let probe_kernel = role_images
             .values()
             .next()

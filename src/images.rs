@@ -119,11 +119,7 @@ impl Images {
 
     /// The kernel package, downloaded and unpacked once per version.
     fn ensure_kernel(&self) -> Result<Kernel> {
-        let package = match std::env::var("VMCHECK_KERNEL_PACKAGE") {
-            Ok(p) => p,
-            Err(_) => resolve_kernel_package()?,
-        };
-        let version = package_candidate_version(&package)?;
+        let (package, version) = self.resolve_kernel()?;
         let dir = self.cache_dir.join("kernel").join(format!("{package}_{version}"));
         if !dir.join("done").exists() {
             self.say(&format!("fetching {package} {version} (apt-get download, dpkg -x)"));
@@ -145,6 +141,30 @@ impl Images {
         }
         let kver = fs::read_to_string(dir.join("done"))?.trim().to_string();
         Ok(Kernel { vmlinuz: dir.join(format!("boot/vmlinuz-{kver}")), modules: dir.join("lib/modules").join(&kver), version: kver, package: format!("{package}={version}") })
+    }
+
+    /// The kernel package and version apt offers. Asking apt-cache costs about a second, so the
+    /// answer is kept until apt's package lists change (`apt-get update` rewrites them).
+    fn resolve_kernel(&self) -> Result<(String, String)> {
+        let wanted = std::env::var("VMCHECK_KERNEL_PACKAGE").ok();
+        let lists = fs::metadata("/var/lib/apt/lists").ok().and_then(|m| m.modified().ok());
+        let key = format!("{wanted:?} {lists:?}");
+        let memo = self.cache_dir.join("kernel-resolution");
+        if let Ok(text) = fs::read_to_string(&memo) {
+            let lines: Vec<&str> = text.lines().collect();
+            if let [k, package, version] = lines.as_slice() {
+                if *k == key && lists.is_some() {
+                    return Ok((package.to_string(), version.to_string()));
+                }
+            }
+        }
+        let package = match wanted {
+            Some(p) => p,
+            None => resolve_kernel_package()?,
+        };
+        let version = package_candidate_version(&package)?;
+        let _ = fs::write(&memo, format!("{key}\n{package}\n{version}\n"));
+        Ok((package, version))
     }
 
     /// Everything that decides what the image holds.

@@ -86,7 +86,9 @@ pub async fn run(scenario: Scenario, options: &RunOptions) -> Outcome {
         Ok(r) => r,
         Err(_) => Err(anyhow::anyhow!("the global timeout of {global:?} ran out")),
     };
+    let teardown = std::time::Instant::now();
     driver.kill_all().await;
+    crate::log::line(&format!("machines stopped in {:.2} s", teardown.elapsed().as_secs_f64()));
     crate::log::line(&driver.summary(&name));
     let error = result.err().map(|e| format!("{e:#}"));
     let mut subtests = driver.subtest_results();
