@@ -457,14 +457,15 @@ impl DisconnectOutput {
 mod tests {
     use super::*;
 
-    // Shape from nvme-cli 2.3 source; to be replaced with VM capture (see testdata/README.md).
+    // discover and list: captured in a VM; the others: shapes from nvme-cli 2.3's source
+    // (see testdata/README.md).
     const DISCOVER: &str = include_str!("testdata/nvme-cli-2.3_discover.json");
     const LIST: &str = include_str!("testdata/nvme-cli-2.3_list.json");
     const LIST_EMPTY: &str = include_str!("testdata/nvme-cli-2.3_list_empty.json");
     const CONNECT: &str = include_str!("testdata/nvme-cli-2.3_connect.json");
     const DISCONNECT: &str = include_str!("testdata/nvme-cli-2.3_disconnect.txt");
 
-    const NQN: &str = "nqn.2019-05.io.vmcheck:00000000-76b6-4fcf-864d-1027d4038756";
+    const NQN: &str = "nqn.2019-05.io.vmcheck:626210a5-c960-50b7-bcde-50bfb7e8543f";
 
     #[test]
     fn command_lines() {
@@ -546,15 +547,15 @@ mod tests {
         let d = &list.devices[0];
         assert_eq!(
             (d.nsid, d.device_path.as_str(), d.name()),
-            (1, "/dev/nvme0n1", "nvme0n1")
+            (1, "/dev/nvme1n1", "nvme1n1")
         );
         assert_eq!(d.model_number, "Linux");
         assert_eq!(d.physical_size, 512 << 20);
         assert_eq!(d.physical_size, d.maximum_lba * u64::from(d.sector_size));
         assert_eq!(d.used_bytes, d.physical_size);
-        assert!(list.find_by_path("/dev/nvme0n1").is_some());
-        assert!(list.find_by_path("nvme0n1").is_some());
-        assert!(list.find_by_serial("9a3f7c21d04e5b68").is_some());
+        assert!(list.find_by_path("/dev/nvme1n1").is_some());
+        assert!(list.find_by_path("nvme1n1").is_some());
+        assert!(list.find_by_serial("0c6f912a28281702eb29").is_some());
         assert!(list.find_by_model("Linux").is_some());
         assert!(NvmeList::parse(LIST_EMPTY).unwrap().devices.is_empty());
     }
