@@ -141,34 +141,62 @@ fn the_nix_config_defines_the_machines_and_bad_arguments_are_usage_errors() {
     assert!(s.stderr.contains("unknown scenario \"no_such_scenario\""), "stderr:\n{}", s.stderr);
 }
 
-/// The terminal side: `script` gives the REPL a pseudo-terminal, so rustyline (completion,
-/// Ctrl-C, history) is what reads the keys.
+/// The terminal side: the REPL runs on a pseudo-terminal of the test's own (its controlling
+/// terminal), so rustyline (completion, Ctrl-C, history) is what reads the keys.
 #[test]
-#[ignore = "flaky under nextest: script(1) sometimes shows nothing for 60 s when run after another test; passes alone and under cargo test"]
+#[ignore = "about 1 run in 8 under nextest, none of the REPL's output reaches the pty master while its input thread waits in read(0); cause not found yet (run with --run-ignored all)"]
 fn at_a_terminal_tab_completes_ctrl_c_clears_and_history_is_kept() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.json");
     std::fs::write(&config, r#"{"name": "t", "scenario": "selftest-pass", "machines": {"machine": {"start_script": "/bin/false"}}}"#).unwrap();
-    let command = format!("{} repl --config {}", env!("CARGO_BIN_EXE_vmcheck"), config.display());
-    // setsid: script(1) in a session of its own, clear of the test runner's terminal.
-    let mut child = Command::new("setsid")
-        .args(["-w", "script", "-qfec", &command, "/dev/null"])
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_vmcheck"));
+    command
+        .args(["repl", "--config"])
+        .arg(&config)
         .env("VMCHECK_CACHE", dir.path())
         // Nothing boots: no need to probe KVM.
         .env("VMCHECK_ACCEL", "tcg")
         .env("TMPDIR", dir.path())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("script(1) from util-linux runs");
+        .env("TERM", "xterm")
+        .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+        .stderr(Stdio::from(pty.slave.try_clone().unwrap()));
+    // SAFETY: setsid and ioctl are async-signal-safe. A session of its own, with the pty as its
+    // controlling terminal, as a login shell would have.
+    unsafe {
+        command.pre_exec(|| {
+            nix::unistd::setsid()?;
+            if nix::libc::ioctl(0, nix::libc::TIOCSCTTY, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().expect("starting vmcheck repl");
+    let child_pid = child.id();
+    // Only the child keeps the terminal's slave side open.
+    drop(command);
+    drop(pty.slave);
+    let master = std::fs::File::from(pty.master);
+    let _ = master.as_raw_fd();
+    let mut stdout = master.try_clone().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
-    let mut stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
         let mut buf = [0u8; 4096];
-        while let Ok(n @ 1..) = stdout.read(&mut buf) {
-            if tx.send(buf[..n].to_vec()).is_err() {
-                break;
+        loop {
+            match stdout.read(&mut buf) {
+                Ok(n @ 1..) => {
+                    if tx.send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+                other => {
+                    let _ = tx.send(format!("<<reader ended: {other:?}>>").into_bytes());
+                    break;
+                }
             }
         }
     });
@@ -178,12 +206,20 @@ fn at_a_terminal_tab_completes_ctrl_c_clears_and_history_is_kept() {
         while !seen.contains(text) {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(bytes) => seen.push_str(&String::from_utf8_lossy(&bytes)),
-                Err(e) => panic!("no {text:?} at the terminal ({e}); it shows:\n{seen}"),
+                Err(e) => {
+                    let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{child_pid}/task")).map(|d| d.flatten().map(|t| {
+                        let p = t.path();
+                        format!("{} {} {}", std::fs::read_to_string(p.join("stat")).unwrap_or_default().trim(), std::fs::read_to_string(p.join("wchan")).unwrap_or_default(), std::fs::read_to_string(p.join("syscall")).unwrap_or_default().trim())
+                    }).collect()).unwrap_or_default();
+                    let fds: Vec<String> = (0..3).map(|fd| format!("{fd} -> {:?}", std::fs::read_link(format!("/proc/{child_pid}/fd/{fd}")))).collect();
+                    let mine: Vec<String> = std::fs::read_dir("/proc/self/fd").map(|d| d.flatten().map(|e| format!("{:?} -> {:?}", e.file_name(), std::fs::read_link(e.path()))).collect()).unwrap_or_default();
+                    panic!("no {text:?} at the terminal ({e}); it shows:\n{seen}\nchild tasks:\n{}\nchild fds {fds:?}\nmy fds {mine:?}", tasks.join("\n"))
+                }
             }
         }
         std::mem::take(&mut seen)
     };
-    let mut stdin = child.stdin.take().unwrap();
+    let mut stdin = master;
     let mut keys = |k: &str| stdin.write_all(k.as_bytes()).and_then(|()| stdin.flush()).unwrap();
     // Keys typed before rustyline's raw mode could be flushed: wait for each prompt.
     wait_for("vmcheck> ");
