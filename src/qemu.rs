@@ -213,6 +213,8 @@ impl QemuSpec {
                 // The script asks for accel=kvm:tcg; a later -machine accel= overrides it with the
                 // probe's verdict (KVM can exist and hang).
                 plumbing.extend(["-machine".to_string(), format!("accel={}", self.accel.name())]);
+                // The script's -nographic would put a monitor on stdio, which is the console.
+                plumbing.extend(["-monitor".to_string(), "none".to_string()]);
                 // run-<name>-vm splits $QEMU_OPTS on white space.
                 if let Some(bad) = plumbing.iter().find(|a| a.chars().any(char::is_whitespace)) {
                     bail!("{}: QEMU argument {bad:?} holds white space; use a run directory without spaces", self.name);
@@ -573,6 +575,7 @@ mod tests {
             cmd.as_std().get_envs().map(|(k, v)| (k.to_string_lossy().into_owned(), v.unwrap().to_string_lossy().into_owned())).collect();
         assert!(env["QEMU_OPTS"].contains("-mon chardev=qmp0,mode=control"));
         assert!(!env["QEMU_OPTS"].contains("-kernel"));
+        assert!(env["QEMU_OPTS"].ends_with("-machine accel=tcg -monitor none"), "{}", env["QEMU_OPTS"]);
         assert_eq!(env["QEMU_NET_OPTS"], "net=198.51.100.0/24,restrict=on,hostfwd=tcp:127.0.0.1:0-:10124");
         assert!(env["QEMU_KERNEL_PARAMS"].contains("vmcheck.name=target"));
         assert_eq!(env["USE_TMPDIR"], "1");
