@@ -163,8 +163,13 @@ pub async fn run(options: &BenchOptions) -> Result<String> {
 
     // Exec round trip: the bare VM is still up; boot ours again beside it.
     let mut bare_vm = bare_vm.context("no bare VM")?;
+    // Both VMs get the same settling time after boot and the same warm-up calls: a guest just
+    // booted still finishes start-up work (the daemon, the network), which skews the first calls.
+    const SETTLE: Duration = Duration::from_secs(5);
+    const WARM_UP: usize = 10;
     let (mut ours, mut bare, mut bare_sh) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..3 {
+    tokio::time::sleep(SETTLE).await;
+    for _ in 0..WARM_UP {
         bare_vm.exec(&["/bin/true"]).await?;
     }
     // succeed() runs its command with `sh -c`: this shows what the shell itself costs.
@@ -183,7 +188,8 @@ pub async fn run(options: &BenchOptions) -> Result<String> {
     }
     drop(bare_vm);
     m.wait_for_agent().await?;
-    for _ in 0..3 {
+    tokio::time::sleep(SETTLE).await;
+    for _ in 0..WARM_UP {
         m.execute("true").await?;
     }
     crate::log::set_echo_console(false);
