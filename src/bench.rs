@@ -68,7 +68,10 @@ impl Bare {
             let _ = std::fs::remove_file(&nic.local);
         }
         let mut cmd = tokio::process::Command::new(&spec.qemu);
-        cmd.args(bare_args(spec)?).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        cmd.args(bare_args(spec)?)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         let started = Instant::now();
         let child = crate::process::spawn(cmd).await?;
         let process = QemuProcess::adopt(child, Console::new(&spec.name, None));
@@ -107,7 +110,10 @@ impl Bare {
 
     /// guest-exec of argv, then guest-exec-status as fast as answers come.
     async fn exec(&mut self, argv: &[&str]) -> Result<Value> {
-        let pid = self.call(json!({"execute": "guest-exec", "arguments": {"path": argv[0], "arg": &argv[1..], "capture-output": true}})).await?["pid"].clone();
+        let pid = self
+            .call(json!({"execute": "guest-exec", "arguments": {"path": argv[0], "arg": &argv[1..], "capture-output": true}}))
+            .await?["pid"]
+            .clone();
         loop {
             let status = self.call(json!({"execute": "guest-exec-status", "arguments": {"pid": pid}})).await?;
             if status["exited"] == true {
@@ -210,7 +216,12 @@ pub async fn run(options: &BenchOptions) -> Result<String> {
         b90 * 1e3,
         om / bm
     ));
-    line(format!("  (bare guest-exec of `sh -c true`: median {:.1} ms p90 {:.1} ms; vmcheck over it: ratio {:.3})", sm * 1e3, s90 * 1e3, om / sm));
+    line(format!(
+        "  (bare guest-exec of `sh -c true`: median {:.1} ms p90 {:.1} ms; vmcheck over it: ratio {:.3})",
+        sm * 1e3,
+        s90 * 1e3,
+        om / sm
+    ));
 
     // Throughput: through the switch, then over a direct link between two bare QEMUs.
     let peer = driver.machine("peer")?;

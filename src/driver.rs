@@ -22,10 +22,11 @@ use crate::qemu::Boot;
 
 /// Kernel parameters of the default images: serial console, quiet boot (serial output is slow
 /// under TCG; the guest raises the console log level once it is up), reboot on panic.
-pub const DEFAULT_KERNEL_PARAMS: &str = "console=ttyS0,115200 quiet panic=1 mitigations=off random.trust_cpu=on no_timer_check tsc=reliable 8250.nr_uarts=1";
+pub const DEFAULT_KERNEL_PARAMS: &str =
+    "console=ttyS0,115200 quiet panic=1 mitigations=off random.trust_cpu=on no_timer_check tsc=reliable 8250.nr_uarts=1";
 
 /// How a run is set up.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct DriverOptions {
     /// Keep the run directory (disks, sockets, logs) after the run.
     pub keep_state: bool,
@@ -34,12 +35,6 @@ pub struct DriverOptions {
     /// The QEMU binary; found on PATH when unset.
     pub qemu: Option<PathBuf>,
     pub images: Option<Images>,
-}
-
-impl Default for DriverOptions {
-    fn default() -> Self {
-        DriverOptions { keep_state: false, out_dir: None, qemu: None, images: None }
-    }
 }
 
 /// One subtest's outcome.
@@ -82,7 +77,8 @@ impl Driver {
         }
         let qemu = match &options.qemu {
             Some(q) => q.clone(),
-            None => which::which("qemu-system-x86_64").map_err(|_| anyhow!("qemu-system-x86_64 is not on PATH; install it with: apt-get install -y qemu-system-x86"))?,
+            None => which::which("qemu-system-x86_64")
+                .map_err(|_| anyhow!("qemu-system-x86_64 is not on PATH; install it with: apt-get install -y qemu-system-x86"))?,
         };
         let images = match &options.images {
             Some(i) => i.clone(),
@@ -91,10 +87,9 @@ impl Driver {
         let images_started = Instant::now();
         let mut role_images: HashMap<Role, Image> = HashMap::new();
         for role in nodes.iter().filter(|n| n.start_script.is_none()).map(|n| n.role) {
-            if !role_images.contains_key(&role) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = role_images.entry(role) {
                 let images = images.clone();
-                let image = tokio::task::spawn_blocking(move || images.ensure(role)).await??;
-                role_images.insert(role, image);
+                slot.insert(tokio::task::spawn_blocking(move || images.ensure(role)).await??);
             }
         }
         // The probe boots a real kernel: a default image's, else the one a start script boots.
@@ -106,7 +101,10 @@ impl Driver {
             .or_else(|| nodes.iter().filter_map(|n| n.start_script.as_deref()).find_map(start_script_kernel));
         let accel = accel::choose(&qemu, probe_kernel.as_deref(), Some(&images.cache_dir)).await?;
         remove_stale_run_dirs();
-        let run_dir = tempfile::Builder::new().prefix(&format!("vmcheck-run-{}-", std::process::id())).tempdir().context("creating the run directory")?;
+        let run_dir = tempfile::Builder::new()
+            .prefix(&format!("vmcheck-run-{}-", std::process::id()))
+            .tempdir()
+            .context("creating the run directory")?;
         let path = run_dir.path().to_path_buf();
         log::line(&format!("run directory: {} (accelerator: {})", path.display(), accel.name()));
         std::fs::create_dir_all(path.join("net"))?;
@@ -143,7 +141,15 @@ impl Driver {
         } else {
             Some(run_dir)
         };
-        Ok(Driver { machines, env, _run_dir: run_dir, subtests: Mutex::new(Vec::new()), started: Instant::now(), gate: Mutex::new(None), accel })
+        Ok(Driver {
+            machines,
+            env,
+            _run_dir: run_dir,
+            subtests: Mutex::new(Vec::new()),
+            started: Instant::now(),
+            gate: Mutex::new(None),
+            accel,
+        })
     }
 
     pub fn machines(&self) -> &[Machine] {
@@ -302,7 +308,11 @@ mod tests {
         let kernel = dir.path().join("kernel");
         std::fs::write(&kernel, "").unwrap();
         let script = dir.path().join("run-target-vm");
-        std::fs::write(&script, format!("#!/bin/sh\nexec qemu-kvm -m 1024 \\\n  -kernel {} \\\n  -initrd /x/initrd $QEMU_OPTS \"$@\"\n", kernel.display())).unwrap();
+        std::fs::write(
+            &script,
+            format!("#!/bin/sh\nexec qemu-kvm -m 1024 \\\n  -kernel {} \\\n  -initrd /x/initrd $QEMU_OPTS \"$@\"\n", kernel.display()),
+        )
+        .unwrap();
         assert_eq!(start_script_kernel(&script), Some(kernel));
         std::fs::write(&script, "#!/bin/sh\nexec qemu -drive file=x\n").unwrap();
         assert_eq!(start_script_kernel(&script), None);

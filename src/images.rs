@@ -30,14 +30,8 @@ const TARGET: &str = include_str!("images/target.sh");
 const INITTAB: &str = include_str!("images/inittab");
 
 /// Host tools the builder runs, with the Debian package that provides each.
-const BUILD_TOOLS: &[(&str, &str)] = &[
-    ("apt-get", "apt"),
-    ("apt-cache", "apt"),
-    ("dpkg", "dpkg"),
-    ("depmod", "kmod"),
-    ("cpio", "cpio"),
-    ("ldd", "libc-bin"),
-];
+const BUILD_TOOLS: &[(&str, &str)] =
+    &[("apt-get", "apt"), ("apt-cache", "apt"), ("dpkg", "dpkg"), ("depmod", "kmod"), ("cpio", "cpio"), ("ldd", "libc-bin")];
 
 /// Files that go into the guest, with their Debian package.
 const BUSYBOX: (&str, &str) = ("/bin/busybox", "busybox-static");
@@ -140,7 +134,12 @@ impl Images {
             fs::rename(&unpacked, &dir)?;
         }
         let kver = fs::read_to_string(dir.join("done"))?.trim().to_string();
-        Ok(Kernel { vmlinuz: dir.join(format!("boot/vmlinuz-{kver}")), modules: dir.join("lib/modules").join(&kver), version: kver, package: format!("{package}={version}") })
+        Ok(Kernel {
+            vmlinuz: dir.join(format!("boot/vmlinuz-{kver}")),
+            modules: dir.join("lib/modules").join(&kver),
+            version: kver,
+            package: format!("{package}={version}"),
+        })
     }
 
     /// The kernel package and version apt offers. Asking apt-cache costs about a second, so the
@@ -334,18 +333,15 @@ fn collect_paths(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
 
 /// The modules `wanted` and all they depend on, dependencies first, from `modules.dep`.
 pub fn module_load_order(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<String>> {
-    let dep_text = fs::read_to_string(modules_dir.join("modules.dep"))
-        .with_context(|| format!("reading {}/modules.dep", modules_dir.display()))?;
+    let dep_text =
+        fs::read_to_string(modules_dir.join("modules.dep")).with_context(|| format!("reading {}/modules.dep", modules_dir.display()))?;
     let builtin = fs::read_to_string(modules_dir.join("modules.builtin")).unwrap_or_default();
     module_order_from(&dep_text, &builtin, wanted)
 }
 
 fn module_order_from(dep_text: &str, builtin: &str, wanted: &[&str]) -> Result<Vec<String>> {
-    let deps: BTreeMap<&str, Vec<&str>> = dep_text
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(m, d)| (m.trim(), d.split_whitespace().collect()))
-        .collect();
+    let deps: BTreeMap<&str, Vec<&str>> =
+        dep_text.lines().filter_map(|l| l.split_once(':')).map(|(m, d)| (m.trim(), d.split_whitespace().collect())).collect();
     let by_name = |name: &str| -> Option<&str> {
         let want = name.replace('-', "_");
         deps.keys().copied().find(|p| module_name(p) == want)
@@ -421,8 +417,8 @@ fn strip_copy(src: &Path, dest: &Path) -> Result<()> {
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent)?;
     }
-    let stripped = which::which("strip").is_ok()
-        && Command::new("strip").arg("-o").arg(dest).arg(src).status().map(|s| s.success()).unwrap_or(false);
+    let stripped =
+        which::which("strip").is_ok() && Command::new("strip").arg("-o").arg(dest).arg(src).status().map(|s| s.success()).unwrap_or(false);
     if !stripped {
         fs::copy(src, dest)?;
     }
@@ -497,8 +493,7 @@ pub fn find_target_daemon() -> Option<PathBuf> {
 
 fn lock_file(path: &Path) -> Result<nix::fcntl::Flock<fs::File>> {
     let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| anyhow!("locking {}: {e}", path.display()))
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| anyhow!("locking {}: {e}", path.display()))
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -528,7 +523,12 @@ kernel/lib/crc64.ko:\n";
         let order = module_order_from(DEP, "", &["nvme_tcp", "nvme-core"]).unwrap();
         assert_eq!(
             order,
-            ["kernel/lib/crc64.ko", "kernel/drivers/nvme/host/nvme-core.ko", "kernel/drivers/nvme/host/nvme-fabrics.ko", "kernel/drivers/nvme/host/nvme-tcp.ko"]
+            [
+                "kernel/lib/crc64.ko",
+                "kernel/drivers/nvme/host/nvme-core.ko",
+                "kernel/drivers/nvme/host/nvme-fabrics.ko",
+                "kernel/drivers/nvme/host/nvme-tcp.ko"
+            ]
         );
     }
 
@@ -542,7 +542,10 @@ kernel/lib/crc64.ko:\n";
     #[test]
     fn ldd_output_is_parsed() {
         let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibnvme.so.1 => /lib/x86_64-linux-gnu/libnvme.so.1 (0x1)\n\t/lib64/ld-linux-x86-64.so.2 (0x2)\n";
-        assert_eq!(parse_ldd(text).unwrap(), [PathBuf::from("/lib/x86_64-linux-gnu/libnvme.so.1"), PathBuf::from("/lib64/ld-linux-x86-64.so.2")]);
+        assert_eq!(
+            parse_ldd(text).unwrap(),
+            [PathBuf::from("/lib/x86_64-linux-gnu/libnvme.so.1"), PathBuf::from("/lib64/ld-linux-x86-64.so.2")]
+        );
         assert!(parse_ldd("\tlibfoo.so.1 => not found\n").is_err());
     }
 }

@@ -148,7 +148,11 @@ impl Machine {
 
     fn make_error(&self, what: String, detail: String, timed_out: Option<Duration>) -> anyhow::Error {
         let tail = self.inner.console.tail(ERROR_CONSOLE_LINES);
-        let console = if tail.is_empty() { "  (no console output)".to_string() } else { tail.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n") };
+        let console = if tail.is_empty() {
+            "  (no console output)".to_string()
+        } else {
+            tail.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+        };
         MachineError { machine: self.name().to_string(), what, detail, console, timed_out }.into()
     }
 
@@ -185,7 +189,8 @@ impl Machine {
         log::line(&format!("{}: starting vm", self.name()));
         let shared = self.inner.env.run_dir.join("shared");
         std::fs::create_dir_all(&shared)?;
-        let process = QemuProcess::start(&spec, &self.inner.dir, &shared, self.inner.console.clone(), Some(&self.inner.env.log_dir)).await?;
+        let process =
+            QemuProcess::start(&spec, &self.inner.dir, &shared, self.inner.console.clone(), Some(&self.inner.env.log_dir)).await?;
         let pid = process.pid;
         let _ = std::fs::write(self.inner.dir.join("qemu.pid"), pid.to_string());
         // QEMU waits for the QMP connection before it runs the guest.
@@ -213,7 +218,10 @@ impl Machine {
         let running = self.inner.running.read().await;
         match running.as_ref() {
             Some(r) if r.process.exited().is_none() => Ok(f(r)),
-            Some(r) => Err(self.error("the machine is not running", format!("QEMU exited: {}\n{}", r.process.exited().unwrap_or_default(), r.process.stderr()))),
+            Some(r) => Err(self.error(
+                "the machine is not running",
+                format!("QEMU exited: {}\n{}", r.process.exited().unwrap_or_default(), r.process.stderr()),
+            )),
             None => Err(self.error("the machine is not running", "start it first")),
         }
     }
@@ -305,7 +313,10 @@ impl Machine {
         log::nested(&format!("{}: must succeed: {cmd}", self.name()), async {
             let out = self.execute_with_timeout(cmd, timeout).await?;
             if out.status != 0 {
-                return Err(self.error(format!("command failed with status {}: {cmd}", out.status), format!("stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr)));
+                return Err(self.error(
+                    format!("command failed with status {}: {cmd}", out.status),
+                    format!("stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr),
+                ));
             }
             Ok(out.stdout)
         })
@@ -344,7 +355,9 @@ impl Machine {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     let detail = match last {
-                        Some(ExecOutput { status, stdout, stderr, .. }) => format!("last attempt: status {status}\nstdout:\n{stdout}\nstderr:\n{stderr}"),
+                        Some(ExecOutput { status, stdout, stderr, .. }) => {
+                            format!("last attempt: status {status}\nstdout:\n{stdout}\nstderr:\n{stderr}")
+                        }
                         None => "no attempt finished".into(),
                     };
                     return Err(self.timeout_error(format!("{label}: gave up after {timeout:?}"), detail, started.elapsed()));
@@ -394,7 +407,11 @@ impl Machine {
         let re = regex::Regex::new(regex).with_context(|| format!("bad regular expression {regex:?}"))?;
         let started = Instant::now();
         log::nested(&format!("{}: waiting for console text /{regex}/", self.name()), async {
-            self.inner.console.wait_for(&re, timeout).await.map_err(|e| self.timeout_error(format!("waiting for console text /{regex}/"), format!("{e:#}"), started.elapsed()))
+            self.inner
+                .console
+                .wait_for(&re, timeout)
+                .await
+                .map_err(|e| self.timeout_error(format!("waiting for console text /{regex}/"), format!("{e:#}"), started.elapsed()))
         })
         .await
     }

@@ -55,9 +55,7 @@ pub async fn spawn(mut command: Command) -> Result<Child> {
         });
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
-    spawner()
-        .send(SpawnRequest { command, runtime: Handle::current(), reply: tx })
-        .map_err(|_| anyhow!("the spawner thread is gone"))?;
+    spawner().send(SpawnRequest { command, runtime: Handle::current(), reply: tx }).map_err(|_| anyhow!("the spawner thread is gone"))?;
     rx.await.map_err(|_| anyhow!("the spawner thread dropped the request"))?.with_context(|| format!("starting {program}"))
 }
 

@@ -403,7 +403,13 @@ impl Drop for QemuProcess {
 
 impl QemuProcess {
     /// Starts the machine's process; the console is captured from its stdout.
-    pub async fn start(spec: &QemuSpec, state_dir: &Path, shared_dir: &Path, console: Arc<Console>, log_dir: Option<&Path>) -> Result<QemuProcess> {
+    pub async fn start(
+        spec: &QemuSpec,
+        state_dir: &Path,
+        shared_dir: &Path,
+        console: Arc<Console>,
+        log_dir: Option<&Path>,
+    ) -> Result<QemuProcess> {
         let mut cmd = spec.command(state_dir, shared_dir)?;
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         if let Some(dir) = log_dir {
@@ -554,10 +560,16 @@ mod tests {
             after(&args, "-netdev", "dgram"),
             Some("dgram,id=vlan1,local.type=unix,local.path=/run/net/target-1.sock,remote.type=unix,remote.path=/run/net/switch-1.sock")
         );
-        assert_eq!(after(&args, "-device", "virtio-net-pci,netdev=vlan1"), Some("virtio-net-pci,netdev=vlan1,mac=52:54:00:12:01:01,id=nic-vlan1"));
+        assert_eq!(
+            after(&args, "-device", "virtio-net-pci,netdev=vlan1"),
+            Some("virtio-net-pci,netdev=vlan1,mac=52:54:00:12:01:01,id=nic-vlan1")
+        );
         assert_eq!(after(&args, "-netdev", "user"), Some("user,id=ctl,net=198.51.100.0/24,restrict=on,hostfwd=tcp:127.0.0.1:0-:10124"));
         let append = after(&args, "-append", "").unwrap();
-        assert!(append.starts_with("vmcheck.name=target vmcheck.net=52:54:00:12:01:01,192.0.2.1/24;52:54:00:ff:00:01,198.51.100.15/24"), "{append}");
+        assert!(
+            append.starts_with("vmcheck.name=target vmcheck.net=52:54:00:12:01:01,192.0.2.1/24;52:54:00:ff:00:01,198.51.100.15/24"),
+            "{append}"
+        );
         assert!(append.ends_with("console=ttyS0 quiet"));
         assert_eq!(args.last().map(String::as_str), Some("base=utc"));
         // The agent's chardev exists before QMP's wait=on blocks QEMU.

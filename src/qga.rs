@@ -306,7 +306,12 @@ impl MemoryStats {
                 .and_then(|v| v.parse().ok())
                 .ok_or_else(|| anyhow!("/proc/meminfo has no {name} field"))
         };
-        Ok(MemoryStats { total_kib: field("MemTotal")?, free_kib: field("MemFree")?, available_kib: field("MemAvailable")?, cached_kib: field("Cached")? })
+        Ok(MemoryStats {
+            total_kib: field("MemTotal")?,
+            free_kib: field("MemFree")?,
+            available_kib: field("MemAvailable")?,
+            cached_kib: field("Cached")?,
+        })
     }
 }
 
@@ -317,13 +322,24 @@ mod tests {
     #[test]
     fn meminfo_is_parsed() {
         let text = "MemTotal:         492532 kB\nMemFree:          401236 kB\nMemAvailable:     410884 kB\nBuffers:               0 kB\nCached:            55044 kB\n";
-        assert_eq!(MemoryStats::parse(text).unwrap(), MemoryStats { total_kib: 492532, free_kib: 401236, available_kib: 410884, cached_kib: 55044 });
+        assert_eq!(
+            MemoryStats::parse(text).unwrap(),
+            MemoryStats { total_kib: 492532, free_kib: 401236, available_kib: 410884, cached_kib: 55044 }
+        );
         assert!(MemoryStats::parse("MemTotal: 1 kB\n").is_err());
     }
 
     #[test]
     fn signal_maps_to_shell_status() {
-        let s = qga::GuestExecStatus { exited: true, exitcode: None, signal: Some(9), out_data: Some(b"x".to_vec()), err_data: None, out_truncated: None, err_truncated: None };
+        let s = qga::GuestExecStatus {
+            exited: true,
+            exitcode: None,
+            signal: Some(9),
+            out_data: Some(b"x".to_vec()),
+            err_data: None,
+            out_truncated: None,
+            err_truncated: None,
+        };
         let out = exec_output(s);
         assert_eq!((out.status, out.signal, out.stdout.as_str()), (137, Some(9), "x"));
     }

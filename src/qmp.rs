@@ -58,9 +58,7 @@ impl Qmp {
         let stream = connect_unix(path, timeout).await.context("connecting to QMP")?;
         let (read, write) = stream.into_split();
         let mut reader = JsonReader::new(read);
-        let greeting = tokio::time::timeout(timeout, reader.next())
-            .await
-            .map_err(|_| anyhow!("no QMP greeting within {timeout:?}"))??;
+        let greeting = tokio::time::timeout(timeout, reader.next()).await.map_err(|_| anyhow!("no QMP greeting within {timeout:?}"))??;
         if greeting.get("QMP").is_none() {
             bail!("expected a QMP greeting, got {greeting}");
         }

@@ -116,34 +116,239 @@ fn nothing(r: Result<()>) -> Result<String> {
 
 /// Every command of the REPL. `quit` is acted on by the loop itself.
 pub static COMMANDS: &[Command] = &[
-    Command { name: "help", scope: Scope::Global, args: Args::OptCommand, usage: "[command]", help: "list the commands, or explain one", run: |_, c| Box::pin(async move { help(&c.text) }) },
-    Command { name: "quit", scope: Scope::Global, args: Args::None, usage: "", help: "stop every machine and leave (so does end of input)", run: |_, _| Box::pin(async { Ok(String::new()) }) },
-    Command { name: "machines", scope: Scope::Global, args: Args::None, usage: "", help: "list the machines and whether they run", run: |s, _| Box::pin(s.list_machines()) },
-    Command { name: "start_all", scope: Scope::Global, args: Args::None, usage: "", help: "start every machine and wait for their agents", run: |s, _| Box::pin(async move { nothing(s.driver.start_all().await) }) },
-    Command { name: "qmp", scope: Scope::Global, args: Args::MachineText, usage: "<m> <json> | <m> <name> [json args]", help: "raw QMP command, e.g. qmp target {\"execute\": \"query-status\"}", run: |_, c| Box::pin(qmp(c)) },
-    Command { name: "grpc", scope: Scope::Global, args: Args::Grpc, usage: "<method> [json]", help: "call the target daemon of the (first) target machine, e.g. grpc ListBdevs {}", run: |s, c| Box::pin(s.grpc(&c.text)) },
-    Command { name: "console", scope: Scope::Global, args: Args::MachineOptText, usage: "<m> [secs]", help: "follow a machine's serial console until Enter (or end of input), or for secs seconds", run: |s, c| Box::pin(s.follow_console(c)) },
-    Command { name: "run", scope: Scope::Global, args: Args::Scenario, usage: "<scenario>", help: "run a scenario's script on these machines (left running after a failure)", run: |s, c| Box::pin(s.run_scenario(&c.text, false)) },
-    Command { name: "step", scope: Scope::Global, args: Args::Scenario, usage: "<scenario>", help: "run a scenario one subtest at a time: Enter runs the next, c the rest, q stops", run: |s, c| Box::pin(s.run_scenario(&c.text, true)) },
-    Command { name: "start", scope: Scope::Machine, args: Args::None, usage: "", help: "start QEMU (the guest boots on; see wait_for_agent)", run: |_, c| Box::pin(async move { nothing(c.machine().start().await) }) },
-    Command { name: "wait_for_agent", scope: Scope::Machine, args: Args::None, usage: "", help: "start if needed and wait until the guest agent answers", run: |_, c| Box::pin(async move { nothing(c.machine().wait_for_agent().await) }) },
-    Command { name: "succeed", scope: Scope::Machine, args: Args::Text, usage: "<cmd>", help: "run a shell command that must exit 0; print its stdout (also <m>: <cmd>)", run: |_, c| Box::pin(c.machine().succeed(&c.text)) },
-    Command { name: "fail", scope: Scope::Machine, args: Args::Text, usage: "<cmd>", help: "run a shell command that must exit non-zero", run: |_, c| Box::pin(async move { c.machine().fail(&c.text).await.map(|o| format_exec(&o)) }) },
-    Command { name: "execute", scope: Scope::Machine, args: Args::Text, usage: "<cmd>", help: "run a shell command; print its status, stdout and stderr", run: |_, c| Box::pin(async move { c.machine().execute(&c.text).await.map(|o| format_exec(&o)) }) },
-    Command { name: "wait_until_succeeds", scope: Scope::Machine, args: Args::TimedText, usage: "[--timeout SECS] <cmd>", help: "retry a shell command until it exits 0; print its stdout", run: |_, c| Box::pin(c.machine().wait_until_succeeds(&c.text, c.timeout_or(timeouts::command()))) },
-    Command { name: "wait_until_fails", scope: Scope::Machine, args: Args::TimedText, usage: "[--timeout SECS] <cmd>", help: "retry a shell command until it exits non-zero", run: |_, c| Box::pin(async move { c.machine().wait_until_fails(&c.text, c.timeout_or(timeouts::command())).await.map(|o| format_exec(&o)) }) },
-    Command { name: "wait_for_file", scope: Scope::Machine, args: Args::TimedText, usage: "[--timeout SECS] <path>", help: "wait until a path exists in the guest", run: |_, c| Box::pin(async move { nothing(c.machine().wait_for_file(&c.text, c.timeout_or(timeouts::command())).await) }) },
-    Command { name: "wait_for_open_port", scope: Scope::Machine, args: Args::TimedText, usage: "[--timeout SECS] <port>", help: "wait until something in the guest listens on a TCP port", run: |_, c| Box::pin(async move { nothing(c.machine().wait_for_open_port(parse_port(&c.text)?, c.timeout_or(timeouts::command())).await) }) },
-    Command { name: "wait_for_console_text", scope: Scope::Machine, args: Args::TimedText, usage: "[--timeout SECS] <regex>", help: "wait for console text no earlier wait consumed; print the match", run: |_, c| Box::pin(c.machine().wait_for_console_text(&c.text, c.timeout_or(timeouts::command()))) },
-    Command { name: "console_contains", scope: Scope::Machine, args: Args::Text, usage: "<regex>", help: "whether the console ever showed matching text", run: |_, c| Box::pin(async move { c.machine().console_contains(&c.text).map(|b| b.to_string()) }) },
-    Command { name: "disk_device", scope: Scope::Machine, args: Args::Text, usage: "<disk id>", help: "the guest's /dev path of a disk of the machine's spec", run: |_, c| Box::pin(c.machine().disk_device(&c.text)) },
-    Command { name: "memory_stats", scope: Scope::Machine, args: Args::None, usage: "", help: "the guest's memory figures (KiB)", run: |_, c| Box::pin(async move { Ok(serde_json::to_string_pretty(&c.machine().memory_stats().await?)?) }) },
-    Command { name: "shutdown", scope: Scope::Machine, args: Args::None, usage: "", help: "power the guest off cleanly", run: |_, c| Box::pin(async move { nothing(c.machine().shutdown().await) }) },
-    Command { name: "reboot", scope: Scope::Machine, args: Args::None, usage: "", help: "reboot the guest and wait for its agent", run: |_, c| Box::pin(async move { nothing(c.machine().reboot().await) }) },
-    Command { name: "crash", scope: Scope::Machine, args: Args::None, usage: "", help: "sudden power failure (QEMU quits); start boots it again", run: |_, c| Box::pin(async move { nothing(c.machine().crash().await) }) },
-    Command { name: "kill", scope: Scope::Machine, args: Args::None, usage: "", help: "end QEMU at once", run: |_, c| Box::pin(async move { c.machine().kill().await; Ok(String::new()) }) },
-    Command { name: "block", scope: Scope::Machine, args: Args::None, usage: "", help: "cut the machine off the test network", run: |_, c| Box::pin(async move { nothing(c.machine().block().await) }) },
-    Command { name: "unblock", scope: Scope::Machine, args: Args::None, usage: "", help: "reconnect the machine to the test network", run: |_, c| Box::pin(async move { nothing(c.machine().unblock().await) }) },
+    Command {
+        name: "help",
+        scope: Scope::Global,
+        args: Args::OptCommand,
+        usage: "[command]",
+        help: "list the commands, or explain one",
+        run: |_, c| Box::pin(async move { help(&c.text) }),
+    },
+    Command {
+        name: "quit",
+        scope: Scope::Global,
+        args: Args::None,
+        usage: "",
+        help: "stop every machine and leave (so does end of input)",
+        run: |_, _| Box::pin(async { Ok(String::new()) }),
+    },
+    Command {
+        name: "machines",
+        scope: Scope::Global,
+        args: Args::None,
+        usage: "",
+        help: "list the machines and whether they run",
+        run: |s, _| Box::pin(s.list_machines()),
+    },
+    Command {
+        name: "start_all",
+        scope: Scope::Global,
+        args: Args::None,
+        usage: "",
+        help: "start every machine and wait for their agents",
+        run: |s, _| Box::pin(async move { nothing(s.driver.start_all().await) }),
+    },
+    Command {
+        name: "qmp",
+        scope: Scope::Global,
+        args: Args::MachineText,
+        usage: "<m> <json> | <m> <name> [json args]",
+        help: "raw QMP command, e.g. qmp target {\"execute\": \"query-status\"}",
+        run: |_, c| Box::pin(qmp(c)),
+    },
+    Command {
+        name: "grpc",
+        scope: Scope::Global,
+        args: Args::Grpc,
+        usage: "<method> [json]",
+        help: "call the target daemon of the (first) target machine, e.g. grpc ListBdevs {}",
+        run: |s, c| Box::pin(s.grpc(&c.text)),
+    },
+    Command {
+        name: "console",
+        scope: Scope::Global,
+        args: Args::MachineOptText,
+        usage: "<m> [secs]",
+        help: "follow a machine's serial console until Enter (or end of input), or for secs seconds",
+        run: |s, c| Box::pin(s.follow_console(c)),
+    },
+    Command {
+        name: "run",
+        scope: Scope::Global,
+        args: Args::Scenario,
+        usage: "<scenario>",
+        help: "run a scenario's script on these machines (left running after a failure)",
+        run: |s, c| Box::pin(s.run_scenario(&c.text, false)),
+    },
+    Command {
+        name: "step",
+        scope: Scope::Global,
+        args: Args::Scenario,
+        usage: "<scenario>",
+        help: "run a scenario one subtest at a time: Enter runs the next, c the rest, q stops",
+        run: |s, c| Box::pin(s.run_scenario(&c.text, true)),
+    },
+    Command {
+        name: "start",
+        scope: Scope::Machine,
+        args: Args::None,
+        usage: "",
+        help: "start QEMU (the guest boots on; see wait_for_agent)",
+        run: |_, c| Box::pin(async move { nothing(c.machine().start().await) }),
+    },
+    Command {
+        name: "wait_for_agent",
+        scope: Scope::Machine,
+        args: Args::None,
+        usage: "",
+        help: "start if needed and wait until the guest agent answers",
+        run: |_, c| Box::pin(async move { nothing(c.machine().wait_for_agent().await) }),
+    },
+    Command {
+        name: "succeed",
+        scope: Scope::Machine,
+        args: Args::Text,
+        usage: "<cmd>",
+        help: "run a shell command that must exit 0; print its stdout (also <m>: <cmd>)",
+        run: |_, c| Box::pin(c.machine().succeed(&c.text)),
+    },
+    Command {
+        name: "fail",
+        scope: Scope::Machine,
+        args: Args::Text,
+        usage: "<cmd>",
+        help: "run a shell command that must exit non-zero",
+        run: |_, c| Box::pin(async move { c.machine().fail(&c.text).await.map(|o| format_exec(&o)) }),
+    },
+    Command {
+        name: "execute",
+        scope: Scope::Machine,
+        args: Args::Text,
+        usage: "<cmd>",
+        help: "run a shell command; print its status, stdout and stderr",
+        run: |_, c| Box::pin(async move { c.machine().execute(&c.text).await.map(|o| format_exec(&o)) }),
+    },
+    Command {
+        name: "wait_until_succeeds",
+        scope: Scope::Machine,
+        args: Args::TimedText,
+        usage: "[--timeout SECS] <cmd>",
+        help: "retry a shell command until it exits 0; print its stdout",
+        run: |_, c| Box::pin(c.machine().wait_until_succeeds(&c.text, c.timeout_or(timeouts::command()))),
+    },
+    Command {
+        name: "wait_until_fails",
+        scope: Scope::Machine,
+        args: Args::TimedText,
+        usage: "[--timeout SECS] <cmd>",
+        help: "retry a shell command until it exits non-zero",
+        run: |_, c| {
+            Box::pin(async move { c.machine().wait_until_fails(&c.text, c.timeout_or(timeouts::command())).await.map(|o| format_exec(&o)) })
+        },
+    },
+    Command {
+        name: "wait_for_file",
+        scope: Scope::Machine,
+        args: Args::TimedText,
+        usage: "[--timeout SECS] <path>",
+        help: "wait until a path exists in the guest",
+        run: |_, c| Box::pin(async move { nothing(c.machine().wait_for_file(&c.text, c.timeout_or(timeouts::command())).await) }),
+    },
+    Command {
+        name: "wait_for_open_port",
+        scope: Scope::Machine,
+        args: Args::TimedText,
+        usage: "[--timeout SECS] <port>",
+        help: "wait until something in the guest listens on a TCP port",
+        run: |_, c| {
+            Box::pin(async move { nothing(c.machine().wait_for_open_port(parse_port(&c.text)?, c.timeout_or(timeouts::command())).await) })
+        },
+    },
+    Command {
+        name: "wait_for_console_text",
+        scope: Scope::Machine,
+        args: Args::TimedText,
+        usage: "[--timeout SECS] <regex>",
+        help: "wait for console text no earlier wait consumed; print the match",
+        run: |_, c| Box::pin(c.machine().wait_for_console_text(&c.text, c.timeout_or(timeouts::command()))),
+    },
+    Command {
+        name: "console_contains",
+        scope: Scope::Machine,
+        args: Args::Text,
+        usage: "<regex>",
+        help: "whether the console ever showed matching text",
+        run: |_, c| Box::pin(async move { c.machine().console_contains(&c.text).map(|b| b.to_string()) }),
+    },
+    Command {
+        name: "disk_device",
+        scope: Scope::Machine,
+        args: Args::Text,
+        usage: "<disk id>",
+        help: "the guest's /dev path of a disk of the machine's spec",
+        run: |_, c| Box::pin(c.machine().disk_device(&c.text)),
+    },
+    Command {
+        name: "memory_stats",
+        scope: Scope::Machine,
+        args: Args::None,
+        usage: "",
+        help: "the guest's memory figures (KiB)",
+        run: |_, c| Box::pin(async move { Ok(serde_json::to_string_pretty(&c.machine().memory_stats().await?)?) }),
+    },
+    Command {
+        name: "shutdown",
+        scope: Scope::Machine,
+        args: Args::None,
+        usage: "",
+        help: "power the guest off cleanly",
+        run: |_, c| Box::pin(async move { nothing(c.machine().shutdown().await) }),
+    },
+    Command {
+        name: "reboot",
+        scope: Scope::Machine,
+        args: Args::None,
+        usage: "",
+        help: "reboot the guest and wait for its agent",
+        run: |_, c| Box::pin(async move { nothing(c.machine().reboot().await) }),
+    },
+    Command {
+        name: "crash",
+        scope: Scope::Machine,
+        args: Args::None,
+        usage: "",
+        help: "sudden power failure (QEMU quits); start boots it again",
+        run: |_, c| Box::pin(async move { nothing(c.machine().crash().await) }),
+    },
+    Command {
+        name: "kill",
+        scope: Scope::Machine,
+        args: Args::None,
+        usage: "",
+        help: "end QEMU at once",
+        run: |_, c| {
+            Box::pin(async move {
+                c.machine().kill().await;
+                Ok(String::new())
+            })
+        },
+    },
+    Command {
+        name: "block",
+        scope: Scope::Machine,
+        args: Args::None,
+        usage: "",
+        help: "cut the machine off the test network",
+        run: |_, c| Box::pin(async move { nothing(c.machine().block().await) }),
+    },
+    Command {
+        name: "unblock",
+        scope: Scope::Machine,
+        args: Args::None,
+        usage: "",
+        help: "reconnect the machine to the test network",
+        run: |_, c| Box::pin(async move { nothing(c.machine().unblock().await) }),
+    },
 ];
 
 fn find_command(scope: Scope, name: &str) -> Option<&'static Command> {
@@ -273,7 +478,11 @@ fn finish(command: &'static Command, machine: Option<String>, rest: &str) -> Res
         Args::TimedText => {
             if let Some(after) = text.strip_prefix("--timeout") {
                 let (secs, cmd) = split_word(after);
-                let secs: f64 = secs.parse().ok().filter(|s: &f64| s.is_finite() && *s >= 0.0).ok_or_else(|| anyhow!("--timeout takes seconds, not {secs:?}"))?;
+                let secs: f64 = secs
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                    .ok_or_else(|| anyhow!("--timeout takes seconds, not {secs:?}"))?;
                 timeout = Some(Duration::from_secs_f64(secs));
                 text = cmd.to_string();
             }
@@ -502,7 +711,11 @@ fn grpc_request(text: &str) -> Result<(GrpcCall, &'static str, Value)> {
     let Some(&(name, call)) = GRPC.iter().find(|m| m.0.eq_ignore_ascii_case(name)) else {
         bail!("no gRPC method {name:?}; methods: {}", GRPC.iter().map(|m| m.0).collect::<Vec<_>>().join(", "));
     };
-    let body = if body.is_empty() { json!({}) } else { serde_json::from_str(body).with_context(|| format!("the request of {name} is not JSON"))? };
+    let body = if body.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_str(body).with_context(|| format!("the request of {name} is not JSON"))?
+    };
     Ok((call, name, body))
 }
 
@@ -615,7 +828,11 @@ impl Input {
 type Editor = rustyline::Editor<Helper, rustyline::history::FileHistory>;
 
 fn editor(machines: Vec<String>, history: Option<&PathBuf>) -> rustyline::Result<Editor> {
-    let config = rustyline::Config::builder().max_history_size(1000)?.auto_add_history(false).completion_type(rustyline::CompletionType::List).build();
+    let config = rustyline::Config::builder()
+        .max_history_size(1000)?
+        .auto_add_history(false)
+        .completion_type(rustyline::CompletionType::List)
+        .build();
     let mut editor = Editor::with_config(config)?;
     editor.set_helper(Some(Helper { machines }));
     if let Some(path) = history {
@@ -713,7 +930,9 @@ impl Session {
     async fn follow_console(&self, c: &Invocation) -> Result<String> {
         let secs = match c.text.trim() {
             "" => None,
-            t => Some(t.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).ok_or_else(|| anyhow!("console takes seconds, not {t:?}"))?),
+            t => Some(
+                t.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).ok_or_else(|| anyhow!("console takes seconds, not {t:?}"))?,
+            ),
         };
         let machine = c.machine();
         let console = machine.console().clone();
@@ -1021,10 +1240,14 @@ mod tests {
 
     #[test]
     fn grpc_requests_map_from_json() {
-        let (_, name, body) = grpc_request(r#"ShareBdev {"name": "malloc:///m0?size_mb=8", "port": 4421, "allowed_hosts": ["nqn.h"]}"#).unwrap();
+        let (_, name, body) =
+            grpc_request(r#"ShareBdev {"name": "malloc:///m0?size_mb=8", "port": 4421, "allowed_hosts": ["nqn.h"]}"#).unwrap();
         assert_eq!(name, "ShareBdev");
         let r = proto::ShareBdevRequest::from_json(&body, "ShareBdevRequest").unwrap();
-        assert_eq!((r.name.as_str(), r.port, r.nqn, r.allowed_hosts), ("malloc:///m0?size_mb=8", Some(4421), None, vec!["nqn.h".to_string()]));
+        assert_eq!(
+            (r.name.as_str(), r.port, r.nqn, r.allowed_hosts),
+            ("malloc:///m0?size_mb=8", Some(4421), None, vec!["nqn.h".to_string()])
+        );
         let (_, name, body) = grpc_request("listbdevs").unwrap();
         assert_eq!((name, body), ("ListBdevs", json!({})));
         let e = proto::CreateBdevRequest::from_json(&json!({"url": "x"}), "CreateBdevRequest").unwrap_err().to_string();
@@ -1039,7 +1262,11 @@ mod tests {
     #[test]
     fn grpc_replies_map_to_json() {
         let reply = proto::ListSubsystemsReply {
-            subsystems: vec![proto::Subsystem { nqn: "nqn.x".into(), namespaces: vec![proto::Namespace { nsid: 1, ..Default::default() }], ..Default::default() }],
+            subsystems: vec![proto::Subsystem {
+                nqn: "nqn.x".into(),
+                namespaces: vec![proto::Namespace { nsid: 1, ..Default::default() }],
+                ..Default::default()
+            }],
             hosts: vec!["h".into()],
             ..Default::default()
         };
@@ -1053,8 +1280,14 @@ mod tests {
     #[test]
     fn qmp_commands_take_both_forms() {
         assert_eq!(qmp_request(r#"{"execute": "query-status"}"#).unwrap(), ("query-status".to_string(), Value::Null));
-        assert_eq!(qmp_request(r#"{"execute": "set_link", "arguments": {"name": "n", "up": false}}"#).unwrap().1, json!({"name": "n", "up": false}));
-        assert_eq!(qmp_request(r#"set_link {"name": "n", "up": true}"#).unwrap(), ("set_link".to_string(), json!({"name": "n", "up": true})));
+        assert_eq!(
+            qmp_request(r#"{"execute": "set_link", "arguments": {"name": "n", "up": false}}"#).unwrap().1,
+            json!({"name": "n", "up": false})
+        );
+        assert_eq!(
+            qmp_request(r#"set_link {"name": "n", "up": true}"#).unwrap(),
+            ("set_link".to_string(), json!({"name": "n", "up": true}))
+        );
         assert_eq!(qmp_request("query-status").unwrap(), ("query-status".to_string(), Value::Null));
         assert!(qmp_request(r#"{"arguments": {}}"#).is_err());
         assert!(qmp_request(r#"{"execute": "x", "id": 1}"#).is_err());

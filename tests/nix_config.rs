@@ -75,16 +75,10 @@ fn sample_definition_evaluates_to_json_the_driver_parses() {
     assert_eq!(config.global_timeout, 900);
     assert_eq!(config.machines.keys().map(String::as_str).collect::<Vec<_>>(), ["initiator", "target"]);
     let target = &config.machines["target"];
-    assert_eq!(
-        target.start_script,
-        PathBuf::from("/nix/store/00000000000000000000000000000000-nixos-vm/bin/run-target-vm")
-    );
+    assert_eq!(target.start_script, PathBuf::from("/nix/store/00000000000000000000000000000000-nixos-vm/bin/run-target-vm"));
     assert_eq!(target.address, Some(Ipv4Addr::new(192, 0, 2, 1)));
     let initiator = &config.machines["initiator"];
-    assert_eq!(
-        initiator.start_script,
-        PathBuf::from("/nix/store/11111111111111111111111111111111-nixos-vm/bin/run-initiator-vm")
-    );
+    assert_eq!(initiator.start_script, PathBuf::from("/nix/store/11111111111111111111111111111111-nixos-vm/bin/run-initiator-vm"));
     assert_eq!(initiator.address, None, "address = null is left out, so the scenario's address stays");
 
     // And it lands on the scenario's nodes.
@@ -101,8 +95,7 @@ fn every_flake_scenario_has_a_driver_configuration_the_driver_parses() {
     if !have_nix("every_flake_scenario_has_a_driver_configuration_the_driver_parses") {
         return;
     }
-    let json =
-        nix_eval(Eval::File("nix/tests/scenario-configs.nix")).expect("nix/tests/scenario-configs.nix evaluates");
+    let json = nix_eval(Eval::File("nix/tests/scenario-configs.nix")).expect("nix/tests/scenario-configs.nix evaluates");
     let all: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&json).expect("an object of scenarios");
     assert!(all.contains_key("fio_nvme_basic"), "the flake checks fio_nvme_basic: {json}");
 
@@ -133,27 +126,11 @@ fn nix_and_the_driver_accept_and_refuse_the_same_machine_names() {
     }
     let long_ok = format!("n{}", "x".repeat(31));
     let too_long = format!("n{}", "x".repeat(32));
-    let names = [
-        "target",
-        "a",
-        "node_1-b",
-        "B2",
-        long_ok.as_str(),
-        "9lives",
-        "_x",
-        "-x",
-        "a b",
-        "a.b",
-        "é",
-        "",
-        too_long.as_str(),
-    ];
+    let names = ["target", "a", "node_1-b", "B2", long_ok.as_str(), "9lives", "_x", "-x", "a b", "a.b", "é", "", too_long.as_str()];
     for name in names {
         let rust = validate_machine_name(name).is_ok();
         let quoted = serde_json::to_string(name).unwrap();
-        let nix = driver_config(&format!(
-            r#"name = "t"; scenario = "s"; machines.{quoted}.startScript = "/nix/store/x-vm/bin/run-vm";"#
-        ));
+        let nix = driver_config(&format!(r#"name = "t"; scenario = "s"; machines.{quoted}.startScript = "/nix/store/x-vm/bin/run-vm";"#));
         assert_eq!(nix.is_ok(), rust, "machine name {quoted}: driver says {rust}, Nix says {nix:?}");
         if let Ok(json) = nix {
             DriverConfig::from_json(&json).unwrap_or_else(|err| panic!("{quoted}: {err:#}"));

@@ -54,7 +54,12 @@ async fn network_and_nvmet_by_hand() {
     let size = initiator.succeed("cat /sys/block/nvme0n1/size").await.unwrap();
     assert_eq!(size.trim(), (64 * 2048).to_string(), "the initiator sees the 64 MiB disk");
     // Write a pattern through NVMe/TCP, read it back, and read it on the target's own disk.
-    initiator.succeed("head -c 4194304 /dev/urandom > /tmp/pattern; dd if=/tmp/pattern of=/dev/nvme0n1 bs=1M oflag=direct conv=fsync 2>/dev/null").await.unwrap();
+    initiator
+        .succeed(
+            "head -c 4194304 /dev/urandom > /tmp/pattern; dd if=/tmp/pattern of=/dev/nvme0n1 bs=1M oflag=direct conv=fsync 2>/dev/null",
+        )
+        .await
+        .unwrap();
     let written = initiator.succeed("md5sum < /tmp/pattern").await.unwrap();
     let read = initiator.succeed("dd if=/dev/nvme0n1 bs=1M count=4 iflag=direct 2>/dev/null | md5sum").await.unwrap();
     assert_eq!(written, read);

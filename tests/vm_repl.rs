@@ -17,7 +17,10 @@ struct Session {
 impl Session {
     /// The QEMU PIDs the driver logged.
     fn qemu_pids(&self) -> Vec<u32> {
-        self.stderr.lines().filter_map(|l| l.split_once("QEMU running (pid ").and_then(|(_, r)| r.trim_end_matches(')').parse().ok())).collect()
+        self.stderr
+            .lines()
+            .filter_map(|l| l.split_once("QEMU running (pid ").and_then(|(_, r)| r.trim_end_matches(')').parse().ok()))
+            .collect()
     }
 
     fn assert_no_qemu_survives(&self) {
@@ -93,7 +96,14 @@ machine: echo after-quit
     let s = repl(&["selftest-fail"], script, Duration::from_secs(300));
     let all = format!("stdout:\n{}\nstderr:\n{}", s.stdout, s.stderr);
     assert!(s.status.success(), "exit status {}; {all}", s.status);
-    for want in ["hello\n", "status 3\nstdout:\nout\nstderr:\nerr\n", "\"status\": \"running\"", "\"version\":", "\"name\": \"malloc:///m0?size_mb=8\"", "still-up"] {
+    for want in [
+        "hello\n",
+        "status 3\nstdout:\nout\nstderr:\nerr\n",
+        "\"status\": \"running\"",
+        "\"version\":",
+        "\"name\": \"malloc:///m0?size_mb=8\"",
+        "still-up",
+    ] {
         assert!(s.stdout.contains(want), "stdout lacks {want:?}; {all}");
     }
     for want in [
@@ -128,7 +138,8 @@ fn the_nix_config_defines_the_machines_and_bad_arguments_are_usage_errors() {
     // Nothing boots: a configured machine has a start script, so no image is needed either.
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.json");
-    std::fs::write(&config, r#"{"name": "t", "scenario": "selftest-pass", "machines": {"machine": {"start_script": "/bin/false"}}}"#).unwrap();
+    std::fs::write(&config, r#"{"name": "t", "scenario": "selftest-pass", "machines": {"machine": {"start_script": "/bin/false"}}}"#)
+        .unwrap();
     let config = config.to_str().unwrap();
     let s = repl(&["--config", config], "machines\n", Duration::from_secs(60));
     assert!(s.status.success(), "exit status {}; stderr:\n{}", s.status, s.stderr);
@@ -150,7 +161,8 @@ fn at_a_terminal_tab_completes_ctrl_c_clears_and_history_is_kept() {
     use std::os::unix::process::CommandExt;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.json");
-    std::fs::write(&config, r#"{"name": "t", "scenario": "selftest-pass", "machines": {"machine": {"start_script": "/bin/false"}}}"#).unwrap();
+    std::fs::write(&config, r#"{"name": "t", "scenario": "selftest-pass", "machines": {"machine": {"start_script": "/bin/false"}}}"#)
+        .unwrap();
     let pty = nix::pty::openpty(None, None).unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_vmcheck"));
     command
@@ -207,13 +219,30 @@ fn at_a_terminal_tab_completes_ctrl_c_clears_and_history_is_kept() {
             match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(bytes) => seen.push_str(&String::from_utf8_lossy(&bytes)),
                 Err(e) => {
-                    let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{child_pid}/task")).map(|d| d.flatten().map(|t| {
-                        let p = t.path();
-                        format!("{} {} {}", std::fs::read_to_string(p.join("stat")).unwrap_or_default().trim(), std::fs::read_to_string(p.join("wchan")).unwrap_or_default(), std::fs::read_to_string(p.join("syscall")).unwrap_or_default().trim())
-                    }).collect()).unwrap_or_default();
-                    let fds: Vec<String> = (0..3).map(|fd| format!("{fd} -> {:?}", std::fs::read_link(format!("/proc/{child_pid}/fd/{fd}")))).collect();
-                    let mine: Vec<String> = std::fs::read_dir("/proc/self/fd").map(|d| d.flatten().map(|e| format!("{:?} -> {:?}", e.file_name(), std::fs::read_link(e.path()))).collect()).unwrap_or_default();
-                    panic!("no {text:?} at the terminal ({e}); it shows:\n{seen}\nchild tasks:\n{}\nchild fds {fds:?}\nmy fds {mine:?}", tasks.join("\n"))
+                    let tasks: Vec<String> = std::fs::read_dir(format!("/proc/{child_pid}/task"))
+                        .map(|d| {
+                            d.flatten()
+                                .map(|t| {
+                                    let p = t.path();
+                                    format!(
+                                        "{} {} {}",
+                                        std::fs::read_to_string(p.join("stat")).unwrap_or_default().trim(),
+                                        std::fs::read_to_string(p.join("wchan")).unwrap_or_default(),
+                                        std::fs::read_to_string(p.join("syscall")).unwrap_or_default().trim()
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    let fds: Vec<String> =
+                        (0..3).map(|fd| format!("{fd} -> {:?}", std::fs::read_link(format!("/proc/{child_pid}/fd/{fd}")))).collect();
+                    let mine: Vec<String> = std::fs::read_dir("/proc/self/fd")
+                        .map(|d| d.flatten().map(|e| format!("{:?} -> {:?}", e.file_name(), std::fs::read_link(e.path()))).collect())
+                        .unwrap_or_default();
+                    panic!(
+                        "no {text:?} at the terminal ({e}); it shows:\n{seen}\nchild tasks:\n{}\nchild fds {fds:?}\nmy fds {mine:?}",
+                        tasks.join("\n")
+                    )
                 }
             }
         }

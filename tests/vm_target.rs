@@ -41,7 +41,10 @@ async fn target_daemon_in_a_real_vm() {
     assert!(share.uri.starts_with("nvmf://192.0.2.1:4420/"), "{share:?}");
     let discovered = DiscoveryLog::parse(&initiator.succeed(&Nvme::discover("192.0.2.1", 4420).command_line()).await.unwrap()).unwrap();
     assert!(discovered.find(&share.nqn).is_some(), "{discovered:?}");
-    initiator.succeed(&Nvme::connect("192.0.2.1", 4420, &share.nqn).options(FabricsOptions::scaled_timeouts()).command_line()).await.unwrap();
+    initiator
+        .succeed(&Nvme::connect("192.0.2.1", 4420, &share.nqn).options(FabricsOptions::scaled_timeouts()).command_line())
+        .await
+        .unwrap();
     let ns = initiator.wait_until_succeeds("ls /dev/nvme*n1 | head -n1 | grep .", Duration::from_secs(30)).await.unwrap();
     let job = Fio::seed_randrw_verify(ns.trim(), 5);
     let out = initiator.execute(&job.command_line()).await.unwrap();

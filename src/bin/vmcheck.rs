@@ -159,7 +159,14 @@ async fn dispatch(command: Command) -> ExitCode {
     }
 }
 
-async fn run(names: Vec<String>, junit: Option<PathBuf>, out: Option<PathBuf>, keep: bool, config: Option<PathBuf>, global_timeout: Option<u64>) -> ExitCode {
+async fn run(
+    names: Vec<String>,
+    junit: Option<PathBuf>,
+    out: Option<PathBuf>,
+    keep: bool,
+    config: Option<PathBuf>,
+    global_timeout: Option<u64>,
+) -> ExitCode {
     let usage = |msg: String| {
         eprintln!("vmcheck: {msg}");
         ExitCode::from(2)

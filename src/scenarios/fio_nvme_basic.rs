@@ -89,7 +89,12 @@ pub async fn run(d: &Driver) -> Result<Report> {
     let share = d
         .subtest("the bdev should be shared over NVMe-oF/TCP", async {
             let share = client
-                .share_bdev(proto::ShareBdevRequest { name: bdev.clone(), protocol: proto::ShareProtocol::Nvmf as i32, port: Some(PORT.into()), ..Default::default() })
+                .share_bdev(proto::ShareBdevRequest {
+                    name: bdev.clone(),
+                    protocol: proto::ShareProtocol::Nvmf as i32,
+                    port: Some(PORT.into()),
+                    ..Default::default()
+                })
                 .await
                 .context("ShareBdev")?
                 .into_inner();
@@ -122,7 +127,9 @@ pub async fn run(d: &Driver) -> Result<Report> {
     let (connected, lsblk, device) = d
         .subtest("should be able to connect to the target", async {
             initiator.succeed(&Nvme::connect_all(TARGET_ADDR, PORT).options(fabrics.clone()).command_line()).await?;
-            let list = initiator.wait_until_succeeds(&format!("{} | grep -q DevicePath && {}", Nvme::list(), Nvme::list()), timeouts::request()).await?;
+            let list = initiator
+                .wait_until_succeeds(&format!("{} | grep -q DevicePath && {}", Nvme::list(), Nvme::list()), timeouts::request())
+                .await?;
             d.artifact("nvme-list.json", &list);
             let list = NvmeList::parse(&list)?;
             let device = match list.devices.as_slice() {
@@ -146,7 +153,8 @@ pub async fn run(d: &Driver) -> Result<Report> {
             let job = Fio::seed_randrw_verify(&device, FIO_RUNTIME_SECS);
             let out = initiator.execute_with_timeout(&job.command_line(), timeouts::command()).await?;
             d.artifact("fio.json", &out.stdout);
-            let report = FioReport::parse_with_stderr(&out.stdout, &out.stderr).with_context(|| format!("fio exited {}; stderr:\n{}", out.status, out.stderr))?;
+            let report = FioReport::parse_with_stderr(&out.stdout, &out.stderr)
+                .with_context(|| format!("fio exited {}; stderr:\n{}", out.status, out.stderr))?;
             log::line(&report.summary_line());
             let problems = report.problems();
             if out.status != 0 || !problems.is_empty() {

@@ -431,11 +431,7 @@ impl FioLatency {
     /// The percentiles as (percent, ns) in numeric order (the map's string keys sort "10" before
     /// "5").
     pub fn percentiles_sorted(&self) -> Vec<(f64, u64)> {
-        let mut v: Vec<(f64, u64)> = self
-            .percentile
-            .iter()
-            .filter_map(|(k, v)| Some((k.parse().ok()?, *v)))
-            .collect();
+        let mut v: Vec<(f64, u64)> = self.percentile.iter().filter_map(|(k, v)| Some((k.parse().ok()?, *v))).collect();
         v.sort_by(|a, b| a.0.total_cmp(&b.0));
         v
     }
@@ -519,22 +515,13 @@ impl FioReport {
     /// Parse fio's stdout, keeping its stderr's lines as messages (for verify failure counts).
     pub fn parse_with_stderr(stdout: &str, stderr: &str) -> Result<Self, ParseError> {
         let mut report = Self::parse(stdout)?;
-        report.messages.extend(
-            stderr
-                .lines()
-                .map(str::trim_end)
-                .filter(|l| !l.is_empty())
-                .map(String::from),
-        );
+        report.messages.extend(stderr.lines().map(str::trim_end).filter(|l| !l.is_empty()).map(String::from));
         Ok(report)
     }
 
     /// The messages that report a block failing verification, one per block.
     pub fn verify_failure_messages(&self) -> impl Iterator<Item = &str> {
-        self.messages
-            .iter()
-            .map(String::as_str)
-            .filter(|l| is_verify_failure_line(l))
+        self.messages.iter().map(String::as_str).filter(|l| is_verify_failure_line(l))
     }
 
     /// Blocks that failed verification: the messages when fio's stderr was seen, and at least one
@@ -552,11 +539,7 @@ impl FioReport {
 
     /// Operations per second in one direction, over all jobs.
     pub fn iops(&self, d: Direction) -> f64 {
-        self.jobs
-            .iter()
-            .map(|j| j.dir(d).iops)
-            .filter(|v| v.is_finite())
-            .sum()
+        self.jobs.iter().map(|j| j.dir(d).iops).filter(|v| v.is_finite()).sum()
     }
 
     /// Bandwidth in KiB/s in one direction, over all jobs.
@@ -578,20 +561,12 @@ impl FioReport {
             .filter(|j| j.error != 0 || j.first_error.is_some_and(|e| e != 0))
             .map(|j| {
                 // `error` is the one the job stopped on; `first_error` one it carried on over.
-                let errno = Some(j.error)
-                    .filter(|e| *e != 0)
-                    .or(j.first_error)
-                    .unwrap_or(0);
+                let errno = Some(j.error).filter(|e| *e != 0).or(j.first_error).unwrap_or(0);
                 let what = match errno {
                     EILSEQ => "verify failed",
                     _ => "I/O error",
                 };
-                format!(
-                    "fio job {}: {what}: error {errno} ({}), {} error(s)",
-                    j.name,
-                    errno_text(errno),
-                    j.errors()
-                )
+                format!("fio job {}: {what}: error {errno} ({}), {} error(s)", j.name, errno_text(errno), j.errors())
             })
             .collect();
         out.extend(self.verify_failure_messages().map(|m| format!("fio: {m}")));
@@ -605,18 +580,12 @@ impl FioReport {
             [one] => format!("fio {}", one.name),
             jobs => format!("fio {} jobs", jobs.len()),
         };
-        let dir =
-            |name: &str, d| format!("{name} {:.0} IOPS {} KiB/s", self.iops(d), self.bw_kib(d));
+        let dir = |name: &str, d| format!("{name} {:.0} IOPS {} KiB/s", self.iops(d), self.bw_kib(d));
         let mut parts = vec![dir("read", Direction::Read), dir("write", Direction::Write)];
         if self.io_bytes(Direction::Trim) > 0 {
             parts.push(dir("trim", Direction::Trim));
         }
-        format!(
-            "{who}: {}, errors {}, verify failures {}",
-            parts.join(", "),
-            self.errors(),
-            self.verify_failures()
-        )
+        format!("{who}: {}, errors {}, verify failures {}", parts.join(", "), self.errors(), self.verify_failures())
     }
 }
 
@@ -637,8 +606,7 @@ mod tests {
     const SEED: &str = include_str!("testdata/fio-3.33_randrw_verify_libaio.json");
     const VERIFY_FAIL_STDOUT: &str = include_str!("testdata/fio-3.33_verify_only_crc_fail.stdout");
     const VERIFY_FAIL_STDERR: &str = include_str!("testdata/fio-3.33_verify_only_crc_fail.stderr");
-    const VERIFY_FAIL_MERGED: &str =
-        include_str!("testdata/fio-3.33_verify_only_crc_fail_merged.txt");
+    const VERIFY_FAIL_MERGED: &str = include_str!("testdata/fio-3.33_verify_only_crc_fail_merged.txt");
     const CONTINUE_STDOUT: &str = include_str!("testdata/fio-3.33_verify_continue_on_error.json");
     const CONTINUE_STDERR: &str = include_str!("testdata/fio-3.33_verify_continue_on_error.stderr");
     const PSYNC_NOTE: &str = include_str!("testdata/fio-3.33_psync_iodepth_note.stdout");
@@ -692,10 +660,7 @@ mod tests {
         assert_eq!(job.options["filename"], "/tmp/fio-seed/disk");
         for d in [Direction::Read, Direction::Write] {
             let s = job.dir(d);
-            assert!(
-                s.io_bytes > 0 && s.total_ios > 0 && s.iops > 0.0 && s.bw > 0,
-                "{d:?}"
-            );
+            assert!(s.io_bytes > 0 && s.total_ios > 0 && s.iops > 0.0 && s.bw > 0, "{d:?}");
             assert_eq!(s.io_kbytes, s.io_bytes / 1024);
             assert_eq!(s.io_bytes, s.total_ios * 4096, "{d:?}: 4k blocks");
             assert!(s.runtime >= 2000, "{d:?} ran for the 2 s runtime");
@@ -746,10 +711,7 @@ mod tests {
         assert_eq!(r.errors(), 1);
         let problems = r.problems();
         assert_eq!(problems.len(), 1);
-        assert!(
-            problems[0].contains("verify failed: error 84"),
-            "{problems:?}"
-        );
+        assert!(problems[0].contains("verify failed: error 84"), "{problems:?}");
         assert!(r.summary_line().ends_with("errors 1, verify failures 1"));
     }
 
@@ -758,15 +720,9 @@ mod tests {
         let r = FioReport::parse_with_stderr(VERIFY_FAIL_STDOUT, VERIFY_FAIL_STDERR).unwrap();
         let msgs: Vec<_> = r.verify_failure_messages().collect();
         assert_eq!(msgs.len(), 1);
-        assert!(
-            msgs[0].starts_with("crc32: verify failed at file "),
-            "{msgs:?}"
-        );
+        assert!(msgs[0].starts_with("crc32: verify failed at file "), "{msgs:?}");
         assert_eq!(r.verify_failures(), 1);
-        assert!(r
-            .messages
-            .iter()
-            .any(|m| m.starts_with("fio: pid=") && m.contains("err=84")));
+        assert!(r.messages.iter().any(|m| m.starts_with("fio: pid=") && m.contains("err=84")));
     }
 
     #[test]
@@ -805,10 +761,7 @@ mod tests {
     #[test]
     fn warning_before_json() {
         let r = FioReport::parse(PSYNC_NOTE).unwrap();
-        assert_eq!(
-            r.messages,
-            vec!["note: both iodepth >= 1 and synchronous I/O engine are selected, queue depth will be capped at 1"]
-        );
+        assert_eq!(r.messages, vec!["note: both iodepth >= 1 and synchronous I/O engine are selected, queue depth will be capped at 1"]);
         assert_eq!(r.jobs[0].read.io_bytes, 1 << 20);
     }
 
@@ -818,9 +771,7 @@ mod tests {
         assert_eq!(r.jobs.len(), 2);
         let total: u64 = r.jobs.iter().map(|j| j.write.io_bytes).sum();
         assert_eq!(r.io_bytes(Direction::Write), total);
-        assert!(r
-            .summary_line()
-            .starts_with("fio 2 jobs: read 0 IOPS 0 KiB/s, write "));
+        assert!(r.summary_line().starts_with("fio 2 jobs: read 0 IOPS 0 KiB/s, write "));
     }
 
     #[test]
@@ -843,20 +794,10 @@ mod tests {
             .iodepth(4)
             .size("16M")
             .stderr_to_stdout(true);
-        let out = std::process::Command::new("sh")
-            .args(["-c", &fio.command_line()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = std::process::Command::new("sh").args(["-c", &fio.command_line()]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let r = FioReport::parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
-        assert!(r
-            .messages
-            .iter()
-            .any(|m| m.starts_with("note: both iodepth")));
+        assert!(r.messages.iter().any(|m| m.starts_with("note: both iodepth")));
         assert_eq!(r.jobs[0].options["filename"], file.to_str().unwrap());
         assert!(r.io_bytes(Direction::Read) > 0 && r.io_bytes(Direction::Write) > 0);
         assert!(r.problems().is_empty(), "{:?}", r.problems());

@@ -37,9 +37,7 @@ pub struct BlockDevice {
 /// A size that must be a byte count: lsblk without `-b` prints "512M", which is refused with a
 /// hint instead of being guessed at.
 fn de_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    de_u64(d).map_err(|e| {
-        serde::de::Error::custom(format!("{e} (lsblk prints sizes in bytes only with -b)"))
-    })
+    de_u64(d).map_err(|e| serde::de::Error::custom(format!("{e} (lsblk prints sizes in bytes only with -b)")))
 }
 
 impl BlockDevice {
@@ -80,15 +78,12 @@ impl Lsblk {
     }
 
     pub fn find_by_serial(&self, serial: &str) -> Option<&BlockDevice> {
-        self.iter()
-            .find(|d| d.serial.as_deref().map(str::trim) == Some(serial))
+        self.iter().find(|d| d.serial.as_deref().map(str::trim) == Some(serial))
     }
 
     /// The NVMe namespaces (`nvme*n*` disks, not their partitions).
     pub fn nvme_namespaces(&self) -> Vec<&BlockDevice> {
-        self.iter()
-            .filter(|d| d.is_disk() && d.name.starts_with("nvme"))
-            .collect()
+        self.iter().filter(|d| d.is_disk() && d.name.starts_with("nvme")).collect()
     }
 }
 
@@ -109,10 +104,7 @@ mod tests {
         assert_eq!((loop0.size, loop0.kind.as_str()), (64 << 20, "loop"));
         assert_eq!(loop0.serial, None);
         let p1 = l.find("loop0p1").unwrap();
-        assert_eq!(
-            (p1.size, p1.kind.as_str(), p1.path()),
-            (32 << 20, "part", "/dev/loop0p1".to_string())
-        );
+        assert_eq!((p1.size, p1.kind.as_str(), p1.path()), (32 << 20, "part", "/dev/loop0p1".to_string()));
         let parts: u64 = loop0.children.iter().map(|c| c.size).sum();
         assert!(parts < loop0.size);
         assert!(l.find("vda").unwrap().is_disk());
@@ -133,20 +125,14 @@ mod tests {
         let ns = l.nvme_namespaces();
         assert_eq!(ns.len(), 1);
         assert_eq!(ns[0].size, 512 << 20);
-        assert_eq!(
-            l.find_by_serial("9a3f7c21d04e5b68").unwrap().name,
-            "nvme0n1"
-        );
+        assert_eq!(l.find_by_serial("9a3f7c21d04e5b68").unwrap().name, "nvme0n1");
         assert_eq!(ns[0].model.as_deref(), Some("Linux"));
     }
 
     #[test]
     fn human_sizes_are_refused_with_a_hint() {
         let e = Lsblk::parse(HUMAN).unwrap_err().to_string();
-        assert!(
-            e.contains("only with -b") && e.contains("M\" is not a count"),
-            "{e}"
-        );
+        assert!(e.contains("only with -b") && e.contains("M\" is not a count"), "{e}");
     }
 
     #[test]
@@ -157,9 +143,6 @@ mod tests {
 
     #[test]
     fn command() {
-        assert_eq!(
-            Lsblk::command(),
-            "lsblk --json -b -o NAME,SIZE,TYPE,SERIAL,MODEL"
-        );
+        assert_eq!(Lsblk::command(), "lsblk --json -b -o NAME,SIZE,TYPE,SERIAL,MODEL");
     }
 }

@@ -44,20 +44,12 @@ pub enum ParseError {
         head: String,
     },
     #[error("{tool}: {message}; the output begins: {head}")]
-    Unexpected {
-        tool: &'static str,
-        message: String,
-        head: String,
-    },
+    Unexpected { tool: &'static str, message: String, head: String },
 }
 
 impl ParseError {
     pub(crate) fn unexpected(tool: &'static str, message: impl Into<String>, text: &str) -> Self {
-        ParseError::Unexpected {
-            tool,
-            message: message.into(),
-            head: head(text),
-        }
+        ParseError::Unexpected { tool, message: message.into(), head: head(text) }
     }
 }
 
@@ -84,10 +76,7 @@ pub fn shell_quote(arg: &str) -> Cow<'_, str> {
 
 /// Join an argument vector into one shell command line.
 pub fn shell_join<S: AsRef<str>>(argv: &[S]) -> String {
-    argv.iter()
-        .map(|a| shell_quote(a.as_ref()))
-        .collect::<Vec<_>>()
-        .join(" ")
+    argv.iter().map(|a| shell_quote(a.as_ref())).collect::<Vec<_>>().join(" ")
 }
 
 /// A JSON document found in a tool's output, with the lines around it.
@@ -105,25 +94,16 @@ pub(crate) struct Extracted<T> {
 /// before it ("note: both iodepth >= 1 and synchronous I/O engine...") or stderr merged into the
 /// same stream do not get in the way. Non-finite floats that C's `printf("%f")` prints (`nan`,
 /// `-nan`, `inf`) are read as JSON `null`.
-pub(crate) fn extract_json<T: DeserializeOwned>(
-    tool: &'static str,
-    text: &str,
-) -> Result<Extracted<T>, ParseError> {
+pub(crate) fn extract_json<T: DeserializeOwned>(tool: &'static str, text: &str) -> Result<Extracted<T>, ParseError> {
     let mut first_err = None;
     for start in object_starts(text) {
         let candidate = sanitize_nonfinite(&text[start..]);
-        let mut stream =
-            serde_json::Deserializer::from_str(&candidate).into_iter::<serde_json::Value>();
+        let mut stream = serde_json::Deserializer::from_str(&candidate).into_iter::<serde_json::Value>();
         match stream.next() {
             Some(Ok(value)) => {
                 // The sanitizer keeps lengths, so offsets in `candidate` are offsets in `text`.
                 let end = start + stream.byte_offset();
-                let value =
-                    serde_json::from_value::<T>(value).map_err(|source| ParseError::Json {
-                        tool,
-                        source,
-                        head: head(text),
-                    })?;
+                let value = serde_json::from_value::<T>(value).map_err(|source| ParseError::Json { tool, source, head: head(text) })?;
                 let other_lines = text[..start]
                     .lines()
                     .chain(text[end..].lines())
@@ -140,15 +120,8 @@ pub(crate) fn extract_json<T: DeserializeOwned>(
         }
     }
     Err(match first_err {
-        Some(source) => ParseError::Json {
-            tool,
-            source,
-            head: head(text),
-        },
-        None => ParseError::NoJson {
-            tool,
-            head: head(text),
-        },
+        Some(source) => ParseError::Json { tool, source, head: head(text) },
+        None => ParseError::NoJson { tool, head: head(text) },
     })
 }
 
@@ -190,15 +163,9 @@ fn sanitize_nonfinite(json: &str) -> Cow<'_, str> {
             continue;
         }
         let rest = &bytes[i..];
-        let token_end = |len: usize| {
-            rest.get(len)
-                .is_none_or(|c| !c.is_ascii_alphanumeric() && *c != b'.')
-        };
+        let token_end = |len: usize| rest.get(len).is_none_or(|c| !c.is_ascii_alphanumeric() && *c != b'.');
         let four = (rest.starts_with(b"-nan") || rest.starts_with(b"-inf")) && token_end(4);
-        let three = (rest.starts_with(b"nan") || rest.starts_with(b"inf"))
-            && token_end(3)
-            && i > 0
-            && bytes[i - 1].is_ascii_whitespace();
+        let three = (rest.starts_with(b"nan") || rest.starts_with(b"inf")) && token_end(3) && i > 0 && bytes[i - 1].is_ascii_whitespace();
         if four {
             out[i..i + 4].copy_from_slice(b"null");
             i += 4;
@@ -239,9 +206,7 @@ pub(crate) fn de_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
             }
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
-            v.trim()
-                .parse()
-                .map_err(|_| E::custom(format!("{v:?} is not a count of bytes or items")))
+            v.trim().parse().map_err(|_| E::custom(format!("{v:?} is not a count of bytes or items")))
         }
         fn visit_unit<E: de::Error>(self) -> Result<u64, E> {
             Ok(0)
@@ -261,18 +226,12 @@ mod tests {
 
     #[test]
     fn quoting() {
-        assert_eq!(
-            shell_quote("--filename=/dev/nvme0n1"),
-            "--filename=/dev/nvme0n1"
-        );
+        assert_eq!(shell_quote("--filename=/dev/nvme0n1"), "--filename=/dev/nvme0n1");
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote(""), "''");
         assert_eq!(shell_quote("$(reboot)"), "'$(reboot)'");
-        assert_eq!(
-            shell_join(&["nvme", "list", "-o", "json"]),
-            "nvme list -o json"
-        );
+        assert_eq!(shell_join(&["nvme", "list", "-o", "json"]), "nvme list -o json");
     }
 
     #[test]
@@ -297,8 +256,7 @@ mod tests {
 
     #[test]
     fn extract_errors_quote_the_text() {
-        let e = extract_json::<serde_json::Value>("fio", "fio: unrecognized option '--bogus=1'\n")
-            .unwrap_err();
+        let e = extract_json::<serde_json::Value>("fio", "fio: unrecognized option '--bogus=1'\n").unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("no JSON object"), "{msg}");
         assert!(msg.contains("unrecognized option"), "{msg}");

@@ -81,10 +81,7 @@ impl FabricsOptions {
         };
         push("keep-alive-tmo", self.keep_alive_tmo.map(|v| v.to_string()));
         push("ctrl-loss-tmo", self.ctrl_loss_tmo.map(|v| v.to_string()));
-        push(
-            "reconnect-delay",
-            self.reconnect_delay.map(|v| v.to_string()),
-        );
+        push("reconnect-delay", self.reconnect_delay.map(|v| v.to_string()));
         push("nr-io-queues", self.nr_io_queues.map(|v| v.to_string()));
         push("queue-size", self.queue_size.map(|v| v.to_string()));
         push("hostnqn", self.hostnqn.clone());
@@ -147,13 +144,7 @@ pub struct NvmeFabrics {
 
 impl NvmeFabrics {
     fn new(verb: FabricsVerb, traddr: &str, trsvcid: u16) -> Self {
-        NvmeFabrics {
-            verb,
-            transport: Transport::Tcp,
-            traddr: traddr.to_string(),
-            trsvcid,
-            options: FabricsOptions::default(),
-        }
+        NvmeFabrics { verb, transport: Transport::Tcp, traddr: traddr.to_string(), trsvcid, options: FabricsOptions::default() }
     }
 
     pub fn transport(mut self, t: Transport) -> Self {
@@ -201,18 +192,8 @@ impl NvmeFabrics {
             FabricsVerb::Connect(_) => "connect",
             FabricsVerb::ConnectAll => "connect-all",
         };
-        let mut argv: Vec<String> = [
-            "nvme",
-            verb,
-            "-t",
-            self.transport.as_str(),
-            "-a",
-            &self.traddr,
-            "-s",
-            &self.trsvcid.to_string(),
-        ]
-        .map(String::from)
-        .into();
+        let mut argv: Vec<String> =
+            ["nvme", verb, "-t", self.transport.as_str(), "-a", &self.traddr, "-s", &self.trsvcid.to_string()].map(String::from).into();
         if let FabricsVerb::Connect(nqn) = &self.verb {
             argv.extend(["-n".to_string(), nqn.clone()]);
         }
@@ -346,10 +327,7 @@ pub struct NvmeDevice {
 impl NvmeDevice {
     /// The block device's name, `nvme0n1`.
     pub fn name(&self) -> &str {
-        self.device_path
-            .rsplit('/')
-            .next()
-            .unwrap_or(&self.device_path)
+        self.device_path.rsplit('/').next().unwrap_or(&self.device_path)
     }
 }
 
@@ -368,23 +346,15 @@ impl NvmeList {
                 output,
             ));
         }
-        serde_json::from_value(got.value).map_err(|source| ParseError::Json {
-            tool: "nvme list",
-            source,
-            head: super::head(output),
-        })
+        serde_json::from_value(got.value).map_err(|source| ParseError::Json { tool: "nvme list", source, head: super::head(output) })
     }
 
     pub fn find_by_path(&self, path: &str) -> Option<&NvmeDevice> {
-        self.devices
-            .iter()
-            .find(|d| d.device_path == path || d.name() == path)
+        self.devices.iter().find(|d| d.device_path == path || d.name() == path)
     }
 
     pub fn find_by_serial(&self, serial: &str) -> Option<&NvmeDevice> {
-        self.devices
-            .iter()
-            .find(|d| d.serial_number.trim() == serial)
+        self.devices.iter().find(|d| d.serial_number.trim() == serial)
     }
 
     pub fn find_by_model(&self, model: &str) -> Option<&NvmeDevice> {
@@ -408,13 +378,8 @@ impl ConnectOutput {
             Err(ParseError::NoJson { .. }) => output
                 .lines()
                 .find_map(|l| l.trim().strip_prefix("device: "))
-                .map(|d| ConnectOutput {
-                    device: d.trim().to_string(),
-                })
-                .ok_or_else(|| ParseError::NoJson {
-                    tool: "nvme connect",
-                    head: super::head(output),
-                }),
+                .map(|d| ConnectOutput { device: d.trim().to_string() })
+                .ok_or_else(|| ParseError::NoJson { tool: "nvme connect", head: super::head(output) }),
             Err(e) => Err(e),
         }
     }
@@ -438,18 +403,9 @@ impl DisconnectOutput {
                 let rest = line.trim().strip_prefix("NQN:")?;
                 let (nqn, tail) = rest.rsplit_once(" disconnected ")?;
                 let count = tail.strip_suffix(" controller(s)")?.trim().parse().ok()?;
-                Some(DisconnectOutput {
-                    nqn: nqn.to_string(),
-                    controllers: count,
-                })
+                Some(DisconnectOutput { nqn: nqn.to_string(), controllers: count })
             })
-            .ok_or_else(|| {
-                ParseError::unexpected(
-                    "nvme disconnect",
-                    "no line \"NQN:<nqn> disconnected <n> controller(s)\"",
-                    output,
-                )
-            })
+            .ok_or_else(|| ParseError::unexpected("nvme disconnect", "no line \"NQN:<nqn> disconnected <n> controller(s)\"", output))
     }
 }
 
@@ -469,10 +425,7 @@ mod tests {
 
     #[test]
     fn command_lines() {
-        assert_eq!(
-            Nvme::discover("192.0.2.1", 4420).command_line(),
-            "nvme discover -t tcp -a 192.0.2.1 -s 4420 -o json"
-        );
+        assert_eq!(Nvme::discover("192.0.2.1", 4420).command_line(), "nvme discover -t tcp -a 192.0.2.1 -s 4420 -o json");
         assert_eq!(
             Nvme::connect("192.0.2.1", 4420, NQN)
                 .keep_alive_tmo(30)
@@ -486,26 +439,16 @@ mod tests {
                  --hostnqn=nqn.2014-08.org.nvmexpress:uuid:1 -o json"
             )
         );
-        let opts = FabricsOptions {
-            keep_alive_tmo: Some(60),
-            ..Default::default()
-        };
+        let opts = FabricsOptions { keep_alive_tmo: Some(60), ..Default::default() };
         assert_eq!(
-            Nvme::connect_all("192.0.2.1", 8420)
-                .options(opts)
-                .to_string(),
+            Nvme::connect_all("192.0.2.1", 8420).options(opts).to_string(),
             "nvme connect-all -t tcp -a 192.0.2.1 -s 8420 --keep-alive-tmo=60"
         );
         assert_eq!(Nvme::list(), "nvme list -o json");
         assert_eq!(Nvme::disconnect(NQN), format!("nvme disconnect -n {NQN}"));
         assert_eq!(Nvme::disconnect("a b"), "nvme disconnect -n 'a b'");
         assert_eq!(Nvme::disconnect_all(), "nvme disconnect-all");
-        assert_eq!(
-            Nvme::discover("fe80::1", 4420)
-                .transport(Transport::Rdma)
-                .argv()[3],
-            "rdma"
-        );
+        assert_eq!(Nvme::discover("fe80::1", 4420).transport(Transport::Rdma).argv()[3], "rdma");
     }
 
     #[test]
@@ -520,10 +463,7 @@ mod tests {
         let r = subs[0];
         assert_eq!(r.subnqn, NQN);
         assert_eq!((r.trtype.as_str(), r.adrfam.as_str()), ("tcp", "ipv4"));
-        assert_eq!(
-            (r.traddr.as_str(), r.port(), r.portid),
-            ("192.0.2.1", Some(4420), 1)
-        );
+        assert_eq!((r.traddr.as_str(), r.port(), r.portid), ("192.0.2.1", Some(4420), 1));
         assert_eq!(r.sectype.as_deref(), Some("none"));
         assert!(r.other.is_empty());
         assert!(log.find(NQN).is_some() && log.find("nqn.nope").is_none());
@@ -545,10 +485,7 @@ mod tests {
         let list = NvmeList::parse(LIST).unwrap();
         assert_eq!(list.devices.len(), 1);
         let d = &list.devices[0];
-        assert_eq!(
-            (d.nsid, d.device_path.as_str(), d.name()),
-            (1, "/dev/nvme1n1", "nvme1n1")
-        );
+        assert_eq!((d.nsid, d.device_path.as_str(), d.name()), (1, "/dev/nvme1n1", "nvme1n1"));
         assert_eq!(d.model_number, "Linux");
         assert_eq!(d.physical_size, 512 << 20);
         assert_eq!(d.physical_size, d.maximum_lba * u64::from(d.sector_size));
@@ -578,10 +515,7 @@ mod tests {
     #[test]
     fn parses_connect_and_disconnect() {
         assert_eq!(ConnectOutput::parse(CONNECT).unwrap().device, "nvme0");
-        assert_eq!(
-            ConnectOutput::parse("device: nvme2\n").unwrap().device,
-            "nvme2"
-        );
+        assert_eq!(ConnectOutput::parse("device: nvme2\n").unwrap().device, "nvme2");
         let out = DisconnectOutput::parse(DISCONNECT).unwrap();
         assert_eq!((out.nqn.as_str(), out.controllers), (NQN, 1));
         let none = DisconnectOutput::parse("NQN:nqn.x disconnected 0 controller(s)\n").unwrap();
@@ -592,20 +526,12 @@ mod tests {
     fn errors_quote_the_output() {
         let failed = "Failed to scan topology: No such file or directory\n";
         let e = NvmeList::parse(failed).unwrap_err().to_string();
-        assert!(
-            e.starts_with("nvme list: no JSON object") && e.contains("Failed to scan"),
-            "{e}"
-        );
-        let e = DiscoveryLog::parse("failed to add controller, error connection refused\n")
-            .unwrap_err()
-            .to_string();
+        assert!(e.starts_with("nvme list: no JSON object") && e.contains("Failed to scan"), "{e}");
+        let e = DiscoveryLog::parse("failed to add controller, error connection refused\n").unwrap_err().to_string();
         assert!(e.contains("connection refused"), "{e}");
         let e = DisconnectOutput::parse("").unwrap_err().to_string();
         assert!(e.contains("no line"), "{e}");
-        assert!(ConnectOutput::parse(
-            "could not add new controller: failed to write to nvme-fabrics device\n"
-        )
-        .is_err());
+        assert!(ConnectOutput::parse("could not add new controller: failed to write to nvme-fabrics device\n").is_err());
         assert!(DiscoveryLog::parse("{\"genctr\":1}\n").is_err());
         assert!(NvmeList::parse("{\"Devices\":[{\"NameSpace\":1}]}").is_err());
     }
