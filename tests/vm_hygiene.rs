@@ -18,9 +18,14 @@ struct Run {
 }
 
 fn start(scenario: &str) -> Run {
+    start_with(scenario, &[])
+}
+
+fn start_with(scenario: &str, extra: &[&str]) -> Run {
     let tmp = tempfile::tempdir().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_vmcheck"))
         .args(["run", scenario])
+        .args(extra)
         .env("TMPDIR", tmp.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -101,8 +106,8 @@ impl Run {
 
 const RUN: Duration = Duration::from_secs(240);
 
-fn ends_by_itself(scenario: &str, expected_code: i32) {
-    let mut run = start(scenario);
+fn ends_by_itself(scenario: &str, expected_code: i32, extra: &[&str]) {
+    let mut run = start_with(scenario, extra);
     let status = run.wait_exit(RUN);
     assert_eq!(status.code(), Some(expected_code), "log:\n{}", run.seen.join("\n"));
     run.assert_nothing_left();
@@ -111,17 +116,23 @@ fn ends_by_itself(scenario: &str, expected_code: i32) {
 
 #[test]
 fn nothing_survives_success() {
-    ends_by_itself("selftest-pass", 0);
+    ends_by_itself("selftest-pass", 0, &[]);
 }
 
 #[test]
 fn nothing_survives_a_failed_assertion() {
-    ends_by_itself("selftest-fail", 1);
+    // The failure also reaches JUnit, as a test case with the assertion's message.
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("junit.xml");
+    ends_by_itself("selftest-fail", 1, &["--junit", junit.to_str().unwrap()]);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains(r#"<testsuite name="selftest-fail""#) && xml.contains(r#"<testcase name="an assertion that fails""#), "{xml}");
+    assert!(xml.contains("<failure") && xml.contains("expected 2, the guest said 1"), "{xml}");
 }
 
 #[test]
 fn nothing_survives_a_timeout() {
-    ends_by_itself("selftest-timeout", 1);
+    ends_by_itself("selftest-timeout", 1, &[]);
 }
 
 fn killed_by(signal: nix::sys::signal::Signal) -> Run {

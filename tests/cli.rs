@@ -1,0 +1,37 @@
+//! The command line without VMs: listing, usage errors and their exit status.
+
+use std::process::Command;
+
+fn vmcheck(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_vmcheck")).args(args).output().unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn list_shows_scenarios_with_descriptions_and_hides_self_tests() {
+    let (code, stdout, _) = vmcheck(&["list"]);
+    assert_eq!(code, 0);
+    let line = stdout.lines().find(|l| l.starts_with("fio_nvme_basic")).expect("fio_nvme_basic is listed");
+    assert!(line.contains("NVMe-oF/TCP"), "{line}");
+    assert!(!stdout.contains("selftest"), "{stdout}");
+}
+
+#[test]
+fn an_unknown_scenario_is_a_usage_error_that_lists_the_known_ones() {
+    let (code, _, stderr) = vmcheck(&["run", "no_such_test"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("no_such_test") && stderr.contains("fio_nvme_basic"), "{stderr}");
+}
+
+#[test]
+fn bad_arguments_are_usage_errors() {
+    assert_eq!(vmcheck(&["run", "--bogus"]).0, 2);
+    assert_eq!(vmcheck(&["frobnicate"]).0, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.json");
+    std::fs::write(&config, "{ not json").unwrap();
+    let (code, _, stderr) = vmcheck(&["run", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("c.json"), "{stderr}");
+    assert_eq!(vmcheck(&["bench", "--execs", "3"]).0, 2);
+}
