@@ -20,6 +20,7 @@ use crate::qemu::{Boot, Console, ControlNic, Disk, DiskKind, Nic, QemuProcess, Q
 use crate::qga::{ExecOutput, ExecTimeout, MemoryStats, Qga};
 use crate::qmp::Qmp;
 use crate::timeouts;
+use crate::tools::shell_quote;
 
 /// Console lines shown with an error.
 pub const ERROR_CONSOLE_LINES: usize = 20;
@@ -209,7 +210,7 @@ impl Machine {
             Some(c) => Some(hostfwd_port(&qmp, c.guest_port).await.map_err(|e| self.error("reading the gRPC forward", format!("{e:#}")))?),
             None => None,
         };
-        log::line(&format!("{}: QEMU running (pid {pid})", self.name()));
+        log::line(&format!("{}: {QEMU_RUNNING}{pid})", self.name()));
         *running = Some(Running { process, qmp, qga: Arc::new(Qga::new(&spec.qga_socket)), grpc_port });
         Ok(())
     }
@@ -524,18 +525,17 @@ impl Machine {
     }
 }
 
+/// How the log announces a machine's QEMU process: `<machine>: QEMU running (pid N)`.
+const QEMU_RUNNING: &str = "QEMU running (pid ";
+
+/// The QEMU process ids a driver's log announced (tests use them to check nothing survives).
+pub fn logged_qemu_pids<'a>(log: impl IntoIterator<Item = &'a str>) -> Vec<u32> {
+    log.into_iter().filter_map(|l| l.split_once(QEMU_RUNNING).and_then(|(_, r)| r.trim_end_matches(')').parse().ok())).collect()
+}
+
 /// Whether an error is a wait or command that ran out of time.
 pub fn is_timeout(e: &anyhow::Error) -> bool {
     e.downcast_ref::<MachineError>().is_some_and(|m| m.timed_out.is_some())
-}
-
-/// Quotes a word for `sh`.
-pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c)) {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
 }
 
 /// The loopback port QEMU bound for `hostfwd=tcp:127.0.0.1:0-:guest_port` (from `info usernet`).
@@ -563,6 +563,11 @@ mod tests {
         let text = "Hub -1 (ctl):\n  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\n  TCP[HOST_FORWARD]  13       127.0.0.1 40591  198.51.100.15 10124     0     0\n";
         assert_eq!(parse_usernet_port(text, 10124), Some(40591));
         assert_eq!(parse_usernet_port(text, 22), None);
+    }
+
+    #[test]
+    fn logged_pids_are_found() {
+        assert_eq!(logged_qemu_pids(["target: QEMU running (pid 42)", "target # boot", "initiator: QEMU running (pid 7)"]), [42, 7]);
     }
 
     #[test]

@@ -78,10 +78,7 @@ impl Run {
 
     /// The QEMU PIDs and the run directory the driver logged.
     fn qemu_pids(&self) -> Vec<u32> {
-        self.seen
-            .iter()
-            .filter_map(|l| l.split_once("QEMU running (pid ").and_then(|(_, r)| r.trim_end_matches(')').parse().ok()))
-            .collect()
+        vmcheck::machine::logged_qemu_pids(self.seen.iter().map(String::as_str))
     }
 
     fn run_dir(&self) -> PathBuf {

@@ -17,10 +17,7 @@ struct Session {
 impl Session {
     /// The QEMU PIDs the driver logged.
     fn qemu_pids(&self) -> Vec<u32> {
-        self.stderr
-            .lines()
-            .filter_map(|l| l.split_once("QEMU running (pid ").and_then(|(_, r)| r.trim_end_matches(')').parse().ok()))
-            .collect()
+        vmcheck::machine::logged_qemu_pids(self.stderr.lines())
     }
 
     fn assert_no_qemu_survives(&self) {
