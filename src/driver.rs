@@ -77,8 +77,7 @@ impl Driver {
         }
         let qemu = match &options.qemu {
             Some(q) => q.clone(),
-            None => which::which("qemu-system-x86_64")
-                .map_err(|_| anyhow!("qemu-system-x86_64 is not on PATH; install it with: apt-get install -y qemu-system-x86"))?,
+            None => crate::qemu::find_qemu()?,
         };
         let images = match &options.images {
             Some(i) => i.clone(),

@@ -382,14 +382,24 @@ impl Machine {
             let known: Vec<_> = self.inner.node.disks.iter().map(|d| d.id.as_str()).collect();
             self.error(format!("no disk {id:?}"), format!("this machine has {known:?}"))
         })?;
-        // NVMe pads serials with spaces; `echo $s` drops them.
-        let cmd = format!(
-            "for b in /sys/block/*; do s=$(cat $b/device/serial 2>/dev/null || cat $b/serial 2>/dev/null); \
-             [ \"$(echo $s)\" = {} ] && echo /dev/${{b##*/}}; done | grep .",
-            shell_quote(&disk.serial)
-        );
-        let out = self.wait_until_succeeds(&cmd, timeouts::request()).await?;
-        Ok(out.lines().next().unwrap_or_default().to_string())
+        // One line per block device: name, hidden flag, serial (NVMe pads serials with spaces;
+        // `echo $s` drops them). The choice is made on the host, by `block_device_by_serial`.
+        let cmd = "for b in /sys/block/*; do s=$(cat $b/device/serial 2>/dev/null || cat $b/serial 2>/dev/null); \
+                   echo ${b##*/} $(cat $b/hidden 2>/dev/null || echo 0) $s; done";
+        let started = Instant::now();
+        let mut last = String::new();
+        while started.elapsed() < timeouts::request() {
+            last = self.succeed(cmd).await?;
+            if let Some(dev) = block_device_by_serial(&last, &disk.serial) {
+                return Ok(dev);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        Err(self.timeout_error(
+            format!("no block device with serial {:?} (disk {id})", disk.serial),
+            format!("/sys/block shows (name, hidden, serial):\n{last}"),
+            started.elapsed(),
+        ))
     }
 
     /// Waits until `path` exists in the guest.
@@ -525,6 +535,19 @@ impl Machine {
     }
 }
 
+/// The `/dev` node of the block device whose serial is `serial`, from lines of "name hidden
+/// serial". Native NVMe multipath (QEMU >= 8 marks its controllers multi-controller capable)
+/// adds a hidden per-path node (`nvme0c0n1`) with the same serial as the namespace's block
+/// device (`nvme0n1`): hidden nodes cannot be opened, so they are never the answer.
+pub fn block_device_by_serial(listing: &str, serial: &str) -> Option<String> {
+    listing.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        let (name, hidden) = (words.next()?, words.next()?);
+        let found = words.collect::<Vec<_>>().join(" ");
+        (hidden == "0" && found == serial).then(|| format!("/dev/{name}"))
+    })
+}
+
 /// How the log announces a machine's QEMU process: `<machine>: QEMU running (pid N)`.
 const QEMU_RUNNING: &str = "QEMU running (pid ";
 
@@ -563,6 +586,22 @@ mod tests {
         let text = "Hub -1 (ctl):\n  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\n  TCP[HOST_FORWARD]  13       127.0.0.1 40591  198.51.100.15 10124     0     0\n";
         assert_eq!(parse_usernet_port(text, 10124), Some(40591));
         assert_eq!(parse_usernet_port(text, 22), None);
+    }
+
+    #[test]
+    fn a_disk_is_found_by_serial_with_and_without_nvme_multipath() {
+        // QEMU 7.2: no multipath, one node per namespace.
+        let qemu7 = "nvme0n1 0 vmcheck-disk0\nnvme1n1 0 vmcheck-disk1\nvda 0 vmcheck-boot\n";
+        assert_eq!(block_device_by_serial(qemu7, "vmcheck-disk0").as_deref(), Some("/dev/nvme0n1"));
+        assert_eq!(block_device_by_serial(qemu7, "vmcheck-disk1").as_deref(), Some("/dev/nvme1n1"));
+        assert_eq!(block_device_by_serial(qemu7, "vmcheck-boot").as_deref(), Some("/dev/vda"));
+        // QEMU 10.0 (real listing of the target VM): the hidden path node sorts first.
+        let qemu10 = "nvme0c0n1 1 vmcheck-disk0\nnvme0n1 0 vmcheck-disk0\nnvme1c1n1 1 vmcheck-disk1\nnvme1n1 0 vmcheck-disk1\n";
+        assert_eq!(block_device_by_serial(qemu10, "vmcheck-disk0").as_deref(), Some("/dev/nvme0n1"));
+        assert_eq!(block_device_by_serial(qemu10, "vmcheck-disk1").as_deref(), Some("/dev/nvme1n1"));
+        // Serials are compared whole: a prefix is not a match; no serial, no device.
+        assert_eq!(block_device_by_serial(qemu10, "vmcheck-disk"), None);
+        assert_eq!(block_device_by_serial("loop0 0\nram0 0\n", "vmcheck-disk0"), None);
     }
 
     #[test]

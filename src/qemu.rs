@@ -114,6 +114,49 @@ pub struct QemuSpec {
     pub extra_args: Vec<String>,
 }
 
+/// The oldest QEMU the driver works with: `-netdev dgram` (the test network's links) came in 7.2.
+pub const MIN_QEMU_VERSION: (u32, u32) = (7, 2);
+
+/// Finds `qemu-system-x86_64` on PATH and checks its version; the error says what to install.
+pub fn find_qemu() -> Result<PathBuf> {
+    let qemu = which::which("qemu-system-x86_64").map_err(|_| {
+        anyhow::anyhow!("qemu-system-x86_64 is not on PATH; install it with: bash .ci/setup (QEMU from bookworm-backports)")
+    })?;
+    check_qemu_version(&qemu)?;
+    Ok(qemu)
+}
+
+/// Runs `qemu --version` and refuses a QEMU older than [`MIN_QEMU_VERSION`].
+pub fn check_qemu_version(qemu: &Path) -> Result<(u32, u32, u32)> {
+    let out = std::process::Command::new(qemu)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {} --version", qemu.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = parse_qemu_version(&text).with_context(|| format!("{} --version printed no version: {text:?}", qemu.display()))?;
+    let (major, minor) = MIN_QEMU_VERSION;
+    if (version.0, version.1) < (major, minor) {
+        bail!(
+            "{} is QEMU {}.{}.{}; vmcheck needs QEMU {major}.{minor} or newer (for -netdev dgram). \
+             On Debian 12: bash .ci/setup installs QEMU 10.0 from bookworm-backports",
+            qemu.display(),
+            version.0,
+            version.1,
+            version.2
+        );
+    }
+    Ok(version)
+}
+
+/// The version in `QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2...)`.
+pub fn parse_qemu_version(text: &str) -> Option<(u32, u32, u32)> {
+    let rest = text.split("version ").nth(1)?;
+    let word = rest.split(|c: char| !(c.is_ascii_digit() || c == '.')).next()?;
+    let mut parts = word.split('.').map(|p| p.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
+}
+
 /// The MAC of a machine's NIC on a vlan: 52:54:00 (QEMU's prefix), 12, vlan, host byte.
 pub fn test_mac(vlan: u32, address: Ipv4Addr) -> String {
     format!("52:54:00:12:{:02x}:{:02x}", vlan & 0xff, address.octets()[3])
@@ -614,5 +657,19 @@ mod tests {
         assert!(err.to_string().contains("within"), "{err}");
         assert!(c.contains(&re));
         assert_eq!(c.tail(2), ["login: ready 1", "login: ready 2"]);
+    }
+
+    #[test]
+    fn qemu_versions_are_read_and_old_ones_named() {
+        assert_eq!(parse_qemu_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\n"), Some((10, 0, 2)));
+        assert_eq!(parse_qemu_version("QEMU emulator version 7.2.0 (Debian 1:7.2+dfsg-7+deb12u18)"), Some((7, 2, 0)));
+        assert_eq!(parse_qemu_version("QEMU emulator version 8.1\n"), Some((8, 1, 0)));
+        assert_eq!(parse_qemu_version("nothing here"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("qemu-system-x86_64");
+        std::fs::write(&fake, "#!/bin/sh\necho 'QEMU emulator version 6.2.0 (Debian 1:6.2+dfsg-2ubuntu6)'\n").unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let err = check_qemu_version(&fake).unwrap_err().to_string();
+        assert!(err.contains("QEMU 6.2.0") && err.contains("needs QEMU 7.2 or newer"), "{err}");
     }
 }
