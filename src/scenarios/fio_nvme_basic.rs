@@ -32,6 +32,7 @@ pub fn scenario() -> Scenario {
         nodes,
         run: |d| run(d).map(|r| r.map(drop)).boxed(),
         hidden: false,
+        chain: None,
     }
 }
 
