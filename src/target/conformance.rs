@@ -13,9 +13,11 @@ use tonic::{Code, Request, Status};
 use tracing::info;
 
 use super::client::TargetClient;
+use super::limits::MAX_ALLOWED_HOSTS;
 use super::nvmet::{DISCOVERY_NQN, MAX_NQN_LEN};
 use super::proto::{self, target_server::Target};
 use super::service::TargetService;
+use super::uri::MAX_URI_LEN;
 
 /// One request of the table.
 #[derive(Debug, Clone)]
@@ -151,6 +153,7 @@ pub fn bad_request_table(p: &TableParams) -> Vec<BadRequestCase> {
     let missing_nqn = format!("nqn.2019-05.io.vmcheck:{prefix}-missing");
     let host = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-000000000001";
     let long_nqn = format!("nqn.2019-05.io.vmcheck:{}", "x".repeat(MAX_NQN_LEN));
+    let long_uri = format!("malloc:///{}", "u".repeat(MAX_URI_LEN));
     let share_a = proto::ShareBdevRequest { nqn: Some(nqn_a.clone()), port: Some(p.port), ..share(&a) };
     let share_b = |f: &dyn Fn(&mut proto::ShareBdevRequest)| {
         let mut r = proto::ShareBdevRequest { port: Some(p.port), ..share(&b) };
@@ -173,6 +176,13 @@ pub fn bad_request_table(p: &TableParams) -> Vec<BadRequestCase> {
         row("create aio with an extra path part", create("aio:///dev/vdb/extra"), InvalidArgument, "/dev/vdb/extra"),
         row("create aio with '..'", create("aio:///dev/../etc/passwd"), InvalidArgument, "\"..\""),
         row("create aio with a query", create("aio:///dev/vdb?size_mb=4"), InvalidArgument, "\"size_mb\""),
+        row("create aio of /dev/null, not a block device", create("aio:///dev/null"), InvalidArgument, "/dev/null is a character device"),
+        row(
+            "create with a URI over the bound",
+            create(&long_uri),
+            InvalidArgument,
+            &format!("uri is {} bytes long; the limit is 1024", long_uri.len()),
+        ),
         row("create aio of a missing device", create(&format!("aio:///dev/{prefix}-none")), NotFound, &format!("/dev/{prefix}-none")),
         row("create malloc without size_mb", create(&format!("malloc:///{prefix}-c")), InvalidArgument, "size_mb"),
         row("create malloc of size 0", create(&format!("malloc:///{prefix}-c?size_mb=0")), InvalidArgument, "size_mb=0"),
@@ -201,6 +211,24 @@ pub fn bad_request_table(p: &TableParams) -> Vec<BadRequestCase> {
         row("share on port 65536", share_b(&|r| r.port = Some(65536)), InvalidArgument, "port 65536"),
         row("share with an unknown protocol", share_b(&|r| r.protocol = 7), InvalidArgument, "protocol 7"),
         row("share with a malformed host NQN", share_b(&|r| r.allowed_hosts = vec!["host one".into()]), InvalidArgument, "\"host one\""),
+        row(
+            "share with more allowed hosts than the bound",
+            share_b(&|r| r.allowed_hosts = (0..=MAX_ALLOWED_HOSTS).map(|i| format!("nqn.2019-05.io.vmcheck:h{i}")).collect()),
+            InvalidArgument,
+            "allowed_hosts has 65 entries; the limit is 64",
+        ),
+        row(
+            "share with an allowed host over 223 bytes",
+            share_b(&|r| r.allowed_hosts = vec![host.into(), long_nqn.clone()]),
+            InvalidArgument,
+            &format!("allowed_hosts[1] is {} bytes long; the limit is 223", long_nqn.len()),
+        ),
+        row(
+            "share with a name over the bound",
+            Call::ShareBdev(share(&"n".repeat(MAX_URI_LEN + 1))),
+            InvalidArgument,
+            "name is 1025 bytes",
+        ),
         row("share with a host listed twice", share_b(&|r| r.allowed_hosts = vec![host.into(), host.into()]), InvalidArgument, host),
         // UnshareBdev.
         row("unshare B, which is not shared", unshare(&b), FailedPrecondition, &b),
@@ -208,6 +236,12 @@ pub fn bad_request_table(p: &TableParams) -> Vec<BadRequestCase> {
         row("unshare with a malformed name", unshare("garbage"), InvalidArgument, "\"garbage\""),
         // AddNamespace.
         row("add a namespace to a missing subsystem", add_ns(&missing_nqn, &b, None), NotFound, &missing_nqn),
+        row(
+            "add a namespace with an NQN over 223 bytes",
+            add_ns(&long_nqn, &b, None),
+            InvalidArgument,
+            &format!("nqn is {} bytes", long_nqn.len()),
+        ),
         row("add a namespace with a malformed NQN", add_ns("bad nqn", &b, None), InvalidArgument, "\"bad nqn\""),
         row("add a namespace of a missing bdev", add_ns(&nqn_a, &never, None), NotFound, &never),
         row("add a namespace of A, already shared", add_ns(&nqn_a, &a, None), FailedPrecondition, &a),

@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::address;
 use super::backing::{Backing, Geometry};
 use super::error::{Error, Result};
+use super::limits::{self, Deadline, MAX_ALLOWED_HOSTS, MAX_NAME_LEN, MAX_NQN_LEN};
 use super::nvmet::{self, NamespaceSpec, Nvmet, ShareSpec, MAX_NSID};
 use super::proto::{self, target_server::Target};
 use super::uri::{quoted, BdevUri};
@@ -26,6 +27,8 @@ pub const CLAIMED_BY: &str = "NVMe-oF Target";
 pub const STATE_ONLINE: &str = "online";
 pub const STATE_FAULTED: &str = "faulted";
 pub const DEFAULT_NVMF_PORT: u16 = 4420;
+/// Characters of a request shown in the log.
+const MAX_LOGGED_REQUEST: usize = 600;
 /// Subsystem NQNs default to this prefix and the bdev's uuid.
 pub const NQN_PREFIX: &str = "nqn.2019-05.io.vmcheck:";
 
@@ -130,15 +133,32 @@ impl TargetService {
         })
     }
 
+    /// The registry lock, waited for no longer than the request's deadline.
+    async fn lock(&self, deadline: &Deadline) -> Result<tokio::sync::MutexGuard<'_, Registry>> {
+        let Some(at) = deadline.instant() else { return Ok(self.registry.lock().await) };
+        match tokio::time::timeout_at(at.into(), self.registry.lock()).await {
+            Ok(guard) => Ok(guard),
+            Err(_) => Err(deadline.exceeded("while waiting for another request to finish")),
+        }
+    }
+
+    /// Tests: hold the lock as a slow request would.
+    #[cfg(test)]
+    pub(crate) async fn hold_lock_for_tests(&self) -> impl Sized + '_ {
+        self.registry.lock().await
+    }
+
     async fn list_bdevs(&self) -> Result<proto::ListBdevsReply> {
         let registry = self.registry.lock().await;
         Ok(proto::ListBdevsReply { bdevs: registry.values().map(|e| e.to_proto(&self.backing)).collect() })
     }
 
-    async fn create_bdev(&self, req: proto::CreateBdevRequest) -> Result<proto::Bdev> {
+    async fn create_bdev(&self, req: proto::CreateBdevRequest, deadline: Deadline) -> Result<proto::Bdev> {
+        limits::check_len("uri", &req.uri, MAX_NAME_LEN)?;
         let uri = BdevUri::parse(&req.uri)?;
         let name = uri.to_string();
-        let mut registry = self.registry.lock().await;
+        let mut registry = self.lock(&deadline).await?;
+        deadline.check("before the bdev was opened")?;
         if registry.contains_key(&name) {
             return Err(Error::AlreadyExists(format!("bdev {name} exists already")));
         }
@@ -146,15 +166,20 @@ impl TargetService {
             return Err(Error::AlreadyExists(format!("bdev {name} would use the same backing as existing bdev {}", other.uri)));
         }
         let geometry = self.backing.open(&uri)?;
+        if let Err(err) = deadline.check("while the bdev was opened") {
+            self.backing.release(&uri)?;
+            return Err(err);
+        }
         let entry = Entry { uuid: Uuid::new_v5(&UUID_NAMESPACE, name.as_bytes()), uri, geometry, claim: None, share_uri: None };
         let bdev = entry.to_proto(&self.backing);
         registry.insert(name, entry);
         Ok(bdev)
     }
 
-    async fn destroy_bdev(&self, req: proto::DestroyBdevRequest) -> Result<proto::DestroyBdevReply> {
-        let name = bdev_name(&req.name)?;
-        let mut registry = self.registry.lock().await;
+    async fn destroy_bdev(&self, req: proto::DestroyBdevRequest, deadline: Deadline) -> Result<proto::DestroyBdevReply> {
+        let name = bdev_name("name", &req.name)?;
+        let mut registry = self.lock(&deadline).await?;
+        deadline.check("before the destroy started")?;
         let entry = lookup(&registry, &name)?;
         require_unclaimed(entry)?;
         self.backing.release(&entry.uri)?;
@@ -162,8 +187,12 @@ impl TargetService {
         Ok(proto::DestroyBdevReply {})
     }
 
-    async fn share_bdev(&self, req: proto::ShareBdevRequest) -> Result<proto::ShareBdevReply> {
-        let name = bdev_name(&req.name)?;
+    async fn share_bdev(&self, req: proto::ShareBdevRequest, deadline: Deadline) -> Result<proto::ShareBdevReply> {
+        let name = bdev_name("name", &req.name)?;
+        if let Some(nqn) = &req.nqn {
+            limits::check_len("nqn", nqn, MAX_NQN_LEN)?;
+        }
+        limits::check_list("allowed_hosts", &req.allowed_hosts, MAX_ALLOWED_HOSTS, MAX_NQN_LEN)?;
         match proto::ShareProtocol::try_from(req.protocol) {
             Ok(proto::ShareProtocol::Unspecified | proto::ShareProtocol::Nvmf) => {}
             Err(_) => {
@@ -187,7 +216,7 @@ impl TargetService {
             }
         }
 
-        let mut registry = self.registry.lock().await;
+        let mut registry = self.lock(&deadline).await?;
         let entry = lookup(&registry, &name)?;
         if let Some(uri) = &entry.share_uri {
             return Err(Error::AlreadyExists(format!("bdev {name} is already shared as {uri}")));
@@ -202,11 +231,11 @@ impl TargetService {
         let spec = ShareSpec {
             nqn: nqn.clone(),
             allowed_hosts: req.allowed_hosts.clone(),
-            namespace: self.namespace_spec(entry, 1),
+            namespace: Some(self.namespace_spec(entry, 1)),
             traddr,
             trsvcid: port,
         };
-        let port_id = self.nvmet.share(&spec)?;
+        let port_id = self.nvmet.share(&spec, &deadline)?;
         let uri = format!("nvmf://{traddr}:{port}/{nqn}");
         info!(bdev = %name, %uri, port_id, "shared");
         let entry = registry.get_mut(&name).ok_or_else(|| Error::Internal(format!("bdev {name} vanished from the registry")))?;
@@ -215,9 +244,10 @@ impl TargetService {
         Ok(proto::ShareBdevReply { uri, nqn })
     }
 
-    async fn unshare_bdev(&self, req: proto::UnshareBdevRequest) -> Result<proto::UnshareBdevReply> {
-        let name = bdev_name(&req.name)?;
-        let mut registry = self.registry.lock().await;
+    async fn unshare_bdev(&self, req: proto::UnshareBdevRequest, deadline: Deadline) -> Result<proto::UnshareBdevReply> {
+        let name = bdev_name("name", &req.name)?;
+        let mut registry = self.lock(&deadline).await?;
+        deadline.check("before the unshare started")?;
         let entry = lookup(&registry, &name)?;
         let Some(nqn) = entry.shared_nqn().map(str::to_string) else {
             return Err(Error::FailedPrecondition(match &entry.claim {
@@ -272,13 +302,14 @@ impl TargetService {
         Ok(proto::ListSubsystemsReply { subsystems, ports: state.ports.iter().map(port_to_proto).collect(), hosts: state.hosts.clone() })
     }
 
-    async fn add_namespace(&self, req: proto::AddNamespaceRequest) -> Result<proto::Namespace> {
+    async fn add_namespace(&self, req: proto::AddNamespaceRequest, deadline: Deadline) -> Result<proto::Namespace> {
+        limits::check_len("nqn", &req.nqn, MAX_NQN_LEN)?;
         nvmet::validate_nqn("subsystem NQN", &req.nqn)?;
-        let name = bdev_name(&req.bdev)?;
+        let name = bdev_name("bdev", &req.bdev)?;
         if let Some(nsid) = req.nsid {
             validate_nsid(nsid)?;
         }
-        let mut registry = self.registry.lock().await;
+        let mut registry = self.lock(&deadline).await?;
         self.require_own_subsystem(&registry, &req.nqn)?;
         let entry = lookup(&registry, &name)?;
         require_unclaimed(entry)?;
@@ -291,7 +322,7 @@ impl TargetService {
             None => self.nvmet.free_nsid(&req.nqn)?,
         };
         let spec = self.namespace_spec(entry, nsid);
-        self.nvmet.add_namespace(&req.nqn, &spec)?;
+        self.nvmet.add_namespace(&req.nqn, &spec, &deadline)?;
         let entry = registry.get_mut(&name).ok_or_else(|| Error::Internal(format!("bdev {name} vanished from the registry")))?;
         entry.claim = Some(Claim { nqn: req.nqn.clone(), nsid });
         Ok(proto::Namespace {
@@ -303,10 +334,12 @@ impl TargetService {
         })
     }
 
-    async fn remove_namespace(&self, req: proto::RemoveNamespaceRequest) -> Result<proto::RemoveNamespaceReply> {
+    async fn remove_namespace(&self, req: proto::RemoveNamespaceRequest, deadline: Deadline) -> Result<proto::RemoveNamespaceReply> {
+        limits::check_len("nqn", &req.nqn, MAX_NQN_LEN)?;
         nvmet::validate_nqn("subsystem NQN", &req.nqn)?;
         validate_nsid(req.nsid)?;
-        let mut registry = self.registry.lock().await;
+        let mut registry = self.lock(&deadline).await?;
+        deadline.check("before the namespace was removed")?;
         self.require_own_subsystem(&registry, &req.nqn)?;
         let claim = Claim { nqn: req.nqn.clone(), nsid: req.nsid };
         let holder = registry.values_mut().find(|e| e.claim.as_ref() == Some(&claim));
@@ -371,8 +404,9 @@ fn port_to_proto(p: &nvmet::PortState) -> proto::Port {
     }
 }
 
-/// A bdev name is its URI; lookups go by the canonical form.
-fn bdev_name(name: &str) -> Result<String> {
+/// A bdev name is its URI; lookups go by the canonical form. `field` is the request's field.
+fn bdev_name(field: &str, name: &str) -> Result<String> {
+    limits::check_len(field, name, MAX_NAME_LEN)?;
     Ok(BdevUri::parse(name)?.to_string())
 }
 
@@ -398,15 +432,29 @@ fn require_unclaimed(entry: &Entry) -> Result<()> {
     Err(Error::FailedPrecondition(format!("bdev {} is in use as {}; {hint}", entry.uri, describe(claim))))
 }
 
-/// Logs the request, runs it, logs the outcome, and turns errors into statuses.
+/// Logs the request, runs it with its deadline, logs the outcome, and turns errors into
+/// statuses. The log line is cut short: it goes to a serial console, slow under TCG, and the
+/// request's bounds are checked only after it.
 async fn serve<R: std::fmt::Debug, T, F: Future<Output = Result<T>>>(
     rpc: &'static str,
     request: Request<R>,
-    work: impl FnOnce(R) -> F,
+    work: impl FnOnce(R, Deadline) -> F,
 ) -> Result<Response<T>, Status> {
+    let deadline = match Deadline::from_metadata(request.metadata()) {
+        Ok(deadline) => deadline,
+        Err(err) => {
+            warn!(rpc, code = ?err.code(), "{err}");
+            return Err(err.into());
+        }
+    };
     let request = request.into_inner();
-    info!(rpc, ?request, "request");
-    match work(request).await {
+    let mut logged = format!("{request:?}");
+    if let Some((at, _)) = logged.char_indices().nth(MAX_LOGGED_REQUEST) {
+        logged.truncate(at);
+        logged.push_str("...");
+    }
+    info!(rpc, request = %logged, "request");
+    match work(request, deadline).await {
         Ok(reply) => {
             info!(rpc, "ok");
             Ok(Response::new(reply))
@@ -421,38 +469,38 @@ async fn serve<R: std::fmt::Debug, T, F: Future<Output = Result<T>>>(
 #[tonic::async_trait]
 impl Target for TargetService {
     async fn health(&self, req: Request<proto::HealthRequest>) -> Result<Response<proto::HealthReply>, Status> {
-        serve("Health", req, |_| TargetService::health(self)).await
+        serve("Health", req, |_, _| TargetService::health(self)).await
     }
 
     async fn list_bdevs(&self, req: Request<proto::ListBdevsRequest>) -> Result<Response<proto::ListBdevsReply>, Status> {
-        serve("ListBdevs", req, |_| TargetService::list_bdevs(self)).await
+        serve("ListBdevs", req, |_, _| TargetService::list_bdevs(self)).await
     }
 
     async fn create_bdev(&self, req: Request<proto::CreateBdevRequest>) -> Result<Response<proto::Bdev>, Status> {
-        serve("CreateBdev", req, |req| TargetService::create_bdev(self, req)).await
+        serve("CreateBdev", req, |req, deadline| TargetService::create_bdev(self, req, deadline)).await
     }
 
     async fn destroy_bdev(&self, req: Request<proto::DestroyBdevRequest>) -> Result<Response<proto::DestroyBdevReply>, Status> {
-        serve("DestroyBdev", req, |req| TargetService::destroy_bdev(self, req)).await
+        serve("DestroyBdev", req, |req, deadline| TargetService::destroy_bdev(self, req, deadline)).await
     }
 
     async fn share_bdev(&self, req: Request<proto::ShareBdevRequest>) -> Result<Response<proto::ShareBdevReply>, Status> {
-        serve("ShareBdev", req, |req| TargetService::share_bdev(self, req)).await
+        serve("ShareBdev", req, |req, deadline| TargetService::share_bdev(self, req, deadline)).await
     }
 
     async fn unshare_bdev(&self, req: Request<proto::UnshareBdevRequest>) -> Result<Response<proto::UnshareBdevReply>, Status> {
-        serve("UnshareBdev", req, |req| TargetService::unshare_bdev(self, req)).await
+        serve("UnshareBdev", req, |req, deadline| TargetService::unshare_bdev(self, req, deadline)).await
     }
 
     async fn list_subsystems(&self, req: Request<proto::ListSubsystemsRequest>) -> Result<Response<proto::ListSubsystemsReply>, Status> {
-        serve("ListSubsystems", req, |_| TargetService::list_subsystems(self)).await
+        serve("ListSubsystems", req, |_, _| TargetService::list_subsystems(self)).await
     }
 
     async fn add_namespace(&self, req: Request<proto::AddNamespaceRequest>) -> Result<Response<proto::Namespace>, Status> {
-        serve("AddNamespace", req, |req| TargetService::add_namespace(self, req)).await
+        serve("AddNamespace", req, |req, deadline| TargetService::add_namespace(self, req, deadline)).await
     }
 
     async fn remove_namespace(&self, req: Request<proto::RemoveNamespaceRequest>) -> Result<Response<proto::RemoveNamespaceReply>, Status> {
-        serve("RemoveNamespace", req, |req| TargetService::remove_namespace(self, req)).await
+        serve("RemoveNamespace", req, |req, deadline| TargetService::remove_namespace(self, req, deadline)).await
     }
 }

@@ -10,6 +10,7 @@ use tonic::Code;
 use super::backing::{fake_block_device, Backing};
 use super::configfs::{ConfigFs, Op};
 use super::conformance::{bad_request_table, run_bad_request_table, Call, Reply, TableParams, TargetApi};
+use super::limits::Deadline;
 use super::nvmet::{NamespaceSpec, Nvmet, ShareSpec, ROOT_LAYOUT};
 use super::proto;
 use super::service::{TargetService, Traddr, CLAIMED_BY, NQN_PREFIX, STATE_FAULTED, STATE_ONLINE};
@@ -249,7 +250,12 @@ async fn leftover_state_is_reported_listed_and_left_alone() {
     {
         let earlier = Nvmet::new(ConfigFs::emulated(&root, &ROOT_LAYOUT).unwrap());
         let ns = NamespaceSpec { nsid: 1, device_path: "/dev/vdz".into(), device_uuid: uuid::Uuid::nil(), buffered_io: false };
-        earlier.share(&ShareSpec { nqn: leftover.into(), allowed_hosts: vec![], namespace: ns, traddr: TRADDR, trsvcid: 4420 }).unwrap();
+        earlier
+            .share(
+                &ShareSpec { nqn: leftover.into(), allowed_hosts: vec![], namespace: Some(ns), traddr: TRADDR, trsvcid: 4420 },
+                &Deadline::none(),
+            )
+            .unwrap();
     }
     let fx = Fixture::with(dir, ConfigFs::emulated(&root, &ROOT_LAYOUT).unwrap());
     let report = fx.svc.leftovers().unwrap();
@@ -320,4 +326,52 @@ async fn concurrent_requests_are_serialised() {
     }
     assert_eq!(codes.iter().filter(|c| c.is_ok()).count(), 1, "{codes:?}");
     assert_eq!(fx.svc.nvmet().state().unwrap().subsystems.len(), 1);
+}
+
+fn with_timeout<T>(message: T, timeout: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut().insert("grpc-timeout", timeout.parse().unwrap());
+    req
+}
+
+/// A request whose grpc-timeout has passed changes nothing and says so; one with time left
+/// goes through.
+#[tokio::test]
+async fn a_passed_deadline_changes_nothing() {
+    use proto::target_server::Target;
+    let fx = Fixture::new();
+    let name = "malloc:///late?size_mb=4";
+    let err = Target::create_bdev(&fx.svc, with_timeout(proto::CreateBdevRequest { uri: name.into() }, "1n")).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("nothing was changed"), "{err:?}");
+    assert!(fx.bdevs().await.is_empty());
+    assert_eq!(fx.malloc_files(), 0);
+
+    Target::create_bdev(&fx.svc, with_timeout(proto::CreateBdevRequest { uri: name.into() }, "20S")).await.unwrap();
+    let before = fx.tree();
+    let err = Target::share_bdev(&fx.svc, with_timeout(share_req(name), "1u")).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert_eq!(fx.tree(), before);
+    assert!(!fx.bdevs().await[0].claimed);
+    let err = Target::share_bdev(&fx.svc, with_timeout(share_req(name), "soon")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("\"soon\""), "{err:?}");
+    Target::share_bdev(&fx.svc, with_timeout(share_req(name), "20S")).await.unwrap();
+    let err = Target::unshare_bdev(&fx.svc, with_timeout(proto::UnshareBdevRequest { name: name.into() }, "1n")).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(fx.bdevs().await[0].claimed, "a removal whose deadline passed before it started did not start");
+}
+
+/// A request waiting for the lock past its deadline gives up without touching anything.
+#[tokio::test]
+async fn a_deadline_passing_while_another_request_holds_the_lock() {
+    use proto::target_server::Target;
+    let fx = Fixture::new();
+    let held = fx.svc.hold_lock_for_tests().await;
+    let req = with_timeout(proto::CreateBdevRequest { uri: "malloc:///queued?size_mb=1".into() }, "200m");
+    let err = Target::create_bdev(&fx.svc, req).await.unwrap_err();
+    drop(held);
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("waiting for another request"), "{err:?}");
+    assert!(fx.bdevs().await.is_empty());
 }
