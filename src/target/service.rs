@@ -74,8 +74,55 @@ struct Entry {
     geometry: Geometry,
     /// The nvmet namespace it is in.
     claim: Option<Claim>,
-    /// Set on the bdev whose ShareBdev made the subsystem.
-    share_uri: Option<String>,
+}
+
+/// A subsystem this daemon made: by ShareBdev (with the bdev as namespace 1) or by
+/// CreateSubsystem (empty, namespaces come and go by AddNamespace/RemoveNamespace).
+#[derive(Debug, Clone)]
+struct Owned {
+    /// nvmf://addr:port/nqn
+    uri: String,
+    /// The bdev whose ShareBdev made it.
+    shared_bdev: Option<String>,
+}
+
+/// What the daemon made: bdevs by name, subsystems by NQN.
+#[derive(Debug, Default)]
+struct Registry {
+    bdevs: BTreeMap<String, Entry>,
+    subsystems: BTreeMap<String, Owned>,
+}
+
+impl Registry {
+    /// The subsystem a bdev made by ShareBdev, and its URI.
+    fn share_of(&self, bdev: &str) -> Option<(&str, &Owned)> {
+        self.subsystems.iter().find(|(_, o)| o.shared_bdev.as_deref() == Some(bdev)).map(|(nqn, o)| (nqn.as_str(), o))
+    }
+
+    fn bdev_mut(&mut self, name: &str) -> Result<&mut Entry> {
+        self.bdevs.get_mut(name).ok_or_else(|| Error::Internal(format!("bdev {name} vanished from the registry")))
+    }
+
+    /// Every namespace of a subsystem went with it: their bdevs are free again.
+    fn release_claims_of(&mut self, nqn: &str) {
+        for entry in self.bdevs.values_mut().filter(|e| e.claim.as_ref().is_some_and(|c| c.nqn == nqn)) {
+            entry.claim = None;
+        }
+    }
+
+    fn to_proto(&self, entry: &Entry, backing: &Backing) -> proto::Bdev {
+        let name = entry.uri.to_string();
+        proto::Bdev {
+            uuid: entry.uuid.to_string(),
+            num_blocks: entry.geometry.num_blocks,
+            blk_size: entry.geometry.blk_size,
+            claimed: entry.claim.is_some(),
+            claimed_by: if entry.claim.is_some() { CLAIMED_BY.into() } else { String::new() },
+            state: if backing.present(&entry.uri) { STATE_ONLINE } else { STATE_FAULTED }.into(),
+            share_uri: self.share_of(&name).map(|(_, o)| o.uri.clone()).unwrap_or_default(),
+            name,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,31 +131,9 @@ struct Claim {
     nsid: u32,
 }
 
-impl Entry {
-    fn to_proto(&self, backing: &Backing) -> proto::Bdev {
-        proto::Bdev {
-            name: self.uri.to_string(),
-            uuid: self.uuid.to_string(),
-            num_blocks: self.geometry.num_blocks,
-            blk_size: self.geometry.blk_size,
-            claimed: self.claim.is_some(),
-            claimed_by: if self.claim.is_some() { CLAIMED_BY.into() } else { String::new() },
-            state: if backing.present(&self.uri) { STATE_ONLINE } else { STATE_FAULTED }.into(),
-            share_uri: self.share_uri.clone().unwrap_or_default(),
-        }
-    }
-
-    /// The subsystem this bdev made by ShareBdev.
-    fn shared_nqn(&self) -> Option<&str> {
-        self.share_uri.as_ref().and(self.claim.as_ref()).map(|c| c.nqn.as_str())
-    }
-}
-
-type Registry = BTreeMap<String, Entry>;
-
 impl TargetService {
     pub fn new(nvmet: Nvmet, backing: Backing, traddr: Traddr) -> Self {
-        TargetService { nvmet, backing, traddr, started: Instant::now(), registry: Mutex::new(Registry::new()) }
+        TargetService { nvmet, backing, traddr, started: Instant::now(), registry: Mutex::new(Registry::default()) }
     }
 
     pub fn nvmet(&self) -> &Nvmet {
@@ -150,7 +175,7 @@ impl TargetService {
 
     async fn list_bdevs(&self) -> Result<proto::ListBdevsReply> {
         let registry = self.registry.lock().await;
-        Ok(proto::ListBdevsReply { bdevs: registry.values().map(|e| e.to_proto(&self.backing)).collect() })
+        Ok(proto::ListBdevsReply { bdevs: registry.bdevs.values().map(|e| registry.to_proto(e, &self.backing)).collect() })
     }
 
     async fn create_bdev(&self, req: proto::CreateBdevRequest, deadline: Deadline) -> Result<proto::Bdev> {
@@ -159,10 +184,10 @@ impl TargetService {
         let name = uri.to_string();
         let mut registry = self.lock(&deadline).await?;
         deadline.check("before the bdev was opened")?;
-        if registry.contains_key(&name) {
+        if registry.bdevs.contains_key(&name) {
             return Err(Error::AlreadyExists(format!("bdev {name} exists already")));
         }
-        if let Some(other) = registry.values().find(|e| e.uri.backing_key() == uri.backing_key()) {
+        if let Some(other) = registry.bdevs.values().find(|e| e.uri.backing_key() == uri.backing_key()) {
             return Err(Error::AlreadyExists(format!("bdev {name} would use the same backing as existing bdev {}", other.uri)));
         }
         let geometry = self.backing.open(&uri)?;
@@ -170,9 +195,9 @@ impl TargetService {
             self.backing.release(&uri)?;
             return Err(err);
         }
-        let entry = Entry { uuid: Uuid::new_v5(&UUID_NAMESPACE, name.as_bytes()), uri, geometry, claim: None, share_uri: None };
-        let bdev = entry.to_proto(&self.backing);
-        registry.insert(name, entry);
+        let entry = Entry { uuid: Uuid::new_v5(&UUID_NAMESPACE, name.as_bytes()), uri, geometry, claim: None };
+        let bdev = registry.to_proto(&entry, &self.backing);
+        registry.bdevs.insert(name, entry);
         Ok(bdev)
     }
 
@@ -181,9 +206,9 @@ impl TargetService {
         let mut registry = self.lock(&deadline).await?;
         deadline.check("before the destroy started")?;
         let entry = lookup(&registry, &name)?;
-        require_unclaimed(entry)?;
+        require_unclaimed(&registry, entry)?;
         self.backing.release(&entry.uri)?;
-        registry.remove(&name);
+        registry.bdevs.remove(&name);
         Ok(proto::DestroyBdevReply {})
     }
 
@@ -202,26 +227,15 @@ impl TargetService {
         if let Some(nqn) = &req.nqn {
             nvmet::validate_nqn("subsystem NQN", nqn)?;
         }
-        let port = match req.port {
-            None => DEFAULT_NVMF_PORT,
-            Some(port) => u16::try_from(port)
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| Error::InvalidArgument(format!("port {port} is out of range 1..=65535")))?,
-        };
-        for (i, host) in req.allowed_hosts.iter().enumerate() {
-            nvmet::validate_nqn("allowed host NQN", host)?;
-            if req.allowed_hosts[..i].contains(host) {
-                return Err(Error::InvalidArgument(format!("allowed host NQN {} is listed twice", quoted(host))));
-            }
-        }
+        let port = validate_port(req.port)?;
+        validate_hosts(&req.allowed_hosts)?;
 
         let mut registry = self.lock(&deadline).await?;
         let entry = lookup(&registry, &name)?;
-        if let Some(uri) = &entry.share_uri {
-            return Err(Error::AlreadyExists(format!("bdev {name} is already shared as {uri}")));
+        if let Some((_, owned)) = registry.share_of(&name) {
+            return Err(Error::AlreadyExists(format!("bdev {name} is already shared as {}", owned.uri)));
         }
-        require_unclaimed(entry)?;
+        require_unclaimed(&registry, entry)?;
         self.require_present(entry)?;
         let nqn = req.nqn.clone().unwrap_or_else(|| format!("{NQN_PREFIX}{}", entry.uuid));
         if self.nvmet.subsystem_exists(&nqn) {
@@ -238,9 +252,8 @@ impl TargetService {
         let port_id = self.nvmet.share(&spec, &deadline)?;
         let uri = format!("nvmf://{traddr}:{port}/{nqn}");
         info!(bdev = %name, %uri, port_id, "shared");
-        let entry = registry.get_mut(&name).ok_or_else(|| Error::Internal(format!("bdev {name} vanished from the registry")))?;
-        entry.claim = Some(Claim { nqn: nqn.clone(), nsid: 1 });
-        entry.share_uri = Some(uri.clone());
+        registry.bdev_mut(&name)?.claim = Some(Claim { nqn: nqn.clone(), nsid: 1 });
+        registry.subsystems.insert(nqn.clone(), Owned { uri: uri.clone(), shared_bdev: Some(name) });
         Ok(proto::ShareBdevReply { uri, nqn })
     }
 
@@ -249,7 +262,7 @@ impl TargetService {
         let mut registry = self.lock(&deadline).await?;
         deadline.check("before the unshare started")?;
         let entry = lookup(&registry, &name)?;
-        let Some(nqn) = entry.shared_nqn().map(str::to_string) else {
+        let Some(nqn) = registry.share_of(&name).map(|(nqn, _)| nqn.to_string()) else {
             return Err(Error::FailedPrecondition(match &entry.claim {
                 Some(claim) => format!("bdev {name} is not shared itself but is {}; use RemoveNamespace", describe(claim)),
                 None => format!("bdev {name} is not shared"),
@@ -262,17 +275,55 @@ impl TargetService {
             Err(err) => return Err(err),
         }
         // Every namespace of the subsystem went with it, hot-added ones too.
-        for entry in registry.values_mut().filter(|e| e.claim.as_ref().is_some_and(|c| c.nqn == nqn)) {
-            entry.claim = None;
-            entry.share_uri = None;
-        }
+        registry.release_claims_of(&nqn);
+        registry.subsystems.remove(&nqn);
         Ok(proto::UnshareBdevReply {})
+    }
+
+    async fn create_subsystem(&self, req: proto::CreateSubsystemRequest, deadline: Deadline) -> Result<proto::CreateSubsystemReply> {
+        limits::check_len("nqn", &req.nqn, MAX_NQN_LEN)?;
+        limits::check_list("allowed_hosts", &req.allowed_hosts, MAX_ALLOWED_HOSTS, MAX_NQN_LEN)?;
+        nvmet::validate_nqn("subsystem NQN", &req.nqn)?;
+        let port = validate_port(req.port)?;
+        validate_hosts(&req.allowed_hosts)?;
+        let mut registry = self.lock(&deadline).await?;
+        let nqn = req.nqn;
+        if self.nvmet.subsystem_exists(&nqn) {
+            return Err(Error::AlreadyExists(format!("subsystem {nqn} exists already")));
+        }
+        let traddr = self.traddr.resolve()?;
+        let spec = ShareSpec { nqn: nqn.clone(), allowed_hosts: req.allowed_hosts, namespace: None, traddr, trsvcid: port };
+        let port_id = self.nvmet.share(&spec, &deadline)?;
+        let uri = format!("nvmf://{traddr}:{port}/{nqn}");
+        info!(%uri, port_id, "empty subsystem created");
+        registry.subsystems.insert(nqn.clone(), Owned { uri: uri.clone(), shared_bdev: None });
+        Ok(proto::CreateSubsystemReply { uri, nqn })
+    }
+
+    async fn destroy_subsystem(&self, req: proto::DestroySubsystemRequest, deadline: Deadline) -> Result<proto::DestroySubsystemReply> {
+        limits::check_len("nqn", &req.nqn, MAX_NQN_LEN)?;
+        nvmet::validate_nqn("subsystem NQN", &req.nqn)?;
+        let mut registry = self.lock(&deadline).await?;
+        deadline.check("before the subsystem was destroyed")?;
+        let owned = self.require_own_subsystem(&registry, &req.nqn)?;
+        if let Some(bdev) = &owned.shared_bdev {
+            return Err(Error::FailedPrecondition(format!("subsystem {} was made by ShareBdev of {bdev}; use UnshareBdev", req.nqn)));
+        }
+        match self.nvmet.unshare(&req.nqn) {
+            Ok(()) => {}
+            Err(Error::NotFound(why)) => warn!("destroying {}: {why}; forgetting it", req.nqn),
+            Err(err) => return Err(err),
+        }
+        // As SPDK's nvmf_delete_subsystem: attached namespaces go with it.
+        registry.release_claims_of(&req.nqn);
+        registry.subsystems.remove(&req.nqn);
+        Ok(proto::DestroySubsystemReply {})
     }
 
     async fn list_subsystems(&self) -> Result<proto::ListSubsystemsReply> {
         let registry = self.registry.lock().await;
         let state = self.nvmet.state()?;
-        let holder = |claim: Claim| registry.values().find(|e| e.claim.as_ref() == Some(&claim)).map(|e| e.uri.to_string());
+        let holder = |claim: Claim| registry.bdevs.values().find(|e| e.claim.as_ref() == Some(&claim)).map(|e| e.uri.to_string());
         let subsystems = state
             .subsystems
             .iter()
@@ -292,11 +343,8 @@ impl TargetService {
                 ports: state.ports_of(&s.nqn).map(port_to_proto).collect(),
                 allowed_hosts: s.allowed_hosts.clone(),
                 allow_any_host: s.allow_any_host,
-                shared_bdev: registry
-                    .values()
-                    .find(|e| e.shared_nqn() == Some(s.nqn.as_str()))
-                    .map(|e| e.uri.to_string())
-                    .unwrap_or_default(),
+                shared_bdev: registry.subsystems.get(&s.nqn).and_then(|o| o.shared_bdev.clone()).unwrap_or_default(),
+                own: registry.subsystems.contains_key(&s.nqn),
             })
             .collect();
         Ok(proto::ListSubsystemsReply { subsystems, ports: state.ports.iter().map(port_to_proto).collect(), hosts: state.hosts.clone() })
@@ -312,7 +360,7 @@ impl TargetService {
         let mut registry = self.lock(&deadline).await?;
         self.require_own_subsystem(&registry, &req.nqn)?;
         let entry = lookup(&registry, &name)?;
-        require_unclaimed(entry)?;
+        require_unclaimed(&registry, entry)?;
         self.require_present(entry)?;
         let nsid = match req.nsid {
             Some(nsid) if self.nvmet.namespace_exists(&req.nqn, nsid) => {
@@ -323,8 +371,8 @@ impl TargetService {
         };
         let spec = self.namespace_spec(entry, nsid);
         self.nvmet.add_namespace(&req.nqn, &spec, &deadline)?;
-        let entry = registry.get_mut(&name).ok_or_else(|| Error::Internal(format!("bdev {name} vanished from the registry")))?;
-        entry.claim = Some(Claim { nqn: req.nqn.clone(), nsid });
+        registry.bdev_mut(&name)?.claim = Some(Claim { nqn: req.nqn.clone(), nsid });
+        info!(bdev = %name, nqn = %req.nqn, nsid, "namespace attached");
         Ok(proto::Namespace {
             nsid,
             bdev: name,
@@ -342,12 +390,12 @@ impl TargetService {
         deadline.check("before the namespace was removed")?;
         self.require_own_subsystem(&registry, &req.nqn)?;
         let claim = Claim { nqn: req.nqn.clone(), nsid: req.nsid };
-        let holder = registry.values_mut().find(|e| e.claim.as_ref() == Some(&claim));
-        if let Some(entry) = &holder {
-            if entry.share_uri.is_some() {
+        let holder = registry.bdevs.iter().find(|(_, e)| e.claim.as_ref() == Some(&claim)).map(|(name, _)| name.clone());
+        if let Some(name) = &holder {
+            if registry.share_of(name).is_some_and(|(nqn, _)| nqn == req.nqn) {
                 return Err(Error::FailedPrecondition(format!(
-                    "namespace {} of {} is the shared bdev {} itself; use UnshareBdev",
-                    req.nsid, req.nqn, entry.uri
+                    "namespace {} of {} is the shared bdev {name} itself; use UnshareBdev",
+                    req.nsid, req.nqn
                 )));
             }
         }
@@ -355,16 +403,17 @@ impl TargetService {
             return Err(Error::NotFound(format!("namespace {} of {} not found", req.nsid, req.nqn)));
         }
         self.nvmet.remove_namespace(&req.nqn, req.nsid)?;
-        if let Some(entry) = holder {
-            entry.claim = None;
+        info!(nqn = %req.nqn, nsid = req.nsid, bdev = holder.as_deref().unwrap_or("(unknown)"), "namespace detached");
+        if let Some(name) = holder {
+            registry.bdev_mut(&name)?.claim = None;
         }
         Ok(proto::RemoveNamespaceReply {})
     }
 
-    /// Namespaces are added only to subsystems this daemon shared: others it does not own.
-    fn require_own_subsystem(&self, registry: &Registry, nqn: &str) -> Result<()> {
-        if registry.values().any(|e| e.shared_nqn() == Some(nqn)) {
-            Ok(())
+    /// Namespaces are added only to subsystems this daemon made: others it does not own.
+    fn require_own_subsystem<'r>(&self, registry: &'r Registry, nqn: &str) -> Result<&'r Owned> {
+        if let Some(owned) = registry.subsystems.get(nqn) {
+            Ok(owned)
         } else if self.nvmet.subsystem_exists(nqn) {
             Err(Error::FailedPrecondition(format!("subsystem {nqn} was not made by this daemon")))
         } else {
@@ -411,7 +460,7 @@ fn bdev_name(field: &str, name: &str) -> Result<String> {
 }
 
 fn lookup<'r>(registry: &'r Registry, name: &str) -> Result<&'r Entry> {
-    registry.get(name).ok_or_else(|| Error::NotFound(format!("bdev {name} not found")))
+    registry.bdevs.get(name).ok_or_else(|| Error::NotFound(format!("bdev {name} not found")))
 }
 
 fn validate_nsid(nsid: u32) -> Result<()> {
@@ -425,11 +474,38 @@ fn describe(claim: &Claim) -> String {
     format!("namespace {} of {}", claim.nsid, claim.nqn)
 }
 
-/// A bdev goes into one namespace at a time, and is not destroyed while in one.
-fn require_unclaimed(entry: &Entry) -> Result<()> {
-    let Some(claim) = &entry.claim else { return Ok(()) };
-    let hint = if entry.share_uri.is_some() { "unshare it first" } else { "remove the namespace first" };
-    Err(Error::FailedPrecondition(format!("bdev {} is in use as {}; {hint}", entry.uri, describe(claim))))
+/// A bdev goes into one namespace at a time, and is not destroyed while in one or shared.
+fn require_unclaimed(registry: &Registry, entry: &Entry) -> Result<()> {
+    let name = entry.uri.to_string();
+    match (&entry.claim, registry.share_of(&name)) {
+        (None, None) => Ok(()),
+        (Some(claim), shared) => {
+            let hint = if shared.is_some() { "unshare it first" } else { "remove the namespace first" };
+            Err(Error::FailedPrecondition(format!("bdev {name} is in use as {}; {hint}", describe(claim))))
+        }
+        // Its namespace went (the device was hot-removed) but the subsystem it made is there.
+        (None, Some((nqn, _))) => Err(Error::FailedPrecondition(format!("bdev {name} is shared as subsystem {nqn}; unshare it first"))),
+    }
+}
+
+fn validate_port(port: Option<u32>) -> Result<u16> {
+    match port {
+        None => Ok(DEFAULT_NVMF_PORT),
+        Some(port) => u16::try_from(port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| Error::InvalidArgument(format!("port {port} is out of range 1..=65535"))),
+    }
+}
+
+fn validate_hosts(hosts: &[String]) -> Result<()> {
+    for (i, host) in hosts.iter().enumerate() {
+        nvmet::validate_nqn("allowed host NQN", host)?;
+        if hosts[..i].contains(host) {
+            return Err(Error::InvalidArgument(format!("allowed host NQN {} is listed twice", quoted(host))));
+        }
+    }
+    Ok(())
 }
 
 /// Logs the request, runs it with its deadline, logs the outcome, and turns errors into
@@ -498,6 +574,17 @@ impl Target for TargetService {
 
     async fn add_namespace(&self, req: Request<proto::AddNamespaceRequest>) -> Result<Response<proto::Namespace>, Status> {
         serve("AddNamespace", req, |req, deadline| TargetService::add_namespace(self, req, deadline)).await
+    }
+
+    async fn create_subsystem(&self, req: Request<proto::CreateSubsystemRequest>) -> Result<Response<proto::CreateSubsystemReply>, Status> {
+        serve("CreateSubsystem", req, |req, deadline| TargetService::create_subsystem(self, req, deadline)).await
+    }
+
+    async fn destroy_subsystem(
+        &self,
+        req: Request<proto::DestroySubsystemRequest>,
+    ) -> Result<Response<proto::DestroySubsystemReply>, Status> {
+        serve("DestroySubsystem", req, |req, deadline| TargetService::destroy_subsystem(self, req, deadline)).await
     }
 
     async fn remove_namespace(&self, req: Request<proto::RemoveNamespaceRequest>) -> Result<Response<proto::RemoveNamespaceReply>, Status> {

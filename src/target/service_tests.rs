@@ -375,3 +375,75 @@ async fn a_deadline_passing_while_another_request_holds_the_lock() {
     assert!(err.message().contains("waiting for another request"), "{err:?}");
     assert!(fx.bdevs().await.is_empty());
 }
+
+fn create_subsys(nqn: &str) -> Call {
+    Call::CreateSubsystem(proto::CreateSubsystemRequest { nqn: nqn.into(), port: None, allowed_hosts: vec![] })
+}
+
+fn add_ns(nqn: &str, bdev: &str) -> Call {
+    Call::AddNamespace(proto::AddNamespaceRequest { nqn: nqn.into(), bdev: bdev.into(), nsid: None })
+}
+
+/// An empty controller: linked into its port with no namespace, namespaces come and go, and
+/// destroying it takes its namespaces and (unused) port along.
+#[tokio::test]
+async fn empty_controllers_take_namespaces_and_go_with_them() {
+    let fx = Fixture::new();
+    let ctrlr = "nqn.2019-05.io.vmcheck:ctrlr1";
+    let Reply::Subsystem(made) = fx.call(create_subsys(ctrlr)).await.unwrap() else { panic!("CreateSubsystem") };
+    assert_eq!((made.nqn.as_str(), made.uri.as_str()), (ctrlr, "nvmf://192.0.2.1:4420/nqn.2019-05.io.vmcheck:ctrlr1"));
+    let tree = fx.tree();
+    assert!(tree.contains(&format!("l ports/1/subsystems/{ctrlr} -> subsystems/{ctrlr}")), "linked into port 1: {tree:#?}");
+    assert!(tree.contains(&format!("d subsystems/{ctrlr}/namespaces")) && !tree.iter().any(|l| l.contains("namespaces/1")), "{tree:#?}");
+    let listed = fx.subsystems().await;
+    assert_eq!((listed[0].own, listed[0].shared_bdev.as_str(), listed[0].namespaces.len()), (true, "", 0));
+
+    // A second empty controller on the same port shares the nvmet port.
+    fx.call(create_subsys("nqn.2019-05.io.vmcheck:ctrlr2")).await.unwrap();
+    assert_eq!(fx.svc.nvmet().state().unwrap().ports.len(), 1);
+
+    fx.add_disk("nvme0n1", 64);
+    fx.create("aio:///dev/nvme0n1").await.unwrap();
+    fx.create("malloc:///m5?size_mb=4").await.unwrap();
+    let Reply::Namespace(ns) = fx.call(add_ns(ctrlr, "aio:///dev/nvme0n1")).await.unwrap() else { panic!("AddNamespace") };
+    assert_eq!((ns.nsid, ns.enabled), (1, true), "the first namespace of an empty controller is 1");
+    let Reply::Namespace(ns) = fx.call(add_ns(ctrlr, "malloc:///m5?size_mb=4")).await.unwrap() else { panic!("AddNamespace") };
+    assert_eq!(ns.nsid, 2);
+    let bdevs = fx.bdevs().await;
+    assert!(bdevs.iter().all(|b| b.claimed && b.share_uri.is_empty()), "claimed, not shared: {bdevs:?}");
+    // Namespace 1 of an empty controller is not a share: it can be detached.
+    fx.call(Call::RemoveNamespace(proto::RemoveNamespaceRequest { nqn: ctrlr.into(), nsid: 1 })).await.unwrap();
+    assert!(!fx.tree().iter().any(|l| l.contains(&format!("{ctrlr}/namespaces/1"))));
+    let err = fx.destroy("malloc:///m5?size_mb=4").await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("namespace 2 of nqn.2019-05.io.vmcheck:ctrlr1"), "{err:?}");
+
+    fx.call(Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: ctrlr.into() })).await.unwrap();
+    assert!(fx.bdevs().await.iter().all(|b| !b.claimed), "its namespaces went with it");
+    assert_eq!(fx.svc.nvmet().state().unwrap().ports.len(), 1, "ctrlr2 still uses the port");
+    fx.call(Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: "nqn.2019-05.io.vmcheck:ctrlr2".into() })).await.unwrap();
+    fx.destroy("malloc:///m5?size_mb=4").await.unwrap();
+    fx.destroy("aio:///dev/nvme0n1").await.unwrap();
+    assert_eq!(fx.tree(), EMPTY_TREE);
+}
+
+/// A CreateSubsystem that fails at the link (where nvmet-tcp binds) or whose deadline passed
+/// leaves nothing behind, and is not remembered as made.
+#[tokio::test]
+async fn a_failed_create_subsystem_leaves_nothing() {
+    use proto::target_server::Target;
+    let fx = Fixture::new();
+    let ctrlr = "nqn.2019-05.io.vmcheck:ctrlr3";
+    fx.svc.nvmet().fs().inject_fault(Op::Symlink, &format!("ports/1/subsystems/{ctrlr}"), Errno::EADDRINUSE as i32);
+    let err = fx.call(create_subsys(ctrlr)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains(ctrlr) && err.message().contains("192.0.2.1:4420"), "{err:?}");
+    assert_eq!(fx.tree(), EMPTY_TREE);
+    let req = proto::CreateSubsystemRequest { nqn: ctrlr.into(), port: None, allowed_hosts: vec![] };
+    let err = Target::create_subsystem(&fx.svc, with_timeout(req, "1n")).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert_eq!(fx.tree(), EMPTY_TREE);
+    let err = fx.call(Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: ctrlr.into() })).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    fx.call(create_subsys(ctrlr)).await.unwrap();
+}
