@@ -6,6 +6,7 @@ use futures::future::BoxFuture;
 use crate::config::NodeSpec;
 use crate::driver::Driver;
 
+pub mod attach_detach;
 pub mod fio_nvme_basic;
 pub mod hotremove;
 pub mod nvmeof;
@@ -35,6 +36,7 @@ pub fn all() -> Vec<Scenario> {
     let mut all = Vec::new();
     all.push(fio_nvme_basic::scenario());
     all.extend(hotremove::scenarios());
+    all.extend(attach_detach::scenarios());
     all.extend(selftest::scenarios());
     // Listed ones first; a chain's cases keep the order they are registered in.
     all.sort_by_key(|s| s.hidden);
