@@ -168,7 +168,17 @@
       echo "${name}: scenario ${scenario} passed" >"$out/passed"
       ${lib.optionalString keepArtifacts ''cp -r "$artifacts" "$out/artifacts"''}
     '';
+  # The node names, checked by the driver configuration's own rule (the driver's) before any
+  # node is evaluated, so a bad name is reported as such and not as a host name NixOS refuses.
+  namesChecked =
+    builtins.deepSeq (import ./driver-config.nix {
+      inherit name scenario globalTimeout;
+      machines = builtins.mapAttrs (_: _: {startScript = "/";}) nodes;
+    })
+    true;
 in
   if nodes == {}
   then fail "nodes is empty; name one NixOS module per machine of scenario ${scenario}"
-  else test
+  else if namesChecked
+  then test
+  else fail "unreachable"

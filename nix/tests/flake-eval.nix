@@ -11,6 +11,7 @@
 #   testSummary ARGS the same for `lib.makeTest ({ system = "x86_64-linux"; } // ARGS)`, for
 #                    checks of what makeTest refuses (nix/check.sh, tests/nix_config.rs).
 #   scenarioTests LISTING  nix/scenario-tests.nix applied to LISTING with the flake's modules.
+#   modules, lib     the flake's nixosModules, the stand-in's lib.
 let
   flake = import ../../flake.nix;
   nixpkgs = import ./stub-nixpkgs;
@@ -83,6 +84,9 @@ in {
   };
 
   testSummary = args: testSummary' (outputs.lib.makeTest ({inherit system;} // args));
+
+  modules = outputs.nixosModules;
+  inherit (nixpkgs) lib;
 
   scenarioTests = listing:
     import ../scenario-tests.nix {
