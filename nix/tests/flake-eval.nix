@@ -53,8 +53,10 @@ let
 
   testSummary' = t: {
     inherit (t) name scenario requiredSystemFeatures buildCommand driverConfiguration;
+    # Not `outPath`: an attribute set with one turns into that string in JSON.
     configFile = {
-      inherit (t.configFile) outPath text;
+      path = t.configFile.outPath;
+      inherit (t.configFile) text;
     };
     driver = {inherit (t.driver) name text;};
     driverInteractive = {inherit (t.driverInteractive) name text;};
