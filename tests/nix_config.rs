@@ -371,3 +371,44 @@ fn the_flake_offers_x86_64_linux_with_the_promised_outputs() {
     let url = summary["nixpkgsInput"].as_str().unwrap();
     assert!(url.starts_with("github:NixOS/nixpkgs/nixos-"), "{url}");
 }
+
+#[test]
+fn scenario_machines_get_a_test_interface_per_vlan_their_cpus_and_enough_memory() {
+    if !have_nix("scenario_machines_get_a_test_interface_per_vlan_their_cpus_and_enough_memory") {
+        return;
+    }
+    // A scenario as `vmcheck list --json` would print it, with two test networks.
+    let nodes = [
+        NodeSpec { vlans: vec![1, 2], cpus: 2, ..NodeSpec::new("target", Role::Target, 7).with_memory(2048) },
+        NodeSpec { vlans: vec![2], ..NodeSpec::new("initiator", Role::Initiator, 8) },
+    ];
+    let listing = vmcheck::config::scenario_listing_json(&[("two_nets", "two test networks", nodes.to_vec())]).unwrap();
+    let expr = format!(
+        "let f = import ./nix/tests/flake-eval.nix; in (f.testSummary (f.scenarioTests (builtins.fromJSON {})).two_nets).nodes",
+        serde_json::to_string(&listing).unwrap()
+    );
+    let json = nix_eval(Eval::Expr(&expr)).unwrap_or_else(|err| panic!("{err}"));
+    let evaluated: Value = serde_json::from_str(&json).unwrap();
+    let target = &evaluated["target"];
+    assert_eq!(target["testInterfaces"], serde_json::json!(["eth1", "eth2"]));
+    for interface in ["eth1", "eth2"] {
+        assert_eq!(target["interfaces"][interface], serde_json::json!(["192.0.2.7/24"]), "{json}");
+    }
+    assert_eq!((target["memorySize"].as_u64(), target["cores"].as_u64()), (Some(2048), Some(2)));
+    let initiator = &evaluated["initiator"];
+    assert_eq!(initiator["testInterfaces"], serde_json::json!(["eth1"]));
+    assert_eq!(initiator["memorySize"], 1024, "512 MiB in the scenario, raised to a NixOS machine's minimum");
+    let other = nix_eval(Eval::Expr(
+        r#"(import ./nix/tests/flake-eval.nix).testSummary { name = "t"; scenario = "fio_nvme_basic"; nodes.client = { imports = [ (import ./nix/tests/flake-eval.nix).modules.initiator ]; }; nodes.initiator = { imports = [ (import ./nix/tests/flake-eval.nix).modules.initiator ]; vmcheck.testInterfaces = [ "eth0" ]; }; }"#,
+    ))
+    .unwrap_or_else(|err| panic!("{err}"));
+    let other: Value = serde_json::from_str(&other).unwrap();
+    let node = &other["nodes"]["initiator"];
+    // Any interface name, eth0 included where the driver forwards nothing, makes no duplicate
+    // attribute and gets the address.
+    assert_eq!(node["interfaces"]["eth0"], serde_json::json!(["192.0.2.2/24"]), "{other}");
+    // The NVMe host identity comes from the host name: the same for the same name in another
+    // test, different for another machine.
+    assert_eq!(node["etc"]["nvme/hostid"], initiator["etc"]["nvme/hostid"]);
+    assert_ne!(other["nodes"]["client"]["etc"]["nvme/hostid"], node["etc"]["nvme/hostid"], "{other}");
+}
