@@ -231,16 +231,20 @@ impl Driver {
 
     /// The subtest table printed at the end of a run.
     pub fn summary(&self, test: &str) -> String {
-        let results = self.subtest_results();
-        let width = results.iter().map(|r| r.name.len()).max().unwrap_or(0).max(20);
-        let mut s = format!("{test}: subtests\n");
-        for r in &results {
-            let verdict = if r.error.is_none() { "ok" } else { "FAILED" };
-            s += &format!("  {:<width$}  {:>8.2} s  {verdict}\n", r.name, r.duration.as_secs_f64());
-        }
-        s += &format!("  {:<width$}  {:>8.2} s\n", "total", self.elapsed().as_secs_f64());
-        s
+        summary_table(test, &self.subtest_results(), self.elapsed())
     }
+}
+
+/// A test's subtests as a table: name, seconds, verdict; then the total.
+pub fn summary_table(test: &str, results: &[SubtestResult], total: Duration) -> String {
+    let width = results.iter().map(|r| r.name.len()).max().unwrap_or(0).max(20);
+    let mut s = format!("{test}: subtests\n");
+    for r in results {
+        let verdict = if r.error.is_none() { "ok" } else { "FAILED" };
+        s += &format!("  {:<width$}  {:>8.2} s  {verdict}\n", r.name, r.duration.as_secs_f64());
+    }
+    s += &format!("  {:<width$}  {:>8.2} s\n", "total", total.as_secs_f64());
+    s
 }
 
 /// Removes `vmcheck-run-<pid>-*` directories of drivers that no longer run.

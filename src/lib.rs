@@ -9,6 +9,7 @@ pub mod accel;
 pub mod bench;
 pub mod config;
 pub mod driver;
+pub mod hotplug;
 pub mod images;
 pub mod log;
 pub mod machine;

@@ -13,7 +13,7 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
 
 use crate::accel::Accel;
-use crate::config::{NodeSpec, Role, TEST_SUBNET_LEN};
+use crate::config::{DiskSpec, NodeSpec, Role, TEST_SUBNET_LEN};
 use crate::log;
 use crate::network::{Link, Switch};
 use crate::qemu::{Boot, Console, ControlNic, Disk, DiskKind, Nic, QemuProcess, QemuSpec};
@@ -70,6 +70,9 @@ struct Inner {
     dir: PathBuf,
     console: Arc<Console>,
     running: tokio::sync::RwLock<Option<Running>>,
+    /// The disks plugged in now: the spec's, plus hot-added ones, less hot-removed ones. A
+    /// cold start (after shutdown or crash) boots with these, as a real machine would.
+    disks: std::sync::Mutex<Vec<DiskSpec>>,
 }
 
 impl Machine {
@@ -78,7 +81,8 @@ impl Machine {
         let dir = env.run_dir.join(&node.name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let console = Console::new(&node.name, Some(&env.log_dir.join(format!("{}.console.log", node.name))));
-        Ok(Machine { inner: Arc::new(Inner { node, boot, env, dir, console, running: tokio::sync::RwLock::new(None) }) })
+        let disks = std::sync::Mutex::new(node.disks.clone());
+        Ok(Machine { inner: Arc::new(Inner { node, boot, env, dir, console, running: tokio::sync::RwLock::new(None), disks }) })
     }
 
     pub fn name(&self) -> &str {
@@ -92,6 +96,29 @@ impl Machine {
     }
     pub fn console(&self) -> &Arc<Console> {
         &self.inner.console
+    }
+    /// The machine's address on the test network (as configured, `--config` included).
+    pub fn address(&self) -> std::net::Ipv4Addr {
+        self.inner.node.address
+    }
+    /// The disks plugged in now (see [`Machine::disk`]).
+    pub fn disks(&self) -> Vec<DiskSpec> {
+        self.inner.disks.lock().unwrap().clone()
+    }
+    /// The disk `id` plugged in now; the error lists the ones there are.
+    pub fn disk(&self, id: &str) -> Result<DiskSpec> {
+        let disks = self.inner.disks.lock().unwrap();
+        disks.iter().find(|d| d.id == id).cloned().ok_or_else(|| {
+            let known: Vec<_> = disks.iter().map(|d| d.id.as_str()).collect();
+            self.error(format!("no disk {id:?}"), format!("this machine has {known:?}"))
+        })
+    }
+    pub(crate) fn set_disks(&self, change: impl FnOnce(&mut Vec<DiskSpec>)) {
+        change(&mut self.inner.disks.lock().unwrap());
+    }
+    /// The host file behind disk `id`.
+    pub fn disk_path(&self, id: &str) -> PathBuf {
+        self.inner.dir.join(format!("{id}.img"))
     }
 
     /// The QEMU description this machine boots with.
@@ -111,16 +138,7 @@ impl Machine {
                 remote: switch.socket.clone(),
             })
             .collect();
-        let disks = node
-            .disks
-            .iter()
-            .map(|d| Disk {
-                id: d.id.clone(),
-                path: self.inner.dir.join(format!("{}.img", d.id)),
-                serial: d.serial.clone(),
-                kind: if d.virtio { DiskKind::VirtioBlk } else { DiskKind::Nvme },
-            })
-            .collect();
+        let disks = self.disks().iter().map(|d| self.qemu_disk(d)).collect();
         QemuSpec {
             name: node.name.clone(),
             qemu: self.inner.env.qemu.clone(),
@@ -138,12 +156,22 @@ impl Machine {
         }
     }
 
+    /// How disk `d` of this machine is attached in QEMU.
+    pub fn qemu_disk(&self, d: &DiskSpec) -> Disk {
+        Disk {
+            id: d.id.clone(),
+            path: self.disk_path(&d.id),
+            serial: d.serial.clone(),
+            kind: if d.virtio { DiskKind::VirtioBlk } else { DiskKind::Nvme },
+        }
+    }
+
     /// A [`MachineError`] with the current console tail.
     pub fn error(&self, what: impl Into<String>, detail: impl Into<String>) -> anyhow::Error {
         self.make_error(what.into(), detail.into(), None)
     }
 
-    fn timeout_error(&self, what: String, detail: String, waited: Duration) -> anyhow::Error {
+    pub(crate) fn timeout_error(&self, what: String, detail: String, waited: Duration) -> anyhow::Error {
         self.make_error(what, detail, Some(waited))
     }
 
@@ -172,12 +200,8 @@ impl Machine {
         }
         *running = None;
         let spec = self.qemu_spec();
-        for disk in &spec.disks {
-            if !disk.path.exists() {
-                let size = self.inner.node.disks.iter().find(|d| d.id == disk.id).map(|d| d.size_mib).unwrap_or(0);
-                let f = std::fs::File::create(&disk.path).with_context(|| format!("creating disk {}", disk.path.display()))?;
-                f.set_len(size << 20)?;
-            }
+        for disk in self.disks() {
+            self.create_disk_file(&disk)?;
         }
         for nic in &spec.nics {
             let _ = std::fs::remove_file(&nic.local);
@@ -213,6 +237,16 @@ impl Machine {
         log::line(&format!("{}: {QEMU_RUNNING}{pid})", self.name()));
         *running = Some(Running { process, qmp, qga: Arc::new(Qga::new(&spec.qga_socket)), grpc_port });
         Ok(())
+    }
+
+    /// Creates the raw image of `disk` unless it exists (its data survives restarts).
+    pub(crate) fn create_disk_file(&self, disk: &DiskSpec) -> Result<PathBuf> {
+        let path = self.disk_path(&disk.id);
+        if !path.exists() {
+            let f = std::fs::File::create(&path).with_context(|| format!("creating disk {}", path.display()))?;
+            f.set_len(disk.size_mib << 20)?;
+        }
+        Ok(path)
     }
 
     async fn with_running<T>(&self, f: impl FnOnce(&Running) -> T) -> Result<T> {
@@ -300,6 +334,17 @@ impl Machine {
         }
     }
 
+    /// Starts `argv` in the guest and returns at once: a background command (fio during a
+    /// hot-remove, say). Its processes carry a tag, so [`GuestProcess::kill`] ends them all.
+    pub async fn spawn(&self, argv: &[String]) -> Result<GuestProcess> {
+        let label = crate::tools::shell_join(argv);
+        log::line(&format!("{}: spawned: {label}", self.name()));
+        let qga = self.qga().await?;
+        let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let exec = qga.exec_start(&args).await.map_err(|e| self.error(format!("could not start: {label}"), format!("{e:#}")))?;
+        Ok(GuestProcess { machine: self.clone(), qga, exec, label, started: Instant::now(), done: tokio::sync::Mutex::new(None) })
+    }
+
     /// Runs `cmd`; its exit status and output, whatever the status.
     pub async fn execute(&self, cmd: &str) -> Result<ExecOutput> {
         self.execute_with_timeout(cmd, timeouts::command()).await
@@ -378,28 +423,35 @@ impl Machine {
     /// The guest's block device (`/dev/...`) of the disk `id` of this machine's spec, found by
     /// its serial: device names depend on probe order and image kind, serials do not.
     pub async fn disk_device(&self, id: &str) -> Result<String> {
-        let disk = self.inner.node.disks.iter().find(|d| d.id == id).ok_or_else(|| {
-            let known: Vec<_> = self.inner.node.disks.iter().map(|d| d.id.as_str()).collect();
-            self.error(format!("no disk {id:?}"), format!("this machine has {known:?}"))
-        })?;
+        let disk = self.disk(id)?;
+        let found = self.wait_for_block_device(&disk.serial, true, timeouts::request()).await?;
+        Ok(found.unwrap_or_default())
+    }
+
+    /// Waits until the guest shows (`present`) or no longer shows a block device with serial
+    /// `serial`; returns its `/dev` node when present.
+    pub async fn wait_for_block_device(&self, serial: &str, present: bool, timeout: Duration) -> Result<Option<String>> {
         // One line per block device: name, hidden flag, serial (NVMe pads serials with spaces;
         // `echo $s` drops them). The choice is made on the host, by `block_device_by_serial`.
         let cmd = "for b in /sys/block/*; do s=$(cat $b/device/serial 2>/dev/null || cat $b/serial 2>/dev/null); \
                    echo ${b##*/} $(cat $b/hidden 2>/dev/null || echo 0) $s; done";
         let started = Instant::now();
-        let mut last = String::new();
-        while started.elapsed() < timeouts::request() {
-            last = self.succeed(cmd).await?;
-            if let Some(dev) = block_device_by_serial(&last, &disk.serial) {
-                return Ok(dev);
+        loop {
+            let listing = self.execute_with_timeout(cmd, timeouts::request()).await?.stdout;
+            let found = block_device_by_serial(&listing, serial);
+            if found.is_some() == present {
+                return Ok(found);
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            if started.elapsed() >= timeout {
+                let what = if present { "to appear" } else { "to go away" };
+                return Err(self.timeout_error(
+                    format!("waited {timeout:?} for the block device with serial {serial:?} {what}"),
+                    format!("/sys/block shows (name, hidden, serial):\n{listing}"),
+                    started.elapsed(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        Err(self.timeout_error(
-            format!("no block device with serial {:?} (disk {id})", disk.serial),
-            format!("/sys/block shows (name, hidden, serial):\n{last}"),
-            started.elapsed(),
-        ))
     }
 
     /// Waits until `path` exists in the guest.
@@ -546,6 +598,79 @@ pub fn block_device_by_serial(listing: &str, serial: &str) -> Option<String> {
         let found = words.collect::<Vec<_>>().join(" ");
         (hidden == "0" && found == serial).then(|| format!("/dev/{name}"))
     })
+}
+
+/// A command running in the background in a guest ([`Machine::spawn`]).
+pub struct GuestProcess {
+    machine: Machine,
+    qga: Arc<Qga>,
+    exec: crate::qga::GuestExec,
+    label: String,
+    started: Instant,
+    /// Its output once seen: the agent reports an end only once.
+    done: tokio::sync::Mutex<Option<ExecOutput>>,
+}
+
+impl GuestProcess {
+    /// The command line, for messages.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    /// Its output if it has ended, `None` while it runs.
+    pub async fn try_wait(&self) -> Result<Option<ExecOutput>> {
+        let mut done = self.done.lock().await;
+        if done.is_none() {
+            *done = self
+                .qga
+                .exec_status(&self.exec)
+                .await
+                .map_err(|e| self.machine.error(format!("asking whether it ended: {}", self.label), format!("{e:#}")))?;
+        }
+        Ok(done.clone())
+    }
+
+    /// Waits at most `timeout` for it to end; on a timeout it is killed and the error shows what
+    /// it printed so far.
+    pub async fn wait(&self, timeout: Duration) -> Result<ExecOutput> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(out) = self.try_wait().await? {
+                log::line(&format!(
+                    "{}: ended with status {} after {:.2} s: {}",
+                    self.machine.name(),
+                    out.status,
+                    self.started.elapsed().as_secs_f64(),
+                    self.label
+                ));
+                return Ok(out);
+            }
+            if Instant::now() >= deadline {
+                let partial = self.kill().await;
+                return Err(self.machine.timeout_error(
+                    format!("background command did not end within {timeout:?}: {}", self.label),
+                    format!("it was killed; its output so far:\nstdout:\n{}\nstderr:\n{}", partial.stdout, partial.stderr),
+                    timeout,
+                ));
+            }
+            // A background command runs for seconds; polling costs the guest's vCPU.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Kills it and every process it started; returns what it printed.
+    pub async fn kill(&self) -> ExecOutput {
+        let mut done = self.done.lock().await;
+        if let Some(out) = done.as_ref() {
+            return out.clone();
+        }
+        let out = self.qga.exec_kill(&self.exec).await;
+        *done = Some(out.clone());
+        out
+    }
 }
 
 /// How the log announces a machine's QEMU process: `<machine>: QEMU running (pid N)`.

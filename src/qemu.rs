@@ -57,12 +57,15 @@ impl Disk {
     fn drive_arg(&self) -> String {
         format!("if=none,id={},file={},format=raw,cache=writeback,discard=unmap", self.drive_id(), self.path.display())
     }
-    fn device_arg(&self) -> String {
-        let model = match self.kind {
+    /// The QEMU device model.
+    pub fn device_model(&self) -> &'static str {
+        match self.kind {
             DiskKind::Nvme => "nvme",
             DiskKind::VirtioBlk => "virtio-blk-pci",
-        };
-        format!("{model},id={},drive={},serial={}", self.id, self.drive_id(), self.serial)
+        }
+    }
+    fn device_arg(&self) -> String {
+        format!("{},id={},drive={},serial={}", self.device_model(), self.id, self.drive_id(), self.serial)
     }
 }
 

@@ -26,6 +26,11 @@ pub fn command() -> Duration {
 pub fn request() -> Duration {
     secs(30.0)
 }
+/// A hot-plug's effect: the guest acknowledging an eject (DEVICE_DELETED) and its block device
+/// coming or going.
+pub fn hotplug() -> Duration {
+    secs(60.0)
+}
 /// From `shutdown` until QEMU has exited.
 pub fn shutdown() -> Duration {
     secs(60.0)

@@ -24,7 +24,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run scenarios (all listed ones when none is named).
+    /// Run scenarios (all listed ones when none is named): names or shell-style patterns
+    /// (`vmcheck run 'hotremove_*'`).
     Run {
         names: Vec<String>,
         /// Write JUnit XML here (one test case per subtest).
@@ -198,32 +199,28 @@ async fn run(
         (None, true) => scenarios::all().iter().filter(|s| !s.hidden).map(|s| s.name.to_string()).collect(),
         (None, false) => names,
     };
-    let mut chosen = Vec::new();
-    for n in &names {
-        match scenarios::find(n) {
-            Ok(s) => chosen.push(s),
-            Err(e) => return usage(format!("{e:#}")),
-        }
-    }
+    let chosen = match scenarios::select(&names) {
+        Ok(c) => c,
+        Err(e) => return usage(format!("{e:#}")),
+    };
     if let Some(dir) = &out {
         if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| vmcheck::log::set_transcript(&dir.join("transcript.log"))) {
             return usage(format!("cannot use --out {}: {e}", dir.display()));
         }
     }
-    let mut outcomes = Vec::new();
-    for s in chosen {
-        let options = RunOptions {
-            driver: DriverOptions { keep_state: keep, out_dir: out.as_ref().map(|d| d.join(s.name)), ..DriverOptions::default() },
-            config: config.clone(),
-            global_timeout: global_timeout.map(std::time::Duration::from_secs),
-        };
-        let outcome = scenarios::run(s, &options).await;
+    let options = RunOptions {
+        driver: DriverOptions { keep_state: keep, out_dir: out.clone(), ..DriverOptions::default() },
+        config: config.clone(),
+        global_timeout: global_timeout.map(std::time::Duration::from_secs),
+    };
+    let outcomes = scenarios::run_many(&chosen, &options).await;
+    for outcome in &outcomes {
         match &outcome.error {
             None => vmcheck::log::line(&format!("{}: passed in {:.2} s", outcome.name, outcome.duration.as_secs_f64())),
             Some(e) => vmcheck::log::line(&format!("{}: FAILED after {:.2} s:\n{e}", outcome.name, outcome.duration.as_secs_f64())),
         }
-        outcomes.push(outcome);
     }
+    vmcheck::log::line(&scenarios::outcomes_table(&outcomes));
     if let Some(path) = junit {
         let suites: Vec<_> = outcomes.iter().map(|o| (o.name.clone(), o.subtests.clone())).collect();
         if let Err(e) = write_junit(&path, &suites) {

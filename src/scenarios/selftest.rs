@@ -22,6 +22,7 @@ pub fn scenarios() -> Vec<Scenario> {
             nodes: one_machine,
             run: |d| pass(d).boxed(),
             hidden: true,
+            chain: None,
         },
         Scenario {
             name: "selftest-fail",
@@ -29,6 +30,7 @@ pub fn scenarios() -> Vec<Scenario> {
             nodes: one_machine,
             run: |d| fail(d).boxed(),
             hidden: true,
+            chain: None,
         },
         Scenario {
             name: "selftest-timeout",
@@ -36,6 +38,7 @@ pub fn scenarios() -> Vec<Scenario> {
             nodes: one_machine,
             run: |d| timeout(d).boxed(),
             hidden: true,
+            chain: None,
         },
         Scenario {
             name: "selftest-hang",
@@ -43,6 +46,7 @@ pub fn scenarios() -> Vec<Scenario> {
             nodes: one_machine,
             run: |d| hang(d).boxed(),
             hidden: true,
+            chain: None,
         },
     ]
 }
