@@ -305,6 +305,10 @@ fn every_listed_scenario_is_a_flake_check_whose_machines_are_the_scenarios() {
             assert_eq!((&n["graphics"], &n["diskImage"]), (&Value::Bool(false), &Value::Null), "serial console, tmpfs root");
             let script = n["startScript"].as_str().unwrap();
             assert!(script.contains("$QEMU_OPTS") && script.contains("-kernel ${NIXPKGS_QEMU_KERNEL_"), "{script}");
+            // QEMU's pc machine, as the default images, whatever machine nixpkgs starts with:
+            // the last `-machine type=` before the driver's $QEMU_OPTS.
+            let machine = script.rfind("-machine type=").map(|i| &script[i..]).unwrap_or_default();
+            assert!(machine.starts_with("-machine type=pc ") && machine.contains("$QEMU_OPTS"), "{script}");
 
             match node.role {
                 Role::Target => {

@@ -99,6 +99,13 @@ in {
     systemd.services.qemu-guest-agent.path = ["/run/current-system/sw"];
 
     virtualisation = {
+      # QEMU's `pc` machine, as the driver boots its default images (`-M pc`): the scenarios'
+      # PCI hot-plug and the driver's KVM probe assume it. nixpkgs' qemu-common.nix starts
+      # x86_64 machines with `qemu-kvm` (whose default is `pc`) in some releases and with
+      # `-machine type=q35` in others, where devices on the root bus cannot be hot-unplugged;
+      # these options come after it on the start script's command line, and QEMU's last
+      # `-machine type=` wins.
+      qemu.options = ["-machine type=pc"];
       # No display: the driver captures the serial console, and the build sandbox has no screen.
       # With graphics off, qemu-vm.nix makes the serial port the kernel's primary console.
       graphics = lib.mkDefault false;

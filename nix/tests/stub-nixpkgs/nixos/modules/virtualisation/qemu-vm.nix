@@ -39,6 +39,7 @@
         -net nic,netdev=user.0,model=virtio -netdev user,id=user.0,"$QEMU_NET_OPTS" \
         -kernel ''${NIXPKGS_QEMU_KERNEL_${sanitized}:-${toplevel}/kernel} \
         -append "init=${toplevel}/init console=${serial},115200n8 $QEMU_KERNEL_PARAMS" \
+        ${lib.concatStringsSep " \\\n    " cfg.qemu.options} \
         ${lib.optionalString (!cfg.graphics) "-nographic"} \
         $QEMU_OPTS \
         "$@"
