@@ -325,8 +325,17 @@ fn every_listed_scenario_is_a_flake_check_whose_machines_are_the_scenarios() {
                     assert!(n["interfaces"].get("eth0").is_none(), "{name}.{}: the initiator has no control NIC: {n}", node.name);
                     let hostid = n["etc"]["nvme/hostid"].as_str().unwrap().trim();
                     assert_eq!(hostid.len(), 36, "{hostid}");
-                    assert_eq!(n["etc"]["nvme/hostnqn"].as_str().unwrap(), format!("nqn.2014-08.org.nvmexpress:uuid:{hostid}\n"));
-                    for package in ["nvme-cli", "fio", "util-linux"] {
+                    let hostnqn = format!("nqn.2014-08.org.nvmexpress:uuid:{hostid}");
+                    assert_eq!(n["etc"]["nvme/hostnqn"].as_str().unwrap(), format!("{hostnqn}\n"));
+                    // nixpkgs' libnvme does not look in /etc/nvme but reads LIBNVME_HOSTNQN and
+                    // LIBNVME_HOSTID first: `nvme` on PATH is nvme-cli wrapped with them.
+                    let wrapper = n["nvmeWrapper"].as_array().unwrap();
+                    assert_eq!(wrapper.len(), 1, "{name}.{}: one nvme on PATH: {n}", node.name);
+                    let wrapper = wrapper[0].as_str().unwrap();
+                    assert!(wrapper.contains("-nvme-cli/bin/nvme $out/bin/nvme"), "{wrapper}");
+                    assert!(wrapper.contains(&format!("--set-default LIBNVME_HOSTNQN '{hostnqn}'")), "{wrapper}");
+                    assert!(wrapper.contains(&format!("--set-default LIBNVME_HOSTID '{hostid}'")), "{wrapper}");
+                    for package in ["nvme-cli-with-host-identity", "fio", "util-linux"] {
                         assert!(n["packages"].as_array().unwrap().iter().any(|p| p == package), "{name}.{}: {package}", node.name);
                     }
                     assert!(n["kernelModules"].as_array().unwrap().iter().any(|m| m == "nvme_tcp"));

@@ -39,6 +39,8 @@ let
       path = map toString u.path;
     }) (builtins.removeAttrs c.systemd.services ["qemu-guest-agent"]);
     agentPath = map toString c.systemd.services.qemu-guest-agent.path;
+    # What builds the `nvme` on PATH, where it is not nvme-cli itself.
+    nvmeWrapper = map (p: p.buildCommand) (builtins.filter (p: p ? buildCommand && builtins.elem "nvme" (p.bins or ["nvme"])) c.environment.systemPackages);
     inherit (c.boot) kernelModules consoleLogLevel;
     packages = map packageName c.environment.systemPackages;
     etc = mapAttrs (_: e: e.text) c.environment.etc;

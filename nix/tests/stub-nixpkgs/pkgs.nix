@@ -32,7 +32,7 @@
       inherit pname;
       version = "0";
       passthru.bins = bins;
-      meta.mainProgram = builtins.head bins;
+      meta.mainProgram = builtins.head (bins ++ [pname]);
     };
 
   pkgs = {
@@ -82,6 +82,7 @@
       "qemu-img"
     ];
     nvme-cli = package "nvme-cli" ["nvme"];
+    makeWrapper = package "make-shell-wrapper-hook" [];
     fio = package "fio" ["fio"];
     util-linux = package "util-linux" ["lsblk" "mount" "mountpoint"];
     kmod = package "kmod" ["modprobe"];

@@ -111,6 +111,10 @@ in {
     };
 
     environment = {
+      variables = mkOption {
+        type = types.attrsOf (types.either types.str (types.listOf types.str));
+        default = {};
+      };
       systemPackages = mkOption {
         type = types.listOf types.package;
         default = [];
