@@ -94,9 +94,9 @@ in {
     # $QEMU_OPTS. This module does not set services.qemuGuest.enable itself: a second definition
     # would conflict with qemu-vm.nix's the moment guestAgent.enable is false, with an error about
     # conflicting values instead of the assertion above, which says what is wrong.
-    # A guest-exec without an environment runs with the agent's: give it the system's PATH, so
-    # `nvme`, `fio` and `lsblk` are found as in a login shell. (The driver passes an environment
-    # of its own, whose PATH holds /run/current-system/sw/bin too: src/qga.rs, GUEST_ENV.)
+    # The agent's own PATH: the system's, as in a login shell, so `nvme`, `fio` and `lsblk` are
+    # found whichever PATH guest-exec searches, the agent's or the one in the environment the
+    # driver passes (src/qga.rs, GUEST_ENV, which holds /run/current-system/sw/bin too).
     systemd.services.qemu-guest-agent.path = ["/run/current-system/sw"];
 
     virtualisation = {
