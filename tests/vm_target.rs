@@ -1,6 +1,7 @@
 //! The storage target daemon in a real target VM: the whole life of a share seen from a real
 //! initiator, the bad-request table against real nvmet (and configfs exactly as before after
-//! it), and a backing disk hot-removed under the daemon.
+//! it), a backing disk hot-removed under the daemon, and an empty controller that an
+//! initiator connects to before namespaces are hot-attached and hot-detached.
 
 mod common;
 
@@ -82,4 +83,98 @@ async fn target_daemon_in_a_real_vm() {
     client.unshare_bdev(proto::UnshareBdevRequest { name: bdev.name.clone() }).await.unwrap();
     client.destroy_bdev(proto::DestroyBdevRequest { name: bdev.name.clone() }).await.unwrap();
     assert_eq!(target.succeed(NVMET_DIRS).await.unwrap(), empty_nvmet);
+}
+
+/// The initiator's namespaces as `(block device, namespace uuid)`, multipath path nodes
+/// (`nvme0c0n1`) left out. The uuid is the bdev's, so a test knows which bdev it sees.
+async fn initiator_namespaces(m: &vmcheck::machine::Machine) -> Vec<(String, String)> {
+    let cmd = "for d in /sys/block/nvme*; do [ -e $d ] || continue; n=${d##*/}; case $n in *c*) continue;; esac; \
+               echo $n $(cat $d/uuid); done";
+    let out = m.succeed(cmd).await.unwrap();
+    out.lines().filter_map(|l| l.split_once(' ')).map(|(n, u)| (n.to_string(), u.trim().to_string())).collect()
+}
+
+/// Waits (bounded) until the initiator's namespace uuids are exactly `uuids` (any order).
+async fn wait_for_namespaces(m: &vmcheck::machine::Machine, uuids: &[&str], timeout: Duration) -> Vec<(String, String)> {
+    let started = std::time::Instant::now();
+    let mut want: Vec<&str> = uuids.to_vec();
+    want.sort();
+    loop {
+        let seen = initiator_namespaces(m).await;
+        let mut got: Vec<&str> = seen.iter().map(|(_, u)| u.as_str()).collect();
+        got.sort();
+        if got == want {
+            return seen;
+        }
+        assert!(started.elapsed() < timeout, "after {timeout:?} the initiator sees {seen:?}, not namespaces {want:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn ns_dirs(nqn: &str) -> String {
+    format!("ls /sys/kernel/config/nvmet/subsystems/{nqn}/namespaces")
+}
+
+/// SPDK's hot-attach/hot-detach prerequisites: an empty controller an initiator connects to
+/// first; namespaces attached and detached while it is connected show up and go away there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_controller_hot_attach_and_detach() {
+    let d = common::driver(vec![
+        NodeSpec::new("target", Role::Target, 1).with_disk(DiskSpec::nvme("disk0", 64)).with_disk(DiskSpec::nvme("disk1", 64)),
+        NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768),
+    ])
+    .await;
+    d.start_all().await.unwrap();
+    let target = d.machine("target").unwrap();
+    let initiator = d.machine("initiator").unwrap();
+    let mut client = target.target_client().await.unwrap();
+    let nqn = "nqn.2019-05.io.vmcheck:ctrlr1";
+    let made = client
+        .create_subsystem(proto::CreateSubsystemRequest { nqn: nqn.into(), port: None, allowed_hosts: vec![] })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(made.uri, format!("nvmf://192.0.2.1:4420/{nqn}"));
+    assert_eq!(target.succeed(&ns_dirs(nqn)).await.unwrap().trim(), "", "no namespace yet");
+
+    // The initiator connects to the empty controller: a controller, no namespace.
+    initiator.succeed(&Nvme::connect("192.0.2.1", 4420, nqn).options(FabricsOptions::scaled_timeouts()).command_line()).await.unwrap();
+    let ctrls = initiator.succeed("cat /sys/class/nvme/nvme*/subsysnqn").await.unwrap();
+    assert!(ctrls.lines().any(|l| l.trim() == nqn), "{ctrls}");
+    assert!(initiator_namespaces(&initiator).await.is_empty());
+
+    // Hot attach two disks: each appears on the initiator (namespace-change AEN, rescan).
+    let mut uuids = Vec::new();
+    for (id, nsid) in [("disk0", 1), ("disk1", 2)] {
+        let dev = target.disk_device(id).await.unwrap();
+        let bdev = client.create_bdev(proto::CreateBdevRequest { uri: format!("aio://{dev}") }).await.unwrap().into_inner();
+        let ns = client
+            .add_namespace(proto::AddNamespaceRequest { nqn: nqn.into(), bdev: bdev.name.clone(), nsid: None })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((ns.nsid, ns.enabled), (nsid, true));
+        uuids.push((bdev.name, bdev.uuid));
+    }
+    let seen = wait_for_namespaces(&initiator, &[&uuids[0].1, &uuids[1].1], Duration::from_secs(30)).await;
+    let (disk1_dev, _) = seen.iter().find(|(_, u)| *u == uuids[1].1).unwrap();
+    let job = Fio::seed_randrw_verify(&format!("/dev/{disk1_dev}"), 3);
+    let out = initiator.execute(&job.command_line()).await.unwrap();
+    let fio = FioReport::parse_with_stderr(&out.stdout, &out.stderr).unwrap();
+    assert!(out.status == 0 && fio.problems().is_empty(), "{:?} {}", fio.problems(), out.stderr);
+
+    // Hot detach namespace 1 while connected: gone on the initiator, the other stays.
+    client.remove_namespace(proto::RemoveNamespaceRequest { nqn: nqn.into(), nsid: 1 }).await.unwrap();
+    wait_for_namespaces(&initiator, &[&uuids[1].1], Duration::from_secs(30)).await;
+    assert_eq!(target.succeed(&ns_dirs(nqn)).await.unwrap().trim(), "2");
+    let bdevs = client.list_bdevs(proto::ListBdevsRequest {}).await.unwrap().into_inner().bdevs;
+    assert!(!bdevs.iter().find(|b| b.name == uuids[0].0).unwrap().claimed, "{bdevs:?}");
+
+    // Destroying the controller takes namespace 2 and the port along.
+    initiator.succeed(&Nvme::disconnect(nqn)).await.unwrap();
+    client.destroy_subsystem(proto::DestroySubsystemRequest { nqn: nqn.into() }).await.unwrap();
+    assert_eq!(target.succeed(NVMET_DIRS).await.unwrap().split_whitespace().filter(|w| !w.ends_with(':')).count(), 0);
+    for (name, _) in &uuids {
+        client.destroy_bdev(proto::DestroyBdevRequest { name: name.clone() }).await.unwrap();
+    }
 }

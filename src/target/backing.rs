@@ -25,12 +25,20 @@ pub struct Geometry {
 pub struct Backing {
     sysfs: PathBuf,
     malloc_dir: PathBuf,
+    /// Where device nodes are, to say what a name that is not a block device is.
+    dev_dir: PathBuf,
 }
 
 impl Backing {
     /// `sysfs` is the sysfs mount (`/sys`); `malloc_dir` should be on tmpfs.
     pub fn new(sysfs: impl Into<PathBuf>, malloc_dir: impl Into<PathBuf>) -> Self {
-        Backing { sysfs: sysfs.into(), malloc_dir: malloc_dir.into() }
+        Backing { sysfs: sysfs.into(), malloc_dir: malloc_dir.into(), dev_dir: "/dev".into() }
+    }
+
+    /// Tests: device nodes somewhere else than `/dev`.
+    pub fn with_dev_dir(mut self, dev_dir: impl Into<PathBuf>) -> Self {
+        self.dev_dir = dev_dir.into();
+        self
     }
 
     /// The path nvmet opens (namespace `device_path`).
@@ -93,6 +101,11 @@ impl Backing {
     fn block_device(&self, dev: &str) -> Result<Geometry> {
         let dir = self.sysfs_dir(dev);
         if !dir.exists() {
+            // Something of that name that is not a block device: say what it is.
+            let node = self.dev_dir.join(dev);
+            if let Some(kind) = node.symlink_metadata().ok().and_then(|meta| not_a_block_device(&meta)) {
+                return Err(Error::InvalidArgument(format!("/dev/{dev} is {kind}, not a block device")));
+            }
             return Err(Error::NotFound(format!("block device /dev/{dev} not found ({} is missing)", dir.display())));
         }
         let sectors: u64 = read_number(&dir.join("size"))?;
@@ -142,6 +155,27 @@ impl Backing {
     }
 }
 
+/// What a device node is, when it is not a block device.
+fn not_a_block_device(meta: &fs::Metadata) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    Some(if t.is_block_device() {
+        return None;
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a regular file"
+    })
+}
+
 fn read_number<T: std::str::FromStr>(path: &Path) -> Result<T> {
     let text = fs::read_to_string(path).map_err(|err| Error::Internal(format!("reading {}: {err}", path.display())))?;
     text.trim().parse().map_err(|_| Error::Internal(format!("{} holds {:?}, not a number", path.display(), text.trim())))
@@ -187,6 +221,25 @@ mod tests {
         fake_block_device(&dir.path().join("sys"), "vdc", 0, 512).unwrap();
         let err = backing.open(&BdevUri::Aio { dev: "vdc".into() }).unwrap_err();
         assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    }
+
+    /// `aio:///dev/null` exists but is not a block device: INVALID_ARGUMENT saying what it is.
+    #[test]
+    fn a_node_that_is_not_a_block_device_says_what_it_is() {
+        let (dir, backing) = setup();
+        let err = backing.open(&BdevUri::Aio { dev: "null".into() }).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+        assert_eq!(err.to_string(), "/dev/null is a character device, not a block device");
+        let dev = dir.path().join("dev");
+        fs::create_dir_all(dev.join("subdir")).unwrap();
+        fs::write(dev.join("file"), "").unwrap();
+        std::os::unix::fs::symlink("file", dev.join("link")).unwrap();
+        let backing = backing.with_dev_dir(&dev);
+        for (name, kind) in [("subdir", "a directory"), ("file", "a regular file"), ("link", "a symbolic link")] {
+            let err = backing.open(&BdevUri::Aio { dev: name.into() }).unwrap_err();
+            assert_eq!((err.code(), err.to_string()), (Code::InvalidArgument, format!("/dev/{name} is {kind}, not a block device")));
+        }
+        assert_eq!(backing.open(&BdevUri::Aio { dev: "absent".into() }).unwrap_err().code(), Code::NotFound);
     }
 
     #[test]

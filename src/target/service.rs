@@ -17,6 +17,7 @@ use uuid::Uuid;
 use super::address;
 use super::backing::{Backing, Geometry};
 use super::error::{Error, Result};
+use super::limits::{self, Deadline, MAX_ALLOWED_HOSTS, MAX_NAME_LEN, MAX_NQN_LEN};
 use super::nvmet::{self, NamespaceSpec, Nvmet, ShareSpec, MAX_NSID};
 use super::proto::{self, target_server::Target};
 use super::uri::{quoted, BdevUri};
@@ -26,6 +27,8 @@ pub const CLAIMED_BY: &str = "NVMe-oF Target";
 pub const STATE_ONLINE: &str = "online";
 pub const STATE_FAULTED: &str = "faulted";
 pub const DEFAULT_NVMF_PORT: u16 = 4420;
+/// Characters of a request shown in the log.
+const MAX_LOGGED_REQUEST: usize = 600;
 /// Subsystem NQNs default to this prefix and the bdev's uuid.
 pub const NQN_PREFIX: &str = "nqn.2019-05.io.vmcheck:";
 
@@ -71,8 +74,55 @@ struct Entry {
     geometry: Geometry,
     /// The nvmet namespace it is in.
     claim: Option<Claim>,
-    /// Set on the bdev whose ShareBdev made the subsystem.
-    share_uri: Option<String>,
+}
+
+/// A subsystem this daemon made: by ShareBdev (with the bdev as namespace 1) or by
+/// CreateSubsystem (empty, namespaces come and go by AddNamespace/RemoveNamespace).
+#[derive(Debug, Clone)]
+struct Owned {
+    /// nvmf://addr:port/nqn
+    uri: String,
+    /// The bdev whose ShareBdev made it.
+    shared_bdev: Option<String>,
+}
+
+/// What the daemon made: bdevs by name, subsystems by NQN.
+#[derive(Debug, Default)]
+struct Registry {
+    bdevs: BTreeMap<String, Entry>,
+    subsystems: BTreeMap<String, Owned>,
+}
+
+impl Registry {
+    /// The subsystem a bdev made by ShareBdev, and its URI.
+    fn share_of(&self, bdev: &str) -> Option<(&str, &Owned)> {
+        self.subsystems.iter().find(|(_, o)| o.shared_bdev.as_deref() == Some(bdev)).map(|(nqn, o)| (nqn.as_str(), o))
+    }
+
+    fn bdev_mut(&mut self, name: &str) -> Result<&mut Entry> {
+        self.bdevs.get_mut(name).ok_or_else(|| Error::Internal(format!("bdev {name} vanished from the registry")))
+    }
+
+    /// Every namespace of a subsystem went with it: their bdevs are free again.
+    fn release_claims_of(&mut self, nqn: &str) {
+        for entry in self.bdevs.values_mut().filter(|e| e.claim.as_ref().is_some_and(|c| c.nqn == nqn)) {
+            entry.claim = None;
+        }
+    }
+
+    fn to_proto(&self, entry: &Entry, backing: &Backing) -> proto::Bdev {
+        let name = entry.uri.to_string();
+        proto::Bdev {
+            uuid: entry.uuid.to_string(),
+            num_blocks: entry.geometry.num_blocks,
+            blk_size: entry.geometry.blk_size,
+            claimed: entry.claim.is_some(),
+            claimed_by: if entry.claim.is_some() { CLAIMED_BY.into() } else { String::new() },
+            state: if backing.present(&entry.uri) { STATE_ONLINE } else { STATE_FAULTED }.into(),
+            share_uri: self.share_of(&name).map(|(_, o)| o.uri.clone()).unwrap_or_default(),
+            name,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,31 +131,9 @@ struct Claim {
     nsid: u32,
 }
 
-impl Entry {
-    fn to_proto(&self, backing: &Backing) -> proto::Bdev {
-        proto::Bdev {
-            name: self.uri.to_string(),
-            uuid: self.uuid.to_string(),
-            num_blocks: self.geometry.num_blocks,
-            blk_size: self.geometry.blk_size,
-            claimed: self.claim.is_some(),
-            claimed_by: if self.claim.is_some() { CLAIMED_BY.into() } else { String::new() },
-            state: if backing.present(&self.uri) { STATE_ONLINE } else { STATE_FAULTED }.into(),
-            share_uri: self.share_uri.clone().unwrap_or_default(),
-        }
-    }
-
-    /// The subsystem this bdev made by ShareBdev.
-    fn shared_nqn(&self) -> Option<&str> {
-        self.share_uri.as_ref().and(self.claim.as_ref()).map(|c| c.nqn.as_str())
-    }
-}
-
-type Registry = BTreeMap<String, Entry>;
-
 impl TargetService {
     pub fn new(nvmet: Nvmet, backing: Backing, traddr: Traddr) -> Self {
-        TargetService { nvmet, backing, traddr, started: Instant::now(), registry: Mutex::new(Registry::new()) }
+        TargetService { nvmet, backing, traddr, started: Instant::now(), registry: Mutex::new(Registry::default()) }
     }
 
     pub fn nvmet(&self) -> &Nvmet {
@@ -130,40 +158,66 @@ impl TargetService {
         })
     }
 
-    async fn list_bdevs(&self) -> Result<proto::ListBdevsReply> {
-        let registry = self.registry.lock().await;
-        Ok(proto::ListBdevsReply { bdevs: registry.values().map(|e| e.to_proto(&self.backing)).collect() })
+    /// The registry lock, waited for no longer than the request's deadline.
+    async fn lock(&self, deadline: &Deadline) -> Result<tokio::sync::MutexGuard<'_, Registry>> {
+        let Some(at) = deadline.instant() else { return Ok(self.registry.lock().await) };
+        match tokio::time::timeout_at(at.into(), self.registry.lock()).await {
+            Ok(guard) => Ok(guard),
+            Err(_) => Err(deadline.exceeded("while waiting for another request to finish")),
+        }
     }
 
-    async fn create_bdev(&self, req: proto::CreateBdevRequest) -> Result<proto::Bdev> {
+    /// Tests: hold the lock as a slow request would.
+    #[cfg(test)]
+    pub(crate) async fn hold_lock_for_tests(&self) -> impl Sized + '_ {
+        self.registry.lock().await
+    }
+
+    async fn list_bdevs(&self) -> Result<proto::ListBdevsReply> {
+        let registry = self.registry.lock().await;
+        Ok(proto::ListBdevsReply { bdevs: registry.bdevs.values().map(|e| registry.to_proto(e, &self.backing)).collect() })
+    }
+
+    async fn create_bdev(&self, req: proto::CreateBdevRequest, deadline: Deadline) -> Result<proto::Bdev> {
+        limits::check_len("uri", &req.uri, MAX_NAME_LEN)?;
         let uri = BdevUri::parse(&req.uri)?;
         let name = uri.to_string();
-        let mut registry = self.registry.lock().await;
-        if registry.contains_key(&name) {
+        let mut registry = self.lock(&deadline).await?;
+        deadline.check("before the bdev was opened")?;
+        if registry.bdevs.contains_key(&name) {
             return Err(Error::AlreadyExists(format!("bdev {name} exists already")));
         }
-        if let Some(other) = registry.values().find(|e| e.uri.backing_key() == uri.backing_key()) {
+        if let Some(other) = registry.bdevs.values().find(|e| e.uri.backing_key() == uri.backing_key()) {
             return Err(Error::AlreadyExists(format!("bdev {name} would use the same backing as existing bdev {}", other.uri)));
         }
         let geometry = self.backing.open(&uri)?;
-        let entry = Entry { uuid: Uuid::new_v5(&UUID_NAMESPACE, name.as_bytes()), uri, geometry, claim: None, share_uri: None };
-        let bdev = entry.to_proto(&self.backing);
-        registry.insert(name, entry);
+        if let Err(err) = deadline.check("while the bdev was opened") {
+            self.backing.release(&uri)?;
+            return Err(err);
+        }
+        let entry = Entry { uuid: Uuid::new_v5(&UUID_NAMESPACE, name.as_bytes()), uri, geometry, claim: None };
+        let bdev = registry.to_proto(&entry, &self.backing);
+        registry.bdevs.insert(name, entry);
         Ok(bdev)
     }
 
-    async fn destroy_bdev(&self, req: proto::DestroyBdevRequest) -> Result<proto::DestroyBdevReply> {
-        let name = bdev_name(&req.name)?;
-        let mut registry = self.registry.lock().await;
+    async fn destroy_bdev(&self, req: proto::DestroyBdevRequest, deadline: Deadline) -> Result<proto::DestroyBdevReply> {
+        let name = bdev_name("name", &req.name)?;
+        let mut registry = self.lock(&deadline).await?;
+        deadline.check("before the destroy started")?;
         let entry = lookup(&registry, &name)?;
-        require_unclaimed(entry)?;
+        require_unclaimed(&registry, entry)?;
         self.backing.release(&entry.uri)?;
-        registry.remove(&name);
+        registry.bdevs.remove(&name);
         Ok(proto::DestroyBdevReply {})
     }
 
-    async fn share_bdev(&self, req: proto::ShareBdevRequest) -> Result<proto::ShareBdevReply> {
-        let name = bdev_name(&req.name)?;
+    async fn share_bdev(&self, req: proto::ShareBdevRequest, deadline: Deadline) -> Result<proto::ShareBdevReply> {
+        let name = bdev_name("name", &req.name)?;
+        if let Some(nqn) = &req.nqn {
+            limits::check_len("nqn", nqn, MAX_NQN_LEN)?;
+        }
+        limits::check_list("allowed_hosts", &req.allowed_hosts, MAX_ALLOWED_HOSTS, MAX_NQN_LEN)?;
         match proto::ShareProtocol::try_from(req.protocol) {
             Ok(proto::ShareProtocol::Unspecified | proto::ShareProtocol::Nvmf) => {}
             Err(_) => {
@@ -173,26 +227,15 @@ impl TargetService {
         if let Some(nqn) = &req.nqn {
             nvmet::validate_nqn("subsystem NQN", nqn)?;
         }
-        let port = match req.port {
-            None => DEFAULT_NVMF_PORT,
-            Some(port) => u16::try_from(port)
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| Error::InvalidArgument(format!("port {port} is out of range 1..=65535")))?,
-        };
-        for (i, host) in req.allowed_hosts.iter().enumerate() {
-            nvmet::validate_nqn("allowed host NQN", host)?;
-            if req.allowed_hosts[..i].contains(host) {
-                return Err(Error::InvalidArgument(format!("allowed host NQN {} is listed twice", quoted(host))));
-            }
-        }
+        let port = validate_port(req.port)?;
+        validate_hosts(&req.allowed_hosts)?;
 
-        let mut registry = self.registry.lock().await;
+        let mut registry = self.lock(&deadline).await?;
         let entry = lookup(&registry, &name)?;
-        if let Some(uri) = &entry.share_uri {
-            return Err(Error::AlreadyExists(format!("bdev {name} is already shared as {uri}")));
+        if let Some((_, owned)) = registry.share_of(&name) {
+            return Err(Error::AlreadyExists(format!("bdev {name} is already shared as {}", owned.uri)));
         }
-        require_unclaimed(entry)?;
+        require_unclaimed(&registry, entry)?;
         self.require_present(entry)?;
         let nqn = req.nqn.clone().unwrap_or_else(|| format!("{NQN_PREFIX}{}", entry.uuid));
         if self.nvmet.subsystem_exists(&nqn) {
@@ -202,24 +245,24 @@ impl TargetService {
         let spec = ShareSpec {
             nqn: nqn.clone(),
             allowed_hosts: req.allowed_hosts.clone(),
-            namespace: self.namespace_spec(entry, 1),
+            namespace: Some(self.namespace_spec(entry, 1)),
             traddr,
             trsvcid: port,
         };
-        let port_id = self.nvmet.share(&spec)?;
+        let port_id = self.nvmet.share(&spec, &deadline)?;
         let uri = format!("nvmf://{traddr}:{port}/{nqn}");
         info!(bdev = %name, %uri, port_id, "shared");
-        let entry = registry.get_mut(&name).ok_or_else(|| Error::Internal(format!("bdev {name} vanished from the registry")))?;
-        entry.claim = Some(Claim { nqn: nqn.clone(), nsid: 1 });
-        entry.share_uri = Some(uri.clone());
+        registry.bdev_mut(&name)?.claim = Some(Claim { nqn: nqn.clone(), nsid: 1 });
+        registry.subsystems.insert(nqn.clone(), Owned { uri: uri.clone(), shared_bdev: Some(name) });
         Ok(proto::ShareBdevReply { uri, nqn })
     }
 
-    async fn unshare_bdev(&self, req: proto::UnshareBdevRequest) -> Result<proto::UnshareBdevReply> {
-        let name = bdev_name(&req.name)?;
-        let mut registry = self.registry.lock().await;
+    async fn unshare_bdev(&self, req: proto::UnshareBdevRequest, deadline: Deadline) -> Result<proto::UnshareBdevReply> {
+        let name = bdev_name("name", &req.name)?;
+        let mut registry = self.lock(&deadline).await?;
+        deadline.check("before the unshare started")?;
         let entry = lookup(&registry, &name)?;
-        let Some(nqn) = entry.shared_nqn().map(str::to_string) else {
+        let Some(nqn) = registry.share_of(&name).map(|(nqn, _)| nqn.to_string()) else {
             return Err(Error::FailedPrecondition(match &entry.claim {
                 Some(claim) => format!("bdev {name} is not shared itself but is {}; use RemoveNamespace", describe(claim)),
                 None => format!("bdev {name} is not shared"),
@@ -232,17 +275,55 @@ impl TargetService {
             Err(err) => return Err(err),
         }
         // Every namespace of the subsystem went with it, hot-added ones too.
-        for entry in registry.values_mut().filter(|e| e.claim.as_ref().is_some_and(|c| c.nqn == nqn)) {
-            entry.claim = None;
-            entry.share_uri = None;
-        }
+        registry.release_claims_of(&nqn);
+        registry.subsystems.remove(&nqn);
         Ok(proto::UnshareBdevReply {})
+    }
+
+    async fn create_subsystem(&self, req: proto::CreateSubsystemRequest, deadline: Deadline) -> Result<proto::CreateSubsystemReply> {
+        limits::check_len("nqn", &req.nqn, MAX_NQN_LEN)?;
+        limits::check_list("allowed_hosts", &req.allowed_hosts, MAX_ALLOWED_HOSTS, MAX_NQN_LEN)?;
+        nvmet::validate_nqn("subsystem NQN", &req.nqn)?;
+        let port = validate_port(req.port)?;
+        validate_hosts(&req.allowed_hosts)?;
+        let mut registry = self.lock(&deadline).await?;
+        let nqn = req.nqn;
+        if self.nvmet.subsystem_exists(&nqn) {
+            return Err(Error::AlreadyExists(format!("subsystem {nqn} exists already")));
+        }
+        let traddr = self.traddr.resolve()?;
+        let spec = ShareSpec { nqn: nqn.clone(), allowed_hosts: req.allowed_hosts, namespace: None, traddr, trsvcid: port };
+        let port_id = self.nvmet.share(&spec, &deadline)?;
+        let uri = format!("nvmf://{traddr}:{port}/{nqn}");
+        info!(%uri, port_id, "empty subsystem created");
+        registry.subsystems.insert(nqn.clone(), Owned { uri: uri.clone(), shared_bdev: None });
+        Ok(proto::CreateSubsystemReply { uri, nqn })
+    }
+
+    async fn destroy_subsystem(&self, req: proto::DestroySubsystemRequest, deadline: Deadline) -> Result<proto::DestroySubsystemReply> {
+        limits::check_len("nqn", &req.nqn, MAX_NQN_LEN)?;
+        nvmet::validate_nqn("subsystem NQN", &req.nqn)?;
+        let mut registry = self.lock(&deadline).await?;
+        deadline.check("before the subsystem was destroyed")?;
+        let owned = self.require_own_subsystem(&registry, &req.nqn)?;
+        if let Some(bdev) = &owned.shared_bdev {
+            return Err(Error::FailedPrecondition(format!("subsystem {} was made by ShareBdev of {bdev}; use UnshareBdev", req.nqn)));
+        }
+        match self.nvmet.unshare(&req.nqn) {
+            Ok(()) => {}
+            Err(Error::NotFound(why)) => warn!("destroying {}: {why}; forgetting it", req.nqn),
+            Err(err) => return Err(err),
+        }
+        // As SPDK's nvmf_delete_subsystem: attached namespaces go with it.
+        registry.release_claims_of(&req.nqn);
+        registry.subsystems.remove(&req.nqn);
+        Ok(proto::DestroySubsystemReply {})
     }
 
     async fn list_subsystems(&self) -> Result<proto::ListSubsystemsReply> {
         let registry = self.registry.lock().await;
         let state = self.nvmet.state()?;
-        let holder = |claim: Claim| registry.values().find(|e| e.claim.as_ref() == Some(&claim)).map(|e| e.uri.to_string());
+        let holder = |claim: Claim| registry.bdevs.values().find(|e| e.claim.as_ref() == Some(&claim)).map(|e| e.uri.to_string());
         let subsystems = state
             .subsystems
             .iter()
@@ -262,26 +343,24 @@ impl TargetService {
                 ports: state.ports_of(&s.nqn).map(port_to_proto).collect(),
                 allowed_hosts: s.allowed_hosts.clone(),
                 allow_any_host: s.allow_any_host,
-                shared_bdev: registry
-                    .values()
-                    .find(|e| e.shared_nqn() == Some(s.nqn.as_str()))
-                    .map(|e| e.uri.to_string())
-                    .unwrap_or_default(),
+                shared_bdev: registry.subsystems.get(&s.nqn).and_then(|o| o.shared_bdev.clone()).unwrap_or_default(),
+                own: registry.subsystems.contains_key(&s.nqn),
             })
             .collect();
         Ok(proto::ListSubsystemsReply { subsystems, ports: state.ports.iter().map(port_to_proto).collect(), hosts: state.hosts.clone() })
     }
 
-    async fn add_namespace(&self, req: proto::AddNamespaceRequest) -> Result<proto::Namespace> {
+    async fn add_namespace(&self, req: proto::AddNamespaceRequest, deadline: Deadline) -> Result<proto::Namespace> {
+        limits::check_len("nqn", &req.nqn, MAX_NQN_LEN)?;
         nvmet::validate_nqn("subsystem NQN", &req.nqn)?;
-        let name = bdev_name(&req.bdev)?;
+        let name = bdev_name("bdev", &req.bdev)?;
         if let Some(nsid) = req.nsid {
             validate_nsid(nsid)?;
         }
-        let mut registry = self.registry.lock().await;
+        let mut registry = self.lock(&deadline).await?;
         self.require_own_subsystem(&registry, &req.nqn)?;
         let entry = lookup(&registry, &name)?;
-        require_unclaimed(entry)?;
+        require_unclaimed(&registry, entry)?;
         self.require_present(entry)?;
         let nsid = match req.nsid {
             Some(nsid) if self.nvmet.namespace_exists(&req.nqn, nsid) => {
@@ -291,9 +370,9 @@ impl TargetService {
             None => self.nvmet.free_nsid(&req.nqn)?,
         };
         let spec = self.namespace_spec(entry, nsid);
-        self.nvmet.add_namespace(&req.nqn, &spec)?;
-        let entry = registry.get_mut(&name).ok_or_else(|| Error::Internal(format!("bdev {name} vanished from the registry")))?;
-        entry.claim = Some(Claim { nqn: req.nqn.clone(), nsid });
+        self.nvmet.add_namespace(&req.nqn, &spec, &deadline)?;
+        registry.bdev_mut(&name)?.claim = Some(Claim { nqn: req.nqn.clone(), nsid });
+        info!(bdev = %name, nqn = %req.nqn, nsid, "namespace attached");
         Ok(proto::Namespace {
             nsid,
             bdev: name,
@@ -303,18 +382,20 @@ impl TargetService {
         })
     }
 
-    async fn remove_namespace(&self, req: proto::RemoveNamespaceRequest) -> Result<proto::RemoveNamespaceReply> {
+    async fn remove_namespace(&self, req: proto::RemoveNamespaceRequest, deadline: Deadline) -> Result<proto::RemoveNamespaceReply> {
+        limits::check_len("nqn", &req.nqn, MAX_NQN_LEN)?;
         nvmet::validate_nqn("subsystem NQN", &req.nqn)?;
         validate_nsid(req.nsid)?;
-        let mut registry = self.registry.lock().await;
+        let mut registry = self.lock(&deadline).await?;
+        deadline.check("before the namespace was removed")?;
         self.require_own_subsystem(&registry, &req.nqn)?;
         let claim = Claim { nqn: req.nqn.clone(), nsid: req.nsid };
-        let holder = registry.values_mut().find(|e| e.claim.as_ref() == Some(&claim));
-        if let Some(entry) = &holder {
-            if entry.share_uri.is_some() {
+        let holder = registry.bdevs.iter().find(|(_, e)| e.claim.as_ref() == Some(&claim)).map(|(name, _)| name.clone());
+        if let Some(name) = &holder {
+            if registry.share_of(name).is_some_and(|(nqn, _)| nqn == req.nqn) {
                 return Err(Error::FailedPrecondition(format!(
-                    "namespace {} of {} is the shared bdev {} itself; use UnshareBdev",
-                    req.nsid, req.nqn, entry.uri
+                    "namespace {} of {} is the shared bdev {name} itself; use UnshareBdev",
+                    req.nsid, req.nqn
                 )));
             }
         }
@@ -322,16 +403,17 @@ impl TargetService {
             return Err(Error::NotFound(format!("namespace {} of {} not found", req.nsid, req.nqn)));
         }
         self.nvmet.remove_namespace(&req.nqn, req.nsid)?;
-        if let Some(entry) = holder {
-            entry.claim = None;
+        info!(nqn = %req.nqn, nsid = req.nsid, bdev = holder.as_deref().unwrap_or("(unknown)"), "namespace detached");
+        if let Some(name) = holder {
+            registry.bdev_mut(&name)?.claim = None;
         }
         Ok(proto::RemoveNamespaceReply {})
     }
 
-    /// Namespaces are added only to subsystems this daemon shared: others it does not own.
-    fn require_own_subsystem(&self, registry: &Registry, nqn: &str) -> Result<()> {
-        if registry.values().any(|e| e.shared_nqn() == Some(nqn)) {
-            Ok(())
+    /// Namespaces are added only to subsystems this daemon made: others it does not own.
+    fn require_own_subsystem<'r>(&self, registry: &'r Registry, nqn: &str) -> Result<&'r Owned> {
+        if let Some(owned) = registry.subsystems.get(nqn) {
+            Ok(owned)
         } else if self.nvmet.subsystem_exists(nqn) {
             Err(Error::FailedPrecondition(format!("subsystem {nqn} was not made by this daemon")))
         } else {
@@ -371,13 +453,14 @@ fn port_to_proto(p: &nvmet::PortState) -> proto::Port {
     }
 }
 
-/// A bdev name is its URI; lookups go by the canonical form.
-fn bdev_name(name: &str) -> Result<String> {
+/// A bdev name is its URI; lookups go by the canonical form. `field` is the request's field.
+fn bdev_name(field: &str, name: &str) -> Result<String> {
+    limits::check_len(field, name, MAX_NAME_LEN)?;
     Ok(BdevUri::parse(name)?.to_string())
 }
 
 fn lookup<'r>(registry: &'r Registry, name: &str) -> Result<&'r Entry> {
-    registry.get(name).ok_or_else(|| Error::NotFound(format!("bdev {name} not found")))
+    registry.bdevs.get(name).ok_or_else(|| Error::NotFound(format!("bdev {name} not found")))
 }
 
 fn validate_nsid(nsid: u32) -> Result<()> {
@@ -391,22 +474,63 @@ fn describe(claim: &Claim) -> String {
     format!("namespace {} of {}", claim.nsid, claim.nqn)
 }
 
-/// A bdev goes into one namespace at a time, and is not destroyed while in one.
-fn require_unclaimed(entry: &Entry) -> Result<()> {
-    let Some(claim) = &entry.claim else { return Ok(()) };
-    let hint = if entry.share_uri.is_some() { "unshare it first" } else { "remove the namespace first" };
-    Err(Error::FailedPrecondition(format!("bdev {} is in use as {}; {hint}", entry.uri, describe(claim))))
+/// A bdev goes into one namespace at a time, and is not destroyed while in one or shared.
+fn require_unclaimed(registry: &Registry, entry: &Entry) -> Result<()> {
+    let name = entry.uri.to_string();
+    match (&entry.claim, registry.share_of(&name)) {
+        (None, None) => Ok(()),
+        (Some(claim), shared) => {
+            let hint = if shared.is_some() { "unshare it first" } else { "remove the namespace first" };
+            Err(Error::FailedPrecondition(format!("bdev {name} is in use as {}; {hint}", describe(claim))))
+        }
+        // Its namespace went (the device was hot-removed) but the subsystem it made is there.
+        (None, Some((nqn, _))) => Err(Error::FailedPrecondition(format!("bdev {name} is shared as subsystem {nqn}; unshare it first"))),
+    }
 }
 
-/// Logs the request, runs it, logs the outcome, and turns errors into statuses.
+fn validate_port(port: Option<u32>) -> Result<u16> {
+    match port {
+        None => Ok(DEFAULT_NVMF_PORT),
+        Some(port) => u16::try_from(port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| Error::InvalidArgument(format!("port {port} is out of range 1..=65535"))),
+    }
+}
+
+fn validate_hosts(hosts: &[String]) -> Result<()> {
+    for (i, host) in hosts.iter().enumerate() {
+        nvmet::validate_nqn("allowed host NQN", host)?;
+        if hosts[..i].contains(host) {
+            return Err(Error::InvalidArgument(format!("allowed host NQN {} is listed twice", quoted(host))));
+        }
+    }
+    Ok(())
+}
+
+/// Logs the request, runs it with its deadline, logs the outcome, and turns errors into
+/// statuses. The log line is cut short: it goes to a serial console, slow under TCG, and the
+/// request's bounds are checked only after it.
 async fn serve<R: std::fmt::Debug, T, F: Future<Output = Result<T>>>(
     rpc: &'static str,
     request: Request<R>,
-    work: impl FnOnce(R) -> F,
+    work: impl FnOnce(R, Deadline) -> F,
 ) -> Result<Response<T>, Status> {
+    let deadline = match Deadline::from_metadata(request.metadata()) {
+        Ok(deadline) => deadline,
+        Err(err) => {
+            warn!(rpc, code = ?err.code(), "{err}");
+            return Err(err.into());
+        }
+    };
     let request = request.into_inner();
-    info!(rpc, ?request, "request");
-    match work(request).await {
+    let mut logged = format!("{request:?}");
+    if let Some((at, _)) = logged.char_indices().nth(MAX_LOGGED_REQUEST) {
+        logged.truncate(at);
+        logged.push_str("...");
+    }
+    info!(rpc, request = %logged, "request");
+    match work(request, deadline).await {
         Ok(reply) => {
             info!(rpc, "ok");
             Ok(Response::new(reply))
@@ -421,38 +545,49 @@ async fn serve<R: std::fmt::Debug, T, F: Future<Output = Result<T>>>(
 #[tonic::async_trait]
 impl Target for TargetService {
     async fn health(&self, req: Request<proto::HealthRequest>) -> Result<Response<proto::HealthReply>, Status> {
-        serve("Health", req, |_| TargetService::health(self)).await
+        serve("Health", req, |_, _| TargetService::health(self)).await
     }
 
     async fn list_bdevs(&self, req: Request<proto::ListBdevsRequest>) -> Result<Response<proto::ListBdevsReply>, Status> {
-        serve("ListBdevs", req, |_| TargetService::list_bdevs(self)).await
+        serve("ListBdevs", req, |_, _| TargetService::list_bdevs(self)).await
     }
 
     async fn create_bdev(&self, req: Request<proto::CreateBdevRequest>) -> Result<Response<proto::Bdev>, Status> {
-        serve("CreateBdev", req, |req| TargetService::create_bdev(self, req)).await
+        serve("CreateBdev", req, |req, deadline| TargetService::create_bdev(self, req, deadline)).await
     }
 
     async fn destroy_bdev(&self, req: Request<proto::DestroyBdevRequest>) -> Result<Response<proto::DestroyBdevReply>, Status> {
-        serve("DestroyBdev", req, |req| TargetService::destroy_bdev(self, req)).await
+        serve("DestroyBdev", req, |req, deadline| TargetService::destroy_bdev(self, req, deadline)).await
     }
 
     async fn share_bdev(&self, req: Request<proto::ShareBdevRequest>) -> Result<Response<proto::ShareBdevReply>, Status> {
-        serve("ShareBdev", req, |req| TargetService::share_bdev(self, req)).await
+        serve("ShareBdev", req, |req, deadline| TargetService::share_bdev(self, req, deadline)).await
     }
 
     async fn unshare_bdev(&self, req: Request<proto::UnshareBdevRequest>) -> Result<Response<proto::UnshareBdevReply>, Status> {
-        serve("UnshareBdev", req, |req| TargetService::unshare_bdev(self, req)).await
+        serve("UnshareBdev", req, |req, deadline| TargetService::unshare_bdev(self, req, deadline)).await
     }
 
     async fn list_subsystems(&self, req: Request<proto::ListSubsystemsRequest>) -> Result<Response<proto::ListSubsystemsReply>, Status> {
-        serve("ListSubsystems", req, |_| TargetService::list_subsystems(self)).await
+        serve("ListSubsystems", req, |_, _| TargetService::list_subsystems(self)).await
     }
 
     async fn add_namespace(&self, req: Request<proto::AddNamespaceRequest>) -> Result<Response<proto::Namespace>, Status> {
-        serve("AddNamespace", req, |req| TargetService::add_namespace(self, req)).await
+        serve("AddNamespace", req, |req, deadline| TargetService::add_namespace(self, req, deadline)).await
+    }
+
+    async fn create_subsystem(&self, req: Request<proto::CreateSubsystemRequest>) -> Result<Response<proto::CreateSubsystemReply>, Status> {
+        serve("CreateSubsystem", req, |req, deadline| TargetService::create_subsystem(self, req, deadline)).await
+    }
+
+    async fn destroy_subsystem(
+        &self,
+        req: Request<proto::DestroySubsystemRequest>,
+    ) -> Result<Response<proto::DestroySubsystemReply>, Status> {
+        serve("DestroySubsystem", req, |req, deadline| TargetService::destroy_subsystem(self, req, deadline)).await
     }
 
     async fn remove_namespace(&self, req: Request<proto::RemoveNamespaceRequest>) -> Result<Response<proto::RemoveNamespaceReply>, Status> {
-        serve("RemoveNamespace", req, |req| TargetService::remove_namespace(self, req)).await
+        serve("RemoveNamespace", req, |req, deadline| TargetService::remove_namespace(self, req, deadline)).await
     }
 }

@@ -10,6 +10,7 @@ use tonic::Code;
 use super::backing::{fake_block_device, Backing};
 use super::configfs::{ConfigFs, Op};
 use super::conformance::{bad_request_table, run_bad_request_table, Call, Reply, TableParams, TargetApi};
+use super::limits::Deadline;
 use super::nvmet::{NamespaceSpec, Nvmet, ShareSpec, ROOT_LAYOUT};
 use super::proto;
 use super::service::{TargetService, Traddr, CLAIMED_BY, NQN_PREFIX, STATE_FAULTED, STATE_ONLINE};
@@ -249,7 +250,12 @@ async fn leftover_state_is_reported_listed_and_left_alone() {
     {
         let earlier = Nvmet::new(ConfigFs::emulated(&root, &ROOT_LAYOUT).unwrap());
         let ns = NamespaceSpec { nsid: 1, device_path: "/dev/vdz".into(), device_uuid: uuid::Uuid::nil(), buffered_io: false };
-        earlier.share(&ShareSpec { nqn: leftover.into(), allowed_hosts: vec![], namespace: ns, traddr: TRADDR, trsvcid: 4420 }).unwrap();
+        earlier
+            .share(
+                &ShareSpec { nqn: leftover.into(), allowed_hosts: vec![], namespace: Some(ns), traddr: TRADDR, trsvcid: 4420 },
+                &Deadline::none(),
+            )
+            .unwrap();
     }
     let fx = Fixture::with(dir, ConfigFs::emulated(&root, &ROOT_LAYOUT).unwrap());
     let report = fx.svc.leftovers().unwrap();
@@ -320,4 +326,124 @@ async fn concurrent_requests_are_serialised() {
     }
     assert_eq!(codes.iter().filter(|c| c.is_ok()).count(), 1, "{codes:?}");
     assert_eq!(fx.svc.nvmet().state().unwrap().subsystems.len(), 1);
+}
+
+fn with_timeout<T>(message: T, timeout: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut().insert("grpc-timeout", timeout.parse().unwrap());
+    req
+}
+
+/// A request whose grpc-timeout has passed changes nothing and says so; one with time left
+/// goes through.
+#[tokio::test]
+async fn a_passed_deadline_changes_nothing() {
+    use proto::target_server::Target;
+    let fx = Fixture::new();
+    let name = "malloc:///late?size_mb=4";
+    let err = Target::create_bdev(&fx.svc, with_timeout(proto::CreateBdevRequest { uri: name.into() }, "1n")).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("nothing was changed"), "{err:?}");
+    assert!(fx.bdevs().await.is_empty());
+    assert_eq!(fx.malloc_files(), 0);
+
+    Target::create_bdev(&fx.svc, with_timeout(proto::CreateBdevRequest { uri: name.into() }, "20S")).await.unwrap();
+    let before = fx.tree();
+    let err = Target::share_bdev(&fx.svc, with_timeout(share_req(name), "1u")).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert_eq!(fx.tree(), before);
+    assert!(!fx.bdevs().await[0].claimed);
+    let err = Target::share_bdev(&fx.svc, with_timeout(share_req(name), "soon")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("\"soon\""), "{err:?}");
+    Target::share_bdev(&fx.svc, with_timeout(share_req(name), "20S")).await.unwrap();
+    let err = Target::unshare_bdev(&fx.svc, with_timeout(proto::UnshareBdevRequest { name: name.into() }, "1n")).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(fx.bdevs().await[0].claimed, "a removal whose deadline passed before it started did not start");
+}
+
+/// A request waiting for the lock past its deadline gives up without touching anything.
+#[tokio::test]
+async fn a_deadline_passing_while_another_request_holds_the_lock() {
+    use proto::target_server::Target;
+    let fx = Fixture::new();
+    let held = fx.svc.hold_lock_for_tests().await;
+    let req = with_timeout(proto::CreateBdevRequest { uri: "malloc:///queued?size_mb=1".into() }, "200m");
+    let err = Target::create_bdev(&fx.svc, req).await.unwrap_err();
+    drop(held);
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("waiting for another request"), "{err:?}");
+    assert!(fx.bdevs().await.is_empty());
+}
+
+fn create_subsys(nqn: &str) -> Call {
+    Call::CreateSubsystem(proto::CreateSubsystemRequest { nqn: nqn.into(), port: None, allowed_hosts: vec![] })
+}
+
+fn add_ns(nqn: &str, bdev: &str) -> Call {
+    Call::AddNamespace(proto::AddNamespaceRequest { nqn: nqn.into(), bdev: bdev.into(), nsid: None })
+}
+
+/// An empty controller: linked into its port with no namespace, namespaces come and go, and
+/// destroying it takes its namespaces and (unused) port along.
+#[tokio::test]
+async fn empty_controllers_take_namespaces_and_go_with_them() {
+    let fx = Fixture::new();
+    let ctrlr = "nqn.2019-05.io.vmcheck:ctrlr1";
+    let Reply::Subsystem(made) = fx.call(create_subsys(ctrlr)).await.unwrap() else { panic!("CreateSubsystem") };
+    assert_eq!((made.nqn.as_str(), made.uri.as_str()), (ctrlr, "nvmf://192.0.2.1:4420/nqn.2019-05.io.vmcheck:ctrlr1"));
+    let tree = fx.tree();
+    assert!(tree.contains(&format!("l ports/1/subsystems/{ctrlr} -> subsystems/{ctrlr}")), "linked into port 1: {tree:#?}");
+    assert!(tree.contains(&format!("d subsystems/{ctrlr}/namespaces")) && !tree.iter().any(|l| l.contains("namespaces/1")), "{tree:#?}");
+    let listed = fx.subsystems().await;
+    assert_eq!((listed[0].own, listed[0].shared_bdev.as_str(), listed[0].namespaces.len()), (true, "", 0));
+
+    // A second empty controller on the same port shares the nvmet port.
+    fx.call(create_subsys("nqn.2019-05.io.vmcheck:ctrlr2")).await.unwrap();
+    assert_eq!(fx.svc.nvmet().state().unwrap().ports.len(), 1);
+
+    fx.add_disk("nvme0n1", 64);
+    fx.create("aio:///dev/nvme0n1").await.unwrap();
+    fx.create("malloc:///m5?size_mb=4").await.unwrap();
+    let Reply::Namespace(ns) = fx.call(add_ns(ctrlr, "aio:///dev/nvme0n1")).await.unwrap() else { panic!("AddNamespace") };
+    assert_eq!((ns.nsid, ns.enabled), (1, true), "the first namespace of an empty controller is 1");
+    let Reply::Namespace(ns) = fx.call(add_ns(ctrlr, "malloc:///m5?size_mb=4")).await.unwrap() else { panic!("AddNamespace") };
+    assert_eq!(ns.nsid, 2);
+    let bdevs = fx.bdevs().await;
+    assert!(bdevs.iter().all(|b| b.claimed && b.share_uri.is_empty()), "claimed, not shared: {bdevs:?}");
+    // Namespace 1 of an empty controller is not a share: it can be detached.
+    fx.call(Call::RemoveNamespace(proto::RemoveNamespaceRequest { nqn: ctrlr.into(), nsid: 1 })).await.unwrap();
+    assert!(!fx.tree().iter().any(|l| l.contains(&format!("{ctrlr}/namespaces/1"))));
+    let err = fx.destroy("malloc:///m5?size_mb=4").await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("namespace 2 of nqn.2019-05.io.vmcheck:ctrlr1"), "{err:?}");
+
+    fx.call(Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: ctrlr.into() })).await.unwrap();
+    assert!(fx.bdevs().await.iter().all(|b| !b.claimed), "its namespaces went with it");
+    assert_eq!(fx.svc.nvmet().state().unwrap().ports.len(), 1, "ctrlr2 still uses the port");
+    fx.call(Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: "nqn.2019-05.io.vmcheck:ctrlr2".into() })).await.unwrap();
+    fx.destroy("malloc:///m5?size_mb=4").await.unwrap();
+    fx.destroy("aio:///dev/nvme0n1").await.unwrap();
+    assert_eq!(fx.tree(), EMPTY_TREE);
+}
+
+/// A CreateSubsystem that fails at the link (where nvmet-tcp binds) or whose deadline passed
+/// leaves nothing behind, and is not remembered as made.
+#[tokio::test]
+async fn a_failed_create_subsystem_leaves_nothing() {
+    use proto::target_server::Target;
+    let fx = Fixture::new();
+    let ctrlr = "nqn.2019-05.io.vmcheck:ctrlr3";
+    fx.svc.nvmet().fs().inject_fault(Op::Symlink, &format!("ports/1/subsystems/{ctrlr}"), Errno::EADDRINUSE as i32);
+    let err = fx.call(create_subsys(ctrlr)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains(ctrlr) && err.message().contains("192.0.2.1:4420"), "{err:?}");
+    assert_eq!(fx.tree(), EMPTY_TREE);
+    let req = proto::CreateSubsystemRequest { nqn: ctrlr.into(), port: None, allowed_hosts: vec![] };
+    let err = Target::create_subsystem(&fx.svc, with_timeout(req, "1n")).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert_eq!(fx.tree(), EMPTY_TREE);
+    let err = fx.call(Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: ctrlr.into() })).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    fx.call(create_subsys(ctrlr)).await.unwrap();
 }
