@@ -97,7 +97,7 @@ impl Driver {
             .values()
             .next()
             .map(|i| i.kernel.clone())
-            .or_else(|| nodes.iter().filter_map(|n| n.start_script.as_deref()).find_map(start_script_kernel));
+            .or_else(|| nodes.iter().filter_map(|n| n.start_script.as_deref()).find_map(accel::start_script_kernel));
         let accel = accel::choose(&qemu, probe_kernel.as_deref(), Some(&images.cache_dir)).await?;
         remove_stale_run_dirs();
         let run_dir = tempfile::Builder::new()
@@ -247,19 +247,6 @@ pub fn summary_table(test: &str, results: &[SubtestResult], total: Duration) -> 
     s
 }
 
-/// The `-kernel` a NixOS start script passes to QEMU (it is a plain shell script).
-fn start_script_kernel(script: &Path) -> Option<PathBuf> {
-    let text = std::fs::read_to_string(script).ok()?;
-    let mut words = text.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == "-kernel" {
-            let path = PathBuf::from(words.next()?.trim_matches(|c| c == '\'' || c == '"'));
-            return path.exists().then_some(path);
-        }
-    }
-    None
-}
-
 /// Removes `vmcheck-run-<pid>-*` directories of drivers that no longer run.
 fn remove_stale_run_dirs() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
@@ -299,25 +286,4 @@ pub fn write_junit(path: &Path, tests: &[(String, Vec<SubtestResult>)]) -> Resul
     let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     report.serialize(file).map_err(|e| anyhow!("writing JUnit XML: {e}"))?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_kernel_of_a_start_script_is_found() {
-        let dir = tempfile::tempdir().unwrap();
-        let kernel = dir.path().join("kernel");
-        std::fs::write(&kernel, "").unwrap();
-        let script = dir.path().join("run-target-vm");
-        std::fs::write(
-            &script,
-            format!("#!/bin/sh\nexec qemu-kvm -m 1024 \\\n  -kernel {} \\\n  -initrd /x/initrd $QEMU_OPTS \"$@\"\n", kernel.display()),
-        )
-        .unwrap();
-        assert_eq!(start_script_kernel(&script), Some(kernel));
-        std::fs::write(&script, "#!/bin/sh\nexec qemu -drive file=x\n").unwrap();
-        assert_eq!(start_script_kernel(&script), None);
-    }
 }

@@ -122,11 +122,25 @@ pub const MIN_QEMU_VERSION: (u32, u32) = (7, 2);
 
 /// Finds `qemu-system-x86_64` on PATH and checks its version; the error says what to install.
 pub fn find_qemu() -> Result<PathBuf> {
+    check_host_arch(std::env::consts::ARCH)?;
     let qemu = which::which("qemu-system-x86_64").map_err(|_| {
         anyhow::anyhow!("qemu-system-x86_64 is not on PATH; install it with: bash .ci/setup (QEMU from bookworm-backports)")
     })?;
     check_qemu_version(&qemu)?;
     Ok(qemu)
+}
+
+/// The machines are x86_64 throughout (QEMU's `pc` machine, `ttyS0`, the KVM probe's x86 boot
+/// sector, amd64 default images built from the host's own binaries), so the driver runs on
+/// x86_64 hosts only; elsewhere it says so instead of failing later in a less clear way.
+pub fn check_host_arch(arch: &str) -> Result<()> {
+    if arch != "x86_64" {
+        bail!(
+            "vmcheck runs on x86_64 Linux hosts only (its machines are x86_64: QEMU machine pc, console ttyS0, \
+             amd64 images); this host is {arch}"
+        );
+    }
+    Ok(())
 }
 
 /// Runs `qemu --version` and refuses a QEMU older than [`MIN_QEMU_VERSION`].
@@ -660,6 +674,13 @@ mod tests {
         assert!(err.to_string().contains("within"), "{err}");
         assert!(c.contains(&re));
         assert_eq!(c.tail(2), ["login: ready 1", "login: ready 2"]);
+    }
+
+    #[test]
+    fn only_x86_64_hosts_are_accepted() {
+        check_host_arch("x86_64").unwrap();
+        let err = check_host_arch("aarch64").unwrap_err().to_string();
+        assert!(err.contains("x86_64 Linux hosts only") && err.contains("aarch64"), "{err}");
     }
 
     #[test]

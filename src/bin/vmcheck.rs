@@ -10,7 +10,7 @@ use vmcheck::images::Images;
 use vmcheck::scenarios::{self, RunOptions};
 
 #[derive(Parser)]
-#[command(name = "vmcheck", version, about = "VM-level integration tests for storage systems")]
+#[command(name = "vmcheck", version, about = "VM-level integration tests for storage systems", arg_required_else_help = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,7 +19,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// List the scenarios.
-    List,
+    List {
+        /// Print each scenario's machines as JSON (what nix/scenarios.json holds).
+        #[arg(long)]
+        json: bool,
+    },
     /// Run scenarios (all listed ones when none is named): names or shell-style patterns
     /// (`vmcheck run 'hotremove_*'`).
     Run {
@@ -109,7 +113,20 @@ async fn interrupted() {
 
 async fn dispatch(command: Command) -> ExitCode {
     match command {
-        Command::List => {
+        Command::List { json: true } => {
+            let listed: Vec<_> = scenarios::all().into_iter().filter(|s| !s.hidden).map(|s| (s.name, s.description, (s.nodes)())).collect();
+            match vmcheck::config::scenario_listing_json(&listed) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vmcheck: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::List { json: false } => {
             for s in scenarios::all().iter().filter(|s| !s.hidden) {
                 println!("{:<28} {}", s.name, s.description);
             }
