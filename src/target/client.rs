@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 use super::proto::{self, target_client};
@@ -14,34 +13,41 @@ use super::proto::{self, target_client};
 pub type TargetClient = target_client::TargetClient<Channel>;
 
 /// Longest single attempt; the whole wait is the caller's `timeout`.
-const ATTEMPT: Duration = Duration::from_secs(5);
-const FIRST_PAUSE: Duration = Duration::from_millis(100);
-const MAX_PAUSE: Duration = Duration::from_secs(2);
+const ATTEMPT: Duration = crate::timeouts::DAEMON_ATTEMPT;
 
 /// Connects to the daemon at `addr`, retrying until `timeout`: the daemon may still be starting.
 ///
 /// A connection alone proves nothing (a QEMU `hostfwd` accepts before the guest listens), so
 /// each attempt ends with a `Health` call.
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> anyhow::Result<TargetClient> {
-    let endpoint =
-        Endpoint::from_shared(format!("http://{addr}")).with_context(|| format!("target address {addr}"))?.connect_timeout(ATTEMPT);
-    let deadline = Instant::now() + timeout;
-    let mut pause = FIRST_PAUSE;
-    let mut attempts = 0u32;
-    loop {
-        attempts += 1;
-        let left = deadline.saturating_duration_since(Instant::now());
-        let error = match tokio::time::timeout(left.min(ATTEMPT), attempt(&endpoint)).await {
-            Ok(Ok(client)) => return Ok(client),
-            Ok(Err(err)) => err,
-            Err(_) => anyhow!("no answer within {:?}", left.min(ATTEMPT)),
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(error.context(format!("vmcheck-target at {addr} did not answer within {timeout:?} ({attempts} attempts)")));
+    // Every call carries the driver's request timeout (as grpc-timeout, which the daemon
+    // honours): a hung call fails after it instead of waiting for the global timeout.
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .with_context(|| format!("target address {addr}"))?
+        .connect_timeout(ATTEMPT)
+        .timeout(crate::timeouts::request());
+    let (attempts, last) = (std::sync::atomic::AtomicU32::new(0), std::sync::Mutex::new(None));
+    let polled = crate::poll::until(timeout, crate::timeouts::DAEMON_POLL, |left| {
+        let (endpoint, attempts, last) = (&endpoint, &attempts, &last);
+        async move {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let error = match tokio::time::timeout(left.min(ATTEMPT), attempt(endpoint)).await {
+                Ok(Ok(client)) => return Ok(Some(client)),
+                Ok(Err(err)) => err,
+                Err(_) => anyhow!("no answer within {:?}", left.min(ATTEMPT)),
+            };
+            *last.lock().unwrap() = Some(error);
+            Ok(None)
         }
-        tokio::time::sleep(pause.min(left)).await;
-        pause = (pause * 2).min(MAX_PAUSE);
+    })
+    .await?;
+    match polled {
+        crate::poll::Polled::Done(client) => Ok(client),
+        crate::poll::Polled::TimedOut(_) => {
+            let error = last.into_inner().unwrap().unwrap_or_else(|| anyhow!("no attempt finished"));
+            let attempts = attempts.into_inner();
+            Err(error.context(format!("vmcheck-target at {addr} did not answer within {timeout:?} ({attempts} attempts)")))
+        }
     }
 }
 
@@ -61,6 +67,7 @@ mod tests {
     use crate::target::nvmet::{Nvmet, ROOT_LAYOUT};
     use crate::target::proto::target_server::TargetServer;
     use crate::target::service::{TargetService, Traddr};
+    use std::time::Instant;
     use tokio_stream::wrappers::TcpListenerStream;
 
     /// The daemon's stack on loopback, started late: connect waits for it, and the bad-request
