@@ -178,3 +178,56 @@ async fn empty_controller_hot_attach_and_detach() {
         client.destroy_bdev(proto::DestroyBdevRequest { name: name.clone() }).await.unwrap();
     }
 }
+
+/// SPDK's split on a kernel target: the daemon writes a GPT on the target's NVMe disk, the
+/// kernel's partitions become bdevs, and an initiator sees each as a namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_disk_served_to_an_initiator() {
+    let d = common::driver(vec![
+        NodeSpec::new("target", Role::Target, 1).with_disk(DiskSpec::nvme("disk0", 64)),
+        NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768),
+    ])
+    .await;
+    d.start_all().await.unwrap();
+    let target = d.machine("target").unwrap();
+    let initiator = d.machine("initiator").unwrap();
+    let mut client = target.target_client().await.unwrap();
+    let dev = target.disk_device("disk0").await.unwrap();
+    let base = client.create_bdev(proto::CreateBdevRequest { uri: format!("aio://{dev}") }).await.unwrap().into_inner();
+    let splits = client
+        .split_bdev(proto::SplitBdevRequest { name: base.name.clone(), split_count: 2, split_size_mb: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .bdevs;
+    let names: Vec<String> = splits.iter().map(|b| b.name.clone()).collect();
+    assert_eq!(names, [format!("aio://{dev}p1"), format!("aio://{dev}p2")]);
+    assert!(splits.iter().all(|b| b.num_blocks * u64::from(b.blk_size) == 31 << 20), "{splits:?}");
+    // The kernel's partitions, as the GPT says.
+    let sizes = target
+        .succeed(&format!("cat /sys/class/block/{0}p1/size /sys/class/block/{0}p2/size", dev.trim_start_matches("/dev/")))
+        .await
+        .unwrap();
+    assert_eq!(sizes.split_whitespace().collect::<Vec<_>>(), ["63488", "63488"]);
+
+    let nqn = "nqn.2019-05.io.vmcheck:split";
+    client.create_subsystem(proto::CreateSubsystemRequest { nqn: nqn.into(), port: None, allowed_hosts: vec![] }).await.unwrap();
+    for b in &splits {
+        client.add_namespace(proto::AddNamespaceRequest { nqn: nqn.into(), bdev: b.name.clone(), nsid: None }).await.unwrap();
+    }
+    initiator.succeed(&Nvme::connect("192.0.2.1", 4420, nqn).options(FabricsOptions::scaled_timeouts()).command_line()).await.unwrap();
+    let seen = wait_for_namespaces(&initiator, &[&splits[0].uuid, &splits[1].uuid], Duration::from_secs(30)).await;
+    // fio with verify on each split at once: the two halves of one disk do not overlap.
+    let jobs: Vec<String> = seen.iter().map(|(n, _)| Fio::seed_randrw_verify(&format!("/dev/{n}"), 3).command_line()).collect();
+    let out = initiator.execute(&format!("({}) & ({}) & wait", jobs[0], jobs[1])).await.unwrap();
+    assert_eq!(out.status, 0, "{}", out.stderr);
+
+    // Unsplit waits for the namespaces to go; afterwards the disk is whole again.
+    let err = client.unsplit_bdev(proto::UnsplitBdevRequest { name: base.name.clone() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    initiator.succeed(&Nvme::disconnect(nqn)).await.unwrap();
+    client.destroy_subsystem(proto::DestroySubsystemRequest { nqn: nqn.into() }).await.unwrap();
+    client.unsplit_bdev(proto::UnsplitBdevRequest { name: base.name.clone() }).await.unwrap();
+    target.wait_until_fails(&format!("test -e {dev}p1"), Duration::from_secs(10)).await.unwrap();
+    client.destroy_bdev(proto::DestroyBdevRequest { name: base.name.clone() }).await.unwrap();
+}

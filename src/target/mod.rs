@@ -34,6 +34,7 @@ pub mod error;
 pub mod limits;
 pub mod nvmet;
 pub mod service;
+pub mod split;
 pub mod uri;
 
 #[cfg(test)]

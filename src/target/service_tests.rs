@@ -36,16 +36,41 @@ impl Fixture {
         Fixture { dir, svc }
     }
 
+    /// Disks are image files in a fake /dev, and partition tables are re-read by a fake kernel.
+    fn with_fake_disks() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = ConfigFs::emulated(dir.path().join("nvmet"), &ROOT_LAYOUT).unwrap();
+        std::fs::create_dir_all(dir.path().join("dev")).unwrap();
+        let backing =
+            Backing::new(dir.path().join("sys"), dir.path().join("malloc")).with_dev_dir(dir.path().join("dev")).with_fake_kernel();
+        let svc = TargetService::new(Nvmet::new(fs), backing, Traddr::Fixed(TRADDR));
+        Fixture { dir, svc }
+    }
+
+    /// The fake /dev node of a disk (an image file).
+    fn image(&self, dev: &str) -> PathBuf {
+        self.dir.path().join("dev").join(dev)
+    }
+
     fn sysfs(&self) -> PathBuf {
         self.dir.path().join("sys")
     }
 
     fn add_disk(&self, dev: &str, mib: u64) {
         fake_block_device(&self.sysfs(), dev, mib << 20, 512).unwrap();
+        if self.image(dev).parent().unwrap().exists() {
+            std::fs::File::create(self.image(dev)).unwrap().set_len(mib << 20).unwrap();
+        }
     }
 
+    /// The disk and its partitions leave sysfs, as on a hot-remove.
     fn pull_disk(&self, dev: &str) {
-        std::fs::remove_dir_all(self.sysfs().join("class/block").join(dev)).unwrap();
+        for entry in std::fs::read_dir(self.sysfs().join("class/block")).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            if name.starts_with(dev) {
+                std::fs::remove_dir_all(self.sysfs().join("class/block").join(name)).unwrap();
+            }
+        }
     }
 
     fn tree(&self) -> Vec<String> {
@@ -446,4 +471,86 @@ async fn a_failed_create_subsystem_leaves_nothing() {
     let err = fx.call(Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: ctrlr.into() })).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     fx.call(create_subsys(ctrlr)).await.unwrap();
+}
+
+fn split(name: &str, split_count: u32) -> Call {
+    Call::SplitBdev(proto::SplitBdevRequest { name: name.into(), split_count, split_size_mb: None })
+}
+
+fn gpt_signature(fx: &Fixture, dev: &str) -> Vec<u8> {
+    std::fs::read(fx.image(dev)).unwrap()[512..520].to_vec()
+}
+
+/// A disk split in two: a GPT on the disk, two aio bdevs of its partitions, the disk claimed
+/// by "split"; splits go into namespaces; unsplit wipes the table and takes the splits away.
+#[tokio::test]
+async fn a_disk_splits_into_partition_bdevs_and_back() {
+    let fx = Fixture::with_fake_disks();
+    fx.add_disk("nvme0n1", 64);
+    let base = "aio:///dev/nvme0n1";
+    fx.create(base).await.unwrap();
+    let Reply::Splits(made) = fx.call(split(base, 2)).await.unwrap() else { panic!("SplitBdev") };
+    let names: Vec<&str> = made.bdevs.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["aio:///dev/nvme0n1p1", "aio:///dev/nvme0n1p2"]);
+    for b in &made.bdevs {
+        assert_eq!((b.num_blocks * u64::from(b.blk_size), b.split_base.as_str(), b.claimed), (31 << 20, base, false), "{b:?}");
+    }
+    assert_eq!(gpt_signature(&fx, "nvme0n1"), b"EFI PART");
+    let listed = fx.bdevs().await;
+    let disk = listed.iter().find(|b| b.name == base).unwrap();
+    assert_eq!((disk.claimed, disk.claimed_by.as_str()), (true, "split"));
+
+    // The disk is claimed by its splits; a split goes only with all of them.
+    for (call, needle) in [
+        (Call::ShareBdev(share_req(base)), "is split into 2 bdevs; UnsplitBdev first"),
+        (split(base, 2), "split already into 2"),
+        (split("aio:///dev/nvme0n1p1", 2), "is a split of aio:///dev/nvme0n1"),
+        (Call::DestroyBdev(proto::DestroyBdevRequest { name: base.into() }), "is split into 2"),
+        (Call::DestroyBdev(proto::DestroyBdevRequest { name: "aio:///dev/nvme0n1p2".into() }), "use UnsplitBdev on aio:///dev/nvme0n1"),
+        (Call::CreateBdev(proto::CreateBdevRequest { uri: "aio:///dev/nvme0n1p1".into() }), "exists already"),
+    ] {
+        let err = fx.call(call.clone()).await.unwrap_err();
+        assert!(matches!(err.code(), Code::FailedPrecondition | Code::AlreadyExists), "{call:?}: {err:?}");
+        assert!(err.message().contains(needle), "{call:?}: {err:?}");
+    }
+
+    let ctrlr = "nqn.2019-05.io.vmcheck:ctrlr5";
+    fx.call(create_subsys(ctrlr)).await.unwrap();
+    fx.call(add_ns(ctrlr, "aio:///dev/nvme0n1p2")).await.unwrap();
+    assert!(fx.tree().contains(&format!("f subsystems/{ctrlr}/namespaces/1/device_path = /dev/nvme0n1p2")));
+    let unsplit = Call::UnsplitBdev(proto::UnsplitBdevRequest { name: base.into() });
+    let err = fx.call(unsplit.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("aio:///dev/nvme0n1p2 is in use as namespace 1 of"), "{err:?}");
+    assert_eq!(gpt_signature(&fx, "nvme0n1"), b"EFI PART", "a refused unsplit leaves the table");
+    fx.call(Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: ctrlr.into() })).await.unwrap();
+    fx.call(unsplit).await.unwrap();
+    assert_eq!(fx.bdevs().await.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), [base]);
+    assert_eq!(gpt_signature(&fx, "nvme0n1"), [0; 8], "the table is wiped");
+    assert!(!fx.sysfs().join("class/block/nvme0n1p1").exists(), "the kernel dropped the partitions");
+    fx.destroy(base).await.unwrap();
+    assert_eq!(fx.tree(), EMPTY_TREE);
+}
+
+/// Splits of the SPDK sizes, refused splits, and a split whose deadline passed: no table.
+#[tokio::test]
+async fn splits_that_cannot_be_made_leave_the_disk_whole() {
+    use proto::target_server::Target;
+    let fx = Fixture::with_fake_disks();
+    fx.add_disk("vdb", 64);
+    fx.create("aio:///dev/vdb").await.unwrap();
+    let sized = proto::SplitBdevRequest { name: "aio:///dev/vdb".into(), split_count: 2, split_size_mb: Some(40) };
+    let err = fx.call(Call::SplitBdev(sized)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("/dev/vdb") || err.message().contains("vdb (64 MiB"), "{err:?}");
+    let req = proto::SplitBdevRequest { name: "aio:///dev/vdb".into(), split_count: 4, split_size_mb: None };
+    let err = Target::split_bdev(&fx.svc, with_timeout(req, "1n")).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert_eq!(gpt_signature(&fx, "vdb"), [0; 8]);
+    assert_eq!(fx.bdevs().await.len(), 1);
+    let sized = proto::SplitBdevRequest { name: "aio:///dev/vdb".into(), split_count: 3, split_size_mb: Some(8) };
+    let Reply::Splits(made) = fx.call(Call::SplitBdev(sized)).await.unwrap() else { panic!("SplitBdev") };
+    let names: Vec<&str> = made.bdevs.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["aio:///dev/vdb1", "aio:///dev/vdb2", "aio:///dev/vdb3"]);
+    assert!(made.bdevs.iter().all(|b| b.num_blocks * u64::from(b.blk_size) == 8 << 20));
 }
