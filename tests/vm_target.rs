@@ -231,3 +231,101 @@ async fn split_disk_served_to_an_initiator() {
     target.wait_until_fails(&format!("test -e {dev}p1"), Duration::from_secs(10)).await.unwrap();
     client.destroy_bdev(proto::DestroyBdevRequest { name: base.name.clone() }).await.unwrap();
 }
+
+/// The guest's PCI address (`0000:00:05.0`) of the NVMe controller with the serial of `disk`.
+async fn pci_address(m: &vmcheck::machine::Machine, serial: &str) -> String {
+    let cmd = format!(
+        "for c in /sys/class/nvme/nvme*; do [ \"$(echo $(cat $c/serial))\" = {serial} ] && basename $(readlink -f $c/device); done; true"
+    );
+    let out = m.succeed(&cmd).await.unwrap();
+    let bdf = out.trim().to_string();
+    assert!(bdf.matches(':').count() == 2 && bdf.contains('.'), "no PCI address for serial {serial}: {out:?}");
+    bdf
+}
+
+/// SPDK's hot-remove, both ways the plans allow: an NVMe disk of the target VM removed by QMP
+/// `device_del` (its two splits are namespaces of an empty controller) and another removed by
+/// the guest's `/sys/bus/pci/devices/BDF/remove` (a ShareBdev share). The daemon withdraws
+/// every namespace the disks backed, the connected initiator sees them go, the controllers
+/// stay, ListBdevs says faulted, the console says what happened, and gRPC keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_removed_disks_leave_every_namespace() {
+    let d = common::driver(vec![
+        NodeSpec::new("target", Role::Target, 1).with_disk(DiskSpec::nvme("disk0", 64)).with_disk(DiskSpec::nvme("disk1", 64)),
+        NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768),
+    ])
+    .await;
+    d.start_all().await.unwrap();
+    let target = d.machine("target").unwrap();
+    let initiator = d.machine("initiator").unwrap();
+    let mut client = target.target_client().await.unwrap();
+    let dev0 = target.disk_device("disk0").await.unwrap();
+    let dev1 = target.disk_device("disk1").await.unwrap();
+    let disk0 = client.create_bdev(proto::CreateBdevRequest { uri: format!("aio://{dev0}") }).await.unwrap().into_inner();
+    let splits = client
+        .split_bdev(proto::SplitBdevRequest { name: disk0.name.clone(), split_count: 2, split_size_mb: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .bdevs;
+    let nqn = "nqn.2019-05.io.vmcheck:ctrlr1";
+    client.create_subsystem(proto::CreateSubsystemRequest { nqn: nqn.into(), port: None, allowed_hosts: vec![] }).await.unwrap();
+    for b in &splits {
+        client.add_namespace(proto::AddNamespaceRequest { nqn: nqn.into(), bdev: b.name.clone(), nsid: None }).await.unwrap();
+    }
+    let disk1 = client.create_bdev(proto::CreateBdevRequest { uri: format!("aio://{dev1}") }).await.unwrap().into_inner();
+    let share = client.share_bdev(proto::ShareBdevRequest { name: disk1.name.clone(), ..Default::default() }).await.unwrap().into_inner();
+    for n in [nqn, share.nqn.as_str()] {
+        initiator.succeed(&Nvme::connect("192.0.2.1", 4420, n).options(FabricsOptions::scaled_timeouts()).command_line()).await.unwrap();
+    }
+    wait_for_namespaces(&initiator, &[&splits[0].uuid, &splits[1].uuid, &disk1.uuid], Duration::from_secs(30)).await;
+
+    // QMP device_del of disk0: both splits' namespaces go; disk1's stays.
+    let qmp = target.qmp().await.unwrap();
+    let mark = qmp.event_count();
+    target.qmp_raw("device_del", serde_json::json!({"id": "disk0"})).await.unwrap();
+    qmp.wait_for_event(mark, Duration::from_secs(60), |e| e.name == "DEVICE_DELETED" && e.data["device"] == "disk0").await.unwrap();
+    target
+        .wait_for_console_text(&format!("hot-remove: {dev0}p2 vanished.*removed from namespace 2 of {nqn}"), Duration::from_secs(30))
+        .await
+        .unwrap();
+    wait_for_namespaces(&initiator, &[&disk1.uuid], Duration::from_secs(30)).await;
+    assert_eq!(target.succeed(&ns_dirs(nqn)).await.unwrap().trim(), "", "both namespaces left configfs");
+    client.health(proto::HealthRequest {}).await.unwrap();
+    let bdevs = client.list_bdevs(proto::ListBdevsRequest {}).await.unwrap().into_inner().bdevs;
+    let state = |name: &str| bdevs.iter().find(|b| b.name == name).map(|b| (b.state.as_str(), b.claimed)).unwrap();
+    assert_eq!(state(&splits[0].name), ("faulted", false), "{bdevs:?}");
+    assert_eq!(state(&splits[1].name), ("faulted", false), "{bdevs:?}");
+    assert_eq!(state(&disk0.name), ("faulted", true), "still claimed by its splits: {bdevs:?}");
+    assert_eq!(state(&disk1.name), ("online", true), "{bdevs:?}");
+    // The controller stays, connected and empty, as SPDK keeps a controller whose bdev went.
+    let ctrls = initiator.succeed("cat /sys/class/nvme/nvme*/subsysnqn").await.unwrap();
+    assert!(ctrls.lines().any(|l| l.trim() == nqn), "{ctrls}");
+
+    // The guest removes disk1's PCI function itself: the share's namespace goes too.
+    let bdf = pci_address(&target, "vmcheck-disk1").await;
+    target.succeed(&format!("echo 1 > /sys/bus/pci/devices/{bdf}/remove")).await.unwrap();
+    target
+        .wait_for_console_text(&format!("hot-remove: {dev1} vanished.*removed from namespace 1 of {}", share.nqn), Duration::from_secs(30))
+        .await
+        .unwrap();
+    wait_for_namespaces(&initiator, &[], Duration::from_secs(30)).await;
+    let bdevs = client.list_bdevs(proto::ListBdevsRequest {}).await.unwrap().into_inner().bdevs;
+    assert!(bdevs.iter().all(|b| b.state == "faulted"), "{bdevs:?}");
+    let err =
+        client.add_namespace(proto::AddNamespaceRequest { nqn: nqn.into(), bdev: splits[0].name.clone(), nsid: None }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("hot-removed"), "{err:?}");
+
+    // Clean-up still works, and leaves configfs empty.
+    for n in [nqn, share.nqn.as_str()] {
+        initiator.succeed(&Nvme::disconnect(n)).await.unwrap();
+    }
+    client.destroy_subsystem(proto::DestroySubsystemRequest { nqn: nqn.into() }).await.unwrap();
+    client.unshare_bdev(proto::UnshareBdevRequest { name: disk1.name.clone() }).await.unwrap();
+    client.unsplit_bdev(proto::UnsplitBdevRequest { name: disk0.name.clone() }).await.unwrap();
+    for name in [&disk0.name, &disk1.name] {
+        client.destroy_bdev(proto::DestroyBdevRequest { name: name.clone() }).await.unwrap();
+    }
+    assert_eq!(target.succeed(NVMET_DIRS).await.unwrap().split_whitespace().filter(|w| !w.ends_with(':')).count(), 0);
+}

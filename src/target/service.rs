@@ -164,6 +164,11 @@ impl TargetService {
         &self.nvmet
     }
 
+    #[cfg(test)]
+    pub(crate) fn backing_for_tests(&self) -> &Backing {
+        &self.backing
+    }
+
     /// What is in configfs and the malloc directory before this daemon made anything: an
     /// earlier daemon's shares, or someone else's. Reported, never removed.
     pub fn leftovers(&self) -> Result<String> {
@@ -383,34 +388,34 @@ impl TargetService {
         let (dev, uuid, geometry) = (dev.clone(), entry.uuid, entry.geometry);
         deadline.check("before the partition table was written")?;
         self.backing.write_partition_table(&dev, &split::gpt_writes(&layout, uuid), &parts)?;
-        // From here a failure wipes the table again, so the disk is whole as before.
-        let wipe = |err: Error| {
-            if let Err(wipe_err) =
-                self.backing.write_partition_table(&dev, &split::wipe_writes(geometry.num_blocks, geometry.blk_size), &[])
-            {
-                warn!("wiping the partition table of /dev/{dev} after a failed split: {wipe_err}");
-            }
-            err
-        };
+        // From here a failure wipes the table again, so the disk is whole as before; so does
+        // the future being dropped at an await (tonic drops it when the client's timeout passes).
+        let guard = WipeOnDrop { backing: &self.backing, dev: &dev, geometry, armed: true };
         let settle = Instant::now() + split::SETTLE;
         while let Some((missing, _, _)) = parts.iter().find(|(p, _, _)| !self.backing.partition_ready(p)) {
-            deadline.check("while the kernel made the partitions").map_err(wipe)?;
+            deadline.check("while the kernel made the partitions")?;
             if Instant::now() >= settle {
-                return Err(wipe(Error::Internal(format!(
+                return Err(Error::Internal(format!(
                     "the kernel did not show /dev/{missing} within {:?} of re-reading the partition table of /dev/{dev}",
                     split::SETTLE
-                ))));
+                )));
             }
-            tokio::time::sleep(SETTLE_POLL).await;
+            // Wake by the daemon's deadline, which is before tonic's, so the check above runs.
+            let mut pause = SETTLE_POLL;
+            if let Some(at) = deadline.instant() {
+                pause = pause.min(at.saturating_duration_since(Instant::now()));
+            }
+            tokio::time::sleep(pause).await;
         }
         let mut made = Vec::new();
         for (part, _, _) in &parts {
             let uri = BdevUri::Aio { dev: part.clone() };
-            let geometry = self.backing.open(&uri).map_err(wipe)?;
+            let geometry = self.backing.open(&uri)?;
             let mut entry = Entry::new(uri, geometry);
             entry.split_of = Some(name.clone());
             made.push(entry);
         }
+        guard.disarm();
         let names: Vec<String> = made.iter().map(|e| e.uri.to_string()).collect();
         info!(bdev = %name, splits = ?names, "split");
         registry.bdev_mut(&name)?.splits = names;
@@ -654,6 +659,34 @@ fn validate_nsid(nsid: u32) -> Result<()> {
 
 fn describe(claim: &Claim) -> String {
     format!("namespace {} of {}", claim.nsid, claim.nqn)
+}
+
+/// Wipes a partition table just written unless disarmed: a split that fails or is dropped
+/// halfway leaves the disk whole.
+struct WipeOnDrop<'a> {
+    backing: &'a Backing,
+    dev: &'a str,
+    geometry: Geometry,
+    armed: bool,
+}
+
+impl WipeOnDrop<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for WipeOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let wipe = split::wipe_writes(self.geometry.num_blocks, self.geometry.blk_size);
+        match self.backing.write_partition_table(self.dev, &wipe, &[]) {
+            Ok(()) => info!("split of /dev/{} undone: partition table wiped", self.dev),
+            Err(err) => warn!("wiping the partition table of /dev/{} after a failed split: {err}", self.dev),
+        }
+    }
 }
 
 /// Whether block device `part` is a partition of `disk` (`nvme0n1p2` of `nvme0n1`, `vdb1` of `vdb`).

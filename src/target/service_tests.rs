@@ -554,3 +554,111 @@ async fn splits_that_cannot_be_made_leave_the_disk_whole() {
     assert_eq!(names, ["aio:///dev/vdb1", "aio:///dev/vdb2", "aio:///dev/vdb3"]);
     assert!(made.bdevs.iter().all(|b| b.num_blocks * u64::from(b.blk_size) == 8 << 20));
 }
+
+/// SPDK's hot-remove: the disk behind a share, and behind two splits in an empty controller,
+/// vanishes. The daemon withdraws every namespace it backed (controllers stay), marks the
+/// bdevs faulted for good, and keeps answering; clean-up works afterwards.
+#[tokio::test]
+async fn a_hot_removed_disk_is_withdrawn_from_every_namespace() {
+    let fx = Fixture::with_fake_disks();
+    fx.add_disk("nvme0n1", 64);
+    fx.add_disk("nvme1n1", 64);
+    fx.add_disk("nvme2n1", 64);
+    let base = "aio:///dev/nvme0n1";
+    fx.create(base).await.unwrap();
+    fx.call(split(base, 2)).await.unwrap();
+    fx.create("aio:///dev/nvme1n1").await.unwrap();
+    fx.create("aio:///dev/nvme2n1").await.unwrap();
+    let ctrlr = "nqn.2019-05.io.vmcheck:ctrlr1";
+    fx.call(create_subsys(ctrlr)).await.unwrap();
+    for bdev in ["aio:///dev/nvme0n1p1", "aio:///dev/nvme0n1p2", "aio:///dev/nvme2n1"] {
+        fx.call(add_ns(ctrlr, bdev)).await.unwrap();
+    }
+    let shared = fx.share(share_req("aio:///dev/nvme1n1")).await.unwrap();
+    assert!(fx.svc.reap_vanished().await.is_empty(), "nothing vanished yet");
+
+    fx.pull_disk("nvme0n1");
+    fx.pull_disk("nvme1n1");
+    let report = fx.svc.reap_vanished().await;
+    assert_eq!(
+        report,
+        [
+            "hot-remove: /dev/nvme0n1 vanished; bdev aio:///dev/nvme0n1 is faulted, it was in no namespace".to_string(),
+            format!("hot-remove: /dev/nvme0n1p1 vanished; bdev aio:///dev/nvme0n1p1 is faulted, removed from namespace 1 of {ctrlr}"),
+            format!("hot-remove: /dev/nvme0n1p2 vanished; bdev aio:///dev/nvme0n1p2 is faulted, removed from namespace 2 of {ctrlr}"),
+            format!("hot-remove: /dev/nvme1n1 vanished; bdev aio:///dev/nvme1n1 is faulted, removed from namespace 1 of {}", shared.nqn),
+        ]
+    );
+    assert!(fx.svc.reap_vanished().await.is_empty(), "each removal is reported once");
+    // configfs: only nvme2n1's namespace is left; both subsystems and the port stay.
+    let namespaces: Vec<String> = fx.tree().into_iter().filter(|l| l.starts_with("d subsystems/") && l.contains("/namespaces/")).collect();
+    assert_eq!(namespaces, [format!("d subsystems/{ctrlr}/namespaces/3")]);
+    let subsystems = fx.subsystems().await;
+    assert_eq!(subsystems.len(), 2);
+    assert!(subsystems.iter().all(|s| s.own && s.ports.len() == 1), "{subsystems:?}");
+    let bdevs = fx.bdevs().await;
+    let state = |name: &str| bdevs.iter().find(|b| b.name == name).map(|b| (b.state.clone(), b.claimed)).unwrap();
+    for name in ["aio:///dev/nvme0n1p1", "aio:///dev/nvme0n1p2", "aio:///dev/nvme1n1"] {
+        assert_eq!(state(name), (STATE_FAULTED.to_string(), false), "{name}");
+    }
+    assert_eq!(state(base), (STATE_FAULTED.to_string(), true), "still claimed by its splits");
+    assert_eq!(state("aio:///dev/nvme2n1"), (STATE_ONLINE.to_string(), true));
+    assert_eq!(bdevs.iter().find(|b| b.name == "aio:///dev/nvme1n1").unwrap().share_uri, shared.uri, "the share (controller) stays");
+
+    // The daemon answers, and a removed bdev stays faulted even if the name comes back.
+    proto::target_server::Target::health(&fx.svc, tonic::Request::new(proto::HealthRequest {})).await.unwrap();
+    fx.add_disk("nvme0n1", 64);
+    fx.svc.backing_for_tests().write_partition_table("nvme0n1", &[], &[("nvme0n1p1".into(), 1 << 20, 1 << 20)]).unwrap();
+    let err = fx.call(add_ns(ctrlr, "aio:///dev/nvme0n1p1")).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("hot-removed"), "{err:?}");
+    let err = fx.destroy("aio:///dev/nvme1n1").await.unwrap_err();
+    assert!(err.message().contains("unshare it first"), "{err:?}");
+
+    // Clean-up: unshare, destroy the controller, unsplit (no disk to wipe), destroy.
+    fx.unshare("aio:///dev/nvme1n1").await.unwrap();
+    fx.call(Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: ctrlr.into() })).await.unwrap();
+    fx.call(Call::UnsplitBdev(proto::UnsplitBdevRequest { name: base.into() })).await.unwrap();
+    for name in [base, "aio:///dev/nvme1n1", "aio:///dev/nvme2n1"] {
+        fx.destroy(name).await.unwrap();
+    }
+    assert_eq!(fx.tree(), EMPTY_TREE);
+    // Created again, a returning disk is a new, online bdev.
+    fx.add_disk("nvme1n1", 64);
+    assert_eq!(fx.create("aio:///dev/nvme1n1").await.unwrap().state, STATE_ONLINE);
+}
+
+/// The monitor task notices a vanished disk by itself, within a few poll periods.
+#[tokio::test]
+async fn the_monitor_withdraws_a_vanished_disk_by_itself() {
+    let fx = std::sync::Arc::new(Fixture::with_fake_disks());
+    fx.add_disk("vdb", 16);
+    fx.create("aio:///dev/vdb").await.unwrap();
+    let shared = fx.share(share_req("aio:///dev/vdb")).await.unwrap();
+    let svc = std::sync::Arc::new(TargetService::new(
+        Nvmet::new(ConfigFs::emulated(fx.dir.path().join("nvmet"), &ROOT_LAYOUT).unwrap()),
+        Backing::new(fx.sysfs(), fx.dir.path().join("malloc")),
+        Traddr::Fixed(TRADDR),
+    ));
+    // The daemon's monitor over a second service on the same configfs and sysfs: it made
+    // nothing, so it withdraws nothing, and must not disturb the first one's share.
+    let idle = super::monitor::spawn(svc.clone(), std::time::Duration::from_millis(10));
+    let watched = std::sync::Arc::clone(&fx);
+    let monitor = tokio::spawn(async move {
+        loop {
+            watched.svc.reap_vanished().await;
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    });
+    fx.pull_disk("vdb");
+    let ns = format!("subsystems/{}/namespaces/1", shared.nqn);
+    let started = std::time::Instant::now();
+    while fx.tree().iter().any(|l| l.contains(&ns)) {
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "namespace 1 still there after 5 s");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    monitor.abort();
+    idle.abort();
+    assert_eq!(fx.bdevs().await[0].state, STATE_FAULTED);
+    assert!(fx.svc.nvmet().subsystem_exists(&shared.nqn), "the controller stays");
+}
