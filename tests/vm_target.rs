@@ -76,10 +76,14 @@ async fn target_daemon_in_a_real_vm() {
     target.qmp_raw("device_del", serde_json::json!({"id": "disk0"})).await.unwrap();
     qmp.wait_for_event(mark, Duration::from_secs(60), |e| e.name == "DEVICE_DELETED" && e.data["device"] == "disk0").await.unwrap();
     target.wait_until_fails(&format!("test -e {dev}"), Duration::from_secs(30)).await.unwrap();
+    // The daemon notices by itself and withdraws the namespace; the subsystem stays.
+    target.wait_for_console_text(&format!("hot-remove: {dev} vanished.*removed from namespace 1"), Duration::from_secs(30)).await.unwrap();
+    let share_nqn = bdevs_share_nqn(&mut client).await;
+    assert_eq!(target.succeed(&ns_dirs(&share_nqn)).await.unwrap().trim(), "", "namespace 1 left configfs");
     client.health(proto::HealthRequest {}).await.unwrap();
     let bdevs = client.list_bdevs(proto::ListBdevsRequest {}).await.unwrap().into_inner().bdevs;
     assert_eq!(bdevs.len(), 1);
-    assert_eq!(bdevs[0].state, "faulted", "{bdevs:?}");
+    assert_eq!((bdevs[0].state.as_str(), bdevs[0].claimed), ("faulted", false), "{bdevs:?}");
     client.unshare_bdev(proto::UnshareBdevRequest { name: bdev.name.clone() }).await.unwrap();
     client.destroy_bdev(proto::DestroyBdevRequest { name: bdev.name.clone() }).await.unwrap();
     assert_eq!(target.succeed(NVMET_DIRS).await.unwrap(), empty_nvmet);
@@ -328,4 +332,10 @@ async fn hot_removed_disks_leave_every_namespace() {
         client.destroy_bdev(proto::DestroyBdevRequest { name: name.clone() }).await.unwrap();
     }
     assert_eq!(target.succeed(NVMET_DIRS).await.unwrap().split_whitespace().filter(|w| !w.ends_with(':')).count(), 0);
+}
+
+/// The NQN of the one bdev's share (from its share URI).
+async fn bdevs_share_nqn(client: &mut vmcheck::target::client::TargetClient) -> String {
+    let bdevs = client.list_bdevs(proto::ListBdevsRequest {}).await.unwrap().into_inner().bdevs;
+    bdevs[0].share_uri.rsplit('/').next().unwrap().to_string()
 }
