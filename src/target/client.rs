@@ -101,6 +101,36 @@ mod tests {
         server.abort();
     }
 
+    /// Over real gRPC, a call stuck behind a slow one gets the daemon's own DEADLINE_EXCEEDED
+    /// (its message says nothing was changed) before the client's timer fires, and did nothing.
+    #[tokio::test]
+    async fn a_call_past_its_grpc_timeout_gets_the_daemons_answer_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = std::sync::Arc::new(TargetService::new(
+            Nvmet::new(ConfigFs::emulated(dir.path().join("nvmet"), &ROOT_LAYOUT).unwrap()),
+            Backing::new(dir.path().join("sys"), dir.path().join("malloc")),
+            Traddr::Fixed([192, 0, 2, 1].into()),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TargetServer::from_arc(svc.clone()))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let mut client = connect(addr, Duration::from_secs(20)).await.unwrap();
+        let held = svc.hold_lock_for_tests().await;
+        let mut req = tonic::Request::new(proto::CreateBdevRequest { uri: "malloc:///slow?size_mb=1".into() });
+        req.set_timeout(Duration::from_millis(500));
+        let err = client.create_bdev(req).await.unwrap_err();
+        drop(held);
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+        assert!(err.message().contains("nothing was changed"), "the daemon's answer, not the client's timer: {err:?}");
+        assert!(client.list_bdevs(proto::ListBdevsRequest {}).await.unwrap().into_inner().bdevs.is_empty());
+        assert!(!dir.path().join("malloc/slow").exists());
+        server.abort();
+    }
+
     #[tokio::test]
     async fn connect_gives_up_at_the_timeout_naming_the_address() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
