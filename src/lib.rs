@@ -14,6 +14,7 @@ pub mod images;
 pub mod log;
 pub mod machine;
 pub mod network;
+pub mod poll;
 pub mod process;
 pub mod qapi_stream;
 pub mod qemu;
