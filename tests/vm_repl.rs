@@ -106,7 +106,7 @@ machine: echo after-quit
     for want in [
         "error: unknown command \"frobnicate\"",
         "error: no machine command \"frob\"",
-        "CreateBdevRequest has no field \"url\"; its fields: uri",
+        "CreateBdevRequest.url: unknown field `url`, expected `uri`",
         "next subtest: an assertion that fails",
         "expected 2, the guest said 1",
         "selftest-fail: FAILED (the machines are left as they are)",
