@@ -141,11 +141,6 @@ impl Qmp {
             }
         }
     }
-
-    /// Why the connection ended, if it has.
-    pub fn closed(&self) -> Option<String> {
-        self.shared.closed.lock().unwrap().clone()
-    }
 }
 
 async fn read_loop(mut reader: JsonReader<tokio::net::unix::OwnedReadHalf>, shared: Arc<Shared>) {
