@@ -326,7 +326,8 @@ impl Machine {
         Ok(())
     }
 
-    /// Runs `cmd` with `sh -c` in its own process group; waits at most `timeout`.
+    /// Runs `cmd` with `sh -c`; waits at most `timeout`, then kills every process it started
+    /// (by the tag they inherit).
     pub async fn execute_with_timeout(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput> {
         Box::pin(self.execute_inner(cmd, timeout)).await
     }

@@ -27,7 +27,7 @@ pub struct ExecOutput {
     pub stderr: String,
 }
 
-/// A guest command outlived its timeout; it was killed (its whole process group).
+/// A guest command outlived its timeout; it was killed, with every process it started.
 #[derive(Debug, thiserror::Error)]
 #[error("the command did not finish within {timeout:?} and was killed")]
 pub struct ExecTimeout {
@@ -129,8 +129,6 @@ impl Qga {
         }
     }
 
-    /// Runs `argv` in the guest and waits for it (and everything holding its stdout) to finish.
-    /// On timeout it and all its descendants are killed; the error is an [`ExecTimeout`].
     /// Runs `argv` and waits at most `timeout` for it to end; on a timeout every process it
     /// started is killed and the error is an [`ExecTimeout`] with what it printed so far.
     pub async fn exec(&self, argv: &[&str], timeout: Duration) -> Result<ExecOutput> {

@@ -40,7 +40,8 @@ enum Command {
         /// Driver configuration from nix/ (NixOS machines); names the scenario itself.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Seconds the whole of each scenario may take.
+        /// Seconds each scenario may take (a chain: all its cases together), after the driver's
+        /// set-up (images, accelerator probe).
         #[arg(long)]
         global_timeout: Option<u64>,
     },

@@ -31,6 +31,8 @@ pub fn integrity_job(device: &str, runtime_secs: u64) -> Fio {
         .size("64m")
         .time_based(true)
         .runtime_secs(runtime_secs)
+        // A device that is gone must fail the job, not become a new file in /dev.
+        .opt("allow_file_create", 0)
         .numjobs(1)
         .group_reporting(true)
         .name("integrity")
@@ -124,7 +126,7 @@ impl FioRun {
         Ok(FioRun { process, device: device.to_string() })
     }
 
-    /// Waits for fio to end (its run time plus `timeouts::command()`).
+    /// Waits for fio to end, at most `timeouts::command()` (far longer than any run time here).
     pub async fn wait(&self) -> Result<FioOutcome> {
         let out = self.process.wait(timeouts::command()).await?;
         let report = FioReport::parse_with_stderr(&out.stdout, &out.stderr).ok();
@@ -187,7 +189,15 @@ mod tests {
     #[test]
     fn the_integrity_job_writes_randomly_and_verifies() {
         let argv = integrity_job("/dev/nvme1n1", 10).argv();
-        for want in ["--rw=randwrite", "--verify=crc32c", "--do_verify=1", "--direct=1", "--filename=/dev/nvme1n1", "--runtime=10"] {
+        for want in [
+            "--rw=randwrite",
+            "--verify=crc32c",
+            "--do_verify=1",
+            "--direct=1",
+            "--filename=/dev/nvme1n1",
+            "--runtime=10",
+            "--allow_file_create=0",
+        ] {
             assert!(argv.iter().any(|a| a == want), "{want} missing from {argv:?}");
         }
     }
