@@ -7,7 +7,6 @@ mod common;
 
 use std::time::Duration;
 
-use vmcheck::config::{DiskSpec, NodeSpec, Role};
 use vmcheck::target::conformance::{bad_request_table, run_bad_request_table, TableParams};
 use vmcheck::target::proto;
 use vmcheck::tools::fio::{Fio, FioReport};
@@ -17,14 +16,7 @@ const NVMET_DIRS: &str = "ls /sys/kernel/config/nvmet/subsystems /sys/kernel/con
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn target_daemon_in_a_real_vm() {
-    let d = common::driver(vec![
-        NodeSpec::new("target", Role::Target, 1).with_disk(DiskSpec::nvme("disk0", 128)),
-        NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768),
-    ])
-    .await;
-    d.start_all().await.unwrap();
-    let target = d.machine("target").unwrap();
-    let initiator = d.machine("initiator").unwrap();
+    let (_d, target, initiator) = common::target_and_initiator(&[("disk0", 128)]).await;
     let mut client = target.target_client().await.unwrap();
     let health = client.health(proto::HealthRequest {}).await.unwrap().into_inner();
     assert!(!health.version.is_empty() && health.nvmet, "{health:?}");
@@ -123,14 +115,7 @@ fn ns_dirs(nqn: &str) -> String {
 /// first; namespaces attached and detached while it is connected show up and go away there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn empty_controller_hot_attach_and_detach() {
-    let d = common::driver(vec![
-        NodeSpec::new("target", Role::Target, 1).with_disk(DiskSpec::nvme("disk0", 64)).with_disk(DiskSpec::nvme("disk1", 64)),
-        NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768),
-    ])
-    .await;
-    d.start_all().await.unwrap();
-    let target = d.machine("target").unwrap();
-    let initiator = d.machine("initiator").unwrap();
+    let (_d, target, initiator) = common::target_and_initiator(&[("disk0", 64), ("disk1", 64)]).await;
     let mut client = target.target_client().await.unwrap();
     let nqn = "nqn.2019-05.io.vmcheck:ctrlr1";
     let made = client
@@ -187,14 +172,7 @@ async fn empty_controller_hot_attach_and_detach() {
 /// kernel's partitions become bdevs, and an initiator sees each as a namespace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_disk_served_to_an_initiator() {
-    let d = common::driver(vec![
-        NodeSpec::new("target", Role::Target, 1).with_disk(DiskSpec::nvme("disk0", 64)),
-        NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768),
-    ])
-    .await;
-    d.start_all().await.unwrap();
-    let target = d.machine("target").unwrap();
-    let initiator = d.machine("initiator").unwrap();
+    let (_d, target, initiator) = common::target_and_initiator(&[("disk0", 64)]).await;
     let mut client = target.target_client().await.unwrap();
     let dev = target.disk_device("disk0").await.unwrap();
     let base = client.create_bdev(proto::CreateBdevRequest { uri: format!("aio://{dev}") }).await.unwrap().into_inner();
@@ -254,14 +232,7 @@ async fn pci_address(m: &vmcheck::machine::Machine, serial: &str) -> String {
 /// stay, ListBdevs says faulted, the console says what happened, and gRPC keeps answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_removed_disks_leave_every_namespace() {
-    let d = common::driver(vec![
-        NodeSpec::new("target", Role::Target, 1).with_disk(DiskSpec::nvme("disk0", 64)).with_disk(DiskSpec::nvme("disk1", 64)),
-        NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768),
-    ])
-    .await;
-    d.start_all().await.unwrap();
-    let target = d.machine("target").unwrap();
-    let initiator = d.machine("initiator").unwrap();
+    let (d, target, initiator) = common::target_and_initiator(&[("disk0", 64), ("disk1", 64)]).await;
     let mut client = target.target_client().await.unwrap();
     let dev0 = target.disk_device("disk0").await.unwrap();
     let dev1 = target.disk_device("disk1").await.unwrap();

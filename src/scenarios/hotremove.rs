@@ -225,42 +225,30 @@ async fn tc1(d: &Driver) -> Result<()> {
 }
 
 async fn tc2(d: &Driver) -> Result<()> {
-    d.start_all().await?;
-    let (target, vm1) = (d.machine("target")?, d.machine("vm1")?);
-    let mut client = target.target_client().await?;
-    let shares = start_controllers(d, &target, &mut client, &["disk0"]).await?;
-    let device = attach(d, &vm1, &shares[0]).await?;
-    let fio = d
-        .subtest("run fio integrity on the NVMe disk", async {
-            let run = FioRun::start(&vm1, &integrity_job(&device, FIO_UNDER_REMOVAL_SECS), &device).await?;
-            run.settle(SETTLE).await?;
-            Ok(run)
-        })
-        .await?;
-    pci_address(d, &target, "disk0").await?;
-    hot_remove(d, &target, "disk0", Removal::Qmp).await?;
-    expect_interrupted(d, &fio, &vm1).await?;
-    expect_gone(d, &vm1, &shares[0], &device).await?;
-    reboot_and_reconnect(d, &[(&vm1, &[&shares[0]])]).await?;
-    expect_run_error_after_reboot(d, &vm1, &shares[0], &device).await?;
-    target_still_works(d, &target, &mut client).await
+    one_vm_loses_its_disk(d, &["disk0"], "run fio integrity on the NVMe disk", Removal::Qmp).await
 }
 
 async fn tc3(d: &Driver) -> Result<()> {
+    one_vm_loses_its_disk(d, &["disk0", "disk1"], "run fio integrity on the first NVMe disk", Removal::Guest).await
+}
+
+/// TC2 and TC3: one VM on the first of `disks`' subsystems runs fio integrity; that disk is
+/// pulled; fio fails; the device is gone; after a reboot fio fails to run; the target works.
+async fn one_vm_loses_its_disk(d: &Driver, disks: &[&str], fio_step: &str, how: Removal) -> Result<()> {
     d.start_all().await?;
     let (target, vm1) = (d.machine("target")?, d.machine("vm1")?);
     let mut client = target.target_client().await?;
-    let shares = start_controllers(d, &target, &mut client, &["disk0", "disk1"]).await?;
+    let shares = start_controllers(d, &target, &mut client, disks).await?;
     let device = attach(d, &vm1, &shares[0]).await?;
     let fio = d
-        .subtest("run fio integrity on the first NVMe disk", async {
+        .subtest(fio_step, async {
             let run = FioRun::start(&vm1, &integrity_job(&device, FIO_UNDER_REMOVAL_SECS), &device).await?;
             run.settle(SETTLE).await?;
             Ok(run)
         })
         .await?;
-    pci_address(d, &target, "disk0").await?;
-    hot_remove(d, &target, "disk0", Removal::Guest).await?;
+    pci_address(d, &target, disks[0]).await?;
+    hot_remove(d, &target, disks[0], how).await?;
     expect_interrupted(d, &fio, &vm1).await?;
     expect_gone(d, &vm1, &shares[0], &device).await?;
     reboot_and_reconnect(d, &[(&vm1, &[&shares[0]])]).await?;
