@@ -232,7 +232,7 @@ async fn pci_address(m: &vmcheck::machine::Machine, serial: &str) -> String {
 /// stay, ListBdevs says faulted, the console says what happened, and gRPC keeps answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_removed_disks_leave_every_namespace() {
-    let (d, target, initiator) = common::target_and_initiator(&[("disk0", 64), ("disk1", 64)]).await;
+    let (_d, target, initiator) = common::target_and_initiator(&[("disk0", 64), ("disk1", 64)]).await;
     let mut client = target.target_client().await.unwrap();
     let dev0 = target.disk_device("disk0").await.unwrap();
     let dev1 = target.disk_device("disk1").await.unwrap();
