@@ -74,6 +74,10 @@ pub struct NodeSpec {
     /// NixOS start script (`run-<name>-vm`); `None` boots the default image of `role`.
     #[serde(default)]
     pub start_script: Option<PathBuf>,
+    /// Guest TCP ports the driver reaches through a loopback forward of the run (the target
+    /// daemon's gRPC port on a target). The harness knows ports, not what listens on them.
+    #[serde(default)]
+    pub forward_ports: Vec<u16>,
 }
 
 impl NodeSpec {
@@ -89,6 +93,11 @@ impl NodeSpec {
             vlans: vec![1],
             disks: Vec::new(),
             start_script: None,
+            // What a machine is for decides, here where it is declared, what it forwards.
+            forward_ports: match role {
+                Role::Target => vec![crate::target::GRPC_PORT],
+                Role::Initiator => Vec::new(),
+            },
         }
     }
     pub fn with_disk(mut self, disk: DiskSpec) -> Self {

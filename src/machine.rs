@@ -25,8 +25,6 @@ use crate::tools::shell_quote;
 
 /// Console lines shown with an error.
 pub const ERROR_CONSOLE_LINES: usize = 20;
-/// The port `vmcheck-target` listens on in the target guest.
-pub const TARGET_GRPC_PORT: u16 = 10124;
 
 /// What every machine of a run shares.
 pub struct MachineEnv {
@@ -58,8 +56,8 @@ struct Running {
     process: QemuProcess,
     qmp: Arc<Qmp>,
     qga: Arc<Qga>,
-    /// The loopback port forwarded to the target's gRPC port.
-    grpc_port: Option<u16>,
+    /// (guest port, loopback port) of each forward of the control NIC.
+    forwards: Vec<(u16, u16)>,
 }
 
 /// A machine of a test. Cheap to clone; clones share the machine.
@@ -150,7 +148,7 @@ impl Machine {
             cpus: node.cpus,
             disks,
             nics,
-            control: (node.role == Role::Target).then_some(ControlNic { guest_port: TARGET_GRPC_PORT }),
+            control: (!node.forward_ports.is_empty()).then(|| ControlNic { guest_ports: node.forward_ports.clone() }),
             qmp_socket: self.inner.dir.join("qmp.sock"),
             qga_socket: self.inner.dir.join("qga.sock"),
             balloon: true,
@@ -241,14 +239,15 @@ impl Machine {
                 return Err(self.harness_error("QEMU did not start", format!("{e:#}\nQEMU stderr:\n{}", process.stderr())));
             }
         };
-        let grpc_port = match &spec.control {
-            Some(c) => {
-                Some(hostfwd_port(&qmp, c.guest_port).await.map_err(|e| self.harness_error("reading the gRPC forward", format!("{e:#}")))?)
-            }
-            None => None,
-        };
+        let mut forwards = Vec::new();
+        for &guest in spec.control.iter().flat_map(|c| c.guest_ports.iter()) {
+            let host = hostfwd_port(&qmp, guest)
+                .await
+                .map_err(|e| self.harness_error(format!("reading the forward of port {guest}"), format!("{e:#}")))?;
+            forwards.push((guest, host));
+        }
         log::line(&format!("{}: {QEMU_RUNNING}{pid})", self.name()));
-        *running = Some(Running { process, qmp, qga: Arc::new(Qga::new(&spec.qga_socket)), grpc_port });
+        *running = Some(Running { process, qmp, qga: Arc::new(Qga::new(&spec.qga_socket)), forwards });
         Ok(())
     }
 
@@ -291,20 +290,18 @@ impl Machine {
         self.with_running(|_| ()).await.is_ok()
     }
 
-    /// Where the driver reaches the target's gRPC daemon (a loopback forward of this run).
-    pub async fn grpc_addr(&self) -> Result<SocketAddr> {
-        let port = self.with_running(|r| r.grpc_port).await?;
-        let port = port.ok_or_else(|| self.error("no gRPC forward", "only target machines have one"))?;
-        Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+    /// The guest ports this machine forwards to loopback (its `forward_ports`).
+    pub fn forward_ports(&self) -> &[u16] {
+        &self.inner.node.forward_ports
     }
 
-    /// A gRPC client of the target daemon in this machine, through the run's loopback forward.
-    /// It retries until the daemon answers (it may still be starting).
-    pub async fn target_client(&self) -> Result<crate::target::client::TargetClient> {
-        let addr = self.grpc_addr().await?;
-        crate::target::client::connect(addr, timeouts::boot())
-            .await
-            .map_err(|e| self.error("connecting to the target daemon", format!("through {addr}: {e:#}")))
+    /// Where the driver reaches guest TCP port `guest_port` (a loopback forward of this run).
+    pub async fn forwarded_addr(&self, guest_port: u16) -> Result<SocketAddr> {
+        let forwards = self.with_running(|r| r.forwards.clone()).await?;
+        let (_, host) = forwards.iter().find(|(g, _)| *g == guest_port).ok_or_else(|| {
+            self.error(format!("no forward of guest port {guest_port}"), format!("this machine forwards {:?}", self.forward_ports()))
+        })?;
+        Ok(SocketAddr::from(([127, 0, 0, 1], *host)))
     }
 
     /// Waits until the machine has booted and its guest agent answers.

@@ -88,10 +88,11 @@ impl Nic {
     }
 }
 
-/// A user-mode NIC that only forwards a loopback port to a guest port (the target's gRPC).
+/// A user-mode NIC that only forwards loopback ports to guest ports (the machine's
+/// `forward_ports`, such as the target daemon's gRPC port).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ControlNic {
-    pub guest_port: u16,
+    pub guest_ports: Vec<u16>,
 }
 
 /// The control network: documentation addresses (RFC 5737 TEST-NET-2), inside QEMU only.
@@ -226,7 +227,8 @@ impl QemuSpec {
 
     /// The `hostfwd` user-mode options of the control NIC.
     fn control_netdev_opts(&self, c: &ControlNic) -> String {
-        format!("net={CONTROL_NET},restrict=on,hostfwd=tcp:127.0.0.1:0-:{}", c.guest_port)
+        let forwards: Vec<String> = c.guest_ports.iter().map(|p| format!("hostfwd=tcp:127.0.0.1:0-:{p}")).collect();
+        format!("net={CONTROL_NET},restrict=on,{}", forwards.join(","))
     }
 
     /// The whole command line of a kernel boot.
@@ -597,7 +599,7 @@ mod tests {
                 local: "/run/net/target-1.sock".into(),
                 remote: "/run/net/switch-1.sock".into(),
             }],
-            control: Some(ControlNic { guest_port: 10124 }),
+            control: Some(ControlNic { guest_ports: vec![10124] }),
             qmp_socket: "/run/target/qmp.sock".into(),
             qga_socket: "/run/target/qga.sock".into(),
             balloon: true,

@@ -316,7 +316,7 @@ fn every_listed_scenario_is_a_flake_check_whose_machines_are_the_scenarios() {
                     let control = format!("{}/24", vmcheck::qemu::CONTROL_GUEST_ADDR);
                     assert_eq!(n["interfaces"]["eth0"], serde_json::json!([control]), "{name}.{}", node.name);
                     let exec = n["units"]["vmcheck-target"]["ExecStart"].as_str().unwrap();
-                    let listen = format!("'--listen' '0.0.0.0:{}'", vmcheck::machine::TARGET_GRPC_PORT);
+                    let listen = format!("'--listen' '0.0.0.0:{}'", vmcheck::target::GRPC_PORT);
                     assert!(exec.contains("/bin/vmcheck-target'") && exec.contains(&listen), "{exec}");
                     assert!(n["kernelModules"].as_array().unwrap().iter().any(|m| m == "nvmet_tcp"));
                 }

@@ -14,7 +14,6 @@ use super::grpc;
 use super::input::{Input, Line};
 use super::parse::{parse, Parsed};
 use super::PROMPT;
-use crate::config::Role;
 use crate::driver::Driver;
 use crate::log;
 use crate::machine::Machine;
@@ -48,9 +47,14 @@ impl Session {
         Ok(s)
     }
 
-    /// The machine `grpc` talks to: the first of the target role.
+    /// The machine `grpc` talks to: the first that forwards the target daemon's port.
     fn target(&self) -> Result<&Machine> {
-        self.driver.machines().iter().find(|m| m.role() == Role::Target).ok_or_else(|| anyhow!("no machine of the target role here"))
+        let port = crate::target::GRPC_PORT;
+        self.driver
+            .machines()
+            .iter()
+            .find(|m| m.forward_ports().contains(&port))
+            .ok_or_else(|| anyhow!("no machine here forwards the target daemon's port {port}"))
     }
 
     pub(super) async fn grpc(&self, text: &str) -> Result<String> {

@@ -249,7 +249,7 @@ mod tests {
     fn scenarios_are_selected_by_name_and_pattern_in_registration_order_once() {
         assert_eq!(names(&["hotremove_blk_tc2", "fio_nvme_basic"]).unwrap(), ["fio_nvme_basic", "hotremove_blk_tc2"]);
         let all_blk = names(&["hotremove_blk_*"]).unwrap();
-        assert_eq!(all_blk, ["hotremove_blk_tc1", "hotremove_blk_tc2", "hotremove_blk_tc3", "hotremove_blk_tc4"]);
+        assert_eq!(all_blk, ["hotremove_blk_tc1", "hotremove_blk_tc2", "hotremove_blk_tc3", "hotremove_blk_tc4", "hotremove_blk_tc5"]);
         assert_eq!(names(&["hotremove_blk_tc[12]", "hotremove_blk_tc1"]).unwrap(), ["hotremove_blk_tc1", "hotremove_blk_tc2"]);
         // Hidden scenarios by exact name only.
         assert_eq!(names(&["selftest-pass"]).unwrap(), ["selftest-pass"]);

@@ -31,6 +31,9 @@
 //!   hook in at `TargetService::withdraw`.
 //! - Splits are GPT partitions written by the daemon (see [`split`]); they go with their disk.
 
+/// The port `vmcheck-target` listens on in the target guest.
+pub const GRPC_PORT: u16 = 10124;
+
 /// Generated gRPC types and stubs for `vmcheck.target.v1`.
 pub mod proto {
     tonic::include_proto!("vmcheck.target.v1");
