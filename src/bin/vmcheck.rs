@@ -44,6 +44,10 @@ enum Command {
         /// set-up (images, accelerator probe).
         #[arg(long)]
         global_timeout: Option<u64>,
+        /// Run only part K of N of the chosen scenarios (a stable split by name; a chain stays
+        /// whole), to spread a suite over a CI matrix: `--shard 1/3` on one machine, `2/3` ...
+        #[arg(long)]
+        shard: Option<scenarios::Shard>,
     },
     /// Measure the driver against bare QEMU: boot to agent, exec round trip, network throughput.
     Bench {
@@ -172,8 +176,8 @@ async fn dispatch(command: Command) -> ExitCode {
             }
         }
         Command::Repl { scenario, config } => vmcheck::repl::main(scenario, config).await,
-        Command::Run { names, junit, out, keep_vm_state, config, global_timeout } => {
-            run(names, junit, out, keep_vm_state, config, global_timeout).await
+        Command::Run { names, junit, out, keep_vm_state, config, global_timeout, shard } => {
+            run(names, junit, out, keep_vm_state, config, global_timeout, shard).await
         }
     }
 }
@@ -185,6 +189,7 @@ async fn run(
     keep: bool,
     config: Option<PathBuf>,
     global_timeout: Option<u64>,
+    shard: Option<scenarios::Shard>,
 ) -> ExitCode {
     let usage = |msg: String| {
         eprintln!("vmcheck: {msg}");
@@ -204,6 +209,11 @@ async fn run(
         Ok(c) => c,
         Err(e) => return usage(format!("{e:#}")),
     };
+    let chosen: Vec<_> = chosen.into_iter().filter(|s| shard.is_none_or(|sh| sh.contains(s))).collect();
+    if let Some(sh) = shard {
+        let names: Vec<_> = chosen.iter().map(|s| s.name).collect();
+        vmcheck::log::line(&format!("shard {}/{}: {}", sh.index, sh.count, names.join(" ")));
+    }
     if let Some(dir) = &out {
         if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| vmcheck::log::set_transcript(&dir.join("transcript.log"))) {
             return usage(format!("cannot use --out {}: {e}", dir.display()));

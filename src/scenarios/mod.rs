@@ -66,6 +66,38 @@ pub fn select(patterns: &[String]) -> Result<Vec<Scenario>> {
     Ok(chosen.into_iter().map(|i| all[i]).collect())
 }
 
+/// One part of a suite split over several machines (`vmcheck run --shard K/N`): K of N, from 1.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl std::str::FromStr for Shard {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Shard> {
+        let (k, n) = s.split_once('/').with_context(|| format!("a shard is K/N, like 1/3, not {s:?}"))?;
+        let (index, count): (u32, u32) = (
+            k.parse().with_context(|| format!("shard {s:?}: {k:?} is no number"))?,
+            n.parse().with_context(|| format!("shard {s:?}: {n:?} is no number"))?,
+        );
+        if count == 0 || index == 0 || index > count {
+            bail!("shard {s:?}: K must be 1..=N and N at least 1");
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl Shard {
+    /// Whether `s` is in this shard. The split is by name (a chain's name for its cases, so a
+    /// chain stays whole), stable across runs, machines and Rust versions: FNV-1a of the name.
+    pub fn contains(&self, s: &Scenario) -> bool {
+        let key = s.chain.unwrap_or(s.name);
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+        hash % u64::from(self.count) == u64::from(self.index - 1)
+    }
+}
+
 /// The scenario named `name`; an unknown name lists the known ones.
 pub fn find(name: &str) -> Result<Scenario> {
     let all = all();
@@ -254,6 +286,25 @@ mod tests {
         // Hidden scenarios by exact name only.
         assert_eq!(names(&["selftest-pass"]).unwrap(), ["selftest-pass"]);
         assert!(names(&["selftest-*"]).is_err());
+    }
+
+    #[test]
+    fn shards_cover_every_scenario_exactly_once_and_keep_chains_whole() {
+        let listed: Vec<Scenario> = all().into_iter().filter(|s| !s.hidden).collect();
+        for n in 1..=5 {
+            let shards: Vec<Shard> = (1..=n).map(|k| format!("{k}/{n}").parse().unwrap()).collect();
+            for s in &listed {
+                let holders = shards.iter().filter(|sh| sh.contains(s)).count();
+                assert_eq!(holders, 1, "{} is in {holders} of {n} shards", s.name);
+                if let Some(chain) = s.chain {
+                    let first = listed.iter().find(|c| c.chain == Some(chain)).unwrap();
+                    assert!(shards.iter().all(|sh| sh.contains(s) == sh.contains(first)), "chain {chain} split by {n} shards");
+                }
+            }
+        }
+        for bad in ["0/2", "3/2", "1/0", "1", "a/b", "1/2/3"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad} accepted");
+        }
     }
 
     #[test]
