@@ -98,6 +98,9 @@ machine: echo after-quit
         "status 3\nstdout:\nout\nstderr:\nerr\n",
         "\"status\": \"running\"",
         "\"version\":",
+        // The proto3 JSON mapping: 64-bit integers print as strings, every field is printed.
+        "\"uptime_secs\": \"",
+        "\"nvmet\": ",
         "\"name\": \"malloc:///m0?size_mb=8\"",
         "still-up",
     ] {
