@@ -352,7 +352,7 @@ impl TargetService {
         Ok(proto::DestroySubsystemReply {})
     }
 
-    async fn split_bdev(&self, req: proto::SplitBdevRequest, deadline: Deadline) -> Result<proto::SplitBdevReply> {
+    pub(crate) async fn split_bdev(&self, req: proto::SplitBdevRequest, deadline: Deadline) -> Result<proto::SplitBdevReply> {
         let name = bdev_name("name", &req.name)?;
         if !(1..=split::MAX_SPLITS).contains(&req.split_count) {
             return Err(Error::InvalidArgument(format!("split_count {} is out of range 1..={}", req.split_count, split::MAX_SPLITS)));
@@ -407,6 +407,7 @@ impl TargetService {
             }
             tokio::time::sleep(pause).await;
         }
+        deadline.check("after the kernel made the partitions")?;
         let mut made = Vec::new();
         for (part, _, _) in &parts {
             let uri = BdevUri::Aio { dev: part.clone() };
