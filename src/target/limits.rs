@@ -70,7 +70,9 @@ impl Deadline {
     /// `timeout` from now, less the margin for the reply.
     pub fn after(timeout: Duration) -> Self {
         let margin = (timeout / 10).min(MAX_MARGIN);
-        Deadline { at: Some(Instant::now() + timeout - margin), timeout: Some(timeout), checks_left: None }
+        // A timeout too far out for the clock is no deadline at all.
+        let at = Instant::now().checked_add(timeout - margin);
+        Deadline { at, timeout: at.map(|_| timeout), checks_left: None }
     }
 
     /// Tests: passes at the check after `n` checks have passed.
@@ -156,6 +158,7 @@ mod tests {
         assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
         assert!(err.to_string().contains("before linking"), "{err}");
         Deadline::none().check("anywhere").unwrap();
+        Deadline::after(Duration::MAX).check("in a very long call").unwrap();
         Deadline::from_metadata(&MetadataMap::new()).unwrap().check("x").unwrap();
         md.insert("grpc-timeout", "soon".parse().unwrap());
         assert_eq!(Deadline::from_metadata(&md).unwrap_err().code(), tonic::Code::InvalidArgument);

@@ -259,7 +259,7 @@ impl TargetService {
         if let Some(nqn) = &req.nqn {
             nvmet::validate_nqn("subsystem NQN", nqn)?;
         }
-        let port = validate_port(req.port)?;
+        let port = validate_port(req.port, DEFAULT_NVMF_PORT)?;
         validate_hosts(&req.allowed_hosts)?;
 
         let mut registry = self.lock(&deadline).await?;
@@ -316,7 +316,7 @@ impl TargetService {
         limits::check_len("nqn", &req.nqn, MAX_NQN_LEN)?;
         limits::check_list("allowed_hosts", &req.allowed_hosts, MAX_ALLOWED_HOSTS, MAX_NQN_LEN)?;
         nvmet::validate_nqn("subsystem NQN", &req.nqn)?;
-        let port = validate_port(req.port)?;
+        let port = validate_port(req.port, DEFAULT_NVMF_PORT)?;
         validate_hosts(&req.allowed_hosts)?;
         let mut registry = self.lock(&deadline).await?;
         let nqn = req.nqn;
@@ -352,7 +352,7 @@ impl TargetService {
         Ok(proto::DestroySubsystemReply {})
     }
 
-    async fn split_bdev(&self, req: proto::SplitBdevRequest, deadline: Deadline) -> Result<proto::SplitBdevReply> {
+    pub(crate) async fn split_bdev(&self, req: proto::SplitBdevRequest, deadline: Deadline) -> Result<proto::SplitBdevReply> {
         let name = bdev_name("name", &req.name)?;
         if !(1..=split::MAX_SPLITS).contains(&req.split_count) {
             return Err(Error::InvalidArgument(format!("split_count {} is out of range 1..={}", req.split_count, split::MAX_SPLITS)));
@@ -407,6 +407,7 @@ impl TargetService {
             }
             tokio::time::sleep(pause).await;
         }
+        deadline.check("after the kernel made the partitions")?;
         let mut made = Vec::new();
         for (part, _, _) in &parts {
             let uri = BdevUri::Aio { dev: part.clone() };
@@ -581,7 +582,9 @@ impl TargetService {
     }
 
     /// Takes a bdev out of the export that claims it. The one place a second export type
-    /// (iSCSI LUNs over LIO) hooks into hot-remove: a claim of that kind withdraws its LUN here.
+    /// hooks into hot-remove: an iSCSI share (its target in `Registry::subsystems` under its
+    /// IQN, with an `iscsi://` URI) withdraws its LUN here, and the rest of `reap_vanished`
+    /// (faulted, logged, controller kept) holds for it unchanged.
     fn withdraw(&self, claim: &Claim) -> Result<()> {
         if !self.nvmet.namespace_exists(&claim.nqn, claim.nsid) {
             // Gone already (removed behind the daemon's back): nothing to withdraw.
@@ -713,9 +716,10 @@ fn require_unclaimed(registry: &Registry, entry: &Entry) -> Result<()> {
     }
 }
 
-fn validate_port(port: Option<u32>) -> Result<u16> {
+/// A TCP port from a request, or `default` when unset.
+fn validate_port(port: Option<u32>, default: u16) -> Result<u16> {
     match port {
-        None => Ok(DEFAULT_NVMF_PORT),
+        None => Ok(default),
         Some(port) => u16::try_from(port)
             .ok()
             .filter(|p| *p != 0)

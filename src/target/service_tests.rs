@@ -662,3 +662,22 @@ async fn the_monitor_withdraws_a_vanished_disk_by_itself() {
     assert_eq!(fx.bdevs().await[0].state, STATE_FAULTED);
     assert!(fx.svc.nvmet().subsystem_exists(&shared.nqn), "the controller stays");
 }
+
+/// A split whose deadline passes after the table was written wipes it again: no GPT, no
+/// partitions, no split bdevs, and the disk can be split afterwards.
+#[tokio::test]
+async fn a_split_failing_after_the_table_was_written_wipes_it() {
+    let fx = Fixture::with_fake_disks();
+    fx.add_disk("nvme3n1", 32);
+    fx.create("aio:///dev/nvme3n1").await.unwrap();
+    let req = proto::SplitBdevRequest { name: "aio:///dev/nvme3n1".into(), split_count: 2, split_size_mb: None };
+    let err = fx.svc.split_bdev(req.clone(), Deadline::after_checks(1)).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    assert!(err.to_string().contains("after the kernel made the partitions"), "{err}");
+    assert_eq!(gpt_signature(&fx, "nvme3n1"), [0; 8], "the table is wiped");
+    assert!(!fx.sysfs().join("class/block/nvme3n1p1").exists(), "the partitions are gone");
+    let bdevs = fx.bdevs().await;
+    assert_eq!((bdevs.len(), bdevs[0].claimed), (1, false), "{bdevs:?}");
+    fx.svc.split_bdev(req, Deadline::none()).await.unwrap();
+    assert_eq!(gpt_signature(&fx, "nvme3n1"), b"EFI PART");
+}
