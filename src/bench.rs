@@ -443,7 +443,8 @@ async fn nvmeof_runs(
         }
         Network::Vde => {
             let mut cmd = tokio::process::Command::new(vde);
-            cmd.arg("--sock").arg(&vde_dir).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).kill_on_drop(true);
+            // Its stdin stays open (piped, held by the child handle): vde_switch quits at EOF there.
+            cmd.arg("--sock").arg(&vde_dir).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).kill_on_drop(true);
             _vde = Some(cmd.spawn().context("starting vde_switch")?);
             let started = Instant::now();
             while !vde_dir.join("ctl").exists() {
@@ -469,7 +470,7 @@ async fn nvmeof_runs(
     let traddr = t.nics[0].address;
     tv.sh(
         &format!(
-            "set -e; head -c 128M /dev/zero > /tmp/bench.img; cd /sys/kernel/config/nvmet; s=subsystems/{BENCH_NQN}; mkdir $s; \
+            "set -e; dd if=/dev/zero of=/tmp/bench.img bs=1M count=128 2>/dev/null; cd /sys/kernel/config/nvmet; s=subsystems/{BENCH_NQN}; mkdir $s; \
              echo 1 > $s/attr_allow_any_host; mkdir $s/namespaces/1; echo /tmp/bench.img > $s/namespaces/1/device_path; \
              echo 1 > $s/namespaces/1/buffered_io; echo 1 > $s/namespaces/1/enable; p=ports/1; mkdir $p; echo tcp > $p/addr_trtype; \
              echo ipv4 > $p/addr_adrfam; echo {traddr} > $p/addr_traddr; echo 4420 > $p/addr_trsvcid; \

@@ -920,6 +920,7 @@ mod tests {
         assert!(t < bound, "partition took {t:?}");
         let t = effect(&|| heal_on([&sw], &["a"], &["b"]), true);
         assert!(t < bound, "heal took {t:?}");
+        eprintln!("measured: a fault shows on the next frame; heal took {t:?}");
         // A 50 ms delay: a frame arrives after 50 ms, not much later.
         drain(&b);
         sw.set_link("b", |l| l.delay = Duration::from_millis(50)).unwrap();
