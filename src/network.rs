@@ -20,7 +20,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use nix::sys::socket::{recvfrom, sendto, MsgFlags, UnixAddr};
+use nix::sys::socket::{recvfrom, MsgFlags, UnixAddr};
 
 use crate::log;
 use crate::machine::Machine;
@@ -85,6 +85,8 @@ pub enum DropReason {
     Partition,
     /// The capped link's queue was full.
     Queue,
+    /// The peer's socket stayed full for [`SEND_WAIT`], or no peer is there (not running).
+    Peer,
 }
 
 /// One link's frame counts. `from_*` counts frames the machine sent into the switch, `to_*`
@@ -97,8 +99,8 @@ pub struct LinkCounters {
     pub to_dropped: u64,
     pub bytes_from: u64,
     pub bytes_to: u64,
-    /// Drops by reason: down, loss, partition, queue.
-    pub dropped_by: [u64; 4],
+    /// Drops by reason: down, loss, partition, queue, peer ([`DropReason`]).
+    pub dropped_by: [u64; 5],
 }
 
 impl LinkCounters {
@@ -117,7 +119,6 @@ struct Port {
     machine: String,
     /// The socket the machine's QEMU binds, as bytes (compared with each frame's sender).
     peer: PathBuf,
-    addr: UnixAddr,
     link: Link,
     counters: LinkCounters,
     /// Ports (by index) this one may not reach: the partitions, as a mask the forwarding
@@ -164,13 +165,13 @@ impl State {
         if self.ports.len() >= 64 && !self.ports.iter().any(|p| p.machine == machine) {
             bail!("a vlan holds at most 64 machines");
         }
-        let addr = UnixAddr::new(peer).with_context(|| format!("socket path {}", peer.display()))?;
+        // A path too long for a unix address would never be reached.
+        UnixAddr::new(peer).with_context(|| format!("socket path {}", peer.display()))?;
         let old = self.ports.iter().position(|p| p.machine == machine);
         let now = Instant::now();
         let port = Port {
             machine: machine.to_string(),
             peer: peer.to_path_buf(),
-            addr,
             link: Link::default(),
             counters: LinkCounters::default(),
             cut: 0,
@@ -183,7 +184,6 @@ impl State {
             Some(i) => {
                 let p = &mut self.ports[i];
                 p.peer = port.peer;
-                p.addr = port.addr;
             }
             None => self.ports.push(port),
         }
@@ -464,11 +464,11 @@ impl Switch {
         let mut r = format!("vlan {}\n", self.vlan);
         r += &format!(
             "  {:<16} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}  {:<30}  link\n",
-            "machine", "from:pass", "from:drop", "to:pass", "to:drop", "bytes from", "bytes to", "drops (down/loss/part/queue)"
+            "machine", "from:pass", "from:drop", "to:pass", "to:drop", "bytes from", "bytes to", "drops (down/loss/part/queue/peer)"
         );
         for p in &s.ports {
             let c = &p.counters;
-            let by = format!("{}/{}/{}/{}", c.dropped_by[0], c.dropped_by[1], c.dropped_by[2], c.dropped_by[3]);
+            let by = c.dropped_by.map(|n| n.to_string()).join("/");
             r += &format!(
                 "  {:<16} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}  {by:<30}  {}\n",
                 p.machine, c.from_passed, c.from_dropped, c.to_passed, c.to_dropped, c.bytes_from, c.bytes_to, p.link
@@ -552,18 +552,11 @@ pub fn vlan_address(address: std::net::Ipv4Addr, vlan: u32) -> std::net::Ipv4Add
     std::net::Ipv4Addr::new(198, 18, (vlan & 0xff) as u8, address.octets()[3])
 }
 
-/// Sends without waiting: a peer that is not running, or not reading (a paused VM), misses the
-/// frame, as on a real switch, instead of stalling every other port.
-fn send_frame(sock: &UnixDatagram, frame: &[u8], addr: &UnixAddr) {
-    let _ = sendto(sock.as_raw_fd(), frame, addr, MsgFlags::MSG_DONTWAIT);
-}
-
 /// A frame waiting for its due time (delay, jitter, a cap).
 struct Delayed {
     due: Instant,
     seq: u64,
     to: usize,
-    addr: UnixAddr,
     from_machine: usize,
     frame: Vec<u8>,
 }
@@ -585,10 +578,13 @@ impl Ord for Delayed {
     }
 }
 
-/// Sends waiting frames when they are due. A link cut or a partition made while a frame waits
+/// Sends waiting frames when they are due, through outputs of its own (waiting for a full
+/// peer as the forwarding thread does). A link cut or a partition made while a frame waits
 /// drops it: a fault takes effect on frames in flight too.
-fn delay_loop(sock: Arc<UnixDatagram>, state: Arc<Mutex<State>>, rx: mpsc::Receiver<Delayed>, stop: Arc<AtomicBool>) {
+fn delay_loop(state: Arc<Mutex<State>>, rx: mpsc::Receiver<Delayed>, stop: Arc<AtomicBool>, wait: bool) {
     let mut queue: BinaryHeap<Reverse<Delayed>> = BinaryHeap::new();
+    let mut outputs: Vec<Output> = Vec::new();
+    let mut generation = u64::MAX;
     loop {
         let next = queue.peek().map(|Reverse(d)| d.due);
         let got = match next {
@@ -607,6 +603,10 @@ fn delay_loop(sock: Arc<UnixDatagram>, state: Arc<Mutex<State>>, rx: mpsc::Recei
         while queue.peek().is_some_and(|Reverse(d)| d.due <= now) {
             let Reverse(d) = queue.pop().expect("peeked");
             let mut s = state.lock().unwrap();
+            if s.generation != generation {
+                generation = s.generation;
+                outputs = s.ports.iter().map(|p| Output::new(&p.peer)).collect();
+            }
             let Some(p) = s.ports.get(d.to) else { continue };
             let (up, cut) = (p.link.up, p.cut & (1 << d.from_machine) != 0);
             let src_up = s.ports.get(d.from_machine).is_some_and(|p| p.link.up);
@@ -618,7 +618,13 @@ fn delay_loop(sock: Arc<UnixDatagram>, state: Arc<Mutex<State>>, rx: mpsc::Recei
                 continue;
             }
             drop(s);
-            send_frame(&sock, &d.frame, &d.addr);
+            if !outputs[d.to].send(&d.frame, wait) {
+                let mut s = state.lock().unwrap();
+                if let Some(p) = s.ports.get_mut(d.to) {
+                    p.counters.to_passed -= 1;
+                    p.counters.drop_to(DropReason::Peer);
+                }
+            }
         }
     }
 }
@@ -680,8 +686,8 @@ impl Output {
 fn forward(sock: UnixDatagram, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>, wait: bool) {
     let sock = Arc::new(sock);
     let (delayed_tx, delayed_rx) = mpsc::channel::<Delayed>();
-    let (ds, dstate, dstop) = (sock.clone(), state.clone(), stop.clone());
-    let _ = std::thread::Builder::new().name("switch-delay".into()).spawn(move || delay_loop(ds, dstate, delayed_rx, dstop));
+    let (dstate, dstop) = (state.clone(), stop.clone());
+    let _ = std::thread::Builder::new().name("switch-delay".into()).spawn(move || delay_loop(dstate, delayed_rx, dstop, wait));
     let mut buf = vec![0u8; 65536];
     let mut hops: Vec<Hop> = Vec::with_capacity(8);
     // Ports to send to, found under the lock and sent to without it.
@@ -701,7 +707,7 @@ fn forward(sock: UnixDatagram, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>, 
             for t in full_drops.drain(..) {
                 if let Some(p) = s.ports.get_mut(t) {
                     p.counters.to_passed -= 1;
-                    p.counters.drop_to(DropReason::Queue);
+                    p.counters.drop_to(DropReason::Peer);
                 }
             }
             if s.generation != generation {
@@ -715,7 +721,7 @@ fn forward(sock: UnixDatagram, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>, 
                     None => sends.push(t),
                     Some(due) => {
                         seq += 1;
-                        let d = Delayed { due, seq, to: t, addr: s.ports[t].addr, from_machine: src, frame: frame.to_vec() };
+                        let d = Delayed { due, seq, to: t, from_machine: src, frame: frame.to_vec() };
                         let _ = delayed_tx.send(d);
                     }
                 }
@@ -939,5 +945,39 @@ mod tests {
         assert!(c.dropped_by[DropReason::Down as usize] >= 2 && c.dropped_by[DropReason::Partition as usize] >= 1, "{c:?}");
         let r = report([&sw]);
         assert!(r.contains("partitioned [\"a\"] | [\"b\"]") && r.contains("b on vlan 1: DOWN"), "{r}");
+    }
+
+    /// A slow reader (its socket queue full) gets every frame when the switch waits for it, as
+    /// on a direct QEMU link; without the wait the switch drops what does not fit.
+    #[test]
+    fn the_switch_waits_for_a_full_peer_instead_of_dropping() {
+        let received = |wait: bool| -> usize {
+            let dir = tempfile::tempdir().unwrap();
+            let sw = Switch::start_with(1, dir.path(), wait).unwrap();
+            let bind = |n: &str| {
+                let p = dir.path().join(n);
+                let s = UnixDatagram::bind(&p).unwrap();
+                sw.add_port(n, &p);
+                s
+            };
+            let (a, b) = (bind("a"), bind("b"));
+            b.send_to(&frame(BCAST, B), &sw.socket).unwrap();
+            let reader = std::thread::spawn(move || {
+                b.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+                let mut n = 0;
+                while b.recv(&mut [0u8; 64]).is_ok() {
+                    n += 1;
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                n
+            });
+            for _ in 0..200 {
+                a.send_to(&frame(B, A), &sw.socket).unwrap();
+            }
+            reader.join().unwrap()
+        };
+        assert_eq!(received(true), 200, "the waiting switch lost frames to a slow reader");
+        let dropped = received(false);
+        assert!(dropped < 200, "without the wait all {dropped} frames arrived: the test does not fill the reader's queue");
     }
 }
