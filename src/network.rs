@@ -920,13 +920,16 @@ mod tests {
         let bound = Duration::from_millis(100);
         let t = effect(&|| _ = sw.set_link("b", |l| l.up = false).unwrap(), false);
         assert!(t < bound, "down took {t:?}");
+        eprintln!("measured: down took effect after {t:?}");
         let t = effect(&|| _ = sw.set_link("b", |l| l.up = true).unwrap(), true);
         assert!(t < bound, "up took {t:?}");
+        eprintln!("measured: up took effect after {t:?}");
         let t = effect(&|| partition_on([&sw], &["a"], &["b"]), false);
         assert!(t < bound, "partition took {t:?}");
+        eprintln!("measured: partition took effect after {t:?}");
         let t = effect(&|| heal_on([&sw], &["a"], &["b"]), true);
         assert!(t < bound, "heal took {t:?}");
-        eprintln!("measured: a fault shows on the next frame; heal took {t:?}");
+        eprintln!("measured: heal took effect after {t:?}");
         // A 50 ms delay: a frame arrives after 50 ms, not much later.
         drain(&b);
         sw.set_link("b", |l| l.delay = Duration::from_millis(50)).unwrap();
@@ -936,6 +939,7 @@ mod tests {
         b.recv(&mut [0u8; 64]).unwrap();
         let took = t0.elapsed();
         assert!(took >= Duration::from_millis(50) && took < Duration::from_millis(50) + bound, "a 50 ms delay took {took:?}");
+        eprintln!("measured: a frame under a 50 ms delay arrived after {took:?}");
         // A frame waiting in the delay queue when the link goes down is dropped.
         a.send_to(&frame(B, A), &sw.socket).unwrap();
         sw.set_link("b", |l| l.up = false).unwrap();
