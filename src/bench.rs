@@ -508,6 +508,8 @@ async fn nvmeof_runs(
             .command_line()
     };
     iv.sh(&job(3), poll).await.context("warm-up fio")?;
+    let cpu_before = switch_cpu_secs();
+    let timed = Instant::now();
     let mut runs = Vec::new();
     for _ in 0..options.fio_runs {
         let out = iv.sh(&job(options.fio_secs), poll).await?;
@@ -517,5 +519,28 @@ async fn nvmeof_runs(
         }
         runs.push(report.bw_kib(crate::tools::fio::Direction::Read) as f64 / 1024.0);
     }
-    Ok((runs, _switch.map(|s| s.report())))
+    let cpu = switch_cpu_secs() - cpu_before;
+    // What the switch costs: its threads' CPU time over the runs' wall time.
+    let counters = _switch
+        .map(|s| format!("{}  switch threads: {:.1} % of a core during the runs", s.report(), 100.0 * cpu / timed.elapsed().as_secs_f64()));
+    Ok((runs, counters))
+}
+
+/// CPU seconds (user and system) of this process's switch threads (`switch-*`), from
+/// /proc/self/task/*/stat in USER_HZ (100 on Linux x86).
+fn switch_cpu_secs() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    let mut ticks = 0u64;
+    for t in tasks.flatten() {
+        let Ok(comm) = std::fs::read_to_string(t.path().join("comm")) else { continue };
+        if !comm.starts_with("switch-") {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else { continue };
+        // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+        ticks += fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    ticks as f64 / 100.0
 }
