@@ -97,8 +97,12 @@ fn one_target_one_initiator() -> Vec<NodeSpec> {
 fn one_target_two_initiators() -> Vec<NodeSpec> {
     vec![target("target", 1), initiator("vm1", 2), initiator("vm2", 3)]
 }
+/// target2's disk is virtio-blk: the daemon derives a namespace's UUID from its bdev's URI
+/// (`aio:///dev/nvme0n1` on both targets otherwise), and Linux ignores a namespace whose IDs
+/// duplicate another subsystem's ("ignoring nsid 1 because of duplicate IDs").
 fn two_targets_one_initiator() -> Vec<NodeSpec> {
-    vec![target("target1", 1), target("target2", 3), initiator("initiator", 2)]
+    let target2 = NodeSpec::new("target2", Role::Target, 3).with_disk(DiskSpec::virtio("disk0", DISK_MIB));
+    vec![target("target1", 1), target2, initiator("initiator", 2)]
 }
 fn two_vlans() -> Vec<NodeSpec> {
     let mut nodes = one_target_one_initiator();
