@@ -285,8 +285,12 @@ async fn subsystem_ports(client: &mut TargetClient, nqn: &str) -> Result<Vec<pro
     Ok(sub.ports)
 }
 
+/// Bytes moved over the job's run time: the integrity job's verify reads do not show in fio's
+/// read bandwidth, so both directions are counted from the bytes.
 fn throughput(report: &crate::tools::fio::FioReport) -> String {
-    format!("read {} KiB/s, write {} KiB/s", report.bw_kib(Direction::Read), report.bw_kib(Direction::Write))
+    let secs = report.jobs.iter().map(|j| j.job_runtime).max().unwrap_or(0) as f64 / 1000.0;
+    let kib_s = |d| report.io_bytes(d) as f64 / 1024.0 / secs.max(0.001);
+    format!("{:.0} KiB/s written, {:.0} KiB/s read back to verify, over {secs:.1} s", kib_s(Direction::Write), kib_s(Direction::Read))
 }
 
 async fn disconnect(d: &Driver) -> Result<()> {
