@@ -135,15 +135,17 @@ fn path_options() -> FabricsOptions {
 }
 
 /// How long a controller of `o` may take to be given up once its target is gone: the
-/// keep-alive (twice its period) or the 30 s I/O timeout, whichever comes first, noticing it;
-/// then the reconnect attempts the controller-loss timeout allows, each up to 3 s (nvme-tcp
-/// connects with one SYN retry) plus the reconnect delay; and slack for TCG.
+/// keep-alive (twice its period) or the 30 s I/O timeout, whichever comes first, noticing it,
+/// and one more keep-alive period for the teardown (its keep-alive request times out again:
+/// seen under TCG, block at ~11 s, recovery at 21 s, first reconnect at 31 s); then the
+/// reconnect attempts the controller-loss timeout allows, each up to 3 s (nvme-tcp connects
+/// with one SYN retry) plus the reconnect delay; and slack for TCG.
 fn loss_bound(o: &FabricsOptions) -> Duration {
     let kato = u64::from(o.keep_alive_tmo.unwrap_or(5));
     let loss = o.ctrl_loss_tmo.unwrap_or(600).max(0) as u64;
     let delay = u64::from(o.reconnect_delay.unwrap_or(10)).max(1);
     let attempts = loss.div_ceil(delay);
-    Duration::from_secs((2 * kato).min(30) + attempts * (3 + delay)) + Duration::from_secs_f64(30.0 * timeouts::factor())
+    Duration::from_secs((2 * kato).min(30) + kato + attempts * (3 + delay)) + Duration::from_secs_f64(30.0 * timeouts::factor())
 }
 
 /// `nvme connect` with `options`; waits for namespace 1 and returns its block device.
@@ -619,8 +621,8 @@ mod tests {
     #[test]
     fn the_loss_bound_covers_detection_and_the_controller_loss_timeout() {
         let o = FabricsOptions { keep_alive_tmo: Some(10), ctrl_loss_tmo: Some(10), reconnect_delay: Some(2), ..Default::default() };
-        // 20 s to notice, 5 attempts of up to 5 s, then slack.
-        assert_eq!(loss_bound(&o), Duration::from_secs(45) + Duration::from_secs_f64(30.0 * timeouts::factor()));
+        // 20 s to notice, 10 s to tear down, 5 attempts of up to 5 s, then slack.
+        assert_eq!(loss_bound(&o), Duration::from_secs(55) + Duration::from_secs_f64(30.0 * timeouts::factor()));
     }
 
     #[test]
