@@ -330,7 +330,7 @@ enum Network {
     Direct,
     Vde,
     /// vmcheck's switch dropping a frame when its peer's queue is full, as it did before it
-    /// waited ([`crate::network::SEND_WAIT`]): kept to show what the wait is worth.
+    /// queued ([`crate::network::BACKLOG`]): kept to show what the backlog is worth.
     SwitchNoWait,
 }
 
@@ -340,7 +340,7 @@ impl Network {
             Network::Switch => "vmcheck switch",
             Network::Direct => "direct link",
             Network::Vde => "vde_switch",
-            Network::SwitchNoWait => "switch, no wait",
+            Network::SwitchNoWait => "switch, no queue",
         }
     }
 }
@@ -398,7 +398,7 @@ pub async fn nvmeof(options: &BenchOptions) -> Result<String> {
         line(format!("{:<15} median {median:>7.1} MiB/s (min {min:.1}, max {max:.1}, {n} runs)", network.name()));
     }
     line(format!(
-        "switch / direct = {:.3}; switch / vde_switch = {:.3}; (switch without waiting for a full peer) / direct = {:.3}",
+        "switch / direct = {:.3}; switch / vde_switch = {:.3}; (switch dropping for a full peer) / direct = {:.3}",
         medians[0] / medians[1],
         medians[0] / medians[2],
         medians[3] / medians[1]
@@ -430,7 +430,8 @@ async fn nvmeof_runs(
     let vde_dir = dir.join("vde");
     match network {
         Network::Switch | Network::SwitchNoWait => {
-            let sw = crate::network::Switch::start_with(1, dir, network == Network::Switch)?;
+            let backlog = if network == Network::Switch { crate::network::BACKLOG } else { 0 };
+            let sw = crate::network::Switch::start_with(1, dir, backlog)?;
             sw.add_port("target", &t.nics[0].local);
             sw.add_port("initiator", &i.nics[0].local);
             t.nics[0].remote = sw.socket.clone();

@@ -85,7 +85,8 @@ pub enum DropReason {
     Partition,
     /// The capped link's queue was full.
     Queue,
-    /// The peer's socket stayed full for [`SEND_WAIT`], or no peer is there (not running).
+    /// The peer's backlog was full ([`BACKLOG`]; [`SEND_WAIT`] for a delayed frame), or no peer
+    /// is there (not running).
     Peer,
 }
 
@@ -374,22 +375,22 @@ const STOP_POLL: Duration = Duration::from_millis(200);
 
 impl Switch {
     /// Binds the switch's socket in `dir` and starts forwarding on a thread of its own: a
-    /// blocking socket on a dedicated thread forwards with less latency per frame than an async
+    /// dedicated thread polling its sockets forwards with less latency per frame than an async
     /// task that two busy QEMUs contend with (measured by `vmcheck bench`).
     pub fn start(vlan: u32, dir: &Path) -> Result<Switch> {
-        Switch::start_with(vlan, dir, true)
+        Switch::start_with(vlan, dir, BACKLOG)
     }
 
-    /// [`Switch::start`]; with `wait` false, a frame for a peer whose queue is full is dropped
-    /// at once instead of waiting up to [`SEND_WAIT`] (the benchmark compares both).
-    pub fn start_with(vlan: u32, dir: &Path, wait: bool) -> Result<Switch> {
+    /// [`Switch::start`] holding at most `backlog` frames for a full peer; with 0 such a frame
+    /// is dropped at once (the benchmark compares both).
+    pub fn start_with(vlan: u32, dir: &Path, backlog: usize) -> Result<Switch> {
         let socket = dir.join(format!("switch-vlan{vlan}.sock"));
         let sock = UnixDatagram::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
-        sock.set_read_timeout(Some(STOP_POLL))?;
+        sock.set_nonblocking(true)?;
         let state = Arc::new(Mutex::new(State::new(vlan)));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, f) = (state.clone(), stop.clone());
-        std::thread::Builder::new().name(format!("switch-vlan{vlan}")).spawn(move || forward(sock, s, f, wait))?;
+        std::thread::Builder::new().name(format!("switch-vlan{vlan}")).spawn(move || forward(sock, s, f, backlog))?;
         Ok(Switch { vlan, socket, state, stop })
     }
 
@@ -618,7 +619,7 @@ fn delay_loop(state: Arc<Mutex<State>>, rx: mpsc::Receiver<Delayed>, stop: Arc<A
                 continue;
             }
             drop(s);
-            if !outputs[d.to].send(&d.frame, wait) {
+            if !matches!(outputs[d.to].try_send(&d.frame, wait), Sent::Yes) {
                 let mut s = state.lock().unwrap();
                 if let Some(p) = s.ports.get_mut(d.to) {
                     p.counters.to_passed -= 1;
@@ -629,107 +630,171 @@ fn delay_loop(state: Arc<Mutex<State>>, rx: mpsc::Receiver<Delayed>, stop: Arc<A
     }
 }
 
-/// How long the switch waits for a peer whose socket queue is full (Linux queues only
-/// `net.unix.max_dgram_qlen`, 10 by default, datagrams per socket) before it drops the frame.
-/// Waiting, not dropping, is what a direct QEMU-to-QEMU link does (QEMU retries a full peer), so
-/// TCP through the switch sees backpressure instead of loss; the bound keeps a paused VM from
-/// stalling every other port for long. A peer that made the switch wait that long gets frames
-/// without waiting until it takes one again.
+/// How long the delay thread waits for a peer whose socket queue is full before it drops a
+/// delayed frame (the forwarding thread queues instead, [`BACKLOG`]).
 pub const SEND_WAIT: Duration = Duration::from_millis(10);
 
-/// The switch's way to one port's peer: a socket connected to it, so a send can wait for that
-/// peer alone to have room.
+/// Frames the switch holds for one peer whose socket queue is full (Linux queues only
+/// `net.unix.max_dgram_qlen`, 10 by default, datagrams per socket), sent in order as it reads.
+/// Dropping them instead costs TCP half its throughput, and blocking the forwarding thread on
+/// the peer makes the senders spin on a full switch socket (QEMU retries at once), as on a direct
+/// link; `vmcheck bench --nvmeof` measured all three. Beyond this a frame is dropped (a paused
+/// VM costs the others nothing).
+pub const BACKLOG: usize = 1024;
+
+enum Sent {
+    Yes,
+    Full,
+    /// No peer there (not running, or restarted and not yet reconnected).
+    Gone,
+}
+
+/// The switch's way to one port's peer: a socket connected to it, so the switch can tell when
+/// that peer alone has room again (poll), and frames waiting for it.
 struct Output {
     path: PathBuf,
     sock: Option<UnixDatagram>,
-    congested: bool,
+    backlog: std::collections::VecDeque<Vec<u8>>,
 }
 
 impl Output {
     fn new(path: &Path) -> Output {
-        Output { path: path.to_path_buf(), sock: None, congested: false }
+        Output { path: path.to_path_buf(), sock: None, backlog: std::collections::VecDeque::new() }
     }
 
-    /// Sends `frame`; false when it was dropped (the peer is not there, or stayed full).
-    fn send(&mut self, frame: &[u8], wait: bool) -> bool {
+    /// One send, waiting up to [`SEND_WAIT`] when `wait`.
+    fn try_send(&mut self, frame: &[u8], wait: bool) -> Sent {
         // Twice: a restarted QEMU has a new socket at the same path; connect again once.
         for _ in 0..2 {
             if self.sock.is_none() {
-                let Ok(sock) = UnixDatagram::unbound() else { return false };
+                let Ok(sock) = UnixDatagram::unbound() else { return Sent::Gone };
                 if sock.connect(&self.path).is_err() || sock.set_write_timeout(Some(SEND_WAIT)).is_err() {
-                    return false;
+                    return Sent::Gone;
                 }
                 self.sock = Some(sock);
             }
             let sock = self.sock.as_ref().expect("connected above");
-            let sent = if wait && !self.congested {
-                sock.send(frame).map(drop)
-            } else {
-                nix::sys::socket::send(sock.as_raw_fd(), frame, MsgFlags::MSG_DONTWAIT).map(drop).map_err(std::io::Error::from)
-            };
-            match sent {
-                Ok(()) => {
-                    self.congested = false;
-                    return true;
-                }
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                    self.congested = true;
-                    return false;
-                }
+            let flags = if wait { MsgFlags::empty() } else { MsgFlags::MSG_DONTWAIT };
+            match nix::sys::socket::send(sock.as_raw_fd(), frame, flags) {
+                Ok(_) => return Sent::Yes,
+                Err(nix::errno::Errno::EAGAIN) => return Sent::Full,
                 Err(_) => self.sock = None,
             }
         }
-        false
+        Sent::Gone
+    }
+
+    /// Sends `frame` or queues it behind earlier ones (at most `cap`); false when dropped.
+    fn send(&mut self, frame: &[u8], cap: usize) -> bool {
+        if !self.backlog.is_empty() {
+            if self.backlog.len() >= cap {
+                return false;
+            }
+            self.backlog.push_back(frame.to_vec());
+            return true;
+        }
+        match self.try_send(frame, false) {
+            Sent::Yes => true,
+            Sent::Full if cap > 0 => {
+                self.backlog.push_back(frame.to_vec());
+                true
+            }
+            Sent::Full | Sent::Gone => false,
+        }
+    }
+
+    /// Sends what waits while the peer takes it; the frames dropped because it is gone.
+    fn flush(&mut self) -> usize {
+        while let Some(f) = self.backlog.front() {
+            let f = f.clone();
+            match self.try_send(&f, false) {
+                Sent::Yes => drop(self.backlog.pop_front()),
+                Sent::Full => return 0,
+                Sent::Gone => {
+                    let n = self.backlog.len();
+                    self.backlog.clear();
+                    return n;
+                }
+            }
+        }
+        0
     }
 }
 
-fn forward(sock: UnixDatagram, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>, wait: bool) {
-    let sock = Arc::new(sock);
+fn forward(sock: UnixDatagram, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>, cap: usize) {
+    use nix::libc;
     let (delayed_tx, delayed_rx) = mpsc::channel::<Delayed>();
     let (dstate, dstop) = (state.clone(), stop.clone());
-    let _ = std::thread::Builder::new().name("switch-delay".into()).spawn(move || delay_loop(dstate, delayed_rx, dstop, wait));
+    let _ = std::thread::Builder::new().name("switch-delay".into()).spawn(move || delay_loop(dstate, delayed_rx, dstop, cap > 0));
     let mut buf = vec![0u8; 65536];
     let mut hops: Vec<Hop> = Vec::with_capacity(8);
     // Ports to send to, found under the lock and sent to without it.
     let mut sends: Vec<usize> = Vec::with_capacity(8);
     let mut outputs: Vec<Output> = Vec::new();
     let mut generation = u64::MAX;
-    // Frames a full peer made the switch drop, counted at the next lock.
-    let mut full_drops: Vec<usize> = Vec::new();
+    // Frames dropped for a full or absent peer, counted at the next lock.
+    let mut peer_drops: Vec<usize> = Vec::new();
+    let mut fds: Vec<libc::pollfd> = Vec::new();
     let mut seq = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let Ok((n, Some(addr))) = recvfrom::<UnixAddr>(sock.as_raw_fd(), &mut buf) else { continue };
-        let Some(from) = addr.path() else { continue };
-        let frame = &buf[..n];
-        sends.clear();
-        {
-            let mut s = state.lock().unwrap();
-            for t in full_drops.drain(..) {
-                if let Some(p) = s.ports.get_mut(t) {
-                    p.counters.to_passed -= 1;
-                    p.counters.drop_to(DropReason::Peer);
-                }
+        // The switch's socket, and every peer frames wait for.
+        fds.clear();
+        fds.push(libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        for o in outputs.iter().filter(|o| !o.backlog.is_empty()) {
+            if let Some(s) = &o.sock {
+                fds.push(libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLOUT, revents: 0 });
             }
-            if s.generation != generation {
-                generation = s.generation;
-                outputs = s.ports.iter().map(|p| Output::new(&p.peer)).collect();
-            }
-            route(&mut s, from.as_os_str().as_bytes(), frame, Instant::now(), &mut hops);
-            let src = s.last_sender.as_ref().map_or(0, |(_, i)| *i);
-            for &(t, due) in &hops {
-                match due {
-                    None => sends.push(t),
-                    Some(due) => {
-                        seq += 1;
-                        let d = Delayed { due, seq, to: t, from_machine: src, frame: frame.to_vec() };
-                        let _ = delayed_tx.send(d);
-                    }
+        }
+        // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, STOP_POLL.as_millis() as libc::c_int) };
+        if ready <= 0 {
+            continue;
+        }
+        if fds.len() > 1 {
+            for (t, o) in outputs.iter_mut().enumerate() {
+                if !o.backlog.is_empty() {
+                    peer_drops.extend(std::iter::repeat_n(t, o.flush()));
                 }
             }
         }
-        for &t in &sends {
-            if !outputs[t].send(frame, wait) {
-                full_drops.push(t);
+        if fds[0].revents & libc::POLLIN == 0 {
+            continue;
+        }
+        // Everything waiting, then poll again.
+        for _ in 0..256 {
+            let Ok((n, Some(addr))) = recvfrom::<UnixAddr>(sock.as_raw_fd(), &mut buf) else { break };
+            let Some(from) = addr.path() else { continue };
+            let frame = &buf[..n];
+            sends.clear();
+            {
+                let mut s = state.lock().unwrap();
+                for t in peer_drops.drain(..) {
+                    if let Some(p) = s.ports.get_mut(t) {
+                        p.counters.to_passed -= 1;
+                        p.counters.drop_to(DropReason::Peer);
+                    }
+                }
+                if s.generation != generation {
+                    generation = s.generation;
+                    outputs = s.ports.iter().map(|p| Output::new(&p.peer)).collect();
+                }
+                route(&mut s, from.as_os_str().as_bytes(), frame, Instant::now(), &mut hops);
+                let src = s.last_sender.as_ref().map_or(0, |(_, i)| *i);
+                for &(t, due) in &hops {
+                    match due {
+                        None => sends.push(t),
+                        Some(due) => {
+                            seq += 1;
+                            let d = Delayed { due, seq, to: t, from_machine: src, frame: frame.to_vec() };
+                            let _ = delayed_tx.send(d);
+                        }
+                    }
+                }
+            }
+            for &t in &sends {
+                if !outputs[t].send(frame, cap) {
+                    peer_drops.push(t);
+                }
             }
         }
     }
@@ -951,13 +1016,13 @@ mod tests {
         assert!(r.contains("partitioned [\"a\"] | [\"b\"]") && r.contains("b on vlan 1: DOWN"), "{r}");
     }
 
-    /// A slow reader (its socket queue full) gets every frame when the switch waits for it, as
-    /// on a direct QEMU link; without the wait the switch drops what does not fit.
+    /// A slow reader (its socket queue full) gets every frame when the switch queues for it;
+    /// without the backlog the switch drops what does not fit.
     #[test]
-    fn the_switch_waits_for_a_full_peer_instead_of_dropping() {
-        let received = |wait: bool| -> usize {
+    fn the_switch_queues_for_a_full_peer_instead_of_dropping() {
+        let received = |backlog: usize| -> usize {
             let dir = tempfile::tempdir().unwrap();
-            let sw = Switch::start_with(1, dir.path(), wait).unwrap();
+            let sw = Switch::start_with(1, dir.path(), backlog).unwrap();
             let bind = |n: &str| {
                 let p = dir.path().join(n);
                 let s = UnixDatagram::bind(&p).unwrap();
@@ -980,8 +1045,8 @@ mod tests {
             }
             reader.join().unwrap()
         };
-        assert_eq!(received(true), 200, "the waiting switch lost frames to a slow reader");
-        let dropped = received(false);
+        assert_eq!(received(BACKLOG), 200, "the queueing switch lost frames to a slow reader");
+        let dropped = received(0);
         assert!(dropped < 200, "without the wait all {dropped} frames arrived: the test does not fill the reader's queue");
     }
 }
