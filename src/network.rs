@@ -1049,4 +1049,45 @@ mod tests {
         let dropped = received(0);
         assert!(dropped < 200, "without the wait all {dropped} frames arrived: the test does not fill the reader's queue");
     }
+
+    /// Frames per second the switch forwards between two host sockets (`cargo test --lib
+    /// forwarding_rate -- --ignored --nocapture`): what one switch thread can carry, beside the
+    /// same frames sent straight from socket to socket.
+    #[test]
+    #[ignore]
+    fn forwarding_rate() {
+        let rate = |through_switch: bool| -> f64 {
+            let dir = tempfile::tempdir().unwrap();
+            let sw = Switch::start(1, dir.path()).unwrap();
+            let bind = |n: &str| {
+                let p = dir.path().join(n);
+                let s = UnixDatagram::bind(&p).unwrap();
+                sw.add_port(n, &p);
+                (s, p)
+            };
+            let ((a, _), (b, bp)) = (bind("a"), bind("b"));
+            b.send_to(&frame(BCAST, B), &sw.socket).unwrap();
+            a.recv(&mut [0u8; 64]).unwrap();
+            const N: usize = 200_000;
+            let reader = std::thread::spawn(move || {
+                b.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+                let mut buf = [0u8; 2048];
+                let mut n = 0;
+                while n < N && b.recv(&mut buf).is_ok() {
+                    n += 1;
+                }
+                n
+            });
+            let mut f = frame(B, A);
+            f.resize(1514, 0);
+            let to = if through_switch { sw.socket.clone() } else { bp };
+            let t = Instant::now();
+            for _ in 0..N {
+                a.send_to(&f, &to).unwrap();
+            }
+            let got = reader.join().unwrap();
+            got as f64 / t.elapsed().as_secs_f64()
+        };
+        eprintln!("switch: {:.0} frames/s; direct: {:.0} frames/s", rate(true), rate(false));
+    }
 }
