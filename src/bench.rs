@@ -5,7 +5,10 @@
 //!   directly (`guest-ping` until it answers);
 //! - the round trip of `succeed("true")` beside a bare `guest-exec` of `/bin/true` with tight
 //!   `guest-exec-status` polling (median and p90);
-//! - test-network throughput through the driver's switch beside a direct QEMU-to-QEMU link.
+//! - test-network throughput through the driver's switch beside a direct QEMU-to-QEMU link;
+//! - with `--nvmeof`, only this: fio 128 KiB sequential reads at queue depth 16 over NVMe-oF/TCP
+//!   through vmcheck's switch, a direct QEMU-to-QEMU link and `vde_switch` (what NixOS tests
+//!   use), in the same run, on the same bare VMs ([`nvmeof`]).
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +28,13 @@ pub struct BenchOptions {
     pub boots: usize,
     pub execs: usize,
     pub transfer_mib: u64,
+    /// Run only the NVMe-oF network benchmark.
+    pub nvmeof: bool,
+    /// fio runs per network per round, and each run's seconds.
+    pub fio_runs: usize,
+    pub fio_secs: u64,
+    /// Rounds over the three networks (each boots its VMs again), to spread host-load drift.
+    pub rounds: usize,
 }
 
 /// Median and 90th percentile of `samples`, in seconds.
@@ -64,15 +74,17 @@ struct Bare {
 
 impl Bare {
     async fn boot(spec: &QemuSpec) -> Result<(Bare, Duration)> {
+        Bare::boot_args(spec, bare_args(spec)?).await
+    }
+
+    /// Boots `spec` with the command line `args`.
+    async fn boot_args(spec: &QemuSpec, args: Vec<String>) -> Result<(Bare, Duration)> {
         let _ = std::fs::remove_file(&spec.qga_socket);
         for nic in &spec.nics {
             let _ = std::fs::remove_file(&nic.local);
         }
         let mut cmd = tokio::process::Command::new(&spec.qemu);
-        cmd.args(bare_args(spec)?)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+        cmd.args(args).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
         let started = Instant::now();
         let child = crate::process::spawn(cmd).await?;
         let process = QemuProcess::adopt(child, Console::new(&spec.name, None));
@@ -115,25 +127,42 @@ impl Bare {
 
     /// guest-exec of argv, then guest-exec-status as fast as answers come.
     async fn exec(&mut self, argv: &[&str]) -> Result<Value> {
+        self.exec_polling(argv, Duration::ZERO).await
+    }
+
+    /// guest-exec of argv, then guest-exec-status every `poll` (a long command measured in
+    /// the guest must not share its vCPU with an agent answering polls).
+    async fn exec_polling(&mut self, argv: &[&str], poll: Duration) -> Result<Value> {
         let pid = self
             .call(json!({"execute": "guest-exec", "arguments": {"path": argv[0], "arg": &argv[1..], "capture-output": true}}))
             .await?["pid"]
             .clone();
-        // Back to back, bounded like every wait of the driver.
+        // Back to back when `poll` is zero; bounded like every wait of the driver.
+        let pace = if poll.is_zero() { Pace::every(poll).after_tight(crate::timeouts::command()) } else { Pace::every(poll) };
         let this = tokio::sync::Mutex::new(self);
-        let polled = crate::poll::until(
-            crate::timeouts::command(),
-            Pace::every(Duration::ZERO).after_tight(crate::timeouts::command()),
-            |_| async {
-                let status = this.lock().await.call(json!({"execute": "guest-exec-status", "arguments": {"pid": pid}})).await?;
-                Ok((status["exited"] == true).then_some(status))
-            },
-        )
+        let polled = crate::poll::until(crate::timeouts::command(), pace, |_| async {
+            let status = this.lock().await.call(json!({"execute": "guest-exec-status", "arguments": {"pid": pid}})).await?;
+            Ok((status["exited"] == true).then_some(status))
+        })
         .await?;
         match polled {
             Polled::Done(status) => Ok(status),
             Polled::TimedOut(waited) => bail!("bare exec of {argv:?}: not ended after {waited:?}"),
         }
+    }
+
+    /// `sh -c cmd`, which must exit 0; its stdout.
+    async fn sh(&mut self, cmd: &str, poll: Duration) -> Result<String> {
+        let status = self.exec_polling(&["/bin/sh", "-c", cmd], poll).await?;
+        let text = |key: &str| {
+            use base64::Engine;
+            let data = status[key].as_str().unwrap_or_default();
+            String::from_utf8_lossy(&base64::engine::general_purpose::STANDARD.decode(data).unwrap_or_default()).into_owned()
+        };
+        if status["exitcode"] != 0 {
+            bail!("`{cmd}` exited {}:\nstdout:\n{}\nstderr:\n{}", status["exitcode"], text("out-data"), text("err-data"));
+        }
+        Ok(text("out-data"))
     }
 }
 
@@ -143,6 +172,9 @@ fn one_node(name: &str, host: u8) -> NodeSpec {
 
 /// Runs the benchmark and prints a report.
 pub async fn run(options: &BenchOptions) -> Result<String> {
+    if options.nvmeof {
+        return nvmeof(options).await;
+    }
     let mut report = String::new();
     let mut line = |s: String| {
         crate::log::line(&s);
@@ -299,4 +331,227 @@ async fn direct_transfer(driver: &Driver, mib: u64) -> Result<f64> {
         bail!("direct link: the transfer failed: {status}");
     }
     Ok(mib as f64 / t.elapsed().as_secs_f64())
+}
+
+/// The networks the NVMe-oF benchmark compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Network {
+    Switch,
+    Direct,
+    Vde,
+    /// vmcheck's switch dropping a frame when its peer's queue is full, as it did before it
+    /// queued ([`crate::network::BACKLOG`]): kept to show what the backlog is worth.
+    SwitchNoWait,
+}
+
+impl Network {
+    fn name(self) -> &'static str {
+        match self {
+            Network::Switch => "vmcheck switch",
+            Network::Direct => "direct link",
+            Network::Vde => "vde_switch",
+            Network::SwitchNoWait => "switch, no queue",
+        }
+    }
+}
+
+const BENCH_NQN: &str = "nqn.2019-05.io.vmcheck:bench";
+
+/// fio 128 KiB sequential reads, queue depth 16, over NVMe-oF/TCP between a target and an
+/// initiator, through each network in turn; every network boots the same two bare VMs (the
+/// driver's images and command lines, less QMP), only the netdev differs. The namespace is a
+/// file in the target's RAM (nvmet buffered I/O), so the network, not a disk, is measured.
+pub async fn nvmeof(options: &BenchOptions) -> Result<String> {
+    let mut report = String::new();
+    let mut line = |s: String| {
+        crate::log::line(&s);
+        report.push_str(&s);
+        report.push('\n');
+    };
+    crate::log::set_echo_console(false);
+    let vde = which::which("vde_switch").context("vde_switch is not on PATH (Debian: apt-get install vde2)")?;
+    let nodes = vec![NodeSpec::new("target", Role::Target, 1), NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768)];
+    let driver = Driver::new(nodes, DriverOptions::default()).await?;
+    line(format!(
+        "accelerator: {}; fio 128k sequential read, iodepth 16, libaio, direct, {} s per run, {} run(s) per network per round, {} round(s)",
+        driver.accel.name(),
+        options.fio_secs,
+        options.fio_runs,
+        options.rounds
+    ));
+    let mut samples: Vec<(Network, Vec<f64>)> =
+        [Network::Switch, Network::Direct, Network::Vde, Network::SwitchNoWait].map(|n| (n, Vec::new())).into();
+    for round in 0..options.rounds {
+        for (network, got) in samples.iter_mut() {
+            let dir = driver.run_dir().join(format!("bench-{round}-{network:?}"));
+            std::fs::create_dir_all(&dir)?;
+            let (runs, counters) =
+                nvmeof_runs(&driver, *network, &dir, &vde, options).await.with_context(|| format!("over the {}", network.name()))?;
+            line(format!(
+                "round {}: {}: {} MiB/s",
+                round + 1,
+                network.name(),
+                runs.iter().map(|r| format!("{r:.1}")).collect::<Vec<_>>().join(", ")
+            ));
+            if let Some(c) = counters {
+                line(c.trim_end().to_string());
+            }
+            got.extend(runs);
+        }
+    }
+    let mut medians = Vec::new();
+    for (network, got) in &mut samples {
+        let n = got.len();
+        let (min, max) = (got.iter().copied().fold(f64::INFINITY, f64::min), got.iter().copied().fold(0.0, f64::max));
+        let (median, _) = median_p90(got);
+        medians.push(median);
+        line(format!("{:<15} median {median:>7.1} MiB/s (min {min:.1}, max {max:.1}, {n} runs)", network.name()));
+    }
+    line(format!(
+        "switch / direct = {:.3}; switch / vde_switch = {:.3}; (switch dropping for a full peer) / direct = {:.3}",
+        medians[0] / medians[1],
+        medians[0] / medians[2],
+        medians[3] / medians[1]
+    ));
+    driver.kill_all().await;
+    Ok(report)
+}
+
+/// Boots the target and initiator on `network`, shares the RAM file, connects, and runs fio
+/// (one warm-up, then `fio_runs`); read MiB/s of each run.
+async fn nvmeof_runs(
+    driver: &Driver,
+    network: Network,
+    dir: &std::path::Path,
+    vde: &std::path::Path,
+    options: &BenchOptions,
+) -> Result<(Vec<f64>, Option<String>)> {
+    let mut t = driver.machine("target")?.qemu_spec();
+    let mut i = driver.machine("initiator")?.qemu_spec();
+    for (spec, n) in [(&mut t, "target"), (&mut i, "initiator")] {
+        spec.qga_socket = dir.join(format!("{n}-qga.sock"));
+        spec.control = None;
+        spec.nics.truncate(1);
+        spec.nics[0].local = dir.join(format!("{n}-net.sock"));
+    }
+    // Kept alive until the runs end.
+    let mut _switch = None;
+    let mut _vde = None;
+    let vde_dir = dir.join("vde");
+    match network {
+        Network::Switch | Network::SwitchNoWait => {
+            let backlog = if network == Network::Switch { crate::network::BACKLOG } else { 0 };
+            let sw = crate::network::Switch::start_with(1, dir, backlog)?;
+            sw.add_port("target", &t.nics[0].local);
+            sw.add_port("initiator", &i.nics[0].local);
+            t.nics[0].remote = sw.socket.clone();
+            i.nics[0].remote = sw.socket.clone();
+            _switch = Some(sw);
+        }
+        Network::Direct => {
+            t.nics[0].remote = i.nics[0].local.clone();
+            i.nics[0].remote = t.nics[0].local.clone();
+        }
+        Network::Vde => {
+            let mut cmd = tokio::process::Command::new(vde);
+            // Its stdin stays open (piped, held by the child handle): vde_switch quits at EOF there.
+            cmd.arg("--sock").arg(&vde_dir).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).kill_on_drop(true);
+            _vde = Some(cmd.spawn().context("starting vde_switch")?);
+            let started = Instant::now();
+            while !vde_dir.join("ctl").exists() {
+                if started.elapsed() > Duration::from_secs(10) {
+                    bail!("vde_switch made no {} in 10 s", vde_dir.join("ctl").display());
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    let args = |spec: &QemuSpec| -> Result<Vec<String>> {
+        let mut a = bare_args(spec)?;
+        if network == Network::Vde {
+            for w in a.iter_mut().filter(|w| w.starts_with("dgram,id=")) {
+                *w = format!("vde,id={},sock={}", spec.nics[0].netdev_id(), vde_dir.display());
+            }
+        }
+        Ok(a)
+    };
+    let (ta, ia) = (args(&t)?, args(&i)?);
+    let ((mut tv, _), (mut iv, _)) = tokio::try_join!(Bare::boot_args(&t, ta), Bare::boot_args(&i, ia))?;
+    let poll = Duration::from_millis(250);
+    let traddr = t.nics[0].address;
+    tv.sh(
+        &format!(
+            "set -e; dd if=/dev/zero of=/tmp/bench.img bs=1M count=128 2>/dev/null; cd /sys/kernel/config/nvmet; s=subsystems/{BENCH_NQN}; mkdir $s; \
+             echo 1 > $s/attr_allow_any_host; mkdir $s/namespaces/1; echo /tmp/bench.img > $s/namespaces/1/device_path; \
+             echo 1 > $s/namespaces/1/buffered_io; echo 1 > $s/namespaces/1/enable; p=ports/1; mkdir $p; echo tcp > $p/addr_trtype; \
+             echo ipv4 > $p/addr_adrfam; echo {traddr} > $p/addr_traddr; echo 4420 > $p/addr_trsvcid; \
+             ln -s /sys/kernel/config/nvmet/$s $p/subsystems/{BENCH_NQN}"
+        ),
+        poll,
+    )
+    .await
+    .context("sharing the RAM file on the target")?;
+    let t = crate::timeouts::nvme();
+    let dev = iv
+        .sh(
+            &format!(
+                "set -e; nvme connect -t tcp -a {traddr} -s 4420 -n {BENCH_NQN} --keep-alive-tmo={} --ctrl-loss-tmo={}; \
+                 for n in $(seq 100); do for b in /sys/block/nvme*; do [ \"$(cat $b/device/subsysnqn 2>/dev/null)\" = {BENCH_NQN} ] \
+                 && [ \"$(cat $b/hidden 2>/dev/null)\" != 1 ] && echo /dev/${{b##*/}} && exit 0; done; sleep 0.1; done; exit 1",
+                t.keep_alive_tmo, t.ctrl_loss_tmo
+            ),
+            poll,
+        )
+        .await
+        .context("connecting the initiator")?;
+    let dev = dev.trim().to_string();
+    let job = |secs: u64| {
+        crate::tools::fio::Fio::new()
+            .name("seqread")
+            .filename(&dev)
+            .rw(crate::tools::fio::Rw::Read)
+            .bs("128k")
+            .iodepth(16)
+            .ioengine("libaio")
+            .direct(true)
+            .time_based(true)
+            .runtime_secs(secs)
+            .command_line()
+    };
+    iv.sh(&job(3), poll).await.context("warm-up fio")?;
+    let cpu_before = switch_cpu_secs();
+    let timed = Instant::now();
+    let mut runs = Vec::new();
+    for _ in 0..options.fio_runs {
+        let out = iv.sh(&job(options.fio_secs), poll).await?;
+        let report = crate::tools::fio::FioReport::parse(&out).context("fio's report")?;
+        if !report.problems().is_empty() {
+            bail!("fio: {:?}", report.problems());
+        }
+        runs.push(report.bw_kib(crate::tools::fio::Direction::Read) as f64 / 1024.0);
+    }
+    let cpu = switch_cpu_secs() - cpu_before;
+    // What the switch costs: its threads' CPU time over the runs' wall time.
+    let counters = _switch
+        .map(|s| format!("{}  switch threads: {:.1} % of a core during the runs", s.report(), 100.0 * cpu / timed.elapsed().as_secs_f64()));
+    Ok((runs, counters))
+}
+
+/// CPU seconds (user and system) of this process's switch threads (`switch-*`), from
+/// /proc/self/task/*/stat in USER_HZ (100 on Linux x86).
+fn switch_cpu_secs() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    let mut ticks = 0u64;
+    for t in tasks.flatten() {
+        let Ok(comm) = std::fs::read_to_string(t.path().join("comm")) else { continue };
+        if !comm.starts_with("switch-") {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else { continue };
+        // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
+        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+        ticks += fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+            + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    ticks as f64 / 100.0
 }

@@ -223,11 +223,13 @@ impl Driver {
         self.started.elapsed()
     }
 
-    /// Stops every machine at once (no clean shutdown: the test is over).
+    /// Stops every machine at once (no clean shutdown: the test is over), and keeps the test
+    /// network's per-link counters and fault events as `network.txt`.
     pub async fn kill_all(&self) {
         for m in &self.machines {
             m.kill().await;
         }
+        self.artifact("network.txt", &crate::network::report(self.env.switches.values().map(|s| &**s)));
     }
 
     /// The subtest table printed at the end of a run.

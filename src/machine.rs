@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::accel::Accel;
 use crate::config::{DiskSpec, NodeSpec, Role, TEST_SUBNET_LEN};
 use crate::log;
-use crate::network::{Link, Switch};
+use crate::network::{Link, LinkCounters, Switch};
 use crate::poll::{self, Polled};
 use crate::qemu::{Boot, Console, ControlNic, Disk, DiskKind, Nic, QemuProcess, QemuSpec};
 use crate::qga::{ExecOutput, ExecTimeout, MemoryStats, Qga};
@@ -132,7 +132,8 @@ impl Machine {
             .map(|(&vlan, switch)| Nic {
                 vlan,
                 mac: crate::qemu::test_mac(vlan, node.address),
-                address: node.address,
+                // A second vlan gets a subnet of its own, so each NIC is routed by itself.
+                address: crate::network::vlan_address(node.address, vlan),
                 prefix_len: TEST_SUBNET_LEN,
                 local: net_dir.join(format!("{}-vlan{vlan}.sock", node.name)),
                 remote: switch.socket.clone(),
@@ -587,7 +588,8 @@ impl Machine {
         self.qga().await?.memory_stats().await
     }
 
-    /// Cuts this machine off the test network (both directions), as a pulled cable would.
+    /// Cuts this machine off the test network (both directions, every vlan), as a pulled cable
+    /// would.
     pub async fn block(&self) -> Result<()> {
         log::line(&format!("{}: network blocked", self.name()));
         self.change_links(|l| l.up = false)
@@ -599,14 +601,72 @@ impl Machine {
         self.change_links(|l| l.up = true)
     }
 
-    /// Changes this machine's links on every vlan it is on (loss, delay, up).
+    /// Cuts this machine's link on `vlan` only (its other vlans keep working).
+    pub fn link_down(&self, vlan: u32) -> Result<()> {
+        self.change_link(vlan, |l| l.up = false)
+    }
+
+    /// Restores this machine's link on `vlan`.
+    pub fn link_up(&self, vlan: u32) -> Result<()> {
+        self.change_link(vlan, |l| l.up = true)
+    }
+
+    /// Drops a share (0.0 to 1.0) of the frames on every link of this machine, each direction.
+    pub fn set_loss(&self, share: f64) -> Result<()> {
+        self.change_links(|l| l.loss = share)
+    }
+
+    /// Delays every frame on this machine's links by `delay`, varied by up to `jitter` either
+    /// way (frames keep their order), each direction.
+    pub fn set_delay(&self, delay: Duration, jitter: Duration) -> Result<()> {
+        self.change_links(|l| {
+            l.delay = delay;
+            l.jitter = jitter;
+        })
+    }
+
+    /// Caps this machine's links at `bytes_per_sec` each direction; `None` lifts the cap.
+    pub fn set_rate(&self, bytes_per_sec: Option<u64>) -> Result<()> {
+        self.change_links(|l| l.rate = bytes_per_sec)
+    }
+
+    /// Every link of this machine back to up and clean (no loss, delay or cap).
+    pub fn clear_link_faults(&self) -> Result<()> {
+        self.change_links(|l| *l = Link::default())
+    }
+
+    /// Changes this machine's links on every vlan it is on (up, loss, delay, jitter, cap); each
+    /// change is logged and takes effect on the next frame.
     pub fn change_links(&self, change: impl Fn(&mut Link)) -> Result<()> {
         for v in &self.inner.node.vlans {
-            if let Some(sw) = self.inner.env.switches.get(v) {
-                sw.set_link(self.name(), &change)?;
-            }
+            self.change_link(*v, &change)?;
         }
         Ok(())
+    }
+
+    /// Changes this machine's link on `vlan`.
+    pub fn change_link(&self, vlan: u32, change: impl FnOnce(&mut Link)) -> Result<()> {
+        let sw = self.inner.env.switches.get(&vlan).ok_or_else(|| {
+            self.error(format!("no test network vlan {vlan}"), format!("this machine is on vlans {:?}", self.inner.node.vlans))
+        })?;
+        sw.set_link(self.name(), change).map(drop)
+    }
+
+    /// This machine's link on `vlan` now, and its frame counts.
+    pub fn link(&self, vlan: u32) -> Option<(Link, LinkCounters)> {
+        let sw = self.inner.env.switches.get(&vlan)?;
+        Some((sw.link(self.name())?, sw.counters(self.name())?))
+    }
+
+    /// The switches of the run (every vlan), for faults between machines
+    /// ([`crate::network::partition`]).
+    pub fn switches(&self) -> Vec<Arc<Switch>> {
+        self.inner.env.switches.values().cloned().collect()
+    }
+
+    /// This machine's address on `vlan` ([`crate::network::vlan_address`]).
+    pub fn address_on(&self, vlan: u32) -> std::net::Ipv4Addr {
+        crate::network::vlan_address(self.inner.node.address, vlan)
     }
 }
 

@@ -38,6 +38,13 @@ scenario_tests! {
     hotremove_blk_tc5: ["hotremove_blk_tc5"] >= 12;
     hotattach_tc1_to_tc4: ["hotattach_tc1", "hotattach_tc2", "hotattach_tc3", "hotattach_tc4"] >= 2;
     hotdetach_tc1_to_tc4: ["hotdetach_tc1", "hotdetach_tc2", "hotdetach_tc3", "hotdetach_tc4"] >= 4;
+    disconnect: ["disconnect"] >= 5;
+    reconnect: ["reconnect"] >= 5;
+    ctrl_loss: ["ctrl_loss"] >= 6;
+    nvmf_ports: ["nvmf_ports"] >= 8;
+    nvmf_distributed: ["nvmf_distributed"] >= 7;
+    multipath: ["multipath"] >= 7;
+    lossy_link: ["lossy_link"] >= 4;
 }
 
 /// Every listed scenario has a test here (or in its own file, as fio_nvme_basic does).

@@ -60,6 +60,19 @@ enum Command {
         /// MiB sent over the test network each way.
         #[arg(long, default_value_t = 32)]
         transfer_mib: u64,
+        /// Only the NVMe-oF network benchmark: fio 128k sequential reads, iodepth 16, through
+        /// vmcheck's switch, a direct QEMU-to-QEMU link and vde_switch.
+        #[arg(long)]
+        nvmeof: bool,
+        /// With --nvmeof: fio runs per network per round.
+        #[arg(long, default_value_t = 3)]
+        fio_runs: usize,
+        /// With --nvmeof: seconds of each fio run.
+        #[arg(long, default_value_t = 10)]
+        fio_secs: u64,
+        /// With --nvmeof: rounds over the three networks.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
     },
     /// Interactive driver: the scenario's machines (default fio_nvme_basic's), defined but not
     /// started; `help` at its prompt lists the commands.
@@ -159,12 +172,13 @@ async fn dispatch(command: Command) -> ExitCode {
                 }
             }
         }
-        Command::Bench { boots, execs, transfer_mib } => {
-            if boots == 0 || execs < 20 || transfer_mib == 0 {
-                eprintln!("vmcheck: bench needs --boots >= 1, --execs >= 20 and --transfer-mib >= 1");
+        Command::Bench { boots, execs, transfer_mib, nvmeof, fio_runs, fio_secs, rounds } => {
+            if boots == 0 || execs < 20 || transfer_mib == 0 || fio_runs == 0 || fio_secs == 0 || rounds == 0 {
+                eprintln!("vmcheck: bench needs --boots >= 1, --execs >= 20, --transfer-mib >= 1, --fio-runs >= 1, --fio-secs >= 1 and --rounds >= 1");
                 return ExitCode::from(2);
             }
-            match vmcheck::bench::run(&vmcheck::bench::BenchOptions { boots, execs, transfer_mib }).await {
+            let options = vmcheck::bench::BenchOptions { boots, execs, transfer_mib, nvmeof, fio_runs, fio_secs, rounds };
+            match vmcheck::bench::run(&options).await {
                 Ok(report) => {
                     print!("{report}");
                     ExitCode::SUCCESS

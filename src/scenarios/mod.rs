@@ -10,6 +10,7 @@ use crate::machine::{is_harness_error, HarnessError};
 pub mod attach_detach;
 pub mod fio_nvme_basic;
 pub mod hotremove;
+pub mod network_faults;
 pub mod nvmeof;
 mod selftest;
 pub mod workload;
@@ -38,6 +39,7 @@ pub fn all() -> Vec<Scenario> {
     all.push(fio_nvme_basic::scenario());
     all.extend(hotremove::scenarios());
     all.extend(attach_detach::scenarios());
+    all.extend(network_faults::scenarios());
     all.extend(selftest::scenarios());
     // Listed ones first; a chain's cases keep the order they are registered in.
     all.sort_by_key(|s| s.hidden);
