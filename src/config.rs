@@ -59,6 +59,23 @@ impl DiskSpec {
     }
 }
 
+/// The virtio balloon a machine boots with.
+///
+/// The default is a balloon without `deflate-on-oom`: with that feature Linux's virtio_balloon
+/// holds inflated pages without lowering the guest's MemTotal (it must be able to give them back
+/// under memory pressure), so "guest memory follows the balloon" only holds without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BalloonSpec {
+    /// No balloon device.
+    None,
+    /// `virtio-balloon-pci` without deflate-on-oom: MemTotal follows the balloon.
+    #[default]
+    Plain,
+    /// `virtio-balloon-pci,deflate-on-oom=on`: the guest deflates under OOM; MemTotal stays.
+    DeflateOnOom,
+}
+
 /// A machine of a test, as a scenario declares it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeSpec {
@@ -74,6 +91,12 @@ pub struct NodeSpec {
     /// NixOS start script (`run-<name>-vm`); `None` boots the default image of `role`.
     #[serde(default)]
     pub start_script: Option<PathBuf>,
+    /// The balloon device it boots with.
+    #[serde(default)]
+    pub balloon: BalloonSpec,
+    /// Extra guest kernel parameters (`module_blacklist=virtio_balloon`, say).
+    #[serde(default)]
+    pub kernel_params: Vec<String>,
 }
 
 impl NodeSpec {
@@ -89,6 +112,8 @@ impl NodeSpec {
             vlans: vec![1],
             disks: Vec::new(),
             start_script: None,
+            balloon: BalloonSpec::default(),
+            kernel_params: Vec::new(),
         }
     }
     pub fn with_disk(mut self, disk: DiskSpec) -> Self {
@@ -97,6 +122,14 @@ impl NodeSpec {
     }
     pub fn with_memory(mut self, mib: u64) -> Self {
         self.memory_mib = mib;
+        self
+    }
+    pub fn with_balloon(mut self, balloon: BalloonSpec) -> Self {
+        self.balloon = balloon;
+        self
+    }
+    pub fn with_kernel_param(mut self, param: &str) -> Self {
+        self.kernel_params.push(param.to_string());
         self
     }
 }

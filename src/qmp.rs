@@ -28,7 +28,24 @@ pub struct Event {
     pub timestamp: f64,
 }
 
-type Pending = HashMap<u64, oneshot::Sender<Result<Value, String>>>;
+type Pending = HashMap<u64, oneshot::Sender<Result<Value, Refusal>>>;
+
+/// A command QEMU refused, with its error class kept typed (callers match on the class, e.g.
+/// `DeviceNotActive` from `query-balloon` without a balloon), not only its text.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("QMP {command} failed: {class:?}: {desc}")]
+pub struct QmpError {
+    pub command: String,
+    pub class: qapi::ErrorClass,
+    pub desc: String,
+}
+
+/// An error reply as the reader saw it; the command's name is added by the caller.
+#[derive(Debug)]
+enum Refusal {
+    Error(qapi::ErrorClass, String),
+    Malformed(String),
+}
 
 struct Shared {
     pending: Mutex<Pending>,
@@ -110,7 +127,8 @@ impl Qmp {
                 bail!("QMP {name}: no reply within {timeout:?}")
             }
             Ok(Err(_)) => bail!("QMP {name}: the monitor connection closed before the reply (QEMU exited?)"),
-            Ok(Ok(Err(desc))) => bail!("QMP {name} failed: {desc}"),
+            Ok(Ok(Err(Refusal::Error(class, desc)))) => Err(QmpError { command: name.to_string(), class, desc }.into()),
+            Ok(Ok(Err(Refusal::Malformed(m)))) => bail!("QMP {name}: {m}"),
             Ok(Ok(Ok(value))) => Ok(value),
         }
     }
@@ -169,8 +187,11 @@ async fn read_loop(mut reader: JsonReader<tokio::net::unix::OwnedReadHalf>, shar
         };
         let reply = match (message.get("return"), message.get("error")) {
             (Some(r), _) => Ok(r.clone()),
-            (None, Some(e)) => Err(format!("{}: {}", e["class"].as_str().unwrap_or("Error"), e["desc"].as_str().unwrap_or(""))),
-            _ => Err(format!("malformed reply {message}")),
+            (None, Some(e)) => {
+                let class = serde_json::from_value(e["class"].clone()).unwrap_or(qapi::ErrorClass::GenericError);
+                Err(Refusal::Error(class, e["desc"].as_str().unwrap_or("").to_string()))
+            }
+            _ => Err(Refusal::Malformed(format!("malformed reply {message}"))),
         };
         if let Some(tx) = shared.pending.lock().unwrap().remove(&id) {
             let _ = tx.send(reply);

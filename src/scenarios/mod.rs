@@ -7,8 +7,10 @@ use crate::config::NodeSpec;
 use crate::driver::Driver;
 
 pub mod attach_detach;
+pub mod balloon;
 pub mod fio_nvme_basic;
 pub mod hotremove;
+pub mod lifecycle;
 pub mod nvmeof;
 mod selftest;
 pub mod workload;
@@ -37,6 +39,8 @@ pub fn all() -> Vec<Scenario> {
     all.push(fio_nvme_basic::scenario());
     all.extend(hotremove::scenarios());
     all.extend(attach_detach::scenarios());
+    all.extend(balloon::scenarios());
+    all.extend(lifecycle::scenarios());
     all.extend(selftest::scenarios());
     // Listed ones first; a chain's cases keep the order they are registered in.
     all.sort_by_key(|s| s.hidden);
@@ -213,6 +217,8 @@ async fn run_group(cases: &[Scenario], options: &RunOptions) -> Vec<Outcome> {
         outcomes.push(Outcome { name, subtests, error, duration: case_started.elapsed() });
     }
     let teardown = std::time::Instant::now();
+    // Per-test logs: each machine's whole dmesg next to its console log and QMP events.
+    crate::lifecycle::keep_logs(driver.machines()).await;
     driver.kill_all().await;
     crate::log::line(&format!("machines stopped in {:.2} s", teardown.elapsed().as_secs_f64()));
     // The first case also carries the driver's setup (images, accelerator, run directory).
