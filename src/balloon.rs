@@ -118,13 +118,16 @@ impl Machine {
             let qmp = self.qmp().await?;
             // QEMU rate-limits BALLOON_CHANGE to one a second; the last value comes at the end.
             let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_secs(5));
-            qmp.wait_for_event(mark, left, |e| e.name == "BALLOON_CHANGE" && e.data["actual"].as_u64() == Some(bytes)).await.map_err(|e| {
-                let seen: Vec<Value> = qmp.events_since(mark).into_iter().filter(|e| e.name == "BALLOON_CHANGE").map(|e| e.data).collect();
-                self.error(
-                    format!("query-balloon says {bytes} bytes, but no BALLOON_CHANGE announced it"),
-                    format!("{e:#}; BALLOON_CHANGE events since the request: {seen:?}"),
-                )
-            })?;
+            qmp.wait_for_event(mark, left, |e| e.name == "BALLOON_CHANGE" && e.data["actual"].as_u64() == Some(bytes)).await.map_err(
+                |e| {
+                    let seen: Vec<Value> =
+                        qmp.events_since(mark).into_iter().filter(|e| e.name == "BALLOON_CHANGE").map(|e| e.data).collect();
+                    self.error(
+                        format!("query-balloon says {bytes} bytes, but no BALLOON_CHANGE announced it"),
+                        format!("{e:#}; BALLOON_CHANGE events since the request: {seen:?}"),
+                    )
+                },
+            )?;
         }
         log::line(&format!("{}: balloon at {} MiB after {:.2} s", self.name(), bytes >> 20, started.elapsed().as_secs_f64()));
         Ok(())
@@ -158,7 +161,11 @@ impl Machine {
                 return Ok(s);
             }
             if started.elapsed() >= timeout {
-                return Err(self.timeout_error("waiting for a balloon statistics report".into(), format!("guest-stats: {}", s.raw), started.elapsed()));
+                return Err(self.timeout_error(
+                    "waiting for a balloon statistics report".into(),
+                    format!("guest-stats: {}", s.raw),
+                    started.elapsed(),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -249,7 +256,10 @@ mod tests {
         let v = json!({"stats": {"stat-total-memory": 700u64 << 20, "stat-free-memory": 500u64 << 20, "stat-available-memory": -1},
                        "last-update": 1700000000});
         let s = BalloonStats::parse(&v);
-        assert_eq!((s.last_update, s.total_memory, s.free_memory, s.available_memory), (1700000000, Some(700 << 20), Some(500 << 20), None));
+        assert_eq!(
+            (s.last_update, s.total_memory, s.free_memory, s.available_memory),
+            (1700000000, Some(700 << 20), Some(500 << 20), None)
+        );
         assert_eq!(BalloonStats::parse(&json!({})).last_update, 0);
         assert!(stat_matches(700 << 20, 560 << 20)); // 140 MiB apart
         assert!(stat_matches(4000 << 20, 3700 << 20)); // 7.5 %

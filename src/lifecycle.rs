@@ -83,9 +83,10 @@ impl Machine {
 
     async fn expect_run_state(&self, running: bool, status: &str) -> Result<()> {
         let s = self.run_state().await?;
-        let got = serde_json::to_value(&s.status)?;
+        let got = serde_json::to_value(s.status)?;
         if s.running != running || got != json!(status) {
-            return Err(self.error(format!("expected query-status {status} (running: {running})"), format!("it says {got} (running: {})", s.running)));
+            return Err(self
+                .error(format!("expected query-status {status} (running: {running})"), format!("it says {got} (running: {})", s.running)));
         }
         Ok(())
     }
@@ -171,7 +172,10 @@ impl Machine {
                     return Err(e);
                 }
                 let mark = dest.qmp.event_count();
-                dest.qmp.execute(qapi::qmp::cont {}).await.map_err(|e| self.error("QMP cont after restore was refused", format!("{e:#}")))?;
+                dest.qmp
+                    .execute(qapi::qmp::cont {})
+                    .await
+                    .map_err(|e| self.error("QMP cont after restore was refused", format!("{e:#}")))?;
                 self.wait_event(&dest.qmp, mark, "RESUME", timeouts::request()).await?;
                 *slot = Some(dest);
             }
@@ -245,7 +249,10 @@ impl Machine {
                 // The source's exit closed the console the target shares.
                 self.console().reopen();
                 let mark = dest.qmp.event_count();
-                dest.qmp.execute(qapi::qmp::cont {}).await.map_err(|e| self.error("QMP cont on the migration target was refused", format!("{e:#}")))?;
+                dest.qmp
+                    .execute(qapi::qmp::cont {})
+                    .await
+                    .map_err(|e| self.error("QMP cont on the migration target was refused", format!("{e:#}")))?;
                 self.wait_event(&dest.qmp, mark, "RESUME", timeouts::request()).await?;
                 let _ = std::fs::write(self.dir().join("qemu.pid"), dest.process.pid.to_string());
                 *slot = Some(dest);
@@ -276,10 +283,9 @@ impl Machine {
     async fn incoming(&self, dest: &Running, uri: &str, what: &str) -> Result<()> {
         enable_migration_events(&dest.qmp).await.map_err(|e| self.error("enabling migration events on the target", format!("{e:#}")))?;
         let mark = dest.qmp.event_count();
-        dest.qmp
-            .execute(qapi::qmp::migrate_incoming { uri: Some(uri.to_string()), channels: None, exit_on_error: None })
-            .await
-            .map_err(|e| self.error(format!("QMP migrate-incoming {uri} was refused"), format!("{e:#}\nQEMU stderr:\n{}", dest.process.stderr())))?;
+        dest.qmp.execute(qapi::qmp::migrate_incoming { uri: Some(uri.to_string()), channels: None, exit_on_error: None }).await.map_err(
+            |e| self.error(format!("QMP migrate-incoming {uri} was refused"), format!("{e:#}\nQEMU stderr:\n{}", dest.process.stderr())),
+        )?;
         self.wait_migration(&dest.qmp, mark, what).await.map_err(|e| anyhow!("{e:#}\ntarget QEMU stderr:\n{}", dest.process.stderr()))?;
         let status = dest.qmp.execute(qapi::qmp::query_status {}).await?;
         if status.running {
@@ -304,7 +310,11 @@ impl Machine {
                 Ok(())
             }
             Ok(e) => Err(self.error(format!("{what}: the migration ended {}", e.data["status"]), format!("query-migrate: {info}"))),
-            Err(e) => Err(self.timeout_error(format!("{what}: waiting for the migration to complete"), format!("{e:#}; query-migrate: {info}"), started.elapsed())),
+            Err(e) => Err(self.timeout_error(
+                format!("{what}: waiting for the migration to complete"),
+                format!("{e:#}; query-migrate: {info}"),
+                started.elapsed(),
+            )),
         }
     }
 

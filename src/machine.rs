@@ -270,8 +270,7 @@ impl Machine {
         self.inner.console.reopen();
         let shared = self.inner.env.run_dir.join("shared");
         std::fs::create_dir_all(&shared)?;
-        let process =
-            QemuProcess::start(spec, &self.inner.dir, &shared, self.inner.console.clone(), Some(&self.inner.env.log_dir)).await?;
+        let process = QemuProcess::start(spec, &self.inner.dir, &shared, self.inner.console.clone(), Some(&self.inner.env.log_dir)).await?;
         let pid = process.pid;
         let _ = std::fs::write(self.inner.dir.join("qemu.pid"), pid.to_string());
         // QEMU waits for the QMP connection before it runs the guest.

@@ -37,6 +37,12 @@ scenario_tests! {
     hotremove_blk_tc4: ["hotremove_blk_tc4"] >= 12;
     hotattach_tc1_to_tc4: ["hotattach_tc1", "hotattach_tc2", "hotattach_tc3", "hotattach_tc4"] >= 2;
     hotdetach_tc1_to_tc4: ["hotdetach_tc1", "hotdetach_tc2", "hotdetach_tc3", "hotdetach_tc4"] >= 4;
+    balloon_basic: ["balloon_basic"] >= 12;
+    balloon_cmdline: ["balloon_cmdline"] >= 3;
+    balloon_power: ["balloon_power"] >= 6;
+    balloon_hotplug: ["balloon_hotplug"] >= 9;
+    balloon_migrate: ["balloon_migrate"] >= 6;
+    lifecycle_and_balloon_fio: ["lifecycle_save_restore", "lifecycle_pause_fio", "lifecycle_migrate_fio", "balloon_fio"] >= 2;
 }
 
 /// Every listed scenario has a test here (or in its own file, as fio_nvme_basic does).

@@ -39,16 +39,12 @@ pub fn scenarios() -> Vec<Scenario> {
             |d| save_restore(d).boxed(),
         ),
         s("lifecycle_pause_fio", "pause an initiator during fio with verify, resume it: fio finishes clean", |d| pause_fio(d).boxed()),
-        s(
-            "lifecycle_migrate_fio",
-            "live-migrate an initiator while fio with verify runs over NVMe-oF: fio finishes clean",
-            |d| migrate_fio(d).boxed(),
-        ),
-        s(
-            "balloon_fio",
-            "balloon: evict and enlarge in a loop while the guest runs fio with verify over NVMe-oF",
-            |d| balloon_fio(d).boxed(),
-        ),
+        s("lifecycle_migrate_fio", "live-migrate an initiator while fio with verify runs over NVMe-oF: fio finishes clean", |d| {
+            migrate_fio(d).boxed()
+        }),
+        s("balloon_fio", "balloon: evict and enlarge in a loop while the guest runs fio with verify over NVMe-oF", |d| {
+            balloon_fio(d).boxed()
+        }),
     ]
 }
 
