@@ -108,21 +108,23 @@ impl Machine {
         }
         let mut spec = self.qemu_spec();
         spec.extra_args.extend(extra.iter().cloned());
-        self.replug_nics(&spec);
+        self.replug_nics(&spec)?;
         *slot = Some(self.launch(&spec).await?);
         Ok(())
     }
 
-    /// The test-network sockets of a cold start are the ones the switch knows: remove stale ones.
-    fn replug_nics(&self, spec: &crate::qemu::QemuSpec) {
+    /// A new process binds the spec's test-network sockets: the switch ports move there (a
+    /// migration may have left them on another generation's), keeping their link state.
+    fn replug_nics(&self, spec: &crate::qemu::QemuSpec) -> Result<()> {
         for nic in &spec.nics {
             let _ = std::fs::remove_file(&nic.local);
             if let Some(sw) = self.env().switches.get(&nic.vlan) {
-                if sw.link(self.name()).is_none() {
-                    sw.add_port(self.name(), &nic.local);
-                }
+                let link = sw.link(self.name()).unwrap_or_default();
+                sw.add_port(self.name(), &nic.local);
+                sw.set_link(self.name(), |l| *l = link)?;
             }
         }
+        Ok(())
     }
 
     /// Saves the whole machine to a file (migration to `file:`) and ends its QEMU; the machine
@@ -164,7 +166,7 @@ impl Machine {
                 }
                 let mut spec = self.qemu_spec();
                 spec.extra_args.extend(["-incoming", "defer", "-S"].map(String::from));
-                self.replug_nics(&spec);
+                self.replug_nics(&spec)?;
                 let dest = self.launch(&spec).await?;
                 let uri = format!("file:{}", saved.path.display());
                 if let Err(e) = self.incoming(&dest, &uri, "restoring").await {

@@ -215,3 +215,42 @@ pub async fn connect_unix(path: &Path, timeout: Duration) -> Result<UnixStream> 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    /// A monitor that greets, accepts qmp_capabilities and refuses everything else with `class`.
+    async fn refusing_monitor(dir: &Path, class: &'static str) -> std::path::PathBuf {
+        let path = dir.join("qmp.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (r, mut w) = stream.into_split();
+            w.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n").await.unwrap();
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let req: Value = serde_json::from_str(&line).unwrap();
+                let reply = if req["execute"] == "qmp_capabilities" {
+                    json!({"return": {}, "id": req["id"]})
+                } else {
+                    json!({"error": {"class": class, "desc": "No balloon device has been activated"}, "id": req["id"]})
+                };
+                w.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+            }
+        });
+        path
+    }
+
+    #[tokio::test]
+    async fn a_refusal_keeps_its_error_class() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = refusing_monitor(dir.path(), "DeviceNotActive").await;
+        let qmp = Qmp::connect(&path, Duration::from_secs(5)).await.unwrap();
+        let err = qmp.execute(qapi::qmp::query_balloon {}).await.unwrap_err();
+        let q = err.downcast_ref::<QmpError>().expect("a typed QMP error");
+        assert_eq!((q.command.as_str(), &q.class), ("query-balloon", &qapi::ErrorClass::DeviceNotActive));
+        assert_eq!(err.to_string(), "QMP query-balloon failed: DeviceNotActive: No balloon device has been activated");
+    }
+}
