@@ -193,7 +193,11 @@ impl Machine {
     /// Hot-plugs a balloon device with id `id` (QMP `device_add`), without waiting for the
     /// guest: QEMU refuses a second balloon, and the refusal is the typed [`QmpError`].
     pub async fn device_add_balloon(&self, id: &str, balloon: Balloon) -> Result<()> {
-        let arguments = balloon.properties().into_iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+        // device_add checks JSON types: the slot is a string, deflate-on-oom a boolean.
+        let arguments =
+            [("addr".to_string(), json!(crate::qemu::BALLOON_PCI_SLOT)), ("deflate-on-oom".to_string(), json!(balloon.deflate_on_oom))]
+                .into_iter()
+                .collect();
         self.qmp()
             .await?
             .execute(qapi::qmp::device_add { bus: None, id: Some(id.to_string()), driver: "virtio-balloon-pci".into(), arguments })

@@ -133,14 +133,10 @@ pub const BALLOON_ID: &str = "balloon0";
 pub const BALLOON_PCI_SLOT: &str = "0x1e";
 
 impl Balloon {
-    /// The `device_add` properties (also the `-device` argument's).
-    pub fn properties(&self) -> Vec<(&'static str, String)> {
-        let oom = if self.deflate_on_oom { "on" } else { "off" };
-        vec![("addr", BALLOON_PCI_SLOT.to_string()), ("deflate-on-oom", oom.to_string())]
-    }
+    /// The `-device` argument.
     pub fn device_arg(&self) -> String {
-        let props: Vec<String> = self.properties().iter().map(|(k, v)| format!("{k}={v}")).collect();
-        format!("virtio-balloon-pci,id={BALLOON_ID},{}", props.join(","))
+        let oom = if self.deflate_on_oom { "on" } else { "off" };
+        format!("virtio-balloon-pci,id={BALLOON_ID},addr={BALLOON_PCI_SLOT},deflate-on-oom={oom}")
     }
 }
 
