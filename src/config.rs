@@ -275,6 +275,19 @@ mod tests {
     }
 
     #[test]
+    fn machines_boot_the_balloon_without_deflate_on_oom_unless_told() {
+        let node = NodeSpec::new("vm1", Role::Initiator, 2);
+        assert_eq!(node.balloon, BalloonSpec::Plain);
+        // A node written before the option existed reads as the default.
+        let mut v = serde_json::to_value(&node).unwrap();
+        v.as_object_mut().unwrap().remove("balloon");
+        assert_eq!(serde_json::from_value::<NodeSpec>(v).unwrap().balloon, BalloonSpec::Plain);
+        let oom = node.with_balloon(BalloonSpec::DeflateOnOom).with_kernel_param("module_blacklist=virtio_balloon");
+        assert_eq!(serde_json::to_value(&oom).unwrap()["balloon"], "deflate-on-oom");
+        assert_eq!(oom.kernel_params, ["module_blacklist=virtio_balloon"]);
+    }
+
+    #[test]
     fn rejects_unknown_machine_and_fields() {
         let config = DriverConfig::from_json(r#"{"name":"t","scenario":"s","machines":{"ghost":{"start_script":"/x"}}}"#).unwrap();
         let err = config.apply(&mut [NodeSpec::new("target", Role::Target, 1)]).unwrap_err();
