@@ -16,6 +16,7 @@ use crate::accel::Accel;
 use crate::config::{BalloonSpec, DiskSpec, NodeSpec, Role, TEST_SUBNET_LEN};
 use crate::log;
 use crate::network::{Link, Switch};
+use crate::poll::{self, Polled};
 use crate::qemu::{Balloon, Boot, Console, ControlNic, Disk, DiskKind, Nic, QemuProcess, QemuSpec};
 use crate::qga::{ExecOutput, ExecTimeout, MemoryStats, Qga};
 use crate::qmp::Qmp;
@@ -47,6 +48,10 @@ pub struct MachineError {
     pub console: String,
     /// Set when the error is a wait that ran out of time.
     pub timed_out: Option<Duration>,
+    /// The harness or the machine broke (QEMU would not start or died, the agent stopped
+    /// answering), rather than the system under test misbehaving: reported as an error, not a
+    /// failure.
+    pub harness: bool,
 }
 
 /// One QEMU process of the machine. A migration or a restore replaces it (src/lifecycle.rs).
@@ -106,9 +111,6 @@ impl Machine {
 
     pub fn name(&self) -> &str {
         &self.inner.node.name
-    }
-    pub fn node(&self) -> &NodeSpec {
-        &self.inner.node
     }
     pub fn role(&self) -> Role {
         self.inner.node.role
@@ -223,6 +225,15 @@ impl Machine {
         self.make_error(what, detail, Some(waited))
     }
 
+    /// A [`MachineError`] that says the machine or the harness broke (see its `harness`).
+    pub fn harness_error(&self, what: impl Into<String>, detail: impl Into<String>) -> anyhow::Error {
+        let mut e = self.make_error(what.into(), detail.into(), None);
+        if let Some(m) = e.downcast_mut::<MachineError>() {
+            m.harness = true;
+        }
+        e
+    }
+
     fn make_error(&self, what: String, detail: String, timed_out: Option<Duration>) -> anyhow::Error {
         let tail = self.inner.console.tail(ERROR_CONSOLE_LINES);
         let console = if tail.is_empty() {
@@ -230,7 +241,7 @@ impl Machine {
         } else {
             tail.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
         };
-        MachineError { machine: self.name().to_string(), what, detail, console, timed_out }.into()
+        MachineError { machine: self.name().to_string(), what, detail, console, timed_out, harness: false }.into()
     }
 
     /// Starts QEMU (a no-op when it runs). Disks are created on first start and kept across
@@ -282,11 +293,13 @@ impl Machine {
             Ok(q) => Arc::new(q),
             Err(e) => {
                 let _ = process.kill().await;
-                return Err(self.error("QEMU did not start", format!("{e:#}\nQEMU stderr:\n{}", process.stderr())));
+                return Err(self.harness_error("QEMU did not start", format!("{e:#}\nQEMU stderr:\n{}", process.stderr())));
             }
         };
         let grpc_port = match &spec.control {
-            Some(c) => Some(hostfwd_port(&qmp, c.guest_port).await.map_err(|e| self.error("reading the gRPC forward", format!("{e:#}")))?),
+            Some(c) => {
+                Some(hostfwd_port(&qmp, c.guest_port).await.map_err(|e| self.harness_error("reading the gRPC forward", format!("{e:#}")))?)
+            }
             None => None,
         };
         log::line(&format!("{}: {QEMU_RUNNING}{pid})", self.name()));
@@ -308,11 +321,11 @@ impl Machine {
         let running = self.inner.running.read().await;
         match running.as_ref() {
             Some(r) if r.process.exited().is_none() => Ok(f(r)),
-            Some(r) => Err(self.error(
+            Some(r) => Err(self.harness_error(
                 "the machine is not running",
                 format!("QEMU exited: {}\n{}", r.process.exited().unwrap_or_default(), r.process.stderr()),
             )),
-            None => Err(self.error("the machine is not running", "start it first")),
+            None => Err(self.harness_error("the machine is not running", "start it first")),
         }
     }
 
@@ -363,12 +376,13 @@ impl Machine {
             r = qga.sync(timeout) => r,
             s = exited => Err(anyhow!("QEMU exited ({s}) before the agent answered")),
         };
-        result.map_err(|e| self.timeout_error("waiting for the guest agent".into(), format!("{e:#}"), started.elapsed()))?;
+        result.map_err(|e| self.harness_error(format!("the guest agent did not answer within {timeout:?}"), format!("{e:#}")))?;
         log::line(&format!("{}: agent answered after {:.2} s", self.name(), started.elapsed().as_secs_f64()));
         Ok(())
     }
 
-    /// Runs `cmd` with `sh -c` in its own process group; waits at most `timeout`.
+    /// Runs `cmd` with `sh -c`; waits at most `timeout`, then kills every process it started
+    /// (by the tag they inherit).
     pub async fn execute_with_timeout(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput> {
         Box::pin(self.execute_inner(cmd, timeout)).await
     }
@@ -384,7 +398,7 @@ impl Machine {
                     format!("it was killed; its output so far:\nstdout:\n{}\nstderr:\n{}", t.stdout, t.stderr),
                     timeout,
                 )),
-                None => Err(self.error(format!("could not run: {cmd}"), format!("{e:#}"))),
+                None => Err(self.harness_error(format!("could not run: {cmd}"), format!("{e:#}"))),
             },
         }
     }
@@ -396,7 +410,7 @@ impl Machine {
         log::line(&format!("{}: spawned: {label}", self.name()));
         let qga = self.qga().await?;
         let args: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let exec = qga.exec_start(&args).await.map_err(|e| self.error(format!("could not start: {label}"), format!("{e:#}")))?;
+        let exec = qga.exec_start(&args).await.map_err(|e| self.harness_error(format!("could not start: {label}"), format!("{e:#}")))?;
         Ok(GuestProcess { machine: self.clone(), exec, label, started: Instant::now(), done: tokio::sync::Mutex::new(None) })
     }
 
@@ -449,27 +463,34 @@ impl Machine {
 
     async fn retry(&self, label: &str, cmd: &str, timeout: Duration, done: impl Fn(&ExecOutput) -> bool) -> Result<ExecOutput> {
         log::nested(&format!("{}: {label}", self.name()), async {
-            let started = Instant::now();
-            let deadline = started + timeout;
-            let mut last = None;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    let detail = match last {
+            let last = std::sync::Mutex::new(None);
+            let polled = poll::until(timeout, timeouts::GUEST_POLL, |left| {
+                let (last, done) = (&last, &done);
+                async move {
+                    match self.execute_with_timeout(cmd, left).await {
+                        Ok(out) if done(&out) => Ok(Some(out)),
+                        Ok(out) => {
+                            *last.lock().unwrap() = Some(out);
+                            Ok(None)
+                        }
+                        // The command itself outlived the time left: that is this wait's end.
+                        Err(e) if is_timeout(&e) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .await?;
+            match polled {
+                Polled::Done(out) => Ok(out),
+                Polled::TimedOut(waited) => {
+                    let detail = match last.into_inner().unwrap() {
                         Some(ExecOutput { status, stdout, stderr, .. }) => {
                             format!("last attempt: status {status}\nstdout:\n{stdout}\nstderr:\n{stderr}")
                         }
                         None => "no attempt finished".into(),
                     };
-                    return Err(self.timeout_error(format!("{label}: gave up after {timeout:?}"), detail, started.elapsed()));
+                    Err(self.timeout_error(format!("{label}: gave up after {timeout:?}"), detail, waited))
                 }
-                match self.execute_with_timeout(cmd, left).await {
-                    Ok(out) if done(&out) => return Ok(out),
-                    Ok(out) => last = Some(out),
-                    Err(e) if is_timeout(&e) => continue,
-                    Err(e) => return Err(e),
-                }
-                tokio::time::sleep(Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now()))).await;
             }
         })
         .await
@@ -490,22 +511,27 @@ impl Machine {
         // `echo $s` drops them). The choice is made on the host, by `block_device_by_serial`.
         let cmd = "for b in /sys/block/*; do s=$(cat $b/device/serial 2>/dev/null || cat $b/serial 2>/dev/null); \
                    echo ${b##*/} $(cat $b/hidden 2>/dev/null || echo 0) $s; done";
-        let started = Instant::now();
-        loop {
-            let listing = self.execute_with_timeout(cmd, timeouts::request()).await?.stdout;
-            let found = block_device_by_serial(&listing, serial);
-            if found.is_some() == present {
-                return Ok(found);
+        let listing = std::sync::Mutex::new(String::new());
+        let polled = poll::until(timeout, timeouts::GUEST_POLL, |_| {
+            let listing = &listing;
+            async move {
+                let now = self.execute_with_timeout(cmd, timeouts::request()).await?.stdout;
+                let found = block_device_by_serial(&now, serial);
+                *listing.lock().unwrap() = now;
+                Ok((found.is_some() == present).then_some(found))
             }
-            if started.elapsed() >= timeout {
+        })
+        .await?;
+        match polled {
+            Polled::Done(found) => Ok(found),
+            Polled::TimedOut(waited) => {
                 let what = if present { "to appear" } else { "to go away" };
-                return Err(self.timeout_error(
+                Err(self.timeout_error(
                     format!("waited {timeout:?} for the block device with serial {serial:?} {what}"),
-                    format!("/sys/block shows (name, hidden, serial):\n{listing}"),
-                    started.elapsed(),
-                ));
+                    format!("/sys/block shows (name, hidden, serial):\n{}", listing.into_inner().unwrap()),
+                    waited,
+                ))
             }
-            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
 
@@ -708,9 +734,8 @@ impl GuestProcess {
     /// Waits at most `timeout` for it to end; on a timeout it is killed and the error shows what
     /// it printed so far.
     pub async fn wait(&self, timeout: Duration) -> Result<ExecOutput> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(out) = self.try_wait().await? {
+        match poll::until(timeout, timeouts::BACKGROUND_POLL, |_| self.try_wait()).await? {
+            Polled::Done(out) => {
                 log::line(&format!(
                     "{}: ended with status {} after {:.2} s: {}",
                     self.machine.name(),
@@ -718,18 +743,16 @@ impl GuestProcess {
                     self.started.elapsed().as_secs_f64(),
                     self.label
                 ));
-                return Ok(out);
+                Ok(out)
             }
-            if Instant::now() >= deadline {
+            Polled::TimedOut(waited) => {
                 let partial = self.kill().await;
-                return Err(self.machine.timeout_error(
+                Err(self.machine.timeout_error(
                     format!("background command did not end within {timeout:?}: {}", self.label),
                     format!("it was killed; its output so far:\nstdout:\n{}\nstderr:\n{}", partial.stdout, partial.stderr),
-                    timeout,
-                ));
+                    waited,
+                ))
             }
-            // A background command runs for seconds; polling costs the guest's vCPU.
-            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -755,6 +778,17 @@ const QEMU_RUNNING: &str = "QEMU running (pid ";
 pub fn logged_qemu_pids<'a>(log: impl IntoIterator<Item = &'a str>) -> Vec<u32> {
     log.into_iter().filter_map(|l| l.split_once(QEMU_RUNNING).and_then(|(_, r)| r.trim_end_matches(')').parse().ok())).collect()
 }
+
+/// Whether an error says the harness or a machine broke (not the system under test): a
+/// [`MachineError`] marked so, or a [`HarnessError`], anywhere in its chain.
+pub fn is_harness_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<MachineError>().is_some_and(|m| m.harness) || c.downcast_ref::<HarnessError>().is_some())
+}
+
+/// A harness failure outside any machine: the run could not be set up, or it did not finish.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HarnessError(pub String);
 
 /// Whether an error is a wait or command that ran out of time.
 pub fn is_timeout(e: &anyhow::Error) -> bool {

@@ -542,7 +542,7 @@ impl QemuProcess {
         let waiter = tokio::spawn(async move {
             let status = child.wait().await;
             // Let the console and stderr drain before the exit is announced.
-            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = tokio::time::timeout(crate::timeouts::drain(), async {
                 let _ = console_task.await;
                 let _ = stderr_task.await;
             })
@@ -590,7 +590,7 @@ impl QemuProcess {
     /// Kills the process at once and waits for it.
     pub async fn kill(&self) -> Result<String> {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), nix::sys::signal::Signal::SIGKILL);
-        self.wait(Duration::from_secs(10)).await
+        self.wait(crate::timeouts::quit()).await
     }
 }
 

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
+use crate::poll::{self, Polled};
 use crate::qapi_stream::JsonReader;
 
 /// What a guest command left behind.
@@ -26,7 +27,7 @@ pub struct ExecOutput {
     pub stderr: String,
 }
 
-/// A guest command outlived its timeout; it was killed (its whole process group).
+/// A guest command outlived its timeout; it was killed, with every process it started.
 #[derive(Debug, thiserror::Error)]
 #[error("the command did not finish within {timeout:?} and was killed")]
 pub struct ExecTimeout {
@@ -128,28 +129,15 @@ impl Qga {
         }
     }
 
-    /// Runs `argv` in the guest and waits for it (and everything holding its stdout) to finish.
-    /// On timeout it and all its descendants are killed; the error is an [`ExecTimeout`].
     /// Runs `argv` and waits at most `timeout` for it to end; on a timeout every process it
     /// started is killed and the error is an [`ExecTimeout`] with what it printed so far.
     pub async fn exec(&self, argv: &[&str], timeout: Duration) -> Result<ExecOutput> {
         let started = self.exec_start(argv).await?;
-        let begun = Instant::now();
-        let deadline = begun + timeout;
-        let mut pause = Duration::from_millis(1);
-        loop {
-            if let Some(out) = self.exec_status(&started).await? {
-                return Ok(out);
-            }
-            if Instant::now() >= deadline {
+        match poll::until(timeout, crate::timeouts::EXEC_POLL, |_| self.exec_status(&started)).await? {
+            Polled::Done(out) => Ok(out),
+            Polled::TimedOut(_) => {
                 let partial = self.exec_kill(&started).await;
-                return Err(ExecTimeout { timeout, stdout: partial.stdout, stderr: partial.stderr }.into());
-            }
-            // Poll back to back for the first 100 ms (a short command ends within tens of
-            // milliseconds under TCG), then back off to 16 ms: each poll costs the guest's vCPU.
-            if begun.elapsed() > Duration::from_millis(100) {
-                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
-                pause = (pause * 2).min(Duration::from_millis(16));
+                Err(ExecTimeout { timeout, stdout: partial.stdout, stderr: partial.stderr }.into())
             }
         }
     }
@@ -199,19 +187,12 @@ impl Qga {
                 capture_output: None,
             })
             .await;
-        let mut partial = ExecOutput { status: -1, signal: None, stdout: String::new(), stderr: String::new() };
-        // The agent frees the record once it reports the exit.
-        for _ in 0..50 {
-            match self.exec_status(exec).await {
-                Ok(Some(out)) => {
-                    partial = out;
-                    break;
-                }
-                Ok(None) => tokio::time::sleep(Duration::from_millis(20)).await,
-                Err(_) => break,
-            }
+        // The killed command's record, with what it printed; the agent frees it once reported.
+        // An agent that cannot answer (an error) has nothing more to tell.
+        match poll::until(crate::timeouts::reap(), crate::timeouts::REAP_POLL, |_| self.exec_status(exec)).await {
+            Ok(Polled::Done(out)) => out,
+            _ => ExecOutput { status: -1, signal: None, stdout: String::new(), stderr: String::new() },
         }
-        partial
     }
 
     /// Reads a whole guest file.

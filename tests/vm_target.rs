@@ -76,10 +76,14 @@ async fn target_daemon_in_a_real_vm() {
     target.qmp_raw("device_del", serde_json::json!({"id": "disk0"})).await.unwrap();
     qmp.wait_for_event(mark, Duration::from_secs(60), |e| e.name == "DEVICE_DELETED" && e.data["device"] == "disk0").await.unwrap();
     target.wait_until_fails(&format!("test -e {dev}"), Duration::from_secs(30)).await.unwrap();
+    // The daemon notices by itself and withdraws the namespace; the subsystem stays.
+    target.wait_for_console_text(&format!("hot-remove: {dev} vanished.*removed from namespace 1"), Duration::from_secs(30)).await.unwrap();
+    let share_nqn = bdevs_share_nqn(&mut client).await;
+    assert_eq!(target.succeed(&ns_dirs(&share_nqn)).await.unwrap().trim(), "", "namespace 1 left configfs");
     client.health(proto::HealthRequest {}).await.unwrap();
     let bdevs = client.list_bdevs(proto::ListBdevsRequest {}).await.unwrap().into_inner().bdevs;
     assert_eq!(bdevs.len(), 1);
-    assert_eq!(bdevs[0].state, "faulted", "{bdevs:?}");
+    assert_eq!((bdevs[0].state.as_str(), bdevs[0].claimed), ("faulted", false), "{bdevs:?}");
     client.unshare_bdev(proto::UnshareBdevRequest { name: bdev.name.clone() }).await.unwrap();
     client.destroy_bdev(proto::DestroyBdevRequest { name: bdev.name.clone() }).await.unwrap();
     assert_eq!(target.succeed(NVMET_DIRS).await.unwrap(), empty_nvmet);
@@ -177,4 +181,161 @@ async fn empty_controller_hot_attach_and_detach() {
     for (name, _) in &uuids {
         client.destroy_bdev(proto::DestroyBdevRequest { name: name.clone() }).await.unwrap();
     }
+}
+
+/// SPDK's split on a kernel target: the daemon writes a GPT on the target's NVMe disk, the
+/// kernel's partitions become bdevs, and an initiator sees each as a namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_disk_served_to_an_initiator() {
+    let d = common::driver(vec![
+        NodeSpec::new("target", Role::Target, 1).with_disk(DiskSpec::nvme("disk0", 64)),
+        NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768),
+    ])
+    .await;
+    d.start_all().await.unwrap();
+    let target = d.machine("target").unwrap();
+    let initiator = d.machine("initiator").unwrap();
+    let mut client = target.target_client().await.unwrap();
+    let dev = target.disk_device("disk0").await.unwrap();
+    let base = client.create_bdev(proto::CreateBdevRequest { uri: format!("aio://{dev}") }).await.unwrap().into_inner();
+    let splits = client
+        .split_bdev(proto::SplitBdevRequest { name: base.name.clone(), split_count: 2, split_size_mb: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .bdevs;
+    let names: Vec<String> = splits.iter().map(|b| b.name.clone()).collect();
+    assert_eq!(names, [format!("aio://{dev}p1"), format!("aio://{dev}p2")]);
+    assert!(splits.iter().all(|b| b.num_blocks * u64::from(b.blk_size) == 31 << 20), "{splits:?}");
+    // The kernel's partitions, as the GPT says.
+    let sizes = target
+        .succeed(&format!("cat /sys/class/block/{0}p1/size /sys/class/block/{0}p2/size", dev.trim_start_matches("/dev/")))
+        .await
+        .unwrap();
+    assert_eq!(sizes.split_whitespace().collect::<Vec<_>>(), ["63488", "63488"]);
+
+    let nqn = "nqn.2019-05.io.vmcheck:split";
+    client.create_subsystem(proto::CreateSubsystemRequest { nqn: nqn.into(), port: None, allowed_hosts: vec![] }).await.unwrap();
+    for b in &splits {
+        client.add_namespace(proto::AddNamespaceRequest { nqn: nqn.into(), bdev: b.name.clone(), nsid: None }).await.unwrap();
+    }
+    initiator.succeed(&Nvme::connect("192.0.2.1", 4420, nqn).options(FabricsOptions::scaled_timeouts()).command_line()).await.unwrap();
+    let seen = wait_for_namespaces(&initiator, &[&splits[0].uuid, &splits[1].uuid], Duration::from_secs(30)).await;
+    // fio with verify on each split at once: the two halves of one disk do not overlap.
+    let jobs: Vec<String> = seen.iter().map(|(n, _)| Fio::seed_randrw_verify(&format!("/dev/{n}"), 3).command_line()).collect();
+    let out = initiator.execute(&format!("({}) & ({}) & wait", jobs[0], jobs[1])).await.unwrap();
+    assert_eq!(out.status, 0, "{}", out.stderr);
+
+    // Unsplit waits for the namespaces to go; afterwards the disk is whole again.
+    let err = client.unsplit_bdev(proto::UnsplitBdevRequest { name: base.name.clone() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    initiator.succeed(&Nvme::disconnect(nqn)).await.unwrap();
+    client.destroy_subsystem(proto::DestroySubsystemRequest { nqn: nqn.into() }).await.unwrap();
+    client.unsplit_bdev(proto::UnsplitBdevRequest { name: base.name.clone() }).await.unwrap();
+    target.wait_until_fails(&format!("test -e {dev}p1"), Duration::from_secs(10)).await.unwrap();
+    client.destroy_bdev(proto::DestroyBdevRequest { name: base.name.clone() }).await.unwrap();
+}
+
+/// The guest's PCI address (`0000:00:05.0`) of the NVMe controller with the serial of `disk`.
+async fn pci_address(m: &vmcheck::machine::Machine, serial: &str) -> String {
+    let cmd = format!(
+        "for c in /sys/class/nvme/nvme*; do [ \"$(echo $(cat $c/serial))\" = {serial} ] && basename $(readlink -f $c/device); done; true"
+    );
+    let out = m.succeed(&cmd).await.unwrap();
+    let bdf = out.trim().to_string();
+    assert!(bdf.matches(':').count() == 2 && bdf.contains('.'), "no PCI address for serial {serial}: {out:?}");
+    bdf
+}
+
+/// SPDK's hot-remove, both ways the plans allow: an NVMe disk of the target VM removed by QMP
+/// `device_del` (its two splits are namespaces of an empty controller) and another removed by
+/// the guest's `/sys/bus/pci/devices/BDF/remove` (a ShareBdev share). The daemon withdraws
+/// every namespace the disks backed, the connected initiator sees them go, the controllers
+/// stay, ListBdevs says faulted, the console says what happened, and gRPC keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_removed_disks_leave_every_namespace() {
+    let d = common::driver(vec![
+        NodeSpec::new("target", Role::Target, 1).with_disk(DiskSpec::nvme("disk0", 64)).with_disk(DiskSpec::nvme("disk1", 64)),
+        NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768),
+    ])
+    .await;
+    d.start_all().await.unwrap();
+    let target = d.machine("target").unwrap();
+    let initiator = d.machine("initiator").unwrap();
+    let mut client = target.target_client().await.unwrap();
+    let dev0 = target.disk_device("disk0").await.unwrap();
+    let dev1 = target.disk_device("disk1").await.unwrap();
+    let disk0 = client.create_bdev(proto::CreateBdevRequest { uri: format!("aio://{dev0}") }).await.unwrap().into_inner();
+    let splits = client
+        .split_bdev(proto::SplitBdevRequest { name: disk0.name.clone(), split_count: 2, split_size_mb: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .bdevs;
+    let nqn = "nqn.2019-05.io.vmcheck:ctrlr1";
+    client.create_subsystem(proto::CreateSubsystemRequest { nqn: nqn.into(), port: None, allowed_hosts: vec![] }).await.unwrap();
+    for b in &splits {
+        client.add_namespace(proto::AddNamespaceRequest { nqn: nqn.into(), bdev: b.name.clone(), nsid: None }).await.unwrap();
+    }
+    let disk1 = client.create_bdev(proto::CreateBdevRequest { uri: format!("aio://{dev1}") }).await.unwrap().into_inner();
+    let share = client.share_bdev(proto::ShareBdevRequest { name: disk1.name.clone(), ..Default::default() }).await.unwrap().into_inner();
+    for n in [nqn, share.nqn.as_str()] {
+        initiator.succeed(&Nvme::connect("192.0.2.1", 4420, n).options(FabricsOptions::scaled_timeouts()).command_line()).await.unwrap();
+    }
+    wait_for_namespaces(&initiator, &[&splits[0].uuid, &splits[1].uuid, &disk1.uuid], Duration::from_secs(30)).await;
+
+    // QMP device_del of disk0: both splits' namespaces go; disk1's stays.
+    let qmp = target.qmp().await.unwrap();
+    let mark = qmp.event_count();
+    target.qmp_raw("device_del", serde_json::json!({"id": "disk0"})).await.unwrap();
+    qmp.wait_for_event(mark, Duration::from_secs(60), |e| e.name == "DEVICE_DELETED" && e.data["device"] == "disk0").await.unwrap();
+    target
+        .wait_for_console_text(&format!("hot-remove: {dev0}p2 vanished.*removed from namespace 2 of {nqn}"), Duration::from_secs(30))
+        .await
+        .unwrap();
+    wait_for_namespaces(&initiator, &[&disk1.uuid], Duration::from_secs(30)).await;
+    assert_eq!(target.succeed(&ns_dirs(nqn)).await.unwrap().trim(), "", "both namespaces left configfs");
+    client.health(proto::HealthRequest {}).await.unwrap();
+    let bdevs = client.list_bdevs(proto::ListBdevsRequest {}).await.unwrap().into_inner().bdevs;
+    let state = |name: &str| bdevs.iter().find(|b| b.name == name).map(|b| (b.state.as_str(), b.claimed)).unwrap();
+    assert_eq!(state(&splits[0].name), ("faulted", false), "{bdevs:?}");
+    assert_eq!(state(&splits[1].name), ("faulted", false), "{bdevs:?}");
+    assert_eq!(state(&disk0.name), ("faulted", true), "still claimed by its splits: {bdevs:?}");
+    assert_eq!(state(&disk1.name), ("online", true), "{bdevs:?}");
+    // The controller stays, connected and empty, as SPDK keeps a controller whose bdev went.
+    let ctrls = initiator.succeed("cat /sys/class/nvme/nvme*/subsysnqn").await.unwrap();
+    assert!(ctrls.lines().any(|l| l.trim() == nqn), "{ctrls}");
+
+    // The guest removes disk1's PCI function itself: the share's namespace goes too.
+    let bdf = pci_address(&target, "vmcheck-disk1").await;
+    target.succeed(&format!("echo 1 > /sys/bus/pci/devices/{bdf}/remove")).await.unwrap();
+    target
+        .wait_for_console_text(&format!("hot-remove: {dev1} vanished.*removed from namespace 1 of {}", share.nqn), Duration::from_secs(30))
+        .await
+        .unwrap();
+    wait_for_namespaces(&initiator, &[], Duration::from_secs(30)).await;
+    let bdevs = client.list_bdevs(proto::ListBdevsRequest {}).await.unwrap().into_inner().bdevs;
+    assert!(bdevs.iter().all(|b| b.state == "faulted"), "{bdevs:?}");
+    let err =
+        client.add_namespace(proto::AddNamespaceRequest { nqn: nqn.into(), bdev: splits[0].name.clone(), nsid: None }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("hot-removed"), "{err:?}");
+
+    // Clean-up still works, and leaves configfs empty.
+    for n in [nqn, share.nqn.as_str()] {
+        initiator.succeed(&Nvme::disconnect(n)).await.unwrap();
+    }
+    client.destroy_subsystem(proto::DestroySubsystemRequest { nqn: nqn.into() }).await.unwrap();
+    client.unshare_bdev(proto::UnshareBdevRequest { name: disk1.name.clone() }).await.unwrap();
+    client.unsplit_bdev(proto::UnsplitBdevRequest { name: disk0.name.clone() }).await.unwrap();
+    for name in [&disk0.name, &disk1.name] {
+        client.destroy_bdev(proto::DestroyBdevRequest { name: name.clone() }).await.unwrap();
+    }
+    assert_eq!(target.succeed(NVMET_DIRS).await.unwrap().split_whitespace().filter(|w| !w.ends_with(':')).count(), 0);
+}
+
+/// The NQN of the one bdev's share (from its share URI).
+async fn bdevs_share_nqn(client: &mut vmcheck::target::client::TargetClient) -> String {
+    let bdevs = client.list_bdevs(proto::ListBdevsRequest {}).await.unwrap().into_inner().bdevs;
+    bdevs[0].share_uri.rsplit('/').next().unwrap().to_string()
 }

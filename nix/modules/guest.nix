@@ -1,4 +1,4 @@
-# The guest contract of DESIGN.md, for every machine of a vmcheck test:
+# The guest contract of ARCHITECTURE.md, for every machine of a vmcheck test:
 #   - the QEMU guest agent, answering on the virtio-serial port `org.qemu.guest_agent.0`;
 #   - the kernel console on the first serial port (ttyS0: the machines are x86_64);
 #   - a static address on each test network, and on qemu-vm's NIC where the driver forwards a port.

@@ -40,7 +40,8 @@ enum Command {
         /// Driver configuration from nix/ (NixOS machines); names the scenario itself.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Seconds the whole of each scenario may take.
+        /// Seconds each scenario may take (a chain: all its cases together), after the driver's
+        /// set-up (images, accelerator probe).
         #[arg(long)]
         global_timeout: Option<u64>,
     },
@@ -209,7 +210,7 @@ async fn run(
         }
     }
     let options = RunOptions {
-        driver: DriverOptions { keep_state: keep, out_dir: out.clone(), ..DriverOptions::default() },
+        driver: DriverOptions { keep_state: keep, out_dir: out.clone() },
         config: config.clone(),
         global_timeout: global_timeout.map(std::time::Duration::from_secs),
     };
@@ -229,6 +230,10 @@ async fn run(
         }
     }
     let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
+    let errors = outcomes.iter().filter(|o| o.harness_error).count();
+    if errors > 0 {
+        vmcheck::log::line(&format!("{errors} of the failed are errors: the harness or a machine broke, not the system under test"));
+    }
     vmcheck::log::line(&format!("{} passed, {failed} failed", outcomes.len() - failed));
     if failed == 0 {
         ExitCode::SUCCESS

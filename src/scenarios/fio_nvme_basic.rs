@@ -2,8 +2,6 @@
 //! over NVMe-oF/TCP; an initiator discovers it, connects, runs fio with verify=crc32 for 15 s,
 //! and disconnects.
 
-use std::time::Duration;
-
 use anyhow::{bail, Context, Result};
 use futures::FutureExt;
 use serde_json::json;
@@ -160,7 +158,7 @@ pub async fn run(d: &Driver) -> Result<Report> {
     let after_disconnect = d
         .subtest("should be able to disconnect from the target", async {
             initiator.succeed(&Nvme::disconnect_all()).await?;
-            initiator.wait_until_fails(&format!("test -e {device}"), Duration::from_secs(30)).await?;
+            initiator.wait_until_fails(&format!("test -e {device}"), timeouts::hotplug()).await?;
             let list = NvmeList::parse(&initiator.succeed(&Nvme::list()).await?)?;
             if !list.devices.is_empty() {
                 bail!("after disconnect-all, nvme list still shows {:?}", list.devices);

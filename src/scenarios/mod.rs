@@ -5,6 +5,7 @@ use futures::future::BoxFuture;
 
 use crate::config::NodeSpec;
 use crate::driver::Driver;
+use crate::machine::{is_harness_error, HarnessError};
 
 pub mod attach_detach;
 pub mod balloon;
@@ -108,7 +109,11 @@ pub fn outcomes_table(outcomes: &[Outcome]) -> String {
     let width = outcomes.iter().map(|o| o.name.len()).max().unwrap_or(0).max(20);
     let mut s = String::from("summary\n");
     for o in outcomes {
-        let verdict = if o.error.is_none() { "passed" } else { "FAILED" };
+        let verdict = match (&o.error, o.harness_error) {
+            (None, _) => "passed",
+            (Some(_), false) => "FAILED",
+            (Some(_), true) => "ERROR",
+        };
         let failed = o.subtests.iter().find(|t| t.error.is_some()).map(|t| format!("  at: {}", t.name)).unwrap_or_default();
         s += &format!("  {:<width$}  {verdict:<6}  {:>8.2} s{failed}\n", o.name, o.duration.as_secs_f64());
     }
@@ -121,6 +126,8 @@ pub struct Outcome {
     pub name: String,
     pub subtests: Vec<crate::driver::SubtestResult>,
     pub error: Option<String>,
+    /// The error is the harness's or a machine's, not the system under test's.
+    pub harness_error: bool,
     pub duration: std::time::Duration,
 }
 
@@ -163,7 +170,7 @@ async fn run_group(cases: &[Scenario], options: &RunOptions) -> Vec<Outcome> {
     let global = options
         .global_timeout
         .or_else(|| options.config.as_ref().map(|c| std::time::Duration::from_secs(c.global_timeout)))
-        .unwrap_or_else(|| std::time::Duration::from_secs(3600));
+        .unwrap_or_else(crate::timeouts::global);
     let mut nodes = (first.nodes)();
     let driver = async {
         if let Some(config) = &options.config {
@@ -181,7 +188,13 @@ async fn run_group(cases: &[Scenario], options: &RunOptions) -> Vec<Outcome> {
             let error = Some(format!("{e:#}"));
             return cases
                 .iter()
-                .map(|c| Outcome { name: name_of(c), subtests: Vec::new(), error: error.clone(), duration: started.elapsed() })
+                .map(|c| Outcome {
+                    name: name_of(c),
+                    subtests: Vec::new(),
+                    error: error.clone(),
+                    harness_error: true,
+                    duration: started.elapsed(),
+                })
                 .collect();
         }
     };
@@ -194,12 +207,13 @@ async fn run_group(cases: &[Scenario], options: &RunOptions) -> Vec<Outcome> {
         let case_started = std::time::Instant::now();
         let first_subtest = driver.subtest_results().len();
         let result = match &broken {
-            Some(earlier) => Err(anyhow::anyhow!("not run: the earlier case {earlier} of its chain failed")),
+            Some(earlier) => Err(HarnessError(format!("not run: the earlier case {earlier} of its chain failed")).into()),
             None => match tokio::time::timeout_at(deadline, (case.run)(&driver)).await {
                 Ok(r) => r,
-                Err(_) => Err(anyhow::anyhow!("the global timeout of {global:?} ran out")),
+                Err(_) => Err(HarnessError(format!("the global timeout of {global:?} ran out")).into()),
             },
         };
+        let harness_error = result.as_ref().err().is_some_and(is_harness_error);
         let error = result.err().map(|e| format!("{e:#}{}", console_tails(&driver)));
         let mut subtests = driver.subtest_results().split_off(first_subtest);
         crate::log::line(&crate::driver::summary_table(&name, &subtests, case_started.elapsed()));
@@ -210,11 +224,12 @@ async fn run_group(cases: &[Scenario], options: &RunOptions) -> Vec<Outcome> {
                     name: "test script".into(),
                     duration: case_started.elapsed(),
                     error: Some(e.clone()),
+                    harness_error,
                 });
             }
             broken.get_or_insert_with(|| name.clone());
         }
-        outcomes.push(Outcome { name, subtests, error, duration: case_started.elapsed() });
+        outcomes.push(Outcome { name, subtests, error, harness_error, duration: case_started.elapsed() });
     }
     let teardown = std::time::Instant::now();
     // Per-test logs: each machine's whole dmesg next to its console log and QMP events.

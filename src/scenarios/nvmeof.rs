@@ -3,12 +3,13 @@
 //! the machines (their configured test-network address), never from constants.
 
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
 use crate::log;
 use crate::machine::Machine;
+use crate::poll::{self, Polled};
 use crate::target::client::TargetClient;
 use crate::target::proto;
 use crate::timeouts;
@@ -106,37 +107,42 @@ pub fn parse_namespaces(listing: &str) -> Vec<(String, String, u32)> {
 
 /// Waits until namespace `nsid` of subsystem `nqn` has a block device on the initiator.
 pub async fn wait_for_namespace(initiator: &Machine, nqn: &str, nsid: u32, timeout: Duration) -> Result<String> {
-    let started = Instant::now();
-    loop {
+    let seen = std::sync::Mutex::new(Vec::new());
+    let polled = poll::until(timeout, timeouts::GUEST_POLL, |_| async {
         let found = namespaces(initiator).await?;
-        if let Some((dev, _, _)) = found.iter().find(|(_, n, id)| n == nqn && *id == nsid) {
+        let dev = found.iter().find(|(_, n, id)| n == nqn && *id == nsid).map(|(dev, _, _)| dev.clone());
+        *seen.lock().unwrap() = found;
+        Ok(dev)
+    })
+    .await?;
+    match polled {
+        Polled::Done(dev) => {
             log::line(&format!("{}: namespace {nsid} of {nqn} is {dev}", initiator.name()));
-            return Ok(dev.clone());
+            Ok(dev)
         }
-        if started.elapsed() >= timeout {
-            return Err(initiator.error(
-                format!("namespace {nsid} of {nqn} did not appear within {timeout:?}"),
-                format!("the initiator has these namespaces (device, nqn, nsid): {found:?}"),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        Polled::TimedOut(_) => Err(initiator.error(
+            format!("namespace {nsid} of {nqn} did not appear within {timeout:?}"),
+            format!("the initiator has these namespaces (device, nqn, nsid): {:?}", seen.into_inner().unwrap()),
+        )),
     }
 }
 
 /// Waits until subsystem `nqn` shows no block device on the initiator (only namespace `nsid`
 /// when given).
 pub async fn wait_for_no_namespace(initiator: &Machine, nqn: &str, nsid: Option<u32>, timeout: Duration) -> Result<()> {
-    let started = Instant::now();
-    loop {
+    let left = std::sync::Mutex::new(Vec::new());
+    let polled = poll::until(timeout, timeouts::GUEST_POLL, |_| async {
         let found = namespaces(initiator).await?;
-        let left: Vec<_> = found.iter().filter(|(_, n, id)| n == nqn && nsid.is_none_or(|want| *id == want)).collect();
-        if left.is_empty() {
-            return Ok(());
-        }
-        if started.elapsed() >= timeout {
-            return Err(initiator.error(format!("{nqn} still shows {left:?} after {timeout:?}"), "expected its namespace to be gone"));
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        let still: Vec<_> = found.into_iter().filter(|(_, n, id)| n == nqn && nsid.is_none_or(|want| *id == want)).collect();
+        let gone = still.is_empty();
+        *left.lock().unwrap() = still;
+        Ok(gone.then_some(()))
+    })
+    .await?;
+    match polled {
+        Polled::Done(()) => Ok(()),
+        Polled::TimedOut(_) => Err(initiator
+            .error(format!("{nqn} still shows {:?} after {timeout:?}", left.into_inner().unwrap()), "expected its namespace to be gone")),
     }
 }
 

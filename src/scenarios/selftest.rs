@@ -41,6 +41,14 @@ pub fn scenarios() -> Vec<Scenario> {
             chain: None,
         },
         Scenario {
+            name: "selftest-broken-machine",
+            description: "boots one machine, pulls its plug, then uses it: an error of the machine, not a failure",
+            nodes: one_machine,
+            run: |d| broken_machine(d).boxed(),
+            hidden: true,
+            chain: None,
+        },
+        Scenario {
             name: "selftest-hang",
             description: "boots one machine and waits forever (for signal tests)",
             nodes: one_machine,
@@ -68,6 +76,13 @@ async fn fail(d: &Driver) -> Result<()> {
         Ok(())
     })
     .await
+}
+
+async fn broken_machine(d: &Driver) -> Result<()> {
+    d.start_all().await?;
+    let m = d.machine("machine")?;
+    m.crash().await?;
+    d.subtest("a command on a machine that is gone", async { m.succeed("true").await.map(drop) }).await
 }
 
 async fn timeout(d: &Driver) -> Result<()> {

@@ -13,8 +13,10 @@ use crate::tools::fio::{Direction, Fio, FioReport, Rw, Verify};
 
 /// The plans' integrity job (SPDK's `default_integrity.job`: 4 KiB random writes through libaio
 /// with O_DIRECT, every block verified), sized for TCG: queue depth 8 instead of 512, crc32c
-/// instead of md5, verified as it goes (`verify_backlog`) so a run cut short has read back
-/// most of what it wrote, over the first 64 MiB of the device, for `runtime_secs`.
+/// instead of md5, verified as it goes: every 16 blocks written are read back (`verify_backlog`),
+/// so even a slow run (four fio jobs on one TCG guest write ~50 blocks/s each) reads back what
+/// it wrote, and a run cut short has verified nearly all of it (a time-based job gets no final
+/// verify pass). Over the first 64 MiB of the device, for `runtime_secs`.
 pub fn integrity_job(device: &str, runtime_secs: u64) -> Fio {
     Fio::new()
         .thread(true)
@@ -24,11 +26,13 @@ pub fn integrity_job(device: &str, runtime_secs: u64) -> Fio {
         .iodepth(8)
         .rw(Rw::RandWrite)
         .verify(Verify::Crc32c)
-        .opt("verify_backlog", 256)
+        .opt("verify_backlog", 16)
         .do_verify(true)
         .size("64m")
         .time_based(true)
         .runtime_secs(runtime_secs)
+        // A device that is gone must fail the job, not become a new file in /dev.
+        .opt("allow_file_create", 0)
         .numjobs(1)
         .group_reporting(true)
         .name("integrity")
@@ -122,7 +126,7 @@ impl FioRun {
         Ok(FioRun { process, device: device.to_string() })
     }
 
-    /// Waits for fio to end (its run time plus `timeouts::command()`).
+    /// Waits for fio to end, at most `timeouts::command()` (far longer than any run time here).
     pub async fn wait(&self) -> Result<FioOutcome> {
         let out = self.process.wait(timeouts::command()).await?;
         let report = FioReport::parse_with_stderr(&out.stdout, &out.stderr).ok();
@@ -185,7 +189,15 @@ mod tests {
     #[test]
     fn the_integrity_job_writes_randomly_and_verifies() {
         let argv = integrity_job("/dev/nvme1n1", 10).argv();
-        for want in ["--rw=randwrite", "--verify=crc32c", "--do_verify=1", "--direct=1", "--filename=/dev/nvme1n1", "--runtime=10"] {
+        for want in [
+            "--rw=randwrite",
+            "--verify=crc32c",
+            "--do_verify=1",
+            "--direct=1",
+            "--filename=/dev/nvme1n1",
+            "--runtime=10",
+            "--allow_file_create=0",
+        ] {
             assert!(argv.iter().any(|a| a == want), "{want} missing from {argv:?}");
         }
     }

@@ -32,6 +32,8 @@ pub enum Call {
     RemoveNamespace(proto::RemoveNamespaceRequest),
     CreateSubsystem(proto::CreateSubsystemRequest),
     DestroySubsystem(proto::DestroySubsystemRequest),
+    SplitBdev(proto::SplitBdevRequest),
+    UnsplitBdev(proto::UnsplitBdevRequest),
 }
 
 /// The reply to a [`Call`].
@@ -43,6 +45,7 @@ pub enum Reply {
     Shared(proto::ShareBdevReply),
     Namespace(proto::Namespace),
     Subsystem(proto::CreateSubsystemReply),
+    Splits(proto::SplitBdevReply),
     Done,
 }
 
@@ -65,6 +68,8 @@ impl TargetApi for TargetClient {
                 Call::RemoveNamespace(r) => self.remove_namespace(r).await.map(|_| Reply::Done)?,
                 Call::CreateSubsystem(r) => Reply::Subsystem(self.create_subsystem(r).await?.into_inner()),
                 Call::DestroySubsystem(r) => self.destroy_subsystem(r).await.map(|_| Reply::Done)?,
+                Call::SplitBdev(r) => Reply::Splits(self.split_bdev(r).await?.into_inner()),
+                Call::UnsplitBdev(r) => self.unsplit_bdev(r).await.map(|_| Reply::Done)?,
             })
         }
     }
@@ -88,6 +93,8 @@ impl TargetApi for &TargetService {
                 Call::RemoveNamespace(r) => Target::remove_namespace(svc, Request::new(r)).await.map(|_| Reply::Done)?,
                 Call::CreateSubsystem(r) => Reply::Subsystem(Target::create_subsystem(svc, Request::new(r)).await?.into_inner()),
                 Call::DestroySubsystem(r) => Target::destroy_subsystem(svc, Request::new(r)).await.map(|_| Reply::Done)?,
+                Call::SplitBdev(r) => Reply::Splits(Target::split_bdev(svc, Request::new(r)).await?.into_inner()),
+                Call::UnsplitBdev(r) => Target::unsplit_bdev(svc, Request::new(r)).await.map(|_| Reply::Done)?,
             })
         }
     }
@@ -157,6 +164,12 @@ fn remove_ns(nqn: &str, nsid: u32) -> Call {
 }
 fn create_subsys(nqn: &str, port: u32) -> proto::CreateSubsystemRequest {
     proto::CreateSubsystemRequest { nqn: nqn.into(), port: Some(port), allowed_hosts: vec![] }
+}
+fn split(name: &str, split_count: u32) -> Call {
+    Call::SplitBdev(proto::SplitBdevRequest { name: name.into(), split_count, split_size_mb: None })
+}
+fn unsplit(name: &str) -> Call {
+    Call::UnsplitBdev(proto::UnsplitBdevRequest { name: name.into() })
 }
 fn destroy_subsys(nqn: &str) -> Call {
     Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: nqn.into() })
@@ -309,6 +322,15 @@ pub fn bad_request_table(p: &TableParams) -> Vec<BadRequestCase> {
         step("destroy the subsystem with B in it", destroy_subsys(&nqn_e)),
         row("destroy it again", destroy_subsys(&nqn_e), NotFound, &nqn_e),
         row("remove a namespace of the destroyed subsystem", remove_ns(&nqn_e, 1), NotFound, &nqn_e),
+        // Split: the table has malloc bdevs only, so every split here is refused.
+        row("split a malloc bdev", split(&b, 2), FailedPrecondition, &b),
+        row("split into 0", split(&b, 0), InvalidArgument, "split_count 0"),
+        row("split into 129", split(&b, 129), InvalidArgument, "split_count 129 is out of range 1..=128"),
+        row("split a bdev that does not exist", split(&never, 2), NotFound, &never),
+        row("split with a malformed name", split("disk", 2), InvalidArgument, "\"disk\""),
+        row("split with a name over the bound", split(&"n".repeat(MAX_URI_LEN + 1), 2), InvalidArgument, "name is 1025 bytes"),
+        row("unsplit B, which is not split", unsplit(&b), FailedPrecondition, &b),
+        row("unsplit a bdev that does not exist", unsplit(&never), NotFound, &never),
         step("unshare A", unshare(&a)),
         row("unshare A again", unshare(&a), FailedPrecondition, &a),
         row("add a namespace to the unshared subsystem", add_ns(&nqn_a, &b, None), NotFound, &nqn_a),

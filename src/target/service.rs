@@ -20,13 +20,18 @@ use super::error::{Error, Result};
 use super::limits::{self, Deadline, MAX_ALLOWED_HOSTS, MAX_NAME_LEN, MAX_NQN_LEN};
 use super::nvmet::{self, NamespaceSpec, Nvmet, ShareSpec, MAX_NSID};
 use super::proto::{self, target_server::Target};
+use super::split;
 use super::uri::{quoted, BdevUri};
 
 /// What `claimed_by` says while a bdev is in an nvmet namespace (as mayastor's listing did).
 pub const CLAIMED_BY: &str = "NVMe-oF Target";
+/// What `claimed_by` says of a split disk (SPDK's split module claims its base as "split").
+pub const CLAIMED_BY_SPLIT: &str = "split";
 pub const STATE_ONLINE: &str = "online";
 pub const STATE_FAULTED: &str = "faulted";
 pub const DEFAULT_NVMF_PORT: u16 = 4420;
+/// How often a split looks for the kernel's partitions.
+const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(50);
 /// Characters of a request shown in the log.
 const MAX_LOGGED_REQUEST: usize = 600;
 /// Subsystem NQNs default to this prefix and the bdev's uuid.
@@ -74,6 +79,13 @@ struct Entry {
     geometry: Geometry,
     /// The nvmet namespace it is in.
     claim: Option<Claim>,
+    /// Its split bdevs, by SplitBdev: while split, the disk itself is claimed by them.
+    splits: Vec<String>,
+    /// The disk it is a split of.
+    split_of: Option<String>,
+    /// Its device vanished and the daemon withdrew it from its namespace: faulted for good,
+    /// even if a device of the same name comes back (it may be another disk).
+    removed: bool,
 }
 
 /// A subsystem this daemon made: by ShareBdev (with the bdev as namespace 1) or by
@@ -91,6 +103,13 @@ struct Owned {
 struct Registry {
     bdevs: BTreeMap<String, Entry>,
     subsystems: BTreeMap<String, Owned>,
+}
+
+impl Entry {
+    fn new(uri: BdevUri, geometry: Geometry) -> Self {
+        let uuid = Uuid::new_v5(&UUID_NAMESPACE, uri.to_string().as_bytes());
+        Entry { uri, uuid, geometry, claim: None, splits: Vec::new(), split_of: None, removed: false }
+    }
 }
 
 impl Registry {
@@ -116,9 +135,14 @@ impl Registry {
             uuid: entry.uuid.to_string(),
             num_blocks: entry.geometry.num_blocks,
             blk_size: entry.geometry.blk_size,
-            claimed: entry.claim.is_some(),
-            claimed_by: if entry.claim.is_some() { CLAIMED_BY.into() } else { String::new() },
-            state: if backing.present(&entry.uri) { STATE_ONLINE } else { STATE_FAULTED }.into(),
+            claimed: entry.claim.is_some() || !entry.splits.is_empty(),
+            claimed_by: match (&entry.claim, entry.splits.is_empty()) {
+                (Some(_), _) => CLAIMED_BY.into(),
+                (None, false) => CLAIMED_BY_SPLIT.into(),
+                (None, true) => String::new(),
+            },
+            split_base: entry.split_of.clone().unwrap_or_default(),
+            state: if !entry.removed && backing.present(&entry.uri) { STATE_ONLINE } else { STATE_FAULTED }.into(),
             share_uri: self.share_of(&name).map(|(_, o)| o.uri.clone()).unwrap_or_default(),
             name,
         }
@@ -138,6 +162,11 @@ impl TargetService {
 
     pub fn nvmet(&self) -> &Nvmet {
         &self.nvmet
+    }
+
+    #[cfg(test)]
+    pub(crate) fn backing_for_tests(&self) -> &Backing {
+        &self.backing
     }
 
     /// What is in configfs and the malloc directory before this daemon made anything: an
@@ -195,7 +224,7 @@ impl TargetService {
             self.backing.release(&uri)?;
             return Err(err);
         }
-        let entry = Entry { uuid: Uuid::new_v5(&UUID_NAMESPACE, name.as_bytes()), uri, geometry, claim: None };
+        let entry = Entry::new(uri, geometry);
         let bdev = registry.to_proto(&entry, &self.backing);
         registry.bdevs.insert(name, entry);
         Ok(bdev)
@@ -206,6 +235,9 @@ impl TargetService {
         let mut registry = self.lock(&deadline).await?;
         deadline.check("before the destroy started")?;
         let entry = lookup(&registry, &name)?;
+        if let Some(base) = &entry.split_of {
+            return Err(Error::FailedPrecondition(format!("bdev {name} is a split of {base}; use UnsplitBdev on {base}")));
+        }
         require_unclaimed(&registry, entry)?;
         self.backing.release(&entry.uri)?;
         registry.bdevs.remove(&name);
@@ -320,6 +352,107 @@ impl TargetService {
         Ok(proto::DestroySubsystemReply {})
     }
 
+    async fn split_bdev(&self, req: proto::SplitBdevRequest, deadline: Deadline) -> Result<proto::SplitBdevReply> {
+        let name = bdev_name("name", &req.name)?;
+        if !(1..=split::MAX_SPLITS).contains(&req.split_count) {
+            return Err(Error::InvalidArgument(format!("split_count {} is out of range 1..={}", req.split_count, split::MAX_SPLITS)));
+        }
+        let mut registry = self.lock(&deadline).await?;
+        let entry = lookup(&registry, &name)?;
+        let BdevUri::Aio { dev } = &entry.uri else {
+            return Err(Error::FailedPrecondition(format!("bdev {name} is a malloc bdev; only aio bdevs of whole disks can be split")));
+        };
+        if let Some(base) = &entry.split_of {
+            return Err(Error::FailedPrecondition(format!("bdev {name} is a split of {base} already; split whole disks")));
+        }
+        if !entry.splits.is_empty() {
+            return Err(Error::FailedPrecondition(format!("bdev {name} is split already into {}; UnsplitBdev first", entry.splits.len())));
+        }
+        require_unclaimed(&registry, entry)?;
+        self.require_present(entry)?;
+        if self.backing.is_partition(dev) {
+            return Err(Error::FailedPrecondition(format!("bdev {name} is a partition (/dev/{dev}); split whole disks")));
+        }
+        // Re-reading the table replaces every partition of the disk: none may be a bdev.
+        if let Some(other) = registry.bdevs.values().find(|e| matches!(&e.uri, BdevUri::Aio { dev: d } if is_partition_of(d, dev))) {
+            return Err(Error::FailedPrecondition(format!("bdev {} is a partition of {name}; destroy it before splitting", other.uri)));
+        }
+        let layout = split::layout(dev, entry.geometry.num_blocks, entry.geometry.blk_size, req.split_count, req.split_size_mb)?;
+        let blk = u64::from(entry.geometry.blk_size);
+        let parts: Vec<(String, u64, u64)> = layout
+            .parts
+            .iter()
+            .enumerate()
+            .map(|(i, (first, last))| (split::partition_name(dev, i + 1), first * blk, (last + 1 - first) * blk))
+            .collect();
+        let (dev, uuid, geometry) = (dev.clone(), entry.uuid, entry.geometry);
+        deadline.check("before the partition table was written")?;
+        self.backing.write_partition_table(&dev, &split::gpt_writes(&layout, uuid), &parts)?;
+        // From here a failure wipes the table again, so the disk is whole as before; so does
+        // the future being dropped at an await (tonic drops it when the client's timeout passes).
+        let guard = WipeOnDrop { backing: &self.backing, dev: &dev, geometry, armed: true };
+        let settle = Instant::now() + split::SETTLE;
+        while let Some((missing, _, _)) = parts.iter().find(|(p, _, _)| !self.backing.partition_ready(p)) {
+            deadline.check("while the kernel made the partitions")?;
+            if Instant::now() >= settle {
+                return Err(Error::Internal(format!(
+                    "the kernel did not show /dev/{missing} within {:?} of re-reading the partition table of /dev/{dev}",
+                    split::SETTLE
+                )));
+            }
+            // Wake by the daemon's deadline, which is before tonic's, so the check above runs.
+            let mut pause = SETTLE_POLL;
+            if let Some(at) = deadline.instant() {
+                pause = pause.min(at.saturating_duration_since(Instant::now()));
+            }
+            tokio::time::sleep(pause).await;
+        }
+        let mut made = Vec::new();
+        for (part, _, _) in &parts {
+            let uri = BdevUri::Aio { dev: part.clone() };
+            let geometry = self.backing.open(&uri)?;
+            let mut entry = Entry::new(uri, geometry);
+            entry.split_of = Some(name.clone());
+            made.push(entry);
+        }
+        guard.disarm();
+        let names: Vec<String> = made.iter().map(|e| e.uri.to_string()).collect();
+        info!(bdev = %name, splits = ?names, "split");
+        registry.bdev_mut(&name)?.splits = names;
+        let mut bdevs = Vec::new();
+        for entry in made {
+            bdevs.push(registry.to_proto(&entry, &self.backing));
+            registry.bdevs.insert(entry.uri.to_string(), entry);
+        }
+        Ok(proto::SplitBdevReply { bdevs })
+    }
+
+    async fn unsplit_bdev(&self, req: proto::UnsplitBdevRequest, deadline: Deadline) -> Result<proto::UnsplitBdevReply> {
+        let name = bdev_name("name", &req.name)?;
+        let mut registry = self.lock(&deadline).await?;
+        let entry = lookup(&registry, &name)?;
+        if let Some(base) = &entry.split_of {
+            return Err(Error::FailedPrecondition(format!("bdev {name} is a split of {base}; unsplit {base}")));
+        }
+        if entry.splits.is_empty() {
+            return Err(Error::FailedPrecondition(format!("bdev {name} is not split")));
+        }
+        for split in &entry.splits {
+            require_unclaimed(&registry, lookup(&registry, split)?)?;
+        }
+        deadline.check("before the partition table was wiped")?;
+        if let (BdevUri::Aio { dev }, true) = (&entry.uri, self.backing.present(&entry.uri)) {
+            let wipe = split::wipe_writes(entry.geometry.num_blocks, entry.geometry.blk_size);
+            self.backing.write_partition_table(dev, &wipe, &[])?;
+        }
+        let splits = std::mem::take(&mut registry.bdev_mut(&name)?.splits);
+        for split in &splits {
+            registry.bdevs.remove(split);
+        }
+        info!(bdev = %name, ?splits, "unsplit");
+        Ok(proto::UnsplitBdevReply {})
+    }
+
     async fn list_subsystems(&self) -> Result<proto::ListSubsystemsReply> {
         let registry = self.registry.lock().await;
         let state = self.nvmet.state()?;
@@ -410,6 +543,53 @@ impl TargetService {
         Ok(proto::RemoveNamespaceReply {})
     }
 
+    /// SPDK's bdev hot-remove: every bdev whose device vanished is withdrawn from whatever
+    /// exports it (its nvmet namespace is disabled and removed, so connected initiators get the
+    /// namespace-change AEN and drop it), then marked removed (faulted in ListBdevs, until
+    /// destroyed). The subsystem itself stays, as SPDK keeps the controller: an initiator stays
+    /// connected to it. Returns one line per bdev withdrawn; a withdrawal that fails is logged
+    /// and retried at the next call. Called by [`super::monitor`] every poll period.
+    pub async fn reap_vanished(&self) -> Vec<String> {
+        let mut registry = self.registry.lock().await;
+        let vanished: Vec<String> =
+            registry.bdevs.iter().filter(|(_, e)| !e.removed && !self.backing.present(&e.uri)).map(|(name, _)| name.clone()).collect();
+        let mut report = Vec::new();
+        for name in vanished {
+            let Some(entry) = registry.bdevs.get_mut(&name) else { continue };
+            let path = self.backing.device_path(&entry.uri);
+            let what = match &entry.claim {
+                None => "it was in no namespace".to_string(),
+                Some(claim) => match self.withdraw(claim) {
+                    Ok(()) => format!("removed from {}", describe(claim)),
+                    Err(err) => {
+                        warn!(
+                            "hot-remove: {} vanished but bdev {name} could not be withdrawn from {}: {err}; retrying",
+                            path.display(),
+                            describe(claim)
+                        );
+                        continue;
+                    }
+                },
+            };
+            entry.claim = None;
+            entry.removed = true;
+            let line = format!("hot-remove: {} vanished; bdev {name} is {STATE_FAULTED}, {what}", path.display());
+            warn!("{line}");
+            report.push(line);
+        }
+        report
+    }
+
+    /// Takes a bdev out of the export that claims it. The one place a second export type
+    /// (iSCSI LUNs over LIO) hooks into hot-remove: a claim of that kind withdraws its LUN here.
+    fn withdraw(&self, claim: &Claim) -> Result<()> {
+        if !self.nvmet.namespace_exists(&claim.nqn, claim.nsid) {
+            // Gone already (removed behind the daemon's back): nothing to withdraw.
+            return Ok(());
+        }
+        self.nvmet.remove_namespace(&claim.nqn, claim.nsid)
+    }
+
     /// Namespaces are added only to subsystems this daemon made: others it does not own.
     fn require_own_subsystem<'r>(&self, registry: &'r Registry, nqn: &str) -> Result<&'r Owned> {
         if let Some(owned) = registry.subsystems.get(nqn) {
@@ -423,6 +603,13 @@ impl TargetService {
 
     /// A vanished device cannot be put into a namespace.
     fn require_present(&self, entry: &Entry) -> Result<()> {
+        if entry.removed {
+            return Err(Error::FailedPrecondition(format!(
+                "bdev {} is {STATE_FAULTED}: {} was hot-removed; destroy it and create it again",
+                entry.uri,
+                self.backing.device_path(&entry.uri).display()
+            )));
+        }
         if self.backing.present(&entry.uri) {
             return Ok(());
         }
@@ -474,9 +661,47 @@ fn describe(claim: &Claim) -> String {
     format!("namespace {} of {}", claim.nsid, claim.nqn)
 }
 
-/// A bdev goes into one namespace at a time, and is not destroyed while in one or shared.
+/// Wipes a partition table just written unless disarmed: a split that fails or is dropped
+/// halfway leaves the disk whole.
+struct WipeOnDrop<'a> {
+    backing: &'a Backing,
+    dev: &'a str,
+    geometry: Geometry,
+    armed: bool,
+}
+
+impl WipeOnDrop<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for WipeOnDrop<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let wipe = split::wipe_writes(self.geometry.num_blocks, self.geometry.blk_size);
+        match self.backing.write_partition_table(self.dev, &wipe, &[]) {
+            Ok(()) => info!("split of /dev/{} undone: partition table wiped", self.dev),
+            Err(err) => warn!("wiping the partition table of /dev/{} after a failed split: {err}", self.dev),
+        }
+    }
+}
+
+/// Whether block device `part` is a partition of `disk` (`nvme0n1p2` of `nvme0n1`, `vdb1` of `vdb`).
+fn is_partition_of(part: &str, disk: &str) -> bool {
+    let Some(rest) = part.strip_prefix(disk) else { return false };
+    let rest = if disk.ends_with(|c: char| c.is_ascii_digit()) { rest.strip_prefix('p').unwrap_or("") } else { rest };
+    !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// A bdev goes into one namespace at a time, and is not destroyed while in one, shared or split.
 fn require_unclaimed(registry: &Registry, entry: &Entry) -> Result<()> {
     let name = entry.uri.to_string();
+    if !entry.splits.is_empty() {
+        return Err(Error::FailedPrecondition(format!("bdev {name} is split into {} bdevs; UnsplitBdev first", entry.splits.len())));
+    }
     match (&entry.claim, registry.share_of(&name)) {
         (None, None) => Ok(()),
         (Some(claim), shared) => {
@@ -574,6 +799,14 @@ impl Target for TargetService {
 
     async fn add_namespace(&self, req: Request<proto::AddNamespaceRequest>) -> Result<Response<proto::Namespace>, Status> {
         serve("AddNamespace", req, |req, deadline| TargetService::add_namespace(self, req, deadline)).await
+    }
+
+    async fn split_bdev(&self, req: Request<proto::SplitBdevRequest>) -> Result<Response<proto::SplitBdevReply>, Status> {
+        serve("SplitBdev", req, |req, deadline| TargetService::split_bdev(self, req, deadline)).await
+    }
+
+    async fn unsplit_bdev(&self, req: Request<proto::UnsplitBdevRequest>) -> Result<Response<proto::UnsplitBdevReply>, Status> {
+        serve("UnsplitBdev", req, |req, deadline| TargetService::unsplit_bdev(self, req, deadline)).await
     }
 
     async fn create_subsystem(&self, req: Request<proto::CreateSubsystemRequest>) -> Result<Response<proto::CreateSubsystemReply>, Status> {

@@ -8,12 +8,7 @@ use vmcheck::driver::{Driver, DriverOptions};
 
 /// A driver for `nodes` on the default images (built on first use into the user's cache).
 pub async fn driver(nodes: Vec<NodeSpec>) -> Driver {
-    let _ = tracing_subscriber_init();
     Driver::new(nodes, DriverOptions::default()).await.expect("setting up the run")
-}
-
-fn tracing_subscriber_init() -> Option<()> {
-    None
 }
 
 pub const SHORT: Duration = Duration::from_secs(3);
