@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 use crate::config::BalloonSpec;
 use crate::log;
 use crate::machine::Machine;
+use crate::poll::{self, Pace, Polled};
 use crate::qemu::{Balloon, BALLOON_ID};
 use crate::qga::MemoryStats;
 use crate::qmp::QmpError;
@@ -25,6 +26,9 @@ pub const BALLOON_QOM_PATH: &str = "/machine/peripheral/balloon0";
 
 /// How long a balloon change may take: the guest hands over 256 pages a request, and under TCG
 /// some hundreds of MiB take seconds.
+/// Between looks at the balloon's size (a QMP request, nothing in the guest).
+pub const BALLOON_POLL: Pace = Pace::every(Duration::from_millis(250));
+
 pub fn balloon_timeout() -> Duration {
     Duration::from_secs_f64(60.0 * timeouts::factor())
 }
@@ -99,20 +103,20 @@ impl Machine {
     /// event (after event `mark`) carrying it (QEMU sends none when nothing changed).
     pub async fn wait_for_balloon(&self, bytes: u64, announced: bool, mark: usize, timeout: Duration) -> Result<()> {
         let started = Instant::now();
-        let mut last;
-        loop {
-            last = self.balloon_actual().await?;
-            if last == bytes {
-                break;
-            }
-            if started.elapsed() >= timeout {
-                return Err(self.timeout_error(
-                    format!("waiting for the balloon to reach {} MiB", bytes >> 20),
-                    format!("query-balloon still says {} bytes ({} MiB)", last, last >> 20),
-                    started.elapsed(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        let last = std::sync::atomic::AtomicU64::new(0);
+        let polled = poll::until(timeout, BALLOON_POLL, |_| async {
+            let now = self.balloon_actual().await?;
+            last.store(now, std::sync::atomic::Ordering::Relaxed);
+            Ok((now == bytes).then_some(()))
+        })
+        .await?;
+        if let Polled::TimedOut(waited) = polled {
+            let last = last.load(std::sync::atomic::Ordering::Relaxed);
+            return Err(self.timeout_error(
+                format!("waiting for the balloon to reach {} MiB", bytes >> 20),
+                format!("query-balloon still says {} bytes ({} MiB)", last, last >> 20),
+                waited,
+            ));
         }
         if announced {
             let qmp = self.qmp().await?;
@@ -154,20 +158,20 @@ impl Machine {
 
     /// Waits for a statistics report newer than `after` (a `last_update`).
     pub async fn wait_for_balloon_stats(&self, after: i64, timeout: Duration) -> Result<BalloonStats> {
-        let started = Instant::now();
-        loop {
+        let last = std::sync::Mutex::new(Value::Null);
+        let polled = poll::until(timeout, BALLOON_POLL, |_| async {
             let s = self.balloon_stats().await?;
-            if s.last_update > after && s.total_memory.is_some() {
-                return Ok(s);
-            }
-            if started.elapsed() >= timeout {
-                return Err(self.timeout_error(
-                    "waiting for a balloon statistics report".into(),
-                    format!("guest-stats: {}", s.raw),
-                    started.elapsed(),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            *last.lock().unwrap() = s.raw.clone();
+            Ok((s.last_update > after && s.total_memory.is_some()).then_some(s))
+        })
+        .await?;
+        match polled {
+            Polled::Done(s) => Ok(s),
+            Polled::TimedOut(waited) => Err(self.timeout_error(
+                "waiting for a balloon statistics report".into(),
+                format!("guest-stats: {}", last.lock().unwrap()),
+                waited,
+            )),
         }
     }
 
@@ -178,14 +182,13 @@ impl Machine {
     }
 
     async fn wait_for_guest_balloon(&self, bound: bool, timeout: Duration) -> Result<()> {
-        let started = Instant::now();
-        while self.guest_balloon_bound().await? != bound {
-            if started.elapsed() >= timeout {
-                let what = if bound { "bind" } else { "let go of" };
-                let listing = self.execute("ls -l /sys/bus/virtio/drivers/virtio_balloon/ 2>&1").await?.stdout;
-                return Err(self.timeout_error(format!("waiting for virtio_balloon to {what} the device"), listing, started.elapsed()));
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+        let polled =
+            poll::until(timeout, timeouts::GUEST_POLL, |_| async { Ok((self.guest_balloon_bound().await? == bound).then_some(())) })
+                .await?;
+        if let Polled::TimedOut(waited) = polled {
+            let what = if bound { "bind" } else { "let go of" };
+            let listing = self.execute("ls -l /sys/bus/virtio/drivers/virtio_balloon/ 2>&1").await?.stdout;
+            return Err(self.timeout_error(format!("waiting for virtio_balloon to {what} the device"), listing, waited));
         }
         Ok(())
     }

@@ -344,14 +344,10 @@ async fn enable_migration_events(qmp: &Qmp) -> Result<()> {
 }
 
 async fn wait_for_path(path: &Path, timeout: Duration) -> Result<()> {
-    let started = Instant::now();
-    while !path.exists() {
-        if started.elapsed() > timeout {
-            return Err(anyhow!("{} did not appear within {timeout:?}", path.display()));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    match crate::poll::until(timeout, timeouts::SOCKET_POLL, |_| async { Ok(path.exists().then_some(())) }).await? {
+        crate::poll::Polled::Done(()) => Ok(()),
+        crate::poll::Polled::TimedOut(_) => Err(anyhow!("{} did not appear within {timeout:?}", path.display())),
     }
-    Ok(())
 }
 
 /// Appends every QMP event of one QEMU process of `machine` to `<machine>.qmp-events.log` among
