@@ -59,6 +59,23 @@ impl DiskSpec {
     }
 }
 
+/// The virtio balloon a machine boots with.
+///
+/// The default is a balloon without `deflate-on-oom`: with that feature Linux's virtio_balloon
+/// holds inflated pages without lowering the guest's MemTotal (it must be able to give them back
+/// under memory pressure), so "guest memory follows the balloon" only holds without it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BalloonSpec {
+    /// No balloon device.
+    None,
+    /// `virtio-balloon-pci` without deflate-on-oom: MemTotal follows the balloon.
+    #[default]
+    Plain,
+    /// `virtio-balloon-pci,deflate-on-oom=on`: the guest deflates under OOM; MemTotal stays.
+    DeflateOnOom,
+}
+
 /// A machine of a test, as a scenario declares it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeSpec {
@@ -78,6 +95,12 @@ pub struct NodeSpec {
     /// daemon's gRPC port on a target). The harness knows ports, not what listens on them.
     #[serde(default)]
     pub forward_ports: Vec<u16>,
+    /// The balloon device it boots with.
+    #[serde(default)]
+    pub balloon: BalloonSpec,
+    /// Extra guest kernel parameters (`module_blacklist=virtio_balloon`, say).
+    #[serde(default)]
+    pub kernel_params: Vec<String>,
 }
 
 impl NodeSpec {
@@ -98,6 +121,8 @@ impl NodeSpec {
                 Role::Target => vec![crate::target::GRPC_PORT],
                 Role::Initiator => Vec::new(),
             },
+            balloon: BalloonSpec::default(),
+            kernel_params: Vec::new(),
         }
     }
     pub fn with_disk(mut self, disk: DiskSpec) -> Self {
@@ -106,6 +131,14 @@ impl NodeSpec {
     }
     pub fn with_memory(mut self, mib: u64) -> Self {
         self.memory_mib = mib;
+        self
+    }
+    pub fn with_balloon(mut self, balloon: BalloonSpec) -> Self {
+        self.balloon = balloon;
+        self
+    }
+    pub fn with_kernel_param(mut self, param: &str) -> Self {
+        self.kernel_params.push(param.to_string());
         self
     }
 }
@@ -248,6 +281,19 @@ mod tests {
         config.apply(&mut nodes).unwrap();
         assert_eq!(nodes[0].start_script.as_deref(), Some(std::path::Path::new("/nix/store/x-target/bin/run-target-vm")));
         assert_eq!(nodes[1].start_script, None);
+    }
+
+    #[test]
+    fn machines_boot_the_balloon_without_deflate_on_oom_unless_told() {
+        let node = NodeSpec::new("vm1", Role::Initiator, 2);
+        assert_eq!(node.balloon, BalloonSpec::Plain);
+        // A node written before the option existed reads as the default.
+        let mut v = serde_json::to_value(&node).unwrap();
+        v.as_object_mut().unwrap().remove("balloon");
+        assert_eq!(serde_json::from_value::<NodeSpec>(v).unwrap().balloon, BalloonSpec::Plain);
+        let oom = node.with_balloon(BalloonSpec::DeflateOnOom).with_kernel_param("module_blacklist=virtio_balloon");
+        assert_eq!(serde_json::to_value(&oom).unwrap()["balloon"], "deflate-on-oom");
+        assert_eq!(oom.kernel_params, ["module_blacklist=virtio_balloon"]);
     }
 
     #[test]

@@ -13,11 +13,11 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
 
 use crate::accel::Accel;
-use crate::config::{DiskSpec, NodeSpec, Role, TEST_SUBNET_LEN};
+use crate::config::{BalloonSpec, DiskSpec, NodeSpec, Role, TEST_SUBNET_LEN};
 use crate::log;
 use crate::network::{Link, LinkCounters, Switch};
 use crate::poll::{self, Polled};
-use crate::qemu::{Boot, Console, ControlNic, Disk, DiskKind, Nic, QemuProcess, QemuSpec};
+use crate::qemu::{Balloon, Boot, Console, ControlNic, Disk, DiskKind, Nic, QemuProcess, QemuSpec};
 use crate::qga::{ExecOutput, ExecTimeout, MemoryStats, Qga};
 use crate::qmp::Qmp;
 use crate::timeouts;
@@ -52,12 +52,13 @@ pub struct MachineError {
     pub harness: bool,
 }
 
-struct Running {
-    process: QemuProcess,
-    qmp: Arc<Qmp>,
-    qga: Arc<Qga>,
+/// One QEMU process of the machine. A migration or a restore replaces it (src/lifecycle.rs).
+pub(crate) struct Running {
+    pub(crate) process: QemuProcess,
+    pub(crate) qmp: Arc<Qmp>,
+    pub(crate) qga: Arc<Qga>,
     /// (guest port, loopback port) of each forward of the control NIC.
-    forwards: Vec<(u16, u16)>,
+    pub(crate) forwards: Vec<(u16, u16)>,
 }
 
 /// A machine of a test. Cheap to clone; clones share the machine.
@@ -76,6 +77,11 @@ struct Inner {
     /// The disks plugged in now: the spec's, plus hot-added ones, less hot-removed ones. A
     /// cold start (after shutdown or crash) boots with these, as a real machine would.
     disks: std::sync::Mutex<Vec<DiskSpec>>,
+    /// The balloon plugged in now (hot-plug changes it; a cold start and a migration target
+    /// boot with it).
+    balloon: std::sync::Mutex<BalloonSpec>,
+    /// Counts QEMU processes of this machine: a migration target's sockets are named after it.
+    generation: std::sync::atomic::AtomicU32,
 }
 
 impl Machine {
@@ -85,7 +91,20 @@ impl Machine {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let console = Console::new(&node.name, Some(&env.log_dir.join(format!("{}.console.log", node.name))));
         let disks = std::sync::Mutex::new(node.disks.clone());
-        Ok(Machine { inner: Arc::new(Inner { node, boot, env, dir, console, running: tokio::sync::RwLock::new(None), disks }) })
+        let balloon = std::sync::Mutex::new(node.balloon);
+        Ok(Machine {
+            inner: Arc::new(Inner {
+                node,
+                boot,
+                env,
+                dir,
+                console,
+                running: tokio::sync::RwLock::new(None),
+                disks,
+                balloon,
+                generation: std::sync::atomic::AtomicU32::new(0),
+            }),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -152,9 +171,38 @@ impl Machine {
             control: (!node.forward_ports.is_empty()).then(|| ControlNic { guest_ports: node.forward_ports.clone() }),
             qmp_socket: self.inner.dir.join("qmp.sock"),
             qga_socket: self.inner.dir.join("qga.sock"),
-            balloon: true,
+            balloon: match *self.inner.balloon.lock().unwrap() {
+                BalloonSpec::None => None,
+                BalloonSpec::Plain => Some(Balloon { deflate_on_oom: false }),
+                BalloonSpec::DeflateOnOom => Some(Balloon { deflate_on_oom: true }),
+            },
+            kernel_params: node.kernel_params.clone(),
             extra_args: Vec::new(),
         }
+    }
+
+    /// The balloon plugged in now.
+    pub fn balloon_spec(&self) -> BalloonSpec {
+        *self.inner.balloon.lock().unwrap()
+    }
+    pub(crate) fn set_balloon_spec(&self, b: BalloonSpec) {
+        *self.inner.balloon.lock().unwrap() = b;
+    }
+    /// The machine's state directory in the run directory.
+    pub(crate) fn dir(&self) -> &std::path::Path {
+        &self.inner.dir
+    }
+    pub(crate) fn env(&self) -> &Arc<MachineEnv> {
+        &self.inner.env
+    }
+    /// The QEMU process slot: a migration holds it for writing while it swaps processes, so no
+    /// agent or QMP request starts on a process that is about to go.
+    pub(crate) fn running_slot(&self) -> &tokio::sync::RwLock<Option<Running>> {
+        &self.inner.running
+    }
+    /// A new generation number for a QEMU process of this machine.
+    pub(crate) fn next_generation(&self) -> u32 {
+        self.inner.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
     }
 
     /// How disk `d` of this machine is attached in QEMU.
@@ -219,13 +267,20 @@ impl Machine {
                 sw.add_port(self.name(), &nic.local);
             }
         }
+        log::line(&format!("{}: starting vm", self.name()));
+        *running = Some(self.launch(&spec).await?);
+        Ok(())
+    }
+
+    /// Starts a QEMU process of this machine from `spec` and connects QMP (a boot, a restore
+    /// or a migration target); the caller puts it in the running slot.
+    pub(crate) async fn launch(&self, spec: &QemuSpec) -> Result<Running> {
         let _ = std::fs::remove_file(&spec.qmp_socket);
         let _ = std::fs::remove_file(&spec.qga_socket);
-        log::line(&format!("{}: starting vm", self.name()));
+        self.inner.console.reopen();
         let shared = self.inner.env.run_dir.join("shared");
         std::fs::create_dir_all(&shared)?;
-        let process =
-            QemuProcess::start(&spec, &self.inner.dir, &shared, self.inner.console.clone(), Some(&self.inner.env.log_dir)).await?;
+        let process = QemuProcess::start(spec, &self.inner.dir, &shared, self.inner.console.clone(), Some(&self.inner.env.log_dir)).await?;
         let pid = process.pid;
         let _ = std::fs::write(self.inner.dir.join("qemu.pid"), pid.to_string());
         // QEMU waits for the QMP connection before it runs the guest.
@@ -248,8 +303,8 @@ impl Machine {
             forwards.push((guest, host));
         }
         log::line(&format!("{}: {QEMU_RUNNING}{pid})", self.name()));
-        *running = Some(Running { process, qmp, qga: Arc::new(Qga::new(&spec.qga_socket)), forwards });
-        Ok(())
+        crate::lifecycle::log_qmp_events(self, &qmp, pid);
+        Ok(Running { process, qmp, qga: Arc::new(Qga::new(&spec.qga_socket)), forwards })
     }
 
     /// Creates the raw image of `disk` unless it exists (its data survives restarts).
@@ -354,7 +409,7 @@ impl Machine {
         let qga = self.qga().await?;
         let args: Vec<&str> = argv.iter().map(String::as_str).collect();
         let exec = qga.exec_start(&args).await.map_err(|e| self.harness_error(format!("could not start: {label}"), format!("{e:#}")))?;
-        Ok(GuestProcess { machine: self.clone(), qga, exec, label, started: Instant::now(), done: tokio::sync::Mutex::new(None) })
+        Ok(GuestProcess { machine: self.clone(), exec, label, started: Instant::now(), done: tokio::sync::Mutex::new(None) })
     }
 
     /// Runs `cmd`; its exit status and output, whatever the status.
@@ -509,11 +564,22 @@ impl Machine {
         Ok(self.inner.console.contains(&re))
     }
 
-    /// Powers the guest off cleanly and waits for QEMU to exit.
+    /// Powers the guest off cleanly: waits for QEMU's SHUTDOWN event (a guest-initiated
+    /// poweroff) and for QEMU to exit. `start` boots the machine again.
     pub async fn shutdown(&self) -> Result<()> {
         log::nested(&format!("{}: shutting down", self.name()), async {
             let qga = self.qga().await?;
+            let qmp = self.qmp().await?;
+            let mark = qmp.event_count();
             self.fire_and_forget(&qga, "poweroff").await;
+            let started = Instant::now();
+            let event = qmp
+                .wait_for_event(mark, timeouts::shutdown(), |e| e.name == "SHUTDOWN")
+                .await
+                .map_err(|e| self.timeout_error("waiting for the SHUTDOWN event".into(), format!("{e:#}"), started.elapsed()))?;
+            if event.data["guest"] != serde_json::json!(true) {
+                return Err(self.error("the SHUTDOWN was not the guest's poweroff", format!("event data: {}", event.data)));
+            }
             self.wait_for_exit(timeouts::shutdown()).await
         })
         .await
@@ -686,7 +752,6 @@ pub fn block_device_by_serial(listing: &str, serial: &str) -> Option<String> {
 /// A command running in the background in a guest ([`Machine::spawn`]).
 pub struct GuestProcess {
     machine: Machine,
-    qga: Arc<Qga>,
     exec: crate::qga::GuestExec,
     label: String,
     started: Instant,
@@ -707,8 +772,15 @@ impl GuestProcess {
     pub async fn try_wait(&self) -> Result<Option<ExecOutput>> {
         let mut done = self.done.lock().await;
         if done.is_none() {
-            *done = self
-                .qga
+            // The guest's agent keeps its commands across a migration or a restore; the request
+            // goes to the QEMU process of now, under the slot's read lock so a migration does not
+            // swap the process while it is in flight (the agent reports an end only once).
+            let running = self.machine.inner.running.read().await;
+            let qga = match running.as_ref() {
+                Some(r) => r.qga.clone(),
+                None => return Err(self.machine.error(format!("asking whether it ended: {}", self.label), "the machine is not running")),
+            };
+            *done = qga
                 .exec_status(&self.exec)
                 .await
                 .map_err(|e| self.machine.error(format!("asking whether it ended: {}", self.label), format!("{e:#}")))?;
@@ -747,7 +819,10 @@ impl GuestProcess {
         if let Some(out) = done.as_ref() {
             return out.clone();
         }
-        let out = self.qga.exec_kill(&self.exec).await;
+        let out = match self.machine.qga().await {
+            Ok(qga) => qga.exec_kill(&self.exec).await,
+            Err(e) => ExecOutput { status: -1, signal: None, stdout: String::new(), stderr: format!("{e:#}") },
+        };
         *done = Some(out.clone());
         out
     }

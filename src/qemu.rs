@@ -114,8 +114,31 @@ pub struct QemuSpec {
     pub control: Option<ControlNic>,
     pub qmp_socket: PathBuf,
     pub qga_socket: PathBuf,
-    pub balloon: bool,
+    /// The balloon device, if any.
+    pub balloon: Option<Balloon>,
+    /// Extra guest kernel parameters, after the driver's own.
+    pub kernel_params: Vec<String>,
     pub extra_args: Vec<String>,
+}
+
+/// The virtio balloon device (`virtio-balloon-pci`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Balloon {
+    pub deflate_on_oom: bool,
+}
+
+/// The balloon's QEMU device id (QOM path `/machine/peripheral/balloon0`).
+pub const BALLOON_ID: &str = "balloon0";
+/// The balloon sits in a fixed PCI slot, at boot and when hot-plugged: a migration target then
+/// places it where the source has it, whatever was plugged and unplugged before.
+pub const BALLOON_PCI_SLOT: &str = "0x1e";
+
+impl Balloon {
+    /// The `-device` argument.
+    pub fn device_arg(&self) -> String {
+        let oom = if self.deflate_on_oom { "on" } else { "off" };
+        format!("virtio-balloon-pci,id={BALLOON_ID},addr={BALLOON_PCI_SLOT},deflate-on-oom={oom}")
+    }
 }
 
 /// The oldest QEMU the driver works with: `-netdev dgram` (the test network's links) came in 7.2.
@@ -187,7 +210,11 @@ impl QemuSpec {
         if self.control.is_some() {
             nets.push(format!("{CONTROL_MAC},{CONTROL_GUEST_ADDR}/24"));
         }
-        format!("vmcheck.name={} vmcheck.net={}", self.name, nets.join(";"))
+        let mut params = format!("vmcheck.name={} vmcheck.net={}", self.name, nets.join(";"));
+        for p in &self.kernel_params {
+            params += &format!(" {p}");
+        }
+        params
     }
 
     /// The arguments that connect the machine to the driver, for either kind of boot.
@@ -218,8 +245,8 @@ impl QemuSpec {
         for disk in &self.disks {
             a.extend(disk.args());
         }
-        if self.balloon {
-            a.extend(["-device".to_string(), "virtio-balloon-pci,id=balloon0,deflate-on-oom=on".to_string()]);
+        if let Some(balloon) = &self.balloon {
+            a.extend(["-device".to_string(), balloon.device_arg()]);
         }
         a.extend(self.extra_args.iter().cloned());
         a
@@ -353,6 +380,12 @@ impl Console {
     fn close(&self) {
         self.state.lock().unwrap().closed = true;
         self.changed.notify_waiters();
+    }
+
+    /// Open again for the next QEMU of the same machine (a start after a shutdown, a restore, a
+    /// migration target): the console outlives each process, its waits must not see "closed".
+    pub fn reopen(&self) {
+        self.state.lock().unwrap().closed = false;
     }
 
     /// The last `n` lines.
@@ -602,7 +635,8 @@ mod tests {
             control: Some(ControlNic { guest_ports: vec![10124] }),
             qmp_socket: "/run/target/qmp.sock".into(),
             qga_socket: "/run/target/qga.sock".into(),
-            balloon: true,
+            balloon: Some(Balloon { deflate_on_oom: false }),
+            kernel_params: vec!["module_blacklist=virtio_balloon".into()],
             extra_args: vec!["-rtc".into(), "base=utc".into()],
         }
     }
@@ -633,6 +667,8 @@ mod tests {
             "{append}"
         );
         assert!(append.ends_with("console=ttyS0 quiet"));
+        assert!(append.contains("/24 module_blacklist=virtio_balloon "), "{append}");
+        assert_eq!(after(&args, "-device", "virtio-balloon"), Some("virtio-balloon-pci,id=balloon0,addr=0x1e,deflate-on-oom=off"));
         assert_eq!(args.last().map(String::as_str), Some("base=utc"));
         // The agent's chardev exists before QMP's wait=on blocks QEMU.
         let qga = args.iter().position(|a| a.contains("id=qga0")).unwrap();

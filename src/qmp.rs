@@ -28,7 +28,24 @@ pub struct Event {
     pub timestamp: f64,
 }
 
-type Pending = HashMap<u64, oneshot::Sender<Result<Value, String>>>;
+type Pending = HashMap<u64, oneshot::Sender<Result<Value, Refusal>>>;
+
+/// A command QEMU refused, with its error class kept typed (callers match on the class, e.g.
+/// `DeviceNotActive` from `query-balloon` without a balloon), not only its text.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("QMP {command} failed: {class:?}: {desc}")]
+pub struct QmpError {
+    pub command: String,
+    pub class: qapi::ErrorClass,
+    pub desc: String,
+}
+
+/// An error reply as the reader saw it; the command's name is added by the caller.
+#[derive(Debug)]
+enum Refusal {
+    Error(qapi::ErrorClass, String),
+    Malformed(String),
+}
 
 struct Shared {
     pending: Mutex<Pending>,
@@ -110,7 +127,8 @@ impl Qmp {
                 bail!("QMP {name}: no reply within {timeout:?}")
             }
             Ok(Err(_)) => bail!("QMP {name}: the monitor connection closed before the reply (QEMU exited?)"),
-            Ok(Ok(Err(desc))) => bail!("QMP {name} failed: {desc}"),
+            Ok(Ok(Err(Refusal::Error(class, desc)))) => Err(QmpError { command: name.to_string(), class, desc }.into()),
+            Ok(Ok(Err(Refusal::Malformed(m)))) => bail!("QMP {name}: {m}"),
             Ok(Ok(Ok(value))) => Ok(value),
         }
     }
@@ -141,6 +159,11 @@ impl Qmp {
             }
         }
     }
+
+    /// Why the connection ended, if it has (the per-machine event log stops there).
+    pub fn closed(&self) -> Option<String> {
+        self.shared.closed.lock().unwrap().clone()
+    }
 }
 
 async fn read_loop(mut reader: JsonReader<tokio::net::unix::OwnedReadHalf>, shared: Arc<Shared>) {
@@ -164,8 +187,11 @@ async fn read_loop(mut reader: JsonReader<tokio::net::unix::OwnedReadHalf>, shar
         };
         let reply = match (message.get("return"), message.get("error")) {
             (Some(r), _) => Ok(r.clone()),
-            (None, Some(e)) => Err(format!("{}: {}", e["class"].as_str().unwrap_or("Error"), e["desc"].as_str().unwrap_or(""))),
-            _ => Err(format!("malformed reply {message}")),
+            (None, Some(e)) => {
+                let class = serde_json::from_value(e["class"].clone()).unwrap_or(qapi::ErrorClass::GenericError);
+                Err(Refusal::Error(class, e["desc"].as_str().unwrap_or("").to_string()))
+            }
+            _ => Err(Refusal::Malformed(format!("malformed reply {message}"))),
         };
         if let Some(tx) = shared.pending.lock().unwrap().remove(&id) {
             let _ = tx.send(reply);
@@ -195,5 +221,44 @@ pub async fn connect_unix(path: &Path, timeout: Duration) -> Result<UnixStream> 
             let why = last.into_inner().unwrap().map(|e| e.to_string()).unwrap_or_default();
             anyhow::bail!("{} did not accept within {timeout:?}: {why}", path.display())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    /// A monitor that greets, accepts qmp_capabilities and refuses everything else with `class`.
+    async fn refusing_monitor(dir: &Path, class: &'static str) -> std::path::PathBuf {
+        let path = dir.join("qmp.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (r, mut w) = stream.into_split();
+            w.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n").await.unwrap();
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let req: Value = serde_json::from_str(&line).unwrap();
+                let reply = if req["execute"] == "qmp_capabilities" {
+                    json!({"return": {}, "id": req["id"]})
+                } else {
+                    json!({"error": {"class": class, "desc": "No balloon device has been activated"}, "id": req["id"]})
+                };
+                w.write_all(format!("{reply}\n").as_bytes()).await.unwrap();
+            }
+        });
+        path
+    }
+
+    #[tokio::test]
+    async fn a_refusal_keeps_its_error_class() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = refusing_monitor(dir.path(), "DeviceNotActive").await;
+        let qmp = Qmp::connect(&path, Duration::from_secs(5)).await.unwrap();
+        let err = qmp.execute(qapi::qmp::query_balloon {}).await.unwrap_err();
+        let q = err.downcast_ref::<QmpError>().expect("a typed QMP error");
+        assert_eq!((q.command.as_str(), &q.class), ("query-balloon", &qapi::ErrorClass::DeviceNotActive));
+        assert_eq!(err.to_string(), "QMP query-balloon failed: DeviceNotActive: No balloon device has been activated");
     }
 }

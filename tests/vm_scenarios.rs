@@ -45,6 +45,12 @@ scenario_tests! {
     nvmf_distributed: ["nvmf_distributed"] >= 7;
     multipath: ["multipath"] >= 7;
     lossy_link: ["lossy_link"] >= 4;
+    balloon_basic: ["balloon_basic"] >= 12;
+    balloon_cmdline: ["balloon_cmdline"] >= 3;
+    balloon_power: ["balloon_power"] >= 6;
+    balloon_hotplug: ["balloon_hotplug"] >= 9;
+    balloon_migrate: ["balloon_migrate"] >= 6;
+    lifecycle_and_balloon_fio: ["lifecycle_save_restore", "lifecycle_pause_fio", "lifecycle_migrate_fio", "balloon_fio"] >= 2;
 }
 
 /// Every listed scenario has a test here (or in its own file, as fio_nvme_basic does).

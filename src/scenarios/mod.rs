@@ -8,8 +8,10 @@ use crate::driver::Driver;
 use crate::machine::{is_harness_error, HarnessError};
 
 pub mod attach_detach;
+pub mod balloon;
 pub mod fio_nvme_basic;
 pub mod hotremove;
+pub mod lifecycle;
 pub mod network_faults;
 pub mod nvmeof;
 mod selftest;
@@ -40,6 +42,8 @@ pub fn all() -> Vec<Scenario> {
     all.extend(hotremove::scenarios());
     all.extend(attach_detach::scenarios());
     all.extend(network_faults::scenarios());
+    all.extend(balloon::scenarios());
+    all.extend(lifecycle::scenarios());
     all.extend(selftest::scenarios());
     // Listed ones first; a chain's cases keep the order they are registered in.
     all.sort_by_key(|s| s.hidden);
@@ -262,6 +266,8 @@ async fn run_group(cases: &[Scenario], options: &RunOptions) -> Vec<Outcome> {
         outcomes.push(Outcome { name, subtests, error, harness_error, duration: case_started.elapsed() });
     }
     let teardown = std::time::Instant::now();
+    // Per-test logs: each machine's whole dmesg next to its console log and QMP events.
+    crate::lifecycle::keep_logs(driver.machines()).await;
     driver.kill_all().await;
     crate::log::line(&format!("machines stopped in {:.2} s", teardown.elapsed().as_secs_f64()));
     // The first case also carries the driver's setup (images, accelerator, run directory).

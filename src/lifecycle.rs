@@ -1,0 +1,387 @@
+//! The VM lifecycle on the machine API: pause and resume, save and restore, live migration to a
+//! second QEMU on the same host, a start with extra QEMU arguments, and the per-test logs (the
+//! QMP events of each QEMU process and the guest's dmesg).
+//!
+//! Save/restore is a migration to a file (`migrate file:PATH`, then a new QEMU with
+//! `-incoming defer` and `migrate-incoming file:PATH`), not `snapshot-save`/`snapshot-load`:
+//! internal snapshots need a qcow2 image to hold the VM state, and the machines have raw disks or
+//! none (an initiator's storage is the target, over NVMe-oF). It is what `virsh save` does: the
+//! whole machine to a file and back, disks as they are; and it shares the incoming path with live
+//! migration.
+//!
+//! Live migration starts the target QEMU with the machine's current description (the disks and
+//! balloon plugged in now) plus `-incoming defer -S`, its own QMP/agent sockets and its own
+//! test-network sockets. After the migration completes (the source is stopped) the switch ports
+//! are moved to the new sockets with their link state, the source quits, and the target is
+//! resumed (`cont`): frames never reach a QEMU that is not running the guest. The console object
+//! is the machine's, so its lines and waits carry over; the agent in the guest keeps its state
+//! (background commands started before the migration are still polled through the new socket).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use serde_json::{json, Value};
+
+use crate::log;
+use crate::machine::{Machine, Running};
+use crate::qmp::Qmp;
+use crate::timeouts;
+
+/// A machine saved to a file by [`Machine::save_state`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedState {
+    pub path: PathBuf,
+    pub bytes: u64,
+}
+
+/// What a live migration took, from the source's `query-migrate`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Milliseconds the guest was stopped.
+    pub downtime_ms: i64,
+    pub total_ms: i64,
+    pub ram_transferred: i64,
+}
+
+/// Migration until completion: a whole machine under TCG, with room for a busy guest.
+fn migration_timeout() -> Duration {
+    Duration::from_secs_f64(120.0 * timeouts::factor())
+}
+
+impl Machine {
+    /// QEMU's run state (`query-status`).
+    pub async fn run_state(&self) -> Result<qapi::qmp::StatusInfo> {
+        self.qmp().await?.execute(qapi::qmp::query_status {}).await
+    }
+
+    /// Pauses the guest (QMP `stop`): waits for the STOP event and checks `query-status` says
+    /// paused.
+    pub async fn pause(&self) -> Result<()> {
+        log::nested(&format!("{}: pausing (stop)", self.name()), async {
+            let qmp = self.qmp().await?;
+            let mark = qmp.event_count();
+            qmp.execute(qapi::qmp::stop {}).await.map_err(|e| self.error("QMP stop was refused", format!("{e:#}")))?;
+            self.wait_event(&qmp, mark, "STOP", timeouts::request()).await?;
+            self.expect_run_state(false, "paused").await
+        })
+        .await
+    }
+
+    /// Resumes a paused guest (QMP `cont`): waits for RESUME and checks `query-status` says
+    /// running.
+    pub async fn resume(&self) -> Result<()> {
+        log::nested(&format!("{}: resuming (cont)", self.name()), async {
+            let qmp = self.qmp().await?;
+            let mark = qmp.event_count();
+            qmp.execute(qapi::qmp::cont {}).await.map_err(|e| self.error("QMP cont was refused", format!("{e:#}")))?;
+            self.wait_event(&qmp, mark, "RESUME", timeouts::request()).await?;
+            self.expect_run_state(true, "running").await
+        })
+        .await
+    }
+
+    async fn expect_run_state(&self, running: bool, status: &str) -> Result<()> {
+        let s = self.run_state().await?;
+        let got = serde_json::to_value(s.status)?;
+        if s.running != running || got != json!(status) {
+            return Err(self
+                .error(format!("expected query-status {status} (running: {running})"), format!("it says {got} (running: {})", s.running)));
+        }
+        Ok(())
+    }
+
+    async fn wait_event(&self, qmp: &Qmp, mark: usize, name: &str, timeout: Duration) -> Result<crate::qmp::Event> {
+        let started = Instant::now();
+        qmp.wait_for_event(mark, timeout, |e| e.name == name).await.map_err(|e| {
+            let seen: Vec<String> = qmp.events_since(mark).iter().map(|e| e.name.clone()).collect();
+            self.timeout_error(format!("waiting for the QMP event {name}"), format!("{e:#}; events since: {seen:?}"), started.elapsed())
+        })
+    }
+
+    /// Starts the machine with `extra` QEMU arguments after its own (a second balloon, say); for
+    /// what QEMU must refuse, the error carries QEMU's stderr.
+    pub async fn start_with_args(&self, extra: &[String]) -> Result<()> {
+        let mut slot = self.running_slot().write().await;
+        if slot.as_ref().is_some_and(|r| r.process.exited().is_none()) {
+            return Err(self.error("the machine runs already", "shut it down first"));
+        }
+        let mut spec = self.qemu_spec();
+        spec.extra_args.extend(extra.iter().cloned());
+        self.replug_nics(&spec)?;
+        *slot = Some(self.launch(&spec).await?);
+        Ok(())
+    }
+
+    /// A new process binds the spec's test-network sockets: the switch ports move there (a
+    /// migration may have left them on another generation's), keeping their link state.
+    fn replug_nics(&self, spec: &crate::qemu::QemuSpec) -> Result<()> {
+        for nic in &spec.nics {
+            let _ = std::fs::remove_file(&nic.local);
+            if let Some(sw) = self.env().switches.get(&nic.vlan) {
+                let link = sw.link(self.name()).unwrap_or_default();
+                sw.add_port(self.name(), &nic.local);
+                sw.set_link(self.name(), |l| *l = link)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves the whole machine to a file (migration to `file:`) and ends its QEMU; the machine
+    /// is down until [`Machine::restore_state`].
+    pub async fn save_state(&self) -> Result<SavedState> {
+        let path = self.dir().join(format!("saved-{}.state", self.next_generation()));
+        log::nested(&format!("{}: saving the machine to {}", self.name(), path.display()), async {
+            let mut slot = self.running_slot().write().await;
+            let qmp = self.alive(&slot)?.qmp.clone();
+            enable_migration_events(&qmp).await.map_err(|e| self.error("enabling migration events", format!("{e:#}")))?;
+            let mark = qmp.event_count();
+            let uri = format!("file:{}", path.display());
+            qmp.execute(qapi::qmp::migrate { uri: Some(uri.clone()), channels: None, detach: None, resume: None })
+                .await
+                .map_err(|e| self.error(format!("QMP migrate to {uri} was refused"), format!("{e:#}")))?;
+            self.wait_migration(&qmp, mark, "saving").await?;
+            // The source stops once the state is written (postmigrate).
+            let status = qmp.execute(qapi::qmp::query_status {}).await?;
+            if status.running {
+                return Err(self.error("the machine still runs after its state was saved", format!("{:?}", status.status)));
+            }
+            let r = slot.take().expect("alive above");
+            self.quit_process(r).await?;
+            let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            log::line(&format!("{}: saved {:.1} MiB", self.name(), bytes as f64 / 1048576.0));
+            Ok(SavedState { path: path.clone(), bytes })
+        })
+        .await
+    }
+
+    /// Starts a new QEMU from a saved state (`-incoming defer`, `migrate-incoming file:`),
+    /// resumes it and waits until its agent answers.
+    pub async fn restore_state(&self, saved: &SavedState) -> Result<()> {
+        log::nested(&format!("{}: restoring the machine from {}", self.name(), saved.path.display()), async {
+            {
+                let mut slot = self.running_slot().write().await;
+                if slot.as_ref().is_some_and(|r| r.process.exited().is_none()) {
+                    return Err(self.error("cannot restore a running machine", "save it (or shut it down) first"));
+                }
+                let mut spec = self.qemu_spec();
+                spec.extra_args.extend(["-incoming", "defer", "-S"].map(String::from));
+                self.replug_nics(&spec)?;
+                let dest = self.launch(&spec).await?;
+                let uri = format!("file:{}", saved.path.display());
+                if let Err(e) = self.incoming(&dest, &uri, "restoring").await {
+                    let _ = dest.process.kill().await;
+                    return Err(e);
+                }
+                let mark = dest.qmp.event_count();
+                dest.qmp
+                    .execute(qapi::qmp::cont {})
+                    .await
+                    .map_err(|e| self.error("QMP cont after restore was refused", format!("{e:#}")))?;
+                self.wait_event(&dest.qmp, mark, "RESUME", timeouts::request()).await?;
+                *slot = Some(dest);
+            }
+            self.wait_for_agent().await
+        })
+        .await
+    }
+
+    /// Live-migrates the machine to a new QEMU on this host over a unix socket; the handle
+    /// follows it (QMP, agent, console, test-network links, disks, balloon). On failure the
+    /// source keeps running and the target is gone.
+    pub async fn migrate(&self) -> Result<MigrationReport> {
+        let generation = self.next_generation();
+        log::nested(&format!("{}: live migration (generation {generation})", self.name()), async {
+            let report = {
+                let mut slot = self.running_slot().write().await;
+                let src_qmp = self.alive(&slot)?.qmp.clone();
+                let dir = self.dir().join(format!("gen{generation}"));
+                std::fs::create_dir_all(&dir)?;
+                let mut spec = self.qemu_spec();
+                spec.qmp_socket = dir.join("qmp.sock");
+                spec.qga_socket = dir.join("qga.sock");
+                for nic in &mut spec.nics {
+                    let name = nic.local.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                    nic.local = nic.local.with_file_name(format!("{name}-gen{generation}.sock"));
+                    let _ = std::fs::remove_file(&nic.local);
+                }
+                spec.extra_args.extend(["-incoming", "defer", "-S"].map(String::from));
+                let dest = self.launch(&spec).await?;
+                let socket = dir.join("migrate.sock");
+                let uri = format!("unix:{}", socket.display());
+                let outgoing = async {
+                    enable_migration_events(&src_qmp).await?;
+                    // Over a local socket the default bandwidth cap (128 MiB/s) only slows it.
+                    src_qmp.execute_raw("migrate-set-parameters", json!({"max-bandwidth": 8u64 << 30})).await?;
+                    let mark = src_qmp.event_count();
+                    src_qmp.execute(qapi::qmp::migrate { uri: Some(uri.clone()), channels: None, detach: None, resume: None }).await?;
+                    self.wait_migration(&src_qmp, mark, "migrating").await
+                };
+                // The target listens before the source connects; both must complete.
+                let result = async {
+                    let incoming = self.incoming(&dest, &uri, "receiving");
+                    let (i, o) = futures::future::join(incoming, async {
+                        wait_for_path(&socket, timeouts::request()).await?;
+                        outgoing.await
+                    })
+                    .await;
+                    i.and(o)
+                }
+                .await;
+                if let Err(e) = result {
+                    let _ = dest.process.kill().await;
+                    return Err(e.context(format!("{}: live migration failed; the source keeps running", self.name())));
+                }
+                let info = src_qmp.execute_raw("query-migrate", json!({})).await.unwrap_or(Value::Null);
+                let report = MigrationReport {
+                    downtime_ms: info["downtime"].as_i64().unwrap_or(-1),
+                    total_ms: info["total-time"].as_i64().unwrap_or(-1),
+                    ram_transferred: info["ram"]["transferred"].as_i64().unwrap_or(-1),
+                };
+                // The source is stopped now: move the links, end it, run the target.
+                for nic in &spec.nics {
+                    if let Some(sw) = self.env().switches.get(&nic.vlan) {
+                        let link = sw.link(self.name()).unwrap_or_default();
+                        sw.add_port(self.name(), &nic.local);
+                        sw.set_link(self.name(), |l| *l = link)?;
+                    }
+                }
+                let src = slot.take().expect("alive above");
+                self.quit_process(src).await?;
+                // The source's exit closed the console the target shares.
+                self.console().reopen();
+                let mark = dest.qmp.event_count();
+                dest.qmp
+                    .execute(qapi::qmp::cont {})
+                    .await
+                    .map_err(|e| self.error("QMP cont on the migration target was refused", format!("{e:#}")))?;
+                self.wait_event(&dest.qmp, mark, "RESUME", timeouts::request()).await?;
+                let _ = std::fs::write(self.dir().join("qemu.pid"), dest.process.pid.to_string());
+                *slot = Some(dest);
+                report
+            };
+            self.wait_for_agent().await?;
+            log::line(&format!(
+                "{}: migrated in {} ms (downtime {} ms, {:.1} MiB sent)",
+                self.name(),
+                report.total_ms,
+                report.downtime_ms,
+                report.ram_transferred as f64 / 1048576.0
+            ));
+            Ok(report)
+        })
+        .await
+    }
+
+    fn alive<'a>(&self, slot: &'a Option<Running>) -> Result<&'a Running> {
+        match slot.as_ref() {
+            Some(r) if r.process.exited().is_none() => Ok(r),
+            _ => Err(self.error("the machine is not running", "start it first")),
+        }
+    }
+
+    /// Sets up the incoming side of a migration on `dest` and waits for it to complete; the
+    /// guest is then paused (`-S`).
+    async fn incoming(&self, dest: &Running, uri: &str, what: &str) -> Result<()> {
+        enable_migration_events(&dest.qmp).await.map_err(|e| self.error("enabling migration events on the target", format!("{e:#}")))?;
+        let mark = dest.qmp.event_count();
+        dest.qmp.execute(qapi::qmp::migrate_incoming { uri: Some(uri.to_string()), channels: None, exit_on_error: None }).await.map_err(
+            |e| self.error(format!("QMP migrate-incoming {uri} was refused"), format!("{e:#}\nQEMU stderr:\n{}", dest.process.stderr())),
+        )?;
+        self.wait_migration(&dest.qmp, mark, what).await.map_err(|e| anyhow!("{e:#}\ntarget QEMU stderr:\n{}", dest.process.stderr()))?;
+        let status = dest.qmp.execute(qapi::qmp::query_status {}).await?;
+        if status.running {
+            return Err(self.error("the migration target runs before it was resumed", format!("{:?}", status.status)));
+        }
+        Ok(())
+    }
+
+    /// Waits for the MIGRATION event that ends a migration; anything but `completed` is an
+    /// error with QEMU's reason.
+    async fn wait_migration(&self, qmp: &Qmp, mark: usize, what: &str) -> Result<()> {
+        let started = Instant::now();
+        let end = qmp
+            .wait_for_event(mark, migration_timeout(), |e| {
+                e.name == "MIGRATION" && matches!(e.data["status"].as_str(), Some("completed" | "failed" | "cancelled"))
+            })
+            .await;
+        let info = qmp.execute_raw("query-migrate", json!({})).await.unwrap_or(Value::Null);
+        match end {
+            Ok(e) if e.data["status"] == "completed" => {
+                log::line(&format!("{}: {what}: migration completed after {:.2} s", self.name(), started.elapsed().as_secs_f64()));
+                Ok(())
+            }
+            Ok(e) => Err(self.error(format!("{what}: the migration ended {}", e.data["status"]), format!("query-migrate: {info}"))),
+            Err(e) => Err(self.timeout_error(
+                format!("{what}: waiting for the migration to complete"),
+                format!("{e:#}; query-migrate: {info}"),
+                started.elapsed(),
+            )),
+        }
+    }
+
+    /// Ends a QEMU process that has nothing left to do (QMP `quit`, then a kill).
+    async fn quit_process(&self, r: Running) -> Result<()> {
+        let _ = r.qmp.execute(qapi::qmp::quit {}).await;
+        if r.process.wait(timeouts::quit()).await.is_err() {
+            let _ = r.process.kill().await;
+        }
+        Ok(())
+    }
+
+    /// Keeps the guest's whole kernel log (`dmesg`, boot messages the quiet console left out
+    /// included) as `<machine>.dmesg` among the run's logs; a machine that is down keeps none.
+    pub async fn save_dmesg(&self) -> Result<PathBuf> {
+        let path = self.env().log_dir.join(format!("{}.dmesg", self.name()));
+        let text = self.execute_with_timeout("dmesg", timeouts::request()).await?.stdout;
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+}
+
+async fn enable_migration_events(qmp: &Qmp) -> Result<()> {
+    qmp.execute_raw("migrate-set-capabilities", json!({"capabilities": [{"capability": "events", "state": true}]})).await.map(drop)
+}
+
+async fn wait_for_path(path: &Path, timeout: Duration) -> Result<()> {
+    match crate::poll::until(timeout, timeouts::SOCKET_POLL, |_| async { Ok(path.exists().then_some(())) }).await? {
+        crate::poll::Polled::Done(()) => Ok(()),
+        crate::poll::Polled::TimedOut(_) => Err(anyhow!("{} did not appear within {timeout:?}", path.display())),
+    }
+}
+
+/// Appends every QMP event of one QEMU process of `machine` to `<machine>.qmp-events.log` among
+/// the run's logs (`--out DIR`), one JSON object a line, until the process ends.
+pub(crate) fn log_qmp_events(machine: &Machine, qmp: &std::sync::Arc<Qmp>, pid: u32) {
+    let path = machine.env().log_dir.join(format!("{}.qmp-events.log", machine.name()));
+    let qmp = qmp.clone();
+    tokio::spawn(async move {
+        use std::io::Write;
+        let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(&path) else { return };
+        let _ = writeln!(file, "{}", json!({"qemu-pid": pid}));
+        let mut mark = 0;
+        loop {
+            let waited = qmp.wait_for_event(mark, Duration::from_secs(3600), |_| true).await;
+            for e in qmp.events_since(mark) {
+                let _ = writeln!(file, "{}", json!({"timestamp": e.timestamp, "event": e.name, "data": e.data}));
+                mark += 1;
+            }
+            if waited.is_err() && qmp.closed().is_some() {
+                return;
+            }
+        }
+    });
+}
+
+/// Keeps each running machine's dmesg among the run's logs (before the machines are stopped).
+pub async fn keep_logs(machines: &[Machine]) {
+    for m in machines {
+        if m.is_up().await {
+            match tokio::time::timeout(Duration::from_secs(15), m.save_dmesg()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => log::line(&format!("{}: dmesg not kept: {}", m.name(), e.to_string().lines().next().unwrap_or(""))),
+                Err(_) => log::line(&format!("{}: dmesg not kept: the agent did not answer within 15 s", m.name())),
+            }
+        }
+    }
+}
