@@ -656,15 +656,15 @@ macro_rules! json_messages {
 
 json_messages! {
     HealthRequest {}
-    HealthReply { version, uptime_secs, nvmet }
+    HealthReply { version, uptime_secs, nvmet, lio }
     Bdev { name, uuid, num_blocks, blk_size, claimed, claimed_by, state, share_uri }
     ListBdevsRequest {}
     ListBdevsReply { bdevs }
     CreateBdevRequest { uri }
     DestroyBdevRequest { name }
     DestroyBdevReply {}
-    ShareBdevRequest { name, protocol, nqn, port, allowed_hosts }
-    ShareBdevReply { uri, nqn }
+    ShareBdevRequest { name, protocol, nqn, port, allowed_hosts, iqn }
+    ShareBdevReply { uri, nqn, iqn }
     UnshareBdevRequest { name }
     UnshareBdevReply {}
     Namespace { nsid, bdev, device_path, enabled, device_uuid }

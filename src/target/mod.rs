@@ -31,6 +31,7 @@ pub mod client;
 pub mod configfs;
 pub mod conformance;
 pub mod error;
+pub mod lio;
 pub mod nvmet;
 pub mod service;
 pub mod uri;

@@ -17,12 +17,18 @@ use uuid::Uuid;
 use super::address;
 use super::backing::{Backing, Geometry};
 use super::error::{Error, Result};
+use super::lio::{self, IscsiShareSpec, Lio};
 use super::nvmet::{self, NamespaceSpec, Nvmet, ShareSpec, MAX_NSID};
 use super::proto::{self, target_server::Target};
 use super::uri::{quoted, BdevUri};
 
 /// What `claimed_by` says while a bdev is in an nvmet namespace (as mayastor's listing did).
 pub const CLAIMED_BY: &str = "NVMe-oF Target";
+pub const CLAIMED_BY_ISCSI: &str = "iSCSI Target";
+/// iSCSI target IQNs default to this prefix and the bdev's uuid.
+pub const IQN_PREFIX: &str = "iqn.2019-05.io.vmcheck:";
+/// Where LIO's configfs tree is.
+pub const LIO_CONFIGFS: &str = "/sys/kernel/config/target";
 pub const STATE_ONLINE: &str = "online";
 pub const STATE_FAULTED: &str = "faulted";
 pub const DEFAULT_NVMF_PORT: u16 = 4420;
@@ -57,6 +63,7 @@ impl Traddr {
 #[derive(Debug)]
 pub struct TargetService {
     nvmet: Nvmet,
+    lio: Lio,
     backing: Backing,
     traddr: Traddr,
     started: Instant,
@@ -89,7 +96,11 @@ impl Entry {
             num_blocks: self.geometry.num_blocks,
             blk_size: self.geometry.blk_size,
             claimed: self.claim.is_some(),
-            claimed_by: if self.claim.is_some() { CLAIMED_BY.into() } else { String::new() },
+            claimed_by: match &self.claim {
+                Some(_) if self.is_iscsi() => CLAIMED_BY_ISCSI.into(),
+                Some(_) => CLAIMED_BY.into(),
+                None => String::new(),
+            },
             state: if backing.present(&self.uri) { STATE_ONLINE } else { STATE_FAULTED }.into(),
             share_uri: self.share_uri.clone().unwrap_or_default(),
         }
@@ -97,7 +108,12 @@ impl Entry {
 
     /// The subsystem this bdev made by ShareBdev.
     fn shared_nqn(&self) -> Option<&str> {
-        self.share_uri.as_ref().and(self.claim.as_ref()).map(|c| c.nqn.as_str())
+        self.share_uri.as_ref().filter(|_| !self.is_iscsi()).and(self.claim.as_ref()).map(|c| c.nqn.as_str())
+    }
+
+    /// Shared over iSCSI: the claim names the target IQN and LUN.
+    fn is_iscsi(&self) -> bool {
+        self.share_uri.as_deref().is_some_and(|u| u.starts_with("iscsi://"))
     }
 }
 
@@ -105,7 +121,18 @@ type Registry = BTreeMap<String, Entry>;
 
 impl TargetService {
     pub fn new(nvmet: Nvmet, backing: Backing, traddr: Traddr) -> Self {
-        TargetService { nvmet, backing, traddr, started: Instant::now(), registry: Mutex::new(Registry::new()) }
+        let lio = Lio::new(super::configfs::ConfigFs::kernel(LIO_CONFIGFS));
+        TargetService { nvmet, lio, backing, traddr, started: Instant::now(), registry: Mutex::new(Registry::new()) }
+    }
+
+    /// Replaces the LIO tree (another root, or an emulation for tests).
+    pub fn with_lio(mut self, lio: Lio) -> Self {
+        self.lio = lio;
+        self
+    }
+
+    pub fn lio(&self) -> &Lio {
+        &self.lio
     }
 
     pub fn nvmet(&self) -> &Nvmet {
@@ -116,6 +143,12 @@ impl TargetService {
     /// earlier daemon's shares, or someone else's. Reported, never removed.
     pub fn leftovers(&self) -> Result<String> {
         let mut report = self.nvmet.state()?.to_string();
+        for t in self.lio.targets()? {
+            report.push_str(&format!("iSCSI target {} portals [{}] luns {}\n", t.iqn, t.portals.join(", "), t.luns.len()));
+        }
+        for b in self.lio.backstores()? {
+            report.push_str(&format!("LIO backstore {}\n", b.display()));
+        }
         for file in self.backing.malloc_files() {
             report.push_str(&format!("malloc file {}\n", file.display()));
         }
@@ -127,6 +160,7 @@ impl TargetService {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_secs: self.started.elapsed().as_secs(),
             nvmet: self.nvmet.available(),
+            lio: self.lio.available(),
         })
     }
 
@@ -165,21 +199,23 @@ impl TargetService {
     async fn share_bdev(&self, req: proto::ShareBdevRequest) -> Result<proto::ShareBdevReply> {
         let name = bdev_name(&req.name)?;
         match proto::ShareProtocol::try_from(req.protocol) {
-            Ok(proto::ShareProtocol::Unspecified | proto::ShareProtocol::Nvmf) => {}
+            Ok(proto::ShareProtocol::Unspecified | proto::ShareProtocol::Nvmf) => {
+                if let Some(iqn) = &req.iqn {
+                    return Err(Error::InvalidArgument(format!("iqn {} is for SHARE_PROTOCOL_ISCSI; NVMF takes nqn", quoted(iqn))));
+                }
+            }
+            Ok(proto::ShareProtocol::Iscsi) => return self.share_iscsi(&name, &req).await,
             Err(_) => {
-                return Err(Error::InvalidArgument(format!("share protocol {} is not supported; use SHARE_PROTOCOL_NVMF", req.protocol)))
+                return Err(Error::InvalidArgument(format!(
+                    "share protocol {} is not supported; use SHARE_PROTOCOL_NVMF or SHARE_PROTOCOL_ISCSI",
+                    req.protocol
+                )))
             }
         }
         if let Some(nqn) = &req.nqn {
             nvmet::validate_nqn("subsystem NQN", nqn)?;
         }
-        let port = match req.port {
-            None => DEFAULT_NVMF_PORT,
-            Some(port) => u16::try_from(port)
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| Error::InvalidArgument(format!("port {port} is out of range 1..=65535")))?,
-        };
+        let port = validate_port(req.port, DEFAULT_NVMF_PORT)?;
         for (i, host) in req.allowed_hosts.iter().enumerate() {
             nvmet::validate_nqn("allowed host NQN", host)?;
             if req.allowed_hosts[..i].contains(host) {
@@ -212,13 +248,62 @@ impl TargetService {
         let entry = registry.get_mut(&name).ok_or_else(|| Error::Internal(format!("bdev {name} vanished from the registry")))?;
         entry.claim = Some(Claim { nqn: nqn.clone(), nsid: 1 });
         entry.share_uri = Some(uri.clone());
-        Ok(proto::ShareBdevReply { uri, nqn })
+        Ok(proto::ShareBdevReply { uri, nqn, iqn: String::new() })
+    }
+
+    /// ShareBdev over iSCSI: one LIO target per bdev, the bdev as LUN 0.
+    async fn share_iscsi(&self, name: &str, req: &proto::ShareBdevRequest) -> Result<proto::ShareBdevReply> {
+        if let Some(nqn) = &req.nqn {
+            return Err(Error::InvalidArgument(format!("nqn {} is for SHARE_PROTOCOL_NVMF; ISCSI takes iqn", quoted(nqn))));
+        }
+        if !req.allowed_hosts.is_empty() {
+            return Err(Error::InvalidArgument("allowed_hosts is NVMF only; an iSCSI share admits any initiator".into()));
+        }
+        if let Some(iqn) = &req.iqn {
+            lio::validate_iqn("target IQN", iqn)?;
+        }
+        let port = validate_port(req.port, lio::DEFAULT_ISCSI_PORT)?;
+        let mut registry = self.registry.lock().await;
+        let entry = lookup(&registry, name)?;
+        if let Some(uri) = &entry.share_uri {
+            return Err(Error::AlreadyExists(format!("bdev {name} is already shared as {uri}")));
+        }
+        require_unclaimed(entry)?;
+        self.require_present(entry)?;
+        if Backing::buffered_io(&entry.uri) {
+            return Err(Error::FailedPrecondition(format!("bdev {name} is a malloc file; iSCSI shares serve block devices (aio://) only")));
+        }
+        let iqn = req.iqn.clone().unwrap_or_else(|| format!("{IQN_PREFIX}{}", entry.uuid));
+        if self.lio.target_exists(&iqn) {
+            return Err(Error::AlreadyExists(format!("iSCSI target {iqn} exists already")));
+        }
+        let addr = self.traddr.resolve()?;
+        self.lio.share(&IscsiShareSpec { iqn: iqn.clone(), device_path: self.backing.device_path(&entry.uri), addr, port })?;
+        let uri = format!("iscsi://{addr}:{port}/{iqn}/0");
+        info!(bdev = %name, %uri, "shared over iSCSI");
+        let entry = registry.get_mut(name).ok_or_else(|| Error::Internal(format!("bdev {name} vanished from the registry")))?;
+        entry.claim = Some(Claim { nqn: iqn.clone(), nsid: 0 });
+        entry.share_uri = Some(uri.clone());
+        Ok(proto::ShareBdevReply { uri, nqn: String::new(), iqn })
     }
 
     async fn unshare_bdev(&self, req: proto::UnshareBdevRequest) -> Result<proto::UnshareBdevReply> {
         let name = bdev_name(&req.name)?;
         let mut registry = self.registry.lock().await;
         let entry = lookup(&registry, &name)?;
+        if entry.is_iscsi() {
+            let iqn = entry.claim.as_ref().map(|c| c.nqn.clone()).unwrap_or_default();
+            match self.lio.unshare(&iqn) {
+                Ok(()) => {}
+                // Removed behind the daemon's back (or by the hot-remove path): done already.
+                Err(Error::NotFound(why)) => warn!("unsharing {name}: {why}; forgetting the share"),
+                Err(err) => return Err(err),
+            }
+            let entry = registry.get_mut(&name).ok_or_else(|| Error::Internal(format!("bdev {name} vanished from the registry")))?;
+            entry.claim = None;
+            entry.share_uri = None;
+            return Ok(proto::UnshareBdevReply {});
+        }
         let Some(nqn) = entry.shared_nqn().map(str::to_string) else {
             return Err(Error::FailedPrecondition(match &entry.claim {
                 Some(claim) => format!("bdev {name} is not shared itself but is {}; use RemoveNamespace", describe(claim)),
@@ -380,6 +465,17 @@ fn lookup<'r>(registry: &'r Registry, name: &str) -> Result<&'r Entry> {
     registry.get(name).ok_or_else(|| Error::NotFound(format!("bdev {name} not found")))
 }
 
+/// A TCP port from a request, or `default` when unset.
+fn validate_port(port: Option<u32>, default: u16) -> Result<u16> {
+    match port {
+        None => Ok(default),
+        Some(port) => u16::try_from(port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| Error::InvalidArgument(format!("port {port} is out of range 1..=65535"))),
+    }
+}
+
 fn validate_nsid(nsid: u32) -> Result<()> {
     if (1..=MAX_NSID).contains(&nsid) {
         return Ok(());
@@ -395,7 +491,8 @@ fn describe(claim: &Claim) -> String {
 fn require_unclaimed(entry: &Entry) -> Result<()> {
     let Some(claim) = &entry.claim else { return Ok(()) };
     let hint = if entry.share_uri.is_some() { "unshare it first" } else { "remove the namespace first" };
-    Err(Error::FailedPrecondition(format!("bdev {} is in use as {}; {hint}", entry.uri, describe(claim))))
+    let what = if entry.is_iscsi() { format!("LUN {} of {}", claim.nsid, claim.nqn) } else { describe(claim) };
+    Err(Error::FailedPrecondition(format!("bdev {} is in use as {what}; {hint}", entry.uri)))
 }
 
 /// Logs the request, runs it, logs the outcome, and turns errors into statuses.
