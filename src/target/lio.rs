@@ -23,7 +23,8 @@ use super::uri::quoted;
 /// `/sys/kernel/config/target` itself (made by target_core_mod).
 pub const ROOT_LAYOUT: GroupLayout =
     GroupLayout { subdirs: &["core"], attrs: &[("version", "Target Engine Core ConfigFS Infrastructure")], removable_when: None };
-const FABRIC: GroupLayout = GroupLayout { subdirs: &["discovery_auth"], attrs: &[("lio_version", "")], removable_when: None };
+const FABRIC: GroupLayout =
+    GroupLayout { subdirs: &["discovery_auth"], attrs: &[("lio_version", ""), ("cpus_allowed_list", "")], removable_when: None };
 const HBA: GroupLayout = GroupLayout { subdirs: &[], attrs: &[("hba_info", ""), ("hba_mode", "0")], removable_when: None };
 const DEVICE: GroupLayout = GroupLayout {
     subdirs: &["attrib", "pr", "wwn", "alua", "statistics"],
@@ -187,7 +188,7 @@ impl Lio {
         // The fabric group goes with its last target, so configfs is as it was before the first
         // share; a kernel that refuses is no failure of this unshare.
         let left = self.fs.list(Path::new(FABRIC_DIR)).context(|| "listing iSCSI targets".into())?;
-        if left.iter().all(|name| FABRIC.subdirs.contains(&name.as_str()) || FABRIC.attrs.iter().any(|a| a.0 == name)) {
+        if !left.iter().any(|name| is_target_name(name)) {
             if let Err(err) = self.fs.remove_group(Path::new(FABRIC_DIR), &FABRIC) {
                 warn!("leaving the empty iscsi fabric group: {err}");
             }
@@ -346,6 +347,11 @@ impl Lio {
 /// The backstore's name: the IQN's name part, which is unique among this daemon's shares.
 fn device_name(iqn: &str) -> String {
     iqn.rsplit(':').next().unwrap_or(iqn).replace('.', "_")
+}
+
+/// iSCSI names (RFC 7143 4.2.7.1): what in the fabric group is a target, not an attribute.
+fn is_target_name(name: &str) -> bool {
+    ["iqn.", "eui.", "naa."].iter().any(|p| name.starts_with(p))
 }
 
 fn target_dir(iqn: &str) -> PathBuf {
