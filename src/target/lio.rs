@@ -623,4 +623,153 @@ mod tests {
             assert!(err.to_string().contains(&quoted(bad)), "{err}");
         }
     }
+
+    /// ShareBdev/UnshareBdev over ISCSI through the gRPC service, on an emulated configfs.
+    mod service {
+        use super::*;
+        use crate::target::backing::{fake_block_device, Backing};
+        use crate::target::nvmet::{self, Nvmet};
+        use crate::target::proto::{self, target_server::Target};
+        use crate::target::service::{TargetService, Traddr, CLAIMED_BY_ISCSI, IQN_PREFIX};
+        use tonic::{Code, Request};
+
+        struct Fx {
+            dir: tempfile::TempDir,
+            svc: TargetService,
+        }
+
+        fn fx() -> Fx {
+            let dir = tempfile::tempdir().unwrap();
+            let nvmet = Nvmet::new(ConfigFs::emulated(dir.path().join("nvmet"), &nvmet::ROOT_LAYOUT).unwrap());
+            let lio = Lio::new(ConfigFs::emulated(dir.path().join("target"), &ROOT_LAYOUT).unwrap());
+            let backing = Backing::new(dir.path().join("sys"), dir.path().join("malloc"));
+            fake_block_device(&dir.path().join("sys"), "nvme0n1", 64 << 20, 512).unwrap();
+            let svc = TargetService::new(nvmet, backing, Traddr::Fixed(Ipv4Addr::new(192, 0, 2, 1))).with_lio(lio);
+            Fx { dir, svc }
+        }
+
+        const BDEV: &str = "aio:///dev/nvme0n1";
+
+        fn iscsi(name: &str) -> proto::ShareBdevRequest {
+            proto::ShareBdevRequest { name: name.into(), protocol: proto::ShareProtocol::Iscsi as i32, ..Default::default() }
+        }
+
+        async fn share(fx: &Fx, req: proto::ShareBdevRequest) -> Result<proto::ShareBdevReply, tonic::Status> {
+            fx.svc.share_bdev(Request::new(req)).await.map(|r| r.into_inner())
+        }
+
+        async fn create(fx: &Fx, uri: &str) -> proto::Bdev {
+            fx.svc.create_bdev(Request::new(proto::CreateBdevRequest { uri: uri.into() })).await.unwrap().into_inner()
+        }
+
+        async fn unshare(fx: &Fx, name: &str) -> Result<(), tonic::Status> {
+            fx.svc.unshare_bdev(Request::new(proto::UnshareBdevRequest { name: name.into() })).await.map(drop)
+        }
+
+        async fn destroy(fx: &Fx, name: &str) -> Result<(), tonic::Status> {
+            fx.svc.destroy_bdev(Request::new(proto::DestroyBdevRequest { name: name.into() })).await.map(drop)
+        }
+
+        #[tokio::test]
+        async fn share_list_unshare_destroy() {
+            let fx = fx();
+            let health = fx.svc.health(Request::new(proto::HealthRequest {})).await.unwrap().into_inner();
+            assert!(health.lio && health.nvmet, "{health:?}");
+            let bdev = create(&fx, BDEV).await;
+            let reply = share(&fx, iscsi(BDEV)).await.unwrap();
+            let iqn = format!("{IQN_PREFIX}{}", bdev.uuid);
+            assert_eq!(reply.iqn, iqn);
+            assert_eq!(reply.uri, format!("iscsi://192.0.2.1:3260/{iqn}/0"));
+            assert!(reply.nqn.is_empty());
+            let listed = fx.svc.list_bdevs(Request::new(proto::ListBdevsRequest {})).await.unwrap().into_inner().bdevs;
+            assert_eq!(
+                (listed[0].claimed, listed[0].claimed_by.as_str(), listed[0].share_uri.as_str()),
+                (true, CLAIMED_BY_ISCSI, reply.uri.as_str())
+            );
+            let lio = fx.svc.lio();
+            assert_eq!(lio.targets().unwrap()[0].luns[0].udev_path, "/dev/nvme0n1");
+            assert!(fx.svc.nvmet().state().unwrap().is_empty(), "nothing in nvmet");
+            let again = share(&fx, iscsi(BDEV)).await.unwrap_err();
+            assert_eq!(again.code(), Code::AlreadyExists, "{again:?}");
+            let busy = destroy(&fx, BDEV).await.unwrap_err();
+            assert_eq!(busy.code(), Code::FailedPrecondition);
+            assert!(busy.message().contains(&format!("LUN 0 of {iqn}")), "{busy:?}");
+            unshare(&fx, BDEV).await.unwrap();
+            assert_eq!(lio.fs().dump(), tests_empty());
+            assert_eq!(unshare(&fx, BDEV).await.unwrap_err().code(), Code::FailedPrecondition);
+            destroy(&fx, BDEV).await.unwrap();
+        }
+
+        fn tests_empty() -> Vec<String> {
+            super::empty()
+        }
+
+        #[tokio::test]
+        async fn bad_requests_name_the_value_and_touch_nothing() {
+            let fx = fx();
+            create(&fx, BDEV).await;
+            create(&fx, "malloc:///m0?size_mb=8").await;
+            let before = fx.svc.lio().fs().dump();
+            let cases: Vec<(proto::ShareBdevRequest, Code, &str)> = vec![
+                (
+                    proto::ShareBdevRequest { nqn: Some("nqn.2019-05.io.x:a".into()), ..iscsi(BDEV) },
+                    Code::InvalidArgument,
+                    "nqn.2019-05.io.x:a",
+                ),
+                (
+                    proto::ShareBdevRequest { allowed_hosts: vec!["nqn.2019-05.io.x:h".into()], ..iscsi(BDEV) },
+                    Code::InvalidArgument,
+                    "allowed_hosts",
+                ),
+                (proto::ShareBdevRequest { iqn: Some("iqn.2019-05.io.x:A B".into()), ..iscsi(BDEV) }, Code::InvalidArgument, "A B"),
+                (proto::ShareBdevRequest { port: Some(0), ..iscsi(BDEV) }, Code::InvalidArgument, "port 0"),
+                (proto::ShareBdevRequest { port: Some(70000), ..iscsi(BDEV) }, Code::InvalidArgument, "port 70000"),
+                (
+                    proto::ShareBdevRequest {
+                        iqn: Some("iqn.2019-05.io.x:a".into()),
+                        ..proto::ShareBdevRequest { name: BDEV.into(), ..Default::default() }
+                    },
+                    Code::InvalidArgument,
+                    "iqn.2019-05.io.x:a",
+                ),
+                (iscsi("aio:///dev/nvme9n1"), Code::NotFound, "nvme9n1"),
+                (iscsi("malloc:///m0?size_mb=8"), Code::FailedPrecondition, "malloc"),
+            ];
+            for (req, code, needle) in cases {
+                let err = share(&fx, req.clone()).await.expect_err(&format!("{req:?}"));
+                assert_eq!(err.code(), code, "{req:?}: {err:?}");
+                assert!(err.message().contains(needle), "{req:?}: {err:?} should name {needle}");
+            }
+            std::fs::remove_dir_all(fx.dir.path().join("sys/class/block/nvme0n1")).unwrap();
+            let gone = share(&fx, iscsi(BDEV)).await.unwrap_err();
+            assert_eq!(gone.code(), Code::FailedPrecondition, "{gone:?}");
+            assert!(gone.message().contains("faulted"), "{gone:?}");
+            assert_eq!(fx.svc.lio().fs().dump(), before);
+        }
+
+        #[tokio::test]
+        async fn a_kernel_refusal_rolls_back_and_the_bdev_stays_unshared() {
+            let fx = fx();
+            create(&fx, BDEV).await;
+            fx.svc.lio().fs().inject_fault(crate::target::configfs::Op::Mkdir, "np/192.0.2.1:3260", Errno::EADDRINUSE as i32);
+            let err = share(&fx, iscsi(BDEV)).await.unwrap_err();
+            assert_eq!(err.code(), Code::FailedPrecondition);
+            assert!(err.message().contains("192.0.2.1:3260"), "{err:?}");
+            assert_eq!(fx.svc.lio().fs().dump(), tests_empty());
+            share(&fx, iscsi(BDEV)).await.unwrap();
+        }
+
+        /// The hot-remove path took the target away: unshare still succeeds and forgets it.
+        #[tokio::test]
+        async fn unshare_after_the_luns_were_removed_for_a_vanished_device() {
+            let fx = fx();
+            create(&fx, BDEV).await;
+            share(&fx, iscsi(BDEV)).await.unwrap();
+            let removed = fx.svc.lio().remove_luns_backed_by(Path::new("/dev/nvme0n1")).unwrap();
+            assert_eq!(removed.len(), 1);
+            unshare(&fx, BDEV).await.unwrap();
+            destroy(&fx, BDEV).await.unwrap();
+            assert_eq!(fx.svc.lio().fs().dump(), tests_empty());
+        }
+    }
 }
