@@ -7,6 +7,7 @@
 //! Pieces: [`uri`] parses bdev URIs, [`backing`] finds or makes what is behind them (block
 //! devices in sysfs, malloc files on tmpfs), [`configfs`] is the tree (the kernel's, or an
 //! emulation for tests), [`nvmet`] makes and removes subsystems, namespaces and ports in it,
+//! [`lio`] iSCSI targets and their backstores (ShareProtocol ISCSI),
 //! [`address`] picks the address to share on, [`error`] maps failures to gRPC codes.
 //!
 //! Rules the API leaves open, as decided here:

@@ -8,7 +8,7 @@
 //! a block per target with its sessions and the SCSI disks attached to each. With no session,
 //! `-m session` exits 21 with "iscsiadm: No active sessions.".
 
-use super::{shell_join, ParseError};
+use super::{shell_join, shell_quote, ParseError};
 
 /// The iSCSI port (RFC 7143).
 pub const DEFAULT_PORT: u16 = 3260;
@@ -152,6 +152,13 @@ impl ScsiDisk {
     pub fn path(&self) -> String {
         format!("/dev/{}", self.name)
     }
+
+    /// Removes the SCSI device from the initiator's kernel (what `rescan-scsi-bus.sh -r` and
+    /// os-brick do for a LUN the target stopped serving while the session stays up; Linux never
+    /// drops such a disk by itself).
+    pub fn delete_command(&self) -> String {
+        format!("echo 1 > {}", shell_quote(&format!("/sys/block/{}/device/delete", self.name)))
+    }
 }
 
 impl Session {
@@ -240,6 +247,8 @@ mod tests {
             "iscsiadm -m node -T iqn.2019-05.io.vmcheck:a -p 192.0.2.1:3261 --logout"
         );
         assert_eq!(Iscsiadm::rescan(3), "iscsiadm -m session -r 3 --rescan");
+        let disk = ScsiDisk { lun: 0, name: "sdb".into(), state: "running".into() };
+        assert_eq!(disk.delete_command(), "echo 1 > /sys/block/sdb/device/delete");
         assert_eq!(Iscsiadm::sessions_or_none(), "iscsiadm -m session -P 3; rc=$?; [ $rc -eq 0 ] || [ $rc -eq 21 ]");
     }
 
@@ -256,6 +265,40 @@ mod tests {
         assert!(DiscoveredTarget::parse_all("").unwrap().is_empty());
         let err = DiscoveredTarget::parse_all("iscsiadm: cannot make connection to 192.0.2.1: Connection refused\n").unwrap_err();
         assert!(err.to_string().contains("Connection refused"), "{err}");
+    }
+
+    const IQN: &str = "iqn.2019-05.io.vmcheck:626210a5-c960-50b7-bcde-50bfb7e8543f";
+
+    /// Real captures from vmcheck's initiator image against the target image's LIO.
+    #[test]
+    fn real_discovery_and_session_listing() {
+        let targets = DiscoveredTarget::parse_all(include_str!("testdata/iscsiadm-2.1.8_discovery.txt")).unwrap();
+        assert_eq!(targets, [DiscoveredTarget { addr: "192.0.2.1".into(), port: 3260, tpgt: 1, iqn: IQN.into() }]);
+        let sessions = Session::parse_all(include_str!("testdata/iscsiadm-2.1.8_session_P3_logged_in.txt")).unwrap();
+        assert_eq!(
+            sessions,
+            [Session {
+                sid: 1,
+                iqn: IQN.into(),
+                addr: "192.0.2.1".into(),
+                port: 3260,
+                state: "LOGGED_IN".into(),
+                connection_state: "LOGGED IN".into(),
+                iscsid_state: "NO CHANGE".into(),
+                host: Some(0),
+                disks: vec![ScsiDisk { lun: 0, name: "sda".into(), state: "running".into() }],
+            }]
+        );
+        assert_eq!(Session::find(&sessions, IQN).and_then(|s| s.disk(0)).map(ScsiDisk::path).as_deref(), Some("/dev/sda"));
+    }
+
+    /// After the target went away: the session failed, iscsid re-logs in, the disk is blocked.
+    #[test]
+    fn real_session_listing_of_a_failed_session() {
+        let sessions = Session::parse_all(include_str!("testdata/iscsiadm-2.1.8_session_P3_failed.txt")).unwrap();
+        let s = &sessions[0];
+        assert_eq!((s.state.as_str(), s.connection_state.as_str(), s.iscsid_state.as_str()), ("FAILED", "TRANSPORT WAIT", "REOPEN"));
+        assert_eq!(s.disk(0).map(|d| d.state.as_str()), Some("blocked"));
     }
 
     #[test]
