@@ -1,19 +1,21 @@
 {
   description = "vmcheck: VM-level integration tests for storage systems (QEMU VMs, NVMe-oF/TCP via Linux nvmet, fio)";
 
-  # A release branch, not a revision: no flake.lock is committed yet (it could not be generated
-  # where this flake was written, without network access to GitHub). The first `nix flake lock`,
-  # or any nix command that needs the input, pins the branch's current revision in flake.lock;
-  # commit that file. nixos-25.11 is the oldest release whose rustc (>= 1.89) builds Cargo.lock.
+  # A release branch, not a revision, and no flake.lock committed: locking needs the source hash
+  # of nixpkgs, which could not be fetched where this flake was written. The first `nix flake
+  # lock` (or any nix command that needs the input) pins the branch's current revision in
+  # flake.lock; commit that file. nixos-25.11 is the oldest release whose rustc (>= 1.89) builds
+  # Cargo.lock.
   inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-25.11";
 
   outputs = {
     self,
     nixpkgs,
   }: let
-    # Plain builtins here and in nix/scenarios.nix, so the outputs' shape (systems, checks,
-    # modules) evaluates without nixpkgs; nix/check.sh checks it that way.
-    systems = ["x86_64-linux" "aarch64-linux"];
+    # x86_64-linux only: the driver runs x86_64 machines (QEMU's pc machine, console ttyS0, an x86
+    # boot sector in the KVM probe, amd64 default images), and nixpkgs' qemu_kvm on aarch64-linux
+    # has no qemu-system-x86_64. README, "With Nix", says more.
+    systems = ["x86_64-linux"];
     forAllSystems = f:
       builtins.listToAttrs (map (system: {
           name = system;
@@ -21,7 +23,8 @@
         })
         systems);
 
-    scenarios = import ./nix/scenarios.nix;
+    # Written by `vmcheck list --json` (tests/nix_config.rs keeps it equal to the driver's list).
+    listing = builtins.fromJSON (builtins.readFile ./nix/scenarios.json);
 
     vmcheckFor = pkgs:
       self.packages.${pkgs.stdenv.hostPlatform.system}.vmcheck or (pkgs.callPackage ./nix/package.nix {});
@@ -33,7 +36,7 @@
       system ? null,
       pkgs ?
         if system == null
-        then throw "vmcheck.lib.makeTest: give `system` (for example \"x86_64-linux\") or `pkgs`"
+        then throw "vmcheck.lib.makeTest: give `system` (\"x86_64-linux\") or `pkgs`"
         else nixpkgs.legacyPackages.${system},
       vmcheck ? vmcheckFor pkgs,
       ...
@@ -43,23 +46,12 @@
         guestModule = self.nixosModules.guest;
       } (builtins.removeAttrs args ["system" "pkgs" "vmcheck"]);
 
-    # A check per scenario of nix/scenarios.nix, each machine with its role's module and address.
-    scenarioChecks = system:
-      builtins.mapAttrs (scenario: entry: let
-        spec = {globalTimeout = 3600;} // entry;
-      in
-        makeTest {
-          inherit system scenario;
-          inherit (spec) globalTimeout;
-          name = scenario;
-          nodes =
-            builtins.mapAttrs (_: machine: {
-              imports = [self.nixosModules.${machine.role}];
-              vmcheck.address = machine.address;
-            })
-            spec.machines;
-        })
-      scenarios;
+    # A check per scenario the driver lists, each machine with its role's module, address,
+    # test interfaces, CPUs and memory (nix/scenario-tests.nix).
+    scenarioTests = import ./nix/scenario-tests.nix {
+      inherit listing;
+      modules = {inherit (self.nixosModules) target initiator;};
+    };
   in {
     packages = forAllSystems (system: let
       pkgs = nixpkgs.legacyPackages.${system};
@@ -74,7 +66,7 @@
     # of `nix flake check` refuse a path as a module (NixOS/nix#7355), and an import keeps the
     # file's name in error messages.
     nixosModules = {
-      # The guest contract: qemu-guest-agent, serial console, static test-network address.
+      # The guest contract: qemu-guest-agent, serial console, static test-network addresses.
       guest = {imports = [./nix/modules/guest.nix];};
       # nvmet + nvmet-tcp, configfs, and vmcheck-target started at boot (this flake's package).
       target = {
@@ -85,7 +77,7 @@
         imports = [./nix/modules/target.nix];
         vmcheck.target.package = lib.mkDefault (vmcheckFor pkgs);
       };
-      # nvme-tcp, nvme-cli, fio, lsblk.
+      # nvme-tcp, nvme-cli, fio, lsblk, /etc/nvme/hostnqn and hostid.
       initiator = {imports = [./nix/modules/initiator.nix];};
     };
 
@@ -96,8 +88,9 @@
     };
 
     # `nix build .#checks.x86_64-linux.fio_nvme_basic` runs the scenario in the build sandbox;
-    # `.driver` on it is the interactive driver. `nix flake check` builds them all.
-    checks = forAllSystems scenarioChecks;
+    # `.driver` on it runs it outside, `.driverInteractive` opens the REPL. `nix flake check`
+    # builds them all.
+    checks = forAllSystems (system: builtins.mapAttrs (_: args: makeTest (args // {inherit system;})) scenarioTests);
 
     devShells = forAllSystems (system: let
       pkgs = nixpkgs.legacyPackages.${system};
@@ -112,6 +105,10 @@
           pkgs.qemu
           pkgs.nvme-cli
           pkgs.fio
+          # nix/check.sh: nix-instantiate, deadnix, statix and the formatter.
+          pkgs.nix
+          pkgs.deadnix
+          pkgs.statix
           self.packages.${system}.vmcheck-alejandra
         ];
       };

@@ -5,11 +5,20 @@
 #   2. no lint findings                          statix check (skipped if statix is not on PATH)
 #   3. no unused bindings                        deadnix --fail
 #   4. formatted                                 vmcheck-alejandra --check (the flake's formatter)
-#   5. the pure parts evaluate, to JSON          nix-instantiate --eval --strict --json:
-#        nix/tests/sample.nix            -> OUT/driver-config.sample.json (a DriverConfig)
-#        nix/tests/scenario-configs.nix  -> OUT/driver-config.<scenario>.json, one per scenario
-#        nix/tests/flake-shape.nix       -> OUT/flake-shape.json (asserts the outputs' shape)
-#      and bad input is refused with the field named (negative cases below).
+#   5. evaluate, to JSON                         nix-instantiate --eval --strict --json:
+#        nix/tests/sample.nix        -> OUT/driver-config.sample.json (a DriverConfig)
+#        nix/tests/flake-eval.nix    -> OUT/flake.json: flake.nix's real outputs function, with
+#                                       nix/make-test.nix, nix/scenario-tests.nix and nix/modules,
+#                                       against the nixpkgs stand-in nix/tests/stub-nixpkgs (a lib
+#                                       subset, a module system, eval-config.nix, qemu-vm.nix)
+#                                    -> OUT/driver-config.<scenario>.json, one per flake check
+#   6. bad input is refused, with the field named: the driver configuration function, and
+#      makeTest/the modules (an option that does not exist, a wrong type, the guest agent off,
+#      a node name the driver refuses, a package set for another system, ...).
+#
+# tests/nix_config.rs reads the same evaluations: it parses every driver configuration with the
+# driver's own parser, checks the checks against `vmcheck list --json`, and fails when
+# nix/scenarios.json differs from what the driver prints.
 #
 # Usage: nix/check.sh [OUT_DIR]       (or VMCHECK_NIX_OUT=OUT_DIR; default: a temporary directory)
 #
@@ -75,18 +84,19 @@ echo "ok: $(deadnix --version)"
 step "format (vmcheck-alejandra --check; nix fmt formats)"
 vmcheck-alejandra --check "${files[@]}" || die "unformatted Nix files: run nix fmt (or vmcheck-alejandra FILE...)"
 
-step "evaluate the pure parts to JSON in $out"
+step "evaluate to JSON in $out"
 nix_eval nix/tests/sample.nix >"$out/driver-config.sample.json" || die "nix/tests/sample.nix does not evaluate"
 echo "ok: $out/driver-config.sample.json"
-nix_eval nix/tests/scenario-configs.nix >"$out/scenario-configs.json" || die "nix/tests/scenario-configs.nix does not evaluate"
-mapfile -t scenarios < <(nix_eval --expr 'builtins.attrNames (import ./nix/scenarios.nix)' | tr -d '[]"' | tr ',' '\n')
+nix_eval --expr '(import ./nix/tests/flake-eval.nix).summary' >"$out/flake.json" ||
+  die "flake.nix's outputs do not evaluate against the nixpkgs stand-in (nix/tests/flake-eval.nix)"
+echo "ok: $out/flake.json"
+mapfile -t scenarios < <(nix_eval --expr 'builtins.attrNames (import ./nix/tests/flake-eval.nix).summary.checks' | tr -d '[]"' | tr ',' '\n')
+[[ ${#scenarios[@]} -gt 0 && -n ${scenarios[0]} ]] || die "the flake has no checks"
 for s in "${scenarios[@]}"; do
-  nix_eval --expr "(import ./nix/tests/scenario-configs.nix).\"$s\"" >"$out/driver-config.$s.json" ||
-    die "the driver configuration of scenario $s does not evaluate"
+  nix_eval --expr "(import ./nix/tests/flake-eval.nix).summary.checks.\"$s\".driverConfiguration" >"$out/driver-config.$s.json" ||
+    die "the driver configuration of check $s does not evaluate"
   echo "ok: $out/driver-config.$s.json"
 done
-nix_eval nix/tests/flake-shape.nix >"$out/flake-shape.json" || die "flake.nix's outputs do not have the expected shape"
-echo "ok: $out/flake-shape.json"
 
 step "bad test definitions are refused, naming the field"
 refused() {
@@ -104,5 +114,25 @@ refused "startScript" "name = \"t\"; scenario = \"s\"; machines.t = { startScrip
 refused "unknown attribute" "name = \"t\"; scenario = \"s\"; machines.t = { $ok_machine vlan = 1; };"
 refused "globalTimeout" "name = \"t\"; scenario = \"s\"; globalTimeout = 0; machines = { };"
 refused "scenario" "name = \"t\"; scenario = \"\"; machines = { };"
+
+# makeTest, the modules and the scenario mapping, through the flake (nix/tests/flake-eval.nix).
+refused_test() {
+  local expect=$1 expr=$2 err
+  if err=$(nix_eval --expr "let f = import ./nix/tests/flake-eval.nix; in $expr" 2>&1 >/dev/null); then
+    die "accepted, should have been refused: $expr"
+  fi
+  [[ $err == *"$expect"* ]] || die "refused $expr without saying \"$expect\": $err"
+  echo "ok: refused ($expect)"
+}
+refused_test "does not exist" 'f.testSummary { name = "t"; nodes.target.vmcheck.adress = "192.0.2.1"; }'
+refused_test "is not of type" 'f.testSummary { name = "t"; nodes.target.virtualisation.memorySize = "1G"; }'
+refused_test "guest agent" 'f.testSummary { name = "t"; nodes.target.virtualisation.qemu.guestAgent.enable = false; }'
+refused_test "machine name" 'f.testSummary { name = "t"; nodes.target_ = { }; }'
+refused_test "eth0" 'f.testSummary { name = "t"; nodes.target = { imports = [ f.modules.target ]; vmcheck.testInterfaces = [ "eth0" ]; }; }'
+refused_test "x86_64-linux only" 'f.testSummary { name = "t"; system = null; pkgs = (import ./nix/tests/stub-nixpkgs).legacyPackages.aarch64-linux; nodes.target = { }; }'
+refused_test "accel" 'f.testSummary { name = "t"; accel = "hvf"; nodes.target = { }; }'
+refused_test "tcgTimeoutFactor" 'f.testSummary { name = "t"; tcgTimeoutFactor = 0; nodes.target = { }; }'
+refused_test "nodes is empty" 'f.testSummary { name = "t"; nodes = { }; }'
+refused_test "has no NixOS module" '((f.scenarioTests { scenarios.s.nodes = [ { name = "x"; role = "storage"; address = "192.0.2.1"; memory_mib = 512; cpus = 1; vlans = [ 1 ]; disks = [ ]; } ]; }).s.nodes.x { lib = f.lib; }).imports'
 
 printf '\nnix/check.sh: all Nix checks passed (JSON in %s)\n' "$out"

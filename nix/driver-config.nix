@@ -32,9 +32,10 @@
     then value
     else fail "${what} must be a non-empty string, got ${builtins.typeOf value}";
 
-  # Same rule as `validate_machine_name` in src/config.rs: a letter first, then letters, digits,
-  # '-' and '_', at most 32 characters. Names become file names, QEMU ids and REPL words.
-  validMachineName = machine: builtins.match "[A-Za-z][A-Za-z0-9_-]{0,31}" machine != null;
+  # Same rule as `validate_machine_name` in src/config.rs: a letter first, a letter or digit last,
+  # letters, digits, '-' and '_' between, at most 32 characters. Names become file names, QEMU
+  # ids, REPL words and NixOS host names (networking.hostName refuses a trailing '-' or '_').
+  validMachineName = machine: builtins.match "[A-Za-z]([A-Za-z0-9_-]{0,30}[A-Za-z0-9])?" machine != null;
 
   # A dotted-quad IPv4 address as Rust's `Ipv4Addr` parses it: four decimal octets 0-255 with no
   # leading zeros.
@@ -60,7 +61,7 @@
     unknown = builtins.filter (f: !(builtins.elem f knownMachineFields)) (builtins.attrNames spec);
   in
     if !(validMachineName checkedName)
-    then fail "machine name \"${checkedName}\" must start with a letter and hold only letters, digits, '-' and '_' (at most 32)"
+    then fail "machine name \"${checkedName}\" must start with a letter, end with a letter or digit, and hold only letters, digits, '-' and '_' (at most 32; NixOS host names refuse a trailing '-' or '_')"
     else if !(builtins.isAttrs spec)
     then fail "machines.${checkedName} must be an attribute set { startScript; address ? null; }"
     else if unknown != []

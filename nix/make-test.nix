@@ -3,7 +3,8 @@
 # Modelled on nixpkgs' NixOS test framework (nixos/lib/testing/): every node is a NixOS
 # configuration built as a QEMU VM by qemu-vm.nix (`system.build.vm`); a JSON driver
 # configuration names their start scripts (the role of nixpkgs' driverConfiguration.json); the
-# test is a derivation whose build runs the driver; `.driver` is the same driver, interactive.
+# test is a derivation whose build runs the driver. As in nixpkgs, `.driver` runs the test
+# outside the sandbox and `.driverInteractive` opens the interactive driver (the REPL).
 # What differs: the test script is a scenario compiled into the driver (src/scenarios), chosen by
 # name, and the driver, not the NixOS modules, adds the QEMU plumbing (QMP, serial console, guest
 # agent port, test-network NICs, NVMe disks) through $QEMU_OPTS.
@@ -18,15 +19,23 @@
 #       initiator = { imports = [ vmcheck.nixosModules.initiator ]; };
 #     };
 #     defaults = { };                  # a NixOS module applied to every node
-#     globalTimeout = 3600;            # seconds, for the whole run
+#     globalTimeout = 3600;            # seconds, for the whole run (with KVM)
+#     tcgTimeoutFactor = 3;            # without /dev/kvm in the sandbox: every timeout times this
 #     accel = null;                    # null: the driver probes KVM; "kvm" or "tcg" to force one
-#     requiredSystemFeatures = [ "nixos-test" ];
+#     requiredSystemFeatures = [ "nixos-test" ];   # add "kvm" to keep the test off TCG builders
+#     keepArtifacts = false;           # true: logs and junit.xml into $out/artifacts (see below)
 #     extraDriverArgs = [ ];           # more arguments for `vmcheck run`
 #   }
 #
 # Every node gets nixosModules.guest (the guest contract), `networking.hostName = <node name>`
 # and, unless it sets one, `vmcheck.address = 192.0.2.<n>` (n = its place in the sorted node
 # names, from 1). The address each node ends up with is written into the driver configuration.
+#
+# $out holds only what is the same on every passing run (a `passed` file), as nixpkgs' tests
+# keep timings and logs out of $out, so `nix build --rebuild` can compare two runs. The run's
+# logs are the build log (`nix log`); its artifacts (console logs, transcript, junit.xml) are in
+# the build directory's vmcheck-out, which `--keep-failed` keeps when the test fails. With
+# `keepArtifacts = true` they go into $out/artifacts instead, and $out differs on every run.
 {
   pkgs,
   vmcheck,
@@ -37,13 +46,24 @@
   scenario ? name,
   defaults ? {},
   globalTimeout ? 3600,
+  tcgTimeoutFactor ? 3,
   accel ? null,
   requiredSystemFeatures ? ["nixos-test"],
+  keepArtifacts ? false,
   extraDriverArgs ? [],
 }: let
   inherit (pkgs) lib;
+  fail = msg: throw "vmcheck makeTest ${name}: ${msg}";
 
-  evalConfig = import (pkgs.path + "/nixos/lib/eval-config.nix");
+  # The driver runs x86_64 machines (QEMU's pc machine, ttyS0, an x86 boot sector for the KVM
+  # probe), so the NixOS machines and the host must be x86_64-linux.
+  system = pkgs.stdenv.hostPlatform.system;
+  checkedPkgs =
+    if system == "x86_64-linux"
+    then pkgs
+    else fail "vmcheck runs x86_64 machines on x86_64-linux only; this package set is for ${system}";
+
+  evalConfig = import (checkedPkgs.path + "/nixos/lib/eval-config.nix");
 
   # 1, 2, ... in the order of the sorted node names, as nixpkgs' testing/network.nix numbers nodes.
   nodeNumbers = builtins.listToAttrs (lib.imap1 (number: nodeName: {
@@ -53,12 +73,13 @@
 
   # One NixOS system per node, evaluated with the caller's package set, read-only, as nixpkgs'
   # tests do with `node.pkgs` (testing/nodes.nix): overlays go into `pkgs`, not into the nodes.
+  # `system = null`: the read-only module has no nixpkgs.system for eval-config to set.
   evalNode = nodeName: module:
     evalConfig {
       system = null;
       modules = [
-        (pkgs.path + "/nixos/modules/misc/nixpkgs/read-only.nix")
-        {nixpkgs.pkgs = pkgs;}
+        (checkedPkgs.path + "/nixos/modules/misc/nixpkgs/read-only.nix")
+        {nixpkgs.pkgs = checkedPkgs;}
         guestModule
         {
           networking.hostName = lib.mkDefault nodeName;
@@ -93,32 +114,71 @@
     then ""
     else if builtins.elem accel ["kvm" "tcg"]
     then "export VMCHECK_ACCEL=${accel}"
-    else throw "vmcheck makeTest ${name}: accel must be null, \"kvm\" or \"tcg\", got ${builtins.toJSON accel}";
+    else fail "accel must be null, \"kvm\" or \"tcg\", got ${builtins.toJSON accel}";
 
-  # `nix build .#checks.<system>.<test>.driver && ./result/bin/vmcheck-driver-<test>`
-  driver = pkgs.writeShellScriptBin "vmcheck-driver-${name}" ''
-    export PATH=${lib.makeBinPath qemus}''${PATH:+:$PATH}
-    ${accelEnv}
-    exec ${vmcheck}/bin/vmcheck repl --config ${configFile} "$@"
-  '';
+  factor =
+    if builtins.isInt tcgTimeoutFactor && tcgTimeoutFactor >= 1
+    then tcgTimeoutFactor
+    else fail "tcgTimeoutFactor must be a whole number, 1 or more, got ${builtins.toJSON tcgTimeoutFactor}";
+
+  # `driver`: the test itself, run outside the sandbox (`vmcheck run` takes --out DIR, --junit
+  # FILE, --keep-vm-state); `driverInteractive`: the REPL on the same machines. The same program
+  # name in both, as nixpkgs' nixos-test-driver.
+  driverScript = command:
+    pkgs.writeShellScriptBin "vmcheck-driver" ''
+      export PATH=${lib.makeBinPath qemus}''${PATH:+:$PATH}
+      ${accelEnv}
+      exec ${vmcheck}/bin/vmcheck ${command} --config ${configFile} "$@"
+    '';
+  driver = driverScript "run";
+  driverInteractive = driverScript "repl";
 
   test =
     pkgs.runCommand "vmcheck-test-${name}" {
       nativeBuildInputs = [vmcheck] ++ qemus;
-      # Not "kvm": the driver probes KVM and falls back to TCG, so the test runs on any Linux
-      # builder. Nix puts /dev/kvm into the sandbox whenever the builder has the kvm feature.
+      # Runs with or without KVM: the driver probes KVM and falls back to TCG, and the build
+      # scales its timeouts when the sandbox has no /dev/kvm (Nix puts it there when the
+      # builder has the kvm system feature). Pass [ "nixos-test" "kvm" ] to require KVM.
       inherit requiredSystemFeatures;
       passthru = {
-        inherit driver driverConfiguration configFile;
+        inherit driver driverInteractive driverConfiguration configFile scenario;
         nodes = evaluatedNodes;
       };
-      meta.timeout = globalTimeout + 600;
+      meta.timeout = globalTimeout * factor + 600;
     } ''
       # The sandbox's HOME does not exist; the driver keeps its run state under TMPDIR.
       export HOME="$TMPDIR/home" VMCHECK_CACHE="$TMPDIR/cache"
-      mkdir -p "$HOME" "$out"
+      mkdir -p "$HOME"
       ${accelEnv}
-      vmcheck run --config ${configFile} --out "$out" --junit "$out/junit.xml" ${lib.escapeShellArgs extraDriverArgs}
+      global=${toString globalTimeout}
+      if [ "''${VMCHECK_ACCEL:-}" = tcg ] || [ ! -e /dev/kvm ]; then
+        # Every timeout of the driver and the guest tools, and the global one, scaled for TCG.
+        export VMCHECK_TIMEOUT_FACTOR=${toString factor}
+        global=$((global * ${toString factor}))
+        echo "vmcheck: TCG (no /dev/kvm in the build sandbox, or accel = tcg): timeouts x${toString factor}, global timeout $global s"
+      fi
+      artifacts="$TMPDIR/vmcheck-out"
+      status=0
+      vmcheck run --config ${configFile} --global-timeout "$global" --out "$artifacts" --junit "$artifacts/junit.xml" ${lib.escapeShellArgs extraDriverArgs} || status=$?
+      if [ "$status" != 0 ]; then
+        echo "vmcheck: ${name} failed (exit status $status); console logs, transcript and junit.xml: $artifacts (kept by nix build --keep-failed)"
+        exit "$status"
+      fi
+      mkdir -p "$out"
+      echo "${name}: scenario ${scenario} passed" >"$out/passed"
+      ${lib.optionalString keepArtifacts ''cp -r "$artifacts" "$out/artifacts"''}
     '';
+  # The node names, checked by the driver configuration's own rule (the driver's) before any
+  # node is evaluated, so a bad name is reported as such and not as a host name NixOS refuses.
+  namesChecked =
+    builtins.deepSeq (import ./driver-config.nix {
+      inherit name scenario globalTimeout;
+      machines = builtins.mapAttrs (_: _: {startScript = "/";}) nodes;
+    })
+    true;
 in
-  assert lib.assertMsg (nodes != {}) "vmcheck makeTest ${name}: nodes is empty; name one NixOS module per machine of scenario ${scenario}"; test
+  if nodes == {}
+  then fail "nodes is empty; name one NixOS module per machine of scenario ${scenario}"
+  else if namesChecked
+  then test
+  else fail "unreachable"

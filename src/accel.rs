@@ -8,7 +8,7 @@
 //! (well under a second where KVM works). The verdict is cached per host boot
 //! (`/proc/sys/kernel/random/boot_id`) and kernel.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
 
@@ -72,6 +72,17 @@ pub async fn choose(qemu: &Path, kernel: Option<&Path>, cache_dir: Option<&Path>
             }
         }
     }
+    let verdict = probe_verdict(qemu, kernel).await;
+    if let Some(c) = cache {
+        let _ = std::fs::create_dir_all(c.parent().unwrap_or(Path::new(".")));
+        let _ = std::fs::write(c, format!("{}\n{}\n", boot_id.trim(), verdict.name()));
+    }
+    Ok(verdict)
+}
+
+/// Both probe steps under KVM, uncached: KVM only when the boot sector and then `kernel` (when
+/// there is one) finish in time; TCG, with the reason logged, otherwise.
+pub async fn probe_verdict(qemu: &Path, kernel: Option<&Path>) -> Accel {
     let works = match probe(qemu, Accel::Kvm).await {
         Err(e) => Err(e),
         Ok(_) => match kernel {
@@ -79,18 +90,56 @@ pub async fn choose(qemu: &Path, kernel: Option<&Path>, cache_dir: Option<&Path>
             None => Ok(std::time::Duration::ZERO),
         },
     };
-    let verdict = match works {
+    match works {
         Ok(_) => Accel::Kvm,
         Err(e) => {
             crate::log::line(&format!("KVM does not work here, using TCG: {e:#}"));
             Accel::Tcg
         }
-    };
-    if let Some(c) = cache {
-        let _ = std::fs::create_dir_all(c.parent().unwrap_or(Path::new(".")));
-        let _ = std::fs::write(c, format!("{}\n{}\n", boot_id.trim(), verdict.name()));
     }
-    Ok(verdict)
+}
+
+/// The kernel a NixOS start script (`run-<name>-vm`) boots, for the probe: the word after
+/// `-kernel`. nixpkgs' qemu-vm.nix writes it as `${NIXPKGS_QEMU_KERNEL_<name>:-/nix/store/...}`,
+/// a shell default that the environment can override; that form is resolved the way the
+/// script's shell resolves it, with this process's environment (the driver starts the script
+/// with it). A plain path works too. None when there is no `-kernel`, its word has another form,
+/// or the file does not exist.
+pub fn start_script_kernel(script: &Path) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(script).ok()?;
+    let path = PathBuf::from(kernel_of_script(&text, |var| std::env::var(var).ok())?);
+    path.exists().then_some(path)
+}
+
+/// The `-kernel` word of a start script's text, with `${VAR:-default}` and `${VAR-default}`
+/// resolved through `env`.
+fn kernel_of_script(text: &str, env: impl Fn(&str) -> Option<String>) -> Option<String> {
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == "-kernel")?;
+    let word = words.next()?.trim_matches(|c| c == '\'' || c == '"');
+    let Some(inner) = word.strip_prefix("${").and_then(|w| w.strip_suffix('}')) else {
+        return (!word.contains('$')).then(|| word.to_string());
+    };
+    let name_end = inner.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(inner.len());
+    let (var, rest) = inner.split_at(name_end);
+    if var.is_empty() {
+        return None;
+    }
+    let value = env(var);
+    let (default, empty_counts_as_unset) = if let Some(d) = rest.strip_prefix(":-") {
+        (d, true)
+    } else if let Some(d) = rest.strip_prefix('-') {
+        (d, false)
+    } else if rest.is_empty() {
+        return value.filter(|v| !v.is_empty());
+    } else {
+        return None;
+    };
+    let chosen = match value {
+        Some(v) if !(empty_counts_as_unset && v.is_empty()) => v,
+        _ => default.to_string(),
+    };
+    (!chosen.is_empty() && !chosen.contains('$')).then_some(chosen)
 }
 
 /// Boots the probe sector under `accel`; Ok when QEMU exits with the probe's status in time.
@@ -139,5 +188,96 @@ async fn run_probe(qemu: &Path, accel: Accel, args: &[&str], what: &str) -> Resu
             let out = out?;
             Ok((out.status, String::from_utf8_lossy(&out.stdout).into_owned()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A start script in the shape nixpkgs' qemu-vm.nix writes (direct boot, the default): the
+    /// kernel is a shell default the environment may override.
+    fn nixos_start_script(kernel: &str) -> String {
+        format!(
+            "#! /nix/store/0000-bash-5.2p37/bin/bash\n\
+             export PATH=/nix/store/0000-coreutils-9.5/bin${{PATH:+:}}$PATH\n\
+             set -e\n\
+             cd \"$TMPDIR\"\n\
+             # Start QEMU.\n\
+             exec /nix/store/0000-qemu-host-cpu-only-9.2.3/bin/qemu-system-x86_64 -machine type=q35,accel=kvm:tcg -cpu max \\\n    \
+             -name target \\\n    -m 1024 \\\n    -smp 1 \\\n    -device virtio-rng-pci \\\n    \
+             -net nic,netdev=user.0,model=virtio -netdev user,id=user.0,\"$QEMU_NET_OPTS\" \\\n    \
+             -virtfs local,path=/nix/store,security_model=none,mount_tag=nix-store \\\n    \
+             -kernel ${{NIXPKGS_QEMU_KERNEL_target:-{kernel}}} \\\n    \
+             -initrd /nix/store/0000-initrd-linux-6.12.30/initrd \\\n    \
+             -append \"$(cat /nix/store/0000-nixos-system-target/kernel-params) init=/nix/store/0000-nixos-system-target/init \
+             console=tty0 console=ttyS0,115200n8 $QEMU_KERNEL_PARAMS\" \\\n    \
+             -nographic \\\n    $QEMU_OPTS \\\n    \"$@\"\n"
+        )
+    }
+
+    #[test]
+    fn the_kernel_word_of_a_nixos_start_script_is_resolved_as_its_shell_would() {
+        let text = nixos_start_script("/nix/store/0000-nixos-system-target/kernel");
+        let unset = |_: &str| None;
+        assert_eq!(kernel_of_script(&text, unset).as_deref(), Some("/nix/store/0000-nixos-system-target/kernel"));
+        let set = |v: &str| (v == "NIXPKGS_QEMU_KERNEL_target").then(|| "/tmp/other-kernel".to_string());
+        assert_eq!(kernel_of_script(&text, set).as_deref(), Some("/tmp/other-kernel"));
+        // `:-` takes the default for an empty value too; `-` only for an unset one.
+        let empty = |_: &str| Some(String::new());
+        assert_eq!(kernel_of_script(&text, empty).as_deref(), Some("/nix/store/0000-nixos-system-target/kernel"));
+        assert_eq!(kernel_of_script("-kernel ${K-/k}", empty), None);
+        assert_eq!(kernel_of_script("-kernel ${K-/k}", unset).as_deref(), Some("/k"));
+        // Older start scripts: a plain, possibly quoted, path.
+        assert_eq!(kernel_of_script("exec qemu -kernel '/nix/store/x/kernel' -initrd /i", unset).as_deref(), Some("/nix/store/x/kernel"));
+        // Forms the shell would resolve differently, or not at all here: no guess.
+        for text in ["exec qemu -drive file=x", "-kernel", "-kernel $KERNEL", "-kernel ${K:?no}", "-kernel ${:-/k}", "-kernel ${K:-$OTHER}"]
+        {
+            assert_eq!(kernel_of_script(text, unset), None, "{text}");
+        }
+    }
+
+    #[test]
+    fn the_kernel_of_a_start_script_file_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("kernel");
+        let script = dir.path().join("run-target-vm");
+        std::fs::write(&script, nixos_start_script(&kernel.display().to_string())).unwrap();
+        assert_eq!(start_script_kernel(&script), None, "the kernel does not exist yet");
+        std::fs::write(&kernel, "").unwrap();
+        assert_eq!(start_script_kernel(&script), Some(kernel));
+        assert_eq!(start_script_kernel(&dir.path().join("missing")), None);
+    }
+
+    /// A stand-in for QEMU: exits as the boot-sector probe expects, and for `-kernel` does what
+    /// `kernel_step` says.
+    fn fake_qemu(dir: &Path, name: &str, kernel_step: &str) -> PathBuf {
+        let path = dir.join(name);
+        let script = format!("#!/bin/sh\ncase \" $* \" in\n  *\" -kernel \"*) {kernel_step} ;;\n  *) exit {PROBE_EXIT_STATUS} ;;\nesac\n");
+        std::fs::write(&path, script).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[tokio::test]
+    async fn kvm_that_runs_a_boot_sector_but_hangs_the_start_scripts_kernel_falls_back_to_tcg() {
+        let dir = tempfile::tempdir().unwrap();
+        let kernel = dir.path().join("kernel");
+        std::fs::write(&kernel, "").unwrap();
+        let script = dir.path().join("run-target-vm");
+        std::fs::write(&script, nixos_start_script(&kernel.display().to_string())).unwrap();
+        let probe_kernel = start_script_kernel(&script);
+        assert_eq!(probe_kernel.as_deref(), Some(kernel.as_path()), "the probe gets the start script's kernel");
+
+        let hangs = fake_qemu(dir.path(), "hangs", "exec sleep 30");
+        assert_eq!(probe_verdict(&hangs, probe_kernel.as_deref()).await, Accel::Tcg);
+        // Without the kernel step, the same QEMU would have been taken for a working KVM.
+        assert_eq!(probe_verdict(&hangs, None).await, Accel::Kvm);
+
+        let panics = fake_qemu(dir.path(), "panics", "echo 'Kernel panic - not syncing: VFS: Unable to mount root fs'; exit 0");
+        assert_eq!(probe_verdict(&panics, probe_kernel.as_deref()).await, Accel::Kvm);
+        let aborts = fake_qemu(dir.path(), "aborts", "exit 1");
+        assert_eq!(probe_verdict(&aborts, probe_kernel.as_deref()).await, Accel::Tcg);
     }
 }

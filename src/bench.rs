@@ -15,6 +15,7 @@ use tokio::io::AsyncWriteExt;
 
 use crate::config::{NodeSpec, Role};
 use crate::driver::{Driver, DriverOptions};
+use crate::poll::{Pace, Polled};
 use crate::qapi_stream::JsonReader;
 use crate::qemu::{Console, QemuProcess, QemuSpec};
 
@@ -75,20 +76,24 @@ impl Bare {
         let started = Instant::now();
         let child = crate::process::spawn(cmd).await?;
         let process = QemuProcess::adopt(child, Console::new(&spec.name, None));
-        let stream = crate::qmp::connect_unix(&spec.qga_socket, Duration::from_secs(30)).await?;
+        let stream = crate::qmp::connect_unix(&spec.qga_socket, crate::timeouts::request()).await?;
         let (r, w) = stream.into_split();
-        let mut bare = Bare { _process: process, reader: JsonReader::new(r), writer: w };
+        let bare = Bare { _process: process, reader: JsonReader::new(r), writer: w };
         // guest-ping every 100 ms; pings written before the agent runs are answered when it starts.
-        loop {
+        let bare = tokio::sync::Mutex::new(bare);
+        let answered = crate::poll::until(crate::timeouts::boot(), Pace::every(Duration::ZERO), |_| async {
+            let mut bare = bare.lock().await;
             bare.send(json!({"execute": "guest-ping"})).await?;
-            if let Ok(reply) = tokio::time::timeout(Duration::from_millis(100), bare.reader.next()).await {
-                reply?;
-                break;
+            match tokio::time::timeout(Duration::from_millis(100), bare.reader.next()).await {
+                Ok(reply) => reply.map(|_| Some(())),
+                Err(_) => Ok(None),
             }
-            if started.elapsed() > crate::timeouts::boot() {
-                bail!("bare boot: no agent answer in {:?}", started.elapsed());
-            }
+        })
+        .await?;
+        if let Polled::TimedOut(waited) = answered {
+            bail!("bare boot: no agent answer in {waited:?}");
         }
+        let mut bare = bare.into_inner();
         let boot = started.elapsed();
         // Drain the answers to the other pings.
         while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(300), bare.reader.next()).await {}
@@ -114,11 +119,20 @@ impl Bare {
             .call(json!({"execute": "guest-exec", "arguments": {"path": argv[0], "arg": &argv[1..], "capture-output": true}}))
             .await?["pid"]
             .clone();
-        loop {
-            let status = self.call(json!({"execute": "guest-exec-status", "arguments": {"pid": pid}})).await?;
-            if status["exited"] == true {
-                return Ok(status);
-            }
+        // Back to back, bounded like every wait of the driver.
+        let this = tokio::sync::Mutex::new(self);
+        let polled = crate::poll::until(
+            crate::timeouts::command(),
+            Pace::every(Duration::ZERO).after_tight(crate::timeouts::command()),
+            |_| async {
+                let status = this.lock().await.call(json!({"execute": "guest-exec-status", "arguments": {"pid": pid}})).await?;
+                Ok((status["exited"] == true).then_some(status))
+            },
+        )
+        .await?;
+        match polled {
+            Polled::Done(status) => Ok(status),
+            Polled::TimedOut(waited) => bail!("bare exec of {argv:?}: not ended after {waited:?}"),
         }
     }
 }
@@ -253,7 +267,7 @@ fn transfer_commands(mib: u64) -> (String, String) {
 async fn transfer(from: &crate::Machine, to: &crate::Machine, mib: u64) -> Result<f64> {
     let (serve, fetch) = transfer_commands(mib);
     to.succeed(&serve).await?;
-    to.wait_for_open_port(8080, Duration::from_secs(30)).await?;
+    to.wait_for_open_port(8080, crate::timeouts::request()).await?;
     let t = Instant::now();
     from.succeed(&fetch).await?;
     Ok(mib as f64 / t.elapsed().as_secs_f64())

@@ -74,6 +74,10 @@ pub struct NodeSpec {
     /// NixOS start script (`run-<name>-vm`); `None` boots the default image of `role`.
     #[serde(default)]
     pub start_script: Option<PathBuf>,
+    /// Guest TCP ports the driver reaches through a loopback forward of the run (the target
+    /// daemon's gRPC port on a target). The harness knows ports, not what listens on them.
+    #[serde(default)]
+    pub forward_ports: Vec<u16>,
 }
 
 impl NodeSpec {
@@ -89,6 +93,11 @@ impl NodeSpec {
             vlans: vec![1],
             disks: Vec::new(),
             start_script: None,
+            // What a machine is for decides, here where it is declared, what it forwards.
+            forward_ports: match role {
+                Role::Target => vec![crate::target::GRPC_PORT],
+                Role::Initiator => Vec::new(),
+            },
         }
     }
     pub fn with_disk(mut self, disk: DiskSpec) -> Self {
@@ -101,16 +110,63 @@ impl NodeSpec {
     }
 }
 
-/// Machine names become file names, QEMU ids and REPL words: keep them plain.
+/// Machine names become file names, QEMU ids, REPL words and, on NixOS machines, the host name
+/// (`networking.hostName`, whose type refuses a name that ends in '-' or '_'): keep them plain.
+/// A letter first, a letter or digit last, letters, digits, '-' and '_' between, at most 32.
 pub fn validate_machine_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 32
+    let plain = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    let ok = name.len() <= 32
         && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        && name.chars().last().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(plain);
     if !ok {
-        bail!("machine name {name:?} must start with a letter and hold only letters, digits, '-' and '_' (at most 32)");
+        bail!(
+            "machine name {name:?} must start with a letter, end with a letter or digit, and hold only letters, digits, '-' and '_' \
+             (at most 32; NixOS host names refuse a trailing '-' or '_')"
+        );
     }
     Ok(())
+}
+
+/// The command that writes `nix/scenarios.json`, the scenario list the flake turns into checks.
+pub const SCENARIO_LISTING_COMMAND: &str = "cargo run --quiet --bin vmcheck -- list --json > nix/scenarios.json";
+
+/// `vmcheck list --json`: every listed scenario with the machines it declares, as the flake reads
+/// it from `nix/scenarios.json` (pretty-printed, keys sorted, a trailing newline, so the checked-in
+/// file diffs line by line). A scenario whose machine names the driver would refuse, or that names
+/// two machines alike, is an error here rather than a broken flake check.
+pub fn scenario_listing_json(scenarios: &[(&str, &str, Vec<NodeSpec>)]) -> Result<String> {
+    let mut listing = serde_json::Map::new();
+    for (name, description, nodes) in scenarios {
+        if nodes.is_empty() {
+            bail!("scenario {name} declares no machine");
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut machines = Vec::new();
+        for node in nodes {
+            validate_machine_name(&node.name).with_context(|| format!("scenario {name}"))?;
+            if !seen.insert(node.name.as_str()) {
+                bail!("scenario {name} declares two machines named {}", node.name);
+            }
+            machines.push(serde_json::json!({
+                "name": node.name,
+                "role": node.role,
+                "address": node.address.to_string(),
+                "memory_mib": node.memory_mib,
+                "cpus": node.cpus,
+                "vlans": node.vlans,
+                "disks": node.disks,
+            }));
+        }
+        if listing.insert(name.to_string(), serde_json::json!({"description": description, "nodes": machines})).is_some() {
+            bail!("two scenarios are named {name}");
+        }
+    }
+    let document = serde_json::json!({
+        "generated_by": SCENARIO_LISTING_COMMAND,
+        "scenarios": listing,
+    });
+    Ok(serde_json::to_string_pretty(&document)? + "\n")
 }
 
 /// The driver configuration `nix/` writes (`vmcheck run --config FILE`, and the `.driver` script).
@@ -201,5 +257,45 @@ mod tests {
         assert!(err.to_string().contains("ghost"), "{err}");
         assert!(DriverConfig::from_json(r#"{"name":"t","scenario":"s","machines":{},"bogus":1}"#).is_err());
         assert!(DriverConfig::from_json(r#"{"name":"t","scenario":"s","machines":{"9bad":{"start_script":"/x"}}}"#).is_err());
+    }
+
+    #[test]
+    fn machine_names_are_what_networking_host_name_accepts() {
+        for ok in ["a", "target", "node_1-b", "B2", "x9"] {
+            validate_machine_name(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in ["", "9lives", "_x", "a-", "a_", "a b", "a.b", "é", &format!("n{}", "x".repeat(32))] {
+            let err = validate_machine_name(bad).expect_err(bad).to_string();
+            assert!(err.contains("machine name"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_scenario_listing_holds_each_machine_and_refuses_bad_names() {
+        let nodes = vec![
+            NodeSpec::new("target", Role::Target, 1).with_disk(DiskSpec::virtio("d1", 64)),
+            NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768),
+        ];
+        let text = scenario_listing_json(&[("s", "one line", nodes.clone())]).unwrap();
+        assert!(text.ends_with("}\n"), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["generated_by"], SCENARIO_LISTING_COMMAND);
+        let s = &v["scenarios"]["s"];
+        assert_eq!(s["description"], "one line");
+        assert_eq!(s["nodes"][0]["name"], "target");
+        assert_eq!(s["nodes"][0]["role"], "target");
+        assert_eq!(s["nodes"][0]["address"], "192.0.2.1");
+        assert_eq!(s["nodes"][0]["disks"][0]["virtio"], true);
+        assert_eq!(s["nodes"][1]["memory_mib"], 768);
+        assert_eq!(s["nodes"][1]["vlans"], serde_json::json!([1]));
+
+        let bad = |nodes: Vec<NodeSpec>| scenario_listing_json(&[("s", "d", nodes)]).unwrap_err();
+        assert!(format!("{:#}", bad(vec![NodeSpec::new("node-", Role::Target, 1)])).contains("machine name"));
+        assert!(bad(vec![NodeSpec::new("a", Role::Target, 1), NodeSpec::new("a", Role::Initiator, 2)])
+            .to_string()
+            .contains("two machines"));
+        assert!(bad(vec![]).to_string().contains("no machine"));
+        let twice = scenario_listing_json(&[("s", "d", nodes.clone()), ("s", "d", nodes)]).unwrap_err();
+        assert!(twice.to_string().contains("two scenarios"), "{twice}");
     }
 }

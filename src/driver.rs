@@ -32,9 +32,6 @@ pub struct DriverOptions {
     pub keep_state: bool,
     /// Keep console logs, command lines and the transcript here.
     pub out_dir: Option<PathBuf>,
-    /// The QEMU binary; found on PATH when unset.
-    pub qemu: Option<PathBuf>,
-    pub images: Option<Images>,
 }
 
 /// One subtest's outcome.
@@ -43,6 +40,20 @@ pub struct SubtestResult {
     pub name: String,
     pub duration: Duration,
     pub error: Option<String>,
+    /// The error is the harness's or a machine's (JUnit `<error>`), not a failed expectation
+    /// about the system under test (JUnit `<failure>`).
+    pub harness_error: bool,
+}
+
+impl SubtestResult {
+    /// "ok", "FAILED" (the system under test misbehaved) or "ERROR" (the harness broke).
+    pub fn verdict(&self) -> &'static str {
+        match (&self.error, self.harness_error) {
+            (None, _) => "ok",
+            (Some(_), false) => "FAILED",
+            (Some(_), true) => "ERROR",
+        }
+    }
 }
 
 /// Awaited with a subtest's name before the subtest runs (the REPL's `step` pauses there); an
@@ -75,14 +86,8 @@ impl Driver {
                 bail!("two machines are named {}", n.name);
             }
         }
-        let qemu = match &options.qemu {
-            Some(q) => q.clone(),
-            None => crate::qemu::find_qemu()?,
-        };
-        let images = match &options.images {
-            Some(i) => i.clone(),
-            None => Images::from_env()?,
-        };
+        let qemu = crate::qemu::find_qemu()?;
+        let images = Images::from_env()?;
         let images_started = Instant::now();
         let mut role_images: HashMap<Role, Image> = HashMap::new();
         for role in nodes.iter().filter(|n| n.start_script.is_none()).map(|n| n.role) {
@@ -97,7 +102,7 @@ impl Driver {
             .values()
             .next()
             .map(|i| i.kernel.clone())
-            .or_else(|| nodes.iter().filter_map(|n| n.start_script.as_deref()).find_map(start_script_kernel));
+            .or_else(|| nodes.iter().filter_map(|n| n.start_script.as_deref()).find_map(accel::start_script_kernel));
         let accel = accel::choose(&qemu, probe_kernel.as_deref(), Some(&images.cache_dir)).await?;
         remove_stale_run_dirs();
         let run_dir = tempfile::Builder::new()
@@ -176,11 +181,6 @@ impl Driver {
         &self.env.run_dir
     }
 
-    /// The switch of `vlan`.
-    pub fn switch(&self, vlan: u32) -> Option<Arc<Switch>> {
-        self.env.switches.get(&vlan).cloned()
-    }
-
     /// Starts every machine and waits until every agent answers (in parallel).
     pub async fn start_all(&self) -> Result<()> {
         log::nested("start all VMs", async {
@@ -205,7 +205,8 @@ impl Driver {
         let started = Instant::now();
         let result = log::nested(&format!("subtest: {name}"), f).await;
         let error = result.as_ref().err().map(|e| format!("{e:#}"));
-        self.subtests.lock().unwrap().push(SubtestResult { name: name.to_string(), duration: started.elapsed(), error });
+        let harness_error = result.as_ref().err().is_some_and(crate::machine::is_harness_error);
+        self.subtests.lock().unwrap().push(SubtestResult { name: name.to_string(), duration: started.elapsed(), error, harness_error });
         result.with_context(|| format!("subtest {name:?} failed"))
     }
 
@@ -231,29 +232,19 @@ impl Driver {
 
     /// The subtest table printed at the end of a run.
     pub fn summary(&self, test: &str) -> String {
-        let results = self.subtest_results();
-        let width = results.iter().map(|r| r.name.len()).max().unwrap_or(0).max(20);
-        let mut s = format!("{test}: subtests\n");
-        for r in &results {
-            let verdict = if r.error.is_none() { "ok" } else { "FAILED" };
-            s += &format!("  {:<width$}  {:>8.2} s  {verdict}\n", r.name, r.duration.as_secs_f64());
-        }
-        s += &format!("  {:<width$}  {:>8.2} s\n", "total", self.elapsed().as_secs_f64());
-        s
+        summary_table(test, &self.subtest_results(), self.elapsed())
     }
 }
 
-/// The `-kernel` a NixOS start script passes to QEMU (it is a plain shell script).
-fn start_script_kernel(script: &Path) -> Option<PathBuf> {
-    let text = std::fs::read_to_string(script).ok()?;
-    let mut words = text.split_whitespace();
-    while let Some(w) = words.next() {
-        if w == "-kernel" {
-            let path = PathBuf::from(words.next()?.trim_matches(|c| c == '\'' || c == '"'));
-            return path.exists().then_some(path);
-        }
+/// A test's subtests as a table: name, seconds, verdict; then the total.
+pub fn summary_table(test: &str, results: &[SubtestResult], total: Duration) -> String {
+    let width = results.iter().map(|r| r.name.len()).max().unwrap_or(0).max(20);
+    let mut s = format!("{test}: subtests\n");
+    for r in results {
+        s += &format!("  {:<width$}  {:>8.2} s  {}\n", r.name, r.duration.as_secs_f64(), r.verdict());
     }
-    None
+    s += &format!("  {:<width$}  {:>8.2} s\n", "total", total.as_secs_f64());
+    s
 }
 
 /// Removes `vmcheck-run-<pid>-*` directories of drivers that no longer run.
@@ -279,7 +270,8 @@ pub fn write_junit(path: &Path, tests: &[(String, Vec<SubtestResult>)]) -> Resul
             let status = match &r.error {
                 None => TestCaseStatus::success(),
                 Some(e) => {
-                    let mut s = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                    let kind = if r.harness_error { NonSuccessKind::Error } else { NonSuccessKind::Failure };
+                    let mut s = TestCaseStatus::non_success(kind);
                     s.set_message(e.lines().next().unwrap_or("failed"));
                     s.set_description(e.as_str());
                     s
@@ -295,25 +287,4 @@ pub fn write_junit(path: &Path, tests: &[(String, Vec<SubtestResult>)]) -> Resul
     let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     report.serialize(file).map_err(|e| anyhow!("writing JUnit XML: {e}"))?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_kernel_of_a_start_script_is_found() {
-        let dir = tempfile::tempdir().unwrap();
-        let kernel = dir.path().join("kernel");
-        std::fs::write(&kernel, "").unwrap();
-        let script = dir.path().join("run-target-vm");
-        std::fs::write(
-            &script,
-            format!("#!/bin/sh\nexec qemu-kvm -m 1024 \\\n  -kernel {} \\\n  -initrd /x/initrd $QEMU_OPTS \"$@\"\n", kernel.display()),
-        )
-        .unwrap();
-        assert_eq!(start_script_kernel(&script), Some(kernel));
-        std::fs::write(&script, "#!/bin/sh\nexec qemu -drive file=x\n").unwrap();
-        assert_eq!(start_script_kernel(&script), None);
-    }
 }

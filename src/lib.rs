@@ -1,6 +1,6 @@
 //! vmcheck: VM-level integration tests for storage systems.
 //!
-//! The pieces follow DESIGN.md: [`qemu`] (process, command line, console), [`qmp`], [`qga`],
+//! The pieces follow ARCHITECTURE.md: [`qemu`] (process, command line, console), [`qmp`], [`qga`],
 //! [`network`], [`machine`] (the API a scenario calls), [`driver`], [`images`], [`target`]
 //! (the in-guest storage daemon and its client), [`tools`] (typed fio and nvme-cli),
 //! [`scenarios`], [`repl`].
@@ -9,10 +9,12 @@ pub mod accel;
 pub mod bench;
 pub mod config;
 pub mod driver;
+pub mod hotplug;
 pub mod images;
 pub mod log;
 pub mod machine;
 pub mod network;
+pub mod poll;
 pub mod process;
 pub mod qapi_stream;
 pub mod qemu;

@@ -13,9 +13,10 @@ use anyhow::{anyhow, Context, Result};
 use serde_json::Value;
 
 use crate::accel::Accel;
-use crate::config::{NodeSpec, Role, TEST_SUBNET_LEN};
+use crate::config::{DiskSpec, NodeSpec, Role, TEST_SUBNET_LEN};
 use crate::log;
 use crate::network::{Link, Switch};
+use crate::poll::{self, Polled};
 use crate::qemu::{Boot, Console, ControlNic, Disk, DiskKind, Nic, QemuProcess, QemuSpec};
 use crate::qga::{ExecOutput, ExecTimeout, MemoryStats, Qga};
 use crate::qmp::Qmp;
@@ -24,8 +25,6 @@ use crate::tools::shell_quote;
 
 /// Console lines shown with an error.
 pub const ERROR_CONSOLE_LINES: usize = 20;
-/// The port `vmcheck-target` listens on in the target guest.
-pub const TARGET_GRPC_PORT: u16 = 10124;
 
 /// What every machine of a run shares.
 pub struct MachineEnv {
@@ -47,14 +46,18 @@ pub struct MachineError {
     pub console: String,
     /// Set when the error is a wait that ran out of time.
     pub timed_out: Option<Duration>,
+    /// The harness or the machine broke (QEMU would not start or died, the agent stopped
+    /// answering), rather than the system under test misbehaving: reported as an error, not a
+    /// failure.
+    pub harness: bool,
 }
 
 struct Running {
     process: QemuProcess,
     qmp: Arc<Qmp>,
     qga: Arc<Qga>,
-    /// The loopback port forwarded to the target's gRPC port.
-    grpc_port: Option<u16>,
+    /// (guest port, loopback port) of each forward of the control NIC.
+    forwards: Vec<(u16, u16)>,
 }
 
 /// A machine of a test. Cheap to clone; clones share the machine.
@@ -70,6 +73,9 @@ struct Inner {
     dir: PathBuf,
     console: Arc<Console>,
     running: tokio::sync::RwLock<Option<Running>>,
+    /// The disks plugged in now: the spec's, plus hot-added ones, less hot-removed ones. A
+    /// cold start (after shutdown or crash) boots with these, as a real machine would.
+    disks: std::sync::Mutex<Vec<DiskSpec>>,
 }
 
 impl Machine {
@@ -78,20 +84,41 @@ impl Machine {
         let dir = env.run_dir.join(&node.name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let console = Console::new(&node.name, Some(&env.log_dir.join(format!("{}.console.log", node.name))));
-        Ok(Machine { inner: Arc::new(Inner { node, boot, env, dir, console, running: tokio::sync::RwLock::new(None) }) })
+        let disks = std::sync::Mutex::new(node.disks.clone());
+        Ok(Machine { inner: Arc::new(Inner { node, boot, env, dir, console, running: tokio::sync::RwLock::new(None), disks }) })
     }
 
     pub fn name(&self) -> &str {
         &self.inner.node.name
-    }
-    pub fn node(&self) -> &NodeSpec {
-        &self.inner.node
     }
     pub fn role(&self) -> Role {
         self.inner.node.role
     }
     pub fn console(&self) -> &Arc<Console> {
         &self.inner.console
+    }
+    /// The machine's address on the test network (as configured, `--config` included).
+    pub fn address(&self) -> std::net::Ipv4Addr {
+        self.inner.node.address
+    }
+    /// The disks plugged in now (see [`Machine::disk`]).
+    pub fn disks(&self) -> Vec<DiskSpec> {
+        self.inner.disks.lock().unwrap().clone()
+    }
+    /// The disk `id` plugged in now; the error lists the ones there are.
+    pub fn disk(&self, id: &str) -> Result<DiskSpec> {
+        let disks = self.inner.disks.lock().unwrap();
+        disks.iter().find(|d| d.id == id).cloned().ok_or_else(|| {
+            let known: Vec<_> = disks.iter().map(|d| d.id.as_str()).collect();
+            self.error(format!("no disk {id:?}"), format!("this machine has {known:?}"))
+        })
+    }
+    pub(crate) fn set_disks(&self, change: impl FnOnce(&mut Vec<DiskSpec>)) {
+        change(&mut self.inner.disks.lock().unwrap());
+    }
+    /// The host file behind disk `id`.
+    pub fn disk_path(&self, id: &str) -> PathBuf {
+        self.inner.dir.join(format!("{id}.img"))
     }
 
     /// The QEMU description this machine boots with.
@@ -111,16 +138,7 @@ impl Machine {
                 remote: switch.socket.clone(),
             })
             .collect();
-        let disks = node
-            .disks
-            .iter()
-            .map(|d| Disk {
-                id: d.id.clone(),
-                path: self.inner.dir.join(format!("{}.img", d.id)),
-                serial: d.serial.clone(),
-                kind: if d.virtio { DiskKind::VirtioBlk } else { DiskKind::Nvme },
-            })
-            .collect();
+        let disks = self.disks().iter().map(|d| self.qemu_disk(d)).collect();
         QemuSpec {
             name: node.name.clone(),
             qemu: self.inner.env.qemu.clone(),
@@ -130,11 +148,21 @@ impl Machine {
             cpus: node.cpus,
             disks,
             nics,
-            control: (node.role == Role::Target).then_some(ControlNic { guest_port: TARGET_GRPC_PORT }),
+            control: (!node.forward_ports.is_empty()).then(|| ControlNic { guest_ports: node.forward_ports.clone() }),
             qmp_socket: self.inner.dir.join("qmp.sock"),
             qga_socket: self.inner.dir.join("qga.sock"),
             balloon: true,
             extra_args: Vec::new(),
+        }
+    }
+
+    /// How disk `d` of this machine is attached in QEMU.
+    pub fn qemu_disk(&self, d: &DiskSpec) -> Disk {
+        Disk {
+            id: d.id.clone(),
+            path: self.disk_path(&d.id),
+            serial: d.serial.clone(),
+            kind: if d.virtio { DiskKind::VirtioBlk } else { DiskKind::Nvme },
         }
     }
 
@@ -143,8 +171,17 @@ impl Machine {
         self.make_error(what.into(), detail.into(), None)
     }
 
-    fn timeout_error(&self, what: String, detail: String, waited: Duration) -> anyhow::Error {
+    pub(crate) fn timeout_error(&self, what: String, detail: String, waited: Duration) -> anyhow::Error {
         self.make_error(what, detail, Some(waited))
+    }
+
+    /// A [`MachineError`] that says the machine or the harness broke (see its `harness`).
+    pub fn harness_error(&self, what: impl Into<String>, detail: impl Into<String>) -> anyhow::Error {
+        let mut e = self.make_error(what.into(), detail.into(), None);
+        if let Some(m) = e.downcast_mut::<MachineError>() {
+            m.harness = true;
+        }
+        e
     }
 
     fn make_error(&self, what: String, detail: String, timed_out: Option<Duration>) -> anyhow::Error {
@@ -154,7 +191,7 @@ impl Machine {
         } else {
             tail.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
         };
-        MachineError { machine: self.name().to_string(), what, detail, console, timed_out }.into()
+        MachineError { machine: self.name().to_string(), what, detail, console, timed_out, harness: false }.into()
     }
 
     /// Starts QEMU (a no-op when it runs). Disks are created on first start and kept across
@@ -172,12 +209,8 @@ impl Machine {
         }
         *running = None;
         let spec = self.qemu_spec();
-        for disk in &spec.disks {
-            if !disk.path.exists() {
-                let size = self.inner.node.disks.iter().find(|d| d.id == disk.id).map(|d| d.size_mib).unwrap_or(0);
-                let f = std::fs::File::create(&disk.path).with_context(|| format!("creating disk {}", disk.path.display()))?;
-                f.set_len(size << 20)?;
-            }
+        for disk in self.disks() {
+            self.create_disk_file(&disk)?;
         }
         for nic in &spec.nics {
             let _ = std::fs::remove_file(&nic.local);
@@ -203,27 +236,40 @@ impl Machine {
             Ok(q) => Arc::new(q),
             Err(e) => {
                 let _ = process.kill().await;
-                return Err(self.error("QEMU did not start", format!("{e:#}\nQEMU stderr:\n{}", process.stderr())));
+                return Err(self.harness_error("QEMU did not start", format!("{e:#}\nQEMU stderr:\n{}", process.stderr())));
             }
         };
-        let grpc_port = match &spec.control {
-            Some(c) => Some(hostfwd_port(&qmp, c.guest_port).await.map_err(|e| self.error("reading the gRPC forward", format!("{e:#}")))?),
-            None => None,
-        };
+        let mut forwards = Vec::new();
+        for &guest in spec.control.iter().flat_map(|c| c.guest_ports.iter()) {
+            let host = hostfwd_port(&qmp, guest)
+                .await
+                .map_err(|e| self.harness_error(format!("reading the forward of port {guest}"), format!("{e:#}")))?;
+            forwards.push((guest, host));
+        }
         log::line(&format!("{}: {QEMU_RUNNING}{pid})", self.name()));
-        *running = Some(Running { process, qmp, qga: Arc::new(Qga::new(&spec.qga_socket)), grpc_port });
+        *running = Some(Running { process, qmp, qga: Arc::new(Qga::new(&spec.qga_socket)), forwards });
         Ok(())
+    }
+
+    /// Creates the raw image of `disk` unless it exists (its data survives restarts).
+    pub(crate) fn create_disk_file(&self, disk: &DiskSpec) -> Result<PathBuf> {
+        let path = self.disk_path(&disk.id);
+        if !path.exists() {
+            let f = std::fs::File::create(&path).with_context(|| format!("creating disk {}", path.display()))?;
+            f.set_len(disk.size_mib << 20)?;
+        }
+        Ok(path)
     }
 
     async fn with_running<T>(&self, f: impl FnOnce(&Running) -> T) -> Result<T> {
         let running = self.inner.running.read().await;
         match running.as_ref() {
             Some(r) if r.process.exited().is_none() => Ok(f(r)),
-            Some(r) => Err(self.error(
+            Some(r) => Err(self.harness_error(
                 "the machine is not running",
                 format!("QEMU exited: {}\n{}", r.process.exited().unwrap_or_default(), r.process.stderr()),
             )),
-            None => Err(self.error("the machine is not running", "start it first")),
+            None => Err(self.harness_error("the machine is not running", "start it first")),
         }
     }
 
@@ -244,20 +290,18 @@ impl Machine {
         self.with_running(|_| ()).await.is_ok()
     }
 
-    /// Where the driver reaches the target's gRPC daemon (a loopback forward of this run).
-    pub async fn grpc_addr(&self) -> Result<SocketAddr> {
-        let port = self.with_running(|r| r.grpc_port).await?;
-        let port = port.ok_or_else(|| self.error("no gRPC forward", "only target machines have one"))?;
-        Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+    /// The guest ports this machine forwards to loopback (its `forward_ports`).
+    pub fn forward_ports(&self) -> &[u16] {
+        &self.inner.node.forward_ports
     }
 
-    /// A gRPC client of the target daemon in this machine, through the run's loopback forward.
-    /// It retries until the daemon answers (it may still be starting).
-    pub async fn target_client(&self) -> Result<crate::target::client::TargetClient> {
-        let addr = self.grpc_addr().await?;
-        crate::target::client::connect(addr, timeouts::boot())
-            .await
-            .map_err(|e| self.error("connecting to the target daemon", format!("through {addr}: {e:#}")))
+    /// Where the driver reaches guest TCP port `guest_port` (a loopback forward of this run).
+    pub async fn forwarded_addr(&self, guest_port: u16) -> Result<SocketAddr> {
+        let forwards = self.with_running(|r| r.forwards.clone()).await?;
+        let (_, host) = forwards.iter().find(|(g, _)| *g == guest_port).ok_or_else(|| {
+            self.error(format!("no forward of guest port {guest_port}"), format!("this machine forwards {:?}", self.forward_ports()))
+        })?;
+        Ok(SocketAddr::from(([127, 0, 0, 1], *host)))
     }
 
     /// Waits until the machine has booted and its guest agent answers.
@@ -274,12 +318,13 @@ impl Machine {
             r = qga.sync(timeout) => r,
             s = exited => Err(anyhow!("QEMU exited ({s}) before the agent answered")),
         };
-        result.map_err(|e| self.timeout_error("waiting for the guest agent".into(), format!("{e:#}"), started.elapsed()))?;
+        result.map_err(|e| self.harness_error(format!("the guest agent did not answer within {timeout:?}"), format!("{e:#}")))?;
         log::line(&format!("{}: agent answered after {:.2} s", self.name(), started.elapsed().as_secs_f64()));
         Ok(())
     }
 
-    /// Runs `cmd` with `sh -c` in its own process group; waits at most `timeout`.
+    /// Runs `cmd` with `sh -c`; waits at most `timeout`, then kills every process it started
+    /// (by the tag they inherit).
     pub async fn execute_with_timeout(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput> {
         Box::pin(self.execute_inner(cmd, timeout)).await
     }
@@ -295,9 +340,20 @@ impl Machine {
                     format!("it was killed; its output so far:\nstdout:\n{}\nstderr:\n{}", t.stdout, t.stderr),
                     timeout,
                 )),
-                None => Err(self.error(format!("could not run: {cmd}"), format!("{e:#}"))),
+                None => Err(self.harness_error(format!("could not run: {cmd}"), format!("{e:#}"))),
             },
         }
+    }
+
+    /// Starts `argv` in the guest and returns at once: a background command (fio during a
+    /// hot-remove, say). Its processes carry a tag, so [`GuestProcess::kill`] ends them all.
+    pub async fn spawn(&self, argv: &[String]) -> Result<GuestProcess> {
+        let label = crate::tools::shell_join(argv);
+        log::line(&format!("{}: spawned: {label}", self.name()));
+        let qga = self.qga().await?;
+        let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let exec = qga.exec_start(&args).await.map_err(|e| self.harness_error(format!("could not start: {label}"), format!("{e:#}")))?;
+        Ok(GuestProcess { machine: self.clone(), qga, exec, label, started: Instant::now(), done: tokio::sync::Mutex::new(None) })
     }
 
     /// Runs `cmd`; its exit status and output, whatever the status.
@@ -349,27 +405,34 @@ impl Machine {
 
     async fn retry(&self, label: &str, cmd: &str, timeout: Duration, done: impl Fn(&ExecOutput) -> bool) -> Result<ExecOutput> {
         log::nested(&format!("{}: {label}", self.name()), async {
-            let started = Instant::now();
-            let deadline = started + timeout;
-            let mut last = None;
-            loop {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    let detail = match last {
+            let last = std::sync::Mutex::new(None);
+            let polled = poll::until(timeout, timeouts::GUEST_POLL, |left| {
+                let (last, done) = (&last, &done);
+                async move {
+                    match self.execute_with_timeout(cmd, left).await {
+                        Ok(out) if done(&out) => Ok(Some(out)),
+                        Ok(out) => {
+                            *last.lock().unwrap() = Some(out);
+                            Ok(None)
+                        }
+                        // The command itself outlived the time left: that is this wait's end.
+                        Err(e) if is_timeout(&e) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .await?;
+            match polled {
+                Polled::Done(out) => Ok(out),
+                Polled::TimedOut(waited) => {
+                    let detail = match last.into_inner().unwrap() {
                         Some(ExecOutput { status, stdout, stderr, .. }) => {
                             format!("last attempt: status {status}\nstdout:\n{stdout}\nstderr:\n{stderr}")
                         }
                         None => "no attempt finished".into(),
                     };
-                    return Err(self.timeout_error(format!("{label}: gave up after {timeout:?}"), detail, started.elapsed()));
+                    Err(self.timeout_error(format!("{label}: gave up after {timeout:?}"), detail, waited))
                 }
-                match self.execute_with_timeout(cmd, left).await {
-                    Ok(out) if done(&out) => return Ok(out),
-                    Ok(out) => last = Some(out),
-                    Err(e) if is_timeout(&e) => continue,
-                    Err(e) => return Err(e),
-                }
-                tokio::time::sleep(Duration::from_millis(500).min(deadline.saturating_duration_since(Instant::now()))).await;
             }
         })
         .await
@@ -378,28 +441,40 @@ impl Machine {
     /// The guest's block device (`/dev/...`) of the disk `id` of this machine's spec, found by
     /// its serial: device names depend on probe order and image kind, serials do not.
     pub async fn disk_device(&self, id: &str) -> Result<String> {
-        let disk = self.inner.node.disks.iter().find(|d| d.id == id).ok_or_else(|| {
-            let known: Vec<_> = self.inner.node.disks.iter().map(|d| d.id.as_str()).collect();
-            self.error(format!("no disk {id:?}"), format!("this machine has {known:?}"))
-        })?;
+        let disk = self.disk(id)?;
+        let found = self.wait_for_block_device(&disk.serial, true, timeouts::request()).await?;
+        Ok(found.unwrap_or_default())
+    }
+
+    /// Waits until the guest shows (`present`) or no longer shows a block device with serial
+    /// `serial`; returns its `/dev` node when present.
+    pub async fn wait_for_block_device(&self, serial: &str, present: bool, timeout: Duration) -> Result<Option<String>> {
         // One line per block device: name, hidden flag, serial (NVMe pads serials with spaces;
         // `echo $s` drops them). The choice is made on the host, by `block_device_by_serial`.
         let cmd = "for b in /sys/block/*; do s=$(cat $b/device/serial 2>/dev/null || cat $b/serial 2>/dev/null); \
                    echo ${b##*/} $(cat $b/hidden 2>/dev/null || echo 0) $s; done";
-        let started = Instant::now();
-        let mut last = String::new();
-        while started.elapsed() < timeouts::request() {
-            last = self.succeed(cmd).await?;
-            if let Some(dev) = block_device_by_serial(&last, &disk.serial) {
-                return Ok(dev);
+        let listing = std::sync::Mutex::new(String::new());
+        let polled = poll::until(timeout, timeouts::GUEST_POLL, |_| {
+            let listing = &listing;
+            async move {
+                let now = self.execute_with_timeout(cmd, timeouts::request()).await?.stdout;
+                let found = block_device_by_serial(&now, serial);
+                *listing.lock().unwrap() = now;
+                Ok((found.is_some() == present).then_some(found))
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+        })
+        .await?;
+        match polled {
+            Polled::Done(found) => Ok(found),
+            Polled::TimedOut(waited) => {
+                let what = if present { "to appear" } else { "to go away" };
+                Err(self.timeout_error(
+                    format!("waited {timeout:?} for the block device with serial {serial:?} {what}"),
+                    format!("/sys/block shows (name, hidden, serial):\n{}", listing.into_inner().unwrap()),
+                    waited,
+                ))
+            }
         }
-        Err(self.timeout_error(
-            format!("no block device with serial {:?} (disk {id})", disk.serial),
-            format!("/sys/block shows (name, hidden, serial):\n{last}"),
-            started.elapsed(),
-        ))
     }
 
     /// Waits until `path` exists in the guest.
@@ -548,6 +623,76 @@ pub fn block_device_by_serial(listing: &str, serial: &str) -> Option<String> {
     })
 }
 
+/// A command running in the background in a guest ([`Machine::spawn`]).
+pub struct GuestProcess {
+    machine: Machine,
+    qga: Arc<Qga>,
+    exec: crate::qga::GuestExec,
+    label: String,
+    started: Instant,
+    /// Its output once seen: the agent reports an end only once.
+    done: tokio::sync::Mutex<Option<ExecOutput>>,
+}
+
+impl GuestProcess {
+    /// The command line, for messages.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    /// Its output if it has ended, `None` while it runs.
+    pub async fn try_wait(&self) -> Result<Option<ExecOutput>> {
+        let mut done = self.done.lock().await;
+        if done.is_none() {
+            *done = self
+                .qga
+                .exec_status(&self.exec)
+                .await
+                .map_err(|e| self.machine.error(format!("asking whether it ended: {}", self.label), format!("{e:#}")))?;
+        }
+        Ok(done.clone())
+    }
+
+    /// Waits at most `timeout` for it to end; on a timeout it is killed and the error shows what
+    /// it printed so far.
+    pub async fn wait(&self, timeout: Duration) -> Result<ExecOutput> {
+        match poll::until(timeout, timeouts::BACKGROUND_POLL, |_| self.try_wait()).await? {
+            Polled::Done(out) => {
+                log::line(&format!(
+                    "{}: ended with status {} after {:.2} s: {}",
+                    self.machine.name(),
+                    out.status,
+                    self.started.elapsed().as_secs_f64(),
+                    self.label
+                ));
+                Ok(out)
+            }
+            Polled::TimedOut(waited) => {
+                let partial = self.kill().await;
+                Err(self.machine.timeout_error(
+                    format!("background command did not end within {timeout:?}: {}", self.label),
+                    format!("it was killed; its output so far:\nstdout:\n{}\nstderr:\n{}", partial.stdout, partial.stderr),
+                    waited,
+                ))
+            }
+        }
+    }
+
+    /// Kills it and every process it started; returns what it printed.
+    pub async fn kill(&self) -> ExecOutput {
+        let mut done = self.done.lock().await;
+        if let Some(out) = done.as_ref() {
+            return out.clone();
+        }
+        let out = self.qga.exec_kill(&self.exec).await;
+        *done = Some(out.clone());
+        out
+    }
+}
+
 /// How the log announces a machine's QEMU process: `<machine>: QEMU running (pid N)`.
 const QEMU_RUNNING: &str = "QEMU running (pid ";
 
@@ -555,6 +700,17 @@ const QEMU_RUNNING: &str = "QEMU running (pid ";
 pub fn logged_qemu_pids<'a>(log: impl IntoIterator<Item = &'a str>) -> Vec<u32> {
     log.into_iter().filter_map(|l| l.split_once(QEMU_RUNNING).and_then(|(_, r)| r.trim_end_matches(')').parse().ok())).collect()
 }
+
+/// Whether an error says the harness or a machine broke (not the system under test): a
+/// [`MachineError`] marked so, or a [`HarnessError`], anywhere in its chain.
+pub fn is_harness_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<MachineError>().is_some_and(|m| m.harness) || c.downcast_ref::<HarnessError>().is_some())
+}
+
+/// A harness failure outside any machine: the run could not be set up, or it did not finish.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HarnessError(pub String);
 
 /// Whether an error is a wait or command that ran out of time.
 pub fn is_timeout(e: &anyhow::Error) -> bool {

@@ -32,11 +32,6 @@ impl<R: AsyncRead + Unpin> JsonReader<R> {
         }
     }
 
-    /// Drops whatever was buffered (after a resync request).
-    pub fn clear(&mut self) {
-        self.buf.clear();
-    }
-
     fn take_value(&mut self) -> Option<Value> {
         loop {
             let start = self.buf.iter().position(|b| !matches!(b, 0xff | b' ' | b'\t' | b'\r' | b'\n'))?;

@@ -57,12 +57,15 @@ impl Disk {
     fn drive_arg(&self) -> String {
         format!("if=none,id={},file={},format=raw,cache=writeback,discard=unmap", self.drive_id(), self.path.display())
     }
-    fn device_arg(&self) -> String {
-        let model = match self.kind {
+    /// The QEMU device model.
+    pub fn device_model(&self) -> &'static str {
+        match self.kind {
             DiskKind::Nvme => "nvme",
             DiskKind::VirtioBlk => "virtio-blk-pci",
-        };
-        format!("{model},id={},drive={},serial={}", self.id, self.drive_id(), self.serial)
+        }
+    }
+    fn device_arg(&self) -> String {
+        format!("{},id={},drive={},serial={}", self.device_model(), self.id, self.drive_id(), self.serial)
     }
 }
 
@@ -85,10 +88,11 @@ impl Nic {
     }
 }
 
-/// A user-mode NIC that only forwards a loopback port to a guest port (the target's gRPC).
+/// A user-mode NIC that only forwards loopback ports to guest ports (the machine's
+/// `forward_ports`, such as the target daemon's gRPC port).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ControlNic {
-    pub guest_port: u16,
+    pub guest_ports: Vec<u16>,
 }
 
 /// The control network: documentation addresses (RFC 5737 TEST-NET-2), inside QEMU only.
@@ -119,11 +123,25 @@ pub const MIN_QEMU_VERSION: (u32, u32) = (7, 2);
 
 /// Finds `qemu-system-x86_64` on PATH and checks its version; the error says what to install.
 pub fn find_qemu() -> Result<PathBuf> {
+    check_host_arch(std::env::consts::ARCH)?;
     let qemu = which::which("qemu-system-x86_64").map_err(|_| {
         anyhow::anyhow!("qemu-system-x86_64 is not on PATH; install it with: bash .ci/setup (QEMU from bookworm-backports)")
     })?;
     check_qemu_version(&qemu)?;
     Ok(qemu)
+}
+
+/// The machines are x86_64 throughout (QEMU's `pc` machine, `ttyS0`, the KVM probe's x86 boot
+/// sector, amd64 default images built from the host's own binaries), so the driver runs on
+/// x86_64 hosts only; elsewhere it says so instead of failing later in a less clear way.
+pub fn check_host_arch(arch: &str) -> Result<()> {
+    if arch != "x86_64" {
+        bail!(
+            "vmcheck runs on x86_64 Linux hosts only (its machines are x86_64: QEMU machine pc, console ttyS0, \
+             amd64 images); this host is {arch}"
+        );
+    }
+    Ok(())
 }
 
 /// Runs `qemu --version` and refuses a QEMU older than [`MIN_QEMU_VERSION`].
@@ -209,7 +227,8 @@ impl QemuSpec {
 
     /// The `hostfwd` user-mode options of the control NIC.
     fn control_netdev_opts(&self, c: &ControlNic) -> String {
-        format!("net={CONTROL_NET},restrict=on,hostfwd=tcp:127.0.0.1:0-:{}", c.guest_port)
+        let forwards: Vec<String> = c.guest_ports.iter().map(|p| format!("hostfwd=tcp:127.0.0.1:0-:{p}")).collect();
+        format!("net={CONTROL_NET},restrict=on,{}", forwards.join(","))
     }
 
     /// The whole command line of a kernel boot.
@@ -492,7 +511,7 @@ impl QemuProcess {
         let waiter = tokio::spawn(async move {
             let status = child.wait().await;
             // Let the console and stderr drain before the exit is announced.
-            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            let _ = tokio::time::timeout(crate::timeouts::drain(), async {
                 let _ = console_task.await;
                 let _ = stderr_task.await;
             })
@@ -540,7 +559,7 @@ impl QemuProcess {
     /// Kills the process at once and waits for it.
     pub async fn kill(&self) -> Result<String> {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), nix::sys::signal::Signal::SIGKILL);
-        self.wait(Duration::from_secs(10)).await
+        self.wait(crate::timeouts::quit()).await
     }
 }
 
@@ -580,7 +599,7 @@ mod tests {
                 local: "/run/net/target-1.sock".into(),
                 remote: "/run/net/switch-1.sock".into(),
             }],
-            control: Some(ControlNic { guest_port: 10124 }),
+            control: Some(ControlNic { guest_ports: vec![10124] }),
             qmp_socket: "/run/target/qmp.sock".into(),
             qga_socket: "/run/target/qga.sock".into(),
             balloon: true,
@@ -657,6 +676,13 @@ mod tests {
         assert!(err.to_string().contains("within"), "{err}");
         assert!(c.contains(&re));
         assert_eq!(c.tail(2), ["login: ready 1", "login: ready 2"]);
+    }
+
+    #[test]
+    fn only_x86_64_hosts_are_accepted() {
+        check_host_arch("x86_64").unwrap();
+        let err = check_host_arch("aarch64").unwrap_err().to_string();
+        assert!(err.contains("x86_64 Linux hosts only") && err.contains("aarch64"), "{err}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
+use crate::poll::{self, Polled};
 use crate::qapi_stream::JsonReader;
 
 /// What a guest command left behind.
@@ -26,13 +27,20 @@ pub struct ExecOutput {
     pub stderr: String,
 }
 
-/// A guest command outlived its timeout; it was killed (its whole process group).
+/// A guest command outlived its timeout; it was killed, with every process it started.
 #[derive(Debug, thiserror::Error)]
 #[error("the command did not finish within {timeout:?} and was killed")]
 pub struct ExecTimeout {
     pub timeout: Duration,
     pub stdout: String,
     pub stderr: String,
+}
+
+/// A command started in the guest: the agent's pid and the tag its processes inherit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestExec {
+    pub pid: i64,
+    pub tag: String,
 }
 
 struct Conn {
@@ -121,12 +129,24 @@ impl Qga {
         }
     }
 
-    /// Runs `argv` in the guest and waits for it (and everything holding its stdout) to finish.
-    /// On timeout it and all its descendants are killed; the error is an [`ExecTimeout`].
+    /// Runs `argv` and waits at most `timeout` for it to end; on a timeout every process it
+    /// started is killed and the error is an [`ExecTimeout`] with what it printed so far.
     pub async fn exec(&self, argv: &[&str], timeout: Duration) -> Result<ExecOutput> {
+        let started = self.exec_start(argv).await?;
+        match poll::until(timeout, crate::timeouts::EXEC_POLL, |_| self.exec_status(&started)).await? {
+            Polled::Done(out) => Ok(out),
+            Polled::TimedOut(_) => {
+                let partial = self.exec_kill(&started).await;
+                Err(ExecTimeout { timeout, stdout: partial.stdout, stderr: partial.stderr }.into())
+            }
+        }
+    }
+
+    /// Starts `argv` in the guest without waiting for it (see [`Qga::exec_status`]).
+    pub async fn exec_start(&self, argv: &[&str]) -> Result<GuestExec> {
         let (path, args) = argv.split_first().ok_or_else(|| anyhow!("empty command"))?;
         // Every process the command starts inherits this tag, even one reparented to init that
-        // still holds stdout open; a timeout kills by the tag. (A process-group wrapper such as
+        // still holds stdout open; a kill goes by the tag. (A process-group wrapper such as
         // setsid would cost another exec, a few ms under TCG, on every command.)
         let tag = exec_tag();
         let mut env: Vec<String> = GUEST_ENV.iter().map(|e| e.to_string()).collect();
@@ -140,29 +160,19 @@ impl Qga {
                 capture_output: Some(qga::GuestExecCaptureOutput::flag(true)),
             })
             .await?;
-        let pid = started.pid;
-        let begun = Instant::now();
-        let deadline = begun + timeout;
-        let mut pause = Duration::from_millis(1);
-        loop {
-            let status = self.execute(qga::guest_exec_status { pid }).await?;
-            if status.exited {
-                return Ok(exec_output(status));
-            }
-            if Instant::now() >= deadline {
-                return Err(self.kill_tagged(pid, &tag, timeout).await);
-            }
-            // Poll back to back for the first 100 ms (a short command ends within tens of
-            // milliseconds under TCG), then back off to 16 ms: each poll costs the guest's vCPU.
-            if begun.elapsed() > Duration::from_millis(100) {
-                tokio::time::sleep(pause.min(deadline.saturating_duration_since(Instant::now()))).await;
-                pause = (pause * 2).min(Duration::from_millis(16));
-            }
-        }
+        Ok(GuestExec { pid: started.pid, tag })
     }
 
-    /// Kills every process of a timed-out command and collects what it printed.
-    async fn kill_tagged(&self, pid: i64, tag: &str, timeout: Duration) -> anyhow::Error {
+    /// The command's output once it has ended, `None` while it runs. The agent forgets a
+    /// command once it has reported its end: ask once more and it answers with an error.
+    pub async fn exec_status(&self, exec: &GuestExec) -> Result<Option<ExecOutput>> {
+        let status = self.execute(qga::guest_exec_status { pid: exec.pid }).await?;
+        Ok(status.exited.then(|| exec_output(status)))
+    }
+
+    /// Kills every process of a command (by its tag) and collects what it printed.
+    pub async fn exec_kill(&self, exec: &GuestExec) -> ExecOutput {
+        let (pid, tag) = (exec.pid, &exec.tag);
         let kill = format!(
             "for e in /proc/[0-9]*/environ; do p=${{e#/proc/}}; p=${{p%/environ}}; \
              tr '\\0' '\\n' < $e 2>/dev/null | grep -qx 'VMCHECK_EXEC_ID={tag}' && kill -KILL $p 2>/dev/null; done; \
@@ -177,19 +187,12 @@ impl Qga {
                 capture_output: None,
             })
             .await;
-        let mut partial = ExecOutput { status: -1, signal: None, stdout: String::new(), stderr: String::new() };
-        // The agent frees the record once it reports the exit.
-        for _ in 0..50 {
-            match self.execute(qga::guest_exec_status { pid }).await {
-                Ok(s) if s.exited => {
-                    partial = exec_output(s);
-                    break;
-                }
-                Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                Err(_) => break,
-            }
+        // The killed command's record, with what it printed; the agent frees it once reported.
+        // An agent that cannot answer (an error) has nothing more to tell.
+        match poll::until(crate::timeouts::reap(), crate::timeouts::REAP_POLL, |_| self.exec_status(exec)).await {
+            Ok(Polled::Done(out)) => out,
+            _ => ExecOutput { status: -1, signal: None, stdout: String::new(), stderr: String::new() },
         }
-        ExecTimeout { timeout, stdout: partial.stdout, stderr: partial.stderr }.into()
     }
 
     /// Reads a whole guest file.

@@ -141,11 +141,6 @@ impl Qmp {
             }
         }
     }
-
-    /// Why the connection ended, if it has.
-    pub fn closed(&self) -> Option<String> {
-        self.shared.closed.lock().unwrap().clone()
-    }
 }
 
 async fn read_loop(mut reader: JsonReader<tokio::net::unix::OwnedReadHalf>, shared: Arc<Shared>) {
@@ -183,14 +178,22 @@ async fn read_loop(mut reader: JsonReader<tokio::net::unix::OwnedReadHalf>, shar
 
 /// Connects to a unix socket that its server may not have created yet.
 pub async fn connect_unix(path: &Path, timeout: Duration) -> Result<UnixStream> {
-    let deadline = Instant::now() + timeout;
-    loop {
+    let last = std::sync::Mutex::new(None);
+    let polled = crate::poll::until(timeout, crate::timeouts::SOCKET_POLL, |_| async {
         match UnixStream::connect(path).await {
-            Ok(s) => return Ok(s),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(e).with_context(|| format!("{} did not accept within {timeout:?}", path.display()))
+            Ok(s) => Ok(Some(s)),
+            Err(e) => {
+                *last.lock().unwrap() = Some(e);
+                Ok(None)
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+        }
+    })
+    .await?;
+    match polled {
+        crate::poll::Polled::Done(s) => Ok(s),
+        crate::poll::Polled::TimedOut(_) => {
+            let why = last.into_inner().unwrap().map(|e| e.to_string()).unwrap_or_default();
+            anyhow::bail!("{} did not accept within {timeout:?}: {why}", path.display())
         }
     }
 }

@@ -5,6 +5,25 @@
 
 use std::time::Duration;
 
+use crate::poll::Pace;
+
+/// Between tries of a guest-side wait (`wait_until_succeeds`, a device appearing): each try is
+/// a guest command, which costs the guest's vCPU under TCG.
+pub const GUEST_POLL: Pace = Pace::every(Duration::from_millis(250));
+/// Between looks at a background command (fio runs for seconds).
+pub const BACKGROUND_POLL: Pace = Pace::every(Duration::from_millis(200));
+/// A foreground guest command's end: back to back for 100 ms (a short command ends within tens
+/// of ms under TCG), then from 1 ms doubling to 16 ms.
+pub const EXEC_POLL: Pace = Pace::backoff(Duration::from_millis(1), Duration::from_millis(16)).after_tight(Duration::from_millis(100));
+/// One connection attempt to the target daemon (its whole wait is the caller's).
+pub const DAEMON_ATTEMPT: Duration = Duration::from_secs(5);
+/// A killed guest command's record.
+pub const REAP_POLL: Pace = Pace::every(Duration::from_millis(20));
+/// The target daemon while it starts: from 50 ms doubling to 1 s.
+pub const DAEMON_POLL: Pace = Pace::backoff(Duration::from_millis(50), Duration::from_secs(1));
+/// A unix socket its server has not created yet (QMP, the agent's chardev).
+pub const SOCKET_POLL: Pace = Pace::every(Duration::from_millis(5));
+
 /// The factor every timeout is multiplied by: `VMCHECK_TIMEOUT_FACTOR`, default 1.
 pub fn factor() -> f64 {
     std::env::var("VMCHECK_TIMEOUT_FACTOR").ok().and_then(|v| v.parse::<f64>().ok()).filter(|f| *f > 0.0).unwrap_or(1.0)
@@ -25,6 +44,23 @@ pub fn command() -> Duration {
 /// One QMP or guest-agent request (not a guest command's run time).
 pub fn request() -> Duration {
     secs(30.0)
+}
+/// A hot-plug's effect: the guest acknowledging an eject (DEVICE_DELETED) and its block device
+/// coming or going.
+pub fn hotplug() -> Duration {
+    secs(60.0)
+}
+/// A whole scenario (or chain), unless `--global-timeout` or the Nix configuration says.
+pub fn global() -> Duration {
+    secs(3600.0)
+}
+/// For the console and stderr of an exited QEMU to drain.
+pub fn drain() -> Duration {
+    Duration::from_secs(2)
+}
+/// For a killed guest command's last output.
+pub fn reap() -> Duration {
+    secs(1.0)
 }
 /// From `shutdown` until QEMU has exited.
 pub fn shutdown() -> Duration {

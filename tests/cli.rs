@@ -34,4 +34,10 @@ fn bad_arguments_are_usage_errors() {
     assert_eq!(code, 2);
     assert!(stderr.contains("c.json"), "{stderr}");
     assert_eq!(vmcheck(&["bench", "--execs", "3"]).0, 2);
+    let (code, _, stderr) = vmcheck(&["run", "--shard", "3/2", "fio_nvme_basic"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("K must be 1..=N"), "{stderr}");
+    let (code, _, stderr) = vmcheck(&["run", "no_such_*"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("no scenario matches") && stderr.contains("hotremove_blk_tc1"), "{stderr}");
 }

@@ -1,16 +1,25 @@
-//! The Nix side and the driver agree on the driver configuration: the JSON that the pure
-//! `nix/driver-config.nix` evaluates to (what `lib.makeTest` writes for `vmcheck run --config`)
-//! is fed, exactly as `nix-instantiate --eval --strict --json` prints it, to the driver's parser.
+//! The Nix side and the driver agree:
+//!
+//! - `nix/scenarios.json`, the scenario list the flake turns into checks, is exactly what
+//!   `vmcheck list --json` prints (no Nix needed; the failure names the command that rewrites it);
+//! - the flake's real outputs, evaluated against the nixpkgs stand-in (`nix/tests/flake-eval.nix`),
+//!   have one check per listed scenario, whose driver configuration the driver's own parser
+//!   accepts and applies to the scenario's machines, and whose NixOS machines carry what the
+//!   driver relies on (host name, addresses, test interfaces, memory, the guest agent, ...);
+//! - the JSON that the pure `nix/driver-config.nix` evaluates to (what `lib.makeTest` writes for
+//!   `vmcheck run --config`) is fed, exactly as `nix-instantiate --eval --strict --json` prints
+//!   it, to the driver's parser, and both refuse the same machine names, addresses and fields.
 //!
 //! Needs `nix-instantiate` (Debian: `apt-get install nix-bin`); nothing from nixpkgs. Without it
-//! each test prints why it is skipped and passes, unless VMCHECK_REQUIRE_NIX=1 (CI sets it), which
-//! makes a missing nix-instantiate a failure.
+//! each Nix test prints why it is skipped and passes, unless VMCHECK_REQUIRE_NIX=1 (CI sets it),
+//! which makes a missing nix-instantiate a failure.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use vmcheck::config::{validate_machine_name, DriverConfig, NodeSpec, Role};
+use serde_json::Value;
+use vmcheck::config::{validate_machine_name, DriverConfig, NodeSpec, Role, SCENARIO_LISTING_COMMAND};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -91,42 +100,29 @@ fn sample_definition_evaluates_to_json_the_driver_parses() {
 }
 
 #[test]
-fn every_flake_scenario_has_a_driver_configuration_the_driver_parses() {
-    if !have_nix("every_flake_scenario_has_a_driver_configuration_the_driver_parses") {
-        return;
-    }
-    let json = nix_eval(Eval::File("nix/tests/scenario-configs.nix")).expect("nix/tests/scenario-configs.nix evaluates");
-    let all: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&json).expect("an object of scenarios");
-    assert!(all.contains_key("fio_nvme_basic"), "the flake checks fio_nvme_basic: {json}");
-
-    for (scenario, value) in &all {
-        let text = value.to_string();
-        let config = DriverConfig::from_json(&text).unwrap_or_else(|err| panic!("{scenario}: {err:#}\nJSON: {text}"));
-        assert_eq!(&config.name, scenario);
-        assert_eq!(&config.scenario, scenario);
-        assert!(!config.machines.is_empty(), "{scenario} boots no machine");
-        for (name, machine) in &config.machines {
-            assert!(machine.start_script.ends_with(format!("bin/run-{name}-vm")), "{scenario}.{name}: {machine:?}");
-            assert!(machine.address.is_some(), "{scenario}.{name}: the flake gives every machine its address");
-        }
-    }
-
-    let fio = DriverConfig::from_json(&all["fio_nvme_basic"].to_string()).unwrap();
-    assert_eq!(fio.global_timeout, 1800);
-    assert_eq!(fio.machines["target"].address, Some(Ipv4Addr::new(192, 0, 2, 1)));
-    assert_eq!(fio.machines["initiator"].address, Some(Ipv4Addr::new(192, 0, 2, 2)));
-    let mut nodes = [NodeSpec::new("target", Role::Target, 1), NodeSpec::new("initiator", Role::Initiator, 2)];
-    fio.apply(&mut nodes).expect("fio_nvme_basic's machines are target and initiator");
-}
-
-#[test]
 fn nix_and_the_driver_accept_and_refuse_the_same_machine_names() {
     if !have_nix("nix_and_the_driver_accept_and_refuse_the_same_machine_names") {
         return;
     }
     let long_ok = format!("n{}", "x".repeat(31));
     let too_long = format!("n{}", "x".repeat(32));
-    let names = ["target", "a", "node_1-b", "B2", long_ok.as_str(), "9lives", "_x", "-x", "a b", "a.b", "é", "", too_long.as_str()];
+    let names = [
+        "target",
+        "a",
+        "node_1-b",
+        "B2",
+        long_ok.as_str(),
+        "9lives",
+        "_x",
+        "-x",
+        "a-",
+        "target_",
+        "a b",
+        "a.b",
+        "é",
+        "",
+        too_long.as_str(),
+    ];
     for name in names {
         let rust = validate_machine_name(name).is_ok();
         let quoted = serde_json::to_string(name).unwrap();
@@ -204,16 +200,228 @@ fn nix_refuses_what_the_driver_would_refuse_naming_the_field() {
     assert_eq!(DriverConfig::from_json(&json).unwrap().global_timeout, 3600);
 }
 
+/// `vmcheck list --json`, from the binary under test.
+fn driver_listing() -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_vmcheck")).args(["list", "--json"]).output().expect("running vmcheck list --json");
+    assert!(out.status.success(), "vmcheck list --json failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("UTF-8")
+}
+
 #[test]
-fn the_flake_outputs_have_the_promised_shape() {
-    if !have_nix("the_flake_outputs_have_the_promised_shape") {
+fn nix_scenarios_json_is_what_the_driver_lists() {
+    let printed = driver_listing();
+    let path = repo().join("nix/scenarios.json");
+    let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        printed == checked_in,
+        "nix/scenarios.json differs from what `vmcheck list --json` prints, so the flake's checks would not be the driver's \
+         scenarios. Rewrite it (in {}) with:\n\n    {SCENARIO_LISTING_COMMAND}\n\nand commit it.\n--- printed ---\n{printed}\n--- checked in ---\n{checked_in}",
+        repo().display()
+    );
+    // And it is what it says: every listed scenario, with the machines it declares.
+    let listing: Value = serde_json::from_str(&printed).unwrap();
+    let listed: Vec<_> = vmcheck::scenarios::all().into_iter().filter(|s| !s.hidden).collect();
+    assert!(!listed.is_empty());
+    assert_eq!(listing["scenarios"].as_object().unwrap().len(), listed.len(), "{printed}");
+    for s in listed {
+        let nodes = (s.nodes)();
+        let entry = &listing["scenarios"][s.name];
+        let names: Vec<_> = entry["nodes"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
+        assert_eq!(names, nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), "{}", s.name);
+        for (json, node) in entry["nodes"].as_array().unwrap().iter().zip(&nodes) {
+            assert_eq!(json["role"], node.role.as_str());
+            assert_eq!(json["address"], node.address.to_string());
+            assert_eq!(json["memory_mib"], node.memory_mib);
+            assert_eq!(json["disks"].as_array().unwrap().len(), node.disks.len());
+        }
+    }
+}
+
+#[test]
+fn vmcheck_without_arguments_prints_its_help() {
+    // `nix run` runs the package's mainProgram, vmcheck, with no arguments.
+    let out = Command::new(env!("CARGO_BIN_EXE_vmcheck")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("Usage: vmcheck <COMMAND>") && text.contains("list") && text.contains("repl"), "{text}");
+    assert!(text.contains("Commands:"), "the whole help, not just a usage error: {text}");
+}
+
+/// The summary of the flake's real outputs against the nixpkgs stand-in.
+fn flake_summary() -> Value {
+    let json = nix_eval(Eval::Expr("(import ./nix/tests/flake-eval.nix).summary")).unwrap_or_else(|err| panic!("{err}"));
+    serde_json::from_str(&json).unwrap()
+}
+
+#[test]
+fn every_listed_scenario_is_a_flake_check_whose_machines_are_the_scenarios() {
+    if !have_nix("every_listed_scenario_is_a_flake_check_whose_machines_are_the_scenarios") {
         return;
     }
-    let json = nix_eval(Eval::File("nix/tests/flake-shape.nix")).unwrap_or_else(|err| panic!("{err}"));
-    let shape: serde_json::Value = serde_json::from_str(&json).unwrap();
-    for system in ["x86_64-linux", "aarch64-linux"] {
-        let checks = shape["checks"][system].as_array().unwrap_or_else(|| panic!("no checks for {system}: {json}"));
-        assert!(checks.iter().any(|c| c == "fio_nvme_basic"), "{system}: {json}");
+    let summary = flake_summary();
+    let listing: Value = serde_json::from_str(&driver_listing()).unwrap();
+    let checks = summary["checks"].as_object().expect("checks");
+    let mut listed: Vec<_> = listing["scenarios"].as_object().unwrap().keys().cloned().collect();
+    let mut checked: Vec<_> = checks.keys().cloned().collect();
+    listed.sort();
+    checked.sort();
+    assert_eq!(checked, listed, "one flake check per listed scenario");
+
+    for (name, check) in checks {
+        let scenario = vmcheck::scenarios::find(name).unwrap();
+        let mut nodes = (scenario.nodes)();
+        assert_eq!(check["scenario"], name.as_str());
+
+        // The configuration the driver reads: parsed and applied by the driver's own code.
+        let config = DriverConfig::from_json(&check["driverConfiguration"].to_string()).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert_eq!(&config.scenario, name);
+        assert_eq!(
+            config,
+            DriverConfig::from_json(check["configFile"]["text"].as_str().unwrap()).unwrap(),
+            "{name}: the file is the value"
+        );
+        config.apply(&mut nodes).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert_eq!(config.machines.len(), nodes.len(), "{name}: every machine of the scenario is a NixOS machine");
+
+        for node in &nodes {
+            let n = &check["nodes"][&node.name];
+            let machine = &config.machines[&node.name];
+            let vm = n["vm"].as_str().unwrap();
+            assert_eq!(machine.start_script, PathBuf::from(format!("{vm}/bin/run-{}-vm", node.name)), "{name}.{}", node.name);
+            assert_eq!(n["hostName"], node.name.as_str());
+            assert_eq!(n["systemName"], node.name.as_str());
+            assert_eq!(n["address"], node.address.to_string(), "{name}.{}: the scenario's address, in the guest", node.name);
+            assert_eq!(machine.address, Some(node.address), "{name}.{}: and in the driver configuration", node.name);
+            // One test NIC per vlan, after qemu-vm's own eth0, each with the machine's address.
+            let expected: Vec<String> = (1..=node.vlans.len()).map(|i| format!("eth{i}")).collect();
+            assert_eq!(n["testInterfaces"], serde_json::json!(expected), "{name}.{}", node.name);
+            for interface in &expected {
+                assert_eq!(n["interfaces"][interface], serde_json::json!([format!("{}/24", node.address)]), "{name}.{}", node.name);
+            }
+            let memory = n["memorySize"].as_u64().unwrap();
+            assert!(memory >= node.memory_mib && memory >= 1024, "{name}.{}: {memory} MiB", node.name);
+            assert_eq!(n["cores"], node.cpus);
+            assert_eq!(n["qemuGuestAgent"], true);
+            assert_eq!(n["agentPath"], serde_json::json!(["/run/current-system/sw"]));
+            assert_eq!((&n["graphics"], &n["diskImage"]), (&Value::Bool(false), &Value::Null), "serial console, tmpfs root");
+            let script = n["startScript"].as_str().unwrap();
+            assert!(script.contains("$QEMU_OPTS") && script.contains("-kernel ${NIXPKGS_QEMU_KERNEL_"), "{script}");
+            // QEMU's pc machine, as the default images, whatever machine nixpkgs starts with:
+            // the last `-machine type=` before the driver's $QEMU_OPTS.
+            let machine = script.rfind("-machine type=").map(|i| &script[i..]).unwrap_or_default();
+            assert!(machine.starts_with("-machine type=pc ") && machine.contains("$QEMU_OPTS"), "{script}");
+
+            match node.role {
+                Role::Target => {
+                    assert_eq!(n["controlNetwork"], true);
+                    let control = format!("{}/24", vmcheck::qemu::CONTROL_GUEST_ADDR);
+                    assert_eq!(n["interfaces"]["eth0"], serde_json::json!([control]), "{name}.{}", node.name);
+                    let exec = n["units"]["vmcheck-target"]["ExecStart"].as_str().unwrap();
+                    let listen = format!("'--listen' '0.0.0.0:{}'", vmcheck::target::GRPC_PORT);
+                    assert!(exec.contains("/bin/vmcheck-target'") && exec.contains(&listen), "{exec}");
+                    assert!(n["kernelModules"].as_array().unwrap().iter().any(|m| m == "nvmet_tcp"));
+                }
+                Role::Initiator => {
+                    assert_eq!(n["controlNetwork"], false);
+                    assert!(n["interfaces"].get("eth0").is_none(), "{name}.{}: the initiator has no control NIC: {n}", node.name);
+                    let hostid = n["etc"]["nvme/hostid"].as_str().unwrap().trim();
+                    assert_eq!(hostid.len(), 36, "{hostid}");
+                    let hostnqn = format!("nqn.2014-08.org.nvmexpress:uuid:{hostid}");
+                    assert_eq!(n["etc"]["nvme/hostnqn"].as_str().unwrap(), format!("{hostnqn}\n"));
+                    // nixpkgs' libnvme does not look in /etc/nvme but reads LIBNVME_HOSTNQN and
+                    // LIBNVME_HOSTID first: `nvme` on PATH is nvme-cli wrapped with them.
+                    let wrapper = n["nvmeWrapper"].as_array().unwrap();
+                    assert_eq!(wrapper.len(), 1, "{name}.{}: one nvme on PATH: {n}", node.name);
+                    let wrapper = wrapper[0].as_str().unwrap();
+                    assert!(wrapper.contains("-nvme-cli/bin/nvme $out/bin/nvme"), "{wrapper}");
+                    assert!(wrapper.contains(&format!("--set-default LIBNVME_HOSTNQN '{hostnqn}'")), "{wrapper}");
+                    assert!(wrapper.contains(&format!("--set-default LIBNVME_HOSTID '{hostid}'")), "{wrapper}");
+                    for package in ["nvme-cli-with-host-identity", "fio", "util-linux"] {
+                        assert!(n["packages"].as_array().unwrap().iter().any(|p| p == package), "{name}.{}: {package}", node.name);
+                    }
+                    assert!(n["kernelModules"].as_array().unwrap().iter().any(|m| m == "nvme_tcp"));
+                }
+            }
+        }
+
+        // The test runs the driver on that file; $out gets only what every passing run writes.
+        let config_path = check["configFile"]["path"].as_str().unwrap();
+        let build = check["buildCommand"].as_str().unwrap();
+        assert!(build.contains(&format!("vmcheck run --config {config_path} --global-timeout")), "{build}");
+        assert!(build.contains("export VMCHECK_TIMEOUT_FACTOR=3") && build.contains("[ ! -e /dev/kvm ]"), "{build}");
+        assert!(build.contains("--out \"$artifacts\"") && !build.contains("--out \"$out\""), "{build}");
+        assert!(build.contains(&format!("echo \"{name}: scenario {name} passed\" >\"$out/passed\"")), "{build}");
+        assert_eq!(check["requiredSystemFeatures"], serde_json::json!(["nixos-test"]));
+        let inputs = check["nativeBuildInputs"].as_array().unwrap();
+        assert!(inputs.iter().any(|p| p == "vmcheck") && inputs.iter().any(|p| p.as_str().unwrap().starts_with("qemu")), "{inputs:?}");
+        // .driver runs the test, .driverInteractive opens the REPL, on the same file.
+        let driver = check["driver"]["text"].as_str().unwrap();
+        let interactive = check["driverInteractive"]["text"].as_str().unwrap();
+        assert!(driver.contains(&format!("/bin/vmcheck run --config {config_path} \"$@\"")), "{driver}");
+        assert!(interactive.contains(&format!("/bin/vmcheck repl --config {config_path} \"$@\"")), "{interactive}");
+        assert_eq!((&check["driver"]["name"], &check["driverInteractive"]["name"]), (&"vmcheck-driver".into(), &"vmcheck-driver".into()));
     }
-    assert_eq!(shape["nixosModules"].as_object().unwrap().len(), 3, "{json}");
+}
+
+#[test]
+fn the_flake_offers_x86_64_linux_with_the_promised_outputs() {
+    if !have_nix("the_flake_offers_x86_64_linux_with_the_promised_outputs") {
+        return;
+    }
+    let summary = flake_summary();
+    let x86 = serde_json::json!(["x86_64-linux"]);
+    for output in ["packages", "checks", "devShells", "formatter"] {
+        assert_eq!(summary["systems"][output], x86, "{output}: the driver runs x86_64 machines only");
+    }
+    assert_eq!(summary["packages"]["x86_64-linux"], serde_json::json!(["default", "vmcheck", "vmcheck-alejandra"]));
+    assert_eq!(summary["vmcheck"]["mainProgram"], "vmcheck", "nix run runs the driver");
+    assert_eq!(summary["formatter"], "vmcheck-alejandra");
+    assert_eq!(summary["nixosModules"], serde_json::json!({"guest": "set", "initiator": "set", "target": "lambda"}));
+    assert_eq!(summary["lib"], serde_json::json!(["driverConfig", "makeTest"]));
+    let shell: Vec<_> = summary["devShell"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    for tool in ["nix", "deadnix", "statix", "vmcheck-alejandra", "cargo", "qemu"] {
+        assert!(shell.contains(&tool), "the dev shell lacks {tool} (nix/check.sh runs inside it): {shell:?}");
+    }
+    let url = summary["nixpkgsInput"].as_str().unwrap();
+    assert!(url.starts_with("github:NixOS/nixpkgs/nixos-"), "{url}");
+}
+
+#[test]
+fn scenario_machines_get_a_test_interface_per_vlan_their_cpus_and_enough_memory() {
+    if !have_nix("scenario_machines_get_a_test_interface_per_vlan_their_cpus_and_enough_memory") {
+        return;
+    }
+    // A scenario as `vmcheck list --json` would print it, with two test networks.
+    let nodes = [
+        NodeSpec { vlans: vec![1, 2], cpus: 2, ..NodeSpec::new("target", Role::Target, 7).with_memory(2048) },
+        NodeSpec { vlans: vec![2], ..NodeSpec::new("initiator", Role::Initiator, 8) },
+    ];
+    let listing = vmcheck::config::scenario_listing_json(&[("two_nets", "two test networks", nodes.to_vec())]).unwrap();
+    let expr = format!(
+        "let f = import ./nix/tests/flake-eval.nix; in (f.testSummary (f.scenarioTests (builtins.fromJSON {})).two_nets).nodes",
+        serde_json::to_string(&listing).unwrap()
+    );
+    let json = nix_eval(Eval::Expr(&expr)).unwrap_or_else(|err| panic!("{err}"));
+    let evaluated: Value = serde_json::from_str(&json).unwrap();
+    let target = &evaluated["target"];
+    assert_eq!(target["testInterfaces"], serde_json::json!(["eth1", "eth2"]));
+    for interface in ["eth1", "eth2"] {
+        assert_eq!(target["interfaces"][interface], serde_json::json!(["192.0.2.7/24"]), "{json}");
+    }
+    assert_eq!((target["memorySize"].as_u64(), target["cores"].as_u64()), (Some(2048), Some(2)));
+    let initiator = &evaluated["initiator"];
+    assert_eq!(initiator["testInterfaces"], serde_json::json!(["eth1"]));
+    assert_eq!(initiator["memorySize"], 1024, "512 MiB in the scenario, raised to a NixOS machine's minimum");
+    let other = nix_eval(Eval::Expr(
+        r#"(import ./nix/tests/flake-eval.nix).testSummary { name = "t"; scenario = "fio_nvme_basic"; nodes.client = { imports = [ (import ./nix/tests/flake-eval.nix).modules.initiator ]; }; nodes.initiator = { imports = [ (import ./nix/tests/flake-eval.nix).modules.initiator ]; vmcheck.testInterfaces = [ "eth0" ]; }; }"#,
+    ))
+    .unwrap_or_else(|err| panic!("{err}"));
+    let other: Value = serde_json::from_str(&other).unwrap();
+    let node = &other["nodes"]["initiator"];
+    // Any interface name, eth0 included where the driver forwards nothing, makes no duplicate
+    // attribute and gets the address.
+    assert_eq!(node["interfaces"]["eth0"], serde_json::json!(["192.0.2.2/24"]), "{other}");
+    // The NVMe host identity comes from the host name: the same for the same name in another
+    // test, different for another machine.
+    assert_eq!(node["etc"]["nvme/hostid"], initiator["etc"]["nvme/hostid"]);
+    assert_ne!(other["nodes"]["client"]["etc"]["nvme/hostid"], node["etc"]["nvme/hostid"], "{other}");
 }

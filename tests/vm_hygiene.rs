@@ -128,6 +128,33 @@ fn nothing_survives_a_failed_assertion() {
 }
 
 #[test]
+fn a_broken_machine_is_an_error_not_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let junit = dir.path().join("junit.xml");
+    let mut run = start_with("selftest-broken-machine", &["--junit", junit.to_str().unwrap()]);
+    let status = run.wait_exit(RUN);
+    assert_eq!(status.code(), Some(1), "log:\n{}", run.seen.join("\n"));
+    run.assert_nothing_left();
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains(r#"<testcase name="a command on a machine that is gone""#), "{xml}");
+    assert!(xml.contains("<error") && !xml.contains("<failure") && xml.contains("the machine is not running"), "{xml}");
+    let log = run.seen.join("\n");
+    assert!(log.contains("a command on a machine that is gone") && log.contains("ERROR"), "{log}");
+    assert!(log.contains("1 of the failed are errors"), "{log}");
+}
+
+#[test]
+fn nothing_survives_the_global_timeout() {
+    let mut run = start_with("selftest-hang", &["--global-timeout", "25"]);
+    let status = run.wait_exit(RUN);
+    assert_eq!(status.code(), Some(1), "log:\n{}", run.seen.join("\n"));
+    let log = run.seen.join("\n");
+    assert!(log.contains("the global timeout of 25s ran out"), "{log}");
+    run.assert_nothing_left();
+    assert!(!run.run_dir().exists(), "the run directory {} is left behind", run.run_dir().display());
+}
+
+#[test]
 fn nothing_survives_a_timeout() {
     ends_by_itself("selftest-timeout", 1, &[]);
 }

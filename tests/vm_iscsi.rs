@@ -131,14 +131,26 @@ async fn run(d: &Driver) -> Result<()> {
     })
     .await?;
 
-    d.subtest("the target should keep answering, the bdev faulted, its iSCSI target removed", async {
+    d.subtest("the daemon should remove the iSCSI target by itself; the bdev faulted; unshare still succeeds", async {
         client.health(proto::HealthRequest {}).await?;
         let bdevs = client.list_bdevs(proto::ListBdevsRequest {}).await?.into_inner().bdevs;
         ensure!(bdevs.len() == 1 && bdevs[0].state == "faulted", "{bdevs:?}");
-        // What the daemon's watcher does for a vanished device (Lio::remove_luns_backed_by);
-        // for a one-LUN target it is the same configfs change as this unshare.
+        // The daemon's monitor (every 200 ms) withdrew the vanished device: its LUN, and with
+        // its only LUN the target and the backstore. Nobody unshared yet.
+        let started = std::time::Instant::now();
+        let mut lio = target.succeed(LIO_DIRS).await?;
+        while lio != empty_lio && started.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            lio = target.succeed(LIO_DIRS).await?;
+        }
+        ensure!(lio == empty_lio, "10 s after the removal LIO configfs still holds the removed disk's target:\n{lio}");
+        // The share is still the daemon's until UnshareBdev, which finds nothing left to remove.
+        let listed = client.list_bdevs(proto::ListBdevsRequest {}).await?.into_inner().bdevs;
+        ensure!(listed[0].share_uri == share.uri && !listed[0].claimed, "{listed:?}");
         client.unshare_bdev(proto::UnshareBdevRequest { name: bdev.name.clone() }).await?;
-        ensure!(target.succeed(LIO_DIRS).await? == empty_lio, "LIO configfs still holds the removed disk");
+        let listed = client.list_bdevs(proto::ListBdevsRequest {}).await?.into_inner().bdevs;
+        ensure!(listed[0].share_uri.is_empty(), "{listed:?}");
+        ensure!(target.succeed(LIO_DIRS).await? == empty_lio, "LIO configfs changed by the unshare");
         Ok(())
     })
     .await?;

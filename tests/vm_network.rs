@@ -5,21 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::driver;
-use vmcheck::config::{DiskSpec, NodeSpec, Role};
-
 const NQN: &str = "nqn.2024-01.io.vmcheck:by-hand";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_and_nvmet_by_hand() {
-    let d = driver(vec![
-        NodeSpec::new("target", Role::Target, 1).with_disk(DiskSpec::nvme("disk0", 64)),
-        NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768),
-    ])
-    .await;
-    d.start_all().await.unwrap();
-    let target = d.machine("target").unwrap();
-    let initiator = d.machine("initiator").unwrap();
+    let (_d, target, initiator) = common::target_and_initiator(&[("disk0", 64)]).await;
 
     assert!(target.succeed("ip -4 addr show").await.unwrap().contains("192.0.2.1/24"));
     initiator.succeed("ping -c 2 -W 10 192.0.2.1").await.unwrap();

@@ -1,7 +1,7 @@
-# The guest contract of DESIGN.md, for every machine of a vmcheck test:
+# The guest contract of ARCHITECTURE.md, for every machine of a vmcheck test:
 #   - the QEMU guest agent, answering on the virtio-serial port `org.qemu.guest_agent.0`;
-#   - the kernel console on the first serial port (ttyS0 on x86_64, ttyAMA0 on aarch64);
-#   - a static address on the test network.
+#   - the kernel console on the first serial port (ttyS0: the machines are x86_64);
+#   - a static address on each test network, and on qemu-vm's NIC where the driver forwards a port.
 #
 # The machine is a NixOS VM from nixpkgs' qemu-vm module (`system.build.vm`, whose
 # bin/run-<name>-vm the driver runs). The driver brings all of the plumbing through the
@@ -36,19 +36,48 @@ in {
       description = "Prefix length of the test network (the default subnet is 192.0.2.0/24).";
     };
 
-    testInterface = lib.mkOption {
-      type = lib.types.str;
-      default = "eth1";
+    testInterfaces = lib.mkOption {
+      type = lib.types.listOf lib.types.str;
+      default = ["eth1"];
       description = ''
-        The guest's name for the NIC the driver adds for the test network. qemu-vm.nix turns
+        The guest's names for the NICs the driver adds, one per test network (vlan) the machine
+        is on, in the order of the scenario's vlans; each gets `address`. qemu-vm.nix turns
         predictable interface names off and puts its own user-mode NIC first, on `eth0`; the
-        driver's NIC comes after it on the QEMU command line, so the guest calls it `eth1`.
+        driver's NICs come after it on the QEMU command line, so the guest calls them `eth1`,
+        `eth2`, ... The flake's checks set this from the scenario's vlans.
+      '';
+    };
+
+    controlNetwork = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = ''
+        Whether the driver reaches a service of this machine through qemu-vm's user-mode NIC
+        (`eth0`): it then moves that network to 198.51.100.0/24 and forwards a loopback port to
+        198.51.100.15, which `eth0` gets. The driver does this for the target role only (the
+        target module sets it); other machines leave `eth0` unconfigured.
       '';
     };
   };
 
   config = {
     assertions = [
+      {
+        assertion = config.services.qemuGuest.enable;
+        message = ''
+          vmcheck: the driver runs every command through the QEMU guest agent, but it is off here
+          (services.qemuGuest.enable is false: virtualisation.qemu.guestAgent.enable = false?).
+          Leave virtualisation.qemu.guestAgent.enable at its default, true.
+        '';
+      }
+      {
+        assertion = !(cfg.controlNetwork && builtins.elem "eth0" cfg.testInterfaces);
+        message = "vmcheck.testInterfaces holds eth0, qemu-vm's user-mode NIC, which carries the driver's control forward here; the test NICs are eth1, eth2, ...";
+      }
+      {
+        assertion = lib.unique cfg.testInterfaces == cfg.testInterfaces;
+        message = "vmcheck.testInterfaces names an interface twice: ${builtins.toJSON cfg.testInterfaces}";
+      }
       {
         assertion = cfg.address != null;
         message = ''
@@ -59,17 +88,25 @@ in {
       }
     ];
 
-    # The driver's exec, file and memory-stats channel. The service's unit starts when udev sees
-    # the virtio port org.qemu.guest_agent.0, which the driver adds to $QEMU_OPTS.
-    # (virtualisation.qemu.guestAgent.enable is left at its default, true: in qemu-vm.nix it adds
-    # no QEMU device, it only sets services.qemuGuest.enable, so turning it off would turn the
-    # agent off.)
-    services.qemuGuest.enable = true;
-    # guest-exec runs commands with the agent's own environment: give it the system's PATH, so
-    # `nvme`, `fio` and `lsblk` are found as in a login shell.
+    # The driver's exec, file and memory-stats channel: qemu-vm.nix enables the agent's service
+    # (services.qemuGuest.enable = virtualisation.qemu.guestAgent.enable, default true), whose
+    # unit starts when udev sees the virtio port org.qemu.guest_agent.0 the driver adds to
+    # $QEMU_OPTS. This module does not set services.qemuGuest.enable itself: a second definition
+    # would conflict with qemu-vm.nix's the moment guestAgent.enable is false, with an error about
+    # conflicting values instead of the assertion above, which says what is wrong.
+    # The agent's own PATH: the system's, as in a login shell, so `nvme`, `fio` and `lsblk` are
+    # found whichever PATH guest-exec searches, the agent's or the one in the environment the
+    # driver passes (src/qga.rs, GUEST_ENV, which holds /run/current-system/sw/bin too).
     systemd.services.qemu-guest-agent.path = ["/run/current-system/sw"];
 
     virtualisation = {
+      # QEMU's `pc` machine, as the driver boots its default images (`-M pc`): the scenarios'
+      # PCI hot-plug and the driver's KVM probe assume it. nixpkgs' qemu-common.nix starts
+      # x86_64 machines with `qemu-kvm` (whose default is `pc`) in some releases and with
+      # `-machine type=q35` in others, where devices on the root bus cannot be hot-unplugged;
+      # these options come after it on the start script's command line, and QEMU's last
+      # `-machine type=` wins.
+      qemu.options = ["-machine type=pc"];
       # No display: the driver captures the serial console, and the build sandbox has no screen.
       # With graphics off, qemu-vm.nix makes the serial port the kernel's primary console.
       graphics = lib.mkDefault false;
@@ -83,19 +120,30 @@ in {
     boot.consoleLogLevel = lib.mkDefault 7;
 
     networking = {
-      # eth0 is qemu-vm's user-mode NIC. The driver's $QEMU_NET_OPTS moves it to documentation
-      # addresses (net=198.51.100.0/24, RFC 5737) and forwards a loopback port to the guest's
-      # .15 there (src/qemu.rs CONTROL_NET, CONTROL_GUEST_ADDR). Static: no DHCP wait.
       useDHCP = lib.mkDefault false;
-      interfaces.eth0.ipv4.addresses = lib.mkDefault [
-        {
-          address = "198.51.100.15";
-          prefixLength = 24;
-        }
-      ];
-      interfaces.${cfg.testInterface}.ipv4.addresses = lib.optional (cfg.address != null) {
-        inherit (cfg) address prefixLength;
-      };
+      # One definition per interface through mkMerge, so that any interface names (eth0 among
+      # them) make no duplicate attribute.
+      interfaces = lib.mkMerge (
+        [
+          # qemu-vm's user-mode NIC, when the driver forwards a port to it: its $QEMU_NET_OPTS
+          # moves the network to documentation addresses (net=198.51.100.0/24, RFC 5737) and
+          # forwards to .15 there (src/qemu.rs CONTROL_NET, CONTROL_GUEST_ADDR). Static: no DHCP.
+          (lib.mkIf cfg.controlNetwork {
+            eth0.ipv4.addresses = lib.mkDefault [
+              {
+                address = "198.51.100.15";
+                prefixLength = 24;
+              }
+            ];
+          })
+        ]
+        ++ map (name: {
+          ${name}.ipv4.addresses = lib.optional (cfg.address != null) {
+            inherit (cfg) address prefixLength;
+          };
+        })
+        cfg.testInterfaces
+      );
       # A test network that only the run's own machines are on; nvmet ports are chosen at run time.
       firewall.enable = lib.mkDefault false;
     };

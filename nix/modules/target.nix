@@ -37,6 +37,9 @@ in {
   };
 
   config = {
+    # The driver forwards a loopback port to this machine's gRPC port over qemu-vm's NIC.
+    vmcheck.controlNetwork = true;
+
     boot.kernelModules = ["configfs" "nvmet" "nvmet_tcp"];
 
     # nvme-cli beside the daemon, for looking at the target by hand from the REPL.

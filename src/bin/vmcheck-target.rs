@@ -43,6 +43,9 @@ struct Args {
     /// daemon without nvmet or root. Nothing is shared for real.
     #[arg(long)]
     emulate_configfs: bool,
+    /// How often to look for backing devices that vanished (hot-remove), in milliseconds.
+    #[arg(long, default_value_t = vmcheck::target::monitor::DEFAULT_PERIOD.as_millis() as u64, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    hotplug_poll_ms: u64,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -86,6 +89,9 @@ async fn main() -> anyhow::Result<()> {
         Err(err) => warn!("cannot read nvmet state: {err}"),
     }
 
+    let service = std::sync::Arc::new(service);
+    let monitor = vmcheck::target::monitor::spawn(service.clone(), std::time::Duration::from_millis(args.hotplug_poll_ms));
+
     let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
     info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -95,10 +101,11 @@ async fn main() -> anyhow::Result<()> {
         "vmcheck-target serving"
     );
     tonic::transport::Server::builder()
-        .add_service(TargetServer::new(service))
+        .add_service(TargetServer::from_arc(service))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown())
         .await
         .context("serving gRPC")?;
+    monitor.abort();
     info!("stopped; nvmet state is left as it is");
     Ok(())
 }

@@ -10,7 +10,7 @@ use vmcheck::images::Images;
 use vmcheck::scenarios::{self, RunOptions};
 
 #[derive(Parser)]
-#[command(name = "vmcheck", version, about = "VM-level integration tests for storage systems")]
+#[command(name = "vmcheck", version, about = "VM-level integration tests for storage systems", arg_required_else_help = true)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -19,8 +19,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// List the scenarios.
-    List,
-    /// Run scenarios (all listed ones when none is named).
+    List {
+        /// Print each scenario's machines as JSON (what nix/scenarios.json holds).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run scenarios (all listed ones when none is named): names or shell-style patterns
+    /// (`vmcheck run 'hotremove_*'`).
     Run {
         names: Vec<String>,
         /// Write JUnit XML here (one test case per subtest).
@@ -35,9 +40,14 @@ enum Command {
         /// Driver configuration from nix/ (NixOS machines); names the scenario itself.
         #[arg(long)]
         config: Option<PathBuf>,
-        /// Seconds the whole of each scenario may take.
+        /// Seconds each scenario may take (a chain: all its cases together), after the driver's
+        /// set-up (images, accelerator probe).
         #[arg(long)]
         global_timeout: Option<u64>,
+        /// Run only part K of N of the chosen scenarios (a stable split by name; a chain stays
+        /// whole), to spread a suite over a CI matrix: `--shard 1/3` on one machine, `2/3` ...
+        #[arg(long)]
+        shard: Option<scenarios::Shard>,
     },
     /// Measure the driver against bare QEMU: boot to agent, exec round trip, network throughput.
     Bench {
@@ -108,7 +118,20 @@ async fn interrupted() {
 
 async fn dispatch(command: Command) -> ExitCode {
     match command {
-        Command::List => {
+        Command::List { json: true } => {
+            let listed: Vec<_> = scenarios::all().into_iter().filter(|s| !s.hidden).map(|s| (s.name, s.description, (s.nodes)())).collect();
+            match vmcheck::config::scenario_listing_json(&listed) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vmcheck: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::List { json: false } => {
             for s in scenarios::all().iter().filter(|s| !s.hidden) {
                 println!("{:<28} {}", s.name, s.description);
             }
@@ -153,8 +176,8 @@ async fn dispatch(command: Command) -> ExitCode {
             }
         }
         Command::Repl { scenario, config } => vmcheck::repl::main(scenario, config).await,
-        Command::Run { names, junit, out, keep_vm_state, config, global_timeout } => {
-            run(names, junit, out, keep_vm_state, config, global_timeout).await
+        Command::Run { names, junit, out, keep_vm_state, config, global_timeout, shard } => {
+            run(names, junit, out, keep_vm_state, config, global_timeout, shard).await
         }
     }
 }
@@ -166,6 +189,7 @@ async fn run(
     keep: bool,
     config: Option<PathBuf>,
     global_timeout: Option<u64>,
+    shard: Option<scenarios::Shard>,
 ) -> ExitCode {
     let usage = |msg: String| {
         eprintln!("vmcheck: {msg}");
@@ -181,32 +205,33 @@ async fn run(
         (None, true) => scenarios::all().iter().filter(|s| !s.hidden).map(|s| s.name.to_string()).collect(),
         (None, false) => names,
     };
-    let mut chosen = Vec::new();
-    for n in &names {
-        match scenarios::find(n) {
-            Ok(s) => chosen.push(s),
-            Err(e) => return usage(format!("{e:#}")),
-        }
+    let chosen = match scenarios::select(&names) {
+        Ok(c) => c,
+        Err(e) => return usage(format!("{e:#}")),
+    };
+    let chosen: Vec<_> = chosen.into_iter().filter(|s| shard.is_none_or(|sh| sh.contains(s))).collect();
+    if let Some(sh) = shard {
+        let names: Vec<_> = chosen.iter().map(|s| s.name).collect();
+        vmcheck::log::line(&format!("shard {}/{}: {}", sh.index, sh.count, names.join(" ")));
     }
     if let Some(dir) = &out {
         if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| vmcheck::log::set_transcript(&dir.join("transcript.log"))) {
             return usage(format!("cannot use --out {}: {e}", dir.display()));
         }
     }
-    let mut outcomes = Vec::new();
-    for s in chosen {
-        let options = RunOptions {
-            driver: DriverOptions { keep_state: keep, out_dir: out.as_ref().map(|d| d.join(s.name)), ..DriverOptions::default() },
-            config: config.clone(),
-            global_timeout: global_timeout.map(std::time::Duration::from_secs),
-        };
-        let outcome = scenarios::run(s, &options).await;
+    let options = RunOptions {
+        driver: DriverOptions { keep_state: keep, out_dir: out.clone() },
+        config: config.clone(),
+        global_timeout: global_timeout.map(std::time::Duration::from_secs),
+    };
+    let outcomes = scenarios::run_many(&chosen, &options).await;
+    for outcome in &outcomes {
         match &outcome.error {
             None => vmcheck::log::line(&format!("{}: passed in {:.2} s", outcome.name, outcome.duration.as_secs_f64())),
             Some(e) => vmcheck::log::line(&format!("{}: FAILED after {:.2} s:\n{e}", outcome.name, outcome.duration.as_secs_f64())),
         }
-        outcomes.push(outcome);
     }
+    vmcheck::log::line(&scenarios::outcomes_table(&outcomes));
     if let Some(path) = junit {
         let suites: Vec<_> = outcomes.iter().map(|o| (o.name.clone(), o.subtests.clone())).collect();
         if let Err(e) = write_junit(&path, &suites) {
@@ -215,6 +240,10 @@ async fn run(
         }
     }
     let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
+    let errors = outcomes.iter().filter(|o| o.harness_error).count();
+    if errors > 0 {
+        vmcheck::log::line(&format!("{errors} of the failed are errors: the harness or a machine broke, not the system under test"));
+    }
     vmcheck::log::line(&format!("{} passed, {failed} failed", outcomes.len() - failed));
     if failed == 0 {
         ExitCode::SUCCESS

@@ -38,7 +38,16 @@ done
 
 mkdir -p /etc/nvme
 if [ ! -s /etc/nvme/hostnqn ]; then
-  echo "nqn.2014-08.org.nvmexpress:uuid:$(cat /proc/sys/kernel/random/uuid)" > /etc/nvme/hostnqn
-  cat /proc/sys/kernel/random/uuid > /etc/nvme/hostid
+  # The same host identity after every boot, and a different one on every machine of a run:
+  # made from the first test NIC's MAC (52:54:00:12:<vlan>:<host>); random without a NIC.
+  first=$(arg vmcheck.net | cut -d';' -f1)
+  mac=$(echo "${first%%,*}" | tr -d :)
+  if [ -n "$mac" ]; then
+    id="766d6368-6563-4b00-8000-$mac"
+  else
+    id=$(cat /proc/sys/kernel/random/uuid)
+  fi
+  echo "nqn.2014-08.org.nvmexpress:uuid:$id" > /etc/nvme/hostnqn
+  echo "$id" > /etc/nvme/hostid
 fi
 echo "vmcheck: $(hostname) is up"

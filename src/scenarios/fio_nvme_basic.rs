@@ -2,12 +2,11 @@
 //! over NVMe-oF/TCP; an initiator discovers it, connects, runs fio with verify=crc32 for 15 s,
 //! and disconnects.
 
-use std::time::Duration;
-
 use anyhow::{bail, Context, Result};
 use futures::FutureExt;
 use serde_json::json;
 
+use super::nvmeof::{self, Share};
 use super::Scenario;
 use crate::config::{DiskSpec, NodeSpec, Role};
 use crate::driver::Driver;
@@ -19,9 +18,8 @@ use crate::tools::lsblk::Lsblk;
 use crate::tools::nvme::{DiscoveryLog, FabricsOptions, Nvme, NvmeList};
 
 pub const NAME: &str = "fio_nvme_basic";
-/// The target's address on the test network, and the NVMe-oF port.
-pub const TARGET_ADDR: &str = "192.0.2.1";
-pub const PORT: u16 = 4420;
+/// The NVMe-oF port.
+pub const PORT: u16 = super::nvmeof::NVMF_PORT;
 /// fio's run time, as in the seed.
 pub const FIO_RUNTIME_SECS: u64 = 15;
 
@@ -32,6 +30,7 @@ pub fn scenario() -> Scenario {
         nodes,
         run: |d| run(d).map(|r| r.map(drop)).boxed(),
         hidden: false,
+        chain: None,
     }
 }
 
@@ -46,7 +45,7 @@ pub fn nodes() -> Vec<NodeSpec> {
 #[derive(Debug)]
 pub struct Report {
     pub bdevs: Vec<proto::Bdev>,
-    pub share: proto::ShareBdevReply,
+    pub share: Share,
     pub discovery: DiscoveryLog,
     /// `nvme list` and lsblk on the initiator while connected.
     pub connected: NvmeList,
@@ -74,8 +73,7 @@ pub async fn run(d: &Driver) -> Result<Report> {
 
     let bdevs = d
         .subtest("the bdev of the target should be listed", async {
-            let dev = target.disk_device("disk0").await?;
-            client.create_bdev(proto::CreateBdevRequest { uri: format!("aio://{dev}") }).await.context("CreateBdev")?;
+            nvmeof::create_disk_bdev(&target, &mut client, "disk0").await?;
             let bdevs = client.list_bdevs(proto::ListBdevsRequest {}).await.context("ListBdevs")?.into_inner().bdevs;
             log::line(&bdevs_json(&bdevs));
             match bdevs.as_slice() {
@@ -88,17 +86,7 @@ pub async fn run(d: &Driver) -> Result<Report> {
 
     let share = d
         .subtest("the bdev should be shared over NVMe-oF/TCP", async {
-            let share = client
-                .share_bdev(proto::ShareBdevRequest {
-                    name: bdev.clone(),
-                    protocol: proto::ShareProtocol::Nvmf as i32,
-                    port: Some(PORT.into()),
-                    ..Default::default()
-                })
-                .await
-                .context("ShareBdev")?
-                .into_inner();
-            log::line(&format!("shared {bdev} as {}", share.uri));
+            let share = nvmeof::share_bdev(&target, &mut client, &bdev, None, PORT).await?;
             let listed = client.list_bdevs(proto::ListBdevsRequest {}).await?.into_inner().bdevs;
             log::line(&bdevs_json(&listed));
             if !listed.iter().any(|b| b.name == bdev && b.claimed) {
@@ -111,7 +99,7 @@ pub async fn run(d: &Driver) -> Result<Report> {
     let fabrics = FabricsOptions::scaled_timeouts();
     let discovery = d
         .subtest("should be able to discover the target", async {
-            let out = initiator.succeed(&Nvme::discover(TARGET_ADDR, PORT).command_line()).await?;
+            let out = initiator.succeed(&Nvme::discover(&share.addr.to_string(), share.port).command_line()).await?;
             d.artifact("nvme-discover.json", &out);
             let log = DiscoveryLog::parse(&out)?;
             for r in &log.records {
@@ -126,7 +114,7 @@ pub async fn run(d: &Driver) -> Result<Report> {
 
     let (connected, lsblk, device) = d
         .subtest("should be able to connect to the target", async {
-            initiator.succeed(&Nvme::connect_all(TARGET_ADDR, PORT).options(fabrics.clone()).command_line()).await?;
+            initiator.succeed(&Nvme::connect_all(&share.addr.to_string(), share.port).options(fabrics.clone()).command_line()).await?;
             let list = initiator
                 .wait_until_succeeds(&format!("{} | grep -q DevicePath && {}", Nvme::list(), Nvme::list()), timeouts::request())
                 .await?;
@@ -170,7 +158,7 @@ pub async fn run(d: &Driver) -> Result<Report> {
     let after_disconnect = d
         .subtest("should be able to disconnect from the target", async {
             initiator.succeed(&Nvme::disconnect_all()).await?;
-            initiator.wait_until_fails(&format!("test -e {device}"), Duration::from_secs(30)).await?;
+            initiator.wait_until_fails(&format!("test -e {device}"), timeouts::hotplug()).await?;
             let list = NvmeList::parse(&initiator.succeed(&Nvme::list()).await?)?;
             if !list.devices.is_empty() {
                 bail!("after disconnect-all, nvme list still shows {:?}", list.devices);

@@ -22,6 +22,7 @@ pub fn scenarios() -> Vec<Scenario> {
             nodes: one_machine,
             run: |d| pass(d).boxed(),
             hidden: true,
+            chain: None,
         },
         Scenario {
             name: "selftest-fail",
@@ -29,6 +30,7 @@ pub fn scenarios() -> Vec<Scenario> {
             nodes: one_machine,
             run: |d| fail(d).boxed(),
             hidden: true,
+            chain: None,
         },
         Scenario {
             name: "selftest-timeout",
@@ -36,6 +38,15 @@ pub fn scenarios() -> Vec<Scenario> {
             nodes: one_machine,
             run: |d| timeout(d).boxed(),
             hidden: true,
+            chain: None,
+        },
+        Scenario {
+            name: "selftest-broken-machine",
+            description: "boots one machine, pulls its plug, then uses it: an error of the machine, not a failure",
+            nodes: one_machine,
+            run: |d| broken_machine(d).boxed(),
+            hidden: true,
+            chain: None,
         },
         Scenario {
             name: "selftest-hang",
@@ -43,6 +54,7 @@ pub fn scenarios() -> Vec<Scenario> {
             nodes: one_machine,
             run: |d| hang(d).boxed(),
             hidden: true,
+            chain: None,
         },
     ]
 }
@@ -64,6 +76,13 @@ async fn fail(d: &Driver) -> Result<()> {
         Ok(())
     })
     .await
+}
+
+async fn broken_machine(d: &Driver) -> Result<()> {
+    d.start_all().await?;
+    let m = d.machine("machine")?;
+    m.crash().await?;
+    d.subtest("a command on a machine that is gone", async { m.succeed("true").await.map(drop) }).await
 }
 
 async fn timeout(d: &Driver) -> Result<()> {

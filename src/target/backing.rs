@@ -25,12 +25,88 @@ pub struct Geometry {
 pub struct Backing {
     sysfs: PathBuf,
     malloc_dir: PathBuf,
+    /// Where device nodes are: to say what a name that is not a block device is, and to write
+    /// partition tables.
+    dev_dir: PathBuf,
+    /// Tests: disks are image files in `dev_dir`, and re-reading a partition table makes the
+    /// partitions' sysfs entries and nodes here instead of in the kernel.
+    fake_kernel: bool,
 }
 
 impl Backing {
     /// `sysfs` is the sysfs mount (`/sys`); `malloc_dir` should be on tmpfs.
     pub fn new(sysfs: impl Into<PathBuf>, malloc_dir: impl Into<PathBuf>) -> Self {
-        Backing { sysfs: sysfs.into(), malloc_dir: malloc_dir.into() }
+        Backing { sysfs: sysfs.into(), malloc_dir: malloc_dir.into(), dev_dir: "/dev".into(), fake_kernel: false }
+    }
+
+    /// Tests: device nodes somewhere else than `/dev`.
+    pub fn with_dev_dir(mut self, dev_dir: impl Into<PathBuf>) -> Self {
+        self.dev_dir = dev_dir.into();
+        self
+    }
+
+    /// Tests: see the `fake_kernel` field.
+    pub fn with_fake_kernel(mut self) -> Self {
+        self.fake_kernel = true;
+        self
+    }
+
+    /// Whether `dev` is a partition (sysfs has a `partition` attribute for those).
+    pub fn is_partition(&self, dev: &str) -> bool {
+        self.sysfs_dir(dev).join("partition").exists()
+    }
+
+    /// Writes a partition table (or wipes one) on the disk `dev` and has the kernel re-read it.
+    /// `parts` are the partitions the table holds, as (name, first byte, bytes).
+    pub fn write_partition_table(&self, dev: &str, writes: &[(u64, Vec<u8>)], parts: &[(String, u64, u64)]) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let node = self.dev_dir.join(dev);
+        let fail = |what: &str, err: &dyn std::fmt::Display| Error::Internal(format!("{what} /dev/{dev}: {err}"));
+        let file = fs::OpenOptions::new().read(true).write(true).open(&node).map_err(|e| fail("opening", &e))?;
+        for (at, bytes) in writes {
+            file.write_all_at(bytes, *at).map_err(|e| fail("writing the partition table of", &e))?;
+        }
+        file.sync_all().map_err(|e| fail("syncing", &e))?;
+        if self.fake_kernel {
+            return self.fake_rescan(dev, parts);
+        }
+        nix::ioctl_none!(blkrrpart, 0x12, 95);
+        // SAFETY: BLKRRPART takes no argument; the descriptor is an open block device.
+        unsafe { blkrrpart(std::os::fd::AsRawFd::as_raw_fd(&file)) }.map_err(|errno| {
+            let hint = if errno == nix::errno::Errno::EBUSY { " (a partition of it is open, e.g. in a namespace)" } else { "" };
+            Error::FailedPrecondition(format!("re-reading the partition table of /dev/{dev} (BLKRRPART): {errno}{hint}"))
+        })?;
+        Ok(())
+    }
+
+    /// Whether the kernel shows the partition `dev`: in sysfs and as a device node.
+    pub fn partition_ready(&self, dev: &str) -> bool {
+        self.sysfs_dir(dev).exists() && self.dev_dir.join(dev).exists()
+    }
+
+    /// What the kernel would do on BLKRRPART, for tests: partitions of the old table go, those
+    /// of the new one come (sysfs entry with its size, and an empty node).
+    fn fake_rescan(&self, dev: &str, parts: &[(String, u64, u64)]) -> Result<()> {
+        let io = |e: io::Error| Error::Internal(format!("fake rescan of {dev}: {e}"));
+        for n in 1..=super::split::MAX_SPLITS as usize {
+            let name = super::split::partition_name(dev, n);
+            let _ = fs::remove_dir_all(self.sysfs_dir(&name));
+            let _ = fs::remove_file(self.dev_dir.join(&name));
+        }
+        for (name, _, bytes) in parts {
+            let dir = self.sysfs_dir(name);
+            fs::create_dir_all(&dir).map_err(io)?;
+            fs::write(dir.join("size"), format!("{}\n", bytes / SECTOR)).map_err(io)?;
+            fs::write(dir.join("partition"), "1\n").map_err(io)?;
+            fs::create_dir_all(self.sysfs.join("class/block").join(dev).join("queue")).map_err(io)?;
+            // A partition's queue is its disk's: one level up, as in sysfs.
+            let queue = self.sysfs_dir(dev).join("queue/logical_block_size");
+            if !queue.exists() {
+                fs::write(&queue, "512\n").map_err(io)?;
+            }
+            fs::write(self.dev_dir.join(name), "").map_err(io)?;
+        }
+        Ok(())
     }
 
     /// The path nvmet opens (namespace `device_path`).
@@ -92,12 +168,26 @@ impl Backing {
 
     fn block_device(&self, dev: &str) -> Result<Geometry> {
         let dir = self.sysfs_dir(dev);
+        // The fake sysfs keeps partitions beside their disk, not inside it.
+        let parent_queue = (self.fake_kernel && self.is_partition(dev)).then(|| {
+            let disk = dev.trim_end_matches(|c: char| c.is_ascii_digit()).trim_end_matches('p');
+            self.sysfs_dir(disk).join("queue")
+        });
         if !dir.exists() {
+            // Something of that name that is not a block device: say what it is.
+            let node = self.dev_dir.join(dev);
+            if let Some(kind) = node.symlink_metadata().ok().and_then(|meta| not_a_block_device(&meta)) {
+                return Err(Error::InvalidArgument(format!("/dev/{dev} is {kind}, not a block device")));
+            }
             return Err(Error::NotFound(format!("block device /dev/{dev} not found ({} is missing)", dir.display())));
         }
         let sectors: u64 = read_number(&dir.join("size"))?;
         // A partition has no queue/ of its own; its parent disk's is one level up.
-        let queue = if dir.join("queue").exists() { dir.join("queue") } else { dir.join("../queue") };
+        let queue = match parent_queue {
+            Some(queue) => queue,
+            None if dir.join("queue").exists() => dir.join("queue"),
+            None => dir.join("../queue"),
+        };
         let blk_size: u32 = read_number(&queue.join("logical_block_size"))?;
         if sectors == 0 {
             return Err(Error::FailedPrecondition(format!("block device /dev/{dev} has size 0")));
@@ -140,6 +230,27 @@ impl Backing {
             internal("sizing", &err)
         })
     }
+}
+
+/// What a device node is, when it is not a block device.
+fn not_a_block_device(meta: &fs::Metadata) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    Some(if t.is_block_device() {
+        return None;
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a regular file"
+    })
 }
 
 fn read_number<T: std::str::FromStr>(path: &Path) -> Result<T> {
@@ -187,6 +298,25 @@ mod tests {
         fake_block_device(&dir.path().join("sys"), "vdc", 0, 512).unwrap();
         let err = backing.open(&BdevUri::Aio { dev: "vdc".into() }).unwrap_err();
         assert_eq!(err.code(), Code::FailedPrecondition, "{err}");
+    }
+
+    /// `aio:///dev/null` exists but is not a block device: INVALID_ARGUMENT saying what it is.
+    #[test]
+    fn a_node_that_is_not_a_block_device_says_what_it_is() {
+        let (dir, backing) = setup();
+        let err = backing.open(&BdevUri::Aio { dev: "null".into() }).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+        assert_eq!(err.to_string(), "/dev/null is a character device, not a block device");
+        let dev = dir.path().join("dev");
+        fs::create_dir_all(dev.join("subdir")).unwrap();
+        fs::write(dev.join("file"), "").unwrap();
+        std::os::unix::fs::symlink("file", dev.join("link")).unwrap();
+        let backing = backing.with_dev_dir(&dev);
+        for (name, kind) in [("subdir", "a directory"), ("file", "a regular file"), ("link", "a symbolic link")] {
+            let err = backing.open(&BdevUri::Aio { dev: name.into() }).unwrap_err();
+            assert_eq!((err.code(), err.to_string()), (Code::InvalidArgument, format!("/dev/{name} is {kind}, not a block device")));
+        }
+        assert_eq!(backing.open(&BdevUri::Aio { dev: "absent".into() }).unwrap_err().code(), Code::NotFound);
     }
 
     #[test]

@@ -5,43 +5,60 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 
 use super::proto::{self, target_client};
+
+impl crate::Machine {
+    /// A gRPC client of the target daemon in this machine, through the run's loopback forward
+    /// of [`super::GRPC_PORT`]. It retries until the daemon answers (it may still be starting).
+    pub async fn target_client(&self) -> anyhow::Result<TargetClient> {
+        let addr = self.forwarded_addr(super::GRPC_PORT).await?;
+        connect(addr, crate::timeouts::boot())
+            .await
+            .map_err(|e| self.error("connecting to the target daemon", format!("through {addr}: {e:#}")))
+    }
+}
 
 /// The generated client over a tonic channel.
 pub type TargetClient = target_client::TargetClient<Channel>;
 
 /// Longest single attempt; the whole wait is the caller's `timeout`.
-const ATTEMPT: Duration = Duration::from_secs(5);
-const FIRST_PAUSE: Duration = Duration::from_millis(100);
-const MAX_PAUSE: Duration = Duration::from_secs(2);
+const ATTEMPT: Duration = crate::timeouts::DAEMON_ATTEMPT;
 
 /// Connects to the daemon at `addr`, retrying until `timeout`: the daemon may still be starting.
 ///
 /// A connection alone proves nothing (a QEMU `hostfwd` accepts before the guest listens), so
 /// each attempt ends with a `Health` call.
 pub async fn connect(addr: SocketAddr, timeout: Duration) -> anyhow::Result<TargetClient> {
-    let endpoint =
-        Endpoint::from_shared(format!("http://{addr}")).with_context(|| format!("target address {addr}"))?.connect_timeout(ATTEMPT);
-    let deadline = Instant::now() + timeout;
-    let mut pause = FIRST_PAUSE;
-    let mut attempts = 0u32;
-    loop {
-        attempts += 1;
-        let left = deadline.saturating_duration_since(Instant::now());
-        let error = match tokio::time::timeout(left.min(ATTEMPT), attempt(&endpoint)).await {
-            Ok(Ok(client)) => return Ok(client),
-            Ok(Err(err)) => err,
-            Err(_) => anyhow!("no answer within {:?}", left.min(ATTEMPT)),
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(error.context(format!("vmcheck-target at {addr} did not answer within {timeout:?} ({attempts} attempts)")));
+    // Every call carries the driver's request timeout (as grpc-timeout, which the daemon
+    // honours): a hung call fails after it instead of waiting for the global timeout.
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .with_context(|| format!("target address {addr}"))?
+        .connect_timeout(ATTEMPT)
+        .timeout(crate::timeouts::request());
+    let (attempts, last) = (std::sync::atomic::AtomicU32::new(0), std::sync::Mutex::new(None));
+    let polled = crate::poll::until(timeout, crate::timeouts::DAEMON_POLL, |left| {
+        let (endpoint, attempts, last) = (&endpoint, &attempts, &last);
+        async move {
+            attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let error = match tokio::time::timeout(left.min(ATTEMPT), attempt(endpoint)).await {
+                Ok(Ok(client)) => return Ok(Some(client)),
+                Ok(Err(err)) => err,
+                Err(_) => anyhow!("no answer within {:?}", left.min(ATTEMPT)),
+            };
+            *last.lock().unwrap() = Some(error);
+            Ok(None)
         }
-        tokio::time::sleep(pause.min(left)).await;
-        pause = (pause * 2).min(MAX_PAUSE);
+    })
+    .await?;
+    match polled {
+        crate::poll::Polled::Done(client) => Ok(client),
+        crate::poll::Polled::TimedOut(_) => {
+            let error = last.into_inner().unwrap().unwrap_or_else(|| anyhow!("no attempt finished"));
+            let attempts = attempts.into_inner();
+            Err(error.context(format!("vmcheck-target at {addr} did not answer within {timeout:?} ({attempts} attempts)")))
+        }
     }
 }
 
@@ -61,6 +78,7 @@ mod tests {
     use crate::target::nvmet::{Nvmet, ROOT_LAYOUT};
     use crate::target::proto::target_server::TargetServer;
     use crate::target::service::{TargetService, Traddr};
+    use std::time::Instant;
     use tokio_stream::wrappers::TcpListenerStream;
 
     /// The daemon's stack on loopback, started late: connect waits for it, and the bad-request
@@ -91,6 +109,36 @@ mod tests {
         let mut client = connect(addr, Duration::from_secs(20)).await.unwrap();
         let outcomes = run_bad_request_table(&mut client, &TableParams::default()).await.unwrap();
         assert!(outcomes.len() >= 30);
+        server.abort();
+    }
+
+    /// Over real gRPC, a call stuck behind a slow one gets the daemon's own DEADLINE_EXCEEDED
+    /// (its message says nothing was changed) before the client's timer fires, and did nothing.
+    #[tokio::test]
+    async fn a_call_past_its_grpc_timeout_gets_the_daemons_answer_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = std::sync::Arc::new(TargetService::new(
+            Nvmet::new(ConfigFs::emulated(dir.path().join("nvmet"), &ROOT_LAYOUT).unwrap()),
+            Backing::new(dir.path().join("sys"), dir.path().join("malloc")),
+            Traddr::Fixed([192, 0, 2, 1].into()),
+        ));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TargetServer::from_arc(svc.clone()))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let mut client = connect(addr, Duration::from_secs(20)).await.unwrap();
+        let held = svc.hold_lock_for_tests().await;
+        let mut req = tonic::Request::new(proto::CreateBdevRequest { uri: "malloc:///slow?size_mb=1".into() });
+        req.set_timeout(Duration::from_millis(500));
+        let err = client.create_bdev(req).await.unwrap_err();
+        drop(held);
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+        assert!(err.message().contains("nothing was changed"), "the daemon's answer, not the client's timer: {err:?}");
+        assert!(client.list_bdevs(proto::ListBdevsRequest {}).await.unwrap().into_inner().bdevs.is_empty());
+        assert!(!dir.path().join("malloc/slow").exists());
         server.abort();
     }
 

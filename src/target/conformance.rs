@@ -13,9 +13,11 @@ use tonic::{Code, Request, Status};
 use tracing::info;
 
 use super::client::TargetClient;
+use super::limits::MAX_ALLOWED_HOSTS;
 use super::nvmet::{DISCOVERY_NQN, MAX_NQN_LEN};
 use super::proto::{self, target_server::Target};
 use super::service::TargetService;
+use super::uri::MAX_URI_LEN;
 
 /// One request of the table.
 #[derive(Debug, Clone)]
@@ -28,6 +30,10 @@ pub enum Call {
     UnshareBdev(proto::UnshareBdevRequest),
     AddNamespace(proto::AddNamespaceRequest),
     RemoveNamespace(proto::RemoveNamespaceRequest),
+    CreateSubsystem(proto::CreateSubsystemRequest),
+    DestroySubsystem(proto::DestroySubsystemRequest),
+    SplitBdev(proto::SplitBdevRequest),
+    UnsplitBdev(proto::UnsplitBdevRequest),
 }
 
 /// The reply to a [`Call`].
@@ -38,6 +44,8 @@ pub enum Reply {
     Bdev(proto::Bdev),
     Shared(proto::ShareBdevReply),
     Namespace(proto::Namespace),
+    Subsystem(proto::CreateSubsystemReply),
+    Splits(proto::SplitBdevReply),
     Done,
 }
 
@@ -58,6 +66,10 @@ impl TargetApi for TargetClient {
                 Call::UnshareBdev(r) => self.unshare_bdev(r).await.map(|_| Reply::Done)?,
                 Call::AddNamespace(r) => Reply::Namespace(self.add_namespace(r).await?.into_inner()),
                 Call::RemoveNamespace(r) => self.remove_namespace(r).await.map(|_| Reply::Done)?,
+                Call::CreateSubsystem(r) => Reply::Subsystem(self.create_subsystem(r).await?.into_inner()),
+                Call::DestroySubsystem(r) => self.destroy_subsystem(r).await.map(|_| Reply::Done)?,
+                Call::SplitBdev(r) => Reply::Splits(self.split_bdev(r).await?.into_inner()),
+                Call::UnsplitBdev(r) => self.unsplit_bdev(r).await.map(|_| Reply::Done)?,
             })
         }
     }
@@ -79,6 +91,10 @@ impl TargetApi for &TargetService {
                 Call::UnshareBdev(r) => Target::unshare_bdev(svc, Request::new(r)).await.map(|_| Reply::Done)?,
                 Call::AddNamespace(r) => Reply::Namespace(Target::add_namespace(svc, Request::new(r)).await?.into_inner()),
                 Call::RemoveNamespace(r) => Target::remove_namespace(svc, Request::new(r)).await.map(|_| Reply::Done)?,
+                Call::CreateSubsystem(r) => Reply::Subsystem(Target::create_subsystem(svc, Request::new(r)).await?.into_inner()),
+                Call::DestroySubsystem(r) => Target::destroy_subsystem(svc, Request::new(r)).await.map(|_| Reply::Done)?,
+                Call::SplitBdev(r) => Reply::Splits(Target::split_bdev(svc, Request::new(r)).await?.into_inner()),
+                Call::UnsplitBdev(r) => Target::unsplit_bdev(svc, Request::new(r)).await.map(|_| Reply::Done)?,
             })
         }
     }
@@ -122,6 +138,10 @@ impl TableParams {
     pub fn nqn_a(&self) -> String {
         format!("nqn.2019-05.io.vmcheck:{}-a", self.prefix)
     }
+    /// The table's empty controller.
+    pub fn nqn_empty(&self) -> String {
+        format!("nqn.2019-05.io.vmcheck:{}-empty", self.prefix)
+    }
 }
 
 fn create(uri: &str) -> Call {
@@ -142,15 +162,33 @@ fn add_ns(nqn: &str, bdev: &str, nsid: Option<u32>) -> Call {
 fn remove_ns(nqn: &str, nsid: u32) -> Call {
     Call::RemoveNamespace(proto::RemoveNamespaceRequest { nqn: nqn.into(), nsid })
 }
+fn create_subsys(nqn: &str, port: u32) -> proto::CreateSubsystemRequest {
+    proto::CreateSubsystemRequest { nqn: nqn.into(), port: Some(port), allowed_hosts: vec![] }
+}
+fn split(name: &str, split_count: u32) -> Call {
+    Call::SplitBdev(proto::SplitBdevRequest { name: name.into(), split_count, split_size_mb: None })
+}
+fn unsplit(name: &str) -> Call {
+    Call::UnsplitBdev(proto::UnsplitBdevRequest { name: name.into() })
+}
+fn destroy_subsys(nqn: &str) -> Call {
+    Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: nqn.into() })
+}
 
 /// At least 30 malformed or out-of-order requests, with the setup steps between them.
 pub fn bad_request_table(p: &TableParams) -> Vec<BadRequestCase> {
-    let (a, b, nqn_a) = (p.bdev_a(), p.bdev_b(), p.nqn_a());
+    let (a, b, nqn_a, nqn_e) = (p.bdev_a(), p.bdev_b(), p.nqn_a(), p.nqn_empty());
+    let subsys = |f: &dyn Fn(&mut proto::CreateSubsystemRequest)| {
+        let mut r = create_subsys(&nqn_e, p.port);
+        f(&mut r);
+        Call::CreateSubsystem(r)
+    };
     let prefix = &p.prefix;
     let never = format!("malloc:///{prefix}-never?size_mb=4");
     let missing_nqn = format!("nqn.2019-05.io.vmcheck:{prefix}-missing");
     let host = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-000000000001";
     let long_nqn = format!("nqn.2019-05.io.vmcheck:{}", "x".repeat(MAX_NQN_LEN));
+    let long_uri = format!("malloc:///{}", "u".repeat(MAX_URI_LEN));
     let share_a = proto::ShareBdevRequest { nqn: Some(nqn_a.clone()), port: Some(p.port), ..share(&a) };
     let share_b = |f: &dyn Fn(&mut proto::ShareBdevRequest)| {
         let mut r = proto::ShareBdevRequest { port: Some(p.port), ..share(&b) };
@@ -173,6 +211,13 @@ pub fn bad_request_table(p: &TableParams) -> Vec<BadRequestCase> {
         row("create aio with an extra path part", create("aio:///dev/vdb/extra"), InvalidArgument, "/dev/vdb/extra"),
         row("create aio with '..'", create("aio:///dev/../etc/passwd"), InvalidArgument, "\"..\""),
         row("create aio with a query", create("aio:///dev/vdb?size_mb=4"), InvalidArgument, "\"size_mb\""),
+        row("create aio of /dev/null, not a block device", create("aio:///dev/null"), InvalidArgument, "/dev/null is a character device"),
+        row(
+            "create with a URI over the bound",
+            create(&long_uri),
+            InvalidArgument,
+            &format!("uri is {} bytes long; the limit is 1024", long_uri.len()),
+        ),
         row("create aio of a missing device", create(&format!("aio:///dev/{prefix}-none")), NotFound, &format!("/dev/{prefix}-none")),
         row("create malloc without size_mb", create(&format!("malloc:///{prefix}-c")), InvalidArgument, "size_mb"),
         row("create malloc of size 0", create(&format!("malloc:///{prefix}-c?size_mb=0")), InvalidArgument, "size_mb=0"),
@@ -201,6 +246,24 @@ pub fn bad_request_table(p: &TableParams) -> Vec<BadRequestCase> {
         row("share on port 65536", share_b(&|r| r.port = Some(65536)), InvalidArgument, "port 65536"),
         row("share with an unknown protocol", share_b(&|r| r.protocol = 7), InvalidArgument, "protocol 7"),
         row("share with a malformed host NQN", share_b(&|r| r.allowed_hosts = vec!["host one".into()]), InvalidArgument, "\"host one\""),
+        row(
+            "share with more allowed hosts than the bound",
+            share_b(&|r| r.allowed_hosts = (0..=MAX_ALLOWED_HOSTS).map(|i| format!("nqn.2019-05.io.vmcheck:h{i}")).collect()),
+            InvalidArgument,
+            "allowed_hosts has 65 entries; the limit is 64",
+        ),
+        row(
+            "share with an allowed host over 223 bytes",
+            share_b(&|r| r.allowed_hosts = vec![host.into(), long_nqn.clone()]),
+            InvalidArgument,
+            &format!("allowed_hosts[1] is {} bytes long; the limit is 223", long_nqn.len()),
+        ),
+        row(
+            "share with a name over the bound",
+            Call::ShareBdev(share(&"n".repeat(MAX_URI_LEN + 1))),
+            InvalidArgument,
+            "name is 1025 bytes",
+        ),
         row("share with a host listed twice", share_b(&|r| r.allowed_hosts = vec![host.into(), host.into()]), InvalidArgument, host),
         // UnshareBdev.
         row("unshare B, which is not shared", unshare(&b), FailedPrecondition, &b),
@@ -208,6 +271,12 @@ pub fn bad_request_table(p: &TableParams) -> Vec<BadRequestCase> {
         row("unshare with a malformed name", unshare("garbage"), InvalidArgument, "\"garbage\""),
         // AddNamespace.
         row("add a namespace to a missing subsystem", add_ns(&missing_nqn, &b, None), NotFound, &missing_nqn),
+        row(
+            "add a namespace with an NQN over 223 bytes",
+            add_ns(&long_nqn, &b, None),
+            InvalidArgument,
+            &format!("nqn is {} bytes", long_nqn.len()),
+        ),
         row("add a namespace with a malformed NQN", add_ns("bad nqn", &b, None), InvalidArgument, "\"bad nqn\""),
         row("add a namespace of a missing bdev", add_ns(&nqn_a, &never, None), NotFound, &never),
         row("add a namespace of A, already shared", add_ns(&nqn_a, &a, None), FailedPrecondition, &a),
@@ -228,6 +297,40 @@ pub fn bad_request_table(p: &TableParams) -> Vec<BadRequestCase> {
         row("add B a second time", add_ns(&nqn_a, &b, None), FailedPrecondition, &b),
         step("remove namespace 2", remove_ns(&nqn_a, 2)),
         row("remove namespace 2 again", remove_ns(&nqn_a, 2), NotFound, "namespace 2"),
+        // Empty controllers.
+        step("create an empty subsystem", subsys(&|_| {})),
+        row("create it again", subsys(&|_| {}), AlreadyExists, &nqn_e),
+        row("create a subsystem under A's NQN", Call::CreateSubsystem(create_subsys(&nqn_a, p.port)), AlreadyExists, &nqn_a),
+        row("create a subsystem without an NQN", subsys(&|r| r.nqn = String::new()), InvalidArgument, "\"\""),
+        row("create a subsystem with a malformed NQN", subsys(&|r| r.nqn = "ctrlr1".into()), InvalidArgument, "\"ctrlr1\""),
+        row("create a subsystem with an NQN over 223 bytes", subsys(&|r| r.nqn = long_nqn.clone()), InvalidArgument, "nqn is"),
+        row("create a subsystem as the discovery NQN", subsys(&|r| r.nqn = DISCOVERY_NQN.into()), InvalidArgument, DISCOVERY_NQN),
+        row("create a subsystem on port 0", subsys(&|r| r.port = Some(0)), InvalidArgument, "port 0"),
+        row(
+            "create a subsystem with more hosts than the bound",
+            subsys(&|r| r.allowed_hosts = (0..=MAX_ALLOWED_HOSTS).map(|i| format!("nqn.2019-05.io.vmcheck:h{i}")).collect()),
+            InvalidArgument,
+            "allowed_hosts has 65 entries; the limit is 64",
+        ),
+        row("create a subsystem with a host twice", subsys(&|r| r.allowed_hosts = vec![host.into(), host.into()]), InvalidArgument, host),
+        row("destroy A's subsystem, made by ShareBdev", destroy_subsys(&nqn_a), FailedPrecondition, &a),
+        row("destroy a subsystem that does not exist", destroy_subsys(&missing_nqn), NotFound, &missing_nqn),
+        row("destroy a subsystem with a malformed NQN", destroy_subsys("x y"), InvalidArgument, "\"x y\""),
+        step("add B to the empty subsystem", add_ns(&nqn_e, &b, None)),
+        row("add B to A's subsystem too", add_ns(&nqn_a, &b, None), FailedPrecondition, &b),
+        row("destroy B while in the empty subsystem", destroy(&b), FailedPrecondition, &b),
+        step("destroy the subsystem with B in it", destroy_subsys(&nqn_e)),
+        row("destroy it again", destroy_subsys(&nqn_e), NotFound, &nqn_e),
+        row("remove a namespace of the destroyed subsystem", remove_ns(&nqn_e, 1), NotFound, &nqn_e),
+        // Split: the table has malloc bdevs only, so every split here is refused.
+        row("split a malloc bdev", split(&b, 2), FailedPrecondition, &b),
+        row("split into 0", split(&b, 0), InvalidArgument, "split_count 0"),
+        row("split into 129", split(&b, 129), InvalidArgument, "split_count 129 is out of range 1..=128"),
+        row("split a bdev that does not exist", split(&never, 2), NotFound, &never),
+        row("split with a malformed name", split("disk", 2), InvalidArgument, "\"disk\""),
+        row("split with a name over the bound", split(&"n".repeat(MAX_URI_LEN + 1), 2), InvalidArgument, "name is 1025 bytes"),
+        row("unsplit B, which is not split", unsplit(&b), FailedPrecondition, &b),
+        row("unsplit a bdev that does not exist", unsplit(&never), NotFound, &never),
         step("unshare A", unshare(&a)),
         row("unshare A again", unshare(&a), FailedPrecondition, &a),
         row("add a namespace to the unshared subsystem", add_ns(&nqn_a, &b, None), NotFound, &nqn_a),
@@ -305,7 +408,8 @@ pub async fn run_bad_request_table(api: &mut impl TargetApi, params: &TableParam
 
 /// Best effort, after a failed table: whatever of the table's own state is left goes.
 async fn cleanup(api: &mut impl TargetApi, p: &TableParams) {
-    for call in [remove_ns(&p.nqn_a(), 2), unshare(&p.bdev_a()), destroy(&p.bdev_a()), destroy(&p.bdev_b())] {
+    for call in [remove_ns(&p.nqn_a(), 2), destroy_subsys(&p.nqn_empty()), unshare(&p.bdev_a()), destroy(&p.bdev_a()), destroy(&p.bdev_b())]
+    {
         let _ = api.call(call).await;
     }
 }

@@ -19,6 +19,9 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     Internal(String),
+    /// The request's `grpc-timeout` passed; what it had made was rolled back.
+    #[error("{0}")]
+    DeadlineExceeded(String),
     /// A configfs operation failed; `context` says what the daemon was doing.
     #[error("{context}: {source}")]
     Configfs { context: String, source: FsError },
@@ -34,6 +37,7 @@ impl Error {
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Internal(_) => Code::Internal,
+            Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
             Error::Configfs { source, .. } => configfs_code(source),
         }
     }

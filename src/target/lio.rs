@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use super::configfs::{ConfigFs, FsResult, GroupLayout};
 use super::error::{ConfigfsContext, Error, Result};
+use super::limits::Deadline;
 use super::uri::quoted;
 
 /// `/sys/kernel/config/target` itself (made by target_core_mod).
@@ -128,9 +129,11 @@ impl Lio {
         self.fs.exists(&target_dir(iqn))
     }
 
-    /// Backstore, target, portal, LUN 0, demo-mode attributes, then enable. All or nothing.
-    pub fn share(&self, spec: &IscsiShareSpec) -> Result<()> {
+    /// Backstore, target, portal, LUN 0, demo-mode attributes, then enable. All or nothing: a
+    /// failure or the deadline passing between steps rolls back what was made.
+    pub fn share(&self, spec: &IscsiShareSpec, deadline: &Deadline) -> Result<()> {
         self.require_available()?;
+        deadline.check("before the iSCSI share started")?;
         let iqn = spec.iqn.as_str();
         if self.target_exists(iqn) {
             return Err(Error::AlreadyExists(format!("iSCSI target {iqn} exists already")));
@@ -148,6 +151,7 @@ impl Lio {
         undo.write(&dev.join("udev_path"), &path).context(|| format!("setting udev_path {path}"))?;
         // iblock opens the device here: a vanished or busy device fails at this step.
         undo.write(&dev.join("enable"), "1").context(|| format!("enabling backstore {} on {path}", dev.display()))?;
+        deadline.check(&format!("after backstore {} was made", dev.display()))?;
         let tpg = tpg_dir(iqn);
         undo.make_group(&target_dir(iqn), &TARGET).context(|| format!("creating iSCSI target {iqn}"))?;
         undo.make_group(&tpg, &TPG).context(|| format!("creating {TPGT} of {iqn}"))?;
@@ -157,9 +161,11 @@ impl Lio {
         let lun = tpg.join("lun").join(LUN_0);
         undo.make_group(&lun, &LUN).context(|| format!("creating {LUN_0} of {iqn}"))?;
         undo.symlink(&dev, &lun.join(device_name(iqn))).context(|| format!("linking {LUN_0} of {iqn} to {path}"))?;
+        deadline.check(&format!("before the portal of {iqn} was made"))?;
         let portal = format!("{}:{}", spec.addr, spec.port);
         // The portal binds here: a busy or foreign address fails at this step.
         undo.make_group(&tpg.join("np").join(&portal), &NP).context(|| format!("creating portal {portal} of {iqn}"))?;
+        deadline.check(&format!("before enabling {iqn}"))?;
         undo.write_reverting(&tpg.join("enable"), "1", "0").context(|| format!("enabling {iqn}"))?;
         undo.commit();
         Ok(())
@@ -470,7 +476,7 @@ mod tests {
     #[test]
     fn share_writes_the_kernel_layout_and_unshare_removes_it_all() {
         let (_dir, lio) = fake();
-        lio.share(&spec(IQN, "/dev/nvme0n1")).unwrap();
+        lio.share(&spec(IQN, "/dev/nvme0n1"), &Deadline::none()).unwrap();
         let tree = lio.fs().dump();
         let tpg = "iscsi/iqn.2019-05.io.vmcheck:test/tpgt_1";
         for line in [
@@ -498,7 +504,7 @@ mod tests {
             }]
         );
         assert_eq!(lio.backstores().unwrap(), [PathBuf::from("core/iblock_0/test")]);
-        assert_eq!(lio.share(&spec(IQN, "/dev/nvme1n1")).unwrap_err().code(), tonic::Code::AlreadyExists);
+        assert_eq!(lio.share(&spec(IQN, "/dev/nvme1n1"), &Deadline::none()).unwrap_err().code(), tonic::Code::AlreadyExists);
         lio.unshare(IQN).unwrap();
         assert_eq!(lio.fs().dump(), empty());
         assert_eq!(lio.unshare(IQN).unwrap_err().code(), tonic::Code::NotFound);
@@ -508,8 +514,8 @@ mod tests {
     fn two_targets_share_the_fabric_and_get_their_own_backstores() {
         let (_dir, lio) = fake();
         let other = "iqn.2019-05.io.vmcheck:other";
-        lio.share(&spec(IQN, "/dev/nvme0n1")).unwrap();
-        lio.share(&spec(other, "/dev/nvme1n1")).unwrap();
+        lio.share(&spec(IQN, "/dev/nvme0n1"), &Deadline::none()).unwrap();
+        lio.share(&spec(other, "/dev/nvme1n1"), &Deadline::none()).unwrap();
         assert_eq!(lio.backstores().unwrap(), [PathBuf::from("core/iblock_0/test"), PathBuf::from("core/iblock_1/other")]);
         lio.unshare(IQN).unwrap();
         assert!(lio.fs().exists(Path::new("iscsi")), "still used by {other}");
@@ -541,13 +547,37 @@ mod tests {
         for (op, suffix) in steps {
             let (_dir, lio) = fake();
             // Something else is there already and must survive the rollback untouched.
-            lio.share(&spec("iqn.2019-05.io.vmcheck:keep", "/dev/nvme1n1")).unwrap();
+            lio.share(&spec("iqn.2019-05.io.vmcheck:keep", "/dev/nvme1n1"), &Deadline::none()).unwrap();
             let before = lio.fs().dump();
             assert!(lio.fs().inject_fault(*op, suffix, Errno::EADDRINUSE as i32));
-            let err = lio.share(&spec(IQN, "/dev/nvme0n1")).expect_err(suffix);
+            let err = lio.share(&spec(IQN, "/dev/nvme0n1"), &Deadline::none()).expect_err(suffix);
             assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{op:?} {suffix}: {err}");
             assert!(err.to_string().contains(suffix), "{op:?} {suffix}: message names the path: {err}");
             assert_eq!(lio.fs().dump(), before, "after a fault on {op:?} {suffix}");
+        }
+    }
+
+    /// The deadline passing at each of a share's checks leaves the tree as it was, and a share
+    /// with enough time left goes through.
+    #[test]
+    fn a_deadline_passing_at_any_step_of_a_share_is_rolled_back() {
+        let mut checks = 0;
+        loop {
+            let (_dir, lio) = fake();
+            lio.share(&spec("iqn.2019-05.io.vmcheck:keep", "/dev/nvme1n1"), &Deadline::none()).unwrap();
+            let before = lio.fs().dump();
+            match lio.share(&spec(IQN, "/dev/nvme0n1"), &Deadline::after_checks(checks)) {
+                Err(err) => {
+                    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "after {checks} checks: {err}");
+                    assert!(err.to_string().contains("nothing was changed"), "{err}");
+                    assert_eq!(lio.fs().dump(), before, "after {checks} checks");
+                }
+                Ok(()) => {
+                    assert_eq!(checks, 4, "an iSCSI share has 4 deadline checks");
+                    break;
+                }
+            }
+            checks += 1;
         }
     }
 
@@ -555,18 +585,18 @@ mod tests {
     fn a_failure_making_the_fabric_is_rolled_back_and_named() {
         let (_dir, lio) = fake();
         lio.fs().inject_fault(Op::Write, "tpgt_1/enable", Errno::EINVAL as i32);
-        let err = lio.share(&spec(IQN, "/dev/nvme0n1")).unwrap_err();
+        let err = lio.share(&spec(IQN, "/dev/nvme0n1"), &Deadline::none()).unwrap_err();
         assert_eq!(err.code(), tonic::Code::Internal, "{err}");
         assert_eq!(lio.fs().dump(), empty(), "the fabric group made by this share went too");
         lio.fs().inject_fault(Op::Mkdir, "iscsi", Errno::ENOENT as i32);
-        let err = lio.share(&spec(IQN, "/dev/nvme0n1")).unwrap_err();
+        let err = lio.share(&spec(IQN, "/dev/nvme0n1"), &Deadline::none()).unwrap_err();
         assert!(err.to_string().contains("iscsi_target_mod"), "{err}");
     }
 
     #[test]
     fn a_failed_unshare_can_be_retried() {
         let (_dir, lio) = fake();
-        lio.share(&spec(IQN, "/dev/nvme0n1")).unwrap();
+        lio.share(&spec(IQN, "/dev/nvme0n1"), &Deadline::none()).unwrap();
         lio.fs().inject_fault(Op::Rmdir, "np/192.0.2.1:3260", Errno::EBUSY as i32);
         assert!(lio.unshare(IQN).is_err());
         assert!(lio.target_exists(IQN));
@@ -578,8 +608,8 @@ mod tests {
     fn luns_of_a_vanished_device_are_removed_with_their_emptied_targets() {
         let (_dir, lio) = fake();
         let other = "iqn.2019-05.io.vmcheck:other";
-        lio.share(&spec(IQN, "/dev/nvme0n1")).unwrap();
-        lio.share(&spec(other, "/dev/nvme1n1")).unwrap();
+        lio.share(&spec(IQN, "/dev/nvme0n1"), &Deadline::none()).unwrap();
+        lio.share(&spec(other, "/dev/nvme1n1"), &Deadline::none()).unwrap();
         assert!(lio.remove_luns_backed_by(Path::new("/dev/nvme9n1")).unwrap().is_empty());
         let removed = lio.remove_luns_backed_by(Path::new("/dev/nvme0n1")).unwrap();
         assert_eq!(removed, [RemovedLun { iqn: IQN.into(), lun: 0, target_removed: true }]);
@@ -596,7 +626,7 @@ mod tests {
         assert!(!lio.available());
         assert!(lio.targets().unwrap().is_empty());
         assert!(lio.remove_luns_backed_by(Path::new("/dev/nvme0n1")).unwrap().is_empty());
-        let err = lio.share(&spec(IQN, "/dev/nvme0n1")).unwrap_err();
+        let err = lio.share(&spec(IQN, "/dev/nvme0n1"), &Deadline::none()).unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
         assert!(err.to_string().contains("target_core_mod"), "{err}");
     }
@@ -757,6 +787,70 @@ mod tests {
             assert!(err.message().contains("192.0.2.1:3260"), "{err:?}");
             assert_eq!(fx.svc.lio().fs().dump(), tests_empty());
             share(&fx, iscsi(BDEV)).await.unwrap();
+        }
+
+        /// The daemon's hot-remove (reap_vanished, as the monitor calls it) takes the LUN and its
+        /// target away by itself; the bdev is faulted, still listed as shared, and UnshareBdev
+        /// afterwards succeeds and forgets the share.
+        #[tokio::test]
+        async fn hot_remove_takes_the_iscsi_target_away_and_unshare_still_succeeds() {
+            let fx = fx();
+            create(&fx, BDEV).await;
+            let reply = share(&fx, iscsi(BDEV)).await.unwrap();
+            assert!(fx.svc.reap_vanished().await.is_empty(), "nothing vanished yet");
+            assert!(fx.svc.lio().target_exists(&reply.iqn));
+            std::fs::remove_dir_all(fx.dir.path().join("sys/class/block/nvme0n1")).unwrap();
+            let report = fx.svc.reap_vanished().await;
+            assert_eq!(report.len(), 1, "{report:?}");
+            assert!(report[0].contains(&format!("removed from LUN 0 of {}", reply.iqn)), "{report:?}");
+            assert!(!fx.svc.lio().target_exists(&reply.iqn), "the daemon removed the target");
+            assert_eq!(fx.svc.lio().fs().dump(), tests_empty(), "backstore and fabric went too");
+            assert!(fx.svc.reap_vanished().await.is_empty(), "each removal is reported once");
+            let listed = fx.svc.list_bdevs(Request::new(proto::ListBdevsRequest {})).await.unwrap().into_inner().bdevs;
+            assert_eq!((listed[0].state.as_str(), listed[0].share_uri.as_str()), ("faulted", reply.uri.as_str()), "{listed:?}");
+            unshare(&fx, BDEV).await.unwrap();
+            destroy(&fx, BDEV).await.unwrap();
+        }
+
+        /// An iSCSI share is a ShareBdev-made entry: DestroySubsystem refuses its IQN, and its
+        /// IQN cannot be reused by another share.
+        #[tokio::test]
+        async fn destroy_subsystem_refuses_an_iqn_and_names_unshare() {
+            let fx = fx();
+            create(&fx, BDEV).await;
+            let reply = share(&fx, iscsi(BDEV)).await.unwrap();
+            let destroy_sub = |nqn: String| fx.svc.destroy_subsystem(Request::new(proto::DestroySubsystemRequest { nqn }));
+            let err = destroy_sub(reply.iqn.clone()).await.unwrap_err();
+            assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+            assert!(err.message().contains("UnshareBdev") && err.message().contains(BDEV), "{err:?}");
+            assert!(fx.svc.lio().target_exists(&reply.iqn), "refused, so untouched");
+            let unknown = destroy_sub("iqn.2019-05.io.vmcheck:nobody".into()).await.unwrap_err();
+            assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+            fake_block_device(&fx.dir.path().join("sys"), "nvme1n1", 64 << 20, 512).unwrap();
+            create(&fx, "aio:///dev/nvme1n1").await;
+            let dup =
+                share(&fx, proto::ShareBdevRequest { iqn: Some(reply.iqn.clone()), ..iscsi("aio:///dev/nvme1n1") }).await.unwrap_err();
+            assert_eq!(dup.code(), Code::AlreadyExists, "{dup:?}");
+            let long = share(&fx, proto::ShareBdevRequest { iqn: Some("i".repeat(MAX_IQN_LEN + 1)), ..iscsi(BDEV) }).await.unwrap_err();
+            assert_eq!(long.code(), Code::InvalidArgument);
+            assert_eq!(long.message(), "iqn is 224 bytes long; the limit is 223 bytes");
+            unshare(&fx, BDEV).await.unwrap();
+            assert_eq!(fx.svc.lio().fs().dump(), tests_empty());
+        }
+
+        /// The request's deadline holds for an iSCSI share: passed, nothing is made.
+        #[tokio::test]
+        async fn a_passed_deadline_makes_no_iscsi_share() {
+            let fx = fx();
+            create(&fx, BDEV).await;
+            let mut req = Request::new(iscsi(BDEV));
+            req.metadata_mut().insert("grpc-timeout", "1n".parse().unwrap());
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            let err = fx.svc.share_bdev(req).await.unwrap_err();
+            assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+            assert_eq!(fx.svc.lio().fs().dump(), tests_empty());
+            let listed = fx.svc.list_bdevs(Request::new(proto::ListBdevsRequest {})).await.unwrap().into_inner().bdevs;
+            assert!(!listed[0].claimed && listed[0].share_uri.is_empty(), "{listed:?}");
         }
 
         /// The hot-remove path took the target away: unshare still succeeds and forgets it.

@@ -7,8 +7,10 @@
 //! Pieces: [`uri`] parses bdev URIs, [`backing`] finds or makes what is behind them (block
 //! devices in sysfs, malloc files on tmpfs), [`configfs`] is the tree (the kernel's, or an
 //! emulation for tests), [`nvmet`] makes and removes subsystems, namespaces and ports in it,
-//! [`lio`] iSCSI targets and their backstores (ShareProtocol ISCSI),
-//! [`address`] picks the address to share on, [`error`] maps failures to gRPC codes.
+//! [`lio`] iSCSI targets and their backstores (ShareProtocol ISCSI), [`split`] carves a disk
+//! into partition bdevs, [`monitor`] notices devices that vanish, [`limits`] bounds requests and
+//! reads their deadlines, [`address`] picks the address to share on, [`error`] maps failures to
+//! gRPC codes.
 //!
 //! Rules the API leaves open, as decided here:
 //! - A bdev's name is its canonical URI; its uuid is a v5 uuid of that name, so a bdev and
@@ -20,6 +22,18 @@
 //!   nvmet serves them with 4 KiB blocks, which is what `blk_size` reports.
 //! - State found at start (subsystems, ports, hosts, malloc files) is reported and left alone:
 //!   the daemon neither adopts nor removes what it did not make in this run.
+//! - Empty controllers (CreateSubsystem) are SPDK's empty vhost controllers: initiators connect
+//!   first, namespaces come and go with AddNamespace/RemoveNamespace. DestroySubsystem takes
+//!   attached namespaces along, as SPDK's `nvmf_delete_subsystem` does.
+//! - Hot-remove follows SPDK's bdev hot-remove: a bdev whose device vanished is withdrawn from
+//!   its namespace (disable, then remove), the subsystem stays (SPDK keeps the controller), and
+//!   the bdev stays listed as faulted until DestroyBdev, even if a device of that name returns
+//!   (SPDK unregisters it; listing it keeps the removal visible to the scenario). Export types
+//!   hook in at `TargetService::withdraw`.
+//! - Splits are GPT partitions written by the daemon (see [`split`]); they go with their disk.
+
+/// The port `vmcheck-target` listens on in the target guest.
+pub const GRPC_PORT: u16 = 10124;
 
 /// Generated gRPC types and stubs for `vmcheck.target.v1`.
 pub mod proto {
@@ -32,9 +46,12 @@ pub mod client;
 pub mod configfs;
 pub mod conformance;
 pub mod error;
+pub mod limits;
 pub mod lio;
+pub mod monitor;
 pub mod nvmet;
 pub mod service;
+pub mod split;
 pub mod uri;
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use uuid::Uuid;
 
 use super::configfs::{ConfigFs, FsResult, GroupLayout};
 use super::error::{ConfigfsContext, Error, Result};
+use super::limits::Deadline;
 use super::uri::quoted;
 
 /// The nvmet root itself (made by the nvmet module).
@@ -74,13 +75,13 @@ pub struct NamespaceSpec {
     pub buffered_io: bool,
 }
 
-/// A subsystem with one namespace, linked into a TCP port.
+/// A subsystem with one namespace (or none: an empty controller), linked into a TCP port.
 #[derive(Debug, Clone)]
 pub struct ShareSpec {
     pub nqn: String,
     /// Empty: any host may connect.
     pub allowed_hosts: Vec<String>,
-    pub namespace: NamespaceSpec,
+    pub namespace: Option<NamespaceSpec>,
     pub traddr: Ipv4Addr,
     pub trsvcid: u16,
 }
@@ -131,9 +132,11 @@ impl Nvmet {
     }
 
     /// Makes the subsystem, its namespace and host list, and links it into the TCP port for
-    /// `traddr:trsvcid` (made if missing). All or nothing. Returns the port id.
-    pub fn share(&self, spec: &ShareSpec) -> Result<u16> {
+    /// `traddr:trsvcid` (made if missing). All or nothing: a failure or the deadline passing
+    /// between steps rolls back what was made. Returns the port id.
+    pub fn share(&self, spec: &ShareSpec, deadline: &Deadline) -> Result<u16> {
         self.require_available()?;
+        deadline.check("before the share started")?;
         let nqn = spec.nqn.as_str();
         let (port_id, port_exists) = self.port_for(spec.traddr, spec.trsvcid)?;
         let mut undo = Undo::new(&self.fs);
@@ -141,6 +144,7 @@ impl Nvmet {
         for host in &spec.allowed_hosts {
             let dir = Path::new("hosts").join(host);
             if !self.fs.exists(&dir) {
+                deadline.check(&format!("while creating host {host}"))?;
                 undo.make_group(&dir, &HOST).context(|| format!("creating host {host}"))?;
             }
         }
@@ -148,10 +152,14 @@ impl Nvmet {
         let any = if spec.allowed_hosts.is_empty() { "1" } else { "0" };
         undo.write(&subsys(nqn).join("attr_allow_any_host"), any).context(|| format!("setting attr_allow_any_host of {nqn}"))?;
         for host in &spec.allowed_hosts {
+            deadline.check(&format!("while allowing host {host} on {nqn}"))?;
             undo.symlink(&Path::new("hosts").join(host), &subsys(nqn).join("allowed_hosts").join(host))
                 .context(|| format!("allowing host {host} on {nqn}"))?;
         }
-        undo.enable_namespace(nqn, &spec.namespace)?;
+        if let Some(ns) = &spec.namespace {
+            deadline.check(&format!("before enabling namespace {} of {nqn}", ns.nsid))?;
+            undo.enable_namespace(nqn, ns)?;
+        }
         let port = port_dir(port_id);
         if !port_exists {
             undo.make_group(&port, &PORT).context(|| format!("creating port {port_id}"))?;
@@ -165,6 +173,7 @@ impl Nvmet {
                 undo.write(&port.join(attr), &value).context(|| format!("setting {attr}={value} on port {port_id}"))?;
             }
         }
+        deadline.check(&format!("before linking {nqn} into port {port_id}"))?;
         // Linking enables the port: this is where nvmet-tcp binds, and where a busy or foreign
         // address fails.
         undo.symlink(&subsys(nqn), &port.join("subsystems").join(nqn))
@@ -213,10 +222,13 @@ impl Nvmet {
     }
 
     /// Hot attach: a namespace on a live subsystem. All or nothing.
-    pub fn add_namespace(&self, nqn: &str, ns: &NamespaceSpec) -> Result<()> {
+    pub fn add_namespace(&self, nqn: &str, ns: &NamespaceSpec, deadline: &Deadline) -> Result<()> {
         self.require_available()?;
+        deadline.check(&format!("before adding namespace {} to {nqn}", ns.nsid))?;
         let mut undo = Undo::new(&self.fs);
         undo.enable_namespace(nqn, ns)?;
+        // Enabling is where nvmet opens the device, the slow step: check once more.
+        deadline.check(&format!("while adding namespace {} to {nqn}", ns.nsid))?;
         undo.commit();
         Ok(())
     }
@@ -505,7 +517,7 @@ mod tests {
         ShareSpec {
             nqn: nqn.into(),
             allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
-            namespace: NamespaceSpec { nsid: 1, device_path: "/dev/vdb".into(), device_uuid: Uuid::nil(), buffered_io: false },
+            namespace: Some(NamespaceSpec { nsid: 1, device_path: "/dev/vdb".into(), device_uuid: Uuid::nil(), buffered_io: false }),
             traddr: Ipv4Addr::new(192, 0, 2, 1),
             trsvcid,
         }
@@ -520,7 +532,7 @@ mod tests {
     #[test]
     fn share_writes_the_kernel_layout_and_unshare_removes_it_all() {
         let (_dir, nvmet) = fake();
-        assert_eq!(nvmet.share(&spec(NQN, &[], 4420)).unwrap(), 1);
+        assert_eq!(nvmet.share(&spec(NQN, &[], 4420), &Deadline::none()).unwrap(), 1);
         let ns = "subsystems/nqn.2019-05.io.vmcheck:test/namespaces/1";
         assert_eq!(
             tree(&nvmet),
@@ -559,8 +571,8 @@ mod tests {
     fn allowed_hosts_are_linked_and_unused_hosts_removed() {
         let (_dir, nvmet) = fake();
         let other = "nqn.2019-05.io.vmcheck:other";
-        nvmet.share(&spec(NQN, &[HOST_NQN], 4420)).unwrap();
-        nvmet.share(&spec(other, &[HOST_NQN], 4420)).unwrap();
+        nvmet.share(&spec(NQN, &[HOST_NQN], 4420), &Deadline::none()).unwrap();
+        nvmet.share(&spec(other, &[HOST_NQN], 4420), &Deadline::none()).unwrap();
         let state = nvmet.state().unwrap();
         assert_eq!(state.hosts, [HOST_NQN]);
         assert_eq!(state.ports.len(), 1, "the same address reuses the port: {state}");
@@ -577,11 +589,11 @@ mod tests {
     #[test]
     fn a_second_tcp_port_gets_the_next_id_and_a_foreign_address_is_refused() {
         let (_dir, nvmet) = fake();
-        nvmet.share(&spec(NQN, &[], 4420)).unwrap();
-        assert_eq!(nvmet.share(&spec("nqn.2019-05.io.vmcheck:b", &[], 4421)).unwrap(), 2);
+        nvmet.share(&spec(NQN, &[], 4420), &Deadline::none()).unwrap();
+        assert_eq!(nvmet.share(&spec("nqn.2019-05.io.vmcheck:b", &[], 4421), &Deadline::none()).unwrap(), 2);
         let mut clash = spec("nqn.2019-05.io.vmcheck:c", &[], 4420);
         clash.traddr = Ipv4Addr::new(192, 0, 2, 9);
-        let err = nvmet.share(&clash).unwrap_err();
+        let err = nvmet.share(&clash, &Deadline::none()).unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
         assert!(err.to_string().contains("4420") && err.to_string().contains("192.0.2.1"), "{err}");
         assert!(!nvmet.subsystem_exists("nqn.2019-05.io.vmcheck:c"));
@@ -609,24 +621,49 @@ mod tests {
         for (op, suffix) in steps {
             let (_dir, nvmet) = fake();
             // Something else is there already and must survive the rollback untouched.
-            nvmet.share(&spec("nqn.2019-05.io.vmcheck:keep", &[], 4421)).unwrap();
+            nvmet.share(&spec("nqn.2019-05.io.vmcheck:keep", &[], 4421), &Deadline::none()).unwrap();
             let before = tree(&nvmet);
             assert!(nvmet.fs().inject_fault(*op, suffix, Errno::EADDRINUSE as i32));
             let mut s = spec(NQN, &[HOST_NQN], 4420);
-            s.namespace.buffered_io = true;
-            let err = nvmet.share(&s).expect_err(suffix);
+            s.namespace.as_mut().unwrap().buffered_io = true;
+            let err = nvmet.share(&s, &Deadline::none()).expect_err(suffix);
             assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{op:?} {suffix}: {err}");
             assert!(err.to_string().contains(suffix), "{op:?} {suffix}: message names the path: {err}");
             assert_eq!(tree(&nvmet), before, "after a fault on {op:?} {suffix}");
         }
     }
 
+    /// The deadline passing at each of a share's checks leaves the tree as it was, and a share
+    /// with enough time left goes through.
+    #[test]
+    fn a_deadline_passing_at_any_step_of_a_share_is_rolled_back() {
+        let mut checks = 0;
+        loop {
+            let (_dir, nvmet) = fake();
+            nvmet.share(&spec("nqn.2019-05.io.vmcheck:keep", &[HOST_NQN], 4420), &Deadline::none()).unwrap();
+            let before = tree(&nvmet);
+            let other_host = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-666666666666";
+            match nvmet.share(&spec(NQN, &[HOST_NQN, other_host], 4421), &Deadline::after_checks(checks)) {
+                Err(err) => {
+                    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "after {checks} checks: {err}");
+                    assert!(err.to_string().contains("nothing was changed"), "{err}");
+                    assert_eq!(tree(&nvmet), before, "after {checks} checks");
+                }
+                Ok(_) => {
+                    assert!(checks >= 6, "a share with two hosts and a namespace has at least 6 checks, not {checks}");
+                    break;
+                }
+            }
+            checks += 1;
+        }
+    }
+
     #[test]
     fn existing_subsystem_is_already_exists_and_untouched() {
         let (_dir, nvmet) = fake();
-        nvmet.share(&spec(NQN, &[], 4420)).unwrap();
+        nvmet.share(&spec(NQN, &[], 4420), &Deadline::none()).unwrap();
         let before = tree(&nvmet);
-        let err = nvmet.share(&spec(NQN, &[], 4421)).unwrap_err();
+        let err = nvmet.share(&spec(NQN, &[], 4421), &Deadline::none()).unwrap_err();
         assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
         assert_eq!(tree(&nvmet), before);
     }
@@ -634,14 +671,14 @@ mod tests {
     #[test]
     fn namespaces_come_and_go_on_a_live_subsystem() {
         let (_dir, nvmet) = fake();
-        nvmet.share(&spec(NQN, &[], 4420)).unwrap();
+        nvmet.share(&spec(NQN, &[], 4420), &Deadline::none()).unwrap();
         assert_eq!(nvmet.free_nsid(NQN).unwrap(), 2);
         let ns = NamespaceSpec { nsid: 2, device_path: "/run/m1".into(), device_uuid: Uuid::nil(), buffered_io: true };
         nvmet.fs().inject_fault(Op::Write, "namespaces/2/enable", Errno::ENOENT as i32);
-        let err = nvmet.add_namespace(NQN, &ns).unwrap_err();
+        let err = nvmet.add_namespace(NQN, &ns, &Deadline::none()).unwrap_err();
         assert!(err.to_string().contains("/run/m1"), "{err}");
         assert!(!nvmet.namespace_exists(NQN, 2));
-        nvmet.add_namespace(NQN, &ns).unwrap();
+        nvmet.add_namespace(NQN, &ns, &Deadline::none()).unwrap();
         assert!(nvmet.state().unwrap().subsystems[0].namespaces.iter().any(|n| n.nsid == 2 && n.enabled));
         nvmet.remove_namespace(NQN, 2).unwrap();
         assert!(!nvmet.namespace_exists(NQN, 2));
@@ -650,7 +687,7 @@ mod tests {
     #[test]
     fn a_failed_unshare_can_be_retried() {
         let (_dir, nvmet) = fake();
-        nvmet.share(&spec(NQN, &[], 4420)).unwrap();
+        nvmet.share(&spec(NQN, &[], 4420), &Deadline::none()).unwrap();
         nvmet.fs().inject_fault(Op::Rmdir, "namespaces/1", Errno::EBUSY as i32);
         assert!(nvmet.unshare(NQN).is_err());
         assert!(nvmet.subsystem_exists(NQN));
@@ -664,7 +701,7 @@ mod tests {
         let nvmet = Nvmet::new(ConfigFs::kernel(dir.path().join("absent")));
         assert!(!nvmet.available());
         assert!(nvmet.state().unwrap().is_empty());
-        let err = nvmet.share(&spec(NQN, &[], 4420)).unwrap_err();
+        let err = nvmet.share(&spec(NQN, &[], 4420), &Deadline::none()).unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
         assert!(err.to_string().contains("nvmet module"), "{err}");
     }

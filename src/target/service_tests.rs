@@ -10,6 +10,7 @@ use tonic::Code;
 use super::backing::{fake_block_device, Backing};
 use super::configfs::{ConfigFs, Op};
 use super::conformance::{bad_request_table, run_bad_request_table, Call, Reply, TableParams, TargetApi};
+use super::limits::Deadline;
 use super::nvmet::{NamespaceSpec, Nvmet, ShareSpec, ROOT_LAYOUT};
 use super::proto;
 use super::service::{TargetService, Traddr, CLAIMED_BY, NQN_PREFIX, STATE_FAULTED, STATE_ONLINE};
@@ -35,16 +36,41 @@ impl Fixture {
         Fixture { dir, svc }
     }
 
+    /// Disks are image files in a fake /dev, and partition tables are re-read by a fake kernel.
+    fn with_fake_disks() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = ConfigFs::emulated(dir.path().join("nvmet"), &ROOT_LAYOUT).unwrap();
+        std::fs::create_dir_all(dir.path().join("dev")).unwrap();
+        let backing =
+            Backing::new(dir.path().join("sys"), dir.path().join("malloc")).with_dev_dir(dir.path().join("dev")).with_fake_kernel();
+        let svc = TargetService::new(Nvmet::new(fs), backing, Traddr::Fixed(TRADDR));
+        Fixture { dir, svc }
+    }
+
+    /// The fake /dev node of a disk (an image file).
+    fn image(&self, dev: &str) -> PathBuf {
+        self.dir.path().join("dev").join(dev)
+    }
+
     fn sysfs(&self) -> PathBuf {
         self.dir.path().join("sys")
     }
 
     fn add_disk(&self, dev: &str, mib: u64) {
         fake_block_device(&self.sysfs(), dev, mib << 20, 512).unwrap();
+        if self.image(dev).parent().unwrap().exists() {
+            std::fs::File::create(self.image(dev)).unwrap().set_len(mib << 20).unwrap();
+        }
     }
 
+    /// The disk and its partitions leave sysfs, as on a hot-remove.
     fn pull_disk(&self, dev: &str) {
-        std::fs::remove_dir_all(self.sysfs().join("class/block").join(dev)).unwrap();
+        for entry in std::fs::read_dir(self.sysfs().join("class/block")).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            if name.starts_with(dev) {
+                std::fs::remove_dir_all(self.sysfs().join("class/block").join(name)).unwrap();
+            }
+        }
     }
 
     fn tree(&self) -> Vec<String> {
@@ -249,7 +275,12 @@ async fn leftover_state_is_reported_listed_and_left_alone() {
     {
         let earlier = Nvmet::new(ConfigFs::emulated(&root, &ROOT_LAYOUT).unwrap());
         let ns = NamespaceSpec { nsid: 1, device_path: "/dev/vdz".into(), device_uuid: uuid::Uuid::nil(), buffered_io: false };
-        earlier.share(&ShareSpec { nqn: leftover.into(), allowed_hosts: vec![], namespace: ns, traddr: TRADDR, trsvcid: 4420 }).unwrap();
+        earlier
+            .share(
+                &ShareSpec { nqn: leftover.into(), allowed_hosts: vec![], namespace: Some(ns), traddr: TRADDR, trsvcid: 4420 },
+                &Deadline::none(),
+            )
+            .unwrap();
     }
     let fx = Fixture::with(dir, ConfigFs::emulated(&root, &ROOT_LAYOUT).unwrap());
     let report = fx.svc.leftovers().unwrap();
@@ -320,4 +351,333 @@ async fn concurrent_requests_are_serialised() {
     }
     assert_eq!(codes.iter().filter(|c| c.is_ok()).count(), 1, "{codes:?}");
     assert_eq!(fx.svc.nvmet().state().unwrap().subsystems.len(), 1);
+}
+
+fn with_timeout<T>(message: T, timeout: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut().insert("grpc-timeout", timeout.parse().unwrap());
+    req
+}
+
+/// A request whose grpc-timeout has passed changes nothing and says so; one with time left
+/// goes through.
+#[tokio::test]
+async fn a_passed_deadline_changes_nothing() {
+    use proto::target_server::Target;
+    let fx = Fixture::new();
+    let name = "malloc:///late?size_mb=4";
+    let err = Target::create_bdev(&fx.svc, with_timeout(proto::CreateBdevRequest { uri: name.into() }, "1n")).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("nothing was changed"), "{err:?}");
+    assert!(fx.bdevs().await.is_empty());
+    assert_eq!(fx.malloc_files(), 0);
+
+    Target::create_bdev(&fx.svc, with_timeout(proto::CreateBdevRequest { uri: name.into() }, "20S")).await.unwrap();
+    let before = fx.tree();
+    let err = Target::share_bdev(&fx.svc, with_timeout(share_req(name), "1u")).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert_eq!(fx.tree(), before);
+    assert!(!fx.bdevs().await[0].claimed);
+    let err = Target::share_bdev(&fx.svc, with_timeout(share_req(name), "soon")).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("\"soon\""), "{err:?}");
+    Target::share_bdev(&fx.svc, with_timeout(share_req(name), "20S")).await.unwrap();
+    let err = Target::unshare_bdev(&fx.svc, with_timeout(proto::UnshareBdevRequest { name: name.into() }, "1n")).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(fx.bdevs().await[0].claimed, "a removal whose deadline passed before it started did not start");
+}
+
+/// A request waiting for the lock past its deadline gives up without touching anything.
+#[tokio::test]
+async fn a_deadline_passing_while_another_request_holds_the_lock() {
+    use proto::target_server::Target;
+    let fx = Fixture::new();
+    let held = fx.svc.hold_lock_for_tests().await;
+    let req = with_timeout(proto::CreateBdevRequest { uri: "malloc:///queued?size_mb=1".into() }, "200m");
+    let err = Target::create_bdev(&fx.svc, req).await.unwrap_err();
+    drop(held);
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(err.message().contains("waiting for another request"), "{err:?}");
+    assert!(fx.bdevs().await.is_empty());
+}
+
+fn create_subsys(nqn: &str) -> Call {
+    Call::CreateSubsystem(proto::CreateSubsystemRequest { nqn: nqn.into(), port: None, allowed_hosts: vec![] })
+}
+
+fn add_ns(nqn: &str, bdev: &str) -> Call {
+    Call::AddNamespace(proto::AddNamespaceRequest { nqn: nqn.into(), bdev: bdev.into(), nsid: None })
+}
+
+/// An empty controller: linked into its port with no namespace, namespaces come and go, and
+/// destroying it takes its namespaces and (unused) port along.
+#[tokio::test]
+async fn empty_controllers_take_namespaces_and_go_with_them() {
+    let fx = Fixture::new();
+    let ctrlr = "nqn.2019-05.io.vmcheck:ctrlr1";
+    let Reply::Subsystem(made) = fx.call(create_subsys(ctrlr)).await.unwrap() else { panic!("CreateSubsystem") };
+    assert_eq!((made.nqn.as_str(), made.uri.as_str()), (ctrlr, "nvmf://192.0.2.1:4420/nqn.2019-05.io.vmcheck:ctrlr1"));
+    let tree = fx.tree();
+    assert!(tree.contains(&format!("l ports/1/subsystems/{ctrlr} -> subsystems/{ctrlr}")), "linked into port 1: {tree:#?}");
+    assert!(tree.contains(&format!("d subsystems/{ctrlr}/namespaces")) && !tree.iter().any(|l| l.contains("namespaces/1")), "{tree:#?}");
+    let listed = fx.subsystems().await;
+    assert_eq!((listed[0].own, listed[0].shared_bdev.as_str(), listed[0].namespaces.len()), (true, "", 0));
+
+    // A second empty controller on the same port shares the nvmet port.
+    fx.call(create_subsys("nqn.2019-05.io.vmcheck:ctrlr2")).await.unwrap();
+    assert_eq!(fx.svc.nvmet().state().unwrap().ports.len(), 1);
+
+    fx.add_disk("nvme0n1", 64);
+    fx.create("aio:///dev/nvme0n1").await.unwrap();
+    fx.create("malloc:///m5?size_mb=4").await.unwrap();
+    let Reply::Namespace(ns) = fx.call(add_ns(ctrlr, "aio:///dev/nvme0n1")).await.unwrap() else { panic!("AddNamespace") };
+    assert_eq!((ns.nsid, ns.enabled), (1, true), "the first namespace of an empty controller is 1");
+    let Reply::Namespace(ns) = fx.call(add_ns(ctrlr, "malloc:///m5?size_mb=4")).await.unwrap() else { panic!("AddNamespace") };
+    assert_eq!(ns.nsid, 2);
+    let bdevs = fx.bdevs().await;
+    assert!(bdevs.iter().all(|b| b.claimed && b.share_uri.is_empty()), "claimed, not shared: {bdevs:?}");
+    // Namespace 1 of an empty controller is not a share: it can be detached.
+    fx.call(Call::RemoveNamespace(proto::RemoveNamespaceRequest { nqn: ctrlr.into(), nsid: 1 })).await.unwrap();
+    assert!(!fx.tree().iter().any(|l| l.contains(&format!("{ctrlr}/namespaces/1"))));
+    let err = fx.destroy("malloc:///m5?size_mb=4").await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("namespace 2 of nqn.2019-05.io.vmcheck:ctrlr1"), "{err:?}");
+
+    fx.call(Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: ctrlr.into() })).await.unwrap();
+    assert!(fx.bdevs().await.iter().all(|b| !b.claimed), "its namespaces went with it");
+    assert_eq!(fx.svc.nvmet().state().unwrap().ports.len(), 1, "ctrlr2 still uses the port");
+    fx.call(Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: "nqn.2019-05.io.vmcheck:ctrlr2".into() })).await.unwrap();
+    fx.destroy("malloc:///m5?size_mb=4").await.unwrap();
+    fx.destroy("aio:///dev/nvme0n1").await.unwrap();
+    assert_eq!(fx.tree(), EMPTY_TREE);
+}
+
+/// A CreateSubsystem that fails at the link (where nvmet-tcp binds) or whose deadline passed
+/// leaves nothing behind, and is not remembered as made.
+#[tokio::test]
+async fn a_failed_create_subsystem_leaves_nothing() {
+    use proto::target_server::Target;
+    let fx = Fixture::new();
+    let ctrlr = "nqn.2019-05.io.vmcheck:ctrlr3";
+    fx.svc.nvmet().fs().inject_fault(Op::Symlink, &format!("ports/1/subsystems/{ctrlr}"), Errno::EADDRINUSE as i32);
+    let err = fx.call(create_subsys(ctrlr)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains(ctrlr) && err.message().contains("192.0.2.1:4420"), "{err:?}");
+    assert_eq!(fx.tree(), EMPTY_TREE);
+    let req = proto::CreateSubsystemRequest { nqn: ctrlr.into(), port: None, allowed_hosts: vec![] };
+    let err = Target::create_subsystem(&fx.svc, with_timeout(req, "1n")).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert_eq!(fx.tree(), EMPTY_TREE);
+    let err = fx.call(Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: ctrlr.into() })).await.unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+    fx.call(create_subsys(ctrlr)).await.unwrap();
+}
+
+fn split(name: &str, split_count: u32) -> Call {
+    Call::SplitBdev(proto::SplitBdevRequest { name: name.into(), split_count, split_size_mb: None })
+}
+
+fn gpt_signature(fx: &Fixture, dev: &str) -> Vec<u8> {
+    std::fs::read(fx.image(dev)).unwrap()[512..520].to_vec()
+}
+
+/// A disk split in two: a GPT on the disk, two aio bdevs of its partitions, the disk claimed
+/// by "split"; splits go into namespaces; unsplit wipes the table and takes the splits away.
+#[tokio::test]
+async fn a_disk_splits_into_partition_bdevs_and_back() {
+    let fx = Fixture::with_fake_disks();
+    fx.add_disk("nvme0n1", 64);
+    let base = "aio:///dev/nvme0n1";
+    fx.create(base).await.unwrap();
+    let Reply::Splits(made) = fx.call(split(base, 2)).await.unwrap() else { panic!("SplitBdev") };
+    let names: Vec<&str> = made.bdevs.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["aio:///dev/nvme0n1p1", "aio:///dev/nvme0n1p2"]);
+    for b in &made.bdevs {
+        assert_eq!((b.num_blocks * u64::from(b.blk_size), b.split_base.as_str(), b.claimed), (31 << 20, base, false), "{b:?}");
+    }
+    assert_eq!(gpt_signature(&fx, "nvme0n1"), b"EFI PART");
+    let listed = fx.bdevs().await;
+    let disk = listed.iter().find(|b| b.name == base).unwrap();
+    assert_eq!((disk.claimed, disk.claimed_by.as_str()), (true, "split"));
+
+    // The disk is claimed by its splits; a split goes only with all of them.
+    for (call, needle) in [
+        (Call::ShareBdev(share_req(base)), "is split into 2 bdevs; UnsplitBdev first"),
+        (split(base, 2), "split already into 2"),
+        (split("aio:///dev/nvme0n1p1", 2), "is a split of aio:///dev/nvme0n1"),
+        (Call::DestroyBdev(proto::DestroyBdevRequest { name: base.into() }), "is split into 2"),
+        (Call::DestroyBdev(proto::DestroyBdevRequest { name: "aio:///dev/nvme0n1p2".into() }), "use UnsplitBdev on aio:///dev/nvme0n1"),
+        (Call::CreateBdev(proto::CreateBdevRequest { uri: "aio:///dev/nvme0n1p1".into() }), "exists already"),
+    ] {
+        let err = fx.call(call.clone()).await.unwrap_err();
+        assert!(matches!(err.code(), Code::FailedPrecondition | Code::AlreadyExists), "{call:?}: {err:?}");
+        assert!(err.message().contains(needle), "{call:?}: {err:?}");
+    }
+
+    let ctrlr = "nqn.2019-05.io.vmcheck:ctrlr5";
+    fx.call(create_subsys(ctrlr)).await.unwrap();
+    fx.call(add_ns(ctrlr, "aio:///dev/nvme0n1p2")).await.unwrap();
+    assert!(fx.tree().contains(&format!("f subsystems/{ctrlr}/namespaces/1/device_path = /dev/nvme0n1p2")));
+    let unsplit = Call::UnsplitBdev(proto::UnsplitBdevRequest { name: base.into() });
+    let err = fx.call(unsplit.clone()).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("aio:///dev/nvme0n1p2 is in use as namespace 1 of"), "{err:?}");
+    assert_eq!(gpt_signature(&fx, "nvme0n1"), b"EFI PART", "a refused unsplit leaves the table");
+    fx.call(Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: ctrlr.into() })).await.unwrap();
+    fx.call(unsplit).await.unwrap();
+    assert_eq!(fx.bdevs().await.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), [base]);
+    assert_eq!(gpt_signature(&fx, "nvme0n1"), [0; 8], "the table is wiped");
+    assert!(!fx.sysfs().join("class/block/nvme0n1p1").exists(), "the kernel dropped the partitions");
+    fx.destroy(base).await.unwrap();
+    assert_eq!(fx.tree(), EMPTY_TREE);
+}
+
+/// Splits of the SPDK sizes, refused splits, and a split whose deadline passed: no table.
+#[tokio::test]
+async fn splits_that_cannot_be_made_leave_the_disk_whole() {
+    use proto::target_server::Target;
+    let fx = Fixture::with_fake_disks();
+    fx.add_disk("vdb", 64);
+    fx.create("aio:///dev/vdb").await.unwrap();
+    let sized = proto::SplitBdevRequest { name: "aio:///dev/vdb".into(), split_count: 2, split_size_mb: Some(40) };
+    let err = fx.call(Call::SplitBdev(sized)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("/dev/vdb") || err.message().contains("vdb (64 MiB"), "{err:?}");
+    let req = proto::SplitBdevRequest { name: "aio:///dev/vdb".into(), split_count: 4, split_size_mb: None };
+    let err = Target::split_bdev(&fx.svc, with_timeout(req, "1n")).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert_eq!(gpt_signature(&fx, "vdb"), [0; 8]);
+    assert_eq!(fx.bdevs().await.len(), 1);
+    let sized = proto::SplitBdevRequest { name: "aio:///dev/vdb".into(), split_count: 3, split_size_mb: Some(8) };
+    let Reply::Splits(made) = fx.call(Call::SplitBdev(sized)).await.unwrap() else { panic!("SplitBdev") };
+    let names: Vec<&str> = made.bdevs.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(names, ["aio:///dev/vdb1", "aio:///dev/vdb2", "aio:///dev/vdb3"]);
+    assert!(made.bdevs.iter().all(|b| b.num_blocks * u64::from(b.blk_size) == 8 << 20));
+}
+
+/// SPDK's hot-remove: the disk behind a share, and behind two splits in an empty controller,
+/// vanishes. The daemon withdraws every namespace it backed (controllers stay), marks the
+/// bdevs faulted for good, and keeps answering; clean-up works afterwards.
+#[tokio::test]
+async fn a_hot_removed_disk_is_withdrawn_from_every_namespace() {
+    let fx = Fixture::with_fake_disks();
+    fx.add_disk("nvme0n1", 64);
+    fx.add_disk("nvme1n1", 64);
+    fx.add_disk("nvme2n1", 64);
+    let base = "aio:///dev/nvme0n1";
+    fx.create(base).await.unwrap();
+    fx.call(split(base, 2)).await.unwrap();
+    fx.create("aio:///dev/nvme1n1").await.unwrap();
+    fx.create("aio:///dev/nvme2n1").await.unwrap();
+    let ctrlr = "nqn.2019-05.io.vmcheck:ctrlr1";
+    fx.call(create_subsys(ctrlr)).await.unwrap();
+    for bdev in ["aio:///dev/nvme0n1p1", "aio:///dev/nvme0n1p2", "aio:///dev/nvme2n1"] {
+        fx.call(add_ns(ctrlr, bdev)).await.unwrap();
+    }
+    let shared = fx.share(share_req("aio:///dev/nvme1n1")).await.unwrap();
+    assert!(fx.svc.reap_vanished().await.is_empty(), "nothing vanished yet");
+
+    fx.pull_disk("nvme0n1");
+    fx.pull_disk("nvme1n1");
+    let report = fx.svc.reap_vanished().await;
+    assert_eq!(
+        report,
+        [
+            "hot-remove: /dev/nvme0n1 vanished; bdev aio:///dev/nvme0n1 is faulted, it was in no namespace".to_string(),
+            format!("hot-remove: /dev/nvme0n1p1 vanished; bdev aio:///dev/nvme0n1p1 is faulted, removed from namespace 1 of {ctrlr}"),
+            format!("hot-remove: /dev/nvme0n1p2 vanished; bdev aio:///dev/nvme0n1p2 is faulted, removed from namespace 2 of {ctrlr}"),
+            format!("hot-remove: /dev/nvme1n1 vanished; bdev aio:///dev/nvme1n1 is faulted, removed from namespace 1 of {}", shared.nqn),
+        ]
+    );
+    assert!(fx.svc.reap_vanished().await.is_empty(), "each removal is reported once");
+    // configfs: only nvme2n1's namespace is left; both subsystems and the port stay.
+    let namespaces: Vec<String> = fx.tree().into_iter().filter(|l| l.starts_with("d subsystems/") && l.contains("/namespaces/")).collect();
+    assert_eq!(namespaces, [format!("d subsystems/{ctrlr}/namespaces/3")]);
+    let subsystems = fx.subsystems().await;
+    assert_eq!(subsystems.len(), 2);
+    assert!(subsystems.iter().all(|s| s.own && s.ports.len() == 1), "{subsystems:?}");
+    let bdevs = fx.bdevs().await;
+    let state = |name: &str| bdevs.iter().find(|b| b.name == name).map(|b| (b.state.clone(), b.claimed)).unwrap();
+    for name in ["aio:///dev/nvme0n1p1", "aio:///dev/nvme0n1p2", "aio:///dev/nvme1n1"] {
+        assert_eq!(state(name), (STATE_FAULTED.to_string(), false), "{name}");
+    }
+    assert_eq!(state(base), (STATE_FAULTED.to_string(), true), "still claimed by its splits");
+    assert_eq!(state("aio:///dev/nvme2n1"), (STATE_ONLINE.to_string(), true));
+    assert_eq!(bdevs.iter().find(|b| b.name == "aio:///dev/nvme1n1").unwrap().share_uri, shared.uri, "the share (controller) stays");
+
+    // The daemon answers, and a removed bdev stays faulted even if the name comes back.
+    proto::target_server::Target::health(&fx.svc, tonic::Request::new(proto::HealthRequest {})).await.unwrap();
+    fx.add_disk("nvme0n1", 64);
+    fx.svc.backing_for_tests().write_partition_table("nvme0n1", &[], &[("nvme0n1p1".into(), 1 << 20, 1 << 20)]).unwrap();
+    let err = fx.call(add_ns(ctrlr, "aio:///dev/nvme0n1p1")).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("hot-removed"), "{err:?}");
+    let err = fx.destroy("aio:///dev/nvme1n1").await.unwrap_err();
+    assert!(err.message().contains("unshare it first"), "{err:?}");
+
+    // Clean-up: unshare, destroy the controller, unsplit (no disk to wipe), destroy.
+    fx.unshare("aio:///dev/nvme1n1").await.unwrap();
+    fx.call(Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: ctrlr.into() })).await.unwrap();
+    fx.call(Call::UnsplitBdev(proto::UnsplitBdevRequest { name: base.into() })).await.unwrap();
+    for name in [base, "aio:///dev/nvme1n1", "aio:///dev/nvme2n1"] {
+        fx.destroy(name).await.unwrap();
+    }
+    assert_eq!(fx.tree(), EMPTY_TREE);
+    // Created again, a returning disk is a new, online bdev.
+    fx.add_disk("nvme1n1", 64);
+    assert_eq!(fx.create("aio:///dev/nvme1n1").await.unwrap().state, STATE_ONLINE);
+}
+
+/// The monitor task notices a vanished disk by itself, within a few poll periods.
+#[tokio::test]
+async fn the_monitor_withdraws_a_vanished_disk_by_itself() {
+    let fx = std::sync::Arc::new(Fixture::with_fake_disks());
+    fx.add_disk("vdb", 16);
+    fx.create("aio:///dev/vdb").await.unwrap();
+    let shared = fx.share(share_req("aio:///dev/vdb")).await.unwrap();
+    let svc = std::sync::Arc::new(TargetService::new(
+        Nvmet::new(ConfigFs::emulated(fx.dir.path().join("nvmet"), &ROOT_LAYOUT).unwrap()),
+        Backing::new(fx.sysfs(), fx.dir.path().join("malloc")),
+        Traddr::Fixed(TRADDR),
+    ));
+    // The daemon's monitor over a second service on the same configfs and sysfs: it made
+    // nothing, so it withdraws nothing, and must not disturb the first one's share.
+    let idle = super::monitor::spawn(svc.clone(), std::time::Duration::from_millis(10));
+    let watched = std::sync::Arc::clone(&fx);
+    let monitor = tokio::spawn(async move {
+        loop {
+            watched.svc.reap_vanished().await;
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    });
+    fx.pull_disk("vdb");
+    let ns = format!("subsystems/{}/namespaces/1", shared.nqn);
+    let started = std::time::Instant::now();
+    while fx.tree().iter().any(|l| l.contains(&ns)) {
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "namespace 1 still there after 5 s");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    monitor.abort();
+    idle.abort();
+    assert_eq!(fx.bdevs().await[0].state, STATE_FAULTED);
+    assert!(fx.svc.nvmet().subsystem_exists(&shared.nqn), "the controller stays");
+}
+
+/// A split whose deadline passes after the table was written wipes it again: no GPT, no
+/// partitions, no split bdevs, and the disk can be split afterwards.
+#[tokio::test]
+async fn a_split_failing_after_the_table_was_written_wipes_it() {
+    let fx = Fixture::with_fake_disks();
+    fx.add_disk("nvme3n1", 32);
+    fx.create("aio:///dev/nvme3n1").await.unwrap();
+    let req = proto::SplitBdevRequest { name: "aio:///dev/nvme3n1".into(), split_count: 2, split_size_mb: None };
+    let err = fx.svc.split_bdev(req.clone(), Deadline::after_checks(1)).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
+    assert!(err.to_string().contains("after the kernel made the partitions"), "{err}");
+    assert_eq!(gpt_signature(&fx, "nvme3n1"), [0; 8], "the table is wiped");
+    assert!(!fx.sysfs().join("class/block/nvme3n1p1").exists(), "the partitions are gone");
+    let bdevs = fx.bdevs().await;
+    assert_eq!((bdevs.len(), bdevs[0].claimed), (1, false), "{bdevs:?}");
+    fx.svc.split_bdev(req, Deadline::none()).await.unwrap();
+    assert_eq!(gpt_signature(&fx, "nvme3n1"), b"EFI PART");
 }

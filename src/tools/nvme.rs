@@ -39,7 +39,7 @@ impl Transport {
 }
 
 /// Connection options shared by `discover`, `connect` and `connect-all`. Under TCG the kernel's
-/// defaults are too tight (see DESIGN.md), so scenarios set these from one place.
+/// defaults are too tight (see ARCHITECTURE.md, "Under TCG"), so scenarios set these from one place.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FabricsOptions {
     /// `--keep-alive-tmo`, seconds.

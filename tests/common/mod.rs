@@ -3,17 +3,22 @@
 
 use std::time::Duration;
 
-use vmcheck::config::NodeSpec;
+use vmcheck::config::{DiskSpec, NodeSpec, Role};
 use vmcheck::driver::{Driver, DriverOptions};
+use vmcheck::Machine;
 
 /// A driver for `nodes` on the default images (built on first use into the user's cache).
 pub async fn driver(nodes: Vec<NodeSpec>) -> Driver {
-    let _ = tracing_subscriber_init();
     Driver::new(nodes, DriverOptions::default()).await.expect("setting up the run")
 }
 
-fn tracing_subscriber_init() -> Option<()> {
-    None
+/// A target with NVMe disks of `disks` (id, MiB) and an initiator, both started and answering.
+pub async fn target_and_initiator(disks: &[(&str, u64)]) -> (Driver, Machine, Machine) {
+    let target = disks.iter().fold(NodeSpec::new("target", Role::Target, 1), |n, (id, mib)| n.with_disk(DiskSpec::nvme(id, *mib)));
+    let d = driver(vec![target, NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768)]).await;
+    d.start_all().await.unwrap();
+    let (target, initiator) = (d.machine("target").unwrap(), d.machine("initiator").unwrap());
+    (d, target, initiator)
 }
 
 pub const SHORT: Duration = Duration::from_secs(3);

@@ -1,0 +1,100 @@
+# flake.nix's real outputs function, with nix/make-test.nix, nix/scenario-tests.nix and the NixOS
+# modules, evaluated against the nixpkgs stand-in (./stub-nixpkgs): a mistake in any of them
+# (wiring, an option that does not exist, a wrong type, conflicting definitions, a failed
+# assertion, a bad argument) fails this evaluation as it would fail against nixpkgs.
+#
+#   summary          what the outputs are, as JSON-able data: per check the driver
+#                    configuration, the build command, both driver scripts and every node's
+#                    evaluated NixOS options that the driver depends on. nix/check.sh writes it
+#                    out; tests/nix_config.rs compares it with the driver's scenarios and parses
+#                    the driver configurations with the driver's own parser.
+#   testSummary ARGS the same for `lib.makeTest ({ system = "x86_64-linux"; } // ARGS)`, for
+#                    checks of what makeTest refuses (nix/check.sh, tests/nix_config.rs).
+#   scenarioTests LISTING  nix/scenario-tests.nix applied to LISTING with the flake's modules.
+#   modules, lib     the flake's nixosModules, the stand-in's lib.
+let
+  flake = import ../../flake.nix;
+  nixpkgs = import ./stub-nixpkgs;
+  outputs = flake.outputs {
+    self = outputs // {outPath = toString ../..;};
+    inherit nixpkgs;
+  };
+  system = "x86_64-linux";
+  inherit (builtins) attrNames mapAttrs;
+  packageName = p: p.pname or p.name;
+
+  nodeSummary = node: let
+    c = node.config;
+  in {
+    inherit (c.networking) hostName;
+    systemName = c.system.name;
+    inherit (c.vmcheck) address testInterfaces controlNetwork;
+    interfaces = mapAttrs (_: i: map (a: "${a.address}/${toString a.prefixLength}") i.ipv4.addresses) c.networking.interfaces;
+    inherit (c.virtualisation) memorySize cores graphics diskImage;
+    qemu = c.virtualisation.qemu.package.outPath;
+    qemuGuestAgent = c.services.qemuGuest.enable;
+    units = mapAttrs (_: u: {
+      inherit (u) wantedBy after;
+      ExecStart = u.serviceConfig.ExecStart or null;
+      path = map toString u.path;
+    }) (builtins.removeAttrs c.systemd.services ["qemu-guest-agent"]);
+    agentPath = map toString c.systemd.services.qemu-guest-agent.path;
+    # What builds the `nvme` on PATH, where it is not nvme-cli itself.
+    nvmeWrapper = map (p: p.buildCommand) (builtins.filter (p: p ? buildCommand && builtins.elem "nvme" (p.bins or ["nvme"])) c.environment.systemPackages);
+    inherit (c.boot) kernelModules consoleLogLevel;
+    packages = map packageName c.environment.systemPackages;
+    etc = mapAttrs (_: e: e.text) c.environment.etc;
+    vm = c.system.build.vm.outPath;
+    inherit (c.system.build.vm) startScript;
+    # What eval-config.nix was given.
+    evalConfig = {
+      inherit (node.stubGiven) system;
+      arguments = attrNames node.stubGiven;
+    };
+  };
+
+  testSummary' = t: {
+    inherit (t) name scenario requiredSystemFeatures buildCommand driverConfiguration;
+    # Not `outPath`: an attribute set with one turns into that string in JSON.
+    configFile = {
+      path = t.configFile.outPath;
+      inherit (t.configFile) text;
+    };
+    driver = {inherit (t.driver) name text;};
+    driverInteractive = {inherit (t.driverInteractive) name text;};
+    nativeBuildInputs = map packageName t.nativeBuildInputs;
+    inherit (t.meta) timeout;
+    nodes = mapAttrs (_: nodeSummary) t.nodes;
+  };
+in {
+  summary = {
+    nixpkgsInput = flake.inputs.nixpkgs.url;
+    systems = {
+      packages = attrNames outputs.packages;
+      checks = attrNames outputs.checks;
+      devShells = attrNames outputs.devShells;
+      formatter = attrNames outputs.formatter;
+    };
+    packages = mapAttrs (_: attrNames) outputs.packages;
+    vmcheck = {
+      inherit (outputs.packages.${system}.vmcheck) name;
+      inherit (outputs.packages.${system}.vmcheck.meta) mainProgram;
+    };
+    nixosModules = mapAttrs (_: builtins.typeOf) outputs.nixosModules;
+    lib = attrNames outputs.lib;
+    devShell = map packageName outputs.devShells.${system}.default.packages;
+    formatter = outputs.formatter.${system}.meta.mainProgram;
+    checks = mapAttrs (_: testSummary') outputs.checks.${system};
+  };
+
+  testSummary = args: testSummary' (outputs.lib.makeTest ({inherit system;} // args));
+
+  modules = outputs.nixosModules;
+  inherit (nixpkgs) lib;
+
+  scenarioTests = listing:
+    import ../scenario-tests.nix {
+      inherit listing;
+      modules = {inherit (outputs.nixosModules) target initiator;};
+    };
+}

@@ -1,0 +1,102 @@
+# The package set of the nixpkgs stand-in (see default.nix): records, not builds.
+{system}: let
+  lib = import ./lib.nix;
+  inherit (builtins) all attrNames filter functionArgs hashString intersectAttrs isBool isFunction isInt isList isPath isString removeAttrs substring;
+
+  storePath = name: seed: "/nix/store/${substring 0 32 (hashString "sha256" "${name}\n${seed}")}-${name}";
+
+  # What Nix can turn into a derivation attribute (an environment variable of the build).
+  coercible = v: v == null || isString v || isInt v || isBool v || isPath v || lib.isDerivation v || (isList v && all coercible v);
+
+  # A recorded derivation: `attrs` as given, plus type, name and outPath; passthru merged in,
+  # as stdenv.mkDerivation does. Attributes that Nix could not pass to a builder are refused.
+  derivation = name: attrs: let
+    passed = removeAttrs attrs ["passthru" "meta"];
+    bad = filter (n: !(coercible passed.${n})) (attrNames passed);
+  in
+    if bad != []
+    then throw "stub derivation ${name}: attribute(s) ${builtins.toJSON bad} cannot be passed to a builder (only strings, numbers, Booleans, paths, derivations and lists of them; put the rest into passthru)"
+    else
+      attrs
+      // (attrs.passthru or {})
+      // {
+        type = "derivation";
+        inherit name system;
+        meta = attrs.meta or {};
+        outPath = storePath name (builtins.toJSON (builtins.mapAttrs (_: toString) (removeAttrs passed ["requiredSystemFeatures"])));
+        drvPath = storePath "${name}.drv" "";
+      };
+
+  package = pname: bins:
+    derivation pname {
+      inherit pname;
+      version = "0";
+      passthru.bins = bins;
+      meta.mainProgram = builtins.head (bins ++ [pname]);
+    };
+
+  pkgs = {
+    inherit lib system;
+    path = ./.;
+    stdenv = rec {
+      hostPlatform = {
+        inherit system;
+        isLinux = true;
+        isx86 = system == "x86_64-linux";
+        isAarch = system == "aarch64-linux";
+        isDarwin = false;
+        is32bit = false;
+      };
+      buildPlatform = hostPlatform;
+    };
+    config = {};
+    overlays = [];
+
+    callPackage = fn: overrides: let
+      f =
+        if isFunction fn
+        then fn
+        else import fn;
+    in
+      f (intersectAttrs (functionArgs f) pkgs // overrides);
+
+    writeText = name: text: derivation name {inherit text;};
+    writeScript = name: text: derivation name {inherit text;};
+    writeShellScriptBin = name: text:
+      derivation name {
+        inherit text;
+        meta.mainProgram = name;
+      };
+    runCommand = name: env: buildCommand: derivation name (env // {inherit buildCommand;});
+    mkShell = attrs: derivation "nix-shell" attrs;
+    rustPlatform.buildRustPackage = attrs: derivation "${attrs.pname}-${attrs.version}" (removeAttrs attrs ["cargoLock"]);
+
+    qemu = package "qemu" ["qemu-system-x86_64" "qemu-system-aarch64" "qemu-img"];
+    # nixpkgs' qemu_kvm holds only the host's own system emulator.
+    qemu_kvm = package "qemu-host-cpu-only" [
+      (
+        if system == "x86_64-linux"
+        then "qemu-system-x86_64"
+        else "qemu-system-aarch64"
+      )
+      "qemu-img"
+    ];
+    nvme-cli = package "nvme-cli" ["nvme"];
+    makeWrapper = package "make-shell-wrapper-hook" [];
+    fio = package "fio" ["fio"];
+    util-linux = package "util-linux" ["lsblk" "mount" "mountpoint"];
+    kmod = package "kmod" ["modprobe"];
+    protobuf = package "protobuf" ["protoc"];
+    cargo = package "cargo" ["cargo"];
+    rustc = package "rustc" ["rustc"];
+    rustfmt = package "rustfmt" ["rustfmt"];
+    clippy = package "clippy" ["cargo-clippy"];
+    deadnix = package "deadnix" ["deadnix"];
+    statix = package "statix" ["statix"];
+    nix = package "nix" ["nix" "nix-instantiate"];
+    coreutils = package "coreutils" ["cat"];
+    bash = package "bash" ["bash"];
+    runtimeShell = "${pkgs.bash}/bin/bash";
+  };
+in
+  pkgs

@@ -1,0 +1,130 @@
+//! The driver's one deadline loop: try something until it is done or its time is up.
+//!
+//! Every wait of the driver that polls (a guest command's end, a device appearing, a socket
+//! accepting, a daemon answering) goes through [`until`], so each is bounded the same way and
+//! paced on purpose: under TCG every poll of the guest costs its vCPU.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+/// How often to try.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    /// Try back to back for this long first (a short command ends within tens of ms).
+    pub tight: Duration,
+    /// Then pause this long, doubling each time ...
+    pub first: Duration,
+    /// ... up to this.
+    pub max: Duration,
+}
+
+impl Pace {
+    /// A fixed pause between tries.
+    pub const fn every(pause: Duration) -> Pace {
+        Pace { tight: Duration::ZERO, first: pause, max: pause }
+    }
+    /// Pauses that start at `first` and double up to `max`.
+    pub const fn backoff(first: Duration, max: Duration) -> Pace {
+        Pace { tight: Duration::ZERO, first, max }
+    }
+    /// Back to back for `tight`, then as `self`.
+    pub const fn after_tight(self, tight: Duration) -> Pace {
+        Pace { tight, ..self }
+    }
+}
+
+/// What a wait gave: the value, or the time it gave up after.
+#[derive(Debug)]
+pub enum Polled<T> {
+    Done(T),
+    /// The time was up; the caller says what it waited for and what it saw last.
+    TimedOut(Duration),
+}
+
+/// Calls `attempt` with the time left until it returns `Ok(Some(_))`, an error (which ends the
+/// wait at once), or `timeout` has passed. The first try is always made, even with no time.
+pub async fn until<T, F, Fut>(timeout: Duration, pace: Pace, mut attempt: F) -> Result<Polled<T>>
+where
+    F: FnMut(Duration) -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut pause = pace.first;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Some(v) = attempt(left).await? {
+            return Ok(Polled::Done(v));
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(Polled::TimedOut(started.elapsed()));
+        }
+        if started.elapsed() >= pace.tight {
+            tokio::time::sleep(pause.min(left)).await;
+            pause = (pause * 2).min(pace.max);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test]
+    async fn it_returns_what_the_attempt_found() {
+        let tries = AtomicU32::new(0);
+        let got = until(Duration::from_secs(5), Pace::every(Duration::from_millis(1)), |_| async {
+            Ok((tries.fetch_add(1, Ordering::Relaxed) == 3).then_some("found"))
+        })
+        .await
+        .unwrap();
+        assert!(matches!(got, Polled::Done("found")));
+        assert_eq!(tries.load(Ordering::Relaxed), 4);
+    }
+
+    #[tokio::test]
+    async fn it_gives_up_after_the_timeout_and_tries_at_least_once() {
+        let tries = AtomicU32::new(0);
+        let started = Instant::now();
+        let got = until(Duration::from_millis(120), Pace::every(Duration::from_millis(50)), |_| async {
+            tries.fetch_add(1, Ordering::Relaxed);
+            Ok(None::<()>)
+        })
+        .await
+        .unwrap();
+        let Polled::TimedOut(waited) = got else { panic!("expected a timeout") };
+        assert!(waited >= Duration::from_millis(120) && started.elapsed() < Duration::from_secs(2), "{waited:?}");
+        let n = tries.load(Ordering::Relaxed);
+        assert!((2..=5).contains(&n), "{n} tries in 120 ms at 50 ms");
+        let zero = until(Duration::ZERO, Pace::every(Duration::from_secs(1)), |_| async { Ok(None::<()>) }).await.unwrap();
+        assert!(matches!(zero, Polled::TimedOut(_)));
+    }
+
+    #[tokio::test]
+    async fn an_error_ends_the_wait_at_once() {
+        let got = until(Duration::from_secs(60), Pace::every(Duration::from_secs(1)), |_| async {
+            Err::<Option<()>, _>(anyhow::anyhow!("broken"))
+        })
+        .await;
+        assert_eq!(got.unwrap_err().to_string(), "broken");
+    }
+
+    #[tokio::test]
+    async fn pauses_double_up_to_the_maximum() {
+        let times = std::sync::Mutex::new(Vec::new());
+        let _ = until(Duration::from_millis(300), Pace::backoff(Duration::from_millis(10), Duration::from_millis(40)), |_| async {
+            times.lock().unwrap().push(Instant::now());
+            Ok(None::<()>)
+        })
+        .await;
+        let t = times.into_inner().unwrap();
+        let gaps: Vec<u128> = t.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect();
+        assert!(gaps.len() >= 4, "{gaps:?}");
+        assert!(gaps[0] >= 10 && gaps[1] >= 20 && gaps[2] >= 40, "{gaps:?}");
+        assert!(gaps[3..].iter().all(|g| *g < 200), "{gaps:?}");
+    }
+}

@@ -1,0 +1,224 @@
+//! fio as the plans use it: the "FIO integrity" job, run in the background while a disk is
+//! pulled, and its outcome judged the plans' way: clean (no error, no verify failure, I/O in both
+//! directions), or failed with a typed error (the errno fio stopped on), never just an exit code.
+
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::log;
+use crate::machine::{GuestProcess, Machine};
+use crate::timeouts;
+use crate::tools::fio::{Direction, Fio, FioReport, Rw, Verify};
+
+/// The plans' integrity job (SPDK's `default_integrity.job`: 4 KiB random writes through libaio
+/// with O_DIRECT, every block verified), sized for TCG: queue depth 8 instead of 512, crc32c
+/// instead of md5, verified as it goes: every 16 blocks written are read back (`verify_backlog`),
+/// so even a slow run (four fio jobs on one TCG guest write ~50 blocks/s each) reads back what
+/// it wrote, and a run cut short has verified nearly all of it (a time-based job gets no final
+/// verify pass). Over the first 64 MiB of the device, for `runtime_secs`.
+pub fn integrity_job(device: &str, runtime_secs: u64) -> Fio {
+    Fio::new()
+        .thread(true)
+        .ioengine("libaio")
+        .direct(true)
+        .bs("4k")
+        .iodepth(8)
+        .rw(Rw::RandWrite)
+        .verify(Verify::Crc32c)
+        .opt("verify_backlog", 16)
+        .do_verify(true)
+        .size("64m")
+        .time_based(true)
+        .runtime_secs(runtime_secs)
+        // A device that is gone must fail the job, not become a new file in /dev.
+        .opt("allow_file_create", 0)
+        .numjobs(1)
+        .group_reporting(true)
+        .name("integrity")
+        .filename(device)
+}
+
+/// How a finished fio run went.
+#[derive(Debug, Clone)]
+pub struct FioOutcome {
+    pub machine: String,
+    pub device: String,
+    pub status: i32,
+    /// `None` when fio printed no JSON report (it could not start the job at all).
+    pub report: Option<FioReport>,
+    pub stderr: String,
+}
+
+/// The error a failed fio run stopped on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FioFailure {
+    /// The errno of the job (from the JSON report), or of fio's own message when it printed no
+    /// report; 0 when neither names one.
+    pub errno: i32,
+    /// fio's own words for it (`io_u error ...`, `file:filesetup.c ...`).
+    pub message: String,
+}
+
+impl FioOutcome {
+    fn describe(&self) -> String {
+        let summary = self.report.as_ref().map(FioReport::summary_line).unwrap_or_else(|| "no JSON report".into());
+        format!("fio on {}:{} exited {}: {summary}\nstderr:\n{}", self.machine, self.device, self.status, tail(&self.stderr, 15))
+    }
+
+    /// The plans' "finished status: write and read should be successful": exit 0, no job error,
+    /// no verify failure, and both writes and verifying reads done.
+    pub fn expect_clean(&self) -> Result<&FioReport> {
+        let Some(report) = &self.report else { bail!("expected a clean fio run; {}", self.describe()) };
+        let problems = report.problems();
+        if self.status != 0 || !problems.is_empty() {
+            bail!("expected a clean fio run, got problems {problems:?}; {}", self.describe());
+        }
+        if report.io_bytes(Direction::Write) == 0 || report.io_bytes(Direction::Read) == 0 {
+            bail!("expected fio to write and read back (verify), but it moved no data one way; {}", self.describe());
+        }
+        log::line(&format!("{}: {} (clean)", self.machine, report.summary_line()));
+        Ok(report)
+    }
+
+    /// The plans' "FIO returns an error": a non-zero exit with the errno it stopped on. A verify
+    /// failure is not this error (data was corrupted, not cut off) and fails the expectation.
+    pub fn expect_error(&self) -> Result<FioFailure> {
+        if self.status == 0 {
+            bail!("expected fio to fail, but it exited 0; {}", self.describe());
+        }
+        if let Some(report) = &self.report {
+            if report.verify_failures() > 0 {
+                bail!("fio failed on verify (corrupt data), not on I/O; {}", self.describe());
+            }
+        }
+        let from_job = self.report.as_ref().and_then(|r| r.jobs.iter().map(|j| j.error).find(|e| *e != 0));
+        // fio's own line for the error; else its first message (a JSON report's warnings too).
+        let messages = self.stderr.lines().chain(self.report.iter().flat_map(|r| r.messages.iter().map(String::as_str)));
+        let mut message = self.stderr.lines().find(|l| l.contains("error")).unwrap_or_default().trim().to_string();
+        if message.is_empty() {
+            message = messages.map(str::trim).find(|l| !l.is_empty()).unwrap_or_default().to_string();
+        }
+        let errno = from_job.or_else(|| errno_in_message(&message)).unwrap_or(0);
+        if errno == 0 && message.is_empty() {
+            bail!("fio failed without naming an error; {}", self.describe());
+        }
+        let failure = FioFailure { errno, message };
+        let text = std::io::Error::from_raw_os_error(failure.errno).kind();
+        log::line(&format!(
+            "{}: fio on {} failed as expected: errno {} ({text}): {}",
+            self.machine, self.device, failure.errno, failure.message
+        ));
+        Ok(failure)
+    }
+}
+
+/// fio running in the background on a guest.
+pub struct FioRun {
+    process: GuestProcess,
+    device: String,
+}
+
+impl FioRun {
+    /// Starts `job` on `machine` (on `device`, for messages) and returns at once.
+    pub async fn start(machine: &Machine, job: &Fio, device: &str) -> Result<FioRun> {
+        let process = machine.spawn(&job.argv()).await?;
+        Ok(FioRun { process, device: device.to_string() })
+    }
+
+    /// Waits for fio to end, at most `timeouts::command()` (far longer than any run time here).
+    pub async fn wait(&self) -> Result<FioOutcome> {
+        let out = self.process.wait(timeouts::command()).await?;
+        let report = FioReport::parse_with_stderr(&out.stdout, &out.stderr).ok();
+        Ok(FioOutcome {
+            machine: self.process.machine().name().to_string(),
+            device: self.device.clone(),
+            status: out.status,
+            report,
+            stderr: out.stderr,
+        })
+    }
+
+    /// Whether fio still runs.
+    pub async fn is_running(&self) -> Result<bool> {
+        Ok(self.process.try_wait().await?.is_none())
+    }
+
+    /// Waits until fio has done some I/O (its run is under way, so a removal hits it mid-flight):
+    /// `settle` after start, checking it did not end early.
+    pub async fn settle(&self, settle: Duration) -> Result<()> {
+        tokio::time::sleep(settle).await;
+        if !self.is_running().await? {
+            let outcome = self.wait().await?;
+            bail!("fio ended before the step it was meant to run under; {}", outcome.describe());
+        }
+        Ok(())
+    }
+}
+
+/// Runs `job` to its end on `machine`.
+pub async fn run_fio(machine: &Machine, job: &Fio, device: &str) -> Result<FioOutcome> {
+    FioRun::start(machine, job, device).await?.wait().await
+}
+
+/// The errno in fio's messages: `err=5/...` or `error=Input/output error` style.
+fn errno_in_message(message: &str) -> Option<i32> {
+    let rest = message.split("err=").nth(1)?;
+    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(status: i32, report: Option<&str>, stderr: &str) -> FioOutcome {
+        FioOutcome {
+            machine: "initiator".into(),
+            device: "/dev/nvme1n1".into(),
+            status,
+            report: report.map(|r| FioReport::parse(r).unwrap()),
+            stderr: stderr.into(),
+        }
+    }
+
+    #[test]
+    fn the_integrity_job_writes_randomly_and_verifies() {
+        let argv = integrity_job("/dev/nvme1n1", 10).argv();
+        for want in [
+            "--rw=randwrite",
+            "--verify=crc32c",
+            "--do_verify=1",
+            "--direct=1",
+            "--filename=/dev/nvme1n1",
+            "--runtime=10",
+            "--allow_file_create=0",
+        ] {
+            assert!(argv.iter().any(|a| a == want), "{want} missing from {argv:?}");
+        }
+    }
+
+    #[test]
+    fn a_run_that_cannot_open_its_file_is_an_error_with_its_errno() {
+        let o = outcome(1, None, "fio: pid=0, err=2/file:filesetup.c:805, func=open(/dev/nvme1n1), error=No such file or directory\n");
+        let f = o.expect_error().unwrap();
+        assert_eq!(f.errno, 2);
+        assert!(o.expect_clean().is_err());
+    }
+
+    #[test]
+    fn a_zero_exit_is_not_the_expected_error() {
+        let o = outcome(0, None, "");
+        assert!(o.expect_error().unwrap_err().to_string().contains("exited 0"));
+    }
+
+    #[test]
+    fn a_failure_that_names_no_error_is_refused() {
+        let o = outcome(1, None, "");
+        assert!(o.expect_error().is_err());
+    }
+}
