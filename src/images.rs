@@ -28,6 +28,8 @@ const RC: &str = include_str!("images/rc.sh");
 const QGA: &str = include_str!("images/qga.sh");
 const TARGET: &str = include_str!("images/target.sh");
 const INITTAB: &str = include_str!("images/inittab");
+const ISCSID: &str = include_str!("images/iscsid.sh");
+const ISCSID_CONF: &str = include_str!("images/iscsid.conf");
 
 /// Host tools the builder runs, with the Debian package that provides each.
 const BUILD_TOOLS: &[(&str, &str)] =
@@ -36,11 +38,18 @@ const BUILD_TOOLS: &[(&str, &str)] =
 /// Files that go into the guest, with their Debian package.
 const BUSYBOX: (&str, &str) = ("/bin/busybox", "busybox-static");
 const COMMON_BINARIES: &[(&str, &str)] = &[("/usr/sbin/qemu-ga", "qemu-guest-agent"), ("/usr/bin/lsblk", "util-linux")];
-const INITIATOR_BINARIES: &[(&str, &str)] = &[("/usr/sbin/nvme", "nvme-cli"), ("/usr/bin/fio", "fio")];
+const INITIATOR_BINARIES: &[(&str, &str)] =
+    &[("/usr/sbin/nvme", "nvme-cli"), ("/usr/bin/fio", "fio"), ("/usr/sbin/iscsiadm", "open-iscsi"), ("/usr/sbin/iscsid", "open-iscsi")];
 
 const COMMON_MODULES: &[&str] = &["virtio_pci", "virtio_net", "virtio_console", "virtio_blk", "virtio_balloon", "nvme"];
-const TARGET_MODULES: &[&str] = &["configfs", "nvmet", "nvmet-tcp"];
-const INITIATOR_MODULES: &[&str] = &["nvme-tcp"];
+/// nvmet for NVMe-oF; LIO (core, the block backstore, the iSCSI fabric) for iSCSI. Both iSCSI
+/// ends allocate a crc32c hash for every connection (digests or not) and fail the login without
+/// one: crc32c_generic, since a TCG CPU may lack SSE4.2 for crc32c-intel.
+const TARGET_MODULES: &[&str] =
+    &["configfs", "nvmet", "nvmet-tcp", "crc32c_generic", "target_core_mod", "target_core_iblock", "iscsi_target_mod"];
+/// nvme-tcp for NVMe-oF; the iSCSI initiator (libiscsi and scsi_transport_iscsi come as its
+/// dependencies) and SCSI disks.
+const INITIATOR_MODULES: &[&str] = &["nvme-tcp", "crc32c_generic", "iscsi_tcp", "libiscsi", "scsi_transport_iscsi", "sd_mod"];
 
 /// A kernel and the initramfs of one role, ready to boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,7 +241,7 @@ impl Inputs {
         for m in &self.modules {
             s += &format!("module {m}\n");
         }
-        for script in [RC, QGA, TARGET, INITTAB] {
+        for script in [RC, QGA, TARGET, INITTAB, ISCSID, ISCSID_CONF] {
             s += &format!("script {}\n", hex::encode(Sha256::digest(script)));
         }
         s
@@ -283,6 +292,12 @@ fn assemble(root: &Path, role: Role, inputs: &Inputs, kernel: &Kernel) -> Result
     if role == Role::Target {
         write_script(&root.join("etc/vmcheck/target"), TARGET)?;
         inittab += "::respawn:/etc/vmcheck/target\n";
+    }
+    if role == Role::Initiator {
+        write_script(&root.join("etc/vmcheck/iscsid"), ISCSID)?;
+        fs::create_dir_all(root.join("etc/iscsi"))?;
+        fs::write(root.join("etc/iscsi/iscsid.conf"), ISCSID_CONF)?;
+        inittab += "::respawn:/etc/vmcheck/iscsid\n";
     }
     fs::write(root.join("etc/inittab"), inittab)?;
     fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;

@@ -11,12 +11,13 @@ use tracing::{info, warn};
 
 use vmcheck::target::backing::Backing;
 use vmcheck::target::configfs::ConfigFs;
+use vmcheck::target::lio::{self, Lio};
 use vmcheck::target::nvmet::{Nvmet, ROOT_LAYOUT};
 use vmcheck::target::proto::target_server::TargetServer;
 use vmcheck::target::service::{TargetService, Traddr};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "vmcheck storage target: gRPC over Linux nvmet (NVMe-oF/TCP)")]
+#[command(version, about = "vmcheck storage target: gRPC over Linux nvmet (NVMe-oF/TCP) and LIO (iSCSI)")]
 struct Args {
     /// Address the gRPC server listens on.
     #[arg(long, default_value = "0.0.0.0:10124")]
@@ -24,6 +25,10 @@ struct Args {
     /// The nvmet configfs root.
     #[arg(long, default_value = "/sys/kernel/config/nvmet")]
     configfs: PathBuf,
+    /// LIO's configfs root (iSCSI shares); /sys/kernel/config/target, or with
+    /// --emulate-configfs a `target` directory beside --configfs.
+    #[arg(long)]
+    lio_configfs: Option<PathBuf>,
     /// IPv4 address put in share URIs and bound by nvmet ports. Without it, looked up at each
     /// share: the only non-loopback IPv4 address, or else the only one in 192.0.2.0/24.
     #[arg(long)]
@@ -59,11 +64,25 @@ async fn main() -> anyhow::Result<()> {
         ConfigFs::kernel(&args.configfs)
     };
     let nvmet = Nvmet::new(fs);
+    let lio_root = match (&args.lio_configfs, args.emulate_configfs) {
+        (Some(dir), _) => dir.clone(),
+        (None, true) => args.configfs.with_file_name("target"),
+        (None, false) => PathBuf::from(vmcheck::target::service::LIO_CONFIGFS),
+    };
+    let lio_fs = if args.emulate_configfs {
+        ConfigFs::emulated(&lio_root, &lio::ROOT_LAYOUT).with_context(|| format!("emulating LIO configfs in {}", lio_root.display()))?
+    } else {
+        ConfigFs::kernel(&lio_root)
+    };
+    let lio = Lio::new(lio_fs);
+    if !lio.available() {
+        warn!("{} has no LIO tree: iSCSI sharing will fail until target_core_mod is loaded", lio_root.display());
+    }
     if !nvmet.available() {
         warn!("{} has no nvmet tree: sharing will fail until nvmet is loaded and configfs mounted", args.configfs.display());
     }
     let traddr = args.traddr.map_or(Traddr::Detect, Traddr::Fixed);
-    let service = TargetService::new(nvmet, Backing::new(&args.sysfs, &args.malloc_dir), traddr);
+    let service = TargetService::new(nvmet, Backing::new(&args.sysfs, &args.malloc_dir), traddr).with_lio(lio);
     match service.leftovers() {
         Ok(report) if report.is_empty() => info!("no leftover nvmet state"),
         Ok(report) => warn!("leftover state from before this daemon (left alone):\n{}", report.trim_end()),

@@ -230,10 +230,18 @@ impl ConfigFs {
                 return Err(io::Error::from_raw_os_error(nix::errno::Errno::EBUSY as i32));
             }
         }
+        // A default group's own attributes (layout attrs such as "attrib/enable") do not make it
+        // non-empty; groups and links made in it do.
+        let is_attr = |dir: &str, name: &std::ffi::OsStr| layout.attrs.iter().any(|(a, _)| Path::new(a) == Path::new(dir).join(name));
         for dir in layout.subdirs {
-            if fs::read_dir(path.join(dir))?.next().is_some() {
-                return Err(io::Error::from_raw_os_error(nix::errno::Errno::ENOTEMPTY as i32));
+            for entry in fs::read_dir(path.join(dir))? {
+                if !is_attr(dir, &entry?.file_name()) {
+                    return Err(io::Error::from_raw_os_error(nix::errno::Errno::ENOTEMPTY as i32));
+                }
             }
+        }
+        for (name, _) in layout.attrs.iter().filter(|(a, _)| a.contains('/')) {
+            fs::remove_file(path.join(name))?;
         }
         for dir in layout.subdirs {
             fs::remove_dir(path.join(dir))?;

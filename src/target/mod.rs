@@ -7,9 +7,10 @@
 //! Pieces: [`uri`] parses bdev URIs, [`backing`] finds or makes what is behind them (block
 //! devices in sysfs, malloc files on tmpfs), [`configfs`] is the tree (the kernel's, or an
 //! emulation for tests), [`nvmet`] makes and removes subsystems, namespaces and ports in it,
-//! [`split`] carves a disk into partition bdevs, [`monitor`] notices devices that vanish,
-//! [`limits`] bounds requests and reads their deadlines, [`address`] picks the address to
-//! share on, [`error`] maps failures to gRPC codes.
+//! [`lio`] iSCSI targets and their backstores (ShareProtocol ISCSI), [`split`] carves a disk
+//! into partition bdevs, [`monitor`] notices devices that vanish, [`limits`] bounds requests and
+//! reads their deadlines, [`address`] picks the address to share on, [`error`] maps failures to
+//! gRPC codes.
 //!
 //! Rules the API leaves open, as decided here:
 //! - A bdev's name is its canonical URI; its uuid is a v5 uuid of that name, so a bdev and
@@ -46,6 +47,7 @@ pub mod configfs;
 pub mod conformance;
 pub mod error;
 pub mod limits;
+pub mod lio;
 pub mod monitor;
 pub mod nvmet;
 pub mod service;

@@ -18,6 +18,7 @@ use super::address;
 use super::backing::{Backing, Geometry};
 use super::error::{Error, Result};
 use super::limits::{self, Deadline, MAX_ALLOWED_HOSTS, MAX_NAME_LEN, MAX_NQN_LEN};
+use super::lio::{self, IscsiShareSpec, Lio, MAX_IQN_LEN};
 use super::nvmet::{self, NamespaceSpec, Nvmet, ShareSpec, MAX_NSID};
 use super::proto::{self, target_server::Target};
 use super::split;
@@ -27,6 +28,12 @@ use super::uri::{quoted, BdevUri};
 pub const CLAIMED_BY: &str = "NVMe-oF Target";
 /// What `claimed_by` says of a split disk (SPDK's split module claims its base as "split").
 pub const CLAIMED_BY_SPLIT: &str = "split";
+/// What `claimed_by` says while a bdev is LUN 0 of an iSCSI target.
+pub const CLAIMED_BY_ISCSI: &str = "iSCSI Target";
+/// iSCSI target IQNs default to this prefix and the bdev's uuid.
+pub const IQN_PREFIX: &str = "iqn.2019-05.io.vmcheck:";
+/// Where LIO's configfs tree is.
+pub const LIO_CONFIGFS: &str = "/sys/kernel/config/target";
 pub const STATE_ONLINE: &str = "online";
 pub const STATE_FAULTED: &str = "faulted";
 pub const DEFAULT_NVMF_PORT: u16 = 4420;
@@ -65,6 +72,7 @@ impl Traddr {
 #[derive(Debug)]
 pub struct TargetService {
     nvmet: Nvmet,
+    lio: Lio,
     backing: Backing,
     traddr: Traddr,
     started: Instant,
@@ -77,7 +85,7 @@ struct Entry {
     uri: BdevUri,
     uuid: Uuid,
     geometry: Geometry,
-    /// The nvmet namespace it is in.
+    /// The nvmet namespace it is in, or the iSCSI target it is LUN 0 of (the IQN, nsid 0).
     claim: Option<Claim>,
     /// Its split bdevs, by SplitBdev: while split, the disk itself is claimed by them.
     splits: Vec<String>,
@@ -89,10 +97,11 @@ struct Entry {
 }
 
 /// A subsystem this daemon made: by ShareBdev (with the bdev as namespace 1) or by
-/// CreateSubsystem (empty, namespaces come and go by AddNamespace/RemoveNamespace).
+/// CreateSubsystem (empty, namespaces come and go by AddNamespace/RemoveNamespace); or an
+/// iSCSI target made by ShareBdev ISCSI, keyed by its IQN (the bdev as LUN 0, not in nvmet).
 #[derive(Debug, Clone)]
 struct Owned {
-    /// nvmf://addr:port/nqn
+    /// nvmf://addr:port/nqn, or iscsi://addr:port/iqn/0
     uri: String,
     /// The bdev whose ShareBdev made it.
     shared_bdev: Option<String>,
@@ -112,7 +121,30 @@ impl Entry {
     }
 }
 
+impl Owned {
+    fn is_iscsi(&self) -> bool {
+        self.uri.starts_with(ISCSI_SCHEME)
+    }
+}
+
+/// The scheme of an iSCSI share's URI.
+const ISCSI_SCHEME: &str = "iscsi://";
+
 impl Registry {
+    /// Whether `claim` is LUN 0 of an iSCSI target this daemon made.
+    fn is_iscsi_claim(&self, claim: &Claim) -> bool {
+        self.subsystems.get(&claim.nqn).is_some_and(Owned::is_iscsi)
+    }
+
+    /// How a claim reads in messages: a namespace of a subsystem, or a LUN of an iSCSI target.
+    fn describe(&self, claim: &Claim) -> String {
+        if self.is_iscsi_claim(claim) {
+            format!("LUN {} of {}", claim.nsid, claim.nqn)
+        } else {
+            describe(claim)
+        }
+    }
+
     /// The subsystem a bdev made by ShareBdev, and its URI.
     fn share_of(&self, bdev: &str) -> Option<(&str, &Owned)> {
         self.subsystems.iter().find(|(_, o)| o.shared_bdev.as_deref() == Some(bdev)).map(|(nqn, o)| (nqn.as_str(), o))
@@ -137,6 +169,7 @@ impl Registry {
             blk_size: entry.geometry.blk_size,
             claimed: entry.claim.is_some() || !entry.splits.is_empty(),
             claimed_by: match (&entry.claim, entry.splits.is_empty()) {
+                (Some(claim), _) if self.is_iscsi_claim(claim) => CLAIMED_BY_ISCSI.into(),
                 (Some(_), _) => CLAIMED_BY.into(),
                 (None, false) => CLAIMED_BY_SPLIT.into(),
                 (None, true) => String::new(),
@@ -157,7 +190,18 @@ struct Claim {
 
 impl TargetService {
     pub fn new(nvmet: Nvmet, backing: Backing, traddr: Traddr) -> Self {
-        TargetService { nvmet, backing, traddr, started: Instant::now(), registry: Mutex::new(Registry::default()) }
+        let lio = Lio::new(super::configfs::ConfigFs::kernel(LIO_CONFIGFS));
+        TargetService { nvmet, lio, backing, traddr, started: Instant::now(), registry: Mutex::new(Registry::default()) }
+    }
+
+    /// Replaces the LIO tree (another root, or an emulation for tests).
+    pub fn with_lio(mut self, lio: Lio) -> Self {
+        self.lio = lio;
+        self
+    }
+
+    pub fn lio(&self) -> &Lio {
+        &self.lio
     }
 
     pub fn nvmet(&self) -> &Nvmet {
@@ -173,6 +217,12 @@ impl TargetService {
     /// earlier daemon's shares, or someone else's. Reported, never removed.
     pub fn leftovers(&self) -> Result<String> {
         let mut report = self.nvmet.state()?.to_string();
+        for t in self.lio.targets()? {
+            report.push_str(&format!("iSCSI target {} portals [{}] luns {}\n", t.iqn, t.portals.join(", "), t.luns.len()));
+        }
+        for b in self.lio.backstores()? {
+            report.push_str(&format!("LIO backstore {}\n", b.display()));
+        }
         for file in self.backing.malloc_files() {
             report.push_str(&format!("malloc file {}\n", file.display()));
         }
@@ -184,6 +234,7 @@ impl TargetService {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_secs: self.started.elapsed().as_secs(),
             nvmet: self.nvmet.available(),
+            lio: self.lio.available(),
         })
     }
 
@@ -250,10 +301,21 @@ impl TargetService {
             limits::check_len("nqn", nqn, MAX_NQN_LEN)?;
         }
         limits::check_list("allowed_hosts", &req.allowed_hosts, MAX_ALLOWED_HOSTS, MAX_NQN_LEN)?;
+        if let Some(iqn) = &req.iqn {
+            limits::check_len("iqn", iqn, MAX_IQN_LEN)?;
+        }
         match proto::ShareProtocol::try_from(req.protocol) {
-            Ok(proto::ShareProtocol::Unspecified | proto::ShareProtocol::Nvmf) => {}
+            Ok(proto::ShareProtocol::Unspecified | proto::ShareProtocol::Nvmf) => {
+                if let Some(iqn) = &req.iqn {
+                    return Err(Error::InvalidArgument(format!("iqn {} is for SHARE_PROTOCOL_ISCSI; NVMF takes nqn", quoted(iqn))));
+                }
+            }
+            Ok(proto::ShareProtocol::Iscsi) => return self.share_iscsi(name, &req, deadline).await,
             Err(_) => {
-                return Err(Error::InvalidArgument(format!("share protocol {} is not supported; use SHARE_PROTOCOL_NVMF", req.protocol)))
+                return Err(Error::InvalidArgument(format!(
+                    "share protocol {} is not supported; use SHARE_PROTOCOL_NVMF or SHARE_PROTOCOL_ISCSI",
+                    req.protocol
+                )))
             }
         }
         if let Some(nqn) = &req.nqn {
@@ -270,7 +332,7 @@ impl TargetService {
         require_unclaimed(&registry, entry)?;
         self.require_present(entry)?;
         let nqn = req.nqn.clone().unwrap_or_else(|| format!("{NQN_PREFIX}{}", entry.uuid));
-        if self.nvmet.subsystem_exists(&nqn) {
+        if self.nvmet.subsystem_exists(&nqn) || registry.subsystems.contains_key(&nqn) {
             return Err(Error::AlreadyExists(format!("subsystem {nqn} exists already")));
         }
         let traddr = self.traddr.resolve()?;
@@ -286,7 +348,44 @@ impl TargetService {
         info!(bdev = %name, %uri, port_id, "shared");
         registry.bdev_mut(&name)?.claim = Some(Claim { nqn: nqn.clone(), nsid: 1 });
         registry.subsystems.insert(nqn.clone(), Owned { uri: uri.clone(), shared_bdev: Some(name) });
-        Ok(proto::ShareBdevReply { uri, nqn })
+        Ok(proto::ShareBdevReply { uri, nqn, iqn: String::new() })
+    }
+
+    /// ShareBdev over iSCSI: one LIO target per bdev, the bdev as LUN 0. In the registry it is
+    /// a subsystem keyed by its IQN, and the bdev's claim is (IQN, 0).
+    async fn share_iscsi(&self, name: String, req: &proto::ShareBdevRequest, deadline: Deadline) -> Result<proto::ShareBdevReply> {
+        if let Some(nqn) = &req.nqn {
+            return Err(Error::InvalidArgument(format!("nqn {} is for SHARE_PROTOCOL_NVMF; ISCSI takes iqn", quoted(nqn))));
+        }
+        if !req.allowed_hosts.is_empty() {
+            return Err(Error::InvalidArgument("allowed_hosts is NVMF only; an iSCSI share admits any initiator".into()));
+        }
+        if let Some(iqn) = &req.iqn {
+            lio::validate_iqn("target IQN", iqn)?;
+        }
+        let port = validate_port(req.port, lio::DEFAULT_ISCSI_PORT)?;
+        let mut registry = self.lock(&deadline).await?;
+        let entry = lookup(&registry, &name)?;
+        if let Some((_, owned)) = registry.share_of(&name) {
+            return Err(Error::AlreadyExists(format!("bdev {name} is already shared as {}", owned.uri)));
+        }
+        require_unclaimed(&registry, entry)?;
+        self.require_present(entry)?;
+        if Backing::buffered_io(&entry.uri) {
+            return Err(Error::FailedPrecondition(format!("bdev {name} is a malloc file; iSCSI shares serve block devices (aio://) only")));
+        }
+        let iqn = req.iqn.clone().unwrap_or_else(|| format!("{IQN_PREFIX}{}", entry.uuid));
+        if self.lio.target_exists(&iqn) || registry.subsystems.contains_key(&iqn) {
+            return Err(Error::AlreadyExists(format!("iSCSI target {iqn} exists already")));
+        }
+        let addr = self.traddr.resolve()?;
+        let spec = IscsiShareSpec { iqn: iqn.clone(), device_path: self.backing.device_path(&entry.uri), addr, port };
+        self.lio.share(&spec, &deadline)?;
+        let uri = format!("{ISCSI_SCHEME}{addr}:{port}/{iqn}/0");
+        info!(bdev = %name, %uri, "shared over iSCSI");
+        registry.bdev_mut(&name)?.claim = Some(Claim { nqn: iqn.clone(), nsid: 0 });
+        registry.subsystems.insert(iqn.clone(), Owned { uri: uri.clone(), shared_bdev: Some(name) });
+        Ok(proto::ShareBdevReply { uri, nqn: String::new(), iqn })
     }
 
     async fn unshare_bdev(&self, req: proto::UnshareBdevRequest, deadline: Deadline) -> Result<proto::UnshareBdevReply> {
@@ -294,15 +393,17 @@ impl TargetService {
         let mut registry = self.lock(&deadline).await?;
         deadline.check("before the unshare started")?;
         let entry = lookup(&registry, &name)?;
-        let Some(nqn) = registry.share_of(&name).map(|(nqn, _)| nqn.to_string()) else {
+        let Some((nqn, iscsi)) = registry.share_of(&name).map(|(nqn, o)| (nqn.to_string(), o.is_iscsi())) else {
             return Err(Error::FailedPrecondition(match &entry.claim {
                 Some(claim) => format!("bdev {name} is not shared itself but is {}; use RemoveNamespace", describe(claim)),
                 None => format!("bdev {name} is not shared"),
             }));
         };
-        match self.nvmet.unshare(&nqn) {
+        let removed = if iscsi { self.lio.unshare(&nqn) } else { self.nvmet.unshare(&nqn) };
+        match removed {
             Ok(()) => {}
-            // Removed behind the daemon's back: what the caller wanted is done.
+            // Removed behind the daemon's back (or, for iSCSI, with its LUN by the hot-remove):
+            // what the caller wanted is done.
             Err(Error::NotFound(why)) => warn!("unsharing {name}: {why}; forgetting the share"),
             Err(err) => return Err(err),
         }
@@ -320,7 +421,7 @@ impl TargetService {
         validate_hosts(&req.allowed_hosts)?;
         let mut registry = self.lock(&deadline).await?;
         let nqn = req.nqn;
-        if self.nvmet.subsystem_exists(&nqn) {
+        if self.nvmet.subsystem_exists(&nqn) || registry.subsystems.contains_key(&nqn) {
             return Err(Error::AlreadyExists(format!("subsystem {nqn} exists already")));
         }
         let traddr = self.traddr.resolve()?;
@@ -334,7 +435,10 @@ impl TargetService {
 
     async fn destroy_subsystem(&self, req: proto::DestroySubsystemRequest, deadline: Deadline) -> Result<proto::DestroySubsystemReply> {
         limits::check_len("nqn", &req.nqn, MAX_NQN_LEN)?;
-        nvmet::validate_nqn("subsystem NQN", &req.nqn)?;
+        // An IQN names an iSCSI share, refused below as made by ShareBdev (or not found).
+        if lio::validate_iqn("target IQN", &req.nqn).is_err() {
+            nvmet::validate_nqn("subsystem NQN", &req.nqn)?;
+        }
         let mut registry = self.lock(&deadline).await?;
         deadline.check("before the subsystem was destroyed")?;
         let owned = self.require_own_subsystem(&registry, &req.nqn)?;
@@ -556,22 +660,27 @@ impl TargetService {
             registry.bdevs.iter().filter(|(_, e)| !e.removed && !self.backing.present(&e.uri)).map(|(name, _)| name.clone()).collect();
         let mut report = Vec::new();
         for name in vanished {
-            let Some(entry) = registry.bdevs.get_mut(&name) else { continue };
+            let Some(entry) = registry.bdevs.get(&name) else { continue };
             let path = self.backing.device_path(&entry.uri);
-            let what = match &entry.claim {
+            let claim = entry.claim.clone();
+            let what = match &claim {
                 None => "it was in no namespace".to_string(),
-                Some(claim) => match self.withdraw(claim) {
-                    Ok(()) => format!("removed from {}", describe(claim)),
-                    Err(err) => {
-                        warn!(
-                            "hot-remove: {} vanished but bdev {name} could not be withdrawn from {}: {err}; retrying",
-                            path.display(),
-                            describe(claim)
-                        );
-                        continue;
+                Some(claim) => {
+                    let iscsi = registry.is_iscsi_claim(claim);
+                    match self.withdraw(claim, iscsi, &path) {
+                        Ok(()) => format!("removed from {}", registry.describe(claim)),
+                        Err(err) => {
+                            warn!(
+                                "hot-remove: {} vanished but bdev {name} could not be withdrawn from {}: {err}; retrying",
+                                path.display(),
+                                registry.describe(claim)
+                            );
+                            continue;
+                        }
                     }
-                },
+                }
             };
+            let Ok(entry) = registry.bdev_mut(&name) else { continue };
             entry.claim = None;
             entry.removed = true;
             let line = format!("hot-remove: {} vanished; bdev {name} is {STATE_FAULTED}, {what}", path.display());
@@ -581,11 +690,18 @@ impl TargetService {
         report
     }
 
-    /// Takes a bdev out of the export that claims it. The one place a second export type
-    /// hooks into hot-remove: an iSCSI share (its target in `Registry::subsystems` under its
-    /// IQN, with an `iscsi://` URI) withdraws its LUN here, and the rest of `reap_vanished`
-    /// (faulted, logged, controller kept) holds for it unchanged.
-    fn withdraw(&self, claim: &Claim) -> Result<()> {
+    /// Takes a bdev out of the export that claims it. An iSCSI share (its target in
+    /// `Registry::subsystems` under its IQN, with an `iscsi://` URI) loses the LUN of the
+    /// vanished `device`, and with its only LUN the whole target (LIO would otherwise answer on
+    /// a phantom LUN 0), which ends its sessions; its registry entry stays until UnshareBdev,
+    /// which then finds nothing in configfs and forgets it. An nvmet share loses the namespace
+    /// and keeps the subsystem (as SPDK keeps the controller).
+    fn withdraw(&self, claim: &Claim, iscsi: bool, device: &std::path::Path) -> Result<()> {
+        if iscsi {
+            // Gone already is no error: nothing backed by the device is left to remove.
+            self.lio.remove_luns_backed_by(device)?;
+            return Ok(());
+        }
         if !self.nvmet.namespace_exists(&claim.nqn, claim.nsid) {
             // Gone already (removed behind the daemon's back): nothing to withdraw.
             return Ok(());
@@ -709,7 +825,7 @@ fn require_unclaimed(registry: &Registry, entry: &Entry) -> Result<()> {
         (None, None) => Ok(()),
         (Some(claim), shared) => {
             let hint = if shared.is_some() { "unshare it first" } else { "remove the namespace first" };
-            Err(Error::FailedPrecondition(format!("bdev {name} is in use as {}; {hint}", describe(claim))))
+            Err(Error::FailedPrecondition(format!("bdev {name} is in use as {}; {hint}", registry.describe(claim))))
         }
         // Its namespace went (the device was hot-removed) but the subsystem it made is there.
         (None, Some((nqn, _))) => Err(Error::FailedPrecondition(format!("bdev {name} is shared as subsystem {nqn}; unshare it first"))),

@@ -1,4 +1,5 @@
-//! Typed wrappers of the guest tools: fio and nvme-cli (and lsblk), from their JSON output.
+//! Typed wrappers of the guest tools: fio and nvme-cli (and lsblk), from their JSON output, and
+//! iscsiadm, from its text.
 //!
 //! These modules only build command lines and parse output; they never run anything. A scenario
 //! passes the command line to `machine.succeed(&cmd)` and hands the stdout it got back to the
@@ -18,6 +19,7 @@
 //! read keep their names.
 
 pub mod fio;
+pub mod iscsi;
 pub mod lsblk;
 pub mod nvme;
 
