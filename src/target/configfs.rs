@@ -261,6 +261,75 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Rollback guard: undoes, newest first, what a multi-step change made, unless committed
+/// (nvmet's and LIO's changes alike).
+pub struct Undo<'a> {
+    fs: &'a ConfigFs,
+    /// What is changed, for the log ("nvmet", "LIO").
+    what: &'static str,
+    steps: Vec<Step>,
+}
+
+enum Step {
+    RemoveGroup(PathBuf, &'static GroupLayout),
+    Unlink(PathBuf),
+    Write(PathBuf, &'static str),
+}
+
+impl<'a> Undo<'a> {
+    pub fn new(fs: &'a ConfigFs, what: &'static str) -> Self {
+        Undo { fs, what, steps: Vec::new() }
+    }
+
+    pub fn make_group(&mut self, rel: &Path, layout: &'static GroupLayout) -> FsResult<()> {
+        self.fs.make_group(rel, layout)?;
+        self.steps.push(Step::RemoveGroup(rel.to_path_buf(), layout));
+        Ok(())
+    }
+
+    pub fn symlink(&mut self, target: &Path, link: &Path) -> FsResult<()> {
+        self.fs.symlink(target, link)?;
+        self.steps.push(Step::Unlink(link.to_path_buf()));
+        Ok(())
+    }
+
+    /// An attribute of a group made in this change: removing the group undoes it.
+    pub fn write(&mut self, rel: &Path, value: &str) -> FsResult<()> {
+        self.fs.write(rel, value)
+    }
+
+    /// An attribute whose effect must be reverted before its group can go.
+    pub fn write_reverting(&mut self, rel: &Path, value: &str, revert: &'static str) -> FsResult<()> {
+        self.fs.write(rel, value)?;
+        self.steps.push(Step::Write(rel.to_path_buf(), revert));
+        Ok(())
+    }
+
+    /// The change is complete: nothing is undone.
+    pub fn commit(mut self) {
+        self.steps.clear();
+    }
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        if self.steps.is_empty() {
+            return;
+        }
+        tracing::info!(steps = self.steps.len(), "rolling back a half-made {} change", self.what);
+        while let Some(step) = self.steps.pop() {
+            let result = match &step {
+                Step::RemoveGroup(path, layout) => self.fs.remove_group(path, layout),
+                Step::Unlink(path) => self.fs.unlink(path),
+                Step::Write(path, value) => self.fs.write(path, value),
+            };
+            if let Err(err) = result {
+                tracing::warn!("rollback step failed, configfs keeps it: {err}");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@ use std::sync::LazyLock;
 use regex::Regex;
 use tracing::{info, warn};
 
-use super::configfs::{ConfigFs, FsResult, GroupLayout};
+use super::configfs::{ConfigFs, GroupLayout, Undo};
 use super::error::{ConfigfsContext, Error, Result};
 use super::limits::Deadline;
 use super::uri::quoted;
@@ -138,7 +138,7 @@ impl Lio {
         if self.target_exists(iqn) {
             return Err(Error::AlreadyExists(format!("iSCSI target {iqn} exists already")));
         }
-        let mut undo = Undo::new(&self.fs);
+        let mut undo = Undo::new(&self.fs, "LIO");
         if !self.fs.exists(Path::new(FABRIC_DIR)) {
             undo.make_group(Path::new(FABRIC_DIR), &FABRIC).context(|| "creating the iscsi fabric (is iscsi_target_mod loaded?)".into())?;
         }
@@ -385,70 +385,6 @@ pub struct LunState {
     pub backstore: Option<PathBuf>,
     /// The block device behind it.
     pub udev_path: String,
-}
-
-/// Rollback guard: undoes, newest first, what a multi-step change made, unless committed.
-struct Undo<'a> {
-    fs: &'a ConfigFs,
-    steps: Vec<Step>,
-}
-
-enum Step {
-    RemoveGroup(PathBuf, &'static GroupLayout),
-    Unlink(PathBuf),
-    Write(PathBuf, &'static str),
-}
-
-impl<'a> Undo<'a> {
-    fn new(fs: &'a ConfigFs) -> Self {
-        Undo { fs, steps: Vec::new() }
-    }
-
-    fn make_group(&mut self, rel: &Path, layout: &'static GroupLayout) -> FsResult<()> {
-        self.fs.make_group(rel, layout)?;
-        self.steps.push(Step::RemoveGroup(rel.to_path_buf(), layout));
-        Ok(())
-    }
-
-    fn symlink(&mut self, target: &Path, link: &Path) -> FsResult<()> {
-        self.fs.symlink(target, link)?;
-        self.steps.push(Step::Unlink(link.to_path_buf()));
-        Ok(())
-    }
-
-    /// An attribute of a group made in this change: removing the group undoes it.
-    fn write(&mut self, rel: &Path, value: &str) -> FsResult<()> {
-        self.fs.write(rel, value)
-    }
-
-    fn write_reverting(&mut self, rel: &Path, value: &str, revert: &'static str) -> FsResult<()> {
-        self.fs.write(rel, value)?;
-        self.steps.push(Step::Write(rel.to_path_buf(), revert));
-        Ok(())
-    }
-
-    fn commit(mut self) {
-        self.steps.clear();
-    }
-}
-
-impl Drop for Undo<'_> {
-    fn drop(&mut self) {
-        if self.steps.is_empty() {
-            return;
-        }
-        info!(steps = self.steps.len(), "rolling back a half-made LIO change");
-        while let Some(step) = self.steps.pop() {
-            let result = match &step {
-                Step::RemoveGroup(path, layout) => self.fs.remove_group(path, layout),
-                Step::Unlink(path) => self.fs.unlink(path),
-                Step::Write(path, value) => self.fs.write(path, value),
-            };
-            if let Err(err) = result {
-                warn!("rollback step failed, configfs keeps it: {err}");
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 
 use regex::Regex;
-use tracing::{info, warn};
+
 use uuid::Uuid;
 
-use super::configfs::{ConfigFs, FsResult, GroupLayout};
+use super::configfs::{ConfigFs, GroupLayout, Undo};
 use super::error::{ConfigfsContext, Error, Result};
 use super::limits::Deadline;
 use super::uri::quoted;
@@ -139,7 +139,7 @@ impl Nvmet {
         deadline.check("before the share started")?;
         let nqn = spec.nqn.as_str();
         let (port_id, port_exists) = self.port_for(spec.traddr, spec.trsvcid)?;
-        let mut undo = Undo::new(&self.fs);
+        let mut undo = Undo::new(&self.fs, "nvmet");
         // Hosts are shared between subsystems: make only the missing ones.
         for host in &spec.allowed_hosts {
             let dir = Path::new("hosts").join(host);
@@ -158,7 +158,7 @@ impl Nvmet {
         }
         if let Some(ns) = &spec.namespace {
             deadline.check(&format!("before enabling namespace {} of {nqn}", ns.nsid))?;
-            undo.enable_namespace(nqn, ns)?;
+            enable_namespace(&mut undo, nqn, ns)?;
         }
         let port = port_dir(port_id);
         if !port_exists {
@@ -225,8 +225,8 @@ impl Nvmet {
     pub fn add_namespace(&self, nqn: &str, ns: &NamespaceSpec, deadline: &Deadline) -> Result<()> {
         self.require_available()?;
         deadline.check(&format!("before adding namespace {} to {nqn}", ns.nsid))?;
-        let mut undo = Undo::new(&self.fs);
-        undo.enable_namespace(nqn, ns)?;
+        let mut undo = Undo::new(&self.fs, "nvmet");
+        enable_namespace(&mut undo, nqn, ns)?;
         // Enabling is where nvmet opens the device, the slow step: check once more.
         deadline.check(&format!("while adding namespace {} to {nqn}", ns.nsid))?;
         undo.commit();
@@ -350,85 +350,20 @@ fn port_dir(id: u16) -> PathBuf {
     Path::new("ports").join(id.to_string())
 }
 
-/// Rollback guard: undoes, newest first, what a multi-step change made, unless committed.
-struct Undo<'a> {
-    fs: &'a ConfigFs,
-    steps: Vec<Step>,
-}
-
-enum Step {
-    RemoveGroup(PathBuf, &'static GroupLayout),
-    Unlink(PathBuf),
-    Write(PathBuf, &'static str),
-}
-
-impl<'a> Undo<'a> {
-    fn new(fs: &'a ConfigFs) -> Self {
-        Undo { fs, steps: Vec::new() }
+/// Namespace group, device, uuid, I/O mode, then enable: nvmet opens the device on enable,
+/// and refuses attribute changes after it.
+fn enable_namespace(undo: &mut Undo, nqn: &str, ns: &NamespaceSpec) -> Result<()> {
+    let dir = namespace(nqn, ns.nsid);
+    let nsid = ns.nsid;
+    undo.make_group(&dir, &NAMESPACE).context(|| format!("creating namespace {nsid} of {nqn}"))?;
+    let path = ns.device_path.to_string_lossy();
+    undo.write(&dir.join("device_path"), &path).context(|| format!("setting device_path {path} on namespace {nsid} of {nqn}"))?;
+    undo.write(&dir.join("device_uuid"), &ns.device_uuid.to_string())
+        .context(|| format!("setting device_uuid on namespace {nsid} of {nqn}"))?;
+    if ns.buffered_io {
+        undo.write(&dir.join("buffered_io"), "1").context(|| format!("setting buffered_io on namespace {nsid} of {nqn}"))?;
     }
-
-    fn make_group(&mut self, rel: &Path, layout: &'static GroupLayout) -> FsResult<()> {
-        self.fs.make_group(rel, layout)?;
-        self.steps.push(Step::RemoveGroup(rel.to_path_buf(), layout));
-        Ok(())
-    }
-
-    fn symlink(&mut self, target: &Path, link: &Path) -> FsResult<()> {
-        self.fs.symlink(target, link)?;
-        self.steps.push(Step::Unlink(link.to_path_buf()));
-        Ok(())
-    }
-
-    /// An attribute of a group made in this change: removing the group undoes it.
-    fn write(&mut self, rel: &Path, value: &str) -> FsResult<()> {
-        self.fs.write(rel, value)
-    }
-
-    /// An attribute whose effect must be reverted before its group can go.
-    fn write_reverting(&mut self, rel: &Path, value: &str, revert: &'static str) -> FsResult<()> {
-        self.fs.write(rel, value)?;
-        self.steps.push(Step::Write(rel.to_path_buf(), revert));
-        Ok(())
-    }
-
-    /// Namespace group, device, uuid, I/O mode, then enable: nvmet opens the device on enable,
-    /// and refuses attribute changes after it.
-    fn enable_namespace(&mut self, nqn: &str, ns: &NamespaceSpec) -> Result<()> {
-        let dir = namespace(nqn, ns.nsid);
-        let nsid = ns.nsid;
-        self.make_group(&dir, &NAMESPACE).context(|| format!("creating namespace {nsid} of {nqn}"))?;
-        let path = ns.device_path.to_string_lossy();
-        self.write(&dir.join("device_path"), &path).context(|| format!("setting device_path {path} on namespace {nsid} of {nqn}"))?;
-        self.write(&dir.join("device_uuid"), &ns.device_uuid.to_string())
-            .context(|| format!("setting device_uuid on namespace {nsid} of {nqn}"))?;
-        if ns.buffered_io {
-            self.write(&dir.join("buffered_io"), "1").context(|| format!("setting buffered_io on namespace {nsid} of {nqn}"))?;
-        }
-        self.write_reverting(&dir.join("enable"), "1", "0").context(|| format!("enabling namespace {nsid} of {nqn} on {path}"))
-    }
-
-    fn commit(mut self) {
-        self.steps.clear();
-    }
-}
-
-impl Drop for Undo<'_> {
-    fn drop(&mut self) {
-        if self.steps.is_empty() {
-            return;
-        }
-        info!(steps = self.steps.len(), "rolling back a half-made nvmet change");
-        while let Some(step) = self.steps.pop() {
-            let result = match &step {
-                Step::RemoveGroup(path, layout) => self.fs.remove_group(path, layout),
-                Step::Unlink(path) => self.fs.unlink(path),
-                Step::Write(path, value) => self.fs.write(path, value),
-            };
-            if let Err(err) = result {
-                warn!("rollback step failed, configfs keeps it: {err}");
-            }
-        }
-    }
+    undo.write_reverting(&dir.join("enable"), "1", "0").context(|| format!("enabling namespace {nsid} of {nqn} on {path}"))
 }
 
 /// nvmet's configfs contents.
