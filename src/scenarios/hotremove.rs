@@ -24,7 +24,7 @@ use anyhow::{bail, Context, Result};
 use futures::FutureExt;
 
 use super::nvmeof::{self, Share, NVMF_PORT};
-use super::workload::{integrity_job, run_fio, FioRun};
+use super::workload::{integrity_job, run_fio, FioRun, ENOENT};
 use super::Scenario;
 use crate::config::{DiskSpec, NodeSpec, Role};
 use crate::driver::Driver;
@@ -40,7 +40,6 @@ const FIO_CLEAN_SECS: u64 = 8;
 /// How long fio runs before the disk is pulled.
 const SETTLE: Duration = Duration::from_secs(3);
 const DISK_MIB: u64 = 256;
-const ENOENT: i32 = 2;
 
 /// How the disk is pulled.
 #[derive(Clone, Copy)]

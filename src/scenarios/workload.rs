@@ -99,7 +99,9 @@ impl FioOutcome {
         if message.is_empty() {
             message = messages.map(str::trim).find(|l| !l.is_empty()).unwrap_or_default().to_string();
         }
-        let errno = from_job.or_else(|| errno_in_message(&message)).unwrap_or(0);
+        // With allow_file_create=0, fio's word for a path that does not exist names no errno.
+        let missing = message.contains("file creation disallowed").then_some(ENOENT);
+        let errno = from_job.or_else(|| errno_in_message(&message)).or(missing).unwrap_or(0);
         if errno == 0 && message.is_empty() {
             bail!("fio failed without naming an error; {}", self.describe());
         }
@@ -161,6 +163,9 @@ pub async fn run_fio(machine: &Machine, job: &Fio, device: &str) -> Result<FioOu
     FioRun::start(machine, job, device).await?.wait().await
 }
 
+/// No such file or directory.
+pub const ENOENT: i32 = 2;
+
 /// The errno in fio's messages: `err=5/...` or `error=Input/output error` style.
 fn errno_in_message(message: &str) -> Option<i32> {
     let rest = message.split("err=").nth(1)?;
@@ -208,6 +213,13 @@ mod tests {
         let f = o.expect_error().unwrap();
         assert_eq!(f.errno, 2);
         assert!(o.expect_clean().is_err());
+    }
+
+    #[test]
+    fn a_device_that_is_gone_is_enoent() {
+        // fio 3.33 with allow_file_create=0 on a path that does not exist (seen in the VMs).
+        let o = outcome(1, None, "fio: file creation disallowed by allow_file_create=0\n");
+        assert_eq!(o.expect_error().unwrap().errno, ENOENT);
     }
 
     #[test]
