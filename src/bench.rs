@@ -170,17 +170,27 @@ fn one_node(name: &str, host: u8) -> NodeSpec {
     NodeSpec::new(name, Role::Target, host)
 }
 
+/// The bench's report: each line is logged as it comes and kept for the caller.
+#[derive(Default)]
+struct Report {
+    text: String,
+}
+
+impl Report {
+    fn line(&mut self, s: String) {
+        crate::log::line(&s);
+        self.text.push_str(&s);
+        self.text.push('\n');
+    }
+}
+
 /// Runs the benchmark and prints a report.
 pub async fn run(options: &BenchOptions) -> Result<String> {
     if options.nvmeof {
         return nvmeof(options).await;
     }
-    let mut report = String::new();
-    let mut line = |s: String| {
-        crate::log::line(&s);
-        report.push_str(&s);
-        report.push('\n');
-    };
+    let mut report = Report::default();
+    let mut line = |s: String| report.line(s);
     crate::log::set_echo_console(false);
     let driver = Driver::new(vec![one_node("bench", 1), one_node("peer", 2)], DriverOptions::default()).await?;
     line(format!("accelerator: {}", driver.accel.name()));
@@ -284,7 +294,7 @@ pub async fn run(options: &BenchOptions) -> Result<String> {
         switched / direct
     ));
     driver.kill_all().await;
-    Ok(report)
+    Ok(report.text)
 }
 
 /// A throughput run: the receiver serves a file of `mib` MiB over HTTP (busybox httpd), the
@@ -362,12 +372,8 @@ const BENCH_NQN: &str = "nqn.2019-05.io.vmcheck:bench";
 /// driver's images and command lines, less QMP), only the netdev differs. The namespace is a
 /// file in the target's RAM (nvmet buffered I/O), so the network, not a disk, is measured.
 pub async fn nvmeof(options: &BenchOptions) -> Result<String> {
-    let mut report = String::new();
-    let mut line = |s: String| {
-        crate::log::line(&s);
-        report.push_str(&s);
-        report.push('\n');
-    };
+    let mut report = Report::default();
+    let mut line = |s: String| report.line(s);
     crate::log::set_echo_console(false);
     let vde = which::which("vde_switch").context("vde_switch is not on PATH (Debian: apt-get install vde2)")?;
     let nodes = vec![NodeSpec::new("target", Role::Target, 1), NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768)];
@@ -414,7 +420,7 @@ pub async fn nvmeof(options: &BenchOptions) -> Result<String> {
         medians[3] / medians[1]
     ));
     driver.kill_all().await;
-    Ok(report)
+    Ok(report.text)
 }
 
 /// Boots the target and initiator on `network`, shares the RAM file, connects, and runs fio
