@@ -23,6 +23,7 @@ pub mod qemu;
 pub mod qga;
 pub mod qmp;
 pub mod repl;
+pub mod report;
 pub mod scenarios;
 pub mod target;
 pub mod timeouts;
