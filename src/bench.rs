@@ -8,7 +8,7 @@
 //! - test-network throughput through the driver's switch beside a direct QEMU-to-QEMU link;
 //! - with `--nvmeof`, only this: fio 128 KiB sequential reads at queue depth 16 over NVMe-oF/TCP
 //!   through vmcheck's switch, a direct QEMU-to-QEMU link and `vde_switch` (what NixOS tests
-//!   use), in the same run, on the same bare VMs ([`nvmeof`]).
+//!   use), in the same run, on the same bare VMs (`nvmeof`).
 
 use std::time::{Duration, Instant};
 
