@@ -74,8 +74,15 @@ pub async fn choose(qemu: &Path, kernel: Option<&Path>, cache_dir: Option<&Path>
     }
     let verdict = probe_verdict(qemu, kernel).await;
     if let Some(c) = cache {
-        let _ = std::fs::create_dir_all(c.parent().unwrap_or(Path::new(".")));
-        let _ = std::fs::write(c, format!("{}\n{}\n", boot_id.trim(), verdict.name()));
+        // Written aside and renamed: a run side by side never reads half a verdict.
+        let dir = c.parent().unwrap_or(Path::new("."));
+        let _ = std::fs::create_dir_all(dir);
+        if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) {
+            use std::io::Write;
+            if write!(tmp, "{}\n{}\n", boot_id.trim(), verdict.name()).is_ok() {
+                let _ = tmp.persist(&c);
+            }
+        }
     }
     Ok(verdict)
 }

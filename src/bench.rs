@@ -8,7 +8,7 @@
 //! - test-network throughput through the driver's switch beside a direct QEMU-to-QEMU link;
 //! - with `--nvmeof`, only this: fio 128 KiB sequential reads at queue depth 16 over NVMe-oF/TCP
 //!   through vmcheck's switch, a direct QEMU-to-QEMU link and `vde_switch` (what NixOS tests
-//!   use), in the same run, on the same bare VMs ([`nvmeof`]).
+//!   use), in the same run, on the same bare VMs (`nvmeof`).
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use crate::driver::{Driver, DriverOptions};
 use crate::poll::{Pace, Polled};
 use crate::qapi_stream::JsonReader;
 use crate::qemu::{Console, QemuProcess, QemuSpec};
+use crate::report::Reporter;
 
 /// Options of a bench run.
 #[derive(Debug, Clone)]
@@ -87,7 +88,7 @@ impl Bare {
         cmd.args(args).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
         let started = Instant::now();
         let child = crate::process::spawn(cmd).await?;
-        let process = QemuProcess::adopt(child, Console::new(&spec.name, None));
+        let process = QemuProcess::adopt(child, Console::new(&spec.name, None, crate::log::current().unwrap_or_default()));
         let stream = crate::qmp::connect_unix(&spec.qga_socket, crate::timeouts::request()).await?;
         let (r, w) = stream.into_split();
         let bare = Bare { _process: process, reader: JsonReader::new(r), writer: w };
@@ -171,14 +172,18 @@ fn one_node(name: &str, host: u8) -> NodeSpec {
 }
 
 /// The bench's report: each line is logged as it comes and kept for the caller.
-#[derive(Default)]
 struct Report {
     text: String,
+    log: Reporter,
 }
 
 impl Report {
+    fn new(log: &Reporter) -> Report {
+        Report { text: String::new(), log: log.clone() }
+    }
+
     fn line(&mut self, s: String) {
-        crate::log::line(&s);
+        self.log.line(&s);
         self.text.push_str(&s);
         self.text.push('\n');
     }
@@ -186,13 +191,21 @@ impl Report {
 
 /// Runs the benchmark and prints a report.
 pub async fn run(options: &BenchOptions) -> Result<String> {
+    // The bench's reporter: console lines would break into the numbers.
+    let reporter = Reporter::new();
+    reporter.set_echo_console(false);
     if options.nvmeof {
-        return nvmeof(options).await;
+        return crate::log::scope(reporter.clone(), nvmeof(options, reporter)).await;
     }
-    let mut report = Report::default();
+    crate::log::scope(reporter.clone(), machine_api(options, reporter)).await
+}
+
+/// Boot to agent, exec round trip and network throughput, the driver's and bare QEMU's.
+async fn machine_api(options: &BenchOptions, reporter: Reporter) -> Result<String> {
+    let mut report = Report::new(&reporter);
     let mut line = |s: String| report.line(s);
-    crate::log::set_echo_console(false);
-    let driver = Driver::new(vec![one_node("bench", 1), one_node("peer", 2)], DriverOptions::default()).await?;
+    let driver_options = DriverOptions { reporter, ..DriverOptions::default() };
+    let driver = Driver::new(vec![one_node("bench", 1), one_node("peer", 2)], driver_options).await?;
     line(format!("accelerator: {}", driver.accel.name()));
     let m = driver.machine("bench")?;
     let spec = m.qemu_spec();
@@ -254,7 +267,6 @@ pub async fn run(options: &BenchOptions) -> Result<String> {
     for _ in 0..WARM_UP {
         m.execute("true").await?;
     }
-    crate::log::set_echo_console(false);
     for _ in 0..options.execs {
         let t = Instant::now();
         m.execute("true").await?;
@@ -371,13 +383,12 @@ const BENCH_NQN: &str = "nqn.2019-05.io.vmcheck:bench";
 /// initiator, through each network in turn; every network boots the same two bare VMs (the
 /// driver's images and command lines, less QMP), only the netdev differs. The namespace is a
 /// file in the target's RAM (nvmet buffered I/O), so the network, not a disk, is measured.
-pub async fn nvmeof(options: &BenchOptions) -> Result<String> {
-    let mut report = Report::default();
+async fn nvmeof(options: &BenchOptions, reporter: Reporter) -> Result<String> {
+    let mut report = Report::new(&reporter);
     let mut line = |s: String| report.line(s);
-    crate::log::set_echo_console(false);
     let vde = which::which("vde_switch").context("vde_switch is not on PATH (Debian: apt-get install vde2)")?;
     let nodes = vec![NodeSpec::new("target", Role::Target, 1), NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768)];
-    let driver = Driver::new(nodes, DriverOptions::default()).await?;
+    let driver = Driver::new(nodes, DriverOptions { reporter, ..DriverOptions::default() }).await?;
     line(format!(
         "accelerator: {}; fio 128k sequential read, iodepth 16, libaio, direct, {} s per run, {} run(s) per network per round, {} round(s)",
         driver.accel.name(),

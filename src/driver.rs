@@ -1,5 +1,5 @@
-//! The driver: a run's machines, its run directory, `start_all`, subtests with timings, the
-//! global timeout, logs and JUnit.
+//! The driver: a run's machines, its run directory, `start_all`, subtests with timings (recorded
+//! in the run's [`Reporter`]).
 //!
 //! Each run lives in its own temporary directory (`$TMPDIR/vmcheck-run-<pid>-XXXX`): sockets,
 //! disks, console logs. It is removed at the end unless `keep_state` is set; directories of runs
@@ -19,6 +19,8 @@ use crate::log;
 use crate::machine::{Machine, MachineEnv};
 use crate::network::Switch;
 use crate::qemu::Boot;
+use crate::report::Reporter;
+pub use crate::report::{summary_table, SubtestResult};
 
 /// Kernel parameters of the default images: serial console, quiet boot (serial output is slow
 /// under TCG; the guest raises the console log level once it is up), reboot on panic.
@@ -30,30 +32,10 @@ pub const DEFAULT_KERNEL_PARAMS: &str =
 pub struct DriverOptions {
     /// Keep the run directory (disks, sockets, logs) after the run.
     pub keep_state: bool,
-    /// Keep console logs, command lines and the transcript here.
+    /// Keep console logs, command lines and tool output here.
     pub out_dir: Option<PathBuf>,
-}
-
-/// One subtest's outcome.
-#[derive(Debug, Clone)]
-pub struct SubtestResult {
-    pub name: String,
-    pub duration: Duration,
-    pub error: Option<String>,
-    /// The error is the harness's or a machine's (JUnit `<error>`), not a failed expectation
-    /// about the system under test (JUnit `<failure>`).
-    pub harness_error: bool,
-}
-
-impl SubtestResult {
-    /// "ok", "FAILED" (the system under test misbehaved) or "ERROR" (the harness broke).
-    pub fn verdict(&self) -> &'static str {
-        match (&self.error, self.harness_error) {
-            (None, _) => "ok",
-            (Some(_), false) => "FAILED",
-            (Some(_), true) => "ERROR",
-        }
-    }
+    /// Where the run's lines go and its subtests are recorded (a fresh one on stderr by default).
+    pub reporter: Reporter,
 }
 
 /// Awaited with a subtest's name before the subtest runs (the REPL's `step` pauses there); an
@@ -66,7 +48,7 @@ pub struct Driver {
     env: Arc<MachineEnv>,
     /// Removed when the driver is dropped, unless kept.
     _run_dir: Option<tempfile::TempDir>,
-    subtests: Mutex<Vec<SubtestResult>>,
+    reporter: Reporter,
     started: Instant,
     gate: Mutex<Option<SubtestGate>>,
     pub accel: Accel,
@@ -76,6 +58,10 @@ impl Driver {
     /// Builds (or finds) the images, probes the accelerator, creates the run directory, the
     /// switches and the machines. Nothing is started.
     pub async fn new(nodes: Vec<NodeSpec>, options: DriverOptions) -> Result<Driver> {
+        log::scope(options.reporter.clone(), Driver::set_up(nodes, options)).await
+    }
+
+    async fn set_up(nodes: Vec<NodeSpec>, options: DriverOptions) -> Result<Driver> {
         if nodes.is_empty() {
             bail!("a test needs at least one machine");
         }
@@ -126,7 +112,8 @@ impl Driver {
                 e.insert(Arc::new(Switch::start(vlan, &path.join("net"))?));
             }
         }
-        let env = Arc::new(MachineEnv { run_dir: path, qemu, accel, switches, log_dir });
+        let reporter = options.reporter.clone();
+        let env = Arc::new(MachineEnv { run_dir: path, qemu, accel, switches, log_dir, reporter: reporter.clone() });
         let mut machines = Vec::new();
         for node in nodes {
             let boot = match &node.start_script {
@@ -145,15 +132,7 @@ impl Driver {
         } else {
             Some(run_dir)
         };
-        Ok(Driver {
-            machines,
-            env,
-            _run_dir: run_dir,
-            subtests: Mutex::new(Vec::new()),
-            started: Instant::now(),
-            gate: Mutex::new(None),
-            accel,
-        })
+        Ok(Driver { machines, env, _run_dir: run_dir, reporter, started: Instant::now(), gate: Mutex::new(None), accel })
     }
 
     pub fn machines(&self) -> &[Machine] {
@@ -173,8 +152,13 @@ impl Driver {
     pub fn artifact(&self, name: &str, text: &str) {
         let path = self.env.log_dir.join(name);
         if let Err(e) = std::fs::write(&path, text) {
-            log::line(&format!("could not keep {}: {e}", path.display()));
+            self.reporter.line(&format!("could not keep {}: {e}", path.display()));
         }
+    }
+
+    /// The run's reporter: its sinks (the REPL switches the console echo there) and record.
+    pub fn reporter(&self) -> &Reporter {
+        &self.reporter
     }
 
     pub fn run_dir(&self) -> &Path {
@@ -183,7 +167,7 @@ impl Driver {
 
     /// Starts every machine and waits until every agent answers (in parallel).
     pub async fn start_all(&self) -> Result<()> {
-        log::nested("start all VMs", async {
+        let start = self.reporter.nested("start all VMs", async {
             for m in &self.machines {
                 m.start().await?;
             }
@@ -192,8 +176,8 @@ impl Driver {
                 r?;
             }
             Ok(())
-        })
-        .await
+        });
+        log::scope(self.reporter.clone(), start).await
     }
 
     /// Runs one subtest: logs its name and time, records its outcome for the summary and JUnit.
@@ -203,10 +187,10 @@ impl Driver {
             gate(name.to_string()).await?;
         }
         let started = Instant::now();
-        let result = log::nested(&format!("subtest: {name}"), f).await;
+        let result = log::scope(self.reporter.clone(), self.reporter.nested(&format!("subtest: {name}"), f)).await;
         let error = result.as_ref().err().map(|e| format!("{e:#}"));
         let harness_error = result.as_ref().err().is_some_and(crate::machine::is_harness_error);
-        self.subtests.lock().unwrap().push(SubtestResult { name: name.to_string(), duration: started.elapsed(), error, harness_error });
+        self.reporter.record_subtest(SubtestResult { name: name.to_string(), duration: started.elapsed(), error, harness_error });
         result.with_context(|| format!("subtest {name:?} failed"))
     }
 
@@ -216,7 +200,7 @@ impl Driver {
     }
 
     pub fn subtest_results(&self) -> Vec<SubtestResult> {
-        self.subtests.lock().unwrap().clone()
+        self.reporter.subtests()
     }
 
     pub fn elapsed(&self) -> Duration {
@@ -226,9 +210,12 @@ impl Driver {
     /// Stops every machine at once (no clean shutdown: the test is over), and keeps the test
     /// network's per-link counters and fault events as `network.txt`.
     pub async fn kill_all(&self) {
-        for m in &self.machines {
-            m.kill().await;
-        }
+        log::scope(self.reporter.clone(), async {
+            for m in &self.machines {
+                m.kill().await;
+            }
+        })
+        .await;
         self.artifact("network.txt", &crate::network::report(self.env.switches.values().map(|s| &**s)));
     }
 
@@ -236,17 +223,6 @@ impl Driver {
     pub fn summary(&self, test: &str) -> String {
         summary_table(test, &self.subtest_results(), self.elapsed())
     }
-}
-
-/// A test's subtests as a table: name, seconds, verdict; then the total.
-pub fn summary_table(test: &str, results: &[SubtestResult], total: Duration) -> String {
-    let width = results.iter().map(|r| r.name.len()).max().unwrap_or(0).max(20);
-    let mut s = format!("{test}: subtests\n");
-    for r in results {
-        s += &format!("  {:<width$}  {:>8.2} s  {}\n", r.name, r.duration.as_secs_f64(), r.verdict());
-    }
-    s += &format!("  {:<width$}  {:>8.2} s\n", "total", total.as_secs_f64());
-    s
 }
 
 /// Removes `vmcheck-run-<pid>-*` directories of drivers that no longer run.
@@ -260,33 +236,4 @@ fn remove_stale_run_dirs() {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
-}
-
-/// Writes JUnit XML: one test suite per test, one test case per subtest.
-pub fn write_junit(path: &Path, tests: &[(String, Vec<SubtestResult>)]) -> Result<()> {
-    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
-    let mut report = Report::new("vmcheck");
-    for (test, results) in tests {
-        let mut suite = TestSuite::new(test.as_str());
-        for r in results {
-            let status = match &r.error {
-                None => TestCaseStatus::success(),
-                Some(e) => {
-                    let kind = if r.harness_error { NonSuccessKind::Error } else { NonSuccessKind::Failure };
-                    let mut s = TestCaseStatus::non_success(kind);
-                    s.set_message(e.lines().next().unwrap_or("failed"));
-                    s.set_description(e.as_str());
-                    s
-                }
-            };
-            let mut case = TestCase::new(r.name.as_str(), status);
-            case.set_classname(test.as_str());
-            case.set_time(r.duration);
-            suite.add_test_case(case);
-        }
-        report.add_test_suite(suite);
-    }
-    let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    report.serialize(file).map_err(|e| anyhow!("writing JUnit XML: {e}"))?;
-    Ok(())
 }

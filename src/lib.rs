@@ -1,9 +1,9 @@
 //! vmcheck: VM-level integration tests for storage systems.
 //!
 //! The pieces follow ARCHITECTURE.md: [`qemu`] (process, command line, console), [`qmp`], [`qga`],
-//! [`network`], [`machine`] (the API a scenario calls), [`driver`], [`images`], [`target`]
-//! (the in-guest storage daemon and its client), [`tools`] (typed fio and nvme-cli),
-//! [`scenarios`], [`repl`].
+//! [`network`], [`machine`] (the API a scenario calls), [`driver`], [`report`] (the run's sinks
+//! and record), [`images`], [`target`] (the in-guest storage daemon and its client), [`tools`]
+//! (typed fio and nvme-cli), [`scenarios`], [`repl`].
 
 pub mod accel;
 pub mod balloon;
@@ -23,6 +23,7 @@ pub mod qemu;
 pub mod qga;
 pub mod qmp;
 pub mod repl;
+pub mod report;
 pub mod scenarios;
 pub mod target;
 pub mod timeouts;

@@ -7,57 +7,43 @@
 //! (0.05 seconds)
 //! ```
 //!
-//! Lines go to stderr and, when the run keeps artifacts, to a transcript file.
+//! Lines go to the sinks of the run's [`Reporter`]. The machine API and scenario scripts log
+//! through [`line`] and [`nested`] here, which resolve to the reporter that the driver scoped
+//! around them ([`scope`]; `Driver::new`, `start_all`, `subtest`, `kill_all` and the whole script
+//! of `vmcheck run` are scoped), so that scenarios running side by side each log to their own
+//! run's sinks without a handle in every call. Outside any scope (a test calling the machine API
+//! by hand) a line goes to stderr only. Threads and spawned tasks do not inherit the scope:
+//! those that log (the serial console) hold a `Reporter` themselves.
 
-use std::io::Write;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
-use std::time::Instant;
+use crate::report::Reporter;
 
-static TRANSCRIPT: Mutex<Option<std::fs::File>> = Mutex::new(None);
-static ECHO_CONSOLE: AtomicBool = AtomicBool::new(true);
-
-/// Also writes every log line to `path`.
-pub fn set_transcript(path: &Path) -> std::io::Result<()> {
-    *TRANSCRIPT.lock().unwrap() = Some(std::fs::File::create(path)?);
-    Ok(())
+tokio::task_local! {
+    static CURRENT: Reporter;
 }
 
-/// Whether console lines are echoed to stderr (they always go to the transcript and the
-/// per-machine log).
-pub fn set_echo_console(on: bool) {
-    ECHO_CONSOLE.store(on, Ordering::Relaxed);
+/// Runs `f` with [`line`] and [`nested`] going to `reporter`.
+pub async fn scope<F: std::future::Future>(reporter: Reporter, f: F) -> F::Output {
+    CURRENT.scope(reporter, f).await
 }
 
-fn write(line: &str, to_terminal: bool) {
-    if to_terminal {
-        eprintln!("{line}");
-    }
-    if let Some(f) = TRANSCRIPT.lock().unwrap().as_mut() {
-        let _ = writeln!(f, "{line}");
-    }
+/// The reporter of the current scope, if any.
+pub fn current() -> Option<Reporter> {
+    CURRENT.try_with(Reporter::clone).ok()
 }
 
 /// A plain log line.
 pub fn line(text: &str) {
-    for l in text.lines() {
-        write(l, true);
+    if CURRENT.try_with(|r| r.line(text)).is_err() {
+        for l in text.lines() {
+            eprintln!("{l}");
+        }
     }
-}
-
-/// `machine # console line`.
-pub fn console_line(machine: &str, text: &str) {
-    write(&format!("{machine} # {text}"), ECHO_CONSOLE.load(Ordering::Relaxed));
 }
 
 /// Logs `label`, runs `f`, then logs `(N.NN seconds)`.
 pub async fn nested<T>(label: &str, f: impl std::future::Future<Output = T>) -> T {
-    line(label);
-    let started = Instant::now();
-    // Boxed: nested machine-API futures would otherwise be polled in deep, wide stack frames
-    // (debug builds overflowed a test thread's 2 MiB stack).
-    let out = Box::pin(f).await;
-    line(&format!("({:.2} seconds)", started.elapsed().as_secs_f64()));
-    out
+    match current() {
+        Some(r) => r.nested(label, f).await,
+        None => Reporter::new().nested(label, f).await,
+    }
 }

@@ -34,6 +34,8 @@ pub struct MachineEnv {
     pub switches: HashMap<u32, Arc<Switch>>,
     /// Per-machine console logs and command lines go here.
     pub log_dir: PathBuf,
+    /// The run's sinks: the console threads log here, whatever task they run on.
+    pub reporter: crate::report::Reporter,
 }
 
 /// A failure of the machine API, with the console tail that explains it.
@@ -89,7 +91,7 @@ impl Machine {
         crate::config::validate_machine_name(&node.name)?;
         let dir = env.run_dir.join(&node.name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let console = Console::new(&node.name, Some(&env.log_dir.join(format!("{}.console.log", node.name))));
+        let console = Console::new(&node.name, Some(&env.log_dir.join(format!("{}.console.log", node.name))), env.reporter.clone());
         let disks = std::sync::Mutex::new(node.disks.clone());
         let balloon = std::sync::Mutex::new(node.balloon);
         Ok(Machine {

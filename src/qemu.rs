@@ -343,19 +343,22 @@ struct ConsoleState {
 /// A machine's serial console: every line, echoed and logged, kept for waits and errors.
 pub struct Console {
     name: String,
+    /// Where its lines are logged (the capture runs on a task of its own, outside the driver's
+    /// log scope).
+    reporter: crate::report::Reporter,
     state: Mutex<ConsoleState>,
     changed: Notify,
     log: Mutex<Option<std::fs::File>>,
 }
 
 impl Console {
-    pub fn new(name: &str, log_path: Option<&Path>) -> Arc<Console> {
+    pub fn new(name: &str, log_path: Option<&Path>, reporter: crate::report::Reporter) -> Arc<Console> {
         let log = log_path.and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
-        Arc::new(Console { name: name.to_string(), state: Mutex::default(), changed: Notify::new(), log: Mutex::new(log) })
+        Arc::new(Console { name: name.to_string(), reporter, state: Mutex::default(), changed: Notify::new(), log: Mutex::new(log) })
     }
 
     fn push(&self, line: String) {
-        crate::log::console_line(&self.name, &line);
+        self.reporter.console_line(&self.name, &line);
         if let Some(f) = self.log.lock().unwrap().as_mut() {
             use std::io::Write;
             let _ = writeln!(f, "{line}");
@@ -701,7 +704,7 @@ mod tests {
 
     #[tokio::test]
     async fn console_wait_consumes_matches() {
-        let c = Console::new("m", None);
+        let c = Console::new("m", None, crate::report::Reporter::in_memory());
         c.push("booting".into());
         c.push("login: ready 1".into());
         c.push("login: ready 2".into());

@@ -41,3 +41,12 @@ fn bad_arguments_are_usage_errors() {
     assert_eq!(code, 2);
     assert!(stderr.contains("no scenario matches") && stderr.contains("hotremove_blk_tc1"), "{stderr}");
 }
+
+#[test]
+fn jobs_must_be_a_positive_number() {
+    for bad in ["0", "-1", "two", ""] {
+        let (code, _, stderr) = vmcheck(&["run", &format!("--jobs={bad}"), "fio_nvme_basic"]);
+        assert_eq!(code, 2, "--jobs {bad:?}: {stderr}");
+        assert!(stderr.contains("--jobs"), "--jobs {bad:?}: {stderr}");
+    }
+}

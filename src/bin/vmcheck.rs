@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use vmcheck::config::{DriverConfig, Role};
-use vmcheck::driver::{write_junit, DriverOptions};
+use vmcheck::driver::DriverOptions;
 use vmcheck::images::Images;
+use vmcheck::report::Reporter;
 use vmcheck::scenarios::{self, RunOptions};
 
 #[derive(Parser)]
@@ -48,6 +49,10 @@ enum Command {
         /// whole), to spread a suite over a CI matrix: `--shard 1/3` on one machine, `2/3` ...
         #[arg(long)]
         shard: Option<scenarios::Shard>,
+        /// Scenarios run side by side (a chain counts as one), each on machines of its own;
+        /// their terminal lines are prefixed with `[name] `.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        jobs: u16,
     },
     /// Measure the driver against bare QEMU: boot to agent, exec round trip, network throughput.
     Bench {
@@ -190,26 +195,30 @@ async fn dispatch(command: Command) -> ExitCode {
             }
         }
         Command::Repl { scenario, config } => vmcheck::repl::main(scenario, config).await,
-        Command::Run { names, junit, out, keep_vm_state, config, global_timeout, shard } => {
-            run(names, junit, out, keep_vm_state, config, global_timeout, shard).await
+        Command::Run { names, junit, out, keep_vm_state, config, global_timeout, shard, jobs } => {
+            let options = RunArgs { junit, out, keep: keep_vm_state, config, global_timeout, shard, jobs: usize::from(jobs) };
+            run(names, options).await
         }
     }
 }
 
-async fn run(
-    names: Vec<String>,
+/// `vmcheck run`'s options, less the names.
+struct RunArgs {
     junit: Option<PathBuf>,
     out: Option<PathBuf>,
     keep: bool,
     config: Option<PathBuf>,
     global_timeout: Option<u64>,
     shard: Option<scenarios::Shard>,
-) -> ExitCode {
+    jobs: usize,
+}
+
+async fn run(names: Vec<String>, args: RunArgs) -> ExitCode {
     let usage = |msg: String| {
         eprintln!("vmcheck: {msg}");
         ExitCode::from(2)
     };
-    let config = match config.as_deref().map(DriverConfig::load).transpose() {
+    let config = match args.config.as_deref().map(DriverConfig::load).transpose() {
         Ok(c) => c,
         Err(e) => return usage(format!("{e:#}")),
     };
@@ -223,43 +232,34 @@ async fn run(
         Ok(c) => c,
         Err(e) => return usage(format!("{e:#}")),
     };
-    let chosen: Vec<_> = chosen.into_iter().filter(|s| shard.is_none_or(|sh| sh.contains(s))).collect();
-    if let Some(sh) = shard {
+    let chosen: Vec<_> = chosen.into_iter().filter(|s| args.shard.is_none_or(|sh| sh.contains(s))).collect();
+    // The run's one reporter: the terminal, `--out`'s transcript, the record of every result.
+    let reporter = match &args.out {
+        None => Reporter::new(),
+        Some(dir) => match std::fs::create_dir_all(dir).and_then(|_| Reporter::with_transcript(&dir.join("transcript.log"))) {
+            Ok(r) => r,
+            Err(e) => return usage(format!("cannot use --out {}: {e}", dir.display())),
+        },
+    };
+    if let Some(sh) = args.shard {
         let names: Vec<_> = chosen.iter().map(|s| s.name).collect();
-        vmcheck::log::line(&format!("shard {}/{}: {}", sh.index, sh.count, names.join(" ")));
-    }
-    if let Some(dir) = &out {
-        if let Err(e) = std::fs::create_dir_all(dir).and_then(|_| vmcheck::log::set_transcript(&dir.join("transcript.log"))) {
-            return usage(format!("cannot use --out {}: {e}", dir.display()));
-        }
+        reporter.line(&format!("shard {}/{}: {}", sh.index, sh.count, names.join(" ")));
     }
     let options = RunOptions {
-        driver: DriverOptions { keep_state: keep, out_dir: out.clone() },
+        driver: DriverOptions { keep_state: args.keep, out_dir: args.out.clone(), reporter: reporter.clone() },
         config: config.clone(),
-        global_timeout: global_timeout.map(std::time::Duration::from_secs),
+        global_timeout: args.global_timeout.map(std::time::Duration::from_secs),
+        jobs: args.jobs,
     };
-    let outcomes = scenarios::run_many(&chosen, &options).await;
-    for outcome in &outcomes {
-        match &outcome.error {
-            None => vmcheck::log::line(&format!("{}: passed in {:.2} s", outcome.name, outcome.duration.as_secs_f64())),
-            Some(e) => vmcheck::log::line(&format!("{}: FAILED after {:.2} s:\n{e}", outcome.name, outcome.duration.as_secs_f64())),
-        }
-    }
-    vmcheck::log::line(&scenarios::outcomes_table(&outcomes));
-    if let Some(path) = junit {
-        let suites: Vec<_> = outcomes.iter().map(|o| (o.name.clone(), o.subtests.clone())).collect();
-        if let Err(e) = write_junit(&path, &suites) {
+    scenarios::run_many(&chosen, &options).await;
+    reporter.log_summary();
+    if let Some(path) = args.junit {
+        if let Err(e) = reporter.write_junit(&path) {
             eprintln!("vmcheck: {e:#}");
             return ExitCode::from(1);
         }
     }
-    let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
-    let errors = outcomes.iter().filter(|o| o.harness_error).count();
-    if errors > 0 {
-        vmcheck::log::line(&format!("{errors} of the failed are errors: the harness or a machine broke, not the system under test"));
-    }
-    vmcheck::log::line(&format!("{} passed, {failed} failed", outcomes.len() - failed));
-    if failed == 0 {
+    if reporter.log_totals() == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

@@ -74,7 +74,7 @@ impl Session {
         let machine = c.machine();
         let console = machine.console().clone();
         // Shown here, not also echoed to the log.
-        log::set_echo_console(false);
+        self.driver.reporter().set_echo_console(false);
         for line in console.tail(10) {
             println!("{} # {line}", machine.name());
         }
@@ -122,6 +122,7 @@ impl Session {
     pub(super) async fn run_scenario(&self, name: &str, step: bool) -> Result<String> {
         let scenario = scenarios::find(name)?;
         let before = self.driver.subtest_results().len();
+        let started = std::time::Instant::now();
         struct ClearGate<'a>(&'a Driver);
         impl Drop for ClearGate<'_> {
             fn drop(&mut self) {
@@ -134,10 +135,7 @@ impl Session {
         });
         let result = (scenario.run)(&self.driver).await;
         let results = self.driver.subtest_results();
-        let mut s = String::new();
-        for r in &results[before.min(results.len())..] {
-            s += &format!("  {:<40} {:>8.2} s  {}\n", r.name, r.duration.as_secs_f64(), if r.error.is_none() { "ok" } else { "FAILED" });
-        }
+        let s = crate::report::summary_table(name, &results[before.min(results.len())..], started.elapsed());
         match result {
             Ok(()) => Ok(format!("{s}{name}: passed")),
             Err(e) => Err(e.context(format!("{s}{name}: FAILED (the machines are left as they are)"))),
@@ -151,10 +149,11 @@ impl Session {
         let mut term = signal(SignalKind::terminate())?;
         let machines: Vec<String> = self.machine_names().into_iter().map(String::from).collect();
         let names: Vec<&str> = machines.iter().map(String::as_str).collect();
+        let reporter = self.driver.reporter();
         eprintln!("vmcheck repl: machines {} (not started); `help` lists the commands", names.join(", "));
         loop {
             // Console lines would break into the prompt; `console <m>` shows them on demand.
-            log::set_echo_console(false);
+            reporter.set_echo_console(false);
             let line = tokio::select! {
                 l = self.input.read_line(PROMPT) => l,
                 // At a terminal Ctrl-C reaches rustyline as a key; a signal here means a piped
@@ -169,7 +168,7 @@ impl Session {
             };
             if !self.input.interactive {
                 // A piped script's transcript shows which command printed what.
-                log::line(&format!("{PROMPT}{line}"));
+                reporter.line(&format!("{PROMPT}{line}"));
             }
             let parsed = match parse(&line, &names) {
                 Ok(Some(p)) => p,
@@ -182,10 +181,10 @@ impl Session {
             if parsed.command.name == "quit" {
                 break;
             }
-            log::set_echo_console(true);
+            reporter.set_echo_console(true);
             let mut terminated = false;
             let result = tokio::select! {
-                r = self.invoke(&parsed) => Some(r),
+                r = log::scope(reporter.clone(), self.invoke(&parsed)) => Some(r),
                 _ = int.recv() => None,
                 _ = term.recv() => { terminated = true; None }
             };

@@ -2,10 +2,12 @@
 
 use anyhow::{bail, Context, Result};
 use futures::future::BoxFuture;
+use futures::StreamExt;
 
 use crate::config::NodeSpec;
 use crate::driver::Driver;
 use crate::machine::{is_harness_error, HarnessError};
+pub use crate::report::{outcomes_table, Outcome};
 
 pub mod attach_detach;
 pub mod balloon;
@@ -115,13 +117,22 @@ pub fn find(name: &str) -> Result<Scenario> {
 }
 
 /// How `vmcheck run` runs scenarios.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RunOptions {
+    /// The driver's options; its reporter is the run's, which records every outcome.
     pub driver: crate::driver::DriverOptions,
     /// The NixOS machines and settings from `nix/` (`--config`).
     pub config: Option<crate::config::DriverConfig>,
     /// Seconds the whole scenario may take.
     pub global_timeout: Option<std::time::Duration>,
+    /// Scenarios (a chain counts as one) that run side by side, at least 1.
+    pub jobs: usize,
+}
+
+impl Default for RunOptions {
+    fn default() -> RunOptions {
+        RunOptions { driver: Default::default(), config: None, global_timeout: None, jobs: 1 }
+    }
 }
 
 /// The last console lines of every machine, for a failure's report: the machine that failed is
@@ -138,63 +149,55 @@ fn console_tails(driver: &Driver) -> String {
     s
 }
 
-/// The table `vmcheck run` ends with: one line per scenario run.
-pub fn outcomes_table(outcomes: &[Outcome]) -> String {
-    let width = outcomes.iter().map(|o| o.name.len()).max().unwrap_or(0).max(20);
-    let mut s = String::from("summary\n");
-    for o in outcomes {
-        let verdict = match (&o.error, o.harness_error) {
-            (None, _) => "passed",
-            (Some(_), false) => "FAILED",
-            (Some(_), true) => "ERROR",
-        };
-        let failed = o.subtests.iter().find(|t| t.error.is_some()).map(|t| format!("  at: {}", t.name)).unwrap_or_default();
-        s += &format!("  {:<width$}  {verdict:<6}  {:>8.2} s{failed}\n", o.name, o.duration.as_secs_f64());
-    }
-    s
-}
-
-/// What a run of one scenario gave.
-#[derive(Debug, Clone)]
-pub struct Outcome {
-    pub name: String,
-    pub subtests: Vec<crate::driver::SubtestResult>,
-    pub error: Option<String>,
-    /// The error is the harness's or a machine's, not the system under test's.
-    pub harness_error: bool,
-    pub duration: std::time::Duration,
-}
-
 /// Runs one scenario on fresh machines, within the global timeout; the machines are stopped
 /// however it ends. A case of a chain runs with the earlier cases of its chain before it.
 pub async fn run(scenario: Scenario, options: &RunOptions) -> Outcome {
     run_many(&[scenario], options).await.pop().expect("one outcome per scenario run")
 }
 
-/// Runs `selected` in order: a scenario on machines of its own, the cases of a chain on one set
-/// of machines (with the chain's earlier cases run first when not selected). One outcome per
-/// scenario run, prerequisites included.
+/// Runs `selected`: a scenario on machines of its own, the cases of a chain on one set of
+/// machines (with the chain's earlier cases run first when not selected), up to
+/// `options.jobs` of these groups side by side. One outcome per scenario run, prerequisites
+/// included, in registration order whatever order they end in; each is also recorded in the
+/// run's reporter (`options.driver.reporter`).
 pub async fn run_many(selected: &[Scenario], options: &RunOptions) -> Vec<Outcome> {
+    let side_by_side = options.jobs > 1;
+    // Views are made here, in order, so that the reporter lists the outcomes in this order.
+    let runs = groups(selected).into_iter().map(|cases| {
+        let name = cases[0].chain.unwrap_or(cases[0].name);
+        let reporter = options.driver.reporter.scenario(name, side_by_side);
+        // Polled within the view's log scope: the machine API's lines go to its sinks.
+        crate::log::scope(reporter.clone(), run_group(cases, options, reporter))
+    });
+    let runs: Vec<_> = runs.collect();
+    // `buffered` keeps the order of the groups, not the order they end in.
+    futures::stream::iter(runs).buffered(options.jobs.max(1)).concat().await
+}
+
+/// The groups that run on machines of their own, in the order of `selected`: a scenario alone,
+/// or a chain's cases from its first up to the last selected one.
+fn groups(selected: &[Scenario]) -> Vec<Vec<Scenario>> {
     let all = all();
-    let mut outcomes = Vec::new();
+    let mut groups = Vec::new();
     let mut done_chains = std::collections::HashSet::new();
     for s in selected {
         match s.chain {
-            None => outcomes.extend(run_group(&[*s], options).await),
+            None => groups.push(vec![*s]),
             Some(chain) if done_chains.insert(chain) => {
                 let last = selected.iter().filter(|c| c.chain == Some(chain)).map(|c| c.name).next_back().unwrap_or(s.name);
                 let cases: Vec<Scenario> = all.iter().filter(|c| c.chain == Some(chain)).copied().collect();
                 let upto = cases.iter().position(|c| c.name == last).map_or(cases.len(), |i| i + 1);
-                outcomes.extend(run_group(&cases[..upto], options).await);
+                groups.push(cases[..upto].to_vec());
             }
             Some(_) => {}
         }
     }
-    outcomes
+    groups
 }
 
-/// Runs `cases` one after another on one driver; a failed case fails the ones after it.
-async fn run_group(cases: &[Scenario], options: &RunOptions) -> Vec<Outcome> {
+/// Runs `cases` one after another on one driver; a failed case fails the ones after it. The
+/// outcomes are recorded in `reporter`, the group's view of the run's reporter.
+async fn run_group(cases: Vec<Scenario>, options: &RunOptions, reporter: crate::report::Reporter) -> Vec<Outcome> {
     let started = std::time::Instant::now();
     let first = cases[0];
     let name_of = |s: &Scenario| match &options.config {
@@ -210,9 +213,16 @@ async fn run_group(cases: &[Scenario], options: &RunOptions) -> Vec<Outcome> {
         if let Some(config) = &options.config {
             config.apply(&mut nodes)?;
         }
-        // Each scenario (or chain) keeps its logs in a directory of its own under --out.
+        // Each scenario (or chain) keeps its logs and its transcript in a directory of its own
+        // under --out.
         let mut driver_options = options.driver.clone();
-        driver_options.out_dir = options.driver.out_dir.as_ref().map(|d| d.join(first.chain.unwrap_or(first.name)));
+        driver_options.reporter = reporter.clone();
+        if let Some(out) = &options.driver.out_dir {
+            let dir = out.join(first.chain.unwrap_or(first.name));
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            reporter.open_transcript(&dir.join("transcript.log")).with_context(|| format!("creating {}/transcript.log", dir.display()))?;
+            driver_options.out_dir = Some(dir);
+        }
         Driver::new(nodes, driver_options).await
     }
     .await;
@@ -222,24 +232,26 @@ async fn run_group(cases: &[Scenario], options: &RunOptions) -> Vec<Outcome> {
             let error = Some(format!("{e:#}"));
             return cases
                 .iter()
-                .map(|c| Outcome {
-                    name: name_of(c),
-                    subtests: Vec::new(),
-                    error: error.clone(),
-                    harness_error: true,
-                    duration: started.elapsed(),
+                .map(|c| {
+                    reporter.record(Outcome {
+                        name: name_of(c),
+                        subtests: Vec::new(),
+                        error: error.clone(),
+                        harness_error: true,
+                        duration: started.elapsed(),
+                    })
                 })
                 .collect();
         }
     };
-    let setup = started.elapsed();
+    // The first case also carries the driver's setup (images, accelerator, run directory).
+    let mut setup = started.elapsed();
     let deadline = tokio::time::Instant::now() + global;
     let mut outcomes = Vec::new();
     let mut broken: Option<String> = None;
-    for case in cases {
+    for case in &cases {
         let name = name_of(case);
         let case_started = std::time::Instant::now();
-        let first_subtest = driver.subtest_results().len();
         let result = match &broken {
             Some(earlier) => Err(HarnessError(format!("not run: the earlier case {earlier} of its chain failed")).into()),
             None => match tokio::time::timeout_at(deadline, (case.run)(&driver)).await {
@@ -249,31 +261,16 @@ async fn run_group(cases: &[Scenario], options: &RunOptions) -> Vec<Outcome> {
         };
         let harness_error = result.as_ref().err().is_some_and(is_harness_error);
         let error = result.err().map(|e| format!("{e:#}{}", console_tails(&driver)));
-        let mut subtests = driver.subtest_results().split_off(first_subtest);
-        crate::log::line(&crate::driver::summary_table(&name, &subtests, case_started.elapsed()));
-        if let Some(e) = &error {
-            // A failure outside any subtest still shows in JUnit.
-            if subtests.iter().all(|s| s.error.is_none()) {
-                subtests.push(crate::driver::SubtestResult {
-                    name: "test script".into(),
-                    duration: case_started.elapsed(),
-                    error: Some(e.clone()),
-                    harness_error,
-                });
-            }
+        if error.is_some() {
             broken.get_or_insert_with(|| name.clone());
         }
-        outcomes.push(Outcome { name, subtests, error, harness_error, duration: case_started.elapsed() });
+        outcomes.push(reporter.end_case(&name, error, harness_error, case_started.elapsed(), std::mem::take(&mut setup)));
     }
     let teardown = std::time::Instant::now();
     // Per-test logs: each machine's whole dmesg next to its console log and QMP events.
     crate::lifecycle::keep_logs(driver.machines()).await;
     driver.kill_all().await;
-    crate::log::line(&format!("machines stopped in {:.2} s", teardown.elapsed().as_secs_f64()));
-    // The first case also carries the driver's setup (images, accelerator, run directory).
-    if let Some(o) = outcomes.first_mut() {
-        o.duration += setup;
-    }
+    reporter.line(&format!("machines stopped in {:.2} s", teardown.elapsed().as_secs_f64()));
     outcomes
 }
 
