@@ -23,12 +23,12 @@ impl<R: AsyncRead + Unpin> JsonReader<R> {
             if let Some(value) = self.take_value() {
                 return Ok(value);
             }
-            let mut chunk = [0u8; 16384];
-            let n = self.inner.read(&mut chunk).await?;
-            if n == 0 {
+            // Straight into the buffer's spare room: a chunk array here would live in every
+            // future that awaits a reply (16 KiB each, copied at every level in debug builds).
+            self.buf.reserve(16384);
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
                 bail!("connection closed");
             }
-            self.buf.extend_from_slice(&chunk[..n]);
         }
     }
 

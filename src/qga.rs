@@ -346,4 +346,13 @@ mod tests {
         let out = exec_output(s);
         assert_eq!((out.status, out.signal, out.stdout.as_str()), (137, Some(9), "x"));
     }
+
+    /// Every scenario step awaits the agent, so its futures' size multiplies up the stack (a
+    /// 16 KiB read buffer held across an await once overflowed a test thread's 2 MiB stack).
+    #[test]
+    fn an_agent_call_is_a_small_future() {
+        let qga = Qga::new(Path::new("/nonexistent"));
+        let call = qga.execute_raw("guest-ping", Value::Null);
+        assert!(std::mem::size_of_val(&call) < 4096, "guest agent call future is {} bytes", std::mem::size_of_val(&call));
+    }
 }
