@@ -38,8 +38,10 @@ use crate::config::{DiskSpec, NodeSpec, Role};
 use crate::driver::Driver;
 use crate::log;
 use crate::machine::Machine;
+use crate::poll::{self, Polled};
 use crate::target::client::TargetClient;
 use crate::target::proto;
+use crate::target::service::{CLAIMED_BY_SPLIT, STATE_FAULTED};
 
 /// fio's run time under a removal: long enough that the removal lands mid-run.
 const FIO_UNDER_REMOVAL_SECS: u64 = 30;
@@ -244,7 +246,13 @@ async fn start_controllers(d: &Driver, fabric: Fabric, target: &Machine, client:
 
 /// "Add both NVMe bdevs to the controller": one controller made with the first disk's bdev, the
 /// others added to it (namespaces 2.., or LUNs 1..); returns it and the ids in disk order.
-async fn start_one_controller(d: &Driver, fabric: Fabric, target: &Machine, client: &mut TargetClient, disks: &[&str]) -> Result<(Ctrl, Vec<u32>)> {
+async fn start_one_controller(
+    d: &Driver,
+    fabric: Fabric,
+    target: &Machine,
+    client: &mut TargetClient,
+    disks: &[&str],
+) -> Result<(Ctrl, Vec<u32>)> {
     d.subtest(&format!("start the target with one {} and add both NVMe bdevs to it", fabric.controller()), async {
         let first = nvmeof::create_disk_bdev(target, client, disks[0]).await?;
         let ctrl = fabric.share(target, client, &first.name).await?;
@@ -275,18 +283,49 @@ async fn pci_address(d: &Driver, target: &Machine, disk: &str) -> Result<String>
     d.subtest(&format!("check the PCI address (bus:device.function) of NVMe {disk}"), target.pci_address(disk)).await
 }
 
-async fn hot_remove(d: &Driver, target: &Machine, disk: &str, how: Removal) -> Result<()> {
+/// "Run the command to hot remove NVMe disk": the disk leaves the target VM, and the step ends
+/// when the daemon has withdrawn its bdevs from every namespace or LUN (its monitor polls; the
+/// initiators' next steps act on what the target did, as a control plane's would).
+async fn hot_remove(d: &Driver, target: &Machine, client: &mut TargetClient, disk: &str, how: Removal) -> Result<()> {
     let step = match how {
         Removal::Guest => format!("hot remove NVMe {disk} (sysfs remove in the target)"),
         Removal::Qmp => format!("hot remove NVMe {disk} (QMP device_del)"),
     };
     d.subtest(&step, async {
         match how {
-            Removal::Guest => target.guest_remove_disk(disk).await.map(drop),
-            Removal::Qmp => target.hot_remove_disk(disk).await,
+            Removal::Guest => target.guest_remove_disk(disk).await.map(drop)?,
+            Removal::Qmp => target.hot_remove_disk(disk).await?,
         }
+        wait_withdrawn(target, client).await
     })
     .await
+}
+
+/// Waits until no faulted bdev is still in a namespace or LUN (a split disk's own bdev stays
+/// claimed by its splits).
+async fn wait_withdrawn(target: &Machine, client: &mut TargetClient) -> Result<()> {
+    let base = client.clone();
+    let held = &std::sync::Mutex::new(Vec::new());
+    let polled = poll::until(crate::timeouts::hotplug(), crate::timeouts::DAEMON_POLL, |_| {
+        let mut c = base.clone();
+        async move {
+            let bdevs = nvmeof::expect_target_alive(target, &mut c).await?;
+            let still: Vec<_> = bdevs
+                .into_iter()
+                .filter(|b| b.state == STATE_FAULTED && b.claimed && b.claimed_by != CLAIMED_BY_SPLIT)
+                .map(|b| format!("{} ({})", b.name, b.claimed_by))
+                .collect();
+            let done = still.is_empty();
+            *held.lock().unwrap() = still;
+            Ok(done.then_some(()))
+        }
+    })
+    .await?;
+    match polled {
+        Polled::Done(()) => Ok(()),
+        Polled::TimedOut(_) => Err(target
+            .error("the daemon did not withdraw the removed disk's bdevs", format!("still claimed: {:?}", held.lock().unwrap().clone()))),
+    }
 }
 
 /// "The vhost doesn't crash and still works properly": the daemon answers, and every bdev it
@@ -381,7 +420,7 @@ async fn tc1(d: &Driver, fabric: Fabric) -> Result<()> {
     let mut client = target.target_client().await?;
     start_controllers(d, fabric, &target, &mut client, &["disk0"]).await?;
     pci_address(d, &target, "disk0").await?;
-    hot_remove(d, &target, "disk0", Removal::Guest).await?;
+    hot_remove(d, &target, &mut client, "disk0", Removal::Guest).await?;
     target_still_works(d, &target, &mut client).await
 }
 
@@ -401,7 +440,7 @@ async fn one_vm_loses_its_disk(d: &Driver, disks: &[&str], fio_step: &str, how: 
         })
         .await?;
     pci_address(d, &target, disks[0]).await?;
-    hot_remove(d, &target, disks[0], how).await?;
+    hot_remove(d, &target, &mut client, disks[0], how).await?;
     expect_interrupted(d, &fio, &vm1).await?;
     expect_gone(d, &vm1, &disk).await?;
     reboot_and_reconnect(d, &[(&vm1, &[&ctrls[0]])]).await?;
@@ -460,7 +499,7 @@ async fn one_of_two_removed(d: &Driver, fabric: Fabric, lay: &TwoDisks) -> Resul
         })
         .await?;
     pci_address(d, &target, DISKS[r]).await?;
-    hot_remove(d, &target, DISKS[r], lay.how).await?;
+    hot_remove(d, &target, &mut client, DISKS[r], lay.how).await?;
     expect_interrupted(d, &fio_removed, &vms[r]).await?;
     initiator_removes(d, &vms[r], removed).await?;
     expect_gone(d, &vms[r], removed).await?;
@@ -520,7 +559,7 @@ async fn split_disk_two_vms(d: &Driver, fabric: Fabric) -> Result<()> {
         })
         .await?;
     pci_address(d, &target, "disk0").await?;
-    hot_remove(d, &target, "disk0", Removal::Qmp).await?;
+    hot_remove(d, &target, &mut client, "disk0", Removal::Qmp).await?;
     expect_interrupted(d, &fio1, &vm1).await?;
     expect_interrupted(d, &fio2, &vm2).await?;
     initiator_removes(d, &vm1, &disk1).await?;

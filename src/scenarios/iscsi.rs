@@ -47,8 +47,13 @@ pub async fn add_lun(client: &mut TargetClient, t: &Target, bdev: &str) -> Resul
 /// SendTargets discovery at `addr:port`: the targets it lists, none when it finds none.
 pub async fn discover(vm: &Machine, addr: Ipv4Addr, port: u16) -> Result<Vec<DiscoveredTarget>> {
     let out = vm.execute_with_timeout(&Iscsiadm::discover(&addr.to_string(), port), timeouts::request()).await?;
-    // iscsiadm exits 21 (no objects) after a discovery that found no target.
+    // iscsiadm exits 21 (no objects) after a discovery that found no target. A refused
+    // connection is no target either: LIO's portals go with the daemon's last target.
     if out.status == EXIT_NO_OBJECTS || (out.status != 0 && out.stderr.contains("No portals found")) {
+        return Ok(Vec::new());
+    }
+    if out.status != 0 && out.stderr.contains("Connection refused") {
+        log::line(&format!("{}: no portal listens at {addr}:{port}: no target is served there", vm.name()));
         return Ok(Vec::new());
     }
     if out.status != 0 {
