@@ -24,7 +24,19 @@
 //! (`echo 1 > /sys/bus/pci/devices/BDF/remove`, TC1 and TC3) and with QMP `device_del` from the
 //! host (TC2, TC4, TC5). The target withdraws a vanished disk's bdevs from every namespace (as
 //! SPDK's bdev hot-remove does), so after a reboot the removed disk's subsystem has no namespace
-//! and fio on the device the VM had fails to open it.
+//! and fio on the device the VM had fails to open it. Over iSCSI a target left without LUNs goes
+//! whole, so discovery no longer lists it and the rebooted VM does not log in to it.
+//!
+//! The scsi cases, where the plan is silent, follow SPDK's `scsi_hotremove.sh`:
+//! - TC1 is blk TC1 over iSCSI (the target pulls its own disk).
+//! - TC2 ("two scsi controllers, one split NVMe bdev", "both VMs") is blk TC5's shape: the disk
+//!   split in two, each half LUN 0 of its own target, one VM on each, both fio runs fail.
+//! - TC3 ("add both NVMe bdevs to the scsi controller", one VM) is one target with both disks,
+//!   LUN 0 (ShareBdev) and LUN 1 (AddNamespace with the IQN); the VM runs fio on both. The plan's
+//!   second controller would stay empty and is left out. LUN 1's disk is pulled (see
+//!   [`ONE_CONTROLLER_ONE_VM`] for why not LUN 0); fio on it fails, on LUN 0 it stays clean.
+//! - TC4 is blk TC4's shape: a target per disk, a VM on each ("reboot both VMs"; SPDK runs two),
+//!   the first disk pulled by QMP, the other VM's fio clean before and after the reboot.
 
 use std::time::Duration;
 
