@@ -36,6 +36,10 @@ scenario_tests! {
     hotremove_blk_tc3: ["hotremove_blk_tc3"] >= 9;
     hotremove_blk_tc4: ["hotremove_blk_tc4"] >= 12;
     hotremove_blk_tc5: ["hotremove_blk_tc5"] >= 12;
+    hotremove_scsi_tc1: ["hotremove_scsi_tc1"] >= 4;
+    hotremove_scsi_tc2: ["hotremove_scsi_tc2"] >= 18;
+    hotremove_scsi_tc3: ["hotremove_scsi_tc3"] >= 14;
+    hotremove_scsi_tc4: ["hotremove_scsi_tc4"] >= 15;
     hotattach_tc1_to_tc4: ["hotattach_tc1", "hotattach_tc2", "hotattach_tc3", "hotattach_tc4"] >= 2;
     hotdetach_tc1_to_tc4: ["hotdetach_tc1", "hotdetach_tc2", "hotdetach_tc3", "hotdetach_tc4"] >= 4;
     disconnect: ["disconnect"] >= 5;

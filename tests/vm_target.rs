@@ -138,7 +138,7 @@ async fn empty_controller_hot_attach_and_detach() {
         let dev = target.disk_device(id).await.unwrap();
         let bdev = client.create_bdev(proto::CreateBdevRequest { uri: format!("aio://{dev}") }).await.unwrap().into_inner();
         let ns = client
-            .add_namespace(proto::AddNamespaceRequest { nqn: nqn.into(), bdev: bdev.name.clone(), nsid: None })
+            .add_namespace(proto::AddNamespaceRequest { nqn: nqn.into(), bdev: bdev.name.clone(), nsid: None, ..Default::default() })
             .await
             .unwrap()
             .into_inner();
@@ -153,7 +153,7 @@ async fn empty_controller_hot_attach_and_detach() {
     assert!(out.status == 0 && fio.problems().is_empty(), "{:?} {}", fio.problems(), out.stderr);
 
     // Hot detach namespace 1 while connected: gone on the initiator, the other stays.
-    client.remove_namespace(proto::RemoveNamespaceRequest { nqn: nqn.into(), nsid: 1 }).await.unwrap();
+    client.remove_namespace(proto::RemoveNamespaceRequest { nqn: nqn.into(), nsid: 1, ..Default::default() }).await.unwrap();
     wait_for_namespaces(&initiator, &[&uuids[1].1], Duration::from_secs(30)).await;
     assert_eq!(target.succeed(&ns_dirs(nqn)).await.unwrap().trim(), "2");
     let bdevs = client.list_bdevs(proto::ListBdevsRequest {}).await.unwrap().into_inner().bdevs;
@@ -195,7 +195,10 @@ async fn split_disk_served_to_an_initiator() {
     let nqn = "nqn.2019-05.io.vmcheck:split";
     client.create_subsystem(proto::CreateSubsystemRequest { nqn: nqn.into(), port: None, allowed_hosts: vec![] }).await.unwrap();
     for b in &splits {
-        client.add_namespace(proto::AddNamespaceRequest { nqn: nqn.into(), bdev: b.name.clone(), nsid: None }).await.unwrap();
+        client
+            .add_namespace(proto::AddNamespaceRequest { nqn: nqn.into(), bdev: b.name.clone(), nsid: None, ..Default::default() })
+            .await
+            .unwrap();
     }
     initiator.succeed(&Nvme::connect("192.0.2.1", 4420, nqn).options(FabricsOptions::scaled_timeouts()).command_line()).await.unwrap();
     let seen = wait_for_namespaces(&initiator, &[&splits[0].uuid, &splits[1].uuid], Duration::from_secs(30)).await;
@@ -246,7 +249,10 @@ async fn hot_removed_disks_leave_every_namespace() {
     let nqn = "nqn.2019-05.io.vmcheck:ctrlr1";
     client.create_subsystem(proto::CreateSubsystemRequest { nqn: nqn.into(), port: None, allowed_hosts: vec![] }).await.unwrap();
     for b in &splits {
-        client.add_namespace(proto::AddNamespaceRequest { nqn: nqn.into(), bdev: b.name.clone(), nsid: None }).await.unwrap();
+        client
+            .add_namespace(proto::AddNamespaceRequest { nqn: nqn.into(), bdev: b.name.clone(), nsid: None, ..Default::default() })
+            .await
+            .unwrap();
     }
     let disk1 = client.create_bdev(proto::CreateBdevRequest { uri: format!("aio://{dev1}") }).await.unwrap().into_inner();
     let share = client.share_bdev(proto::ShareBdevRequest { name: disk1.name.clone(), ..Default::default() }).await.unwrap().into_inner();
@@ -287,8 +293,10 @@ async fn hot_removed_disks_leave_every_namespace() {
     wait_for_namespaces(&initiator, &[], Duration::from_secs(30)).await;
     let bdevs = client.list_bdevs(proto::ListBdevsRequest {}).await.unwrap().into_inner().bdevs;
     assert!(bdevs.iter().all(|b| b.state == "faulted"), "{bdevs:?}");
-    let err =
-        client.add_namespace(proto::AddNamespaceRequest { nqn: nqn.into(), bdev: splits[0].name.clone(), nsid: None }).await.unwrap_err();
+    let err = client
+        .add_namespace(proto::AddNamespaceRequest { nqn: nqn.into(), bdev: splits[0].name.clone(), nsid: None, ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("hot-removed"), "{err:?}");
 

@@ -155,7 +155,7 @@ impl Bench {
         let bdev = nvmeof::create_disk_bdev(&self.target, &mut self.client, &disk).await?;
         let ns = self
             .client
-            .add_namespace(proto::AddNamespaceRequest { nqn: ctrlr(n), bdev: bdev.name.clone(), nsid: None })
+            .add_namespace(proto::AddNamespaceRequest { nqn: ctrlr(n), bdev: bdev.name.clone(), nsid: None, ..Default::default() })
             .await
             .with_context(|| format!("AddNamespace {} to ctrlr-{n}", bdev.name))?
             .into_inner();
@@ -168,7 +168,7 @@ impl Bench {
     /// Detaches `device` on the target (RemoveNamespace).
     async fn detach(&mut self, device: &Device) -> Result<()> {
         self.client
-            .remove_namespace(proto::RemoveNamespaceRequest { nqn: device.nqn.clone(), nsid: device.nsid })
+            .remove_namespace(proto::RemoveNamespaceRequest { nqn: device.nqn.clone(), nsid: device.nsid, ..Default::default() })
             .await
             .with_context(|| format!("RemoveNamespace {} {}", device.nqn, device.nsid))?;
         Ok(())

@@ -13,6 +13,7 @@ pub mod attach_detach;
 pub mod balloon;
 pub mod fio_nvme_basic;
 pub mod hotremove;
+pub mod iscsi;
 pub mod lifecycle;
 pub mod network_faults;
 pub mod nvmeof;

@@ -14,6 +14,7 @@ use tracing::info;
 
 use super::client::TargetClient;
 use super::limits::MAX_ALLOWED_HOSTS;
+use super::lio::MAX_IQN_LEN;
 use super::nvmet::{DISCOVERY_NQN, MAX_NQN_LEN};
 use super::proto::{self, target_server::Target};
 use super::service::TargetService;
@@ -157,10 +158,16 @@ fn unshare(name: &str) -> Call {
     Call::UnshareBdev(proto::UnshareBdevRequest { name: name.into() })
 }
 fn add_ns(nqn: &str, bdev: &str, nsid: Option<u32>) -> Call {
-    Call::AddNamespace(proto::AddNamespaceRequest { nqn: nqn.into(), bdev: bdev.into(), nsid })
+    Call::AddNamespace(proto::AddNamespaceRequest { nqn: nqn.into(), bdev: bdev.into(), nsid, ..Default::default() })
 }
 fn remove_ns(nqn: &str, nsid: u32) -> Call {
-    Call::RemoveNamespace(proto::RemoveNamespaceRequest { nqn: nqn.into(), nsid })
+    Call::RemoveNamespace(proto::RemoveNamespaceRequest { nqn: nqn.into(), nsid, ..Default::default() })
+}
+fn add_lun(iqn: &str, bdev: &str, lun: Option<u32>) -> Call {
+    Call::AddNamespace(proto::AddNamespaceRequest { iqn: iqn.into(), bdev: bdev.into(), nsid: lun, ..Default::default() })
+}
+fn remove_lun(iqn: &str, lun: u32) -> Call {
+    Call::RemoveNamespace(proto::RemoveNamespaceRequest { iqn: iqn.into(), nsid: lun, ..Default::default() })
 }
 fn create_subsys(nqn: &str, port: u32) -> proto::CreateSubsystemRequest {
     proto::CreateSubsystemRequest { nqn: nqn.into(), port: Some(port), allowed_hosts: vec![] }
@@ -188,6 +195,8 @@ pub fn bad_request_table(p: &TableParams) -> Vec<BadRequestCase> {
     let missing_nqn = format!("nqn.2019-05.io.vmcheck:{prefix}-missing");
     let host = "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-000000000001";
     let long_nqn = format!("nqn.2019-05.io.vmcheck:{}", "x".repeat(MAX_NQN_LEN));
+    let missing_iqn = format!("iqn.2019-05.io.vmcheck:{prefix}-missing");
+    let long_iqn = format!("iqn.2019-05.io.vmcheck:{}", "x".repeat(MAX_IQN_LEN));
     let long_uri = format!("malloc:///{}", "u".repeat(MAX_URI_LEN));
     let share_a = proto::ShareBdevRequest { nqn: Some(nqn_a.clone()), port: Some(p.port), ..share(&a) };
     let share_b = |f: &dyn Fn(&mut proto::ShareBdevRequest)| {
@@ -289,6 +298,34 @@ pub fn bad_request_table(p: &TableParams) -> Vec<BadRequestCase> {
         row("remove a namespace of a missing subsystem", remove_ns(&missing_nqn, 1), NotFound, &missing_nqn),
         row("remove namespace 0", remove_ns(&nqn_a, 0), InvalidArgument, "namespace id 0"),
         row("remove with a malformed NQN", remove_ns("x", 1), InvalidArgument, "\"x\""),
+        // AddNamespace/RemoveNamespace on an iSCSI target (a LUN of an IQN): bounds and
+        // validation first, then the lookup. The table's bdevs are malloc, never iSCSI LUNs.
+        row(
+            "add a namespace naming both an NQN and an IQN",
+            Call::AddNamespace(proto::AddNamespaceRequest { nqn: nqn_a.clone(), iqn: missing_iqn.clone(), bdev: b.clone(), nsid: None }),
+            InvalidArgument,
+            "not both",
+        ),
+        row("add a LUN to a missing iSCSI target", add_lun(&missing_iqn, &b, None), NotFound, &missing_iqn),
+        row("add a LUN with a malformed IQN", add_lun("iqn.2019-05.io.vmcheck:A B", &b, None), InvalidArgument, "A B"),
+        row("add a LUN with an NQN as the IQN", add_lun(&nqn_a, &b, None), InvalidArgument, &nqn_a),
+        row(
+            "add a LUN with an IQN over 223 bytes",
+            add_lun(&long_iqn, &b, None),
+            InvalidArgument,
+            &format!("iqn is {} bytes long; the limit is 223", long_iqn.len()),
+        ),
+        row("add LUN 0, the shared bdev's", add_lun(&missing_iqn, &b, Some(0)), InvalidArgument, "LUN 0 is out of range 1..=255"),
+        row("add LUN 256", add_lun(&missing_iqn, &b, Some(256)), InvalidArgument, "LUN 256"),
+        row("add a LUN of a missing bdev to a missing target", add_lun(&missing_iqn, &never, None), NotFound, &missing_iqn),
+        row("remove LUN 256", remove_lun(&missing_iqn, 256), InvalidArgument, "LUN 256"),
+        row("remove a LUN of a missing iSCSI target", remove_lun(&missing_iqn, 1), NotFound, &missing_iqn),
+        row(
+            "remove a namespace naming both an NQN and an IQN",
+            Call::RemoveNamespace(proto::RemoveNamespaceRequest { nqn: nqn_a.clone(), iqn: missing_iqn.clone(), nsid: 1 }),
+            InvalidArgument,
+            "not both",
+        ),
         // B hot-added to A's subsystem: now claimed, but not shared itself.
         step("add B as namespace 2 of A's subsystem", add_ns(&nqn_a, &b, Some(2))),
         row("destroy B while it is a namespace", destroy(&b), FailedPrecondition, &b),

@@ -55,6 +55,9 @@ const LUN: GroupLayout = GroupLayout { subdirs: &["statistics"], attrs: &[("alua
 pub const FABRIC_DIR: &str = "iscsi";
 pub const TPGT: &str = "tpgt_1";
 pub const LUN_0: &str = "lun_0";
+/// The highest LUN a share takes (256 per target, as SPDK's iSCSI target; Linux's iscsi_tcp
+/// scans up to 512).
+pub const MAX_LUN: u32 = 255;
 pub const DEFAULT_ISCSI_PORT: u16 = 3260;
 /// RFC 7143 3.2.6.1: an iSCSI name is at most 223 bytes.
 pub const MAX_IQN_LEN: usize = 223;
@@ -169,6 +172,57 @@ impl Lio {
         undo.write_reverting(&tpg.join("enable"), "1", "0").context(|| format!("enabling {iqn}"))?;
         undo.commit();
         Ok(())
+    }
+
+    /// Hot attach of a LUN: `device` as LUN `lun` of an existing target, on a backstore of its
+    /// own (SPDK's vhost_scsi_controller_add_target). In demo mode LIO maps it to every session
+    /// at once and queues REPORTED LUNS DATA HAS CHANGED on their other LUNs. All or nothing,
+    /// with the deadline checked between the backstore and the LUN.
+    pub fn add_lun(&self, iqn: &str, lun: u32, device: &Path, deadline: &Deadline) -> Result<()> {
+        self.require_available()?;
+        deadline.check("before the LUN was added")?;
+        if !self.target_exists(iqn) {
+            return Err(Error::NotFound(format!("iSCSI target {iqn} is not in configfs")));
+        }
+        if self.lun_exists(iqn, lun) {
+            return Err(Error::AlreadyExists(format!("LUN {lun} of {iqn} exists already")));
+        }
+        let mut undo = Undo::new(&self.fs, "LIO");
+        let hba = self.free_hba()?;
+        let name = format!("{}_lun{lun}", device_name(iqn));
+        let dev = hba.join(&name);
+        let path = device.to_string_lossy();
+        undo.make_group(&hba, &HBA).context(|| format!("creating backstore HBA {}", hba.display()))?;
+        undo.make_group(&dev, &DEVICE).context(|| format!("creating backstore {}", dev.display()))?;
+        undo.write(&dev.join("control"), &format!("udev_path={path}")).context(|| format!("setting the backstore device to {path}"))?;
+        undo.write(&dev.join("udev_path"), &path).context(|| format!("setting udev_path {path}"))?;
+        undo.write(&dev.join("enable"), "1").context(|| format!("enabling backstore {} on {path}", dev.display()))?;
+        deadline.check(&format!("after backstore {} was made", dev.display()))?;
+        let dir = lun_dir(iqn, lun);
+        undo.make_group(&dir, &LUN).context(|| format!("creating LUN {lun} of {iqn}"))?;
+        undo.symlink(&dev, &dir.join(&name)).context(|| format!("linking LUN {lun} of {iqn} to {path}"))?;
+        undo.commit();
+        Ok(())
+    }
+
+    /// Hot detach of a LUN, with its backstore; the target and its sessions stay.
+    pub fn remove_lun_of(&self, iqn: &str, lun: u32) -> Result<()> {
+        self.require_available()?;
+        if !self.lun_exists(iqn, lun) {
+            return Err(Error::NotFound(format!("LUN {lun} of {iqn} not found")));
+        }
+        self.remove_lun(iqn, &format!("lun_{lun}"))
+    }
+
+    pub fn lun_exists(&self, iqn: &str, lun: u32) -> bool {
+        self.fs.exists(&lun_dir(iqn, lun))
+    }
+
+    /// The lowest LUN from 1 that the target does not use.
+    pub fn free_lun(&self, iqn: &str) -> Result<u32> {
+        (1..=MAX_LUN)
+            .find(|lun| !self.lun_exists(iqn, *lun))
+            .ok_or_else(|| Error::FailedPrecondition(format!("{iqn} has all LUNs 1..={MAX_LUN} in use")))
     }
 
     /// Takes a target down: disabled (sessions end), LUNs, portals, the target, then the
@@ -366,6 +420,10 @@ fn target_dir(iqn: &str) -> PathBuf {
 
 fn tpg_dir(iqn: &str) -> PathBuf {
     target_dir(iqn).join(TPGT)
+}
+
+fn lun_dir(iqn: &str, lun: u32) -> PathBuf {
+    tpg_dir(iqn).join("lun").join(format!("lun_{lun}"))
 }
 
 /// An iSCSI target as configfs shows it.
@@ -787,6 +845,108 @@ mod tests {
             assert_eq!(fx.svc.lio().fs().dump(), tests_empty());
             let listed = fx.svc.list_bdevs(Request::new(proto::ListBdevsRequest {})).await.unwrap().into_inner().bdevs;
             assert!(!listed[0].claimed && listed[0].share_uri.is_empty(), "{listed:?}");
+        }
+
+        fn add_lun(iqn: &str, bdev: &str, lun: Option<u32>) -> proto::AddNamespaceRequest {
+            proto::AddNamespaceRequest { iqn: iqn.into(), bdev: bdev.into(), nsid: lun, ..Default::default() }
+        }
+
+        fn remove_lun(iqn: &str, lun: u32) -> proto::RemoveNamespaceRequest {
+            proto::RemoveNamespaceRequest { iqn: iqn.into(), nsid: lun, ..Default::default() }
+        }
+
+        const BDEV1: &str = "aio:///dev/nvme1n1";
+
+        /// A second LUN on an iSCSI share (AddNamespace with iqn): its own backstore, claimed as
+        /// "LUN 1 of <iqn>"; refused while taken; removed by RemoveNamespace or with the target.
+        #[tokio::test]
+        async fn a_second_lun_comes_and_goes() {
+            let fx = fx();
+            fake_block_device(&fx.dir.path().join("sys"), "nvme1n1", 64 << 20, 512).unwrap();
+            create(&fx, BDEV).await;
+            let b1 = create(&fx, BDEV1).await;
+            let reply = share(&fx, iscsi(BDEV)).await.unwrap();
+            let lio = fx.svc.lio();
+            let ns = fx.svc.add_namespace(Request::new(add_lun(&reply.iqn, BDEV1, None))).await.unwrap().into_inner();
+            assert_eq!(
+                (ns.nsid, ns.bdev.as_str(), ns.device_path.as_str(), ns.device_uuid.as_str()),
+                (1, BDEV1, "/dev/nvme1n1", b1.uuid.as_str())
+            );
+            let luns: Vec<_> = lio.targets().unwrap()[0].luns.iter().map(|l| (l.lun, l.udev_path.clone())).collect();
+            assert_eq!(luns, [(0, "/dev/nvme0n1".to_string()), (1, "/dev/nvme1n1".to_string())]);
+            let listed = fx.svc.list_bdevs(Request::new(proto::ListBdevsRequest {})).await.unwrap().into_inner().bdevs;
+            let b1 = listed.iter().find(|b| b.name == BDEV1).unwrap();
+            assert_eq!((b1.claimed_by.as_str(), b1.share_uri.as_str()), (CLAIMED_BY_ISCSI, ""), "a LUN, not a share");
+            let busy = destroy(&fx, BDEV1).await.unwrap_err();
+            assert!(busy.message().contains(&format!("LUN 1 of {}", reply.iqn)), "{busy:?}");
+            let again = fx.svc.add_namespace(Request::new(add_lun(&reply.iqn, BDEV1, Some(2)))).await.unwrap_err();
+            assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
+            let lun0 = fx.svc.remove_namespace(Request::new(remove_lun(&reply.iqn, 0))).await.unwrap_err();
+            assert_eq!(lun0.code(), Code::FailedPrecondition, "{lun0:?}");
+            assert!(lun0.message().contains("UnshareBdev") && lun0.message().contains(BDEV), "{lun0:?}");
+            fx.svc.remove_namespace(Request::new(remove_lun(&reply.iqn, 1))).await.unwrap();
+            assert_eq!(lio.targets().unwrap()[0].luns.len(), 1);
+            assert_eq!(lio.backstores().unwrap().len(), 1, "LUN 1's backstore went with it");
+            let gone = fx.svc.remove_namespace(Request::new(remove_lun(&reply.iqn, 1))).await.unwrap_err();
+            assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
+            // Unshare takes LUNs added later with the target and frees their bdevs.
+            fx.svc.add_namespace(Request::new(add_lun(&reply.iqn, BDEV1, Some(7)))).await.unwrap();
+            unshare(&fx, BDEV).await.unwrap();
+            assert_eq!(lio.fs().dump(), tests_empty());
+            destroy(&fx, BDEV1).await.unwrap();
+        }
+
+        /// A hot-removed LUN 1 goes alone: the target keeps LUN 0 and its sessions; the other way
+        /// round LUN 1 stays; the target goes with its last LUN.
+        #[tokio::test]
+        async fn hot_remove_takes_only_the_vanished_lun() {
+            let fx = fx();
+            fake_block_device(&fx.dir.path().join("sys"), "nvme1n1", 64 << 20, 512).unwrap();
+            create(&fx, BDEV).await;
+            create(&fx, BDEV1).await;
+            let reply = share(&fx, iscsi(BDEV)).await.unwrap();
+            fx.svc.add_namespace(Request::new(add_lun(&reply.iqn, BDEV1, None))).await.unwrap();
+            std::fs::remove_dir_all(fx.dir.path().join("sys/class/block/nvme1n1")).unwrap();
+            let report = fx.svc.reap_vanished().await;
+            assert!(report.len() == 1 && report[0].contains(&format!("removed from LUN 1 of {}", reply.iqn)), "{report:?}");
+            let t = &fx.svc.lio().targets().unwrap()[0];
+            assert_eq!((t.luns.len(), t.luns[0].lun, t.enabled), (1, 0, true));
+            let refused = fx.svc.add_namespace(Request::new(add_lun(&reply.iqn, BDEV1, None))).await.unwrap_err();
+            assert!(refused.code() == Code::FailedPrecondition && refused.message().contains("hot-removed"), "{refused:?}");
+            std::fs::remove_dir_all(fx.dir.path().join("sys/class/block/nvme0n1")).unwrap();
+            fx.svc.reap_vanished().await;
+            assert!(!fx.svc.lio().target_exists(&reply.iqn), "the target went with its last LUN");
+            let after = fx.svc.add_namespace(Request::new(add_lun(&reply.iqn, BDEV1, None))).await.unwrap_err();
+            assert!(after.code() == Code::FailedPrecondition && after.message().contains("UnshareBdev"), "{after:?}");
+            unshare(&fx, BDEV).await.unwrap();
+            assert_eq!(fx.svc.lio().fs().dump(), tests_empty());
+        }
+
+        /// A LUN the kernel refuses, or one whose deadline passes between the backstore and the
+        /// LUN, leaves nothing behind and the bdev free.
+        #[tokio::test]
+        async fn a_refused_or_late_lun_is_rolled_back() {
+            let fx = fx();
+            fake_block_device(&fx.dir.path().join("sys"), "nvme1n1", 64 << 20, 512).unwrap();
+            create(&fx, BDEV).await;
+            create(&fx, BDEV1).await;
+            let reply = share(&fx, iscsi(BDEV)).await.unwrap();
+            let before = fx.svc.lio().fs().dump();
+            let name = reply.iqn.rsplit(':').next().unwrap().to_string();
+            fx.svc.lio().fs().inject_fault(crate::target::configfs::Op::Symlink, &format!("lun_1/{name}_lun1"), Errno::ENODEV as i32);
+            let err = fx.svc.add_namespace(Request::new(add_lun(&reply.iqn, BDEV1, None))).await.unwrap_err();
+            assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+            assert_eq!(fx.svc.lio().fs().dump(), before, "rolled back");
+            let late = fx.svc.lio().add_lun(&reply.iqn, 1, Path::new("/dev/nvme1n1"), &Deadline::after_checks(1));
+            assert_eq!(late.unwrap_err().code(), Code::DeadlineExceeded);
+            assert_eq!(fx.svc.lio().fs().dump(), before, "a deadline between the steps rolls back too");
+            let mut req = Request::new(add_lun(&reply.iqn, BDEV1, None));
+            req.metadata_mut().insert("grpc-timeout", "1n".parse().unwrap());
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            assert_eq!(fx.svc.add_namespace(req).await.unwrap_err().code(), Code::DeadlineExceeded);
+            let listed = fx.svc.list_bdevs(Request::new(proto::ListBdevsRequest {})).await.unwrap().into_inner().bdevs;
+            assert!(!listed.iter().find(|b| b.name == BDEV1).unwrap().claimed, "{listed:?}");
+            fx.svc.add_namespace(Request::new(add_lun(&reply.iqn, BDEV1, None))).await.unwrap();
         }
 
         /// The hot-remove path took the target away: unshare still succeeds and forgets it.

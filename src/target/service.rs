@@ -589,6 +589,9 @@ impl TargetService {
     }
 
     async fn add_namespace(&self, req: proto::AddNamespaceRequest, deadline: Deadline) -> Result<proto::Namespace> {
+        if !one_target("AddNamespace", &req.nqn, &req.iqn)? {
+            return self.add_lun(req, deadline).await;
+        }
         limits::check_len("nqn", &req.nqn, MAX_NQN_LEN)?;
         nvmet::validate_nqn("subsystem NQN", &req.nqn)?;
         let name = bdev_name("bdev", &req.bdev)?;
@@ -621,6 +624,9 @@ impl TargetService {
     }
 
     async fn remove_namespace(&self, req: proto::RemoveNamespaceRequest, deadline: Deadline) -> Result<proto::RemoveNamespaceReply> {
+        if !one_target("RemoveNamespace", &req.nqn, &req.iqn)? {
+            return self.remove_lun(req, deadline).await;
+        }
         limits::check_len("nqn", &req.nqn, MAX_NQN_LEN)?;
         nvmet::validate_nqn("subsystem NQN", &req.nqn)?;
         validate_nsid(req.nsid)?;
@@ -646,6 +652,85 @@ impl TargetService {
             registry.bdev_mut(&name)?.claim = None;
         }
         Ok(proto::RemoveNamespaceReply {})
+    }
+
+    /// AddNamespace on an iSCSI target: the bdev becomes LUN `nsid` (the lowest free from 1 when
+    /// unset) of a target made by ShareBdev ISCSI, claimed as (IQN, LUN).
+    async fn add_lun(&self, req: proto::AddNamespaceRequest, deadline: Deadline) -> Result<proto::Namespace> {
+        limits::check_len("iqn", &req.iqn, MAX_IQN_LEN)?;
+        lio::validate_iqn("target IQN", &req.iqn)?;
+        let name = bdev_name("bdev", &req.bdev)?;
+        if let Some(lun) = req.nsid {
+            validate_lun(lun, 1)?;
+        }
+        let mut registry = self.lock(&deadline).await?;
+        self.require_own_iscsi_target(&registry, &req.iqn)?;
+        let entry = lookup(&registry, &name)?;
+        require_unclaimed(&registry, entry)?;
+        self.require_present(entry)?;
+        if Backing::buffered_io(&entry.uri) {
+            return Err(Error::FailedPrecondition(format!("bdev {name} is a malloc file; iSCSI LUNs serve block devices (aio://) only")));
+        }
+        let lun = match req.nsid {
+            Some(lun) if self.lio.lun_exists(&req.iqn, lun) => {
+                return Err(Error::AlreadyExists(format!("LUN {lun} of {} exists already", req.iqn)));
+            }
+            Some(lun) => lun,
+            None => self.lio.free_lun(&req.iqn)?,
+        };
+        let (device, uuid) = (self.backing.device_path(&entry.uri), entry.uuid);
+        self.lio.add_lun(&req.iqn, lun, &device, &deadline)?;
+        registry.bdev_mut(&name)?.claim = Some(Claim { nqn: req.iqn.clone(), nsid: lun });
+        info!(bdev = %name, iqn = %req.iqn, lun, "LUN attached");
+        Ok(proto::Namespace {
+            nsid: lun,
+            bdev: name,
+            device_path: device.to_string_lossy().into_owned(),
+            enabled: true,
+            device_uuid: uuid.to_string(),
+        })
+    }
+
+    /// RemoveNamespace on an iSCSI target: LUN `nsid` and its backstore go, not LUN 0 (the
+    /// shared bdev's: UnshareBdev).
+    async fn remove_lun(&self, req: proto::RemoveNamespaceRequest, deadline: Deadline) -> Result<proto::RemoveNamespaceReply> {
+        limits::check_len("iqn", &req.iqn, MAX_IQN_LEN)?;
+        lio::validate_iqn("target IQN", &req.iqn)?;
+        validate_lun(req.nsid, 0)?;
+        let mut registry = self.lock(&deadline).await?;
+        deadline.check("before the LUN was removed")?;
+        let owned = self.require_own_iscsi_target(&registry, &req.iqn)?;
+        if req.nsid == 0 {
+            let shared = owned.shared_bdev.clone().unwrap_or_default();
+            return Err(Error::FailedPrecondition(format!("LUN 0 of {} is the shared bdev {shared} itself; use UnshareBdev", req.iqn)));
+        }
+        if !self.lio.lun_exists(&req.iqn, req.nsid) {
+            return Err(Error::NotFound(format!("LUN {} of {} not found", req.nsid, req.iqn)));
+        }
+        self.lio.remove_lun_of(&req.iqn, req.nsid)?;
+        let claim = Claim { nqn: req.iqn.clone(), nsid: req.nsid };
+        let holder = registry.bdevs.iter().find(|(_, e)| e.claim.as_ref() == Some(&claim)).map(|(name, _)| name.clone());
+        info!(iqn = %req.iqn, lun = req.nsid, bdev = holder.as_deref().unwrap_or("(unknown)"), "LUN detached");
+        if let Some(name) = holder {
+            registry.bdev_mut(&name)?.claim = None;
+        }
+        Ok(proto::RemoveNamespaceReply {})
+    }
+
+    /// LUNs are added only to iSCSI targets this daemon made and LIO still has (a hot-remove of
+    /// a target's last LUN took the target away).
+    fn require_own_iscsi_target<'r>(&self, registry: &'r Registry, iqn: &str) -> Result<&'r Owned> {
+        match registry.subsystems.get(iqn).filter(|o| o.is_iscsi()) {
+            Some(owned) if self.lio.target_exists(iqn) => Ok(owned),
+            Some(owned) => Err(Error::FailedPrecondition(format!(
+                "iSCSI target {iqn} went with its last LUN when its device was hot-removed; UnshareBdev {}",
+                owned.shared_bdev.as_deref().unwrap_or_default()
+            ))),
+            None if self.lio.target_exists(iqn) => {
+                Err(Error::FailedPrecondition(format!("iSCSI target {iqn} was not made by this daemon")))
+            }
+            None => Err(Error::NotFound(format!("iSCSI target {iqn} not found"))),
+        }
     }
 
     /// SPDK's bdev hot-remove: every bdev whose device vanished is withdrawn from whatever
@@ -774,6 +859,31 @@ fn validate_nsid(nsid: u32) -> Result<()> {
         return Ok(());
     }
     Err(Error::InvalidArgument(format!("namespace id {nsid} is out of range 1..={MAX_NSID}")))
+}
+
+/// Which target a namespace call names: `true` for an NVMe-oF subsystem (nqn), `false` for an
+/// iSCSI target (iqn). Naming both is refused; naming neither goes the NVMe-oF way, whose
+/// validation names the empty NQN.
+fn one_target(rpc: &str, nqn: &str, iqn: &str) -> Result<bool> {
+    limits::check_len("nqn", nqn, MAX_NQN_LEN)?;
+    limits::check_len("iqn", iqn, MAX_IQN_LEN)?;
+    if !nqn.is_empty() && !iqn.is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "{rpc} takes nqn (an NVMe-oF subsystem) or iqn (an iSCSI target), not both: nqn {}, iqn {}",
+            quoted(nqn),
+            quoted(iqn)
+        )));
+    }
+    Ok(iqn.is_empty())
+}
+
+/// An iSCSI LUN of a request: `min..=MAX_LUN`.
+fn validate_lun(lun: u32, min: u32) -> Result<()> {
+    if (min..=lio::MAX_LUN).contains(&lun) {
+        return Ok(());
+    }
+    let why = if lun == 0 { " (LUN 0 is the shared bdev's)" } else { "" };
+    Err(Error::InvalidArgument(format!("LUN {lun} is out of range {min}..={}{why}", lio::MAX_LUN)))
 }
 
 fn describe(claim: &Claim) -> String {

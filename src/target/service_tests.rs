@@ -175,7 +175,12 @@ async fn create_share_hot_attach_detach_unshare_destroy() {
 
     // Hot attach m0 into the live subsystem, then detach it.
     let ns = match fx
-        .call(Call::AddNamespace(proto::AddNamespaceRequest { nqn: shared.nqn.clone(), bdev: malloc.name.clone(), nsid: None }))
+        .call(Call::AddNamespace(proto::AddNamespaceRequest {
+            nqn: shared.nqn.clone(),
+            bdev: malloc.name.clone(),
+            nsid: None,
+            ..Default::default()
+        }))
         .await
         .unwrap()
     {
@@ -192,7 +197,7 @@ async fn create_share_hot_attach_detach_unshare_destroy() {
     assert_eq!(namespaces, [(1, "aio:///dev/vdb", "/dev/vdb"), (2, malloc.name.as_str(), m0_path.to_str().unwrap())]);
     assert_eq!(s.ports, [proto::Port { id: 1, trtype: "tcp".into(), adrfam: "ipv4".into(), traddr: "192.0.2.1".into(), trsvcid: 4420 }]);
     assert!(fx.tree().iter().any(|l| l.ends_with("namespaces/2/buffered_io = 1")), "files are served with buffered I/O");
-    fx.call(Call::RemoveNamespace(proto::RemoveNamespaceRequest { nqn: shared.nqn.clone(), nsid: 2 })).await.unwrap();
+    fx.call(Call::RemoveNamespace(proto::RemoveNamespaceRequest { nqn: shared.nqn.clone(), nsid: 2, ..Default::default() })).await.unwrap();
     assert!(!fx.bdevs().await.iter().find(|b| b.name == malloc.name).unwrap().claimed);
 
     // A second share on the same port reuses nvmet port 1; another port makes port 2.
@@ -291,7 +296,12 @@ async fn leftover_state_is_reported_listed_and_left_alone() {
     let listed = fx.subsystems().await;
     assert_eq!((listed[0].nqn.as_str(), listed[0].shared_bdev.as_str(), listed[0].namespaces[0].bdev.as_str()), (leftover, "", ""));
     fx.create("malloc:///m2?size_mb=4").await.unwrap();
-    let add = Call::AddNamespace(proto::AddNamespaceRequest { nqn: leftover.into(), bdev: "malloc:///m2?size_mb=4".into(), nsid: None });
+    let add = Call::AddNamespace(proto::AddNamespaceRequest {
+        nqn: leftover.into(),
+        bdev: "malloc:///m2?size_mb=4".into(),
+        nsid: None,
+        ..Default::default()
+    });
     assert_eq!(fx.call(add).await.unwrap_err().code(), Code::FailedPrecondition);
     let clash = proto::ShareBdevRequest { nqn: Some(leftover.into()), ..share_req("malloc:///m2?size_mb=4") };
     assert_eq!(fx.share(clash).await.unwrap_err().code(), Code::AlreadyExists);
@@ -406,7 +416,7 @@ fn create_subsys(nqn: &str) -> Call {
 }
 
 fn add_ns(nqn: &str, bdev: &str) -> Call {
-    Call::AddNamespace(proto::AddNamespaceRequest { nqn: nqn.into(), bdev: bdev.into(), nsid: None })
+    Call::AddNamespace(proto::AddNamespaceRequest { nqn: nqn.into(), bdev: bdev.into(), nsid: None, ..Default::default() })
 }
 
 /// An empty controller: linked into its port with no namespace, namespaces come and go, and
@@ -437,7 +447,7 @@ async fn empty_controllers_take_namespaces_and_go_with_them() {
     let bdevs = fx.bdevs().await;
     assert!(bdevs.iter().all(|b| b.claimed && b.share_uri.is_empty()), "claimed, not shared: {bdevs:?}");
     // Namespace 1 of an empty controller is not a share: it can be detached.
-    fx.call(Call::RemoveNamespace(proto::RemoveNamespaceRequest { nqn: ctrlr.into(), nsid: 1 })).await.unwrap();
+    fx.call(Call::RemoveNamespace(proto::RemoveNamespaceRequest { nqn: ctrlr.into(), nsid: 1, ..Default::default() })).await.unwrap();
     assert!(!fx.tree().iter().any(|l| l.contains(&format!("{ctrlr}/namespaces/1"))));
     let err = fx.destroy("malloc:///m5?size_mb=4").await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
