@@ -6,9 +6,16 @@
 //! - the round trip of `succeed("true")` beside a bare `guest-exec` of `/bin/true` with tight
 //!   `guest-exec-status` polling (median and p90);
 //! - test-network throughput through the driver's switch beside a direct QEMU-to-QEMU link;
+//! - fio_nvme_basic's wall time split into setup, boot, NVMe-oF steps, fio and teardown, its fio
+//!   step beside fio's own job runtime;
+//! - with `--suite PATTERN..`, those scenarios run with `--jobs 1`, then with `--jobs 2`;
 //! - with `--nvmeof`, only this: fio 128 KiB sequential reads at queue depth 16 over NVMe-oF/TCP
 //!   through vmcheck's switch, a direct QEMU-to-QEMU link and `vde_switch` (what NixOS tests
 //!   use), in the same run, on the same bare VMs (`nvmeof`).
+//!
+//! Each figure is logged as it is measured and ends up in one table ([`BenchResult::table`]) and,
+//! with `--json FILE`, in JSON: vmcheck's figure, its floor (measured in the same run) and the
+//! ratio of the two.
 
 use std::time::{Duration, Instant};
 
@@ -36,6 +43,75 @@ pub struct BenchOptions {
     pub fio_secs: u64,
     /// Rounds over the three networks (each boots its VMs again), to spread host-load drift.
     pub rounds: usize,
+    /// Scenario names or patterns timed with `--jobs 1` and `--jobs 2` (none: not measured).
+    pub suite: Vec<String>,
+}
+
+/// One measured figure: vmcheck's, beside its floor where it has one.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Figure {
+    pub what: String,
+    /// `s`, `ms` or `MiB/s`.
+    pub unit: &'static str,
+    pub vmcheck: f64,
+    /// What the floor is (bare QEMU, the direct link, fio's own runtime, `--jobs 1`).
+    pub floor_what: Option<String>,
+    pub floor: Option<f64>,
+    /// vmcheck / floor.
+    pub ratio: Option<f64>,
+}
+
+impl Figure {
+    pub fn new(what: &str, unit: &'static str, vmcheck: f64, floor: Option<(&str, f64)>) -> Figure {
+        Figure {
+            what: what.to_string(),
+            unit,
+            vmcheck,
+            floor_what: floor.map(|(w, _)| w.to_string()),
+            floor: floor.map(|(_, f)| f),
+            ratio: floor.map(|(_, f)| vmcheck / f),
+        }
+    }
+
+    fn value(&self, v: f64) -> String {
+        match self.unit {
+            "s" => format!("{v:.2} s"),
+            unit => format!("{v:.1} {unit}"),
+        }
+    }
+}
+
+/// What a bench run measured.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchResult {
+    pub accelerator: String,
+    pub figures: Vec<Figure>,
+}
+
+impl BenchResult {
+    /// The figures as a table: what, vmcheck, floor, ratio.
+    pub fn table(&self) -> String {
+        let rows: Vec<[String; 4]> = self
+            .figures
+            .iter()
+            .map(|f| {
+                let floor = match (&f.floor_what, f.floor) {
+                    (Some(w), Some(v)) => format!("{} ({w})", f.value(v)),
+                    _ => "-".into(),
+                };
+                [f.what.clone(), f.value(f.vmcheck), floor, f.ratio.map_or("-".into(), |r| format!("{r:.3}"))]
+            })
+            .collect();
+        let head = ["what".to_string(), "vmcheck".into(), "floor".into(), "ratio".into()];
+        let widths: Vec<usize> = (0..4).map(|c| rows.iter().chain([&head]).map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+        let mut out = format!("accelerator: {}\n", self.accelerator);
+        for row in [&head].into_iter().chain(&rows) {
+            let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+            out.push_str(cells.join("  ").trim_end());
+            out.push('\n');
+        }
+        out
+    }
 }
 
 /// Median and 90th percentile of `samples`, in seconds.
@@ -171,26 +247,28 @@ fn one_node(name: &str, host: u8) -> NodeSpec {
     NodeSpec::new(name, Role::Target, host)
 }
 
-/// The bench's report: each line is logged as it comes and kept for the caller.
+/// The bench's report: each line is logged as it comes; the figures are kept for the table.
 struct Report {
-    text: String,
     log: Reporter,
+    result: BenchResult,
 }
 
 impl Report {
     fn new(log: &Reporter) -> Report {
-        Report { text: String::new(), log: log.clone() }
+        Report { log: log.clone(), result: BenchResult { accelerator: String::new(), figures: Vec::new() } }
     }
 
     fn line(&mut self, s: String) {
         self.log.line(&s);
-        self.text.push_str(&s);
-        self.text.push('\n');
+    }
+
+    fn figure(&mut self, what: &str, unit: &'static str, vmcheck: f64, floor: Option<(&str, f64)>) {
+        self.result.figures.push(Figure::new(what, unit, vmcheck, floor));
     }
 }
 
-/// Runs the benchmark and prints a report.
-pub async fn run(options: &BenchOptions) -> Result<String> {
+/// Runs the benchmark; the figures it measured.
+pub async fn run(options: &BenchOptions) -> Result<BenchResult> {
     // The bench's reporter: console lines would break into the numbers.
     let reporter = Reporter::new();
     reporter.set_echo_console(false);
@@ -201,12 +279,12 @@ pub async fn run(options: &BenchOptions) -> Result<String> {
 }
 
 /// Boot to agent, exec round trip and network throughput, the driver's and bare QEMU's.
-async fn machine_api(options: &BenchOptions, reporter: Reporter) -> Result<String> {
+async fn machine_api(options: &BenchOptions, reporter: Reporter) -> Result<BenchResult> {
     let mut report = Report::new(&reporter);
-    let mut line = |s: String| report.line(s);
-    let driver_options = DriverOptions { reporter, ..DriverOptions::default() };
+    let driver_options = DriverOptions { reporter: reporter.clone(), ..DriverOptions::default() };
     let driver = Driver::new(vec![one_node("bench", 1), one_node("peer", 2)], driver_options).await?;
-    line(format!("accelerator: {}", driver.accel.name()));
+    report.result.accelerator = driver.accel.name().to_string();
+    report.line(format!("accelerator: {}", driver.accel.name()));
     let m = driver.machine("bench")?;
     let spec = m.qemu_spec();
     let bare_dir = driver.run_dir().join("bare");
@@ -233,8 +311,13 @@ async fn machine_api(options: &BenchOptions, reporter: Reporter) -> Result<Strin
         bare_vm = Some(vm);
     }
     let (om, _) = median_p90(&mut ours);
-    let (bm, _) = median_p90(&mut bare);
-    line(format!("boot to agent (median of {}): vmcheck {om:.2} s, bare {bm:.2} s, ratio {:.3}", options.boots, om / bm));
+    let (bare_boot, _) = median_p90(&mut bare);
+    report.line(format!(
+        "boot to agent (median of {}): vmcheck {om:.2} s, bare {bare_boot:.2} s, ratio {:.3}",
+        options.boots,
+        om / bare_boot
+    ));
+    report.figure(&format!("boot to agent, one VM (median of {})", options.boots), "s", om, Some(("bare QEMU", bare_boot)));
 
     // Exec round trip: the bare VM is still up; boot ours again beside it.
     let mut bare_vm = bare_vm.context("no bare VM")?;
@@ -275,7 +358,20 @@ async fn machine_api(options: &BenchOptions, reporter: Reporter) -> Result<Strin
     let (om, o90) = median_p90(&mut ours);
     let (bm, b90) = median_p90(&mut bare);
     let (sm, s90) = median_p90(&mut bare_sh);
-    line(format!(
+    report.figure(
+        &format!("succeed(\"true\") round trip, median of {}", options.execs),
+        "ms",
+        om * 1e3,
+        Some(("bare guest-exec", bm * 1e3)),
+    );
+    report.figure(
+        &format!("succeed(\"true\") round trip, p90 of {}", options.execs),
+        "ms",
+        o90 * 1e3,
+        Some(("bare guest-exec", b90 * 1e3)),
+    );
+    report.figure("succeed(\"true\") round trip, median", "ms", om * 1e3, Some(("bare guest-exec of sh -c true", sm * 1e3)));
+    report.line(format!(
         "succeed(\"true\") round trip over {} calls: vmcheck median {:.1} ms p90 {:.1} ms; bare guest-exec median {:.1} ms p90 {:.1} ms; ratio {:.3}",
         options.execs,
         om * 1e3,
@@ -284,7 +380,7 @@ async fn machine_api(options: &BenchOptions, reporter: Reporter) -> Result<Strin
         b90 * 1e3,
         om / bm
     ));
-    line(format!(
+    report.line(format!(
         "  (bare guest-exec of `sh -c true`: median {:.1} ms p90 {:.1} ms; vmcheck over it: ratio {:.3})",
         sm * 1e3,
         s90 * 1e3,
@@ -298,7 +394,13 @@ async fn machine_api(options: &BenchOptions, reporter: Reporter) -> Result<Strin
     m.kill().await;
     peer.kill().await;
     let direct = direct_transfer(&driver, options.transfer_mib).await?;
-    line(format!(
+    report.figure(
+        &format!("test network, {} MiB over TCP", options.transfer_mib),
+        "MiB/s",
+        switched,
+        Some(("direct QEMU-to-QEMU link", direct)),
+    );
+    report.line(format!(
         "test network, {} MiB over TCP (busybox httpd, wget): switch {:.1} MiB/s, direct QEMU-to-QEMU link {:.1} MiB/s, ratio {:.3}",
         options.transfer_mib,
         switched,
@@ -306,7 +408,82 @@ async fn machine_api(options: &BenchOptions, reporter: Reporter) -> Result<Strin
         switched / direct
     ));
     driver.kill_all().await;
-    Ok(report.text)
+    fio_nvme_basic_split(&mut report, &reporter, bare_boot).await.context("fio_nvme_basic")?;
+    if !options.suite.is_empty() {
+        suite_jobs(&mut report, &reporter, &options.suite).await?;
+    }
+    Ok(report.result)
+}
+
+/// fio_nvme_basic's wall time in parts: setup (images, accelerator, run directory), boot (both
+/// machines at once, beside one bare VM's boot), the NVMe-oF steps before fio, fio (beside
+/// fio's own job runtime) and teardown (disconnect, then stopping the machines).
+async fn fio_nvme_basic_split(report: &mut Report, reporter: &Reporter, bare_boot: f64) -> Result<()> {
+    use crate::scenarios::fio_nvme_basic;
+    let view = reporter.scenario(fio_nvme_basic::NAME, false);
+    let wall = Instant::now();
+    let driver = Driver::new(fio_nvme_basic::nodes(), DriverOptions { reporter: view, ..DriverOptions::default() }).await?;
+    let setup = wall.elapsed();
+    let t = Instant::now();
+    let booted = driver.start_all().await;
+    let boot = t.elapsed();
+    let ran = match booted {
+        Ok(()) => fio_nvme_basic::run(&driver).await,
+        Err(e) => Err(e),
+    };
+    let t = Instant::now();
+    driver.kill_all().await;
+    let stop = t.elapsed();
+    let total = wall.elapsed();
+    let ran = ran?;
+    let steps = driver.subtest_results();
+    let took = |part: &str| steps.iter().filter(|s| s.name.contains(part)).map(|s| s.duration).sum::<Duration>();
+    let (fio, disconnect) = (took("FIO"), took("disconnect"));
+    let nvmeof = steps.iter().map(|s| s.duration).sum::<Duration>().saturating_sub(fio + disconnect);
+    let job_runtime = ran.fio.jobs.iter().map(|j| j.job_runtime).max().context("fio reported no job")? as f64 / 1e3;
+    let secs = |d: Duration| d.as_secs_f64();
+    report.line(format!(
+        "fio_nvme_basic {:.2} s: setup {:.2} s, boot {:.2} s, NVMe-oF steps {:.2} s, fio {:.2} s (its job ran {job_runtime:.2} s), teardown {:.2} s",
+        secs(total),
+        secs(setup),
+        secs(boot),
+        secs(nvmeof),
+        secs(fio),
+        secs(disconnect + stop)
+    ));
+    report.figure("fio_nvme_basic: wall", "s", secs(total), None);
+    report.figure("fio_nvme_basic: setup (images, accelerator)", "s", secs(setup), None);
+    report.figure("fio_nvme_basic: boot (two VMs at once)", "s", secs(boot), Some(("one bare QEMU boot", bare_boot)));
+    report.figure("fio_nvme_basic: NVMe-oF steps before fio", "s", secs(nvmeof), None);
+    report.figure("fio_nvme_basic: fio step", "s", secs(fio), Some(("fio's job runtime", job_runtime)));
+    report.figure("fio_nvme_basic: teardown (disconnect, stop)", "s", secs(disconnect + stop), None);
+    Ok(())
+}
+
+/// The wall time of the scenarios `patterns` with `--jobs 2`, beside `--jobs 1`; every scenario
+/// must pass both times (a failed run's time says nothing).
+async fn suite_jobs(report: &mut Report, reporter: &Reporter, patterns: &[String]) -> Result<()> {
+    let chosen = crate::scenarios::select(patterns)?;
+    let mut walls = Vec::new();
+    for jobs in [1, 2] {
+        let run = Reporter::new();
+        run.set_echo_console(false);
+        let options = crate::scenarios::RunOptions {
+            jobs,
+            driver: DriverOptions { reporter: run.clone(), ..DriverOptions::default() },
+            ..Default::default()
+        };
+        let started = Instant::now();
+        let outcomes = crate::scenarios::run_many(&chosen, &options).await;
+        let wall = started.elapsed().as_secs_f64();
+        if let Some(failed) = outcomes.iter().find(|o| o.error.is_some()) {
+            bail!("with --jobs {jobs}, {} failed: {}", failed.name, failed.error.as_deref().unwrap_or_default());
+        }
+        reporter.line(&format!("{} scenario(s) with --jobs {jobs}: {wall:.1} s", outcomes.len()));
+        walls.push(wall);
+    }
+    report.figure(&format!("{} scenario(s), --jobs 2", chosen.len()), "s", walls[1], Some(("--jobs 1", walls[0])));
+    Ok(())
 }
 
 /// A throughput run: the receiver serves a file of `mib` MiB over HTTP (busybox httpd), the
@@ -383,13 +560,13 @@ const BENCH_NQN: &str = "nqn.2019-05.io.vmcheck:bench";
 /// initiator, through each network in turn; every network boots the same two bare VMs (the
 /// driver's images and command lines, less QMP), only the netdev differs. The namespace is a
 /// file in the target's RAM (nvmet buffered I/O), so the network, not a disk, is measured.
-async fn nvmeof(options: &BenchOptions, reporter: Reporter) -> Result<String> {
+async fn nvmeof(options: &BenchOptions, reporter: Reporter) -> Result<BenchResult> {
     let mut report = Report::new(&reporter);
-    let mut line = |s: String| report.line(s);
     let vde = which::which("vde_switch").context("vde_switch is not on PATH (Debian: apt-get install vde2)")?;
     let nodes = vec![NodeSpec::new("target", Role::Target, 1), NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768)];
     let driver = Driver::new(nodes, DriverOptions { reporter, ..DriverOptions::default() }).await?;
-    line(format!(
+    report.result.accelerator = driver.accel.name().to_string();
+    report.line(format!(
         "accelerator: {}; fio 128k sequential read, iodepth 16, libaio, direct, {} s per run, {} run(s) per network per round, {} round(s)",
         driver.accel.name(),
         options.fio_secs,
@@ -404,14 +581,14 @@ async fn nvmeof(options: &BenchOptions, reporter: Reporter) -> Result<String> {
             std::fs::create_dir_all(&dir)?;
             let (runs, counters) =
                 nvmeof_runs(&driver, *network, &dir, &vde, options).await.with_context(|| format!("over the {}", network.name()))?;
-            line(format!(
+            report.line(format!(
                 "round {}: {}: {} MiB/s",
                 round + 1,
                 network.name(),
                 runs.iter().map(|r| format!("{r:.1}")).collect::<Vec<_>>().join(", ")
             ));
             if let Some(c) = counters {
-                line(c.trim_end().to_string());
+                report.line(c.trim_end().to_string());
             }
             got.extend(runs);
         }
@@ -422,16 +599,20 @@ async fn nvmeof(options: &BenchOptions, reporter: Reporter) -> Result<String> {
         let (min, max) = (got.iter().copied().fold(f64::INFINITY, f64::min), got.iter().copied().fold(0.0, f64::max));
         let (median, _) = median_p90(got);
         medians.push(median);
-        line(format!("{:<15} median {median:>7.1} MiB/s (min {min:.1}, max {max:.1}, {n} runs)", network.name()));
+        report.line(format!("{:<15} median {median:>7.1} MiB/s (min {min:.1}, max {max:.1}, {n} runs)", network.name()));
     }
-    line(format!(
+    report.line(format!(
         "switch / direct = {:.3}; switch / vde_switch = {:.3}; (switch dropping for a full peer) / direct = {:.3}",
         medians[0] / medians[1],
         medians[0] / medians[2],
         medians[3] / medians[1]
     ));
+    let what = "NVMe-oF fio 128k seqread iodepth 16, median";
+    report.figure(&format!("{what}, vmcheck switch"), "MiB/s", medians[0], Some(("direct QEMU-to-QEMU link", medians[1])));
+    report.figure(&format!("{what}, vmcheck switch"), "MiB/s", medians[0], Some(("vde_switch", medians[2])));
+    report.figure(&format!("{what}, switch dropping for a full peer"), "MiB/s", medians[3], Some(("direct QEMU-to-QEMU link", medians[1])));
     driver.kill_all().await;
-    Ok(report.text)
+    Ok(report.result)
 }
 
 /// Boots the target and initiator on `network`, shares the RAM file, connects, and runs fio
@@ -571,4 +752,38 @@ fn switch_cpu_secs() -> f64 {
             + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     }
     ticks as f64 / 100.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_render_as_a_table_and_json_with_their_ratio() {
+        let result = BenchResult {
+            accelerator: "tcg".into(),
+            figures: vec![
+                Figure::new("boot to agent", "s", 7.5, Some(("bare QEMU", 5.0))),
+                Figure::new("round trip", "ms", 15.25, Some(("bare guest-exec", 12.2))),
+                Figure::new("setup", "s", 0.123, None),
+            ],
+        };
+        assert_eq!(result.figures[0].ratio, Some(1.5));
+        let table = result.table();
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0], "accelerator: tcg");
+        assert!(lines[1].starts_with("what") && lines[1].ends_with("ratio"), "{table}");
+        assert!(lines[2].contains("7.50 s") && lines[2].contains("5.00 s (bare QEMU)") && lines[2].ends_with("1.500"), "{table}");
+        assert!(lines[3].contains("15.2 ms") && lines[3].contains("12.2 ms (bare guest-exec)") && lines[3].ends_with("1.250"), "{table}");
+        assert!(lines[4].contains("0.12 s") && lines[4].trim_end().ends_with('-'), "{table}");
+        // The columns line up: every row's vmcheck figure starts where the heading's does.
+        let col = lines[1].find("vmcheck").unwrap();
+        assert!(lines[2..].iter().all(|l| l[col..].starts_with(|c: char| c.is_ascii_digit())), "{table}");
+        let json: Value = serde_json::to_value(&result).unwrap();
+        assert_eq!(
+            json["figures"][0],
+            json!({"what": "boot to agent", "unit": "s", "vmcheck": 7.5, "floor_what": "bare QEMU", "floor": 5.0, "ratio": 1.5})
+        );
+        assert_eq!(json["figures"][2]["ratio"], Value::Null);
+    }
 }

@@ -34,6 +34,8 @@ fn bad_arguments_are_usage_errors() {
     assert_eq!(code, 2);
     assert!(stderr.contains("c.json"), "{stderr}");
     assert_eq!(vmcheck(&["bench", "--execs", "3"]).0, 2);
+    assert_eq!(vmcheck(&["bench", "--suite", "no_such_scenario"]).0, 2);
+    assert_eq!(vmcheck(&["bench", "--json", "/nonexistent-dir/out.json"]).0, 2);
     let (code, _, stderr) = vmcheck(&["run", "--shard", "3/2", "fio_nvme_basic"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("K must be 1..=N"), "{stderr}");

@@ -1,6 +1,6 @@
 //! `vmcheck`: run storage scenarios on QEMU machines.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -54,7 +54,8 @@ enum Command {
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
         jobs: u16,
     },
-    /// Measure the driver against bare QEMU: boot to agent, exec round trip, network throughput.
+    /// Measure the driver against bare QEMU: boot to agent, exec round trip, network throughput,
+    /// fio_nvme_basic's wall time in parts; a table on stdout.
     Bench {
         /// Boots of each kind.
         #[arg(long, default_value_t = 3)]
@@ -78,6 +79,12 @@ enum Command {
         /// With --nvmeof: rounds over the three networks.
         #[arg(long, default_value_t = 1)]
         rounds: usize,
+        /// Also time these scenarios (names or patterns) with --jobs 1 and with --jobs 2.
+        #[arg(long, num_args = 1.., value_name = "PATTERN")]
+        suite: Vec<String>,
+        /// Write the figures as JSON to this file too.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
     },
     /// Interactive driver: the scenario's machines (default fio_nvme_basic's), defined but not
     /// started; `help` at its prompt lists the commands.
@@ -177,15 +184,31 @@ async fn dispatch(command: Command) -> ExitCode {
                 }
             }
         }
-        Command::Bench { boots, execs, transfer_mib, nvmeof, fio_runs, fio_secs, rounds } => {
+        Command::Bench { boots, execs, transfer_mib, nvmeof, fio_runs, fio_secs, rounds, suite, json } => {
             if boots == 0 || execs < 20 || transfer_mib == 0 || fio_runs == 0 || fio_secs == 0 || rounds == 0 {
                 eprintln!("vmcheck: bench needs --boots >= 1, --execs >= 20, --transfer-mib >= 1, --fio-runs >= 1, --fio-secs >= 1 and --rounds >= 1");
                 return ExitCode::from(2);
             }
-            let options = vmcheck::bench::BenchOptions { boots, execs, transfer_mib, nvmeof, fio_runs, fio_secs, rounds };
+            // Bad input is found before the minutes of measuring, not after.
+            if let Err(e) = scenarios::select(&suite) {
+                eprintln!("vmcheck: bench --suite: {e:#}");
+                return ExitCode::from(2);
+            }
+            if let Some(dir) = json.as_deref().and_then(Path::parent).filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+                eprintln!("vmcheck: bench --json: {} is not a directory", dir.display());
+                return ExitCode::from(2);
+            }
+            let options = vmcheck::bench::BenchOptions { boots, execs, transfer_mib, nvmeof, fio_runs, fio_secs, rounds, suite };
             match vmcheck::bench::run(&options).await {
-                Ok(report) => {
-                    print!("{report}");
+                Ok(result) => {
+                    print!("{}", result.table());
+                    if let Some(path) = json {
+                        let text = serde_json::to_string_pretty(&result).expect("figures serialise");
+                        if let Err(e) = std::fs::write(&path, text + "\n") {
+                            eprintln!("vmcheck: bench: writing {}: {e}", path.display());
+                            return ExitCode::from(1);
+                        }
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
