@@ -313,6 +313,13 @@ impl Machine {
         Ok(())
     }
 
+    /// The state file of this machine's snapshot as it would start now (disk-less), if the store
+    /// has a usable one.
+    pub fn snapshot_state(&self) -> Option<PathBuf> {
+        let (store, key) = self.snapshot_key(&self.qemu_spec())?;
+        store.find(&key).ok().flatten()
+    }
+
     /// The snapshot store and this machine's key in it, for a machine that may use one.
     fn snapshot_key(&self, spec: &QemuSpec) -> Option<(Arc<crate::snapshot::Store>, crate::snapshot::Key)> {
         let store = self.inner.env.snapshots.clone()?;
@@ -552,8 +559,18 @@ impl Machine {
             self.wait_migration(&qmp, mark, "saving the snapshot").await
         }
         .await;
-        // Completed, the source is stopped (postmigrate); failed, it may run on already.
-        if !qmp.execute(qapi::qmp::query_status {}).await?.running {
+        // Completed, the source stops (postmigrate); failed, it may run on already. The
+        // MIGRATION event comes before the run state leaves finish-migrate, when `cont` is refused
+        // ("Migration is not finalized yet").
+        let settled = poll::until(timeouts::request(), timeouts::SOCKET_POLL, |_| async {
+            let status = qmp.execute(qapi::qmp::query_status {}).await?;
+            Ok((serde_json::to_value(status.status)? != serde_json::json!("finish-migrate")).then_some(status.running))
+        })
+        .await?;
+        let Polled::Done(running) = settled else {
+            return Err(self.harness_error("the machine stayed in finish-migrate after saving the snapshot", format!("{saved:?}")));
+        };
+        if !running {
             let mark = qmp.event_count();
             qmp.execute(qapi::qmp::cont {})
                 .await
