@@ -76,9 +76,14 @@ async fn snapshots_are_saved_checked_rebuilt_and_restored() {
     assert!((guest - host).abs() <= 5, "guest clock {guest}, host {host}");
 
     // A restart after a hot-remove restores again and brings back only the plugged disk.
-    m.hot_remove_disk("disk1").await.unwrap();
-    m.shutdown().await.unwrap();
-    m.wait_for_agent().await.unwrap();
+    // (In a subtest, so the machine API's lines reach the driver's reporter.)
+    d.subtest("hot-remove disk1, shut down, start again", async {
+        m.hot_remove_disk("disk1").await?;
+        m.shutdown().await?;
+        m.wait_for_agent().await
+    })
+    .await
+    .unwrap();
     assert!(m.disk_device("disk0").await.is_ok());
     let listing = m.succeed("cat /sys/class/nvme/*/serial").await.unwrap();
     assert!(!listing.contains("disk1"), "{listing}");
