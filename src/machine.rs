@@ -246,7 +246,8 @@ impl Machine {
             path: self.disk_path(&d.id),
             serial: d.serial.clone(),
             kind: if d.virtio { DiskKind::VirtioBlk } else { DiskKind::Nvme },
-            pci_slot: self.disk_slot(&d.id),
+            // A NixOS start script places devices of its own before ours: QEMU chooses there.
+            pci_slot: matches!(self.inner.boot, Boot::Kernel { .. }).then(|| self.disk_slot(&d.id)).flatten(),
         }
     }
 
@@ -490,16 +491,19 @@ impl Machine {
             Some(Pending::Restored { key, started }) => {
                 let restored = async {
                     self.sync_agent(timeouts::restore()).await?;
-                    self.after_restore().await
+                    let fixing = Instant::now();
+                    self.after_restore().await?;
+                    Ok::<_, anyhow::Error>(fixing.elapsed())
                 }
                 .await;
                 match restored {
-                    Ok(()) => {
+                    Ok(fixing) => {
                         log::line(&format!(
-                            "{}: restored from snapshot {} in {:.2} s",
+                            "{}: restored from snapshot {} in {:.2} s (clock and random seed: {:.2} s)",
                             self.name(),
                             key.short(),
-                            started.elapsed().as_secs_f64()
+                            started.elapsed().as_secs_f64(),
+                            fixing.as_secs_f64()
                         ));
                         self.plug_disks().await
                     }

@@ -140,7 +140,14 @@ impl Store {
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
             Err((_, e)) => return Err(anyhow!("locking {}: {e}", lock_path.display())),
         };
-        let staging = tempfile::Builder::new().prefix(&format!(".staging-{}-", &key.key[..16])).tempdir_in(&self.dir)?;
+        // Holding the lock, any staging directory of this key is a dead run's (kill -9).
+        let prefix = format!(".staging-{}-", &key.key[..16]);
+        for entry in fs::read_dir(&self.dir)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+        let staging = tempfile::Builder::new().prefix(&prefix).tempdir_in(&self.dir)?;
         Ok(Some(Build { key: key.clone(), _lock: lock, staging }))
     }
 
@@ -275,11 +282,16 @@ mod tests {
         let build = s.try_build(&key).unwrap().unwrap();
         // A second builder of the same key does not get the lock.
         assert!(s.try_build(&key).unwrap().is_none());
+        // A dead run's staging directory of the same key is removed by the next builder.
+        let dead = s.dir.join(format!(".staging-{}-dead", &key.key[..16]));
+        fs::create_dir_all(&dead).unwrap();
         fs::write(build.state_path(), b"QEVM....").unwrap();
         // Nothing is visible before it is finished.
         assert!(s.find(&key).unwrap().is_none());
         assert_eq!(s.finish(build, 1.0).unwrap(), 8);
         let state = s.find(&key).unwrap().unwrap();
+        drop(s.try_build(&key).unwrap().unwrap());
+        assert!(!dead.exists());
         // A truncated state file is refused, with the reason.
         fs::write(&state, b"QE").unwrap();
         let e = s.find(&key).unwrap_err();
