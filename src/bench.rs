@@ -3,6 +3,8 @@
 //! - boot until the guest agent answers: vmcheck (`start` + `wait_for_agent`) beside a bare
 //!   `qemu-system-x86_64` of the same kernel, initramfs and devices with qemu-ga talked to
 //!   directly (`guest-ping` until it answers);
+//! - restore from a snapshot until the agent answers (`src/snapshot.rs`) beside a bare
+//!   `qemu -incoming file:STATE` of the same state file;
 //! - the round trip of `succeed("true")` beside a bare `guest-exec` of `/bin/true` with tight
 //!   `guest-exec-status` polling (median and p90);
 //! - test-network throughput through the driver's switch beside a direct QEMU-to-QEMU link;
@@ -281,7 +283,8 @@ pub async fn run(options: &BenchOptions) -> Result<BenchResult> {
 /// Boot to agent, exec round trip and network throughput, the driver's and bare QEMU's.
 async fn machine_api(options: &BenchOptions, reporter: Reporter) -> Result<BenchResult> {
     let mut report = Report::new(&reporter);
-    let driver_options = DriverOptions { reporter: reporter.clone(), ..DriverOptions::default() };
+    // Boots are measured as boots: no machine starts from a snapshot here.
+    let driver_options = DriverOptions { reporter: reporter.clone(), fresh_boot: true, ..DriverOptions::default() };
     let driver = Driver::new(vec![one_node("bench", 1), one_node("peer", 2)], driver_options).await?;
     report.result.accelerator = driver.accel.name().to_string();
     report.line(format!("accelerator: {}", driver.accel.name()));
@@ -408,11 +411,55 @@ async fn machine_api(options: &BenchOptions, reporter: Reporter) -> Result<Bench
         switched / direct
     ));
     driver.kill_all().await;
+    restore_to_agent(&mut report, &reporter, options.boots).await.context("restore to agent")?;
     fio_nvme_basic_split(&mut report, &reporter, bare_boot).await.context("fio_nvme_basic")?;
     if !options.suite.is_empty() {
         suite_jobs(&mut report, &reporter, &options.suite).await?;
     }
     Ok(report.result)
+}
+
+/// Restore to agent: vmcheck's start from the machine's snapshot (saved first if there is none)
+/// until its agent answers, clock and random seed set, beside a bare `qemu -incoming file:STATE`
+/// of the same state file until its agent answers `guest-ping`.
+async fn restore_to_agent(report: &mut Report, reporter: &Reporter, boots: usize) -> Result<()> {
+    let driver = Driver::new(vec![one_node("bench", 1)], DriverOptions { reporter: reporter.clone(), ..DriverOptions::default() }).await?;
+    let m = driver.machine("bench")?;
+    if m.snapshot_state().is_none() {
+        // Saves the snapshot when the cache has none.
+        m.wait_for_agent().await?;
+        m.kill().await;
+    }
+    let Some(state) = m.snapshot_state() else {
+        report.line("restore to agent: not measured (fresh boots asked for, or no snapshot could be saved)".into());
+        return Ok(());
+    };
+    let bare_dir = driver.run_dir().join("bare");
+    std::fs::create_dir_all(&bare_dir)?;
+    let mut bare_spec = m.qemu_spec();
+    bare_spec.disks.clear();
+    bare_spec.qga_socket = bare_dir.join("qga.sock");
+    for nic in &mut bare_spec.nics {
+        nic.local = bare_dir.join("net.sock");
+    }
+    let mut bare_args = bare_args(&bare_spec)?;
+    bare_args.extend(["-incoming".to_string(), format!("file:{}", state.display())]);
+    let (mut ours, mut bare) = (Vec::new(), Vec::new());
+    for _ in 0..boots {
+        let started = Instant::now();
+        m.wait_for_agent().await?;
+        ours.push(started.elapsed().as_secs_f64());
+        m.kill().await;
+        let (vm, t) = Bare::boot_args(&bare_spec, bare_args.clone()).await?;
+        bare.push(t.as_secs_f64());
+        drop(vm);
+    }
+    driver.kill_all().await;
+    let (om, _) = median_p90(&mut ours);
+    let (bm, _) = median_p90(&mut bare);
+    report.line(format!("restore to agent (median of {boots}): vmcheck {om:.2} s, bare qemu -incoming {bm:.2} s, ratio {:.3}", om / bm));
+    report.figure(&format!("restore to agent, one VM (median of {boots})"), "s", om, Some(("bare qemu -incoming", bm)));
+    Ok(())
 }
 
 /// fio_nvme_basic's wall time in parts: setup (images, accelerator, run directory), boot (both
@@ -422,7 +469,8 @@ async fn fio_nvme_basic_split(report: &mut Report, reporter: &Reporter, bare_boo
     use crate::scenarios::fio_nvme_basic;
     let view = reporter.scenario(fio_nvme_basic::NAME, false);
     let wall = Instant::now();
-    let driver = Driver::new(fio_nvme_basic::nodes(), DriverOptions { reporter: view, ..DriverOptions::default() }).await?;
+    let driver =
+        Driver::new(fio_nvme_basic::nodes(), DriverOptions { reporter: view, fresh_boot: true, ..DriverOptions::default() }).await?;
     let setup = wall.elapsed();
     let t = Instant::now();
     let booted = driver.start_all().await;

@@ -36,6 +36,14 @@ pub struct DriverOptions {
     pub out_dir: Option<PathBuf>,
     /// Where the run's lines go and its subtests are recorded (a fresh one on stderr by default).
     pub reporter: Reporter,
+    /// Boot every machine, never start one from a saved state (`--fresh-boot`; also
+    /// `VMCHECK_FRESH_BOOT=1`). See `src/snapshot.rs`.
+    pub fresh_boot: bool,
+}
+
+/// Whether `VMCHECK_FRESH_BOOT` asks for fresh boots (any value but empty or `0`).
+pub fn fresh_boot_from_env() -> bool {
+    std::env::var("VMCHECK_FRESH_BOOT").is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
 /// Awaited with a subtest's name before the subtest runs (the REPL's `step` pauses there); an
@@ -113,7 +121,12 @@ impl Driver {
             }
         }
         let reporter = options.reporter.clone();
-        let env = Arc::new(MachineEnv { run_dir: path, qemu, accel, switches, log_dir, reporter: reporter.clone() });
+        let snapshots = if options.fresh_boot || fresh_boot_from_env() || role_images.is_empty() {
+            None
+        } else {
+            Some(Arc::new(crate::snapshot::Store::new(&images.cache_dir, &qemu)?))
+        };
+        let env = Arc::new(MachineEnv { run_dir: path, qemu, accel, switches, log_dir, reporter: reporter.clone(), snapshots });
         let mut machines = Vec::new();
         for node in nodes {
             let boot = match &node.start_script {

@@ -99,35 +99,49 @@ impl Machine {
             return Err(self.error(format!("a disk {} is plugged in already", disk.id), "give the new disk another id"));
         }
         log::nested(&format!("{}: hot-adding disk {} ({} MiB)", self.name(), disk.id, disk.size_mib), async {
-            let path = self.create_disk_file(&disk)?;
-            let qemu_disk = self.qemu_disk(&disk);
             let qmp = self.qmp().await?;
-            let node = qemu_disk.drive_id();
-            qmp.execute_raw(
-                "blockdev-add",
-                json!({"driver": "raw", "node-name": node, "discard": "unmap",
-                       "file": {"driver": "file", "filename": path.display().to_string()}}),
-            )
-            .await
-            .map_err(|e| self.error(format!("blockdev-add of {} was refused", disk.id), format!("{e:#}")))?;
-            let driver = qemu_disk.device_model();
-            let added = qmp
-                .execute(qapi::qmp::device_add {
-                    bus: None,
-                    id: Some(disk.id.clone()),
-                    driver: driver.to_string(),
-                    arguments: [("drive".to_string(), json!(node)), ("serial".to_string(), json!(disk.serial))].into_iter().collect(),
-                })
-                .await;
-            if let Err(e) = added {
-                let _ = qmp.execute_raw("blockdev-del", json!({ "node-name": node })).await;
-                return Err(self.error(format!("device_add of {} ({driver}) was refused", disk.id), format!("{e:#}")));
-            }
+            self.attach_disk(&qmp, &disk).await?;
             self.set_disks(|d| d.push(disk.clone()));
             let dev = self.wait_for_block_device(&disk.serial, true, timeouts::hotplug()).await?;
             dev.ok_or_else(|| anyhow!("disk {} appeared without a device node", disk.id))
         })
         .await
+    }
+}
+
+impl Machine {
+    /// Attaches `disk` in QEMU (its image created if need be): `blockdev-add` of its image and
+    /// `device_add` in its PCI slot. Does not wait for the guest.
+    pub(crate) async fn attach_disk(&self, qmp: &crate::qmp::Qmp, disk: &DiskSpec) -> Result<()> {
+        let path = self.create_disk_file(disk)?;
+        let qemu_disk = self.qemu_disk(disk);
+        let node = qemu_disk.drive_id();
+        qmp.execute_raw(
+            "blockdev-add",
+            json!({"driver": "raw", "node-name": node, "discard": "unmap",
+                   "file": {"driver": "file", "filename": path.display().to_string()}}),
+        )
+        .await
+        .map_err(|e| self.error(format!("blockdev-add of {} was refused", disk.id), format!("{e:#}")))?;
+        let driver = qemu_disk.device_model();
+        let mut arguments: serde_json::Map<String, serde_json::Value> =
+            [("drive".to_string(), json!(node)), ("serial".to_string(), json!(disk.serial))].into_iter().collect();
+        if let Some(slot) = qemu_disk.pci_slot {
+            arguments.insert("addr".to_string(), json!(format!("0x{slot:02x}")));
+        }
+        let added = qmp
+            .execute(qapi::qmp::device_add {
+                bus: None,
+                id: Some(disk.id.clone()),
+                driver: driver.to_string(),
+                arguments: arguments.into_iter().collect(),
+            })
+            .await;
+        if let Err(e) = added {
+            let _ = qmp.execute_raw("blockdev-del", json!({ "node-name": node })).await;
+            return Err(self.error(format!("device_add of {} ({driver}) was refused", disk.id), format!("{e:#}")));
+        }
+        Ok(())
     }
 }
 

@@ -25,6 +25,7 @@ pub mod qmp;
 pub mod repl;
 pub mod report;
 pub mod scenarios;
+pub mod snapshot;
 pub mod target;
 pub mod timeouts;
 pub mod tools;

@@ -91,7 +91,7 @@ impl Machine {
         Ok(())
     }
 
-    async fn wait_event(&self, qmp: &Qmp, mark: usize, name: &str, timeout: Duration) -> Result<crate::qmp::Event> {
+    pub(crate) async fn wait_event(&self, qmp: &Qmp, mark: usize, name: &str, timeout: Duration) -> Result<crate::qmp::Event> {
         let started = Instant::now();
         qmp.wait_for_event(mark, timeout, |e| e.name == name).await.map_err(|e| {
             let seen: Vec<String> = qmp.events_since(mark).iter().map(|e| e.name.clone()).collect();
@@ -115,7 +115,7 @@ impl Machine {
 
     /// A new process binds the spec's test-network sockets: the switch ports move there (a
     /// migration may have left them on another generation's), keeping their link state.
-    fn replug_nics(&self, spec: &crate::qemu::QemuSpec) -> Result<()> {
+    pub(crate) fn replug_nics(&self, spec: &crate::qemu::QemuSpec) -> Result<()> {
         for nic in &spec.nics {
             let _ = std::fs::remove_file(&nic.local);
             if let Some(sw) = self.env().switches.get(&nic.vlan) {
@@ -282,7 +282,7 @@ impl Machine {
 
     /// Sets up the incoming side of a migration on `dest` and waits for it to complete; the
     /// guest is then paused (`-S`).
-    async fn incoming(&self, dest: &Running, uri: &str, what: &str) -> Result<()> {
+    pub(crate) async fn incoming(&self, dest: &Running, uri: &str, what: &str) -> Result<()> {
         enable_migration_events(&dest.qmp).await.map_err(|e| self.error("enabling migration events on the target", format!("{e:#}")))?;
         let mark = dest.qmp.event_count();
         dest.qmp.execute(qapi::qmp::migrate_incoming { uri: Some(uri.to_string()), channels: None, exit_on_error: None }).await.map_err(
@@ -298,7 +298,7 @@ impl Machine {
 
     /// Waits for the MIGRATION event that ends a migration; anything but `completed` is an
     /// error with QEMU's reason.
-    async fn wait_migration(&self, qmp: &Qmp, mark: usize, what: &str) -> Result<()> {
+    pub(crate) async fn wait_migration(&self, qmp: &Qmp, mark: usize, what: &str) -> Result<()> {
         let started = Instant::now();
         let end = qmp
             .wait_for_event(mark, migration_timeout(), |e| {
@@ -339,7 +339,7 @@ impl Machine {
     }
 }
 
-async fn enable_migration_events(qmp: &Qmp) -> Result<()> {
+pub(crate) async fn enable_migration_events(qmp: &Qmp) -> Result<()> {
     qmp.execute_raw("migrate-set-capabilities", json!({"capabilities": [{"capability": "events", "state": true}]})).await.map(drop)
 }
 

@@ -36,6 +36,17 @@ pub struct MachineEnv {
     pub log_dir: PathBuf,
     /// The run's sinks: the console threads log here, whatever task they run on.
     pub reporter: crate::report::Reporter,
+    /// Saved machine states to start from (`None`: every start boots, `--fresh-boot`).
+    pub snapshots: Option<Arc<crate::snapshot::Store>>,
+}
+
+/// What a start from the snapshot store leaves to do once the agent answers
+/// ([`Machine::wait_for_agent`]).
+enum Pending {
+    /// Restored: make the guest differ where it must, then plug the disks.
+    Restored { key: crate::snapshot::Key, started: Instant },
+    /// Booted disk-less to build a snapshot: save it, resume, then plug the disks.
+    Build { build: crate::snapshot::Build, started: Instant },
 }
 
 /// A failure of the machine API, with the console tail that explains it.
@@ -84,6 +95,10 @@ struct Inner {
     balloon: std::sync::Mutex<BalloonSpec>,
     /// Counts QEMU processes of this machine: a migration target's sockets are named after it.
     generation: std::sync::atomic::AtomicU32,
+    /// The PCI slot of each plugged disk (kept while it is plugged, freed when it is removed).
+    slots: std::sync::Mutex<HashMap<String, u8>>,
+    /// Set by a start from the snapshot store, done by the next wait for the agent.
+    pending: tokio::sync::Mutex<Option<Pending>>,
 }
 
 impl Machine {
@@ -105,6 +120,8 @@ impl Machine {
                 disks,
                 balloon,
                 generation: std::sync::atomic::AtomicU32::new(0),
+                slots: std::sync::Mutex::new(HashMap::new()),
+                pending: tokio::sync::Mutex::new(None),
             }),
         })
     }
@@ -135,7 +152,22 @@ impl Machine {
         })
     }
     pub(crate) fn set_disks(&self, change: impl FnOnce(&mut Vec<DiskSpec>)) {
-        change(&mut self.inner.disks.lock().unwrap());
+        let mut disks = self.inner.disks.lock().unwrap();
+        change(&mut disks);
+        // A removed disk frees its PCI slot.
+        self.inner.slots.lock().unwrap().retain(|id, _| disks.iter().any(|d| &d.id == id));
+    }
+
+    /// The PCI slot of disk `id`: the one it has, else the lowest free one (`None` when all are
+    /// taken: QEMU then chooses).
+    fn disk_slot(&self, id: &str) -> Option<u8> {
+        let mut slots = self.inner.slots.lock().unwrap();
+        if let Some(s) = slots.get(id) {
+            return Some(*s);
+        }
+        let free = crate::qemu::DISK_PCI_SLOTS.into_iter().find(|s| !slots.values().any(|t| t == s))?;
+        slots.insert(id.to_string(), free);
+        Some(free)
     }
     /// The host file behind disk `id`.
     pub fn disk_path(&self, id: &str) -> PathBuf {
@@ -214,6 +246,8 @@ impl Machine {
             path: self.disk_path(&d.id),
             serial: d.serial.clone(),
             kind: if d.virtio { DiskKind::VirtioBlk } else { DiskKind::Nvme },
+            // A NixOS start script places devices of its own before ours: QEMU chooses there.
+            pci_slot: matches!(self.inner.boot, Boot::Kernel { .. }).then(|| self.disk_slot(&d.id)).flatten(),
         }
     }
 
@@ -270,8 +304,85 @@ impl Machine {
             }
         }
         log::line(&format!("{}: starting vm", self.name()));
+        *self.inner.pending.lock().await = None;
+        if let Some((r, pending)) = self.start_from_store(&spec).await? {
+            *running = Some(r);
+            *self.inner.pending.lock().await = Some(pending);
+            return Ok(());
+        }
         *running = Some(self.launch(&spec).await?);
         Ok(())
+    }
+
+    /// The state file of this machine's snapshot as it would start now (disk-less), if the store
+    /// has a usable one.
+    pub fn snapshot_state(&self) -> Option<PathBuf> {
+        let (store, key) = self.snapshot_key(&self.qemu_spec())?;
+        store.find(&key).ok().flatten()
+    }
+
+    /// The snapshot store and this machine's key in it, for a machine that may use one.
+    fn snapshot_key(&self, spec: &QemuSpec) -> Option<(Arc<crate::snapshot::Store>, crate::snapshot::Key)> {
+        let store = self.inner.env.snapshots.clone()?;
+        let mut base = spec.clone();
+        base.disks.clear();
+        let key = store.key(&base)?;
+        Some((store, key))
+    }
+
+    /// Starts the machine disk-less from its snapshot, or boots it disk-less to build one; `None`
+    /// when it should boot as usual (no store, or another run is building this snapshot).
+    async fn start_from_store(&self, spec: &QemuSpec) -> Result<Option<(Running, Pending)>> {
+        let Some((store, key)) = self.snapshot_key(spec) else { return Ok(None) };
+        let mut base = spec.clone();
+        base.disks.clear();
+        let name = self.name();
+        match store.find(&key) {
+            Ok(Some(state)) => {
+                let started = Instant::now();
+                let mut incoming = base.clone();
+                incoming.extra_args.extend(["-incoming", "defer", "-S"].map(String::from));
+                let dest = self.launch(&incoming).await?;
+                let uri = format!("file:{}", state.display());
+                let restored = async {
+                    self.incoming(&dest, &uri, "restoring from snapshot").await?;
+                    let mark = dest.qmp.event_count();
+                    dest.qmp
+                        .execute(qapi::qmp::cont {})
+                        .await
+                        .map_err(|e| self.error("QMP cont after restore was refused", format!("{e:#}")))?;
+                    self.wait_event(&dest.qmp, mark, "RESUME", timeouts::request()).await.map(drop)
+                }
+                .await;
+                match restored {
+                    Ok(()) => return Ok(Some((dest, Pending::Restored { key, started }))),
+                    Err(e) => {
+                        let _ = dest.process.kill().await;
+                        let why = e.to_string().lines().next().unwrap_or_default().to_string();
+                        log::line(&format!("{name}: snapshot {} was refused by QEMU ({why}): deleting it, booting afresh", key.short()));
+                        store.discard(&key)?;
+                        self.replug_nics(spec)?;
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(why) => {
+                log::line(&format!("{name}: snapshot {} is unusable ({why:#}): deleting it, booting afresh", key.short()));
+                store.discard(&key)?;
+            }
+        }
+        match store.try_build(&key)? {
+            Some(build) => {
+                log::line(&format!("{name}: no snapshot {}: booting without disks to save one", key.short()));
+                let started = Instant::now();
+                let r = self.launch(&base).await?;
+                Ok(Some((r, Pending::Build { build, started })))
+            }
+            None => {
+                log::line(&format!("{name}: another run is saving snapshot {}: booting afresh", key.short()));
+                Ok(None)
+            }
+        }
     }
 
     /// Starts a QEMU process of this machine from `spec` and connects QMP (a boot, a restore
@@ -363,9 +474,150 @@ impl Machine {
     }
 
     /// Waits until the machine has booted and its guest agent answers.
+    ///
+    /// After a start from the snapshot store it also finishes that start: a restored guest gets
+    /// the host's clock and fresh random bytes, a freshly booted one is saved as the snapshot;
+    /// then the plugged disks are hot-added and awaited in the guest. A restore whose agent does
+    /// not answer within `timeouts::restore()` (or whose fix-up fails) deletes the snapshot and
+    /// boots the machine afresh.
     pub async fn wait_for_agent(&self) -> Result<()> {
         self.start().await?;
-        let timeout = timeouts::boot();
+        let mut pending = self.inner.pending.lock().await;
+        match pending.take() {
+            None => {
+                drop(pending);
+                self.sync_agent(timeouts::boot()).await
+            }
+            Some(Pending::Restored { key, started }) => {
+                let restored = async {
+                    self.sync_agent(timeouts::restore()).await?;
+                    let fixing = Instant::now();
+                    self.after_restore().await?;
+                    Ok::<_, anyhow::Error>(fixing.elapsed())
+                }
+                .await;
+                match restored {
+                    Ok(fixing) => {
+                        log::line(&format!(
+                            "{}: restored from snapshot {} in {:.2} s (clock and random seed: {:.2} s)",
+                            self.name(),
+                            key.short(),
+                            started.elapsed().as_secs_f64(),
+                            fixing.as_secs_f64()
+                        ));
+                        self.plug_disks().await
+                    }
+                    Err(e) => {
+                        let why = e.to_string().lines().next().unwrap_or_default().to_string();
+                        log::line(&format!(
+                            "{}: restore from snapshot {} failed ({why}): deleting it, booting afresh",
+                            self.name(),
+                            key.short()
+                        ));
+                        if let Some(store) = &self.inner.env.snapshots {
+                            store.discard(&key)?;
+                        }
+                        self.kill().await;
+                        let spec = self.qemu_spec();
+                        self.replug_nics(&spec)?;
+                        let started = Instant::now();
+                        {
+                            let mut running = self.inner.running.write().await;
+                            *running = Some(self.launch(&spec).await?);
+                        }
+                        self.sync_agent(timeouts::boot()).await?;
+                        log::line(&format!("{}: booted in {:.2} s", self.name(), started.elapsed().as_secs_f64()));
+                        Ok(())
+                    }
+                }
+            }
+            Some(Pending::Build { build, started }) => {
+                self.sync_agent(timeouts::boot()).await?;
+                log::line(&format!("{}: booted in {:.2} s", self.name(), started.elapsed().as_secs_f64()));
+                let short = build.key.short().to_string();
+                let saving = Instant::now();
+                match self.save_snapshot(build, started.elapsed().as_secs_f64()).await {
+                    Ok(bytes) => log::line(&format!(
+                        "{}: saved snapshot {short} ({:.1} MiB) in {:.2} s",
+                        self.name(),
+                        bytes as f64 / 1048576.0,
+                        saving.elapsed().as_secs_f64()
+                    )),
+                    Err(e) => log::line(&format!("{}: snapshot {short} not saved: {e:#}", self.name())),
+                }
+                self.plug_disks().await
+            }
+        }
+    }
+
+    /// Saves the running, disk-less machine as a snapshot (migration to its file) and resumes it.
+    async fn save_snapshot(&self, build: crate::snapshot::Build, boot_secs: f64) -> Result<u64> {
+        let qmp = self.qmp().await?;
+        crate::lifecycle::enable_migration_events(&qmp).await?;
+        let mark = qmp.event_count();
+        let uri = format!("file:{}", build.state_path().display());
+        let saved = async {
+            qmp.execute(qapi::qmp::migrate { uri: Some(uri.clone()), channels: None, detach: None, resume: None })
+                .await
+                .map_err(|e| anyhow!("QMP migrate to {uri} was refused: {e:#}"))?;
+            self.wait_migration(&qmp, mark, "saving the snapshot").await
+        }
+        .await;
+        // Completed, the source stops (postmigrate); failed, it may run on already. The
+        // MIGRATION event comes before the run state leaves finish-migrate, when `cont` is refused
+        // ("Migration is not finalized yet").
+        let settled = poll::until(timeouts::request(), timeouts::SOCKET_POLL, |_| async {
+            let status = qmp.execute(qapi::qmp::query_status {}).await?;
+            Ok((serde_json::to_value(status.status)? != serde_json::json!("finish-migrate")).then_some(status.running))
+        })
+        .await?;
+        let Polled::Done(running) = settled else {
+            return Err(self.harness_error("the machine stayed in finish-migrate after saving the snapshot", format!("{saved:?}")));
+        };
+        if !running {
+            let mark = qmp.event_count();
+            qmp.execute(qapi::qmp::cont {})
+                .await
+                .map_err(|e| self.harness_error("QMP cont after saving the snapshot was refused", format!("{e:#}")))?;
+            self.wait_event(&qmp, mark, "RESUME", timeouts::request()).await?;
+        }
+        saved?;
+        let store = self.inner.env.snapshots.clone().ok_or_else(|| anyhow!("no snapshot store"))?;
+        store.finish(build, boot_secs)
+    }
+
+    /// What a restored guest must not share with the snapshot: its clock (set to the host's) and
+    /// its random state (fresh bytes from the host mixed into `/dev/urandom`).
+    async fn after_restore(&self) -> Result<()> {
+        let qga = self.qga().await?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as i64;
+        qga.execute_raw("guest-set-time", serde_json::json!({ "time": now })).await.map_err(|e| anyhow!("guest-set-time: {e:#}"))?;
+        let mut seed = [0u8; 64];
+        std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut seed)?;
+        qga.write_file("/dev/urandom", &seed).await
+    }
+
+    /// Hot-adds every plugged disk (a machine from the snapshot store starts without them), each
+    /// in its slot, and waits until the guest shows each.
+    async fn plug_disks(&self) -> Result<()> {
+        let disks = self.disks();
+        if disks.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let qmp = self.qmp().await?;
+        for d in &disks {
+            self.attach_disk(&qmp, d).await?;
+        }
+        for d in &disks {
+            self.wait_for_block_device(&d.serial, true, timeouts::hotplug()).await?;
+        }
+        log::line(&format!("{}: {} disk(s) plugged in {:.2} s", self.name(), disks.len(), started.elapsed().as_secs_f64()));
+        Ok(())
+    }
+
+    /// Waits until the agent answers (`guest-sync-delimited`), at most `timeout`.
+    async fn sync_agent(&self, timeout: Duration) -> Result<()> {
         let started = Instant::now();
         let (qga, exited) = {
             let running = self.inner.running.read().await;

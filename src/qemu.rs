@@ -44,7 +44,15 @@ pub struct Disk {
     pub path: PathBuf,
     pub serial: String,
     pub kind: DiskKind,
+    /// Its PCI slot on the root bus (`addr=`), the same at a cold boot and when hot-added after
+    /// a restore ([`DISK_PCI_SLOTS`]); `None` lets QEMU choose.
+    pub pci_slot: Option<u8>,
 }
+
+/// The PCI slots disks take, lowest free first (a disk keeps its slot while it is plugged). The
+/// NICs and the agent's virtio-serial take the slots below 0x08 in command-line order; 0x1d is
+/// kept for a read-only tools disk and 0x1e is the balloon's ([`BALLOON_PCI_SLOT`]).
+pub const DISK_PCI_SLOTS: std::ops::RangeInclusive<u8> = 0x08..=0x1c;
 
 impl Disk {
     /// The `-drive` and `-device` arguments (also used by `device_add` for hot-attach).
@@ -65,7 +73,8 @@ impl Disk {
         }
     }
     fn device_arg(&self) -> String {
-        format!("{},id={},drive={},serial={}", self.device_model(), self.id, self.drive_id(), self.serial)
+        let addr = self.pci_slot.map(|s| format!(",addr=0x{s:02x}")).unwrap_or_default();
+        format!("{},id={},drive={},serial={}{addr}", self.device_model(), self.id, self.drive_id(), self.serial)
     }
 }
 
@@ -626,7 +635,13 @@ mod tests {
             boot: Boot::Kernel { kernel: "/k/vmlinuz".into(), initrd: "/k/initrd".into(), append: "console=ttyS0 quiet".into() },
             memory_mib: 512,
             cpus: 1,
-            disks: vec![Disk { id: "disk0".into(), path: "/run/d0.img".into(), serial: "vmcheck-disk0".into(), kind: DiskKind::Nvme }],
+            disks: vec![Disk {
+                id: "disk0".into(),
+                path: "/run/d0.img".into(),
+                serial: "vmcheck-disk0".into(),
+                kind: DiskKind::Nvme,
+                pci_slot: None,
+            }],
             nics: vec![Nic {
                 vlan: 1,
                 mac: test_mac(1, Ipv4Addr::new(192, 0, 2, 1)),

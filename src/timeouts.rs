@@ -66,6 +66,11 @@ pub fn reap() -> Duration {
 pub fn shutdown() -> Duration {
     secs(60.0)
 }
+/// From the start of a restore from a snapshot until the agent answers; past it the snapshot is
+/// deleted and the machine boots afresh (a restore answers within about a second under TCG).
+pub fn restore() -> Duration {
+    secs(20.0)
+}
 /// Until a QEMU that was asked to quit has exited, before it is killed.
 pub fn quit() -> Duration {
     secs(10.0)

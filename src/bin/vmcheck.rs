@@ -53,6 +53,10 @@ enum Command {
         /// their terminal lines are prefixed with `[name] `.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
         jobs: u16,
+        /// Boot every machine instead of restoring its saved state from the cache (also
+        /// VMCHECK_FRESH_BOOT=1).
+        #[arg(long)]
+        fresh_boot: bool,
     },
     /// Measure the driver against bare QEMU: boot to agent, exec round trip, network throughput,
     /// fio_nvme_basic's wall time in parts; a table on stdout.
@@ -218,8 +222,8 @@ async fn dispatch(command: Command) -> ExitCode {
             }
         }
         Command::Repl { scenario, config } => vmcheck::repl::main(scenario, config).await,
-        Command::Run { names, junit, out, keep_vm_state, config, global_timeout, shard, jobs } => {
-            let options = RunArgs { junit, out, keep: keep_vm_state, config, global_timeout, shard, jobs: usize::from(jobs) };
+        Command::Run { names, junit, out, keep_vm_state, config, global_timeout, shard, jobs, fresh_boot } => {
+            let options = RunArgs { junit, out, keep: keep_vm_state, config, global_timeout, shard, jobs: usize::from(jobs), fresh_boot };
             run(names, options).await
         }
     }
@@ -234,6 +238,7 @@ struct RunArgs {
     global_timeout: Option<u64>,
     shard: Option<scenarios::Shard>,
     jobs: usize,
+    fresh_boot: bool,
 }
 
 async fn run(names: Vec<String>, args: RunArgs) -> ExitCode {
@@ -269,7 +274,7 @@ async fn run(names: Vec<String>, args: RunArgs) -> ExitCode {
         reporter.line(&format!("shard {}/{}: {}", sh.index, sh.count, names.join(" ")));
     }
     let options = RunOptions {
-        driver: DriverOptions { keep_state: args.keep, out_dir: args.out.clone(), reporter: reporter.clone() },
+        driver: DriverOptions { keep_state: args.keep, out_dir: args.out.clone(), reporter: reporter.clone(), fresh_boot: args.fresh_boot },
         config: config.clone(),
         global_timeout: args.global_timeout.map(std::time::Duration::from_secs),
         jobs: args.jobs,
