@@ -760,6 +760,66 @@ kernel/lib/crc64.ko:\n";
     }
 
     #[test]
+    fn tools_disk_holds_what_the_initramfs_lacks_and_is_linked_from_the_usual_paths() {
+        let boot: BTreeSet<PathBuf> = ["/lib/x86_64-linux-gnu/libc.so.6", "/usr/sbin/qemu-ga"].iter().map(PathBuf::from).collect();
+        let tools: BTreeSet<PathBuf> =
+            ["/usr/bin/fio", "/lib/x86_64-linux-gnu/libc.so.6", "/lib/x86_64-linux-gnu/libaio.so.1"].iter().map(PathBuf::from).collect();
+        let only = tools_only(&boot, tools);
+        assert_eq!(only, ["/lib/x86_64-linux-gnu/libaio.so.1", "/usr/bin/fio"].iter().map(PathBuf::from).collect());
+        let links = tools_links(only.iter().map(|p| p.to_string_lossy().into_owned()).chain(["/usr/bin/vmcheck-target".to_string()]));
+        assert_eq!(
+            links,
+            [
+                ("/lib/x86_64-linux-gnu/libaio.so.1".to_string(), "/tools/lib/x86_64-linux-gnu/libaio.so.1".to_string()),
+                ("/usr/bin/fio".to_string(), "/tools/usr/bin/fio".to_string()),
+                ("/usr/bin/vmcheck-target".to_string(), "/tools/usr/bin/vmcheck-target".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn tools_disk_size_leaves_room_for_metadata() {
+        // 100 MiB in 80 files: 102400 KiB of blocks + 320 KiB, a quarter more, 4 MiB of slack.
+        assert_eq!(ext4_size_kib(100 << 20, 80), (102400 + 320) * 5 / 4 + 4096);
+        // Partial blocks round up.
+        assert_eq!(ext4_size_kib(1, 1), 4 + 4 + 2 + 4096);
+    }
+
+    /// A minimal ELF64 with one PT_NOTE segment holding `notes`.
+    fn elf_with_notes(notes: &[(&[u8], u32, &[u8])]) -> Vec<u8> {
+        let mut note = Vec::new();
+        for (name, ntype, desc) in notes {
+            note.extend((name.len() as u32).to_le_bytes());
+            note.extend((desc.len() as u32).to_le_bytes());
+            note.extend(ntype.to_le_bytes());
+            note.extend(*name);
+            note.resize(note.len().div_ceil(4) * 4, 0);
+            note.extend(*desc);
+            note.resize(note.len().div_ceil(4) * 4, 0);
+        }
+        let mut elf = vec![0u8; 64 + 56];
+        elf[..6].copy_from_slice(b"\x7fELF\x02\x01");
+        elf[0x20..0x28].copy_from_slice(&64u64.to_le_bytes());
+        elf[0x36..0x38].copy_from_slice(&56u16.to_le_bytes());
+        elf[0x38..0x3a].copy_from_slice(&1u16.to_le_bytes());
+        elf[64..68].copy_from_slice(&4u32.to_le_bytes());
+        elf[64 + 8..64 + 16].copy_from_slice(&120u64.to_le_bytes());
+        elf[64 + 0x20..64 + 0x28].copy_from_slice(&(note.len() as u64).to_le_bytes());
+        elf.extend(note);
+        elf
+    }
+
+    #[test]
+    fn pvh_entry_note_is_found() {
+        assert!(has_pvh_note(&elf_with_notes(&[(b"GNU\0", 3, b"abcd"), (b"Xen\0", 18, &[0, 0, 0, 1])])));
+        assert!(!has_pvh_note(&elf_with_notes(&[(b"Xen\0", 17, &[1, 2, 3, 4])])));
+        assert!(!has_pvh_note(b"MZ not an elf"));
+        let mut truncated = elf_with_notes(&[(b"Xen\0", 18, &[0, 0, 0, 1])]);
+        truncated.truncate(130);
+        assert!(!has_pvh_note(&truncated));
+    }
+
+    #[test]
     fn ldd_output_is_parsed() {
         let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibnvme.so.1 => /lib/x86_64-linux-gnu/libnvme.so.1 (0x1)\n\t/lib64/ld-linux-x86-64.so.2 (0x2)\n";
         assert_eq!(

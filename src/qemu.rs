@@ -287,10 +287,10 @@ impl QemuSpec {
             a.extend(["-netdev".into(), format!("user,id=ctl,{}", self.control_netdev_opts(c))]);
             a.extend(["-device".into(), format!("virtio-net-pci,netdev=ctl,mac={CONTROL_MAC},id=nic-ctl")]);
         }
-        a.extend(self.plumbing_args());
         if let Some(tools) = tools {
             a.extend(tools_disk_args(tools));
         }
+        a.extend(self.plumbing_args());
         Ok(a)
     }
 
