@@ -23,8 +23,8 @@ use crate::accel::Accel;
 /// How the machine boots.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Boot {
-    /// A kernel and initramfs (the default images).
-    Kernel { kernel: PathBuf, initrd: PathBuf, append: String },
+    /// A kernel and initramfs (the default images), with the role's read-only tools disk.
+    Kernel { kernel: PathBuf, initrd: PathBuf, tools: Option<PathBuf>, append: String },
     /// A NixOS `run-<name>-vm` script; it brings its own kernel, memory and CPUs.
     StartScript { path: PathBuf, kernel_params: String },
 }
@@ -269,7 +269,7 @@ impl QemuSpec {
 
     /// The whole command line of a kernel boot.
     pub fn kernel_boot_args(&self) -> Result<Vec<String>> {
-        let Boot::Kernel { kernel, initrd, append } = &self.boot else {
+        let Boot::Kernel { kernel, initrd, tools, append } = &self.boot else {
             bail!("{}: not a kernel boot", self.name);
         };
         let mut a: Vec<String> = vec![
@@ -287,11 +287,17 @@ impl QemuSpec {
             self.cpus.to_string(),
         ];
         a.extend(self.accel.qemu_args());
+        // qboot instead of SeaBIOS: the kernel is loaded from fw_cfg without an option ROM's
+        // detour; it installs QEMU's ACPI tables (PCI hot-plug) as SeaBIOS does.
+        a.extend(["-bios".into(), "qboot.rom".into()]);
         a.extend(["-kernel".into(), kernel.display().to_string(), "-initrd".into(), initrd.display().to_string()]);
         a.extend(["-append".into(), format!("{} {append}", self.guest_kernel_params())]);
         if let Some(c) = &self.control {
             a.extend(["-netdev".into(), format!("user,id=ctl,{}", self.control_netdev_opts(c))]);
             a.extend(["-device".into(), format!("virtio-net-pci,netdev=ctl,mac={CONTROL_MAC},id=nic-ctl")]);
+        }
+        if let Some(tools) = tools {
+            a.extend(tools_disk_args(tools));
         }
         a.extend(self.plumbing_args());
         Ok(a)
@@ -623,6 +629,22 @@ fn command_line_text(cmd: &tokio::process::Command) -> String {
     s
 }
 
+/// The PCI slot of the tools disk: fixed, so hot-plugged devices (QEMU takes the lowest free
+/// slot) and the balloon (0x1e) never move it, and the command line stays a function of the
+/// machine description.
+pub const TOOLS_DISK_SLOT: &str = "0x1d";
+
+/// The read-only tools disk of a default image (`images::Image::tools`): a virtio-blk disk with
+/// serial `vmcheck-tools`, which `rc.sh` mounts at `/tools`.
+pub fn tools_disk_args(path: &Path) -> Vec<String> {
+    vec![
+        "-drive".into(),
+        format!("if=none,id=drive-vmcheck-tools,file={},format=raw,readonly=on", path.display()),
+        "-device".into(),
+        format!("virtio-blk-pci,id=vmcheck-tools,drive=drive-vmcheck-tools,serial={},addr={TOOLS_DISK_SLOT}", crate::images::TOOLS_SERIAL),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -632,7 +654,12 @@ mod tests {
             name: "target".into(),
             qemu: "qemu-system-x86_64".into(),
             accel: Accel::Tcg,
-            boot: Boot::Kernel { kernel: "/k/vmlinuz".into(), initrd: "/k/initrd".into(), append: "console=ttyS0 quiet".into() },
+            boot: Boot::Kernel {
+                kernel: "/k/vmlinuz".into(),
+                initrd: "/k/initrd".into(),
+                tools: Some("/k/tools.img".into()),
+                append: "console=ttyS0 quiet".into(),
+            },
             memory_mib: 512,
             cpus: 1,
             disks: vec![Disk {
@@ -687,6 +714,15 @@ mod tests {
         assert!(append.ends_with("console=ttyS0 quiet"));
         assert!(append.contains("/24 module_blacklist=virtio_balloon "), "{append}");
         assert_eq!(after(&args, "-device", "virtio-balloon"), Some("virtio-balloon-pci,id=balloon0,addr=0x1e,deflate-on-oom=off"));
+        assert_eq!(
+            after(&args, "-drive", "vmcheck-tools"),
+            Some("if=none,id=drive-vmcheck-tools,file=/k/tools.img,format=raw,readonly=on")
+        );
+        assert_eq!(
+            after(&args, "-device", "vmcheck-tools"),
+            Some("virtio-blk-pci,id=vmcheck-tools,drive=drive-vmcheck-tools,serial=vmcheck-tools,addr=0x1d")
+        );
+        assert_eq!(after(&args, "-bios", ""), Some("qboot.rom"));
         assert_eq!(args.last().map(String::as_str), Some("base=utc"));
         // The agent's chardev exists before QMP's wait=on blocks QEMU.
         let qga = args.iter().position(|a| a.contains("id=qga0")).unwrap();

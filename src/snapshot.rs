@@ -220,6 +220,7 @@ mod tests {
             boot: Boot::Kernel {
                 kernel: "/c/images/target-ab/vmlinuz".into(),
                 initrd: "/c/images/target-ab/initrd".into(),
+                tools: Some("/c/images/target-ab/tools.img".into()),
                 append: "quiet".into(),
             },
             memory_mib: 512,

@@ -171,7 +171,7 @@ async fn dispatch(command: Command) -> ExitCode {
                 let images = Images::from_env()?;
                 for role in [Role::Target, Role::Initiator] {
                     let image = images.ensure(role)?;
-                    println!("{role}: kernel {} initrd {}", image.kernel.display(), image.initrd.display());
+                    println!("{role}: kernel {} initrd {} tools {}", image.kernel.display(), image.initrd.display(), image.tools.display());
                 }
                 Ok(())
             })

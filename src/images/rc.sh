@@ -21,6 +21,23 @@ done < /etc/vmcheck/modules
 
 [ -d /sys/kernel/config ] && mount -t configfs configfs /sys/kernel/config
 
+# The role's tools (and their libraries) are on a read-only ext4 disk with serial vmcheck-tools;
+# the initramfs links their usual paths into /tools. virtio_blk has probed it by now; wait up to
+# 10 s for its node all the same.
+tools=
+for i in $(seq 100); do
+  for b in /sys/block/vd*; do
+    [ "$(cat "$b/serial" 2>/dev/null)" = vmcheck-tools ] && tools=/dev/${b##*/}
+  done
+  [ -n "$tools" ] && [ -b "$tools" ] && break
+  sleep 0.1
+done
+if [ -n "$tools" ]; then
+  mount -t ext4 -o ro "$tools" /tools || echo "vmcheck: mounting the tools disk $tools failed"
+else
+  echo "vmcheck: no tools disk (serial vmcheck-tools)"
+fi
+
 name=$(arg vmcheck.name)
 hostname "${name:-vmcheck}"
 ip link set lo up
