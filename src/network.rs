@@ -638,19 +638,9 @@ pub const SEND_WAIT: Duration = Duration::from_millis(10);
 /// `net.unix.max_dgram_qlen`, 10 by default, datagrams per socket), sent in order as it reads.
 /// Dropping them instead costs TCP half its throughput, and blocking the forwarding thread on
 /// the peer makes the senders spin on a full switch socket (QEMU retries at once), as on a direct
-/// link; `vmcheck bench --nvmeof` measured all three. Beyond this a frame is dropped (a paused
+/// link; `vmcheck bench --nvmeof --networks switch,switch-no-wait,direct` measured all three. Beyond this a frame is dropped (a paused
 /// VM costs the others nothing).
 pub const BACKLOG: usize = 1024;
-
-/// A peer's backlog at which the switch stops reading frames until that peer has taken some:
-/// the senders then wait (their QEMU queues the frame, its guest's queue fills), as on a direct
-/// link, instead of the backlog filling up and dropping (TCP halves its rate at each drop).
-/// Small, so frames the backlog holds cross a fault that comes after them only for a few ms.
-pub const PAUSE_AT: usize = 64;
-
-/// A peer that took no frame for this long is not reading (paused, stopped, hung): it no longer
-/// holds the switch's input, and frames for it queue up to [`BACKLOG`], then drop.
-pub const STALLED: Duration = Duration::from_millis(50);
 
 enum Sent {
     Yes,
@@ -665,19 +655,11 @@ struct Output {
     path: PathBuf,
     sock: Option<UnixDatagram>,
     backlog: std::collections::VecDeque<Vec<u8>>,
-    /// When the peer last took a frame from the backlog (or the backlog began).
-    progress: Instant,
 }
 
 impl Output {
     fn new(path: &Path) -> Output {
-        Output { path: path.to_path_buf(), sock: None, backlog: std::collections::VecDeque::new(), progress: Instant::now() }
-    }
-
-    /// Whether the switch should stop reading until this peer catches up: its backlog is at
-    /// [`PAUSE_AT`] and it is reading (it took a frame within [`STALLED`]).
-    fn holds_input(&self, now: Instant) -> bool {
-        self.backlog.len() >= PAUSE_AT && now.duration_since(self.progress) < STALLED
+        Output { path: path.to_path_buf(), sock: None, backlog: std::collections::VecDeque::new() }
     }
 
     /// One send, waiting up to [`SEND_WAIT`] when `wait`.
@@ -715,7 +697,6 @@ impl Output {
             Sent::Yes => true,
             Sent::Full if cap > 0 => {
                 self.backlog.push_back(frame.to_vec());
-                self.progress = Instant::now();
                 true
             }
             Sent::Full | Sent::Gone => false,
@@ -724,19 +705,13 @@ impl Output {
 
     /// Sends what waits while the peer takes it; the frames dropped because it is gone.
     fn flush(&mut self) -> usize {
-        let mut sent = false;
-        while let Some(f) = self.backlog.pop_front() {
+        while let Some(f) = self.backlog.front() {
+            let f = f.clone();
             match self.try_send(&f, false) {
-                Sent::Yes => sent = true,
-                Sent::Full => {
-                    self.backlog.push_front(f);
-                    if sent {
-                        self.progress = Instant::now();
-                    }
-                    return 0;
-                }
+                Sent::Yes => drop(self.backlog.pop_front()),
+                Sent::Full => return 0,
                 Sent::Gone => {
-                    let n = self.backlog.len() + 1;
+                    let n = self.backlog.len();
                     self.backlog.clear();
                     return n;
                 }
@@ -762,22 +737,17 @@ fn forward(sock: UnixDatagram, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>, 
     let mut fds: Vec<libc::pollfd> = Vec::new();
     let mut seq = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        // The switch's socket (unless a reading peer's backlog is full: then the senders wait),
-        // and every peer frames wait for.
-        let now = Instant::now();
-        let hold = outputs.iter().any(|o| o.holds_input(now));
+        // The switch's socket, and every peer frames wait for.
         fds.clear();
-        fds.push(libc::pollfd { fd: sock.as_raw_fd(), events: if hold { 0 } else { libc::POLLIN }, revents: 0 });
+        fds.push(libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 });
         for o in outputs.iter().filter(|o| !o.backlog.is_empty()) {
             if let Some(s) = &o.sock {
                 fds.push(libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLOUT, revents: 0 });
             }
         }
-        // Held, wake up in time to see the peer stall.
-        let timeout = if hold { STALLED.as_millis() as libc::c_int / 5 } else { STOP_POLL.as_millis() as libc::c_int };
         // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        if ready < 0 {
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, STOP_POLL.as_millis() as libc::c_int) };
+        if ready <= 0 {
             continue;
         }
         if fds.len() > 1 {
@@ -787,7 +757,7 @@ fn forward(sock: UnixDatagram, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>, 
                 }
             }
         }
-        if hold || fds[0].revents & libc::POLLIN == 0 {
+        if fds[0].revents & libc::POLLIN == 0 {
             continue;
         }
         // Everything waiting, then poll again.
@@ -821,15 +791,10 @@ fn forward(sock: UnixDatagram, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>, 
                     }
                 }
             }
-            let mut held = false;
             for &t in &sends {
                 if !outputs[t].send(frame, cap) {
                     peer_drops.push(t);
                 }
-                held |= outputs[t].backlog.len() >= PAUSE_AT;
-            }
-            if held {
-                break;
             }
         }
     }
