@@ -638,7 +638,7 @@ pub const SEND_WAIT: Duration = Duration::from_millis(10);
 /// `net.unix.max_dgram_qlen`, 10 by default, datagrams per socket), sent in order as it reads.
 /// Dropping them instead costs TCP half its throughput, and blocking the forwarding thread on
 /// the peer makes the senders spin on a full switch socket (QEMU retries at once), as on a direct
-/// link; `vmcheck bench --nvmeof` measured all three. Beyond this a frame is dropped (a paused
+/// link; `vmcheck bench --nvmeof --networks switch,switch-no-wait,direct` measured all three. Beyond this a frame is dropped (a paused
 /// VM costs the others nothing).
 pub const BACKLOG: usize = 1024;
 

@@ -80,9 +80,13 @@ enum Command {
         /// With --nvmeof: seconds of each fio run.
         #[arg(long, default_value_t = 10)]
         fio_secs: u64,
-        /// With --nvmeof: rounds over the three networks.
+        /// With --nvmeof: rounds over the networks (interleaved, so host-load drift hits all).
         #[arg(long, default_value_t = 1)]
         rounds: usize,
+        /// With --nvmeof: the networks compared, in each round's order (`switch-no-wait`: the
+        /// switch dropping for a full peer instead of queueing).
+        #[arg(long, value_enum, value_delimiter = ',', default_value = "switch,direct,vde")]
+        networks: Vec<vmcheck::bench::Network>,
         /// Also time these scenarios (names or patterns) with --jobs 1 and with --jobs 2.
         #[arg(long, num_args = 1.., value_name = "PATTERN")]
         suite: Vec<String>,
@@ -188,8 +192,8 @@ async fn dispatch(command: Command) -> ExitCode {
                 }
             }
         }
-        Command::Bench { boots, execs, transfer_mib, nvmeof, fio_runs, fio_secs, rounds, suite, json } => {
-            if boots == 0 || execs < 20 || transfer_mib == 0 || fio_runs == 0 || fio_secs == 0 || rounds == 0 {
+        Command::Bench { boots, execs, transfer_mib, nvmeof, fio_runs, fio_secs, rounds, networks, suite, json } => {
+            if boots == 0 || execs < 20 || transfer_mib == 0 || fio_runs == 0 || fio_secs == 0 || rounds == 0 || networks.is_empty() {
                 eprintln!("vmcheck: bench needs --boots >= 1, --execs >= 20, --transfer-mib >= 1, --fio-runs >= 1, --fio-secs >= 1 and --rounds >= 1");
                 return ExitCode::from(2);
             }
@@ -202,7 +206,7 @@ async fn dispatch(command: Command) -> ExitCode {
                 eprintln!("vmcheck: bench --json: {} is not a directory", dir.display());
                 return ExitCode::from(2);
             }
-            let options = vmcheck::bench::BenchOptions { boots, execs, transfer_mib, nvmeof, fio_runs, fio_secs, rounds, suite };
+            let options = vmcheck::bench::BenchOptions { boots, execs, transfer_mib, nvmeof, fio_runs, fio_secs, rounds, networks, suite };
             match vmcheck::bench::run(&options).await {
                 Ok(result) => {
                     print!("{}", result.table());
