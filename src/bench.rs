@@ -29,7 +29,7 @@ use crate::config::{NodeSpec, Role};
 use crate::driver::{Driver, DriverOptions};
 use crate::poll::{Pace, Polled};
 use crate::qapi_stream::JsonReader;
-use crate::qemu::{Console, QemuProcess, QemuSpec};
+use crate::qemu::{Console, NicLink, QemuProcess, QemuSpec};
 use crate::report::Reporter;
 
 /// Options of a bench run.
@@ -162,10 +162,13 @@ impl Bare {
     async fn boot_args(spec: &QemuSpec, args: Vec<String>) -> Result<(Bare, Duration)> {
         let _ = std::fs::remove_file(&spec.qga_socket);
         for nic in &spec.nics {
-            let _ = std::fs::remove_file(&nic.local);
+            if let NicLink::Unix { local, .. } = &nic.link {
+                let _ = std::fs::remove_file(local);
+            }
         }
         let mut cmd = tokio::process::Command::new(&spec.qemu);
         cmd.args(args).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        crate::qemu::inherit_fds(&mut cmd, spec.inherited_fds());
         let started = Instant::now();
         let child = crate::process::spawn(cmd).await?;
         let process = QemuProcess::adopt(child, Console::new(&spec.name, None, crate::log::current().unwrap_or_default()));
@@ -297,8 +300,9 @@ async fn machine_api(options: &BenchOptions, reporter: Reporter) -> Result<Bench
     // The same devices as vmcheck's machine; only the QMP monitor is left out.
     let mut bare_spec = spec.clone();
     bare_spec.qga_socket = bare_dir.join("qga.sock");
+    // A NIC linked to nothing: QEMU drops what it sends (no socket at the remote path).
     for nic in &mut bare_spec.nics {
-        nic.local = bare_dir.join("net.sock");
+        nic.link = NicLink::Unix { local: bare_dir.join("net.sock"), remote: bare_dir.join("no-switch.sock") };
     }
 
     // Boot to agent, alternating so that drift in host load hits both alike.
@@ -441,8 +445,9 @@ async fn restore_to_agent(report: &mut Report, reporter: &Reporter, boots: usize
     let mut bare_spec = m.qemu_spec();
     bare_spec.disks.clear();
     bare_spec.qga_socket = bare_dir.join("qga.sock");
+    // A NIC linked to nothing: QEMU drops what it sends (no socket at the remote path).
     for nic in &mut bare_spec.nics {
-        nic.local = bare_dir.join("net.sock");
+        nic.link = NicLink::Unix { local: bare_dir.join("net.sock"), remote: bare_dir.join("no-switch.sock") };
     }
     let mut bare_args = bare_args(&bare_spec)?;
     bare_args.extend(["-incoming".to_string(), format!("file:{}", state.display())]);
@@ -563,10 +568,9 @@ async fn direct_transfer(driver: &Driver, mib: u64) -> Result<f64> {
     for (spec, n) in [(&mut a, "a"), (&mut b, "b")] {
         spec.qga_socket = dir.join(format!("{n}-qga.sock"));
         spec.control = None;
-        spec.nics[0].local = dir.join(format!("{n}-net.sock"));
     }
-    a.nics[0].remote = b.nics[0].local.clone();
-    b.nics[0].remote = a.nics[0].local.clone();
+    a.nics[0].link = NicLink::Unix { local: dir.join("a-net.sock"), remote: dir.join("b-net.sock") };
+    b.nics[0].link = NicLink::Unix { local: dir.join("b-net.sock"), remote: dir.join("a-net.sock") };
     let (mut va, _) = Bare::boot(&a).await?;
     let (mut vb, _) = Bare::boot(&b).await?;
     let (serve, fetch) = transfer_commands(mib);
@@ -685,7 +689,6 @@ async fn nvmeof_runs(
         spec.qga_socket = dir.join(format!("{n}-qga.sock"));
         spec.control = None;
         spec.nics.truncate(1);
-        spec.nics[0].local = dir.join(format!("{n}-net.sock"));
     }
     // Kept alive until the runs end.
     let mut _switch = None;
@@ -694,16 +697,17 @@ async fn nvmeof_runs(
     match network {
         Network::Switch | Network::SwitchNoWait => {
             let backlog = if network == Network::Switch { crate::network::BACKLOG } else { 0 };
-            let sw = crate::network::Switch::start_with(1, dir, backlog)?;
-            sw.add_port("target", &t.nics[0].local);
-            sw.add_port("initiator", &i.nics[0].local);
-            t.nics[0].remote = sw.socket.clone();
-            i.nics[0].remote = sw.socket.clone();
+            let sw = crate::network::Switch::start_with(1, backlog)?;
+            for (spec, n) in [(&mut t, "target"), (&mut i, "initiator")] {
+                let (qemu_end, switch_end) = crate::network::Switch::socket_pair()?;
+                spec.nics[0].link = NicLink::Fd(crate::qemu::NicFd(std::sync::Arc::new(qemu_end.into())));
+                sw.add_port(n, switch_end);
+            }
             _switch = Some(sw);
         }
         Network::Direct => {
-            t.nics[0].remote = i.nics[0].local.clone();
-            i.nics[0].remote = t.nics[0].local.clone();
+            t.nics[0].link = NicLink::Unix { local: dir.join("target-net.sock"), remote: dir.join("initiator-net.sock") };
+            i.nics[0].link = NicLink::Unix { local: dir.join("initiator-net.sock"), remote: dir.join("target-net.sock") };
         }
         Network::Vde => {
             let mut cmd = tokio::process::Command::new(vde);
@@ -730,6 +734,10 @@ async fn nvmeof_runs(
     };
     let (ta, ia) = (args(&t)?, args(&i)?);
     let ((mut tv, _), (mut iv, _)) = tokio::try_join!(Bare::boot_args(&t, ta), Bare::boot_args(&i, ia))?;
+    // The QEMUs hold their socket pair ends now: the driver's copies close.
+    for spec in [&mut t, &mut i] {
+        spec.nics[0].link = NicLink::Unlinked;
+    }
     let poll = Duration::from_millis(250);
     let traddr = t.nics[0].address;
     tv.sh(

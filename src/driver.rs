@@ -107,7 +107,6 @@ impl Driver {
             .context("creating the run directory")?;
         let path = run_dir.path().to_path_buf();
         log::line(&format!("run directory: {} (accelerator: {})", path.display(), accel.name()));
-        std::fs::create_dir_all(path.join("net"))?;
         let log_dir = match &options.out_dir {
             Some(d) => {
                 std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
@@ -119,7 +118,7 @@ impl Driver {
         let mut switches = HashMap::new();
         for vlan in nodes.iter().flat_map(|n| n.vlans.iter().copied()) {
             if let std::collections::hash_map::Entry::Vacant(e) = switches.entry(vlan) {
-                e.insert(Arc::new(Switch::start(vlan, &path.join("net"))?));
+                e.insert(Arc::new(Switch::start(vlan)?));
             }
         }
         let reporter = options.reporter.clone();

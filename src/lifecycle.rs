@@ -11,8 +11,8 @@
 //!
 //! Live migration starts the target QEMU with the machine's current description (the disks and
 //! balloon plugged in now) plus `-incoming defer -S`, its own QMP/agent sockets and its own
-//! test-network sockets. After the migration completes (the source is stopped) the switch ports
-//! are moved to the new sockets with their link state, the source quits, and the target is
+//! test-network socket pairs. After the migration completes (the source is stopped) the switch
+//! ports are moved to the new pairs with their link state, the source quits, and the target is
 //! resumed (`cont`): frames never reach a QEMU that is not running the guest. The console object
 //! is the machine's, so its lines and waits carry over; the agent in the guest keeps its state
 //! (background commands started before the migration are still polled through the new socket).
@@ -108,22 +108,7 @@ impl Machine {
         }
         let mut spec = self.qemu_spec();
         spec.extra_args.extend(extra.iter().cloned());
-        self.replug_nics(&spec)?;
         *slot = Some(self.launch(&spec).await?);
-        Ok(())
-    }
-
-    /// A new process binds the spec's test-network sockets: the switch ports move there (a
-    /// migration may have left them on another generation's), keeping their link state.
-    pub(crate) fn replug_nics(&self, spec: &crate::qemu::QemuSpec) -> Result<()> {
-        for nic in &spec.nics {
-            let _ = std::fs::remove_file(&nic.local);
-            if let Some(sw) = self.env().switches.get(&nic.vlan) {
-                let link = sw.link(self.name()).unwrap_or_default();
-                sw.add_port(self.name(), &nic.local);
-                sw.set_link(self.name(), |l| *l = link)?;
-            }
-        }
         Ok(())
     }
 
@@ -166,7 +151,6 @@ impl Machine {
                 }
                 let mut spec = self.qemu_spec();
                 spec.extra_args.extend(["-incoming", "defer", "-S"].map(String::from));
-                self.replug_nics(&spec)?;
                 let dest = self.launch(&spec).await?;
                 let uri = format!("file:{}", saved.path.display());
                 if let Err(e) = self.incoming(&dest, &uri, "restoring").await {
@@ -200,13 +184,9 @@ impl Machine {
                 let mut spec = self.qemu_spec();
                 spec.qmp_socket = dir.join("qmp.sock");
                 spec.qga_socket = dir.join("qga.sock");
-                for nic in &mut spec.nics {
-                    let name = nic.local.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-                    nic.local = nic.local.with_file_name(format!("{name}-gen{generation}.sock"));
-                    let _ = std::fs::remove_file(&nic.local);
-                }
                 spec.extra_args.extend(["-incoming", "defer", "-S"].map(String::from));
-                let dest = self.launch(&spec).await?;
+                // The target's NICs get socket pairs of their own, plugged in at switchover.
+                let (dest, ports) = self.launch_unplugged(&spec).await?;
                 let socket = dir.join("migrate.sock");
                 let uri = format!("unix:{}", socket.display());
                 let outgoing = async {
@@ -239,13 +219,7 @@ impl Machine {
                     ram_transferred: info["ram"]["transferred"].as_i64().unwrap_or(-1),
                 };
                 // The source is stopped now: move the links, end it, run the target.
-                for nic in &spec.nics {
-                    if let Some(sw) = self.env().switches.get(&nic.vlan) {
-                        let link = sw.link(self.name()).unwrap_or_default();
-                        sw.add_port(self.name(), &nic.local);
-                        sw.set_link(self.name(), |l| *l = link)?;
-                    }
-                }
+                self.plug(ports);
                 let src = slot.take().expect("alive above");
                 self.quit_process(src).await?;
                 // The source's exit closed the console the target shares.

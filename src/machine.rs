@@ -17,7 +17,7 @@ use crate::config::{BalloonSpec, DiskSpec, NodeSpec, Role, TEST_SUBNET_LEN};
 use crate::log;
 use crate::network::{Link, LinkCounters, Switch};
 use crate::poll::{self, Polled};
-use crate::qemu::{Balloon, Boot, Console, ControlNic, Disk, DiskKind, Nic, QemuProcess, QemuSpec};
+use crate::qemu::{Balloon, Boot, Console, ControlNic, Disk, DiskKind, Nic, NicLink, QemuProcess, QemuSpec};
 use crate::qga::{ExecOutput, ExecTimeout, MemoryStats, Qga};
 use crate::qmp::Qmp;
 use crate::timeouts;
@@ -177,19 +177,17 @@ impl Machine {
     /// The QEMU description this machine boots with.
     pub fn qemu_spec(&self) -> QemuSpec {
         let node = &self.inner.node;
-        let net_dir = self.inner.env.run_dir.join("net");
         let nics = node
             .vlans
             .iter()
-            .filter_map(|v| self.inner.env.switches.get(v).map(|s| (v, s)))
-            .map(|(&vlan, switch)| Nic {
+            .filter(|v| self.inner.env.switches.contains_key(v))
+            .map(|&vlan| Nic {
                 vlan,
                 mac: crate::qemu::test_mac(vlan, node.address),
                 // A second vlan gets a subnet of its own, so each NIC is routed by itself.
                 address: crate::network::vlan_address(node.address, vlan),
                 prefix_len: TEST_SUBNET_LEN,
-                local: net_dir.join(format!("{}-vlan{vlan}.sock", node.name)),
-                remote: switch.socket.clone(),
+                link: NicLink::Unlinked,
             })
             .collect();
         let disks = self.disks().iter().map(|d| self.qemu_disk(d)).collect();
@@ -297,12 +295,6 @@ impl Machine {
         for disk in self.disks() {
             self.create_disk_file(&disk)?;
         }
-        for nic in &spec.nics {
-            let _ = std::fs::remove_file(&nic.local);
-            if let Some(sw) = self.inner.env.switches.get(&nic.vlan) {
-                sw.add_port(self.name(), &nic.local);
-            }
-        }
         log::line(&format!("{}: starting vm", self.name()));
         *self.inner.pending.lock().await = None;
         if let Some((r, pending)) = self.start_from_store(&spec).await? {
@@ -361,7 +353,6 @@ impl Machine {
                         let why = e.to_string().lines().next().unwrap_or_default().to_string();
                         log::line(&format!("{name}: snapshot {} was refused by QEMU ({why}): deleting it, booting afresh", key.short()));
                         store.discard(&key)?;
-                        self.replug_nics(spec)?;
                     }
                 }
             }
@@ -386,8 +377,45 @@ impl Machine {
     }
 
     /// Starts a QEMU process of this machine from `spec` and connects QMP (a boot, a restore
-    /// or a migration target); the caller puts it in the running slot.
+    /// or a snapshot restore); the caller puts it in the running slot. Its NICs get fresh socket
+    /// pairs whose switch ends are plugged in at once: the switch ports follow this process,
+    /// keeping their link state.
     pub(crate) async fn launch(&self, spec: &QemuSpec) -> Result<Running> {
+        let (running, ports) = self.launch_unplugged(spec).await?;
+        self.plug(ports);
+        Ok(running)
+    }
+
+    /// [`Machine::launch`] leaving the switch ends of the NICs' socket pairs unplugged (a
+    /// migration target, plugged in at switchover by [`Machine::plug`]); until then nothing
+    /// reads or writes them.
+    pub(crate) async fn launch_unplugged(&self, spec: &QemuSpec) -> Result<(Running, Vec<(u32, std::os::unix::net::UnixDatagram)>)> {
+        let mut spec = spec.clone();
+        let mut ports = Vec::new();
+        for nic in &mut spec.nics {
+            if self.inner.env.switches.contains_key(&nic.vlan) {
+                let (qemu_end, switch_end) = crate::network::Switch::socket_pair()?;
+                nic.link = NicLink::Fd(crate::qemu::NicFd(Arc::new(qemu_end.into())));
+                ports.push((nic.vlan, switch_end));
+            }
+        }
+        let running = self.launch_linked(&spec).await;
+        // QEMU holds its ends now (or failed to start): the driver's copies close here, so the
+        // switch sees a port's peer gone when that QEMU exits.
+        drop(spec);
+        Ok((running?, ports))
+    }
+
+    /// Plugs the switch ends of a QEMU's socket pairs in, as that machine's ports.
+    pub(crate) fn plug(&self, ports: Vec<(u32, std::os::unix::net::UnixDatagram)>) {
+        for (vlan, sock) in ports {
+            if let Some(sw) = self.inner.env.switches.get(&vlan) {
+                sw.add_port(self.name(), sock);
+            }
+        }
+    }
+
+    async fn launch_linked(&self, spec: &QemuSpec) -> Result<Running> {
         let _ = std::fs::remove_file(&spec.qmp_socket);
         let _ = std::fs::remove_file(&spec.qga_socket);
         self.inner.console.reopen();
@@ -519,7 +547,6 @@ impl Machine {
                         }
                         self.kill().await;
                         let spec = self.qemu_spec();
-                        self.replug_nics(&spec)?;
                         let started = Instant::now();
                         {
                             let mut running = self.inner.running.write().await;

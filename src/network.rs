@@ -1,6 +1,9 @@
 //! The test network: a learning Ethernet switch in the driver, one per vlan, linked to each
-//! QEMU by a unix datagram socket (`-netdev dgram`). No root, no host interface, nothing outside
-//! the run directory.
+//! QEMU NIC by a connected unix datagram socket pair (`socketpair(AF_UNIX, SOCK_DGRAM)`): QEMU
+//! gets one end as an inherited fd (`-netdev dgram,local.type=fd`), the switch keeps the other
+//! as that port's socket. Both ends are each other's peer, so Linux does not cap either queue
+//! at `net.unix.max_dgram_qlen` (10) datagrams, as it does for an unconnected socket; only the
+//! sender's socket buffer limits what is in flight. No root, no host interface, no socket path.
 //!
 //! The switch is also the fault injector. Each machine's link (one per vlan it is on) can be cut
 //! (both directions), lose a share of its frames, delay them (with jitter), or be capped to a
@@ -12,15 +15,13 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use nix::sys::socket::{recvfrom, MsgFlags, UnixAddr};
+use nix::sys::socket::MsgFlags;
 
 use crate::log;
 use crate::machine::Machine;
@@ -118,8 +119,8 @@ impl LinkCounters {
 #[derive(Debug)]
 struct Port {
     machine: String,
-    /// The socket the machine's QEMU binds, as bytes (compared with each frame's sender).
-    peer: PathBuf,
+    /// The switch's end of the socket pair whose other end the machine's QEMU holds.
+    sock: Arc<UnixDatagram>,
     link: Link,
     counters: LinkCounters,
     /// Ports (by index) this one may not reach: the partitions, as a mask the forwarding
@@ -142,9 +143,7 @@ struct State {
     /// Fault changes, with the time since the switch started, for the report.
     events: Vec<String>,
     started: Instant,
-    /// The sender of the last frame, whose port is looked up again only when it changes.
-    last_sender: Option<(Vec<u8>, usize)>,
-    /// Bumped when a port is plugged in (the forwarding thread reconnects its outputs).
+    /// Bumped when a port is plugged in (the forwarding threads take its new socket).
     generation: u64,
 }
 
@@ -157,22 +156,20 @@ impl State {
             rng: 0x9e37_79b9_7f4a_7c15 ^ u64::from(vlan),
             events: Vec::new(),
             started: Instant::now(),
-            last_sender: None,
             generation: 0,
         }
     }
 
-    fn add_port(&mut self, machine: &str, peer: &Path) -> Result<()> {
+    fn add_port(&mut self, machine: &str, sock: UnixDatagram) -> Result<()> {
         if self.ports.len() >= 64 && !self.ports.iter().any(|p| p.machine == machine) {
             bail!("a vlan holds at most 64 machines");
         }
-        // A path too long for a unix address would never be reached.
-        UnixAddr::new(peer).with_context(|| format!("socket path {}", peer.display()))?;
+        sock.set_nonblocking(true).context("making the port's socket non-blocking")?;
         let old = self.ports.iter().position(|p| p.machine == machine);
         let now = Instant::now();
         let port = Port {
             machine: machine.to_string(),
-            peer: peer.to_path_buf(),
+            sock: Arc::new(sock),
             link: Link::default(),
             counters: LinkCounters::default(),
             cut: 0,
@@ -184,12 +181,11 @@ impl State {
             // A restarted machine keeps its link's faults and counts.
             Some(i) => {
                 let p = &mut self.ports[i];
-                p.peer = port.peer;
+                p.sock = port.sock;
             }
             None => self.ports.push(port),
         }
         self.learned.clear();
-        self.last_sender = None;
         self.generation += 1;
         self.rebuild_cuts();
         Ok(())
@@ -220,17 +216,6 @@ impl State {
         self.rng ^= self.rng << 17;
         (self.rng >> 11) as f64 / (1u64 << 53) as f64
     }
-
-    fn sender(&mut self, from: &[u8]) -> Option<usize> {
-        if let Some((path, i)) = &self.last_sender {
-            if path.as_slice() == from {
-                return Some(*i);
-            }
-        }
-        let i = self.ports.iter().position(|p| p.peer.as_os_str().as_bytes() == from)?;
-        self.last_sender = Some((from.to_vec(), i));
-        Some(i)
-    }
 }
 
 /// Where a frame goes: a port and, when the frame must wait (delay, cap), when it is due.
@@ -249,14 +234,13 @@ fn shape(link: &Link, free: &mut Instant, len: usize, now: Instant) -> Result<Du
     Ok(*free - now)
 }
 
-/// Routes a frame from the port with socket `from` at `now`: fills `out` with where it goes.
+/// Routes a frame from port `src` at `now`: fills `out` with where it goes.
 /// Counters are updated here; nothing is sent.
-fn route(s: &mut State, from: &[u8], frame: &[u8], now: Instant, out: &mut Vec<Hop>) {
+fn route(s: &mut State, src: usize, frame: &[u8], now: Instant, out: &mut Vec<Hop>) {
     out.clear();
-    if frame.len() < 14 {
+    if frame.len() < 14 || src >= s.ports.len() {
         return;
     }
-    let Some(src) = s.sender(from) else { return };
     let mut dst_mac = [0u8; 6];
     dst_mac.copy_from_slice(&frame[0..6]);
     let mut src_mac = [0u8; 6];
@@ -358,15 +342,17 @@ fn jittered(s: &mut State, base: Duration, jitter: Duration) -> Duration {
 /// One vlan's switch.
 pub struct Switch {
     pub vlan: u32,
-    pub socket: PathBuf,
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
+    /// A byte here wakes the forwarding thread to poll a newly plugged port's socket.
+    wake: UnixDatagram,
 }
 
 impl std::ops::Drop for Switch {
     fn drop(&mut self) {
-        // The forwarding thread sees this within its receive timeout.
+        // The forwarding thread sees this when the byte wakes it (or within its poll timeout).
         self.stop.store(true, Ordering::Relaxed);
+        let _ = self.wake.send(&[0]);
     }
 }
 
@@ -374,34 +360,42 @@ impl std::ops::Drop for Switch {
 const STOP_POLL: Duration = Duration::from_millis(200);
 
 impl Switch {
-    /// Binds the switch's socket in `dir` and starts forwarding on a thread of its own: a
-    /// dedicated thread polling its sockets forwards with less latency per frame than an async
-    /// task that two busy QEMUs contend with (measured by `vmcheck bench`).
-    pub fn start(vlan: u32, dir: &Path) -> Result<Switch> {
-        Switch::start_with(vlan, dir, BACKLOG)
+    /// Starts forwarding on a thread of its own: a dedicated thread polling its sockets
+    /// forwards with less latency per frame than an async task that two busy QEMUs contend
+    /// with (measured by `vmcheck bench`).
+    pub fn start(vlan: u32) -> Result<Switch> {
+        Switch::start_with(vlan, BACKLOG)
     }
 
     /// [`Switch::start`] holding at most `backlog` frames for a full peer; with 0 such a frame
     /// is dropped at once (the benchmark compares both).
-    pub fn start_with(vlan: u32, dir: &Path, backlog: usize) -> Result<Switch> {
-        let socket = dir.join(format!("switch-vlan{vlan}.sock"));
-        let sock = UnixDatagram::bind(&socket).with_context(|| format!("binding {}", socket.display()))?;
-        sock.set_nonblocking(true)?;
+    pub fn start_with(vlan: u32, backlog: usize) -> Result<Switch> {
+        let (wake, woken) = UnixDatagram::pair().context("creating the switch's wake-up socket pair")?;
+        wake.set_nonblocking(true)?;
+        woken.set_nonblocking(true)?;
         let state = Arc::new(Mutex::new(State::new(vlan)));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, f) = (state.clone(), stop.clone());
-        std::thread::Builder::new().name(format!("switch-vlan{vlan}")).spawn(move || forward(sock, s, f, backlog))?;
-        Ok(Switch { vlan, socket, state, stop })
+        std::thread::Builder::new().name(format!("switch-vlan{vlan}")).spawn(move || forward(woken, s, f, backlog))?;
+        Ok(Switch { vlan, state, stop, wake })
     }
 
-    /// Plugs a machine in: frames from `peer` come from it, frames for it go to `peer`. A
-    /// machine plugged in again (a restart) keeps its link's faults and counters. A port that
-    /// cannot be made (a socket path too long for a unix address, a 65th machine) is logged: the
-    /// machine then has no network, which its QEMU or the test will show.
-    pub fn add_port(&self, machine: &str, peer: &Path) {
-        if let Err(e) = self.state.lock().unwrap().add_port(machine, peer) {
+    /// A connected socket pair for a machine's NIC: `(QEMU's end, the switch's end)`. QEMU's
+    /// end is passed to the QEMU process ([`crate::qemu::NicLink::Fd`]); the switch's end to
+    /// [`Switch::add_port`] when that process is to be on the network. Both are close-on-exec.
+    pub fn socket_pair() -> Result<(UnixDatagram, UnixDatagram)> {
+        UnixDatagram::pair().context("creating a NIC's socket pair")
+    }
+
+    /// Plugs a machine in: frames read from `sock` come from it, frames for it are sent there.
+    /// A machine plugged in again (a restart, a migration target) keeps its link's faults and
+    /// counters; its previous socket is closed. A port that cannot be made (a 65th machine) is
+    /// logged: the machine then has no network, which its test will show.
+    pub fn add_port(&self, machine: &str, sock: UnixDatagram) {
+        if let Err(e) = self.state.lock().unwrap().add_port(machine, sock) {
             log::line(&format!("network: vlan {}: cannot plug in {machine}: {e:#}", self.vlan));
         }
+        let _ = self.wake.send(&[1]);
     }
 
     /// Changes a machine's link; logs and records the new state.
@@ -606,7 +600,7 @@ fn delay_loop(state: Arc<Mutex<State>>, rx: mpsc::Receiver<Delayed>, stop: Arc<A
             let mut s = state.lock().unwrap();
             if s.generation != generation {
                 generation = s.generation;
-                outputs = s.ports.iter().map(|p| Output::new(&p.peer)).collect();
+                outputs = s.ports.iter().map(|p| Output::new(p.sock.clone())).collect();
             }
             let Some(p) = s.ports.get(d.to) else { continue };
             let (up, cut) = (p.link.up, p.cut & (1 << d.from_machine) != 0);
@@ -630,57 +624,58 @@ fn delay_loop(state: Arc<Mutex<State>>, rx: mpsc::Receiver<Delayed>, stop: Arc<A
     }
 }
 
-/// How long the delay thread waits for a peer whose socket queue is full before it drops a
-/// delayed frame (the forwarding thread queues instead, [`BACKLOG`]).
+/// How long the delay thread waits for a peer whose socket is full before it drops a delayed
+/// frame (the forwarding thread queues instead, [`BACKLOG`]).
 pub const SEND_WAIT: Duration = Duration::from_millis(10);
 
-/// Frames the switch holds for one peer whose socket queue is full (Linux queues only
-/// `net.unix.max_dgram_qlen`, 10 by default, datagrams per socket), sent in order as it reads.
-/// Dropping them instead costs TCP half its throughput, and blocking the forwarding thread on
-/// the peer makes the senders spin on a full switch socket (QEMU retries at once), as on a direct
-/// link; `vmcheck bench --nvmeof --networks switch,switch-no-wait,direct` measured all three. Beyond this a frame is dropped (a paused
-/// VM costs the others nothing).
+/// Frames the switch holds for one peer whose socket is full (a port's socket pair holds what
+/// the switch's end's send buffer allows, about 200 KB), sent in order as the peer reads.
+/// Dropping them instead costs TCP half its throughput; `vmcheck bench --nvmeof --networks
+/// switch,switch-no-wait,direct` compares. Beyond this a frame is dropped (a paused VM costs
+/// the others nothing).
 pub const BACKLOG: usize = 1024;
 
 enum Sent {
     Yes,
     Full,
-    /// No peer there (not running, or restarted and not yet reconnected).
+    /// No peer there (its QEMU has exited).
     Gone,
 }
 
-/// The switch's way to one port's peer: a socket connected to it, so the switch can tell when
-/// that peer alone has room again (poll), and frames waiting for it.
+/// Waits up to `timeout` until `fd` may be written.
+fn wait_writable(fd: std::os::fd::RawFd, timeout: Duration) -> bool {
+    use nix::libc;
+    let mut p = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut p, 1, timeout.as_millis() as libc::c_int) > 0 }
+}
+
+/// The switch's way to one port's peer: the switch's end of the port's socket pair, and frames
+/// waiting for the peer to read.
 struct Output {
-    path: PathBuf,
-    sock: Option<UnixDatagram>,
+    sock: Option<Arc<UnixDatagram>>,
     backlog: std::collections::VecDeque<Vec<u8>>,
 }
 
 impl Output {
-    fn new(path: &Path) -> Output {
-        Output { path: path.to_path_buf(), sock: None, backlog: std::collections::VecDeque::new() }
+    fn new(sock: Arc<UnixDatagram>) -> Output {
+        Output { sock: Some(sock), backlog: std::collections::VecDeque::new() }
     }
 
     /// One send, waiting up to [`SEND_WAIT`] when `wait`.
     fn try_send(&mut self, frame: &[u8], wait: bool) -> Sent {
-        // Twice: a restarted QEMU has a new socket at the same path; connect again once.
-        for _ in 0..2 {
-            if self.sock.is_none() {
-                let Ok(sock) = UnixDatagram::unbound() else { return Sent::Gone };
-                if sock.connect(&self.path).is_err() || sock.set_write_timeout(Some(SEND_WAIT)).is_err() {
-                    return Sent::Gone;
-                }
-                self.sock = Some(sock);
-            }
-            let sock = self.sock.as_ref().expect("connected above");
-            let flags = if wait { MsgFlags::empty() } else { MsgFlags::MSG_DONTWAIT };
-            match nix::sys::socket::send(sock.as_raw_fd(), frame, flags) {
+        let Some(sock) = &self.sock else { return Sent::Gone };
+        let fd = sock.as_raw_fd();
+        for attempt in 0..2 {
+            match nix::sys::socket::send(fd, frame, MsgFlags::MSG_DONTWAIT) {
                 Ok(_) => return Sent::Yes,
+                Err(nix::errno::Errno::EAGAIN) if wait && attempt == 0 && wait_writable(fd, SEND_WAIT) => {}
                 Err(nix::errno::Errno::EAGAIN) => return Sent::Full,
-                Err(_) => self.sock = None,
+                Err(_) => break,
             }
         }
+        // The peer closed its end: nothing reaches it through this socket again.
+        self.sock = None;
         Sent::Gone
     }
 
@@ -721,7 +716,10 @@ impl Output {
     }
 }
 
-fn forward(sock: UnixDatagram, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>, cap: usize) {
+/// Frames read from one port's socket before the next port gets its turn.
+const BURST: usize = 64;
+
+fn forward(woken: UnixDatagram, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>, cap: usize) {
     use nix::libc;
     let (delayed_tx, delayed_rx) = mpsc::channel::<Delayed>();
     let (dstate, dstop) = (state.clone(), stop.clone());
@@ -730,6 +728,8 @@ fn forward(sock: UnixDatagram, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>, 
     let mut hops: Vec<Hop> = Vec::with_capacity(8);
     // Ports to send to, found under the lock and sent to without it.
     let mut sends: Vec<usize> = Vec::with_capacity(8);
+    // Each port's socket: read from (its machine's frames) and, as an output, written to.
+    let mut inputs: Vec<Arc<UnixDatagram>> = Vec::new();
     let mut outputs: Vec<Output> = Vec::new();
     let mut generation = u64::MAX;
     // Frames dropped for a full or absent peer, counted at the next lock.
@@ -737,63 +737,74 @@ fn forward(sock: UnixDatagram, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>, 
     let mut fds: Vec<libc::pollfd> = Vec::new();
     let mut seq = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        // The switch's socket, and every peer frames wait for.
-        fds.clear();
-        fds.push(libc::pollfd { fd: sock.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-        for o in outputs.iter().filter(|o| !o.backlog.is_empty()) {
-            if let Some(s) = &o.sock {
-                fds.push(libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLOUT, revents: 0 });
+        {
+            let mut s = state.lock().unwrap();
+            if s.generation != generation {
+                generation = s.generation;
+                inputs = s.ports.iter().map(|p| p.sock.clone()).collect();
+                outputs = inputs.iter().map(|i| Output::new(i.clone())).collect();
             }
+            for t in peer_drops.drain(..) {
+                if let Some(p) = s.ports.get_mut(t) {
+                    p.counters.to_passed -= 1;
+                    p.counters.drop_to(DropReason::Peer);
+                }
+            }
+        }
+        // The wake-up socket, then every port: its frames, and room for frames waiting for it.
+        fds.clear();
+        fds.push(libc::pollfd { fd: woken.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        for (i, o) in inputs.iter().zip(&outputs) {
+            let out = if o.backlog.is_empty() || o.sock.is_none() { 0 } else { libc::POLLOUT };
+            fds.push(libc::pollfd { fd: i.as_raw_fd(), events: libc::POLLIN | out, revents: 0 });
         }
         // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
         let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, STOP_POLL.as_millis() as libc::c_int) };
         if ready <= 0 {
             continue;
         }
-        if fds.len() > 1 {
-            for (t, o) in outputs.iter_mut().enumerate() {
-                if !o.backlog.is_empty() {
-                    peer_drops.extend(std::iter::repeat_n(t, o.flush()));
-                }
+        if fds[0].revents != 0 {
+            while woken.recv(&mut buf).is_ok() {}
+        }
+        for (t, o) in outputs.iter_mut().enumerate() {
+            if !o.backlog.is_empty() && fds[t + 1].revents & (libc::POLLOUT | libc::POLLERR) != 0 {
+                peer_drops.extend(std::iter::repeat_n(t, o.flush()));
             }
         }
-        if fds[0].revents & libc::POLLIN == 0 {
-            continue;
-        }
-        // Everything waiting, then poll again.
-        for _ in 0..256 {
-            let Ok((n, Some(addr))) = recvfrom::<UnixAddr>(sock.as_raw_fd(), &mut buf) else { break };
-            let Some(from) = addr.path() else { continue };
-            let frame = &buf[..n];
-            sends.clear();
-            {
-                let mut s = state.lock().unwrap();
-                for t in peer_drops.drain(..) {
-                    if let Some(p) = s.ports.get_mut(t) {
-                        p.counters.to_passed -= 1;
-                        p.counters.drop_to(DropReason::Peer);
+        for src in 0..inputs.len() {
+            if fds[src + 1].revents & (libc::POLLIN | libc::POLLERR) == 0 {
+                continue;
+            }
+            for _ in 0..BURST {
+                let Ok(n) = nix::sys::socket::recv(inputs[src].as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) else { break };
+                let frame = &buf[..n];
+                sends.clear();
+                {
+                    let mut s = state.lock().unwrap();
+                    for t in peer_drops.drain(..) {
+                        if let Some(p) = s.ports.get_mut(t) {
+                            p.counters.to_passed -= 1;
+                            p.counters.drop_to(DropReason::Peer);
+                        }
                     }
-                }
-                if s.generation != generation {
-                    generation = s.generation;
-                    outputs = s.ports.iter().map(|p| Output::new(&p.peer)).collect();
-                }
-                route(&mut s, from.as_os_str().as_bytes(), frame, Instant::now(), &mut hops);
-                let src = s.last_sender.as_ref().map_or(0, |(_, i)| *i);
-                for &(t, due) in &hops {
-                    match due {
-                        None => sends.push(t),
-                        Some(due) => {
-                            seq += 1;
-                            let d = Delayed { due, seq, to: t, from_machine: src, frame: frame.to_vec() };
-                            let _ = delayed_tx.send(d);
+                    // Ports keep their index when replugged: `src` is right even if one was
+                    // plugged in since the poll; the outputs follow at the next poll.
+                    route(&mut s, src, frame, Instant::now(), &mut hops);
+                    for &(t, due) in &hops {
+                        match due {
+                            None => sends.push(t),
+                            Some(due) => {
+                                seq += 1;
+                                let d = Delayed { due, seq, to: t, from_machine: src, frame: frame.to_vec() };
+                                let _ = delayed_tx.send(d);
+                            }
                         }
                     }
                 }
-            }
-            for &t in &sends {
-                if !outputs[t].send(frame, cap) {
-                    peer_drops.push(t);
+                for &t in &sends {
+                    if !outputs.get_mut(t).is_some_and(|o| o.send(frame, cap)) {
+                        peer_drops.push(t);
+                    }
                 }
             }
         }
@@ -818,7 +829,7 @@ mod tests {
     fn state() -> State {
         let mut s = State::new(1);
         for m in ["a", "b", "c"] {
-            s.add_port(m, Path::new(m)).unwrap();
+            s.add_port(m, UnixDatagram::pair().unwrap().0).unwrap();
         }
         s
     }
@@ -826,7 +837,8 @@ mod tests {
     /// Routes at `now`; the ports' names it goes to, and the wait of the first.
     fn send_at(s: &mut State, from: &str, f: &[u8], now: Instant) -> (Vec<&'static str>, Option<Duration>) {
         let mut out = Vec::new();
-        route(s, from.as_bytes(), f, now, &mut out);
+        let src = ["a", "b", "c"].iter().position(|n| *n == from).unwrap_or(99);
+        route(s, src, f, now, &mut out);
         let names = out.iter().map(|(t, _)| ["a", "b", "c"][*t]).collect();
         (names, out.first().and_then(|(_, due)| due.map(|d| d - now)))
     }
@@ -951,20 +963,17 @@ mod tests {
     /// after it and frames waiting in the delay queue alike.
     #[test]
     fn faults_take_effect_within_100_ms_on_the_running_switch() {
-        let dir = tempfile::tempdir().unwrap();
-        let sw = Switch::start(1, dir.path()).unwrap();
+        let sw = Switch::start(1).unwrap();
         let mk = |n: &str| {
-            let p = dir.path().join(n);
-            // Bound, not connected, as QEMU's dgram netdev (it sends with sendto): a connected
-            // socket would refuse the switch's frames from its per-port sockets.
-            let s = UnixDatagram::bind(&p).unwrap();
+            // One end as QEMU's, the other the switch's port.
+            let (s, port) = Switch::socket_pair().unwrap();
             s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
-            sw.add_port(n, &p);
+            sw.add_port(n, port);
             s
         };
         let (a, b) = (mk("a"), mk("b"));
-        a.send_to(&frame(BCAST, A), &sw.socket).unwrap();
-        b.send_to(&frame(BCAST, B), &sw.socket).unwrap();
+        a.send(&frame(BCAST, A)).unwrap();
+        b.send(&frame(BCAST, B)).unwrap();
         let drain = |s: &UnixDatagram| while s.recv(&mut [0u8; 64]).is_ok() {};
         drain(&a);
         drain(&b);
@@ -974,7 +983,7 @@ mod tests {
             let t0 = Instant::now();
             change();
             loop {
-                a.send_to(&frame(B, A), &sw.socket).unwrap();
+                a.send(&frame(B, A)).unwrap();
                 if b.recv(&mut [0u8; 64]).is_ok() == want_arrivals {
                     return t0.elapsed();
                 }
@@ -999,14 +1008,14 @@ mod tests {
         drain(&b);
         sw.set_link("b", |l| l.delay = Duration::from_millis(50)).unwrap();
         let t0 = Instant::now();
-        a.send_to(&frame(B, A), &sw.socket).unwrap();
+        a.send(&frame(B, A)).unwrap();
         b.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
         b.recv(&mut [0u8; 64]).unwrap();
         let took = t0.elapsed();
         assert!(took >= Duration::from_millis(50) && took < Duration::from_millis(50) + bound, "a 50 ms delay took {took:?}");
         eprintln!("measured: a frame under a 50 ms delay arrived after {took:?}");
         // A frame waiting in the delay queue when the link goes down is dropped.
-        a.send_to(&frame(B, A), &sw.socket).unwrap();
+        a.send(&frame(B, A)).unwrap();
         sw.set_link("b", |l| l.up = false).unwrap();
         b.set_read_timeout(Some(Duration::from_millis(150))).unwrap();
         assert!(b.recv(&mut [0u8; 64]).is_err(), "a frame in flight crossed a cut link");
@@ -1016,32 +1025,33 @@ mod tests {
         assert!(r.contains("partitioned [\"a\"] | [\"b\"]") && r.contains("b on vlan 1: DOWN"), "{r}");
     }
 
-    /// A slow reader (its socket queue full) gets every frame when the switch queues for it;
+    /// A slow reader (its socket full) gets every frame when the switch queues for it;
     /// without the backlog the switch drops what does not fit.
     #[test]
     fn the_switch_queues_for_a_full_peer_instead_of_dropping() {
         let received = |backlog: usize| -> usize {
-            let dir = tempfile::tempdir().unwrap();
-            let sw = Switch::start_with(1, dir.path(), backlog).unwrap();
+            let sw = Switch::start_with(1, backlog).unwrap();
             let bind = |n: &str| {
-                let p = dir.path().join(n);
-                let s = UnixDatagram::bind(&p).unwrap();
-                sw.add_port(n, &p);
+                let (s, port) = Switch::socket_pair().unwrap();
+                sw.add_port(n, port);
                 s
             };
             let (a, b) = (bind("a"), bind("b"));
-            b.send_to(&frame(BCAST, B), &sw.socket).unwrap();
+            b.send(&frame(BCAST, B)).unwrap();
             let reader = std::thread::spawn(move || {
                 b.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
                 let mut n = 0;
-                while b.recv(&mut [0u8; 64]).is_ok() {
+                while b.recv(&mut [0u8; 2048]).is_ok() {
                     n += 1;
                     std::thread::sleep(Duration::from_micros(500));
                 }
                 n
             });
+            // Full-size frames: the peer's socket pair holds about 90 of them (its send buffer).
+            let mut f = frame(B, A);
+            f.resize(1514, 0);
             for _ in 0..200 {
-                a.send_to(&frame(B, A), &sw.socket).unwrap();
+                a.send(&f).unwrap();
             }
             reader.join().unwrap()
         };
@@ -1057,17 +1067,18 @@ mod tests {
     #[ignore]
     fn forwarding_rate() {
         let rate = |through_switch: bool| -> f64 {
-            let dir = tempfile::tempdir().unwrap();
-            let sw = Switch::start(1, dir.path()).unwrap();
+            let sw = Switch::start(1).unwrap();
             let bind = |n: &str| {
-                let p = dir.path().join(n);
-                let s = UnixDatagram::bind(&p).unwrap();
-                sw.add_port(n, &p);
-                (s, p)
+                let (s, port) = Switch::socket_pair().unwrap();
+                sw.add_port(n, port);
+                s
             };
-            let ((a, _), (b, bp)) = (bind("a"), bind("b"));
-            b.send_to(&frame(BCAST, B), &sw.socket).unwrap();
+            let (mut a, mut b) = (bind("a"), bind("b"));
+            b.send(&frame(BCAST, B)).unwrap();
             a.recv(&mut [0u8; 64]).unwrap();
+            if !through_switch {
+                (a, b) = UnixDatagram::pair().unwrap();
+            }
             const N: usize = 200_000;
             let reader = std::thread::spawn(move || {
                 b.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
@@ -1080,10 +1091,9 @@ mod tests {
             });
             let mut f = frame(B, A);
             f.resize(1514, 0);
-            let to = if through_switch { sw.socket.clone() } else { bp };
             let t = Instant::now();
             for _ in 0..N {
-                a.send_to(&f, &to).unwrap();
+                a.send(&f).unwrap();
             }
             let got = reader.join().unwrap();
             got as f64 / t.elapsed().as_secs_f64()

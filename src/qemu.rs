@@ -78,17 +78,51 @@ impl Disk {
     }
 }
 
-/// A NIC on a test network: a datagram link from a unix socket of its own to the switch.
+/// A NIC on a test network: a datagram link to the switch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Nic {
     pub vlan: u32,
     pub mac: String,
     pub address: Ipv4Addr,
     pub prefix_len: u8,
-    /// The socket QEMU binds.
-    pub local: PathBuf,
-    /// The switch's socket for this vlan.
-    pub remote: PathBuf,
+    pub link: NicLink,
+}
+
+/// How a NIC's frames leave QEMU (`-netdev dgram`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum NicLink {
+    /// Not linked yet: [`crate::machine::Machine`] gives each QEMU it starts a fresh socket pair.
+    Unlinked,
+    /// QEMU's end of a connected socket pair (the switch holds the other), inherited by the
+    /// QEMU process as this fd number (`local.type=fd`); the driver closes its copy once QEMU runs.
+    Fd(NicFd),
+    /// QEMU binds `local` and sends to `remote` (the benchmark's QEMU-to-QEMU link).
+    Unix { local: PathBuf, remote: PathBuf },
+}
+
+/// A socket the QEMU process inherits; equal when it is the same descriptor.
+#[derive(Debug, Clone)]
+pub struct NicFd(pub Arc<std::os::fd::OwnedFd>);
+
+impl PartialEq for NicFd {
+    fn eq(&self, o: &Self) -> bool {
+        use std::os::fd::AsRawFd;
+        self.0.as_raw_fd() == o.0.as_raw_fd()
+    }
+}
+
+impl QemuSpec {
+    /// The fds of the NICs' socket pairs, which the QEMU child must inherit.
+    pub fn inherited_fds(&self) -> Vec<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.nics
+            .iter()
+            .filter_map(|n| match &n.link {
+                NicLink::Fd(fd) => Some(fd.0.as_raw_fd()),
+                _ => None,
+            })
+            .collect()
+    }
 }
 
 impl Nic {
@@ -147,6 +181,26 @@ impl Balloon {
     pub fn device_arg(&self) -> String {
         let oom = if self.deflate_on_oom { "on" } else { "off" };
         format!("virtio-balloon-pci,id={BALLOON_ID},addr={BALLOON_PCI_SLOT},deflate-on-oom={oom}")
+    }
+}
+
+/// Makes the child of `cmd` inherit `fds` (the NICs' socket pair ends) under the same numbers:
+/// their close-on-exec flag is cleared in the child only, between fork and exec, so no other
+/// child of this process inherits them.
+pub fn inherit_fds(cmd: &mut tokio::process::Command, fds: Vec<std::os::fd::RawFd>) {
+    if fds.is_empty() {
+        return;
+    }
+    // SAFETY: between fork and exec only fcntl, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                if nix::libc::fcntl(fd, nix::libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
     }
 }
 
@@ -240,15 +294,18 @@ impl QemuSpec {
         push(&["-chardev", "stdio,id=console0,signal=off"]);
         push(&["-serial", "chardev:console0"]);
         for nic in &self.nics {
-            push(&[
-                "-netdev",
-                &format!(
-                    "dgram,id={},local.type=unix,local.path={},remote.type=unix,remote.path={}",
-                    nic.netdev_id(),
-                    nic.local.display(),
-                    nic.remote.display()
-                ),
-            ]);
+            let link = match &nic.link {
+                NicLink::Fd(fd) => {
+                    use std::os::fd::AsRawFd;
+                    format!("local.type=fd,local.str={}", fd.0.as_raw_fd())
+                }
+                NicLink::Unix { local, remote } => {
+                    format!("local.type=unix,local.path={},remote.type=unix,remote.path={}", local.display(), remote.display())
+                }
+                // QEMU refuses it with the netdev's name: a spec started without its links.
+                NicLink::Unlinked => "local.type=fd,local.str=unlinked".to_string(),
+            };
+            push(&["-netdev", &format!("dgram,id={},{link}", nic.netdev_id())]);
             push(&["-device", &format!("virtio-net-pci,netdev={},mac={},id=nic-{}", nic.netdev_id(), nic.mac, nic.netdev_id())]);
         }
         for disk in &self.disks {
@@ -529,6 +586,7 @@ impl QemuProcess {
             let line = command_line_text(&cmd);
             let _ = std::fs::write(dir.join(format!("{}.cmdline", spec.name)), line);
         }
+        inherit_fds(&mut cmd, spec.inherited_fds());
         let child = crate::process::spawn(cmd).await.with_context(|| format!("{}: starting QEMU", spec.name))?;
         Ok(Self::adopt(child, console))
     }
@@ -674,8 +732,7 @@ mod tests {
                 mac: test_mac(1, Ipv4Addr::new(192, 0, 2, 1)),
                 address: Ipv4Addr::new(192, 0, 2, 1),
                 prefix_len: 24,
-                local: "/run/net/target-1.sock".into(),
-                remote: "/run/net/switch-1.sock".into(),
+                link: NicLink::Unix { local: "/run/net/target-1.sock".into(), remote: "/run/net/switch-1.sock".into() },
             }],
             control: Some(ControlNic { guest_ports: vec![10124] }),
             qmp_socket: "/run/target/qmp.sock".into(),
@@ -701,6 +758,15 @@ mod tests {
             after(&args, "-netdev", "dgram"),
             Some("dgram,id=vlan1,local.type=unix,local.path=/run/net/target-1.sock,remote.type=unix,remote.path=/run/net/switch-1.sock")
         );
+        // A socket pair's end: QEMU takes the fd it inherits.
+        let mut with_fd = spec();
+        let (end, _other) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let fd = std::os::fd::OwnedFd::from(end);
+        let n = std::os::fd::AsRawFd::as_raw_fd(&fd);
+        with_fd.nics[0].link = NicLink::Fd(NicFd(Arc::new(fd)));
+        assert_eq!(with_fd.inherited_fds(), vec![n]);
+        let args = with_fd.kernel_boot_args().unwrap();
+        assert_eq!(after(&args, "-netdev", "dgram"), Some(format!("dgram,id=vlan1,local.type=fd,local.str={n}").as_str()));
         assert_eq!(
             after(&args, "-device", "virtio-net-pci,netdev=vlan1"),
             Some("virtio-net-pci,netdev=vlan1,mac=52:54:00:12:01:01,id=nic-vlan1")

@@ -26,7 +26,7 @@ use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::qemu::{Boot, QemuSpec};
+use crate::qemu::{Boot, NicLink, QemuSpec};
 
 /// Where the snapshots of a cache live, and the QEMU they were made with.
 #[derive(Debug, Clone)]
@@ -199,9 +199,11 @@ pub fn key_inputs(spec: &QemuSpec) -> Option<String> {
     s.disks.clear();
     s.qmp_socket = PathBuf::from("@qmp");
     s.qga_socket = PathBuf::from("@qga");
+    // The NICs' links (fds of this process, or paths) are the run's: the key sees placeholders
+    // (as it did when NICs were linked by socket paths, so earlier snapshots keep their keys).
     for nic in &mut s.nics {
-        nic.local = PathBuf::from(format!("@nic-{}", nic.vlan));
-        nic.remote = PathBuf::from(format!("@switch-{}", nic.vlan));
+        nic.link =
+            NicLink::Unix { local: PathBuf::from(format!("@nic-{}", nic.vlan)), remote: PathBuf::from(format!("@switch-{}", nic.vlan)) };
     }
     let args = s.kernel_boot_args().ok()?;
     Some(args.join("\n"))
@@ -210,7 +212,7 @@ pub fn key_inputs(spec: &QemuSpec) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::qemu::{Disk, DiskKind, Nic};
+    use crate::qemu::{Disk, DiskKind, Nic, NicLink};
 
     fn spec(run: &str) -> QemuSpec {
         QemuSpec {
@@ -237,8 +239,10 @@ mod tests {
                 mac: "52:54:00:12:01:01".into(),
                 address: "192.168.1.1".parse().unwrap(),
                 prefix_len: 24,
-                local: format!("{run}/net/target-vlan1.sock").into(),
-                remote: format!("{run}/net/switch-vlan1.sock").into(),
+                link: NicLink::Unix {
+                    local: format!("{run}/net/target-vlan1.sock").into(),
+                    remote: format!("{run}/net/switch-vlan1.sock").into(),
+                },
             }],
             control: None,
             qmp_socket: format!("{run}/qmp.sock").into(),
