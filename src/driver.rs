@@ -25,9 +25,14 @@ pub use crate::report::{summary_table, SubtestResult};
 /// Kernel parameters of the default images: serial console, quiet boot (serial output is slow
 /// under TCG; the guest raises the console log level once it is up), reboot on panic. The
 /// crypto self-tests are skipped (`cryptomgr.notests`, and the KDF's own test, which does not
-/// heed it): under TCG they cost about 0.8 s of every boot.
+/// heed it): under TCG they cost about 0.8 s of every boot. The guest keeps time with the HPET,
+/// not the TSC: the kernel calibrates the TSC against other timers at boot, and on vCPUs starved
+/// by other machines (two VM tests side by side) that calibration went wrong and the guest's
+/// clock ran about ten times too fast (fio's timed runs ended early, keep-alives expired at once).
+/// The HPET counts QEMU's virtual clock, so its rate needs no calibration, and it is carried
+/// across a snapshot's save and restore.
 pub const DEFAULT_KERNEL_PARAMS: &str = "console=ttyS0,115200 quiet panic=1 mitigations=off random.trust_cpu=on no_timer_check \
-     tsc=reliable 8250.nr_uarts=1 cryptomgr.notests initcall_blacklist=crypto_kdf108_init";
+     clocksource=hpet 8250.nr_uarts=1 cryptomgr.notests initcall_blacklist=crypto_kdf108_init";
 
 /// How a run is set up.
 #[derive(Debug, Clone, Default)]

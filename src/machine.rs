@@ -560,10 +560,22 @@ impl Machine {
             }
             Some(Pending::Build { build, started }) => {
                 self.sync_agent(timeouts::boot()).await?;
-                log::line(&format!("{}: booted in {:.2} s", self.name(), started.elapsed().as_secs_f64()));
+                let booted = started.elapsed().as_secs_f64();
+                log::line(&format!("{}: booted in {booted:.2} s", self.name()));
                 let short = build.key.short().to_string();
+                // A guest whose clock runs ahead of the host's (seen under TCG when the kernel
+                // calibrated its TSC on starved vCPUs) would hand that clock to every restore.
+                let uptime = self.guest_uptime().await?;
+                if !clock_is_plausible(uptime, booted) {
+                    log::line(&format!(
+                        "{}: snapshot {short} not saved: the guest's clock ran {uptime:.1} s in {booted:.1} s of the host's",
+                        self.name()
+                    ));
+                    drop(build);
+                    return self.plug_disks().await;
+                }
                 let saving = Instant::now();
-                match self.save_snapshot(build, started.elapsed().as_secs_f64()).await {
+                match self.save_snapshot(build, booted).await {
                     Ok(bytes) => log::line(&format!(
                         "{}: saved snapshot {short} ({:.1} MiB) in {:.2} s",
                         self.name(),
@@ -575,6 +587,12 @@ impl Machine {
                 self.plug_disks().await
             }
         }
+    }
+
+    /// Seconds since the guest's kernel started (`/proc/uptime`, the guest's monotonic clock).
+    async fn guest_uptime(&self) -> Result<f64> {
+        let text = self.succeed("cat /proc/uptime").await?;
+        text.split_whitespace().next().and_then(|t| t.parse().ok()).ok_or_else(|| anyhow!("{}: /proc/uptime said {text:?}", self.name()))
     }
 
     /// Saves the running, disk-less machine as a snapshot (migration to its file) and resumes it.
@@ -1017,6 +1035,13 @@ impl Machine {
     }
 }
 
+/// Whether a guest that has been up `guest_secs` (its own monotonic clock) after `host_secs` of
+/// the host's, counted from before QEMU started, keeps time: the guest's clock starts later, so
+/// it may not be ahead, beyond a small allowance.
+pub fn clock_is_plausible(guest_secs: f64, host_secs: f64) -> bool {
+    guest_secs <= host_secs * 1.05 + 1.0
+}
+
 /// The `/dev` node of the block device whose serial is `serial`, from lines of "name hidden
 /// serial". Native NVMe multipath (QEMU >= 8 marks its controllers multi-controller capable)
 /// adds a hidden per-path node (`nvme0c0n1`) with the same serial as the namespace's block
@@ -1151,6 +1176,16 @@ fn parse_usernet_port(text: &str, guest_port: u16) -> Option<u16> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_guest_clock_ahead_of_the_host_is_refused() {
+        // A normal boot: the kernel starts after QEMU, so the guest is behind.
+        assert!(clock_is_plausible(3.6, 4.2));
+        assert!(clock_is_plausible(4.9, 4.2));
+        // Seen in a CI run: 328 s of guest uptime 25 s after the start.
+        assert!(!clock_is_plausible(328.0, 25.5));
+        assert!(!clock_is_plausible(12.0, 8.0));
+    }
+
     use super::*;
 
     #[test]
