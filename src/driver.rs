@@ -26,11 +26,11 @@ pub use crate::report::{summary_table, SubtestResult};
 /// under TCG; the guest raises the console log level once it is up), reboot on panic. The
 /// crypto self-tests are skipped (`cryptomgr.notests`, and the KDF's own test, which does not
 /// heed it): under TCG they cost about 0.8 s of every boot. The guest keeps time with the HPET,
-/// not the TSC: the kernel calibrates the TSC against other timers at boot, and on vCPUs starved
-/// by other machines (two VM tests side by side) that calibration went wrong and the guest's
-/// clock ran about ten times too fast (fio's timed runs ended early, keep-alives expired at once).
-/// The HPET counts QEMU's virtual clock, so its rate needs no calibration, and it is carried
-/// across a snapshot's save and restore.
+/// not the TSC: with two VM tests side by side, a guest on the TSC was seen keeping time about
+/// ten times too fast (fio's timed runs ended early, keep-alives expired at once). The TSC's rate
+/// is calibrated at boot against other timers, which starved vCPUs upset; the HPET counts QEMU's
+/// virtual clock, needs no calibration, and is carried across a snapshot's save and restore
+/// (ARCHITECTURE.md, "Under TCG").
 pub const DEFAULT_KERNEL_PARAMS: &str = "console=ttyS0,115200 quiet panic=1 mitigations=off random.trust_cpu=on no_timer_check \
      clocksource=hpet 8250.nr_uarts=1 cryptomgr.notests initcall_blacklist=crypto_kdf108_init";
 
