@@ -518,7 +518,8 @@ async fn fio_nvme_basic_split(report: &mut Report, reporter: &Reporter, bare_boo
 /// The wall time of the scenarios `patterns` with `--jobs 2`, beside `--jobs 1`; every scenario
 /// must pass both times (a failed run's time says nothing).
 async fn suite_jobs(report: &mut Report, reporter: &Reporter, patterns: &[String]) -> Result<()> {
-    let chosen = crate::scenarios::select(patterns)?;
+    let suite = crate::scenarios::builtin();
+    let chosen = suite.select(patterns)?;
     let mut walls = Vec::new();
     for jobs in [1, 2] {
         let run = Reporter::new();
@@ -529,7 +530,7 @@ async fn suite_jobs(report: &mut Report, reporter: &Reporter, patterns: &[String
             ..Default::default()
         };
         let started = Instant::now();
-        let outcomes = crate::scenarios::run_many(&chosen, &options).await;
+        let outcomes = suite.run(&chosen, &options).await;
         let wall = started.elapsed().as_secs_f64();
         if let Some(failed) = outcomes.iter().find(|o| o.error.is_some()) {
             bail!("with --jobs {jobs}, {} failed: {}", failed.name, failed.error.as_deref().unwrap_or_default());

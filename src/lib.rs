@@ -10,6 +10,7 @@ pub mod balloon;
 pub mod bench;
 pub mod config;
 pub mod driver;
+pub mod harness;
 pub mod hotplug;
 pub mod images;
 pub mod lifecycle;
@@ -31,3 +32,11 @@ pub mod timeouts;
 pub mod tools;
 
 pub use machine::Machine;
+
+/// What a scenario file needs: `use vmcheck::prelude::*;`.
+pub mod prelude {
+    pub use crate::config::{BalloonSpec, DiskSpec, NodeSpec, Role};
+    pub use crate::driver::{Driver, DriverOptions};
+    pub use crate::machine::{GuestProcess, Machine};
+    pub use crate::scenarios::{RunOptions, Scenario, Suite};
+}

@@ -844,6 +844,8 @@ impl Machine {
     }
 
     /// Waits for console text matching `regex` that no earlier wait consumed; returns the match.
+    /// A machine restored from a snapshot prints nothing of its boot: for what the kernel said
+    /// at boot, use [`Machine::wait_for_kernel_message`].
     pub async fn wait_for_console_text(&self, regex: &str, timeout: Duration) -> Result<String> {
         let re = regex::Regex::new(regex).with_context(|| format!("bad regular expression {regex:?}"))?;
         let started = Instant::now();
@@ -853,6 +855,40 @@ impl Machine {
                 .wait_for(&re, timeout)
                 .await
                 .map_err(|e| self.timeout_error(format!("waiting for console text /{regex}/"), format!("{e:#}"), started.elapsed()))
+        })
+        .await
+    }
+
+    /// Waits until the guest kernel's log (`dmesg`) has a line matching `regex`; returns the
+    /// line. Unlike the console, the kernel's ring buffer survives a restore from a snapshot:
+    /// what the kernel said at the boot the state was saved from is still there, while the
+    /// console of a restored machine never shows it.
+    pub async fn wait_for_kernel_message(&self, regex: &str, timeout: Duration) -> Result<String> {
+        let re = regex::Regex::new(regex).with_context(|| format!("bad regular expression {regex:?}"))?;
+        log::nested(&format!("{}: waiting for kernel message /{regex}/", self.name()), async {
+            let last = std::sync::Mutex::new(String::new());
+            let polled = poll::until(timeout, timeouts::GUEST_POLL, |_| {
+                let (last, re) = (&last, &re);
+                async move {
+                    let log = self.succeed_with_timeout("dmesg", timeouts::request()).await?;
+                    let found = log.lines().find(|l| re.is_match(l)).map(str::to_string);
+                    *last.lock().unwrap() = log;
+                    Ok(found)
+                }
+            })
+            .await?;
+            match polled {
+                Polled::Done(line) => Ok(line),
+                Polled::TimedOut(waited) => {
+                    let log = last.into_inner().unwrap();
+                    let tail: Vec<_> = log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
+                    Err(self.timeout_error(
+                        format!("waited {timeout:?} for a kernel message matching /{regex}/"),
+                        format!("the last {} lines of dmesg:\n{}", tail.len(), tail.join("\n")),
+                        waited,
+                    ))
+                }
+            }
         })
         .await
     }

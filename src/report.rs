@@ -53,6 +53,24 @@ pub struct Outcome {
     /// The error is the harness's or a machine's, not the system under test's.
     pub harness_error: bool,
     pub duration: Duration,
+    /// Why it did not run (a scenario it runs after did not pass); never with an error.
+    pub skipped: Option<String>,
+}
+
+impl Outcome {
+    /// Ran and passed.
+    pub fn passed(&self) -> bool {
+        self.error.is_none() && self.skipped.is_none()
+    }
+    /// "passed", "FAILED", "ERROR" (the harness or a machine broke) or "skipped".
+    pub fn verdict(&self) -> &'static str {
+        match (&self.error, self.harness_error, &self.skipped) {
+            (Some(_), false, _) => "FAILED",
+            (Some(_), true, _) => "ERROR",
+            (None, _, Some(_)) => "skipped",
+            (None, _, None) => "passed",
+        }
+    }
 }
 
 /// Where terminal lines go: stderr, or a buffer (the reporter's own tests).
@@ -231,7 +249,20 @@ impl Reporter {
                 subtests.push(SubtestResult { name: "test script".into(), duration: took, error: Some(e.clone()), harness_error });
             }
         }
-        self.record(Outcome { name: name.to_string(), subtests, error, harness_error, duration: took + setup })
+        self.record(Outcome { name: name.to_string(), subtests, error, harness_error, duration: took + setup, skipped: None })
+    }
+
+    /// Records a case that was not run, with the reason, and returns it.
+    pub fn skip(&self, name: &str, reason: &str) -> Outcome {
+        self.line(&format!("{name}: {reason}"));
+        self.record(Outcome {
+            name: name.to_string(),
+            subtests: Vec::new(),
+            error: None,
+            harness_error: false,
+            duration: Duration::ZERO,
+            skipped: Some(reason.to_string()),
+        })
     }
 
     /// Records an outcome as it is (a case that never ran: its driver could not be set up).
@@ -252,9 +283,10 @@ impl Reporter {
     pub fn log_summary(&self) {
         let outcomes = self.outcomes();
         for o in &outcomes {
-            match &o.error {
-                None => self.line(&format!("{}: passed in {:.2} s", o.name, o.duration.as_secs_f64())),
-                Some(e) => self.line(&format!("{}: FAILED after {:.2} s:\n{e}", o.name, o.duration.as_secs_f64())),
+            match (&o.error, &o.skipped) {
+                (Some(e), _) => self.line(&format!("{}: FAILED after {:.2} s:\n{e}", o.name, o.duration.as_secs_f64())),
+                (None, Some(why)) => self.line(&format!("{}: {why}", o.name)),
+                (None, None) => self.line(&format!("{}: passed in {:.2} s", o.name, o.duration.as_secs_f64())),
             }
         }
         self.line(&outcomes_table(&outcomes));
@@ -264,11 +296,16 @@ impl Reporter {
     pub fn log_totals(&self) -> usize {
         let outcomes = self.outcomes();
         let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
+        let skipped = outcomes.iter().filter(|o| o.error.is_none() && o.skipped.is_some()).count();
         let errors = outcomes.iter().filter(|o| o.harness_error).count();
         if errors > 0 {
             self.line(&format!("{errors} of the failed are errors: the harness or a machine broke, not the system under test"));
         }
-        self.line(&format!("{} passed, {failed} failed", outcomes.len() - failed));
+        let passed = outcomes.len() - failed - skipped;
+        match skipped {
+            0 => self.line(&format!("{passed} passed, {failed} failed")),
+            _ => self.line(&format!("{passed} passed, {failed} failed, {skipped} skipped")),
+        }
         failed
     }
 
@@ -295,13 +332,9 @@ pub fn outcomes_table(outcomes: &[Outcome]) -> String {
     let width = outcomes.iter().map(|o| o.name.len()).max().unwrap_or(0).max(20);
     let mut s = String::from("summary\n");
     for o in outcomes {
-        let verdict = match (&o.error, o.harness_error) {
-            (None, _) => "passed",
-            (Some(_), false) => "FAILED",
-            (Some(_), true) => "ERROR",
-        };
+        let verdict = o.verdict();
         let failed = o.subtests.iter().find(|t| t.error.is_some()).map(|t| format!("  at: {}", t.name)).unwrap_or_default();
-        s += &format!("  {:<width$}  {verdict:<6}  {:>8.2} s{failed}\n", o.name, o.duration.as_secs_f64());
+        s += &format!("  {:<width$}  {verdict:<7} {:>8.2} s{failed}\n", o.name, o.duration.as_secs_f64());
     }
     s
 }
@@ -313,6 +346,13 @@ fn junit(outcomes: &[Outcome]) -> quick_junit::Report {
     let mut report = Report::new("vmcheck");
     for o in outcomes {
         let mut suite = TestSuite::new(o.name.as_str());
+        if let Some(why) = &o.skipped {
+            let mut status = TestCaseStatus::skipped();
+            status.set_message(why.as_str());
+            let mut case = TestCase::new(o.name.as_str(), status);
+            case.set_classname(o.name.as_str());
+            suite.add_test_case(case);
+        }
         for r in &o.subtests {
             let status = match &r.error {
                 None => TestCaseStatus::success(),
@@ -411,6 +451,7 @@ mod tests {
             error: Some("no".into()),
             harness_error: true,
             duration: Duration::from_secs(2),
+            skipped: None,
         };
         assert_eq!(outcomes_table(&[o]), "summary\n  t                     ERROR       2.00 s  at: broken\n");
     }

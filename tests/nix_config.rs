@@ -220,15 +220,16 @@ fn nix_scenarios_json_is_what_the_driver_lists() {
     );
     // And it is what it says: every listed scenario, with the machines it declares.
     let listing: Value = serde_json::from_str(&printed).unwrap();
-    let listed: Vec<_> = vmcheck::scenarios::all().into_iter().filter(|s| !s.hidden).collect();
+    let suite = vmcheck::scenarios::builtin();
+    let listed: Vec<_> = suite.listed().collect();
     assert!(!listed.is_empty());
     assert_eq!(listing["scenarios"].as_object().unwrap().len(), listed.len(), "{printed}");
     for s in listed {
-        let nodes = (s.nodes)();
-        let entry = &listing["scenarios"][s.name];
+        let nodes = s.nodes();
+        let entry = &listing["scenarios"][s.name()];
         let names: Vec<_> = entry["nodes"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
-        assert_eq!(names, nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), "{}", s.name);
-        for (json, node) in entry["nodes"].as_array().unwrap().iter().zip(&nodes) {
+        assert_eq!(names, nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), "{}", s.name());
+        for (json, node) in entry["nodes"].as_array().unwrap().iter().zip(nodes) {
             assert_eq!(json["role"], node.role.as_str());
             assert_eq!(json["address"], node.address.to_string());
             assert_eq!(json["memory_mib"], node.memory_mib);
@@ -266,9 +267,10 @@ fn every_listed_scenario_is_a_flake_check_whose_machines_are_the_scenarios() {
     checked.sort();
     assert_eq!(checked, listed, "one flake check per listed scenario");
 
+    let suite = vmcheck::scenarios::builtin();
     for (name, check) in checks {
-        let scenario = vmcheck::scenarios::find(name).unwrap();
-        let mut nodes = (scenario.nodes)();
+        let scenario = suite.find(name).unwrap();
+        let mut nodes = scenario.nodes().to_vec();
         assert_eq!(check["scenario"], name.as_str());
 
         // The configuration the driver reads: parsed and applied by the driver's own code.

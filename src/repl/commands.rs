@@ -12,7 +12,6 @@ use super::qmp::qmp;
 use super::session::Session;
 use crate::machine::Machine;
 use crate::qga::ExecOutput;
-use crate::scenarios;
 use crate::timeouts;
 
 /// Where a command applies.
@@ -255,6 +254,14 @@ pub static COMMANDS: &[Command] = &[
         run: |_, c| Box::pin(c.machine().wait_for_console_text(&c.text, c.timeout_or(timeouts::command()))),
     },
     Command {
+        name: "wait_for_kernel_message",
+        scope: Scope::Machine,
+        args: Args::TimedText,
+        usage: "[--timeout SECS] <regex>",
+        help: "wait for a line of the guest kernel's log (dmesg, boot included); print it",
+        run: |_, c| Box::pin(c.machine().wait_for_kernel_message(&c.text, c.timeout_or(timeouts::command()))),
+    },
+    Command {
         name: "console_contains",
         scope: Scope::Machine,
         args: Args::Text,
@@ -365,8 +372,8 @@ fn help(topic: &str) -> Result<String> {
     Ok(s)
 }
 
-pub(super) fn scenario_names() -> Vec<&'static str> {
-    scenarios::all().iter().map(|s| s.name).collect()
+pub(super) fn scenario_names() -> Vec<String> {
+    super::SCENARIO_NAMES.get().cloned().unwrap_or_default()
 }
 
 fn parse_port(text: &str) -> Result<u16> {

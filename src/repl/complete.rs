@@ -31,7 +31,7 @@ pub fn complete(line: &str, pos: usize, machines: &[String]) -> (usize, Vec<Stri
         let pool: Vec<String> = match find_command(Scope::Global, head).map(|c| c.args) {
             _ if !first_arg => Vec::new(),
             Some(Args::MachineText | Args::MachineOptText) => machines.to_vec(),
-            Some(Args::Scenario) => scenario_names().into_iter().map(String::from).collect(),
+            Some(Args::Scenario) => scenario_names(),
             Some(Args::Grpc) => grpc::names().into_iter().map(String::from).collect(),
             Some(Args::OptCommand) => COMMANDS.iter().map(|c| c.name.to_string()).collect(),
             _ => Vec::new(),
@@ -66,6 +66,7 @@ mod tests {
 
     #[test]
     fn completion_offers_commands_machines_and_arguments() {
+        let _ = crate::repl::SCENARIO_NAMES.set(crate::scenarios::builtin().scenarios().iter().map(|s| s.name().to_string()).collect());
         let machines = vec!["target".to_string(), "initiator".to_string()];
         let c = |line: &str| complete(line, line.len(), &machines);
         assert_eq!(c("ta"), (0, vec!["target.".to_string()]));

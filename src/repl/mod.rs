@@ -41,8 +41,12 @@ pub const PROMPT: &str = "vmcheck> ";
 /// The scenario whose machines the REPL defines when none is named.
 pub const DEFAULT_SCENARIO: &str = scenarios::fio_nvme_basic::NAME;
 
-/// `vmcheck repl [SCENARIO] [--config FILE]`.
-pub async fn main(scenario: Option<String>, config: Option<PathBuf>) -> ExitCode {
+/// The names `run` and `step` take, for help and completion: the suite's, set once by [`main`].
+static SCENARIO_NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// `repl [SCENARIO] [--config FILE]`: the machines of `scenario` of `suite` (default
+/// fio_nvme_basic, else the suite's first), defined but not started.
+pub async fn main(suite: &scenarios::Suite, scenario: Option<String>, config: Option<PathBuf>) -> ExitCode {
     let config = match config.as_deref().map(DriverConfig::load).transpose() {
         Ok(c) => c,
         Err(e) => return usage(&e),
@@ -50,13 +54,20 @@ pub async fn main(scenario: Option<String>, config: Option<PathBuf>) -> ExitCode
     let name = match (&config, scenario) {
         (Some(c), Some(s)) if s != c.scenario => return usage(&anyhow!("--config is for scenario {}, not {s}", c.scenario)),
         (Some(c), _) => c.scenario.clone(),
-        (None, s) => s.unwrap_or_else(|| DEFAULT_SCENARIO.to_string()),
+        (None, Some(s)) => s,
+        (None, None) => {
+            match suite.find(DEFAULT_SCENARIO).or_else(|_| suite.scenarios().first().ok_or_else(|| anyhow!("the suite has no scenario"))) {
+                Ok(s) => s.name().to_string(),
+                Err(e) => return usage(&e),
+            }
+        }
     };
-    let scenario = match scenarios::find(&name) {
+    let scenario = match suite.find(&name) {
         Ok(s) => s,
         Err(e) => return usage(&e),
     };
-    let mut nodes = (scenario.nodes)();
+    let _ = SCENARIO_NAMES.set(suite.scenarios().iter().map(|s| s.name().to_string()).collect());
+    let mut nodes = scenario.nodes().to_vec();
     if let Some(c) = &config {
         if let Err(e) = c.apply(&mut nodes) {
             return usage(&e);
@@ -70,7 +81,7 @@ pub async fn main(scenario: Option<String>, config: Option<PathBuf>) -> ExitCode
         }
     };
     let machines = driver.machines().iter().map(|m| m.name().to_string()).collect();
-    let session = Session { driver, input: Input::start(machines, input::history_path()) };
+    let session = Session { driver, input: Input::start(machines, input::history_path()), suite: suite.clone() };
     let result = session.serve().await;
     eprintln!("vmcheck repl: stopping every machine");
     session.driver.kill_all().await;

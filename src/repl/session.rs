@@ -22,6 +22,8 @@ use crate::scenarios;
 pub struct Session {
     pub(super) driver: Driver,
     pub(super) input: Arc<Input>,
+    /// What `run` and `step` choose from.
+    pub(super) suite: scenarios::Suite,
 }
 
 impl Session {
@@ -120,7 +122,7 @@ impl Session {
 
     /// `run` and `step`: the scenario's script on these machines, which stay as they are after.
     pub(super) async fn run_scenario(&self, name: &str, step: bool) -> Result<String> {
-        let scenario = scenarios::find(name)?;
+        let scenario = self.suite.find(name)?;
         let before = self.driver.subtest_results().len();
         let started = std::time::Instant::now();
         struct ClearGate<'a>(&'a Driver);
@@ -133,7 +135,7 @@ impl Session {
             self.driver.set_subtest_gate(Some(step_gate(self.input.clone())));
             ClearGate(&self.driver)
         });
-        let result = (scenario.run)(&self.driver).await;
+        let result = (scenario.script())(&self.driver).await;
         let results = self.driver.subtest_results();
         let s = crate::report::summary_table(name, &results[before.min(results.len())..], started.elapsed());
         match result {

@@ -27,7 +27,7 @@ use futures::FutureExt;
 
 use super::nvmeof::{self, Share, NVMF_PORT};
 use super::workload::{integrity_job, run_fio, FioRun};
-use super::Scenario;
+use super::{Scenario, ScriptFn};
 use crate::config::{DiskSpec, NodeSpec, Role};
 use crate::driver::Driver;
 use crate::log;
@@ -46,8 +46,8 @@ const FIO_CLEAN_SECS: u64 = 6;
 const SETTLE: Duration = Duration::from_secs(3);
 
 pub fn scenarios() -> Vec<Scenario> {
-    let attach = |name, description, run| Scenario { name, description, nodes, run, hidden: false, chain: Some("hotattach") };
-    let detach = |name, description, run| Scenario { name, description, nodes, run, hidden: false, chain: Some("hotdetach") };
+    let attach = |name, description, script: ScriptFn| Scenario::new(name, description, script).machines(nodes()).chain("hotattach");
+    let detach = |name, description, script: ScriptFn| Scenario::new(name, description, script).machines(nodes()).chain("hotdetach");
     vec![
         attach("hotattach_tc1", "hot attach: attach an NVMe disk to ctrlr-1 (vm1); fio integrity on it", |d| attach_tc1(d).boxed()),
         attach("hotattach_tc2", "hot attach: during fio on it, attach another NVMe disk to ctrlr-1; fio on both", |d| {

@@ -24,14 +24,10 @@ pub const PORT: u16 = super::nvmeof::NVMF_PORT;
 pub const FIO_RUNTIME_SECS: u64 = 15;
 
 pub fn scenario() -> Scenario {
-    Scenario {
-        name: NAME,
-        description: "share a 512 MiB disk over NVMe-oF/TCP; discover, connect, fio verify=crc32 15 s, disconnect",
-        nodes,
-        run: |d| run(d).map(|r| r.map(drop)).boxed(),
-        hidden: false,
-        chain: None,
-    }
+    Scenario::new(NAME, "share a 512 MiB disk over NVMe-oF/TCP; discover, connect, fio verify=crc32 15 s, disconnect", |d| {
+        run(d).map(|r| r.map(drop)).boxed()
+    })
+    .machines(nodes())
 }
 
 pub fn nodes() -> Vec<NodeSpec> {

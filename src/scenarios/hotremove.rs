@@ -45,7 +45,7 @@ use futures::FutureExt;
 
 use super::nvmeof::{self, Share, NVMF_PORT};
 use super::workload::{integrity_job, run_fio, FioRun, ENOENT};
-use super::{iscsi, Scenario};
+use super::{iscsi, Scenario, ScriptFn};
 use crate::config::{DiskSpec, NodeSpec, Role};
 use crate::driver::Driver;
 use crate::log;
@@ -73,7 +73,7 @@ enum Removal {
 }
 
 pub fn scenarios() -> Vec<Scenario> {
-    let s = |name, description, nodes, run| Scenario { name, description, nodes, run, hidden: false, chain: None };
+    let s = |name, description, nodes: fn() -> Vec<NodeSpec>, script: ScriptFn| Scenario::new(name, description, script).machines(nodes());
     vec![
         s(
             "hotremove_blk_tc1",

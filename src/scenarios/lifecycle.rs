@@ -15,7 +15,7 @@ use futures::FutureExt;
 use super::balloon::{evict_or_enlarge, GUEST_MIB};
 use super::nvmeof::{self, NVMF_PORT};
 use super::workload::{integrity_job, run_fio, FioRun};
-use super::Scenario;
+use super::{Scenario, ScriptFn};
 use crate::config::{DiskSpec, NodeSpec, Role};
 use crate::driver::Driver;
 use crate::log;
@@ -31,7 +31,7 @@ const FIO_CLEAN_SECS: u64 = 8;
 const SETTLE: Duration = Duration::from_secs(3);
 
 pub fn scenarios() -> Vec<Scenario> {
-    let s = |name, description, run| Scenario { name, description, nodes, run, hidden: false, chain: Some("lifecycle") };
+    let s = |name, description, script: ScriptFn| Scenario::new(name, description, script).machines(nodes()).chain("lifecycle");
     vec![
         s(
             "lifecycle_save_restore",

@@ -1,7 +1,10 @@
 //! The named tests: each declares its machines and runs a script against them.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
 use anyhow::{bail, Context, Result};
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::StreamExt;
 
 use crate::config::NodeSpec;
@@ -20,59 +23,402 @@ pub mod nvmeof;
 mod selftest;
 pub mod workload;
 
-/// A registered scenario.
-#[derive(Clone, Copy)]
+/// A scenario's script: it gets the driver, with the scenario's machines defined but not
+/// started, and fails with the first error.
+pub type Script = Arc<dyn for<'a> Fn(&'a Driver) -> BoxFuture<'a, Result<()>> + Send + Sync>;
+
+/// A script as a plain function, for the scenario files' own helpers that build several
+/// scenarios alike (a closure's type is its own; a function pointer's is shared).
+pub(crate) type ScriptFn = for<'a> fn(&'a Driver) -> BoxFuture<'a, Result<()>>;
+
+/// A named test: its machines, its script, and where it stands among the others.
+///
+/// ```no_run
+/// use futures::FutureExt;
+/// use vmcheck::prelude::*;
+///
+/// async fn share_one_disk(d: &Driver) -> anyhow::Result<()> {
+///     d.start_all().await?;
+///     d.subtest("the target answers", async { Ok(()) }).await
+/// }
+///
+/// let scenario = Scenario::new("share_one_disk", "share one NVMe disk", |d| share_one_disk(d).boxed())
+///     .machine(NodeSpec::new("target", Role::Target, 1).with_disk(DiskSpec::nvme("disk0", 128)))
+///     .machine(NodeSpec::new("initiator", Role::Initiator, 2));
+/// ```
+#[derive(Clone)]
 pub struct Scenario {
-    pub name: &'static str,
-    /// One line for `vmcheck list`.
-    pub description: &'static str,
-    /// The machines it needs.
-    pub nodes: fn() -> Vec<NodeSpec>,
-    /// The test script.
-    pub run: for<'a> fn(&'a Driver) -> BoxFuture<'a, Result<()>>,
-    /// Internal scenarios (the driver's own tests) are runnable but not listed.
-    pub hidden: bool,
-    /// Test cases of a plan that chains them ("run fio on the device attached in test case 1")
-    /// name their chain: they run in registration order on one set of machines, and running a
-    /// later case runs the earlier ones first. All cases of a chain declare the same machines.
-    pub chain: Option<&'static str>,
+    name: String,
+    description: String,
+    nodes: Vec<NodeSpec>,
+    script: Script,
+    hidden: bool,
+    chain: Option<String>,
+    after: Vec<String>,
 }
 
-/// Every scenario, listed ones first.
-pub fn all() -> Vec<Scenario> {
-    let mut all = Vec::new();
-    all.push(fio_nvme_basic::scenario());
-    all.extend(hotremove::scenarios());
-    all.extend(attach_detach::scenarios());
-    all.extend(network_faults::scenarios());
-    all.extend(balloon::scenarios());
-    all.extend(lifecycle::scenarios());
-    all.extend(selftest::scenarios());
-    // Listed ones first; a chain's cases keep the order they are registered in.
-    all.sort_by_key(|s| s.hidden);
-    all
+impl std::fmt::Debug for Scenario {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scenario")
+            .field("name", &self.name)
+            .field("chain", &self.chain)
+            .field("after", &self.after)
+            .field("hidden", &self.hidden)
+            .field("machines", &self.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
-/// The scenarios `patterns` name, in registration order, each once: exact names (hidden ones
-/// too) or shell-style patterns (`hotremove_*`, `hotattach_tc[12]`) over the listed ones. A
-/// pattern that matches nothing is an error that lists the known names.
-pub fn select(patterns: &[String]) -> Result<Vec<Scenario>> {
-    let all = all();
-    let mut chosen = std::collections::BTreeSet::new();
-    for p in patterns {
-        if let Some(i) = all.iter().position(|s| s.name == p) {
-            chosen.insert(i);
-            continue;
-        }
-        let pattern = glob::Pattern::new(p).with_context(|| format!("bad scenario pattern {p:?}"))?;
-        let before = chosen.len();
-        chosen.extend(all.iter().enumerate().filter(|(_, s)| !s.hidden && pattern.matches(s.name)).map(|(i, _)| i));
-        if chosen.len() == before && !all.iter().any(|s| !s.hidden && pattern.matches(s.name)) {
-            let known: Vec<_> = all.iter().filter(|s| !s.hidden).map(|s| s.name).collect();
-            bail!("no scenario matches {p:?}; known scenarios: {}", known.join(", "));
+impl Scenario {
+    /// A scenario named `name` (what `vmcheck run NAME` and the test harness call it), with a
+    /// one-line description for `list`, running `script`. An `async fn f(d: &Driver) ->
+    /// Result<()>` is passed as `|d| f(d).boxed()` (`futures::FutureExt`); a closure that captures
+    /// values clones them into an `async move` block.
+    pub fn new(
+        name: impl Into<String>,
+        description: impl Into<String>,
+        script: impl for<'a> Fn(&'a Driver) -> BoxFuture<'a, Result<()>> + Send + Sync + 'static,
+    ) -> Scenario {
+        Scenario {
+            name: name.into(),
+            description: description.into(),
+            nodes: Vec::new(),
+            script: Arc::new(script),
+            hidden: false,
+            chain: None,
+            after: Vec::new(),
         }
     }
-    Ok(chosen.into_iter().map(|i| all[i]).collect())
+
+    /// Adds a machine.
+    pub fn machine(mut self, node: NodeSpec) -> Scenario {
+        self.nodes.push(node);
+        self
+    }
+
+    /// Adds machines.
+    pub fn machines(mut self, nodes: impl IntoIterator<Item = NodeSpec>) -> Scenario {
+        self.nodes.extend(nodes);
+        self
+    }
+
+    /// Makes the scenario a case of the chain `chain`: the cases of a chain run in the order they
+    /// were added to the suite, on one set of machines, and running a later case runs the
+    /// earlier ones first ("run fio on the device attached in test case 1"). All cases of a chain
+    /// declare the same machines; a chain stops at its first failed case.
+    pub fn chain(mut self, chain: impl Into<String>) -> Scenario {
+        self.chain = Some(chain.into());
+        self
+    }
+
+    /// Runs this scenario only after `scenarios` (names in the same suite), when they are
+    /// chosen in the same run; when one of them failed or was skipped, this one is skipped,
+    /// with the reason in the report. Scenarios not chosen are not run for it. Under `cargo
+    /// test`/`nextest`, where each scenario is a test of its own, the order does not apply.
+    pub fn after<S: Into<String>>(mut self, scenarios: impl IntoIterator<Item = S>) -> Scenario {
+        self.after.extend(scenarios.into_iter().map(Into::into));
+        self
+    }
+
+    /// Hides the scenario: it runs when named exactly, but is not listed, not matched by
+    /// patterns, and an ignored test under the test harness (the driver's own self-tests).
+    pub fn hidden(mut self) -> Scenario {
+        self.hidden = true;
+        self
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Its one-line description.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+    /// The machines it declares.
+    pub fn nodes(&self) -> &[NodeSpec] {
+        &self.nodes
+    }
+    /// Its chain, if it is a case of one.
+    pub fn chain_name(&self) -> Option<&str> {
+        self.chain.as_deref()
+    }
+    /// The scenarios it runs after.
+    pub fn runs_after(&self) -> &[String] {
+        &self.after
+    }
+    /// Whether it is hidden.
+    pub fn is_hidden(&self) -> bool {
+        self.hidden
+    }
+    /// Its script.
+    pub fn script(&self) -> &Script {
+        &self.script
+    }
+    /// The name of what runs as one unit: its chain, else itself.
+    pub fn group_name(&self) -> &str {
+        self.chain.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// A set of scenarios: what `list` shows, `run` chooses from and the test harness turns into
+/// tests. Scenarios keep the order they were added in (listed ones before hidden ones).
+#[derive(Clone, Debug, Default)]
+pub struct Suite {
+    scenarios: Vec<Scenario>,
+}
+
+impl Suite {
+    /// An empty suite.
+    pub fn new() -> Suite {
+        Suite::default()
+    }
+
+    /// Adds a scenario.
+    pub fn with(mut self, scenario: Scenario) -> Suite {
+        self.add(scenario);
+        self
+    }
+
+    /// Adds a scenario.
+    pub fn add(&mut self, scenario: Scenario) -> &mut Suite {
+        self.scenarios.push(scenario);
+        // Listed ones first; a stable sort keeps the order they were added in.
+        self.scenarios.sort_by_key(|s| s.hidden);
+        self
+    }
+
+    /// Adds scenarios.
+    pub fn extend(&mut self, scenarios: impl IntoIterator<Item = Scenario>) -> &mut Suite {
+        for s in scenarios {
+            self.add(s);
+        }
+        self
+    }
+
+    /// Every scenario, listed ones first.
+    pub fn scenarios(&self) -> &[Scenario] {
+        &self.scenarios
+    }
+
+    /// The listed (not hidden) scenarios.
+    pub fn listed(&self) -> impl Iterator<Item = &Scenario> {
+        self.scenarios.iter().filter(|s| !s.hidden)
+    }
+
+    /// Checks the suite as a whole: names unique and usable, each scenario's machine names
+    /// valid and distinct, a chain's cases declaring the same machines, `after` naming known
+    /// scenarios without a cycle. The harness checks this before anything runs.
+    pub fn check(&self) -> Result<()> {
+        let mut names = HashSet::new();
+        for s in &self.scenarios {
+            if s.name.is_empty() || s.name.contains(char::is_whitespace) || s.name.contains('/') {
+                bail!("scenario name {:?}: use letters, digits, '_' and '-', no spaces or '/'", s.name);
+            }
+            if !names.insert(s.name.as_str()) {
+                bail!("two scenarios are named {:?}", s.name);
+            }
+            let mut machines = HashSet::new();
+            for n in &s.nodes {
+                crate::config::validate_machine_name(&n.name).with_context(|| format!("scenario {}", s.name))?;
+                if !machines.insert(n.name.as_str()) {
+                    bail!("scenario {}: two machines are named {:?}", s.name, n.name);
+                }
+            }
+            if let Some(chain) = &s.chain {
+                if names.contains(chain.as_str()) && self.scenarios.iter().any(|c| &c.name == chain && c.chain.is_none()) {
+                    bail!("chain {chain:?} has the name of a scenario; a chain runs as one test under that name");
+                }
+                let first = self.scenarios.iter().find(|c| c.chain.as_ref() == Some(chain)).expect("s is in the chain");
+                if first.nodes != s.nodes {
+                    bail!("{} declares other machines than the first case of its chain {chain:?}, {}", s.name, first.name);
+                }
+            }
+        }
+        for s in &self.scenarios {
+            for a in &s.after {
+                if !names.contains(a.as_str()) {
+                    bail!("{} runs after {a:?}, which is no scenario of the suite", s.name);
+                }
+                if a == &s.name {
+                    bail!("{} runs after itself", s.name);
+                }
+            }
+        }
+        // A cycle of `after`, over scenarios (a chain's cases are ordered by the chain itself).
+        let index: HashMap<&str, usize> = self.scenarios.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+        let mut state = vec![0u8; self.scenarios.len()]; // 0 new, 1 on the path, 2 done
+        fn visit(i: usize, all: &[Scenario], index: &HashMap<&str, usize>, state: &mut [u8], path: &mut Vec<usize>) -> Result<()> {
+            match state[i] {
+                2 => return Ok(()),
+                1 => {
+                    let from = path.iter().position(|&p| p == i).unwrap_or(0);
+                    let cycle: Vec<&str> = path[from..].iter().chain([&i]).map(|&p| all[p].name.as_str()).collect();
+                    bail!("the order of the scenarios makes a cycle: {}", cycle.join(" after "));
+                }
+                _ => {}
+            }
+            state[i] = 1;
+            path.push(i);
+            for a in &all[i].after {
+                visit(index[a.as_str()], all, index, state, path)?;
+            }
+            path.pop();
+            state[i] = 2;
+            Ok(())
+        }
+        for i in 0..self.scenarios.len() {
+            visit(i, &self.scenarios, &index, &mut state, &mut Vec::new())?;
+        }
+        Ok(())
+    }
+
+    /// The scenarios `patterns` name, in the suite's order, each once: exact names (hidden ones
+    /// too) or shell-style patterns (`hotremove_*`, `hotattach_tc[12]`) over the listed ones. A
+    /// pattern that matches nothing is an error that lists the known names.
+    pub fn select(&self, patterns: &[String]) -> Result<Vec<Scenario>> {
+        let all = &self.scenarios;
+        let mut chosen = BTreeSet::new();
+        for p in patterns {
+            if let Some(i) = all.iter().position(|s| &s.name == p) {
+                chosen.insert(i);
+                continue;
+            }
+            let pattern = glob::Pattern::new(p).with_context(|| format!("bad scenario pattern {p:?}"))?;
+            let matching: Vec<usize> =
+                all.iter().enumerate().filter(|(_, s)| !s.hidden && pattern.matches(&s.name)).map(|(i, _)| i).collect();
+            if matching.is_empty() {
+                bail!("no scenario matches {p:?}; known scenarios: {}", self.known());
+            }
+            chosen.extend(matching);
+        }
+        Ok(chosen.into_iter().map(|i| all[i].clone()).collect())
+    }
+
+    /// The scenario named `name`; an unknown name lists the known ones.
+    pub fn find(&self, name: &str) -> Result<&Scenario> {
+        match self.scenarios.iter().find(|s| s.name == name) {
+            Some(s) => Ok(s),
+            None => bail!("unknown scenario {name:?}; known scenarios: {}", self.known()),
+        }
+    }
+
+    fn known(&self) -> String {
+        self.listed().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Runs one scenario on fresh machines, within the global timeout; the machines are stopped
+    /// however it ends. A case of a chain runs with the earlier cases of its chain before it.
+    pub async fn run_one(&self, scenario: &Scenario, options: &RunOptions) -> Outcome {
+        self.run(std::slice::from_ref(scenario), options).await.pop().expect("one outcome per scenario run")
+    }
+
+    /// Runs `selected`: a scenario on machines of its own, the cases of a chain on one set of
+    /// machines (with the chain's earlier cases run first when not selected), up to
+    /// `options.jobs` of these groups side by side, each after the groups its scenarios run
+    /// `after` (skipped when one of those did not pass). One outcome per scenario run,
+    /// prerequisites included, in the suite's order whatever order they end in; each is also
+    /// recorded in the run's reporter (`options.driver.reporter`).
+    pub async fn run(&self, selected: &[Scenario], options: &RunOptions) -> Vec<Outcome> {
+        let side_by_side = options.jobs > 1;
+        let groups = self.groups(selected);
+        // Each group's result, shared with the groups that run after it.
+        type Done = Shared<BoxFuture<'static, Option<String>>>;
+        let mut done: HashMap<String, Done> = HashMap::new();
+        let mut runs = Vec::new();
+        for cases in groups {
+            let name = cases[0].group_name().to_string();
+            // Views are made here, in order, so that the reporter lists the outcomes in this order.
+            let reporter = options.driver.reporter.scenario(&name, side_by_side);
+            let waits: Vec<(String, Done)> = cases
+                .iter()
+                .flat_map(|c| c.after.iter())
+                .filter_map(|a| self.find(a).ok())
+                .filter_map(|a| done.get(a.group_name()).map(|d| (a.name.clone(), d.clone())))
+                .collect();
+            let (tx, rx) = futures::channel::oneshot::channel::<Option<String>>();
+            let rx: BoxFuture<'static, Option<String>> = rx.map(|r| r.unwrap_or_else(|_| Some("it did not run".into()))).boxed();
+            done.insert(name.clone(), rx.shared());
+            let run = async move {
+                let mut failed_before = None;
+                for (after, wait) in waits {
+                    if let Some(why) = wait.await {
+                        failed_before = Some(format!("skipped: runs after {after}, which did not pass ({why})"));
+                        break;
+                    }
+                }
+                let outcomes = match failed_before {
+                    Some(reason) => cases.iter().map(|c| reporter.skip(&c.name, &reason)).collect(),
+                    // Polled within the view's log scope: the machine API's lines go to its sinks.
+                    None => crate::log::scope(reporter.clone(), run_group(&cases, options, reporter)).await,
+                };
+                let verdict = outcomes.iter().find(|o| !o.passed()).map(|o| format!("{} {}", o.name, o.verdict()));
+                let _ = tx.send(verdict);
+                outcomes
+            };
+            runs.push(run);
+        }
+        // `buffered` starts the groups in order (a group's prerequisites before it) and keeps
+        // that order for the outcomes, not the order they end in.
+        futures::stream::iter(runs).buffered(options.jobs.max(1)).concat().await
+    }
+
+    /// The groups that run on machines of their own, in the suite's order with every group after
+    /// the groups it runs after: a scenario alone, or a chain's cases from its first up to the
+    /// last selected one.
+    fn groups(&self, selected: &[Scenario]) -> Vec<Vec<Scenario>> {
+        let mut groups: Vec<Vec<Scenario>> = Vec::new();
+        let mut done_chains = HashSet::new();
+        for s in selected {
+            match &s.chain {
+                None => groups.push(vec![s.clone()]),
+                Some(chain) if done_chains.insert(chain.clone()) => {
+                    let last =
+                        selected.iter().filter(|c| c.chain.as_ref() == Some(chain)).map(|c| c.name.as_str()).next_back().unwrap_or(&s.name);
+                    let cases: Vec<Scenario> = self.scenarios.iter().filter(|c| c.chain.as_ref() == Some(chain)).cloned().collect();
+                    let upto = cases.iter().position(|c| c.name == last).map_or(cases.len(), |i| i + 1);
+                    groups.push(cases[..upto].to_vec());
+                }
+                Some(_) => {}
+            }
+        }
+        // Order: a group comes after every chosen group it runs after (the suite's check has
+        // refused cycles); otherwise the suite's order.
+        let group_of = |name: &str| self.scenarios.iter().find(|s| s.name == name).map(|s| s.group_name().to_string());
+        let mut placed: Vec<Vec<Scenario>> = Vec::new();
+        let mut placed_names = HashSet::new();
+        let chosen: HashSet<String> = groups.iter().map(|g| g[0].group_name().to_string()).collect();
+        while !groups.is_empty() {
+            let ready = groups
+                .iter()
+                .position(|g| {
+                    g.iter()
+                        .flat_map(|c| c.after.iter())
+                        .filter_map(|a| group_of(a))
+                        .all(|a| !chosen.contains(&a) || placed_names.contains(&a))
+                })
+                .unwrap_or(0);
+            let g = groups.remove(ready);
+            placed_names.insert(g[0].group_name().to_string());
+            placed.push(g);
+        }
+        placed
+    }
+}
+
+/// vmcheck's own scenarios: the seed plans, and the hidden self-tests of the driver.
+pub fn builtin() -> Suite {
+    let mut suite = Suite::new();
+    suite.add(fio_nvme_basic::scenario());
+    // "The io tests only start running when basic tests have succeeded" (seed 002).
+    let io = |s: Scenario| s.after([fio_nvme_basic::NAME]);
+    suite.extend(hotremove::scenarios().into_iter().map(io));
+    suite.extend(attach_detach::scenarios().into_iter().map(io));
+    suite.extend(network_faults::scenarios().into_iter().map(io));
+    suite.extend(balloon::scenarios());
+    suite.extend(lifecycle::scenarios().into_iter().map(io));
+    suite.extend(selftest::scenarios());
+    suite
 }
 
 /// One part of a suite split over several machines (`vmcheck run --shard K/N`): K of N, from 1.
@@ -101,20 +447,10 @@ impl Shard {
     /// Whether `s` is in this shard. The split is by name (a chain's name for its cases, so a
     /// chain stays whole), stable across runs, machines and Rust versions: FNV-1a of the name.
     pub fn contains(&self, s: &Scenario) -> bool {
-        let key = s.chain.unwrap_or(s.name);
+        let key = s.group_name();
         let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
         hash % u64::from(self.count) == u64::from(self.index - 1)
     }
-}
-
-/// The scenario named `name`; an unknown name lists the known ones.
-pub fn find(name: &str) -> Result<Scenario> {
-    let all = all();
-    if let Some(s) = all.iter().find(|s| s.name == name) {
-        return Ok(*s);
-    }
-    let known: Vec<_> = all.iter().filter(|s| !s.hidden).map(|s| s.name).collect();
-    bail!("unknown scenario {name:?}; known scenarios: {}", known.join(", "))
 }
 
 /// How `vmcheck run` runs scenarios.
@@ -150,57 +486,11 @@ fn console_tails(driver: &Driver) -> String {
     s
 }
 
-/// Runs one scenario on fresh machines, within the global timeout; the machines are stopped
-/// however it ends. A case of a chain runs with the earlier cases of its chain before it.
-pub async fn run(scenario: Scenario, options: &RunOptions) -> Outcome {
-    run_many(&[scenario], options).await.pop().expect("one outcome per scenario run")
-}
-
-/// Runs `selected`: a scenario on machines of its own, the cases of a chain on one set of
-/// machines (with the chain's earlier cases run first when not selected), up to
-/// `options.jobs` of these groups side by side. One outcome per scenario run, prerequisites
-/// included, in registration order whatever order they end in; each is also recorded in the
-/// run's reporter (`options.driver.reporter`).
-pub async fn run_many(selected: &[Scenario], options: &RunOptions) -> Vec<Outcome> {
-    let side_by_side = options.jobs > 1;
-    // Views are made here, in order, so that the reporter lists the outcomes in this order.
-    let runs = groups(selected).into_iter().map(|cases| {
-        let name = cases[0].chain.unwrap_or(cases[0].name);
-        let reporter = options.driver.reporter.scenario(name, side_by_side);
-        // Polled within the view's log scope: the machine API's lines go to its sinks.
-        crate::log::scope(reporter.clone(), run_group(cases, options, reporter))
-    });
-    let runs: Vec<_> = runs.collect();
-    // `buffered` keeps the order of the groups, not the order they end in.
-    futures::stream::iter(runs).buffered(options.jobs.max(1)).concat().await
-}
-
-/// The groups that run on machines of their own, in the order of `selected`: a scenario alone,
-/// or a chain's cases from its first up to the last selected one.
-fn groups(selected: &[Scenario]) -> Vec<Vec<Scenario>> {
-    let all = all();
-    let mut groups = Vec::new();
-    let mut done_chains = std::collections::HashSet::new();
-    for s in selected {
-        match s.chain {
-            None => groups.push(vec![*s]),
-            Some(chain) if done_chains.insert(chain) => {
-                let last = selected.iter().filter(|c| c.chain == Some(chain)).map(|c| c.name).next_back().unwrap_or(s.name);
-                let cases: Vec<Scenario> = all.iter().filter(|c| c.chain == Some(chain)).copied().collect();
-                let upto = cases.iter().position(|c| c.name == last).map_or(cases.len(), |i| i + 1);
-                groups.push(cases[..upto].to_vec());
-            }
-            Some(_) => {}
-        }
-    }
-    groups
-}
-
 /// Runs `cases` one after another on one driver; a failed case fails the ones after it. The
 /// outcomes are recorded in `reporter`, the group's view of the run's reporter.
-async fn run_group(cases: Vec<Scenario>, options: &RunOptions, reporter: crate::report::Reporter) -> Vec<Outcome> {
+async fn run_group(cases: &[Scenario], options: &RunOptions, reporter: crate::report::Reporter) -> Vec<Outcome> {
     let started = std::time::Instant::now();
-    let first = cases[0];
+    let first = &cases[0];
     let name_of = |s: &Scenario| match &options.config {
         Some(c) if cases.len() == 1 => c.name.clone(),
         _ => s.name.to_string(),
@@ -209,7 +499,7 @@ async fn run_group(cases: Vec<Scenario>, options: &RunOptions, reporter: crate::
         .global_timeout
         .or_else(|| options.config.as_ref().map(|c| std::time::Duration::from_secs(c.global_timeout)))
         .unwrap_or_else(crate::timeouts::global);
-    let mut nodes = (first.nodes)();
+    let mut nodes = first.nodes.clone();
     let driver = async {
         if let Some(config) = &options.config {
             config.apply(&mut nodes)?;
@@ -219,7 +509,7 @@ async fn run_group(cases: Vec<Scenario>, options: &RunOptions, reporter: crate::
         let mut driver_options = options.driver.clone();
         driver_options.reporter = reporter.clone();
         if let Some(out) = &options.driver.out_dir {
-            let dir = out.join(first.chain.unwrap_or(first.name));
+            let dir = out.join(first.group_name());
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             reporter.open_transcript(&dir.join("transcript.log")).with_context(|| format!("creating {}/transcript.log", dir.display()))?;
             driver_options.out_dir = Some(dir);
@@ -240,6 +530,7 @@ async fn run_group(cases: Vec<Scenario>, options: &RunOptions, reporter: crate::
                         error: error.clone(),
                         harness_error: true,
                         duration: started.elapsed(),
+                        skipped: None,
                     })
                 })
                 .collect();
@@ -250,12 +541,12 @@ async fn run_group(cases: Vec<Scenario>, options: &RunOptions, reporter: crate::
     let deadline = tokio::time::Instant::now() + global;
     let mut outcomes = Vec::new();
     let mut broken: Option<String> = None;
-    for case in &cases {
+    for case in cases {
         let name = name_of(case);
         let case_started = std::time::Instant::now();
         let result = match &broken {
             Some(earlier) => Err(HarnessError(format!("not run: the earlier case {earlier} of its chain failed")).into()),
-            None => match tokio::time::timeout_at(deadline, (case.run)(&driver)).await {
+            None => match tokio::time::timeout_at(deadline, (case.script)(&driver)).await {
                 Ok(r) => r,
                 Err(_) => Err(HarnessError(format!("the global timeout of {global:?} ran out")).into()),
             },
@@ -279,8 +570,13 @@ async fn run_group(cases: Vec<Scenario>, options: &RunOptions, reporter: crate::
 mod tests {
     use super::*;
 
-    fn names(patterns: &[&str]) -> Result<Vec<&'static str>> {
-        Ok(select(&patterns.iter().map(|p| p.to_string()).collect::<Vec<_>>())?.iter().map(|s| s.name).collect())
+    fn names(patterns: &[&str]) -> Result<Vec<String>> {
+        let chosen = builtin().select(&patterns.iter().map(|p| p.to_string()).collect::<Vec<_>>())?;
+        Ok(chosen.iter().map(|s| s.name.clone()).collect())
+    }
+
+    fn nothing(_: &Driver) -> BoxFuture<'_, Result<()>> {
+        async { Ok(()) }.boxed()
     }
 
     #[test]
@@ -296,14 +592,15 @@ mod tests {
 
     #[test]
     fn shards_cover_every_scenario_exactly_once_and_keep_chains_whole() {
-        let listed: Vec<Scenario> = all().into_iter().filter(|s| !s.hidden).collect();
+        let suite = builtin();
+        let listed: Vec<&Scenario> = suite.listed().collect();
         for n in 1..=5 {
             let shards: Vec<Shard> = (1..=n).map(|k| format!("{k}/{n}").parse().unwrap()).collect();
             for s in &listed {
                 let holders = shards.iter().filter(|sh| sh.contains(s)).count();
                 assert_eq!(holders, 1, "{} is in {holders} of {n} shards", s.name);
-                if let Some(chain) = s.chain {
-                    let first = listed.iter().find(|c| c.chain == Some(chain)).unwrap();
+                if let Some(chain) = &s.chain {
+                    let first = listed.iter().find(|c| c.chain.as_ref() == Some(chain)).unwrap();
                     assert!(shards.iter().all(|sh| sh.contains(s) == sh.contains(first)), "chain {chain} split by {n} shards");
                 }
             }
@@ -322,15 +619,59 @@ mod tests {
     }
 
     #[test]
-    fn every_registered_name_is_unique_and_chains_share_their_machines() {
-        let all = all();
-        let mut seen = std::collections::HashSet::new();
-        for s in &all {
-            assert!(seen.insert(s.name), "two scenarios are named {}", s.name);
-            if let Some(chain) = s.chain {
-                let first = all.iter().find(|c| c.chain == Some(chain)).unwrap();
-                assert_eq!((s.nodes)(), (first.nodes)(), "{} declares other machines than its chain {chain}", s.name);
-            }
-        }
+    fn the_builtin_suite_passes_its_own_check() {
+        builtin().check().unwrap();
+    }
+
+    #[test]
+    fn a_bad_suite_is_refused_with_a_reason() {
+        use crate::config::{NodeSpec, Role};
+        let one = |name: &str| Scenario::new(name, "d", nothing).machine(NodeSpec::new("vm", Role::Initiator, 2));
+        let refused = |suite: Suite| suite.check().unwrap_err().to_string();
+        assert!(refused(Suite::new().with(one("a")).with(one("a"))).contains("two scenarios are named \"a\""));
+        let twins = one("a").machine(NodeSpec::new("vm", Role::Target, 1));
+        assert!(refused(Suite::new().with(twins)).contains("two machines are named \"vm\""));
+        let other_machines = Scenario::new("b", "d", nothing).machine(NodeSpec::new("other", Role::Initiator, 2)).chain("c");
+        let e = refused(Suite::new().with(one("a").chain("c")).with(other_machines));
+        assert!(e.contains("b declares other machines than the first case of its chain \"c\""), "{e}");
+        assert!(refused(Suite::new().with(one("a").after(["nope"]))).contains("a runs after \"nope\", which is no scenario"));
+        let e = refused(Suite::new().with(one("a").after(["b"])).with(one("b").after(["c"])).with(one("c").after(["a"])));
+        assert!(e.contains("cycle: a after b after c after a"), "{e}");
+        assert!(refused(Suite::new().with(one("has space"))).contains("no spaces"));
+    }
+
+    #[test]
+    fn groups_come_after_what_they_run_after_and_chains_keep_their_cases_whole() {
+        use crate::config::{NodeSpec, Role};
+        let one = |name: &str| Scenario::new(name, "d", nothing).machine(NodeSpec::new("vm", Role::Initiator, 2));
+        let suite = Suite::new()
+            .with(one("io").after(["basic"]))
+            .with(one("basic"))
+            .with(one("tc1").chain("chain"))
+            .with(one("tc2").chain("chain").after(["io"]));
+        suite.check().unwrap();
+        let chosen = suite.select(&["tc2".into(), "io".into(), "basic".into()]).unwrap();
+        let groups: Vec<Vec<String>> = suite.groups(&chosen).iter().map(|g| g.iter().map(|s| s.name.clone()).collect()).collect();
+        assert_eq!(groups, [vec!["basic"], vec!["io"], vec!["tc1", "tc2"]]);
+    }
+
+    #[tokio::test]
+    async fn a_scenario_after_a_failed_one_is_skipped_with_the_reason() {
+        use crate::config::{NodeSpec, Role};
+        // Bad machines fail at driver set-up, before anything boots: a failure without a VM.
+        let broken = Scenario::new("basic", "d", nothing).machine(NodeSpec::new("bad-", Role::Initiator, 2));
+        let io = Scenario::new("io", "d", nothing).machine(NodeSpec::new("vm", Role::Initiator, 2)).after(["basic"]);
+        let suite = Suite::new().with(broken).with(io);
+        let reporter = crate::report::Reporter::in_memory();
+        let mut options = RunOptions::default();
+        options.driver.reporter = reporter.clone();
+        let outcomes = suite.run(suite.scenarios(), &options).await;
+        assert_eq!(outcomes.len(), 2);
+        assert!(outcomes[0].error.is_some(), "{outcomes:?}");
+        let skipped = outcomes[1].skipped.as_deref().unwrap_or_default();
+        assert!(skipped.contains("runs after basic, which did not pass"), "{outcomes:?}");
+        assert_eq!(outcomes[1].verdict(), "skipped");
+        assert_eq!(reporter.log_totals(), 1, "a skipped scenario is not a failure");
+        assert!(reporter.terminal_text().contains("0 passed, 1 failed, 1 skipped"), "{}", reporter.terminal_text());
     }
 }

@@ -14,7 +14,7 @@ use futures::FutureExt;
 
 use super::nvmeof::{self, Share, NVMF_PORT};
 use super::workload::{integrity_job, FioOutcome, FioRun};
-use super::Scenario;
+use super::{Scenario, ScriptFn};
 use crate::config::{DiskSpec, NodeSpec, Role};
 use crate::driver::Driver;
 use crate::log;
@@ -38,7 +38,7 @@ const SECOND_PORT_ID: u16 = 100;
 const RECONNECT_BLOCK: Duration = Duration::from_secs(5);
 
 pub fn scenarios() -> Vec<Scenario> {
-    let s = |name, description, nodes, run| Scenario { name, description, nodes, run, hidden: false, chain: None };
+    let s = |name, description, nodes: fn() -> Vec<NodeSpec>, script: ScriptFn| Scenario::new(name, description, script).machines(nodes());
     vec![
         s(
             "disconnect",

@@ -6,56 +6,24 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use futures::FutureExt;
 
-use super::Scenario;
+use super::{Scenario, ScriptFn};
 use crate::config::{NodeSpec, Role};
 use crate::driver::Driver;
 
-fn one_machine() -> Vec<NodeSpec> {
-    vec![NodeSpec::new("machine", Role::Target, 1)]
+fn one_machine() -> NodeSpec {
+    NodeSpec::new("machine", Role::Target, 1)
 }
 
 pub fn scenarios() -> Vec<Scenario> {
+    let s = |name, description, script: ScriptFn| Scenario::new(name, description, script).machine(one_machine()).hidden();
     vec![
-        Scenario {
-            name: "selftest-pass",
-            description: "boots one machine and passes",
-            nodes: one_machine,
-            run: |d| pass(d).boxed(),
-            hidden: true,
-            chain: None,
-        },
-        Scenario {
-            name: "selftest-fail",
-            description: "boots one machine and fails an assertion",
-            nodes: one_machine,
-            run: |d| fail(d).boxed(),
-            hidden: true,
-            chain: None,
-        },
-        Scenario {
-            name: "selftest-timeout",
-            description: "boots one machine and runs into a command timeout",
-            nodes: one_machine,
-            run: |d| timeout(d).boxed(),
-            hidden: true,
-            chain: None,
-        },
-        Scenario {
-            name: "selftest-broken-machine",
-            description: "boots one machine, pulls its plug, then uses it: an error of the machine, not a failure",
-            nodes: one_machine,
-            run: |d| broken_machine(d).boxed(),
-            hidden: true,
-            chain: None,
-        },
-        Scenario {
-            name: "selftest-hang",
-            description: "boots one machine and waits forever (for signal tests)",
-            nodes: one_machine,
-            run: |d| hang(d).boxed(),
-            hidden: true,
-            chain: None,
-        },
+        s("selftest-pass", "boots one machine and passes", |d| pass(d).boxed()),
+        s("selftest-fail", "boots one machine and fails an assertion", |d| fail(d).boxed()),
+        s("selftest-timeout", "boots one machine and runs into a command timeout", |d| timeout(d).boxed()),
+        s("selftest-broken-machine", "boots one machine, pulls its plug, then uses it: an error of the machine, not a failure", |d| {
+            broken_machine(d).boxed()
+        }),
+        s("selftest-hang", "boots one machine and waits forever (for signal tests)", |d| hang(d).boxed()),
     ]
 }
 

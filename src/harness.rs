@@ -1,0 +1,340 @@
+//! The harness: one call in a binary's `main` gives it vmcheck's whole command line for a suite
+//! of scenarios, and libtest's, so that the same binary is a `cargo test`/`cargo nextest` target.
+//!
+//! ```no_run
+//! // tests/vm.rs, with `[[test]] name = "vm" harness = false` in Cargo.toml
+//! use futures::FutureExt;
+//! use vmcheck::prelude::*;
+//!
+//! async fn smoke(d: &Driver) -> anyhow::Result<()> {
+//!     d.start_all().await?;
+//!     let vm = d.machine("vm")?;
+//!     d.subtest("the guest answers", async { vm.succeed("true").await.map(drop) }).await
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     let suite = Suite::new().with(
+//!         Scenario::new("smoke", "boot and run a command", |d| smoke(d).boxed())
+//!             .machine(NodeSpec::new("vm", Role::Initiator, 2)),
+//!     );
+//!     vmcheck::harness::main(suite)
+//! }
+//! ```
+//!
+//! Two command lines, told apart by the first argument:
+//! - vmcheck's: `list [--json]`, `run [NAMES|PATTERNS] [--junit F] [--out D] [--jobs N]
+//!   [--shard K/N] [--fresh-boot] [--global-timeout S] [--keep-vm-state]`, `repl [SCENARIO]`,
+//!   `images build` ([`Command`]);
+//! - anything else is libtest's (`--list --format terse`, `--exact NAME`, `--ignored`,
+//!   `--nocapture`, a filter), as `cargo test` and `cargo nextest run` pass it: every listed
+//!   scenario is a test (a chain is one test, named after the chain) and every hidden one an
+//!   ignored test. Each test runs on machines of its own, as `run NAME` would.
+//!
+//! Exit status of the vmcheck command line: 0 when all passed, 1 when one failed, 2 for a usage
+//! error, 130 after SIGINT/SIGTERM (every machine is stopped first).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::DriverConfig;
+use crate::driver::DriverOptions;
+use crate::report::Reporter;
+use crate::scenarios::{RunOptions, Scenario, Shard, Suite};
+
+/// The words that start vmcheck's command line; anything else is libtest's.
+const COMMANDS: &[&str] = &["list", "run", "repl", "images", "help", "--help", "-h", "--version", "-V"];
+
+/// The harness's subcommands. A binary that adds its own (vmcheck's adds `bench`) flattens
+/// this into its clap command and hands it to [`dispatch`].
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// List the scenarios.
+    List {
+        /// Print each scenario's machines as JSON (what nix/scenarios.json holds).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run scenarios (all listed ones when none is named): names or shell-style patterns
+    /// (`run 'hotremove_*'`).
+    Run {
+        names: Vec<String>,
+        /// Write JUnit XML here (one test case per subtest).
+        #[arg(long)]
+        junit: Option<PathBuf>,
+        /// Keep console logs, command lines, the transcript and tool output here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Keep the run directory (disks, sockets) after the run.
+        #[arg(long)]
+        keep_vm_state: bool,
+        /// Driver configuration from nix/ (NixOS machines); names the scenario itself.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Seconds each scenario may take (a chain: all its cases together), after the driver's
+        /// set-up (images, accelerator probe).
+        #[arg(long)]
+        global_timeout: Option<u64>,
+        /// Run only part K of N of the chosen scenarios (a stable split by name; a chain stays
+        /// whole), to spread a suite over a CI matrix: `--shard 1/3` on one machine, `2/3` ...
+        #[arg(long)]
+        shard: Option<Shard>,
+        /// Scenarios run side by side (a chain counts as one), each on machines of its own;
+        /// their terminal lines are prefixed with `[name] `.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+        jobs: u16,
+        /// Boot every machine instead of restoring its saved state from the cache (also
+        /// VMCHECK_FRESH_BOOT=1).
+        #[arg(long)]
+        fresh_boot: bool,
+    },
+    /// Interactive driver: the scenario's machines (default fio_nvme_basic's, else the first),
+    /// defined but not started; `help` at its prompt lists the commands.
+    Repl {
+        scenario: Option<String>,
+        /// Driver configuration from nix/ (NixOS machines); names the scenario itself.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Manage the default images.
+    Images {
+        #[command(subcommand)]
+        command: ImagesCommand,
+    },
+}
+
+/// `images` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum ImagesCommand {
+    /// Build (or find up to date) the images the suite's machines boot.
+    Build,
+}
+
+#[derive(Parser)]
+#[command(about = "VM-level integration tests (vmcheck harness)", arg_required_else_help = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The whole `main` of a test binary: checks the suite, then runs the command line it was given
+/// (vmcheck's or libtest's, see the module docs).
+pub fn main(suite: Suite) -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if let Err(e) = suite.check() {
+        eprintln!("vmcheck: the suite is not valid: {e:#}");
+        return ExitCode::from(2);
+    }
+    if is_libtest(&args) {
+        return libtest(suite);
+    }
+    let cli = Cli::parse();
+    init_tracing();
+    let signals = !matches!(cli.command, Command::Repl { .. });
+    runtime_main(dispatch(&suite, cli.command), signals)
+}
+
+/// Whether `args` (the whole `argv`) are libtest's rather than vmcheck's: anything but one of
+/// vmcheck's subcommands first, no arguments included (`cargo test` runs everything).
+pub fn is_libtest(args: &[String]) -> bool {
+    args.get(1).is_none_or(|first| !COMMANDS.contains(&first.as_str()))
+}
+
+/// Starts tracing (`VMCHECK_LOG`) on stderr; once per process.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("VMCHECK_LOG"))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs `work` on a tokio runtime; with `signals`, against SIGINT and SIGTERM: on a signal the
+/// work is dropped, which stops every machine, and the status is 130. (The REPL handles Ctrl-C
+/// itself: it cancels a command, not the session.)
+pub fn runtime_main(work: impl std::future::Future<Output = ExitCode>, signals: bool) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("vmcheck: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    runtime.block_on(async {
+        if !signals {
+            return work.await;
+        }
+        tokio::select! {
+            code = work => code,
+            // Dropping the run kills every machine and removes the run directory.
+            _ = interrupted() => {
+                eprintln!("vmcheck: interrupted; stopping every machine");
+                ExitCode::from(130)
+            }
+        }
+    })
+}
+
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+}
+
+/// Runs one of the harness's subcommands on `suite`.
+pub async fn dispatch(suite: &Suite, command: Command) -> ExitCode {
+    match command {
+        Command::List { json: true } => {
+            let listed: Vec<_> = suite.listed().map(|s| (s.name(), s.description(), s.nodes().to_vec())).collect();
+            match crate::config::scenario_listing_json(&listed) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        Command::List { json: false } => {
+            for s in suite.listed() {
+                println!("{:<28} {}", s.name(), s.description());
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Images { command: ImagesCommand::Build } => {
+            let nodes: Vec<_> = suite.scenarios().iter().flat_map(|s| s.nodes().iter().cloned()).collect();
+            match tokio::task::spawn_blocking(move || build_images(&nodes)).await {
+                Ok(Ok(())) => ExitCode::SUCCESS,
+                Ok(Err(e)) => fail(&e),
+                Err(e) => fail(&e.into()),
+            }
+        }
+        Command::Repl { scenario, config } => crate::repl::main(suite, scenario, config).await,
+        Command::Run { names, junit, out, keep_vm_state, config, global_timeout, shard, jobs, fresh_boot } => {
+            let args = RunArgs { junit, out, keep: keep_vm_state, config, global_timeout, shard, jobs: usize::from(jobs), fresh_boot };
+            run(suite, names, args).await
+        }
+    }
+}
+
+fn fail(e: &anyhow::Error) -> ExitCode {
+    eprintln!("vmcheck: {e:#}");
+    ExitCode::from(1)
+}
+
+/// Builds the default image of every role the machines boot (NixOS machines bring their own).
+fn build_images(nodes: &[crate::config::NodeSpec]) -> anyhow::Result<()> {
+    let images = crate::images::Images::from_env()?;
+    let mut roles: Vec<_> = nodes.iter().filter(|n| n.start_script.is_none()).map(|n| n.role).collect();
+    roles.sort_by_key(|r| r.as_str());
+    roles.dedup();
+    for role in roles {
+        let image = images.ensure(role)?;
+        println!("{role}: kernel {} initrd {} tools {}", image.kernel.display(), image.initrd.display(), image.tools.display());
+    }
+    Ok(())
+}
+
+/// `run`'s options, less the names.
+struct RunArgs {
+    junit: Option<PathBuf>,
+    out: Option<PathBuf>,
+    keep: bool,
+    config: Option<PathBuf>,
+    global_timeout: Option<u64>,
+    shard: Option<Shard>,
+    jobs: usize,
+    fresh_boot: bool,
+}
+
+async fn run(suite: &Suite, names: Vec<String>, args: RunArgs) -> ExitCode {
+    let usage = |msg: String| {
+        eprintln!("vmcheck: {msg}");
+        ExitCode::from(2)
+    };
+    let config = match args.config.as_deref().map(DriverConfig::load).transpose() {
+        Ok(c) => c,
+        Err(e) => return usage(format!("{e:#}")),
+    };
+    let names = match (&config, names.is_empty()) {
+        (Some(c), true) => vec![c.scenario.clone()],
+        (Some(_), false) => return usage("--config names the scenario; do not name others".into()),
+        (None, true) => suite.listed().map(|s| s.name().to_string()).collect(),
+        (None, false) => names,
+    };
+    let chosen = match suite.select(&names) {
+        Ok(c) => c,
+        Err(e) => return usage(format!("{e:#}")),
+    };
+    let chosen: Vec<Scenario> = chosen.into_iter().filter(|s| args.shard.is_none_or(|sh| sh.contains(s))).collect();
+    // The run's one reporter: the terminal, `--out`'s transcript, the record of every result.
+    let reporter = match &args.out {
+        None => Reporter::new(),
+        Some(dir) => match std::fs::create_dir_all(dir).and_then(|_| Reporter::with_transcript(&dir.join("transcript.log"))) {
+            Ok(r) => r,
+            Err(e) => return usage(format!("cannot use --out {}: {e}", dir.display())),
+        },
+    };
+    if let Some(sh) = args.shard {
+        let names: Vec<_> = chosen.iter().map(Scenario::name).collect();
+        reporter.line(&format!("shard {}/{}: {}", sh.index, sh.count, names.join(" ")));
+    }
+    let options = RunOptions {
+        driver: DriverOptions { keep_state: args.keep, out_dir: args.out.clone(), reporter: reporter.clone(), fresh_boot: args.fresh_boot },
+        config: config.clone(),
+        global_timeout: args.global_timeout.map(std::time::Duration::from_secs),
+        jobs: args.jobs,
+    };
+    suite.run(&chosen, &options).await;
+    reporter.log_summary();
+    if let Some(path) = args.junit {
+        if let Err(e) = reporter.write_junit(&path) {
+            return fail(&e);
+        }
+    }
+    if reporter.log_totals() == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// libtest's command line over `suite`: one test per listed scenario (a chain: one test named
+/// after it, running its cases in order), an ignored test per hidden one.
+fn libtest(suite: Suite) -> ExitCode {
+    let args = libtest_mimic::Arguments::from_args();
+    let mut trials = Vec::new();
+    let mut chains = std::collections::HashSet::new();
+    for s in suite.scenarios() {
+        if s.chain_name().is_some_and(|c| !chains.insert(c.to_string())) {
+            continue;
+        }
+        let cases: Vec<Scenario> = match s.chain_name() {
+            Some(chain) => suite.scenarios().iter().filter(|c| c.chain_name() == Some(chain)).cloned().collect(),
+            None => vec![s.clone()],
+        };
+        let suite = suite.clone();
+        let trial =
+            libtest_mimic::Trial::test(s.group_name().to_string(), move || run_trial(&suite, &cases)).with_ignored_flag(s.is_hidden());
+        trials.push(trial);
+    }
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+/// One libtest test: the cases on machines of their own, as `run NAMES` runs them; it fails
+/// with every failed case's verdict and error.
+fn run_trial(suite: &Suite, cases: &[Scenario]) -> Result<(), libtest_mimic::Failed> {
+    init_tracing();
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let outcomes = runtime.block_on(suite.run(cases, &RunOptions::default()));
+    let failed: Vec<String> = outcomes
+        .iter()
+        .filter(|o| !o.passed())
+        .map(|o| format!("{}: {}\n{}", o.name, o.verdict(), o.error.as_deref().or(o.skipped.as_deref()).unwrap_or_default()))
+        .collect();
+    match failed.is_empty() {
+        true => Ok(()),
+        false => Err(failed.join("\n").into()),
+    }
+}
