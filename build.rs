@@ -20,14 +20,14 @@ type Error = Box<dyn std::error::Error>;
 fn main() -> Result<(), Error> {
     println!("cargo:rerun-if-changed=proto");
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
-    let descriptors = out.join("target_descriptors.bin");
+    // Parsed by protox, in Rust: no protoc on the machine that builds vmcheck or a dependent.
+    let set = protox::compile([PROTO], ["proto"])?;
+    let descriptors = set.encode_to_vec();
     tonic_prost_build::configure()
-        .file_descriptor_set_path(&descriptors)
         // Well-known types, should the proto use any, come with their JSON mapping.
         .compile_well_known_types(true)
         .extern_path(".google.protobuf", "::pbjson_types")
-        .compile_protos(&[PROTO], &["proto"])?;
-    let descriptors = std::fs::read(descriptors)?;
+        .compile_fds(set.clone())?;
     // The proto3 JSON mapping, with three choices for people typing at the REPL: field names as
     // in the proto, every field printed (a zero or `false` is information), enums by name.
     pbjson_build::Builder::new()
@@ -35,7 +35,6 @@ fn main() -> Result<(), Error> {
         .preserve_proto_field_names()
         .emit_fields()
         .build(&[format!(".{PACKAGE}")])?;
-    let set = FileDescriptorSet::decode(descriptors.as_slice())?;
     std::fs::write(out.join("repl_grpc.rs"), repl_table(&set)?)?;
     Ok(())
 }

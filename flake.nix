@@ -101,7 +101,6 @@
           pkgs.rustc
           pkgs.rustfmt
           pkgs.clippy
-          pkgs.protobuf
           pkgs.qemu
           pkgs.nvme-cli
           pkgs.fio

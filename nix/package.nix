@@ -3,7 +3,6 @@
 {
   lib,
   rustPlatform,
-  protobuf,
 }: let
   root = ../.;
   # Only what cargo reads: editing nix/, README or CI files does not rebuild the package.
@@ -32,8 +31,7 @@ in
 
     cargoLock.lockFile = root + "/Cargo.lock";
 
-    # build.rs compiles proto/ with tonic-prost-build, which runs protoc.
-    nativeBuildInputs = [protobuf];
+    # build.rs parses proto/ with protox, in Rust: no protoc.
 
     # The test suite boots QEMU machines and builds default images with apt; it runs in CI and
     # through the flake's checks, not inside this package's build.
