@@ -108,7 +108,13 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum ImagesCommand {
     /// Build (or find up to date) the images the suite's machines boot.
-    Build,
+    Build {
+        /// Also save the state of every machine the listed scenarios declare (booted once,
+        /// two at a time), so that every run after this one restores them, as a user's second
+        /// run does.
+        #[arg(long)]
+        snapshots: bool,
+    },
 }
 
 #[derive(Parser)]
@@ -202,12 +208,19 @@ pub async fn dispatch(suite: &Suite, command: Command) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Images { command: ImagesCommand::Build } => {
+        Command::Images { command: ImagesCommand::Build { snapshots } } => {
             let nodes: Vec<_> = suite.scenarios().iter().flat_map(|s| s.nodes().iter().cloned()).collect();
             match tokio::task::spawn_blocking(move || build_images(&nodes)).await {
-                Ok(Ok(())) => ExitCode::SUCCESS,
-                Ok(Err(e)) => fail(&e),
-                Err(e) => fail(&e.into()),
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return fail(&e),
+                Err(e) => return fail(&e.into()),
+            }
+            if !snapshots {
+                return ExitCode::SUCCESS;
+            }
+            match save_machines(suite).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
             }
         }
         Command::Repl { scenario, config } => crate::repl::main(suite, scenario, config).await,
@@ -233,6 +246,45 @@ fn build_images(nodes: &[crate::config::NodeSpec]) -> anyhow::Result<()> {
         let image = images.ensure(role)?;
         println!("{role}: kernel {} initrd {} tools {}", image.kernel.display(), image.initrd.display(), image.tools.display());
     }
+    Ok(())
+}
+
+/// Starts the machines of every listed scenario once, so that their states are saved
+/// (section 15 of ARCHITECTURE.md); a machine already saved (the same description in another
+/// scenario, or an earlier build) is only restored. Two scenarios' machines at a time.
+async fn save_machines(suite: &Suite) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    // A saved state is of the machine without its disks: machines that differ only in their
+    // disks share one.
+    let mut seen = std::collections::HashSet::new();
+    let mut todo = Vec::new();
+    for s in suite.listed() {
+        let fresh: Vec<_> = s
+            .nodes()
+            .iter()
+            .filter(|n| n.start_script.is_none())
+            .filter(|n| {
+                seen.insert(serde_json::to_string(&crate::config::NodeSpec { disks: Vec::new(), ..(*n).clone() }).unwrap_or_default())
+            })
+            .collect();
+        if !fresh.is_empty() {
+            todo.push(s.clone());
+        }
+    }
+    let started = std::time::Instant::now();
+    let count = todo.len();
+    let results: Vec<anyhow::Result<()>> = futures::stream::iter(todo)
+        .map(|s| async move {
+            let driver = crate::driver::Driver::new(s.nodes().to_vec(), DriverOptions::default()).await?;
+            let result = driver.start_all().await;
+            driver.kill_all().await;
+            result.map_err(|e| e.context(format!("starting the machines of {}", s.name())))
+        })
+        .buffer_unordered(2)
+        .collect()
+        .await;
+    results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+    println!("machines of {count} scenario(s) started and saved in {:.1} s", started.elapsed().as_secs_f64());
     Ok(())
 }
 

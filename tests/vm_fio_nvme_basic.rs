@@ -1,4 +1,7 @@
-//! The main job on real VMs, asserting its typed results (not only that it passed).
+//! The main job on real VMs, asserting its typed results (not only that it passed), on machines
+//! booted afresh: CI restores every other scenario's machines from saved states built before the
+//! tests (`vmcheck images build --snapshots`), as a user's later runs do, and this test keeps the
+//! first run's path, a cold boot, covered.
 
 mod common;
 
@@ -7,7 +10,8 @@ use vmcheck::tools::fio::Direction;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fio_nvme_basic_end_to_end() {
-    let d = common::driver(fio_nvme_basic::nodes()).await;
+    let options = vmcheck::driver::DriverOptions { fresh_boot: true, ..Default::default() };
+    let d = vmcheck::driver::Driver::new(fio_nvme_basic::nodes(), options).await.unwrap();
     let report = fio_nvme_basic::run(&d).await.unwrap();
     d.kill_all().await;
 
