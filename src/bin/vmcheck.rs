@@ -60,7 +60,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     harness::init_tracing();
-    let suite = scenarios::builtin();
+    let mut suite = scenarios::builtin();
+    suite.extend(scenarios::selftests());
     if let Err(e) = suite.check() {
         eprintln!("vmcheck: the suite is not valid: {e:#}");
         return ExitCode::from(2);

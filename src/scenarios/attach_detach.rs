@@ -20,13 +20,11 @@
 //! - "VMs did not crash" is checked as: every VM's agent answers, and every fio run that was not
 //!   on a detached device finished clean.
 
-use std::time::Duration;
-
 use anyhow::{bail, Context, Result};
 use futures::FutureExt;
 
 use super::nvmeof::{self, Share, NVMF_PORT};
-use super::workload::{integrity_job, run_fio, FioRun};
+use super::workload::{integrity_job, run_fio, FioRun, SETTLE};
 use super::{Scenario, ScriptFn};
 use crate::config::{DiskSpec, NodeSpec, Role};
 use crate::driver::Driver;
@@ -37,13 +35,14 @@ use crate::target::proto;
 use crate::timeouts;
 
 const DISKS: usize = 8;
-const DISK_MIB: u64 = 64;
+/// Eight disks, each attached and run: smaller than the other plans' disks (64 MiB is what the
+/// integrity job covers).
+const ATTACH_DISK_MIB: u64 = 64;
 /// fio's run time while a disk is attached or detached under it.
 const FIO_DURING_SECS: u64 = 15;
-/// fio's run time where it only has to pass.
-const FIO_CLEAN_SECS: u64 = 6;
-/// How long fio runs before the attach or detach.
-const SETTLE: Duration = Duration::from_secs(3);
+/// fio's run time where it only has to pass: shorter than elsewhere, as the chains run it on up
+/// to eight devices, several times.
+const FIO_SHORT_SECS: u64 = 6;
 
 pub fn scenarios() -> Vec<Scenario> {
     let attach = |name, description, script: ScriptFn| Scenario::new(name, description, script).machines(nodes()).chain("hotattach");
@@ -74,7 +73,7 @@ pub fn scenarios() -> Vec<Scenario> {
 
 fn nodes() -> Vec<NodeSpec> {
     let target =
-        (0..DISKS).fold(NodeSpec::new("target", Role::Target, 1), |n, i| n.with_disk(DiskSpec::nvme(&format!("disk{i}"), DISK_MIB)));
+        (0..DISKS).fold(NodeSpec::new("target", Role::Target, 1), |n, i| n.with_disk(DiskSpec::nvme(&format!("disk{i}"), ATTACH_DISK_MIB)));
     vec![target, NodeSpec::new("vm1", Role::Initiator, 2).with_memory(768), NodeSpec::new("vm2", Role::Initiator, 3).with_memory(768)]
 }
 
@@ -101,18 +100,31 @@ struct Device {
     dev: String,
 }
 
-struct Bench {
+/// The chain's machines and the target's gRPC handle, rebuilt by each case.
+struct Rig {
     target: Machine,
     client: TargetClient,
     vms: Vec<Machine>,
     detach: bool,
 }
 
-impl Bench {
-    async fn new(d: &Driver, detach: bool) -> Result<Bench> {
+impl Rig {
+    async fn new(d: &Driver, detach: bool) -> Result<Rig> {
         let target = d.machine("target")?;
         let client = target.target_client().await?;
-        Ok(Bench { target, client, vms: vec![d.machine("vm1")?, d.machine("vm2")?], detach })
+        Ok(Rig { target, client, vms: vec![d.machine("vm1")?, d.machine("vm2")?], detach })
+    }
+
+    /// Reboots both VMs together and connects each again to its controllers (a reboot drops
+    /// every NVMe-oF connection).
+    async fn reboot_and_reconnect(&self) -> Result<()> {
+        futures::future::try_join_all(self.vms.iter().map(Machine::reboot)).await?;
+        for (vm, ctrls) in vm_controllers(self.detach) {
+            for n in ctrls {
+                nvmeof::connect(self.vm(vm)?, &self.share(n)).await?;
+            }
+        }
+        Ok(())
     }
 
     fn vm(&self, name: &str) -> Result<&Machine> {
@@ -192,7 +204,7 @@ impl Bench {
             bail!("no device to run fio on");
         }
         let runs = futures::future::try_join_all(
-            devices.iter().map(|d| async move { run_fio(self.vm(&d.vm)?, &integrity_job(&d.dev, FIO_CLEAN_SECS), &d.dev).await }),
+            devices.iter().map(|d| async move { run_fio(self.vm(&d.vm)?, &integrity_job(&d.dev, FIO_SHORT_SECS), &d.dev).await }),
         )
         .await?;
         for r in &runs {
@@ -224,9 +236,9 @@ impl Bench {
 }
 
 /// The chain's set-up: 8 empty controllers, and each VM connected to its two.
-async fn prerequisites(d: &Driver, detach: bool) -> Result<Bench> {
+async fn prerequisites(d: &Driver, detach: bool) -> Result<Rig> {
     d.start_all().await?;
-    let mut b = Bench::new(d, detach).await?;
+    let mut b = Rig::new(d, detach).await?;
     d.subtest("run the target with 8 empty controllers", async {
         for n in 1..=8 {
             b.client
@@ -260,8 +272,8 @@ async fn prerequisites(d: &Driver, detach: bool) -> Result<Bench> {
 }
 
 /// Rebuilds the chain's handle for a later case (the machines run on from the earlier case).
-async fn resume(d: &Driver, detach: bool) -> Result<Bench> {
-    Bench::new(d, detach).await
+async fn resume(d: &Driver, detach: bool) -> Result<Rig> {
+    Rig::new(d, detach).await
 }
 
 async fn attach_tc1(d: &Driver) -> Result<()> {
@@ -272,7 +284,7 @@ async fn attach_tc1(d: &Driver) -> Result<()> {
 
 /// "During fio attach NVMe to ctrlr-n; run fio integrity on all devices": fio on everything
 /// attached so far, an attach under it, that fio clean, then fio on all devices clean.
-async fn attach_during_fio(d: &Driver, b: &mut Bench, n: u32) -> Result<()> {
+async fn attach_during_fio(d: &Driver, b: &mut Rig, n: u32) -> Result<()> {
     let before = b.devices().await?;
     let runs = d.subtest("run fio integrity on the devices attached so far", b.start_fio(&before, FIO_DURING_SECS)).await?;
     d.subtest(&format!("during fio, attach NVMe to ctrlr-{n}"), b.attach(n)).await?;
@@ -305,12 +317,7 @@ async fn attach_tc4(d: &Driver) -> Result<()> {
     attach_during_fio(d, &mut b, 3).await?;
     let before: Vec<(String, String, u32)> = b.devices().await?.into_iter().map(|x| (x.vm, x.nqn, x.nsid)).collect();
     d.subtest("reboot VMs", async {
-        futures::future::try_join_all(b.vms.iter().map(Machine::reboot)).await?;
-        for (vm, ctrls) in vm_controllers(false) {
-            for n in ctrls {
-                nvmeof::connect(b.vm(vm)?, &b.share(n)).await?;
-            }
-        }
+        b.reboot_and_reconnect().await?;
         // Every namespace comes back on its controller.
         for (vm, nqn, nsid) in &before {
             nvmeof::wait_for_namespace(b.vm(vm)?, nqn, *nsid, timeouts::hotplug()).await?;
@@ -323,7 +330,7 @@ async fn attach_tc4(d: &Driver) -> Result<()> {
 }
 
 /// Hot-detach's set-up beyond the controllers: one NVMe disk on each of ctrlr-5..8.
-async fn detach_prerequisites(d: &Driver) -> Result<Bench> {
+async fn detach_prerequisites(d: &Driver) -> Result<Rig> {
     let mut b = prerequisites(d, true).await?;
     d.subtest("attach an NVMe disk to each of ctrlr-5..8", async {
         for n in 5..=8 {
@@ -336,7 +343,7 @@ async fn detach_prerequisites(d: &Driver) -> Result<Bench> {
 }
 
 /// The device of ctrlr-5 (the one the cases detach).
-async fn ctrlr5_device(b: &Bench) -> Result<Device> {
+async fn ctrlr5_device(b: &Rig) -> Result<Device> {
     b.devices().await?.into_iter().find(|x| x.nqn == ctrlr(5)).context("ctrlr-5 has no device")
 }
 
@@ -351,14 +358,7 @@ async fn detach_tc1(d: &Driver) -> Result<()> {
 
 /// After a detach under fio: nothing crashed; the fio on the detached device stopped with an
 /// error (when it ran one); every other fio finished clean; the device is gone.
-async fn detached_checks(
-    d: &Driver,
-    b: &mut Bench,
-    ran_on: &[Device],
-    runs: &[FioRun],
-    victim: &Device,
-    victim_had_fio: bool,
-) -> Result<()> {
+async fn detached_checks(d: &Driver, b: &mut Rig, ran_on: &[Device], runs: &[FioRun], victim: &Device, victim_had_fio: bool) -> Result<()> {
     d.subtest("check the target and VMs did not crash", b.nothing_crashed()).await?;
     d.subtest("check the detached device is gone from the VM", b.gone(victim)).await?;
     if victim_had_fio {
@@ -412,16 +412,7 @@ async fn detach_tc4(d: &Driver) -> Result<()> {
     let runs: Vec<FioRun> = victim_run.into_iter().chain(other_runs).collect();
     detached_checks(d, &mut b, &ran_on, &runs, &dev, true).await?;
     let remaining: Vec<(String, String, u32)> = others.iter().map(|x| (x.vm.clone(), x.nqn.clone(), x.nsid)).collect();
-    d.subtest("reboot VMs", async {
-        futures::future::try_join_all(b.vms.iter().map(Machine::reboot)).await?;
-        for (vm, ctrls) in vm_controllers(true) {
-            for n in ctrls {
-                nvmeof::connect(b.vm(vm)?, &b.share(n)).await?;
-            }
-        }
-        Ok(())
-    })
-    .await?;
+    d.subtest("reboot VMs", b.reboot_and_reconnect()).await?;
     d.subtest("check that all other devices are in place", async {
         for (vm, nqn, nsid) in &remaining {
             nvmeof::wait_for_namespace(b.vm(vm)?, nqn, *nsid, timeouts::hotplug()).await?;

@@ -18,6 +18,7 @@ use crate::config::{NodeSpec, Role};
 use crate::driver::Driver;
 use crate::log;
 use crate::machine::Machine;
+use crate::poll::{self, Pace, Polled};
 use crate::qemu::Balloon;
 use crate::qga::MemoryStats;
 use crate::qmp::QmpError;
@@ -104,17 +105,16 @@ async fn expect_actual(vm: &Machine, mib: u64) -> Result<()> {
 async fn start_change(vm: &Machine, mib: u64) -> Result<u64> {
     let before = vm.balloon_actual().await?;
     vm.balloon_request(mib).await?;
-    let started = Instant::now();
-    loop {
-        let now = vm.balloon_actual().await?;
-        if now != before {
+    // Polled closely: the change must be caught under way, before it is done.
+    let moved = |_| async move { Ok(Some(vm.balloon_actual().await?).filter(|now| *now != before)) };
+    match poll::until(crate::balloon::balloon_timeout(), Pace::every(Duration::from_millis(20)), moved).await? {
+        Polled::Done(now) => {
             log::line(&format!("{}: balloon under way: {} MiB on the way from {} to {mib} MiB", vm.name(), now >> 20, before >> 20));
-            return Ok(now);
+            Ok(now)
         }
-        if started.elapsed() > crate::balloon::balloon_timeout() {
-            return Err(vm.error(format!("the balloon did not start moving towards {mib} MiB"), format!("still {before} bytes")));
+        Polled::TimedOut(_) => {
+            Err(vm.error(format!("the balloon did not start moving towards {mib} MiB"), format!("still {before} bytes")))
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -280,24 +280,26 @@ async fn basic(d: &Driver) -> Result<()> {
 
 /// Waits until the balloon stops moving (the same size over 3 s); returns the size.
 async fn wait_until_settled(vm: &Machine, timeout: Duration) -> Result<u64> {
-    let started = Instant::now();
-    let mut last = vm.balloon_actual().await?;
-    let mut since = Instant::now();
-    loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = vm.balloon_actual().await?;
-        if now != last {
-            (last, since) = (now, Instant::now());
-        } else if since.elapsed() >= Duration::from_secs(3) {
-            return Ok(now);
+    // The size last seen and since when it has not changed.
+    let seen = std::sync::Mutex::new((vm.balloon_actual().await?, Instant::now()));
+    let settled = |_| {
+        let seen = &seen;
+        async move {
+            let now = vm.balloon_actual().await?;
+            let mut seen = seen.lock().unwrap();
+            if now != seen.0 {
+                *seen = (now, Instant::now());
+            }
+            Ok((seen.1.elapsed() >= Duration::from_secs(3)).then_some(now))
         }
-        if started.elapsed() > timeout {
-            return Err(vm.timeout_error(
-                "waiting for the balloon to settle".into(),
-                format!("still moving at {} MiB", now >> 20),
-                started.elapsed(),
-            ));
-        }
+    };
+    match poll::until(timeout, Pace::every(Duration::from_millis(500)), settled).await? {
+        Polled::Done(now) => Ok(now),
+        Polled::TimedOut(waited) => Err(vm.timeout_error(
+            "waiting for the balloon to settle".into(),
+            format!("still moving at {} MiB", seen.into_inner().unwrap().0 >> 20),
+            waited,
+        )),
     }
 }
 

@@ -44,7 +44,7 @@ use anyhow::{bail, Context, Result};
 use futures::FutureExt;
 
 use super::nvmeof::{self, Share, NVMF_PORT};
-use super::workload::{integrity_job, run_fio, FioRun, ENOENT};
+use super::workload::{integrity_job, run_fio, FioRun, DISK_MIB, ENOENT, FIO_CLEAN_SECS, SETTLE};
 use super::{iscsi, Scenario, ScriptFn};
 use crate::config::{DiskSpec, NodeSpec, Role};
 use crate::driver::Driver;
@@ -57,11 +57,6 @@ use crate::target::service::{CLAIMED_BY_SPLIT, STATE_FAULTED};
 
 /// fio's run time under a removal: long enough that the removal lands mid-run.
 const FIO_UNDER_REMOVAL_SECS: u64 = 30;
-/// fio's run time where it must finish clean.
-const FIO_CLEAN_SECS: u64 = 8;
-/// How long fio runs before the disk is pulled.
-const SETTLE: Duration = Duration::from_secs(3);
-const DISK_MIB: u64 = 256;
 
 /// How the disk is pulled.
 #[derive(Clone, Copy)]

@@ -14,21 +14,16 @@ use futures::FutureExt;
 
 use super::balloon::{evict_or_enlarge, GUEST_MIB};
 use super::nvmeof::{self, NVMF_PORT};
-use super::workload::{integrity_job, run_fio, FioRun};
+use super::workload::{integrity_job, run_fio, FioRun, DISK_MIB, FIO_CLEAN_SECS, SETTLE};
 use super::{Scenario, ScriptFn};
 use crate::config::{DiskSpec, NodeSpec, Role};
 use crate::driver::Driver;
 use crate::log;
 use crate::machine::Machine;
 
-const DISK_MIB: u64 = 256;
 /// Where the save/restore data lies on the shared disk: past the integrity job's 64 MiB.
 const DATA_OFFSET_MIB: u64 = 192;
 const DATA_MIB: u64 = 16;
-/// fio's run time where it only has to finish clean.
-const FIO_CLEAN_SECS: u64 = 8;
-/// How long fio runs before the lifecycle step lands on it.
-const SETTLE: Duration = Duration::from_secs(3);
 
 pub fn scenarios() -> Vec<Scenario> {
     let s = |name, description, script: ScriptFn| Scenario::new(name, description, script).machines(nodes()).chain("lifecycle");

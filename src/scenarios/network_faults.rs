@@ -13,23 +13,21 @@ use anyhow::{bail, Context, Result};
 use futures::FutureExt;
 
 use super::nvmeof::{self, Share, NVMF_PORT};
-use super::workload::{integrity_job, FioOutcome, FioRun};
+use super::workload::{integrity_job, FioOutcome, FioRun, DISK_MIB, SETTLE};
 use super::{Scenario, ScriptFn};
 use crate::config::{DiskSpec, NodeSpec, Role};
 use crate::driver::Driver;
 use crate::log;
 use crate::machine::Machine;
 use crate::network;
+use crate::poll::{self, Pace, Polled};
 use crate::target::client::TargetClient;
 use crate::target::proto;
 use crate::timeouts;
 use crate::tools::fio::Direction;
-use crate::tools::nvme::{FabricsOptions, Nvme};
+use crate::tools::nvme::{parse_controllers, Controller, FabricsOptions, Nvme, CONTROLLERS};
 use crate::tools::shell_quote;
 
-const DISK_MIB: u64 = 256;
-/// How long fio runs before a fault.
-const SETTLE: Duration = Duration::from_secs(3);
 /// The second TCP port of `nvmf_ports` and `multipath`, and its nvmet port id (high, out of the
 /// way of the daemon's lowest-free ids).
 const SECOND_PORT: u16 = 4421;
@@ -182,52 +180,19 @@ async fn start_fio(vm: &Machine, device: &str, runtime_secs: u64, offset_mib: u6
 /// Waits at most `bound` for fio to end (it must end on its own); the outcome and how long it
 /// took from `since`.
 async fn fio_ends_within(vm: &Machine, run: &FioRun, since: Instant, bound: Duration) -> Result<(FioOutcome, Duration)> {
-    while run.is_running().await? {
-        if since.elapsed() > bound {
-            // Left running: the machines are stopped with the failed test.
-            return Err(vm.timeout_error(
-                format!("fio still ran {:.0} s after the fault; expected it to end within {bound:?}", since.elapsed().as_secs_f64()),
-                "fio had not ended".into(),
-                since.elapsed(),
-            ));
+    let left = bound.saturating_sub(since.elapsed());
+    match poll::until(left, Pace::every(Duration::from_millis(500)), |_| async { Ok((!run.is_running().await?).then_some(())) }).await? {
+        Polled::Done(()) => {
+            let took = since.elapsed();
+            Ok((run.wait().await?, took))
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Left running: the machines are stopped with the failed test.
+        Polled::TimedOut(_) => Err(vm.timeout_error(
+            format!("fio still ran {:.0} s after the fault; expected it to end within {bound:?}", since.elapsed().as_secs_f64()),
+            "fio had not ended".into(),
+            since.elapsed(),
+        )),
     }
-    let took = since.elapsed();
-    Ok((run.wait().await?, took))
-}
-
-/// One line per NVMe-oF controller of the initiator: name, subsystem NQN, state, address.
-const CONTROLLERS: &str = "for c in /sys/class/nvme/nvme*; do [ -e $c/subsysnqn ] || continue; \
-                           echo ${c##*/} $(cat $c/subsysnqn) $(cat $c/state) $(cat $c/address 2>/dev/null | tr -d ' ' | tr '\\n' ' '); done; true";
-
-/// A fabrics controller as sysfs shows it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Controller {
-    pub name: String,
-    pub nqn: String,
-    /// `live`, `connecting`, `resetting`, `deleting`, ...
-    pub state: String,
-    /// `traddr=...,trsvcid=...,...`
-    pub address: String,
-}
-
-impl Controller {
-    pub fn reaches(&self, addr: &str, port: u16) -> bool {
-        self.address.split(',').any(|kv| kv == format!("traddr={addr}"))
-            && self.address.split(',').any(|kv| kv == format!("trsvcid={port}"))
-    }
-}
-
-pub fn parse_controllers(listing: &str) -> Vec<Controller> {
-    listing
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            let (name, nqn, state) = (w.next()?, w.next()?, w.next()?);
-            Some(Controller { name: name.into(), nqn: nqn.into(), state: state.into(), address: w.collect::<Vec<_>>().join(",") })
-        })
-        .collect()
 }
 
 async fn controllers(vm: &Machine, nqn: &str) -> Result<Vec<Controller>> {
@@ -244,20 +209,27 @@ async fn wait_for_controllers(
     want: impl Fn(&[Controller]) -> bool,
 ) -> Result<Vec<Controller>> {
     let started = Instant::now();
-    loop {
-        let found = controllers(vm, nqn).await?;
-        if want(&found) {
+    let last = std::sync::Mutex::new(Vec::new());
+    let polled = poll::until(timeout, Pace::every(Duration::from_millis(500)), |_| {
+        let (last, want) = (&last, &want);
+        async move {
+            let found = controllers(vm, nqn).await?;
+            let done = want(&found);
+            *last.lock().unwrap() = found.clone();
+            Ok(done.then_some(found))
+        }
+    })
+    .await?;
+    match polled {
+        Polled::Done(found) => {
             log::line(&format!("{}: {what} after {:.1} s: {found:?}", vm.name(), started.elapsed().as_secs_f64()));
-            return Ok(found);
+            Ok(found)
         }
-        if started.elapsed() > timeout {
-            return Err(vm.timeout_error(
-                format!("waited {timeout:?} for the controllers of {nqn}: {what}"),
-                format!("sysfs shows {found:?}"),
-                started.elapsed(),
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        Polled::TimedOut(waited) => Err(vm.timeout_error(
+            format!("waited {timeout:?} for the controllers of {nqn}: {what}"),
+            format!("sysfs shows {:?}", last.into_inner().unwrap()),
+            waited,
+        )),
     }
 }
 
@@ -608,15 +580,6 @@ async fn lossy_link(d: &Driver) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn controllers_are_read_from_sysfs_lines() {
-        let listing = "nvme0 nqn.a live traddr=192.0.2.1 trsvcid=4420 src_addr=192.0.2.2\nnvme1 nqn.a connecting traddr=198.18.2.1 trsvcid=4421\nnvme2 bad\n";
-        let c = parse_controllers(listing);
-        assert_eq!(c.len(), 2);
-        assert!(c[0].reaches("192.0.2.1", 4420) && !c[0].reaches("192.0.2.1", 4421));
-        assert!(c[1].reaches("198.18.2.1", 4421) && c[1].state == "connecting");
-    }
 
     #[test]
     fn the_loss_bound_covers_detection_and_the_controller_loss_timeout() {

@@ -11,6 +11,16 @@ use crate::machine::{GuestProcess, Machine};
 use crate::timeouts;
 use crate::tools::fio::{Direction, Fio, FioReport, Rw, Verify};
 
+/// How long fio runs before a fault, a removal or a lifecycle step lands on it: past its start,
+/// doing I/O, with blocks written and verified.
+pub const SETTLE: Duration = Duration::from_secs(3);
+/// fio's run time where it only has to finish clean (before or after a fault, on the devices
+/// a fault did not touch).
+pub const FIO_CLEAN_SECS: u64 = 8;
+/// A target disk of the plans that share, pull or cut one: room for the integrity job's 64 MiB
+/// and, in the lifecycle chain, data beyond it.
+pub const DISK_MIB: u64 = 256;
+
 /// The plans' integrity job (SPDK's `default_integrity.job`: 4 KiB random writes through libaio
 /// with O_DIRECT, every block verified), sized for TCG: queue depth 8 instead of 512, crc32c
 /// instead of md5, verified as it goes: every 16 blocks written are read back (`verify_backlog`),

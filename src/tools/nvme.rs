@@ -409,6 +409,42 @@ impl DisconnectOutput {
     }
 }
 
+/// A shell command printing one line per NVMe-oF controller of the host (from sysfs): name,
+/// subsystem NQN, state, address; [`parse_controllers`] reads it.
+pub const CONTROLLERS: &str = "for c in /sys/class/nvme/nvme*; do [ -e $c/subsysnqn ] || continue; \
+                           echo ${c##*/} $(cat $c/subsysnqn) $(cat $c/state) $(cat $c/address 2>/dev/null | tr -d ' ' | tr '\\n' ' '); done; true";
+
+/// A fabrics controller as sysfs shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Controller {
+    pub name: String,
+    pub nqn: String,
+    /// `live`, `connecting`, `resetting`, `deleting`, ...
+    pub state: String,
+    /// `traddr=...,trsvcid=...,...`
+    pub address: String,
+}
+
+impl Controller {
+    /// Whether the controller's path goes to `addr:port`.
+    pub fn reaches(&self, addr: &str, port: u16) -> bool {
+        self.address.split(',').any(|kv| kv == format!("traddr={addr}"))
+            && self.address.split(',').any(|kv| kv == format!("trsvcid={port}"))
+    }
+}
+
+/// The controllers of a [`CONTROLLERS`] listing; lines that are not one are skipped.
+pub fn parse_controllers(listing: &str) -> Vec<Controller> {
+    listing
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let (name, nqn, state) = (w.next()?, w.next()?, w.next()?);
+            Some(Controller { name: name.into(), nqn: nqn.into(), state: state.into(), address: w.collect::<Vec<_>>().join(",") })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,5 +570,13 @@ mod tests {
         assert!(ConnectOutput::parse("could not add new controller: failed to write to nvme-fabrics device\n").is_err());
         assert!(DiscoveryLog::parse("{\"genctr\":1}\n").is_err());
         assert!(NvmeList::parse("{\"Devices\":[{\"NameSpace\":1}]}").is_err());
+    }
+    #[test]
+    fn controllers_are_read_from_sysfs_lines() {
+        let listing = "nvme0 nqn.a live traddr=192.0.2.1 trsvcid=4420 src_addr=192.0.2.2\nnvme1 nqn.a connecting traddr=198.18.2.1 trsvcid=4421\nnvme2 bad\n";
+        let c = parse_controllers(listing);
+        assert_eq!(c.len(), 2);
+        assert!(c[0].reaches("192.0.2.1", 4420) && !c[0].reaches("192.0.2.1", 4421));
+        assert!(c[1].reaches("198.18.2.1", 4421) && c[1].state == "connecting");
     }
 }
