@@ -13,11 +13,11 @@ use anyhow::{bail, Result};
 use futures::FutureExt;
 
 use super::{Scenario, ScriptFn};
-use crate::balloon::{stat_matches, BalloonStats};
 use crate::config::{NodeSpec, Role};
 use crate::driver::Driver;
 use crate::log;
 use crate::machine::Machine;
+use crate::machine::{stat_matches, BalloonStats};
 use crate::qemu::Balloon;
 use crate::qga::MemoryStats;
 use crate::qmp::QmpError;
@@ -111,7 +111,7 @@ async fn start_change(vm: &Machine, mib: u64) -> Result<u64> {
             log::line(&format!("{}: balloon under way: {} MiB on the way from {} to {mib} MiB", vm.name(), now >> 20, before >> 20));
             return Ok(now);
         }
-        if started.elapsed() > crate::balloon::balloon_timeout() {
+        if started.elapsed() > crate::machine::balloon_timeout() {
             return Err(vm.error(format!("the balloon did not start moving towards {mib} MiB"), format!("still {before} bytes")));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -269,7 +269,7 @@ async fn basic(d: &Driver) -> Result<()> {
                 log::line(&format!("{}: the balloon reached its target before the pause took effect", vm.name()));
             }
             vm.resume().await?;
-            vm.wait_for_balloon(to << 20, true, mark, crate::balloon::balloon_timeout()).await?;
+            vm.wait_for_balloon(to << 20, true, mark, crate::machine::balloon_timeout()).await?;
             let mem = vm.memory_stats().await?;
             expect_mem_total_near(&vm, &mem, to)
         })
@@ -544,7 +544,7 @@ async fn migrate(d: &Driver) -> Result<()> {
             start_change(&vm, mib).await?;
             vm.migrate().await?;
             // The change finishes on the new QEMU, which may have nothing left to announce.
-            vm.wait_for_balloon(mib << 20, false, 0, crate::balloon::balloon_timeout()).await?;
+            vm.wait_for_balloon(mib << 20, false, 0, crate::machine::balloon_timeout()).await?;
             let mem = vm.memory_stats().await?;
             expect_mem_total_near(&vm, &mem, mib)?;
         }
