@@ -1,6 +1,6 @@
-//! The VM lifecycle on the machine API: pause and resume, save and restore, live migration to a
-//! second QEMU on the same host, a start with extra QEMU arguments, and the per-test logs (the
-//! QMP events of each QEMU process and the guest's dmesg).
+//! The VM lifecycle on the machine API: shutdown, reboot, crash and kill, pause and resume, save
+//! and restore, live migration to a second QEMU on the same host, a start with extra QEMU
+//! arguments, and the per-test logs (the QMP events of each QEMU process and the guest's dmesg).
 //!
 //! Save/restore is a migration to a file (`migrate file:PATH`, then a new QEMU with
 //! `-incoming defer` and `migrate-incoming file:PATH`), not `snapshot-save`/`snapshot-load`:
