@@ -6,14 +6,11 @@
 //! (typed fio and nvme-cli), [`scenarios`], [`repl`].
 
 pub mod accel;
-pub mod balloon;
 pub mod bench;
 pub mod config;
 pub mod driver;
 pub mod harness;
-pub mod hotplug;
 pub mod images;
-pub mod lifecycle;
 pub mod log;
 pub mod machine;
 pub mod network;

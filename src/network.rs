@@ -24,7 +24,6 @@ use anyhow::{bail, Context, Result};
 use nix::sys::socket::MsgFlags;
 
 use crate::log;
-use crate::machine::Machine;
 
 /// The fault state of one machine's link on one vlan. Loss, delay and the cap apply to each
 /// direction of the link; a frame between two machines crosses two links and gets both.
@@ -482,31 +481,7 @@ impl Switch {
     }
 }
 
-/// Partitions machines `a` from machines `b` on every vlan: frames between the two groups are
-/// dropped (both ways), all others pass. Logged once; takes effect on the next frame.
-pub fn partition(a: &[&Machine], b: &[&Machine]) {
-    let (an, bn) = (names(a), names(b));
-    let switches = switches_of(a.iter().chain(b).copied().collect::<Vec<_>>().as_slice());
-    partition_on(switches.iter().map(|s| &**s), &an, &bn);
-}
-
-/// Undoes [`partition`] of `a` and `b`.
-pub fn heal(a: &[&Machine], b: &[&Machine]) {
-    let (an, bn) = (names(a), names(b));
-    let switches = switches_of(a.iter().chain(b).copied().collect::<Vec<_>>().as_slice());
-    heal_on(switches.iter().map(|s| &**s), &an, &bn);
-}
-
-fn names<'m>(ms: &'m [&Machine]) -> Vec<&'m str> {
-    ms.iter().map(|m| m.name()).collect()
-}
-
-/// The run's switches (every machine of a run shares them).
-fn switches_of(ms: &[&Machine]) -> Vec<Arc<Switch>> {
-    ms.first().map(|m| m.switches()).unwrap_or_default()
-}
-
-/// [`partition`] by machine names on the given switches.
+/// [`crate::machine::partition`] by machine names on the given switches.
 pub fn partition_on<'s>(switches: impl IntoIterator<Item = &'s Switch>, a: &[&str], b: &[&str]) {
     for sw in switches {
         sw.set_partition(a, b, true);
@@ -514,7 +489,7 @@ pub fn partition_on<'s>(switches: impl IntoIterator<Item = &'s Switch>, a: &[&st
     log::line(&format!("network: partitioned {a:?} from {b:?}"));
 }
 
-/// [`heal`] by machine names on the given switches.
+/// [`crate::machine::heal`] by machine names on the given switches.
 pub fn heal_on<'s>(switches: impl IntoIterator<Item = &'s Switch>, a: &[&str], b: &[&str]) {
     for sw in switches {
         sw.set_partition(a, b, false);

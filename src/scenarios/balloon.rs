@@ -13,7 +13,7 @@ use anyhow::{bail, Result};
 use futures::FutureExt;
 
 use super::{Scenario, ScriptFn};
-use crate::balloon::{stat_matches, BalloonStats};
+use crate::machine::{stat_matches, BalloonStats};
 use crate::config::{NodeSpec, Role};
 use crate::driver::Driver;
 use crate::log;
@@ -107,7 +107,7 @@ async fn start_change(vm: &Machine, mib: u64) -> Result<u64> {
     vm.balloon_request(mib).await?;
     // Polled closely: the change must be caught under way, before it is done.
     let moved = |_| async move { Ok(Some(vm.balloon_actual().await?).filter(|now| *now != before)) };
-    match poll::until(crate::balloon::balloon_timeout(), Pace::every(Duration::from_millis(20)), moved).await? {
+    match poll::until(crate::machine::balloon_timeout(), Pace::every(Duration::from_millis(20)), moved).await? {
         Polled::Done(now) => {
             log::line(&format!("{}: balloon under way: {} MiB on the way from {} to {mib} MiB", vm.name(), now >> 20, before >> 20));
             Ok(now)
@@ -269,7 +269,7 @@ async fn basic(d: &Driver) -> Result<()> {
                 log::line(&format!("{}: the balloon reached its target before the pause took effect", vm.name()));
             }
             vm.resume().await?;
-            vm.wait_for_balloon(to << 20, true, mark, crate::balloon::balloon_timeout()).await?;
+            vm.wait_for_balloon(to << 20, true, mark, crate::machine::balloon_timeout()).await?;
             let mem = vm.memory_stats().await?;
             expect_mem_total_near(&vm, &mem, to)
         })
@@ -546,7 +546,7 @@ async fn migrate(d: &Driver) -> Result<()> {
             start_change(&vm, mib).await?;
             vm.migrate().await?;
             // The change finishes on the new QEMU, which may have nothing left to announce.
-            vm.wait_for_balloon(mib << 20, false, 0, crate::balloon::balloon_timeout()).await?;
+            vm.wait_for_balloon(mib << 20, false, 0, crate::machine::balloon_timeout()).await?;
             let mem = vm.memory_stats().await?;
             expect_mem_total_near(&vm, &mem, mib)?;
         }

@@ -566,7 +566,7 @@ async fn run_group(cases: &[Scenario], options: &RunOptions, reporter: crate::re
     }
     let teardown = std::time::Instant::now();
     // Per-test logs: each machine's whole dmesg next to its console log and QMP events.
-    crate::lifecycle::keep_logs(driver.machines()).await;
+    crate::machine::keep_logs(driver.machines()).await;
     driver.kill_all().await;
     reporter.line(&format!("machines stopped in {:.2} s", teardown.elapsed().as_secs_f64()));
     outcomes

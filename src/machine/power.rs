@@ -1,6 +1,6 @@
-//! The VM lifecycle on the machine API: pause and resume, save and restore, live migration to a
-//! second QEMU on the same host, a start with extra QEMU arguments, and the per-test logs (the
-//! QMP events of each QEMU process and the guest's dmesg).
+//! The VM lifecycle on the machine API: shutdown, reboot, crash and kill, pause and resume, save
+//! and restore, live migration to a second QEMU on the same host, a start with extra QEMU
+//! arguments, and the per-test logs (the QMP events of each QEMU process and the guest's dmesg).
 //!
 //! Save/restore is a migration to a file (`migrate file:PATH`, then a new QEMU with
 //! `-incoming defer` and `migrate-incoming file:PATH`), not `snapshot-save`/`snapshot-load`:
@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use serde_json::{json, Value};
 
+use super::{Machine, Running};
 use crate::log;
-use crate::machine::{Machine, Running};
+use crate::qga::Qga;
 use crate::qmp::Qmp;
 use crate::timeouts;
 
@@ -91,7 +92,7 @@ impl Machine {
         Ok(())
     }
 
-    pub(crate) async fn wait_event(&self, qmp: &Qmp, mark: usize, name: &str, timeout: Duration) -> Result<crate::qmp::Event> {
+    pub(super) async fn wait_event(&self, qmp: &Qmp, mark: usize, name: &str, timeout: Duration) -> Result<crate::qmp::Event> {
         let started = Instant::now();
         qmp.wait_for_event(mark, timeout, |e| e.name == name).await.map_err(|e| {
             let seen: Vec<String> = qmp.events_since(mark).iter().map(|e| e.name.clone()).collect();
@@ -256,7 +257,7 @@ impl Machine {
 
     /// Sets up the incoming side of a migration on `dest` and waits for it to complete; the
     /// guest is then paused (`-S`).
-    pub(crate) async fn incoming(&self, dest: &Running, uri: &str, what: &str) -> Result<()> {
+    pub(super) async fn incoming(&self, dest: &Running, uri: &str, what: &str) -> Result<()> {
         enable_migration_events(&dest.qmp).await.map_err(|e| self.error("enabling migration events on the target", format!("{e:#}")))?;
         let mark = dest.qmp.event_count();
         dest.qmp.execute(qapi::qmp::migrate_incoming { uri: Some(uri.to_string()), channels: None, exit_on_error: None }).await.map_err(
@@ -272,7 +273,7 @@ impl Machine {
 
     /// Waits for the MIGRATION event that ends a migration; anything but `completed` is an
     /// error with QEMU's reason.
-    pub(crate) async fn wait_migration(&self, qmp: &Qmp, mark: usize, what: &str) -> Result<()> {
+    pub(super) async fn wait_migration(&self, qmp: &Qmp, mark: usize, what: &str) -> Result<()> {
         let started = Instant::now();
         let end = qmp
             .wait_for_event(mark, migration_timeout(), |e| {
@@ -313,7 +314,89 @@ impl Machine {
     }
 }
 
-pub(crate) async fn enable_migration_events(qmp: &Qmp) -> Result<()> {
+impl Machine {
+    /// Powers the guest off cleanly: waits for QEMU's SHUTDOWN event (a guest-initiated
+    /// poweroff) and for QEMU to exit. `start` boots the machine again.
+    pub async fn shutdown(&self) -> Result<()> {
+        log::nested(&format!("{}: shutting down", self.name()), async {
+            let qga = self.qga().await?;
+            let qmp = self.qmp().await?;
+            let mark = qmp.event_count();
+            self.fire_and_forget(&qga, "poweroff").await;
+            let started = Instant::now();
+            let event = qmp
+                .wait_for_event(mark, timeouts::shutdown(), |e| e.name == "SHUTDOWN")
+                .await
+                .map_err(|e| self.timeout_error("waiting for the SHUTDOWN event".into(), format!("{e:#}"), started.elapsed()))?;
+            if event.data["guest"] != serde_json::json!(true) {
+                return Err(self.error("the SHUTDOWN was not the guest's poweroff", format!("event data: {}", event.data)));
+            }
+            self.wait_for_exit(timeouts::shutdown()).await
+        })
+        .await
+    }
+
+    /// Reboots the guest and waits until its agent answers again.
+    pub async fn reboot(&self) -> Result<()> {
+        log::nested(&format!("{}: rebooting", self.name()), async {
+            let qmp = self.qmp().await?;
+            let qga = self.qga().await?;
+            let mark = qmp.event_count();
+            self.fire_and_forget(&qga, "reboot").await;
+            let started = Instant::now();
+            qmp.wait_for_event(mark, timeouts::shutdown(), |e| e.name == "RESET")
+                .await
+                .map_err(|e| self.timeout_error("waiting for the guest to reset".into(), format!("{e:#}"), started.elapsed()))?;
+            self.wait_for_agent().await
+        })
+        .await
+    }
+
+    /// Simulates a sudden power failure: QEMU quits at once. `start` boots the machine again.
+    pub async fn crash(&self) -> Result<()> {
+        log::nested(&format!("{}: crashing", self.name()), async {
+            let qmp = self.qmp().await?;
+            let _ = qmp.execute(qapi::qmp::quit {}).await;
+            self.wait_for_exit(timeouts::quit()).await
+        })
+        .await
+    }
+
+    /// Ends QEMU at once, without asking the guest (cleanup).
+    pub async fn kill(&self) {
+        let running = self.inner.running.write().await.take();
+        if let Some(r) = running {
+            let _ = r.process.kill().await;
+        }
+    }
+
+    async fn fire_and_forget(&self, qga: &Qga, cmd: &str) {
+        // The agent dies with the guest; the command's answer may never come.
+        let _ = qga
+            .execute(qapi::qga::guest_exec {
+                path: "/bin/sh".into(),
+                arg: Some(vec!["-c".into(), cmd.into()]),
+                env: None,
+                input_data: None,
+                capture_output: None,
+            })
+            .await;
+    }
+
+    async fn wait_for_exit(&self, timeout: Duration) -> Result<()> {
+        let mut running = self.inner.running.write().await;
+        let Some(r) = running.as_ref() else { return Ok(()) };
+        match r.process.wait(timeout).await {
+            Ok(_) => {
+                *running = None;
+                Ok(())
+            }
+            Err(e) => Err(self.timeout_error("waiting for QEMU to exit".into(), format!("{e:#}"), timeout)),
+        }
+    }
+}
+
+pub(super) async fn enable_migration_events(qmp: &Qmp) -> Result<()> {
     qmp.execute_raw("migrate-set-capabilities", json!({"capabilities": [{"capability": "events", "state": true}]})).await.map(drop)
 }
 
@@ -326,7 +409,7 @@ async fn wait_for_path(path: &Path, timeout: Duration) -> Result<()> {
 
 /// Appends every QMP event of one QEMU process of `machine` to `<machine>.qmp-events.log` among
 /// the run's logs (`--out DIR`), one JSON object a line, until the process ends.
-pub(crate) fn log_qmp_events(machine: &Machine, qmp: &std::sync::Arc<Qmp>, pid: u32) {
+pub(super) fn log_qmp_events(machine: &Machine, qmp: &std::sync::Arc<Qmp>, pid: u32) {
     let path = machine.env().log_dir.join(format!("{}.qmp-events.log", machine.name()));
     let qmp = qmp.clone();
     tokio::spawn(async move {

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde_json::{json, Value};
 
+use super::Machine;
 use crate::config::BalloonSpec;
 use crate::log;
-use crate::machine::Machine;
 use crate::poll::{self, Pace, Polled};
 use crate::qemu::{Balloon, BALLOON_ID};
 use crate::qga::MemoryStats;
@@ -251,6 +251,13 @@ impl Machine {
                 _ => Err(self.error("expected query-balloon to fail with DeviceNotActive", format!("{e:#}"))),
             },
         }
+    }
+}
+
+impl Machine {
+    /// The guest's memory figures.
+    pub async fn memory_stats(&self) -> Result<MemoryStats> {
+        self.qga().await?.memory_stats().await
     }
 }
 

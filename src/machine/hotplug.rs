@@ -12,9 +12,9 @@ use std::time::Instant;
 use anyhow::{anyhow, Result};
 use serde_json::json;
 
+use super::Machine;
 use crate::config::DiskSpec;
 use crate::log;
-use crate::machine::Machine;
 use crate::timeouts;
 
 impl Machine {
@@ -112,7 +112,7 @@ impl Machine {
 impl Machine {
     /// Attaches `disk` in QEMU (its image created if need be): `blockdev-add` of its image and
     /// `device_add` in its PCI slot. Does not wait for the guest.
-    pub(crate) async fn attach_disk(&self, qmp: &crate::qmp::Qmp, disk: &DiskSpec) -> Result<()> {
+    pub(super) async fn attach_disk(&self, qmp: &crate::qmp::Qmp, disk: &DiskSpec) -> Result<()> {
         let path = self.create_disk_file(disk)?;
         let qemu_disk = self.qemu_disk(disk);
         let node = qemu_disk.drive_id();

@@ -1,0 +1,357 @@
+//! Guest commands and waits on the guest: a command run to its end (`execute`, `succeed`,
+//! `fail`) or in the background ([`GuestProcess`]), retried until it succeeds or fails, and the
+//! waits for a block device, a file, a listening port, console text and a kernel message.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use super::{is_timeout, Machine};
+use crate::log;
+use crate::poll::{self, Polled};
+use crate::qga::{ExecOutput, ExecTimeout};
+use crate::timeouts;
+use crate::tools::shell_quote;
+
+impl Machine {
+    /// Runs `cmd` with `sh -c`; waits at most `timeout`, then kills every process it started
+    /// (by the tag they inherit).
+    pub async fn execute_with_timeout(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput> {
+        Box::pin(self.execute_inner(cmd, timeout)).await
+    }
+
+    async fn execute_inner(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput> {
+        let qga = self.qga().await?;
+        let argv = ["/bin/sh", "-c", cmd];
+        match qga.exec(&argv, timeout).await {
+            Ok(out) => Ok(out),
+            Err(e) => match e.downcast_ref::<ExecTimeout>() {
+                Some(t) => Err(self.timeout_error(
+                    format!("command did not finish within {timeout:?}: {cmd}"),
+                    format!("it was killed; its output so far:\nstdout:\n{}\nstderr:\n{}", t.stdout, t.stderr),
+                    timeout,
+                )),
+                None => Err(self.harness_error(format!("could not run: {cmd}"), format!("{e:#}"))),
+            },
+        }
+    }
+
+    /// Starts `argv` in the guest and returns at once: a background command (fio during a
+    /// hot-remove, say). Its processes carry a tag, so [`GuestProcess::kill`] ends them all.
+    pub async fn spawn(&self, argv: &[String]) -> Result<GuestProcess> {
+        let label = crate::tools::shell_join(argv);
+        log::line(&format!("{}: spawned: {label}", self.name()));
+        let qga = self.qga().await?;
+        let args: Vec<&str> = argv.iter().map(String::as_str).collect();
+        let exec = qga.exec_start(&args).await.map_err(|e| self.harness_error(format!("could not start: {label}"), format!("{e:#}")))?;
+        Ok(GuestProcess { machine: self.clone(), exec, label, started: Instant::now(), done: tokio::sync::Mutex::new(None) })
+    }
+
+    /// Runs `cmd`; its exit status and output, whatever the status.
+    pub async fn execute(&self, cmd: &str) -> Result<ExecOutput> {
+        self.execute_with_timeout(cmd, timeouts::command()).await
+    }
+
+    /// Runs `cmd`, which must exit 0; returns its stdout.
+    pub async fn succeed(&self, cmd: &str) -> Result<String> {
+        self.succeed_with_timeout(cmd, timeouts::command()).await
+    }
+
+    pub async fn succeed_with_timeout(&self, cmd: &str, timeout: Duration) -> Result<String> {
+        log::nested(&format!("{}: must succeed: {cmd}", self.name()), async {
+            let out = self.execute_with_timeout(cmd, timeout).await?;
+            if out.status != 0 {
+                return Err(self.error(
+                    format!("command failed with status {}: {cmd}", out.status),
+                    format!("stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr),
+                ));
+            }
+            Ok(out.stdout)
+        })
+        .await
+    }
+
+    /// Runs `cmd`, which must exit non-zero; returns its stdout and stderr.
+    pub async fn fail(&self, cmd: &str) -> Result<ExecOutput> {
+        log::nested(&format!("{}: must fail: {cmd}", self.name()), async {
+            let out = self.execute(cmd).await?;
+            if out.status == 0 {
+                return Err(self.error(format!("command succeeded but should have failed: {cmd}"), format!("stdout:\n{}", out.stdout)));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Retries `cmd` until it exits 0; returns its stdout.
+    pub async fn wait_until_succeeds(&self, cmd: &str, timeout: Duration) -> Result<String> {
+        let out = self.retry(&format!("waiting for success: {cmd}"), cmd, timeout, |o| o.status == 0).await?;
+        Ok(out.stdout)
+    }
+
+    /// Retries `cmd` until it exits non-zero.
+    pub async fn wait_until_fails(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput> {
+        self.retry(&format!("waiting for failure: {cmd}"), cmd, timeout, |o| o.status != 0).await
+    }
+
+    async fn retry(&self, label: &str, cmd: &str, timeout: Duration, done: impl Fn(&ExecOutput) -> bool) -> Result<ExecOutput> {
+        log::nested(&format!("{}: {label}", self.name()), async {
+            let last = std::sync::Mutex::new(None);
+            let polled = poll::until(timeout, timeouts::GUEST_POLL, |left| {
+                let (last, done) = (&last, &done);
+                async move {
+                    match self.execute_with_timeout(cmd, left).await {
+                        Ok(out) if done(&out) => Ok(Some(out)),
+                        Ok(out) => {
+                            *last.lock().unwrap() = Some(out);
+                            Ok(None)
+                        }
+                        // The command itself outlived the time left: that is this wait's end.
+                        Err(e) if is_timeout(&e) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                }
+            })
+            .await?;
+            match polled {
+                Polled::Done(out) => Ok(out),
+                Polled::TimedOut(waited) => {
+                    let detail = match last.into_inner().unwrap() {
+                        Some(ExecOutput { status, stdout, stderr, .. }) => {
+                            format!("last attempt: status {status}\nstdout:\n{stdout}\nstderr:\n{stderr}")
+                        }
+                        None => "no attempt finished".into(),
+                    };
+                    Err(self.timeout_error(format!("{label}: gave up after {timeout:?}"), detail, waited))
+                }
+            }
+        })
+        .await
+    }
+
+    /// The guest's block device (`/dev/...`) of the disk `id` of this machine's spec, found by
+    /// its serial: device names depend on probe order and image kind, serials do not.
+    pub async fn disk_device(&self, id: &str) -> Result<String> {
+        let disk = self.disk(id)?;
+        let found = self.wait_for_block_device(&disk.serial, true, timeouts::request()).await?;
+        Ok(found.unwrap_or_default())
+    }
+
+    /// Waits until the guest shows (`present`) or no longer shows a block device with serial
+    /// `serial`; returns its `/dev` node when present.
+    pub async fn wait_for_block_device(&self, serial: &str, present: bool, timeout: Duration) -> Result<Option<String>> {
+        // One line per block device: name, hidden flag, serial (NVMe pads serials with spaces;
+        // `echo $s` drops them). The choice is made on the host, by `block_device_by_serial`.
+        let cmd = "for b in /sys/block/*; do s=$(cat $b/device/serial 2>/dev/null || cat $b/serial 2>/dev/null); \
+                   echo ${b##*/} $(cat $b/hidden 2>/dev/null || echo 0) $s; done";
+        let listing = std::sync::Mutex::new(String::new());
+        let polled = poll::until(timeout, timeouts::GUEST_POLL, |_| {
+            let listing = &listing;
+            async move {
+                let now = self.execute_with_timeout(cmd, timeouts::request()).await?.stdout;
+                let found = block_device_by_serial(&now, serial);
+                *listing.lock().unwrap() = now;
+                Ok((found.is_some() == present).then_some(found))
+            }
+        })
+        .await?;
+        match polled {
+            Polled::Done(found) => Ok(found),
+            Polled::TimedOut(waited) => {
+                let what = if present { "to appear" } else { "to go away" };
+                Err(self.timeout_error(
+                    format!("waited {timeout:?} for the block device with serial {serial:?} {what}"),
+                    format!("/sys/block shows (name, hidden, serial):\n{}", listing.into_inner().unwrap()),
+                    waited,
+                ))
+            }
+        }
+    }
+
+    /// Waits until `path` exists in the guest.
+    pub async fn wait_for_file(&self, path: &str, timeout: Duration) -> Result<()> {
+        self.wait_until_succeeds(&format!("test -e {}", shell_quote(path)), timeout).await.map(drop)
+    }
+
+    /// Waits until something in the guest listens on TCP `port` (read from /proc/net/tcp*).
+    pub async fn wait_for_open_port(&self, port: u16, timeout: Duration) -> Result<()> {
+        let cmd = format!("cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk '$4 == \"0A\" && $2 ~ /:{port:04X}$/ {{ found = 1 }} END {{ exit !found }}'");
+        self.wait_until_succeeds(&cmd, timeout).await.map(drop)
+    }
+
+    /// Waits for console text matching `regex` that no earlier wait consumed; returns the match.
+    /// A machine restored from a snapshot prints nothing of its boot: for what the kernel said
+    /// at boot, use [`Machine::wait_for_kernel_message`].
+    pub async fn wait_for_console_text(&self, regex: &str, timeout: Duration) -> Result<String> {
+        let re = regex::Regex::new(regex).with_context(|| format!("bad regular expression {regex:?}"))?;
+        let started = Instant::now();
+        log::nested(&format!("{}: waiting for console text /{regex}/", self.name()), async {
+            self.inner
+                .console
+                .wait_for(&re, timeout)
+                .await
+                .map_err(|e| self.timeout_error(format!("waiting for console text /{regex}/"), format!("{e:#}"), started.elapsed()))
+        })
+        .await
+    }
+
+    /// Waits until the guest kernel's log (`dmesg`) has a line matching `regex`; returns the
+    /// line. Unlike the console, the kernel's ring buffer survives a restore from a snapshot:
+    /// what the kernel said at the boot the state was saved from is still there, while the
+    /// console of a restored machine never shows it.
+    pub async fn wait_for_kernel_message(&self, regex: &str, timeout: Duration) -> Result<String> {
+        let re = regex::Regex::new(regex).with_context(|| format!("bad regular expression {regex:?}"))?;
+        log::nested(&format!("{}: waiting for kernel message /{regex}/", self.name()), async {
+            let last = std::sync::Mutex::new(String::new());
+            let polled = poll::until(timeout, timeouts::GUEST_POLL, |_| {
+                let (last, re) = (&last, &re);
+                async move {
+                    let log = self.succeed_with_timeout("dmesg", timeouts::request()).await?;
+                    let found = log.lines().find(|l| re.is_match(l)).map(str::to_string);
+                    *last.lock().unwrap() = log;
+                    Ok(found)
+                }
+            })
+            .await?;
+            match polled {
+                Polled::Done(line) => Ok(line),
+                Polled::TimedOut(waited) => {
+                    let log = last.into_inner().unwrap();
+                    let tail: Vec<_> = log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
+                    Err(self.timeout_error(
+                        format!("waited {timeout:?} for a kernel message matching /{regex}/"),
+                        format!("the last {} lines of dmesg:\n{}", tail.len(), tail.join("\n")),
+                        waited,
+                    ))
+                }
+            }
+        })
+        .await
+    }
+
+    /// Whether the console ever showed text matching `regex`.
+    pub fn console_contains(&self, regex: &str) -> Result<bool> {
+        let re = regex::Regex::new(regex).with_context(|| format!("bad regular expression {regex:?}"))?;
+        Ok(self.inner.console.contains(&re))
+    }
+}
+
+/// The `/dev` node of the block device whose serial is `serial`, from lines of "name hidden
+/// serial". Native NVMe multipath (QEMU >= 8 marks its controllers multi-controller capable)
+/// adds a hidden per-path node (`nvme0c0n1`) with the same serial as the namespace's block
+/// device (`nvme0n1`): hidden nodes cannot be opened, so they are never the answer.
+pub fn block_device_by_serial(listing: &str, serial: &str) -> Option<String> {
+    listing.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        let (name, hidden) = (words.next()?, words.next()?);
+        let found = words.collect::<Vec<_>>().join(" ");
+        (hidden == "0" && found == serial).then(|| format!("/dev/{name}"))
+    })
+}
+
+/// A command running in the background in a guest ([`Machine::spawn`]).
+pub struct GuestProcess {
+    machine: Machine,
+    exec: crate::qga::GuestExec,
+    label: String,
+    started: Instant,
+    /// Its output once seen: the agent reports an end only once.
+    done: tokio::sync::Mutex<Option<ExecOutput>>,
+}
+
+impl GuestProcess {
+    /// The command line, for messages.
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+    pub fn machine(&self) -> &Machine {
+        &self.machine
+    }
+
+    /// Its output if it has ended, `None` while it runs.
+    pub async fn try_wait(&self) -> Result<Option<ExecOutput>> {
+        let mut done = self.done.lock().await;
+        if done.is_none() {
+            // The guest's agent keeps its commands across a migration or a restore; the request
+            // goes to the QEMU process of now, under the slot's read lock so a migration does not
+            // swap the process while it is in flight (the agent reports an end only once).
+            let running = self.machine.inner.running.read().await;
+            let qga = match running.as_ref() {
+                Some(r) => r.qga.clone(),
+                None => return Err(self.machine.error(format!("asking whether it ended: {}", self.label), "the machine is not running")),
+            };
+            *done = qga
+                .exec_status(&self.exec)
+                .await
+                .map_err(|e| self.machine.error(format!("asking whether it ended: {}", self.label), format!("{e:#}")))?;
+        }
+        Ok(done.clone())
+    }
+
+    /// Waits at most `timeout` for it to end; on a timeout it is killed and the error shows what
+    /// it printed so far.
+    pub async fn wait(&self, timeout: Duration) -> Result<ExecOutput> {
+        match poll::until(timeout, timeouts::BACKGROUND_POLL, |_| self.try_wait()).await? {
+            Polled::Done(out) => {
+                log::line(&format!(
+                    "{}: ended with status {} after {:.2} s: {}",
+                    self.machine.name(),
+                    out.status,
+                    self.started.elapsed().as_secs_f64(),
+                    self.label
+                ));
+                Ok(out)
+            }
+            Polled::TimedOut(waited) => {
+                let partial = self.kill().await;
+                Err(self.machine.timeout_error(
+                    format!("background command did not end within {timeout:?}: {}", self.label),
+                    format!("it was killed; its output so far:\nstdout:\n{}\nstderr:\n{}", partial.stdout, partial.stderr),
+                    waited,
+                ))
+            }
+        }
+    }
+
+    /// Kills it and every process it started; returns what it printed.
+    pub async fn kill(&self) -> ExecOutput {
+        let mut done = self.done.lock().await;
+        if let Some(out) = done.as_ref() {
+            return out.clone();
+        }
+        let out = match self.machine.qga().await {
+            Ok(qga) => qga.exec_kill(&self.exec).await,
+            Err(e) => ExecOutput { status: -1, signal: None, stdout: String::new(), stderr: format!("{e:#}") },
+        };
+        *done = Some(out.clone());
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_disk_is_found_by_serial_with_and_without_nvme_multipath() {
+        // QEMU 7.2: no multipath, one node per namespace.
+        let qemu7 = "nvme0n1 0 vmcheck-disk0\nnvme1n1 0 vmcheck-disk1\nvda 0 vmcheck-boot\n";
+        assert_eq!(block_device_by_serial(qemu7, "vmcheck-disk0").as_deref(), Some("/dev/nvme0n1"));
+        assert_eq!(block_device_by_serial(qemu7, "vmcheck-disk1").as_deref(), Some("/dev/nvme1n1"));
+        assert_eq!(block_device_by_serial(qemu7, "vmcheck-boot").as_deref(), Some("/dev/vda"));
+        // QEMU 10.0 (real listing of the target VM): the hidden path node sorts first.
+        let qemu10 = "nvme0c0n1 1 vmcheck-disk0\nnvme0n1 0 vmcheck-disk0\nnvme1c1n1 1 vmcheck-disk1\nnvme1n1 0 vmcheck-disk1\n";
+        assert_eq!(block_device_by_serial(qemu10, "vmcheck-disk0").as_deref(), Some("/dev/nvme0n1"));
+        assert_eq!(block_device_by_serial(qemu10, "vmcheck-disk1").as_deref(), Some("/dev/nvme1n1"));
+        // Serials are compared whole: a prefix is not a match; no serial, no device.
+        assert_eq!(block_device_by_serial(qemu10, "vmcheck-disk"), None);
+        assert_eq!(block_device_by_serial("loop0 0\nram0 0\n", "vmcheck-disk0"), None);
+    }
+
+    #[test]
+    fn words_are_quoted_for_sh() {
+        assert_eq!(shell_quote("/dev/nvme0n1"), "/dev/nvme0n1");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+}

@@ -1,0 +1,373 @@
+//! The machine API a scenario calls (names follow the NixOS test driver where one exists).
+//!
+//! Every wait has a timeout; a failed wait or command names what was expected, what happened,
+//! for how long, and shows the machine's last console lines.
+//!
+//! [`Machine`] is one handle; its methods are spread over the pieces of this module, each a
+//! child module that uses the handle's private state (no other module of the crate sees it):
+//!
+//! - this file: the handle and its state ([`MachineEnv`], the QEMU process slot), the errors
+//!   ([`MachineError`], [`HarnessError`], [`is_harness_error`], [`is_timeout`]), the accessors
+//!   (name, disks, the QEMU description, QMP and agent clients, forwards);
+//! - `boot.rs`: start (a boot, or a start from the snapshot store), the launch of a QEMU
+//!   process, the wait for the agent and what a restored machine does then;
+//! - `exec.rs`: guest commands (execute, succeed, fail, spawn and [`GuestProcess`]) and the
+//!   waits on the guest (commands, block devices, files, ports, console text, kernel messages);
+//! - `power.rs`: shutdown, reboot, crash, kill, pause and resume, save and restore, live
+//!   migration, a start with extra QEMU arguments, and the per-test logs ([`keep_logs`]);
+//! - `memory.rs`: the virtio balloon and the guest's memory figures;
+//! - `hotplug.rs`: disk hot-add and hot-remove, PCI addresses;
+//! - `links.rs`: the test network's faults on a machine's links, and partitions between
+//!   machines ([`partition`], [`heal`]).
+//!
+//! The dependencies go one way: this module uses [`crate::network`] (the switches), never the
+//! other way round.
+
+mod boot;
+mod exec;
+mod hotplug;
+mod links;
+mod memory;
+mod power;
+
+pub use boot::{clock_is_plausible, logged_qemu_pids};
+pub use exec::{block_device_by_serial, GuestProcess};
+pub use hotplug::pci_address_by_serial;
+pub use links::{heal, partition};
+pub use memory::{balloon_timeout, stat_matches, BalloonStats, BALLOON_POLL, BALLOON_QOM_PATH};
+pub use power::{keep_logs, MigrationReport, SavedState};
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::accel::Accel;
+use crate::config::{BalloonSpec, DiskSpec, NodeSpec, Role, TEST_SUBNET_LEN};
+use crate::network::Switch;
+use crate::qemu::{Balloon, Boot, Console, ControlNic, Disk, DiskKind, Nic, NicLink, QemuProcess, QemuSpec};
+use crate::qga::Qga;
+use crate::qmp::Qmp;
+
+/// Console lines shown with an error.
+pub const ERROR_CONSOLE_LINES: usize = 20;
+
+/// What every machine of a run shares.
+pub struct MachineEnv {
+    pub run_dir: PathBuf,
+    pub qemu: PathBuf,
+    pub accel: Accel,
+    pub switches: HashMap<u32, Arc<Switch>>,
+    /// Per-machine console logs and command lines go here.
+    pub log_dir: PathBuf,
+    /// The run's sinks: the console threads log here, whatever task they run on.
+    pub reporter: crate::report::Reporter,
+    /// Saved machine states to start from (`None`: every start boots, `--fresh-boot`).
+    pub snapshots: Option<Arc<crate::snapshot::Store>>,
+}
+
+/// What a start from the snapshot store leaves to do once the agent answers
+/// ([`Machine::wait_for_agent`]).
+enum Pending {
+    /// Restored: make the guest differ where it must, then plug the disks.
+    Restored { key: crate::snapshot::Key, started: Instant },
+    /// Booted disk-less to build a snapshot: save it, resume, then plug the disks.
+    Build { build: crate::snapshot::Build, started: Instant },
+}
+
+/// A failure of the machine API, with the console tail that explains it.
+#[derive(Debug, thiserror::Error)]
+#[error("{machine}: {what}\n{detail}\nlast {} console lines of {machine}:\n{console}", ERROR_CONSOLE_LINES)]
+pub struct MachineError {
+    pub machine: String,
+    pub what: String,
+    pub detail: String,
+    pub console: String,
+    /// Set when the error is a wait that ran out of time.
+    pub timed_out: Option<Duration>,
+    /// The harness or the machine broke (QEMU would not start or died, the agent stopped
+    /// answering), rather than the system under test misbehaving: reported as an error, not a
+    /// failure.
+    pub harness: bool,
+}
+
+/// One QEMU process of the machine. A migration or a restore replaces it (power.rs).
+struct Running {
+    process: QemuProcess,
+    qmp: Arc<Qmp>,
+    qga: Arc<Qga>,
+    /// (guest port, loopback port) of each forward of the control NIC.
+    forwards: Vec<(u16, u16)>,
+}
+
+/// A machine of a test. Cheap to clone; clones share the machine.
+#[derive(Clone)]
+pub struct Machine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node: NodeSpec,
+    boot: Boot,
+    env: Arc<MachineEnv>,
+    dir: PathBuf,
+    console: Arc<Console>,
+    running: tokio::sync::RwLock<Option<Running>>,
+    /// The disks plugged in now: the spec's, plus hot-added ones, less hot-removed ones. A
+    /// cold start (after shutdown or crash) boots with these, as a real machine would.
+    disks: std::sync::Mutex<Vec<DiskSpec>>,
+    /// The balloon plugged in now (hot-plug changes it; a cold start and a migration target
+    /// boot with it).
+    balloon: std::sync::Mutex<BalloonSpec>,
+    /// Counts QEMU processes of this machine: a migration target's sockets are named after it.
+    generation: std::sync::atomic::AtomicU32,
+    /// The PCI slot of each plugged disk (kept while it is plugged, freed when it is removed).
+    slots: std::sync::Mutex<HashMap<String, u8>>,
+    /// Set by a start from the snapshot store, done by the next wait for the agent.
+    pending: tokio::sync::Mutex<Option<Pending>>,
+}
+
+impl Machine {
+    pub fn new(node: NodeSpec, boot: Boot, env: Arc<MachineEnv>) -> Result<Machine> {
+        crate::config::validate_machine_name(&node.name)?;
+        let dir = env.run_dir.join(&node.name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let console = Console::new(&node.name, Some(&env.log_dir.join(format!("{}.console.log", node.name))), env.reporter.clone());
+        let disks = std::sync::Mutex::new(node.disks.clone());
+        let balloon = std::sync::Mutex::new(node.balloon);
+        Ok(Machine {
+            inner: Arc::new(Inner {
+                node,
+                boot,
+                env,
+                dir,
+                console,
+                running: tokio::sync::RwLock::new(None),
+                disks,
+                balloon,
+                generation: std::sync::atomic::AtomicU32::new(0),
+                slots: std::sync::Mutex::new(HashMap::new()),
+                pending: tokio::sync::Mutex::new(None),
+            }),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.node.name
+    }
+    pub fn role(&self) -> Role {
+        self.inner.node.role
+    }
+    pub fn console(&self) -> &Arc<Console> {
+        &self.inner.console
+    }
+    /// The machine's address on the test network (as configured, `--config` included).
+    pub fn address(&self) -> std::net::Ipv4Addr {
+        self.inner.node.address
+    }
+    /// The disks plugged in now (see [`Machine::disk`]).
+    pub fn disks(&self) -> Vec<DiskSpec> {
+        self.inner.disks.lock().unwrap().clone()
+    }
+    /// The disk `id` plugged in now; the error lists the ones there are.
+    pub fn disk(&self, id: &str) -> Result<DiskSpec> {
+        let disks = self.inner.disks.lock().unwrap();
+        disks.iter().find(|d| d.id == id).cloned().ok_or_else(|| {
+            let known: Vec<_> = disks.iter().map(|d| d.id.as_str()).collect();
+            self.error(format!("no disk {id:?}"), format!("this machine has {known:?}"))
+        })
+    }
+    fn set_disks(&self, change: impl FnOnce(&mut Vec<DiskSpec>)) {
+        let mut disks = self.inner.disks.lock().unwrap();
+        change(&mut disks);
+        // A removed disk frees its PCI slot.
+        self.inner.slots.lock().unwrap().retain(|id, _| disks.iter().any(|d| &d.id == id));
+    }
+
+    /// The PCI slot of disk `id`: the one it has, else the lowest free one (`None` when all are
+    /// taken: QEMU then chooses).
+    fn disk_slot(&self, id: &str) -> Option<u8> {
+        let mut slots = self.inner.slots.lock().unwrap();
+        if let Some(s) = slots.get(id) {
+            return Some(*s);
+        }
+        let free = crate::qemu::DISK_PCI_SLOTS.into_iter().find(|s| !slots.values().any(|t| t == s))?;
+        slots.insert(id.to_string(), free);
+        Some(free)
+    }
+    /// The host file behind disk `id`.
+    pub fn disk_path(&self, id: &str) -> PathBuf {
+        self.inner.dir.join(format!("{id}.img"))
+    }
+
+    /// The QEMU description this machine boots with.
+    pub fn qemu_spec(&self) -> QemuSpec {
+        let node = &self.inner.node;
+        let nics = node
+            .vlans
+            .iter()
+            .filter(|v| self.inner.env.switches.contains_key(v))
+            .map(|&vlan| Nic {
+                vlan,
+                mac: crate::qemu::test_mac(vlan, node.address),
+                // A second vlan gets a subnet of its own, so each NIC is routed by itself.
+                address: crate::network::vlan_address(node.address, vlan),
+                prefix_len: TEST_SUBNET_LEN,
+                link: NicLink::Unlinked,
+            })
+            .collect();
+        let disks = self.disks().iter().map(|d| self.qemu_disk(d)).collect();
+        QemuSpec {
+            name: node.name.clone(),
+            qemu: self.inner.env.qemu.clone(),
+            accel: self.inner.env.accel,
+            boot: self.inner.boot.clone(),
+            memory_mib: node.memory_mib,
+            cpus: node.cpus,
+            disks,
+            nics,
+            control: (!node.forward_ports.is_empty()).then(|| ControlNic { guest_ports: node.forward_ports.clone() }),
+            qmp_socket: self.inner.dir.join("qmp.sock"),
+            qga_socket: self.inner.dir.join("qga.sock"),
+            balloon: match *self.inner.balloon.lock().unwrap() {
+                BalloonSpec::None => None,
+                BalloonSpec::Plain => Some(Balloon { deflate_on_oom: false }),
+                BalloonSpec::DeflateOnOom => Some(Balloon { deflate_on_oom: true }),
+            },
+            kernel_params: node.kernel_params.clone(),
+            extra_args: Vec::new(),
+        }
+    }
+
+    /// The balloon plugged in now.
+    pub fn balloon_spec(&self) -> BalloonSpec {
+        *self.inner.balloon.lock().unwrap()
+    }
+    fn set_balloon_spec(&self, b: BalloonSpec) {
+        *self.inner.balloon.lock().unwrap() = b;
+    }
+    /// The machine's state directory in the run directory.
+    fn dir(&self) -> &std::path::Path {
+        &self.inner.dir
+    }
+    fn env(&self) -> &Arc<MachineEnv> {
+        &self.inner.env
+    }
+    /// The QEMU process slot: a migration holds it for writing while it swaps processes, so no
+    /// agent or QMP request starts on a process that is about to go.
+    fn running_slot(&self) -> &tokio::sync::RwLock<Option<Running>> {
+        &self.inner.running
+    }
+    /// A new generation number for a QEMU process of this machine.
+    fn next_generation(&self) -> u32 {
+        self.inner.generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+    }
+
+    /// How disk `d` of this machine is attached in QEMU.
+    pub fn qemu_disk(&self, d: &DiskSpec) -> Disk {
+        Disk {
+            id: d.id.clone(),
+            path: self.disk_path(&d.id),
+            serial: d.serial.clone(),
+            kind: if d.virtio { DiskKind::VirtioBlk } else { DiskKind::Nvme },
+            // A NixOS start script places devices of its own before ours: QEMU chooses there.
+            pci_slot: matches!(self.inner.boot, Boot::Kernel { .. }).then(|| self.disk_slot(&d.id)).flatten(),
+        }
+    }
+
+    /// A [`MachineError`] with the current console tail.
+    pub fn error(&self, what: impl Into<String>, detail: impl Into<String>) -> anyhow::Error {
+        self.make_error(what.into(), detail.into(), None)
+    }
+
+    pub(crate) fn timeout_error(&self, what: String, detail: String, waited: Duration) -> anyhow::Error {
+        self.make_error(what, detail, Some(waited))
+    }
+
+    /// A [`MachineError`] that says the machine or the harness broke (see its `harness`).
+    pub fn harness_error(&self, what: impl Into<String>, detail: impl Into<String>) -> anyhow::Error {
+        let mut e = self.make_error(what.into(), detail.into(), None);
+        if let Some(m) = e.downcast_mut::<MachineError>() {
+            m.harness = true;
+        }
+        e
+    }
+
+    fn make_error(&self, what: String, detail: String, timed_out: Option<Duration>) -> anyhow::Error {
+        let tail = self.inner.console.tail(ERROR_CONSOLE_LINES);
+        let console = if tail.is_empty() {
+            "  (no console output)".to_string()
+        } else {
+            tail.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+        };
+        MachineError { machine: self.name().to_string(), what, detail, console, timed_out, harness: false }.into()
+    }
+
+    async fn with_running<T>(&self, f: impl FnOnce(&Running) -> T) -> Result<T> {
+        let running = self.inner.running.read().await;
+        match running.as_ref() {
+            Some(r) if r.process.exited().is_none() => Ok(f(r)),
+            Some(r) => Err(self.harness_error(
+                "the machine is not running",
+                format!("QEMU exited: {}\n{}", r.process.exited().unwrap_or_default(), r.process.stderr()),
+            )),
+            None => Err(self.harness_error("the machine is not running", "start it first")),
+        }
+    }
+
+    /// The QMP monitor.
+    pub async fn qmp(&self) -> Result<Arc<Qmp>> {
+        self.with_running(|r| r.qmp.clone()).await
+    }
+    /// The guest agent.
+    pub async fn qga(&self) -> Result<Arc<Qga>> {
+        self.with_running(|r| r.qga.clone()).await
+    }
+    /// The QEMU process id while it runs.
+    pub async fn pid(&self) -> Option<u32> {
+        self.with_running(|r| r.process.pid).await.ok()
+    }
+    /// Whether QEMU runs.
+    pub async fn is_up(&self) -> bool {
+        self.with_running(|_| ()).await.is_ok()
+    }
+
+    /// The guest ports this machine forwards to loopback (its `forward_ports`).
+    pub fn forward_ports(&self) -> &[u16] {
+        &self.inner.node.forward_ports
+    }
+
+    /// Where the driver reaches guest TCP port `guest_port` (a loopback forward of this run).
+    pub async fn forwarded_addr(&self, guest_port: u16) -> Result<SocketAddr> {
+        let forwards = self.with_running(|r| r.forwards.clone()).await?;
+        let (_, host) = forwards.iter().find(|(g, _)| *g == guest_port).ok_or_else(|| {
+            self.error(format!("no forward of guest port {guest_port}"), format!("this machine forwards {:?}", self.forward_ports()))
+        })?;
+        Ok(SocketAddr::from(([127, 0, 0, 1], *host)))
+    }
+
+    /// Runs a raw QMP command (by name, with JSON arguments).
+    pub async fn qmp_raw(&self, name: &str, arguments: Value) -> Result<Value> {
+        self.qmp().await?.execute_raw(name, arguments).await
+    }
+}
+
+/// Whether an error says the harness or a machine broke (not the system under test): a
+/// [`MachineError`] marked so, or a [`HarnessError`], anywhere in its chain.
+pub fn is_harness_error(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<MachineError>().is_some_and(|m| m.harness) || c.downcast_ref::<HarnessError>().is_some())
+}
+
+/// A harness failure outside any machine: the run could not be set up, or it did not finish.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct HarnessError(pub String);
+
+/// Whether an error is a wait or command that ran out of time.
+pub fn is_timeout(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<MachineError>().is_some_and(|m| m.timed_out.is_some())
+}
