@@ -13,11 +13,11 @@ use anyhow::{bail, Result};
 use futures::FutureExt;
 
 use super::{Scenario, ScriptFn};
-use crate::machine::{stat_matches, BalloonStats};
 use crate::config::{NodeSpec, Role};
 use crate::driver::Driver;
 use crate::log;
 use crate::machine::Machine;
+use crate::machine::{stat_matches, BalloonStats};
 use crate::poll::{self, Pace, Polled};
 use crate::qemu::Balloon;
 use crate::qga::MemoryStats;
