@@ -2,7 +2,7 @@
 //!
 //! The pieces follow ARCHITECTURE.md: [`qemu`] (process, command line, console), [`qmp`], [`qga`],
 //! [`network`], [`machine`] (the API a scenario calls), [`driver`], [`report`] (the run's sinks
-//! and record), [`images`], [`target`] (the in-guest storage daemon and its client), [`tools`]
+//! and record), [`images`] (built from a [`recipe`]), [`target`] (the in-guest storage daemon and its client), [`tools`]
 //! (typed fio and nvme-cli), [`scenarios`], [`repl`].
 
 pub mod accel;
@@ -12,6 +12,7 @@ pub mod config;
 pub mod driver;
 pub mod hotplug;
 pub mod images;
+pub mod recipe;
 pub mod lifecycle;
 pub mod log;
 pub mod machine;
