@@ -326,6 +326,7 @@ impl Images {
             let work = tempfile::Builder::new().prefix(".deb-").tempdir_in(&self.cache_dir)?;
             let deb = apt_download(package, &version, work.path())?;
             let out = work.path().join("out");
+            fs::create_dir_all(&out)?;
             run(Command::new("dpkg").arg("-x").arg(&deb).arg(out.join("root")))?;
             for docs in ["usr/share/doc", "usr/share/man", "usr/share/info"] {
                 let _ = fs::remove_dir_all(out.join("root").join(docs));

@@ -12,6 +12,8 @@ dir=/run/vmcheck/services
 mkdir -p "$dir"
 log=$dir/$name.log
 echo "vmcheck: service $name starting"
+# The log keeps every run's lines; the exit shows this run's.
+before=$(cat "$log" 2>/dev/null | wc -l)
 {
   sh "/etc/vmcheck/services/$name.cmd" </dev/null 2>&1 &
   echo $! > "$dir/$name.pid"
@@ -26,6 +28,6 @@ rm -f "$dir/$name.pid"
 echo "${status:-unknown}" >> "$dir/$name.exits"
 if [ "$mode" = respawn ]; then next="restarting in 1 s"; else next="not restarted"; fi
 echo "vmcheck: service $name exited with status ${status:-unknown} ($next); its last lines:"
-tail -n 10 "$log" 2>/dev/null | while IFS= read -r line; do printf 'vmcheck: | %s\n' "$line"; done
+tail -n +$((before + 1)) "$log" 2>/dev/null | tail -n 10 | while IFS= read -r line; do printf 'vmcheck: | %s\n' "$line"; done
 [ "$mode" = respawn ] && sleep 1
 exit 0
