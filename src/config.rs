@@ -316,6 +316,26 @@ mod tests {
     }
 
     #[test]
+    fn a_node_boots_its_recipe_and_forwards_its_ports() {
+        let target = NodeSpec::new("t", Role::Target, 1);
+        assert_eq!(target.recipe(), Recipe::target());
+        assert_eq!(target.forward_ports, [crate::target::GRPC_PORT]);
+        let initiator = NodeSpec::new("i", Role::Initiator, 2);
+        assert!(initiator.forward_ports.is_empty());
+        let mine = initiator.clone().with_recipe(Recipe::initiator().named("web").forward_port(8080));
+        assert_eq!(mine.forward_ports, [8080]);
+        assert_eq!(mine.recipe().name(), "web");
+        assert_eq!(mine.role, Role::Initiator);
+        // A node written before recipes existed reads with none: its role's.
+        let mut v = serde_json::to_value(&initiator).unwrap();
+        v.as_object_mut().unwrap().remove("recipe");
+        let old: NodeSpec = serde_json::from_value(v).unwrap();
+        assert_eq!(old.recipe, None);
+        assert_eq!(old.recipe(), Recipe::initiator());
+        assert_eq!(serde_json::from_value::<NodeSpec>(serde_json::to_value(&mine).unwrap()).unwrap(), mine);
+    }
+
+    #[test]
     fn rejects_unknown_machine_and_fields() {
         let config = DriverConfig::from_json(r#"{"name":"t","scenario":"s","machines":{"ghost":{"start_script":"/x"}}}"#).unwrap();
         let err = config.apply(&mut [NodeSpec::new("target", Role::Target, 1)]).unwrap_err();

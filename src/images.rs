@@ -518,9 +518,22 @@ impl Inputs {
 
 /// Lays out the guest's root file system under `root` and the tools disk's under `tools_root`.
 fn assemble(root: &Path, tools_root: &Path, inputs: &Inputs, kernel: &Kernel) -> Result<()> {
-    for dir in
-        ["bin", "sbin", "usr/bin", "usr/sbin", "etc/vmcheck/services", "proc", "sys", "dev", "run", "tmp", "root", "var", "lib/modules", "tools"]
-    {
+    for dir in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "etc/vmcheck/services",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "root",
+        "var",
+        "lib/modules",
+        "tools",
+    ] {
         fs::create_dir_all(root.join(dir))?;
     }
     std::os::unix::fs::symlink("/run", root.join("var/run"))?;
@@ -629,9 +642,12 @@ fn assemble(root: &Path, tools_root: &Path, inputs: &Inputs, kernel: &Kernel) ->
     Ok(())
 }
 
+/// (file in the guest, library) for each library `ldd` found nowhere.
+type MissingLibraries = Vec<(PathBuf, String)>;
+
 /// The ELF files of the unpacked packages asked `ldd` what they need: the host libraries among
 /// the answers, and (file, library) for each library found nowhere.
-fn deb_libraries(debs: &[Deb]) -> Result<(BTreeSet<PathBuf>, Vec<(PathBuf, String)>)> {
+fn deb_libraries(debs: &[Deb]) -> Result<(BTreeSet<PathBuf>, MissingLibraries)> {
     let mut lib_dirs = Vec::new();
     for deb in debs {
         for d in ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib", "usr/lib"] {
@@ -1041,11 +1057,9 @@ fn resolve_kernel_package() -> Result<String> {
 
 fn package_candidate_version(package: &str) -> Result<String> {
     let text = output(Command::new("apt-cache").args(["policy", package]))?;
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("Candidate: "))
-        .find(|v| *v != "(none)")
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("apt knows no Debian package {package} (apt-cache policy shows no candidate): check the name, or run apt-get update"))
+    text.lines().filter_map(|l| l.trim().strip_prefix("Candidate: ")).find(|v| *v != "(none)").map(str::to_string).ok_or_else(|| {
+        anyhow!("apt knows no Debian package {package} (apt-cache policy shows no candidate): check the name, or run apt-get update")
+    })
 }
 
 fn single_dir_name(dir: &Path) -> Result<String> {
@@ -1173,6 +1187,90 @@ kernel/lib/crc64.ko:\n";
         let mut truncated = elf_with_notes(&[(b"Xen\0", 18, &[0, 0, 0, 1])]);
         truncated.truncate(130);
         assert!(!has_pvh_note(&truncated));
+    }
+
+    fn inputs_of(recipe: Recipe) -> Inputs {
+        Inputs {
+            recipe,
+            kernel: "linux-image-x=1 /k/vmlinux".into(),
+            files: BTreeSet::new(),
+            tools: BTreeSet::new(),
+            own: BTreeMap::new(),
+            debs: Vec::new(),
+            modules: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn everything_in_a_recipe_changes_the_image_hash() {
+        let base = Recipe::new("r");
+        let mut variants: Vec<Inputs> = [
+            base.clone(),
+            base.clone().named("s"),
+            base.clone().file("/etc/a", "1"),
+            base.clone().file("/etc/a", "2"),
+            base.clone().file("/etc/b", "1"),
+            base.clone().service("s", "x"),
+            base.clone().service("s", "y"),
+            base.clone().service_once("s", "x"),
+            base.clone().service("t", "x"),
+            base.clone().forward_port(10124),
+        ]
+        .into_iter()
+        .map(inputs_of)
+        .collect();
+        // What the recipe resolves to: the kernel, host files by guest path and content,
+        // Debian packages by version, modules in load order.
+        let resolved = |f: &dyn Fn(&mut Inputs)| {
+            let mut i = inputs_of(base.clone());
+            f(&mut i);
+            i
+        };
+        variants.push(resolved(&|i| i.kernel = "linux-image-x=2 /k/vmlinux".into()));
+        variants.push(resolved(&|i| {
+            i.own.insert("/usr/bin/d".into(), ("/h/d".into(), "aa".into()));
+        }));
+        variants.push(resolved(&|i| {
+            i.own.insert("/usr/bin/d".into(), ("/h/d".into(), "bb".into()));
+        }));
+        variants.push(resolved(&|i| {
+            i.own.insert("/usr/bin/e".into(), ("/h/d".into(), "aa".into()));
+        }));
+        let deb = |version: &str| Deb { package: "tgt".into(), version: version.into(), root: "/c/debs/tgt/root".into() };
+        variants.push(resolved(&|i| i.debs.push(deb("1"))));
+        variants.push(resolved(&|i| i.debs.push(deb("2"))));
+        variants.push(resolved(&|i| i.modules = vec!["kernel/a.ko".into(), "kernel/b.ko".into()]));
+        variants.push(resolved(&|i| i.modules = vec!["kernel/b.ko".into(), "kernel/a.ko".into()]));
+        let hashes: BTreeSet<String> = variants.iter().map(Inputs::hash).collect();
+        assert_eq!(hashes.len(), variants.len(), "two different inputs share a hash");
+        // The same inputs, the same hash; a host file's host path is not content.
+        assert_eq!(inputs_of(base.clone()).hash(), inputs_of(base.clone()).hash());
+        let mut moved = resolved(&|i| {
+            i.own.insert("/usr/bin/d".into(), ("/h/d".into(), "aa".into()));
+        });
+        moved.own.insert("/usr/bin/d".into(), ("/elsewhere/d".into(), "aa".into()));
+        assert_eq!(moved.hash(), variants[11].hash());
+    }
+
+    #[test]
+    fn depends_groups_are_parsed() {
+        let text = "tgt\n  PreDepends: init-system-helpers\n  Depends: libaio1\n |Depends: libsystemd0\n  Depends: libelogind0\n    libelogind0\n  Depends: <perl:any>\n    perl\n  Depends: libfoo:any\n  Suggests: tgt-rbd\n";
+        assert_eq!(
+            parse_depends(text),
+            [
+                vec!["init-system-helpers".to_string()],
+                vec!["libaio1".into()],
+                vec!["libsystemd0".into(), "libelogind0".into()],
+                vec!["libfoo".into()]
+            ]
+        );
+    }
+
+    #[test]
+    fn ldd_output_is_parsed_leniently_for_packages() {
+        let (found, missing) = parse_ldd_lenient("\tlibtgt.so.1 => not found\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x1)\n");
+        assert_eq!(found, [PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6")]);
+        assert_eq!(missing, ["libtgt.so.1"]);
     }
 
     #[test]
