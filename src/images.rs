@@ -347,40 +347,45 @@ impl Images {
         for p in packages {
             debs.push(self.ensure_deb(p)?);
         }
-        let mut asked_depends = BTreeSet::new();
+        // Packages whose Depends were followed; the dependencies unpacked for a missing library
+        // (whose own Depends are followed next, if the library is still missing).
+        let mut followed = BTreeSet::new();
+        let mut pulled: Vec<String> = Vec::new();
         loop {
             let (host_libs, missing) = deb_libraries(&debs)?;
             if missing.is_empty() {
                 return Ok((debs, host_libs));
             }
-            // Unpack the dependencies (of the packages whose Depends were not yet followed)
-            // that the host lacks.
+            // Follow the Depends of the packages that miss a library (and of the dependencies
+            // unpacked for them): unpack those the host lacks.
+            let mut to_follow: Vec<String> = missing.iter().map(|m| m.package.clone()).collect();
+            to_follow.extend(pulled.iter().cloned());
             let mut added = false;
-            let unpacked: BTreeSet<String> = debs.iter().map(|d| d.package.clone()).collect();
-            for deb in debs.clone() {
-                if !asked_depends.insert(deb.package.clone()) {
+            for package in to_follow {
+                if !followed.insert(package.clone()) {
                     continue;
                 }
-                let text = output(Command::new("apt-cache").args(["depends", &format!("{}={}", deb.package, deb.version)]))?;
+                let version = debs.iter().find(|d| d.package == package).map(|d| d.version.clone()).expect("an unpacked package");
+                let text = output(Command::new("apt-cache").args(["depends", &format!("{package}={version}")]))?;
                 for group in parse_depends(&text) {
-                    if group.iter().any(|p| unpacked.contains(p) || host_has_package(p)) {
+                    if group.iter().any(|p| debs.iter().any(|d| &d.package == p) || host_has_package(p)) {
                         continue;
                     }
                     let Some(first) = group.first() else { continue };
-                    if debs.iter().any(|d| &d.package == first) {
-                        continue;
-                    }
-                    self.say(&format!("{} needs libraries the host lacks: unpacking its dependency {first}", deb.package));
-                    debs.push(self.ensure_deb(first).with_context(|| format!("a dependency of {}", deb.package))?);
+                    self.say(&format!("{package} needs a library the host lacks: unpacking its dependency {first}"));
+                    debs.push(self.ensure_deb(first).with_context(|| format!("a dependency of {package}"))?);
+                    pulled.push(first.clone());
                     added = true;
                 }
             }
             if !added {
-                let (file, lib) = &missing[0];
+                let m = &missing[0];
                 bail!(
-                    "{} needs the library {lib}, which neither the host nor the unpacked Debian packages ({}) nor their dependencies provide; \
-                     install it on the host or add the Debian package that holds it (.debian_package(...))",
-                    file.display(),
+                    "{} (of the Debian package {}) needs the library {}, which neither the host nor the unpacked Debian packages ({}) \
+                     provide; install it on the host or add the Debian package that holds it (.debian_package(...))",
+                    m.file.display(),
+                    m.package,
+                    m.library,
                     debs.iter().map(|d| d.package.as_str()).collect::<Vec<_>>().join(", ")
                 );
             }
@@ -642,12 +647,19 @@ fn assemble(root: &Path, tools_root: &Path, inputs: &Inputs, kernel: &Kernel) ->
     Ok(())
 }
 
-/// (file in the guest, library) for each library `ldd` found nowhere.
-type MissingLibraries = Vec<(PathBuf, String)>;
+/// A library `ldd` found nowhere.
+#[derive(Debug)]
+struct MissingLibrary {
+    /// The package that holds `file`.
+    package: String,
+    /// The file's path in the guest.
+    file: PathBuf,
+    library: String,
+}
 
 /// The ELF files of the unpacked packages asked `ldd` what they need: the host libraries among
-/// the answers, and (file, library) for each library found nowhere.
-fn deb_libraries(debs: &[Deb]) -> Result<(BTreeSet<PathBuf>, MissingLibraries)> {
+/// the answers, and each library found nowhere.
+fn deb_libraries(debs: &[Deb]) -> Result<(BTreeSet<PathBuf>, Vec<MissingLibrary>)> {
     let mut lib_dirs = Vec::new();
     for deb in debs {
         for d in ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib", "usr/lib"] {
@@ -683,7 +695,7 @@ fn deb_libraries(debs: &[Deb]) -> Result<(BTreeSet<PathBuf>, MissingLibraries)> 
                 }
             }
             for lib in not_found {
-                missing.push((PathBuf::from(format!("/{p}")), format!("{lib} (of {})", deb.package)));
+                missing.push(MissingLibrary { package: deb.package.clone(), file: PathBuf::from(format!("/{p}")), library: lib });
             }
         }
     }

@@ -32,9 +32,10 @@
 //! asked `ldd` (with the unpacked packages' library directories on `LD_LIBRARY_PATH`) what it
 //! needs: a library the unpacked packages hold is there already; one the host has is copied from
 //! the host, as for host binaries. When a library is found nowhere, the `Depends` and
-//! `Pre-Depends` of the unpacked packages that are not installed on the host are unpacked too,
-//! and `ldd` asked again, until nothing is missing; a library still missing then is an error
-//! naming the file and the library. So a package's dependencies that the host already has are
+//! `Pre-Depends` of the package that misses it (and then of the dependencies unpacked for it)
+//! that are not installed on the host are unpacked too, and `ldd` asked again, until nothing is
+//! missing; a library still missing when nothing is left to unpack is an error naming the file,
+//! its package and the library. So a package's dependencies that the host already has are
 //! taken from the host (the guest runs the host's libraries, as it does for every host binary),
 //! and nothing more than what the binaries need is fetched.
 //!

@@ -17,6 +17,8 @@ fn with_tgt() -> Recipe {
     Recipe::initiator()
         .named("with-tgt")
         .debian_package("tgt")
+        // sg_inq needs libsgutils2, which the host lacks: the package's Depends brings it.
+        .debian_package("sg3-utils")
         .file("/etc/recipe-test/greeting", "hello from the recipe\n")
         .service("tgtd", "mkdir -p /var/run/tgtd && exec /usr/sbin/tgtd -f")
         .service("dies", "echo dying-service-says-goodbye; exit 3")
@@ -42,6 +44,8 @@ async fn a_user_recipe_boots_with_its_package_file_and_services() {
     let listed = m.succeed("tgtadm --lld iscsi --op show --mode target").await.unwrap();
     assert!(listed.contains("iqn.2024-01.io.vmcheck:recipe"), "{listed}");
     assert!(service_exits(&m, "tgtd").await.unwrap().is_empty(), "tgtd never exited");
+    // A library the host lacks came from the package's dependency, and the binary runs.
+    m.succeed("test -e /usr/lib/x86_64-linux-gnu/libsgutils2-1.46.so.2 && sg_inq -V").await.unwrap();
     // The base recipe's tools and service are still there.
     m.succeed("nvme version && fio --version && kill -0 $(cat /run/vmcheck/services/iscsid.pid)").await.unwrap();
 
@@ -75,6 +79,14 @@ fn recipes_get_their_own_images_and_bad_ones_are_named() {
     let svc = |cmd: &str| images.ensure(Recipe::new("svc").service("s", cmd)).unwrap().hash;
     assert_ne!(svc("sleep 1"), svc("sleep 2"));
 
+    // A package whose binaries need a library the host lacks (sg3-utils: libsgutils2, not
+    // installed here) gets the dependency that holds it unpacked too, and nothing else.
+    assert!(!host_has("libsgutils2-1.46-2"), "this test wants a host without libsgutils2");
+    let sg = images.ensure(Recipe::new("sg").debian_package("sg3-utils")).unwrap();
+    let inputs = std::fs::read_to_string(sg.initrd.with_file_name("inputs.txt")).unwrap();
+    let debs: Vec<&str> = inputs.lines().filter(|l| l.starts_with("deb ")).map(|l| l.split(' ').nth(1).unwrap()).collect();
+    assert_eq!(debs, ["sg3-utils", "libsgutils2-1.46-2"], "{inputs}");
+
     let e = err_text(images.ensure(Recipe::new("bad").debian_package("vmcheck-no-such-package")));
     assert!(e.contains("vmcheck-no-such-package") && e.contains("recipe bad"), "{e}");
     let e = err_text(images.ensure(Recipe::new("bad").kernel_module("vmcheck_no_such_module")));
@@ -85,4 +97,9 @@ fn recipes_get_their_own_images_and_bad_ones_are_named() {
     assert!(e.contains("two services are named a"), "{e}");
     let e = err_text(images.ensure(Recipe::new("bad").kernel_package("linux-image-vmcheck-none")));
     assert!(e.contains("linux-image-vmcheck-none"), "{e}");
+}
+
+fn host_has(package: &str) -> bool {
+    let out = std::process::Command::new("dpkg-query").args(["-W", "-f=${Status}", package]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("install ok installed")
 }
