@@ -97,9 +97,24 @@ fn recipes_get_their_own_images_and_bad_ones_are_named() {
     assert!(e.contains("two services are named a"), "{e}");
     let e = err_text(images.ensure(Recipe::new("bad").kernel_package("linux-image-vmcheck-none")));
     assert!(e.contains("linux-image-vmcheck-none"), "{e}");
+    // A bare kernel image brings no modules: asking for one is an error that says so.
+    let vmlinuz = cached_vmlinuz(&images.cache_dir);
+    let e = err_text(images.ensure(Recipe::new("bare").kernel_file(&vmlinuz).kernel_module("nvme-tcp")));
+    assert!(e.contains("without modules") && e.contains("nvme-tcp"), "{e}");
 }
 
 fn host_has(package: &str) -> bool {
     let out = std::process::Command::new("dpkg-query").args(["-W", "-f=${Status}", package]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).contains("install ok installed")
+}
+
+/// The bzImage of the default kernel, unpacked in the cache by the images built above.
+fn cached_vmlinuz(cache: &std::path::Path) -> std::path::PathBuf {
+    let kernels = std::fs::read_dir(cache.join("kernel")).unwrap().filter_map(|e| e.ok()).map(|e| e.path().join("boot"));
+    kernels
+        .filter_map(|boot| std::fs::read_dir(boot).ok())
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
+        .expect("a kernel in the cache")
 }
