@@ -342,11 +342,53 @@ impl Images {
     /// The recipe's Debian packages unpacked, and the host libraries their ELF files need; a
     /// library neither the host nor the unpacked packages have makes the packages' `Depends`
     /// that the host lacks unpacked too (module documentation of [`crate::recipe`]).
+    ///
+    /// Asking `ldd` about every ELF file costs seconds for a big package, so the answer (the
+    /// dependencies unpacked, the host libraries) is kept until the packages' versions, apt's
+    /// lists or the host's installed packages (`/var/lib/dpkg/status`) change.
     fn ensure_debs(&self, packages: &[String]) -> Result<(Vec<Deb>, BTreeSet<PathBuf>)> {
         let mut debs = Vec::new();
         for p in packages {
             debs.push(self.ensure_deb(p)?);
         }
+        if debs.is_empty() {
+            return Ok((debs, BTreeSet::new()));
+        }
+        let dpkg_status = fs::metadata("/var/lib/dpkg/status").ok().and_then(|m| m.modified().ok());
+        let mut key = format!("{BUILDER_VERSION}\n{:?}\n{dpkg_status:?}\n", apt_lists_mtime());
+        for d in &debs {
+            key += &format!("{} {}\n", d.package, d.version);
+        }
+        let memo = self.cache_dir.join("debs").join(format!("resolved-{}", &sha256_hex(key.as_bytes())[..16]));
+        if let Ok(text) = fs::read_to_string(&memo) {
+            if dpkg_status.is_some() {
+                let mut libs = BTreeSet::new();
+                for line in text.lines() {
+                    match line.split_once(' ') {
+                        Some(("deb", p)) => debs.push(self.ensure_deb(p)?),
+                        Some(("lib", path)) => {
+                            libs.insert(PathBuf::from(path));
+                        }
+                        _ => {}
+                    }
+                }
+                return Ok((debs, libs));
+            }
+        }
+        let requested = debs.len();
+        let (debs, libs) = self.resolve_debs(debs)?;
+        let mut text = String::new();
+        for d in &debs[requested..] {
+            text += &format!("deb {}\n", d.package);
+        }
+        for l in &libs {
+            text += &format!("lib {}\n", l.display());
+        }
+        let _ = fs::write(&memo, text);
+        Ok((debs, libs))
+    }
+
+    fn resolve_debs(&self, mut debs: Vec<Deb>) -> Result<(Vec<Deb>, BTreeSet<PathBuf>)> {
         // Packages whose Depends were followed; the dependencies unpacked for a missing library
         // (whose own Depends are followed next, if the library is still missing).
         let mut followed = BTreeSet::new();
