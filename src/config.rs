@@ -14,7 +14,8 @@ use crate::recipe::Recipe;
 pub const TEST_SUBNET_PREFIX: [u8; 3] = [192, 0, 2];
 pub const TEST_SUBNET_LEN: u8 = 24;
 
-/// What a machine is for; it picks the default image.
+/// What a machine is for: it picks the NixOS module and, unless `NodeSpec::with_recipe` says
+/// otherwise, the default image's recipe (`Recipe::for_role`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {

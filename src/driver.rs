@@ -91,17 +91,17 @@ impl Driver {
         let images = Images::from_env()?;
         let images_started = Instant::now();
         // One image per distinct recipe (keyed by the recipe as JSON).
-        let mut role_images: HashMap<String, Image> = HashMap::new();
+        let mut recipe_images: HashMap<String, Image> = HashMap::new();
         for recipe in nodes.iter().filter(|n| n.start_script.is_none()).map(|n| n.recipe()) {
             let key = serde_json::to_string(&recipe)?;
-            if let std::collections::hash_map::Entry::Vacant(slot) = role_images.entry(key) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = recipe_images.entry(key) {
                 let images = images.clone();
                 slot.insert(tokio::task::spawn_blocking(move || images.ensure(recipe)).await??);
             }
         }
         // The probe boots a real kernel: a default image's, else the one a start script boots.
         log::line(&format!("images ready in {:.2} s", images_started.elapsed().as_secs_f64()));
-        let probe_kernel = role_images
+        let probe_kernel = recipe_images
             .values()
             .next()
             .map(|i| i.kernel.clone())
@@ -129,7 +129,7 @@ impl Driver {
             }
         }
         let reporter = options.reporter.clone();
-        let snapshots = if options.fresh_boot || fresh_boot_from_env() || role_images.is_empty() {
+        let snapshots = if options.fresh_boot || fresh_boot_from_env() || recipe_images.is_empty() {
             None
         } else {
             Some(Arc::new(crate::snapshot::Store::new(&images.cache_dir, &qemu)?))
@@ -140,7 +140,7 @@ impl Driver {
             let boot = match &node.start_script {
                 Some(script) => Boot::StartScript { path: script.clone(), kernel_params: String::new() },
                 None => {
-                    let image = &role_images[&serde_json::to_string(&node.recipe())?];
+                    let image = &recipe_images[&serde_json::to_string(&node.recipe())?];
                     Boot::Kernel {
                         kernel: image.kernel.clone(),
                         initrd: image.initrd.clone(),
