@@ -617,7 +617,8 @@ fn assemble(root: &Path, tools_root: &Path, inputs: &Inputs, kernel: &Kernel) ->
         }
     }
     for guest in &deb_paths {
-        let link = root.join(guest.trim_start_matches('/'));
+        // A path through a link of the initramfs (/var/run) stays on the tools disk only.
+        let Ok(link) = image_path(root, guest) else { continue };
         if link.symlink_metadata().is_ok() {
             continue;
         }
@@ -627,10 +628,10 @@ fn assemble(root: &Path, tools_root: &Path, inputs: &Inputs, kernel: &Kernel) ->
         std::os::unix::fs::symlink(format!("{TOOLS_MOUNT}{guest}"), &link)?;
     }
     for file in &inputs.tools {
-        copy_host_file(file, &tools_root.join(file.strip_prefix("/").unwrap_or(file)))?;
+        copy_host_file(file, &image_path(tools_root, &file.to_string_lossy())?)?;
     }
     for (guest, (host, _)) in &inputs.own {
-        let dest = tools_root.join(guest.trim_start_matches('/'));
+        let dest = image_path(tools_root, guest)?;
         let _ = fs::remove_file(&dest);
         if is_elf(host) {
             strip_copy(host, &dest)?;
@@ -640,7 +641,7 @@ fn assemble(root: &Path, tools_root: &Path, inputs: &Inputs, kernel: &Kernel) ->
     }
     let guest_paths = inputs.tools.iter().map(|p| p.to_string_lossy().into_owned()).chain(inputs.own.keys().cloned());
     for (link, target) in tools_links(guest_paths) {
-        let link = root.join(link.trim_start_matches('/'));
+        let link = image_path(root, &link)?;
         if let Some(parent) = link.parent() {
             fs::create_dir_all(parent)?;
         }
@@ -668,7 +669,7 @@ fn assemble(root: &Path, tools_root: &Path, inputs: &Inputs, kernel: &Kernel) ->
     fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n")?;
     // The recipe's text files: real files in the initramfs, written last, so they win.
     for f in inputs.recipe.files() {
-        let path = root.join(crate::recipe::normalize(&f.path).trim_start_matches('/'));
+        let path = image_path(root, &f.path)?;
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent)?;
         }
@@ -808,6 +809,26 @@ fn file_sha256(path: &Path) -> Result<String> {
 fn is_elf(path: &Path) -> bool {
     let mut head = [0u8; 4];
     fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head)).is_ok() && head == *b"\x7fELF"
+}
+
+/// Where the guest path `guest` is under `root` (the staging initramfs or tools disk), refused
+/// when a directory on the way is a symlink: the image's links (`/var/run` -> `/run`, a
+/// package's) point into the guest, and followed on the host they would write outside `root`.
+fn image_path(root: &Path, guest: &str) -> Result<PathBuf> {
+    let normalized = crate::recipe::normalize(guest);
+    let rel = normalized.trim_start_matches('/');
+    let mut at = root.to_path_buf();
+    let parts: Vec<&str> = rel.split('/').collect();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        at.push(part);
+        if at.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+            bail!(
+                "the guest path {guest} goes through the link /{} of the image; name the path it points to",
+                at.strip_prefix(root)?.display()
+            );
+        }
+    }
+    Ok(root.join(rel))
 }
 
 /// The tools disk's files that the initramfs does not already hold.
@@ -1049,10 +1070,14 @@ fn parse_ldd(text: &str) -> Result<Vec<PathBuf>> {
     Ok(libs)
 }
 
-/// Copies a host file to `dest`, following links, keeping its mode.
+/// Copies a host file to `dest` (replacing what is there, never writing through a link),
+/// following links at the source, keeping its mode.
 fn copy_host_file(src: &Path, dest: &Path) -> Result<()> {
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent)?;
+    }
+    if dest.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
+        fs::remove_file(dest)?;
     }
     fs::copy(src, dest).with_context(|| format!("copying {} into the image", src.display()))?;
     Ok(())
@@ -1304,6 +1329,23 @@ kernel/lib/crc64.ko:\n";
         });
         moved.own.insert("/usr/bin/d".into(), ("/elsewhere/d".into(), "aa".into()));
         assert_eq!(moved.hash(), variants[11].hash());
+    }
+
+    #[test]
+    fn nothing_is_written_through_a_link_of_the_image() {
+        let root = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/run", root.path().join("run-link")).unwrap();
+        fs::create_dir(root.path().join("etc")).unwrap();
+        assert_eq!(image_path(root.path(), "/etc//x").unwrap(), root.path().join("etc/x"));
+        let e = image_path(root.path(), "/run-link/x").unwrap_err().to_string();
+        assert!(e.contains("/run-link/x") && e.contains("link /run-link"), "{e}");
+        // The last component may be a link: it is replaced, not written through.
+        std::os::unix::fs::symlink("/etc/hostname", root.path().join("etc/h")).unwrap();
+        let src = root.path().join("src");
+        fs::write(&src, "mine").unwrap();
+        copy_host_file(&src, &image_path(root.path(), "/etc/h").unwrap()).unwrap();
+        assert_eq!(fs::read_to_string(root.path().join("etc/h")).unwrap(), "mine");
+        assert!(!root.path().join("etc/h").symlink_metadata().unwrap().file_type().is_symlink());
     }
 
     #[test]

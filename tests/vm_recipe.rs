@@ -97,6 +97,9 @@ fn recipes_get_their_own_images_and_bad_ones_are_named() {
     assert!(e.contains("two services are named a"), "{e}");
     let e = err_text(images.ensure(Recipe::new("bad").kernel_package("linux-image-vmcheck-none")));
     assert!(e.contains("linux-image-vmcheck-none"), "{e}");
+    // A guest path through a link of the image (/var/run -> /run) would write on the host.
+    let e = err_text(images.ensure(Recipe::new("bad").file("/var/run/x", "y\n")));
+    assert!(e.contains("/var/run/x") && e.contains("link /var/run"), "{e}");
     // A bare kernel image brings no modules: asking for one is an error that says so.
     let vmlinuz = cached_vmlinuz(&images.cache_dir);
     let e = err_text(images.ensure(Recipe::new("bare").kernel_file(&vmlinuz).kernel_module("nvme-tcp")));
