@@ -98,7 +98,8 @@ pub struct GuestFile {
 pub struct Service {
     /// The service's name: a file name in the guest and the prefix of its console lines.
     pub name: String,
-    /// A shell command line (run with `sh`); it should stay in the foreground.
+    /// A shell command line (run with `sh`); it should stay in the foreground (its exit is
+    /// reported once its output is closed, which a child it leaves running holds back).
     pub command: String,
     /// Started again one second after it exits (true), or run once.
     pub respawn: bool,
