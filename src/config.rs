@@ -8,11 +8,14 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::recipe::Recipe;
+
 /// The default test subnet (RFC 5737 TEST-NET-1): never routed, never the host's.
 pub const TEST_SUBNET_PREFIX: [u8; 3] = [192, 0, 2];
 pub const TEST_SUBNET_LEN: u8 = 24;
 
-/// What a machine is for; it picks the default image.
+/// What a machine is for: it picks the NixOS module and, unless `NodeSpec::with_recipe` says
+/// otherwise, the default image's recipe (`Recipe::for_role`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -88,11 +91,17 @@ pub struct NodeSpec {
     /// Test networks this machine is on.
     pub vlans: Vec<u32>,
     pub disks: Vec<DiskSpec>,
-    /// NixOS start script (`run-<name>-vm`); `None` boots the default image of `role`.
+    /// NixOS start script (`run-<name>-vm`); `None` boots the image of `recipe`.
     #[serde(default)]
     pub start_script: Option<PathBuf>,
+    /// What the machine's default image holds (`None`, as in a node written before recipes
+    /// existed: the predefined recipe of `role`). Set by [`NodeSpec::new`] and
+    /// [`NodeSpec::with_recipe`]; a NixOS start script replaces it.
+    #[serde(default)]
+    pub recipe: Option<Recipe>,
     /// Guest TCP ports the driver reaches through a loopback forward of the run (the target
-    /// daemon's gRPC port on a target). The harness knows ports, not what listens on them.
+    /// daemon's gRPC port on a target): the recipe's ([`Recipe::forward_port`]). The harness
+    /// knows ports, not what listens on them.
     #[serde(default)]
     pub forward_ports: Vec<u16>,
     /// The balloon device it boots with.
@@ -104,9 +113,11 @@ pub struct NodeSpec {
 }
 
 impl NodeSpec {
-    /// A node with the defaults: 1 CPU, 512 MiB (the initiator with fio gets more), vlan 1.
+    /// A node with the defaults: 1 CPU, 512 MiB (the initiator with fio gets more), vlan 1, the
+    /// predefined recipe of `role` ([`Recipe::for_role`]).
     pub fn new(name: &str, role: Role, host: u8) -> Self {
         let [a, b, c] = TEST_SUBNET_PREFIX;
+        let recipe = Recipe::for_role(role);
         NodeSpec {
             name: name.to_string(),
             role,
@@ -116,14 +127,23 @@ impl NodeSpec {
             vlans: vec![1],
             disks: Vec::new(),
             start_script: None,
-            // What a machine is for decides, here where it is declared, what it forwards.
-            forward_ports: match role {
-                Role::Target => vec![crate::target::GRPC_PORT],
-                Role::Initiator => Vec::new(),
-            },
+            // What a machine holds decides, here where it is declared, what it forwards.
+            forward_ports: recipe.forward_ports().to_vec(),
+            recipe: Some(recipe),
             balloon: BalloonSpec::default(),
             kernel_params: Vec::new(),
         }
+    }
+    /// Boots the image of `recipe` (instead of the role's predefined one) and forwards its
+    /// ports. The role stays: it is what the NixOS side builds for this machine.
+    pub fn with_recipe(mut self, recipe: Recipe) -> Self {
+        self.forward_ports = recipe.forward_ports().to_vec();
+        self.recipe = Some(recipe);
+        self
+    }
+    /// The recipe of the machine's default image: its own, else its role's predefined one.
+    pub fn recipe(&self) -> Recipe {
+        self.recipe.clone().unwrap_or_else(|| Recipe::for_role(self.role))
     }
     pub fn with_disk(mut self, disk: DiskSpec) -> Self {
         self.disks.push(disk);
@@ -294,6 +314,26 @@ mod tests {
         let oom = node.with_balloon(BalloonSpec::DeflateOnOom).with_kernel_param("module_blacklist=virtio_balloon");
         assert_eq!(serde_json::to_value(&oom).unwrap()["balloon"], "deflate-on-oom");
         assert_eq!(oom.kernel_params, ["module_blacklist=virtio_balloon"]);
+    }
+
+    #[test]
+    fn a_node_boots_its_recipe_and_forwards_its_ports() {
+        let target = NodeSpec::new("t", Role::Target, 1);
+        assert_eq!(target.recipe(), Recipe::target());
+        assert_eq!(target.forward_ports, [crate::target::GRPC_PORT]);
+        let initiator = NodeSpec::new("i", Role::Initiator, 2);
+        assert!(initiator.forward_ports.is_empty());
+        let mine = initiator.clone().with_recipe(Recipe::initiator().named("web").forward_port(8080));
+        assert_eq!(mine.forward_ports, [8080]);
+        assert_eq!(mine.recipe().name(), "web");
+        assert_eq!(mine.role, Role::Initiator);
+        // A node written before recipes existed reads with none: its role's.
+        let mut v = serde_json::to_value(&initiator).unwrap();
+        v.as_object_mut().unwrap().remove("recipe");
+        let old: NodeSpec = serde_json::from_value(v).unwrap();
+        assert_eq!(old.recipe, None);
+        assert_eq!(old.recipe(), Recipe::initiator());
+        assert_eq!(serde_json::from_value::<NodeSpec>(serde_json::to_value(&mine).unwrap()).unwrap(), mine);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::accel::{self, Accel};
-use crate::config::{NodeSpec, Role};
+use crate::config::NodeSpec;
 use crate::images::{Image, Images};
 use crate::log;
 use crate::machine::{Machine, MachineEnv};
@@ -90,16 +90,18 @@ impl Driver {
         let qemu = crate::qemu::find_qemu()?;
         let images = Images::from_env()?;
         let images_started = Instant::now();
-        let mut role_images: HashMap<Role, Image> = HashMap::new();
-        for role in nodes.iter().filter(|n| n.start_script.is_none()).map(|n| n.role) {
-            if let std::collections::hash_map::Entry::Vacant(slot) = role_images.entry(role) {
+        // One image per distinct recipe (keyed by the recipe as JSON).
+        let mut recipe_images: HashMap<String, Image> = HashMap::new();
+        for recipe in nodes.iter().filter(|n| n.start_script.is_none()).map(|n| n.recipe()) {
+            let key = serde_json::to_string(&recipe)?;
+            if let std::collections::hash_map::Entry::Vacant(slot) = recipe_images.entry(key) {
                 let images = images.clone();
-                slot.insert(tokio::task::spawn_blocking(move || images.ensure(role)).await??);
+                slot.insert(tokio::task::spawn_blocking(move || images.ensure(recipe)).await??);
             }
         }
         // The probe boots a real kernel: a default image's, else the one a start script boots.
         log::line(&format!("images ready in {:.2} s", images_started.elapsed().as_secs_f64()));
-        let probe_kernel = role_images
+        let probe_kernel = recipe_images
             .values()
             .next()
             .map(|i| i.kernel.clone())
@@ -127,7 +129,7 @@ impl Driver {
             }
         }
         let reporter = options.reporter.clone();
-        let snapshots = if options.fresh_boot || fresh_boot_from_env() || role_images.is_empty() {
+        let snapshots = if options.fresh_boot || fresh_boot_from_env() || recipe_images.is_empty() {
             None
         } else {
             Some(Arc::new(crate::snapshot::Store::new(&images.cache_dir, &qemu)?))
@@ -138,7 +140,7 @@ impl Driver {
             let boot = match &node.start_script {
                 Some(script) => Boot::StartScript { path: script.clone(), kernel_params: String::new() },
                 None => {
-                    let image = &role_images[&node.role];
+                    let image = &recipe_images[&serde_json::to_string(&node.recipe())?];
                     Boot::Kernel {
                         kernel: image.kernel.clone(),
                         initrd: image.initrd.clone(),

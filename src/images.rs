@@ -1,16 +1,17 @@
-//! Default images without Nix: a Debian kernel, and per role an initramfs and a read-only tools
-//! disk, assembled from the host's packages into a content-addressed cache (`$VMCHECK_CACHE`,
-//! default `~/.cache/vmcheck`).
+//! Default images without Nix: a Debian kernel, and per [`Recipe`] an initramfs and a read-only
+//! tools disk, assembled from the host's packages (and Debian packages the recipe names) into a
+//! content-addressed cache (`$VMCHECK_CACHE`, default `~/.cache/vmcheck`).
 //!
 //! The kernel package is fetched with `apt-get download` and unpacked with `dpkg -x`, never
 //! installed; its bzImage's xz payload is unpacked once into `vmlinux`, which QEMU boots through
 //! the kernel's PVH entry point (no decompression in the guest, which costs seconds under TCG).
 //! Each initramfs holds only what boot needs: busybox (init, shell), the guest agent with its
-//! libraries, the role's kernel modules with their dependencies in load order. The role's tools
-//! (lsblk; nvme-cli, fio, open-iscsi; the project's own `vmcheck-target`) with the libraries `ldd`
-//! names go onto an ext4 image (`mke2fs -d`, no root needed) that the guest mounts read-only at
-//! `/tools`; the initramfs holds a symlink at each tool's and library's usual path into `/tools`.
-//! An image is rebuilt only when the hash of its inputs changes.
+//! libraries, the kernel modules (the base's and the recipe's) with their dependencies in load
+//! order, the recipe's text files and services. The rest (lsblk; the recipe's host files and
+//! Debian packages) with the libraries `ldd` names go onto an ext4 image (`mke2fs -d`, no root
+//! needed) that the guest mounts read-only at `/tools`; the initramfs holds a symlink at each
+//! such file's usual path into `/tools`. An image is rebuilt only when the hash of its inputs
+//! changes: everything in the recipe, resolved (see [`Images::ensure`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -22,24 +23,23 @@ use std::process::{Command, Stdio};
 use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
-use crate::config::Role;
+use crate::recipe::{KernelSource, Recipe};
 
 /// Bump when the layout of an image changes, so every cached image is rebuilt.
-const BUILDER_VERSION: &str = "vmcheck-images-4";
+const BUILDER_VERSION: &str = "vmcheck-images-5";
 const KERNEL_META_PACKAGE: &str = "linux-image-amd64";
 
 const RC: &str = include_str!("images/rc.sh");
 const QGA: &str = include_str!("images/qga.sh");
-const TARGET: &str = include_str!("images/target.sh");
 const INITTAB: &str = include_str!("images/inittab");
-const ISCSID: &str = include_str!("images/iscsid.sh");
-const ISCSID_CONF: &str = include_str!("images/iscsid.conf");
+const SERVICE: &str = include_str!("images/service.sh");
 
 /// Host tools the builder runs, with the Debian package that provides each.
 const BUILD_TOOLS: &[(&str, &str)] = &[
     ("apt-get", "apt"),
     ("apt-cache", "apt"),
     ("dpkg", "dpkg"),
+    ("dpkg-query", "dpkg"),
     ("depmod", "kmod"),
     ("cpio", "cpio"),
     ("ldd", "libc-bin"),
@@ -51,32 +51,25 @@ const BUILD_TOOLS: &[(&str, &str)] = &[
 const BUSYBOX: (&str, &str) = ("/bin/busybox", "busybox-static");
 /// In the initramfs: the agent must answer without the tools disk.
 const BOOT_BINARIES: &[(&str, &str)] = &[("/usr/sbin/qemu-ga", "qemu-guest-agent")];
-/// On the tools disk, for every role.
+/// On the tools disk, for every recipe.
 const COMMON_BINARIES: &[(&str, &str)] = &[("/usr/bin/lsblk", "util-linux")];
-const INITIATOR_BINARIES: &[(&str, &str)] =
-    &[("/usr/sbin/nvme", "nvme-cli"), ("/usr/bin/fio", "fio"), ("/usr/sbin/iscsiadm", "open-iscsi"), ("/usr/sbin/iscsid", "open-iscsi")];
 
 /// ext4 reads the tools disk (crc32c_generic, for its metadata checksums, is in both roles).
 const COMMON_MODULES: &[&str] = &["virtio_pci", "virtio_net", "virtio_console", "virtio_blk", "virtio_balloon", "nvme", "ext4"];
-/// nvmet for NVMe-oF; LIO (core, the block backstore, the iSCSI fabric) for iSCSI. Both iSCSI
-/// ends allocate a crc32c hash for every connection (digests or not) and fail the login without
-/// one: crc32c_generic, since a TCG CPU may lack SSE4.2 for crc32c-intel.
-const TARGET_MODULES: &[&str] =
-    &["configfs", "nvmet", "nvmet-tcp", "crc32c_generic", "target_core_mod", "target_core_iblock", "iscsi_target_mod"];
-/// nvme-tcp for NVMe-oF; the iSCSI initiator (libiscsi and scsi_transport_iscsi come as its
-/// dependencies) and SCSI disks.
-const INITIATOR_MODULES: &[&str] = &["nvme-tcp", "crc32c_generic", "iscsi_tcp", "libiscsi", "scsi_transport_iscsi", "sd_mod"];
 
 /// Where the guest mounts the tools disk; the serial by which it finds it.
 pub const TOOLS_MOUNT: &str = "/tools";
+/// The serial of the tools disk, by which `rc.sh` finds it.
 pub const TOOLS_SERIAL: &str = "vmcheck-tools";
 
-/// A kernel, the initramfs and the tools disk of one role, ready to boot.
+/// A kernel, the initramfs and the tools disk of one recipe, ready to boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Image {
-    pub role: Role,
-    /// The uncompressed `vmlinux` with a PVH entry point, else the package's bzImage.
+    /// The recipe's name.
+    pub name: String,
+    /// The uncompressed `vmlinux` with a PVH entry point, else the bzImage.
     pub kernel: PathBuf,
+    /// The initramfs (uncompressed newc cpio).
     pub initrd: PathBuf,
     /// A raw ext4 image, attached read-only (`QemuSpec::tools_disk_args`), mounted at `/tools`.
     pub tools: PathBuf,
@@ -87,11 +80,19 @@ pub struct Image {
 /// The image builder and its cache.
 #[derive(Debug, Clone)]
 pub struct Images {
+    /// Where images, kernels and unpacked Debian packages are kept.
     pub cache_dir: PathBuf,
-    /// The in-guest target daemon to put into the target image.
-    pub target_daemon: Option<PathBuf>,
     /// Print what is being done (to stderr).
     pub verbose: bool,
+}
+
+/// A Debian package unpacked in the cache.
+#[derive(Debug, Clone)]
+struct Deb {
+    package: String,
+    version: String,
+    /// What `dpkg -x` left (documentation removed).
+    root: PathBuf,
 }
 
 impl Images {
@@ -101,7 +102,7 @@ impl Images {
             Some(dir) => PathBuf::from(dir),
             None => dirs::cache_dir().ok_or_else(|| anyhow!("no user cache directory; set VMCHECK_CACHE"))?.join("vmcheck"),
         };
-        Ok(Images { cache_dir, target_daemon: find_target_daemon(), verbose: true })
+        Ok(Images { cache_dir, verbose: true })
     }
 
     fn say(&self, what: &str) {
@@ -110,37 +111,55 @@ impl Images {
         }
     }
 
-    /// Builds (or finds in the cache) the image of `role`.
-    pub fn ensure(&self, role: Role) -> Result<Image> {
+    /// Builds (or finds in the cache) the image of `recipe` (a [`Recipe`], or a
+    /// [`crate::config::Role`] for its predefined recipe).
+    ///
+    /// The image is named by the hash of everything that decides its contents: the builder's
+    /// version and scripts, the recipe's name, the kernel (package and version, or the file's
+    /// content hash), each Debian package with its version (those unpacked for missing
+    /// libraries too), each host file's guest path and content hash, the host libraries (path,
+    /// size, mtime), the modules in load order, each text file's path and content hash, each
+    /// service's name, mode and command line, and the forwarded ports. Two recipes that differ
+    /// in anything get two images, and so two snapshot keys (the key holds the image paths).
+    pub fn ensure(&self, recipe: impl Into<Recipe>) -> Result<Image> {
+        let recipe: Recipe = recipe.into();
+        recipe.check()?;
+        let name = recipe.name().to_string();
+        self.ensure_checked(&recipe).with_context(|| format!("building the image of recipe {name}"))
+    }
+
+    fn ensure_checked(&self, recipe: &Recipe) -> Result<Image> {
+        let name = recipe.name();
         fs::create_dir_all(&self.cache_dir).with_context(|| format!("creating cache {}", self.cache_dir.display()))?;
         // One builder at a time per cache; a second run waits, then finds the image built.
         let _lock = lock_file(&self.cache_dir.join("lock"))?;
         check_host_tools()?;
-        let kernel = self.ensure_kernel()?;
-        let inputs = self.inputs(role, &kernel)?;
+        let kernel = self.ensure_kernel(recipe.kernel())?;
+        let inputs = self.inputs(recipe, &kernel)?;
         let hash = inputs.hash();
-        let dir = self.cache_dir.join("images").join(format!("{}-{}", role, &hash[..16]));
+        let dir = self.cache_dir.join("images").join(format!("{name}-{}", &hash[..16]));
         let image = Image {
-            role,
+            name: name.to_string(),
             kernel: kernel.boot_image().to_path_buf(),
             initrd: dir.join("initrd"),
             tools: dir.join("tools.img"),
             hash: hash.clone(),
         };
         if image.initrd.exists() && image.tools.exists() {
-            self.say(&format!("{role} image up to date ({})", &hash[..16]));
+            self.say(&format!("{name} image up to date ({})", &hash[..16]));
             return Ok(image);
         }
         self.say(&format!(
-            "building the {role} image ({} boot files, {} tools files, kernel {})",
+            "building the {name} image ({} boot files, {} tools files, {} Debian packages, kernel {})",
             inputs.files.len(),
             inputs.tools.len() + inputs.own.len(),
+            inputs.debs.len(),
             kernel.version
         ));
         let staging = tempfile::Builder::new().prefix(".staging-").tempdir_in(&self.cache_dir)?;
         let root = staging.path().join("root");
         let tools_root = staging.path().join("tools");
-        assemble(&root, &tools_root, role, &inputs, &kernel)?;
+        assemble(&root, &tools_root, &inputs, &kernel)?;
         let out = staging.path().join("initrd");
         write_cpio(&root, &out)?;
         let tools_out = staging.path().join("tools.img");
@@ -156,7 +175,7 @@ impl Images {
         let _ = fs::remove_dir_all(&dir);
         fs::rename(&tmp_dir, &dir).with_context(|| format!("moving the image into {}", dir.display()))?;
         self.say(&format!(
-            "{role} image built: {} (initramfs {:.1} MiB, tools disk {:.1} MiB)",
+            "{name} image built: {} (initramfs {:.1} MiB, tools disk {:.1} MiB)",
             dir.display(),
             size as f64 / 1048576.0,
             tools_size as f64 / 1048576.0
@@ -164,28 +183,23 @@ impl Images {
         Ok(image)
     }
 
-    /// The kernel package, downloaded and unpacked once per version.
-    fn ensure_kernel(&self) -> Result<Kernel> {
-        let (package, version) = self.resolve_kernel()?;
-        let dir = self.cache_dir.join("kernel").join(format!("{package}_{version}"));
-        if !dir.join("done").exists() {
-            self.say(&format!("fetching {package} {version} (apt-get download, dpkg -x)"));
-            fs::create_dir_all(dir.parent().unwrap())?;
-            let work = tempfile::Builder::new().prefix(".kernel-").tempdir_in(&self.cache_dir)?;
-            run(Command::new("apt-get").args(["download", &format!("{package}={version}")]).current_dir(work.path()))
-                .with_context(|| format!("downloading {package}; is the package list current? (apt-get update)"))?;
-            let deb = fs::read_dir(work.path())?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .find(|p| p.extension().is_some_and(|e| e == "deb"))
-                .ok_or_else(|| anyhow!("apt-get download {package} left no .deb"))?;
-            let unpacked = work.path().join("x");
-            run(Command::new("dpkg").arg("-x").arg(&deb).arg(&unpacked))?;
-            let kver = single_dir_name(&unpacked.join("lib/modules"))?;
-            run(Command::new("depmod").arg("-b").arg(&unpacked).arg(&kver))?;
-            fs::write(unpacked.join("done"), &kver)?;
-            let _ = fs::remove_dir_all(&dir);
-            fs::rename(&unpacked, &dir)?;
-        }
+    /// The recipe's kernel: a package downloaded and unpacked once per version, or a host file
+    /// unpacked once per content hash.
+    fn ensure_kernel(&self, source: &KernelSource) -> Result<Kernel> {
+        let (dir, label) = match source {
+            KernelSource::Default => {
+                let (package, version) = self.resolve_kernel()?;
+                (self.unpack_kernel_package(&package, &version)?, format!("{package}={version}"))
+            }
+            KernelSource::Package(package) => {
+                let version = self.candidate_version(package).with_context(|| format!("the kernel package {package}"))?;
+                (self.unpack_kernel_package(package, &version)?, format!("{package}={version}"))
+            }
+            KernelSource::File(path) => {
+                let hash = file_sha256(path).with_context(|| format!("the kernel file {}", path.display()))?;
+                (self.unpack_kernel_file(path, &hash)?, format!("file {} sha256 {hash}", path.display()))
+            }
+        };
         let kver = fs::read_to_string(dir.join("done"))?.trim().to_string();
         let vmlinuz = dir.join(format!("boot/vmlinuz-{kver}"));
         // The bzImage unpacked once on the host: booted through PVH, the guest skips
@@ -207,20 +221,64 @@ impl Images {
             fs::write(&pvh_marker, pvh)?;
         }
         let pvh = fs::read_to_string(&pvh_marker)?.trim() == "yes";
-        Ok(Kernel {
-            vmlinux: pvh.then_some(vmlinux),
-            vmlinuz,
-            modules: dir.join("lib/modules").join(&kver),
-            version: kver,
-            package: format!("{package}={version}"),
-        })
+        let modules = dir.join("lib/modules").join(&kver);
+        Ok(Kernel { vmlinux: pvh.then_some(vmlinux), vmlinuz, modules: modules.is_dir().then_some(modules), version: kver, package: label })
+    }
+
+    /// `kernel/<package>_<version>`: the package as `dpkg -x` left it, `done` holding the
+    /// kernel version.
+    fn unpack_kernel_package(&self, package: &str, version: &str) -> Result<PathBuf> {
+        let dir = self.cache_dir.join("kernel").join(format!("{package}_{version}"));
+        if !dir.join("done").exists() {
+            self.say(&format!("fetching {package} {version} (apt-get download, dpkg -x)"));
+            let work = tempfile::Builder::new().prefix(".kernel-").tempdir_in(&self.cache_dir)?;
+            let deb = apt_download(package, version, work.path())?;
+            self.unpack_kernel_deb(&deb, &work.path().join("x"), &dir)?;
+        }
+        Ok(dir)
+    }
+
+    /// `kernel/file-<hash>`: a kernel `.deb` unpacked as a package is, or a bare kernel image
+    /// (no modules; its version is `file`).
+    fn unpack_kernel_file(&self, path: &Path, hash: &str) -> Result<PathBuf> {
+        let dir = self.cache_dir.join("kernel").join(format!("file-{}", &hash[..16]));
+        if !dir.join("done").exists() {
+            let work = tempfile::Builder::new().prefix(".kernel-").tempdir_in(&self.cache_dir)?;
+            let unpacked = work.path().join("x");
+            let mut head = [0u8; 8];
+            let n = std::io::Read::read(&mut fs::File::open(path)?, &mut head)?;
+            if head[..n] == *b"!<arch>\n" {
+                self.say(&format!("unpacking the kernel package {}", path.display()));
+                self.unpack_kernel_deb(path, &unpacked, &dir)?;
+            } else {
+                self.say(&format!("using the kernel image {} (no modules)", path.display()));
+                fs::create_dir_all(unpacked.join("boot"))?;
+                fs::copy(path, unpacked.join("boot/vmlinuz-file"))?;
+                fs::write(unpacked.join("done"), "file")?;
+                fs::create_dir_all(dir.parent().unwrap())?;
+                let _ = fs::remove_dir_all(&dir);
+                fs::rename(&unpacked, &dir)?;
+            }
+        }
+        Ok(dir)
+    }
+
+    fn unpack_kernel_deb(&self, deb: &Path, unpacked: &Path, dir: &Path) -> Result<()> {
+        run(Command::new("dpkg").arg("-x").arg(deb).arg(unpacked))?;
+        let kver = single_dir_name(&unpacked.join("lib/modules")).with_context(|| format!("{} is not a kernel package", deb.display()))?;
+        run(Command::new("depmod").arg("-b").arg(unpacked).arg(&kver))?;
+        fs::write(unpacked.join("done"), &kver)?;
+        fs::create_dir_all(dir.parent().unwrap())?;
+        let _ = fs::remove_dir_all(dir);
+        fs::rename(unpacked, dir)?;
+        Ok(())
     }
 
     /// The kernel package and version apt offers. Asking apt-cache costs about a second, so the
     /// answer is kept until apt's package lists change (`apt-get update` rewrites them).
     fn resolve_kernel(&self) -> Result<(String, String)> {
         let wanted = std::env::var("VMCHECK_KERNEL_PACKAGE").ok();
-        let lists = fs::metadata("/var/lib/apt/lists").ok().and_then(|m| m.modified().ok());
+        let lists = apt_lists_mtime();
         let key = format!("{wanted:?} {lists:?}");
         let memo = self.cache_dir.join("kernel-resolution");
         if let Ok(text) = fs::read_to_string(&memo) {
@@ -240,12 +298,144 @@ impl Images {
         Ok((package, version))
     }
 
-    /// Everything that decides what the image holds.
-    fn inputs(&self, role: Role, kernel: &Kernel) -> Result<Inputs> {
-        let mut binaries: Vec<(&str, &str)> = COMMON_BINARIES.to_vec();
-        if role == Role::Initiator {
-            binaries.extend_from_slice(INITIATOR_BINARIES);
+    /// apt's candidate version of `package`, kept (as the kernel's) until the lists change.
+    fn candidate_version(&self, package: &str) -> Result<String> {
+        let lists = apt_lists_mtime();
+        let key = format!("{lists:?}");
+        let memo = self.cache_dir.join("apt").join(format!("{package}.candidate"));
+        if let Ok(text) = fs::read_to_string(&memo) {
+            if let Some((k, version)) = text.trim_end().split_once('\n') {
+                if k == key && lists.is_some() {
+                    return Ok(version.to_string());
+                }
+            }
         }
+        let version = package_candidate_version(package)?;
+        let _ = fs::create_dir_all(memo.parent().unwrap());
+        let _ = fs::write(&memo, format!("{key}\n{version}\n"));
+        Ok(version)
+    }
+
+    /// `debs/<package>_<version>/root`: the package as `dpkg -x` left it, without
+    /// `/usr/share/{doc,man,info}`.
+    fn ensure_deb(&self, package: &str) -> Result<Deb> {
+        let version = self.candidate_version(package).with_context(|| format!("the Debian package {package}"))?;
+        let dir = self.cache_dir.join("debs").join(format!("{package}_{version}"));
+        if !dir.join("done").exists() {
+            self.say(&format!("fetching {package} {version} (apt-get download, dpkg -x)"));
+            let work = tempfile::Builder::new().prefix(".deb-").tempdir_in(&self.cache_dir)?;
+            let deb = apt_download(package, &version, work.path())?;
+            let out = work.path().join("out");
+            fs::create_dir_all(&out)?;
+            run(Command::new("dpkg").arg("-x").arg(&deb).arg(out.join("root")))?;
+            for docs in ["usr/share/doc", "usr/share/man", "usr/share/info"] {
+                let _ = fs::remove_dir_all(out.join("root").join(docs));
+            }
+            fs::write(out.join("done"), &version)?;
+            fs::create_dir_all(dir.parent().unwrap())?;
+            let _ = fs::remove_dir_all(&dir);
+            fs::rename(&out, &dir)?;
+        }
+        Ok(Deb { package: package.to_string(), version, root: dir.join("root") })
+    }
+
+    /// The recipe's Debian packages unpacked, and the host libraries their ELF files need; a
+    /// library neither the host nor the unpacked packages have makes the packages' `Depends`
+    /// that the host lacks unpacked too (module documentation of [`crate::recipe`]).
+    ///
+    /// Asking `ldd` about every ELF file costs seconds for a big package, so the answer (the
+    /// dependencies unpacked, the host libraries) is kept until the packages' versions, apt's
+    /// lists or the host's installed packages (`/var/lib/dpkg/status`) change.
+    fn ensure_debs(&self, packages: &[String]) -> Result<(Vec<Deb>, BTreeSet<PathBuf>)> {
+        let mut debs = Vec::new();
+        for p in packages {
+            debs.push(self.ensure_deb(p)?);
+        }
+        if debs.is_empty() {
+            return Ok((debs, BTreeSet::new()));
+        }
+        let dpkg_status = fs::metadata("/var/lib/dpkg/status").ok().and_then(|m| m.modified().ok());
+        let mut key = format!("{BUILDER_VERSION}\n{:?}\n{dpkg_status:?}\n", apt_lists_mtime());
+        for d in &debs {
+            key += &format!("{} {}\n", d.package, d.version);
+        }
+        let memo = self.cache_dir.join("debs").join(format!("resolved-{}", &sha256_hex(key.as_bytes())[..16]));
+        if let Ok(text) = fs::read_to_string(&memo) {
+            if dpkg_status.is_some() {
+                let mut libs = BTreeSet::new();
+                for line in text.lines() {
+                    match line.split_once(' ') {
+                        Some(("deb", p)) => debs.push(self.ensure_deb(p)?),
+                        Some(("lib", path)) => {
+                            libs.insert(PathBuf::from(path));
+                        }
+                        _ => {}
+                    }
+                }
+                return Ok((debs, libs));
+            }
+        }
+        let requested = debs.len();
+        let (debs, libs) = self.resolve_debs(debs)?;
+        let mut text = String::new();
+        for d in &debs[requested..] {
+            text += &format!("deb {}\n", d.package);
+        }
+        for l in &libs {
+            text += &format!("lib {}\n", l.display());
+        }
+        let _ = fs::write(&memo, text);
+        Ok((debs, libs))
+    }
+
+    fn resolve_debs(&self, mut debs: Vec<Deb>) -> Result<(Vec<Deb>, BTreeSet<PathBuf>)> {
+        // Packages whose Depends were followed; the dependencies unpacked for a missing library
+        // (whose own Depends are followed next, if the library is still missing).
+        let mut followed = BTreeSet::new();
+        let mut pulled: Vec<String> = Vec::new();
+        loop {
+            let (host_libs, missing) = deb_libraries(&debs)?;
+            if missing.is_empty() {
+                return Ok((debs, host_libs));
+            }
+            // Follow the Depends of the packages that miss a library (and of the dependencies
+            // unpacked for them): unpack those the host lacks.
+            let mut to_follow: Vec<String> = missing.iter().map(|m| m.package.clone()).collect();
+            to_follow.extend(pulled.iter().cloned());
+            let mut added = false;
+            for package in to_follow {
+                if !followed.insert(package.clone()) {
+                    continue;
+                }
+                let version = debs.iter().find(|d| d.package == package).map(|d| d.version.clone()).expect("an unpacked package");
+                let text = output(Command::new("apt-cache").args(["depends", &format!("{package}={version}")]))?;
+                for group in parse_depends(&text) {
+                    if group.iter().any(|p| debs.iter().any(|d| &d.package == p) || host_has_package(p)) {
+                        continue;
+                    }
+                    let Some(first) = group.first() else { continue };
+                    self.say(&format!("{package} needs a library the host lacks: unpacking its dependency {first}"));
+                    debs.push(self.ensure_deb(first).with_context(|| format!("a dependency of {package}"))?);
+                    pulled.push(first.clone());
+                    added = true;
+                }
+            }
+            if !added {
+                let m = &missing[0];
+                bail!(
+                    "{} (of the Debian package {}) needs the library {}, which neither the host nor the unpacked Debian packages ({}) \
+                     provide; install it on the host or add the Debian package that holds it (.debian_package(...))",
+                    m.file.display(),
+                    m.package,
+                    m.library,
+                    debs.iter().map(|d| d.package.as_str()).collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+    }
+
+    /// Everything that decides what the image holds.
+    fn inputs(&self, recipe: &Recipe, kernel: &Kernel) -> Result<Inputs> {
         let mut files = BTreeSet::new();
         files.insert(PathBuf::from(BUSYBOX.0));
         require_file(BUSYBOX.0, BUSYBOX.1)?;
@@ -255,25 +445,44 @@ impl Images {
             files.extend(shared_libraries(Path::new(path))?);
         }
         let mut tools = BTreeSet::new();
-        for (path, package) in &binaries {
+        for (path, package) in COMMON_BINARIES {
             require_file(path, package)?;
             tools.insert(PathBuf::from(path));
             tools.extend(shared_libraries(Path::new(path))?);
         }
         let mut own = BTreeMap::new();
-        if role == Role::Target {
-            let daemon = self.target_daemon.clone().ok_or_else(|| {
-                anyhow!("the target image needs the vmcheck-target binary: build it (cargo build --bins) or set VMCHECK_TARGET_BIN")
-            })?;
-            let data = fs::read(&daemon).with_context(|| format!("reading {}", daemon.display()))?;
-            tools.extend(shared_libraries(&daemon)?);
-            own.insert("/usr/bin/vmcheck-target".to_string(), (daemon, hex::encode(Sha256::digest(&data))));
+        for f in recipe.host_files() {
+            let hash = file_sha256(&f.host).with_context(|| format!("reading the host file {}", f.host.display()))?;
+            if is_elf(&f.host) {
+                tools.extend(shared_libraries(&f.host)?);
+            }
+            own.insert(crate::recipe::normalize(&f.guest), (f.host.clone(), hash));
         }
-        let mut modules = COMMON_MODULES.to_vec();
-        modules.extend_from_slice(if role == Role::Target { TARGET_MODULES } else { INITIATOR_MODULES });
-        let modules = module_load_order(&kernel.modules, &modules)?;
+        let (debs, deb_libs) = self.ensure_debs(recipe.debian_packages())?;
+        tools.extend(deb_libs);
+        let modules = match &kernel.modules {
+            Some(dir) => {
+                let mut wanted: Vec<&str> = COMMON_MODULES.to_vec();
+                wanted.extend(recipe.modules().iter().map(String::as_str));
+                module_load_order(dir, &wanted).with_context(|| format!("the kernel {}", kernel.package))?
+            }
+            None if recipe.modules().is_empty() => Vec::new(),
+            None => bail!(
+                "the kernel {} is a bare kernel image without modules, and the recipe loads {}; give a kernel .deb instead",
+                kernel.package,
+                recipe.modules().join(", ")
+            ),
+        };
         let tools = tools_only(&files, tools);
-        Ok(Inputs { role, kernel: format!("{} {}", kernel.package, kernel.boot_image().display()), files, tools, own, modules })
+        Ok(Inputs {
+            recipe: recipe.clone(),
+            kernel: format!("{} {}", kernel.package, kernel.boot_image().display()),
+            files,
+            tools,
+            own,
+            debs,
+            modules,
+        })
     }
 }
 
@@ -282,8 +491,10 @@ struct Kernel {
     vmlinuz: PathBuf,
     /// The unpacked kernel, when it has a PVH entry point.
     vmlinux: Option<PathBuf>,
-    modules: PathBuf,
+    /// `lib/modules/<version>`; none for a bare kernel image.
+    modules: Option<PathBuf>,
     version: String,
+    /// `package=version`, or the kernel file and its hash.
     package: String,
 }
 
@@ -295,23 +506,27 @@ impl Kernel {
 
 #[derive(Debug)]
 struct Inputs {
-    role: Role,
+    recipe: Recipe,
     kernel: String,
     /// Host files copied into the initramfs as they are (binaries and libraries).
     files: BTreeSet<PathBuf>,
-    /// Host files for the tools disk (none of them also in `files`).
+    /// Host files for the tools disk at their host paths (none of them also in `files`).
     tools: BTreeSet<PathBuf>,
-    /// The project's own files: guest path -> (host path, content hash).
+    /// The recipe's host files: guest path -> (host path, content hash).
     own: BTreeMap<String, (PathBuf, String)>,
+    /// Debian packages, the recipe's and the dependencies unpacked for them.
+    debs: Vec<Deb>,
     /// Module paths relative to the modules directory, in load order.
     modules: Vec<String>,
 }
 
 impl Inputs {
-    /// Host files are identified by path, size and mtime (hashing 80 MB of libraries on every run
-    /// would cost more than it saves); the project's own files and scripts by content.
+    /// Host libraries are identified by path, size and mtime (hashing 80 MB of libraries on
+    /// every run would cost more than it saves); the recipe's host files, text files and
+    /// services, and the scripts by content; Debian packages by name and version.
     fn describe(&self) -> String {
-        let mut s = format!("{BUILDER_VERSION}\nrole {}\nkernel {}\n", self.role, self.kernel);
+        let r = &self.recipe;
+        let mut s = format!("{BUILDER_VERSION}\nrecipe {}\nkernel {}\n", r.name(), self.kernel);
         for (kind, set) in [("file", &self.files), ("tool", &self.tools)] {
             for f in set {
                 let m = fs::metadata(f).ok();
@@ -322,25 +537,50 @@ impl Inputs {
         for (guest, (_, hash)) in &self.own {
             s += &format!("own {guest} {hash}\n");
         }
+        for d in &self.debs {
+            s += &format!("deb {} {}\n", d.package, d.version);
+        }
         for m in &self.modules {
             s += &format!("module {m}\n");
         }
-        for script in [RC, QGA, TARGET, INITTAB, ISCSID, ISCSID_CONF] {
-            s += &format!("script {}\n", hex::encode(Sha256::digest(script)));
+        for f in r.files() {
+            s += &format!("text {} {}\n", crate::recipe::normalize(&f.path), sha256_hex(f.contents.as_bytes()));
+        }
+        for svc in r.services() {
+            s += &format!("service {} {} {}\n", svc.name, if svc.respawn { "respawn" } else { "once" }, sha256_hex(svc.command.as_bytes()));
+        }
+        for p in r.forward_ports() {
+            s += &format!("forward {p}\n");
+        }
+        for script in [RC, QGA, INITTAB, SERVICE] {
+            s += &format!("script {}\n", sha256_hex(script.as_bytes()));
         }
         s
     }
 
     fn hash(&self) -> String {
-        hex::encode(Sha256::digest(self.describe()))
+        sha256_hex(self.describe().as_bytes())
     }
 }
 
 /// Lays out the guest's root file system under `root` and the tools disk's under `tools_root`.
-fn assemble(root: &Path, tools_root: &Path, role: Role, inputs: &Inputs, kernel: &Kernel) -> Result<()> {
-    for dir in
-        ["bin", "sbin", "usr/bin", "usr/sbin", "etc/vmcheck", "proc", "sys", "dev", "run", "tmp", "root", "var", "lib/modules", "tools"]
-    {
+fn assemble(root: &Path, tools_root: &Path, inputs: &Inputs, kernel: &Kernel) -> Result<()> {
+    for dir in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "etc/vmcheck/services",
+        "proc",
+        "sys",
+        "dev",
+        "run",
+        "tmp",
+        "root",
+        "var",
+        "lib/modules",
+        "tools",
+    ] {
         fs::create_dir_all(root.join(dir))?;
     }
     std::os::unix::fs::symlink("/run", root.join("var/run"))?;
@@ -361,47 +601,234 @@ fn assemble(root: &Path, tools_root: &Path, role: Role, inputs: &Inputs, kernel:
     }
     std::os::unix::fs::symlink(BUSYBOX.0, root.join("init"))?;
     fs::create_dir_all(tools_root)?;
+    // Debian packages first: a host file the recipe names at the same path replaces theirs.
+    // Their files never replace what the initramfs holds (busybox's applets, which rc.sh runs
+    // before /tools is mounted): such a file is reached at /tools/PATH.
+    let mut deb_paths = BTreeSet::new();
+    for deb in &inputs.debs {
+        run(Command::new("cp").arg("-a").arg("--remove-destination").arg(deb.root.join(".")).arg(tools_root))
+            .with_context(|| format!("copying the Debian package {} onto the tools disk", deb.package))?;
+        let mut paths = Vec::new();
+        collect_paths(&deb.root, &deb.root, &mut paths)?;
+        for p in paths {
+            if !deb.root.join(&p).symlink_metadata()?.is_dir() {
+                deb_paths.insert(format!("/{p}"));
+            }
+        }
+    }
+    for guest in &deb_paths {
+        // A path through a link of the initramfs (/var/run) stays on the tools disk only.
+        let Ok(link) = image_path(root, guest) else { continue };
+        if link.symlink_metadata().is_ok() {
+            continue;
+        }
+        if let Some(parent) = link.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        std::os::unix::fs::symlink(format!("{TOOLS_MOUNT}{guest}"), &link)?;
+    }
     for file in &inputs.tools {
-        copy_host_file(file, &tools_root.join(file.strip_prefix("/").unwrap_or(file)))?;
+        copy_host_file(file, &image_path(tools_root, &file.to_string_lossy())?)?;
     }
     for (guest, (host, _)) in &inputs.own {
-        strip_copy(host, &tools_root.join(guest.trim_start_matches('/')))?;
+        let dest = image_path(tools_root, guest)?;
+        let _ = fs::remove_file(&dest);
+        if is_elf(host) {
+            strip_copy(host, &dest)?;
+        } else {
+            copy_host_file(host, &dest)?;
+        }
     }
     let guest_paths = inputs.tools.iter().map(|p| p.to_string_lossy().into_owned()).chain(inputs.own.keys().cloned());
     for (link, target) in tools_links(guest_paths) {
-        let link = root.join(link.trim_start_matches('/'));
+        let link = image_path(root, &link)?;
         if let Some(parent) = link.parent() {
             fs::create_dir_all(parent)?;
+        }
+        if link.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            bail!("{} is a directory in the guest; a file cannot go there", link.display());
         }
         let _ = fs::remove_file(&link);
         std::os::unix::fs::symlink(target, &link)?;
     }
     let mut order = String::new();
-    for m in &inputs.modules {
-        let dest = root.join("lib/modules").join(&kernel.version).join(m);
-        fs::create_dir_all(dest.parent().unwrap())?;
-        fs::copy(kernel.modules.join(m), &dest)?;
-        order += &format!("{}/{m}\n", kernel.version);
+    if let Some(modules_dir) = &kernel.modules {
+        for m in &inputs.modules {
+            let dest = root.join("lib/modules").join(&kernel.version).join(m);
+            fs::create_dir_all(dest.parent().unwrap())?;
+            fs::copy(modules_dir.join(m), &dest)?;
+            order += &format!("{}/{m}\n", kernel.version);
+        }
     }
     fs::write(root.join("etc/vmcheck/modules"), order)?;
     write_script(&root.join("etc/vmcheck/rc"), RC)?;
     write_script(&root.join("etc/vmcheck/qga"), QGA)?;
-    let mut inittab = INITTAB.to_string();
-    if role == Role::Target {
-        write_script(&root.join("etc/vmcheck/target"), TARGET)?;
-        inittab += "::respawn:/etc/vmcheck/target\n";
-    }
-    if role == Role::Initiator {
-        write_script(&root.join("etc/vmcheck/iscsid"), ISCSID)?;
-        fs::create_dir_all(root.join("etc/iscsi"))?;
-        fs::write(root.join("etc/iscsi/iscsid.conf"), ISCSID_CONF)?;
-        inittab += "::respawn:/etc/vmcheck/iscsid\n";
-    }
-    fs::write(root.join("etc/inittab"), inittab)?;
+    write_script(&root.join("etc/vmcheck/service"), SERVICE)?;
     fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
     fs::write(root.join("etc/group"), "root:x:0:\n")?;
     fs::write(root.join("etc/hosts"), "127.0.0.1 localhost\n")?;
+    // The recipe's text files: real files in the initramfs, written last, so they win.
+    for f in inputs.recipe.files() {
+        let path = image_path(root, &f.path)?;
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        if path.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            bail!("the recipe's file {} is a directory in the guest", f.path);
+        }
+        let _ = fs::remove_file(&path);
+        fs::write(&path, &f.contents)?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644))?;
+    }
+    let mut inittab = INITTAB.to_string();
+    for svc in inputs.recipe.services() {
+        fs::write(root.join(format!("etc/vmcheck/services/{}.cmd", svc.name)), format!("{}\n", svc.command))?;
+        let (action, mode) = if svc.respawn { ("respawn", "respawn") } else { ("once", "once") };
+        inittab += &format!("::{action}:/etc/vmcheck/service {} {mode}\n", svc.name);
+    }
+    fs::write(root.join("etc/inittab"), inittab)?;
     Ok(())
+}
+
+/// A library `ldd` found nowhere.
+#[derive(Debug)]
+struct MissingLibrary {
+    /// The package that holds `file`.
+    package: String,
+    /// The file's path in the guest.
+    file: PathBuf,
+    library: String,
+}
+
+/// The ELF files of the unpacked packages asked `ldd` what they need: the host libraries among
+/// the answers, and each library found nowhere.
+fn deb_libraries(debs: &[Deb]) -> Result<(BTreeSet<PathBuf>, Vec<MissingLibrary>)> {
+    let mut lib_dirs = Vec::new();
+    for deb in debs {
+        for d in ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib", "usr/lib"] {
+            if deb.root.join(d).is_dir() {
+                lib_dirs.push(deb.root.join(d).to_string_lossy().into_owned());
+            }
+        }
+    }
+    let library_path = lib_dirs.join(":");
+    let mut host = BTreeSet::new();
+    let mut missing = Vec::new();
+    for deb in debs {
+        let mut paths = Vec::new();
+        collect_paths(&deb.root, &deb.root, &mut paths)?;
+        for p in paths {
+            let file = deb.root.join(&p);
+            let Ok(m) = file.symlink_metadata() else { continue };
+            if !m.is_file() || !is_elf(&file) {
+                continue;
+            }
+            let out = Command::new("ldd")
+                .arg(&file)
+                .env("LD_LIBRARY_PATH", &library_path)
+                .output()
+                .with_context(|| format!("running ldd {}", file.display()))?;
+            if !out.status.success() {
+                continue; // static, or not a program ldd can read
+            }
+            let (found, not_found) = parse_ldd_lenient(&String::from_utf8_lossy(&out.stdout));
+            for lib in found {
+                if !debs.iter().any(|d| lib.starts_with(&d.root)) {
+                    host.insert(lib);
+                }
+            }
+            for lib in not_found {
+                missing.push(MissingLibrary { package: deb.package.clone(), file: PathBuf::from(format!("/{p}")), library: lib });
+            }
+        }
+    }
+    Ok((host, missing))
+}
+
+/// `apt-cache depends` output: the `Depends` and `Pre-Depends` groups, each the alternatives in
+/// order (virtual packages, in `<>`, left out; `:any` dropped).
+fn parse_depends(text: &str) -> Vec<Vec<String>> {
+    let mut groups: Vec<Vec<String>> = Vec::new();
+    let mut open = false;
+    for line in text.lines() {
+        let t = line.trim_start();
+        let (alt, rest) = match t.strip_prefix('|') {
+            Some(r) => (true, r),
+            None => (false, t),
+        };
+        let Some(name) = rest.strip_prefix("Depends: ").or_else(|| rest.strip_prefix("PreDepends: ")) else {
+            continue;
+        };
+        let name = name.trim();
+        let continues = open;
+        open = alt;
+        if !continues {
+            groups.push(Vec::new());
+        }
+        if !name.starts_with('<') {
+            groups.last_mut().expect("a group").push(name.split(':').next().unwrap_or(name).to_string());
+        }
+    }
+    groups.retain(|g| !g.is_empty());
+    groups
+}
+
+fn host_has_package(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn apt_download(package: &str, version: &str, dir: &Path) -> Result<PathBuf> {
+    run(Command::new("apt-get").args(["download", &format!("{package}={version}")]).current_dir(dir))
+        .with_context(|| format!("downloading {package}; is the package list current? (apt-get update)"))?;
+    fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .ok_or_else(|| anyhow!("apt-get download {package} left no .deb"))
+}
+
+fn apt_lists_mtime() -> Option<std::time::SystemTime> {
+    fs::metadata("/var/lib/apt/lists").ok().and_then(|m| m.modified().ok())
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(Sha256::digest(data))
+}
+
+fn file_sha256(path: &Path) -> Result<String> {
+    let mut file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+fn is_elf(path: &Path) -> bool {
+    let mut head = [0u8; 4];
+    fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head)).is_ok() && head == *b"\x7fELF"
+}
+
+/// Where the guest path `guest` is under `root` (the staging initramfs or tools disk), refused
+/// when a directory on the way is a symlink: the image's links (`/var/run` -> `/run`, a
+/// package's) point into the guest, and followed on the host they would write outside `root`.
+fn image_path(root: &Path, guest: &str) -> Result<PathBuf> {
+    let normalized = crate::recipe::normalize(guest);
+    let rel = normalized.trim_start_matches('/');
+    let mut at = root.to_path_buf();
+    let parts: Vec<&str> = rel.split('/').collect();
+    for part in &parts[..parts.len().saturating_sub(1)] {
+        at.push(part);
+        if at.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
+            bail!(
+                "the guest path {guest} goes through the link /{} of the image; name the path it points to",
+                at.strip_prefix(root)?.display()
+            );
+        }
+    }
+    Ok(root.join(rel))
 }
 
 /// The tools disk's files that the initramfs does not already hold.
@@ -606,6 +1033,26 @@ fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
     parse_ldd(&text).with_context(|| format!("ldd {}", binary.display()))
 }
 
+/// `ldd` output: the libraries found (with the loader), and the names of those not found.
+fn parse_ldd_lenient(text: &str) -> (Vec<PathBuf>, Vec<String>) {
+    let mut libs = Vec::new();
+    let mut missing = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.contains("not found") {
+            missing.push(line.split_whitespace().next().unwrap_or(line).to_string());
+            continue;
+        }
+        let path = match line.split_once("=>") {
+            Some((_, rest)) => rest.split_whitespace().next(),
+            None => line.split_whitespace().next(),
+        };
+        if let Some(p) = path.filter(|p| p.starts_with('/')) {
+            libs.push(PathBuf::from(p));
+        }
+    }
+    (libs, missing)
+}
+
 fn parse_ldd(text: &str) -> Result<Vec<PathBuf>> {
     let mut libs = Vec::new();
     for line in text.lines().map(str::trim) {
@@ -623,10 +1070,14 @@ fn parse_ldd(text: &str) -> Result<Vec<PathBuf>> {
     Ok(libs)
 }
 
-/// Copies a host file to `dest`, following links, keeping its mode.
+/// Copies a host file to `dest` (replacing what is there, never writing through a link),
+/// following links at the source, keeping its mode.
 fn copy_host_file(src: &Path, dest: &Path) -> Result<()> {
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent)?;
+    }
+    if dest.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
+        fs::remove_file(dest)?;
     }
     fs::copy(src, dest).with_context(|| format!("copying {} into the image", src.display()))?;
     Ok(())
@@ -685,11 +1136,9 @@ fn resolve_kernel_package() -> Result<String> {
 
 fn package_candidate_version(package: &str) -> Result<String> {
     let text = output(Command::new("apt-cache").args(["policy", package]))?;
-    text.lines()
-        .filter_map(|l| l.trim().strip_prefix("Candidate: "))
-        .find(|v| *v != "(none)")
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("apt has no candidate for {package}; run: apt-get update"))
+    text.lines().filter_map(|l| l.trim().strip_prefix("Candidate: ")).find(|v| *v != "(none)").map(str::to_string).ok_or_else(|| {
+        anyhow!("apt knows no Debian package {package} (apt-cache policy shows no candidate): check the name, or run apt-get update")
+    })
 }
 
 fn single_dir_name(dir: &Path) -> Result<String> {
@@ -817,6 +1266,107 @@ kernel/lib/crc64.ko:\n";
         let mut truncated = elf_with_notes(&[(b"Xen\0", 18, &[0, 0, 0, 1])]);
         truncated.truncate(130);
         assert!(!has_pvh_note(&truncated));
+    }
+
+    fn inputs_of(recipe: Recipe) -> Inputs {
+        Inputs {
+            recipe,
+            kernel: "linux-image-x=1 /k/vmlinux".into(),
+            files: BTreeSet::new(),
+            tools: BTreeSet::new(),
+            own: BTreeMap::new(),
+            debs: Vec::new(),
+            modules: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn everything_in_a_recipe_changes_the_image_hash() {
+        let base = Recipe::new("r");
+        let mut variants: Vec<Inputs> = [
+            base.clone(),
+            base.clone().named("s"),
+            base.clone().file("/etc/a", "1"),
+            base.clone().file("/etc/a", "2"),
+            base.clone().file("/etc/b", "1"),
+            base.clone().service("s", "x"),
+            base.clone().service("s", "y"),
+            base.clone().service_once("s", "x"),
+            base.clone().service("t", "x"),
+            base.clone().forward_port(10124),
+        ]
+        .into_iter()
+        .map(inputs_of)
+        .collect();
+        // What the recipe resolves to: the kernel, host files by guest path and content,
+        // Debian packages by version, modules in load order.
+        let resolved = |f: &dyn Fn(&mut Inputs)| {
+            let mut i = inputs_of(base.clone());
+            f(&mut i);
+            i
+        };
+        variants.push(resolved(&|i| i.kernel = "linux-image-x=2 /k/vmlinux".into()));
+        variants.push(resolved(&|i| {
+            i.own.insert("/usr/bin/d".into(), ("/h/d".into(), "aa".into()));
+        }));
+        variants.push(resolved(&|i| {
+            i.own.insert("/usr/bin/d".into(), ("/h/d".into(), "bb".into()));
+        }));
+        variants.push(resolved(&|i| {
+            i.own.insert("/usr/bin/e".into(), ("/h/d".into(), "aa".into()));
+        }));
+        let deb = |version: &str| Deb { package: "tgt".into(), version: version.into(), root: "/c/debs/tgt/root".into() };
+        variants.push(resolved(&|i| i.debs.push(deb("1"))));
+        variants.push(resolved(&|i| i.debs.push(deb("2"))));
+        variants.push(resolved(&|i| i.modules = vec!["kernel/a.ko".into(), "kernel/b.ko".into()]));
+        variants.push(resolved(&|i| i.modules = vec!["kernel/b.ko".into(), "kernel/a.ko".into()]));
+        let hashes: BTreeSet<String> = variants.iter().map(Inputs::hash).collect();
+        assert_eq!(hashes.len(), variants.len(), "two different inputs share a hash");
+        // The same inputs, the same hash; a host file's host path is not content.
+        assert_eq!(inputs_of(base.clone()).hash(), inputs_of(base.clone()).hash());
+        let mut moved = resolved(&|i| {
+            i.own.insert("/usr/bin/d".into(), ("/h/d".into(), "aa".into()));
+        });
+        moved.own.insert("/usr/bin/d".into(), ("/elsewhere/d".into(), "aa".into()));
+        assert_eq!(moved.hash(), variants[11].hash());
+    }
+
+    #[test]
+    fn nothing_is_written_through_a_link_of_the_image() {
+        let root = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/run", root.path().join("run-link")).unwrap();
+        fs::create_dir(root.path().join("etc")).unwrap();
+        assert_eq!(image_path(root.path(), "/etc//x").unwrap(), root.path().join("etc/x"));
+        let e = image_path(root.path(), "/run-link/x").unwrap_err().to_string();
+        assert!(e.contains("/run-link/x") && e.contains("link /run-link"), "{e}");
+        // The last component may be a link: it is replaced, not written through.
+        std::os::unix::fs::symlink("/etc/hostname", root.path().join("etc/h")).unwrap();
+        let src = root.path().join("src");
+        fs::write(&src, "mine").unwrap();
+        copy_host_file(&src, &image_path(root.path(), "/etc/h").unwrap()).unwrap();
+        assert_eq!(fs::read_to_string(root.path().join("etc/h")).unwrap(), "mine");
+        assert!(!root.path().join("etc/h").symlink_metadata().unwrap().file_type().is_symlink());
+    }
+
+    #[test]
+    fn depends_groups_are_parsed() {
+        let text = "tgt\n  PreDepends: init-system-helpers\n  Depends: libaio1\n |Depends: libsystemd0\n  Depends: libelogind0\n    libelogind0\n  Depends: <perl:any>\n    perl\n  Depends: libfoo:any\n  Suggests: tgt-rbd\n";
+        assert_eq!(
+            parse_depends(text),
+            [
+                vec!["init-system-helpers".to_string()],
+                vec!["libaio1".into()],
+                vec!["libsystemd0".into(), "libelogind0".into()],
+                vec!["libfoo".into()]
+            ]
+        );
+    }
+
+    #[test]
+    fn ldd_output_is_parsed_leniently_for_packages() {
+        let (found, missing) = parse_ldd_lenient("\tlibtgt.so.1 => not found\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x1)\n");
+        assert_eq!(found, [PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6")]);
+        assert_eq!(missing, ["libtgt.so.1"]);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //!
 //! The pieces follow ARCHITECTURE.md: [`qemu`] (process, command line, console), [`qmp`], [`qga`],
 //! [`network`], [`machine`] (the API a scenario calls), [`driver`], [`report`] (the run's sinks
-//! and record), [`images`], [`target`] (the in-guest storage daemon and its client), [`tools`]
-//! (typed fio and nvme-cli), [`scenarios`], [`repl`].
+//! and record), [`images`] (built from a [`recipe`]: what a guest holds), [`target`] (the
+//! in-guest storage daemon and its client), [`tools`] (typed fio and nvme-cli), [`scenarios`],
+//! [`repl`].
 
 pub mod accel;
 pub mod bench;
@@ -20,6 +21,7 @@ pub mod qapi_stream;
 pub mod qemu;
 pub mod qga;
 pub mod qmp;
+pub mod recipe;
 pub mod repl;
 pub mod report;
 pub mod scenarios;

@@ -271,6 +271,20 @@ mod tests {
         let mut other_mac = spec("/tmp/run-a");
         other_mac.nics[0].mac = "52:54:00:12:01:02".into();
         assert_ne!(a.key, s.key(&other_mac).unwrap().key);
+        // Another recipe is another content-addressed image directory, so another key.
+        for (initrd, tools) in [
+            ("/c/images/with-tgt-cd/initrd", "/c/images/target-ab/tools.img"),
+            ("/c/images/target-ab/initrd", "/c/images/with-tgt-cd/tools.img"),
+        ] {
+            let mut other_image = spec("/tmp/run-a");
+            other_image.boot = Boot::Kernel {
+                kernel: "/c/images/target-ab/vmlinuz".into(),
+                initrd: initrd.into(),
+                tools: Some(tools.into()),
+                append: "quiet".into(),
+            };
+            assert_ne!(a.key, s.key(&other_image).unwrap().key, "{initrd} {tools}");
+        }
         let newer = Store { qemu_version: "QEMU emulator version 10.1.0".into(), ..store() };
         assert_ne!(a.key, newer.key(&spec("/tmp/run-a")).unwrap().key);
         let mut script = spec("/tmp/run-a");
