@@ -236,15 +236,17 @@ fn fail(e: &anyhow::Error) -> ExitCode {
     ExitCode::from(1)
 }
 
-/// Builds the default image of every role the machines boot (NixOS machines bring their own).
+/// Builds the image of every recipe the machines boot (NixOS machines bring their own).
 fn build_images(nodes: &[crate::config::NodeSpec]) -> anyhow::Result<()> {
     let images = crate::images::Images::from_env()?;
-    let mut roles: Vec<_> = nodes.iter().filter(|n| n.start_script.is_none()).map(|n| n.role).collect();
-    roles.sort_by_key(|r| r.as_str());
-    roles.dedup();
-    for role in roles {
-        let image = images.ensure(role)?;
-        println!("{role}: kernel {} initrd {} tools {}", image.kernel.display(), image.initrd.display(), image.tools.display());
+    let mut seen = std::collections::HashSet::new();
+    for recipe in nodes.iter().filter(|n| n.start_script.is_none()).map(|n| n.recipe()) {
+        if !seen.insert(serde_json::to_string(&recipe)?) {
+            continue;
+        }
+        let name = recipe.name().to_string();
+        let image = images.ensure(recipe)?;
+        println!("{name}: kernel {} initrd {} tools {}", image.kernel.display(), image.initrd.display(), image.tools.display());
     }
     Ok(())
 }
