@@ -6,6 +6,8 @@
 //! (typed fio and nvme-cli), [`scenarios`], [`repl`].
 
 pub mod accel;
+// `vmcheck bench` (src/bin/vmcheck.rs) runs it; not part of the library.
+#[doc(hidden)]
 pub mod bench;
 pub mod config;
 pub mod driver;
@@ -15,15 +17,17 @@ pub mod log;
 pub mod machine;
 pub mod network;
 pub mod poll;
+// tests/vm_hygiene.rs and tests/vm_repl.rs check for leftover processes with `process::is_alive`.
+#[doc(hidden)]
 pub mod process;
-pub mod qapi_stream;
+mod qapi_stream;
 pub mod qemu;
 pub mod qga;
 pub mod qmp;
-pub mod repl;
+mod repl;
 pub mod report;
 pub mod scenarios;
-pub mod snapshot;
+mod snapshot;
 pub mod target;
 pub mod timeouts;
 pub mod tools;

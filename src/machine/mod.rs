@@ -57,7 +57,7 @@ use crate::qmp::Qmp;
 pub const ERROR_CONSOLE_LINES: usize = 20;
 
 /// What every machine of a run shares.
-pub struct MachineEnv {
+pub(crate) struct MachineEnv {
     pub run_dir: PathBuf,
     pub qemu: PathBuf,
     pub accel: Accel,
@@ -132,7 +132,7 @@ struct Inner {
 }
 
 impl Machine {
-    pub fn new(node: NodeSpec, boot: Boot, env: Arc<MachineEnv>) -> Result<Machine> {
+    pub(crate) fn new(node: NodeSpec, boot: Boot, env: Arc<MachineEnv>) -> Result<Machine> {
         crate::config::validate_machine_name(&node.name)?;
         let dir = env.run_dir.join(&node.name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
