@@ -40,19 +40,29 @@ pub mod proto {
     tonic::include_proto!("vmcheck.target.v1");
 }
 
-pub mod address;
+// The daemon's own pieces. src/bin/vmcheck-target.rs builds the server from service, nvmet,
+// lio, configfs and backing, and tests/ drive them (and monitor, conformance) directly, so those
+// stay reachable but out of the manual; the rest is private.
+mod address;
+#[doc(hidden)]
 pub mod backing;
 pub mod client;
+#[doc(hidden)]
 pub mod configfs;
+#[doc(hidden)]
 pub mod conformance;
-pub mod error;
-pub mod limits;
+mod error;
+mod limits;
+#[doc(hidden)]
 pub mod lio;
+#[doc(hidden)]
 pub mod monitor;
+#[doc(hidden)]
 pub mod nvmet;
+#[doc(hidden)]
 pub mod service;
-pub mod split;
-pub mod uri;
+mod split;
+mod uri;
 
 #[cfg(test)]
 mod service_tests;
