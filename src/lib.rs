@@ -5,6 +5,8 @@
 //! and record), [`images`], [`target`] (the in-guest storage daemon and its client), [`tools`]
 //! (typed fio and nvme-cli), [`scenarios`], [`repl`].
 
+#![warn(missing_docs)]
+
 pub mod accel;
 // `vmcheck bench` (src/bin/vmcheck.rs) runs it; not part of the library.
 #[doc(hidden)]

@@ -83,9 +83,13 @@ enum Pending {
 #[derive(Debug, thiserror::Error)]
 #[error("{machine}: {what}\n{detail}\nlast {} console lines of {machine}:\n{console}", ERROR_CONSOLE_LINES)]
 pub struct MachineError {
+    /// The machine's name.
     pub machine: String,
+    /// What failed, in one line.
     pub what: String,
+    /// The details: a command's output, what a wait saw last.
     pub detail: String,
+    /// The last [`ERROR_CONSOLE_LINES`] lines of its serial console.
     pub console: String,
     /// Set when the error is a wait that ran out of time.
     pub timed_out: Option<Duration>,
@@ -156,12 +160,15 @@ impl Machine {
         })
     }
 
+    /// The machine's name, as its [`NodeSpec`](crate::config::NodeSpec) gave it.
     pub fn name(&self) -> &str {
         &self.inner.node.name
     }
+    /// Its role, from its [`NodeSpec`](crate::config::NodeSpec).
     pub fn role(&self) -> Role {
         self.inner.node.role
     }
+    /// Its serial console, captured line by line (see [`Console`]).
     pub fn console(&self) -> &Arc<Console> {
         &self.inner.console
     }

@@ -430,7 +430,9 @@ pub fn selftests() -> Vec<Scenario> {
 /// One part of a suite split over several machines (`vmcheck run --shard K/N`): K of N, from 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
+    /// K: which part, from 1.
     pub index: u32,
+    /// N: how many parts.
     pub count: u32,
 }
 

@@ -22,8 +22,11 @@ pub const NVMF_PORT: u16 = 4420;
 /// A subsystem an initiator can reach: where and under which NQN.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Share {
+    /// The subsystem's NQN.
     pub nqn: String,
+    /// The target's address on the test network.
     pub addr: Ipv4Addr,
+    /// The NVMe-oF/TCP port.
     pub port: u16,
     /// `nvmf://addr:port/nqn`.
     pub uri: String,
