@@ -39,19 +39,20 @@ pub fn balloon_timeout() -> Duration {
 pub struct BalloonStats {
     /// Seconds since the epoch of the guest's last report; 0 before the first.
     pub last_update: i64,
-    pub total_memory: Option<u64>,
     /// `stat-total-memory`.
-    pub free_memory: Option<u64>,
+    pub total_memory: Option<u64>,
     /// `stat-free-memory`.
-    pub available_memory: Option<u64>,
+    pub free_memory: Option<u64>,
     /// `stat-available-memory`.
+    pub available_memory: Option<u64>,
     /// Every statistic as QEMU returned it.
     pub raw: Value,
 }
 
 impl BalloonStats {
+    /// Reads the value of the balloon's `guest-stats` property (a `qom-get`); never fails,
+    /// missing figures are `None`.
     pub fn parse(v: &Value) -> BalloonStats {
-        /// Reads `guest-stats`'s answer (a `qom-get` of the balloon's `guest-stats` property).
         let stat = |name: &str| v["stats"][name].as_i64().filter(|n| *n >= 0).map(|n| n as u64);
         BalloonStats {
             last_update: v["last-update"].as_i64().unwrap_or(0),

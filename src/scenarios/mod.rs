@@ -12,13 +12,16 @@ use crate::driver::Driver;
 use crate::machine::{is_harness_error, HarnessError};
 pub use crate::report::{outcomes_table, Outcome};
 
-pub mod attach_detach;
-pub mod balloon;
+// The built-in scenarios: reached through `builtin()`, their code is no API.
+mod attach_detach;
+mod balloon;
+// tests/vm_fio_nvme_basic.rs asserts on its typed `Report`.
+#[doc(hidden)]
 pub mod fio_nvme_basic;
-pub mod hotremove;
+mod hotremove;
 pub mod iscsi;
-pub mod lifecycle;
-pub mod network_faults;
+mod lifecycle;
+mod network_faults;
 pub mod nvmeof;
 mod selftest;
 pub mod workload;
