@@ -524,7 +524,7 @@ pub fn report<'s>(switches: impl IntoIterator<Item = &'s Switch>) -> String {
 }
 
 /// A machine's address on `vlan`: its configured address on vlan 1; on another vlan the same
-/// host number in 198.18.<vlan>.0/24 (RFC 2544's benchmarking range, never routed), so a
+/// host number in `198.18.<vlan>.0/24` (RFC 2544's benchmarking range, never routed), so a
 /// machine on two vlans has two subnets and the kernel routes each by its own NIC.
 pub fn vlan_address(address: std::net::Ipv4Addr, vlan: u32) -> std::net::Ipv4Addr {
     if vlan == 1 {

@@ -57,7 +57,7 @@ impl Machine {
         self.succeed_with_timeout(cmd, timeouts::command()).await
     }
 
-    /// [`Machine::succeed`] with a timeout of its own instead of [`timeouts::command`](crate::timeouts::command).
+    /// [`Machine::succeed`] with a timeout of its own instead of [`timeouts::command`].
     pub async fn succeed_with_timeout(&self, cmd: &str, timeout: Duration) -> Result<String> {
         log::nested(&format!("{}: must succeed: {cmd}", self.name()), async {
             let out = self.execute_with_timeout(cmd, timeout).await?;

@@ -6,7 +6,7 @@
 //! [`Machine`] is one handle; its methods are spread over the pieces of this module, each a
 //! child module that uses the handle's private state (no other module of the crate sees it):
 //!
-//! - this file: the handle and its state ([`MachineEnv`], the QEMU process slot), the errors
+//! - this file: the handle and its state (`MachineEnv`, the QEMU process slot), the errors
 //!   ([`MachineError`], [`HarnessError`], [`is_harness_error`], [`is_timeout`]), the accessors
 //!   (name, disks, the QEMU description, QMP and agent clients, forwards);
 //! - `boot.rs`: start (a boot, or a start from the snapshot store), the launch of a QEMU
@@ -160,11 +160,11 @@ impl Machine {
         })
     }
 
-    /// The machine's name, as its [`NodeSpec`](crate::config::NodeSpec) gave it.
+    /// The machine's name, as its [`NodeSpec`] gave it.
     pub fn name(&self) -> &str {
         &self.inner.node.name
     }
-    /// Its role, from its [`NodeSpec`](crate::config::NodeSpec).
+    /// Its role, from its [`NodeSpec`].
     pub fn role(&self) -> Role {
         self.inner.node.role
     }

@@ -1,4 +1,13 @@
 //! The named tests: each declares its machines and runs a script against them.
+//!
+//! A [`Scenario`] is a name, a description, the [`NodeSpec`]s of its machines and a script (an
+//! async function of the [`Driver`]); a [`Suite`] holds scenarios and selects them by name or
+//! pattern, and [`Suite::run`] runs a selection with [`RunOptions`]. [`builtin`] is vmcheck's own suite
+//! and [`selftests`] its hidden checks of the harness.
+//!
+//! The toolkit for scripts: [`nvmeof`] and [`iscsi`] (share a disk from the target daemon,
+//! discover, connect, find the block device on the initiator), [`workload`] (fio while a disk
+//! is pulled, and its verdict).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;

@@ -96,7 +96,7 @@ pub async fn namespaces(initiator: &Machine) -> Result<Vec<(String, String, u32)
     Ok(parse_namespaces(&initiator.execute_with_timeout(NAMESPACES, timeouts::request()).await?.stdout))
 }
 
-/// Parses [`NAMESPACES`]' lines.
+/// Parses the lines of the listing [`namespaces`] runs.
 pub fn parse_namespaces(listing: &str) -> Vec<(String, String, u32)> {
     listing
         .lines()
