@@ -34,9 +34,8 @@
 pub const GRPC_PORT: u16 = 10124;
 
 /// Generated gRPC types and stubs for `vmcheck.target.v1` (proto/vmcheck/target/v1/): the
-/// messages, [`proto::target_client::TargetClient`] and the server trait. Items carry the
-/// comments of the proto file; the generated ones it has none for are not documented here.
-#[allow(missing_docs)]
+/// messages, [`proto::target_client::TargetClient`] and the server trait. The documentation
+/// of each message, field and call is the proto file's comment on it.
 pub mod proto {
     tonic::include_proto!("vmcheck.target.v1");
 }
