@@ -15,8 +15,11 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The QEMU accelerator a machine runs under.
 pub enum Accel {
+    /// Hardware virtualization through `/dev/kvm`.
     Kvm,
+    /// Emulation (QEMU's TCG): slower; timeouts scale with [`crate::timeouts::factor`].
     Tcg,
 }
 
@@ -29,6 +32,7 @@ impl Accel {
             Accel::Tcg => vec!["-accel".into(), "tcg,thread=multi,tb-size=256".into(), "-cpu".into(), "max".into()],
         }
     }
+    /// `"kvm"` or `"tcg"`, as in logs and reports.
     pub fn name(self) -> &'static str {
         match self {
             Accel::Kvm => "kvm",

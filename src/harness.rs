@@ -59,6 +59,7 @@ pub enum Command {
     /// Run scenarios (all listed ones when none is named): names or shell-style patterns
     /// (`run 'hotremove_*'`).
     Run {
+        /// Scenario names or shell-style patterns; none runs every listed scenario.
         names: Vec<String>,
         /// Write JUnit XML here (one test case per subtest).
         #[arg(long)]
@@ -92,6 +93,7 @@ pub enum Command {
     /// Interactive driver: the scenario's machines (default fio_nvme_basic's, else the first),
     /// defined but not started; `help` at its prompt lists the commands.
     Repl {
+        /// The scenario whose machines to define (default fio_nvme_basic, else the suite's first).
         scenario: Option<String>,
         /// Driver configuration from nix/ (NixOS machines); names the scenario itself.
         #[arg(long)]
@@ -100,6 +102,7 @@ pub enum Command {
     /// Manage the default images.
     Images {
         #[command(subcommand)]
+        /// What to do with them.
         command: ImagesCommand,
     },
 }

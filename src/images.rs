@@ -56,7 +56,8 @@ const COMMON_BINARIES: &[(&str, &str)] = &[("/usr/bin/lsblk", "util-linux")];
 
 /// Every image's modules. ext4 needs a crc32c for the tools disk's metadata checksums ("Cannot load crc32c driver" and
 /// no /tools without one): crc32c_generic, since a TCG CPU may lack SSE4.2 for crc32c-intel.
-const COMMON_MODULES: &[&str] = &["virtio_pci", "virtio_net", "virtio_console", "virtio_blk", "virtio_balloon", "nvme", "crc32c_generic", "ext4"];
+const COMMON_MODULES: &[&str] =
+    &["virtio_pci", "virtio_net", "virtio_console", "virtio_blk", "virtio_balloon", "nvme", "crc32c_generic", "ext4"];
 
 /// Where the guest mounts the tools disk; the serial by which it finds it.
 pub const TOOLS_MOUNT: &str = "/tools";

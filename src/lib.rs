@@ -1,41 +1,113 @@
-//! vmcheck: VM-level integration tests for storage systems.
+//! vmcheck: VM-level integration tests for storage systems, written in Rust.
 //!
-//! The pieces follow ARCHITECTURE.md: [`qemu`] (process, command line, console), [`qmp`], [`qga`],
-//! [`network`], [`machine`] (the API a scenario calls), [`driver`], [`report`] (the run's sinks
-//! and record), [`images`] (built from a [`recipe`]: what a guest holds), [`target`] (the
-//! in-guest storage daemon and its client), [`tools`] (typed fio and nvme-cli), [`scenarios`],
-//! [`repl`].
+//! A test is a [`Scenario`](scenarios::Scenario): the QEMU machines it needs (storage targets,
+//! initiators, their disks and test networks) and an async script that drives them through the
+//! [`Machine`] API: run commands in the guest, hot-plug and pull disks, cut or slow links,
+//! balloon memory, save, restore and migrate. Scenarios are gathered in a
+//! [`Suite`](scenarios::Suite), and [`harness::main`] turns a binary into vmcheck's command line
+//! (`list`, `run`, `repl`) and a `cargo test`/`cargo nextest` target at once.
+//!
+//! # Start here
+//!
+//! - [`prelude`]: `use vmcheck::prelude::*;` brings what a scenario file needs.
+//! - [`Scenario`](scenarios::Scenario) and [`Suite`](scenarios::Suite): declare tests and
+//!   their machines ([`NodeSpec`](config::NodeSpec), [`DiskSpec`](config::DiskSpec)).
+//! - [`harness::main`]: the `main` of a test binary (`harness = false` in Cargo.toml).
+//! - [`Driver`](driver::Driver): what a script gets: the run's machines, `start_all`, subtests.
+//! - [`Machine`]: one VM; every method has a timeout and fails with the console's last lines.
+//! - The toolkit: [`scenarios::nvmeof`] and [`scenarios::iscsi`] (share a disk from the target
+//!   daemon, connect an initiator), [`scenarios::workload`] (fio while something breaks),
+//!   [`tools`] (typed fio, nvme-cli, lsblk, iscsiadm), [`target`] (the target daemon's gRPC
+//!   client), [`timeouts`] and [`log`].
+//! - [`Recipe`](recipe::Recipe): what a machine's guest holds beyond the base image: Debian
+//!   packages, host binaries, files, kernel modules, services started at boot, forwarded ports.
+//!
+//! The rest is what those return: [`config`], [`report`], [`network`], [`qmp`], [`qga`],
+//! [`qemu`], [`accel`], [`images`], [`poll`].
+//!
+//! # Example
+//!
+//! A test binary with one scenario (`tests/vm.rs`, with `[[test]] name = "vm" harness = false`
+//! in Cargo.toml):
+//!
+//! ```no_run
+//! use futures::FutureExt;
+//! use vmcheck::prelude::*;
+//!
+//! async fn smoke(d: &Driver) -> anyhow::Result<()> {
+//!     d.start_all().await?;
+//!     let vm = d.machine("vm")?;
+//!     d.subtest("the guest sees its disk", async {
+//!         let dev = vm.disk_device("disk0").await?;
+//!         vm.succeed(&format!("test -b {dev}")).await.map(drop)
+//!     })
+//!     .await
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     let suite = Suite::new().with(
+//!         Scenario::new("smoke", "boot, find the disk", |d| smoke(d).boxed())
+//!             .machine(NodeSpec::new("vm", Role::Initiator, 2).with_disk(DiskSpec::nvme("disk0", 64))),
+//!     );
+//!     vmcheck::harness::main(suite)
+//! }
+//! ```
+//!
+//! `cargo test --test vm` (or `cargo nextest run`) runs it as a test; `cargo test --test vm --
+//! run smoke --out out` (or `-- list`, `-- repl smoke`) speaks vmcheck's own command line.
+
+#![warn(missing_docs)]
 
 pub mod accel;
+// `vmcheck bench` (src/bin/vmcheck.rs) runs it; not part of the library.
+#[doc(hidden)]
 pub mod bench;
+// TODO(docs): config.rs is being edited on another branch; its undocumented public
+// items are documented, and this allow removed, once that lands.
+#[allow(missing_docs)]
 pub mod config;
+// TODO(docs): driver.rs is being edited on another branch; its undocumented public
+// items are documented, and this allow removed, once that lands.
+#[allow(missing_docs)]
 pub mod driver;
 pub mod harness;
+// TODO(docs): images.rs is being edited on another branch; its undocumented public
+// items are documented, and this allow removed, once that lands.
+#[allow(missing_docs)]
 pub mod images;
 pub mod log;
 pub mod machine;
 pub mod network;
 pub mod poll;
+// tests/vm_hygiene.rs and tests/vm_repl.rs check for leftover processes with `process::is_alive`.
+#[doc(hidden)]
 pub mod process;
-pub mod qapi_stream;
+mod qapi_stream;
 pub mod qemu;
 pub mod qga;
 pub mod qmp;
 pub mod recipe;
-pub mod repl;
+mod repl;
 pub mod report;
 pub mod scenarios;
-pub mod snapshot;
+mod snapshot;
 pub mod target;
 pub mod timeouts;
 pub mod tools;
 
 pub use machine::Machine;
 
-/// What a scenario file needs: `use vmcheck::prelude::*;`.
+/// What a scenario file needs: `use vmcheck::prelude::*;` brings the machine specs
+/// ([`NodeSpec`](crate::config::NodeSpec), [`DiskSpec`](crate::config::DiskSpec),
+/// [`BalloonSpec`](crate::config::BalloonSpec), [`Role`](crate::config::Role)), the
+/// [`Driver`](crate::driver::Driver) and its options, [`Machine`] and
+/// [`GuestProcess`](crate::machine::GuestProcess), and [`Scenario`](crate::scenarios::Scenario),
+/// [`Suite`](crate::scenarios::Suite) and [`RunOptions`](crate::scenarios::RunOptions), and
+/// [`Recipe`](crate::recipe::Recipe).
 pub mod prelude {
     pub use crate::config::{BalloonSpec, DiskSpec, NodeSpec, Role};
     pub use crate::driver::{Driver, DriverOptions};
     pub use crate::machine::{GuestProcess, Machine};
+    pub use crate::recipe::Recipe;
     pub use crate::scenarios::{RunOptions, Scenario, Suite};
 }

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Lines go to the sinks of the run's [`Reporter`]. The machine API and scenario scripts log
-//! through [`line`] and [`nested`] here, which resolve to the reporter that the driver scoped
+//! through [`line()`] and [`nested`] here, which resolve to the reporter that the driver scoped
 //! around them ([`scope`]; `Driver::new`, `start_all`, `subtest`, `kill_all` and the whole script
 //! of `vmcheck run` are scoped), so that scenarios running side by side each log to their own
 //! run's sinks without a handle in every call. Outside any scope (a test calling the machine API
@@ -21,7 +21,7 @@ tokio::task_local! {
     static CURRENT: Reporter;
 }
 
-/// Runs `f` with [`line`] and [`nested`] going to `reporter`.
+/// Runs `f` with [`line()`] and [`nested`] going to `reporter`.
 pub async fn scope<F: std::future::Future>(reporter: Reporter, f: F) -> F::Output {
     CURRENT.scope(reporter, f).await
 }

@@ -29,6 +29,7 @@ use crate::log;
 /// direction of the link; a frame between two machines crosses two links and gets both.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Link {
+    /// Whether the link carries frames at all (`false`: every frame is dropped).
     pub up: bool,
     /// Share of frames dropped, 0.0 to 1.0.
     pub loss: f64,
@@ -80,8 +81,11 @@ pub const RATE_QUEUE: Duration = Duration::from_millis(100);
 /// Why a frame was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
+    /// The link was down.
     Down,
+    /// Picked for random loss.
     Loss,
+    /// The two machines are partitioned from each other.
     Partition,
     /// The capped link's queue was full.
     Queue,
@@ -94,11 +98,17 @@ pub enum DropReason {
 /// frames the switch had for the machine (a flooded frame counts once per port).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct LinkCounters {
+    /// Frames the machine sent that the switch passed on.
     pub from_passed: u64,
+    /// Frames the machine sent that the switch dropped.
     pub from_dropped: u64,
+    /// Frames for the machine that it was given.
     pub to_passed: u64,
+    /// Frames for the machine that were dropped.
     pub to_dropped: u64,
+    /// Bytes of the frames the machine sent that were passed on.
     pub bytes_from: u64,
+    /// Bytes of the frames passed on to the machine.
     pub bytes_to: u64,
     /// Drops by reason: down, loss, partition, queue, peer ([`DropReason`]).
     pub dropped_by: [u64; 5],
@@ -340,6 +350,7 @@ fn jittered(s: &mut State, base: Duration, jitter: Duration) -> Duration {
 
 /// One vlan's switch.
 pub struct Switch {
+    /// The vlan it serves.
     pub vlan: u32,
     state: Arc<Mutex<State>>,
     stop: Arc<AtomicBool>,
@@ -513,7 +524,7 @@ pub fn report<'s>(switches: impl IntoIterator<Item = &'s Switch>) -> String {
 }
 
 /// A machine's address on `vlan`: its configured address on vlan 1; on another vlan the same
-/// host number in 198.18.<vlan>.0/24 (RFC 2544's benchmarking range, never routed), so a
+/// host number in `198.18.<vlan>.0/24` (RFC 2544's benchmarking range, never routed), so a
 /// machine on two vlans has two subnets and the kernel routes each by its own NIC.
 pub fn vlan_address(address: std::net::Ipv4Addr, vlan: u32) -> std::net::Ipv4Addr {
     if vlan == 1 {

@@ -38,6 +38,7 @@ impl Pace {
 /// What a wait gave: the value, or the time it gave up after.
 #[derive(Debug)]
 pub enum Polled<T> {
+    /// The attempt returned this value.
     Done(T),
     /// The time was up; the caller says what it waited for and what it saw last.
     TimedOut(Duration),

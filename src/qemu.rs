@@ -24,9 +24,23 @@ use crate::accel::Accel;
 #[derive(Debug, Clone, PartialEq)]
 pub enum Boot {
     /// A kernel and initramfs (the default images), with the role's read-only tools disk.
-    Kernel { kernel: PathBuf, initrd: PathBuf, tools: Option<PathBuf>, append: String },
+    Kernel {
+        /// The kernel image (`-kernel`).
+        kernel: PathBuf,
+        /// The initramfs (`-initrd`).
+        initrd: PathBuf,
+        /// The role's read-only tools disk, if it has one.
+        tools: Option<PathBuf>,
+        /// The kernel command line (`-append`).
+        append: String,
+    },
     /// A NixOS `run-<name>-vm` script; it brings its own kernel, memory and CPUs.
-    StartScript { path: PathBuf, kernel_params: String },
+    StartScript {
+        /// The script.
+        path: PathBuf,
+        /// Kernel parameters added to the script's own.
+        kernel_params: String,
+    },
 }
 
 /// How a disk is attached.
@@ -34,15 +48,20 @@ pub enum Boot {
 pub enum DiskKind {
     /// Its own emulated NVMe controller.
     Nvme,
+    /// Virtio-blk (`virtio-blk-pci`).
     VirtioBlk,
 }
 
 /// A disk: a raw image file on the host, attached as `id`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Disk {
+    /// The QEMU device id (`-device id=`), also the name a scenario uses for the disk.
     pub id: String,
+    /// The raw image file on the host.
     pub path: PathBuf,
+    /// The serial number the guest sees (how a scenario finds the disk's block device).
     pub serial: String,
+    /// How it is attached.
     pub kind: DiskKind,
     /// Its PCI slot on the root bus (`addr=`), the same at a cold boot and when hot-added after
     /// a restore ([`DISK_PCI_SLOTS`]); `None` lets QEMU choose.
@@ -59,6 +78,7 @@ impl Disk {
     pub fn args(&self) -> Vec<String> {
         vec!["-drive".into(), self.drive_arg(), "-device".into(), self.device_arg()]
     }
+    /// The `-drive` node's id: `drive-<id>`.
     pub fn drive_id(&self) -> String {
         format!("drive-{}", self.id)
     }
@@ -81,10 +101,15 @@ impl Disk {
 /// A NIC on a test network: a datagram link to the switch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Nic {
+    /// The test network (VLAN) the NIC is on; one switch per VLAN.
     pub vlan: u32,
+    /// The NIC's MAC address.
     pub mac: String,
+    /// The guest's IPv4 address on this network.
     pub address: Ipv4Addr,
+    /// The prefix length of `address`.
     pub prefix_len: u8,
+    /// How its frames leave QEMU.
     pub link: NicLink,
 }
 
@@ -97,7 +122,12 @@ pub enum NicLink {
     /// QEMU process as this fd number (`local.type=fd`); the driver closes its copy once QEMU runs.
     Fd(NicFd),
     /// QEMU binds `local` and sends to `remote` (the benchmark's QEMU-to-QEMU link).
-    Unix { local: PathBuf, remote: PathBuf },
+    Unix {
+        /// The socket path QEMU binds.
+        local: PathBuf,
+        /// The peer's socket path.
+        remote: PathBuf,
+    },
 }
 
 /// A socket the QEMU process inherits; equal when it is the same descriptor.
@@ -126,6 +156,7 @@ impl QemuSpec {
 }
 
 impl Nic {
+    /// The `-netdev` id: `vlan<N>`.
     pub fn netdev_id(&self) -> String {
         format!("vlan{}", self.vlan)
     }
@@ -135,38 +166,54 @@ impl Nic {
 /// `forward_ports`, such as the target daemon's gRPC port).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ControlNic {
+    /// The guest ports forwarded from host loopback ports.
     pub guest_ports: Vec<u16>,
 }
 
 /// The control network: documentation addresses (RFC 5737 TEST-NET-2), inside QEMU only.
 pub const CONTROL_NET: &str = "198.51.100.0/24";
+/// The guest's address on the control network.
 pub const CONTROL_GUEST_ADDR: &str = "198.51.100.15";
+/// The control NIC's MAC address.
 pub const CONTROL_MAC: &str = "52:54:00:ff:00:01";
 
 /// A typed description of one QEMU machine.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QemuSpec {
+    /// The machine's name (logs, sockets, `-name`).
     pub name: String,
+    /// The QEMU binary.
     pub qemu: PathBuf,
+    /// The accelerator (KVM or TCG).
     pub accel: Accel,
+    /// How it boots.
     pub boot: Boot,
+    /// Guest memory in MiB (ignored by a start script, which brings its own).
     pub memory_mib: u64,
+    /// Virtual CPUs (ignored by a start script).
     pub cpus: u32,
+    /// Disks attached at boot.
     pub disks: Vec<Disk>,
+    /// NICs on test networks.
     pub nics: Vec<Nic>,
+    /// The control NIC, if any ports are forwarded.
     pub control: Option<ControlNic>,
+    /// The QMP socket's path on the host.
     pub qmp_socket: PathBuf,
+    /// The guest agent's socket path on the host.
     pub qga_socket: PathBuf,
     /// The balloon device, if any.
     pub balloon: Option<Balloon>,
     /// Extra guest kernel parameters, after the driver's own.
     pub kernel_params: Vec<String>,
+    /// Extra QEMU arguments, appended last.
     pub extra_args: Vec<String>,
 }
 
 /// The virtio balloon device (`virtio-balloon-pci`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Balloon {
+    /// `deflate-on-oom=on`: the guest may take pages back when it runs out of memory.
     pub deflate_on_oom: bool,
 }
 
@@ -424,6 +471,8 @@ pub struct Console {
 }
 
 impl Console {
+    /// A console for machine `name`, appending to `log_path` when given; every line also goes to
+    /// `reporter` (the transcript; the terminal too when console output is on).
     pub fn new(name: &str, log_path: Option<&Path>, reporter: crate::report::Reporter) -> Arc<Console> {
         let log = log_path.and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
         Arc::new(Console { name: name.to_string(), reporter, state: Mutex::default(), changed: Notify::new(), log: Mutex::new(log) })
@@ -554,7 +603,9 @@ pub fn clean_console_line(line: &str) -> String {
 
 /// A running QEMU (or start script) and its console.
 pub struct QemuProcess {
+    /// The process id.
     pub pid: u32,
+    /// Its serial console.
     pub console: Arc<Console>,
     stderr: Arc<Mutex<String>>,
     exit: watch::Receiver<Option<String>>,

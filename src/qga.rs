@@ -22,8 +22,11 @@ use crate::qapi_stream::JsonReader;
 pub struct ExecOutput {
     /// The exit code, or 128 + the signal number when a signal ended it (as a shell reports it).
     pub status: i32,
+    /// The signal that ended it, if one did.
     pub signal: Option<i32>,
+    /// Its standard output (invalid UTF-8 replaced).
     pub stdout: String,
+    /// Its standard error (invalid UTF-8 replaced).
     pub stderr: String,
 }
 
@@ -31,15 +34,20 @@ pub struct ExecOutput {
 #[derive(Debug, thiserror::Error)]
 #[error("the command did not finish within {timeout:?} and was killed")]
 pub struct ExecTimeout {
+    /// The timeout it outlived.
     pub timeout: Duration,
+    /// What it printed on stdout before it was killed.
     pub stdout: String,
+    /// What it printed on stderr before it was killed.
     pub stderr: String,
 }
 
 /// A command started in the guest: the agent's pid and the tag its processes inherit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GuestExec {
+    /// The agent's pid of the started command.
     pub pid: i64,
+    /// The `VMCHECK_EXEC_ID` value every process of the command inherits; a kill goes by it.
     pub tag: String,
 }
 
@@ -64,6 +72,7 @@ const GUEST_ENV: &[&str] = &[
 ];
 
 impl Qga {
+    /// A client of the agent socket at `path`; nothing connects until the first request.
     pub fn new(path: &Path) -> Qga {
         Qga { path: path.to_path_buf(), conn: tokio::sync::Mutex::new(None) }
     }
@@ -294,13 +303,18 @@ fn exec_output(s: qga::GuestExecStatus) -> ExecOutput {
 /// Memory figures from the guest's `/proc/meminfo`, in KiB.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MemoryStats {
+    /// `MemTotal`.
     pub total_kib: u64,
+    /// `MemFree`.
     pub free_kib: u64,
+    /// `MemAvailable`.
     pub available_kib: u64,
+    /// `Cached`.
     pub cached_kib: u64,
 }
 
 impl MemoryStats {
+    /// Reads the fields from the text of `/proc/meminfo`; fails when one is missing.
     pub fn parse(text: &str) -> Result<MemoryStats> {
         let field = |name: &str| -> Result<u64> {
             text.lines()

@@ -22,7 +22,9 @@ use crate::qapi_stream::JsonReader;
 /// A QMP event as QEMU sent it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
+    /// The event's name, such as `DEVICE_DELETED`.
     pub name: String,
+    /// Its `data` member (`null` when it has none).
     pub data: Value,
     /// Seconds since the epoch, from QEMU's timestamp.
     pub timestamp: f64,
@@ -35,8 +37,11 @@ type Pending = HashMap<u64, oneshot::Sender<Result<Value, Refusal>>>;
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("QMP {command} failed: {class:?}: {desc}")]
 pub struct QmpError {
+    /// The command QEMU refused.
     pub command: String,
+    /// QEMU's error class.
     pub class: qapi::ErrorClass,
+    /// QEMU's error description.
     pub desc: String,
 }
 

@@ -25,8 +25,11 @@ use anyhow::{anyhow, Context, Result};
 /// One subtest's outcome.
 #[derive(Debug, Clone)]
 pub struct SubtestResult {
+    /// The subtest's name, as given to [`Driver::subtest`](crate::driver::Driver::subtest).
     pub name: String,
+    /// How long it took.
     pub duration: Duration,
+    /// Why it did not pass; `None` when it passed.
     pub error: Option<String>,
     /// The error is the harness's or a machine's (JUnit `<error>`), not a failed expectation
     /// about the system under test (JUnit `<failure>`).
@@ -47,11 +50,15 @@ impl SubtestResult {
 /// What a run of one scenario gave.
 #[derive(Debug, Clone)]
 pub struct Outcome {
+    /// The scenario's name.
     pub name: String,
+    /// Its subtests, in the order they ran.
     pub subtests: Vec<SubtestResult>,
+    /// Why the scenario did not pass (its first error); `None` when it passed or was skipped.
     pub error: Option<String>,
     /// The error is the harness's or a machine's, not the system under test's.
     pub harness_error: bool,
+    /// How long it took, set-up included.
     pub duration: Duration,
     /// Why it did not run (a scenario it runs after did not pass); never with an error.
     pub skipped: Option<String>,
@@ -169,6 +176,7 @@ impl Reporter {
         self.run.echo_console.store(on, Ordering::Relaxed);
     }
 
+    /// Whether console lines are echoed to the terminal now (see [`Reporter::set_echo_console`]).
     pub fn echo_console(&self) -> bool {
         self.run.echo_console.load(Ordering::Relaxed)
     }

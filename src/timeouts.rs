@@ -84,11 +84,15 @@ pub fn kvm_probe() -> Duration {
 /// NVMe-oF timeouts for `nvme connect` under TCG. The kernel's 5 s keep-alive was seen to expire
 /// while an initiator was still connecting; these leave room for slow guest time.
 pub struct NvmeTimeouts {
+    /// `nvme connect --keep-alive-tmo`, in seconds.
     pub keep_alive_tmo: u32,
+    /// `nvme connect --ctrl-loss-tmo`, in seconds.
     pub ctrl_loss_tmo: u32,
+    /// `nvme connect --reconnect-delay`, in seconds.
     pub reconnect_delay: u32,
 }
 
+/// The NVMe-oF timeouts for this run: 30 s, 120 s and 2 s, scaled by [`factor`] and rounded up.
 pub fn nvme() -> NvmeTimeouts {
     let f = factor();
     let s = |base: f64| (base * f).ceil().max(1.0) as u32;

@@ -57,6 +57,7 @@ impl Machine {
         self.succeed_with_timeout(cmd, timeouts::command()).await
     }
 
+    /// [`Machine::succeed`] with a timeout of its own instead of [`timeouts::command`].
     pub async fn succeed_with_timeout(&self, cmd: &str, timeout: Duration) -> Result<String> {
         log::nested(&format!("{}: must succeed: {cmd}", self.name()), async {
             let out = self.execute_with_timeout(cmd, timeout).await?;
@@ -264,6 +265,7 @@ impl GuestProcess {
     pub fn label(&self) -> &str {
         &self.label
     }
+    /// The machine it runs on.
     pub fn machine(&self) -> &Machine {
         &self.machine
     }

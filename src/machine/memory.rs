@@ -24,11 +24,11 @@ use crate::timeouts;
 /// The balloon's QOM path.
 pub const BALLOON_QOM_PATH: &str = "/machine/peripheral/balloon0";
 
-/// How long a balloon change may take: the guest hands over 256 pages a request, and under TCG
-/// some hundreds of MiB take seconds.
 /// Between looks at the balloon's size (a QMP request, nothing in the guest).
 pub const BALLOON_POLL: Pace = Pace::every(Duration::from_millis(250));
 
+/// How long a balloon change may take: the guest hands over 256 pages a request, and under TCG
+/// some hundreds of MiB take seconds. 60 s times [`timeouts::factor`].
 pub fn balloon_timeout() -> Duration {
     Duration::from_secs_f64(60.0 * timeouts::factor())
 }
@@ -39,14 +39,19 @@ pub fn balloon_timeout() -> Duration {
 pub struct BalloonStats {
     /// Seconds since the epoch of the guest's last report; 0 before the first.
     pub last_update: i64,
+    /// `stat-total-memory`.
     pub total_memory: Option<u64>,
+    /// `stat-free-memory`.
     pub free_memory: Option<u64>,
+    /// `stat-available-memory`.
     pub available_memory: Option<u64>,
     /// Every statistic as QEMU returned it.
     pub raw: Value,
 }
 
 impl BalloonStats {
+    /// Reads the value of the balloon's `guest-stats` property (a `qom-get`); never fails,
+    /// missing figures are `None`.
     pub fn parse(v: &Value) -> BalloonStats {
         let stat = |name: &str| v["stats"][name].as_i64().filter(|n| *n >= 0).map(|n| n as u64);
         BalloonStats {

@@ -6,7 +6,7 @@
 //! [`Machine`] is one handle; its methods are spread over the pieces of this module, each a
 //! child module that uses the handle's private state (no other module of the crate sees it):
 //!
-//! - this file: the handle and its state ([`MachineEnv`], the QEMU process slot), the errors
+//! - this file: the handle and its state (`MachineEnv`, the QEMU process slot), the errors
 //!   ([`MachineError`], [`HarnessError`], [`is_harness_error`], [`is_timeout`]), the accessors
 //!   (name, disks, the QEMU description, QMP and agent clients, forwards);
 //! - `boot.rs`: start (a boot, or a start from the snapshot store), the launch of a QEMU
@@ -57,7 +57,7 @@ use crate::qmp::Qmp;
 pub const ERROR_CONSOLE_LINES: usize = 20;
 
 /// What every machine of a run shares.
-pub struct MachineEnv {
+pub(crate) struct MachineEnv {
     pub run_dir: PathBuf,
     pub qemu: PathBuf,
     pub accel: Accel,
@@ -83,9 +83,13 @@ enum Pending {
 #[derive(Debug, thiserror::Error)]
 #[error("{machine}: {what}\n{detail}\nlast {} console lines of {machine}:\n{console}", ERROR_CONSOLE_LINES)]
 pub struct MachineError {
+    /// The machine's name.
     pub machine: String,
+    /// What failed, in one line.
     pub what: String,
+    /// The details: a command's output, what a wait saw last.
     pub detail: String,
+    /// The last [`ERROR_CONSOLE_LINES`] lines of its serial console.
     pub console: String,
     /// Set when the error is a wait that ran out of time.
     pub timed_out: Option<Duration>,
@@ -132,7 +136,7 @@ struct Inner {
 }
 
 impl Machine {
-    pub fn new(node: NodeSpec, boot: Boot, env: Arc<MachineEnv>) -> Result<Machine> {
+    pub(crate) fn new(node: NodeSpec, boot: Boot, env: Arc<MachineEnv>) -> Result<Machine> {
         crate::config::validate_machine_name(&node.name)?;
         let dir = env.run_dir.join(&node.name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -156,12 +160,15 @@ impl Machine {
         })
     }
 
+    /// The machine's name, as its [`NodeSpec`] gave it.
     pub fn name(&self) -> &str {
         &self.inner.node.name
     }
+    /// Its role, from its [`NodeSpec`].
     pub fn role(&self) -> Role {
         self.inner.node.role
     }
+    /// Its serial console, captured line by line (see [`Console`]).
     pub fn console(&self) -> &Arc<Console> {
         &self.inner.console
     }

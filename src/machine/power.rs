@@ -32,7 +32,9 @@ use crate::timeouts;
 /// A machine saved to a file by [`Machine::save_state`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SavedState {
+    /// The state file on the host.
     pub path: PathBuf,
+    /// Its size in bytes (0 if it could not be read).
     pub bytes: u64,
 }
 
@@ -41,7 +43,9 @@ pub struct SavedState {
 pub struct MigrationReport {
     /// Milliseconds the guest was stopped.
     pub downtime_ms: i64,
+    /// Milliseconds the whole migration took (QEMU's `total-time`; -1 when it did not say).
     pub total_ms: i64,
+    /// Bytes of RAM sent (QEMU's `ram.transferred`; -1 when it did not say).
     pub ram_transferred: i64,
 }
 

@@ -31,11 +31,8 @@ pub mod parse;
 pub mod qmp;
 pub mod session;
 
-pub use commands::{format_exec, Args, Command, Invocation, Scope, COMMANDS};
-pub use complete::complete;
-pub use input::{Input, Line};
-pub use parse::{parse, Parsed};
-pub use session::Session;
+use input::Input;
+use session::Session;
 
 pub const PROMPT: &str = "vmcheck> ";
 /// The scenario whose machines the REPL defines when none is named.

@@ -20,8 +20,11 @@ use crate::tools::iscsi::{DiscoveredTarget, Iscsiadm, ScsiDisk, Session, EXIT_NO
 /// An iSCSI target an initiator can reach: where and under which IQN.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// The target's IQN.
     pub iqn: String,
+    /// The target's address on the test network.
     pub addr: Ipv4Addr,
+    /// The iSCSI port.
     pub port: u16,
     /// `iscsi://addr:port/iqn/0`.
     pub uri: String,

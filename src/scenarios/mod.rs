@@ -1,4 +1,13 @@
 //! The named tests: each declares its machines and runs a script against them.
+//!
+//! A [`Scenario`] is a name, a description, the [`NodeSpec`]s of its machines and a script (an
+//! async function of the [`Driver`]); a [`Suite`] holds scenarios and selects them by name or
+//! pattern, and [`Suite::run`] runs a selection with [`RunOptions`]. [`builtin`] is vmcheck's own suite
+//! and [`selftests`] its hidden checks of the harness.
+//!
+//! The toolkit for scripts: [`nvmeof`] and [`iscsi`] (share a disk from the target daemon,
+//! discover, connect, find the block device on the initiator), [`workload`] (fio while a disk
+//! is pulled, and its verdict).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -12,13 +21,16 @@ use crate::driver::Driver;
 use crate::machine::{is_harness_error, HarnessError};
 pub use crate::report::{outcomes_table, Outcome};
 
-pub mod attach_detach;
-pub mod balloon;
+// The built-in scenarios: reached through `builtin()`, their code is no API.
+mod attach_detach;
+mod balloon;
+// tests/vm_fio_nvme_basic.rs asserts on its typed `Report`.
+#[doc(hidden)]
 pub mod fio_nvme_basic;
-pub mod hotremove;
+mod hotremove;
 pub mod iscsi;
-pub mod lifecycle;
-pub mod network_faults;
+mod lifecycle;
+mod network_faults;
 pub mod nvmeof;
 mod selftest;
 pub mod workload;
@@ -430,7 +442,9 @@ pub fn selftests() -> Vec<Scenario> {
 /// One part of a suite split over several machines (`vmcheck run --shard K/N`): K of N, from 1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shard {
+    /// K: which part, from 1.
     pub index: u32,
+    /// N: how many parts.
     pub count: u32,
 }
 

@@ -22,8 +22,11 @@ pub const NVMF_PORT: u16 = 4420;
 /// A subsystem an initiator can reach: where and under which NQN.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Share {
+    /// The subsystem's NQN.
     pub nqn: String,
+    /// The target's address on the test network.
     pub addr: Ipv4Addr,
+    /// The NVMe-oF/TCP port.
     pub port: u16,
     /// `nvmf://addr:port/nqn`.
     pub uri: String,
@@ -93,7 +96,7 @@ pub async fn namespaces(initiator: &Machine) -> Result<Vec<(String, String, u32)
     Ok(parse_namespaces(&initiator.execute_with_timeout(NAMESPACES, timeouts::request()).await?.stdout))
 }
 
-/// Parses [`NAMESPACES`]' lines.
+/// Parses the lines of the listing [`namespaces`] runs.
 pub fn parse_namespaces(listing: &str) -> Vec<(String, String, u32)> {
     listing
         .lines()

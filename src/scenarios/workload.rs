@@ -52,11 +52,15 @@ pub fn integrity_job(device: &str, runtime_secs: u64) -> Fio {
 /// How a finished fio run went.
 #[derive(Debug, Clone)]
 pub struct FioOutcome {
+    /// The machine fio ran on.
     pub machine: String,
+    /// The device it ran against.
     pub device: String,
+    /// fio's exit status.
     pub status: i32,
     /// `None` when fio printed no JSON report (it could not start the job at all).
     pub report: Option<FioReport>,
+    /// What fio printed on stderr.
     pub stderr: String,
 }
 

@@ -1,16 +1,14 @@
 //! The storage target: gRPC (`proto/`) over Linux nvmet through configfs.
 //!
-//! The daemon `vmcheck-target` runs [`service::TargetService`] in the target VM; a scenario
-//! reaches it with [`client::connect`] and can check its error handling with
-//! [`conformance::run_bad_request_table`].
+//! The daemon `vmcheck-target` runs in the target VM and serves the gRPC API of `proto/`; a
+//! scenario reaches it with [`Machine::target_client`](crate::Machine::target_client) (or
+//! [`client::connect`]) and calls it through [`client::TargetClient`], with the messages of
+//! [`proto`]. The toolkit modules [`crate::scenarios::nvmeof`] and [`crate::scenarios::iscsi`]
+//! wrap the usual calls.
 //!
-//! Pieces: [`uri`] parses bdev URIs, [`backing`] finds or makes what is behind them (block
-//! devices in sysfs, malloc files on tmpfs), [`configfs`] is the tree (the kernel's, or an
-//! emulation for tests), [`nvmet`] makes and removes subsystems, namespaces and ports in it,
-//! [`lio`] iSCSI targets and their backstores (ShareProtocol ISCSI), [`split`] carves a disk
-//! into partition bdevs, [`monitor`] notices devices that vanish, [`limits`] bounds requests and
-//! reads their deadlines, [`address`] picks the address to share on, [`error`] maps failures to
-//! gRPC codes.
+//! The daemon's own pieces (bdev URIs, backing devices, configfs, nvmet, LIO, splits, the
+//! removal monitor, request limits, error codes) are internal: src/bin/vmcheck-target.rs and
+//! vmcheck's tests use some of them, so those are public but hidden from these docs.
 //!
 //! Rules the API leaves open, as decided here:
 //! - A bdev's name is its canonical URI; its uuid is a v5 uuid of that name, so a bdev and
@@ -29,30 +27,42 @@
 //!   its namespace (disable, then remove), the subsystem stays (SPDK keeps the controller), and
 //!   the bdev stays listed as faulted until DestroyBdev, even if a device of that name returns
 //!   (SPDK unregisters it; listing it keeps the removal visible to the scenario). Export types
-//!   hook in at `TargetService::withdraw`.
-//! - Splits are GPT partitions written by the daemon (see [`split`]); they go with their disk.
+//!   hook in at the service's `withdraw`.
+//! - Splits are GPT partitions written by the daemon; they go with their disk.
 
 /// The port `vmcheck-target` listens on in the target guest.
 pub const GRPC_PORT: u16 = 10124;
 
-/// Generated gRPC types and stubs for `vmcheck.target.v1`.
+/// Generated gRPC types and stubs for `vmcheck.target.v1` (proto/vmcheck/target/v1/): the
+/// messages, [`proto::target_client::TargetClient`] and the server trait. The documentation
+/// of each message, field and call is the proto file's comment on it.
 pub mod proto {
     tonic::include_proto!("vmcheck.target.v1");
 }
 
-pub mod address;
+// The daemon's own pieces. src/bin/vmcheck-target.rs builds the server from service, nvmet,
+// lio, configfs and backing, and tests/ drive them (and monitor, conformance) directly, so those
+// stay reachable but out of the manual; the rest is private.
+mod address;
+#[doc(hidden)]
 pub mod backing;
 pub mod client;
+#[doc(hidden)]
 pub mod configfs;
+#[doc(hidden)]
 pub mod conformance;
-pub mod error;
-pub mod limits;
+mod error;
+mod limits;
+#[doc(hidden)]
 pub mod lio;
+#[doc(hidden)]
 pub mod monitor;
+#[doc(hidden)]
 pub mod nvmet;
+#[doc(hidden)]
 pub mod service;
-pub mod split;
-pub mod uri;
+mod split;
+mod uri;
 
 #[cfg(test)]
 mod service_tests;

@@ -52,7 +52,7 @@ const UUID_NAMESPACE: Uuid = Uuid::from_u128(0x5f0c_7a8e_4d1b_4c2e_9a3f_6b8d_2e1
 #[derive(Debug, Clone, Copy)]
 pub enum Traddr {
     Fixed(Ipv4Addr),
-    /// Looked up at each share (see [`address::choose`]): the NIC may come up after the daemon.
+    /// Looked up at each share (see `address::choose`): the NIC may come up after the daemon.
     Detect,
 }
 

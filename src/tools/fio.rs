@@ -27,20 +27,28 @@ pub const EILSEQ: i32 = 84;
 /// fio's `rw` (`readwrite`) option.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Rw {
+    /// `read`: sequential reads.
     Read,
+    /// `write`: sequential writes.
     Write,
+    /// `trim`: sequential trims.
     Trim,
+    /// `randread`: random reads.
     RandRead,
+    /// `randwrite`: random writes.
     RandWrite,
+    /// `randtrim`: random trims.
     RandTrim,
     /// Sequential mixed reads and writes (`rw`).
     ReadWrite,
     /// Random mixed reads and writes (`randrw`).
     RandRw,
+    /// `trimwrite`: trim a block, then write it.
     TrimWrite,
 }
 
 impl Rw {
+    /// fio's name for it.
     pub fn as_str(self) -> &'static str {
         match self {
             Rw::Read => "read",
@@ -59,15 +67,25 @@ impl Rw {
 /// fio's `verify` option: how written blocks are checked when read back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verify {
+    /// `md5`.
     Md5,
+    /// `crc64`.
     Crc64,
+    /// `crc32c`.
     Crc32c,
+    /// `crc32`.
     Crc32,
+    /// `crc16`.
     Crc16,
+    /// `crc7`.
     Crc7,
+    /// `xxhash`.
     Xxhash,
+    /// `sha1`.
     Sha1,
+    /// `sha256`.
     Sha256,
+    /// `sha512`.
     Sha512,
     /// Only the header (offset, sequence number) is checked.
     Meta,
@@ -76,6 +94,7 @@ pub enum Verify {
 }
 
 impl Verify {
+    /// fio's name for it.
     pub fn as_str(self) -> &'static str {
         match self {
             Verify::Md5 => "md5",
@@ -97,15 +116,22 @@ impl Verify {
 /// fio's `continue_on_error` option: which errors a job survives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ContinueOnError {
+    /// `none`: stop at the first error.
     None,
+    /// `read`: survive read errors.
     Read,
+    /// `write`: survive write errors.
     Write,
+    /// `io`: survive read and write errors.
     Io,
+    /// `verify`: survive verify mismatches.
     Verify,
+    /// `all`: survive every error.
     All,
 }
 
 impl ContinueOnError {
+    /// fio's name for it.
     pub fn as_str(self) -> &'static str {
         match self {
             ContinueOnError::None => "none",
@@ -131,6 +157,7 @@ pub struct Fio {
 }
 
 impl Fio {
+    /// A job with no options set (fio's defaults, JSON output).
     pub fn new() -> Self {
         Self::default()
     }
@@ -179,12 +206,15 @@ impl Fio {
         self.opt(key, u8::from(on))
     }
 
+    /// `--name`: the job's name; options after it belong to the job.
     pub fn name(self, name: &str) -> Self {
         self.opt("name", name)
     }
+    /// `--filename`: the file or block device to do I/O on.
     pub fn filename(self, path: &str) -> Self {
         self.opt("filename", path)
     }
+    /// `--rw`: the I/O pattern.
     pub fn rw(self, rw: Rw) -> Self {
         self.opt("rw", rw.as_str())
     }
@@ -192,18 +222,23 @@ impl Fio {
     pub fn bs(self, bs: &str) -> Self {
         self.opt("bs", bs)
     }
+    /// `--iodepth`: I/Os in flight.
     pub fn iodepth(self, depth: u32) -> Self {
         self.opt("iodepth", depth)
     }
+    /// `--ioengine`: `libaio`, `io_uring`, `psync`, ...
     pub fn ioengine(self, engine: &str) -> Self {
         self.opt("ioengine", engine)
     }
+    /// `--direct`: O_DIRECT, bypassing the page cache.
     pub fn direct(self, on: bool) -> Self {
         self.set_bool("direct", on)
     }
+    /// `--numjobs`: clones of the job.
     pub fn numjobs(self, n: u32) -> Self {
         self.opt("numjobs", n)
     }
+    /// `--runtime` in seconds.
     pub fn runtime_secs(self, secs: u64) -> Self {
         self.opt("runtime", secs)
     }
@@ -215,6 +250,7 @@ impl Fio {
     pub fn size(self, size: &str) -> Self {
         self.opt("size", size)
     }
+    /// `--verify`: check written blocks when they are read back.
     pub fn verify(self, verify: Verify) -> Self {
         self.opt("verify", verify.as_str())
     }
@@ -230,12 +266,15 @@ impl Fio {
     pub fn verify_only(self, on: bool) -> Self {
         self.set_bool("verify_only", on)
     }
+    /// `--thread`: clones are threads, not processes.
     pub fn thread(self, on: bool) -> Self {
         self.set_bool("thread", on)
     }
+    /// `--group_reporting`: one entry in `jobs` for all clones.
     pub fn group_reporting(self, on: bool) -> Self {
         self.set_bool("group_reporting", on)
     }
+    /// `--continue_on_error`: which errors the job survives.
     pub fn continue_on_error(self, which: ContinueOnError) -> Self {
         self.opt("continue_on_error", which.as_str())
     }
@@ -286,23 +325,32 @@ impl fmt::Display for Fio {
 /// One of fio's I/O directions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
+    /// Reads.
     Read,
+    /// Writes.
     Write,
+    /// Trims.
     Trim,
 }
 
 /// fio's JSON report (`--output-format=json`), plus the lines around it.
 #[derive(Clone, Debug, Deserialize)]
 pub struct FioReport {
+    /// `fio version`.
     #[serde(rename = "fio version", default)]
     pub fio_version: String,
+    /// When fio wrote the report, seconds since the epoch.
     #[serde(default)]
     pub timestamp: u64,
+    /// When fio wrote the report, as text.
     #[serde(default)]
     pub time: String,
+    /// `global options`: the options given before `--name`.
     #[serde(rename = "global options", default)]
     pub global_options: BTreeMap<String, String>,
+    /// One entry per job (or per group with `group_reporting`).
     pub jobs: Vec<FioJob>,
+    /// `disk_util`: the kernel's counters for the disks the jobs touched.
     #[serde(default)]
     pub disk_util: Vec<DiskUtil>,
     /// Lines of the output that are not the JSON (warnings, and stderr if it was merged or
@@ -314,21 +362,28 @@ pub struct FioReport {
 /// One entry of `jobs`: a job, or a group of jobs with `group_reporting`.
 #[derive(Clone, Debug, Deserialize)]
 pub struct FioJob {
+    /// `jobname`.
     #[serde(rename = "jobname")]
     pub name: String,
+    /// The job's reporting group.
     #[serde(default)]
     pub groupid: u32,
     /// The errno the job stopped with (or the first one it survived), 0 when it ran clean.
     #[serde(default)]
     pub error: i32,
+    /// `job options`: the job's own options.
     #[serde(rename = "job options", default)]
     pub options: BTreeMap<String, String>,
+    /// Reads.
     #[serde(default)]
     pub read: FioDirStats,
+    /// Writes.
     #[serde(default)]
     pub write: FioDirStats,
+    /// Trims.
     #[serde(default)]
     pub trim: FioDirStats,
+    /// fsync/fdatasync latencies, when the job synced.
     #[serde(default)]
     pub sync: Option<FioSyncStats>,
     /// Present with `unified_rw_reporting=both`.
@@ -340,12 +395,16 @@ pub struct FioJob {
     /// Percent.
     #[serde(default, deserialize_with = "de_f64")]
     pub usr_cpu: f64,
+    /// System CPU, percent.
     #[serde(default, deserialize_with = "de_f64")]
     pub sys_cpu: f64,
+    /// Context switches.
     #[serde(default, deserialize_with = "de_u64")]
     pub ctx: u64,
+    /// Major page faults.
     #[serde(default, deserialize_with = "de_u64")]
     pub majf: u64,
+    /// Minor page faults.
     #[serde(default, deserialize_with = "de_u64")]
     pub minf: u64,
     /// Errors survived; only with `continue_on_error`.
@@ -360,8 +419,10 @@ pub struct FioJob {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct FioDirStats {
+    /// Bytes transferred.
     #[serde(deserialize_with = "de_u64")]
     pub io_bytes: u64,
+    /// KiB transferred.
     #[serde(deserialize_with = "de_u64")]
     pub io_kbytes: u64,
     /// Bytes per second.
@@ -370,31 +431,43 @@ pub struct FioDirStats {
     /// KiB per second.
     #[serde(deserialize_with = "de_u64")]
     pub bw: u64,
+    /// I/Os per second.
     #[serde(deserialize_with = "de_f64")]
     pub iops: f64,
     /// Milliseconds.
     #[serde(deserialize_with = "de_u64")]
     pub runtime: u64,
+    /// I/Os completed.
     #[serde(deserialize_with = "de_u64")]
     pub total_ios: u64,
+    /// Short I/Os (fewer bytes than asked).
     #[serde(deserialize_with = "de_u64")]
     pub short_ios: u64,
+    /// I/Os dropped (`drop_ios`).
     #[serde(rename = "drop_ios", deserialize_with = "de_u64")]
     pub dropped_ios: u64,
+    /// Submission latency.
     pub slat_ns: FioLatency,
+    /// Completion latency.
     pub clat_ns: FioLatency,
+    /// Total latency (submission and completion).
     pub lat_ns: FioLatency,
     /// KiB per second, from the periodic samples.
     #[serde(deserialize_with = "de_u64")]
     pub bw_min: u64,
+    /// Highest bandwidth sample, KiB per second.
     #[serde(deserialize_with = "de_u64")]
     pub bw_max: u64,
+    /// Mean of the bandwidth samples, KiB per second.
     #[serde(deserialize_with = "de_f64")]
     pub bw_mean: f64,
+    /// Lowest IOPS sample.
     #[serde(deserialize_with = "de_u64")]
     pub iops_min: u64,
+    /// Highest IOPS sample.
     #[serde(deserialize_with = "de_u64")]
     pub iops_max: u64,
+    /// Mean of the IOPS samples.
     #[serde(deserialize_with = "de_f64")]
     pub iops_mean: f64,
 }
@@ -403,12 +476,16 @@ pub struct FioDirStats {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct FioLatency {
+    /// Shortest.
     #[serde(deserialize_with = "de_u64")]
     pub min: u64,
+    /// Longest.
     #[serde(deserialize_with = "de_u64")]
     pub max: u64,
+    /// Mean.
     #[serde(deserialize_with = "de_f64")]
     pub mean: f64,
+    /// Standard deviation.
     #[serde(deserialize_with = "de_f64")]
     pub stddev: f64,
     /// Number of samples.
@@ -441,8 +518,10 @@ impl FioLatency {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct FioSyncStats {
+    /// Sync calls completed.
     #[serde(deserialize_with = "de_u64")]
     pub total_ios: u64,
+    /// Their latency.
     pub lat_ns: FioLatency,
 }
 
@@ -450,20 +529,27 @@ pub struct FioSyncStats {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct DiskUtil {
+    /// The disk's kernel name (`nvme0n1`).
     pub name: String,
+    /// Reads completed.
     #[serde(deserialize_with = "de_u64")]
     pub read_ios: u64,
+    /// Writes completed.
     #[serde(deserialize_with = "de_u64")]
     pub write_ios: u64,
+    /// Reads merged.
     #[serde(deserialize_with = "de_u64")]
     pub read_merges: u64,
+    /// Writes merged.
     #[serde(deserialize_with = "de_u64")]
     pub write_merges: u64,
     /// Milliseconds.
     #[serde(deserialize_with = "de_u64")]
     pub read_ticks: u64,
+    /// Milliseconds spent writing.
     #[serde(deserialize_with = "de_u64")]
     pub write_ticks: u64,
+    /// Milliseconds requests spent in the queue.
     #[serde(deserialize_with = "de_u64")]
     pub in_queue: u64,
     /// Percent of the run the disk was busy.
@@ -471,11 +557,14 @@ pub struct DiskUtil {
     pub util: f64,
     /// Averages over the slaves of a stacked device (device mapper, md); absent otherwise.
     pub aggr_read_ios: Option<u64>,
+    /// Averaged writes of the slaves.
     pub aggr_write_ios: Option<u64>,
+    /// Averaged utilization of the slaves, percent.
     pub aggr_util: Option<f64>,
 }
 
 impl FioJob {
+    /// The statistics of direction `d`.
     pub fn dir(&self, d: Direction) -> &FioDirStats {
         match d {
             Direction::Read => &self.read,

@@ -72,10 +72,13 @@ fn portal(addr: &str, port: u16) -> String {
 /// One line of a SendTargets discovery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiscoveredTarget {
+    /// The portal's address (IPv6 without brackets).
     pub addr: String,
+    /// The portal's port.
     pub port: u16,
     /// Target portal group tag.
     pub tpgt: u16,
+    /// The target's IQN.
     pub iqn: String,
 }
 
@@ -121,10 +124,13 @@ fn parse_portal(portal: &str) -> Option<(String, u16, u16)> {
 /// One session of `iscsiadm -m session -P 3`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
+    /// The session id (`SID`).
     pub sid: u32,
+    /// The target's IQN.
     pub iqn: String,
     /// `Current Portal`: address, port, tpgt.
     pub addr: String,
+    /// The portal's port.
     pub port: u16,
     /// `iSCSI Session State`: `LOGGED_IN`, `FAILED`, `FREE`.
     pub state: String,
@@ -134,12 +140,14 @@ pub struct Session {
     pub iscsid_state: String,
     /// SCSI host number (`scsiN`), when the session has one.
     pub host: Option<u32>,
+    /// The SCSI devices the session attached.
     pub disks: Vec<ScsiDisk>,
 }
 
 /// A SCSI device the session attached, with its block device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScsiDisk {
+    /// The logical unit number.
     pub lun: u64,
     /// Kernel name, `sda`.
     pub name: String,

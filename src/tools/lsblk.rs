@@ -11,6 +11,7 @@ pub const LSBLK_COMMAND: &str = "lsblk --json -b -o NAME,SIZE,TYPE,SERIAL,MODEL"
 /// lsblk's device tree.
 #[derive(Clone, Debug, Deserialize)]
 pub struct Lsblk {
+    /// The top-level devices (their partitions and holders are their children).
     pub blockdevices: Vec<BlockDevice>,
 }
 
@@ -28,8 +29,10 @@ pub struct BlockDevice {
     /// `null` in lsblk when the device has none.
     #[serde(default)]
     pub serial: Option<String>,
+    /// The model, if the device reports one.
     #[serde(default)]
     pub model: Option<String>,
+    /// Partitions and holders (device-mapper, md) of this device.
     #[serde(default)]
     pub children: Vec<BlockDevice>,
 }
@@ -46,6 +49,7 @@ impl BlockDevice {
         format!("/dev/{}", self.name)
     }
 
+    /// Whether lsblk's type is `disk`.
     pub fn is_disk(&self) -> bool {
         self.kind == "disk"
     }
@@ -57,6 +61,7 @@ impl Lsblk {
         LSBLK_COMMAND
     }
 
+    /// Reads the JSON of [`Lsblk::command`]'s output; fails when it is not JSON or sizes are not in bytes.
     pub fn parse(output: &str) -> Result<Self, ParseError> {
         Ok(extract_json("lsblk", output)?.value)
     }
@@ -77,6 +82,7 @@ impl Lsblk {
         self.iter().find(|d| d.name == name)
     }
 
+    /// The first device whose serial, trimmed, is `serial`.
     pub fn find_by_serial(&self, serial: &str) -> Option<&BlockDevice> {
         self.iter().find(|d| d.serial.as_deref().map(str::trim) == Some(serial))
     }

@@ -36,17 +36,36 @@ const HEAD_CHARS: usize = 300;
 /// because the usual cause is that the tool printed an error instead of JSON.
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
+    /// No line of the output starts a JSON object.
     #[error("{tool}: no JSON object in the output; it begins: {head}")]
-    NoJson { tool: &'static str, head: String },
-    #[error("{tool}: the JSON output does not parse: {source}; the output begins: {head}")]
-    Json {
+    NoJson {
+        /// The tool whose output it was (`fio`, `nvme list`, ...).
         tool: &'static str,
-        #[source]
-        source: serde_json::Error,
+        /// The output's first 300 characters, quoted.
         head: String,
     },
+    /// The JSON is malformed or not the shape the parser expects.
+    #[error("{tool}: the JSON output does not parse: {source}; the output begins: {head}")]
+    Json {
+        /// The tool whose output it was.
+        tool: &'static str,
+        /// serde_json's error.
+        #[source]
+        source: serde_json::Error,
+        /// The output's first 300 characters, quoted.
+        head: String,
+    },
+    /// The output is not what the parser expects: the wrong format (`nvme list -v`, `iscsiadm`
+    /// without `-P 3`), or a line missing or malformed.
     #[error("{tool}: {message}; the output begins: {head}")]
-    Unexpected { tool: &'static str, message: String, head: String },
+    Unexpected {
+        /// The tool whose output it was.
+        tool: &'static str,
+        /// What was wrong.
+        message: String,
+        /// The output's first 300 characters, quoted.
+        head: String,
+    },
 }
 
 impl ParseError {

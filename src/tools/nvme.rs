@@ -20,14 +20,19 @@ pub const DISCOVERY_NQN: &str = "nqn.2014-08.org.nvmexpress.discovery";
 /// NVMe-oF transport (`-t`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Transport {
+    /// TCP (`tcp`).
     #[default]
     Tcp,
+    /// RDMA (`rdma`).
     Rdma,
+    /// Fibre Channel (`fc`).
     Fc,
+    /// The loop transport (`loop`), target and host on one machine.
     Loop,
 }
 
 impl Transport {
+    /// nvme-cli's name for it (`--transport=`).
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::Tcp => "tcp",
@@ -147,6 +152,7 @@ impl NvmeFabrics {
         NvmeFabrics { verb, transport: Transport::Tcp, traddr: traddr.to_string(), trsvcid, options: FabricsOptions::default() }
     }
 
+    /// `--transport` (default TCP).
     pub fn transport(mut self, t: Transport) -> Self {
         self.transport = t;
         self
@@ -156,30 +162,37 @@ impl NvmeFabrics {
         self.options = options;
         self
     }
+    /// `--keep-alive-tmo`, in seconds.
     pub fn keep_alive_tmo(mut self, secs: u32) -> Self {
         self.options.keep_alive_tmo = Some(secs);
         self
     }
+    /// `--ctrl-loss-tmo`, in seconds (-1: retry for ever).
     pub fn ctrl_loss_tmo(mut self, secs: i32) -> Self {
         self.options.ctrl_loss_tmo = Some(secs);
         self
     }
+    /// `--reconnect-delay`, in seconds.
     pub fn reconnect_delay(mut self, secs: u32) -> Self {
         self.options.reconnect_delay = Some(secs);
         self
     }
+    /// `--hostnqn`: the host NQN to present.
     pub fn hostnqn(mut self, nqn: &str) -> Self {
         self.options.hostnqn = Some(nqn.to_string());
         self
     }
+    /// `--hostid`: the host id to present.
     pub fn hostid(mut self, id: &str) -> Self {
         self.options.hostid = Some(id.to_string());
         self
     }
+    /// `--nr-io-queues`.
     pub fn nr_io_queues(mut self, n: u32) -> Self {
         self.options.nr_io_queues = Some(n);
         self
     }
+    /// `--queue-size`.
     pub fn queue_size(mut self, n: u32) -> Self {
         self.options.queue_size = Some(n);
         self
@@ -233,6 +246,7 @@ pub struct DiscoveryLog {
     /// Generation counter: changes whenever the log does.
     #[serde(default, deserialize_with = "de_u64")]
     pub genctr: u64,
+    /// The entries, in the order the controller reported them.
     pub records: Vec<DiscoveryRecord>,
 }
 
@@ -240,19 +254,27 @@ pub struct DiscoveryLog {
 /// `"nvme subsystem"`, `"not specified, sq flow control disable supported"`, ...).
 #[derive(Clone, Debug, Deserialize)]
 pub struct DiscoveryRecord {
+    /// Transport type (`"tcp"`).
     pub trtype: String,
+    /// Address family (`"ipv4"`).
     #[serde(default)]
     pub adrfam: String,
     /// `"nvme subsystem"`, `"current discovery subsystem"` (Linux nvmet lists itself first since
     /// 5.17) or `"discovery subsystem referral"`.
     pub subtype: String,
+    /// Transport requirements.
     #[serde(default)]
     pub treq: String,
+    /// The target's port id.
     #[serde(default, deserialize_with = "de_u16")]
     pub portid: u16,
+    /// Transport service id: the TCP port, as text.
     pub trsvcid: String,
+    /// The subsystem NQN.
     pub subnqn: String,
+    /// Transport address.
     pub traddr: String,
+    /// Entry flags.
     #[serde(default)]
     pub eflags: Option<String>,
     /// TCP only.
@@ -276,6 +298,7 @@ impl DiscoveryRecord {
 }
 
 impl DiscoveryLog {
+    /// Reads the JSON of `nvme discover -o json` from `output` (other lines around it are skipped).
     pub fn parse(output: &str) -> Result<Self, ParseError> {
         Ok(extract_json("nvme discover", output)?.value)
     }
@@ -294,6 +317,7 @@ impl DiscoveryLog {
 /// `nvme list -o json`: one entry per namespace block device.
 #[derive(Clone, Debug, Deserialize)]
 pub struct NvmeList {
+    /// The namespaces.
     #[serde(rename = "Devices")]
     pub devices: Vec<NvmeDevice>,
 }
@@ -307,19 +331,25 @@ pub struct NvmeDevice {
     /// `/dev/nvme0n1`.
     #[serde(rename = "DevicePath")]
     pub device_path: String,
+    /// Controller firmware revision.
     #[serde(rename = "Firmware", default)]
     pub firmware: String,
+    /// Controller model number (space-padded by some targets).
     #[serde(rename = "ModelNumber", default)]
     pub model_number: String,
+    /// Controller serial number (space-padded by some targets).
     #[serde(rename = "SerialNumber", default)]
     pub serial_number: String,
+    /// Bytes in use.
     #[serde(rename = "UsedBytes", default, deserialize_with = "de_u64")]
     pub used_bytes: u64,
     /// Number of logical blocks (despite the name, a count, not the last LBA).
     #[serde(rename = "MaximumLBA", default, deserialize_with = "de_u64")]
     pub maximum_lba: u64,
+    /// Size in bytes.
     #[serde(rename = "PhysicalSize", default, deserialize_with = "de_u64")]
     pub physical_size: u64,
+    /// Logical block size in bytes.
     #[serde(rename = "SectorSize", default, deserialize_with = "de_u32")]
     pub sector_size: u32,
 }
@@ -332,6 +362,7 @@ impl NvmeDevice {
 }
 
 impl NvmeList {
+    /// Reads the JSON of `nvme list -o json` from `output`; fails on the verbose (`-v`) format.
     pub fn parse(output: &str) -> Result<Self, ParseError> {
         let got = extract_json::<serde_json::Value>("nvme list", output)?;
         // `nvme list -v -o json` nests Subsystems under hosts; say so instead of a missing field.
@@ -349,14 +380,17 @@ impl NvmeList {
         serde_json::from_value(got.value).map_err(|source| ParseError::Json { tool: "nvme list", source, head: super::head(output) })
     }
 
+    /// The namespace whose device path (`/dev/nvme0n1`) or name (`nvme0n1`) is `path`.
     pub fn find_by_path(&self, path: &str) -> Option<&NvmeDevice> {
         self.devices.iter().find(|d| d.device_path == path || d.name() == path)
     }
 
+    /// The first namespace whose serial number, trimmed, is `serial`.
     pub fn find_by_serial(&self, serial: &str) -> Option<&NvmeDevice> {
         self.devices.iter().find(|d| d.serial_number.trim() == serial)
     }
 
+    /// The first namespace whose model number, trimmed, is `model`.
     pub fn find_by_model(&self, model: &str) -> Option<&NvmeDevice> {
         self.devices.iter().find(|d| d.model_number.trim() == model)
     }
@@ -417,7 +451,9 @@ pub const CONTROLLERS: &str = "for c in /sys/class/nvme/nvme*; do [ -e $c/subsys
 /// A fabrics controller as sysfs shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Controller {
+    /// The controller's name (`nvme0`).
     pub name: String,
+    /// Its subsystem NQN.
     pub nqn: String,
     /// `live`, `connecting`, `resetting`, `deleting`, ...
     pub state: String,
