@@ -3,8 +3,10 @@
 
   # Replace OWNER, here and in Cargo.toml. nixpkgs follows vmcheck's, the release its modules and
   # package are written against.
-  inputs.vmcheck.url = "github:OWNER/vmcheck";
-  inputs.nixpkgs.follows = "vmcheck/nixpkgs";
+  inputs = {
+    vmcheck.url = "github:OWNER/vmcheck";
+    nixpkgs.follows = "vmcheck/nixpkgs";
+  };
 
   outputs = {
     self,
