@@ -120,6 +120,8 @@ holds "the template's check runs its own driver (build, .driver, .driverInteract
 holds "the template's checks are also legacyPackages.x86_64-linux.checks" 'f.template.legacyChecks == f.template.checkPaths'
 holds "the template's driver: a [[bin]] built alone, untested in the build, vmcheck from git by builtins.fetchGit" \
   'let d = f.template.driver; in d.mainProgram == "storage-tests" && d.cargoBuildFlags == [ "--bin" "storage-tests" ] && !d.doCheck && builtins.any (c: c.name == "vmcheck" && c.fetch == "builtins.fetchGit") d.crates'
+holds "buildDriver from a path, with pname, version and bin given, passing the rest to buildRustPackage" \
+  'let d = f.outputs.lib.buildDriver { system = "x86_64-linux"; src = ./nix/tests/template-checkout; pname = "p"; version = "1"; bin = "b"; cargoBuildFlags = [ "--locked" ]; buildInputs = [ f.pkgs.fio ]; }; in d.name == "p-1" && d.meta.mainProgram == "b" && d.cargoBuildFlags == [ "--bin" "b" "--locked" ] && map (p: p.pname) d.buildInputs == [ "fio" ] && !d.doCheck && !(d ? bin)'
 holds "makeTest with a driver of its own: its main program everywhere, vmcheck nowhere" \
   'let t = f.testSummary { name = "t"; scenario = "fio_nvme_basic"; driver = f.pkgs.writeShellScriptBin "my-driver" ""; nodes.target = { }; nodes.initiator = { }; }; in builtins.match ".*\nmy-driver run --config .*" t.buildCommand != null && builtins.match ".*/bin/my-driver run --config .*" t.driver.text != null && builtins.match ".*/bin/my-driver repl --config .*" t.driverInteractive.text != null && builtins.match ".*vmcheck (run|repl).*" (t.buildCommand + t.driver.text + t.driverInteractive.text) == null && t.nativeBuildInputs == [ "my-driver" "qemu-host-cpu-only" ]'
 

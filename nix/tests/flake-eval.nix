@@ -17,7 +17,8 @@
 #                    `templateVmcheckRev`) and ./template-checkout (the template's Cargo.toml and
 #                    a stand-in Cargo.lock) as its own source, summarised as `summary` is.
 #   templateWith { vmcheckRev }  the same with the input vmcheck at another revision.
-#   modules, lib, pkgs  the flake's nixosModules, the stand-in's lib and x86_64-linux packages.
+#   outputs, modules, lib, pkgs  the flake's outputs and nixosModules, the stand-in's lib and
+#                    x86_64-linux packages.
 let
   flake = import ../../flake.nix;
   nixpkgs = import ./stub-nixpkgs;
@@ -145,6 +146,7 @@ in {
 
   testSummary = args: testSummary' (outputs.lib.makeTest ({inherit system;} // args));
 
+  inherit outputs;
   modules = outputs.nixosModules;
   inherit (nixpkgs) lib;
   pkgs = nixpkgs.legacyPackages.${system};
