@@ -23,8 +23,8 @@
 #
 # Defaults read Cargo.toml and Cargo.lock from `src` at evaluation, so `src` must be a path or a
 # source tree (a flake's `self`, lib.fileset.toSource, ...), not a fetched derivation; with one,
-# give pname, version and cargoLock. Without nixpkgs' restrict-eval (Hydra) builtins.fetchGit is
-# allowed; there, give `cargoLock.outputHashes."vmcheck-<version>" = "sha256-...";` instead
+# give pname, version and cargoLock. builtins.fetchGit is refused only under restrict-eval
+# (Hydra); there, give `cargoLock.outputHashes."vmcheck-<version>" = "sha256-...";` instead
 # (importCargoLock's error names the attribute).
 #
 # The tests are not run in the build (`doCheck = false`): they boot QEMU machines; the flake's
@@ -77,7 +77,6 @@
       allowBuiltinFetchGit = true;
     };
 
-  # vmcheck's entry in the lock file: { source = "git+URL#REV" or none (a path); ... }.
   lockFound =
     !(cargoLock' ? lockFile)
     || builtins.pathExists cargoLock'.lockFile
@@ -86,19 +85,21 @@
     if cargoLock' ? lockFile
     then builtins.readFile cargoLock'.lockFile
     else cargoLock'.lockFileContents or "";
+  # vmcheck's entry in the lock file: { source = "git+URL#REV" (or "git+URL?branch=B#REV"), or
+  # no source (a path dependency); ... }, as [ URL REV ] when from git.
   lockedVmcheck = builtins.filter (p: p.name == "vmcheck") ((builtins.fromTOML lockContents).package or []);
-  lockedRev = let
-    source = (builtins.head lockedVmcheck).source or "";
-    rev = builtins.match "git\\+[^#]*#([0-9a-f]+)" source;
-  in
-    if lockedVmcheck == [] || rev == null
+  lockedGit =
+    if lockedVmcheck == []
     then null
-    else builtins.head rev;
+    else builtins.match "git\\+([^?#]*)[^#]*#([0-9a-f]+)" ((builtins.head lockedVmcheck).source or "");
   revChecked =
-    if vmcheckRev != null && lockedRev != null && lockedRev != vmcheckRev
-    then
+    if vmcheckRev != null && lockedGit != null && builtins.elemAt lockedGit 1 != vmcheckRev
+    then let
+      url = builtins.elemAt lockedGit 0;
+      rev = builtins.elemAt lockedGit 1;
+    in
       lib.warn ''
-        vmcheck buildDriver: the driver is built from vmcheck ${lockedRev} (Cargo.lock) but the flake input vmcheck is ${vmcheckRev}, whose target module runs the daemon the driver talks to; make them one revision (`cargo update -p vmcheck --precise ${vmcheckRev}`, or `nix flake lock --override-input vmcheck github:OWNER/vmcheck/${lockedRev}`)''
+        vmcheck buildDriver: the driver is built from vmcheck ${rev} (Cargo.lock) but the flake input vmcheck is ${vmcheckRev}, whose target module runs the daemon the driver talks to; make them one revision (`cargo update -p vmcheck --precise ${vmcheckRev}`, or `nix flake lock --override-input vmcheck "git+${url}?rev=${rev}"`)''
       true
     else true;
 in

@@ -463,7 +463,8 @@ fn build_driver_warns_when_cargo_lock_and_the_flake_input_pin_different_vmchecks
     let other = eval("fedcba9876543210fedcba9876543210fedcba98");
     assert!(
         other.contains("built from vmcheck 0123456789abcdef0123456789abcdef01234567 (Cargo.lock) but the flake input vmcheck is fedcba9876543210fedcba9876543210fedcba98")
-            && other.contains("cargo update -p vmcheck --precise fedcba9876543210fedcba9876543210fedcba98"),
+            && other.contains("cargo update -p vmcheck --precise fedcba9876543210fedcba9876543210fedcba98")
+            && other.contains(r#"--override-input vmcheck "git+https://github.com/OWNER/vmcheck?rev=0123456789abcdef0123456789abcdef01234567""#),
         "{other}"
     );
 }
