@@ -31,7 +31,8 @@
 
     # `vmcheck.lib.makeTest { system = "x86_64-linux"; name; nodes; scenario; ... }`, or with
     # `pkgs = <a nixpkgs package set>` instead of `system` to build the machines from your own
-    # package set. Arguments: nix/make-test.nix.
+    # package set; `driver = <a package>` runs the scenario with your own driver (a binary whose
+    # main is vmcheck::harness::main) instead of vmcheck's. Arguments: nix/make-test.nix.
     makeTest = {
       system ? null,
       pkgs ?
@@ -45,6 +46,22 @@
         inherit pkgs vmcheck;
         guestModule = self.nixosModules.guest;
       } (builtins.removeAttrs args ["system" "pkgs" "vmcheck"]);
+
+    # `vmcheck.lib.buildDriver { system = "x86_64-linux"; src = self; }` (or `pkgs`): the driver
+    # of a user's repository, a cargo [[bin]] calling vmcheck::harness::main, for makeTest's
+    # `driver`. Arguments: nix/build-driver.nix.
+    buildDriver = {
+      system ? null,
+      pkgs ?
+        if system == null
+        then throw "vmcheck.lib.buildDriver: give `system` (\"x86_64-linux\") or `pkgs`"
+        else nixpkgs.legacyPackages.${system},
+      ...
+    } @ args:
+      import ./nix/build-driver.nix {
+        inherit pkgs;
+        vmcheckRev = self.rev or null;
+      } (builtins.removeAttrs args ["system" "pkgs"]);
 
     # A check per scenario the driver lists, each machine with its role's module, address,
     # test interfaces, CPUs and memory (nix/scenario-tests.nix).
@@ -82,9 +99,19 @@
     };
 
     lib = {
-      inherit makeTest;
+      inherit makeTest buildDriver;
       # The pure driver-configuration function (nix/driver-config.nix), for tests of your own.
       driverConfig = import ./nix/driver-config.nix;
+    };
+
+    # `nix flake init -t github:OWNER/vmcheck`: a repository of your own storage tests (a driver
+    # crate and a flake whose checks run it on NixOS machines); README.md there says what next.
+    templates = rec {
+      storage-test = {
+        path = ./nix/templates/storage-test;
+        description = "Storage tests of your own: a vmcheck driver crate (vmcheck::harness::main) and flake checks that run it on NixOS machines";
+      };
+      default = storage-test;
     };
 
     # `nix build .#checks.x86_64-linux.fio_nvme_basic` runs the scenario in the build sandbox;

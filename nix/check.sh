@@ -12,9 +12,14 @@
 #                                       against the nixpkgs stand-in nix/tests/stub-nixpkgs (a lib
 #                                       subset, a module system, eval-config.nix, qemu-vm.nix)
 #                                    -> OUT/driver-config.<scenario>.json, one per flake check
+#        ... .template               -> OUT/template.json: the template's flake.nix (nix/templates/
+#                                       storage-test) with this flake as its input vmcheck and
+#                                       nix/tests/template-checkout as its source: its driver
+#                                       (lib.buildDriver) and its check (makeTest with `driver`)
 #   6. bad input is refused, with the field named: the driver configuration function, and
 #      makeTest/the modules (an option that does not exist, a wrong type, the guest agent off,
-#      a node name the driver refuses, a package set for another system, ...).
+#      a node name the driver refuses, a package set for another system, a driver without a
+#      main program, a Cargo.lock missing or with a git dependency and no way to fetch it, ...).
 #
 # tests/nix_config.rs reads the same evaluations: it parses every driver configuration with the
 # driver's own parser, checks the checks against `vmcheck list --json`, and fails when
@@ -98,6 +103,28 @@ for s in "${scenarios[@]}"; do
   echo "ok: $out/driver-config.$s.json"
 done
 
+nix_eval --expr '(import ./nix/tests/flake-eval.nix).template' >"$out/template.json" ||
+  die "the template's flake.nix does not evaluate against this flake and the nixpkgs stand-in (nix/tests/flake-eval.nix, template)"
+echo "ok: $out/template.json"
+
+# What the template promises, and what makeTest does with a driver of its own.
+holds() {
+  local what=$1 expr=$2
+  [[ $(nix_eval --expr "let f = import ./nix/tests/flake-eval.nix; in $expr") == true ]] || die "does not hold: $what ($expr)"
+  echo "ok: $what"
+}
+holds "templates.default and templates.storage-test have a path with a flake.nix and a description" \
+  'builtins.all (t: builtins.elem "flake.nix" t.files && builtins.elem "Cargo.toml" t.files && t.description != "") (builtins.attrValues f.summary.templates) && f.summary.templates.default == f.summary.templates.storage-test'
+holds "the template's check runs its own driver (build, .driver, .driverInteractive)" \
+  'let t = f.template.checks.disk_verify; in t.driverPackage == "storage-tests-0.1.0" && builtins.match ".*\nstorage-tests run --config [^ ]+ --global-timeout.*" t.buildCommand != null && builtins.match ".*-storage-tests-0.1.0/bin/storage-tests run --config .*" t.driver.text != null && builtins.match ".*-storage-tests-0.1.0/bin/storage-tests repl --config .*" t.driverInteractive.text != null'
+holds "the template's checks are also legacyPackages.x86_64-linux.checks" 'f.template.legacyChecks == f.template.checkPaths'
+holds "the template's driver: a [[bin]] built alone, untested in the build, vmcheck from git by builtins.fetchGit" \
+  'let d = f.template.driver; in d.mainProgram == "storage-tests" && d.cargoBuildFlags == [ "--bin" "storage-tests" ] && !d.doCheck && builtins.any (c: c.name == "vmcheck" && c.fetch == "builtins.fetchGit") d.crates'
+holds "buildDriver from a path, with pname, version and bin given, passing the rest to buildRustPackage" \
+  'let d = f.outputs.lib.buildDriver { system = "x86_64-linux"; src = ./nix/tests/template-checkout; pname = "p"; version = "1"; bin = "b"; cargoBuildFlags = [ "--locked" ]; buildInputs = [ f.pkgs.fio ]; }; in d.name == "p-1" && d.meta.mainProgram == "b" && d.cargoBuildFlags == [ "--bin" "b" "--locked" ] && map (p: p.pname) d.buildInputs == [ "fio" ] && !d.doCheck && !(d ? bin)'
+holds "makeTest with a driver of its own: its main program everywhere, vmcheck nowhere" \
+  'let t = f.testSummary { name = "t"; scenario = "fio_nvme_basic"; driver = f.pkgs.writeShellScriptBin "my-driver" ""; nodes.target = { }; nodes.initiator = { }; }; in builtins.match ".*\nmy-driver run --config .*" t.buildCommand != null && builtins.match ".*/bin/my-driver run --config .*" t.driver.text != null && builtins.match ".*/bin/my-driver repl --config .*" t.driverInteractive.text != null && builtins.match ".*vmcheck (run|repl).*" (t.buildCommand + t.driver.text + t.driverInteractive.text) == null && t.nativeBuildInputs == [ "my-driver" "qemu-host-cpu-only" ]'
+
 step "bad test definitions are refused, naming the field"
 refused() {
   local expect=$1 args=$2 err
@@ -133,6 +160,12 @@ refused_test "x86_64-linux only" 'f.testSummary { name = "t"; system = null; pkg
 refused_test "accel" 'f.testSummary { name = "t"; accel = "hvf"; nodes.target = { }; }'
 refused_test "tcgTimeoutFactor" 'f.testSummary { name = "t"; tcgTimeoutFactor = 0; nodes.target = { }; }'
 refused_test "nodes is empty" 'f.testSummary { name = "t"; nodes = { }; }'
+refused_test "has no meta.mainProgram" 'f.testSummary { name = "t"; driver = f.pkgs.writeText "driver" ""; nodes.target = { }; }'
+refused_test "must be a package" 'f.testSummary { name = "t"; driver = "vmcheck"; nodes.target = { }; }'
+refused_test "must be a file name" 'f.testSummary { name = "t"; driver = f.pkgs.writeShellScriptBin "my driver" ""; nodes.target = { }; }'
+refused_test "Cargo.lock does not exist" 'f.driverSummary { src = ./nix/templates/storage-test; }'
+refused_test "No hash was found while vendoring the git dependency vmcheck-0.1.0" 'f.driverSummary { src = ./nix/tests/template-checkout; cargoLock.lockFile = ./nix/tests/template-checkout/Cargo.lock; }'
+refused_test "but there is no corresponding git dependency" 'f.driverSummary { src = ./nix/tests/template-checkout; cargoLock = { lockFile = ./nix/tests/template-checkout/Cargo.lock; outputHashes."vmcheck-0.2.0" = ""; }; }'
 refused_test "has no NixOS module" '((f.scenarioTests { scenarios.s.nodes = [ { name = "x"; role = "storage"; address = "192.0.2.1"; memory_mib = 512; cpus = 1; vlans = [ 1 ]; disks = [ ]; } ]; }).s.nodes.x { lib = f.lib; }).imports'
 
 printf '\nnix/check.sh: all Nix checks passed (JSON in %s)\n' "$out"

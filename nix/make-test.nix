@@ -5,9 +5,11 @@
 # configuration names their start scripts (the role of nixpkgs' driverConfiguration.json); the
 # test is a derivation whose build runs the driver. As in nixpkgs, `.driver` runs the test
 # outside the sandbox and `.driverInteractive` opens the interactive driver (the REPL).
-# What differs: the test script is a scenario compiled into the driver (src/scenarios), chosen by
-# name, and the driver, not the NixOS modules, adds the QEMU plumbing (QMP, serial console, guest
-# agent port, test-network NICs, NVMe disks) through $QEMU_OPTS.
+# What differs: the test script is a scenario compiled into the driver, chosen by name, and the
+# driver, not the NixOS modules, adds the QEMU plumbing (QMP, serial console, guest agent port,
+# test-network NICs, NVMe disks) through $QEMU_OPTS. The driver is vmcheck's own package (its
+# scenarios: src/scenarios) or, with `driver`, any program whose `main` is vmcheck's harness
+# (`vmcheck::harness::main(suite)`: a user's own scenarios; lib.buildDriver builds one).
 #
 # The first argument comes from the flake (see flake.nix, lib.makeTest); the second is the test:
 #
@@ -25,7 +27,13 @@
 #     requiredSystemFeatures = [ "nixos-test" ];   # add "kvm" to keep the test off TCG builders
 #     keepArtifacts = false;           # true: logs and junit.xml into $out/artifacts (see below)
 #     extraDriverArgs = [ ];           # more arguments for `vmcheck run`
+#     driver = vmcheck;                # the program that runs the scenario (below)
 #   }
+#
+# `driver` is a package whose meta.mainProgram speaks the harness's command line:
+# `<main program> run --config FILE --global-timeout S --out DIR --junit FILE` (the test and
+# `.driver`) and `<main program> repl --config FILE` (`.driverInteractive`). Default: vmcheck's
+# own package, whose scenarios are vmcheck's.
 #
 # Every node gets nixosModules.guest (the guest contract), `networking.hostName = <node name>`
 # and, unless it sets one, `vmcheck.address = 192.0.2.<n>` (n = its place in the sorted node
@@ -51,6 +59,7 @@
   requiredSystemFeatures ? ["nixos-test"],
   keepArtifacts ? false,
   extraDriverArgs ? [],
+  driver ? vmcheck,
 }: let
   inherit (pkgs) lib;
   fail = msg: throw "vmcheck makeTest ${name}: ${msg}";
@@ -121,27 +130,41 @@
     then tcgTimeoutFactor
     else fail "tcgTimeoutFactor must be a whole number, 1 or more, got ${builtins.toJSON tcgTimeoutFactor}";
 
-  # `driver`: the test itself, run outside the sandbox (`vmcheck run` takes --out DIR, --junit
-  # FILE, --keep-vm-state); `driverInteractive`: the REPL on the same machines. The same program
-  # name in both, as nixpkgs' nixos-test-driver.
+  # The driver's program: its meta.mainProgram, a plain file name in its bin/ (checked, as it is
+  # written into shell commands unquoted, like the default `vmcheck`).
+  mainProgram =
+    if !(lib.isDerivation driver)
+    then fail "driver must be a package (a derivation), got ${builtins.typeOf driver}"
+    else if !(driver ? meta.mainProgram)
+    then fail "driver ${driver.name} has no meta.mainProgram; set it to the name of its binary that calls vmcheck::harness::main (lib.buildDriver does)"
+    else if builtins.match "[A-Za-z0-9][A-Za-z0-9._+-]*" driver.meta.mainProgram == null
+    then fail "driver ${driver.name}: meta.mainProgram must be a file name, got ${builtins.toJSON driver.meta.mainProgram}"
+    else driver.meta.mainProgram;
+
+  # `driver`: the test itself, run outside the sandbox (`run` takes --out DIR, --junit FILE,
+  # --keep-vm-state); `driverInteractive`: the REPL on the same machines. The same program name
+  # in both, as nixpkgs' nixos-test-driver.
   driverScript = command:
     pkgs.writeShellScriptBin "vmcheck-driver" ''
       export PATH=${lib.makeBinPath qemus}''${PATH:+:$PATH}
       ${accelEnv}
-      exec ${vmcheck}/bin/vmcheck ${command} --config ${configFile} "$@"
+      exec ${driver}/bin/${mainProgram} ${command} --config ${configFile} "$@"
     '';
-  driver = driverScript "run";
+  driverRun = driverScript "run";
   driverInteractive = driverScript "repl";
 
   test =
     pkgs.runCommand "vmcheck-test-${name}" {
-      nativeBuildInputs = [vmcheck] ++ qemus;
+      # The driver first on PATH: the build runs it by its program name.
+      nativeBuildInputs = [driver] ++ qemus;
       # Runs with or without KVM: the driver probes KVM and falls back to TCG, and the build
       # scales its timeouts when the sandbox has no /dev/kvm (Nix puts it there when the
       # builder has the kvm system feature). Pass [ "nixos-test" "kvm" ] to require KVM.
       inherit requiredSystemFeatures;
       passthru = {
-        inherit driver driverInteractive driverConfiguration configFile scenario;
+        driver = driverRun;
+        driverPackage = driver;
+        inherit driverInteractive driverConfiguration configFile scenario;
         nodes = evaluatedNodes;
       };
       meta.timeout = globalTimeout * factor + 600;
@@ -159,7 +182,7 @@
       fi
       artifacts="$TMPDIR/vmcheck-out"
       status=0
-      vmcheck run --config ${configFile} --global-timeout "$global" --out "$artifacts" --junit "$artifacts/junit.xml" ${lib.escapeShellArgs extraDriverArgs} || status=$?
+      ${mainProgram} run --config ${configFile} --global-timeout "$global" --out "$artifacts" --junit "$artifacts/junit.xml" ${lib.escapeShellArgs extraDriverArgs} || status=$?
       if [ "$status" != 0 ]; then
         echo "vmcheck: ${name} failed (exit status $status); console logs, transcript and junit.xml: $artifacts (kept by nix build --keep-failed)"
         exit "$status"

@@ -6,6 +6,12 @@
 //!   have one check per listed scenario, whose driver configuration the driver's own parser
 //!   accepts and applies to the scenario's machines, and whose NixOS machines carry what the
 //!   driver relies on (host name, addresses, test interfaces, memory, the guest agent, ...);
+//! - a user's repository made from the template (`nix/templates/storage-test`): its flake.nix,
+//!   evaluated with this flake as its input, builds its own driver (`lib.buildDriver`) and runs
+//!   it in its check (`lib.makeTest { driver; }`), on NixOS machines whose driver configuration
+//!   the driver's parser applies to the machines of the template's own suite: the template's
+//!   `src/main.rs` is compiled into this test (`mod template`), so its Rust is checked against
+//!   vmcheck's API on every build;
 //! - the JSON that the pure `nix/driver-config.nix` evaluates to (what `lib.makeTest` writes for
 //!   `vmcheck run --config`) is fed, exactly as `nix-instantiate --eval --strict --json` prints
 //!   it, to the driver's parser, and both refuse the same machine names, addresses and fields.
@@ -20,6 +26,11 @@ use std::process::Command;
 
 use serde_json::Value;
 use vmcheck::config::{validate_machine_name, DriverConfig, NodeSpec, Role, SCENARIO_LISTING_COMMAND};
+
+/// The template's driver, compiled here: its suite is what the template's flake.nix must match.
+#[allow(dead_code)]
+#[path = "../nix/templates/storage-test/src/main.rs"]
+mod template;
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -361,7 +372,101 @@ fn every_listed_scenario_is_a_flake_check_whose_machines_are_the_scenarios() {
         assert!(driver.contains(&format!("/bin/vmcheck run --config {config_path} \"$@\"")), "{driver}");
         assert!(interactive.contains(&format!("/bin/vmcheck repl --config {config_path} \"$@\"")), "{interactive}");
         assert_eq!((&check["driver"]["name"], &check["driverInteractive"]["name"]), (&"vmcheck-driver".into(), &"vmcheck-driver".into()));
+        // vmcheck's own checks run vmcheck's own driver.
+        assert!(check["driverPackage"].as_str().unwrap().starts_with("vmcheck-"), "{}", check["driverPackage"]);
     }
+}
+
+#[test]
+fn a_repository_made_from_the_template_runs_its_own_driver_on_its_own_machines() {
+    if !have_nix("a_repository_made_from_the_template_runs_its_own_driver_on_its_own_machines") {
+        return;
+    }
+    let json = nix_eval(Eval::Expr("(import ./nix/tests/flake-eval.nix).template")).unwrap_or_else(|err| panic!("{err}"));
+    let t: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(t["inputs"], serde_json::json!({"vmcheck": "github:OWNER/vmcheck", "nixpkgs": "follows vmcheck/nixpkgs"}));
+    assert_eq!(
+        t["outputs"],
+        serde_json::json!({"checks": ["x86_64-linux"], "legacyPackages": ["x86_64-linux"], "packages": ["x86_64-linux"]})
+    );
+    assert_eq!(t["legacyChecks"], t["checkPaths"], "`nix build .#checks.<name>` builds the check");
+
+    // The driver: the template's [[bin]], alone, from its Cargo.toml and Cargo.lock.
+    let driver = &t["driver"];
+    assert_eq!((driver["pname"].as_str(), driver["version"].as_str()), (Some("storage-tests"), Some("0.1.0")));
+    assert_eq!(driver["mainProgram"], "storage-tests");
+    assert_eq!(driver["cargoBuildFlags"], serde_json::json!(["--bin", "storage-tests"]));
+    assert_eq!(driver["doCheck"], false, "the scenarios boot machines: not in the package's build");
+    let vmcheck = driver["crates"].as_array().unwrap().iter().find(|c| c["name"] == "vmcheck").expect("vmcheck is vendored");
+    assert_eq!(vmcheck["fetch"], "builtins.fetchGit", "a git dependency without a hash to maintain: {vmcheck}");
+    let manifest: Value = serde_json::from_str(
+        &nix_eval(Eval::Expr("builtins.fromTOML (builtins.readFile ./nix/templates/storage-test/Cargo.toml)")).unwrap(),
+    )
+    .unwrap();
+    let bin = &manifest["bin"][0];
+    assert_eq!(
+        (&bin["name"], &bin["path"], &bin["harness"]),
+        (&manifest["package"]["name"], &"src/main.rs".into(), &false.into()),
+        "{manifest}"
+    );
+    assert!(manifest["dependencies"]["vmcheck"]["git"].as_str().unwrap().ends_with("/vmcheck"), "{manifest}");
+
+    // The check: the template's own suite, its scenario by name, its machines from flake.nix.
+    let suite = template::suite();
+    suite.check().unwrap();
+    let checks = t["checks"].as_object().unwrap();
+    assert_eq!(checks.keys().collect::<Vec<_>>(), suite.listed().map(|s| s.name()).collect::<Vec<_>>(), "a check per scenario");
+    for (name, check) in checks {
+        let mut nodes = suite.find(name).unwrap().nodes().to_vec();
+        let config = DriverConfig::from_json(&check["driverConfiguration"].to_string()).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let declared: Vec<_> = nodes.iter().map(|n| (n.name.clone(), n.address)).collect();
+        config.apply(&mut nodes).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        assert_eq!(config.machines.len(), nodes.len(), "{name}: every machine of the scenario is a NixOS machine");
+        let applied: Vec<_> = nodes.iter().map(|n| (n.name.clone(), n.address)).collect();
+        assert_eq!(applied, declared, "{name}: flake.nix gives the machines the addresses src/main.rs declares");
+        for node in &nodes {
+            assert_eq!(check["nodes"][&node.name]["hostName"], node.name.as_str());
+            assert_eq!(check["nodes"][&node.name]["qemuGuestAgent"], true);
+        }
+        // The driver runs in the build, in `.driver` and in `.driverInteractive`; vmcheck's does not.
+        let config_path = check["configFile"]["path"].as_str().unwrap();
+        let build = check["buildCommand"].as_str().unwrap();
+        assert!(build.contains(&format!("\nstorage-tests run --config {config_path} --global-timeout")), "{build}");
+        let exe = "-storage-tests-0.1.0/bin/storage-tests";
+        assert!(check["driver"]["text"].as_str().unwrap().contains(&format!("{exe} run --config {config_path} \"$@\"")), "{check}");
+        assert!(check["driverInteractive"]["text"].as_str().unwrap().contains(&format!("{exe} repl --config {config_path} \"$@\"")));
+        assert_eq!(check["driverPackage"], "storage-tests-0.1.0");
+        assert_eq!(check["nativeBuildInputs"][0], "storage-tests", "the driver first on PATH");
+        let all = format!("{build}{}{}", check["driver"]["text"], check["driverInteractive"]["text"]);
+        assert!(!all.contains("vmcheck run") && !all.contains("vmcheck repl") && !all.contains("bin/vmcheck "), "{all}");
+    }
+}
+
+#[test]
+fn build_driver_warns_when_cargo_lock_and_the_flake_input_pin_different_vmchecks() {
+    if !have_nix("build_driver_warns_when_cargo_lock_and_the_flake_input_pin_different_vmchecks") {
+        return;
+    }
+    let eval = |rev: &str| {
+        let expr = format!(r#"((import ./nix/tests/flake-eval.nix).templateWith {{ vmcheckRev = "{rev}"; }}).driver.name"#);
+        let out = Command::new("nix-instantiate")
+            .current_dir(repo())
+            .args(["--option", "store", "dummy://", "--eval", "--strict", "--json", "--expr", &expr])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // The template's stand-in Cargo.lock pins vmcheck at 0123...4567.
+    let same = eval("0123456789abcdef0123456789abcdef01234567");
+    assert!(!same.contains("vmcheck buildDriver"), "{same}");
+    let other = eval("fedcba9876543210fedcba9876543210fedcba98");
+    assert!(
+        other.contains("built from vmcheck 0123456789abcdef0123456789abcdef01234567 (Cargo.lock) but the flake input vmcheck is fedcba9876543210fedcba9876543210fedcba98")
+            && other.contains("cargo update -p vmcheck --precise fedcba9876543210fedcba9876543210fedcba98")
+            && other.contains(r#"--override-input vmcheck "git+https://github.com/OWNER/vmcheck?rev=0123456789abcdef0123456789abcdef01234567""#),
+        "{other}"
+    );
 }
 
 #[test]
@@ -378,7 +483,17 @@ fn the_flake_offers_x86_64_linux_with_the_promised_outputs() {
     assert_eq!(summary["vmcheck"]["mainProgram"], "vmcheck", "nix run runs the driver");
     assert_eq!(summary["formatter"], "vmcheck-alejandra");
     assert_eq!(summary["nixosModules"], serde_json::json!({"guest": "set", "initiator": "set", "target": "lambda"}));
-    assert_eq!(summary["lib"], serde_json::json!(["driverConfig", "makeTest"]));
+    assert_eq!(summary["lib"], serde_json::json!(["buildDriver", "driverConfig", "makeTest"]));
+    // `nix flake init -t`: a path with the template's files, and a description.
+    let templates = summary["templates"].as_object().unwrap();
+    assert_eq!(templates.keys().collect::<Vec<_>>(), ["default", "storage-test"]);
+    assert_eq!(templates["default"], templates["storage-test"]);
+    let template = &templates["default"];
+    assert_eq!(template["path"], repo().join("nix/templates/storage-test").to_str().unwrap());
+    assert!(template["description"].as_str().unwrap().contains("vmcheck"), "{template}");
+    for file in [".gitignore", "Cargo.toml", "README.md", "flake.nix", "rustfmt.toml", "src"] {
+        assert!(template["files"].as_array().unwrap().iter().any(|f| f == file), "{file}: {template}");
+    }
     let shell: Vec<_> = summary["devShell"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
     for tool in ["nix", "deadnix", "statix", "vmcheck-alejandra", "cargo", "qemu"] {
         assert!(shell.contains(&tool), "the dev shell lacks {tool} (nix/check.sh runs inside it): {shell:?}");

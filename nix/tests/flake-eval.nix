@@ -11,14 +11,27 @@
 #   testSummary ARGS the same for `lib.makeTest ({ system = "x86_64-linux"; } // ARGS)`, for
 #                    checks of what makeTest refuses (nix/check.sh, tests/nix_config.rs).
 #   scenarioTests LISTING  nix/scenario-tests.nix applied to LISTING with the flake's modules.
-#   modules, lib     the flake's nixosModules, the stand-in's lib.
+#   driverSummary ARGS     `lib.buildDriver ({ system = "x86_64-linux"; } // ARGS)`, summarised.
+#   template         the template (nix/templates/storage-test): its flake.nix's real outputs
+#                    function, given this flake as the input `vmcheck` (at revision
+#                    `templateVmcheckRev`) and ./template-checkout (the template's Cargo.toml and
+#                    a stand-in Cargo.lock) as its own source, summarised as `summary` is.
+#   templateWith { vmcheckRev }  the same with the input vmcheck at another revision.
+#   outputs, modules, lib, pkgs  the flake's outputs and nixosModules, the stand-in's lib and
+#                    x86_64-linux packages.
 let
   flake = import ../../flake.nix;
   nixpkgs = import ./stub-nixpkgs;
-  outputs = flake.outputs {
-    self = outputs // {outPath = toString ../..;};
-    inherit nixpkgs;
-  };
+  # The flake's outputs, as Nix gives them to itself (`self`) and to a flake that has it as an
+  # input: the outputs with the source's outPath and, from git, its revision.
+  outputsAt = source: let
+    self = flake.outputs {
+      self = self // source;
+      inherit nixpkgs;
+    };
+  in
+    self // source;
+  outputs = outputsAt {outPath = toString ../..;};
   system = "x86_64-linux";
   inherit (builtins) attrNames mapAttrs;
   packageName = p: p.pname or p.name;
@@ -62,9 +75,41 @@ let
     };
     driver = {inherit (t.driver) name text;};
     driverInteractive = {inherit (t.driverInteractive) name text;};
+    driverPackage = t.driverPackage.name;
     nativeBuildInputs = map packageName t.nativeBuildInputs;
     inherit (t.meta) timeout;
     nodes = mapAttrs (_: nodeSummary) t.nodes;
+  };
+  driverSummary' = d: {
+    inherit (d) name pname version cargoBuildFlags doCheck;
+    inherit (d.meta) mainProgram platforms;
+    src = toString d.src;
+    # What importCargoLock would vendor, and how (fetchurl, fetchgit or builtins.fetchGit).
+    inherit (d.cargoDeps) crates;
+  };
+
+  templateFlake = import ../templates/storage-test/flake.nix;
+  templateVmcheckRev = "0123456789abcdef0123456789abcdef01234567";
+  templateWith = {vmcheckRev}: let
+    vmcheck = outputsAt {
+      outPath = toString ../..;
+      rev = vmcheckRev;
+    };
+    self =
+      templateFlake.outputs {
+        inherit self vmcheck;
+        # inputs.nixpkgs.follows = "vmcheck/nixpkgs": the same package set.
+        inherit nixpkgs;
+      }
+      // {outPath = toString ./template-checkout;};
+  in {
+    inherit (templateFlake) description;
+    inputs = builtins.mapAttrs (_: i: i.url or "follows ${i.follows}") templateFlake.inputs;
+    outputs = mapAttrs (_: attrNames) (builtins.removeAttrs self ["outPath"]);
+    driver = driverSummary' self.packages.${system}.default;
+    checks = mapAttrs (_: testSummary') self.checks.${system};
+    legacyChecks = mapAttrs (_: t: t.outPath) self.legacyPackages.${system}.checks;
+    checkPaths = mapAttrs (_: t: t.outPath) self.checks.${system};
   };
 in {
   summary = {
@@ -85,12 +130,26 @@ in {
     devShell = map packageName outputs.devShells.${system}.default.packages;
     formatter = outputs.formatter.${system}.meta.mainProgram;
     checks = mapAttrs (_: testSummary') outputs.checks.${system};
+    templates =
+      mapAttrs (_: t: {
+        path = toString t.path;
+        inherit (t) description;
+        files = attrNames (builtins.readDir t.path);
+      })
+      outputs.templates;
   };
+
+  template = templateWith {vmcheckRev = templateVmcheckRev;};
+  inherit templateWith;
+
+  driverSummary = args: driverSummary' (outputs.lib.buildDriver ({inherit system;} // args));
 
   testSummary = args: testSummary' (outputs.lib.makeTest ({inherit system;} // args));
 
+  inherit outputs;
   modules = outputs.nixosModules;
   inherit (nixpkgs) lib;
+  pkgs = nixpkgs.legacyPackages.${system};
 
   scenarioTests = listing:
     import ../scenario-tests.nix {

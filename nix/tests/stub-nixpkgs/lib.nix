@@ -56,8 +56,9 @@ let
     makeBinPath = paths: concatStringsSep ":" (map (p: "${p}/bin") (filter (p: p != null) paths));
     getExe = drv: "${drv}/bin/${drv.meta.mainProgram or drv.pname or drv.name}";
 
-    # --- assertions
+    # --- assertions and warnings
     assertMsg = pred: msg: pred || throw msg;
+    warn = msg: builtins.trace "evaluation warning: ${msg}";
 
     trivial.release = "25.11";
 

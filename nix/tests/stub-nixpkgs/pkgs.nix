@@ -6,7 +6,8 @@
   storePath = name: seed: "/nix/store/${substring 0 32 (hashString "sha256" "${name}\n${seed}")}-${name}";
 
   # What Nix can turn into a derivation attribute (an environment variable of the build).
-  coercible = v: v == null || isString v || isInt v || isBool v || isPath v || lib.isDerivation v || (isList v && all coercible v);
+  # An attribute set with an outPath (a flake's `self`, a source tree) is one, as in Nix.
+  coercible = v: v == null || isString v || isInt v || isBool v || isPath v || lib.isDerivation v || (builtins.isAttrs v && v ? outPath) || (isList v && all coercible v);
 
   # A recorded derivation: `attrs` as given, plus type, name and outPath; passthru merged in,
   # as stdenv.mkDerivation does. Attributes that Nix could not pass to a builder are refused.
@@ -69,7 +70,7 @@
       };
     runCommand = name: env: buildCommand: derivation name (env // {inherit buildCommand;});
     mkShell = attrs: derivation "nix-shell" attrs;
-    rustPlatform.buildRustPackage = attrs: derivation "${attrs.pname}-${attrs.version}" (removeAttrs attrs ["cargoLock"]);
+    rustPlatform = import ./rust.nix {inherit lib derivation;};
 
     qemu = package "qemu" ["qemu-system-x86_64" "qemu-system-aarch64" "qemu-img"];
     # nixpkgs' qemu_kvm holds only the host's own system emulator.
