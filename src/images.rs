@@ -124,7 +124,7 @@ impl Images {
     /// service's name, mode and command line, and the forwarded ports. Two recipes that differ
     /// in anything get two images, and so two snapshot keys (the key holds the image paths).
     pub fn ensure(&self, recipe: impl Into<Recipe>) -> Result<Image> {
-        let recipe: Recipe = recipe.into();
+        let recipe = self.with_built_daemon(recipe.into())?;
         recipe.check()?;
         let name = recipe.name().to_string();
         self.ensure_checked(&recipe).with_context(|| format!("building the image of recipe {name}"))
@@ -1148,6 +1148,60 @@ fn single_dir_name(dir: &Path) -> Result<String> {
     match names.as_slice() {
         [one] => Ok(one.clone()),
         _ => bail!("expected one kernel version under {}, found {names:?}", dir.display()),
+    }
+}
+
+/// The host path [`Recipe::target`] names when [`find_target_daemon`] finds no daemon: the image
+/// builder builds it from vmcheck's source ([`Images::build_target_daemon`]).
+pub const DAEMON_FROM_SOURCE: &str = "<vmcheck-target, built from vmcheck's source>";
+
+impl Images {
+    /// `recipe`, with the daemon built where it names [`DAEMON_FROM_SOURCE`].
+    fn with_built_daemon(&self, recipe: Recipe) -> Result<Recipe> {
+        if !recipe.host_files().iter().any(|f| f.host.as_os_str() == DAEMON_FROM_SOURCE) {
+            return Ok(recipe);
+        }
+        let built = self.build_target_daemon()?;
+        Ok(recipe.replace_host_file(Path::new(DAEMON_FROM_SOURCE), &built))
+    }
+
+    /// Builds `vmcheck-target` from the source of the vmcheck crate this program was compiled
+    /// with (a path, git or registry dependency: cargo has its source), for a crate that depends
+    /// on vmcheck and so has no vmcheck binaries of its own. The build goes to vmcheck's own
+    /// `target/` when its checkout is writable (a path dependency: what `cargo build` there made
+    /// is reused), else to `<cache>/target-daemon`. cargo decides whether anything is to do:
+    /// the first build takes minutes, later ones about a second.
+    pub fn build_target_daemon(&self) -> Result<PathBuf> {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let writable = |dir: &Path| nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok();
+        let in_cargo_home = std::env::var_os("CARGO_HOME").map(PathBuf::from).or_else(|| dirs::home_dir().map(|h| h.join(".cargo")));
+        let target_dir = match in_cargo_home {
+            Some(home) if source.starts_with(&home) => self.cache_dir.join("target-daemon"),
+            _ if writable(source) => source.join("target"),
+            _ => self.cache_dir.join("target-daemon"),
+        };
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        self.say(&format!(
+            "building vmcheck-target from {} into {} (cargo build --bin vmcheck-target)",
+            source.display(),
+            target_dir.display()
+        ));
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "--bin", "vmcheck-target", "--manifest-path"])
+            .arg(source.join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target_dir);
+        if source.join("Cargo.lock").is_file() {
+            cmd.arg("--locked");
+        }
+        run(&mut cmd).with_context(|| {
+            format!("building the target daemon from vmcheck's source in {} (or set VMCHECK_TARGET_BIN)", source.display())
+        })?;
+        let built = target_dir.join("debug").join("vmcheck-target");
+        if !built.is_file() {
+            bail!("cargo built vmcheck-target, but {} is not there", built.display());
+        }
+        Ok(built)
     }
 }
 

@@ -164,16 +164,14 @@ impl Recipe {
 
     /// vmcheck's storage target: nvmet and LIO modules, the `vmcheck-target` daemon (found by
     /// [`crate::images::find_target_daemon`]: `$VMCHECK_TARGET_BIN`, else beside the running
-    /// executable) at `/usr/bin/vmcheck-target`, run as a service, its gRPC port forwarded.
+    /// executable; in a crate that depends on vmcheck, neither: then the image builder builds
+    /// it from vmcheck's source with cargo, once) at `/usr/bin/vmcheck-target`, run as a
+    /// service, its gRPC port forwarded.
     pub fn target() -> Recipe {
-        let mut recipe = Recipe::new("target").kernel_modules(TARGET_MODULES);
-        recipe = match crate::images::find_target_daemon() {
-            Some(daemon) => recipe.host_file(daemon, "/usr/bin/vmcheck-target"),
-            None => recipe.problem(
-                "the target recipe needs the vmcheck-target binary: build it (cargo build --bins) or set VMCHECK_TARGET_BIN".into(),
-            ),
-        };
-        recipe
+        let daemon = crate::images::find_target_daemon().unwrap_or_else(|| PathBuf::from(crate::images::DAEMON_FROM_SOURCE));
+        Recipe::new("target")
+            .kernel_modules(TARGET_MODULES)
+            .host_file(daemon, "/usr/bin/vmcheck-target")
             .file("/etc/vmcheck/target", TARGET_SH)
             .service("vmcheck-target", "sh /etc/vmcheck/target")
             .forward_port(crate::target::GRPC_PORT)
@@ -281,8 +279,13 @@ impl Recipe {
         self
     }
 
-    fn problem(mut self, problem: String) -> Recipe {
-        self.problems.push(problem);
+    /// The recipe with the host file at `from` taken from `to` instead.
+    pub(crate) fn replace_host_file(mut self, from: &Path, to: &Path) -> Recipe {
+        for f in &mut self.host_files {
+            if f.host == from {
+                f.host = to.to_path_buf();
+            }
+        }
         self
     }
 
@@ -364,6 +367,9 @@ impl Recipe {
         };
         for f in &self.host_files {
             guest_path(&f.guest, &format!("host file {}", f.host.display()), &mut problems);
+            if f.host.as_os_str() == crate::images::DAEMON_FROM_SOURCE {
+                continue; // Built by the image builder.
+            }
             match std::fs::metadata(&f.host) {
                 Ok(m) if m.is_file() => {}
                 Ok(_) => problems.push(format!("the host file {} is not a regular file", f.host.display())),

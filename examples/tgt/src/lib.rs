@@ -17,9 +17,7 @@ pub const IQN: &str = "iqn.2026-12.io.vmcheck.example:tgt";
 /// the archive, never installed on the host) and `tgtd` started at boot. tgtd keeps no state
 /// on disk: every target and LUN comes from `tgtadm` in the scenario.
 pub fn tgt_recipe() -> Recipe {
-    Recipe::new("tgt-target")
-        .debian_package("tgt")
-        .service("tgtd", "mkdir -p /var/run/tgtd && exec /usr/sbin/tgtd -f")
+    Recipe::new("tgt-target").debian_package("tgt").service("tgtd", "mkdir -p /var/run/tgtd && exec /usr/sbin/tgtd -f")
 }
 
 /// The target (`tgt`, with NVMe disks `disk0`.. of 256 MiB) and vmcheck's initiator (open-iscsi,
