@@ -54,8 +54,10 @@ const BOOT_BINARIES: &[(&str, &str)] = &[("/usr/sbin/qemu-ga", "qemu-guest-agent
 /// On the tools disk, for every recipe.
 const COMMON_BINARIES: &[(&str, &str)] = &[("/usr/bin/lsblk", "util-linux")];
 
-/// ext4 reads the tools disk (crc32c_generic, for its metadata checksums, is in both roles).
-const COMMON_MODULES: &[&str] = &["virtio_pci", "virtio_net", "virtio_console", "virtio_blk", "virtio_balloon", "nvme", "ext4"];
+/// ext4 reads the tools disk, and needs a crc32c for its metadata checksums: crc32c_generic,
+/// since a TCG CPU may lack SSE4.2 for crc32c-intel. Without it the disk does not mount.
+const COMMON_MODULES: &[&str] =
+    &["virtio_pci", "virtio_net", "virtio_console", "virtio_blk", "virtio_balloon", "nvme", "crc32c_generic", "ext4"];
 
 /// Where the guest mounts the tools disk; the serial by which it finds it.
 pub const TOOLS_MOUNT: &str = "/tools";
