@@ -54,8 +54,8 @@ const BOOT_BINARIES: &[(&str, &str)] = &[("/usr/sbin/qemu-ga", "qemu-guest-agent
 /// On the tools disk, for every recipe.
 const COMMON_BINARIES: &[(&str, &str)] = &[("/usr/bin/lsblk", "util-linux")];
 
-/// ext4 reads the tools disk, and needs a crc32c for its metadata checksums: crc32c_generic,
-/// since a TCG CPU may lack SSE4.2 for crc32c-intel. Without it the disk does not mount.
+/// Every image's modules. ext4 needs a crc32c for the tools disk's metadata checksums ("Cannot load crc32c driver" and
+/// no /tools without one): crc32c_generic, since a TCG CPU may lack SSE4.2 for crc32c-intel.
 const COMMON_MODULES: &[&str] =
     &["virtio_pci", "virtio_net", "virtio_console", "virtio_blk", "virtio_balloon", "nvme", "crc32c_generic", "ext4"];
 
