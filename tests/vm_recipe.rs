@@ -7,9 +7,12 @@ mod common;
 use std::time::Duration;
 
 use common::{driver, err_text};
-use vmcheck::config::{NodeSpec, Role};
+use vmcheck::config::{DiskSpec, NodeSpec, Role};
 use vmcheck::images::Images;
 use vmcheck::recipe::{service_exits, Recipe};
+use vmcheck::scenarios::iscsi;
+use vmcheck::scenarios::workload::{integrity_job, run_fio};
+use vmcheck::timeouts;
 
 const BOOT_WAIT: Duration = Duration::from_secs(60);
 
@@ -62,6 +65,36 @@ async fn a_user_recipe_boots_with_its_package_file_and_services() {
     m.wait_until_succeeds("test -s /run/vmcheck/services/once.exits", BOOT_WAIT).await.unwrap();
     assert_eq!(service_exits(&m, "once").await.unwrap(), [5]);
     assert_eq!(m.succeed("cat /run/vmcheck/services/once.log").await.unwrap(), "ran-once\n");
+}
+
+/// What a storage engineer on another project writes: Debian's tgt as the target, from a recipe
+/// that starts empty, serving an NVMe disk of its VM over iSCSI to vmcheck's initiator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tgt_from_a_recipe_serves_an_nvme_disk_over_iscsi() {
+    const IQN: &str = "iqn.2026-12.io.vmcheck.test:tgt";
+    let recipe = Recipe::new("tgt-target").debian_package("tgt").service("tgtd", "mkdir -p /var/run/tgtd && exec /usr/sbin/tgtd -f");
+    let target = NodeSpec::new("tgt", Role::Target, 1).with_recipe(recipe).with_disk(DiskSpec::nvme("disk0", 256));
+    assert!(target.forward_ports.is_empty(), "the recipe forwards nothing, whatever the role");
+    let d = driver(vec![target, NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768)]).await;
+    d.start_all().await.unwrap();
+    let (tgt, initiator) = (d.machine("tgt").unwrap(), d.machine("initiator").unwrap());
+
+    tgt.wait_until_succeeds("tgtadm --lld iscsi --op show --mode target", BOOT_WAIT).await.unwrap();
+    let dev = tgt.disk_device("disk0").await.unwrap();
+    for args in [
+        format!("--op new --mode target --tid 1 --targetname {IQN}"),
+        format!("--op new --mode logicalunit --tid 1 --lun 1 --backing-store {dev}"),
+        "--op bind --mode target --tid 1 --initiator-address ALL".to_string(),
+    ] {
+        tgt.succeed(&format!("tgtadm --lld iscsi {args}")).await.unwrap();
+    }
+    let served = iscsi::Target { iqn: IQN.into(), addr: tgt.address(), port: 3260, uri: String::new() };
+    iscsi::login(&initiator, &served).await.unwrap();
+    let disk = iscsi::wait_for_disk(&initiator, IQN, 1, timeouts::hotplug()).await.unwrap();
+    let outcome = run_fio(&initiator, &integrity_job(&disk, 10), &disk).await.unwrap();
+    let report = outcome.expect_clean().unwrap();
+    assert!(report.jobs.iter().any(|j| j.write.io_kbytes > 0), "fio wrote nothing: {report:?}");
+    assert!(service_exits(&tgt, "tgtd").await.unwrap().is_empty(), "tgtd never exited");
 }
 
 #[test]
