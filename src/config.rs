@@ -12,6 +12,7 @@ use crate::recipe::Recipe;
 
 /// The default test subnet (RFC 5737 TEST-NET-1): never routed, never the host's.
 pub const TEST_SUBNET_PREFIX: [u8; 3] = [192, 0, 2];
+/// The test subnet's prefix length.
 pub const TEST_SUBNET_LEN: u8 = 24;
 
 /// What a machine is for: it picks the NixOS module and, unless `NodeSpec::with_recipe` says
@@ -26,6 +27,7 @@ pub enum Role {
 }
 
 impl Role {
+    /// The role's name (`target`, `initiator`), as NixOS modules and JSON name it.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Target => "target",
@@ -45,6 +47,7 @@ impl std::fmt::Display for Role {
 pub struct DiskSpec {
     /// QEMU device id; also the handle for hot-remove.
     pub id: String,
+    /// Size in MiB (a sparse raw file).
     pub size_mib: u64,
     /// The controller serial the guest sees.
     pub serial: String,
@@ -54,9 +57,11 @@ pub struct DiskSpec {
 }
 
 impl DiskSpec {
+    /// An NVMe disk `id` of `size_mib` MiB, serial `vmcheck-<id>` ([`crate::Machine::disk_device`] finds it by that).
     pub fn nvme(id: &str, size_mib: u64) -> Self {
         DiskSpec { id: id.to_string(), size_mib, serial: format!("vmcheck-{id}"), virtio: false }
     }
+    /// A virtio-blk disk `id` of `size_mib` MiB (the guest sees `/dev/vdX`), serial `vmcheck-<id>`.
     pub fn virtio(id: &str, size_mib: u64) -> Self {
         DiskSpec { virtio: true, ..Self::nvme(id, size_mib) }
     }
@@ -82,14 +87,19 @@ pub enum BalloonSpec {
 /// A machine of a test, as a scenario declares it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeSpec {
+    /// The machine's name: its handle in [`crate::driver::Driver::machine`], its host name, its files.
     pub name: String,
+    /// What it is for: the NixOS module and, without a recipe of its own, the default image.
     pub role: Role,
+    /// Guest memory in MiB.
     pub memory_mib: u64,
+    /// Virtual CPUs.
     pub cpus: u32,
     /// Address on the test network (vlan 1).
     pub address: Ipv4Addr,
     /// Test networks this machine is on.
     pub vlans: Vec<u32>,
+    /// The disks it boots with, in order (hot-plugged ones are added through the machine API).
     pub disks: Vec<DiskSpec>,
     /// NixOS start script (`run-<name>-vm`); `None` boots the image of `recipe`.
     #[serde(default)]
@@ -145,18 +155,22 @@ impl NodeSpec {
     pub fn recipe(&self) -> Recipe {
         self.recipe.clone().unwrap_or_else(|| Recipe::for_role(self.role))
     }
+    /// Adds a disk.
     pub fn with_disk(mut self, disk: DiskSpec) -> Self {
         self.disks.push(disk);
         self
     }
+    /// Sets the guest memory in MiB.
     pub fn with_memory(mut self, mib: u64) -> Self {
         self.memory_mib = mib;
         self
     }
+    /// Sets the balloon device it boots with.
     pub fn with_balloon(mut self, balloon: BalloonSpec) -> Self {
         self.balloon = balloon;
         self
     }
+    /// Adds a guest kernel parameter.
     pub fn with_kernel_param(mut self, param: &str) -> Self {
         self.kernel_params.push(param.to_string());
         self
@@ -237,6 +251,7 @@ pub struct DriverConfig {
     /// Seconds the whole test may take.
     #[serde(default = "default_global_timeout")]
     pub global_timeout: u64,
+    /// The NixOS machines, by the scenario's machine names.
     pub machines: BTreeMap<String, MachineConfig>,
 }
 
@@ -246,6 +261,7 @@ fn default_global_timeout() -> u64 {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+/// One NixOS machine of a driver configuration.
 pub struct MachineConfig {
     /// NixOS `system.build.vm`'s `bin/run-<name>-vm`.
     pub start_script: PathBuf,
@@ -255,6 +271,7 @@ pub struct MachineConfig {
 }
 
 impl DriverConfig {
+    /// Parses a driver configuration, refusing a zero global timeout and bad machine names.
     pub fn from_json(text: &str) -> Result<Self> {
         let config: DriverConfig = serde_json::from_str(text).context("driver configuration is not valid")?;
         if config.global_timeout == 0 {
@@ -266,6 +283,7 @@ impl DriverConfig {
         Ok(config)
     }
 
+    /// Reads and parses the driver configuration at `path`.
     pub fn load(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading driver configuration {}", path.display()))?;
         Self::from_json(&text).with_context(|| format!("in {}", path.display()))

@@ -66,6 +66,7 @@ pub struct Driver {
     reporter: Reporter,
     started: Instant,
     gate: Mutex<Option<SubtestGate>>,
+    /// The accelerator the machines run under (KVM when its probe passed, else TCG).
     pub accel: Accel,
 }
 
@@ -161,6 +162,7 @@ impl Driver {
         Ok(Driver { machines, env, _run_dir: run_dir, reporter, started: Instant::now(), gate: Mutex::new(None), accel })
     }
 
+    /// Every machine of the run, in the order the scenario declared them.
     pub fn machines(&self) -> &[Machine] {
         &self.machines
     }
@@ -187,6 +189,7 @@ impl Driver {
         &self.reporter
     }
 
+    /// The run directory (`$TMPDIR/vmcheck-run-<pid>-XXXX`): sockets, disk files, logs without `--out`.
     pub fn run_dir(&self) -> &Path {
         &self.env.run_dir
     }
@@ -225,10 +228,12 @@ impl Driver {
         *self.gate.lock().unwrap() = gate;
     }
 
+    /// The subtests run so far, with their outcomes.
     pub fn subtest_results(&self) -> Vec<SubtestResult> {
         self.reporter.subtests()
     }
 
+    /// Time since the driver was set up.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
     }

@@ -62,18 +62,9 @@ pub mod accel;
 // `vmcheck bench` (src/bin/vmcheck.rs) runs it; not part of the library.
 #[doc(hidden)]
 pub mod bench;
-// TODO(docs): config.rs is being edited on another branch; its undocumented public
-// items are documented, and this allow removed, once that lands.
-#[allow(missing_docs)]
 pub mod config;
-// TODO(docs): driver.rs is being edited on another branch; its undocumented public
-// items are documented, and this allow removed, once that lands.
-#[allow(missing_docs)]
 pub mod driver;
 pub mod harness;
-// TODO(docs): images.rs is being edited on another branch; its undocumented public
-// items are documented, and this allow removed, once that lands.
-#[allow(missing_docs)]
 pub mod images;
 pub mod log;
 pub mod machine;
