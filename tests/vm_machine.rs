@@ -79,3 +79,34 @@ async fn machine_api_on_a_real_vm() {
     m.shutdown().await.unwrap();
     assert!(!vmcheck::process::is_alive(pid));
 }
+
+/// A user's own control plane, reached through a forwarded guest port: the address comes once
+/// something listens; a port nothing listens on, or one the machine does not forward, is an
+/// error that names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_port_is_reached_once_something_listens_and_named_when_nothing_does() {
+    use std::io::{Read, Write};
+    use vmcheck::recipe::Recipe;
+    // busybox's nc answers every connection with a line (its own "control plane"); 7001 has
+    // no listener.
+    let recipe = Recipe::new("forwards")
+        .service("hello", "while true; do echo hello-from-the-guest | nc -l -p 7000; done")
+        .forward_port(7000)
+        .forward_port(7001);
+    let d = driver(vec![NodeSpec::new("machine", Role::Initiator, 2).with_recipe(recipe)]).await;
+    d.start_all().await.unwrap();
+    let m = d.machine("machine").unwrap();
+
+    let addr = m.wait_for_forwarded_port(7000, Duration::from_secs(20)).await.unwrap();
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = conn.write_all(b"\n");
+    let mut got = String::new();
+    let _ = conn.read_to_string(&mut got);
+    assert!(got.contains("hello-from-the-guest"), "{got:?}");
+
+    let e = err_text(m.wait_for_forwarded_port(7001, SHORT).await);
+    assert!(e.contains("nothing in machine listens on the forwarded TCP port 7001"), "{e}");
+    let e = err_text(m.wait_for_forwarded_port(7002, SHORT).await);
+    assert!(e.contains("no forward of guest port 7002") && e.contains("[7000, 7001]"), "{e}");
+}

@@ -357,6 +357,19 @@ impl Machine {
         Ok(SocketAddr::from(([127, 0, 0, 1], *host)))
     }
 
+    /// Waits until something in the guest listens on TCP `guest_port`, then returns where the
+    /// driver reaches it: for a client of the guest's own control plane (any tonic client of
+    /// the user's proto, say), which would otherwise meet a reset from the forward and no
+    /// reason. Fails naming the port when nothing listens within `timeout`, or when the machine
+    /// does not forward it (`Recipe::forward_port`).
+    pub async fn wait_for_forwarded_port(&self, guest_port: u16, timeout: std::time::Duration) -> Result<SocketAddr> {
+        let addr = self.forwarded_addr(guest_port).await?;
+        self.wait_for_open_port(guest_port, timeout)
+            .await
+            .with_context(|| format!("nothing in {} listens on the forwarded TCP port {guest_port}", self.name()))?;
+        Ok(addr)
+    }
+
     /// Runs a raw QMP command (by name, with JSON arguments).
     pub async fn qmp_raw(&self, name: &str, arguments: Value) -> Result<Value> {
         self.qmp().await?.execute_raw(name, arguments).await
