@@ -23,7 +23,7 @@ fn with_tgt() -> Recipe {
         // sg_inq needs libsgutils2, which the host lacks: the package's Depends brings it.
         .debian_package("sg3-utils")
         .file("/etc/recipe-test/greeting", "hello from the recipe\n")
-        .service("tgtd", "mkdir -p /var/run/tgtd && exec /usr/sbin/tgtd -f")
+        .service("tgtd", "/usr/sbin/tgtd -f")
         .service("dies", "echo dying-service-says-goodbye; exit 3")
         .service_once("once", "echo ran-once; exit 5")
 }
