@@ -8,7 +8,10 @@ use std::path::PathBuf;
 use heck::ToSnakeCase;
 use prost::Message;
 use prost_types::field_descriptor_proto::{Label, Type};
-use prost_types::{DescriptorProto, EnumDescriptorProto, FieldDescriptorProto, FileDescriptorProto, FileDescriptorSet};
+use prost_types::{
+    DescriptorProto, EnumDescriptorProto, FieldDescriptorProto, FileDescriptorProto,
+    FileDescriptorSet,
+};
 
 const PROTO: &str = "proto/vmcheck/target/v1/target.proto";
 const PACKAGE: &str = "vmcheck.target.v1";
@@ -43,7 +46,8 @@ fn main() -> Result<(), Error> {
 /// its streaming methods (named, so the REPL can say it does not call them), and every message
 /// with a sample of its JSON in which every field has a value other than its default.
 fn repl_table(set: &FileDescriptorSet) -> Result<String, Error> {
-    let files: Vec<&FileDescriptorProto> = set.file.iter().filter(|f| f.package() == PACKAGE).collect();
+    let files: Vec<&FileDescriptorProto> =
+        set.file.iter().filter(|f| f.package() == PACKAGE).collect();
     let mut index = Index::default();
     for file in &files {
         for message in &file.message_type {
@@ -60,7 +64,12 @@ fn repl_table(set: &FileDescriptorSet) -> Result<String, Error> {
         if message.options.as_ref().is_some_and(|o| o.map_entry()) {
             continue;
         }
-        writeln!(messages, "        ({}, r#\"{}\"#),", rust_type(name)?, index.sample(name, &mut Vec::new()))?;
+        writeln!(
+            messages,
+            "        ({}, r#\"{}\"#),",
+            rust_type(name)?,
+            index.sample(name, &mut Vec::new())
+        )?;
     }
     for service in files.iter().flat_map(|f| &f.service).filter(|s| s.name() == SERVICE) {
         for method in &service.method {
@@ -68,8 +77,14 @@ fn repl_table(set: &FileDescriptorSet) -> Result<String, Error> {
                 writeln!(streaming, "        {:?},", method.name())?;
                 continue;
             }
-            let (request, reply) = (rust_type(method.input_type())?, rust_type(method.output_type())?);
-            writeln!(unary, "        ({:?}, {}, {request}, {reply}),", method.name(), method.name().to_snake_case())?;
+            let (request, reply) =
+                (rust_type(method.input_type())?, rust_type(method.output_type())?);
+            writeln!(
+                unary,
+                "        ({:?}, {}, {request}, {reply}),",
+                method.name(),
+                method.name().to_snake_case()
+            )?;
         }
     }
     Ok(format!(
@@ -147,8 +162,12 @@ impl<'a> Index<'a> {
     fn value(&self, f: &FieldDescriptorProto, within: &mut Vec<String>) -> Option<String> {
         Some(match f.r#type() {
             Type::Double | Type::Float => "1.5".into(),
-            Type::Int64 | Type::Uint64 | Type::Sint64 | Type::Fixed64 | Type::Sfixed64 => "\"7\"".into(),
-            Type::Int32 | Type::Uint32 | Type::Sint32 | Type::Fixed32 | Type::Sfixed32 => "7".into(),
+            Type::Int64 | Type::Uint64 | Type::Sint64 | Type::Fixed64 | Type::Sfixed64 => {
+                "\"7\"".into()
+            }
+            Type::Int32 | Type::Uint32 | Type::Sint32 | Type::Fixed32 | Type::Sfixed32 => {
+                "7".into()
+            }
             Type::Bool => "true".into(),
             Type::String => "\"x\"".into(),
             Type::Bytes => "\"eA==\"".into(),
@@ -158,7 +177,9 @@ impl<'a> Index<'a> {
                 format!("{:?}", v.name())
             }
             Type::Message if within.iter().any(|n| n == f.type_name()) => return None,
-            Type::Message if self.messages.iter().any(|(n, _)| n == f.type_name()) => self.sample(f.type_name(), within),
+            Type::Message if self.messages.iter().any(|(n, _)| n == f.type_name()) => {
+                self.sample(f.type_name(), within)
+            }
             // Well-known types have JSON forms of their own; groups are proto2.
             Type::Message | Type::Group => return None,
         })

@@ -29,7 +29,12 @@ impl Accel {
         match self {
             Accel::Kvm => vec!["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()],
             // One translation thread per vCPU; `max` gives the guest the most features TCG has.
-            Accel::Tcg => vec!["-accel".into(), "tcg,thread=multi,tb-size=256".into(), "-cpu".into(), "max".into()],
+            Accel::Tcg => vec![
+                "-accel".into(),
+                "tcg,thread=multi,tb-size=256".into(),
+                "-cpu".into(),
+                "max".into(),
+            ],
         }
     }
     /// `"kvm"` or `"tcg"`, as in logs and reports.
@@ -131,7 +136,8 @@ fn kernel_of_script(text: &str, env: impl Fn(&str) -> Option<String>) -> Option<
     let Some(inner) = word.strip_prefix("${").and_then(|w| w.strip_suffix('}')) else {
         return (!word.contains('$')).then(|| word.to_string());
     };
-    let name_end = inner.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(inner.len());
+    let name_end =
+        inner.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(inner.len());
     let (var, rest) = inner.split_at(name_end);
     if var.is_empty() {
         return None;
@@ -171,7 +177,15 @@ pub async fn probe(qemu: &Path, accel: Accel) -> Result<std::time::Duration> {
 /// Boots `kernel` with no root file system under `accel`: Ok when it reaches its panic in time.
 pub async fn probe_kernel(qemu: &Path, kernel: &Path, accel: Accel) -> Result<std::time::Duration> {
     let kernel = kernel.display().to_string();
-    let args = ["-kernel", &kernel, "-append", "console=ttyS0 panic=-1 quiet", "-no-reboot", "-serial", "stdio"];
+    let args = [
+        "-kernel",
+        &kernel,
+        "-append",
+        "console=ttyS0 panic=-1 quiet",
+        "-no-reboot",
+        "-serial",
+        "stdio",
+    ];
     let started = Instant::now();
     let (status, console) = run_probe(qemu, accel, &args, "kernel").await?;
     if status.success() && console.contains("Kernel panic") {
@@ -182,7 +196,12 @@ pub async fn probe_kernel(qemu: &Path, kernel: &Path, accel: Accel) -> Result<st
 }
 
 /// Runs a probe QEMU with `args` within the probe timeout; its exit status and stdout.
-async fn run_probe(qemu: &Path, accel: Accel, args: &[&str], what: &str) -> Result<(std::process::ExitStatus, String)> {
+async fn run_probe(
+    qemu: &Path,
+    accel: Accel,
+    args: &[&str],
+    what: &str,
+) -> Result<(std::process::ExitStatus, String)> {
     let mut cmd = tokio::process::Command::new(qemu);
     cmd.args(["-nodefaults", "-no-user-config", "-display", "none", "-M", "pc", "-m", "128"])
         .args(accel.qemu_args())
@@ -232,19 +251,36 @@ mod tests {
     fn the_kernel_word_of_a_nixos_start_script_is_resolved_as_its_shell_would() {
         let text = nixos_start_script("/nix/store/0000-nixos-system-target/kernel");
         let unset = |_: &str| None;
-        assert_eq!(kernel_of_script(&text, unset).as_deref(), Some("/nix/store/0000-nixos-system-target/kernel"));
-        let set = |v: &str| (v == "NIXPKGS_QEMU_KERNEL_target").then(|| "/tmp/other-kernel".to_string());
+        assert_eq!(
+            kernel_of_script(&text, unset).as_deref(),
+            Some("/nix/store/0000-nixos-system-target/kernel")
+        );
+        let set =
+            |v: &str| (v == "NIXPKGS_QEMU_KERNEL_target").then(|| "/tmp/other-kernel".to_string());
         assert_eq!(kernel_of_script(&text, set).as_deref(), Some("/tmp/other-kernel"));
         // `:-` takes the default for an empty value too; `-` only for an unset one.
         let empty = |_: &str| Some(String::new());
-        assert_eq!(kernel_of_script(&text, empty).as_deref(), Some("/nix/store/0000-nixos-system-target/kernel"));
+        assert_eq!(
+            kernel_of_script(&text, empty).as_deref(),
+            Some("/nix/store/0000-nixos-system-target/kernel")
+        );
         assert_eq!(kernel_of_script("-kernel ${K-/k}", empty), None);
         assert_eq!(kernel_of_script("-kernel ${K-/k}", unset).as_deref(), Some("/k"));
         // Older start scripts: a plain, possibly quoted, path.
-        assert_eq!(kernel_of_script("exec qemu -kernel '/nix/store/x/kernel' -initrd /i", unset).as_deref(), Some("/nix/store/x/kernel"));
+        assert_eq!(
+            kernel_of_script("exec qemu -kernel '/nix/store/x/kernel' -initrd /i", unset)
+                .as_deref(),
+            Some("/nix/store/x/kernel")
+        );
         // Forms the shell would resolve differently, or not at all here: no guess.
-        for text in ["exec qemu -drive file=x", "-kernel", "-kernel $KERNEL", "-kernel ${K:?no}", "-kernel ${:-/k}", "-kernel ${K:-$OTHER}"]
-        {
+        for text in [
+            "exec qemu -drive file=x",
+            "-kernel",
+            "-kernel $KERNEL",
+            "-kernel ${K:?no}",
+            "-kernel ${:-/k}",
+            "-kernel ${K:-$OTHER}",
+        ] {
             assert_eq!(kernel_of_script(text, unset), None, "{text}");
         }
     }
@@ -279,14 +315,22 @@ mod tests {
         let script = dir.path().join("run-target-vm");
         std::fs::write(&script, nixos_start_script(&kernel.display().to_string())).unwrap();
         let probe_kernel = start_script_kernel(&script);
-        assert_eq!(probe_kernel.as_deref(), Some(kernel.as_path()), "the probe gets the start script's kernel");
+        assert_eq!(
+            probe_kernel.as_deref(),
+            Some(kernel.as_path()),
+            "the probe gets the start script's kernel"
+        );
 
         let hangs = fake_qemu(dir.path(), "hangs", "exec sleep 30");
         assert_eq!(probe_verdict(&hangs, probe_kernel.as_deref()).await, Accel::Tcg);
         // Without the kernel step, the same QEMU would have been taken for a working KVM.
         assert_eq!(probe_verdict(&hangs, None).await, Accel::Kvm);
 
-        let panics = fake_qemu(dir.path(), "panics", "echo 'Kernel panic - not syncing: VFS: Unable to mount root fs'; exit 0");
+        let panics = fake_qemu(
+            dir.path(),
+            "panics",
+            "echo 'Kernel panic - not syncing: VFS: Unable to mount root fs'; exit 0",
+        );
         assert_eq!(probe_verdict(&panics, probe_kernel.as_deref()).await, Accel::Kvm);
         let aborts = fake_qemu(dir.path(), "aborts", "exit 1");
         assert_eq!(probe_verdict(&aborts, probe_kernel.as_deref()).await, Accel::Tcg);

@@ -103,14 +103,22 @@ impl BenchResult {
                     (Some(w), Some(v)) => format!("{} ({w})", f.value(v)),
                     _ => "-".into(),
                 };
-                [f.what.clone(), f.value(f.vmcheck), floor, f.ratio.map_or("-".into(), |r| format!("{r:.3}"))]
+                [
+                    f.what.clone(),
+                    f.value(f.vmcheck),
+                    floor,
+                    f.ratio.map_or("-".into(), |r| format!("{r:.3}")),
+                ]
             })
             .collect();
         let head = ["what".to_string(), "vmcheck".into(), "floor".into(), "ratio".into()];
-        let widths: Vec<usize> = (0..4).map(|c| rows.iter().chain([&head]).map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
+        let widths: Vec<usize> = (0..4)
+            .map(|c| rows.iter().chain([&head]).map(|r| r[c].chars().count()).max().unwrap_or(0))
+            .collect();
         let mut out = format!("accelerator: {}\n", self.accelerator);
         for row in [&head].into_iter().chain(&rows) {
-            let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
+            let cells: Vec<String> =
+                row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
             out.push_str(cells.join("  ").trim_end());
             out.push('\n');
         }
@@ -136,7 +144,9 @@ fn bare_args(spec: &QemuSpec) -> Result<Vec<String>> {
     let mut i = 0;
     while i < args.len() {
         let pair = args.get(i + 1).map(String::as_str).unwrap_or("");
-        if (args[i] == "-chardev" && pair.contains("id=qmp0")) || (args[i] == "-mon" && pair.contains("qmp0")) {
+        if (args[i] == "-chardev" && pair.contains("id=qmp0"))
+            || (args[i] == "-mon" && pair.contains("qmp0"))
+        {
             i += 2;
             continue;
         }
@@ -167,32 +177,41 @@ impl Bare {
             }
         }
         let mut cmd = tokio::process::Command::new(&spec.qemu);
-        cmd.args(args).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+        cmd.args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
         crate::qemu::inherit_fds(&mut cmd, spec.inherited_fds());
         let started = Instant::now();
         let child = crate::process::spawn(cmd).await?;
-        let process = QemuProcess::adopt(child, Console::new(&spec.name, None, crate::log::current().unwrap_or_default()));
+        let process = QemuProcess::adopt(
+            child,
+            Console::new(&spec.name, None, crate::log::current().unwrap_or_default()),
+        );
         let stream = crate::qmp::connect_unix(&spec.qga_socket, crate::timeouts::request()).await?;
         let (r, w) = stream.into_split();
         let bare = Bare { _process: process, reader: JsonReader::new(r), writer: w };
         // guest-ping every 100 ms; pings written before the agent runs are answered when it starts.
         let bare = tokio::sync::Mutex::new(bare);
-        let answered = crate::poll::until(crate::timeouts::boot(), Pace::every(Duration::ZERO), |_| async {
-            let mut bare = bare.lock().await;
-            bare.send(json!({"execute": "guest-ping"})).await?;
-            match tokio::time::timeout(Duration::from_millis(100), bare.reader.next()).await {
-                Ok(reply) => reply.map(|_| Some(())),
-                Err(_) => Ok(None),
-            }
-        })
-        .await?;
+        let answered =
+            crate::poll::until(crate::timeouts::boot(), Pace::every(Duration::ZERO), |_| async {
+                let mut bare = bare.lock().await;
+                bare.send(json!({"execute": "guest-ping"})).await?;
+                match tokio::time::timeout(Duration::from_millis(100), bare.reader.next()).await {
+                    Ok(reply) => reply.map(|_| Some(())),
+                    Err(_) => Ok(None),
+                }
+            })
+            .await?;
         if let Polled::TimedOut(waited) = answered {
             bail!("bare boot: no agent answer in {waited:?}");
         }
         let mut bare = bare.into_inner();
         let boot = started.elapsed();
         // Drain the answers to the other pings.
-        while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(300), bare.reader.next()).await {}
+        while let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(300), bare.reader.next()).await
+        {}
         Ok((bare, boot))
     }
 
@@ -222,10 +241,18 @@ impl Bare {
             .await?["pid"]
             .clone();
         // Back to back when `poll` is zero; bounded like every wait of the driver.
-        let pace = if poll.is_zero() { Pace::every(poll).after_tight(crate::timeouts::command()) } else { Pace::every(poll) };
+        let pace = if poll.is_zero() {
+            Pace::every(poll).after_tight(crate::timeouts::command())
+        } else {
+            Pace::every(poll)
+        };
         let this = tokio::sync::Mutex::new(self);
         let polled = crate::poll::until(crate::timeouts::command(), pace, |_| async {
-            let status = this.lock().await.call(json!({"execute": "guest-exec-status", "arguments": {"pid": pid}})).await?;
+            let status = this
+                .lock()
+                .await
+                .call(json!({"execute": "guest-exec-status", "arguments": {"pid": pid}}))
+                .await?;
             Ok((status["exited"] == true).then_some(status))
         })
         .await?;
@@ -241,10 +268,18 @@ impl Bare {
         let text = |key: &str| {
             use base64::Engine;
             let data = status[key].as_str().unwrap_or_default();
-            String::from_utf8_lossy(&base64::engine::general_purpose::STANDARD.decode(data).unwrap_or_default()).into_owned()
+            String::from_utf8_lossy(
+                &base64::engine::general_purpose::STANDARD.decode(data).unwrap_or_default(),
+            )
+            .into_owned()
         };
         if status["exitcode"] != 0 {
-            bail!("`{cmd}` exited {}:\nstdout:\n{}\nstderr:\n{}", status["exitcode"], text("out-data"), text("err-data"));
+            bail!(
+                "`{cmd}` exited {}:\nstdout:\n{}\nstderr:\n{}",
+                status["exitcode"],
+                text("out-data"),
+                text("err-data")
+            );
         }
         Ok(text("out-data"))
     }
@@ -262,7 +297,10 @@ struct Report {
 
 impl Report {
     fn new(log: &Reporter) -> Report {
-        Report { log: log.clone(), result: BenchResult { accelerator: String::new(), figures: Vec::new() } }
+        Report {
+            log: log.clone(),
+            result: BenchResult { accelerator: String::new(), figures: Vec::new() },
+        }
     }
 
     fn line(&mut self, s: String) {
@@ -289,8 +327,10 @@ pub async fn run(options: &BenchOptions) -> Result<BenchResult> {
 async fn machine_api(options: &BenchOptions, reporter: Reporter) -> Result<BenchResult> {
     let mut report = Report::new(&reporter);
     // Boots are measured as boots: no machine starts from a snapshot here.
-    let driver_options = DriverOptions { reporter: reporter.clone(), fresh_boot: true, ..DriverOptions::default() };
-    let driver = Driver::new(vec![one_node("bench", 1), one_node("peer", 2)], driver_options).await?;
+    let driver_options =
+        DriverOptions { reporter: reporter.clone(), fresh_boot: true, ..DriverOptions::default() };
+    let driver =
+        Driver::new(vec![one_node("bench", 1), one_node("peer", 2)], driver_options).await?;
     report.result.accelerator = driver.accel.name().to_string();
     report.line(format!("accelerator: {}", driver.accel.name()));
     let m = driver.machine("bench")?;
@@ -302,7 +342,10 @@ async fn machine_api(options: &BenchOptions, reporter: Reporter) -> Result<Bench
     bare_spec.qga_socket = bare_dir.join("qga.sock");
     // A NIC linked to nothing: QEMU drops what it sends (no socket at the remote path).
     for nic in &mut bare_spec.nics {
-        nic.link = NicLink::Unix { local: bare_dir.join("net.sock"), remote: bare_dir.join("no-switch.sock") };
+        nic.link = NicLink::Unix {
+            local: bare_dir.join("net.sock"),
+            remote: bare_dir.join("no-switch.sock"),
+        };
     }
 
     // Boot to agent, alternating so that drift in host load hits both alike.
@@ -326,7 +369,12 @@ async fn machine_api(options: &BenchOptions, reporter: Reporter) -> Result<Bench
         options.boots,
         om / bare_boot
     ));
-    report.figure(&format!("boot to agent, one VM (median of {})", options.boots), "s", om, Some(("bare QEMU", bare_boot)));
+    report.figure(
+        &format!("boot to agent, one VM (median of {})", options.boots),
+        "s",
+        om,
+        Some(("bare QEMU", bare_boot)),
+    );
 
     // Exec round trip: the bare VM is still up; boot ours again beside it.
     let mut bare_vm = bare_vm.context("no bare VM")?;
@@ -379,7 +427,12 @@ async fn machine_api(options: &BenchOptions, reporter: Reporter) -> Result<Bench
         o90 * 1e3,
         Some(("bare guest-exec", b90 * 1e3)),
     );
-    report.figure("succeed(\"true\") round trip, median", "ms", om * 1e3, Some(("bare guest-exec of sh -c true", sm * 1e3)));
+    report.figure(
+        "succeed(\"true\") round trip, median",
+        "ms",
+        om * 1e3,
+        Some(("bare guest-exec of sh -c true", sm * 1e3)),
+    );
     report.line(format!(
         "succeed(\"true\") round trip over {} calls: vmcheck median {:.1} ms p90 {:.1} ms; bare guest-exec median {:.1} ms p90 {:.1} ms; ratio {:.3}",
         options.execs,
@@ -429,7 +482,11 @@ async fn machine_api(options: &BenchOptions, reporter: Reporter) -> Result<Bench
 /// until its agent answers, clock and random seed set, beside a bare `qemu -incoming file:STATE`
 /// of the same state file until its agent answers `guest-ping`.
 async fn restore_to_agent(report: &mut Report, reporter: &Reporter, boots: usize) -> Result<()> {
-    let driver = Driver::new(vec![one_node("bench", 1)], DriverOptions { reporter: reporter.clone(), ..DriverOptions::default() }).await?;
+    let driver = Driver::new(
+        vec![one_node("bench", 1)],
+        DriverOptions { reporter: reporter.clone(), ..DriverOptions::default() },
+    )
+    .await?;
     let m = driver.machine("bench")?;
     if m.snapshot_state().is_none() {
         // Saves the snapshot when the cache has none.
@@ -437,7 +494,10 @@ async fn restore_to_agent(report: &mut Report, reporter: &Reporter, boots: usize
         m.kill().await;
     }
     let Some(state) = m.snapshot_state() else {
-        report.line("restore to agent: not measured (fresh boots asked for, or no snapshot could be saved)".into());
+        report.line(
+            "restore to agent: not measured (fresh boots asked for, or no snapshot could be saved)"
+                .into(),
+        );
         return Ok(());
     };
     let bare_dir = driver.run_dir().join("bare");
@@ -447,7 +507,10 @@ async fn restore_to_agent(report: &mut Report, reporter: &Reporter, boots: usize
     bare_spec.qga_socket = bare_dir.join("qga.sock");
     // A NIC linked to nothing: QEMU drops what it sends (no socket at the remote path).
     for nic in &mut bare_spec.nics {
-        nic.link = NicLink::Unix { local: bare_dir.join("net.sock"), remote: bare_dir.join("no-switch.sock") };
+        nic.link = NicLink::Unix {
+            local: bare_dir.join("net.sock"),
+            remote: bare_dir.join("no-switch.sock"),
+        };
     }
     let mut bare_args = bare_args(&bare_spec)?;
     bare_args.extend(["-incoming".to_string(), format!("file:{}", state.display())]);
@@ -465,19 +528,31 @@ async fn restore_to_agent(report: &mut Report, reporter: &Reporter, boots: usize
     let (om, _) = median_p90(&mut ours);
     let (bm, _) = median_p90(&mut bare);
     report.line(format!("restore to agent (median of {boots}): vmcheck {om:.2} s, bare qemu -incoming {bm:.2} s, ratio {:.3}", om / bm));
-    report.figure(&format!("restore to agent, one VM (median of {boots})"), "s", om, Some(("bare qemu -incoming", bm)));
+    report.figure(
+        &format!("restore to agent, one VM (median of {boots})"),
+        "s",
+        om,
+        Some(("bare qemu -incoming", bm)),
+    );
     Ok(())
 }
 
 /// fio_nvme_basic's wall time in parts: setup (images, accelerator, run directory), boot (both
 /// machines at once, beside one bare VM's boot), the NVMe-oF steps before fio, fio (beside
 /// fio's own job runtime) and teardown (disconnect, then stopping the machines).
-async fn fio_nvme_basic_split(report: &mut Report, reporter: &Reporter, bare_boot: f64) -> Result<()> {
+async fn fio_nvme_basic_split(
+    report: &mut Report,
+    reporter: &Reporter,
+    bare_boot: f64,
+) -> Result<()> {
     use crate::scenarios::fio_nvme_basic;
     let view = reporter.scenario(fio_nvme_basic::NAME, false);
     let wall = Instant::now();
-    let driver =
-        Driver::new(fio_nvme_basic::nodes(), DriverOptions { reporter: view, fresh_boot: true, ..DriverOptions::default() }).await?;
+    let driver = Driver::new(
+        fio_nvme_basic::nodes(),
+        DriverOptions { reporter: view, fresh_boot: true, ..DriverOptions::default() },
+    )
+    .await?;
     let setup = wall.elapsed();
     let t = Instant::now();
     let booted = driver.start_all().await;
@@ -492,10 +567,15 @@ async fn fio_nvme_basic_split(report: &mut Report, reporter: &Reporter, bare_boo
     let total = wall.elapsed();
     let ran = ran?;
     let steps = driver.subtest_results();
-    let took = |part: &str| steps.iter().filter(|s| s.name.contains(part)).map(|s| s.duration).sum::<Duration>();
+    let took = |part: &str| {
+        steps.iter().filter(|s| s.name.contains(part)).map(|s| s.duration).sum::<Duration>()
+    };
     let (fio, disconnect) = (took("FIO"), took("disconnect"));
-    let nvmeof = steps.iter().map(|s| s.duration).sum::<Duration>().saturating_sub(fio + disconnect);
-    let job_runtime = ran.fio.jobs.iter().map(|j| j.job_runtime).max().context("fio reported no job")? as f64 / 1e3;
+    let nvmeof =
+        steps.iter().map(|s| s.duration).sum::<Duration>().saturating_sub(fio + disconnect);
+    let job_runtime =
+        ran.fio.jobs.iter().map(|j| j.job_runtime).max().context("fio reported no job")? as f64
+            / 1e3;
     let secs = |d: Duration| d.as_secs_f64();
     report.line(format!(
         "fio_nvme_basic {:.2} s: setup {:.2} s, boot {:.2} s, NVMe-oF steps {:.2} s, fio {:.2} s (its job ran {job_runtime:.2} s), teardown {:.2} s",
@@ -508,10 +588,25 @@ async fn fio_nvme_basic_split(report: &mut Report, reporter: &Reporter, bare_boo
     ));
     report.figure("fio_nvme_basic: wall", "s", secs(total), None);
     report.figure("fio_nvme_basic: setup (images, accelerator)", "s", secs(setup), None);
-    report.figure("fio_nvme_basic: boot (two VMs at once)", "s", secs(boot), Some(("one bare QEMU boot", bare_boot)));
+    report.figure(
+        "fio_nvme_basic: boot (two VMs at once)",
+        "s",
+        secs(boot),
+        Some(("one bare QEMU boot", bare_boot)),
+    );
     report.figure("fio_nvme_basic: NVMe-oF steps before fio", "s", secs(nvmeof), None);
-    report.figure("fio_nvme_basic: fio step", "s", secs(fio), Some(("fio's job runtime", job_runtime)));
-    report.figure("fio_nvme_basic: teardown (disconnect, stop)", "s", secs(disconnect + stop), None);
+    report.figure(
+        "fio_nvme_basic: fio step",
+        "s",
+        secs(fio),
+        Some(("fio's job runtime", job_runtime)),
+    );
+    report.figure(
+        "fio_nvme_basic: teardown (disconnect, stop)",
+        "s",
+        secs(disconnect + stop),
+        None,
+    );
     Ok(())
 }
 
@@ -533,12 +628,21 @@ async fn suite_jobs(report: &mut Report, reporter: &Reporter, patterns: &[String
         let outcomes = suite.run(&chosen, &options).await;
         let wall = started.elapsed().as_secs_f64();
         if let Some(failed) = outcomes.iter().find(|o| o.error.is_some()) {
-            bail!("with --jobs {jobs}, {} failed: {}", failed.name, failed.error.as_deref().unwrap_or_default());
+            bail!(
+                "with --jobs {jobs}, {} failed: {}",
+                failed.name,
+                failed.error.as_deref().unwrap_or_default()
+            );
         }
         reporter.line(&format!("{} scenario(s) with --jobs {jobs}: {wall:.1} s", outcomes.len()));
         walls.push(wall);
     }
-    report.figure(&format!("{} scenario(s), --jobs 2", chosen.len()), "s", walls[1], Some(("--jobs 1", walls[0])));
+    report.figure(
+        &format!("{} scenario(s), --jobs 2", chosen.len()),
+        "s",
+        walls[1],
+        Some(("--jobs 1", walls[0])),
+    );
     Ok(())
 }
 
@@ -570,8 +674,10 @@ async fn direct_transfer(driver: &Driver, mib: u64) -> Result<f64> {
         spec.qga_socket = dir.join(format!("{n}-qga.sock"));
         spec.control = None;
     }
-    a.nics[0].link = NicLink::Unix { local: dir.join("a-net.sock"), remote: dir.join("b-net.sock") };
-    b.nics[0].link = NicLink::Unix { local: dir.join("b-net.sock"), remote: dir.join("a-net.sock") };
+    a.nics[0].link =
+        NicLink::Unix { local: dir.join("a-net.sock"), remote: dir.join("b-net.sock") };
+    b.nics[0].link =
+        NicLink::Unix { local: dir.join("b-net.sock"), remote: dir.join("a-net.sock") };
     let (mut va, _) = Bare::boot(&a).await?;
     let (mut vb, _) = Bare::boot(&b).await?;
     let (serve, fetch) = transfer_commands(mib);
@@ -618,11 +724,15 @@ const BENCH_NQN: &str = "nqn.2019-05.io.vmcheck:bench";
 async fn nvmeof(options: &BenchOptions, reporter: Reporter) -> Result<BenchResult> {
     let mut report = Report::new(&reporter);
     let vde = if options.networks.contains(&Network::Vde) {
-        which::which("vde_switch").context("vde_switch is not on PATH (Debian: apt-get install vde2)")?
+        which::which("vde_switch")
+            .context("vde_switch is not on PATH (Debian: apt-get install vde2)")?
     } else {
         std::path::PathBuf::new()
     };
-    let nodes = vec![NodeSpec::new("target", Role::Target, 1), NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768)];
+    let nodes = vec![
+        NodeSpec::new("target", Role::Target, 1),
+        NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768),
+    ];
     let driver = Driver::new(nodes, DriverOptions { reporter, ..DriverOptions::default() }).await?;
     report.result.accelerator = driver.accel.name().to_string();
     report.line(format!(
@@ -632,13 +742,15 @@ async fn nvmeof(options: &BenchOptions, reporter: Reporter) -> Result<BenchResul
         options.fio_runs,
         options.rounds
     ));
-    let mut samples: Vec<(Network, Vec<f64>)> = options.networks.iter().map(|n| (*n, Vec::new())).collect();
+    let mut samples: Vec<(Network, Vec<f64>)> =
+        options.networks.iter().map(|n| (*n, Vec::new())).collect();
     for round in 0..options.rounds {
         for (network, got) in samples.iter_mut() {
             let dir = driver.run_dir().join(format!("bench-{round}-{network:?}"));
             std::fs::create_dir_all(&dir)?;
-            let (runs, counters) =
-                nvmeof_runs(&driver, *network, &dir, &vde, options).await.with_context(|| format!("over the {}", network.name()))?;
+            let (runs, counters) = nvmeof_runs(&driver, *network, &dir, &vde, options)
+                .await
+                .with_context(|| format!("over the {}", network.name()))?;
             report.line(format!(
                 "round {}: {}: {} MiB/s",
                 round + 1,
@@ -654,10 +766,16 @@ async fn nvmeof(options: &BenchOptions, reporter: Reporter) -> Result<BenchResul
     let mut medians = std::collections::HashMap::new();
     for (network, got) in &mut samples {
         let n = got.len();
-        let (min, max) = (got.iter().copied().fold(f64::INFINITY, f64::min), got.iter().copied().fold(0.0, f64::max));
+        let (min, max) = (
+            got.iter().copied().fold(f64::INFINITY, f64::min),
+            got.iter().copied().fold(0.0, f64::max),
+        );
         let (median, _) = median_p90(got);
         medians.insert(*network, median);
-        report.line(format!("{:<16} median {median:>7.1} MiB/s (min {min:.1}, max {max:.1}, {n} runs)", network.name()));
+        report.line(format!(
+            "{:<16} median {median:>7.1} MiB/s (min {min:.1}, max {max:.1}, {n} runs)",
+            network.name()
+        ));
     }
     let what = "NVMe-oF fio 128k seqread iodepth 16, median";
     let pairs = [
@@ -701,19 +819,30 @@ async fn nvmeof_runs(
             let sw = crate::network::Switch::start_with(1, backlog)?;
             for (spec, n) in [(&mut t, "target"), (&mut i, "initiator")] {
                 let (qemu_end, switch_end) = crate::network::Switch::socket_pair()?;
-                spec.nics[0].link = NicLink::Fd(crate::qemu::NicFd(std::sync::Arc::new(qemu_end.into())));
+                spec.nics[0].link =
+                    NicLink::Fd(crate::qemu::NicFd(std::sync::Arc::new(qemu_end.into())));
                 sw.add_port(n, switch_end);
             }
             _switch = Some(sw);
         }
         Network::Direct => {
-            t.nics[0].link = NicLink::Unix { local: dir.join("target-net.sock"), remote: dir.join("initiator-net.sock") };
-            i.nics[0].link = NicLink::Unix { local: dir.join("initiator-net.sock"), remote: dir.join("target-net.sock") };
+            t.nics[0].link = NicLink::Unix {
+                local: dir.join("target-net.sock"),
+                remote: dir.join("initiator-net.sock"),
+            };
+            i.nics[0].link = NicLink::Unix {
+                local: dir.join("initiator-net.sock"),
+                remote: dir.join("target-net.sock"),
+            };
         }
         Network::Vde => {
             let mut cmd = tokio::process::Command::new(vde);
             // Its stdin stays open (piped, held by the child handle): vde_switch quits at EOF there.
-            cmd.arg("--sock").arg(&vde_dir).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).kill_on_drop(true);
+            cmd.arg("--sock")
+                .arg(&vde_dir)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .kill_on_drop(true);
             _vde = Some(cmd.spawn().context("starting vde_switch")?);
             let started = Instant::now();
             while !vde_dir.join("ctl").exists() {
@@ -734,7 +863,8 @@ async fn nvmeof_runs(
         Ok(a)
     };
     let (ta, ia) = (args(&t)?, args(&i)?);
-    let ((mut tv, _), (mut iv, _)) = tokio::try_join!(Bare::boot_args(&t, ta), Bare::boot_args(&i, ia))?;
+    let ((mut tv, _), (mut iv, _)) =
+        tokio::try_join!(Bare::boot_args(&t, ta), Bare::boot_args(&i, ia))?;
     // The QEMUs hold their socket pair ends now: the driver's copies close.
     for spec in [&mut t, &mut i] {
         spec.nics[0].link = NicLink::Unlinked;
@@ -794,8 +924,13 @@ async fn nvmeof_runs(
     }
     let cpu = switch_cpu_secs() - cpu_before;
     // What the switch costs: its threads' CPU time over the runs' wall time.
-    let counters = _switch
-        .map(|s| format!("{}  switch threads: {:.1} % of a core during the runs", s.report(), 100.0 * cpu / timed.elapsed().as_secs_f64()));
+    let counters = _switch.map(|s| {
+        format!(
+            "{}  switch threads: {:.1} % of a core during the runs",
+            s.report(),
+            100.0 * cpu / timed.elapsed().as_secs_f64()
+        )
+    });
     Ok((runs, counters))
 }
 
@@ -811,7 +946,8 @@ fn switch_cpu_secs() -> f64 {
         }
         let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else { continue };
         // Fields after the command's closing parenthesis; utime and stime are the 12th and 13th.
-        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
         ticks += fields.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
             + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     }
@@ -837,12 +973,25 @@ mod tests {
         let lines: Vec<&str> = table.lines().collect();
         assert_eq!(lines[0], "accelerator: tcg");
         assert!(lines[1].starts_with("what") && lines[1].ends_with("ratio"), "{table}");
-        assert!(lines[2].contains("7.50 s") && lines[2].contains("5.00 s (bare QEMU)") && lines[2].ends_with("1.500"), "{table}");
-        assert!(lines[3].contains("15.2 ms") && lines[3].contains("12.2 ms (bare guest-exec)") && lines[3].ends_with("1.250"), "{table}");
+        assert!(
+            lines[2].contains("7.50 s")
+                && lines[2].contains("5.00 s (bare QEMU)")
+                && lines[2].ends_with("1.500"),
+            "{table}"
+        );
+        assert!(
+            lines[3].contains("15.2 ms")
+                && lines[3].contains("12.2 ms (bare guest-exec)")
+                && lines[3].ends_with("1.250"),
+            "{table}"
+        );
         assert!(lines[4].contains("0.12 s") && lines[4].trim_end().ends_with('-'), "{table}");
         // The columns line up: every row's vmcheck figure starts where the heading's does.
         let col = lines[1].find("vmcheck").unwrap();
-        assert!(lines[2..].iter().all(|l| l[col..].starts_with(|c: char| c.is_ascii_digit())), "{table}");
+        assert!(
+            lines[2..].iter().all(|l| l[col..].starts_with(|c: char| c.is_ascii_digit())),
+            "{table}"
+        );
         let json: Value = serde_json::to_value(&result).unwrap();
         assert_eq!(
             json["figures"][0],

@@ -196,7 +196,8 @@ pub fn validate_machine_name(name: &str) -> Result<()> {
 }
 
 /// The command that writes `nix/scenarios.json`, the scenario list the flake turns into checks.
-pub const SCENARIO_LISTING_COMMAND: &str = "cargo run --quiet --bin vmcheck -- list --json > nix/scenarios.json";
+pub const SCENARIO_LISTING_COMMAND: &str =
+    "cargo run --quiet --bin vmcheck -- list --json > nix/scenarios.json";
 
 /// `vmcheck list --json`: every listed scenario with the machines it declares, as the flake reads
 /// it from `nix/scenarios.json` (pretty-printed, keys sorted, a trailing newline, so the checked-in
@@ -225,7 +226,13 @@ pub fn scenario_listing_json(scenarios: &[(&str, &str, Vec<NodeSpec>)]) -> Resul
                 "disks": node.disks,
             }));
         }
-        if listing.insert(name.to_string(), serde_json::json!({"description": description, "nodes": machines})).is_some() {
+        if listing
+            .insert(
+                name.to_string(),
+                serde_json::json!({"description": description, "nodes": machines}),
+            )
+            .is_some()
+        {
             bail!("two scenarios are named {name}");
         }
     }
@@ -273,7 +280,8 @@ pub struct MachineConfig {
 impl DriverConfig {
     /// Parses a driver configuration, refusing a zero global timeout and bad machine names.
     pub fn from_json(text: &str) -> Result<Self> {
-        let config: DriverConfig = serde_json::from_str(text).context("driver configuration is not valid")?;
+        let config: DriverConfig =
+            serde_json::from_str(text).context("driver configuration is not valid")?;
         if config.global_timeout == 0 {
             bail!("driver configuration: global_timeout must be above 0 seconds");
         }
@@ -285,7 +293,8 @@ impl DriverConfig {
 
     /// Reads and parses the driver configuration at `path`.
     pub fn load(path: &std::path::Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading driver configuration {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading driver configuration {}", path.display()))?;
         Self::from_json(&text).with_context(|| format!("in {}", path.display()))
     }
 
@@ -315,9 +324,15 @@ mod tests {
         let json = r#"{"name":"fio_nvme_basic","scenario":"fio_nvme_basic","global_timeout":900,
             "machines":{"target":{"start_script":"/nix/store/x-target/bin/run-target-vm"}}}"#;
         let config = DriverConfig::from_json(json).unwrap();
-        let mut nodes = vec![NodeSpec::new("target", Role::Target, 1), NodeSpec::new("initiator", Role::Initiator, 2)];
+        let mut nodes = vec![
+            NodeSpec::new("target", Role::Target, 1),
+            NodeSpec::new("initiator", Role::Initiator, 2),
+        ];
         config.apply(&mut nodes).unwrap();
-        assert_eq!(nodes[0].start_script.as_deref(), Some(std::path::Path::new("/nix/store/x-target/bin/run-target-vm")));
+        assert_eq!(
+            nodes[0].start_script.as_deref(),
+            Some(std::path::Path::new("/nix/store/x-target/bin/run-target-vm"))
+        );
         assert_eq!(nodes[1].start_script, None);
     }
 
@@ -329,7 +344,9 @@ mod tests {
         let mut v = serde_json::to_value(&node).unwrap();
         v.as_object_mut().unwrap().remove("balloon");
         assert_eq!(serde_json::from_value::<NodeSpec>(v).unwrap().balloon, BalloonSpec::Plain);
-        let oom = node.with_balloon(BalloonSpec::DeflateOnOom).with_kernel_param("module_blacklist=virtio_balloon");
+        let oom = node
+            .with_balloon(BalloonSpec::DeflateOnOom)
+            .with_kernel_param("module_blacklist=virtio_balloon");
         assert_eq!(serde_json::to_value(&oom).unwrap()["balloon"], "deflate-on-oom");
         assert_eq!(oom.kernel_params, ["module_blacklist=virtio_balloon"]);
     }
@@ -341,7 +358,8 @@ mod tests {
         assert_eq!(target.forward_ports, [crate::target::GRPC_PORT]);
         let initiator = NodeSpec::new("i", Role::Initiator, 2);
         assert!(initiator.forward_ports.is_empty());
-        let mine = initiator.clone().with_recipe(Recipe::initiator().named("web").forward_port(8080));
+        let mine =
+            initiator.clone().with_recipe(Recipe::initiator().named("web").forward_port(8080));
         assert_eq!(mine.forward_ports, [8080]);
         assert_eq!(mine.recipe().name(), "web");
         assert_eq!(mine.role, Role::Initiator);
@@ -351,16 +369,26 @@ mod tests {
         let old: NodeSpec = serde_json::from_value(v).unwrap();
         assert_eq!(old.recipe, None);
         assert_eq!(old.recipe(), Recipe::initiator());
-        assert_eq!(serde_json::from_value::<NodeSpec>(serde_json::to_value(&mine).unwrap()).unwrap(), mine);
+        assert_eq!(
+            serde_json::from_value::<NodeSpec>(serde_json::to_value(&mine).unwrap()).unwrap(),
+            mine
+        );
     }
 
     #[test]
     fn rejects_unknown_machine_and_fields() {
-        let config = DriverConfig::from_json(r#"{"name":"t","scenario":"s","machines":{"ghost":{"start_script":"/x"}}}"#).unwrap();
+        let config = DriverConfig::from_json(
+            r#"{"name":"t","scenario":"s","machines":{"ghost":{"start_script":"/x"}}}"#,
+        )
+        .unwrap();
         let err = config.apply(&mut [NodeSpec::new("target", Role::Target, 1)]).unwrap_err();
         assert!(err.to_string().contains("ghost"), "{err}");
-        assert!(DriverConfig::from_json(r#"{"name":"t","scenario":"s","machines":{},"bogus":1}"#).is_err());
-        assert!(DriverConfig::from_json(r#"{"name":"t","scenario":"s","machines":{"9bad":{"start_script":"/x"}}}"#).is_err());
+        assert!(DriverConfig::from_json(r#"{"name":"t","scenario":"s","machines":{},"bogus":1}"#)
+            .is_err());
+        assert!(DriverConfig::from_json(
+            r#"{"name":"t","scenario":"s","machines":{"9bad":{"start_script":"/x"}}}"#
+        )
+        .is_err());
     }
 
     #[test]
@@ -368,7 +396,9 @@ mod tests {
         for ok in ["a", "target", "node_1-b", "B2", "x9"] {
             validate_machine_name(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
-        for bad in ["", "9lives", "_x", "a-", "a_", "a b", "a.b", "é", &format!("n{}", "x".repeat(32))] {
+        for bad in
+            ["", "9lives", "_x", "a-", "a_", "a b", "a.b", "é", &format!("n{}", "x".repeat(32))]
+        {
             let err = validate_machine_name(bad).expect_err(bad).to_string();
             assert!(err.contains("machine name"), "{err}");
         }
@@ -394,12 +424,17 @@ mod tests {
         assert_eq!(s["nodes"][1]["vlans"], serde_json::json!([1]));
 
         let bad = |nodes: Vec<NodeSpec>| scenario_listing_json(&[("s", "d", nodes)]).unwrap_err();
-        assert!(format!("{:#}", bad(vec![NodeSpec::new("node-", Role::Target, 1)])).contains("machine name"));
-        assert!(bad(vec![NodeSpec::new("a", Role::Target, 1), NodeSpec::new("a", Role::Initiator, 2)])
-            .to_string()
-            .contains("two machines"));
+        assert!(format!("{:#}", bad(vec![NodeSpec::new("node-", Role::Target, 1)]))
+            .contains("machine name"));
+        assert!(bad(vec![
+            NodeSpec::new("a", Role::Target, 1),
+            NodeSpec::new("a", Role::Initiator, 2)
+        ])
+        .to_string()
+        .contains("two machines"));
         assert!(bad(vec![]).to_string().contains("no machine"));
-        let twice = scenario_listing_json(&[("s", "d", nodes.clone()), ("s", "d", nodes)]).unwrap_err();
+        let twice =
+            scenario_listing_json(&[("s", "d", nodes.clone()), ("s", "d", nodes)]).unwrap_err();
         assert!(twice.to_string().contains("two scenarios"), "{twice}");
     }
 }

@@ -31,7 +31,8 @@ pub use crate::report::{summary_table, SubtestResult};
 /// is calibrated at boot against other timers, which starved vCPUs upset; the HPET counts QEMU's
 /// virtual clock, needs no calibration, and is carried across a snapshot's save and restore
 /// (ARCHITECTURE.md, "Under TCG").
-pub const DEFAULT_KERNEL_PARAMS: &str = "console=ttyS0,115200 quiet panic=1 mitigations=off random.trust_cpu=on no_timer_check \
+pub const DEFAULT_KERNEL_PARAMS: &str =
+    "console=ttyS0,115200 quiet panic=1 mitigations=off random.trust_cpu=on no_timer_check \
      clocksource=hpet 8250.nr_uarts=1 cryptomgr.notests initcall_blacklist=crypto_kdf108_init";
 
 /// How a run is set up.
@@ -55,7 +56,8 @@ pub fn fresh_boot_from_env() -> bool {
 
 /// Awaited with a subtest's name before the subtest runs (the REPL's `step` pauses there); an
 /// error stops the test before that subtest.
-pub type SubtestGate = Arc<dyn Fn(String) -> futures::future::BoxFuture<'static, Result<()>> + Send + Sync>;
+pub type SubtestGate =
+    Arc<dyn Fn(String) -> futures::future::BoxFuture<'static, Result<()>> + Send + Sync>;
 
 /// A run: its machines and everything they share.
 pub struct Driver {
@@ -102,11 +104,12 @@ impl Driver {
         }
         // The probe boots a real kernel: a default image's, else the one a start script boots.
         log::line(&format!("images ready in {:.2} s", images_started.elapsed().as_secs_f64()));
-        let probe_kernel = recipe_images
-            .values()
-            .next()
-            .map(|i| i.kernel.clone())
-            .or_else(|| nodes.iter().filter_map(|n| n.start_script.as_deref()).find_map(accel::start_script_kernel));
+        let probe_kernel = recipe_images.values().next().map(|i| i.kernel.clone()).or_else(|| {
+            nodes
+                .iter()
+                .filter_map(|n| n.start_script.as_deref())
+                .find_map(accel::start_script_kernel)
+        });
         let accel = accel::choose(&qemu, probe_kernel.as_deref(), Some(&images.cache_dir)).await?;
         remove_stale_run_dirs();
         let run_dir = tempfile::Builder::new()
@@ -135,11 +138,21 @@ impl Driver {
         } else {
             Some(Arc::new(crate::snapshot::Store::new(&images.cache_dir, &qemu)?))
         };
-        let env = Arc::new(MachineEnv { run_dir: path, qemu, accel, switches, log_dir, reporter: reporter.clone(), snapshots });
+        let env = Arc::new(MachineEnv {
+            run_dir: path,
+            qemu,
+            accel,
+            switches,
+            log_dir,
+            reporter: reporter.clone(),
+            snapshots,
+        });
         let mut machines = Vec::new();
         for node in nodes {
             let boot = match &node.start_script {
-                Some(script) => Boot::StartScript { path: script.clone(), kernel_params: String::new() },
+                Some(script) => {
+                    Boot::StartScript { path: script.clone(), kernel_params: String::new() }
+                }
                 None => {
                     let image = &recipe_images[&serde_json::to_string(&node.recipe())?];
                     Boot::Kernel {
@@ -159,7 +172,15 @@ impl Driver {
         } else {
             Some(run_dir)
         };
-        Ok(Driver { machines, env, _run_dir: run_dir, reporter, started: Instant::now(), gate: Mutex::new(None), accel })
+        Ok(Driver {
+            machines,
+            env,
+            _run_dir: run_dir,
+            reporter,
+            started: Instant::now(),
+            gate: Mutex::new(None),
+            accel,
+        })
     }
 
     /// Every machine of the run, in the order the scenario declared them.
@@ -210,16 +231,27 @@ impl Driver {
     }
 
     /// Runs one subtest: logs its name and time, records its outcome for the summary and JUnit.
-    pub async fn subtest<T>(&self, name: &str, f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+    pub async fn subtest<T>(
+        &self,
+        name: &str,
+        f: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
         let gate = self.gate.lock().unwrap().clone();
         if let Some(gate) = gate {
             gate(name.to_string()).await?;
         }
         let started = Instant::now();
-        let result = log::scope(self.reporter.clone(), self.reporter.nested(&format!("subtest: {name}"), f)).await;
+        let result =
+            log::scope(self.reporter.clone(), self.reporter.nested(&format!("subtest: {name}"), f))
+                .await;
         let error = result.as_ref().err().map(|e| format!("{e:#}"));
         let harness_error = result.as_ref().err().is_some_and(crate::machine::is_harness_error);
-        self.reporter.record_subtest(SubtestResult { name: name.to_string(), duration: started.elapsed(), error, harness_error });
+        self.reporter.record_subtest(SubtestResult {
+            name: name.to_string(),
+            duration: started.elapsed(),
+            error,
+            harness_error,
+        });
         result.with_context(|| format!("subtest {name:?} failed"))
     }
 
@@ -247,7 +279,10 @@ impl Driver {
             }
         })
         .await;
-        self.artifact("network.txt", &crate::network::report(self.env.switches.values().map(|s| &**s)));
+        self.artifact(
+            "network.txt",
+            &crate::network::report(self.env.switches.values().map(|s| &**s)),
+        );
     }
 
     /// The subtest table printed at the end of a run.
@@ -262,7 +297,9 @@ fn remove_stale_run_dirs() {
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Some(rest) = name.strip_prefix("vmcheck-run-") else { continue };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
         if pid != std::process::id() && !crate::process::is_alive(pid) {
             let _ = std::fs::remove_dir_all(entry.path());
         }

@@ -44,7 +44,8 @@ use crate::report::Reporter;
 use crate::scenarios::{RunOptions, Scenario, Shard, Suite};
 
 /// The words that start vmcheck's command line; anything else is libtest's.
-const COMMANDS: &[&str] = &["list", "run", "repl", "images", "help", "--help", "-h", "--version", "-V"];
+const COMMANDS: &[&str] =
+    &["list", "run", "repl", "images", "help", "--help", "-h", "--version", "-V"];
 
 /// The harness's subcommands. A binary that adds its own (vmcheck's adds `bench`) flattens
 /// this into its clap command and hands it to [`dispatch`].
@@ -186,7 +187,9 @@ pub fn runtime_main(work: impl std::future::Future<Output = ExitCode>, signals: 
 
 async fn interrupted() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) =
+        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
         return std::future::pending().await;
     };
     tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
@@ -196,7 +199,8 @@ async fn interrupted() {
 pub async fn dispatch(suite: &Suite, command: Command) -> ExitCode {
     match command {
         Command::List { json: true } => {
-            let listed: Vec<_> = suite.listed().map(|s| (s.name(), s.description(), s.nodes().to_vec())).collect();
+            let listed: Vec<_> =
+                suite.listed().map(|s| (s.name(), s.description(), s.nodes().to_vec())).collect();
             match crate::config::scenario_listing_json(&listed) {
                 Ok(text) => {
                     print!("{text}");
@@ -212,7 +216,8 @@ pub async fn dispatch(suite: &Suite, command: Command) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Images { command: ImagesCommand::Build { snapshots } } => {
-            let nodes: Vec<_> = suite.scenarios().iter().flat_map(|s| s.nodes().iter().cloned()).collect();
+            let nodes: Vec<_> =
+                suite.scenarios().iter().flat_map(|s| s.nodes().iter().cloned()).collect();
             match tokio::task::spawn_blocking(move || build_images(&nodes)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => return fail(&e),
@@ -227,8 +232,27 @@ pub async fn dispatch(suite: &Suite, command: Command) -> ExitCode {
             }
         }
         Command::Repl { scenario, config } => crate::repl::main(suite, scenario, config).await,
-        Command::Run { names, junit, out, keep_vm_state, config, global_timeout, shard, jobs, fresh_boot } => {
-            let args = RunArgs { junit, out, keep: keep_vm_state, config, global_timeout, shard, jobs: usize::from(jobs), fresh_boot };
+        Command::Run {
+            names,
+            junit,
+            out,
+            keep_vm_state,
+            config,
+            global_timeout,
+            shard,
+            jobs,
+            fresh_boot,
+        } => {
+            let args = RunArgs {
+                junit,
+                out,
+                keep: keep_vm_state,
+                config,
+                global_timeout,
+                shard,
+                jobs: usize::from(jobs),
+                fresh_boot,
+            };
             run(suite, names, args).await
         }
     }
@@ -249,7 +273,12 @@ fn build_images(nodes: &[crate::config::NodeSpec]) -> anyhow::Result<()> {
         }
         let name = recipe.name().to_string();
         let image = images.ensure(recipe)?;
-        println!("{name}: kernel {} initrd {} tools {}", image.kernel.display(), image.initrd.display(), image.tools.display());
+        println!(
+            "{name}: kernel {} initrd {} tools {}",
+            image.kernel.display(),
+            image.initrd.display(),
+            image.tools.display()
+        );
     }
     Ok(())
 }
@@ -269,7 +298,13 @@ async fn save_machines(suite: &Suite) -> anyhow::Result<()> {
             .iter()
             .filter(|n| n.start_script.is_none())
             .filter(|n| {
-                seen.insert(serde_json::to_string(&crate::config::NodeSpec { disks: Vec::new(), ..(*n).clone() }).unwrap_or_default())
+                seen.insert(
+                    serde_json::to_string(&crate::config::NodeSpec {
+                        disks: Vec::new(),
+                        ..(*n).clone()
+                    })
+                    .unwrap_or_default(),
+                )
             })
             .collect();
         if !fresh.is_empty() {
@@ -280,7 +315,8 @@ async fn save_machines(suite: &Suite) -> anyhow::Result<()> {
     let count = todo.len();
     let results: Vec<anyhow::Result<()>> = futures::stream::iter(todo)
         .map(|s| async move {
-            let driver = crate::driver::Driver::new(s.nodes().to_vec(), DriverOptions::default()).await?;
+            let driver =
+                crate::driver::Driver::new(s.nodes().to_vec(), DriverOptions::default()).await?;
             let result = driver.start_all().await;
             driver.kill_all().await;
             result.map_err(|e| e.context(format!("starting the machines of {}", s.name())))
@@ -289,7 +325,10 @@ async fn save_machines(suite: &Suite) -> anyhow::Result<()> {
         .collect()
         .await;
     results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
-    println!("machines of {count} scenario(s) started and saved in {:.1} s", started.elapsed().as_secs_f64());
+    println!(
+        "machines of {count} scenario(s) started and saved in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -324,11 +363,14 @@ async fn run(suite: &Suite, names: Vec<String>, args: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return usage(format!("{e:#}")),
     };
-    let chosen: Vec<Scenario> = chosen.into_iter().filter(|s| args.shard.is_none_or(|sh| sh.contains(s))).collect();
+    let chosen: Vec<Scenario> =
+        chosen.into_iter().filter(|s| args.shard.is_none_or(|sh| sh.contains(s))).collect();
     // The run's one reporter: the terminal, `--out`'s transcript, the record of every result.
     let reporter = match &args.out {
         None => Reporter::new(),
-        Some(dir) => match std::fs::create_dir_all(dir).and_then(|_| Reporter::with_transcript(&dir.join("transcript.log"))) {
+        Some(dir) => match std::fs::create_dir_all(dir)
+            .and_then(|_| Reporter::with_transcript(&dir.join("transcript.log")))
+        {
             Ok(r) => r,
             Err(e) => return usage(format!("cannot use --out {}: {e}", dir.display())),
         },
@@ -338,7 +380,12 @@ async fn run(suite: &Suite, names: Vec<String>, args: RunArgs) -> ExitCode {
         reporter.line(&format!("shard {}/{}: {}", sh.index, sh.count, names.join(" ")));
     }
     let options = RunOptions {
-        driver: DriverOptions { keep_state: args.keep, out_dir: args.out.clone(), reporter: reporter.clone(), fresh_boot: args.fresh_boot },
+        driver: DriverOptions {
+            keep_state: args.keep,
+            out_dir: args.out.clone(),
+            reporter: reporter.clone(),
+            fresh_boot: args.fresh_boot,
+        },
         config: config.clone(),
         global_timeout: args.global_timeout.map(std::time::Duration::from_secs),
         jobs: args.jobs,
@@ -368,12 +415,19 @@ fn libtest(suite: Suite) -> ExitCode {
             continue;
         }
         let cases: Vec<Scenario> = match s.chain_name() {
-            Some(chain) => suite.scenarios().iter().filter(|c| c.chain_name() == Some(chain)).cloned().collect(),
+            Some(chain) => suite
+                .scenarios()
+                .iter()
+                .filter(|c| c.chain_name() == Some(chain))
+                .cloned()
+                .collect(),
             None => vec![s.clone()],
         };
         let suite = suite.clone();
-        let trial =
-            libtest_mimic::Trial::test(s.group_name().to_string(), move || run_trial(&suite, &cases)).with_ignored_flag(s.is_hidden());
+        let trial = libtest_mimic::Trial::test(s.group_name().to_string(), move || {
+            run_trial(&suite, &cases)
+        })
+        .with_ignored_flag(s.is_hidden());
         trials.push(trial);
     }
     libtest_mimic::run(&args, trials).exit_code()
@@ -383,12 +437,20 @@ fn libtest(suite: Suite) -> ExitCode {
 /// with every failed case's verdict and error.
 fn run_trial(suite: &Suite, cases: &[Scenario]) -> Result<(), libtest_mimic::Failed> {
     init_tracing();
-    let runtime = tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
     let outcomes = runtime.block_on(suite.run(cases, &RunOptions::default()));
     let failed: Vec<String> = outcomes
         .iter()
         .filter(|o| !o.passed())
-        .map(|o| format!("{}: {}\n{}", o.name, o.verdict(), o.error.as_deref().or(o.skipped.as_deref()).unwrap_or_default()))
+        .map(|o| {
+            format!(
+                "{}: {}\n{}",
+                o.name,
+                o.verdict(),
+                o.error.as_deref().or(o.skipped.as_deref()).unwrap_or_default()
+            )
+        })
         .collect();
     match failed.is_empty() {
         true => Ok(()),

@@ -56,8 +56,16 @@ const COMMON_BINARIES: &[(&str, &str)] = &[("/usr/bin/lsblk", "util-linux")];
 
 /// Every image's modules. ext4 needs a crc32c for the tools disk's metadata checksums ("Cannot load crc32c driver" and
 /// no /tools without one): crc32c_generic, since a TCG CPU may lack SSE4.2 for crc32c-intel.
-const COMMON_MODULES: &[&str] =
-    &["virtio_pci", "virtio_net", "virtio_console", "virtio_blk", "virtio_balloon", "nvme", "crc32c_generic", "ext4"];
+const COMMON_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_net",
+    "virtio_console",
+    "virtio_blk",
+    "virtio_balloon",
+    "nvme",
+    "crc32c_generic",
+    "ext4",
+];
 
 /// Where the guest mounts the tools disk; the serial by which it finds it.
 pub const TOOLS_MOUNT: &str = "/tools";
@@ -102,7 +110,9 @@ impl Images {
     pub fn from_env() -> Result<Images> {
         let cache_dir = match std::env::var_os("VMCHECK_CACHE") {
             Some(dir) => PathBuf::from(dir),
-            None => dirs::cache_dir().ok_or_else(|| anyhow!("no user cache directory; set VMCHECK_CACHE"))?.join("vmcheck"),
+            None => dirs::cache_dir()
+                .ok_or_else(|| anyhow!("no user cache directory; set VMCHECK_CACHE"))?
+                .join("vmcheck"),
         };
         Ok(Images { cache_dir, verbose: true })
     }
@@ -132,7 +142,8 @@ impl Images {
 
     fn ensure_checked(&self, recipe: &Recipe) -> Result<Image> {
         let name = recipe.name();
-        fs::create_dir_all(&self.cache_dir).with_context(|| format!("creating cache {}", self.cache_dir.display()))?;
+        fs::create_dir_all(&self.cache_dir)
+            .with_context(|| format!("creating cache {}", self.cache_dir.display()))?;
         // One builder at a time per cache; a second run waits, then finds the image built.
         let _lock = lock_file(&self.cache_dir.join("lock"))?;
         check_host_tools()?;
@@ -175,7 +186,8 @@ impl Images {
         fs::rename(&tools_out, tmp_dir.join("tools.img"))?;
         fs::write(tmp_dir.join("inputs.txt"), inputs.describe())?;
         let _ = fs::remove_dir_all(&dir);
-        fs::rename(&tmp_dir, &dir).with_context(|| format!("moving the image into {}", dir.display()))?;
+        fs::rename(&tmp_dir, &dir)
+            .with_context(|| format!("moving the image into {}", dir.display()))?;
         self.say(&format!(
             "{name} image built: {} (initramfs {:.1} MiB, tools disk {:.1} MiB)",
             dir.display(),
@@ -194,12 +206,18 @@ impl Images {
                 (self.unpack_kernel_package(&package, &version)?, format!("{package}={version}"))
             }
             KernelSource::Package(package) => {
-                let version = self.candidate_version(package).with_context(|| format!("the kernel package {package}"))?;
+                let version = self
+                    .candidate_version(package)
+                    .with_context(|| format!("the kernel package {package}"))?;
                 (self.unpack_kernel_package(package, &version)?, format!("{package}={version}"))
             }
             KernelSource::File(path) => {
-                let hash = file_sha256(path).with_context(|| format!("the kernel file {}", path.display()))?;
-                (self.unpack_kernel_file(path, &hash)?, format!("file {} sha256 {hash}", path.display()))
+                let hash = file_sha256(path)
+                    .with_context(|| format!("the kernel file {}", path.display()))?;
+                (
+                    self.unpack_kernel_file(path, &hash)?,
+                    format!("file {} sha256 {hash}", path.display()),
+                )
             }
         };
         let kver = fs::read_to_string(dir.join("done"))?.trim().to_string();
@@ -213,7 +231,10 @@ impl Images {
                 Ok(true) => "yes",
                 Ok(false) => "no",
                 Err(e) => {
-                    self.say(&format!("no vmlinux from {}: {e:#}; booting the bzImage", vmlinuz.display()));
+                    self.say(&format!(
+                        "no vmlinux from {}: {e:#}; booting the bzImage",
+                        vmlinuz.display()
+                    ));
                     "no"
                 }
             };
@@ -224,7 +245,13 @@ impl Images {
         }
         let pvh = fs::read_to_string(&pvh_marker)?.trim() == "yes";
         let modules = dir.join("lib/modules").join(&kver);
-        Ok(Kernel { vmlinux: pvh.then_some(vmlinux), vmlinuz, modules: modules.is_dir().then_some(modules), version: kver, package: label })
+        Ok(Kernel {
+            vmlinux: pvh.then_some(vmlinux),
+            vmlinuz,
+            modules: modules.is_dir().then_some(modules),
+            version: kver,
+            package: label,
+        })
     }
 
     /// `kernel/<package>_<version>`: the package as `dpkg -x` left it, `done` holding the
@@ -267,7 +294,8 @@ impl Images {
 
     fn unpack_kernel_deb(&self, deb: &Path, unpacked: &Path, dir: &Path) -> Result<()> {
         run(Command::new("dpkg").arg("-x").arg(deb).arg(unpacked))?;
-        let kver = single_dir_name(&unpacked.join("lib/modules")).with_context(|| format!("{} is not a kernel package", deb.display()))?;
+        let kver = single_dir_name(&unpacked.join("lib/modules"))
+            .with_context(|| format!("{} is not a kernel package", deb.display()))?;
         run(Command::new("depmod").arg("-b").arg(unpacked).arg(&kver))?;
         fs::write(unpacked.join("done"), &kver)?;
         fs::create_dir_all(dir.parent().unwrap())?;
@@ -321,7 +349,9 @@ impl Images {
     /// `debs/<package>_<version>/root`: the package as `dpkg -x` left it, without
     /// `/usr/share/{doc,man,info}`.
     fn ensure_deb(&self, package: &str) -> Result<Deb> {
-        let version = self.candidate_version(package).with_context(|| format!("the Debian package {package}"))?;
+        let version = self
+            .candidate_version(package)
+            .with_context(|| format!("the Debian package {package}"))?;
         let dir = self.cache_dir.join("debs").join(format!("{package}_{version}"));
         if !dir.join("done").exists() {
             self.say(&format!("fetching {package} {version} (apt-get download, dpkg -x)"));
@@ -361,7 +391,10 @@ impl Images {
         for d in &debs {
             key += &format!("{} {}\n", d.package, d.version);
         }
-        let memo = self.cache_dir.join("debs").join(format!("resolved-{}", &sha256_hex(key.as_bytes())[..16]));
+        let memo = self
+            .cache_dir
+            .join("debs")
+            .join(format!("resolved-{}", &sha256_hex(key.as_bytes())[..16]));
         if let Ok(text) = fs::read_to_string(&memo) {
             if dpkg_status.is_some() {
                 let mut libs = BTreeSet::new();
@@ -409,15 +442,27 @@ impl Images {
                 if !followed.insert(package.clone()) {
                     continue;
                 }
-                let version = debs.iter().find(|d| d.package == package).map(|d| d.version.clone()).expect("an unpacked package");
-                let text = output(Command::new("apt-cache").args(["depends", &format!("{package}={version}")]))?;
+                let version = debs
+                    .iter()
+                    .find(|d| d.package == package)
+                    .map(|d| d.version.clone())
+                    .expect("an unpacked package");
+                let text = output(
+                    Command::new("apt-cache").args(["depends", &format!("{package}={version}")]),
+                )?;
                 for group in parse_depends(&text) {
-                    if group.iter().any(|p| debs.iter().any(|d| &d.package == p) || host_has_package(p)) {
+                    if group
+                        .iter()
+                        .any(|p| debs.iter().any(|d| &d.package == p) || host_has_package(p))
+                    {
                         continue;
                     }
                     let Some(first) = group.first() else { continue };
                     self.say(&format!("{package} needs a library the host lacks: unpacking its dependency {first}"));
-                    debs.push(self.ensure_deb(first).with_context(|| format!("a dependency of {package}"))?);
+                    debs.push(
+                        self.ensure_deb(first)
+                            .with_context(|| format!("a dependency of {package}"))?,
+                    );
                     pulled.push(first.clone());
                     added = true;
                 }
@@ -454,7 +499,8 @@ impl Images {
         }
         let mut own = BTreeMap::new();
         for f in recipe.host_files() {
-            let hash = file_sha256(&f.host).with_context(|| format!("reading the host file {}", f.host.display()))?;
+            let hash = file_sha256(&f.host)
+                .with_context(|| format!("reading the host file {}", f.host.display()))?;
             if is_elf(&f.host) {
                 tools.extend(shared_libraries(&f.host)?);
             }
@@ -546,10 +592,19 @@ impl Inputs {
             s += &format!("module {m}\n");
         }
         for f in r.files() {
-            s += &format!("text {} {}\n", crate::recipe::normalize(&f.path), sha256_hex(f.contents.as_bytes()));
+            s += &format!(
+                "text {} {}\n",
+                crate::recipe::normalize(&f.path),
+                sha256_hex(f.contents.as_bytes())
+            );
         }
         for svc in r.services() {
-            s += &format!("service {} {} {}\n", svc.name, if svc.respawn { "respawn" } else { "once" }, sha256_hex(svc.command.as_bytes()));
+            s += &format!(
+                "service {} {} {}\n",
+                svc.name,
+                if svc.respawn { "respawn" } else { "once" },
+                sha256_hex(svc.command.as_bytes())
+            );
         }
         for p in r.forward_ports() {
             s += &format!("forward {p}\n");
@@ -608,8 +663,14 @@ fn assemble(root: &Path, tools_root: &Path, inputs: &Inputs, kernel: &Kernel) ->
     // before /tools is mounted): such a file is reached at /tools/PATH.
     let mut deb_paths = BTreeSet::new();
     for deb in &inputs.debs {
-        run(Command::new("cp").arg("-a").arg("--remove-destination").arg(deb.root.join(".")).arg(tools_root))
-            .with_context(|| format!("copying the Debian package {} onto the tools disk", deb.package))?;
+        run(Command::new("cp")
+            .arg("-a")
+            .arg("--remove-destination")
+            .arg(deb.root.join("."))
+            .arg(tools_root))
+        .with_context(|| {
+            format!("copying the Debian package {} onto the tools disk", deb.package)
+        })?;
         let mut paths = Vec::new();
         collect_paths(&deb.root, &deb.root, &mut paths)?;
         for p in paths {
@@ -641,7 +702,11 @@ fn assemble(root: &Path, tools_root: &Path, inputs: &Inputs, kernel: &Kernel) ->
             copy_host_file(host, &dest)?;
         }
     }
-    let guest_paths = inputs.tools.iter().map(|p| p.to_string_lossy().into_owned()).chain(inputs.own.keys().cloned());
+    let guest_paths = inputs
+        .tools
+        .iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .chain(inputs.own.keys().cloned());
     for (link, target) in tools_links(guest_paths) {
         let link = image_path(root, &link)?;
         if let Some(parent) = link.parent() {
@@ -684,7 +749,10 @@ fn assemble(root: &Path, tools_root: &Path, inputs: &Inputs, kernel: &Kernel) ->
     }
     let mut inittab = INITTAB.to_string();
     for svc in inputs.recipe.services() {
-        fs::write(root.join(format!("etc/vmcheck/services/{}.cmd", svc.name)), format!("{}\n", svc.command))?;
+        fs::write(
+            root.join(format!("etc/vmcheck/services/{}.cmd", svc.name)),
+            format!("{}\n", svc.command),
+        )?;
         let (action, mode) = if svc.respawn { ("respawn", "respawn") } else { ("once", "once") };
         inittab += &format!("::{action}:/etc/vmcheck/service {} {mode}\n", svc.name);
     }
@@ -740,7 +808,11 @@ fn deb_libraries(debs: &[Deb]) -> Result<(BTreeSet<PathBuf>, Vec<MissingLibrary>
                 }
             }
             for lib in not_found {
-                missing.push(MissingLibrary { package: deb.package.clone(), file: PathBuf::from(format!("/{p}")), library: lib });
+                missing.push(MissingLibrary {
+                    package: deb.package.clone(),
+                    file: PathBuf::from(format!("/{p}")),
+                    library: lib,
+                });
             }
         }
     }
@@ -758,7 +830,9 @@ fn parse_depends(text: &str) -> Vec<Vec<String>> {
             Some(r) => (true, r),
             None => (false, t),
         };
-        let Some(name) = rest.strip_prefix("Depends: ").or_else(|| rest.strip_prefix("PreDepends: ")) else {
+        let Some(name) =
+            rest.strip_prefix("Depends: ").or_else(|| rest.strip_prefix("PreDepends: "))
+        else {
             continue;
         };
         let name = name.trim();
@@ -768,7 +842,10 @@ fn parse_depends(text: &str) -> Vec<Vec<String>> {
             groups.push(Vec::new());
         }
         if !name.starts_with('<') {
-            groups.last_mut().expect("a group").push(name.split(':').next().unwrap_or(name).to_string());
+            groups
+                .last_mut()
+                .expect("a group")
+                .push(name.split(':').next().unwrap_or(name).to_string());
         }
     }
     groups.retain(|g| !g.is_empty());
@@ -785,8 +862,12 @@ fn host_has_package(package: &str) -> bool {
 }
 
 fn apt_download(package: &str, version: &str, dir: &Path) -> Result<PathBuf> {
-    run(Command::new("apt-get").args(["download", &format!("{package}={version}")]).current_dir(dir))
-        .with_context(|| format!("downloading {package}; is the package list current? (apt-get update)"))?;
+    run(Command::new("apt-get")
+        .args(["download", &format!("{package}={version}")])
+        .current_dir(dir))
+    .with_context(|| {
+        format!("downloading {package}; is the package list current? (apt-get update)")
+    })?;
     fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
@@ -810,7 +891,8 @@ fn file_sha256(path: &Path) -> Result<String> {
 
 fn is_elf(path: &Path) -> bool {
     let mut head = [0u8; 4];
-    fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head)).is_ok() && head == *b"\x7fELF"
+    fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut head)).is_ok()
+        && head == *b"\x7fELF"
 }
 
 /// Where the guest path `guest` is under `root` (the staging initramfs or tools disk), refused
@@ -869,7 +951,23 @@ fn write_ext4(dir: &Path, out: &Path) -> Result<()> {
     }
     let kib = ext4_size_kib(bytes, files);
     run(Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-O", "^has_journal", "-m", "0", "-b", "4096", "-L", TOOLS_SERIAL, "-E", "root_owner=0:0", "-d"])
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-O",
+            "^has_journal",
+            "-m",
+            "0",
+            "-b",
+            "4096",
+            "-L",
+            TOOLS_SERIAL,
+            "-E",
+            "root_owner=0:0",
+            "-d",
+        ])
         .arg(dir)
         .arg(out)
         .arg(format!("{kib}k")))
@@ -909,17 +1007,22 @@ const XZ_MAGIC: &[u8] = b"\xfd7zXZ\x00";
 /// (18), the PVH entry point QEMU's `-kernel` uses for an ELF kernel.
 fn has_pvh_note(elf: &[u8]) -> bool {
     let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
-    let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize);
-    let u64_at = |o: usize| elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize);
+    let u32_at =
+        |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()) as usize);
+    let u64_at =
+        |o: usize| elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize);
     if elf.get(..6) != Some(b"\x7fELF\x02\x01") {
         return false;
     }
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38)) else {
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
         return false;
     };
     for i in 0..phnum {
         let ph = phoff + i * phentsize;
-        let (Some(ptype), Some(offset), Some(size)) = (u32_at(ph), u64_at(ph + 8), u64_at(ph + 0x20)) else {
+        let (Some(ptype), Some(offset), Some(size)) =
+            (u32_at(ph), u64_at(ph + 8), u64_at(ph + 0x20))
+        else {
             return false;
         };
         if ptype != 4 {
@@ -927,7 +1030,9 @@ fn has_pvh_note(elf: &[u8]) -> bool {
         }
         let mut at = offset;
         while at + 12 <= offset + size {
-            let (Some(namesz), Some(descsz), Some(ntype)) = (u32_at(at), u32_at(at + 4), u32_at(at + 8)) else {
+            let (Some(namesz), Some(descsz), Some(ntype)) =
+                (u32_at(at), u32_at(at + 4), u32_at(at + 8))
+            else {
                 return false;
             };
             let name = elf.get(at + 12..at + 12 + namesz).unwrap_or_default();
@@ -982,15 +1087,18 @@ fn collect_paths(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
 
 /// The modules `wanted` and all they depend on, dependencies first, from `modules.dep`.
 pub fn module_load_order(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<String>> {
-    let dep_text =
-        fs::read_to_string(modules_dir.join("modules.dep")).with_context(|| format!("reading {}/modules.dep", modules_dir.display()))?;
+    let dep_text = fs::read_to_string(modules_dir.join("modules.dep"))
+        .with_context(|| format!("reading {}/modules.dep", modules_dir.display()))?;
     let builtin = fs::read_to_string(modules_dir.join("modules.builtin")).unwrap_or_default();
     module_order_from(&dep_text, &builtin, wanted)
 }
 
 fn module_order_from(dep_text: &str, builtin: &str, wanted: &[&str]) -> Result<Vec<String>> {
-    let deps: BTreeMap<&str, Vec<&str>> =
-        dep_text.lines().filter_map(|l| l.split_once(':')).map(|(m, d)| (m.trim(), d.split_whitespace().collect())).collect();
+    let deps: BTreeMap<&str, Vec<&str>> = dep_text
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(m, d)| (m.trim(), d.split_whitespace().collect()))
+        .collect();
     let by_name = |name: &str| -> Option<&str> {
         let want = name.replace('-', "_");
         deps.keys().copied().find(|p| module_name(p) == want)
@@ -998,7 +1106,12 @@ fn module_order_from(dep_text: &str, builtin: &str, wanted: &[&str]) -> Result<V
     let is_builtin = |name: &str| builtin.lines().any(|p| module_name(p) == name.replace('-', "_"));
     let mut order = Vec::new();
     let mut seen = BTreeSet::new();
-    fn visit<'a>(m: &'a str, deps: &BTreeMap<&'a str, Vec<&'a str>>, seen: &mut BTreeSet<&'a str>, order: &mut Vec<String>) {
+    fn visit<'a>(
+        m: &'a str,
+        deps: &BTreeMap<&'a str, Vec<&'a str>>,
+        seen: &mut BTreeSet<&'a str>,
+        order: &mut Vec<String>,
+    ) {
         if !seen.insert(m) {
             return;
         }
@@ -1026,7 +1139,10 @@ fn module_name(path: &str) -> String {
 
 /// The shared libraries `ldd` says `binary` needs, with the dynamic loader.
 fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
-    let out = Command::new("ldd").arg(binary).output().with_context(|| format!("running ldd {}", binary.display()))?;
+    let out = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .with_context(|| format!("running ldd {}", binary.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         // Static binaries make ldd fail with "not a dynamic executable".
@@ -1090,8 +1206,14 @@ fn strip_copy(src: &Path, dest: &Path) -> Result<()> {
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent)?;
     }
-    let stripped =
-        which::which("strip").is_ok() && Command::new("strip").arg("-o").arg(dest).arg(src).status().map(|s| s.success()).unwrap_or(false);
+    let stripped = which::which("strip").is_ok()
+        && Command::new("strip")
+            .arg("-o")
+            .arg(dest)
+            .arg(src)
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
     if !stripped {
         fs::copy(src, dest)?;
     }
@@ -1113,7 +1235,8 @@ fn require_file(path: &str, package: &str) -> Result<()> {
 }
 
 fn check_host_tools() -> Result<()> {
-    let missing: Vec<_> = BUILD_TOOLS.iter().filter(|(tool, _)| which::which(tool).is_err()).collect();
+    let missing: Vec<_> =
+        BUILD_TOOLS.iter().filter(|(tool, _)| which::which(tool).is_err()).collect();
     if !missing.is_empty() {
         let tools: Vec<_> = missing.iter().map(|(t, _)| *t).collect();
         let packages: BTreeSet<_> = missing.iter().map(|(_, p)| *p).collect();
@@ -1133,7 +1256,9 @@ fn resolve_kernel_package() -> Result<String> {
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
         .find(|p| p.starts_with("linux-image-"))
         .map(str::to_string)
-        .ok_or_else(|| anyhow!("apt-cache knows no kernel behind {KERNEL_META_PACKAGE}; run: apt-get update"))
+        .ok_or_else(|| {
+            anyhow!("apt-cache knows no kernel behind {KERNEL_META_PACKAGE}; run: apt-get update")
+        })
 }
 
 fn package_candidate_version(package: &str) -> Result<String> {
@@ -1144,7 +1269,10 @@ fn package_candidate_version(package: &str) -> Result<String> {
 }
 
 fn single_dir_name(dir: &Path) -> Result<String> {
-    let names: Vec<_> = fs::read_dir(dir)?.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<_> = fs::read_dir(dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     match names.as_slice() {
         [one] => Ok(one.clone()),
         _ => bail!("expected one kernel version under {}, found {names:?}", dir.display()),
@@ -1173,8 +1301,11 @@ impl Images {
     /// the first build takes minutes, later ones about a second.
     pub fn build_target_daemon(&self) -> Result<PathBuf> {
         let source = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let writable = |dir: &Path| nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok();
-        let in_cargo_home = std::env::var_os("CARGO_HOME").map(PathBuf::from).or_else(|| dirs::home_dir().map(|h| h.join(".cargo")));
+        let writable =
+            |dir: &Path| nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK).is_ok();
+        let in_cargo_home = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| dirs::home_dir().map(|h| h.join(".cargo")));
         let target_dir = match in_cargo_home {
             Some(home) if source.starts_with(&home) => self.cache_dir.join("target-daemon"),
             _ if writable(source) => source.join("target"),
@@ -1213,12 +1344,15 @@ pub fn find_target_daemon() -> Option<PathBuf> {
     }
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
-    [dir.join("vmcheck-target"), dir.parent()?.join("vmcheck-target")].into_iter().find(|p| p.is_file())
+    [dir.join("vmcheck-target"), dir.parent()?.join("vmcheck-target")]
+        .into_iter()
+        .find(|p| p.is_file())
 }
 
 fn lock_file(path: &Path) -> Result<nix::fcntl::Flock<fs::File>> {
     let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
-    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| anyhow!("locking {}: {e}", path.display()))
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow!("locking {}: {e}", path.display()))
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -1259,25 +1393,52 @@ kernel/lib/crc64.ko:\n";
 
     #[test]
     fn builtin_modules_are_skipped_and_unknown_ones_named() {
-        assert!(module_order_from(DEP, "kernel/fs/configfs/configfs.ko\n", &["configfs"]).unwrap().is_empty());
+        assert!(module_order_from(DEP, "kernel/fs/configfs/configfs.ko\n", &["configfs"])
+            .unwrap()
+            .is_empty());
         let err = module_order_from(DEP, "", &["nvmet"]).unwrap_err();
         assert!(err.to_string().contains("nvmet"), "{err}");
     }
 
     #[test]
     fn tools_disk_holds_what_the_initramfs_lacks_and_is_linked_from_the_usual_paths() {
-        let boot: BTreeSet<PathBuf> = ["/lib/x86_64-linux-gnu/libc.so.6", "/usr/sbin/qemu-ga"].iter().map(PathBuf::from).collect();
-        let tools: BTreeSet<PathBuf> =
-            ["/usr/bin/fio", "/lib/x86_64-linux-gnu/libc.so.6", "/lib/x86_64-linux-gnu/libaio.so.1"].iter().map(PathBuf::from).collect();
+        let boot: BTreeSet<PathBuf> = ["/lib/x86_64-linux-gnu/libc.so.6", "/usr/sbin/qemu-ga"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        let tools: BTreeSet<PathBuf> = [
+            "/usr/bin/fio",
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib/x86_64-linux-gnu/libaio.so.1",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
         let only = tools_only(&boot, tools);
-        assert_eq!(only, ["/lib/x86_64-linux-gnu/libaio.so.1", "/usr/bin/fio"].iter().map(PathBuf::from).collect());
-        let links = tools_links(only.iter().map(|p| p.to_string_lossy().into_owned()).chain(["/usr/bin/vmcheck-target".to_string()]));
+        assert_eq!(
+            only,
+            ["/lib/x86_64-linux-gnu/libaio.so.1", "/usr/bin/fio"]
+                .iter()
+                .map(PathBuf::from)
+                .collect()
+        );
+        let links = tools_links(
+            only.iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .chain(["/usr/bin/vmcheck-target".to_string()]),
+        );
         assert_eq!(
             links,
             [
-                ("/lib/x86_64-linux-gnu/libaio.so.1".to_string(), "/tools/lib/x86_64-linux-gnu/libaio.so.1".to_string()),
+                (
+                    "/lib/x86_64-linux-gnu/libaio.so.1".to_string(),
+                    "/tools/lib/x86_64-linux-gnu/libaio.so.1".to_string()
+                ),
                 ("/usr/bin/fio".to_string(), "/tools/usr/bin/fio".to_string()),
-                ("/usr/bin/vmcheck-target".to_string(), "/tools/usr/bin/vmcheck-target".to_string()),
+                (
+                    "/usr/bin/vmcheck-target".to_string(),
+                    "/tools/usr/bin/vmcheck-target".to_string()
+                ),
             ]
         );
     }
@@ -1316,7 +1477,10 @@ kernel/lib/crc64.ko:\n";
 
     #[test]
     fn pvh_entry_note_is_found() {
-        assert!(has_pvh_note(&elf_with_notes(&[(b"GNU\0", 3, b"abcd"), (b"Xen\0", 18, &[0, 0, 0, 1])])));
+        assert!(has_pvh_note(&elf_with_notes(&[
+            (b"GNU\0", 3, b"abcd"),
+            (b"Xen\0", 18, &[0, 0, 0, 1])
+        ])));
         assert!(!has_pvh_note(&elf_with_notes(&[(b"Xen\0", 17, &[1, 2, 3, 4])])));
         assert!(!has_pvh_note(b"MZ not an elf"));
         let mut truncated = elf_with_notes(&[(b"Xen\0", 18, &[0, 0, 0, 1])]);
@@ -1371,7 +1535,11 @@ kernel/lib/crc64.ko:\n";
         variants.push(resolved(&|i| {
             i.own.insert("/usr/bin/e".into(), ("/h/d".into(), "aa".into()));
         }));
-        let deb = |version: &str| Deb { package: "tgt".into(), version: version.into(), root: "/c/debs/tgt/root".into() };
+        let deb = |version: &str| Deb {
+            package: "tgt".into(),
+            version: version.into(),
+            root: "/c/debs/tgt/root".into(),
+        };
         variants.push(resolved(&|i| i.debs.push(deb("1"))));
         variants.push(resolved(&|i| i.debs.push(deb("2"))));
         variants.push(resolved(&|i| i.modules = vec!["kernel/a.ko".into(), "kernel/b.ko".into()]));
@@ -1420,7 +1588,9 @@ kernel/lib/crc64.ko:\n";
 
     #[test]
     fn ldd_output_is_parsed_leniently_for_packages() {
-        let (found, missing) = parse_ldd_lenient("\tlibtgt.so.1 => not found\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x1)\n");
+        let (found, missing) = parse_ldd_lenient(
+            "\tlibtgt.so.1 => not found\n\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x1)\n",
+        );
         assert_eq!(found, [PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6")]);
         assert_eq!(missing, ["libtgt.so.1"]);
     }
@@ -1430,7 +1600,10 @@ kernel/lib/crc64.ko:\n";
         let text = "\tlinux-vdso.so.1 (0x00007ffd)\n\tlibnvme.so.1 => /lib/x86_64-linux-gnu/libnvme.so.1 (0x1)\n\t/lib64/ld-linux-x86-64.so.2 (0x2)\n";
         assert_eq!(
             parse_ldd(text).unwrap(),
-            [PathBuf::from("/lib/x86_64-linux-gnu/libnvme.so.1"), PathBuf::from("/lib64/ld-linux-x86-64.so.2")]
+            [
+                PathBuf::from("/lib/x86_64-linux-gnu/libnvme.so.1"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2")
+            ]
         );
         assert!(parse_ldd("\tlibfoo.so.1 => not found\n").is_err());
     }

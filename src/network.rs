@@ -52,7 +52,11 @@ impl Default for Link {
 impl Link {
     /// Whether frames cross it untouched (the fast path: no clock, no queue).
     fn clean(&self) -> bool {
-        self.up && self.loss <= 0.0 && self.delay.is_zero() && self.jitter.is_zero() && self.rate.is_none()
+        self.up
+            && self.loss <= 0.0
+            && self.delay.is_zero()
+            && self.jitter.is_zero()
+            && self.rate.is_none()
     }
 }
 
@@ -205,7 +209,9 @@ impl State {
         for (i, a) in names.iter().enumerate() {
             let mut cut = 0u64;
             for (j, b) in names.iter().enumerate() {
-                if self.partitions.contains(&(a.clone(), b.clone())) || self.partitions.contains(&(b.clone(), a.clone())) {
+                if self.partitions.contains(&(a.clone(), b.clone()))
+                    || self.partitions.contains(&(b.clone(), a.clone()))
+                {
                     cut |= 1 << j;
                 }
             }
@@ -232,7 +238,12 @@ pub type Hop = (usize, Option<Instant>);
 
 /// The one-way wait a link adds to a frame of `len` bytes at `now`, or a drop; `free` is the
 /// link's shaper (when it is next free) for this direction.
-fn shape(link: &Link, free: &mut Instant, len: usize, now: Instant) -> Result<Duration, DropReason> {
+fn shape(
+    link: &Link,
+    free: &mut Instant,
+    len: usize,
+    now: Instant,
+) -> Result<Duration, DropReason> {
     let Some(rate) = link.rate else { return Ok(Duration::ZERO) };
     let start = (*free).max(now);
     if start.duration_since(now) > RATE_QUEUE {
@@ -380,13 +391,16 @@ impl Switch {
     /// [`Switch::start`] holding at most `backlog` frames for a full peer; with 0 such a frame
     /// is dropped at once (the benchmark compares both).
     pub fn start_with(vlan: u32, backlog: usize) -> Result<Switch> {
-        let (wake, woken) = UnixDatagram::pair().context("creating the switch's wake-up socket pair")?;
+        let (wake, woken) =
+            UnixDatagram::pair().context("creating the switch's wake-up socket pair")?;
         wake.set_nonblocking(true)?;
         woken.set_nonblocking(true)?;
         let state = Arc::new(Mutex::new(State::new(vlan)));
         let stop = Arc::new(AtomicBool::new(false));
         let (s, f) = (state.clone(), stop.clone());
-        std::thread::Builder::new().name(format!("switch-vlan{vlan}")).spawn(move || forward(woken, s, f, backlog))?;
+        std::thread::Builder::new()
+            .name(format!("switch-vlan{vlan}"))
+            .spawn(move || forward(woken, s, f, backlog))?;
         Ok(Switch { vlan, state, stop, wake })
     }
 
@@ -427,12 +441,24 @@ impl Switch {
 
     /// A machine's link now.
     pub fn link(&self, machine: &str) -> Option<Link> {
-        self.state.lock().unwrap().ports.iter().find(|p| p.machine == machine).map(|p| p.link.clone())
+        self.state
+            .lock()
+            .unwrap()
+            .ports
+            .iter()
+            .find(|p| p.machine == machine)
+            .map(|p| p.link.clone())
     }
 
     /// A machine's frame counts now.
     pub fn counters(&self, machine: &str) -> Option<LinkCounters> {
-        self.state.lock().unwrap().ports.iter().find(|p| p.machine == machine).map(|p| p.counters.clone())
+        self.state
+            .lock()
+            .unwrap()
+            .ports
+            .iter()
+            .find(|p| p.machine == machine)
+            .map(|p| p.counters.clone())
     }
 
     /// Drops frames between every machine of `a` and every machine of `b` (both ways); or,
@@ -469,14 +495,28 @@ impl Switch {
         let mut r = format!("vlan {}\n", self.vlan);
         r += &format!(
             "  {:<16} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}  {:<30}  link\n",
-            "machine", "from:pass", "from:drop", "to:pass", "to:drop", "bytes from", "bytes to", "drops (down/loss/part/queue/peer)"
+            "machine",
+            "from:pass",
+            "from:drop",
+            "to:pass",
+            "to:drop",
+            "bytes from",
+            "bytes to",
+            "drops (down/loss/part/queue/peer)"
         );
         for p in &s.ports {
             let c = &p.counters;
             let by = c.dropped_by.map(|n| n.to_string()).join("/");
             r += &format!(
                 "  {:<16} {:>10} {:>10} {:>10} {:>10} {:>12} {:>12}  {by:<30}  {}\n",
-                p.machine, c.from_passed, c.from_dropped, c.to_passed, c.to_dropped, c.bytes_from, c.bytes_to, p.link
+                p.machine,
+                c.from_passed,
+                c.from_dropped,
+                c.to_passed,
+                c.to_dropped,
+                c.bytes_from,
+                c.bytes_to,
+                p.link
             );
         }
         if !s.partitions.is_empty() {
@@ -562,7 +602,12 @@ impl Ord for Delayed {
 /// Sends waiting frames when they are due, through outputs of its own (waiting for a full
 /// peer as the forwarding thread does). A link cut or a partition made while a frame waits
 /// drops it: a fault takes effect on frames in flight too.
-fn delay_loop(state: Arc<Mutex<State>>, rx: mpsc::Receiver<Delayed>, stop: Arc<AtomicBool>, wait: bool) {
+fn delay_loop(
+    state: Arc<Mutex<State>>,
+    rx: mpsc::Receiver<Delayed>,
+    stop: Arc<AtomicBool>,
+    wait: bool,
+) {
     let mut queue: BinaryHeap<Reverse<Delayed>> = BinaryHeap::new();
     let mut outputs: Vec<Output> = Vec::new();
     let mut generation = u64::MAX;
@@ -655,7 +700,8 @@ impl Output {
         for attempt in 0..2 {
             match nix::sys::socket::send(fd, frame, MsgFlags::MSG_DONTWAIT) {
                 Ok(_) => return Sent::Yes,
-                Err(nix::errno::Errno::EAGAIN) if wait && attempt == 0 && wait_writable(fd, SEND_WAIT) => {}
+                Err(nix::errno::Errno::EAGAIN)
+                    if wait && attempt == 0 && wait_writable(fd, SEND_WAIT) => {}
                 Err(nix::errno::Errno::EAGAIN) => return Sent::Full,
                 Err(_) => break,
             }
@@ -709,7 +755,9 @@ fn forward(woken: UnixDatagram, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>,
     use nix::libc;
     let (delayed_tx, delayed_rx) = mpsc::channel::<Delayed>();
     let (dstate, dstop) = (state.clone(), stop.clone());
-    let _ = std::thread::Builder::new().name("switch-delay".into()).spawn(move || delay_loop(dstate, delayed_rx, dstop, cap > 0));
+    let _ = std::thread::Builder::new()
+        .name("switch-delay".into())
+        .spawn(move || delay_loop(dstate, delayed_rx, dstop, cap > 0));
     let mut buf = vec![0u8; 65536];
     let mut hops: Vec<Hop> = Vec::with_capacity(8);
     // Ports to send to, found under the lock and sent to without it.
@@ -745,7 +793,13 @@ fn forward(woken: UnixDatagram, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>,
             fds.push(libc::pollfd { fd: i.as_raw_fd(), events: libc::POLLIN | out, revents: 0 });
         }
         // SAFETY: `fds` is a valid array of pollfd for the duration of the call.
-        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, STOP_POLL.as_millis() as libc::c_int) };
+        let ready = unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                STOP_POLL.as_millis() as libc::c_int,
+            )
+        };
         if ready <= 0 {
             continue;
         }
@@ -762,7 +816,13 @@ fn forward(woken: UnixDatagram, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>,
                 continue;
             }
             for _ in 0..BURST {
-                let Ok(n) = nix::sys::socket::recv(inputs[src].as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) else { break };
+                let Ok(n) = nix::sys::socket::recv(
+                    inputs[src].as_raw_fd(),
+                    &mut buf,
+                    MsgFlags::MSG_DONTWAIT,
+                ) else {
+                    break;
+                };
                 let frame = &buf[..n];
                 sends.clear();
                 {
@@ -781,7 +841,13 @@ fn forward(woken: UnixDatagram, state: Arc<Mutex<State>>, stop: Arc<AtomicBool>,
                             None => sends.push(t),
                             Some(due) => {
                                 seq += 1;
-                                let d = Delayed { due, seq, to: t, from_machine: src, frame: frame.to_vec() };
+                                let d = Delayed {
+                                    due,
+                                    seq,
+                                    to: t,
+                                    from_machine: src,
+                                    frame: frame.to_vec(),
+                                };
                                 let _ = delayed_tx.send(d);
                             }
                         }
@@ -821,7 +887,12 @@ mod tests {
     }
 
     /// Routes at `now`; the ports' names it goes to, and the wait of the first.
-    fn send_at(s: &mut State, from: &str, f: &[u8], now: Instant) -> (Vec<&'static str>, Option<Duration>) {
+    fn send_at(
+        s: &mut State,
+        from: &str,
+        f: &[u8],
+        now: Instant,
+    ) -> (Vec<&'static str>, Option<Duration>) {
         let mut out = Vec::new();
         let src = ["a", "b", "c"].iter().position(|n| *n == from).unwrap_or(99);
         route(s, src, f, now, &mut out);
@@ -908,7 +979,10 @@ mod tests {
             waits.push(wait.unwrap());
         }
         let (min, max) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
-        assert!(*min >= Duration::from_millis(15) && *max <= Duration::from_millis(36), "waits from {min:?} to {max:?}");
+        assert!(
+            *min >= Duration::from_millis(15) && *max <= Duration::from_millis(36),
+            "waits from {min:?} to {max:?}"
+        );
         assert!(*max - *min >= Duration::from_millis(15), "jitter spread only {:?}", *max - *min);
     }
 
@@ -998,7 +1072,10 @@ mod tests {
         b.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
         b.recv(&mut [0u8; 64]).unwrap();
         let took = t0.elapsed();
-        assert!(took >= Duration::from_millis(50) && took < Duration::from_millis(50) + bound, "a 50 ms delay took {took:?}");
+        assert!(
+            took >= Duration::from_millis(50) && took < Duration::from_millis(50) + bound,
+            "a 50 ms delay took {took:?}"
+        );
         eprintln!("measured: a frame under a 50 ms delay arrived after {took:?}");
         // A frame waiting in the delay queue when the link goes down is dropped.
         a.send(&frame(B, A)).unwrap();
@@ -1006,9 +1083,16 @@ mod tests {
         b.set_read_timeout(Some(Duration::from_millis(150))).unwrap();
         assert!(b.recv(&mut [0u8; 64]).is_err(), "a frame in flight crossed a cut link");
         let c = sw.counters("b").unwrap();
-        assert!(c.dropped_by[DropReason::Down as usize] >= 2 && c.dropped_by[DropReason::Partition as usize] >= 1, "{c:?}");
+        assert!(
+            c.dropped_by[DropReason::Down as usize] >= 2
+                && c.dropped_by[DropReason::Partition as usize] >= 1,
+            "{c:?}"
+        );
         let r = report([&sw]);
-        assert!(r.contains("partitioned [\"a\"] | [\"b\"]") && r.contains("b on vlan 1: DOWN"), "{r}");
+        assert!(
+            r.contains("partitioned [\"a\"] | [\"b\"]") && r.contains("b on vlan 1: DOWN"),
+            "{r}"
+        );
     }
 
     /// A slow reader (its socket full) gets every frame when the switch queues for it;

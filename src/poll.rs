@@ -91,17 +91,25 @@ mod tests {
     async fn it_gives_up_after_the_timeout_and_tries_at_least_once() {
         let tries = AtomicU32::new(0);
         let started = Instant::now();
-        let got = until(Duration::from_millis(120), Pace::every(Duration::from_millis(50)), |_| async {
-            tries.fetch_add(1, Ordering::Relaxed);
+        let got =
+            until(Duration::from_millis(120), Pace::every(Duration::from_millis(50)), |_| async {
+                tries.fetch_add(1, Ordering::Relaxed);
+                Ok(None::<()>)
+            })
+            .await
+            .unwrap();
+        let Polled::TimedOut(waited) = got else { panic!("expected a timeout") };
+        assert!(
+            waited >= Duration::from_millis(120) && started.elapsed() < Duration::from_secs(2),
+            "{waited:?}"
+        );
+        let n = tries.load(Ordering::Relaxed);
+        assert!((2..=5).contains(&n), "{n} tries in 120 ms at 50 ms");
+        let zero = until(Duration::ZERO, Pace::every(Duration::from_secs(1)), |_| async {
             Ok(None::<()>)
         })
         .await
         .unwrap();
-        let Polled::TimedOut(waited) = got else { panic!("expected a timeout") };
-        assert!(waited >= Duration::from_millis(120) && started.elapsed() < Duration::from_secs(2), "{waited:?}");
-        let n = tries.load(Ordering::Relaxed);
-        assert!((2..=5).contains(&n), "{n} tries in 120 ms at 50 ms");
-        let zero = until(Duration::ZERO, Pace::every(Duration::from_secs(1)), |_| async { Ok(None::<()>) }).await.unwrap();
         assert!(matches!(zero, Polled::TimedOut(_)));
     }
 
@@ -117,10 +125,14 @@ mod tests {
     #[tokio::test]
     async fn pauses_double_up_to_the_maximum() {
         let times = std::sync::Mutex::new(Vec::new());
-        let _ = until(Duration::from_millis(300), Pace::backoff(Duration::from_millis(10), Duration::from_millis(40)), |_| async {
-            times.lock().unwrap().push(Instant::now());
-            Ok(None::<()>)
-        })
+        let _ = until(
+            Duration::from_millis(300),
+            Pace::backoff(Duration::from_millis(10), Duration::from_millis(40)),
+            |_| async {
+                times.lock().unwrap().push(Instant::now());
+                Ok(None::<()>)
+            },
+        )
         .await;
         let t = times.into_inner().unwrap();
         let gaps: Vec<u128> = t.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect();

@@ -55,8 +55,12 @@ pub async fn spawn(mut command: Command) -> Result<Child> {
         });
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
-    spawner().send(SpawnRequest { command, runtime: Handle::current(), reply: tx }).map_err(|_| anyhow!("the spawner thread is gone"))?;
-    rx.await.map_err(|_| anyhow!("the spawner thread dropped the request"))?.with_context(|| format!("starting {program}"))
+    spawner()
+        .send(SpawnRequest { command, runtime: Handle::current(), reply: tx })
+        .map_err(|_| anyhow!("the spawner thread is gone"))?;
+    rx.await
+        .map_err(|_| anyhow!("the spawner thread dropped the request"))?
+        .with_context(|| format!("starting {program}"))
 }
 
 /// True while `pid` names a live process (a zombie counts as gone: it runs nothing).

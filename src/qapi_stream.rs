@@ -34,7 +34,8 @@ impl<R: AsyncRead + Unpin> JsonReader<R> {
 
     fn take_value(&mut self) -> Option<Value> {
         loop {
-            let start = self.buf.iter().position(|b| !matches!(b, 0xff | b' ' | b'\t' | b'\r' | b'\n'))?;
+            let start =
+                self.buf.iter().position(|b| !matches!(b, 0xff | b' ' | b'\t' | b'\r' | b'\n'))?;
             self.buf.drain(..start);
             let mut stream = serde_json::Deserializer::from_slice(&self.buf).into_iter::<Value>();
             match stream.next() {
@@ -46,7 +47,12 @@ impl<R: AsyncRead + Unpin> JsonReader<R> {
                 Some(Err(e)) if e.is_eof() => return None,
                 // Junk: skip to the next line (both peers end messages with a newline) or marker.
                 _ => {
-                    let skip = self.buf.iter().skip(1).position(|b| matches!(b, b'\n' | 0xff)).map(|p| p + 1);
+                    let skip = self
+                        .buf
+                        .iter()
+                        .skip(1)
+                        .position(|b| matches!(b, b'\n' | 0xff))
+                        .map(|p| p + 1);
                     match skip {
                         Some(p) => drop(self.buf.drain(..p)),
                         None => {

@@ -83,7 +83,11 @@ impl Disk {
         format!("drive-{}", self.id)
     }
     fn drive_arg(&self) -> String {
-        format!("if=none,id={},file={},format=raw,cache=writeback,discard=unmap", self.drive_id(), self.path.display())
+        format!(
+            "if=none,id={},file={},format=raw,cache=writeback,discard=unmap",
+            self.drive_id(),
+            self.path.display()
+        )
     }
     /// The QEMU device model.
     pub fn device_model(&self) -> &'static str {
@@ -94,7 +98,13 @@ impl Disk {
     }
     fn device_arg(&self) -> String {
         let addr = self.pci_slot.map(|s| format!(",addr=0x{s:02x}")).unwrap_or_default();
-        format!("{},id={},drive={},serial={}{addr}", self.device_model(), self.id, self.drive_id(), self.serial)
+        format!(
+            "{},id={},drive={},serial={}{addr}",
+            self.device_model(),
+            self.id,
+            self.drive_id(),
+            self.serial
+        )
     }
 }
 
@@ -285,7 +295,8 @@ pub fn check_qemu_version(qemu: &Path) -> Result<(u32, u32, u32)> {
         .output()
         .with_context(|| format!("running {} --version", qemu.display()))?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let version = parse_qemu_version(&text).with_context(|| format!("{} --version printed no version: {text:?}", qemu.display()))?;
+    let version = parse_qemu_version(&text)
+        .with_context(|| format!("{} --version printed no version: {text:?}", qemu.display()))?;
     let (major, minor) = MIN_QEMU_VERSION;
     if (version.0, version.1) < (major, minor) {
         bail!(
@@ -316,7 +327,8 @@ pub fn test_mac(vlan: u32, address: Ipv4Addr) -> String {
 impl QemuSpec {
     /// Kernel parameters the default images' init reads: name, role, and the NIC addresses.
     pub fn guest_kernel_params(&self) -> String {
-        let mut nets: Vec<String> = self.nics.iter().map(|n| format!("{},{}/{}", n.mac, n.address, n.prefix_len)).collect();
+        let mut nets: Vec<String> =
+            self.nics.iter().map(|n| format!("{},{}/{}", n.mac, n.address, n.prefix_len)).collect();
         if self.control.is_some() {
             nets.push(format!("{CONTROL_MAC},{CONTROL_GUEST_ADDR}/24"));
         }
@@ -333,10 +345,19 @@ impl QemuSpec {
         let mut push = |s: &[&str]| a.extend(s.iter().map(|s| s.to_string()));
         // The agent's socket is created before QMP's, whose wait=on holds QEMU until the driver
         // has connected: no event is missed and the agent socket already exists.
-        push(&["-chardev", &format!("socket,id=qga0,path={},server=on,wait=off", self.qga_socket.display())]);
+        push(&[
+            "-chardev",
+            &format!("socket,id=qga0,path={},server=on,wait=off", self.qga_socket.display()),
+        ]);
         push(&["-device", "virtio-serial-pci,id=vserial0"]);
-        push(&["-device", "virtserialport,bus=vserial0.0,chardev=qga0,name=org.qemu.guest_agent.0,id=qga-port"]);
-        push(&["-chardev", &format!("socket,id=qmp0,path={},server=on,wait=on", self.qmp_socket.display())]);
+        push(&[
+            "-device",
+            "virtserialport,bus=vserial0.0,chardev=qga0,name=org.qemu.guest_agent.0,id=qga-port",
+        ]);
+        push(&[
+            "-chardev",
+            &format!("socket,id=qmp0,path={},server=on,wait=on", self.qmp_socket.display()),
+        ]);
         push(&["-mon", "chardev=qmp0,mode=control"]);
         push(&["-chardev", "stdio,id=console0,signal=off"]);
         push(&["-serial", "chardev:console0"]);
@@ -347,13 +368,25 @@ impl QemuSpec {
                     format!("local.type=fd,local.str={}", fd.0.as_raw_fd())
                 }
                 NicLink::Unix { local, remote } => {
-                    format!("local.type=unix,local.path={},remote.type=unix,remote.path={}", local.display(), remote.display())
+                    format!(
+                        "local.type=unix,local.path={},remote.type=unix,remote.path={}",
+                        local.display(),
+                        remote.display()
+                    )
                 }
                 // QEMU refuses it with the netdev's name: a spec started without its links.
                 NicLink::Unlinked => "local.type=fd,local.str=unlinked".to_string(),
             };
             push(&["-netdev", &format!("dgram,id={},{link}", nic.netdev_id())]);
-            push(&["-device", &format!("virtio-net-pci,netdev={},mac={},id=nic-{}", nic.netdev_id(), nic.mac, nic.netdev_id())]);
+            push(&[
+                "-device",
+                &format!(
+                    "virtio-net-pci,netdev={},mac={},id=nic-{}",
+                    nic.netdev_id(),
+                    nic.mac,
+                    nic.netdev_id()
+                ),
+            ]);
         }
         for disk in &self.disks {
             a.extend(disk.args());
@@ -367,7 +400,8 @@ impl QemuSpec {
 
     /// The `hostfwd` user-mode options of the control NIC.
     fn control_netdev_opts(&self, c: &ControlNic) -> String {
-        let forwards: Vec<String> = c.guest_ports.iter().map(|p| format!("hostfwd=tcp:127.0.0.1:0-:{p}")).collect();
+        let forwards: Vec<String> =
+            c.guest_ports.iter().map(|p| format!("hostfwd=tcp:127.0.0.1:0-:{p}")).collect();
         format!("net={CONTROL_NET},restrict=on,{}", forwards.join(","))
     }
 
@@ -394,11 +428,19 @@ impl QemuSpec {
         // qboot instead of SeaBIOS: the kernel is loaded from fw_cfg without an option ROM's
         // detour; it installs QEMU's ACPI tables (PCI hot-plug) as SeaBIOS does.
         a.extend(["-bios".into(), "qboot.rom".into()]);
-        a.extend(["-kernel".into(), kernel.display().to_string(), "-initrd".into(), initrd.display().to_string()]);
+        a.extend([
+            "-kernel".into(),
+            kernel.display().to_string(),
+            "-initrd".into(),
+            initrd.display().to_string(),
+        ]);
         a.extend(["-append".into(), format!("{} {append}", self.guest_kernel_params())]);
         if let Some(c) = &self.control {
             a.extend(["-netdev".into(), format!("user,id=ctl,{}", self.control_netdev_opts(c))]);
-            a.extend(["-device".into(), format!("virtio-net-pci,netdev=ctl,mac={CONTROL_MAC},id=nic-ctl")]);
+            a.extend([
+                "-device".into(),
+                format!("virtio-net-pci,netdev=ctl,mac={CONTROL_MAC},id=nic-ctl"),
+            ]);
         }
         if let Some(tools) = tools {
             a.extend(tools_disk_args(tools));
@@ -429,7 +471,10 @@ impl QemuSpec {
                 }
                 let mut cmd = tokio::process::Command::new(path);
                 cmd.env("QEMU_OPTS", plumbing.join(" "))
-                    .env("QEMU_KERNEL_PARAMS", format!("console=ttyS0 {} {kernel_params}", self.guest_kernel_params()))
+                    .env(
+                        "QEMU_KERNEL_PARAMS",
+                        format!("console=ttyS0 {} {kernel_params}", self.guest_kernel_params()),
+                    )
                     .env("TMPDIR", state_dir)
                     .env("USE_TMPDIR", "1")
                     .env("SHARED_DIR", shared_dir)
@@ -473,9 +518,20 @@ pub struct Console {
 impl Console {
     /// A console for machine `name`, appending to `log_path` when given; every line also goes to
     /// `reporter` (the transcript; the terminal too when console output is on).
-    pub fn new(name: &str, log_path: Option<&Path>, reporter: crate::report::Reporter) -> Arc<Console> {
-        let log = log_path.and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
-        Arc::new(Console { name: name.to_string(), reporter, state: Mutex::default(), changed: Notify::new(), log: Mutex::new(log) })
+    pub fn new(
+        name: &str,
+        log_path: Option<&Path>,
+        reporter: crate::report::Reporter,
+    ) -> Arc<Console> {
+        let log = log_path
+            .and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
+        Arc::new(Console {
+            name: name.to_string(),
+            reporter,
+            state: Mutex::default(),
+            changed: Notify::new(),
+            log: Mutex::new(log),
+        })
     }
 
     fn push(&self, line: String) {
@@ -489,7 +545,9 @@ impl Console {
         s.history.push('\n');
         if s.history.len() > CONSOLE_HISTORY_BYTES {
             let cut = s.history.len() - CONSOLE_HISTORY_BYTES / 2;
-            let cut = (cut..s.history.len()).find(|i| s.history.is_char_boundary(*i)).unwrap_or(s.history.len());
+            let cut = (cut..s.history.len())
+                .find(|i| s.history.is_char_boundary(*i))
+                .unwrap_or(s.history.len());
             s.history.drain(..cut);
             s.dropped += cut;
         }
@@ -617,7 +675,10 @@ pub struct QemuProcess {
 impl Drop for QemuProcess {
     fn drop(&mut self) {
         // SIGKILL now, not when the runtime gets round to dropping the aborted task.
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         self.waiter.abort();
     }
 }
@@ -638,7 +699,9 @@ impl QemuProcess {
             let _ = std::fs::write(dir.join(format!("{}.cmdline", spec.name)), line);
         }
         inherit_fds(&mut cmd, spec.inherited_fds());
-        let child = crate::process::spawn(cmd).await.with_context(|| format!("{}: starting QEMU", spec.name))?;
+        let child = crate::process::spawn(cmd)
+            .await
+            .with_context(|| format!("{}: starting QEMU", spec.name))?;
         Ok(Self::adopt(child, console))
     }
 
@@ -718,7 +781,10 @@ impl QemuProcess {
 
     /// Kills the process at once and waits for it.
     pub async fn kill(&self) -> Result<String> {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         self.wait(crate::timeouts::quit()).await
     }
 }
@@ -728,7 +794,12 @@ fn command_line_text(cmd: &tokio::process::Command) -> String {
     let std = cmd.as_std();
     let mut s = String::new();
     for (k, v) in std.get_envs() {
-        let _ = write!(s, "{}={:?} ", k.to_string_lossy(), v.map(|v| v.to_string_lossy().into_owned()).unwrap_or_default());
+        let _ = write!(
+            s,
+            "{}={:?} ",
+            k.to_string_lossy(),
+            v.map(|v| v.to_string_lossy().into_owned()).unwrap_or_default()
+        );
     }
     let _ = write!(s, "{}", std.get_program().to_string_lossy());
     for a in std.get_args() {
@@ -783,7 +854,10 @@ mod tests {
                 mac: test_mac(1, Ipv4Addr::new(192, 0, 2, 1)),
                 address: Ipv4Addr::new(192, 0, 2, 1),
                 prefix_len: 24,
-                link: NicLink::Unix { local: "/run/net/target-1.sock".into(), remote: "/run/net/switch-1.sock".into() },
+                link: NicLink::Unix {
+                    local: "/run/net/target-1.sock".into(),
+                    remote: "/run/net/switch-1.sock".into(),
+                },
             }],
             control: Some(ControlNic { guest_ports: vec![10124] }),
             qmp_socket: "/run/target/qmp.sock".into(),
@@ -803,7 +877,10 @@ mod tests {
         let args = spec().kernel_boot_args().unwrap();
         assert_eq!(after(&args, "-m", ""), Some("512"));
         assert_eq!(after(&args, "-cpu", ""), Some("max"));
-        assert_eq!(after(&args, "-device", "nvme"), Some("nvme,id=disk0,drive=drive-disk0,serial=vmcheck-disk0"));
+        assert_eq!(
+            after(&args, "-device", "nvme"),
+            Some("nvme,id=disk0,drive=drive-disk0,serial=vmcheck-disk0")
+        );
         assert!(after(&args, "-drive", "id=drive-disk0,file=/run/d0.img,format=raw").is_some());
         assert_eq!(
             after(&args, "-netdev", "dgram"),
@@ -817,12 +894,18 @@ mod tests {
         with_fd.nics[0].link = NicLink::Fd(NicFd(Arc::new(fd)));
         assert_eq!(with_fd.inherited_fds(), vec![n]);
         let args = with_fd.kernel_boot_args().unwrap();
-        assert_eq!(after(&args, "-netdev", "dgram"), Some(format!("dgram,id=vlan1,local.type=fd,local.str={n}").as_str()));
+        assert_eq!(
+            after(&args, "-netdev", "dgram"),
+            Some(format!("dgram,id=vlan1,local.type=fd,local.str={n}").as_str())
+        );
         assert_eq!(
             after(&args, "-device", "virtio-net-pci,netdev=vlan1"),
             Some("virtio-net-pci,netdev=vlan1,mac=52:54:00:12:01:01,id=nic-vlan1")
         );
-        assert_eq!(after(&args, "-netdev", "user"), Some("user,id=ctl,net=198.51.100.0/24,restrict=on,hostfwd=tcp:127.0.0.1:0-:10124"));
+        assert_eq!(
+            after(&args, "-netdev", "user"),
+            Some("user,id=ctl,net=198.51.100.0/24,restrict=on,hostfwd=tcp:127.0.0.1:0-:10124")
+        );
         let append = after(&args, "-append", "").unwrap();
         assert!(
             append.starts_with("vmcheck.name=target vmcheck.net=52:54:00:12:01:01,192.0.2.1/24;52:54:00:ff:00:01,198.51.100.15/24"),
@@ -830,7 +913,10 @@ mod tests {
         );
         assert!(append.ends_with("console=ttyS0 quiet"));
         assert!(append.contains("/24 module_blacklist=virtio_balloon "), "{append}");
-        assert_eq!(after(&args, "-device", "virtio-balloon"), Some("virtio-balloon-pci,id=balloon0,addr=0x1e,deflate-on-oom=off"));
+        assert_eq!(
+            after(&args, "-device", "virtio-balloon"),
+            Some("virtio-balloon-pci,id=balloon0,addr=0x1e,deflate-on-oom=off")
+        );
         assert_eq!(
             after(&args, "-drive", "vmcheck-tools"),
             Some("if=none,id=drive-vmcheck-tools,file=/k/tools.img,format=raw,readonly=on")
@@ -850,14 +936,29 @@ mod tests {
     #[test]
     fn start_script_gets_plumbing_in_environment() {
         let mut s = spec();
-        s.boot = Boot::StartScript { path: "/nix/store/x/bin/run-target-vm".into(), kernel_params: String::new() };
+        s.boot = Boot::StartScript {
+            path: "/nix/store/x/bin/run-target-vm".into(),
+            kernel_params: String::new(),
+        };
         let cmd = s.command(Path::new("/run/target"), Path::new("/run/shared")).unwrap();
-        let env: std::collections::HashMap<_, _> =
-            cmd.as_std().get_envs().map(|(k, v)| (k.to_string_lossy().into_owned(), v.unwrap().to_string_lossy().into_owned())).collect();
+        let env: std::collections::HashMap<_, _> = cmd
+            .as_std()
+            .get_envs()
+            .map(|(k, v)| {
+                (k.to_string_lossy().into_owned(), v.unwrap().to_string_lossy().into_owned())
+            })
+            .collect();
         assert!(env["QEMU_OPTS"].contains("-mon chardev=qmp0,mode=control"));
         assert!(!env["QEMU_OPTS"].contains("-kernel"));
-        assert!(env["QEMU_OPTS"].ends_with("-machine accel=tcg -monitor none"), "{}", env["QEMU_OPTS"]);
-        assert_eq!(env["QEMU_NET_OPTS"], "net=198.51.100.0/24,restrict=on,hostfwd=tcp:127.0.0.1:0-:10124");
+        assert!(
+            env["QEMU_OPTS"].ends_with("-machine accel=tcg -monitor none"),
+            "{}",
+            env["QEMU_OPTS"]
+        );
+        assert_eq!(
+            env["QEMU_NET_OPTS"],
+            "net=198.51.100.0/24,restrict=on,hostfwd=tcp:127.0.0.1:0-:10124"
+        );
         assert!(env["QEMU_KERNEL_PARAMS"].contains("vmcheck.name=target"));
         assert_eq!(env["USE_TMPDIR"], "1");
         s.qmp_socket = "/tmp/with space/qmp.sock".into();
@@ -867,7 +968,10 @@ mod tests {
     #[test]
     fn console_lines_are_cleaned() {
         assert_eq!(clean_console_line("\x1b[0;32mOK\x1b[0m done\r\n"), "OK done");
-        assert_eq!(clean_console_line("[    6.5] nvme nvme0: new ctrl\n"), "[    6.5] nvme nvme0: new ctrl");
+        assert_eq!(
+            clean_console_line("[    6.5] nvme nvme0: new ctrl\n"),
+            "[    6.5] nvme nvme0: new ctrl"
+        );
     }
 
     #[tokio::test]
@@ -894,14 +998,27 @@ mod tests {
 
     #[test]
     fn qemu_versions_are_read_and_old_ones_named() {
-        assert_eq!(parse_qemu_version("QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\n"), Some((10, 0, 2)));
-        assert_eq!(parse_qemu_version("QEMU emulator version 7.2.0 (Debian 1:7.2+dfsg-7+deb12u18)"), Some((7, 2, 0)));
+        assert_eq!(
+            parse_qemu_version(
+                "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\n"
+            ),
+            Some((10, 0, 2))
+        );
+        assert_eq!(
+            parse_qemu_version("QEMU emulator version 7.2.0 (Debian 1:7.2+dfsg-7+deb12u18)"),
+            Some((7, 2, 0))
+        );
         assert_eq!(parse_qemu_version("QEMU emulator version 8.1\n"), Some((8, 1, 0)));
         assert_eq!(parse_qemu_version("nothing here"), None);
         let dir = tempfile::tempdir().unwrap();
         let fake = dir.path().join("qemu-system-x86_64");
-        std::fs::write(&fake, "#!/bin/sh\necho 'QEMU emulator version 6.2.0 (Debian 1:6.2+dfsg-2ubuntu6)'\n").unwrap();
-        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::fs::write(
+            &fake,
+            "#!/bin/sh\necho 'QEMU emulator version 6.2.0 (Debian 1:6.2+dfsg-2ubuntu6)'\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
         let err = check_qemu_version(&fake).unwrap_err().to_string();
         assert!(err.contains("QEMU 6.2.0") && err.contains("needs QEMU 7.2 or newer"), "{err}");
     }

@@ -85,10 +85,16 @@ impl Qga {
         sync_conn(conn, deadline).await
     }
 
-    async fn connected<'a>(&self, guard: &'a mut Option<Conn>, deadline: Instant) -> Result<&'a mut Conn> {
+    async fn connected<'a>(
+        &self,
+        guard: &'a mut Option<Conn>,
+        deadline: Instant,
+    ) -> Result<&'a mut Conn> {
         if guard.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
-            let stream = crate::qmp::connect_unix(&self.path, left).await.context("connecting to the guest agent socket")?;
+            let stream = crate::qmp::connect_unix(&self.path, left)
+                .await
+                .context("connecting to the guest agent socket")?;
             let (r, w) = stream.into_split();
             *guard = Some(Conn { reader: JsonReader::new(r), writer: w, in_sync: false });
         }
@@ -98,7 +104,8 @@ impl Qga {
     /// Runs one typed agent command.
     pub async fn execute<C: qapi::Command>(&self, command: C) -> Result<C::Ok> {
         let value = self.execute_raw(C::NAME, serde_json::to_value(&command)?).await?;
-        serde_json::from_value(value.clone()).with_context(|| format!("guest agent {}: unexpected reply {value}", C::NAME))
+        serde_json::from_value(value.clone())
+            .with_context(|| format!("guest agent {}: unexpected reply {value}", C::NAME))
     }
 
     /// Runs one agent command given by name (the REPL's raw access).
@@ -116,7 +123,10 @@ impl Qga {
         }
         let mut line = serde_json::to_vec(&request)?;
         line.push(b'\n');
-        conn.writer.write_all(&line).await.with_context(|| format!("guest agent {name}: write failed"))?;
+        conn.writer
+            .write_all(&line)
+            .await
+            .with_context(|| format!("guest agent {name}: write failed"))?;
         match tokio::time::timeout_at(deadline.into(), conn.reader.next()).await {
             Err(_) => {
                 // The answer may still come; the next request resynchronises first.
@@ -129,7 +139,10 @@ impl Qga {
             }
             Ok(Ok(reply)) => match (reply.get("return"), reply.get("error")) {
                 (Some(r), _) => Ok(r.clone()),
-                (None, Some(e)) => bail!("guest agent {name} failed: {}", e["desc"].as_str().unwrap_or("unknown error")),
+                (None, Some(e)) => bail!(
+                    "guest agent {name} failed: {}",
+                    e["desc"].as_str().unwrap_or("unknown error")
+                ),
                 _ => {
                     conn.in_sync = false;
                     bail!("guest agent {name}: malformed answer {reply}")
@@ -142,7 +155,9 @@ impl Qga {
     /// started is killed and the error is an [`ExecTimeout`] with what it printed so far.
     pub async fn exec(&self, argv: &[&str], timeout: Duration) -> Result<ExecOutput> {
         let started = self.exec_start(argv).await?;
-        match poll::until(timeout, crate::timeouts::EXEC_POLL, |_| self.exec_status(&started)).await? {
+        match poll::until(timeout, crate::timeouts::EXEC_POLL, |_| self.exec_status(&started))
+            .await?
+        {
             Polled::Done(out) => Ok(out),
             Polled::TimedOut(_) => {
                 let partial = self.exec_kill(&started).await;
@@ -198,19 +213,31 @@ impl Qga {
             .await;
         // The killed command's record, with what it printed; the agent frees it once reported.
         // An agent that cannot answer (an error) has nothing more to tell.
-        match poll::until(crate::timeouts::reap(), crate::timeouts::REAP_POLL, |_| self.exec_status(exec)).await {
+        match poll::until(crate::timeouts::reap(), crate::timeouts::REAP_POLL, |_| {
+            self.exec_status(exec)
+        })
+        .await
+        {
             Ok(Polled::Done(out)) => out,
-            _ => ExecOutput { status: -1, signal: None, stdout: String::new(), stderr: String::new() },
+            _ => ExecOutput {
+                status: -1,
+                signal: None,
+                stdout: String::new(),
+                stderr: String::new(),
+            },
         }
     }
 
     /// Reads a whole guest file.
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>> {
-        let handle = self.execute(qga::guest_file_open { path: path.into(), mode: Some("r".into()) }).await?;
+        let handle = self
+            .execute(qga::guest_file_open { path: path.into(), mode: Some("r".into()) })
+            .await?;
         let mut data = Vec::new();
         let result = async {
             loop {
-                let chunk = self.execute(qga::guest_file_read { handle, count: Some(1 << 20) }).await?;
+                let chunk =
+                    self.execute(qga::guest_file_read { handle, count: Some(1 << 20) }).await?;
                 data.extend_from_slice(&chunk.buf_b64);
                 if chunk.eof || chunk.count == 0 {
                     return Ok::<_, anyhow::Error>(());
@@ -225,10 +252,17 @@ impl Qga {
 
     /// Writes (creates or truncates) a guest file.
     pub async fn write_file(&self, path: &str, data: &[u8]) -> Result<()> {
-        let handle = self.execute(qga::guest_file_open { path: path.into(), mode: Some("w".into()) }).await?;
+        let handle = self
+            .execute(qga::guest_file_open { path: path.into(), mode: Some("w".into()) })
+            .await?;
         let result = async {
             for chunk in data.chunks(1 << 20) {
-                self.execute(qga::guest_file_write { handle, buf_b64: chunk.to_vec(), count: Some(chunk.len() as i64) }).await?;
+                self.execute(qga::guest_file_write {
+                    handle,
+                    buf_b64: chunk.to_vec(),
+                    count: Some(chunk.len() as i64),
+                })
+                .await?;
             }
             self.execute(qga::guest_file_flush { handle }).await?;
             Ok::<_, anyhow::Error>(())
@@ -251,7 +285,9 @@ async fn sync_conn(conn: &mut Conn, deadline: Instant) -> Result<()> {
         let id: u32 = rand_id();
         // A leading 0xFF makes the agent drop any half-parsed input.
         let mut msg = vec![0xff];
-        msg.extend(serde_json::to_vec(&json!({"execute": "guest-sync-delimited", "arguments": {"id": id}}))?);
+        msg.extend(serde_json::to_vec(
+            &json!({"execute": "guest-sync-delimited", "arguments": {"id": id}}),
+        )?);
         msg.push(b'\n');
         conn.writer.write_all(&msg).await.context("writing to the guest agent socket")?;
         // Earlier syncs, written while the agent was not yet running, are answered first.
@@ -282,7 +318,10 @@ fn exec_tag() -> String {
 
 fn rand_id() -> u32 {
     // Any value the agent has not answered before will do.
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     (nanos ^ std::process::id().rotate_left(16)) & 0x7fff_ffff
 }
 
@@ -341,7 +380,12 @@ mod tests {
         let text = "MemTotal:         492532 kB\nMemFree:          401236 kB\nMemAvailable:     410884 kB\nBuffers:               0 kB\nCached:            55044 kB\n";
         assert_eq!(
             MemoryStats::parse(text).unwrap(),
-            MemoryStats { total_kib: 492532, free_kib: 401236, available_kib: 410884, cached_kib: 55044 }
+            MemoryStats {
+                total_kib: 492532,
+                free_kib: 401236,
+                available_kib: 410884,
+                cached_kib: 55044
+            }
         );
         assert!(MemoryStats::parse("MemTotal: 1 kB\n").is_err());
     }
@@ -367,6 +411,10 @@ mod tests {
     fn an_agent_call_is_a_small_future() {
         let qga = Qga::new(Path::new("/nonexistent"));
         let call = qga.execute_raw("guest-ping", Value::Null);
-        assert!(std::mem::size_of_val(&call) < 4096, "guest agent call future is {} bytes", std::mem::size_of_val(&call));
+        assert!(
+            std::mem::size_of_val(&call) < 4096,
+            "guest agent call future is {} bytes",
+            std::mem::size_of_val(&call)
+        );
     }
 }

@@ -80,7 +80,9 @@ impl Qmp {
         let stream = connect_unix(path, timeout).await.context("connecting to QMP")?;
         let (read, write) = stream.into_split();
         let mut reader = JsonReader::new(read);
-        let greeting = tokio::time::timeout(timeout, reader.next()).await.map_err(|_| anyhow!("no QMP greeting within {timeout:?}"))??;
+        let greeting = tokio::time::timeout(timeout, reader.next())
+            .await
+            .map_err(|_| anyhow!("no QMP greeting within {timeout:?}"))??;
         if greeting.get("QMP").is_none() {
             bail!("expected a QMP greeting, got {greeting}");
         }
@@ -91,7 +93,12 @@ impl Qmp {
             closed: Mutex::new(None),
         });
         let reader = tokio::spawn(read_loop(reader, shared.clone()));
-        let qmp = Qmp { writer: tokio::sync::Mutex::new(write), shared, next_id: AtomicU64::new(1), reader };
+        let qmp = Qmp {
+            writer: tokio::sync::Mutex::new(write),
+            shared,
+            next_id: AtomicU64::new(1),
+            reader,
+        };
         qmp.execute(qapi::qmp::qmp_capabilities { enable: None }).await?;
         Ok(qmp)
     }
@@ -100,7 +107,8 @@ impl Qmp {
     pub async fn execute<C: qapi::Command>(&self, command: C) -> Result<C::Ok> {
         let arguments = serde_json::to_value(&command)?;
         let value = self.execute_raw(C::NAME, arguments).await?;
-        serde_json::from_value(value.clone()).with_context(|| format!("QMP {} returned an unexpected reply: {value}", C::NAME))
+        serde_json::from_value(value.clone())
+            .with_context(|| format!("QMP {} returned an unexpected reply: {value}", C::NAME))
     }
 
     /// Runs a command given by name with JSON arguments (the REPL's `qmp` command).
@@ -131,8 +139,12 @@ impl Qmp {
                 self.shared.pending.lock().unwrap().remove(&id);
                 bail!("QMP {name}: no reply within {timeout:?}")
             }
-            Ok(Err(_)) => bail!("QMP {name}: the monitor connection closed before the reply (QEMU exited?)"),
-            Ok(Ok(Err(Refusal::Error(class, desc)))) => Err(QmpError { command: name.to_string(), class, desc }.into()),
+            Ok(Err(_)) => {
+                bail!("QMP {name}: the monitor connection closed before the reply (QEMU exited?)")
+            }
+            Ok(Ok(Err(Refusal::Error(class, desc)))) => {
+                Err(QmpError { command: name.to_string(), class, desc }.into())
+            }
             Ok(Ok(Err(Refusal::Malformed(m)))) => bail!("QMP {name}: {m}"),
             Ok(Ok(Ok(value))) => Ok(value),
         }
@@ -149,7 +161,12 @@ impl Qmp {
     }
 
     /// Waits for the first event at or after `mark` that `matches`.
-    pub async fn wait_for_event(&self, mark: usize, timeout: Duration, matches: impl Fn(&Event) -> bool) -> Result<Event> {
+    pub async fn wait_for_event(
+        &self,
+        mark: usize,
+        timeout: Duration,
+        matches: impl Fn(&Event) -> bool,
+    ) -> Result<Event> {
         let deadline = Instant::now() + timeout;
         loop {
             let notified = self.shared.event_arrived.notified();
@@ -179,8 +196,13 @@ async fn read_loop(mut reader: JsonReader<tokio::net::unix::OwnedReadHalf>, shar
         };
         if let Some(name) = message.get("event").and_then(Value::as_str) {
             let ts = &message["timestamp"];
-            let timestamp = ts["seconds"].as_f64().unwrap_or(0.0) + ts["microseconds"].as_f64().unwrap_or(0.0) / 1e6;
-            let event = Event { name: name.to_string(), data: message.get("data").cloned().unwrap_or(Value::Null), timestamp };
+            let timestamp = ts["seconds"].as_f64().unwrap_or(0.0)
+                + ts["microseconds"].as_f64().unwrap_or(0.0) / 1e6;
+            let event = Event {
+                name: name.to_string(),
+                data: message.get("data").cloned().unwrap_or(Value::Null),
+                timestamp,
+            };
             tracing::debug!(event = %event.name, data = %event.data, "QMP event");
             shared.events.lock().unwrap().push(event);
             shared.event_arrived.notify_waiters();
@@ -193,7 +215,8 @@ async fn read_loop(mut reader: JsonReader<tokio::net::unix::OwnedReadHalf>, shar
         let reply = match (message.get("return"), message.get("error")) {
             (Some(r), _) => Ok(r.clone()),
             (None, Some(e)) => {
-                let class = serde_json::from_value(e["class"].clone()).unwrap_or(qapi::ErrorClass::GenericError);
+                let class = serde_json::from_value(e["class"].clone())
+                    .unwrap_or(qapi::ErrorClass::GenericError);
                 Err(Refusal::Error(class, e["desc"].as_str().unwrap_or("").to_string()))
             }
             _ => Err(Refusal::Malformed(format!("malformed reply {message}"))),
@@ -263,7 +286,13 @@ mod tests {
         let qmp = Qmp::connect(&path, Duration::from_secs(5)).await.unwrap();
         let err = qmp.execute(qapi::qmp::query_balloon {}).await.unwrap_err();
         let q = err.downcast_ref::<QmpError>().expect("a typed QMP error");
-        assert_eq!((q.command.as_str(), &q.class), ("query-balloon", &qapi::ErrorClass::DeviceNotActive));
-        assert_eq!(err.to_string(), "QMP query-balloon failed: DeviceNotActive: No balloon device has been activated");
+        assert_eq!(
+            (q.command.as_str(), &q.class),
+            ("query-balloon", &qapi::ErrorClass::DeviceNotActive)
+        );
+        assert_eq!(
+            err.to_string(),
+            "QMP query-balloon failed: DeviceNotActive: No balloon device has been activated"
+        );
     }
 }

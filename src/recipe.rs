@@ -137,12 +137,21 @@ const ISCSID_CONF: &str = include_str!("images/iscsid.conf");
 /// nvmet for NVMe-oF; LIO (core, the block backstore, the iSCSI fabric) for iSCSI. Both iSCSI
 /// ends allocate a crc32c hash for every connection (digests or not) and fail the login without
 /// one: crc32c_generic, since a TCG CPU may lack SSE4.2 for crc32c-intel.
-const TARGET_MODULES: &[&str] =
-    &["configfs", "nvmet", "nvmet-tcp", "crc32c_generic", "target_core_mod", "target_core_iblock", "iscsi_target_mod"];
+const TARGET_MODULES: &[&str] = &[
+    "configfs",
+    "nvmet",
+    "nvmet-tcp",
+    "crc32c_generic",
+    "target_core_mod",
+    "target_core_iblock",
+    "iscsi_target_mod",
+];
 /// nvme-tcp for NVMe-oF; the iSCSI initiator (libiscsi and scsi_transport_iscsi come as its
 /// dependencies) and SCSI disks.
-const INITIATOR_MODULES: &[&str] = &["nvme-tcp", "crc32c_generic", "iscsi_tcp", "libiscsi", "scsi_transport_iscsi", "sd_mod"];
-const INITIATOR_BINARIES: &[&str] = &["/usr/sbin/nvme", "/usr/bin/fio", "/usr/sbin/iscsiadm", "/usr/sbin/iscsid"];
+const INITIATOR_MODULES: &[&str] =
+    &["nvme-tcp", "crc32c_generic", "iscsi_tcp", "libiscsi", "scsi_transport_iscsi", "sd_mod"];
+const INITIATOR_BINARIES: &[&str] =
+    &["/usr/sbin/nvme", "/usr/bin/fio", "/usr/sbin/iscsiadm", "/usr/sbin/iscsid"];
 
 impl Recipe {
     /// An empty recipe named `name`: the base image and the default kernel, nothing more. The
@@ -168,7 +177,8 @@ impl Recipe {
     /// it from vmcheck's source with cargo, once) at `/usr/bin/vmcheck-target`, run as a
     /// service, its gRPC port forwarded.
     pub fn target() -> Recipe {
-        let daemon = crate::images::find_target_daemon().unwrap_or_else(|| PathBuf::from(crate::images::DAEMON_FROM_SOURCE));
+        let daemon = crate::images::find_target_daemon()
+            .unwrap_or_else(|| PathBuf::from(crate::images::DAEMON_FROM_SOURCE));
         Recipe::new("target")
             .kernel_modules(TARGET_MODULES)
             .host_file(daemon, "/usr/bin/vmcheck-target")
@@ -262,13 +272,21 @@ impl Recipe {
     /// Starts `command_line` (with `sh`) at boot as the service `name`, and again one second
     /// after each exit. Its exits are logged and counted (see the module documentation).
     pub fn service(mut self, name: &str, command_line: &str) -> Recipe {
-        self.services.push(Service { name: name.to_string(), command: command_line.to_string(), respawn: true });
+        self.services.push(Service {
+            name: name.to_string(),
+            command: command_line.to_string(),
+            respawn: true,
+        });
         self
     }
 
     /// Runs `command_line` once at boot as the service `name`: not restarted when it exits.
     pub fn service_once(mut self, name: &str, command_line: &str) -> Recipe {
-        self.services.push(Service { name: name.to_string(), command: command_line.to_string(), respawn: false });
+        self.services.push(Service {
+            name: name.to_string(),
+            command: command_line.to_string(),
+            respawn: false,
+        });
         self
     }
 
@@ -334,7 +352,10 @@ impl Recipe {
     pub fn check(&self) -> Result<()> {
         let mut problems = self.problems.clone();
         if !plain_name(&self.name) {
-            problems.push(format!("the name {:?} must be letters, digits, '-', '_' and '.', at most 64", self.name));
+            problems.push(format!(
+                "the name {:?} must be letters, digits, '-', '_' and '.', at most 64",
+                self.name
+            ));
         }
         if let KernelSource::File(path) = &self.kernel {
             if !path.is_file() {
@@ -372,8 +393,11 @@ impl Recipe {
             }
             match std::fs::metadata(&f.host) {
                 Ok(m) if m.is_file() => {}
-                Ok(_) => problems.push(format!("the host file {} is not a regular file", f.host.display())),
-                Err(e) => problems.push(format!("the host file {} is not there ({e})", f.host.display())),
+                Ok(_) => problems
+                    .push(format!("the host file {} is not a regular file", f.host.display())),
+                Err(e) => {
+                    problems.push(format!("the host file {} is not there ({e})", f.host.display()))
+                }
             }
         }
         for f in &self.files {
@@ -382,7 +406,10 @@ impl Recipe {
         let mut names = BTreeSet::new();
         for s in &self.services {
             if !plain_name(&s.name) {
-                problems.push(format!("the service name {:?} must be letters, digits, '-', '_' and '.', at most 64", s.name));
+                problems.push(format!(
+                    "the service name {:?} must be letters, digits, '-', '_' and '.', at most 64",
+                    s.name
+                ));
             }
             if !names.insert(s.name.as_str()) {
                 problems.push(format!("two services are named {}", s.name));
@@ -392,7 +419,8 @@ impl Recipe {
             }
         }
         for m in &self.kernel_modules {
-            if m.is_empty() || !m.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            if m.is_empty() || !m.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
                 problems.push(format!("{m:?} is not a kernel module name"));
             }
         }
@@ -431,10 +459,14 @@ pub async fn service_exits(machine: &crate::Machine, name: &str) -> Result<Vec<i
     if !plain_name(name) {
         bail!("{name:?} is not a service name");
     }
-    let text = machine.succeed(&format!("cat {SERVICE_STATE_DIR}/{name}.exits 2>/dev/null || true")).await?;
+    let text = machine
+        .succeed(&format!("cat {SERVICE_STATE_DIR}/{name}.exits 2>/dev/null || true"))
+        .await?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| l.trim().parse::<i32>().with_context(|| format!("service {name}: exit status {l:?}")))
+        .map(|l| {
+            l.trim().parse::<i32>().with_context(|| format!("service {name}: exit status {l:?}"))
+        })
         .collect()
 }
 
@@ -450,7 +482,9 @@ fn plain_name(name: &str) -> bool {
 fn debian_name(name: &str) -> bool {
     name.len() >= 2
         && name.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '-' | '.'))
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '-' | '.'))
 }
 
 fn check_guest_path(path: &str) -> Result<()> {
@@ -490,8 +524,14 @@ mod tests {
         let initiator = Recipe::initiator();
         assert_eq!(initiator.name(), "initiator");
         assert!(initiator.forward_ports().is_empty());
-        assert_eq!(initiator.services().iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["iscsid"]);
-        assert!(initiator.host_files().iter().any(|f| f.guest == "/usr/bin/fio" && f.host == Path::new("/usr/bin/fio")));
+        assert_eq!(
+            initiator.services().iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            ["iscsid"]
+        );
+        assert!(initiator
+            .host_files()
+            .iter()
+            .any(|f| f.guest == "/usr/bin/fio" && f.host == Path::new("/usr/bin/fio")));
         assert!(initiator.modules().iter().any(|m| m == "nvme-tcp"));
         let target = Recipe::target();
         assert_eq!(target.forward_ports(), [crate::target::GRPC_PORT]);
@@ -503,11 +543,18 @@ mod tests {
 
     #[test]
     fn a_derived_recipe_keeps_its_base_and_adds_to_it() {
-        let r = Recipe::initiator().named("with-tgt").debian_package("tgt").service("tgtd", "/usr/sbin/tgtd -f").file("/etc/x", "y\n");
+        let r = Recipe::initiator()
+            .named("with-tgt")
+            .debian_package("tgt")
+            .service("tgtd", "/usr/sbin/tgtd -f")
+            .file("/etc/x", "y\n");
         assert_eq!(r.name(), "with-tgt");
         assert_eq!(r.debian_packages(), ["tgt"]);
         assert_eq!(r.services().len(), 2);
-        assert_eq!(r.files().last().unwrap(), &GuestFile { path: "/etc/x".into(), contents: "y\n".into() });
+        assert_eq!(
+            r.files().last().unwrap(),
+            &GuestFile { path: "/etc/x".into(), contents: "y\n".into() }
+        );
         assert_ne!(r, Recipe::initiator());
         // A recipe survives JSON (it is part of NodeSpec), and an old shape reads with defaults.
         let json = serde_json::to_string(&r).unwrap();

@@ -124,7 +124,10 @@ impl Default for Reporter {
 
 impl std::fmt::Debug for Reporter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reporter").field("view", &self.view.order).field("prefix", &self.view.prefix).finish_non_exhaustive()
+        f.debug_struct("Reporter")
+            .field("view", &self.view.order)
+            .field("prefix", &self.view.prefix)
+            .finish_non_exhaustive()
     }
 }
 
@@ -161,7 +164,10 @@ impl Reporter {
     pub fn scenario(&self, name: &str, prefixed: bool) -> Reporter {
         let order = self.run.views.fetch_add(1, Ordering::Relaxed) + 1;
         let prefix = if prefixed { format!("[{name}] ") } else { String::new() };
-        Reporter { run: self.run.clone(), view: Arc::new(View { order, prefix, ..View::default() }) }
+        Reporter {
+            run: self.run.clone(),
+            view: Arc::new(View { order, prefix, ..View::default() }),
+        }
     }
 
     /// Also writes this view's lines, unprefixed, to `path` (`DIR/<name>/transcript.log`).
@@ -245,7 +251,14 @@ impl Reporter {
     /// Logs its subtest table (over `took`), records its outcome (which lasted `took + setup`)
     /// and returns it. A failure outside any subtest becomes a subtest "test script", so that it
     /// shows in JUnit.
-    pub fn end_case(&self, name: &str, error: Option<String>, harness_error: bool, took: Duration, setup: Duration) -> Outcome {
+    pub fn end_case(
+        &self,
+        name: &str,
+        error: Option<String>,
+        harness_error: bool,
+        took: Duration,
+        setup: Duration,
+    ) -> Outcome {
         let mut subtests = {
             let all = self.view.subtests.lock().unwrap();
             let from = self.view.closed.swap(all.len(), Ordering::Relaxed).min(all.len());
@@ -254,10 +267,22 @@ impl Reporter {
         self.line(&summary_table(name, &subtests, took));
         if let Some(e) = &error {
             if subtests.iter().all(|s| s.error.is_none()) {
-                subtests.push(SubtestResult { name: "test script".into(), duration: took, error: Some(e.clone()), harness_error });
+                subtests.push(SubtestResult {
+                    name: "test script".into(),
+                    duration: took,
+                    error: Some(e.clone()),
+                    harness_error,
+                });
             }
         }
-        self.record(Outcome { name: name.to_string(), subtests, error, harness_error, duration: took + setup, skipped: None })
+        self.record(Outcome {
+            name: name.to_string(),
+            subtests,
+            error,
+            harness_error,
+            duration: took + setup,
+            skipped: None,
+        })
     }
 
     /// Records a case that was not run, with the reason, and returns it.
@@ -292,9 +317,15 @@ impl Reporter {
         let outcomes = self.outcomes();
         for o in &outcomes {
             match (&o.error, &o.skipped) {
-                (Some(e), _) => self.line(&format!("{}: FAILED after {:.2} s:\n{e}", o.name, o.duration.as_secs_f64())),
+                (Some(e), _) => self.line(&format!(
+                    "{}: FAILED after {:.2} s:\n{e}",
+                    o.name,
+                    o.duration.as_secs_f64()
+                )),
                 (None, Some(why)) => self.line(&format!("{}: {why}", o.name)),
-                (None, None) => self.line(&format!("{}: passed in {:.2} s", o.name, o.duration.as_secs_f64())),
+                (None, None) => {
+                    self.line(&format!("{}: passed in {:.2} s", o.name, o.duration.as_secs_f64()))
+                }
             }
         }
         self.line(&outcomes_table(&outcomes));
@@ -319,7 +350,8 @@ impl Reporter {
 
     /// Writes the run's JUnit XML: one test suite per scenario, one test case per subtest.
     pub fn write_junit(&self, path: &Path) -> Result<()> {
-        let file = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
         junit(&self.outcomes()).serialize(file).map_err(|e| anyhow!("writing JUnit XML: {e}"))
     }
 }
@@ -329,7 +361,12 @@ pub fn summary_table(test: &str, results: &[SubtestResult], total: Duration) -> 
     let width = results.iter().map(|r| r.name.len()).max().unwrap_or(0).max(20);
     let mut s = format!("{test}: subtests\n");
     for r in results {
-        s += &format!("  {:<width$}  {:>8.2} s  {}\n", r.name, r.duration.as_secs_f64(), r.verdict());
+        s += &format!(
+            "  {:<width$}  {:>8.2} s  {}\n",
+            r.name,
+            r.duration.as_secs_f64(),
+            r.verdict()
+        );
     }
     s += &format!("  {:<width$}  {:>8.2} s\n", "total", total.as_secs_f64());
     s
@@ -341,8 +378,17 @@ pub fn outcomes_table(outcomes: &[Outcome]) -> String {
     let mut s = String::from("summary\n");
     for o in outcomes {
         let verdict = o.verdict();
-        let failed = o.subtests.iter().find(|t| t.error.is_some()).map(|t| format!("  at: {}", t.name)).unwrap_or_default();
-        s += &format!("  {:<width$}  {verdict:<7} {:>8.2} s{failed}\n", o.name, o.duration.as_secs_f64());
+        let failed = o
+            .subtests
+            .iter()
+            .find(|t| t.error.is_some())
+            .map(|t| format!("  at: {}", t.name))
+            .unwrap_or_default();
+        s += &format!(
+            "  {:<width$}  {verdict:<7} {:>8.2} s{failed}\n",
+            o.name,
+            o.duration.as_secs_f64()
+        );
     }
     s
 }
@@ -365,7 +411,11 @@ fn junit(outcomes: &[Outcome]) -> quick_junit::Report {
             let status = match &r.error {
                 None => TestCaseStatus::success(),
                 Some(e) => {
-                    let kind = if r.harness_error { NonSuccessKind::Error } else { NonSuccessKind::Failure };
+                    let kind = if r.harness_error {
+                        NonSuccessKind::Error
+                    } else {
+                        NonSuccessKind::Failure
+                    };
                     let mut s = TestCaseStatus::non_success(kind);
                     s.set_message(e.lines().next().unwrap_or("failed"));
                     s.set_description(e.as_str());
@@ -387,7 +437,12 @@ mod tests {
     use super::*;
 
     fn ok(name: &str) -> SubtestResult {
-        SubtestResult { name: name.into(), duration: Duration::from_millis(10), error: None, harness_error: false }
+        SubtestResult {
+            name: name.into(),
+            duration: Duration::from_millis(10),
+            error: None,
+            harness_error: false,
+        }
     }
 
     #[test]
@@ -398,12 +453,16 @@ mod tests {
         b.end_case("b", None, false, Duration::ZERO, Duration::ZERO);
         a.record_subtest(ok("a1"));
         a.end_case("a", Some("boom".into()), false, Duration::ZERO, Duration::ZERO);
-        let names: Vec<_> = run.outcomes().into_iter().map(|o| (o.name, o.subtests.len())).collect();
+        let names: Vec<_> =
+            run.outcomes().into_iter().map(|o| (o.name, o.subtests.len())).collect();
         // a's error outside any subtest shows as "test script".
         assert_eq!(names, [("a".to_string(), 2), ("b".to_string(), 1)]);
         let xml = junit(&run.outcomes()).to_string().unwrap();
         assert!(xml.find(r#"<testsuite name="a""#) < xml.find(r#"<testsuite name="b""#), "{xml}");
-        assert!(xml.contains(r#"<testcase name="test script""#) && xml.contains("<failure"), "{xml}");
+        assert!(
+            xml.contains(r#"<testcase name="test script""#) && xml.contains("<failure"),
+            "{xml}"
+        );
     }
 
     #[test]
@@ -411,13 +470,17 @@ mod tests {
         let run = Reporter::in_memory();
         let chain = run.scenario("chain", false);
         chain.record_subtest(ok("one"));
-        let first = chain.end_case("tc1", None, false, Duration::from_secs(1), Duration::from_secs(2));
+        let first =
+            chain.end_case("tc1", None, false, Duration::from_secs(1), Duration::from_secs(2));
         chain.record_subtest(ok("two"));
         chain.record_subtest(ok("three"));
         let second = chain.end_case("tc2", None, false, Duration::from_secs(1), Duration::ZERO);
         assert_eq!(first.subtests.len(), 1);
         assert_eq!(first.duration, Duration::from_secs(3), "the first case carries the set-up");
-        assert_eq!(second.subtests.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["two", "three"]);
+        assert_eq!(
+            second.subtests.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+            ["two", "three"]
+        );
     }
 
     #[test]
@@ -430,7 +493,10 @@ mod tests {
         side.console_line("target", "booted");
         run.set_echo_console(false);
         side.console_line("target", "hidden");
-        assert_eq!(run.terminal_text(), "[fio] subtest: x\n[fio] (0.01 seconds)\nsubtest: y\n[fio] target # booted\n");
+        assert_eq!(
+            run.terminal_text(),
+            "[fio] subtest: x\n[fio] (0.01 seconds)\nsubtest: y\n[fio] target # booted\n"
+        );
     }
 
     #[test]
@@ -450,7 +516,8 @@ mod tests {
 
     #[test]
     fn the_summary_tables_keep_their_format() {
-        let failed = SubtestResult { error: Some("no".into()), harness_error: true, ..ok("broken") };
+        let failed =
+            SubtestResult { error: Some("no".into()), harness_error: true, ..ok("broken") };
         let t = summary_table("t", &[ok("a"), failed.clone()], Duration::from_secs(2));
         assert_eq!(t, "t: subtests\n  a                         0.01 s  ok\n  broken                    0.01 s  ERROR\n  total                     2.00 s\n");
         let o = Outcome {
@@ -461,6 +528,9 @@ mod tests {
             duration: Duration::from_secs(2),
             skipped: None,
         };
-        assert_eq!(outcomes_table(&[o]), "summary\n  t                     ERROR       2.00 s  at: broken\n");
+        assert_eq!(
+            outcomes_table(&[o]),
+            "summary\n  t                     ERROR       2.00 s  at: broken\n"
+        );
     }
 }

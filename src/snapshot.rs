@@ -83,7 +83,12 @@ impl Store {
             .stdin(std::process::Stdio::null())
             .output()
             .with_context(|| format!("running {} --version", qemu.display()))?;
-        let qemu_version = String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().trim().to_string();
+        let qemu_version = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string();
         if qemu_version.is_empty() {
             return Err(anyhow!("{} --version printed nothing", qemu.display()));
         }
@@ -120,22 +125,32 @@ impl Store {
             return Err(anyhow!("meta.json names other inputs (key {})", meta.key));
         }
         if meta.qemu_version != self.qemu_version {
-            return Err(anyhow!("made by {:?}, this is {:?}", meta.qemu_version, self.qemu_version));
+            return Err(anyhow!(
+                "made by {:?}, this is {:?}",
+                meta.qemu_version,
+                self.qemu_version
+            ));
         }
         let state = dir.join("state");
         let bytes = fs::metadata(&state).map(|m| m.len()).context("the state file is missing")?;
         if bytes != meta.state_bytes {
-            return Err(anyhow!("the state file has {bytes} bytes, meta.json says {}", meta.state_bytes));
+            return Err(anyhow!(
+                "the state file has {bytes} bytes, meta.json says {}",
+                meta.state_bytes
+            ));
         }
         Ok(Some(state))
     }
 
     /// Starts building `key`, unless another run holds its lock (then `None`: boot without one).
     pub fn try_build(&self, key: &Key) -> Result<Option<Build>> {
-        fs::create_dir_all(&self.dir).with_context(|| format!("creating {}", self.dir.display()))?;
+        fs::create_dir_all(&self.dir)
+            .with_context(|| format!("creating {}", self.dir.display()))?;
         let lock_path = self.dir.join(format!("{}.lock", key.key));
-        let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
-        let lock = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        let file =
+            fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+        let lock = match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        {
             Ok(l) => l,
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(None),
             Err((_, e)) => return Err(anyhow!("locking {}: {e}", lock_path.display())),
@@ -171,7 +186,8 @@ impl Store {
 
     /// Puts a built snapshot in place: writes the meta, then renames the staging directory.
     pub fn finish(&self, build: Build, boot_secs: f64) -> Result<u64> {
-        let state_bytes = fs::metadata(build.state_path()).context("the state file was not written")?.len();
+        let state_bytes =
+            fs::metadata(build.state_path()).context("the state file was not written")?.len();
         let meta = Meta {
             key: build.key.key.clone(),
             qemu_version: self.qemu_version.clone(),
@@ -182,7 +198,8 @@ impl Store {
         fs::write(build.staging.path().join("meta.json"), serde_json::to_vec_pretty(&meta)?)?;
         self.discard_locked(&build)?;
         let staging = build.staging.path().to_path_buf();
-        fs::rename(&staging, self.path(&build.key)).with_context(|| format!("renaming {} into place", staging.display()))?;
+        fs::rename(&staging, self.path(&build.key))
+            .with_context(|| format!("renaming {} into place", staging.display()))?;
         // The directory moved: keep the TempDir from deleting anything (its path is gone).
         let _ = build.staging.keep();
         Ok(state_bytes)
@@ -202,8 +219,10 @@ pub fn key_inputs(spec: &QemuSpec) -> Option<String> {
     // The NICs' links (fds of this process, or paths) are the run's: the key sees placeholders
     // (as it did when NICs were linked by socket paths, so earlier snapshots keep their keys).
     for nic in &mut s.nics {
-        nic.link =
-            NicLink::Unix { local: PathBuf::from(format!("@nic-{}", nic.vlan)), remote: PathBuf::from(format!("@switch-{}", nic.vlan)) };
+        nic.link = NicLink::Unix {
+            local: PathBuf::from(format!("@nic-{}", nic.vlan)),
+            remote: PathBuf::from(format!("@switch-{}", nic.vlan)),
+        };
     }
     let args = s.kernel_boot_args().ok()?;
     Some(args.join("\n"))
@@ -288,7 +307,8 @@ mod tests {
         let newer = Store { qemu_version: "QEMU emulator version 10.1.0".into(), ..store() };
         assert_ne!(a.key, newer.key(&spec("/tmp/run-a")).unwrap().key);
         let mut script = spec("/tmp/run-a");
-        script.boot = Boot::StartScript { path: "/nix/run-vm".into(), kernel_params: String::new() };
+        script.boot =
+            Boot::StartScript { path: "/nix/run-vm".into(), kernel_params: String::new() };
         assert_eq!(s.key(&script), None);
     }
 
@@ -323,7 +343,10 @@ mod tests {
         assert!(s.find(&key).is_err());
         // Only the lock files and nothing half-built are left after a discard.
         s.discard(&key).unwrap();
-        let left: Vec<_> = fs::read_dir(&s.dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let left: Vec<_> = fs::read_dir(&s.dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         assert_eq!(left, [format!("{}.lock", key.key)]);
     }
 }

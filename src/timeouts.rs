@@ -14,7 +14,8 @@ pub const GUEST_POLL: Pace = Pace::every(Duration::from_millis(250));
 pub const BACKGROUND_POLL: Pace = Pace::every(Duration::from_millis(200));
 /// A foreground guest command's end: back to back for 100 ms (a short command ends within tens
 /// of ms under TCG), then from 1 ms doubling to 16 ms.
-pub const EXEC_POLL: Pace = Pace::backoff(Duration::from_millis(1), Duration::from_millis(16)).after_tight(Duration::from_millis(100));
+pub const EXEC_POLL: Pace = Pace::backoff(Duration::from_millis(1), Duration::from_millis(16))
+    .after_tight(Duration::from_millis(100));
 /// One connection attempt to the target daemon (its whole wait is the caller's).
 pub const DAEMON_ATTEMPT: Duration = Duration::from_secs(5);
 /// A killed guest command's record.
@@ -26,7 +27,11 @@ pub const SOCKET_POLL: Pace = Pace::every(Duration::from_millis(5));
 
 /// The factor every timeout is multiplied by: `VMCHECK_TIMEOUT_FACTOR`, default 1.
 pub fn factor() -> f64 {
-    std::env::var("VMCHECK_TIMEOUT_FACTOR").ok().and_then(|v| v.parse::<f64>().ok()).filter(|f| *f > 0.0).unwrap_or(1.0)
+    std::env::var("VMCHECK_TIMEOUT_FACTOR")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|f| *f > 0.0)
+        .unwrap_or(1.0)
 }
 
 fn secs(base: f64) -> Duration {

@@ -4,14 +4,19 @@ use std::process::Command;
 
 fn vmcheck(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_vmcheck")).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn list_shows_scenarios_with_descriptions_and_hides_self_tests() {
     let (code, stdout, _) = vmcheck(&["list"]);
     assert_eq!(code, 0);
-    let line = stdout.lines().find(|l| l.starts_with("fio_nvme_basic")).expect("fio_nvme_basic is listed");
+    let line =
+        stdout.lines().find(|l| l.starts_with("fio_nvme_basic")).expect("fio_nvme_basic is listed");
     assert!(line.contains("NVMe-oF/TCP"), "{line}");
     assert!(!stdout.contains("selftest"), "{stdout}");
 }
@@ -41,7 +46,10 @@ fn bad_arguments_are_usage_errors() {
     assert!(stderr.contains("K must be 1..=N"), "{stderr}");
     let (code, _, stderr) = vmcheck(&["run", "no_such_*"]);
     assert_eq!(code, 2);
-    assert!(stderr.contains("no scenario matches") && stderr.contains("hotremove_blk_tc1"), "{stderr}");
+    assert!(
+        stderr.contains("no scenario matches") && stderr.contains("hotremove_blk_tc1"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -25,7 +25,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use serde_json::Value;
-use vmcheck::config::{validate_machine_name, DriverConfig, NodeSpec, Role, SCENARIO_LISTING_COMMAND};
+use vmcheck::config::{
+    validate_machine_name, DriverConfig, NodeSpec, Role, SCENARIO_LISTING_COMMAND,
+};
 
 /// The template's driver, compiled here: its suite is what the template's flake.nix must match.
 #[allow(dead_code)]
@@ -42,8 +44,13 @@ fn have_nix(test: &str) -> bool {
         Ok(out) if out.status.success() => true,
         result => {
             let why = match result {
-                Ok(out) => format!("`nix-instantiate --version` failed: {}", String::from_utf8_lossy(&out.stderr)),
-                Err(err) => format!("nix-instantiate is not on PATH ({err}); Debian: apt-get install -y nix-bin"),
+                Ok(out) => format!(
+                    "`nix-instantiate --version` failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                Err(err) => format!(
+                    "nix-instantiate is not on PATH ({err}); Debian: apt-get install -y nix-bin"
+                ),
             };
             if std::env::var("VMCHECK_REQUIRE_NIX").as_deref() == Ok("1") {
                 panic!("{test}: VMCHECK_REQUIRE_NIX=1 but {why}");
@@ -87,22 +94,39 @@ fn sample_definition_evaluates_to_json_the_driver_parses() {
     if !have_nix("sample_definition_evaluates_to_json_the_driver_parses") {
         return;
     }
-    let json = nix_eval(Eval::File("nix/tests/sample.nix")).expect("nix/tests/sample.nix evaluates");
-    let config = DriverConfig::from_json(&json).unwrap_or_else(|err| panic!("{err:#}\nJSON: {json}"));
+    let json =
+        nix_eval(Eval::File("nix/tests/sample.nix")).expect("nix/tests/sample.nix evaluates");
+    let config =
+        DriverConfig::from_json(&json).unwrap_or_else(|err| panic!("{err:#}\nJSON: {json}"));
 
     assert_eq!(config.name, "sample_fio");
     assert_eq!(config.scenario, "fio_nvme_basic");
     assert_eq!(config.global_timeout, 900);
-    assert_eq!(config.machines.keys().map(String::as_str).collect::<Vec<_>>(), ["initiator", "target"]);
+    assert_eq!(
+        config.machines.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["initiator", "target"]
+    );
     let target = &config.machines["target"];
-    assert_eq!(target.start_script, PathBuf::from("/nix/store/00000000000000000000000000000000-nixos-vm/bin/run-target-vm"));
+    assert_eq!(
+        target.start_script,
+        PathBuf::from("/nix/store/00000000000000000000000000000000-nixos-vm/bin/run-target-vm")
+    );
     assert_eq!(target.address, Some(Ipv4Addr::new(192, 0, 2, 1)));
     let initiator = &config.machines["initiator"];
-    assert_eq!(initiator.start_script, PathBuf::from("/nix/store/11111111111111111111111111111111-nixos-vm/bin/run-initiator-vm"));
-    assert_eq!(initiator.address, None, "address = null is left out, so the scenario's address stays");
+    assert_eq!(
+        initiator.start_script,
+        PathBuf::from("/nix/store/11111111111111111111111111111111-nixos-vm/bin/run-initiator-vm")
+    );
+    assert_eq!(
+        initiator.address, None,
+        "address = null is left out, so the scenario's address stays"
+    );
 
     // And it lands on the scenario's nodes.
-    let mut nodes = [NodeSpec::new("target", Role::Target, 10), NodeSpec::new("initiator", Role::Initiator, 20)];
+    let mut nodes = [
+        NodeSpec::new("target", Role::Target, 10),
+        NodeSpec::new("initiator", Role::Initiator, 20),
+    ];
     config.apply(&mut nodes).expect("the sample's machines are the scenario's nodes");
     assert_eq!(nodes[0].start_script.as_deref(), Some(target.start_script.as_path()));
     assert_eq!(nodes[0].address, Ipv4Addr::new(192, 0, 2, 1));
@@ -137,12 +161,21 @@ fn nix_and_the_driver_accept_and_refuse_the_same_machine_names() {
     for name in names {
         let rust = validate_machine_name(name).is_ok();
         let quoted = serde_json::to_string(name).unwrap();
-        let nix = driver_config(&format!(r#"name = "t"; scenario = "s"; machines.{quoted}.startScript = "/nix/store/x-vm/bin/run-vm";"#));
-        assert_eq!(nix.is_ok(), rust, "machine name {quoted}: driver says {rust}, Nix says {nix:?}");
+        let nix = driver_config(&format!(
+            r#"name = "t"; scenario = "s"; machines.{quoted}.startScript = "/nix/store/x-vm/bin/run-vm";"#
+        ));
+        assert_eq!(
+            nix.is_ok(),
+            rust,
+            "machine name {quoted}: driver says {rust}, Nix says {nix:?}"
+        );
         if let Ok(json) = nix {
             DriverConfig::from_json(&json).unwrap_or_else(|err| panic!("{quoted}: {err:#}"));
         } else if let Err(err) = nix {
-            assert!(err.contains("machine name"), "{quoted}: Nix's error should name the field: {err}");
+            assert!(
+                err.contains("machine name"),
+                "{quoted}: Nix's error should name the field: {err}"
+            );
         }
     }
 }
@@ -172,13 +205,21 @@ fn nix_and_the_driver_accept_and_refuse_the_same_addresses() {
         let nix = driver_config(&format!(
             r#"name = "t"; scenario = "s"; machines.m = {{ startScript = "/x/bin/run-m-vm"; address = {quoted}; }};"#
         ));
-        assert_eq!(nix.is_ok(), rust, "address {quoted}: Rust's Ipv4Addr says {rust}, Nix says {nix:?}");
+        assert_eq!(
+            nix.is_ok(),
+            rust,
+            "address {quoted}: Rust's Ipv4Addr says {rust}, Nix says {nix:?}"
+        );
         match nix {
             Ok(json) => {
-                let config = DriverConfig::from_json(&json).unwrap_or_else(|err| panic!("{quoted}: {err:#}"));
+                let config = DriverConfig::from_json(&json)
+                    .unwrap_or_else(|err| panic!("{quoted}: {err:#}"));
                 assert_eq!(config.machines["m"].address, Some(address.parse().unwrap()));
             }
-            Err(err) => assert!(err.contains("address"), "{quoted}: Nix's error should name the field: {err}"),
+            Err(err) => assert!(
+                err.contains("address"),
+                "{quoted}: Nix's error should name the field: {err}"
+            ),
         }
     }
 }
@@ -191,9 +232,15 @@ fn nix_refuses_what_the_driver_would_refuse_naming_the_field() {
     let cases = [
         ("globalTimeout", r#"name = "t"; scenario = "s"; globalTimeout = 0; machines = { };"#),
         ("globalTimeout", r#"name = "t"; scenario = "s"; globalTimeout = "60"; machines = { };"#),
-        ("startScript", r#"name = "t"; scenario = "s"; machines.m = { startScript = "run-m-vm"; };"#),
+        (
+            "startScript",
+            r#"name = "t"; scenario = "s"; machines.m = { startScript = "run-m-vm"; };"#,
+        ),
         ("startScript", r#"name = "t"; scenario = "s"; machines.m = { };"#),
-        ("unknown attribute", r#"name = "t"; scenario = "s"; machines.m = { startScript = "/x"; vlans = [ 1 ]; };"#),
+        (
+            "unknown attribute",
+            r#"name = "t"; scenario = "s"; machines.m = { startScript = "/x"; vlans = [ 1 ]; };"#,
+        ),
         ("name", r#"name = ""; scenario = "s"; machines = { };"#),
         ("scenario", r#"name = "t"; scenario = 3; machines = { };"#),
     ];
@@ -203,7 +250,8 @@ fn nix_refuses_what_the_driver_would_refuse_naming_the_field() {
     }
 
     // The limits, accepted by both.
-    let json = driver_config(r#"name = "t"; scenario = "s"; globalTimeout = 1; machines = { };"#).unwrap();
+    let json =
+        driver_config(r#"name = "t"; scenario = "s"; globalTimeout = 1; machines = { };"#).unwrap();
     let config = DriverConfig::from_json(&json).unwrap();
     assert_eq!((config.global_timeout, config.machines.len()), (1, 0));
     // The default timeout is the driver's default.
@@ -213,8 +261,15 @@ fn nix_refuses_what_the_driver_would_refuse_naming_the_field() {
 
 /// `vmcheck list --json`, from the binary under test.
 fn driver_listing() -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_vmcheck")).args(["list", "--json"]).output().expect("running vmcheck list --json");
-    assert!(out.status.success(), "vmcheck list --json failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(env!("CARGO_BIN_EXE_vmcheck"))
+        .args(["list", "--json"])
+        .output()
+        .expect("running vmcheck list --json");
+    assert!(
+        out.status.success(),
+        "vmcheck list --json failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).expect("UTF-8")
 }
 
@@ -238,8 +293,18 @@ fn nix_scenarios_json_is_what_the_driver_lists() {
     for s in listed {
         let nodes = s.nodes();
         let entry = &listing["scenarios"][s.name()];
-        let names: Vec<_> = entry["nodes"].as_array().unwrap().iter().map(|n| n["name"].as_str().unwrap()).collect();
-        assert_eq!(names, nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), "{}", s.name());
+        let names: Vec<_> = entry["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(),
+            "{}",
+            s.name()
+        );
         for (json, node) in entry["nodes"].as_array().unwrap().iter().zip(nodes) {
             assert_eq!(json["role"], node.role.as_str());
             assert_eq!(json["address"], node.address.to_string());
@@ -254,13 +319,17 @@ fn vmcheck_without_arguments_prints_its_help() {
     // `nix run` runs the package's mainProgram, vmcheck, with no arguments.
     let out = Command::new(env!("CARGO_BIN_EXE_vmcheck")).output().unwrap();
     let text = String::from_utf8_lossy(&out.stderr);
-    assert!(text.contains("Usage: vmcheck <COMMAND>") && text.contains("list") && text.contains("repl"), "{text}");
+    assert!(
+        text.contains("Usage: vmcheck <COMMAND>") && text.contains("list") && text.contains("repl"),
+        "{text}"
+    );
     assert!(text.contains("Commands:"), "the whole help, not just a usage error: {text}");
 }
 
 /// The summary of the flake's real outputs against the nixpkgs stand-in.
 fn flake_summary() -> Value {
-    let json = nix_eval(Eval::Expr("(import ./nix/tests/flake-eval.nix).summary")).unwrap_or_else(|err| panic!("{err}"));
+    let json = nix_eval(Eval::Expr("(import ./nix/tests/flake-eval.nix).summary"))
+        .unwrap_or_else(|err| panic!("{err}"));
     serde_json::from_str(&json).unwrap()
 }
 
@@ -285,7 +354,8 @@ fn every_listed_scenario_is_a_flake_check_whose_machines_are_the_scenarios() {
         assert_eq!(check["scenario"], name.as_str());
 
         // The configuration the driver reads: parsed and applied by the driver's own code.
-        let config = DriverConfig::from_json(&check["driverConfiguration"].to_string()).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let config = DriverConfig::from_json(&check["driverConfiguration"].to_string())
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         assert_eq!(&config.scenario, name);
         assert_eq!(
             config,
@@ -293,49 +363,103 @@ fn every_listed_scenario_is_a_flake_check_whose_machines_are_the_scenarios() {
             "{name}: the file is the value"
         );
         config.apply(&mut nodes).unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        assert_eq!(config.machines.len(), nodes.len(), "{name}: every machine of the scenario is a NixOS machine");
+        assert_eq!(
+            config.machines.len(),
+            nodes.len(),
+            "{name}: every machine of the scenario is a NixOS machine"
+        );
 
         for node in &nodes {
             let n = &check["nodes"][&node.name];
             let machine = &config.machines[&node.name];
             let vm = n["vm"].as_str().unwrap();
-            assert_eq!(machine.start_script, PathBuf::from(format!("{vm}/bin/run-{}-vm", node.name)), "{name}.{}", node.name);
+            assert_eq!(
+                machine.start_script,
+                PathBuf::from(format!("{vm}/bin/run-{}-vm", node.name)),
+                "{name}.{}",
+                node.name
+            );
             assert_eq!(n["hostName"], node.name.as_str());
             assert_eq!(n["systemName"], node.name.as_str());
-            assert_eq!(n["address"], node.address.to_string(), "{name}.{}: the scenario's address, in the guest", node.name);
-            assert_eq!(machine.address, Some(node.address), "{name}.{}: and in the driver configuration", node.name);
+            assert_eq!(
+                n["address"],
+                node.address.to_string(),
+                "{name}.{}: the scenario's address, in the guest",
+                node.name
+            );
+            assert_eq!(
+                machine.address,
+                Some(node.address),
+                "{name}.{}: and in the driver configuration",
+                node.name
+            );
             // One test NIC per vlan, after qemu-vm's own eth0, each with the machine's address.
             let expected: Vec<String> = (1..=node.vlans.len()).map(|i| format!("eth{i}")).collect();
             assert_eq!(n["testInterfaces"], serde_json::json!(expected), "{name}.{}", node.name);
             for interface in &expected {
-                assert_eq!(n["interfaces"][interface], serde_json::json!([format!("{}/24", node.address)]), "{name}.{}", node.name);
+                assert_eq!(
+                    n["interfaces"][interface],
+                    serde_json::json!([format!("{}/24", node.address)]),
+                    "{name}.{}",
+                    node.name
+                );
             }
             let memory = n["memorySize"].as_u64().unwrap();
-            assert!(memory >= node.memory_mib && memory >= 1024, "{name}.{}: {memory} MiB", node.name);
+            assert!(
+                memory >= node.memory_mib && memory >= 1024,
+                "{name}.{}: {memory} MiB",
+                node.name
+            );
             assert_eq!(n["cores"], node.cpus);
             assert_eq!(n["qemuGuestAgent"], true);
             assert_eq!(n["agentPath"], serde_json::json!(["/run/current-system/sw"]));
-            assert_eq!((&n["graphics"], &n["diskImage"]), (&Value::Bool(false), &Value::Null), "serial console, tmpfs root");
+            assert_eq!(
+                (&n["graphics"], &n["diskImage"]),
+                (&Value::Bool(false), &Value::Null),
+                "serial console, tmpfs root"
+            );
             let script = n["startScript"].as_str().unwrap();
-            assert!(script.contains("$QEMU_OPTS") && script.contains("-kernel ${NIXPKGS_QEMU_KERNEL_"), "{script}");
+            assert!(
+                script.contains("$QEMU_OPTS") && script.contains("-kernel ${NIXPKGS_QEMU_KERNEL_"),
+                "{script}"
+            );
             // QEMU's pc machine, as the default images, whatever machine nixpkgs starts with:
             // the last `-machine type=` before the driver's $QEMU_OPTS.
             let machine = script.rfind("-machine type=").map(|i| &script[i..]).unwrap_or_default();
-            assert!(machine.starts_with("-machine type=pc ") && machine.contains("$QEMU_OPTS"), "{script}");
+            assert!(
+                machine.starts_with("-machine type=pc ") && machine.contains("$QEMU_OPTS"),
+                "{script}"
+            );
 
             match node.role {
                 Role::Target => {
                     assert_eq!(n["controlNetwork"], true);
                     let control = format!("{}/24", vmcheck::qemu::CONTROL_GUEST_ADDR);
-                    assert_eq!(n["interfaces"]["eth0"], serde_json::json!([control]), "{name}.{}", node.name);
+                    assert_eq!(
+                        n["interfaces"]["eth0"],
+                        serde_json::json!([control]),
+                        "{name}.{}",
+                        node.name
+                    );
                     let exec = n["units"]["vmcheck-target"]["ExecStart"].as_str().unwrap();
                     let listen = format!("'--listen' '0.0.0.0:{}'", vmcheck::target::GRPC_PORT);
-                    assert!(exec.contains("/bin/vmcheck-target'") && exec.contains(&listen), "{exec}");
-                    assert!(n["kernelModules"].as_array().unwrap().iter().any(|m| m == "nvmet_tcp"));
+                    assert!(
+                        exec.contains("/bin/vmcheck-target'") && exec.contains(&listen),
+                        "{exec}"
+                    );
+                    assert!(n["kernelModules"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|m| m == "nvmet_tcp"));
                 }
                 Role::Initiator => {
                     assert_eq!(n["controlNetwork"], false);
-                    assert!(n["interfaces"].get("eth0").is_none(), "{name}.{}: the initiator has no control NIC: {n}", node.name);
+                    assert!(
+                        n["interfaces"].get("eth0").is_none(),
+                        "{name}.{}: the initiator has no control NIC: {n}",
+                        node.name
+                    );
                     let hostid = n["etc"]["nvme/hostid"].as_str().unwrap().trim();
                     assert_eq!(hostid.len(), 36, "{hostid}");
                     let hostnqn = format!("nqn.2014-08.org.nvmexpress:uuid:{hostid}");
@@ -346,10 +470,20 @@ fn every_listed_scenario_is_a_flake_check_whose_machines_are_the_scenarios() {
                     assert_eq!(wrapper.len(), 1, "{name}.{}: one nvme on PATH: {n}", node.name);
                     let wrapper = wrapper[0].as_str().unwrap();
                     assert!(wrapper.contains("-nvme-cli/bin/nvme $out/bin/nvme"), "{wrapper}");
-                    assert!(wrapper.contains(&format!("--set-default LIBNVME_HOSTNQN '{hostnqn}'")), "{wrapper}");
-                    assert!(wrapper.contains(&format!("--set-default LIBNVME_HOSTID '{hostid}'")), "{wrapper}");
+                    assert!(
+                        wrapper.contains(&format!("--set-default LIBNVME_HOSTNQN '{hostnqn}'")),
+                        "{wrapper}"
+                    );
+                    assert!(
+                        wrapper.contains(&format!("--set-default LIBNVME_HOSTID '{hostid}'")),
+                        "{wrapper}"
+                    );
                     for package in ["nvme-cli-with-host-identity", "fio", "util-linux"] {
-                        assert!(n["packages"].as_array().unwrap().iter().any(|p| p == package), "{name}.{}: {package}", node.name);
+                        assert!(
+                            n["packages"].as_array().unwrap().iter().any(|p| p == package),
+                            "{name}.{}: {package}",
+                            node.name
+                        );
                     }
                     assert!(n["kernelModules"].as_array().unwrap().iter().any(|m| m == "nvme_tcp"));
                 }
@@ -359,21 +493,51 @@ fn every_listed_scenario_is_a_flake_check_whose_machines_are_the_scenarios() {
         // The test runs the driver on that file; $out gets only what every passing run writes.
         let config_path = check["configFile"]["path"].as_str().unwrap();
         let build = check["buildCommand"].as_str().unwrap();
-        assert!(build.contains(&format!("vmcheck run --config {config_path} --global-timeout")), "{build}");
-        assert!(build.contains("export VMCHECK_TIMEOUT_FACTOR=3") && build.contains("[ ! -e /dev/kvm ]"), "{build}");
-        assert!(build.contains("--out \"$artifacts\"") && !build.contains("--out \"$out\""), "{build}");
-        assert!(build.contains(&format!("echo \"{name}: scenario {name} passed\" >\"$out/passed\"")), "{build}");
+        assert!(
+            build.contains(&format!("vmcheck run --config {config_path} --global-timeout")),
+            "{build}"
+        );
+        assert!(
+            build.contains("export VMCHECK_TIMEOUT_FACTOR=3")
+                && build.contains("[ ! -e /dev/kvm ]"),
+            "{build}"
+        );
+        assert!(
+            build.contains("--out \"$artifacts\"") && !build.contains("--out \"$out\""),
+            "{build}"
+        );
+        assert!(
+            build.contains(&format!("echo \"{name}: scenario {name} passed\" >\"$out/passed\"")),
+            "{build}"
+        );
         assert_eq!(check["requiredSystemFeatures"], serde_json::json!(["nixos-test"]));
         let inputs = check["nativeBuildInputs"].as_array().unwrap();
-        assert!(inputs.iter().any(|p| p == "vmcheck") && inputs.iter().any(|p| p.as_str().unwrap().starts_with("qemu")), "{inputs:?}");
+        assert!(
+            inputs.iter().any(|p| p == "vmcheck")
+                && inputs.iter().any(|p| p.as_str().unwrap().starts_with("qemu")),
+            "{inputs:?}"
+        );
         // .driver runs the test, .driverInteractive opens the REPL, on the same file.
         let driver = check["driver"]["text"].as_str().unwrap();
         let interactive = check["driverInteractive"]["text"].as_str().unwrap();
-        assert!(driver.contains(&format!("/bin/vmcheck run --config {config_path} \"$@\"")), "{driver}");
-        assert!(interactive.contains(&format!("/bin/vmcheck repl --config {config_path} \"$@\"")), "{interactive}");
-        assert_eq!((&check["driver"]["name"], &check["driverInteractive"]["name"]), (&"vmcheck-driver".into(), &"vmcheck-driver".into()));
+        assert!(
+            driver.contains(&format!("/bin/vmcheck run --config {config_path} \"$@\"")),
+            "{driver}"
+        );
+        assert!(
+            interactive.contains(&format!("/bin/vmcheck repl --config {config_path} \"$@\"")),
+            "{interactive}"
+        );
+        assert_eq!(
+            (&check["driver"]["name"], &check["driverInteractive"]["name"]),
+            (&"vmcheck-driver".into(), &"vmcheck-driver".into())
+        );
         // vmcheck's own checks run vmcheck's own driver.
-        assert!(check["driverPackage"].as_str().unwrap().starts_with("vmcheck-"), "{}", check["driverPackage"]);
+        assert!(
+            check["driverPackage"].as_str().unwrap().starts_with("vmcheck-"),
+            "{}",
+            check["driverPackage"]
+        );
     }
 }
 
@@ -382,9 +546,13 @@ fn a_repository_made_from_the_template_runs_its_own_driver_on_its_own_machines()
     if !have_nix("a_repository_made_from_the_template_runs_its_own_driver_on_its_own_machines") {
         return;
     }
-    let json = nix_eval(Eval::Expr("(import ./nix/tests/flake-eval.nix).template")).unwrap_or_else(|err| panic!("{err}"));
+    let json = nix_eval(Eval::Expr("(import ./nix/tests/flake-eval.nix).template"))
+        .unwrap_or_else(|err| panic!("{err}"));
     let t: Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(t["inputs"], serde_json::json!({"vmcheck": "github:OWNER/vmcheck", "nixpkgs": "follows vmcheck/nixpkgs"}));
+    assert_eq!(
+        t["inputs"],
+        serde_json::json!({"vmcheck": "github:OWNER/vmcheck", "nixpkgs": "follows vmcheck/nixpkgs"})
+    );
     assert_eq!(
         t["outputs"],
         serde_json::json!({"checks": ["x86_64-linux"], "legacyPackages": ["x86_64-linux"], "packages": ["x86_64-linux"]})
@@ -393,14 +561,28 @@ fn a_repository_made_from_the_template_runs_its_own_driver_on_its_own_machines()
 
     // The driver: the template's [[bin]], alone, from its Cargo.toml and Cargo.lock.
     let driver = &t["driver"];
-    assert_eq!((driver["pname"].as_str(), driver["version"].as_str()), (Some("storage-tests"), Some("0.1.0")));
+    assert_eq!(
+        (driver["pname"].as_str(), driver["version"].as_str()),
+        (Some("storage-tests"), Some("0.1.0"))
+    );
     assert_eq!(driver["mainProgram"], "storage-tests");
     assert_eq!(driver["cargoBuildFlags"], serde_json::json!(["--bin", "storage-tests"]));
     assert_eq!(driver["doCheck"], false, "the scenarios boot machines: not in the package's build");
-    let vmcheck = driver["crates"].as_array().unwrap().iter().find(|c| c["name"] == "vmcheck").expect("vmcheck is vendored");
-    assert_eq!(vmcheck["fetch"], "builtins.fetchGit", "a git dependency without a hash to maintain: {vmcheck}");
+    let vmcheck = driver["crates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "vmcheck")
+        .expect("vmcheck is vendored");
+    assert_eq!(
+        vmcheck["fetch"], "builtins.fetchGit",
+        "a git dependency without a hash to maintain: {vmcheck}"
+    );
     let manifest: Value = serde_json::from_str(
-        &nix_eval(Eval::Expr("builtins.fromTOML (builtins.readFile ./nix/templates/storage-test/Cargo.toml)")).unwrap(),
+        &nix_eval(Eval::Expr(
+            "builtins.fromTOML (builtins.readFile ./nix/templates/storage-test/Cargo.toml)",
+        ))
+        .unwrap(),
     )
     .unwrap();
     let bin = &manifest["bin"][0];
@@ -409,21 +591,36 @@ fn a_repository_made_from_the_template_runs_its_own_driver_on_its_own_machines()
         (&manifest["package"]["name"], &"src/main.rs".into(), &false.into()),
         "{manifest}"
     );
-    assert!(manifest["dependencies"]["vmcheck"]["git"].as_str().unwrap().ends_with("/vmcheck"), "{manifest}");
+    assert!(
+        manifest["dependencies"]["vmcheck"]["git"].as_str().unwrap().ends_with("/vmcheck"),
+        "{manifest}"
+    );
 
     // The check: the template's own suite, its scenario by name, its machines from flake.nix.
     let suite = template::suite();
     suite.check().unwrap();
     let checks = t["checks"].as_object().unwrap();
-    assert_eq!(checks.keys().collect::<Vec<_>>(), suite.listed().map(|s| s.name()).collect::<Vec<_>>(), "a check per scenario");
+    assert_eq!(
+        checks.keys().collect::<Vec<_>>(),
+        suite.listed().map(|s| s.name()).collect::<Vec<_>>(),
+        "a check per scenario"
+    );
     for (name, check) in checks {
         let mut nodes = suite.find(name).unwrap().nodes().to_vec();
-        let config = DriverConfig::from_json(&check["driverConfiguration"].to_string()).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let config = DriverConfig::from_json(&check["driverConfiguration"].to_string())
+            .unwrap_or_else(|e| panic!("{name}: {e:#}"));
         let declared: Vec<_> = nodes.iter().map(|n| (n.name.clone(), n.address)).collect();
         config.apply(&mut nodes).unwrap_or_else(|e| panic!("{name}: {e:#}"));
-        assert_eq!(config.machines.len(), nodes.len(), "{name}: every machine of the scenario is a NixOS machine");
+        assert_eq!(
+            config.machines.len(),
+            nodes.len(),
+            "{name}: every machine of the scenario is a NixOS machine"
+        );
         let applied: Vec<_> = nodes.iter().map(|n| (n.name.clone(), n.address)).collect();
-        assert_eq!(applied, declared, "{name}: flake.nix gives the machines the addresses src/main.rs declares");
+        assert_eq!(
+            applied, declared,
+            "{name}: flake.nix gives the machines the addresses src/main.rs declares"
+        );
         for node in &nodes {
             assert_eq!(check["nodes"][&node.name]["hostName"], node.name.as_str());
             assert_eq!(check["nodes"][&node.name]["qemuGuestAgent"], true);
@@ -431,14 +628,32 @@ fn a_repository_made_from_the_template_runs_its_own_driver_on_its_own_machines()
         // The driver runs in the build, in `.driver` and in `.driverInteractive`; vmcheck's does not.
         let config_path = check["configFile"]["path"].as_str().unwrap();
         let build = check["buildCommand"].as_str().unwrap();
-        assert!(build.contains(&format!("\nstorage-tests run --config {config_path} --global-timeout")), "{build}");
+        assert!(
+            build.contains(&format!("\nstorage-tests run --config {config_path} --global-timeout")),
+            "{build}"
+        );
         let exe = "-storage-tests-0.1.0/bin/storage-tests";
-        assert!(check["driver"]["text"].as_str().unwrap().contains(&format!("{exe} run --config {config_path} \"$@\"")), "{check}");
-        assert!(check["driverInteractive"]["text"].as_str().unwrap().contains(&format!("{exe} repl --config {config_path} \"$@\"")));
+        assert!(
+            check["driver"]["text"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("{exe} run --config {config_path} \"$@\"")),
+            "{check}"
+        );
+        assert!(check["driverInteractive"]["text"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("{exe} repl --config {config_path} \"$@\"")));
         assert_eq!(check["driverPackage"], "storage-tests-0.1.0");
         assert_eq!(check["nativeBuildInputs"][0], "storage-tests", "the driver first on PATH");
-        let all = format!("{build}{}{}", check["driver"]["text"], check["driverInteractive"]["text"]);
-        assert!(!all.contains("vmcheck run") && !all.contains("vmcheck repl") && !all.contains("bin/vmcheck "), "{all}");
+        let all =
+            format!("{build}{}{}", check["driver"]["text"], check["driverInteractive"]["text"]);
+        assert!(
+            !all.contains("vmcheck run")
+                && !all.contains("vmcheck repl")
+                && !all.contains("bin/vmcheck "),
+            "{all}"
+        );
     }
 }
 
@@ -448,10 +663,14 @@ fn build_driver_warns_when_cargo_lock_and_the_flake_input_pin_different_vmchecks
         return;
     }
     let eval = |rev: &str| {
-        let expr = format!(r#"((import ./nix/tests/flake-eval.nix).templateWith {{ vmcheckRev = "{rev}"; }}).driver.name"#);
+        let expr = format!(
+            r#"((import ./nix/tests/flake-eval.nix).templateWith {{ vmcheckRev = "{rev}"; }}).driver.name"#
+        );
         let out = Command::new("nix-instantiate")
             .current_dir(repo())
-            .args(["--option", "store", "dummy://", "--eval", "--strict", "--json", "--expr", &expr])
+            .args([
+                "--option", "store", "dummy://", "--eval", "--strict", "--json", "--expr", &expr,
+            ])
             .output()
             .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -477,12 +696,21 @@ fn the_flake_offers_x86_64_linux_with_the_promised_outputs() {
     let summary = flake_summary();
     let x86 = serde_json::json!(["x86_64-linux"]);
     for output in ["packages", "checks", "devShells", "formatter"] {
-        assert_eq!(summary["systems"][output], x86, "{output}: the driver runs x86_64 machines only");
+        assert_eq!(
+            summary["systems"][output], x86,
+            "{output}: the driver runs x86_64 machines only"
+        );
     }
-    assert_eq!(summary["packages"]["x86_64-linux"], serde_json::json!(["default", "vmcheck", "vmcheck-alejandra"]));
+    assert_eq!(
+        summary["packages"]["x86_64-linux"],
+        serde_json::json!(["default", "vmcheck", "vmcheck-alejandra"])
+    );
     assert_eq!(summary["vmcheck"]["mainProgram"], "vmcheck", "nix run runs the driver");
     assert_eq!(summary["formatter"], "vmcheck-alejandra");
-    assert_eq!(summary["nixosModules"], serde_json::json!({"guest": "set", "initiator": "set", "target": "lambda"}));
+    assert_eq!(
+        summary["nixosModules"],
+        serde_json::json!({"guest": "set", "initiator": "set", "target": "lambda"})
+    );
     assert_eq!(summary["lib"], serde_json::json!(["buildDriver", "driverConfig", "makeTest"]));
     // `nix flake init -t`: a path with the template's files, and a description.
     let templates = summary["templates"].as_object().unwrap();
@@ -492,11 +720,18 @@ fn the_flake_offers_x86_64_linux_with_the_promised_outputs() {
     assert_eq!(template["path"], repo().join("nix/templates/storage-test").to_str().unwrap());
     assert!(template["description"].as_str().unwrap().contains("vmcheck"), "{template}");
     for file in [".gitignore", "Cargo.toml", "README.md", "flake.nix", "rustfmt.toml", "src"] {
-        assert!(template["files"].as_array().unwrap().iter().any(|f| f == file), "{file}: {template}");
+        assert!(
+            template["files"].as_array().unwrap().iter().any(|f| f == file),
+            "{file}: {template}"
+        );
     }
-    let shell: Vec<_> = summary["devShell"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    let shell: Vec<_> =
+        summary["devShell"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
     for tool in ["nix", "deadnix", "statix", "vmcheck-alejandra", "cargo", "qemu"] {
-        assert!(shell.contains(&tool), "the dev shell lacks {tool} (nix/check.sh runs inside it): {shell:?}");
+        assert!(
+            shell.contains(&tool),
+            "the dev shell lacks {tool} (nix/check.sh runs inside it): {shell:?}"
+        );
     }
     let url = summary["nixpkgsInput"].as_str().unwrap();
     assert!(url.starts_with("github:NixOS/nixpkgs/nixos-"), "{url}");
@@ -509,10 +744,19 @@ fn scenario_machines_get_a_test_interface_per_vlan_their_cpus_and_enough_memory(
     }
     // A scenario as `vmcheck list --json` would print it, with two test networks.
     let nodes = [
-        NodeSpec { vlans: vec![1, 2], cpus: 2, ..NodeSpec::new("target", Role::Target, 7).with_memory(2048) },
+        NodeSpec {
+            vlans: vec![1, 2],
+            cpus: 2,
+            ..NodeSpec::new("target", Role::Target, 7).with_memory(2048)
+        },
         NodeSpec { vlans: vec![2], ..NodeSpec::new("initiator", Role::Initiator, 8) },
     ];
-    let listing = vmcheck::config::scenario_listing_json(&[("two_nets", "two test networks", nodes.to_vec())]).unwrap();
+    let listing = vmcheck::config::scenario_listing_json(&[(
+        "two_nets",
+        "two test networks",
+        nodes.to_vec(),
+    )])
+    .unwrap();
     let expr = format!(
         "let f = import ./nix/tests/flake-eval.nix; in (f.testSummary (f.scenarioTests (builtins.fromJSON {})).two_nets).nodes",
         serde_json::to_string(&listing).unwrap()
@@ -527,7 +771,10 @@ fn scenario_machines_get_a_test_interface_per_vlan_their_cpus_and_enough_memory(
     assert_eq!((target["memorySize"].as_u64(), target["cores"].as_u64()), (Some(2048), Some(2)));
     let initiator = &evaluated["initiator"];
     assert_eq!(initiator["testInterfaces"], serde_json::json!(["eth1"]));
-    assert_eq!(initiator["memorySize"], 1024, "512 MiB in the scenario, raised to a NixOS machine's minimum");
+    assert_eq!(
+        initiator["memorySize"], 1024,
+        "512 MiB in the scenario, raised to a NixOS machine's minimum"
+    );
     let other = nix_eval(Eval::Expr(
         r#"(import ./nix/tests/flake-eval.nix).testSummary { name = "t"; scenario = "fio_nvme_basic"; nodes.client = { imports = [ (import ./nix/tests/flake-eval.nix).modules.initiator ]; }; nodes.initiator = { imports = [ (import ./nix/tests/flake-eval.nix).modules.initiator ]; vmcheck.testInterfaces = [ "eth0" ]; }; }"#,
     ))
@@ -540,5 +787,8 @@ fn scenario_machines_get_a_test_interface_per_vlan_their_cpus_and_enough_memory(
     // The NVMe host identity comes from the host name: the same for the same name in another
     // test, different for another machine.
     assert_eq!(node["etc"]["nvme/hostid"], initiator["etc"]["nvme/hostid"]);
-    assert_ne!(other["nodes"]["client"]["etc"]["nvme/hostid"], node["etc"]["nvme/hostid"], "{other}");
+    assert_ne!(
+        other["nodes"]["client"]["etc"]["nvme/hostid"], node["etc"]["nvme/hostid"],
+        "{other}"
+    );
 }

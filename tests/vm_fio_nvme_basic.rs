@@ -29,12 +29,17 @@ async fn fio_nvme_basic_end_to_end() {
     assert!(fio.problems().is_empty(), "{:?}", fio.problems());
     assert_eq!(fio.errors(), 0);
     assert_eq!(fio.verify_failures(), 0);
-    assert!(fio.iops(Direction::Read) > 0.0 && fio.iops(Direction::Write) > 0.0, "{}", fio.summary_line());
+    assert!(
+        fio.iops(Direction::Read) > 0.0 && fio.iops(Direction::Write) > 0.0,
+        "{}",
+        fio.summary_line()
+    );
     assert!(fio.io_bytes(Direction::Read) > 0 && fio.io_bytes(Direction::Write) > 0);
     let runtime_ms = fio.jobs[0].read.runtime.max(fio.jobs[0].write.runtime);
     assert!(runtime_ms >= (FIO_RUNTIME_SECS - 1) * 1000, "fio ran {runtime_ms} ms");
     assert!(report.after_disconnect.devices.is_empty());
-    let names: Vec<_> = d.subtest_results().into_iter().map(|s| (s.name, s.error.is_none())).collect();
+    let names: Vec<_> =
+        d.subtest_results().into_iter().map(|s| (s.name, s.error.is_none())).collect();
     assert_eq!(names.len(), 6, "{names:?}");
     assert!(names.iter().all(|(_, ok)| *ok), "{names:?}");
 }

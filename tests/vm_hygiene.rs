@@ -52,7 +52,10 @@ impl Run {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(l) => self.seen.push(l),
-                Err(_) => panic!("no log line with {text:?} within {timeout:?}; log:\n{}", self.seen.join("\n")),
+                Err(_) => panic!(
+                    "no log line with {text:?} within {timeout:?}; log:\n{}",
+                    self.seen.join("\n")
+                ),
             }
         }
     }
@@ -69,7 +72,10 @@ impl Run {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("the driver did not exit within {timeout:?}; log:\n{}", self.seen.join("\n"));
+                panic!(
+                    "the driver did not exit within {timeout:?}; log:\n{}",
+                    self.seen.join("\n")
+                );
             }
             self.seen.extend(self.lines.try_iter());
             std::thread::sleep(Duration::from_millis(100));
@@ -82,7 +88,11 @@ impl Run {
     }
 
     fn run_dir(&self) -> PathBuf {
-        let line = self.seen.iter().find_map(|l| l.strip_prefix("run directory: ")).expect("the driver logs its run directory");
+        let line = self
+            .seen
+            .iter()
+            .find_map(|l| l.strip_prefix("run directory: "))
+            .expect("the driver logs its run directory");
         PathBuf::from(line.split(" (").next().unwrap())
     }
 
@@ -108,7 +118,11 @@ fn ends_by_itself(scenario: &str, expected_code: i32, extra: &[&str]) {
     let status = run.wait_exit(RUN);
     assert_eq!(status.code(), Some(expected_code), "log:\n{}", run.seen.join("\n"));
     run.assert_nothing_left();
-    assert!(!run.run_dir().exists(), "the run directory {} is left behind", run.run_dir().display());
+    assert!(
+        !run.run_dir().exists(),
+        "the run directory {} is left behind",
+        run.run_dir().display()
+    );
 }
 
 #[test]
@@ -123,7 +137,11 @@ fn nothing_survives_a_failed_assertion() {
     let junit = dir.path().join("junit.xml");
     ends_by_itself("selftest-fail", 1, &["--junit", junit.to_str().unwrap()]);
     let xml = std::fs::read_to_string(&junit).unwrap();
-    assert!(xml.contains(r#"<testsuite name="selftest-fail""#) && xml.contains(r#"<testcase name="an assertion that fails""#), "{xml}");
+    assert!(
+        xml.contains(r#"<testsuite name="selftest-fail""#)
+            && xml.contains(r#"<testcase name="an assertion that fails""#),
+        "{xml}"
+    );
     assert!(xml.contains("<failure") && xml.contains("expected 2, the guest said 1"), "{xml}");
 }
 
@@ -137,7 +155,12 @@ fn a_broken_machine_is_an_error_not_a_failure() {
     run.assert_nothing_left();
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert!(xml.contains(r#"<testcase name="a command on a machine that is gone""#), "{xml}");
-    assert!(xml.contains("<error") && !xml.contains("<failure") && xml.contains("the machine is not running"), "{xml}");
+    assert!(
+        xml.contains("<error")
+            && !xml.contains("<failure")
+            && xml.contains("the machine is not running"),
+        "{xml}"
+    );
     let log = run.seen.join("\n");
     assert!(log.contains("a command on a machine that is gone") && log.contains("ERROR"), "{log}");
     assert!(log.contains("1 of the failed are errors"), "{log}");
@@ -151,7 +174,11 @@ fn nothing_survives_the_global_timeout() {
     let log = run.seen.join("\n");
     assert!(log.contains("the global timeout of 25s ran out"), "{log}");
     run.assert_nothing_left();
-    assert!(!run.run_dir().exists(), "the run directory {} is left behind", run.run_dir().display());
+    assert!(
+        !run.run_dir().exists(),
+        "the run directory {} is left behind",
+        run.run_dir().display()
+    );
 }
 
 #[test]

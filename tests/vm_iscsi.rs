@@ -51,33 +51,57 @@ async fn run(d: &Driver) -> Result<()> {
     let empty_lio = target.succeed(LIO_DIRS).await?;
 
     let dev = target.disk_device("disk0").await?;
-    let bdev = client.create_bdev(proto::CreateBdevRequest { uri: format!("aio://{dev}") }).await?.into_inner();
+    let bdev = client
+        .create_bdev(proto::CreateBdevRequest { uri: format!("aio://{dev}") })
+        .await?
+        .into_inner();
 
     let share = d
         .subtest("the bdev should be shared over iSCSI", async {
             let share = share_iscsi(&mut client, &bdev.name).await?;
             let expected = format!("iscsi://{TARGET_ADDR}:{PORT}/{}/0", share.iqn);
-            ensure!(share.uri == expected && share.iqn.starts_with("iqn.2019-05.io.vmcheck:"), "{share:?}");
+            ensure!(
+                share.uri == expected && share.iqn.starts_with("iqn.2019-05.io.vmcheck:"),
+                "{share:?}"
+            );
             let listed = client.list_bdevs(proto::ListBdevsRequest {}).await?.into_inner().bdevs;
-            ensure!(listed.iter().any(|b| b.name == bdev.name && b.claimed && b.claimed_by == "iSCSI Target"), "{listed:?}");
+            ensure!(
+                listed
+                    .iter()
+                    .any(|b| b.name == bdev.name && b.claimed && b.claimed_by == "iSCSI Target"),
+                "{listed:?}"
+            );
             Ok(share)
         })
         .await?;
 
     let disk = d
-        .subtest("the initiator should discover the target, log in and see a disk of the right size", async {
-            let discovered = DiscoveredTarget::parse_all(&initiator.succeed(&Iscsiadm::discover(TARGET_ADDR, PORT)).await?)?;
-            let found = DiscoveredTarget::find(&discovered, &share.iqn).with_context(|| format!("{} not in {discovered:?}", share.iqn))?;
-            ensure!(found.addr == TARGET_ADDR && found.port == PORT, "{found:?}");
-            login_and_find_disk(&initiator, &share.iqn).await
-        })
+        .subtest(
+            "the initiator should discover the target, log in and see a disk of the right size",
+            async {
+                let discovered = DiscoveredTarget::parse_all(
+                    &initiator.succeed(&Iscsiadm::discover(TARGET_ADDR, PORT)).await?,
+                )?;
+                let found = DiscoveredTarget::find(&discovered, &share.iqn)
+                    .with_context(|| format!("{} not in {discovered:?}", share.iqn))?;
+                ensure!(found.addr == TARGET_ADDR && found.port == PORT, "{found:?}");
+                login_and_find_disk(&initiator, &share.iqn).await
+            },
+        )
         .await?;
 
     d.subtest("fio with verify=crc32 should pass on the SCSI disk", async {
-        let out = initiator.execute(&Fio::seed_randrw_verify(&disk.path(), 5).command_line()).await?;
-        let report = FioReport::parse_with_stderr(&out.stdout, &out.stderr).with_context(|| format!("fio exited {}", out.status))?;
+        let out =
+            initiator.execute(&Fio::seed_randrw_verify(&disk.path(), 5).command_line()).await?;
+        let report = FioReport::parse_with_stderr(&out.stdout, &out.stderr)
+            .with_context(|| format!("fio exited {}", out.status))?;
         log::line(&report.summary_line());
-        ensure!(out.status == 0 && report.problems().is_empty(), "fio: {:?}\n{}", report.problems(), out.stderr);
+        ensure!(
+            out.status == 0 && report.problems().is_empty(),
+            "fio: {:?}\n{}",
+            report.problems(),
+            out.stderr
+        );
         Ok(())
     })
     .await?;
@@ -87,7 +111,10 @@ async fn run(d: &Driver) -> Result<()> {
         wait_disk_gone(&initiator, &disk).await?;
         ensure!(sessions(&initiator).await?.is_empty(), "a session is left after logout");
         client.unshare_bdev(proto::UnshareBdevRequest { name: bdev.name.clone() }).await?;
-        ensure!(target.succeed(LIO_DIRS).await? == empty_lio, "LIO configfs still holds something after unshare");
+        ensure!(
+            target.succeed(LIO_DIRS).await? == empty_lio,
+            "LIO configfs still holds something after unshare"
+        );
         Ok(())
     })
     .await?;
@@ -96,12 +123,18 @@ async fn run(d: &Driver) -> Result<()> {
     let share = share_iscsi(&mut client, &bdev.name).await?;
     initiator.succeed(&Iscsiadm::discover(TARGET_ADDR, PORT)).await?;
     let disk = login_and_find_disk(&initiator, &share.iqn).await?;
-    let fio = Fio::seed_randrw_verify(&disk.path(), 120).opt("rw", "randwrite").opt("iodepth", 8).time_based(true);
+    let fio = Fio::seed_randrw_verify(&disk.path(), 120)
+        .opt("rw", "randwrite")
+        .opt("iodepth", 8)
+        .time_based(true);
     // In the background, by its own session leader, its results in files.
     initiator
         .succeed(&format!(
             "setsid sh -c {} </dev/null >/dev/null 2>&1 &",
-            shell_quote(&format!("{} >/tmp/hr.json 2>/tmp/hr.err; echo $? >/tmp/hr.rc", fio.command_line()))
+            shell_quote(&format!(
+                "{} >/tmp/hr.json 2>/tmp/hr.err; echo $? >/tmp/hr.rc",
+                fio.command_line()
+            ))
         ))
         .await?;
     initiator.wait_until_succeeds("pidof fio", Duration::from_secs(30)).await?;
@@ -112,7 +145,10 @@ async fn run(d: &Driver) -> Result<()> {
         let qmp = target.qmp().await?;
         let mark = qmp.event_count();
         target.qmp_raw("device_del", serde_json::json!({"id": "disk0"})).await?;
-        qmp.wait_for_event(mark, Duration::from_secs(60), |e| e.name == "DEVICE_DELETED" && e.data["device"] == "disk0").await?;
+        qmp.wait_for_event(mark, Duration::from_secs(60), |e| {
+            e.name == "DEVICE_DELETED" && e.data["device"] == "disk0"
+        })
+        .await?;
         target.wait_until_fails(&format!("test -e {dev}"), Duration::from_secs(30)).await?;
         Ok(())
     })
@@ -123,10 +159,23 @@ async fn run(d: &Driver) -> Result<()> {
         let out = initiator.succeed("cat /tmp/hr.json").await?;
         let err = initiator.succeed("cat /tmp/hr.err").await?;
         let report = FioReport::parse_with_stderr(&out, &err)?;
-        log::line(&format!("fio exited {}: {}; {:?}", rc.trim(), report.summary_line(), report.problems()));
+        log::line(&format!(
+            "fio exited {}: {}; {:?}",
+            rc.trim(),
+            report.summary_line(),
+            report.problems()
+        ));
         ensure!(rc.trim() != "0", "fio exited 0 on a removed disk");
-        ensure!(report.jobs.iter().any(|j| j.error == EIO), "fio's job error is not EIO: {:?}", report.problems());
-        ensure!(!report.jobs.iter().any(|j| j.verify_failed()), "a verify failure, not an I/O error: {:?}", report.problems());
+        ensure!(
+            report.jobs.iter().any(|j| j.error == EIO),
+            "fio's job error is not EIO: {:?}",
+            report.problems()
+        );
+        ensure!(
+            !report.jobs.iter().any(|j| j.verify_failed()),
+            "a verify failure, not an I/O error: {:?}",
+            report.problems()
+        );
         Ok(())
     })
     .await?;
@@ -161,17 +210,32 @@ async fn run(d: &Driver) -> Result<()> {
         // side of a removal, as os-brick or a CSI node plugin does it: log out of a target
         // that discovery no longer lists.
         let failed = initiator
-            .wait_until_succeeds(&format!("{} | grep -q 'Session State: FAILED' && {}", Iscsiadm::sessions(), Iscsiadm::sessions()), SCAN)
+            .wait_until_succeeds(
+                &format!(
+                    "{} | grep -q 'Session State: FAILED' && {}",
+                    Iscsiadm::sessions(),
+                    Iscsiadm::sessions()
+                ),
+                SCAN,
+            )
             .await?;
         d.artifact("iscsiadm-session-failed.txt", &failed);
         let session = Session::parse_all(&failed)?;
         log::line(&format!("after the removal:\n{failed}"));
-        let state = session.first().map(|s| (&s.state, &s.iscsid_state, s.disk(0).map(|d| &d.state)));
+        let state =
+            session.first().map(|s| (&s.state, &s.iscsid_state, s.disk(0).map(|d| &d.state)));
         log::line(&format!("session and disk state: {state:?}"));
         let discovered = initiator.execute(&Iscsiadm::discover(TARGET_ADDR, PORT)).await?;
         let listed = DiscoveredTarget::parse_all(&discovered.stdout).unwrap_or_default();
-        ensure!(DiscoveredTarget::find(&listed, &share.iqn).is_none(), "discovery still lists {}: {listed:?}", share.iqn);
-        ensure!(lsblk_has(&initiator, &disk.name).await?, "the disk went by itself: update the report");
+        ensure!(
+            DiscoveredTarget::find(&listed, &share.iqn).is_none(),
+            "discovery still lists {}: {listed:?}",
+            share.iqn
+        );
+        ensure!(
+            lsblk_has(&initiator, &disk.name).await?,
+            "the disk went by itself: update the report"
+        );
         initiator.succeed(&Iscsiadm::logout(&share.iqn, TARGET_ADDR, PORT)).await?;
         initiator.succeed(&Iscsiadm::delete_node(&share.iqn, TARGET_ADDR, PORT)).await?;
         wait_disk_gone(&initiator, &disk).await
@@ -181,14 +245,25 @@ async fn run(d: &Driver) -> Result<()> {
     d.subtest("after the initiator reboots, the disk stays gone and fio on it fails", async {
         initiator.reboot().await?;
         initiator.wait_until_succeeds("pidof iscsid", Duration::from_secs(30)).await?;
-        ensure!(!lsblk_has(&initiator, &disk.name).await?, "{} is back after the reboot", disk.name);
+        ensure!(
+            !lsblk_has(&initiator, &disk.name).await?,
+            "{} is back after the reboot",
+            disk.name
+        );
         ensure!(sessions(&initiator).await?.is_empty(), "a session came back after the reboot");
         // allow_file_create=0: fio must not write a regular file where the disk was.
         let out = initiator
-            .execute(&format!("{} --allow_file_create=0", Fio::seed_randrw_verify(&disk.path(), 5).size("16M").command_line()))
+            .execute(&format!(
+                "{} --allow_file_create=0",
+                Fio::seed_randrw_verify(&disk.path(), 5).size("16M").command_line()
+            ))
             .await?;
         ensure!(out.status != 0, "fio on the removed disk exited 0");
-        ensure!(out.stderr.contains("file creation disallowed"), "fio failed otherwise: {}", out.stderr);
+        ensure!(
+            out.stderr.contains("file creation disallowed"),
+            "fio failed otherwise: {}",
+            out.stderr
+        );
         client.health(proto::HealthRequest {}).await?;
         client.destroy_bdev(proto::DestroyBdevRequest { name: bdev.name.clone() }).await?;
         Ok(())
@@ -197,8 +272,15 @@ async fn run(d: &Driver) -> Result<()> {
     Ok(())
 }
 
-async fn share_iscsi(client: &mut vmcheck::target::client::TargetClient, name: &str) -> Result<proto::ShareBdevReply> {
-    let req = proto::ShareBdevRequest { name: name.into(), protocol: proto::ShareProtocol::Iscsi as i32, ..Default::default() };
+async fn share_iscsi(
+    client: &mut vmcheck::target::client::TargetClient,
+    name: &str,
+) -> Result<proto::ShareBdevReply> {
+    let req = proto::ShareBdevRequest {
+        name: name.into(),
+        protocol: proto::ShareProtocol::Iscsi as i32,
+        ..Default::default()
+    };
     Ok(client.share_bdev(req).await.context("ShareBdev ISCSI")?.into_inner())
 }
 
@@ -210,16 +292,30 @@ async fn sessions(m: &Machine) -> Result<Vec<Session>> {
 async fn login_and_find_disk(initiator: &Machine, iqn: &str) -> Result<ScsiDisk> {
     initiator.succeed(&Iscsiadm::login(iqn, TARGET_ADDR, PORT)).await?;
     let listing = initiator
-        .wait_until_succeeds(&format!("{} | grep -q 'Attached scsi disk' && {}", Iscsiadm::sessions(), Iscsiadm::sessions()), SCAN)
+        .wait_until_succeeds(
+            &format!(
+                "{} | grep -q 'Attached scsi disk' && {}",
+                Iscsiadm::sessions(),
+                Iscsiadm::sessions()
+            ),
+            SCAN,
+        )
         .await?;
     let sessions = Session::parse_all(&listing)?;
-    let session = Session::find(&sessions, iqn).with_context(|| format!("no session of {iqn}: {sessions:?}"))?;
+    let session = Session::find(&sessions, iqn)
+        .with_context(|| format!("no session of {iqn}: {sessions:?}"))?;
     ensure!(session.state == "LOGGED_IN", "{session:?}");
     let disk = session.disk(0).with_context(|| format!("no disk for LUN 0: {session:?}"))?.clone();
     ensure!(disk.name.starts_with("sd"), "{disk:?}");
     let lsblk = Lsblk::parse(&initiator.succeed(Lsblk::command()).await?)?;
-    let seen = lsblk.find(&disk.path()).with_context(|| format!("lsblk does not show {}", disk.name))?;
-    ensure!(seen.size == DISK_MIB << 20, "lsblk shows {} with {} bytes, expected {DISK_MIB} MiB", disk.name, seen.size);
+    let seen =
+        lsblk.find(&disk.path()).with_context(|| format!("lsblk does not show {}", disk.name))?;
+    ensure!(
+        seen.size == DISK_MIB << 20,
+        "lsblk shows {} with {} bytes, expected {DISK_MIB} MiB",
+        disk.name,
+        seen.size
+    );
     log::line(&format!("logged in to {iqn}: {} ({} bytes)", disk.path(), seen.size));
     Ok(disk)
 }

@@ -24,7 +24,10 @@ async fn machine_api_on_a_real_vm() {
     assert_eq!(big.len(), 300000);
     assert_eq!(m.succeed("echo hello").await.unwrap(), "hello\n");
     let failed = err_text(m.succeed("echo out; echo err >&2; exit 7").await);
-    assert!(failed.contains("status 7") && failed.contains("out") && failed.contains("err"), "{failed}");
+    assert!(
+        failed.contains("status 7") && failed.contains("out") && failed.contains("err"),
+        "{failed}"
+    );
     let out = m.fail("false").await.unwrap();
     assert_eq!(out.status, 1);
     assert!(err_text(m.fail("true").await).contains("should have failed"));
@@ -36,7 +39,10 @@ async fn machine_api_on_a_real_vm() {
     assert!(is_timeout(&e), "{e:#}");
     let text = format!("{e:#}");
     assert!(text.contains("did not finish within 3s") && text.contains("sleep 600"), "{text}");
-    assert!(text.contains("last 20 console lines") && text.contains("console-marker-before-timeout"), "{text}");
+    assert!(
+        text.contains("last 20 console lines") && text.contains("console-marker-before-timeout"),
+        "{text}"
+    );
     // A command that leaves a child holding stdout is bounded too, and the child is killed.
     let e = m.execute_with_timeout("sleep 555 & echo started", SHORT).await.unwrap_err();
     assert!(is_timeout(&e), "{e:#}");
@@ -53,10 +59,17 @@ async fn machine_api_on_a_real_vm() {
     assert!(is_timeout(&m.wait_for_open_port(5556, Duration::from_secs(2)).await.unwrap_err()));
     assert_eq!(m.wait_until_succeeds("cat /tmp/ready; echo ok", SHORT).await.unwrap(), "ok\n");
     m.succeed("echo 'console-marker-42' > /dev/console").await.unwrap();
-    assert_eq!(m.wait_for_console_text(r"console-marker-\d+", Duration::from_secs(10)).await.unwrap(), "console-marker-42");
+    assert_eq!(
+        m.wait_for_console_text(r"console-marker-\d+", Duration::from_secs(10)).await.unwrap(),
+        "console-marker-42"
+    );
     assert!(m.console_contains("console-marker-42").unwrap());
     let e = m.wait_for_console_text("never-printed", Duration::from_secs(1)).await.unwrap_err();
-    assert!(format!("{e:#}").contains("never-printed") && format!("{e:#}").contains("last 20 console lines"), "{e:#}");
+    assert!(
+        format!("{e:#}").contains("never-printed")
+            && format!("{e:#}").contains("last 20 console lines"),
+        "{e:#}"
+    );
 
     // Files and memory through the agent.
     let qga = m.qga().await.unwrap();

@@ -18,7 +18,10 @@ async fn network_and_nvmet_by_hand() {
     initiator.block().await.unwrap();
     initiator.fail("ping -c 2 -W 2 192.0.2.1").await.unwrap();
     initiator.unblock().await.unwrap();
-    initiator.wait_until_succeeds("ping -c 1 -W 2 192.0.2.1", Duration::from_secs(30)).await.unwrap();
+    initiator
+        .wait_until_succeeds("ping -c 1 -W 2 192.0.2.1", Duration::from_secs(30))
+        .await
+        .unwrap();
 
     // nvmet by hand, through configfs.
     let dev = target.disk_device("disk0").await.unwrap();
@@ -51,9 +54,15 @@ async fn network_and_nvmet_by_hand() {
         .await
         .unwrap();
     let written = initiator.succeed("md5sum < /tmp/pattern").await.unwrap();
-    let read = initiator.succeed("dd if=/dev/nvme0n1 bs=1M count=4 iflag=direct 2>/dev/null | md5sum").await.unwrap();
+    let read = initiator
+        .succeed("dd if=/dev/nvme0n1 bs=1M count=4 iflag=direct 2>/dev/null | md5sum")
+        .await
+        .unwrap();
     assert_eq!(written, read);
-    let on_target = target.succeed(&format!("dd if={dev} bs=1M count=4 iflag=direct 2>/dev/null | md5sum")).await.unwrap();
+    let on_target = target
+        .succeed(&format!("dd if={dev} bs=1M count=4 iflag=direct 2>/dev/null | md5sum"))
+        .await
+        .unwrap();
     assert_eq!(written, on_target);
     initiator.succeed(&format!("nvme disconnect -n {NQN}")).await.unwrap();
     initiator.wait_until_fails("test -e /dev/nvme0n1", Duration::from_secs(30)).await.unwrap();

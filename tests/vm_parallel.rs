@@ -47,7 +47,9 @@ impl Run {
         while !self.seen.iter().any(|l| l.contains(text)) {
             match self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
                 Ok(l) => self.seen.push(l),
-                Err(_) => panic!("no log line with {text:?} within {timeout:?}; log:\n{}", self.log()),
+                Err(_) => {
+                    panic!("no log line with {text:?} within {timeout:?}; log:\n{}", self.log())
+                }
             }
         }
     }
@@ -93,7 +95,16 @@ fn two_scenarios_run_side_by_side_with_jobs_2() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out");
     let junit = tmp.path().join("junit.xml");
-    let args = ["--jobs", "2", "--out", out.to_str().unwrap(), "--junit", junit.to_str().unwrap(), "hotremove_blk_tc1", "fio_nvme_basic"];
+    let args = [
+        "--jobs",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+        "hotremove_blk_tc1",
+        "fio_nvme_basic",
+    ];
     let mut run = start(&args, tmp.path());
     let code = run.wait_exit(RUN);
     let log = run.log();
@@ -109,16 +120,25 @@ fn two_scenarios_run_side_by_side_with_jobs_2() {
     }
     // They did run side by side: both machines' sets were up before either scenario ended.
     let first_end = run.seen.iter().position(|l| l.contains("machines stopped in")).unwrap();
-    let starts: Vec<_> = run.seen.iter().enumerate().filter(|(_, l)| l.contains("] start all VMs")).map(|(i, _)| i).collect();
+    let starts: Vec<_> = run
+        .seen
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("] start all VMs"))
+        .map(|(i, _)| i)
+        .collect();
     assert!(starts.len() == 2 && starts[1] < first_end, "not side by side:\n{log}");
     // The summary and JUnit list them in registration order, every subtest ok.
     let summary = &log[log.rfind("summary\n").expect("a summary")..];
-    let (fio, hot) = (summary.find("fio_nvme_basic").unwrap(), summary.find("hotremove_blk_tc1").unwrap());
+    let (fio, hot) =
+        (summary.find("fio_nvme_basic").unwrap(), summary.find("hotremove_blk_tc1").unwrap());
     assert!(fio < hot, "{summary}");
     assert!(log.contains("2 passed, 0 failed"), "{log}");
     let xml = std::fs::read_to_string(&junit).unwrap();
-    let (fio, hot) =
-        (xml.find(r#"<testsuite name="fio_nvme_basic""#).unwrap(), xml.find(r#"<testsuite name="hotremove_blk_tc1""#).unwrap());
+    let (fio, hot) = (
+        xml.find(r#"<testsuite name="fio_nvme_basic""#).unwrap(),
+        xml.find(r#"<testsuite name="hotremove_blk_tc1""#).unwrap(),
+    );
     assert!(fio < hot, "{xml}");
     assert!(!xml.contains("<failure") && !xml.contains("<error"), "{xml}");
     assert!(xml.matches("<testcase ").count() >= 10, "{xml}");
@@ -133,10 +153,17 @@ fn two_scenarios_run_side_by_side_with_jobs_2() {
             .skip(1)
             .take_while(|l| !l.trim_start().starts_with("total"))
             .collect();
-        assert!(!table.is_empty() && table.iter().all(|l| l.ends_with("  ok")), "{name}: {table:?}");
+        assert!(
+            !table.is_empty() && table.iter().all(|l| l.ends_with("  ok")),
+            "{name}: {table:?}"
+        );
     }
     let whole = std::fs::read_to_string(out.join("transcript.log")).unwrap();
-    assert!(whole.contains("[fio_nvme_basic] subtest: ") && whole.contains("[hotremove_blk_tc1] subtest: "), "{whole}");
+    assert!(
+        whole.contains("[fio_nvme_basic] subtest: ")
+            && whole.contains("[hotremove_blk_tc1] subtest: "),
+        "{whole}"
+    );
 }
 
 #[test]
@@ -157,7 +184,11 @@ fn two_runs_side_by_side_both_pass() {
     // The second starts (and sweeps $TMPDIR) while the first's machines run.
     let mut second = start(&["fio_nvme_basic"], tmp.path());
     second.wait_for_line("run directory: ", RUN);
-    assert!(first.child.try_wait().unwrap().is_none(), "the first run ended before the second started; log:\n{}", first.log());
+    assert!(
+        first.child.try_wait().unwrap().is_none(),
+        "the first run ended before the second started; log:\n{}",
+        first.log()
+    );
     let (a, b) = (first.wait_exit(RUN), second.wait_exit(RUN));
     assert_eq!(a, 0, "the first run; log:\n{}", first.log());
     assert_eq!(b, 0, "the second run; log:\n{}", second.log());

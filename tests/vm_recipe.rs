@@ -37,27 +37,50 @@ async fn a_user_recipe_boots_with_its_package_file_and_services() {
     let m = d.machine("tgthost").unwrap();
 
     // The text file is there, as written.
-    assert_eq!(m.succeed("cat /etc/recipe-test/greeting").await.unwrap(), "hello from the recipe\n");
+    assert_eq!(
+        m.succeed("cat /etc/recipe-test/greeting").await.unwrap(),
+        "hello from the recipe\n"
+    );
     // The package's binaries are at their usual paths, on the tools disk.
-    assert_eq!(m.succeed("readlink /usr/sbin/tgtadm").await.unwrap().trim(), "/tools/usr/sbin/tgtadm");
+    assert_eq!(
+        m.succeed("readlink /usr/sbin/tgtadm").await.unwrap().trim(),
+        "/tools/usr/sbin/tgtadm"
+    );
     // The service runs and answers: a target created through tgtadm is listed back.
     m.wait_until_succeeds("tgtadm --lld iscsi --op show --mode target", BOOT_WAIT).await.unwrap();
-    m.succeed("test -s /run/vmcheck/services/tgtd.pid && kill -0 $(cat /run/vmcheck/services/tgtd.pid)").await.unwrap();
-    m.succeed("tgtadm --lld iscsi --op new --mode target --tid 1 -T iqn.2024-01.io.vmcheck:recipe").await.unwrap();
+    m.succeed(
+        "test -s /run/vmcheck/services/tgtd.pid && kill -0 $(cat /run/vmcheck/services/tgtd.pid)",
+    )
+    .await
+    .unwrap();
+    m.succeed("tgtadm --lld iscsi --op new --mode target --tid 1 -T iqn.2024-01.io.vmcheck:recipe")
+        .await
+        .unwrap();
     let listed = m.succeed("tgtadm --lld iscsi --op show --mode target").await.unwrap();
     assert!(listed.contains("iqn.2024-01.io.vmcheck:recipe"), "{listed}");
     assert!(service_exits(&m, "tgtd").await.unwrap().is_empty(), "tgtd never exited");
     // A library the host lacks came from the package's dependency, and the binary runs.
-    m.succeed("test -e /usr/lib/x86_64-linux-gnu/libsgutils2-1.46.so.2 && sg_inq -V").await.unwrap();
+    m.succeed("test -e /usr/lib/x86_64-linux-gnu/libsgutils2-1.46.so.2 && sg_inq -V")
+        .await
+        .unwrap();
     // The base recipe's tools and service are still there.
-    m.succeed("nvme version && fio --version && kill -0 $(cat /run/vmcheck/services/iscsid.pid)").await.unwrap();
+    m.succeed("nvme version && fio --version && kill -0 $(cat /run/vmcheck/services/iscsid.pid)")
+        .await
+        .unwrap();
 
     // A service that dies is reported on the console with its last lines, its exits are
     // counted, and it is restarted.
-    m.wait_for_console_text(r"vmcheck: service dies exited with status 3 \(restarting in 1 s\)", BOOT_WAIT).await.unwrap();
+    m.wait_for_console_text(
+        r"vmcheck: service dies exited with status 3 \(restarting in 1 s\)",
+        BOOT_WAIT,
+    )
+    .await
+    .unwrap();
     assert!(m.console_contains(r"vmcheck: \| dying-service-says-goodbye").unwrap());
     assert!(m.console_contains(r"dies: dying-service-says-goodbye").unwrap());
-    m.wait_until_succeeds("test $(wc -l < /run/vmcheck/services/dies.exits) -ge 2", BOOT_WAIT).await.unwrap();
+    m.wait_until_succeeds("test $(wc -l < /run/vmcheck/services/dies.exits) -ge 2", BOOT_WAIT)
+        .await
+        .unwrap();
     let exits = service_exits(&m, "dies").await.unwrap();
     assert!(exits.len() >= 2 && exits.iter().all(|s| *s == 3), "{exits:?}");
     // A service run once ends once and stays ended. (It ended at boot: on a machine restored
@@ -72,10 +95,15 @@ async fn a_user_recipe_boots_with_its_package_file_and_services() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tgt_from_a_recipe_serves_an_nvme_disk_over_iscsi() {
     const IQN: &str = "iqn.2026-12.io.vmcheck.test:tgt";
-    let recipe = Recipe::new("tgt-target").debian_package("tgt").service("tgtd", "mkdir -p /var/run/tgtd && exec /usr/sbin/tgtd -f");
-    let target = NodeSpec::new("tgt", Role::Target, 1).with_recipe(recipe).with_disk(DiskSpec::nvme("disk0", 256));
+    let recipe = Recipe::new("tgt-target")
+        .debian_package("tgt")
+        .service("tgtd", "mkdir -p /var/run/tgtd && exec /usr/sbin/tgtd -f");
+    let target = NodeSpec::new("tgt", Role::Target, 1)
+        .with_recipe(recipe)
+        .with_disk(DiskSpec::nvme("disk0", 256));
     assert!(target.forward_ports.is_empty(), "the recipe forwards nothing, whatever the role");
-    let d = driver(vec![target, NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768)]).await;
+    let d =
+        driver(vec![target, NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768)]).await;
     d.start_all().await.unwrap();
     let (tgt, initiator) = (d.machine("tgt").unwrap(), d.machine("initiator").unwrap());
 
@@ -88,7 +116,8 @@ async fn tgt_from_a_recipe_serves_an_nvme_disk_over_iscsi() {
     ] {
         tgt.succeed(&format!("tgtadm --lld iscsi {args}")).await.unwrap();
     }
-    let served = iscsi::Target { iqn: IQN.into(), addr: tgt.address(), port: 3260, uri: String::new() };
+    let served =
+        iscsi::Target { iqn: IQN.into(), addr: tgt.address(), port: 3260, uri: String::new() };
     iscsi::login(&initiator, &served).await.unwrap();
     let disk = iscsi::wait_for_disk(&initiator, IQN, 1, timeouts::hotplug()).await.unwrap();
     let outcome = run_fio(&initiator, &integrity_job(&disk, 10), &disk).await.unwrap();
@@ -107,7 +136,11 @@ fn recipes_get_their_own_images_and_bad_ones_are_named() {
     assert_ne!(base.hash, more.hash);
     assert_ne!(more.hash, other.hash);
     assert_ne!(more.initrd, other.initrd);
-    assert_eq!(images.ensure(Recipe::initiator().file("/etc/x", "1\n")).unwrap(), more, "the same recipe is the same image");
+    assert_eq!(
+        images.ensure(Recipe::initiator().file("/etc/x", "1\n")).unwrap(),
+        more,
+        "the same recipe is the same image"
+    );
     // A service command differs: another image.
     let svc = |cmd: &str| images.ensure(Recipe::new("svc").service("s", cmd)).unwrap().hash;
     assert_ne!(svc("sleep 1"), svc("sleep 2"));
@@ -117,7 +150,11 @@ fn recipes_get_their_own_images_and_bad_ones_are_named() {
     assert!(!host_has("libsgutils2-1.46-2"), "this test wants a host without libsgutils2");
     let sg = images.ensure(Recipe::new("sg").debian_package("sg3-utils")).unwrap();
     let inputs = std::fs::read_to_string(sg.initrd.with_file_name("inputs.txt")).unwrap();
-    let debs: Vec<&str> = inputs.lines().filter(|l| l.starts_with("deb ")).map(|l| l.split(' ').nth(1).unwrap()).collect();
+    let debs: Vec<&str> = inputs
+        .lines()
+        .filter(|l| l.starts_with("deb "))
+        .map(|l| l.split(' ').nth(1).unwrap())
+        .collect();
     assert_eq!(debs, ["sg3-utils", "libsgutils2-1.46-2"], "{inputs}");
 
     let e = err_text(images.ensure(Recipe::new("bad").debian_package("vmcheck-no-such-package")));
@@ -135,18 +172,26 @@ fn recipes_get_their_own_images_and_bad_ones_are_named() {
     assert!(e.contains("/var/run/x") && e.contains("link /var/run"), "{e}");
     // A bare kernel image brings no modules: asking for one is an error that says so.
     let vmlinuz = cached_vmlinuz(&images.cache_dir);
-    let e = err_text(images.ensure(Recipe::new("bare").kernel_file(&vmlinuz).kernel_module("nvme-tcp")));
+    let e = err_text(
+        images.ensure(Recipe::new("bare").kernel_file(&vmlinuz).kernel_module("nvme-tcp")),
+    );
     assert!(e.contains("without modules") && e.contains("nvme-tcp"), "{e}");
 }
 
 fn host_has(package: &str) -> bool {
-    let out = std::process::Command::new("dpkg-query").args(["-W", "-f=${Status}", package]).output().unwrap();
+    let out = std::process::Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).contains("install ok installed")
 }
 
 /// The bzImage of the default kernel, unpacked in the cache by the images built above.
 fn cached_vmlinuz(cache: &std::path::Path) -> std::path::PathBuf {
-    let kernels = std::fs::read_dir(cache.join("kernel")).unwrap().filter_map(|e| e.ok()).map(|e| e.path().join("boot"));
+    let kernels = std::fs::read_dir(cache.join("kernel"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("boot"));
     kernels
         .filter_map(|boot| std::fs::read_dir(boot).ok())
         .flatten()

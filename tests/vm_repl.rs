@@ -146,7 +146,11 @@ fn the_nix_config_defines_the_machines_and_bad_arguments_are_usage_errors() {
     assert!(s.stdout.contains("machine      target     not running"), "stdout:\n{}", s.stdout);
     let s = repl(&["fio_nvme_basic", "--config", config], "", Duration::from_secs(60));
     assert_eq!(s.status.code(), Some(2), "stderr:\n{}", s.stderr);
-    assert!(s.stderr.contains("--config is for scenario selftest-pass, not fio_nvme_basic"), "stderr:\n{}", s.stderr);
+    assert!(
+        s.stderr.contains("--config is for scenario selftest-pass, not fio_nvme_basic"),
+        "stderr:\n{}",
+        s.stderr
+    );
     let s = repl(&["no_such_scenario"], "", Duration::from_secs(60));
     assert_eq!(s.status.code(), Some(2), "stderr:\n{}", s.stderr);
     assert!(s.stderr.contains("unknown scenario \"no_such_scenario\""), "stderr:\n{}", s.stderr);
@@ -166,7 +170,11 @@ fn at_a_terminal_tab_completes_ctrl_c_clears_and_history_is_kept() {
     // openpty's descriptors are inheritable: without this the REPL (and anything it starts)
     // would hold the master side open too.
     for fd in [&pty.master, &pty.slave] {
-        nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).unwrap();
+        nix::fcntl::fcntl(
+            fd.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .unwrap();
     }
     let mut command = Command::new(env!("CARGO_BIN_EXE_vmcheck"));
     command
@@ -231,18 +239,39 @@ fn at_a_terminal_tab_completes_ctrl_c_clears_and_history_is_kept() {
                                     let p = t.path();
                                     format!(
                                         "{} {} {}",
-                                        std::fs::read_to_string(p.join("stat")).unwrap_or_default().trim(),
-                                        std::fs::read_to_string(p.join("wchan")).unwrap_or_default(),
-                                        std::fs::read_to_string(p.join("syscall")).unwrap_or_default().trim()
+                                        std::fs::read_to_string(p.join("stat"))
+                                            .unwrap_or_default()
+                                            .trim(),
+                                        std::fs::read_to_string(p.join("wchan"))
+                                            .unwrap_or_default(),
+                                        std::fs::read_to_string(p.join("syscall"))
+                                            .unwrap_or_default()
+                                            .trim()
                                     )
                                 })
                                 .collect()
                         })
                         .unwrap_or_default();
-                    let fds: Vec<String> =
-                        (0..3).map(|fd| format!("{fd} -> {:?}", std::fs::read_link(format!("/proc/{child_pid}/fd/{fd}")))).collect();
+                    let fds: Vec<String> = (0..3)
+                        .map(|fd| {
+                            format!(
+                                "{fd} -> {:?}",
+                                std::fs::read_link(format!("/proc/{child_pid}/fd/{fd}"))
+                            )
+                        })
+                        .collect();
                     let mine: Vec<String> = std::fs::read_dir("/proc/self/fd")
-                        .map(|d| d.flatten().map(|e| format!("{:?} -> {:?}", e.file_name(), std::fs::read_link(e.path()))).collect())
+                        .map(|d| {
+                            d.flatten()
+                                .map(|e| {
+                                    format!(
+                                        "{:?} -> {:?}",
+                                        e.file_name(),
+                                        std::fs::read_link(e.path())
+                                    )
+                                })
+                                .collect()
+                        })
                         .unwrap_or_default();
                     panic!(
                         "no {text:?} at the terminal ({e}); it shows:\n{seen}\nchild tasks:\n{}\nchild fds {fds:?}\nmy fds {mine:?}",

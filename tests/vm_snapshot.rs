@@ -21,7 +21,12 @@ fn nodes(token: &str) -> Vec<NodeSpec> {
 /// driver's log.
 async fn start(token: &str) -> (Driver, String) {
     let reporter = Reporter::in_memory();
-    let d = Driver::new(nodes(token), DriverOptions { reporter: reporter.clone(), ..DriverOptions::default() }).await.unwrap();
+    let d = Driver::new(
+        nodes(token),
+        DriverOptions { reporter: reporter.clone(), ..DriverOptions::default() },
+    )
+    .await
+    .unwrap();
     d.start_all().await.unwrap();
     let m = d.machine("snap").unwrap();
     for id in ["disk0", "disk1"] {
@@ -37,12 +42,18 @@ async fn start(token: &str) -> (Driver, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_are_saved_checked_rebuilt_and_restored() {
-    let token =
-        format!("{}-{}", std::process::id(), std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    let token = format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+    );
 
     // First start: no snapshot, the machine boots disk-less, is saved, gets its disks.
     let (d, log) = start(&token).await;
-    assert!(log.contains("booting without disks to save one") && log.contains("saved snapshot"), "{log}");
+    assert!(
+        log.contains("booting without disks to save one") && log.contains("saved snapshot"),
+        "{log}"
+    );
     let m = d.machine("snap").unwrap();
     let state = m.snapshot_state().expect("a snapshot was saved");
     d.kill_all().await;
@@ -72,7 +83,8 @@ async fn snapshots_are_saved_checked_rebuilt_and_restored() {
     assert!(log.contains("restored from snapshot"), "{log}");
     let m = d.machine("snap").unwrap();
     let guest: i64 = m.succeed("date +%s").await.unwrap().trim().parse().unwrap();
-    let host = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let host = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+        as i64;
     assert!((guest - host).abs() <= 5, "guest clock {guest}, host {host}");
 
     // A restart after a hot-remove restores again and brings back only the plugged disk.

@@ -17,7 +17,10 @@ use vmcheck::target::proto::target_server::TargetServer;
 use vmcheck::target::service::{TargetService, Traddr};
 
 #[derive(Debug, Parser)]
-#[command(version, about = "vmcheck storage target: gRPC over Linux nvmet (NVMe-oF/TCP) and LIO (iSCSI)")]
+#[command(
+    version,
+    about = "vmcheck storage target: gRPC over Linux nvmet (NVMe-oF/TCP) and LIO (iSCSI)"
+)]
 struct Args {
     /// Address the gRPC server listens on.
     #[arg(long, default_value = "0.0.0.0:10124")]
@@ -55,11 +58,14 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         // The log goes to a serial console and into test logs: no colour codes.
         .with_ansi(false)
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .init();
 
     let fs = if args.emulate_configfs {
-        ConfigFs::emulated(&args.configfs, &ROOT_LAYOUT).with_context(|| format!("emulating configfs in {}", args.configfs.display()))?
+        ConfigFs::emulated(&args.configfs, &ROOT_LAYOUT)
+            .with_context(|| format!("emulating configfs in {}", args.configfs.display()))?
     } else {
         ConfigFs::kernel(&args.configfs)
     };
@@ -70,29 +76,44 @@ async fn main() -> anyhow::Result<()> {
         (None, false) => PathBuf::from(vmcheck::target::service::LIO_CONFIGFS),
     };
     let lio_fs = if args.emulate_configfs {
-        ConfigFs::emulated(&lio_root, &lio::ROOT_LAYOUT).with_context(|| format!("emulating LIO configfs in {}", lio_root.display()))?
+        ConfigFs::emulated(&lio_root, &lio::ROOT_LAYOUT)
+            .with_context(|| format!("emulating LIO configfs in {}", lio_root.display()))?
     } else {
         ConfigFs::kernel(&lio_root)
     };
     let lio = Lio::new(lio_fs);
     if !lio.available() {
-        warn!("{} has no LIO tree: iSCSI sharing will fail until target_core_mod is loaded", lio_root.display());
+        warn!(
+            "{} has no LIO tree: iSCSI sharing will fail until target_core_mod is loaded",
+            lio_root.display()
+        );
     }
     if !nvmet.available() {
-        warn!("{} has no nvmet tree: sharing will fail until nvmet is loaded and configfs mounted", args.configfs.display());
+        warn!(
+            "{} has no nvmet tree: sharing will fail until nvmet is loaded and configfs mounted",
+            args.configfs.display()
+        );
     }
     let traddr = args.traddr.map_or(Traddr::Detect, Traddr::Fixed);
-    let service = TargetService::new(nvmet, Backing::new(&args.sysfs, &args.malloc_dir), traddr).with_lio(lio);
+    let service = TargetService::new(nvmet, Backing::new(&args.sysfs, &args.malloc_dir), traddr)
+        .with_lio(lio);
     match service.leftovers() {
         Ok(report) if report.is_empty() => info!("no leftover nvmet state"),
-        Ok(report) => warn!("leftover state from before this daemon (left alone):\n{}", report.trim_end()),
+        Ok(report) => {
+            warn!("leftover state from before this daemon (left alone):\n{}", report.trim_end())
+        }
         Err(err) => warn!("cannot read nvmet state: {err}"),
     }
 
     let service = std::sync::Arc::new(service);
-    let monitor = vmcheck::target::monitor::spawn(service.clone(), std::time::Duration::from_millis(args.hotplug_poll_ms));
+    let monitor = vmcheck::target::monitor::spawn(
+        service.clone(),
+        std::time::Duration::from_millis(args.hotplug_poll_ms),
+    );
 
-    let listener = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("listening on {}", args.listen))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
     info!(
         version = env!("CARGO_PKG_VERSION"),
         listen = %listener.local_addr().unwrap_or(args.listen),

@@ -9,7 +9,12 @@ use vmcheck::harness;
 use vmcheck::scenarios;
 
 #[derive(Parser)]
-#[command(name = "vmcheck", version, about = "VM-level integration tests for storage systems", arg_required_else_help = true)]
+#[command(
+    name = "vmcheck",
+    version,
+    about = "VM-level integration tests for storage systems",
+    arg_required_else_help = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -71,8 +76,26 @@ fn main() -> ExitCode {
             let signals = !matches!(command, harness::Command::Repl { .. });
             harness::runtime_main(async move { harness::dispatch(&suite, command).await }, signals)
         }
-        Command::Bench { boots, execs, transfer_mib, nvmeof, fio_runs, fio_secs, rounds, networks, suite: patterns, json } => {
-            if boots == 0 || execs < 20 || transfer_mib == 0 || fio_runs == 0 || fio_secs == 0 || rounds == 0 || networks.is_empty() {
+        Command::Bench {
+            boots,
+            execs,
+            transfer_mib,
+            nvmeof,
+            fio_runs,
+            fio_secs,
+            rounds,
+            networks,
+            suite: patterns,
+            json,
+        } => {
+            if boots == 0
+                || execs < 20
+                || transfer_mib == 0
+                || fio_runs == 0
+                || fio_secs == 0
+                || rounds == 0
+                || networks.is_empty()
+            {
                 eprintln!("vmcheck: bench needs --boots >= 1, --execs >= 20, --transfer-mib >= 1, --fio-runs >= 1, --fio-secs >= 1 and --rounds >= 1");
                 return ExitCode::from(2);
             }
@@ -81,12 +104,25 @@ fn main() -> ExitCode {
                 eprintln!("vmcheck: bench --suite: {e:#}");
                 return ExitCode::from(2);
             }
-            if let Some(dir) = json.as_deref().and_then(Path::parent).filter(|d| !d.as_os_str().is_empty() && !d.is_dir()) {
+            if let Some(dir) = json
+                .as_deref()
+                .and_then(Path::parent)
+                .filter(|d| !d.as_os_str().is_empty() && !d.is_dir())
+            {
                 eprintln!("vmcheck: bench --json: {} is not a directory", dir.display());
                 return ExitCode::from(2);
             }
-            let options =
-                vmcheck::bench::BenchOptions { boots, execs, transfer_mib, nvmeof, fio_runs, fio_secs, rounds, networks, suite: patterns };
+            let options = vmcheck::bench::BenchOptions {
+                boots,
+                execs,
+                transfer_mib,
+                nvmeof,
+                fio_runs,
+                fio_secs,
+                rounds,
+                networks,
+                suite: patterns,
+            };
             harness::runtime_main(bench(options, json), true)
         }
     }

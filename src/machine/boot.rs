@@ -56,7 +56,10 @@ impl Machine {
     }
 
     /// The snapshot store and this machine's key in it, for a machine that may use one.
-    fn snapshot_key(&self, spec: &QemuSpec) -> Option<(Arc<crate::snapshot::Store>, crate::snapshot::Key)> {
+    fn snapshot_key(
+        &self,
+        spec: &QemuSpec,
+    ) -> Option<(Arc<crate::snapshot::Store>, crate::snapshot::Key)> {
         let store = self.inner.env.snapshots.clone()?;
         let mut base = spec.clone();
         base.disks.clear();
@@ -81,10 +84,9 @@ impl Machine {
                 let restored = async {
                     self.incoming(&dest, &uri, "restoring from snapshot").await?;
                     let mark = dest.qmp.event_count();
-                    dest.qmp
-                        .execute(qapi::qmp::cont {})
-                        .await
-                        .map_err(|e| self.error("QMP cont after restore was refused", format!("{e:#}")))?;
+                    dest.qmp.execute(qapi::qmp::cont {}).await.map_err(|e| {
+                        self.error("QMP cont after restore was refused", format!("{e:#}"))
+                    })?;
                     self.wait_event(&dest.qmp, mark, "RESUME", timeouts::request()).await.map(drop)
                 }
                 .await;
@@ -100,19 +102,28 @@ impl Machine {
             }
             Ok(None) => {}
             Err(why) => {
-                log::line(&format!("{name}: snapshot {} is unusable ({why:#}): deleting it, booting afresh", key.short()));
+                log::line(&format!(
+                    "{name}: snapshot {} is unusable ({why:#}): deleting it, booting afresh",
+                    key.short()
+                ));
                 store.discard(&key)?;
             }
         }
         match store.try_build(&key)? {
             Some(build) => {
-                log::line(&format!("{name}: no snapshot {}: booting without disks to save one", key.short()));
+                log::line(&format!(
+                    "{name}: no snapshot {}: booting without disks to save one",
+                    key.short()
+                ));
                 let started = Instant::now();
                 let r = self.launch(&base).await?;
                 Ok(Some((r, Pending::Build { build, started })))
             }
             None => {
-                log::line(&format!("{name}: another run is saving snapshot {}: booting afresh", key.short()));
+                log::line(&format!(
+                    "{name}: another run is saving snapshot {}: booting afresh",
+                    key.short()
+                ));
                 Ok(None)
             }
         }
@@ -131,7 +142,10 @@ impl Machine {
     /// [`Machine::launch`] leaving the switch ends of the NICs' socket pairs unplugged (a
     /// migration target, plugged in at switchover by [`Machine::plug`]); until then nothing
     /// reads or writes them.
-    pub(super) async fn launch_unplugged(&self, spec: &QemuSpec) -> Result<(Running, Vec<(u32, std::os::unix::net::UnixDatagram)>)> {
+    pub(super) async fn launch_unplugged(
+        &self,
+        spec: &QemuSpec,
+    ) -> Result<(Running, Vec<(u32, std::os::unix::net::UnixDatagram)>)> {
         let mut spec = spec.clone();
         let mut ports = Vec::new();
         for nic in &mut spec.nics {
@@ -163,7 +177,14 @@ impl Machine {
         self.inner.console.reopen();
         let shared = self.inner.env.run_dir.join("shared");
         std::fs::create_dir_all(&shared)?;
-        let process = QemuProcess::start(spec, &self.inner.dir, &shared, self.inner.console.clone(), Some(&self.inner.env.log_dir)).await?;
+        let process = QemuProcess::start(
+            spec,
+            &self.inner.dir,
+            &shared,
+            self.inner.console.clone(),
+            Some(&self.inner.env.log_dir),
+        )
+        .await?;
         let pid = process.pid;
         let _ = std::fs::write(self.inner.dir.join("qemu.pid"), pid.to_string());
         // QEMU waits for the QMP connection before it runs the guest.
@@ -175,14 +196,17 @@ impl Machine {
             Ok(q) => Arc::new(q),
             Err(e) => {
                 let _ = process.kill().await;
-                return Err(self.harness_error("QEMU did not start", format!("{e:#}\nQEMU stderr:\n{}", process.stderr())));
+                return Err(self.harness_error(
+                    "QEMU did not start",
+                    format!("{e:#}\nQEMU stderr:\n{}", process.stderr()),
+                ));
             }
         };
         let mut forwards = Vec::new();
         for &guest in spec.control.iter().flat_map(|c| c.guest_ports.iter()) {
-            let host = hostfwd_port(&qmp, guest)
-                .await
-                .map_err(|e| self.harness_error(format!("reading the forward of port {guest}"), format!("{e:#}")))?;
+            let host = hostfwd_port(&qmp, guest).await.map_err(|e| {
+                self.harness_error(format!("reading the forward of port {guest}"), format!("{e:#}"))
+            })?;
             forwards.push((guest, host));
         }
         log::line(&format!("{}: {QEMU_RUNNING}{pid})", self.name()));
@@ -194,7 +218,8 @@ impl Machine {
     pub(super) fn create_disk_file(&self, disk: &DiskSpec) -> Result<PathBuf> {
         let path = self.disk_path(&disk.id);
         if !path.exists() {
-            let f = std::fs::File::create(&path).with_context(|| format!("creating disk {}", path.display()))?;
+            let f = std::fs::File::create(&path)
+                .with_context(|| format!("creating disk {}", path.display()))?;
             f.set_len(disk.size_mib << 20)?;
         }
         Ok(path)
@@ -252,7 +277,11 @@ impl Machine {
                             *running = Some(self.launch(&spec).await?);
                         }
                         self.sync_agent(timeouts::boot()).await?;
-                        log::line(&format!("{}: booted in {:.2} s", self.name(), started.elapsed().as_secs_f64()));
+                        log::line(&format!(
+                            "{}: booted in {:.2} s",
+                            self.name(),
+                            started.elapsed().as_secs_f64()
+                        ));
                         Ok(())
                     }
                 }
@@ -281,7 +310,9 @@ impl Machine {
                         bytes as f64 / 1048576.0,
                         saving.elapsed().as_secs_f64()
                     )),
-                    Err(e) => log::line(&format!("{}: snapshot {short} not saved: {e:#}", self.name())),
+                    Err(e) => {
+                        log::line(&format!("{}: snapshot {short} not saved: {e:#}", self.name()))
+                    }
                 }
                 self.plug_disks().await
             }
@@ -291,7 +322,10 @@ impl Machine {
     /// Seconds since the guest's kernel started (`/proc/uptime`, the guest's monotonic clock).
     async fn guest_uptime(&self) -> Result<f64> {
         let text = self.succeed("cat /proc/uptime").await?;
-        text.split_whitespace().next().and_then(|t| t.parse().ok()).ok_or_else(|| anyhow!("{}: /proc/uptime said {text:?}", self.name()))
+        text.split_whitespace()
+            .next()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| anyhow!("{}: /proc/uptime said {text:?}", self.name()))
     }
 
     /// Saves the running, disk-less machine as a snapshot (migration to its file) and resumes it.
@@ -301,9 +335,14 @@ impl Machine {
         let mark = qmp.event_count();
         let uri = format!("file:{}", build.state_path().display());
         let saved = async {
-            qmp.execute(qapi::qmp::migrate { uri: Some(uri.clone()), channels: None, detach: None, resume: None })
-                .await
-                .map_err(|e| anyhow!("QMP migrate to {uri} was refused: {e:#}"))?;
+            qmp.execute(qapi::qmp::migrate {
+                uri: Some(uri.clone()),
+                channels: None,
+                detach: None,
+                resume: None,
+            })
+            .await
+            .map_err(|e| anyhow!("QMP migrate to {uri} was refused: {e:#}"))?;
             self.wait_migration(&qmp, mark, "saving the snapshot").await
         }
         .await;
@@ -312,17 +351,24 @@ impl Machine {
         // ("Migration is not finalized yet").
         let settled = poll::until(timeouts::request(), timeouts::SOCKET_POLL, |_| async {
             let status = qmp.execute(qapi::qmp::query_status {}).await?;
-            Ok((serde_json::to_value(status.status)? != serde_json::json!("finish-migrate")).then_some(status.running))
+            Ok((serde_json::to_value(status.status)? != serde_json::json!("finish-migrate"))
+                .then_some(status.running))
         })
         .await?;
         let Polled::Done(running) = settled else {
-            return Err(self.harness_error("the machine stayed in finish-migrate after saving the snapshot", format!("{saved:?}")));
+            return Err(self.harness_error(
+                "the machine stayed in finish-migrate after saving the snapshot",
+                format!("{saved:?}"),
+            ));
         };
         if !running {
             let mark = qmp.event_count();
-            qmp.execute(qapi::qmp::cont {})
-                .await
-                .map_err(|e| self.harness_error("QMP cont after saving the snapshot was refused", format!("{e:#}")))?;
+            qmp.execute(qapi::qmp::cont {}).await.map_err(|e| {
+                self.harness_error(
+                    "QMP cont after saving the snapshot was refused",
+                    format!("{e:#}"),
+                )
+            })?;
             self.wait_event(&qmp, mark, "RESUME", timeouts::request()).await?;
         }
         saved?;
@@ -334,8 +380,11 @@ impl Machine {
     /// its random state (fresh bytes from the host mixed into `/dev/urandom`).
     async fn after_restore(&self) -> Result<()> {
         let qga = self.qga().await?;
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as i64;
-        qga.execute_raw("guest-set-time", serde_json::json!({ "time": now })).await.map_err(|e| anyhow!("guest-set-time: {e:#}"))?;
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as i64;
+        qga.execute_raw("guest-set-time", serde_json::json!({ "time": now }))
+            .await
+            .map_err(|e| anyhow!("guest-set-time: {e:#}"))?;
         let mut seed = [0u8; 64];
         std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut seed)?;
         qga.write_file("/dev/urandom", &seed).await
@@ -356,7 +405,12 @@ impl Machine {
         for d in &disks {
             self.wait_for_block_device(&d.serial, true, timeouts::hotplug()).await?;
         }
-        log::line(&format!("{}: {} disk(s) plugged in {:.2} s", self.name(), disks.len(), started.elapsed().as_secs_f64()));
+        log::line(&format!(
+            "{}: {} disk(s) plugged in {:.2} s",
+            self.name(),
+            disks.len(),
+            started.elapsed().as_secs_f64()
+        ));
         Ok(())
     }
 
@@ -372,8 +426,17 @@ impl Machine {
             r = qga.sync(timeout) => r,
             s = exited => Err(anyhow!("QEMU exited ({s}) before the agent answered")),
         };
-        result.map_err(|e| self.harness_error(format!("the guest agent did not answer within {timeout:?}"), format!("{e:#}")))?;
-        log::line(&format!("{}: agent answered after {:.2} s", self.name(), started.elapsed().as_secs_f64()));
+        result.map_err(|e| {
+            self.harness_error(
+                format!("the guest agent did not answer within {timeout:?}"),
+                format!("{e:#}"),
+            )
+        })?;
+        log::line(&format!(
+            "{}: agent answered after {:.2} s",
+            self.name(),
+            started.elapsed().as_secs_f64()
+        ));
         Ok(())
     }
 }
@@ -390,13 +453,23 @@ const QEMU_RUNNING: &str = "QEMU running (pid ";
 
 /// The QEMU process ids a driver's log announced (tests use them to check nothing survives).
 pub fn logged_qemu_pids<'a>(log: impl IntoIterator<Item = &'a str>) -> Vec<u32> {
-    log.into_iter().filter_map(|l| l.split_once(QEMU_RUNNING).and_then(|(_, r)| r.trim_end_matches(')').parse().ok())).collect()
+    log.into_iter()
+        .filter_map(|l| {
+            l.split_once(QEMU_RUNNING).and_then(|(_, r)| r.trim_end_matches(')').parse().ok())
+        })
+        .collect()
 }
 
 /// The loopback port QEMU bound for `hostfwd=tcp:127.0.0.1:0-:guest_port` (from `info usernet`).
 async fn hostfwd_port(qmp: &Qmp, guest_port: u16) -> Result<u16> {
-    let text = qmp.execute(qapi::qmp::human_monitor_command { command_line: "info usernet".into(), cpu_index: None }).await?;
-    parse_usernet_port(&text, guest_port).ok_or_else(|| anyhow!("no forward to guest port {guest_port} in `info usernet`:\n{text}"))
+    let text = qmp
+        .execute(qapi::qmp::human_monitor_command {
+            command_line: "info usernet".into(),
+            cpu_index: None,
+        })
+        .await?;
+    parse_usernet_port(&text, guest_port)
+        .ok_or_else(|| anyhow!("no forward to guest port {guest_port} in `info usernet`:\n{text}"))
 }
 
 /// Finds the host port of a `HOST_FORWARD` line whose guest port is `guest_port`.
@@ -404,7 +477,8 @@ fn parse_usernet_port(text: &str, guest_port: u16) -> Option<u16> {
     text.lines().filter(|l| l.contains("HOST_FORWARD")).find_map(|l| {
         // "  TCP[HOST_FORWARD]  13  127.0.0.1  40591  198.51.100.15  10124  0  0"
         let fields: Vec<&str> = l.split_whitespace().collect();
-        let (host, guest) = (fields.get(3)?.parse::<u16>().ok()?, fields.get(5)?.parse::<u16>().ok()?);
+        let (host, guest) =
+            (fields.get(3)?.parse::<u16>().ok()?, fields.get(5)?.parse::<u16>().ok()?);
         (guest == guest_port).then_some(host)
     })
 }
@@ -432,6 +506,13 @@ mod tests {
 
     #[test]
     fn logged_pids_are_found() {
-        assert_eq!(logged_qemu_pids(["target: QEMU running (pid 42)", "target # boot", "initiator: QEMU running (pid 7)"]), [42, 7]);
+        assert_eq!(
+            logged_qemu_pids([
+                "target: QEMU running (pid 42)",
+                "target # boot",
+                "initiator: QEMU running (pid 7)"
+            ]),
+            [42, 7]
+        );
     }
 }

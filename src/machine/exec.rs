@@ -28,7 +28,10 @@ impl Machine {
             Err(e) => match e.downcast_ref::<ExecTimeout>() {
                 Some(t) => Err(self.timeout_error(
                     format!("command did not finish within {timeout:?}: {cmd}"),
-                    format!("it was killed; its output so far:\nstdout:\n{}\nstderr:\n{}", t.stdout, t.stderr),
+                    format!(
+                        "it was killed; its output so far:\nstdout:\n{}\nstderr:\n{}",
+                        t.stdout, t.stderr
+                    ),
                     timeout,
                 )),
                 None => Err(self.harness_error(format!("could not run: {cmd}"), format!("{e:#}"))),
@@ -43,8 +46,16 @@ impl Machine {
         log::line(&format!("{}: spawned: {label}", self.name()));
         let qga = self.qga().await?;
         let args: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let exec = qga.exec_start(&args).await.map_err(|e| self.harness_error(format!("could not start: {label}"), format!("{e:#}")))?;
-        Ok(GuestProcess { machine: self.clone(), exec, label, started: Instant::now(), done: tokio::sync::Mutex::new(None) })
+        let exec = qga.exec_start(&args).await.map_err(|e| {
+            self.harness_error(format!("could not start: {label}"), format!("{e:#}"))
+        })?;
+        Ok(GuestProcess {
+            machine: self.clone(),
+            exec,
+            label,
+            started: Instant::now(),
+            done: tokio::sync::Mutex::new(None),
+        })
     }
 
     /// Runs `cmd`; its exit status and output, whatever the status.
@@ -77,7 +88,10 @@ impl Machine {
         log::nested(&format!("{}: must fail: {cmd}", self.name()), async {
             let out = self.execute(cmd).await?;
             if out.status == 0 {
-                return Err(self.error(format!("command succeeded but should have failed: {cmd}"), format!("stdout:\n{}", out.stdout)));
+                return Err(self.error(
+                    format!("command succeeded but should have failed: {cmd}"),
+                    format!("stdout:\n{}", out.stdout),
+                ));
             }
             Ok(out)
         })
@@ -86,7 +100,9 @@ impl Machine {
 
     /// Retries `cmd` until it exits 0; returns its stdout.
     pub async fn wait_until_succeeds(&self, cmd: &str, timeout: Duration) -> Result<String> {
-        let out = self.retry(&format!("waiting for success: {cmd}"), cmd, timeout, |o| o.status == 0).await?;
+        let out = self
+            .retry(&format!("waiting for success: {cmd}"), cmd, timeout, |o| o.status == 0)
+            .await?;
         Ok(out.stdout)
     }
 
@@ -95,7 +111,13 @@ impl Machine {
         self.retry(&format!("waiting for failure: {cmd}"), cmd, timeout, |o| o.status != 0).await
     }
 
-    async fn retry(&self, label: &str, cmd: &str, timeout: Duration, done: impl Fn(&ExecOutput) -> bool) -> Result<ExecOutput> {
+    async fn retry(
+        &self,
+        label: &str,
+        cmd: &str,
+        timeout: Duration,
+        done: impl Fn(&ExecOutput) -> bool,
+    ) -> Result<ExecOutput> {
         log::nested(&format!("{}: {label}", self.name()), async {
             let last = std::sync::Mutex::new(None);
             let polled = poll::until(timeout, timeouts::GUEST_POLL, |left| {
@@ -140,7 +162,12 @@ impl Machine {
 
     /// Waits until the guest shows (`present`) or no longer shows a block device with serial
     /// `serial`; returns its `/dev` node when present.
-    pub async fn wait_for_block_device(&self, serial: &str, present: bool, timeout: Duration) -> Result<Option<String>> {
+    pub async fn wait_for_block_device(
+        &self,
+        serial: &str,
+        present: bool,
+        timeout: Duration,
+    ) -> Result<Option<String>> {
         // One line per block device: name, hidden flag, serial (NVMe pads serials with spaces;
         // `echo $s` drops them). The choice is made on the host, by `block_device_by_serial`.
         let cmd = "for b in /sys/block/*; do s=$(cat $b/device/serial 2>/dev/null || cat $b/serial 2>/dev/null); \
@@ -161,8 +188,13 @@ impl Machine {
             Polled::TimedOut(waited) => {
                 let what = if present { "to appear" } else { "to go away" };
                 Err(self.timeout_error(
-                    format!("waited {timeout:?} for the block device with serial {serial:?} {what}"),
-                    format!("/sys/block shows (name, hidden, serial):\n{}", listing.into_inner().unwrap()),
+                    format!(
+                        "waited {timeout:?} for the block device with serial {serial:?} {what}"
+                    ),
+                    format!(
+                        "/sys/block shows (name, hidden, serial):\n{}",
+                        listing.into_inner().unwrap()
+                    ),
                     waited,
                 ))
             }
@@ -184,14 +216,17 @@ impl Machine {
     /// A machine restored from a snapshot prints nothing of its boot: for what the kernel said
     /// at boot, use [`Machine::wait_for_kernel_message`].
     pub async fn wait_for_console_text(&self, regex: &str, timeout: Duration) -> Result<String> {
-        let re = regex::Regex::new(regex).with_context(|| format!("bad regular expression {regex:?}"))?;
+        let re = regex::Regex::new(regex)
+            .with_context(|| format!("bad regular expression {regex:?}"))?;
         let started = Instant::now();
         log::nested(&format!("{}: waiting for console text /{regex}/", self.name()), async {
-            self.inner
-                .console
-                .wait_for(&re, timeout)
-                .await
-                .map_err(|e| self.timeout_error(format!("waiting for console text /{regex}/"), format!("{e:#}"), started.elapsed()))
+            self.inner.console.wait_for(&re, timeout).await.map_err(|e| {
+                self.timeout_error(
+                    format!("waiting for console text /{regex}/"),
+                    format!("{e:#}"),
+                    started.elapsed(),
+                )
+            })
         })
         .await
     }
@@ -201,7 +236,8 @@ impl Machine {
     /// what the kernel said at the boot the state was saved from is still there, while the
     /// console of a restored machine never shows it.
     pub async fn wait_for_kernel_message(&self, regex: &str, timeout: Duration) -> Result<String> {
-        let re = regex::Regex::new(regex).with_context(|| format!("bad regular expression {regex:?}"))?;
+        let re = regex::Regex::new(regex)
+            .with_context(|| format!("bad regular expression {regex:?}"))?;
         log::nested(&format!("{}: waiting for kernel message /{regex}/", self.name()), async {
             let last = std::sync::Mutex::new(String::new());
             let polled = poll::until(timeout, timeouts::GUEST_POLL, |_| {
@@ -218,7 +254,8 @@ impl Machine {
                 Polled::Done(line) => Ok(line),
                 Polled::TimedOut(waited) => {
                     let log = last.into_inner().unwrap();
-                    let tail: Vec<_> = log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
+                    let tail: Vec<_> =
+                        log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
                     Err(self.timeout_error(
                         format!("waited {timeout:?} for a kernel message matching /{regex}/"),
                         format!("the last {} lines of dmesg:\n{}", tail.len(), tail.join("\n")),
@@ -232,7 +269,8 @@ impl Machine {
 
     /// Whether the console ever showed text matching `regex`.
     pub fn console_contains(&self, regex: &str) -> Result<bool> {
-        let re = regex::Regex::new(regex).with_context(|| format!("bad regular expression {regex:?}"))?;
+        let re = regex::Regex::new(regex)
+            .with_context(|| format!("bad regular expression {regex:?}"))?;
         Ok(self.inner.console.contains(&re))
     }
 }
@@ -280,12 +318,17 @@ impl GuestProcess {
             let running = self.machine.inner.running.read().await;
             let qga = match running.as_ref() {
                 Some(r) => r.qga.clone(),
-                None => return Err(self.machine.error(format!("asking whether it ended: {}", self.label), "the machine is not running")),
+                None => {
+                    return Err(self.machine.error(
+                        format!("asking whether it ended: {}", self.label),
+                        "the machine is not running",
+                    ))
+                }
             };
-            *done = qga
-                .exec_status(&self.exec)
-                .await
-                .map_err(|e| self.machine.error(format!("asking whether it ended: {}", self.label), format!("{e:#}")))?;
+            *done = qga.exec_status(&self.exec).await.map_err(|e| {
+                self.machine
+                    .error(format!("asking whether it ended: {}", self.label), format!("{e:#}"))
+            })?;
         }
         Ok(done.clone())
     }
@@ -308,7 +351,10 @@ impl GuestProcess {
                 let partial = self.kill().await;
                 Err(self.machine.timeout_error(
                     format!("background command did not end within {timeout:?}: {}", self.label),
-                    format!("it was killed; its output so far:\nstdout:\n{}\nstderr:\n{}", partial.stdout, partial.stderr),
+                    format!(
+                        "it was killed; its output so far:\nstdout:\n{}\nstderr:\n{}",
+                        partial.stdout, partial.stderr
+                    ),
                     waited,
                 ))
             }
@@ -323,7 +369,12 @@ impl GuestProcess {
         }
         let out = match self.machine.qga().await {
             Ok(qga) => qga.exec_kill(&self.exec).await,
-            Err(e) => ExecOutput { status: -1, signal: None, stdout: String::new(), stderr: format!("{e:#}") },
+            Err(e) => ExecOutput {
+                status: -1,
+                signal: None,
+                stdout: String::new(),
+                stderr: format!("{e:#}"),
+            },
         };
         *done = Some(out.clone());
         out
@@ -343,8 +394,14 @@ mod tests {
         assert_eq!(block_device_by_serial(qemu7, "vmcheck-boot").as_deref(), Some("/dev/vda"));
         // QEMU 10.0 (real listing of the target VM): the hidden path node sorts first.
         let qemu10 = "nvme0c0n1 1 vmcheck-disk0\nnvme0n1 0 vmcheck-disk0\nnvme1c1n1 1 vmcheck-disk1\nnvme1n1 0 vmcheck-disk1\n";
-        assert_eq!(block_device_by_serial(qemu10, "vmcheck-disk0").as_deref(), Some("/dev/nvme0n1"));
-        assert_eq!(block_device_by_serial(qemu10, "vmcheck-disk1").as_deref(), Some("/dev/nvme1n1"));
+        assert_eq!(
+            block_device_by_serial(qemu10, "vmcheck-disk0").as_deref(),
+            Some("/dev/nvme0n1")
+        );
+        assert_eq!(
+            block_device_by_serial(qemu10, "vmcheck-disk1").as_deref(),
+            Some("/dev/nvme1n1")
+        );
         // Serials are compared whole: a prefix is not a match; no serial, no device.
         assert_eq!(block_device_by_serial(qemu10, "vmcheck-disk"), None);
         assert_eq!(block_device_by_serial("loop0 0\nram0 0\n", "vmcheck-disk0"), None);

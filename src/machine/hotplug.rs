@@ -26,8 +26,12 @@ impl Machine {
         let cmd = "for c in /sys/class/nvme/*; do [ -e $c/device ] && echo $(basename $(readlink -f $c/device)) $(cat $c/serial); done; \
                    for b in /sys/block/vd*; do [ -e $b/serial ] && echo $(basename $(readlink -f $b/device/..)) $(cat $b/serial); done; true";
         let listing = self.succeed(cmd).await?;
-        let guest = pci_address_by_serial(&listing, &disk.serial)
-            .ok_or_else(|| self.error(format!("the guest shows no PCI device for disk {id} (serial {})", disk.serial), listing.clone()))?;
+        let guest = pci_address_by_serial(&listing, &disk.serial).ok_or_else(|| {
+            self.error(
+                format!("the guest shows no PCI device for disk {id} (serial {})", disk.serial),
+                listing.clone(),
+            )
+        })?;
         let host = self.qemu_pci_address(id).await?;
         if guest != host {
             return Err(self.error(
@@ -47,7 +51,9 @@ impl Machine {
             .flat_map(|b| b.devices.iter())
             .find(|d| d.qdev_id == id)
             .map(|d| format!("0000:{:02x}:{:02x}.{}", d.bus, d.slot, d.function))
-            .ok_or_else(|| self.error(format!("QEMU has no PCI device {id:?}"), "query-pci does not list it"))
+            .ok_or_else(|| {
+                self.error(format!("QEMU has no PCI device {id:?}"), "query-pci does not list it")
+            })
     }
 
     /// Hot-removes disk `id` from the host side: QMP `device_del`, then waits for QEMU's
@@ -58,22 +64,35 @@ impl Machine {
         log::nested(&format!("{}: hot-removing disk {id} (QMP device_del)", self.name()), async {
             let qmp = self.qmp().await?;
             let mark = qmp.event_count();
-            qmp.execute(qapi::qmp::device_del { id: id.to_string() })
-                .await
-                .map_err(|e| self.error(format!("device_del {id} was refused"), format!("{e:#}")))?;
+            qmp.execute(qapi::qmp::device_del { id: id.to_string() }).await.map_err(|e| {
+                self.error(format!("device_del {id} was refused"), format!("{e:#}"))
+            })?;
             let started = Instant::now();
             qmp.wait_for_event(mark, timeouts::hotplug(), |e| {
                 e.name == "DEVICE_DELETED"
-                    && serde_json::from_value::<qapi::qmp::DEVICE_DELETED>(e.data.clone()).is_ok_and(|d| d.device.as_deref() == Some(id))
+                    && serde_json::from_value::<qapi::qmp::DEVICE_DELETED>(e.data.clone())
+                        .is_ok_and(|d| d.device.as_deref() == Some(id))
             })
             .await
-            .map_err(|e| self.timeout_error(format!("waiting for DEVICE_DELETED of {id}"), format!("{e:#}"), started.elapsed()))?;
+            .map_err(|e| {
+                self.timeout_error(
+                    format!("waiting for DEVICE_DELETED of {id}"),
+                    format!("{e:#}"),
+                    started.elapsed(),
+                )
+            })?;
             // A disk added with blockdev-add keeps its block node; a boot disk's (-drive) went
             // with the device. Either way nothing of it is left.
-            let _ = qmp.execute_raw("blockdev-del", json!({ "node-name": format!("drive-{id}") })).await;
+            let _ = qmp
+                .execute_raw("blockdev-del", json!({ "node-name": format!("drive-{id}") }))
+                .await;
             self.set_disks(|d| d.retain(|d| d.id != id));
             self.wait_for_block_device(&disk.serial, false, timeouts::hotplug()).await?;
-            log::line(&format!("{}: disk {id} removed after {:.2} s", self.name(), started.elapsed().as_secs_f64()));
+            log::line(&format!(
+                "{}: disk {id} removed after {:.2} s",
+                self.name(),
+                started.elapsed().as_secs_f64()
+            ));
             Ok(())
         })
         .await
@@ -84,11 +103,14 @@ impl Machine {
     pub async fn guest_remove_disk(&self, id: &str) -> Result<String> {
         let disk = self.disk(id)?;
         let bdf = self.pci_address(id).await?;
-        log::nested(&format!("{}: hot-removing disk {id} from the guest (PCI {bdf})", self.name()), async {
-            self.succeed(&format!("echo 1 > /sys/bus/pci/devices/{bdf}/remove")).await?;
-            self.wait_for_block_device(&disk.serial, false, timeouts::hotplug()).await?;
-            Ok(bdf)
-        })
+        log::nested(
+            &format!("{}: hot-removing disk {id} from the guest (PCI {bdf})", self.name()),
+            async {
+                self.succeed(&format!("echo 1 > /sys/bus/pci/devices/{bdf}/remove")).await?;
+                self.wait_for_block_device(&disk.serial, false, timeouts::hotplug()).await?;
+                Ok(bdf)
+            },
+        )
         .await
     }
 
@@ -96,15 +118,22 @@ impl Machine {
     /// `device_add`, then waits for its block device in the guest and returns its `/dev` node.
     pub async fn hot_add_disk(&self, disk: DiskSpec) -> Result<String> {
         if self.disk(&disk.id).is_ok() {
-            return Err(self.error(format!("a disk {} is plugged in already", disk.id), "give the new disk another id"));
+            return Err(self.error(
+                format!("a disk {} is plugged in already", disk.id),
+                "give the new disk another id",
+            ));
         }
-        log::nested(&format!("{}: hot-adding disk {} ({} MiB)", self.name(), disk.id, disk.size_mib), async {
-            let qmp = self.qmp().await?;
-            self.attach_disk(&qmp, &disk).await?;
-            self.set_disks(|d| d.push(disk.clone()));
-            let dev = self.wait_for_block_device(&disk.serial, true, timeouts::hotplug()).await?;
-            dev.ok_or_else(|| anyhow!("disk {} appeared without a device node", disk.id))
-        })
+        log::nested(
+            &format!("{}: hot-adding disk {} ({} MiB)", self.name(), disk.id, disk.size_mib),
+            async {
+                let qmp = self.qmp().await?;
+                self.attach_disk(&qmp, &disk).await?;
+                self.set_disks(|d| d.push(disk.clone()));
+                let dev =
+                    self.wait_for_block_device(&disk.serial, true, timeouts::hotplug()).await?;
+                dev.ok_or_else(|| anyhow!("disk {} appeared without a device node", disk.id))
+            },
+        )
         .await
     }
 }
@@ -122,10 +151,14 @@ impl Machine {
                    "file": {"driver": "file", "filename": path.display().to_string()}}),
         )
         .await
-        .map_err(|e| self.error(format!("blockdev-add of {} was refused", disk.id), format!("{e:#}")))?;
+        .map_err(|e| {
+            self.error(format!("blockdev-add of {} was refused", disk.id), format!("{e:#}"))
+        })?;
         let driver = qemu_disk.device_model();
         let mut arguments: serde_json::Map<String, serde_json::Value> =
-            [("drive".to_string(), json!(node)), ("serial".to_string(), json!(disk.serial))].into_iter().collect();
+            [("drive".to_string(), json!(node)), ("serial".to_string(), json!(disk.serial))]
+                .into_iter()
+                .collect();
         if let Some(slot) = qemu_disk.pci_slot {
             arguments.insert("addr".to_string(), json!(format!("0x{slot:02x}")));
         }
@@ -139,7 +172,10 @@ impl Machine {
             .await;
         if let Err(e) = added {
             let _ = qmp.execute_raw("blockdev-del", json!({ "node-name": node })).await;
-            return Err(self.error(format!("device_add of {} ({driver}) was refused", disk.id), format!("{e:#}")));
+            return Err(self.error(
+                format!("device_add of {} ({driver}) was refused", disk.id),
+                format!("{e:#}"),
+            ));
         }
         Ok(())
     }
@@ -160,7 +196,10 @@ mod tests {
     #[test]
     fn pci_addresses_are_found_by_serial() {
         let listing = "0000:00:05.0 vmcheck-disk0\n0000:00:06.0 vmcheck-disk1\nctl nqn.2019-05.io.vmcheck:x\n";
-        assert_eq!(pci_address_by_serial(listing, "vmcheck-disk1").as_deref(), Some("0000:00:06.0"));
+        assert_eq!(
+            pci_address_by_serial(listing, "vmcheck-disk1").as_deref(),
+            Some("0000:00:06.0")
+        );
         assert_eq!(pci_address_by_serial(listing, "vmcheck-disk"), None);
         assert_eq!(pci_address_by_serial("", "vmcheck-disk0"), None);
     }

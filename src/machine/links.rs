@@ -71,7 +71,10 @@ impl Machine {
     /// Changes this machine's link on `vlan`.
     pub fn change_link(&self, vlan: u32, change: impl FnOnce(&mut Link)) -> Result<()> {
         let sw = self.inner.env.switches.get(&vlan).ok_or_else(|| {
-            self.error(format!("no test network vlan {vlan}"), format!("this machine is on vlans {:?}", self.inner.node.vlans))
+            self.error(
+                format!("no test network vlan {vlan}"),
+                format!("this machine is on vlans {:?}", self.inner.node.vlans),
+            )
         })?;
         sw.set_link(self.name(), change).map(drop)
     }

@@ -97,7 +97,9 @@ impl Machine {
             let qmp = self.qmp().await?;
             let before = self.balloon_actual().await?;
             let mark = qmp.event_count();
-            self.balloon_request(mib).await.map_err(|e| self.error(format!("QMP balloon {mib} MiB was refused"), format!("{e:#}")))?;
+            self.balloon_request(mib).await.map_err(|e| {
+                self.error(format!("QMP balloon {mib} MiB was refused"), format!("{e:#}"))
+            })?;
             self.wait_for_balloon(mib << 20, before != mib << 20, mark, balloon_timeout()).await?;
             self.memory_stats().await
         })
@@ -106,7 +108,13 @@ impl Machine {
 
     /// Waits until `query-balloon` says `bytes`; with `announced`, also for the BALLOON_CHANGE
     /// event (after event `mark`) carrying it (QEMU sends none when nothing changed).
-    pub async fn wait_for_balloon(&self, bytes: u64, announced: bool, mark: usize, timeout: Duration) -> Result<()> {
+    pub async fn wait_for_balloon(
+        &self,
+        bytes: u64,
+        announced: bool,
+        mark: usize,
+        timeout: Duration,
+    ) -> Result<()> {
         let started = Instant::now();
         let last = std::sync::atomic::AtomicU64::new(0);
         let polled = poll::until(timeout, BALLOON_POLL, |_| async {
@@ -127,18 +135,29 @@ impl Machine {
             let qmp = self.qmp().await?;
             // QEMU rate-limits BALLOON_CHANGE to one a second; the last value comes at the end.
             let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_secs(5));
-            qmp.wait_for_event(mark, left, |e| e.name == "BALLOON_CHANGE" && e.data["actual"].as_u64() == Some(bytes)).await.map_err(
-                |e| {
-                    let seen: Vec<Value> =
-                        qmp.events_since(mark).into_iter().filter(|e| e.name == "BALLOON_CHANGE").map(|e| e.data).collect();
-                    self.error(
-                        format!("query-balloon says {bytes} bytes, but no BALLOON_CHANGE announced it"),
-                        format!("{e:#}; BALLOON_CHANGE events since the request: {seen:?}"),
-                    )
-                },
-            )?;
+            qmp.wait_for_event(mark, left, |e| {
+                e.name == "BALLOON_CHANGE" && e.data["actual"].as_u64() == Some(bytes)
+            })
+            .await
+            .map_err(|e| {
+                let seen: Vec<Value> = qmp
+                    .events_since(mark)
+                    .into_iter()
+                    .filter(|e| e.name == "BALLOON_CHANGE")
+                    .map(|e| e.data)
+                    .collect();
+                self.error(
+                    format!("query-balloon says {bytes} bytes, but no BALLOON_CHANGE announced it"),
+                    format!("{e:#}; BALLOON_CHANGE events since the request: {seen:?}"),
+                )
+            })?;
         }
-        log::line(&format!("{}: balloon at {} MiB after {:.2} s", self.name(), bytes >> 20, started.elapsed().as_secs_f64()));
+        log::line(&format!(
+            "{}: balloon at {} MiB after {:.2} s",
+            self.name(),
+            bytes >> 20,
+            started.elapsed().as_secs_f64()
+        ));
         Ok(())
     }
 
@@ -157,12 +176,23 @@ impl Machine {
 
     /// The balloon statistics QEMU holds now.
     pub async fn balloon_stats(&self) -> Result<BalloonStats> {
-        let v = self.qmp().await?.execute(qapi::qmp::qom_get { path: BALLOON_QOM_PATH.into(), property: "guest-stats".into() }).await?;
+        let v = self
+            .qmp()
+            .await?
+            .execute(qapi::qmp::qom_get {
+                path: BALLOON_QOM_PATH.into(),
+                property: "guest-stats".into(),
+            })
+            .await?;
         Ok(BalloonStats::parse(&v))
     }
 
     /// Waits for a statistics report newer than `after` (a `last_update`).
-    pub async fn wait_for_balloon_stats(&self, after: i64, timeout: Duration) -> Result<BalloonStats> {
+    pub async fn wait_for_balloon_stats(
+        &self,
+        after: i64,
+        timeout: Duration,
+    ) -> Result<BalloonStats> {
         let last = std::sync::Mutex::new(Value::Null);
         let polled = poll::until(timeout, BALLOON_POLL, |_| async {
             let s = self.balloon_stats().await?;
@@ -182,18 +212,26 @@ impl Machine {
 
     /// Whether the guest's virtio_balloon driver has a device bound.
     pub async fn guest_balloon_bound(&self) -> Result<bool> {
-        let out = self.execute("ls /sys/bus/virtio/drivers/virtio_balloon/ 2>/dev/null | grep -q '^virtio'").await?;
+        let out = self
+            .execute("ls /sys/bus/virtio/drivers/virtio_balloon/ 2>/dev/null | grep -q '^virtio'")
+            .await?;
         Ok(out.status == 0)
     }
 
     async fn wait_for_guest_balloon(&self, bound: bool, timeout: Duration) -> Result<()> {
-        let polled =
-            poll::until(timeout, timeouts::GUEST_POLL, |_| async { Ok((self.guest_balloon_bound().await? == bound).then_some(())) })
-                .await?;
+        let polled = poll::until(timeout, timeouts::GUEST_POLL, |_| async {
+            Ok((self.guest_balloon_bound().await? == bound).then_some(()))
+        })
+        .await?;
         if let Polled::TimedOut(waited) = polled {
             let what = if bound { "bind" } else { "let go of" };
-            let listing = self.execute("ls -l /sys/bus/virtio/drivers/virtio_balloon/ 2>&1").await?.stdout;
-            return Err(self.timeout_error(format!("waiting for virtio_balloon to {what} the device"), listing, waited));
+            let listing =
+                self.execute("ls -l /sys/bus/virtio/drivers/virtio_balloon/ 2>&1").await?.stdout;
+            return Err(self.timeout_error(
+                format!("waiting for virtio_balloon to {what} the device"),
+                listing,
+                waited,
+            ));
         }
         Ok(())
     }
@@ -202,13 +240,20 @@ impl Machine {
     /// guest: QEMU refuses a second balloon, and the refusal is the typed [`QmpError`].
     pub async fn device_add_balloon(&self, id: &str, balloon: Balloon) -> Result<()> {
         // device_add checks JSON types: the slot is a string, deflate-on-oom a boolean.
-        let arguments =
-            [("addr".to_string(), json!(crate::qemu::BALLOON_PCI_SLOT)), ("deflate-on-oom".to_string(), json!(balloon.deflate_on_oom))]
-                .into_iter()
-                .collect();
+        let arguments = [
+            ("addr".to_string(), json!(crate::qemu::BALLOON_PCI_SLOT)),
+            ("deflate-on-oom".to_string(), json!(balloon.deflate_on_oom)),
+        ]
+        .into_iter()
+        .collect();
         self.qmp()
             .await?
-            .execute(qapi::qmp::device_add { bus: None, id: Some(id.to_string()), driver: "virtio-balloon-pci".into(), arguments })
+            .execute(qapi::qmp::device_add {
+                bus: None,
+                id: Some(id.to_string()),
+                driver: "virtio-balloon-pci".into(),
+                arguments,
+            })
             .await
             .map(drop)
     }
@@ -217,10 +262,14 @@ impl Machine {
     /// `query-balloon`.
     pub async fn hot_add_balloon(&self, balloon: Balloon) -> Result<()> {
         log::nested(&format!("{}: hot-plugging the balloon", self.name()), async {
-            self.device_add_balloon(BALLOON_ID, balloon)
-                .await
-                .map_err(|e| self.error("device_add of the balloon was refused", format!("{e:#}")))?;
-            self.set_balloon_spec(if balloon.deflate_on_oom { BalloonSpec::DeflateOnOom } else { BalloonSpec::Plain });
+            self.device_add_balloon(BALLOON_ID, balloon).await.map_err(|e| {
+                self.error("device_add of the balloon was refused", format!("{e:#}"))
+            })?;
+            self.set_balloon_spec(if balloon.deflate_on_oom {
+                BalloonSpec::DeflateOnOom
+            } else {
+                BalloonSpec::Plain
+            });
             self.wait_for_guest_balloon(true, timeouts::hotplug()).await?;
             self.balloon_actual().await.map(drop)
         })
@@ -233,13 +282,21 @@ impl Machine {
         log::nested(&format!("{}: hot-unplugging the balloon", self.name()), async {
             let qmp = self.qmp().await?;
             let mark = qmp.event_count();
-            qmp.execute(qapi::qmp::device_del { id: BALLOON_ID.into() })
-                .await
-                .map_err(|e| self.error("device_del of the balloon was refused", format!("{e:#}")))?;
+            qmp.execute(qapi::qmp::device_del { id: BALLOON_ID.into() }).await.map_err(|e| {
+                self.error("device_del of the balloon was refused", format!("{e:#}"))
+            })?;
             let started = Instant::now();
-            qmp.wait_for_event(mark, timeouts::hotplug(), |e| e.name == "DEVICE_DELETED" && e.data["device"] == BALLOON_ID)
-                .await
-                .map_err(|e| self.timeout_error("waiting for DEVICE_DELETED of the balloon".into(), format!("{e:#}"), started.elapsed()))?;
+            qmp.wait_for_event(mark, timeouts::hotplug(), |e| {
+                e.name == "DEVICE_DELETED" && e.data["device"] == BALLOON_ID
+            })
+            .await
+            .map_err(|e| {
+                self.timeout_error(
+                    "waiting for DEVICE_DELETED of the balloon".into(),
+                    format!("{e:#}"),
+                    started.elapsed(),
+                )
+            })?;
             self.set_balloon_spec(BalloonSpec::None);
             self.wait_for_guest_balloon(false, timeouts::hotplug()).await?;
             self.expect_no_balloon().await
@@ -250,10 +307,16 @@ impl Machine {
     /// `query-balloon` must be refused with `DeviceNotActive`.
     pub async fn expect_no_balloon(&self) -> Result<()> {
         match self.balloon_actual().await {
-            Ok(actual) => Err(self.error("expected no balloon device", format!("query-balloon answers {actual} bytes"))),
+            Ok(actual) => Err(self.error(
+                "expected no balloon device",
+                format!("query-balloon answers {actual} bytes"),
+            )),
             Err(e) => match e.downcast_ref::<QmpError>() {
                 Some(q) if q.class == qapi::ErrorClass::DeviceNotActive => Ok(()),
-                _ => Err(self.error("expected query-balloon to fail with DeviceNotActive", format!("{e:#}"))),
+                _ => Err(self.error(
+                    "expected query-balloon to fail with DeviceNotActive",
+                    format!("{e:#}"),
+                )),
             },
         }
     }

@@ -49,7 +49,9 @@ use serde_json::Value;
 use crate::accel::Accel;
 use crate::config::{BalloonSpec, DiskSpec, NodeSpec, Role, TEST_SUBNET_LEN};
 use crate::network::Switch;
-use crate::qemu::{Balloon, Boot, Console, ControlNic, Disk, DiskKind, Nic, NicLink, QemuProcess, QemuSpec};
+use crate::qemu::{
+    Balloon, Boot, Console, ControlNic, Disk, DiskKind, Nic, NicLink, QemuProcess, QemuSpec,
+};
 use crate::qga::Qga;
 use crate::qmp::Qmp;
 
@@ -81,7 +83,10 @@ enum Pending {
 
 /// A failure of the machine API, with the console tail that explains it.
 #[derive(Debug, thiserror::Error)]
-#[error("{machine}: {what}\n{detail}\nlast {} console lines of {machine}:\n{console}", ERROR_CONSOLE_LINES)]
+#[error(
+    "{machine}: {what}\n{detail}\nlast {} console lines of {machine}:\n{console}",
+    ERROR_CONSOLE_LINES
+)]
 pub struct MachineError {
     /// The machine's name.
     pub machine: String,
@@ -140,7 +145,11 @@ impl Machine {
         crate::config::validate_machine_name(&node.name)?;
         let dir = env.run_dir.join(&node.name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let console = Console::new(&node.name, Some(&env.log_dir.join(format!("{}.console.log", node.name))), env.reporter.clone());
+        let console = Console::new(
+            &node.name,
+            Some(&env.log_dir.join(format!("{}.console.log", node.name))),
+            env.reporter.clone(),
+        );
         let disks = std::sync::Mutex::new(node.disks.clone());
         let balloon = std::sync::Mutex::new(node.balloon);
         Ok(Machine {
@@ -202,7 +211,8 @@ impl Machine {
         if let Some(s) = slots.get(id) {
             return Some(*s);
         }
-        let free = crate::qemu::DISK_PCI_SLOTS.into_iter().find(|s| !slots.values().any(|t| t == s))?;
+        let free =
+            crate::qemu::DISK_PCI_SLOTS.into_iter().find(|s| !slots.values().any(|t| t == s))?;
         slots.insert(id.to_string(), free);
         Some(free)
     }
@@ -237,7 +247,8 @@ impl Machine {
             cpus: node.cpus,
             disks,
             nics,
-            control: (!node.forward_ports.is_empty()).then(|| ControlNic { guest_ports: node.forward_ports.clone() }),
+            control: (!node.forward_ports.is_empty())
+                .then(|| ControlNic { guest_ports: node.forward_ports.clone() }),
             qmp_socket: self.inner.dir.join("qmp.sock"),
             qga_socket: self.inner.dir.join("qga.sock"),
             balloon: match *self.inner.balloon.lock().unwrap() {
@@ -282,7 +293,9 @@ impl Machine {
             serial: d.serial.clone(),
             kind: if d.virtio { DiskKind::VirtioBlk } else { DiskKind::Nvme },
             // A NixOS start script places devices of its own before ours: QEMU chooses there.
-            pci_slot: matches!(self.inner.boot, Boot::Kernel { .. }).then(|| self.disk_slot(&d.id)).flatten(),
+            pci_slot: matches!(self.inner.boot, Boot::Kernel { .. })
+                .then(|| self.disk_slot(&d.id))
+                .flatten(),
         }
     }
 
@@ -291,12 +304,21 @@ impl Machine {
         self.make_error(what.into(), detail.into(), None)
     }
 
-    pub(crate) fn timeout_error(&self, what: String, detail: String, waited: Duration) -> anyhow::Error {
+    pub(crate) fn timeout_error(
+        &self,
+        what: String,
+        detail: String,
+        waited: Duration,
+    ) -> anyhow::Error {
         self.make_error(what, detail, Some(waited))
     }
 
     /// A [`MachineError`] that says the machine or the harness broke (see its `harness`).
-    pub fn harness_error(&self, what: impl Into<String>, detail: impl Into<String>) -> anyhow::Error {
+    pub fn harness_error(
+        &self,
+        what: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> anyhow::Error {
         let mut e = self.make_error(what.into(), detail.into(), None);
         if let Some(m) = e.downcast_mut::<MachineError>() {
             m.harness = true;
@@ -304,14 +326,27 @@ impl Machine {
         e
     }
 
-    fn make_error(&self, what: String, detail: String, timed_out: Option<Duration>) -> anyhow::Error {
+    fn make_error(
+        &self,
+        what: String,
+        detail: String,
+        timed_out: Option<Duration>,
+    ) -> anyhow::Error {
         let tail = self.inner.console.tail(ERROR_CONSOLE_LINES);
         let console = if tail.is_empty() {
             "  (no console output)".to_string()
         } else {
             tail.iter().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
         };
-        MachineError { machine: self.name().to_string(), what, detail, console, timed_out, harness: false }.into()
+        MachineError {
+            machine: self.name().to_string(),
+            what,
+            detail,
+            console,
+            timed_out,
+            harness: false,
+        }
+        .into()
     }
 
     async fn with_running<T>(&self, f: impl FnOnce(&Running) -> T) -> Result<T> {
@@ -320,7 +355,11 @@ impl Machine {
             Some(r) if r.process.exited().is_none() => Ok(f(r)),
             Some(r) => Err(self.harness_error(
                 "the machine is not running",
-                format!("QEMU exited: {}\n{}", r.process.exited().unwrap_or_default(), r.process.stderr()),
+                format!(
+                    "QEMU exited: {}\n{}",
+                    r.process.exited().unwrap_or_default(),
+                    r.process.stderr()
+                ),
             )),
             None => Err(self.harness_error("the machine is not running", "start it first")),
         }
@@ -352,7 +391,10 @@ impl Machine {
     pub async fn forwarded_addr(&self, guest_port: u16) -> Result<SocketAddr> {
         let forwards = self.with_running(|r| r.forwards.clone()).await?;
         let (_, host) = forwards.iter().find(|(g, _)| *g == guest_port).ok_or_else(|| {
-            self.error(format!("no forward of guest port {guest_port}"), format!("this machine forwards {:?}", self.forward_ports()))
+            self.error(
+                format!("no forward of guest port {guest_port}"),
+                format!("this machine forwards {:?}", self.forward_ports()),
+            )
         })?;
         Ok(SocketAddr::from(([127, 0, 0, 1], *host)))
     }
@@ -362,11 +404,15 @@ impl Machine {
     /// the user's proto, say), which would otherwise meet a reset from the forward and no
     /// reason. Fails naming the port when nothing listens within `timeout`, or when the machine
     /// does not forward it (`Recipe::forward_port`).
-    pub async fn wait_for_forwarded_port(&self, guest_port: u16, timeout: std::time::Duration) -> Result<SocketAddr> {
+    pub async fn wait_for_forwarded_port(
+        &self,
+        guest_port: u16,
+        timeout: std::time::Duration,
+    ) -> Result<SocketAddr> {
         let addr = self.forwarded_addr(guest_port).await?;
-        self.wait_for_open_port(guest_port, timeout)
-            .await
-            .with_context(|| format!("nothing in {} listens on the forwarded TCP port {guest_port}", self.name()))?;
+        self.wait_for_open_port(guest_port, timeout).await.with_context(|| {
+            format!("nothing in {} listens on the forwarded TCP port {guest_port}", self.name())
+        })?;
         Ok(addr)
     }
 
@@ -379,7 +425,10 @@ impl Machine {
 /// Whether an error says the harness or a machine broke (not the system under test): a
 /// [`MachineError`] marked so, or a [`HarnessError`], anywhere in its chain.
 pub fn is_harness_error(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<MachineError>().is_some_and(|m| m.harness) || c.downcast_ref::<HarnessError>().is_some())
+    e.chain().any(|c| {
+        c.downcast_ref::<MachineError>().is_some_and(|m| m.harness)
+            || c.downcast_ref::<HarnessError>().is_some()
+    })
 }
 
 /// A harness failure outside any machine: the run could not be set up, or it did not finish.

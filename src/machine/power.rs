@@ -66,7 +66,9 @@ impl Machine {
         log::nested(&format!("{}: pausing (stop)", self.name()), async {
             let qmp = self.qmp().await?;
             let mark = qmp.event_count();
-            qmp.execute(qapi::qmp::stop {}).await.map_err(|e| self.error("QMP stop was refused", format!("{e:#}")))?;
+            qmp.execute(qapi::qmp::stop {})
+                .await
+                .map_err(|e| self.error("QMP stop was refused", format!("{e:#}")))?;
             self.wait_event(&qmp, mark, "STOP", timeouts::request()).await?;
             self.expect_run_state(false, "paused").await
         })
@@ -79,7 +81,9 @@ impl Machine {
         log::nested(&format!("{}: resuming (cont)", self.name()), async {
             let qmp = self.qmp().await?;
             let mark = qmp.event_count();
-            qmp.execute(qapi::qmp::cont {}).await.map_err(|e| self.error("QMP cont was refused", format!("{e:#}")))?;
+            qmp.execute(qapi::qmp::cont {})
+                .await
+                .map_err(|e| self.error("QMP cont was refused", format!("{e:#}")))?;
             self.wait_event(&qmp, mark, "RESUME", timeouts::request()).await?;
             self.expect_run_state(true, "running").await
         })
@@ -90,17 +94,29 @@ impl Machine {
         let s = self.run_state().await?;
         let got = serde_json::to_value(s.status)?;
         if s.running != running || got != json!(status) {
-            return Err(self
-                .error(format!("expected query-status {status} (running: {running})"), format!("it says {got} (running: {})", s.running)));
+            return Err(self.error(
+                format!("expected query-status {status} (running: {running})"),
+                format!("it says {got} (running: {})", s.running),
+            ));
         }
         Ok(())
     }
 
-    pub(super) async fn wait_event(&self, qmp: &Qmp, mark: usize, name: &str, timeout: Duration) -> Result<crate::qmp::Event> {
+    pub(super) async fn wait_event(
+        &self,
+        qmp: &Qmp,
+        mark: usize,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<crate::qmp::Event> {
         let started = Instant::now();
         qmp.wait_for_event(mark, timeout, |e| e.name == name).await.map_err(|e| {
             let seen: Vec<String> = qmp.events_since(mark).iter().map(|e| e.name.clone()).collect();
-            self.timeout_error(format!("waiting for the QMP event {name}"), format!("{e:#}; events since: {seen:?}"), started.elapsed())
+            self.timeout_error(
+                format!("waiting for the QMP event {name}"),
+                format!("{e:#}; events since: {seen:?}"),
+                started.elapsed(),
+            )
         })
     }
 
@@ -124,17 +140,29 @@ impl Machine {
         log::nested(&format!("{}: saving the machine to {}", self.name(), path.display()), async {
             let mut slot = self.running_slot().write().await;
             let qmp = self.alive(&slot)?.qmp.clone();
-            enable_migration_events(&qmp).await.map_err(|e| self.error("enabling migration events", format!("{e:#}")))?;
+            enable_migration_events(&qmp)
+                .await
+                .map_err(|e| self.error("enabling migration events", format!("{e:#}")))?;
             let mark = qmp.event_count();
             let uri = format!("file:{}", path.display());
-            qmp.execute(qapi::qmp::migrate { uri: Some(uri.clone()), channels: None, detach: None, resume: None })
-                .await
-                .map_err(|e| self.error(format!("QMP migrate to {uri} was refused"), format!("{e:#}")))?;
+            qmp.execute(qapi::qmp::migrate {
+                uri: Some(uri.clone()),
+                channels: None,
+                detach: None,
+                resume: None,
+            })
+            .await
+            .map_err(|e| {
+                self.error(format!("QMP migrate to {uri} was refused"), format!("{e:#}"))
+            })?;
             self.wait_migration(&qmp, mark, "saving").await?;
             // The source stops once the state is written (postmigrate).
             let status = qmp.execute(qapi::qmp::query_status {}).await?;
             if status.running {
-                return Err(self.error("the machine still runs after its state was saved", format!("{:?}", status.status)));
+                return Err(self.error(
+                    "the machine still runs after its state was saved",
+                    format!("{:?}", status.status),
+                ));
             }
             let r = slot.take().expect("alive above");
             self.quit_process(r).await?;
@@ -148,30 +176,35 @@ impl Machine {
     /// Starts a new QEMU from a saved state (`-incoming defer`, `migrate-incoming file:`),
     /// resumes it and waits until its agent answers.
     pub async fn restore_state(&self, saved: &SavedState) -> Result<()> {
-        log::nested(&format!("{}: restoring the machine from {}", self.name(), saved.path.display()), async {
-            {
-                let mut slot = self.running_slot().write().await;
-                if slot.as_ref().is_some_and(|r| r.process.exited().is_none()) {
-                    return Err(self.error("cannot restore a running machine", "save it (or shut it down) first"));
+        log::nested(
+            &format!("{}: restoring the machine from {}", self.name(), saved.path.display()),
+            async {
+                {
+                    let mut slot = self.running_slot().write().await;
+                    if slot.as_ref().is_some_and(|r| r.process.exited().is_none()) {
+                        return Err(self.error(
+                            "cannot restore a running machine",
+                            "save it (or shut it down) first",
+                        ));
+                    }
+                    let mut spec = self.qemu_spec();
+                    spec.extra_args.extend(["-incoming", "defer", "-S"].map(String::from));
+                    let dest = self.launch(&spec).await?;
+                    let uri = format!("file:{}", saved.path.display());
+                    if let Err(e) = self.incoming(&dest, &uri, "restoring").await {
+                        let _ = dest.process.kill().await;
+                        return Err(e);
+                    }
+                    let mark = dest.qmp.event_count();
+                    dest.qmp.execute(qapi::qmp::cont {}).await.map_err(|e| {
+                        self.error("QMP cont after restore was refused", format!("{e:#}"))
+                    })?;
+                    self.wait_event(&dest.qmp, mark, "RESUME", timeouts::request()).await?;
+                    *slot = Some(dest);
                 }
-                let mut spec = self.qemu_spec();
-                spec.extra_args.extend(["-incoming", "defer", "-S"].map(String::from));
-                let dest = self.launch(&spec).await?;
-                let uri = format!("file:{}", saved.path.display());
-                if let Err(e) = self.incoming(&dest, &uri, "restoring").await {
-                    let _ = dest.process.kill().await;
-                    return Err(e);
-                }
-                let mark = dest.qmp.event_count();
-                dest.qmp
-                    .execute(qapi::qmp::cont {})
-                    .await
-                    .map_err(|e| self.error("QMP cont after restore was refused", format!("{e:#}")))?;
-                self.wait_event(&dest.qmp, mark, "RESUME", timeouts::request()).await?;
-                *slot = Some(dest);
-            }
-            self.wait_for_agent().await
-        })
+                self.wait_for_agent().await
+            },
+        )
         .await
     }
 
@@ -197,9 +230,18 @@ impl Machine {
                 let outgoing = async {
                     enable_migration_events(&src_qmp).await?;
                     // Over a local socket the default bandwidth cap (128 MiB/s) only slows it.
-                    src_qmp.execute_raw("migrate-set-parameters", json!({"max-bandwidth": 8u64 << 30})).await?;
+                    src_qmp
+                        .execute_raw("migrate-set-parameters", json!({"max-bandwidth": 8u64 << 30}))
+                        .await?;
                     let mark = src_qmp.event_count();
-                    src_qmp.execute(qapi::qmp::migrate { uri: Some(uri.clone()), channels: None, detach: None, resume: None }).await?;
+                    src_qmp
+                        .execute(qapi::qmp::migrate {
+                            uri: Some(uri.clone()),
+                            channels: None,
+                            detach: None,
+                            resume: None,
+                        })
+                        .await?;
                     self.wait_migration(&src_qmp, mark, "migrating").await
                 };
                 // The target listens before the source connects; both must complete.
@@ -215,9 +257,13 @@ impl Machine {
                 .await;
                 if let Err(e) = result {
                     let _ = dest.process.kill().await;
-                    return Err(e.context(format!("{}: live migration failed; the source keeps running", self.name())));
+                    return Err(e.context(format!(
+                        "{}: live migration failed; the source keeps running",
+                        self.name()
+                    )));
                 }
-                let info = src_qmp.execute_raw("query-migrate", json!({})).await.unwrap_or(Value::Null);
+                let info =
+                    src_qmp.execute_raw("query-migrate", json!({})).await.unwrap_or(Value::Null);
                 let report = MigrationReport {
                     downtime_ms: info["downtime"].as_i64().unwrap_or(-1),
                     total_ms: info["total-time"].as_i64().unwrap_or(-1),
@@ -230,10 +276,9 @@ impl Machine {
                 // The source's exit closed the console the target shares.
                 self.console().reopen();
                 let mark = dest.qmp.event_count();
-                dest.qmp
-                    .execute(qapi::qmp::cont {})
-                    .await
-                    .map_err(|e| self.error("QMP cont on the migration target was refused", format!("{e:#}")))?;
+                dest.qmp.execute(qapi::qmp::cont {}).await.map_err(|e| {
+                    self.error("QMP cont on the migration target was refused", format!("{e:#}"))
+                })?;
                 self.wait_event(&dest.qmp, mark, "RESUME", timeouts::request()).await?;
                 let _ = std::fs::write(self.dir().join("qemu.pid"), dest.process.pid.to_string());
                 *slot = Some(dest);
@@ -262,15 +307,32 @@ impl Machine {
     /// Sets up the incoming side of a migration on `dest` and waits for it to complete; the
     /// guest is then paused (`-S`).
     pub(super) async fn incoming(&self, dest: &Running, uri: &str, what: &str) -> Result<()> {
-        enable_migration_events(&dest.qmp).await.map_err(|e| self.error("enabling migration events on the target", format!("{e:#}")))?;
+        enable_migration_events(&dest.qmp)
+            .await
+            .map_err(|e| self.error("enabling migration events on the target", format!("{e:#}")))?;
         let mark = dest.qmp.event_count();
-        dest.qmp.execute(qapi::qmp::migrate_incoming { uri: Some(uri.to_string()), channels: None, exit_on_error: None }).await.map_err(
-            |e| self.error(format!("QMP migrate-incoming {uri} was refused"), format!("{e:#}\nQEMU stderr:\n{}", dest.process.stderr())),
-        )?;
-        self.wait_migration(&dest.qmp, mark, what).await.map_err(|e| anyhow!("{e:#}\ntarget QEMU stderr:\n{}", dest.process.stderr()))?;
+        dest.qmp
+            .execute(qapi::qmp::migrate_incoming {
+                uri: Some(uri.to_string()),
+                channels: None,
+                exit_on_error: None,
+            })
+            .await
+            .map_err(|e| {
+                self.error(
+                    format!("QMP migrate-incoming {uri} was refused"),
+                    format!("{e:#}\nQEMU stderr:\n{}", dest.process.stderr()),
+                )
+            })?;
+        self.wait_migration(&dest.qmp, mark, what)
+            .await
+            .map_err(|e| anyhow!("{e:#}\ntarget QEMU stderr:\n{}", dest.process.stderr()))?;
         let status = dest.qmp.execute(qapi::qmp::query_status {}).await?;
         if status.running {
-            return Err(self.error("the migration target runs before it was resumed", format!("{:?}", status.status)));
+            return Err(self.error(
+                "the migration target runs before it was resumed",
+                format!("{:?}", status.status),
+            ));
         }
         Ok(())
     }
@@ -281,16 +343,27 @@ impl Machine {
         let started = Instant::now();
         let end = qmp
             .wait_for_event(mark, migration_timeout(), |e| {
-                e.name == "MIGRATION" && matches!(e.data["status"].as_str(), Some("completed" | "failed" | "cancelled"))
+                e.name == "MIGRATION"
+                    && matches!(
+                        e.data["status"].as_str(),
+                        Some("completed" | "failed" | "cancelled")
+                    )
             })
             .await;
         let info = qmp.execute_raw("query-migrate", json!({})).await.unwrap_or(Value::Null);
         match end {
             Ok(e) if e.data["status"] == "completed" => {
-                log::line(&format!("{}: {what}: migration completed after {:.2} s", self.name(), started.elapsed().as_secs_f64()));
+                log::line(&format!(
+                    "{}: {what}: migration completed after {:.2} s",
+                    self.name(),
+                    started.elapsed().as_secs_f64()
+                ));
                 Ok(())
             }
-            Ok(e) => Err(self.error(format!("{what}: the migration ended {}", e.data["status"]), format!("query-migrate: {info}"))),
+            Ok(e) => Err(self.error(
+                format!("{what}: the migration ended {}", e.data["status"]),
+                format!("query-migrate: {info}"),
+            )),
             Err(e) => Err(self.timeout_error(
                 format!("{what}: waiting for the migration to complete"),
                 format!("{e:#}; query-migrate: {info}"),
@@ -331,9 +404,18 @@ impl Machine {
             let event = qmp
                 .wait_for_event(mark, timeouts::shutdown(), |e| e.name == "SHUTDOWN")
                 .await
-                .map_err(|e| self.timeout_error("waiting for the SHUTDOWN event".into(), format!("{e:#}"), started.elapsed()))?;
+                .map_err(|e| {
+                    self.timeout_error(
+                        "waiting for the SHUTDOWN event".into(),
+                        format!("{e:#}"),
+                        started.elapsed(),
+                    )
+                })?;
             if event.data["guest"] != serde_json::json!(true) {
-                return Err(self.error("the SHUTDOWN was not the guest's poweroff", format!("event data: {}", event.data)));
+                return Err(self.error(
+                    "the SHUTDOWN was not the guest's poweroff",
+                    format!("event data: {}", event.data),
+                ));
             }
             self.wait_for_exit(timeouts::shutdown()).await
         })
@@ -348,9 +430,15 @@ impl Machine {
             let mark = qmp.event_count();
             self.fire_and_forget(&qga, "reboot").await;
             let started = Instant::now();
-            qmp.wait_for_event(mark, timeouts::shutdown(), |e| e.name == "RESET")
-                .await
-                .map_err(|e| self.timeout_error("waiting for the guest to reset".into(), format!("{e:#}"), started.elapsed()))?;
+            qmp.wait_for_event(mark, timeouts::shutdown(), |e| e.name == "RESET").await.map_err(
+                |e| {
+                    self.timeout_error(
+                        "waiting for the guest to reset".into(),
+                        format!("{e:#}"),
+                        started.elapsed(),
+                    )
+                },
+            )?;
             self.wait_for_agent().await
         })
         .await
@@ -395,19 +483,34 @@ impl Machine {
                 *running = None;
                 Ok(())
             }
-            Err(e) => Err(self.timeout_error("waiting for QEMU to exit".into(), format!("{e:#}"), timeout)),
+            Err(e) => Err(self.timeout_error(
+                "waiting for QEMU to exit".into(),
+                format!("{e:#}"),
+                timeout,
+            )),
         }
     }
 }
 
 pub(super) async fn enable_migration_events(qmp: &Qmp) -> Result<()> {
-    qmp.execute_raw("migrate-set-capabilities", json!({"capabilities": [{"capability": "events", "state": true}]})).await.map(drop)
+    qmp.execute_raw(
+        "migrate-set-capabilities",
+        json!({"capabilities": [{"capability": "events", "state": true}]}),
+    )
+    .await
+    .map(drop)
 }
 
 async fn wait_for_path(path: &Path, timeout: Duration) -> Result<()> {
-    match crate::poll::until(timeout, timeouts::SOCKET_POLL, |_| async { Ok(path.exists().then_some(())) }).await? {
+    match crate::poll::until(timeout, timeouts::SOCKET_POLL, |_| async {
+        Ok(path.exists().then_some(()))
+    })
+    .await?
+    {
         crate::poll::Polled::Done(()) => Ok(()),
-        crate::poll::Polled::TimedOut(_) => Err(anyhow!("{} did not appear within {timeout:?}", path.display())),
+        crate::poll::Polled::TimedOut(_) => {
+            Err(anyhow!("{} did not appear within {timeout:?}", path.display()))
+        }
     }
 }
 
@@ -418,13 +521,19 @@ pub(super) fn log_qmp_events(machine: &Machine, qmp: &std::sync::Arc<Qmp>, pid: 
     let qmp = qmp.clone();
     tokio::spawn(async move {
         use std::io::Write;
-        let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(&path) else { return };
+        let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(&path) else {
+            return;
+        };
         let _ = writeln!(file, "{}", json!({"qemu-pid": pid}));
         let mut mark = 0;
         loop {
             let waited = qmp.wait_for_event(mark, Duration::from_secs(3600), |_| true).await;
             for e in qmp.events_since(mark) {
-                let _ = writeln!(file, "{}", json!({"timestamp": e.timestamp, "event": e.name, "data": e.data}));
+                let _ = writeln!(
+                    file,
+                    "{}",
+                    json!({"timestamp": e.timestamp, "event": e.name, "data": e.data})
+                );
                 mark += 1;
             }
             if waited.is_err() && qmp.closed().is_some() {
@@ -440,8 +549,15 @@ pub async fn keep_logs(machines: &[Machine]) {
         if m.is_up().await {
             match tokio::time::timeout(Duration::from_secs(15), m.save_dmesg()).await {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => log::line(&format!("{}: dmesg not kept: {}", m.name(), e.to_string().lines().next().unwrap_or(""))),
-                Err(_) => log::line(&format!("{}: dmesg not kept: the agent did not answer within 15 s", m.name())),
+                Ok(Err(e)) => log::line(&format!(
+                    "{}: dmesg not kept: {}",
+                    m.name(),
+                    e.to_string().lines().next().unwrap_or("")
+                )),
+                Err(_) => log::line(&format!(
+                    "{}: dmesg not kept: the agent did not answer within 15 s",
+                    m.name()
+                )),
             }
         }
     }

@@ -150,7 +150,8 @@ pub static COMMANDS: &[Command] = &[
         scope: Scope::Global,
         args: Args::MachineOptText,
         usage: "<m> [secs]",
-        help: "follow a machine's serial console until Enter (or end of input), or for secs seconds",
+        help:
+            "follow a machine's serial console until Enter (or end of input), or for secs seconds",
         run: |s, c| Box::pin(s.follow_console(c)),
     },
     Command {
@@ -199,7 +200,9 @@ pub static COMMANDS: &[Command] = &[
         args: Args::Text,
         usage: "<cmd>",
         help: "run a shell command that must exit non-zero",
-        run: |_, c| Box::pin(async move { c.machine().fail(&c.text).await.map(|o| format_exec(&o)) }),
+        run: |_, c| {
+            Box::pin(async move { c.machine().fail(&c.text).await.map(|o| format_exec(&o)) })
+        },
     },
     Command {
         name: "execute",
@@ -207,7 +210,9 @@ pub static COMMANDS: &[Command] = &[
         args: Args::Text,
         usage: "<cmd>",
         help: "run a shell command; print its status, stdout and stderr",
-        run: |_, c| Box::pin(async move { c.machine().execute(&c.text).await.map(|o| format_exec(&o)) }),
+        run: |_, c| {
+            Box::pin(async move { c.machine().execute(&c.text).await.map(|o| format_exec(&o)) })
+        },
     },
     Command {
         name: "wait_until_succeeds",
@@ -215,7 +220,9 @@ pub static COMMANDS: &[Command] = &[
         args: Args::TimedText,
         usage: "[--timeout SECS] <cmd>",
         help: "retry a shell command until it exits 0; print its stdout",
-        run: |_, c| Box::pin(c.machine().wait_until_succeeds(&c.text, c.timeout_or(timeouts::command()))),
+        run: |_, c| {
+            Box::pin(c.machine().wait_until_succeeds(&c.text, c.timeout_or(timeouts::command())))
+        },
     },
     Command {
         name: "wait_until_fails",
@@ -224,7 +231,12 @@ pub static COMMANDS: &[Command] = &[
         usage: "[--timeout SECS] <cmd>",
         help: "retry a shell command until it exits non-zero",
         run: |_, c| {
-            Box::pin(async move { c.machine().wait_until_fails(&c.text, c.timeout_or(timeouts::command())).await.map(|o| format_exec(&o)) })
+            Box::pin(async move {
+                c.machine()
+                    .wait_until_fails(&c.text, c.timeout_or(timeouts::command()))
+                    .await
+                    .map(|o| format_exec(&o))
+            })
         },
     },
     Command {
@@ -233,7 +245,11 @@ pub static COMMANDS: &[Command] = &[
         args: Args::TimedText,
         usage: "[--timeout SECS] <path>",
         help: "wait until a path exists in the guest",
-        run: |_, c| Box::pin(async move { nothing(c.machine().wait_for_file(&c.text, c.timeout_or(timeouts::command())).await) }),
+        run: |_, c| {
+            Box::pin(async move {
+                nothing(c.machine().wait_for_file(&c.text, c.timeout_or(timeouts::command())).await)
+            })
+        },
     },
     Command {
         name: "wait_for_open_port",
@@ -242,7 +258,13 @@ pub static COMMANDS: &[Command] = &[
         usage: "[--timeout SECS] <port>",
         help: "wait until something in the guest listens on a TCP port",
         run: |_, c| {
-            Box::pin(async move { nothing(c.machine().wait_for_open_port(parse_port(&c.text)?, c.timeout_or(timeouts::command())).await) })
+            Box::pin(async move {
+                nothing(
+                    c.machine()
+                        .wait_for_open_port(parse_port(&c.text)?, c.timeout_or(timeouts::command()))
+                        .await,
+                )
+            })
         },
     },
     Command {
@@ -251,7 +273,9 @@ pub static COMMANDS: &[Command] = &[
         args: Args::TimedText,
         usage: "[--timeout SECS] <regex>",
         help: "wait for console text no earlier wait consumed; print the match",
-        run: |_, c| Box::pin(c.machine().wait_for_console_text(&c.text, c.timeout_or(timeouts::command()))),
+        run: |_, c| {
+            Box::pin(c.machine().wait_for_console_text(&c.text, c.timeout_or(timeouts::command())))
+        },
     },
     Command {
         name: "wait_for_kernel_message",
@@ -259,7 +283,11 @@ pub static COMMANDS: &[Command] = &[
         args: Args::TimedText,
         usage: "[--timeout SECS] <regex>",
         help: "wait for a line of the guest kernel's log (dmesg, boot included); print it",
-        run: |_, c| Box::pin(c.machine().wait_for_kernel_message(&c.text, c.timeout_or(timeouts::command()))),
+        run: |_, c| {
+            Box::pin(
+                c.machine().wait_for_kernel_message(&c.text, c.timeout_or(timeouts::command())),
+            )
+        },
     },
     Command {
         name: "console_contains",
@@ -267,7 +295,9 @@ pub static COMMANDS: &[Command] = &[
         args: Args::Text,
         usage: "<regex>",
         help: "whether the console ever showed matching text",
-        run: |_, c| Box::pin(async move { c.machine().console_contains(&c.text).map(|b| b.to_string()) }),
+        run: |_, c| {
+            Box::pin(async move { c.machine().console_contains(&c.text).map(|b| b.to_string()) })
+        },
     },
     Command {
         name: "disk_device",
@@ -283,7 +313,11 @@ pub static COMMANDS: &[Command] = &[
         args: Args::None,
         usage: "",
         help: "the guest's memory figures (KiB)",
-        run: |_, c| Box::pin(async move { Ok(serde_json::to_string_pretty(&c.machine().memory_stats().await?)?) }),
+        run: |_, c| {
+            Box::pin(async move {
+                Ok(serde_json::to_string_pretty(&c.machine().memory_stats().await?)?)
+            })
+        },
     },
     Command {
         name: "shutdown",
@@ -405,7 +439,11 @@ mod tests {
     #[test]
     fn the_table_has_one_entry_per_name_and_scope() {
         for (i, a) in COMMANDS.iter().enumerate() {
-            assert!(COMMANDS[i + 1..].iter().all(|b| (a.scope, a.name) != (b.scope, b.name)), "{} twice", a.name);
+            assert!(
+                COMMANDS[i + 1..].iter().all(|b| (a.scope, a.name) != (b.scope, b.name)),
+                "{} twice",
+                a.name
+            );
             assert!(!a.help.is_empty(), "{} has no help", a.name);
         }
         let help = help("").unwrap();

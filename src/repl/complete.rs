@@ -12,9 +12,11 @@ pub fn complete(line: &str, pos: usize, machines: &[String]) -> (usize, Vec<Stri
     let word = &before[start..];
     let candidates: Vec<String> = if start == 0 {
         match word.split_once('.') {
-            Some((m, op)) if machines.iter().any(|x| x == m) => {
-                COMMANDS.iter().filter(|c| c.scope == Scope::Machine && c.name.starts_with(op)).map(|c| format!("{m}.{}", c.name)).collect()
-            }
+            Some((m, op)) if machines.iter().any(|x| x == m) => COMMANDS
+                .iter()
+                .filter(|c| c.scope == Scope::Machine && c.name.starts_with(op))
+                .map(|c| format!("{m}.{}", c.name))
+                .collect(),
             Some(_) => Vec::new(),
             None => COMMANDS
                 .iter()
@@ -49,7 +51,12 @@ pub(super) struct Helper {
 
 impl rustyline::completion::Completer for Helper {
     type Candidate = String;
-    fn complete(&self, line: &str, pos: usize, _ctx: &rustyline::Context<'_>) -> rustyline::Result<(usize, Vec<String>)> {
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _ctx: &rustyline::Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<String>)> {
         Ok(complete(line, pos, &self.machines))
     }
 }
@@ -66,15 +73,29 @@ mod tests {
 
     #[test]
     fn completion_offers_commands_machines_and_arguments() {
-        let _ = crate::repl::SCENARIO_NAMES.set(crate::scenarios::builtin().scenarios().iter().map(|s| s.name().to_string()).collect());
+        let _ = crate::repl::SCENARIO_NAMES.set(
+            crate::scenarios::builtin().scenarios().iter().map(|s| s.name().to_string()).collect(),
+        );
         let machines = vec!["target".to_string(), "initiator".to_string()];
         let c = |line: &str| complete(line, line.len(), &machines);
         assert_eq!(c("ta"), (0, vec!["target.".to_string()]));
         assert_eq!(c("st"), (0, vec!["start_all".to_string(), "step".to_string()]));
         let (start, got) = c("target.wait_until");
-        assert_eq!((start, got), (0, vec!["target.wait_until_succeeds".to_string(), "target.wait_until_fails".to_string()]));
+        assert_eq!(
+            (start, got),
+            (
+                0,
+                vec![
+                    "target.wait_until_succeeds".to_string(),
+                    "target.wait_until_fails".to_string()
+                ]
+            )
+        );
         assert_eq!(c("qmp in"), (4, vec!["initiator".to_string()]));
-        assert_eq!(c("grpc List"), (5, vec!["ListBdevs".to_string(), "ListSubsystems".to_string()]));
+        assert_eq!(
+            c("grpc List"),
+            (5, vec!["ListBdevs".to_string(), "ListSubsystems".to_string()])
+        );
         assert_eq!(c("run fio"), (4, vec!["fio_nvme_basic".to_string()]));
         assert_eq!(c("qmp target qu"), (11, vec![]));
         assert_eq!(c("ghost.st").1, Vec::<String>::new());

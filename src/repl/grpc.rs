@@ -117,7 +117,8 @@ pub fn request(text: &str) -> Result<(&'static Method, Value)> {
     let body = if body.is_empty() {
         json!({})
     } else {
-        serde_json::from_str(body).with_context(|| format!("the request of {} is not JSON", method.name))?
+        serde_json::from_str(body)
+            .with_context(|| format!("the request of {} is not JSON", method.name))?
     };
     (method.check)(&body)?;
     Ok((method, body))
@@ -135,7 +136,9 @@ mod tests {
 
     /// `sample` (every field set) parses to a message other than the default, prints with every
     /// field of the sample at the same value, and parses back to the same message.
-    pub(super) fn round_trip<T: DeserializeOwned + Serialize + PartialEq + Debug + Default>(sample: &'static str) -> &'static str {
+    pub(super) fn round_trip<T: DeserializeOwned + Serialize + PartialEq + Debug + Default>(
+        sample: &'static str,
+    ) -> &'static str {
         let name = message_name::<T>();
         let sample: Value = serde_json::from_str(sample).unwrap();
         let message: T = from_json(sample.clone()).unwrap_or_else(|e| panic!("{name}: {e:#}"));
@@ -144,7 +147,11 @@ mod tests {
         }
         let printed = serde_json::to_value(&message).unwrap();
         assert_contains(&printed, &sample, name);
-        assert_eq!(from_json::<T>(printed.clone()).unwrap(), message, "{name}: {printed} did not parse back");
+        assert_eq!(
+            from_json::<T>(printed.clone()).unwrap(),
+            message,
+            "{name}: {printed} did not parse back"
+        );
         name
     }
 
@@ -177,7 +184,15 @@ mod tests {
                 assert!(names.contains(&t), "{}: {t} is not in {names:?}", m.name);
             }
         }
-        for want in ["HealthReply", "ShareBdevRequest", "ListSubsystemsReply", "Subsystem", "Namespace", "Port", "Bdev"] {
+        for want in [
+            "HealthReply",
+            "ShareBdevRequest",
+            "ListSubsystemsReply",
+            "Subsystem",
+            "Namespace",
+            "Port",
+            "Bdev",
+        ] {
             assert!(names.contains(&want), "{want} is not in {names:?}");
         }
     }
@@ -194,16 +209,24 @@ mod tests {
         let (method, body) = request("listbdevs").unwrap();
         assert_eq!((method.name, body), ("ListBdevs", json!({})));
         // Enums by name or number, field names as in the proto or in lowerCamelCase.
-        for body in [json!({"protocol": "SHARE_PROTOCOL_NVMF"}), json!({"protocol": 1, "allowedHosts": []})] {
-            assert_eq!(from_json::<proto::ShareBdevRequest>(body).unwrap().protocol(), proto::ShareProtocol::Nvmf);
+        for body in
+            [json!({"protocol": "SHARE_PROTOCOL_NVMF"}), json!({"protocol": 1, "allowedHosts": []})]
+        {
+            assert_eq!(
+                from_json::<proto::ShareBdevRequest>(body).unwrap().protocol(),
+                proto::ShareProtocol::Nvmf
+            );
         }
-        let error = |text: &str| format!("{:#}", request(text).err().unwrap_or_else(|| panic!("{text} was accepted")));
+        let error = |text: &str| {
+            format!("{:#}", request(text).err().unwrap_or_else(|| panic!("{text} was accepted")))
+        };
         let e = error(r#"CreateBdev {"url": "x"}"#);
         assert!(e.contains("CreateBdevRequest.url: unknown field `url`, expected `uri`"), "{e}");
         let e = error(r#"ShareBdev {"port": "x"}"#);
         assert!(e.starts_with("ShareBdevRequest.port: "), "{e}");
         assert!(error(r#"ShareBdev {"port": -1}"#).starts_with("ShareBdevRequest.port: "));
-        assert!(error(r#"ShareBdev {"allowed_hosts": "h"}"#).starts_with("ShareBdevRequest.allowed_hosts: "));
+        assert!(error(r#"ShareBdev {"allowed_hosts": "h"}"#)
+            .starts_with("ShareBdevRequest.allowed_hosts: "));
         assert!(error("Frob {}").contains("methods: Health, ListBdevs"));
         assert!(error("Health {").contains("the request of Health is not JSON"));
     }
@@ -227,7 +250,12 @@ mod tests {
         assert_eq!(v["ports"], json!([]));
         assert_eq!(v["hosts"], json!(["h"]));
         assert_eq!(from_json::<proto::ListSubsystemsReply>(v).unwrap(), reply);
-        let v = serde_json::to_value(proto::Bdev { num_blocks: 16384, blk_size: 512, ..Default::default() }).unwrap();
+        let v = serde_json::to_value(proto::Bdev {
+            num_blocks: 16384,
+            blk_size: 512,
+            ..Default::default()
+        })
+        .unwrap();
         assert_eq!((&v["num_blocks"], &v["blk_size"]), (&json!("16384"), &json!(512)));
     }
 }

@@ -87,7 +87,11 @@ fn editor(machines: Vec<String>, history: Option<&PathBuf>) -> rustyline::Result
     Ok(editor)
 }
 
-fn serve_terminal(mut editor: Editor, requests: std::sync::mpsc::Receiver<ReadRequest>, history: Option<PathBuf>) {
+fn serve_terminal(
+    mut editor: Editor,
+    requests: std::sync::mpsc::Receiver<ReadRequest>,
+    history: Option<PathBuf>,
+) {
     for (prompt, reply) in requests {
         let line = match editor.readline(&prompt) {
             Ok(l) => {

@@ -43,17 +43,25 @@ static SCENARIO_NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::n
 
 /// `repl [SCENARIO] [--config FILE]`: the machines of `scenario` of `suite` (default
 /// fio_nvme_basic, else the suite's first), defined but not started.
-pub async fn main(suite: &scenarios::Suite, scenario: Option<String>, config: Option<PathBuf>) -> ExitCode {
+pub async fn main(
+    suite: &scenarios::Suite,
+    scenario: Option<String>,
+    config: Option<PathBuf>,
+) -> ExitCode {
     let config = match config.as_deref().map(DriverConfig::load).transpose() {
         Ok(c) => c,
         Err(e) => return usage(&e),
     };
     let name = match (&config, scenario) {
-        (Some(c), Some(s)) if s != c.scenario => return usage(&anyhow!("--config is for scenario {}, not {s}", c.scenario)),
+        (Some(c), Some(s)) if s != c.scenario => {
+            return usage(&anyhow!("--config is for scenario {}, not {s}", c.scenario))
+        }
         (Some(c), _) => c.scenario.clone(),
         (None, Some(s)) => s,
         (None, None) => {
-            match suite.find(DEFAULT_SCENARIO).or_else(|_| suite.scenarios().first().ok_or_else(|| anyhow!("the suite has no scenario"))) {
+            match suite.find(DEFAULT_SCENARIO).or_else(|_| {
+                suite.scenarios().first().ok_or_else(|| anyhow!("the suite has no scenario"))
+            }) {
                 Ok(s) => s.name().to_string(),
                 Err(e) => return usage(&e),
             }
@@ -78,7 +86,11 @@ pub async fn main(suite: &scenarios::Suite, scenario: Option<String>, config: Op
         }
     };
     let machines = driver.machines().iter().map(|m| m.name().to_string()).collect();
-    let session = Session { driver, input: Input::start(machines, input::history_path()), suite: suite.clone() };
+    let session = Session {
+        driver,
+        input: Input::start(machines, input::history_path()),
+        suite: suite.clone(),
+    };
     let result = session.serve().await;
     eprintln!("vmcheck repl: stopping every machine");
     session.driver.kill_all().await;

@@ -47,14 +47,19 @@ pub fn parse(line: &str, machines: &[&str]) -> Result<Option<Parsed>> {
     if let Some((m, cmd)) = line.split_once(':') {
         if is_word(m) {
             let machine = known_machine(m, machines)?;
-            return finish(find_command(Scope::Machine, "succeed").expect("in the table"), Some(machine), cmd.trim());
+            return finish(
+                find_command(Scope::Machine, "succeed").expect("in the table"),
+                Some(machine),
+                cmd.trim(),
+            );
         }
     }
     let (head, rest) = split_word(line);
     if let Some((m, op)) = head.split_once('.') {
         let machine = known_machine(m, machines)?;
         let Some(command) = find_command(Scope::Machine, op) else {
-            let ops: Vec<_> = COMMANDS.iter().filter(|c| c.scope == Scope::Machine).map(|c| c.name).collect();
+            let ops: Vec<_> =
+                COMMANDS.iter().filter(|c| c.scope == Scope::Machine).map(|c| c.name).collect();
             bail!("no machine command {op:?}; machine commands: {}", ops.join(", "));
         };
         return finish(command, Some(machine), rest);
@@ -78,14 +83,20 @@ pub fn parse(line: &str, machines: &[&str]) -> Result<Option<Parsed>> {
 }
 
 /// Checks the arguments after the command name (and machine) against the command's shape.
-fn finish(command: &'static Command, machine: Option<String>, rest: &str) -> Result<Option<Parsed>> {
+fn finish(
+    command: &'static Command,
+    machine: Option<String>,
+    rest: &str,
+) -> Result<Option<Parsed>> {
     let usage = || anyhow!("usage: {}", command.synopsis());
     let mut text = rest.trim().to_string();
     let mut timeout = None;
     match command.args {
         Args::None if !text.is_empty() => bail!("{} takes no arguments", command.name),
         Args::Text | Args::MachineText | Args::Grpc if text.is_empty() => return Err(usage()),
-        Args::Scenario if text.is_empty() || text.contains(char::is_whitespace) => return Err(usage()),
+        Args::Scenario if text.is_empty() || text.contains(char::is_whitespace) => {
+            return Err(usage())
+        }
         Args::TimedText => {
             if let Some(after) = text.strip_prefix("--timeout") {
                 let (secs, cmd) = split_word(after);
@@ -123,9 +134,15 @@ mod tests {
     #[test]
     fn machine_commands_parse() {
         let p = parsed("target: echo hello: world");
-        assert_eq!((p.command.name, p.machine.as_deref(), p.text.as_str()), ("succeed", Some("target"), "echo hello: world"));
+        assert_eq!(
+            (p.command.name, p.machine.as_deref(), p.text.as_str()),
+            ("succeed", Some("target"), "echo hello: world")
+        );
         let p = parsed("  initiator.execute exit 3 ");
-        assert_eq!((p.command.name, p.machine.as_deref(), p.text.as_str()), ("execute", Some("initiator"), "exit 3"));
+        assert_eq!(
+            (p.command.name, p.machine.as_deref(), p.text.as_str()),
+            ("execute", Some("initiator"), "exit 3")
+        );
         let p = parsed("target.wait_until_succeeds --timeout 2.5 test -e /x");
         assert_eq!((p.text.as_str(), p.timeout), ("test -e /x", Some(Duration::from_millis(2500))));
         let p = parsed("target.wait_until_succeeds true");
@@ -136,7 +153,10 @@ mod tests {
     #[test]
     fn global_commands_parse() {
         let p = parsed(r#"qmp target {"execute": "query-status"}"#);
-        assert_eq!((p.command.name, p.machine.as_deref(), p.text.as_str()), ("qmp", Some("target"), r#"{"execute": "query-status"}"#));
+        assert_eq!(
+            (p.command.name, p.machine.as_deref(), p.text.as_str()),
+            ("qmp", Some("target"), r#"{"execute": "query-status"}"#)
+        );
         let p = parsed("grpc ListBdevs");
         assert_eq!((p.command.name, p.text.as_str()), ("grpc", "ListBdevs"));
         let p = parsed("console initiator");
@@ -155,7 +175,8 @@ mod tests {
         assert!(parse_error("target.frob").contains("no machine command \"frob\""));
         assert!(parse_error("target.start now").contains("takes no arguments"));
         assert!(parse_error("target.succeed").contains("usage: <m>.succeed <cmd>"));
-        assert!(parse_error("target.wait_until_succeeds --timeout x true").contains("--timeout takes seconds"));
+        assert!(parse_error("target.wait_until_succeeds --timeout x true")
+            .contains("--timeout takes seconds"));
         assert!(parse_error("target.wait_until_succeeds --timeout 3").contains("usage"));
         assert!(parse_error("qmp").contains("usage: qmp"));
         assert!(parse_error("qmp ghost {}").contains("no machine named"));

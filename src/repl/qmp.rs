@@ -12,14 +12,24 @@ fn qmp_request(text: &str) -> Result<(String, Value)> {
     let text = text.trim();
     if text.starts_with('{') {
         let v: Value = serde_json::from_str(text).context("the QMP command is not JSON")?;
-        let name = v.get("execute").and_then(Value::as_str).ok_or_else(|| anyhow!("a QMP command needs \"execute\": {v}"))?;
-        if let Some(other) = v.as_object().and_then(|o| o.keys().find(|k| !["execute", "arguments"].contains(&k.as_str()))) {
+        let name = v
+            .get("execute")
+            .and_then(Value::as_str)
+            .ok_or_else(|| anyhow!("a QMP command needs \"execute\": {v}"))?;
+        if let Some(other) = v
+            .as_object()
+            .and_then(|o| o.keys().find(|k| !["execute", "arguments"].contains(&k.as_str())))
+        {
             bail!("a QMP command has \"execute\" and \"arguments\", not {other:?}");
         }
         return Ok((name.to_string(), v.get("arguments").cloned().unwrap_or(Value::Null)));
     }
     let (name, args) = split_word(text);
-    let args = if args.is_empty() { Value::Null } else { serde_json::from_str(args).context("QMP arguments are not JSON")? };
+    let args = if args.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(args).context("QMP arguments are not JSON")?
+    };
     Ok((name.to_string(), args))
 }
 
@@ -37,9 +47,14 @@ mod tests {
 
     #[test]
     fn qmp_commands_take_both_forms() {
-        assert_eq!(qmp_request(r#"{"execute": "query-status"}"#).unwrap(), ("query-status".to_string(), Value::Null));
         assert_eq!(
-            qmp_request(r#"{"execute": "set_link", "arguments": {"name": "n", "up": false}}"#).unwrap().1,
+            qmp_request(r#"{"execute": "query-status"}"#).unwrap(),
+            ("query-status".to_string(), Value::Null)
+        );
+        assert_eq!(
+            qmp_request(r#"{"execute": "set_link", "arguments": {"name": "n", "up": false}}"#)
+                .unwrap()
+                .1,
             json!({"name": "n", "up": false})
         );
         assert_eq!(

@@ -62,7 +62,10 @@ impl Session {
     pub(super) async fn grpc(&self, text: &str) -> Result<String> {
         let (method, request) = grpc::request(text)?;
         let mut client = self.target()?.target_client().await?;
-        let reply = method.call(&mut client, request).await.with_context(|| format!("gRPC {}", method.name))?;
+        let reply = method
+            .call(&mut client, request)
+            .await
+            .with_context(|| format!("gRPC {}", method.name))?;
         Ok(serde_json::to_string_pretty(&reply)?)
     }
 
@@ -70,7 +73,10 @@ impl Session {
         let secs = match c.text.trim() {
             "" => None,
             t => Some(
-                t.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).ok_or_else(|| anyhow!("console takes seconds, not {t:?}"))?,
+                t.parse::<f64>()
+                    .ok()
+                    .filter(|s| s.is_finite() && *s >= 0.0)
+                    .ok_or_else(|| anyhow!("console takes seconds, not {t:?}"))?,
             ),
         };
         let machine = c.machine();
@@ -137,10 +143,16 @@ impl Session {
         });
         let result = (scenario.script())(&self.driver).await;
         let results = self.driver.subtest_results();
-        let s = crate::report::summary_table(name, &results[before.min(results.len())..], started.elapsed());
+        let s = crate::report::summary_table(
+            name,
+            &results[before.min(results.len())..],
+            started.elapsed(),
+        );
         match result {
             Ok(()) => Ok(format!("{s}{name}: passed")),
-            Err(e) => Err(e.context(format!("{s}{name}: FAILED (the machines are left as they are)"))),
+            Err(e) => {
+                Err(e.context(format!("{s}{name}: FAILED (the machines are left as they are)")))
+            }
         }
     }
 
@@ -152,7 +164,10 @@ impl Session {
         let machines: Vec<String> = self.machine_names().into_iter().map(String::from).collect();
         let names: Vec<&str> = machines.iter().map(String::as_str).collect();
         let reporter = self.driver.reporter();
-        eprintln!("vmcheck repl: machines {} (not started); `help` lists the commands", names.join(", "));
+        eprintln!(
+            "vmcheck repl: machines {} (not started); `help` lists the commands",
+            names.join(", ")
+        );
         loop {
             // Console lines would break into the prompt; `console <m>` shows them on demand.
             reporter.set_echo_console(false);
@@ -222,7 +237,9 @@ fn step_gate(input: Arc<Input>) -> crate::driver::SubtestGate {
                             return Ok(());
                         }
                         "q" | "quit" | "stop" => bail!("stopped before subtest {name:?}"),
-                        other => eprintln!("{other:?}: Enter runs the subtest, c runs the rest, q stops"),
+                        other => {
+                            eprintln!("{other:?}: Enter runs the subtest, c runs the rest, q stops")
+                        }
                     },
                     Line::Interrupted | Line::Eof => bail!("stopped before subtest {name:?}"),
                 }

@@ -45,8 +45,12 @@ const FIO_DURING_SECS: u64 = 15;
 const FIO_SHORT_SECS: u64 = 6;
 
 pub fn scenarios() -> Vec<Scenario> {
-    let attach = |name, description, script: ScriptFn| Scenario::new(name, description, script).machines(nodes()).chain("hotattach");
-    let detach = |name, description, script: ScriptFn| Scenario::new(name, description, script).machines(nodes()).chain("hotdetach");
+    let attach = |name, description, script: ScriptFn| {
+        Scenario::new(name, description, script).machines(nodes()).chain("hotattach")
+    };
+    let detach = |name, description, script: ScriptFn| {
+        Scenario::new(name, description, script).machines(nodes()).chain("hotdetach")
+    };
     vec![
         attach("hotattach_tc1", "hot attach: attach an NVMe disk to ctrlr-1 (vm1); fio integrity on it", |d| attach_tc1(d).boxed()),
         attach("hotattach_tc2", "hot attach: during fio on it, attach another NVMe disk to ctrlr-1; fio on both", |d| {
@@ -72,9 +76,14 @@ pub fn scenarios() -> Vec<Scenario> {
 }
 
 fn nodes() -> Vec<NodeSpec> {
-    let target =
-        (0..DISKS).fold(NodeSpec::new("target", Role::Target, 1), |n, i| n.with_disk(DiskSpec::nvme(&format!("disk{i}"), ATTACH_DISK_MIB)));
-    vec![target, NodeSpec::new("vm1", Role::Initiator, 2).with_memory(768), NodeSpec::new("vm2", Role::Initiator, 3).with_memory(768)]
+    let target = (0..DISKS).fold(NodeSpec::new("target", Role::Target, 1), |n, i| {
+        n.with_disk(DiskSpec::nvme(&format!("disk{i}"), ATTACH_DISK_MIB))
+    });
+    vec![
+        target,
+        NodeSpec::new("vm1", Role::Initiator, 2).with_memory(768),
+        NodeSpec::new("vm2", Role::Initiator, 3).with_memory(768),
+    ]
 }
 
 /// The NQN of controller `n` (1-based, as the plan counts).
@@ -152,8 +161,15 @@ impl Rig {
     /// Attaches the next unused NVMe disk of the target to controller `n` and waits until the
     /// VM using that controller sees it.
     async fn attach(&mut self, n: u32) -> Result<Device> {
-        let used: Vec<String> =
-            self.client.list_bdevs(proto::ListBdevsRequest {}).await?.into_inner().bdevs.into_iter().map(|b| b.name).collect();
+        let used: Vec<String> = self
+            .client
+            .list_bdevs(proto::ListBdevsRequest {})
+            .await?
+            .into_inner()
+            .bdevs
+            .into_iter()
+            .map(|b| b.name)
+            .collect();
         let mut free = None;
         for i in 0..DISKS {
             let id = format!("disk{i}");
@@ -167,20 +183,37 @@ impl Rig {
         let bdev = nvmeof::create_disk_bdev(&self.target, &mut self.client, &disk).await?;
         let ns = self
             .client
-            .add_namespace(proto::AddNamespaceRequest { nqn: ctrlr(n), bdev: bdev.name.clone(), nsid: None, ..Default::default() })
+            .add_namespace(proto::AddNamespaceRequest {
+                nqn: ctrlr(n),
+                bdev: bdev.name.clone(),
+                nsid: None,
+                ..Default::default()
+            })
             .await
             .with_context(|| format!("AddNamespace {} to ctrlr-{n}", bdev.name))?
             .into_inner();
-        let vm = vm_controllers(self.detach).iter().find(|(_, c)| c.contains(&n)).map(|(vm, _)| *vm).context("no VM uses it")?;
-        let dev = nvmeof::wait_for_namespace(self.vm(vm)?, &ctrlr(n), ns.nsid, timeouts::hotplug()).await?;
-        log::line(&format!("{disk} attached to ctrlr-{n} as namespace {}: {vm} sees {dev}", ns.nsid));
+        let vm = vm_controllers(self.detach)
+            .iter()
+            .find(|(_, c)| c.contains(&n))
+            .map(|(vm, _)| *vm)
+            .context("no VM uses it")?;
+        let dev = nvmeof::wait_for_namespace(self.vm(vm)?, &ctrlr(n), ns.nsid, timeouts::hotplug())
+            .await?;
+        log::line(&format!(
+            "{disk} attached to ctrlr-{n} as namespace {}: {vm} sees {dev}",
+            ns.nsid
+        ));
         Ok(Device { vm: vm.to_string(), nqn: ctrlr(n), nsid: ns.nsid, dev })
     }
 
     /// Detaches `device` on the target (RemoveNamespace).
     async fn detach(&mut self, device: &Device) -> Result<()> {
         self.client
-            .remove_namespace(proto::RemoveNamespaceRequest { nqn: device.nqn.clone(), nsid: device.nsid, ..Default::default() })
+            .remove_namespace(proto::RemoveNamespaceRequest {
+                nqn: device.nqn.clone(),
+                nsid: device.nsid,
+                ..Default::default()
+            })
             .await
             .with_context(|| format!("RemoveNamespace {} {}", device.nqn, device.nsid))?;
         Ok(())
@@ -203,9 +236,9 @@ impl Rig {
         if devices.is_empty() {
             bail!("no device to run fio on");
         }
-        let runs = futures::future::try_join_all(
-            devices.iter().map(|d| async move { run_fio(self.vm(&d.vm)?, &integrity_job(&d.dev, FIO_SHORT_SECS), &d.dev).await }),
-        )
+        let runs = futures::future::try_join_all(devices.iter().map(|d| async move {
+            run_fio(self.vm(&d.vm)?, &integrity_job(&d.dev, FIO_SHORT_SECS), &d.dev).await
+        }))
         .await?;
         for r in &runs {
             r.expect_clean()?;
@@ -226,7 +259,8 @@ impl Rig {
     /// not list its device.
     async fn gone(&self, device: &Device) -> Result<()> {
         let vm = self.vm(&device.vm)?;
-        nvmeof::wait_for_no_namespace(vm, &device.nqn, Some(device.nsid), timeouts::hotplug()).await?;
+        nvmeof::wait_for_no_namespace(vm, &device.nqn, Some(device.nsid), timeouts::hotplug())
+            .await?;
         // A device name is reused by the next namespace: check lsblk only while none replaced it.
         if !self.devices().await?.iter().any(|d| d.dev == device.dev) {
             nvmeof::expect_gone_from_lsblk(vm, &[&device.dev]).await?;
@@ -242,12 +276,24 @@ async fn prerequisites(d: &Driver, detach: bool) -> Result<Rig> {
     d.subtest("run the target with 8 empty controllers", async {
         for n in 1..=8 {
             b.client
-                .create_subsystem(proto::CreateSubsystemRequest { nqn: ctrlr(n), port: Some(NVMF_PORT.into()), allowed_hosts: Vec::new() })
+                .create_subsystem(proto::CreateSubsystemRequest {
+                    nqn: ctrlr(n),
+                    port: Some(NVMF_PORT.into()),
+                    allowed_hosts: Vec::new(),
+                })
                 .await
                 .with_context(|| format!("CreateSubsystem ctrlr-{n}"))?;
         }
-        let subsystems = b.client.list_subsystems(proto::ListSubsystemsRequest {}).await?.into_inner().subsystems;
-        let empty = subsystems.iter().filter(|s| s.nqn.contains(":ctrlr-") && s.namespaces.is_empty()).count();
+        let subsystems = b
+            .client
+            .list_subsystems(proto::ListSubsystemsRequest {})
+            .await?
+            .into_inner()
+            .subsystems;
+        let empty = subsystems
+            .iter()
+            .filter(|s| s.nqn.contains(":ctrlr-") && s.namespaces.is_empty())
+            .count();
         if empty != 8 {
             bail!("expected 8 empty controllers, the target lists {subsystems:?}");
         }
@@ -255,18 +301,24 @@ async fn prerequisites(d: &Driver, detach: bool) -> Result<Rig> {
     })
     .await?;
     let [(vm1, c1), (vm2, c2)] = vm_controllers(detach);
-    d.subtest(&format!("run VMs: {vm1} with ctrlr-{} and ctrlr-{}, {vm2} with ctrlr-{} and ctrlr-{}", c1[0], c1[1], c2[0], c2[1]), async {
-        for (vm, ctrls) in vm_controllers(detach) {
-            for n in ctrls {
-                nvmeof::connect(b.vm(vm)?, &b.share(n)).await?;
+    d.subtest(
+        &format!(
+            "run VMs: {vm1} with ctrlr-{} and ctrlr-{}, {vm2} with ctrlr-{} and ctrlr-{}",
+            c1[0], c1[1], c2[0], c2[1]
+        ),
+        async {
+            for (vm, ctrls) in vm_controllers(detach) {
+                for n in ctrls {
+                    nvmeof::connect(b.vm(vm)?, &b.share(n)).await?;
+                }
             }
-        }
-        let devices = b.devices().await?;
-        if !devices.is_empty() {
-            bail!("the controllers are empty, yet the VMs see {devices:?}");
-        }
-        Ok(())
-    })
+            let devices = b.devices().await?;
+            if !devices.is_empty() {
+                bail!("the controllers are empty, yet the VMs see {devices:?}");
+            }
+            Ok(())
+        },
+    )
     .await?;
     Ok(b)
 }
@@ -286,7 +338,12 @@ async fn attach_tc1(d: &Driver) -> Result<()> {
 /// attached so far, an attach under it, that fio clean, then fio on all devices clean.
 async fn attach_during_fio(d: &Driver, b: &mut Rig, n: u32) -> Result<()> {
     let before = b.devices().await?;
-    let runs = d.subtest("run fio integrity on the devices attached so far", b.start_fio(&before, FIO_DURING_SECS)).await?;
+    let runs = d
+        .subtest(
+            "run fio integrity on the devices attached so far",
+            b.start_fio(&before, FIO_DURING_SECS),
+        )
+        .await?;
     d.subtest(&format!("during fio, attach NVMe to ctrlr-{n}"), b.attach(n)).await?;
     d.subtest("fio under the attach finished clean", async {
         for r in &runs {
@@ -299,7 +356,8 @@ async fn attach_during_fio(d: &Driver, b: &mut Rig, n: u32) -> Result<()> {
     if all.len() != before.len() + 1 {
         bail!("expected {} devices after the attach, the VMs see {all:?}", before.len() + 1);
     }
-    d.subtest(&format!("run fio integrity on all {} devices", all.len()), b.fio_all_clean(&all)).await
+    d.subtest(&format!("run fio integrity on all {} devices", all.len()), b.fio_all_clean(&all))
+        .await
 }
 
 async fn attach_tc2(d: &Driver) -> Result<()> {
@@ -315,7 +373,8 @@ async fn attach_tc3(d: &Driver) -> Result<()> {
 async fn attach_tc4(d: &Driver) -> Result<()> {
     let mut b = resume(d, false).await?;
     attach_during_fio(d, &mut b, 3).await?;
-    let before: Vec<(String, String, u32)> = b.devices().await?.into_iter().map(|x| (x.vm, x.nqn, x.nsid)).collect();
+    let before: Vec<(String, String, u32)> =
+        b.devices().await?.into_iter().map(|x| (x.vm, x.nqn, x.nsid)).collect();
     d.subtest("reboot VMs", async {
         b.reboot_and_reconnect().await?;
         // Every namespace comes back on its controller.
@@ -326,7 +385,11 @@ async fn attach_tc4(d: &Driver) -> Result<()> {
     })
     .await?;
     let all = b.devices().await?;
-    d.subtest(&format!("run fio integrity again on all {} devices", all.len()), b.fio_all_clean(&all)).await
+    d.subtest(
+        &format!("run fio integrity again on all {} devices", all.len()),
+        b.fio_all_clean(&all),
+    )
+    .await
 }
 
 /// Hot-detach's set-up beyond the controllers: one NVMe disk on each of ctrlr-5..8.
@@ -350,7 +413,12 @@ async fn ctrlr5_device(b: &Rig) -> Result<Device> {
 async fn detach_tc1(d: &Driver) -> Result<()> {
     let mut b = detach_prerequisites(d).await?;
     let all = b.devices().await?;
-    let runs = d.subtest(&format!("run fio on all {} devices", all.len()), b.start_fio(&all, FIO_DURING_SECS)).await?;
+    let runs = d
+        .subtest(
+            &format!("run fio on all {} devices", all.len()),
+            b.start_fio(&all, FIO_DURING_SECS),
+        )
+        .await?;
     let victim = ctrlr5_device(&b).await?;
     d.subtest("detach NVMe from ctrlr-5 during fio", b.detach(&victim)).await?;
     detached_checks(d, &mut b, &all, &runs, &victim, true).await
@@ -358,12 +426,22 @@ async fn detach_tc1(d: &Driver) -> Result<()> {
 
 /// After a detach under fio: nothing crashed; the fio on the detached device stopped with an
 /// error (when it ran one); every other fio finished clean; the device is gone.
-async fn detached_checks(d: &Driver, b: &mut Rig, ran_on: &[Device], runs: &[FioRun], victim: &Device, victim_had_fio: bool) -> Result<()> {
+async fn detached_checks(
+    d: &Driver,
+    b: &mut Rig,
+    ran_on: &[Device],
+    runs: &[FioRun],
+    victim: &Device,
+    victim_had_fio: bool,
+) -> Result<()> {
     d.subtest("check the target and VMs did not crash", b.nothing_crashed()).await?;
     d.subtest("check the detached device is gone from the VM", b.gone(victim)).await?;
     if victim_had_fio {
         d.subtest("check the fio job on the detached device stopped and failed", async {
-            let i = ran_on.iter().position(|x| x == victim).context("no fio ran on the detached device")?;
+            let i = ran_on
+                .iter()
+                .position(|x| x == victim)
+                .context("no fio ran on the detached device")?;
             runs[i].wait().await?.expect_error().map(drop)
         })
         .await?;
@@ -384,7 +462,12 @@ async fn detached_checks(d: &Driver, b: &mut Rig, ran_on: &[Device], runs: &[Fio
 async fn detach_tc2(d: &Driver) -> Result<()> {
     let mut b = resume(d, true).await?;
     let dev = d.subtest("attach NVMe to ctrlr-5", b.attach(5)).await?;
-    let runs = d.subtest("run fio on the device of ctrlr-5", b.start_fio(std::slice::from_ref(&dev), FIO_DURING_SECS)).await?;
+    let runs = d
+        .subtest(
+            "run fio on the device of ctrlr-5",
+            b.start_fio(std::slice::from_ref(&dev), FIO_DURING_SECS),
+        )
+        .await?;
     d.subtest("detach NVMe from ctrlr-5 during fio traffic", b.detach(&dev)).await?;
     detached_checks(d, &mut b, std::slice::from_ref(&dev), &runs, &dev, true).await
 }
@@ -394,7 +477,10 @@ async fn detach_tc3(d: &Driver) -> Result<()> {
     let dev = d.subtest("attach NVMe to ctrlr-5", b.attach(5)).await?;
     let others: Vec<Device> = b.devices().await?.into_iter().filter(|x| *x != dev).collect();
     let runs = d
-        .subtest(&format!("run fio integrity on all devices but that one ({})", others.len()), b.start_fio(&others, FIO_DURING_SECS))
+        .subtest(
+            &format!("run fio integrity on all devices but that one ({})", others.len()),
+            b.start_fio(&others, FIO_DURING_SECS),
+        )
         .await?;
     d.subtest("detach NVMe without traffic while fio runs on the others", b.detach(&dev)).await?;
     detached_checks(d, &mut b, &others, &runs, &dev, false).await
@@ -403,15 +489,26 @@ async fn detach_tc3(d: &Driver) -> Result<()> {
 async fn detach_tc4(d: &Driver) -> Result<()> {
     let mut b = resume(d, true).await?;
     let dev = d.subtest("attach NVMe to ctrlr-5", b.attach(5)).await?;
-    let victim_run = d.subtest("run fio on the device of ctrlr-5", b.start_fio(std::slice::from_ref(&dev), FIO_DURING_SECS)).await?;
+    let victim_run = d
+        .subtest(
+            "run fio on the device of ctrlr-5",
+            b.start_fio(std::slice::from_ref(&dev), FIO_DURING_SECS),
+        )
+        .await?;
     let others: Vec<Device> = b.devices().await?.into_iter().filter(|x| *x != dev).collect();
-    let other_runs = d.subtest("run separate fio integrity on all other devices (all VMs)", b.start_fio(&others, FIO_DURING_SECS)).await?;
+    let other_runs = d
+        .subtest(
+            "run separate fio integrity on all other devices (all VMs)",
+            b.start_fio(&others, FIO_DURING_SECS),
+        )
+        .await?;
     d.subtest("detach NVMe from ctrlr-5 during fio traffic", b.detach(&dev)).await?;
     let mut ran_on = vec![dev.clone()];
     ran_on.extend(others.iter().cloned());
     let runs: Vec<FioRun> = victim_run.into_iter().chain(other_runs).collect();
     detached_checks(d, &mut b, &ran_on, &runs, &dev, true).await?;
-    let remaining: Vec<(String, String, u32)> = others.iter().map(|x| (x.vm.clone(), x.nqn.clone(), x.nsid)).collect();
+    let remaining: Vec<(String, String, u32)> =
+        others.iter().map(|x| (x.vm.clone(), x.nqn.clone(), x.nsid)).collect();
     d.subtest("reboot VMs", b.reboot_and_reconnect()).await?;
     d.subtest("check that all other devices are in place", async {
         for (vm, nqn, nsid) in &remaining {
@@ -426,11 +523,13 @@ async fn detach_tc4(d: &Driver) -> Result<()> {
             bail!("the detached namespace {} of {} is back: {now:?}", dev.nsid, dev.nqn);
         }
         let expected: std::collections::BTreeSet<_> = remaining.iter().cloned().collect();
-        let seen: std::collections::BTreeSet<_> = now.iter().map(|x| (x.vm.clone(), x.nqn.clone(), x.nsid)).collect();
+        let seen: std::collections::BTreeSet<_> =
+            now.iter().map(|x| (x.vm.clone(), x.nqn.clone(), x.nsid)).collect();
         if seen != expected {
             bail!("after the reboot the VMs see {seen:?}, expected exactly {expected:?}");
         }
-        let lsblk_devices: Vec<String> = nvmeof::lsblk(b.vm(&dev.vm)?).await?.iter().map(|x| x.path()).collect();
+        let lsblk_devices: Vec<String> =
+            nvmeof::lsblk(b.vm(&dev.vm)?).await?.iter().map(|x| x.path()).collect();
         for x in now.iter().filter(|x| x.vm == dev.vm) {
             if !lsblk_devices.contains(&x.dev) {
                 bail!("lsblk on {} does not list {} ({:?})", x.vm, x.dev, lsblk_devices);
@@ -440,5 +539,9 @@ async fn detach_tc4(d: &Driver) -> Result<()> {
     })
     .await?;
     let all = b.devices().await?;
-    d.subtest(&format!("run fio integrity on all {} remaining devices", all.len()), b.fio_all_clean(&all)).await
+    d.subtest(
+        &format!("run fio integrity on all {} remaining devices", all.len()),
+        b.fio_all_clean(&all),
+    )
+    .await
 }

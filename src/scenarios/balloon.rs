@@ -29,7 +29,9 @@ pub const GUEST_MIB: u64 = 768;
 pub const MEM_TOTAL_TOLERANCE_MIB: u64 = 100;
 
 pub fn scenarios() -> Vec<Scenario> {
-    let s = |name, description, nodes: fn() -> Vec<NodeSpec>, script: ScriptFn| Scenario::new(name, description, script).machines(nodes());
+    let s = |name, description, nodes: fn() -> Vec<NodeSpec>, script: ScriptFn| {
+        Scenario::new(name, description, script).machines(nodes())
+    };
     vec![
         s(
             "balloon_basic",
@@ -95,7 +97,10 @@ pub fn expect_mem_total_near(vm: &Machine, mem: &MemoryStats, mib: u64) -> Resul
 async fn expect_actual(vm: &Machine, mib: u64) -> Result<()> {
     let actual = vm.balloon_actual().await?;
     if actual != mib << 20 {
-        return Err(vm.error(format!("expected query-balloon {} bytes ({mib} MiB)", mib << 20), format!("it says {actual} bytes")));
+        return Err(vm.error(
+            format!("expected query-balloon {} bytes ({mib} MiB)", mib << 20),
+            format!("it says {actual} bytes"),
+        ));
     }
     Ok(())
 }
@@ -106,15 +111,28 @@ async fn start_change(vm: &Machine, mib: u64) -> Result<u64> {
     let before = vm.balloon_actual().await?;
     vm.balloon_request(mib).await?;
     // Polled closely: the change must be caught under way, before it is done.
-    let moved = |_| async move { Ok(Some(vm.balloon_actual().await?).filter(|now| *now != before)) };
-    match poll::until(crate::machine::balloon_timeout(), Pace::every(Duration::from_millis(20)), moved).await? {
+    let moved =
+        |_| async move { Ok(Some(vm.balloon_actual().await?).filter(|now| *now != before)) };
+    match poll::until(
+        crate::machine::balloon_timeout(),
+        Pace::every(Duration::from_millis(20)),
+        moved,
+    )
+    .await?
+    {
         Polled::Done(now) => {
-            log::line(&format!("{}: balloon under way: {} MiB on the way from {} to {mib} MiB", vm.name(), now >> 20, before >> 20));
+            log::line(&format!(
+                "{}: balloon under way: {} MiB on the way from {} to {mib} MiB",
+                vm.name(),
+                now >> 20,
+                before >> 20
+            ));
             Ok(now)
         }
-        Polled::TimedOut(_) => {
-            Err(vm.error(format!("the balloon did not start moving towards {mib} MiB"), format!("still {before} bytes")))
-        }
+        Polled::TimedOut(_) => Err(vm.error(
+            format!("the balloon did not start moving towards {mib} MiB"),
+            format!("still {before} bytes"),
+        )),
     }
 }
 
@@ -124,7 +142,10 @@ async fn expect_balloon_still(vm: &Machine) -> Result<u64> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let b = vm.balloon_actual().await?;
     if a != b {
-        return Err(vm.error("the balloon moved while the guest was paused", format!("{a} bytes, then {b}")));
+        return Err(vm.error(
+            "the balloon moved while the guest was paused",
+            format!("{a} bytes, then {b}"),
+        ));
     }
     Ok(a)
 }
@@ -142,7 +163,11 @@ async fn expect_stats_match_meminfo(vm: &Machine, after: i64) -> Result<BalloonS
         let Some(value) = value else { bail!("the guest reports no {stat}: {}", stats.raw) };
         if !stat_matches(value, kib << 10) {
             return Err(vm.error(
-                format!("{stat} {} MiB is not within 10 % or 150 MiB of {field} {} MiB", value >> 20, kib >> 10),
+                format!(
+                    "{stat} {} MiB is not within 10 % or 150 MiB of {field} {} MiB",
+                    value >> 20,
+                    kib >> 10
+                ),
                 format!("guest-stats: {}\nmeminfo: {mem:?}", stats.raw),
             ));
         }
@@ -165,7 +190,9 @@ fn expect_generic_error(vm: &Machine, result: Result<()>, what: &str) -> Result<
                 log::line(&format!("{}: {what} refused: {}", vm.name(), q.desc));
                 Ok(q.clone())
             }
-            _ => Err(vm.error(format!("expected a GenericError refusing {what}"), format!("{e:#}"))),
+            _ => {
+                Err(vm.error(format!("expected a GenericError refusing {what}"), format!("{e:#}")))
+            }
         },
     }
 }
@@ -201,7 +228,11 @@ async fn basic(d: &Driver) -> Result<()> {
     d.subtest("enlarge guest's memory", async {
         let mem = evict_or_enlarge(&vm, GUEST_MIB).await?;
         if mem.total_kib.abs_diff(full.total_kib) > 4096 {
-            bail!("MemTotal is {} kB after enlarging back, {} kB at boot", mem.total_kib, full.total_kib);
+            bail!(
+                "MemTotal is {} kB after enlarging back, {} kB at boot",
+                mem.total_kib,
+                full.total_kib
+            );
         }
         Ok(())
     })
@@ -213,37 +244,59 @@ async fn basic(d: &Driver) -> Result<()> {
     .await?;
     for (ratio, label) in [(0.5, "0.5"), (0.75, "0.75"), (0.8, "0.8")] {
         let mib = (GUEST_MIB as f64 * ratio) as u64;
-        d.subtest(&format!("balloon to {label} of guest memory ({mib} MiB)"), evict_or_enlarge(&vm, mib).map(|r| r.map(drop))).await?;
+        d.subtest(
+            &format!("balloon to {label} of guest memory ({mib} MiB)"),
+            evict_or_enlarge(&vm, mib).map(|r| r.map(drop)),
+        )
+        .await?;
     }
     d.subtest("balloon stats basic test", async {
         // A report already held (the guest's first, sent when its driver came up, in a restored
         // machine at the snapshot's boot) shows the memory of an earlier balloon size: only one
         // stamped after this second, when polling starts, shows the balloon as it is now.
-        let polling = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+        let polling =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
         vm.set_balloon_stats_interval(2).await?;
         let first = expect_stats_match_meminfo(&vm, polling).await?;
         // The statistics follow the balloon: after enlarging, the next report's total rises.
         evict_or_enlarge(&vm, GUEST_MIB).await?;
         // QEMU stamps a report with the host's time in whole seconds: one stamped after this
         // second was taken after the balloon had grown (an earlier one may show it half way).
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
         let second = expect_stats_match_meminfo(&vm, now.max(first.last_update)).await?;
         let (a, b) = (first.total_memory.unwrap_or(0), second.total_memory.unwrap_or(0));
         if b <= a + (100 << 20) {
-            bail!("stat-total-memory went from {} MiB to only {} MiB when the balloon grew by {} MiB", a >> 20, b >> 20, GUEST_MIB - 614);
+            bail!(
+                "stat-total-memory went from {} MiB to only {} MiB when the balloon grew by {} MiB",
+                a >> 20,
+                b >> 20,
+                GUEST_MIB - 614
+            );
         }
         vm.set_balloon_stats_interval(0).await
     })
     .await?;
-    d.subtest("reset memory size to illegal value during runtime (0 and negative refused)", async {
-        let q = expect_generic_error(&vm, vm.balloon_request_bytes(0).await, "a balloon of 0 bytes")?;
-        if !q.desc.contains("value") {
-            bail!("the refusal does not name the parameter: {}", q.desc);
-        }
-        expect_generic_error(&vm, vm.balloon_request_bytes(-(1 << 20)).await, "a negative balloon")?;
-        expect_actual(&vm, GUEST_MIB).await?;
-        expect_alive(&vm).await
-    })
+    d.subtest(
+        "reset memory size to illegal value during runtime (0 and negative refused)",
+        async {
+            let q = expect_generic_error(
+                &vm,
+                vm.balloon_request_bytes(0).await,
+                "a balloon of 0 bytes",
+            )?;
+            if !q.desc.contains("value") {
+                bail!("the refusal does not name the parameter: {}", q.desc);
+            }
+            expect_generic_error(
+                &vm,
+                vm.balloon_request_bytes(-(1 << 20)).await,
+                "a negative balloon",
+            )?;
+            expect_actual(&vm, GUEST_MIB).await?;
+            expect_alive(&vm).await
+        },
+    )
     .await?;
     d.subtest("reset memory size to value more than the max (clamped to guest memory)", async {
         let before = vm.memory_stats().await?;
@@ -266,7 +319,10 @@ async fn basic(d: &Driver) -> Result<()> {
             vm.pause().await?;
             let held = expect_balloon_still(&vm).await?;
             if held == to << 20 {
-                log::line(&format!("{}: the balloon reached its target before the pause took effect", vm.name()));
+                log::line(&format!(
+                    "{}: the balloon reached its target before the pause took effect",
+                    vm.name()
+                ));
             }
             vm.resume().await?;
             vm.wait_for_balloon(to << 20, true, mark, crate::machine::balloon_timeout()).await?;
@@ -323,7 +379,8 @@ async fn cmdline(d: &Driver) -> Result<()> {
     vm.wait_for_agent().await?;
     d.subtest("disable virtio balloon driver in command line", async {
         // The kernel said so at boot; a restored machine's console never shows that boot, dmesg does.
-        vm.wait_for_kernel_message("Module virtio_balloon is blacklisted", Duration::from_secs(5)).await?;
+        vm.wait_for_kernel_message("Module virtio_balloon is blacklisted", Duration::from_secs(5))
+            .await?;
         if vm.guest_balloon_bound().await? {
             bail!("virtio_balloon is bound although the kernel command line disables it");
         }
@@ -334,20 +391,29 @@ async fn cmdline(d: &Driver) -> Result<()> {
         vm.balloon_request(384).await?;
         tokio::time::sleep(Duration::from_secs(3)).await;
         expect_actual(&vm, GUEST_MIB).await?;
-        let changes: Vec<_> = qmp.events_since(mark).into_iter().filter(|e| e.name == "BALLOON_CHANGE").collect();
+        let changes: Vec<_> =
+            qmp.events_since(mark).into_iter().filter(|e| e.name == "BALLOON_CHANGE").collect();
         if !changes.is_empty() {
             bail!("BALLOON_CHANGE without a driver: {changes:?}");
         }
         let after = vm.memory_stats().await?;
         if after.total_kib != before.total_kib {
-            bail!("MemTotal changed from {} to {} kB without a balloon driver", before.total_kib, after.total_kib);
+            bail!(
+                "MemTotal changed from {} to {} kB without a balloon driver",
+                before.total_kib,
+                after.total_kib
+            );
         }
         vm.balloon_request(GUEST_MIB).await?;
         expect_alive(&vm).await
     })
     .await?;
     d.subtest("hot-plug multi balloon device (QEMU refuses the second)", async {
-        let q = expect_generic_error(&vm, vm.device_add_balloon("balloon1", Balloon { deflate_on_oom: false }).await, "a second balloon")?;
+        let q = expect_generic_error(
+            &vm,
+            vm.device_add_balloon("balloon1", Balloon { deflate_on_oom: false }).await,
+            "a second balloon",
+        )?;
         if !q.desc.contains("balloon") {
             bail!("the refusal does not say why: {}", q.desc);
         }
@@ -376,7 +442,11 @@ async fn power_during(vm: &Machine, from: u64, to: u64, shutdown: bool) -> Resul
         expect_actual(vm, GUEST_MIB).await?;
     } else {
         vm.reboot().await?;
-        log::line(&format!("{}: after the reboot query-balloon says {} MiB", vm.name(), vm.balloon_actual().await? >> 20));
+        log::line(&format!(
+            "{}: after the reboot query-balloon says {} MiB",
+            vm.name(),
+            vm.balloon_actual().await? >> 20
+        ));
     }
     // The balloon works after it: evict and enlarge.
     evict_or_enlarge(vm, 512).await?;
@@ -401,10 +471,14 @@ async fn power(d: &Driver) -> Result<()> {
         expect_actual(&vm, GUEST_MIB).await
     })
     .await?;
-    d.subtest("reboot guest during evicting memory", power_during(&vm, GUEST_MIB, 256, false)).await?;
-    d.subtest("shutdown guest during evict memory", power_during(&vm, GUEST_MIB, 256, true)).await?;
-    d.subtest("reboot guest during enlarging memory", power_during(&vm, 256, GUEST_MIB, false)).await?;
-    d.subtest("shutdown guest during enlarging memory", power_during(&vm, 256, GUEST_MIB, true)).await
+    d.subtest("reboot guest during evicting memory", power_during(&vm, GUEST_MIB, 256, false))
+        .await?;
+    d.subtest("shutdown guest during evict memory", power_during(&vm, GUEST_MIB, 256, true))
+        .await?;
+    d.subtest("reboot guest during enlarging memory", power_during(&vm, 256, GUEST_MIB, false))
+        .await?;
+    d.subtest("shutdown guest during enlarging memory", power_during(&vm, 256, GUEST_MIB, true))
+        .await
 }
 
 const PLAIN: Balloon = Balloon { deflate_on_oom: false };
@@ -468,10 +542,18 @@ async fn hotplug(d: &Driver) -> Result<()> {
         let mem = vm.balloon(384).await?;
         // The driver holds the pages without lowering the managed page count.
         if mem.total_kib.abs_diff(before.total_kib) > 4096 {
-            bail!("MemTotal went from {} to {} kB with deflate-on-oom", before.total_kib, mem.total_kib);
+            bail!(
+                "MemTotal went from {} to {} kB with deflate-on-oom",
+                before.total_kib,
+                mem.total_kib
+            );
         }
         if before.free_kib < mem.free_kib + (200 << 10) {
-            bail!("MemFree went only from {} to {} kB although the balloon took 384 MiB", before.free_kib, mem.free_kib);
+            bail!(
+                "MemFree went only from {} to {} kB although the balloon took 384 MiB",
+                before.free_kib,
+                mem.free_kib
+            );
         }
         vm.balloon(GUEST_MIB).await.map(drop)
     })

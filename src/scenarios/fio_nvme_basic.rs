@@ -70,7 +70,12 @@ pub async fn run(d: &Driver) -> Result<Report> {
     let bdevs = d
         .subtest("the bdev of the target should be listed", async {
             nvmeof::create_disk_bdev(&target, &mut client, "disk0").await?;
-            let bdevs = client.list_bdevs(proto::ListBdevsRequest {}).await.context("ListBdevs")?.into_inner().bdevs;
+            let bdevs = client
+                .list_bdevs(proto::ListBdevsRequest {})
+                .await
+                .context("ListBdevs")?
+                .into_inner()
+                .bdevs;
             log::line(&bdevs_json(&bdevs));
             match bdevs.as_slice() {
                 [b] if b.num_blocks * u64::from(b.blk_size) == 512 << 20 => Ok(bdevs),
@@ -95,11 +100,16 @@ pub async fn run(d: &Driver) -> Result<Report> {
     let fabrics = FabricsOptions::scaled_timeouts();
     let discovery = d
         .subtest("should be able to discover the target", async {
-            let out = initiator.succeed(&Nvme::discover(&share.addr.to_string(), share.port).command_line()).await?;
+            let out = initiator
+                .succeed(&Nvme::discover(&share.addr.to_string(), share.port).command_line())
+                .await?;
             d.artifact("nvme-discover.json", &out);
             let log = DiscoveryLog::parse(&out)?;
             for r in &log.records {
-                log::line(&format!("discovered {} {}:{} ({})", r.subnqn, r.traddr, r.trsvcid, r.subtype));
+                log::line(&format!(
+                    "discovered {} {}:{} ({})",
+                    r.subnqn, r.traddr, r.trsvcid, r.subtype
+                ));
             }
             if log.find(&share.nqn).is_none() {
                 bail!("the discovery log does not list {}: {log:?}", share.nqn);
@@ -110,20 +120,32 @@ pub async fn run(d: &Driver) -> Result<Report> {
 
     let (connected, lsblk, device) = d
         .subtest("should be able to connect to the target", async {
-            initiator.succeed(&Nvme::connect_all(&share.addr.to_string(), share.port).options(fabrics.clone()).command_line()).await?;
+            initiator
+                .succeed(
+                    &Nvme::connect_all(&share.addr.to_string(), share.port)
+                        .options(fabrics.clone())
+                        .command_line(),
+                )
+                .await?;
             let list = initiator
-                .wait_until_succeeds(&format!("{} | grep -q DevicePath && {}", Nvme::list(), Nvme::list()), timeouts::request())
+                .wait_until_succeeds(
+                    &format!("{} | grep -q DevicePath && {}", Nvme::list(), Nvme::list()),
+                    timeouts::request(),
+                )
                 .await?;
             d.artifact("nvme-list.json", &list);
             let list = NvmeList::parse(&list)?;
             let device = match list.devices.as_slice() {
                 [one] => one.device_path.clone(),
-                other => bail!("expected one NVMe namespace on the initiator, nvme list shows {other:?}"),
+                other => {
+                    bail!("expected one NVMe namespace on the initiator, nvme list shows {other:?}")
+                }
             };
             let out = initiator.succeed(Lsblk::command()).await?;
             d.artifact("lsblk.json", &out);
             let lsblk = Lsblk::parse(&out)?;
-            let seen = lsblk.find(&device).with_context(|| format!("lsblk does not show {device}"))?;
+            let seen =
+                lsblk.find(&device).with_context(|| format!("lsblk does not show {device}"))?;
             if seen.size != 512 << 20 {
                 bail!("lsblk shows {device} with {} bytes, expected 512 MiB", seen.size);
             }
@@ -135,14 +157,19 @@ pub async fn run(d: &Driver) -> Result<Report> {
     let fio = d
         .subtest("should be able to run FIO with verify=crc32", async {
             let job = Fio::seed_randrw_verify(&device, FIO_RUNTIME_SECS);
-            let out = initiator.execute_with_timeout(&job.command_line(), timeouts::command()).await?;
+            let out =
+                initiator.execute_with_timeout(&job.command_line(), timeouts::command()).await?;
             d.artifact("fio.json", &out.stdout);
             let report = FioReport::parse_with_stderr(&out.stdout, &out.stderr)
                 .with_context(|| format!("fio exited {}; stderr:\n{}", out.status, out.stderr))?;
             log::line(&report.summary_line());
             let problems = report.problems();
             if out.status != 0 || !problems.is_empty() {
-                bail!("fio exited {} with problems: {problems:?}\nstderr:\n{}", out.status, out.stderr);
+                bail!(
+                    "fio exited {} with problems: {problems:?}\nstderr:\n{}",
+                    out.status,
+                    out.stderr
+                );
             }
             if report.iops(Direction::Read) <= 0.0 || report.iops(Direction::Write) <= 0.0 {
                 bail!("fio did not both read and write: {}", report.summary_line());

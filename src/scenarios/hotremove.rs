@@ -68,7 +68,9 @@ enum Removal {
 }
 
 pub fn scenarios() -> Vec<Scenario> {
-    let s = |name, description, nodes: fn() -> Vec<NodeSpec>, script: ScriptFn| Scenario::new(name, description, script).machines(nodes());
+    let s = |name, description, nodes: fn() -> Vec<NodeSpec>, script: ScriptFn| {
+        Scenario::new(name, description, script).machines(nodes())
+    };
     vec![
         s(
             "hotremove_blk_tc1",
@@ -128,7 +130,9 @@ pub fn scenarios() -> Vec<Scenario> {
 }
 
 fn target(disks: &[&str]) -> NodeSpec {
-    disks.iter().fold(NodeSpec::new("target", Role::Target, 1), |n, id| n.with_disk(DiskSpec::nvme(id, DISK_MIB)))
+    disks.iter().fold(NodeSpec::new("target", Role::Target, 1), |n, id| {
+        n.with_disk(DiskSpec::nvme(id, DISK_MIB))
+    })
 }
 fn vm(name: &str, host: u8) -> NodeSpec {
     NodeSpec::new(name, Role::Initiator, host).with_memory(768)
@@ -168,7 +172,9 @@ impl Fabric {
     /// A new controller with `bdev` as its first namespace or LUN.
     async fn share(self, target: &Machine, client: &mut TargetClient, bdev: &str) -> Result<Ctrl> {
         Ok(match self {
-            Fabric::Nvmf => Ctrl::Nvmf(nvmeof::share_bdev(target, client, bdev, None, NVMF_PORT).await?),
+            Fabric::Nvmf => {
+                Ctrl::Nvmf(nvmeof::share_bdev(target, client, bdev, None, NVMF_PORT).await?)
+            }
             Fabric::Iscsi => Ctrl::Iscsi(iscsi::share_bdev(target, client, bdev).await?),
         })
     }
@@ -201,8 +207,17 @@ impl Ctrl {
     async fn add(&self, client: &mut TargetClient, bdev: &str) -> Result<u32> {
         match self {
             Ctrl::Nvmf(share) => {
-                let req = proto::AddNamespaceRequest { nqn: share.nqn.clone(), bdev: bdev.into(), ..Default::default() };
-                Ok(client.add_namespace(req).await.with_context(|| format!("AddNamespace {bdev} to {}", share.nqn))?.into_inner().nsid)
+                let req = proto::AddNamespaceRequest {
+                    nqn: share.nqn.clone(),
+                    bdev: bdev.into(),
+                    ..Default::default()
+                };
+                Ok(client
+                    .add_namespace(req)
+                    .await
+                    .with_context(|| format!("AddNamespace {bdev} to {}", share.nqn))?
+                    .into_inner()
+                    .nsid)
             }
             Ctrl::Iscsi(t) => iscsi::add_lun(client, t, bdev).await,
         }
@@ -219,8 +234,12 @@ impl Ctrl {
     /// Waits for namespace or LUN `id`'s block device on `vm`.
     async fn find_disk(&self, vm: &Machine, id: u32) -> Result<String> {
         match self {
-            Ctrl::Nvmf(share) => nvmeof::wait_for_namespace(vm, &share.nqn, id, crate::timeouts::hotplug()).await,
-            Ctrl::Iscsi(t) => iscsi::wait_for_disk(vm, &t.iqn, id, crate::timeouts::hotplug()).await,
+            Ctrl::Nvmf(share) => {
+                nvmeof::wait_for_namespace(vm, &share.nqn, id, crate::timeouts::hotplug()).await
+            }
+            Ctrl::Iscsi(t) => {
+                iscsi::wait_for_disk(vm, &t.iqn, id, crate::timeouts::hotplug()).await
+            }
         }
     }
 }
@@ -235,7 +254,13 @@ struct VmDisk {
 
 /// "Start vhost with N controllers" and "add NVMe bdevs": one controller per disk, each made
 /// with that disk's bdev; returns them in disk order.
-async fn start_controllers(d: &Driver, fabric: Fabric, target: &Machine, client: &mut TargetClient, disks: &[&str]) -> Result<Vec<Ctrl>> {
+async fn start_controllers(
+    d: &Driver,
+    fabric: Fabric,
+    target: &Machine,
+    client: &mut TargetClient,
+    disks: &[&str],
+) -> Result<Vec<Ctrl>> {
     let what = match disks.len() {
         1 => format!("start the target with one {} and add one NVMe bdev", fabric.controller()),
         n => format!("start the target with {n} {}s and add the NVMe bdevs", fabric.controller()),
@@ -260,16 +285,19 @@ async fn start_one_controller(
     client: &mut TargetClient,
     disks: &[&str],
 ) -> Result<(Ctrl, Vec<u32>)> {
-    d.subtest(&format!("start the target with one {} and add both NVMe bdevs to it", fabric.controller()), async {
-        let first = nvmeof::create_disk_bdev(target, client, disks[0]).await?;
-        let ctrl = fabric.share(target, client, &first.name).await?;
-        let mut ids = vec![ctrl.first_id()];
-        for disk in &disks[1..] {
-            let bdev = nvmeof::create_disk_bdev(target, client, disk).await?;
-            ids.push(ctrl.add(client, &bdev.name).await?);
-        }
-        Ok((ctrl, ids))
-    })
+    d.subtest(
+        &format!("start the target with one {} and add both NVMe bdevs to it", fabric.controller()),
+        async {
+            let first = nvmeof::create_disk_bdev(target, client, disks[0]).await?;
+            let ctrl = fabric.share(target, client, &first.name).await?;
+            let mut ids = vec![ctrl.first_id()];
+            for disk in &disks[1..] {
+                let bdev = nvmeof::create_disk_bdev(target, client, disk).await?;
+                ids.push(ctrl.add(client, &bdev.name).await?);
+            }
+            Ok((ctrl, ids))
+        },
+    )
     .await
 }
 
@@ -279,7 +307,11 @@ async fn attach(d: &Driver, vm: &Machine, ctrl: &Ctrl, ids: &[u32]) -> Result<Ve
         ctrl.connect(vm).await?;
         let mut disks = Vec::new();
         for id in ids {
-            disks.push(VmDisk { ctrl: ctrl.clone(), id: *id, device: ctrl.find_disk(vm, *id).await? });
+            disks.push(VmDisk {
+                ctrl: ctrl.clone(),
+                id: *id,
+                device: ctrl.find_disk(vm, *id).await?,
+            });
         }
         Ok(disks)
     })
@@ -287,13 +319,23 @@ async fn attach(d: &Driver, vm: &Machine, ctrl: &Ctrl, ids: &[u32]) -> Result<Ve
 }
 
 async fn pci_address(d: &Driver, target: &Machine, disk: &str) -> Result<String> {
-    d.subtest(&format!("check the PCI address (bus:device.function) of NVMe {disk}"), target.pci_address(disk)).await
+    d.subtest(
+        &format!("check the PCI address (bus:device.function) of NVMe {disk}"),
+        target.pci_address(disk),
+    )
+    .await
 }
 
 /// "Run the command to hot remove NVMe disk": the disk leaves the target VM, and the step ends
 /// when the daemon has withdrawn its bdevs from every namespace or LUN (its monitor polls; the
 /// initiators' next steps act on what the target did, as a control plane's would).
-async fn hot_remove(d: &Driver, target: &Machine, client: &mut TargetClient, disk: &str, how: Removal) -> Result<()> {
+async fn hot_remove(
+    d: &Driver,
+    target: &Machine,
+    client: &mut TargetClient,
+    disk: &str,
+    how: Removal,
+) -> Result<()> {
     let step = match how {
         Removal::Guest => format!("hot remove NVMe {disk} (sysfs remove in the target)"),
         Removal::Qmp => format!("hot remove NVMe {disk} (QMP device_del)"),
@@ -319,7 +361,9 @@ async fn wait_withdrawn(target: &Machine, client: &mut TargetClient) -> Result<(
             let bdevs = nvmeof::expect_target_alive(target, &mut c).await?;
             let still: Vec<_> = bdevs
                 .into_iter()
-                .filter(|b| b.state == STATE_FAULTED && b.claimed && b.claimed_by != CLAIMED_BY_SPLIT)
+                .filter(|b| {
+                    b.state == STATE_FAULTED && b.claimed && b.claimed_by != CLAIMED_BY_SPLIT
+                })
                 .map(|b| format!("{} ({})", b.name, b.claimed_by))
                 .collect();
             let done = still.is_empty();
@@ -330,8 +374,10 @@ async fn wait_withdrawn(target: &Machine, client: &mut TargetClient) -> Result<(
     .await?;
     match polled {
         Polled::Done(()) => Ok(()),
-        Polled::TimedOut(_) => Err(target
-            .error("the daemon did not withdraw the removed disk's bdevs", format!("still claimed: {:?}", held.lock().unwrap().clone()))),
+        Polled::TimedOut(_) => Err(target.error(
+            "the daemon did not withdraw the removed disk's bdevs",
+            format!("still claimed: {:?}", held.lock().unwrap().clone()),
+        )),
     }
 }
 
@@ -351,10 +397,13 @@ async fn target_still_works(d: &Driver, target: &Machine, client: &mut TargetCli
 
 /// fio on `device` must stop with an I/O error after the removal.
 async fn expect_interrupted(d: &Driver, run: &FioRun, vm: &Machine) -> Result<()> {
-    d.subtest(&format!("check fio on {} returns an interrupted-operation error", vm.name()), async {
-        let outcome = run.wait().await?;
-        outcome.expect_error().map(drop)
-    })
+    d.subtest(
+        &format!("check fio on {} returns an interrupted-operation error", vm.name()),
+        async {
+            let outcome = run.wait().await?;
+            outcome.expect_error().map(drop)
+        },
+    )
     .await
 }
 
@@ -363,21 +412,30 @@ async fn expect_interrupted(d: &Driver, run: &FioRun, vm: &Machine) -> Result<()
 /// NVMe-oF initiator drops the namespace by itself (the target's AEN).
 async fn initiator_removes(d: &Driver, vm: &Machine, disk: &VmDisk) -> Result<()> {
     let Ctrl::Iscsi(t) = &disk.ctrl else { return Ok(()) };
-    let step = format!("the initiator {} removes the vanished LUN {} ({}) as os-brick does", vm.name(), disk.id, disk.device);
+    let step = format!(
+        "the initiator {} removes the vanished LUN {} ({}) as os-brick does",
+        vm.name(),
+        disk.id,
+        disk.device
+    );
     d.subtest(&step, iscsi::remove_vanished(vm, t, disk.id, &disk.device)).await.map(drop)
 }
 
 /// The removed disk's namespace or LUN has left the VM and lsblk no longer lists its device.
 async fn expect_gone(d: &Driver, vm: &Machine, disk: &VmDisk) -> Result<()> {
-    d.subtest(&format!("check the removed device {} is gone from lsblk on {}", disk.device, vm.name()), async {
-        match &disk.ctrl {
-            Ctrl::Nvmf(share) => {
-                nvmeof::wait_for_no_namespace(vm, &share.nqn, None, crate::timeouts::hotplug()).await?;
-                nvmeof::expect_gone_from_lsblk(vm, &[&disk.device]).await
+    d.subtest(
+        &format!("check the removed device {} is gone from lsblk on {}", disk.device, vm.name()),
+        async {
+            match &disk.ctrl {
+                Ctrl::Nvmf(share) => {
+                    nvmeof::wait_for_no_namespace(vm, &share.nqn, None, crate::timeouts::hotplug())
+                        .await?;
+                    nvmeof::expect_gone_from_lsblk(vm, &[&disk.device]).await
+                }
+                Ctrl::Iscsi(t) => iscsi::expect_no_disk(vm, &t.iqn, disk.id, &disk.device).await,
             }
-            Ctrl::Iscsi(t) => iscsi::expect_no_disk(vm, &t.iqn, disk.id, &disk.device).await,
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -433,7 +491,12 @@ async fn tc1(d: &Driver, fabric: Fabric) -> Result<()> {
 
 /// blk TC2 and TC3: one VM on the first of `disks`' subsystems runs fio integrity; that disk is
 /// pulled; fio fails; the device is gone; after a reboot fio fails to run; the target works.
-async fn one_vm_loses_its_disk(d: &Driver, disks: &[&str], fio_step: &str, how: Removal) -> Result<()> {
+async fn one_vm_loses_its_disk(
+    d: &Driver,
+    disks: &[&str],
+    fio_step: &str,
+    how: Removal,
+) -> Result<()> {
     d.start_all().await?;
     let (target, vm1) = (d.machine("target")?, d.machine("vm1")?);
     let mut client = target.target_client().await?;
@@ -441,7 +504,12 @@ async fn one_vm_loses_its_disk(d: &Driver, disks: &[&str], fio_step: &str, how: 
     let disk = attach(d, &vm1, &ctrls[0], &[1]).await?.remove(0);
     let fio = d
         .subtest(fio_step, async {
-            let run = FioRun::start(&vm1, &integrity_job(&disk.device, FIO_UNDER_REMOVAL_SECS), &disk.device).await?;
+            let run = FioRun::start(
+                &vm1,
+                &integrity_job(&disk.device, FIO_UNDER_REMOVAL_SECS),
+                &disk.device,
+            )
+            .await?;
             run.settle(SETTLE).await?;
             Ok(run)
         })
@@ -467,13 +535,15 @@ struct TwoDisks {
 }
 
 /// blk TC4 and scsi TC4: a controller per disk, a VM on each; the first disk pulled by QMP.
-const TWO_CONTROLLERS_TWO_VMS: TwoDisks = TwoDisks { one_controller: false, vms: ["vm1", "vm2"], removed: 0, how: Removal::Qmp };
+const TWO_CONTROLLERS_TWO_VMS: TwoDisks =
+    TwoDisks { one_controller: false, vms: ["vm1", "vm2"], removed: 0, how: Removal::Qmp };
 /// scsi TC3: one iSCSI target with both disks (LUN 0 and LUN 1), one VM on both; LUN 1's disk
 /// pulled by the target itself. Not LUN 0: with LUN 0 gone and LUN 1 served, LIO answers on
 /// LUN 0 with its read-only 32 KiB stand-in (reads of zeros where fio verifies), and after the
 /// reboot the survivor would get the removed disk's `sda`, so "fio on the removed disk" would
 /// hit the other one.
-const ONE_CONTROLLER_ONE_VM: TwoDisks = TwoDisks { one_controller: true, vms: ["vm1", "vm1"], removed: 1, how: Removal::Guest };
+const ONE_CONTROLLER_ONE_VM: TwoDisks =
+    TwoDisks { one_controller: true, vms: ["vm1", "vm1"], removed: 1, how: Removal::Guest };
 
 /// fio integrity on two disks; one is pulled; fio on it fails, the other's finishes clean;
 /// the removed device is gone; after the reboot fio on the other is clean again and on the
@@ -499,8 +569,18 @@ async fn one_of_two_removed(d: &Driver, fabric: Fabric, lay: &TwoDisks) -> Resul
     let (fio_removed, fio_kept) = d
         .subtest("run fio integrity on both NVMe disks", async {
             // The kept disk's run must end clean while the other is pulled: it is the shorter.
-            let fio_r = FioRun::start(&vms[r], &integrity_job(&removed.device, FIO_UNDER_REMOVAL_SECS), &removed.device).await?;
-            let fio_k = FioRun::start(&vms[k], &integrity_job(&kept.device, FIO_UNDER_REMOVAL_SECS / 2), &kept.device).await?;
+            let fio_r = FioRun::start(
+                &vms[r],
+                &integrity_job(&removed.device, FIO_UNDER_REMOVAL_SECS),
+                &removed.device,
+            )
+            .await?;
+            let fio_k = FioRun::start(
+                &vms[k],
+                &integrity_job(&kept.device, FIO_UNDER_REMOVAL_SECS / 2),
+                &kept.device,
+            )
+            .await?;
             fio_r.settle(SETTLE).await?;
             Ok((fio_r, fio_k))
         })
@@ -536,30 +616,50 @@ async fn split_disk_two_vms(d: &Driver, fabric: Fabric) -> Result<()> {
     let (target, vm1, vm2) = (d.machine("target")?, d.machine("vm1")?, d.machine("vm2")?);
     let mut client = target.target_client().await?;
     let ctrls = d
-        .subtest(&format!("start the target with two {}s and add one split NVMe bdev", fabric.controller()), async {
-            let disk = nvmeof::create_disk_bdev(&target, &mut client, "disk0").await?;
-            let splits = client
-                .split_bdev(proto::SplitBdevRequest { name: disk.name.clone(), split_count: 2, split_size_mb: None })
-                .await
-                .with_context(|| format!("SplitBdev {}", disk.name))?
-                .into_inner()
-                .bdevs;
-            if splits.len() != 2 || splits.iter().any(|s| s.split_base != disk.name) {
-                bail!("expected two splits of {}, got {splits:?}", disk.name);
-            }
-            let mut ctrls = Vec::new();
-            for split in &splits {
-                ctrls.push(fabric.share(&target, &mut client, &split.name).await?);
-            }
-            Ok(ctrls)
-        })
+        .subtest(
+            &format!(
+                "start the target with two {}s and add one split NVMe bdev",
+                fabric.controller()
+            ),
+            async {
+                let disk = nvmeof::create_disk_bdev(&target, &mut client, "disk0").await?;
+                let splits = client
+                    .split_bdev(proto::SplitBdevRequest {
+                        name: disk.name.clone(),
+                        split_count: 2,
+                        split_size_mb: None,
+                    })
+                    .await
+                    .with_context(|| format!("SplitBdev {}", disk.name))?
+                    .into_inner()
+                    .bdevs;
+                if splits.len() != 2 || splits.iter().any(|s| s.split_base != disk.name) {
+                    bail!("expected two splits of {}, got {splits:?}", disk.name);
+                }
+                let mut ctrls = Vec::new();
+                for split in &splits {
+                    ctrls.push(fabric.share(&target, &mut client, &split.name).await?);
+                }
+                Ok(ctrls)
+            },
+        )
         .await?;
     let disk1 = attach(d, &vm1, &ctrls[0], &[ctrls[0].first_id()]).await?.remove(0);
     let disk2 = attach(d, &vm2, &ctrls[1], &[ctrls[1].first_id()]).await?.remove(0);
     let (fio1, fio2) = d
         .subtest("run fio integrity on both NVMe disks in the VMs", async {
-            let fio1 = FioRun::start(&vm1, &integrity_job(&disk1.device, FIO_UNDER_REMOVAL_SECS), &disk1.device).await?;
-            let fio2 = FioRun::start(&vm2, &integrity_job(&disk2.device, FIO_UNDER_REMOVAL_SECS), &disk2.device).await?;
+            let fio1 = FioRun::start(
+                &vm1,
+                &integrity_job(&disk1.device, FIO_UNDER_REMOVAL_SECS),
+                &disk1.device,
+            )
+            .await?;
+            let fio2 = FioRun::start(
+                &vm2,
+                &integrity_job(&disk2.device, FIO_UNDER_REMOVAL_SECS),
+                &disk2.device,
+            )
+            .await?;
             fio1.settle(SETTLE).await?;
             fio2.settle(Duration::ZERO).await?;
             Ok((fio1, fio2))

@@ -32,8 +32,16 @@ pub struct Target {
 
 /// Shares `bdev` as LUN 0 of a new iSCSI target (the daemon's default IQN and port 3260).
 pub async fn share_bdev(target: &Machine, client: &mut TargetClient, bdev: &str) -> Result<Target> {
-    let req = proto::ShareBdevRequest { name: bdev.into(), protocol: proto::ShareProtocol::Iscsi as i32, ..Default::default() };
-    let reply = client.share_bdev(req).await.with_context(|| format!("ShareBdev {bdev} over iSCSI"))?.into_inner();
+    let req = proto::ShareBdevRequest {
+        name: bdev.into(),
+        protocol: proto::ShareProtocol::Iscsi as i32,
+        ..Default::default()
+    };
+    let reply = client
+        .share_bdev(req)
+        .await
+        .with_context(|| format!("ShareBdev {bdev} over iSCSI"))?
+        .into_inner();
     log::line(&format!("shared {bdev} as {}", reply.uri));
     let port = crate::target::lio::DEFAULT_ISCSI_PORT;
     Ok(Target { iqn: reply.iqn, addr: target.address(), port, uri: reply.uri })
@@ -41,26 +49,41 @@ pub async fn share_bdev(target: &Machine, client: &mut TargetClient, bdev: &str)
 
 /// Adds `bdev` to `t` as its next LUN (AddNamespace with the IQN); returns the LUN.
 pub async fn add_lun(client: &mut TargetClient, t: &Target, bdev: &str) -> Result<u32> {
-    let req = proto::AddNamespaceRequest { iqn: t.iqn.clone(), bdev: bdev.into(), ..Default::default() };
-    let lun = client.add_namespace(req).await.with_context(|| format!("AddNamespace {bdev} to {}", t.iqn))?.into_inner().nsid;
+    let req =
+        proto::AddNamespaceRequest { iqn: t.iqn.clone(), bdev: bdev.into(), ..Default::default() };
+    let lun = client
+        .add_namespace(req)
+        .await
+        .with_context(|| format!("AddNamespace {bdev} to {}", t.iqn))?
+        .into_inner()
+        .nsid;
     log::line(&format!("{bdev} is LUN {lun} of {}", t.iqn));
     Ok(lun)
 }
 
 /// SendTargets discovery at `addr:port`: the targets it lists, none when it finds none.
 pub async fn discover(vm: &Machine, addr: Ipv4Addr, port: u16) -> Result<Vec<DiscoveredTarget>> {
-    let out = vm.execute_with_timeout(&Iscsiadm::discover(&addr.to_string(), port), timeouts::request()).await?;
+    let out = vm
+        .execute_with_timeout(&Iscsiadm::discover(&addr.to_string(), port), timeouts::request())
+        .await?;
     // iscsiadm exits 21 (no objects) after a discovery that found no target. A refused
     // connection is no target either: LIO's portals go with the daemon's last target.
-    if out.status == EXIT_NO_OBJECTS || (out.status != 0 && out.stderr.contains("No portals found")) {
+    if out.status == EXIT_NO_OBJECTS || (out.status != 0 && out.stderr.contains("No portals found"))
+    {
         return Ok(Vec::new());
     }
     if out.status != 0 && out.stderr.contains("Connection refused") {
-        log::line(&format!("{}: no portal listens at {addr}:{port}: no target is served there", vm.name()));
+        log::line(&format!(
+            "{}: no portal listens at {addr}:{port}: no target is served there",
+            vm.name()
+        ));
         return Ok(Vec::new());
     }
     if out.status != 0 {
-        return Err(vm.error(format!("iscsiadm discovery at {addr}:{port} exited {}", out.status), out.stderr));
+        return Err(vm.error(
+            format!("iscsiadm discovery at {addr}:{port} exited {}", out.status),
+            out.stderr,
+        ));
     }
     Ok(DiscoveredTarget::parse_all(&out.stdout)?)
 }
@@ -76,8 +99,12 @@ pub async fn login(vm: &Machine, t: &Target) -> Result<()> {
 
 /// The initiator's iSCSI disks now: (target IQN, disk).
 pub async fn disks(vm: &Machine) -> Result<Vec<(String, ScsiDisk)>> {
-    let listing = vm.succeed_with_timeout(&Iscsiadm::sessions_or_none(), timeouts::request()).await?;
-    Ok(Session::parse_all(&listing)?.into_iter().flat_map(|s| s.disks.into_iter().map(move |d| (s.iqn.clone(), d))).collect())
+    let listing =
+        vm.succeed_with_timeout(&Iscsiadm::sessions_or_none(), timeouts::request()).await?;
+    Ok(Session::parse_all(&listing)?
+        .into_iter()
+        .flat_map(|s| s.disks.into_iter().map(move |d| (s.iqn.clone(), d)))
+        .collect())
 }
 
 /// Waits until LUN `lun` of `iqn` has a SCSI disk on `vm` (the login's scan is asynchronous);
@@ -86,7 +113,8 @@ pub async fn wait_for_disk(vm: &Machine, iqn: &str, lun: u32, timeout: Duration)
     let seen = std::sync::Mutex::new(Vec::new());
     let polled = poll::until(timeout, timeouts::GUEST_POLL, |_| async {
         let found = disks(vm).await?;
-        let dev = found.iter().find(|(t, d)| t == iqn && d.lun == u64::from(lun)).map(|(_, d)| d.path());
+        let dev =
+            found.iter().find(|(t, d)| t == iqn && d.lun == u64::from(lun)).map(|(_, d)| d.path());
         *seen.lock().unwrap() = found;
         Ok(dev)
     })
@@ -108,10 +136,16 @@ pub async fn wait_for_disk(vm: &Machine, iqn: &str, lun: u32, timeout: Duration)
 pub async fn expect_no_disk(vm: &Machine, iqn: &str, lun: u32, device: &str) -> Result<()> {
     let found = disks(vm).await?;
     if let Some((_, d)) = found.iter().find(|(t, d)| t == iqn && d.lun == u64::from(lun)) {
-        return Err(vm.error(format!("LUN {lun} of {iqn} still has disk {} ({})", d.name, d.state), format!("iSCSI disks: {found:?}")));
+        return Err(vm.error(
+            format!("LUN {lun} of {iqn} still has disk {} ({})", d.name, d.state),
+            format!("iSCSI disks: {found:?}"),
+        ));
     }
     if let Some((t, d)) = found.iter().find(|(_, d)| d.path() == device) {
-        return Err(vm.error(format!("{device} is now LUN {} of {t}", d.lun), "the removed disk's name was given to another disk"));
+        return Err(vm.error(
+            format!("{device} is now LUN {} of {t}", d.lun),
+            "the removed disk's name was given to another disk",
+        ));
     }
     nvmeof::expect_gone_from_lsblk(vm, &[device]).await
 }
@@ -125,14 +159,21 @@ pub async fn expect_no_disk(vm: &Machine, iqn: &str, lun: u32, device: &str) -> 
 ///   and forgets the node record, and the session's disks go with the session.
 ///
 /// Then waits until the disk has left. Returns what it did, for the log.
-pub async fn remove_vanished(vm: &Machine, t: &Target, lun: u32, device: &str) -> Result<&'static str> {
+pub async fn remove_vanished(
+    vm: &Machine,
+    t: &Target,
+    lun: u32,
+    device: &str,
+) -> Result<&'static str> {
     let listed = discover(vm, t.addr, t.port).await?;
     let found = disks(vm).await?;
     let disk = found
         .iter()
         .find(|(iqn, d)| *iqn == t.iqn && d.lun == u64::from(lun))
         .map(|(_, d)| d.clone())
-        .with_context(|| format!("LUN {lun} of {} has no disk on {} to remove: {found:?}", t.iqn, vm.name()))?;
+        .with_context(|| {
+            format!("LUN {lun} of {} has no disk on {} to remove: {found:?}", t.iqn, vm.name())
+        })?;
     if disk.path() != device {
         bail!("LUN {lun} of {} is {}, not {device}", t.iqn, disk.path());
     }
@@ -141,8 +182,13 @@ pub async fn remove_vanished(vm: &Machine, t: &Target, lun: u32, device: &str) -
         "deleted the SCSI device; the session stays"
     } else {
         let portal = t.addr.to_string();
-        vm.succeed_with_timeout(&Iscsiadm::logout(&t.iqn, &portal, t.port), timeouts::hotplug()).await?;
-        vm.succeed_with_timeout(&Iscsiadm::delete_node(&t.iqn, &portal, t.port), timeouts::request()).await?;
+        vm.succeed_with_timeout(&Iscsiadm::logout(&t.iqn, &portal, t.port), timeouts::hotplug())
+            .await?;
+        vm.succeed_with_timeout(
+            &Iscsiadm::delete_node(&t.iqn, &portal, t.port),
+            timeouts::request(),
+        )
+        .await?;
         "logged out of the vanished target"
     };
     let gone = poll::until(timeouts::hotplug(), timeouts::GUEST_POLL, |_| async {
@@ -151,7 +197,10 @@ pub async fn remove_vanished(vm: &Machine, t: &Target, lun: u32, device: &str) -
     })
     .await?;
     if let Polled::TimedOut(_) = gone {
-        return Err(vm.error(format!("{device} is still in lsblk after the initiator {done}"), format!("{:?}", disks(vm).await)));
+        return Err(vm.error(
+            format!("{device} is still in lsblk after the initiator {done}"),
+            format!("{:?}", disks(vm).await),
+        ));
     }
     log::line(&format!("{}: LUN {lun} of {} ({device}): {done}", vm.name(), t.iqn));
     Ok(done)
@@ -165,7 +214,11 @@ pub async fn relogin(vm: &Machine, targets: &[&Target]) -> Result<()> {
     for t in targets {
         let listed = discover(vm, t.addr, t.port).await?;
         if DiscoveredTarget::find(&listed, &t.iqn).is_none() {
-            log::line(&format!("{}: discovery no longer lists {}; not logging in", vm.name(), t.iqn));
+            log::line(&format!(
+                "{}: discovery no longer lists {}; not logging in",
+                vm.name(),
+                t.iqn
+            ));
             continue;
         }
         vm.succeed(&Iscsiadm::login(&t.iqn, &t.addr.to_string(), t.port)).await?;

@@ -26,7 +26,9 @@ const DATA_OFFSET_MIB: u64 = 192;
 const DATA_MIB: u64 = 16;
 
 pub fn scenarios() -> Vec<Scenario> {
-    let s = |name, description, script: ScriptFn| Scenario::new(name, description, script).machines(nodes()).chain("lifecycle");
+    let s = |name, description, script: ScriptFn| {
+        Scenario::new(name, description, script).machines(nodes()).chain("lifecycle")
+    };
     vec![
         s(
             "lifecycle_save_restore",
@@ -55,14 +57,17 @@ fn nodes() -> Vec<NodeSpec> {
 async fn connected(d: &Driver) -> Result<(Machine, String)> {
     d.start_all().await?;
     let (target, vm1) = (d.machine("target")?, d.machine("vm1")?);
-    if let Some((dev, _, _)) = nvmeof::namespaces(&vm1).await?.into_iter().find(|(_, _, nsid)| *nsid == 1) {
+    if let Some((dev, _, _)) =
+        nvmeof::namespaces(&vm1).await?.into_iter().find(|(_, _, nsid)| *nsid == 1)
+    {
         return Ok((vm1, dev));
     }
     let dev = d
         .subtest("share the target's disk over NVMe-oF and connect the initiator", async {
             let mut client = target.target_client().await?;
             let bdev = nvmeof::create_disk_bdev(&target, &mut client, "disk0").await?;
-            let share = nvmeof::share_bdev(&target, &mut client, &bdev.name, None, NVMF_PORT).await?;
+            let share =
+                nvmeof::share_bdev(&target, &mut client, &bdev.name, None, NVMF_PORT).await?;
             nvmeof::connect_namespace(&vm1, &share, 1).await
         })
         .await?;
@@ -75,7 +80,10 @@ async fn boot_id(vm: &Machine) -> Result<String> {
 
 async fn uptime_secs(vm: &Machine) -> Result<f64> {
     let text = vm.succeed("cat /proc/uptime").await?;
-    text.split_whitespace().next().and_then(|w| w.parse().ok()).ok_or_else(|| vm.error("unreadable /proc/uptime", text))
+    text.split_whitespace()
+        .next()
+        .and_then(|w| w.parse().ok())
+        .ok_or_else(|| vm.error("unreadable /proc/uptime", text))
 }
 
 /// The sha256 of the data region, read from the target through the initiator's page cache
@@ -183,7 +191,10 @@ async fn migrate_fio(d: &Driver) -> Result<()> {
             bail!("the initiator runs in the same QEMU process after the migration");
         }
         if !fio.is_running().await? {
-            bail!("fio ended during the migration; it was meant to run through it (downtime {} ms)", report.downtime_ms);
+            bail!(
+                "fio ended during the migration; it was meant to run through it (downtime {} ms)",
+                report.downtime_ms
+            );
         }
         Ok(())
     })
@@ -206,11 +217,16 @@ async fn balloon_fio(d: &Driver) -> Result<()> {
             evict_or_enlarge(&vm1, mib).await?;
         }
         if !fio.is_running().await? {
-            bail!("fio ended before the balloon loop did: the loop did not run under fio throughout");
+            bail!(
+                "fio ended before the balloon loop did: the loop did not run under fio throughout"
+            );
         }
         log::line("the balloon loop ran under fio");
         Ok(())
     })
     .await?;
-    d.subtest("fio with verify finishes clean (no verify failure)", async { fio.wait().await?.expect_clean().map(drop) }).await
+    d.subtest("fio with verify finishes clean (no verify failure)", async {
+        fio.wait().await?.expect_clean().map(drop)
+    })
+    .await
 }

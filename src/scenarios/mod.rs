@@ -225,25 +225,39 @@ impl Suite {
         let mut names = HashSet::new();
         for s in &self.scenarios {
             if s.name.is_empty() || s.name.contains(char::is_whitespace) || s.name.contains('/') {
-                bail!("scenario name {:?}: use letters, digits, '_' and '-', no spaces or '/'", s.name);
+                bail!(
+                    "scenario name {:?}: use letters, digits, '_' and '-', no spaces or '/'",
+                    s.name
+                );
             }
             if !names.insert(s.name.as_str()) {
                 bail!("two scenarios are named {:?}", s.name);
             }
             let mut machines = HashSet::new();
             for n in &s.nodes {
-                crate::config::validate_machine_name(&n.name).with_context(|| format!("scenario {}", s.name))?;
+                crate::config::validate_machine_name(&n.name)
+                    .with_context(|| format!("scenario {}", s.name))?;
                 if !machines.insert(n.name.as_str()) {
                     bail!("scenario {}: two machines are named {:?}", s.name, n.name);
                 }
             }
             if let Some(chain) = &s.chain {
-                if names.contains(chain.as_str()) && self.scenarios.iter().any(|c| &c.name == chain && c.chain.is_none()) {
+                if names.contains(chain.as_str())
+                    && self.scenarios.iter().any(|c| &c.name == chain && c.chain.is_none())
+                {
                     bail!("chain {chain:?} has the name of a scenario; a chain runs as one test under that name");
                 }
-                let first = self.scenarios.iter().find(|c| c.chain.as_ref() == Some(chain)).expect("s is in the chain");
+                let first = self
+                    .scenarios
+                    .iter()
+                    .find(|c| c.chain.as_ref() == Some(chain))
+                    .expect("s is in the chain");
                 if first.nodes != s.nodes {
-                    bail!("{} declares other machines than the first case of its chain {chain:?}, {}", s.name, first.name);
+                    bail!(
+                        "{} declares other machines than the first case of its chain {chain:?}, {}",
+                        s.name,
+                        first.name
+                    );
                 }
             }
         }
@@ -258,14 +272,22 @@ impl Suite {
             }
         }
         // A cycle of `after`, over scenarios (a chain's cases are ordered by the chain itself).
-        let index: HashMap<&str, usize> = self.scenarios.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+        let index: HashMap<&str, usize> =
+            self.scenarios.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
         let mut state = vec![0u8; self.scenarios.len()]; // 0 new, 1 on the path, 2 done
-        fn visit(i: usize, all: &[Scenario], index: &HashMap<&str, usize>, state: &mut [u8], path: &mut Vec<usize>) -> Result<()> {
+        fn visit(
+            i: usize,
+            all: &[Scenario],
+            index: &HashMap<&str, usize>,
+            state: &mut [u8],
+            path: &mut Vec<usize>,
+        ) -> Result<()> {
             match state[i] {
                 2 => return Ok(()),
                 1 => {
                     let from = path.iter().position(|&p| p == i).unwrap_or(0);
-                    let cycle: Vec<&str> = path[from..].iter().chain([&i]).map(|&p| all[p].name.as_str()).collect();
+                    let cycle: Vec<&str> =
+                        path[from..].iter().chain([&i]).map(|&p| all[p].name.as_str()).collect();
                     bail!("the order of the scenarios makes a cycle: {}", cycle.join(" after "));
                 }
                 _ => {}
@@ -296,9 +318,14 @@ impl Suite {
                 chosen.insert(i);
                 continue;
             }
-            let pattern = glob::Pattern::new(p).with_context(|| format!("bad scenario pattern {p:?}"))?;
-            let matching: Vec<usize> =
-                all.iter().enumerate().filter(|(_, s)| !s.hidden && pattern.matches(&s.name)).map(|(i, _)| i).collect();
+            let pattern =
+                glob::Pattern::new(p).with_context(|| format!("bad scenario pattern {p:?}"))?;
+            let matching: Vec<usize> = all
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| !s.hidden && pattern.matches(&s.name))
+                .map(|(i, _)| i)
+                .collect();
             if matching.is_empty() {
                 bail!("no scenario matches {p:?}; known scenarios: {}", self.known());
             }
@@ -322,7 +349,10 @@ impl Suite {
     /// Runs one scenario on fresh machines, within the global timeout; the machines are stopped
     /// however it ends. A case of a chain runs with the earlier cases of its chain before it.
     pub async fn run_one(&self, scenario: &Scenario, options: &RunOptions) -> Outcome {
-        self.run(std::slice::from_ref(scenario), options).await.pop().expect("one outcome per scenario run")
+        self.run(std::slice::from_ref(scenario), options)
+            .await
+            .pop()
+            .expect("one outcome per scenario run")
     }
 
     /// Runs `selected`: a scenario on machines of its own, the cases of a chain on one set of
@@ -349,22 +379,31 @@ impl Suite {
                 .filter_map(|a| done.get(a.group_name()).map(|d| (a.name.clone(), d.clone())))
                 .collect();
             let (tx, rx) = futures::channel::oneshot::channel::<Option<String>>();
-            let rx: BoxFuture<'static, Option<String>> = rx.map(|r| r.unwrap_or_else(|_| Some("it did not run".into()))).boxed();
+            let rx: BoxFuture<'static, Option<String>> =
+                rx.map(|r| r.unwrap_or_else(|_| Some("it did not run".into()))).boxed();
             done.insert(name.clone(), rx.shared());
             let run = async move {
                 let mut failed_before = None;
                 for (after, wait) in waits {
                     if let Some(why) = wait.await {
-                        failed_before = Some(format!("skipped: runs after {after}, which did not pass ({why})"));
+                        failed_before = Some(format!(
+                            "skipped: runs after {after}, which did not pass ({why})"
+                        ));
                         break;
                     }
                 }
                 let outcomes = match failed_before {
                     Some(reason) => cases.iter().map(|c| reporter.skip(&c.name, &reason)).collect(),
                     // Polled within the view's log scope: the machine API's lines go to its sinks.
-                    None => crate::log::scope(reporter.clone(), run_group(&cases, options, reporter)).await,
+                    None => {
+                        crate::log::scope(reporter.clone(), run_group(&cases, options, reporter))
+                            .await
+                    }
                 };
-                let verdict = outcomes.iter().find(|o| !o.passed()).map(|o| format!("{} {}", o.name, o.verdict()));
+                let verdict = outcomes
+                    .iter()
+                    .find(|o| !o.passed())
+                    .map(|o| format!("{} {}", o.name, o.verdict()));
                 let _ = tx.send(verdict);
                 outcomes
             };
@@ -385,10 +424,20 @@ impl Suite {
             match &s.chain {
                 None => groups.push(vec![s.clone()]),
                 Some(chain) if done_chains.insert(chain.clone()) => {
-                    let last =
-                        selected.iter().filter(|c| c.chain.as_ref() == Some(chain)).map(|c| c.name.as_str()).next_back().unwrap_or(&s.name);
-                    let cases: Vec<Scenario> = self.scenarios.iter().filter(|c| c.chain.as_ref() == Some(chain)).cloned().collect();
-                    let upto = cases.iter().position(|c| c.name == last).map_or(cases.len(), |i| i + 1);
+                    let last = selected
+                        .iter()
+                        .filter(|c| c.chain.as_ref() == Some(chain))
+                        .map(|c| c.name.as_str())
+                        .next_back()
+                        .unwrap_or(&s.name);
+                    let cases: Vec<Scenario> = self
+                        .scenarios
+                        .iter()
+                        .filter(|c| c.chain.as_ref() == Some(chain))
+                        .cloned()
+                        .collect();
+                    let upto =
+                        cases.iter().position(|c| c.name == last).map_or(cases.len(), |i| i + 1);
                     groups.push(cases[..upto].to_vec());
                 }
                 Some(_) => {}
@@ -396,10 +445,13 @@ impl Suite {
         }
         // Order: a group comes after every chosen group it runs after (the suite's check has
         // refused cycles); otherwise the suite's order.
-        let group_of = |name: &str| self.scenarios.iter().find(|s| s.name == name).map(|s| s.group_name().to_string());
+        let group_of = |name: &str| {
+            self.scenarios.iter().find(|s| s.name == name).map(|s| s.group_name().to_string())
+        };
         let mut placed: Vec<Vec<Scenario>> = Vec::new();
         let mut placed_names = HashSet::new();
-        let chosen: HashSet<String> = groups.iter().map(|g| g[0].group_name().to_string()).collect();
+        let chosen: HashSet<String> =
+            groups.iter().map(|g| g[0].group_name().to_string()).collect();
         while !groups.is_empty() {
             let ready = groups
                 .iter()
@@ -451,7 +503,8 @@ pub struct Shard {
 impl std::str::FromStr for Shard {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Shard> {
-        let (k, n) = s.split_once('/').with_context(|| format!("a shard is K/N, like 1/3, not {s:?}"))?;
+        let (k, n) =
+            s.split_once('/').with_context(|| format!("a shard is K/N, like 1/3, not {s:?}"))?;
         let (index, count): (u32, u32) = (
             k.parse().with_context(|| format!("shard {s:?}: {k:?} is no number"))?,
             n.parse().with_context(|| format!("shard {s:?}: {n:?} is no number"))?,
@@ -468,7 +521,9 @@ impl Shard {
     /// chain stays whole), stable across runs, machines and Rust versions: FNV-1a of the name.
     pub fn contains(&self, s: &Scenario) -> bool {
         let key = s.group_name();
-        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3));
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
         hash % u64::from(self.count) == u64::from(self.index - 1)
     }
 }
@@ -508,7 +563,11 @@ fn console_tails(driver: &Driver) -> String {
 
 /// Runs `cases` one after another on one driver; a failed case fails the ones after it. The
 /// outcomes are recorded in `reporter`, the group's view of the run's reporter.
-async fn run_group(cases: &[Scenario], options: &RunOptions, reporter: crate::report::Reporter) -> Vec<Outcome> {
+async fn run_group(
+    cases: &[Scenario],
+    options: &RunOptions,
+    reporter: crate::report::Reporter,
+) -> Vec<Outcome> {
     let started = std::time::Instant::now();
     let first = &cases[0];
     let name_of = |s: &Scenario| match &options.config {
@@ -517,7 +576,9 @@ async fn run_group(cases: &[Scenario], options: &RunOptions, reporter: crate::re
     };
     let global = options
         .global_timeout
-        .or_else(|| options.config.as_ref().map(|c| std::time::Duration::from_secs(c.global_timeout)))
+        .or_else(|| {
+            options.config.as_ref().map(|c| std::time::Duration::from_secs(c.global_timeout))
+        })
         .unwrap_or_else(crate::timeouts::global);
     let mut nodes = first.nodes.clone();
     let driver = async {
@@ -531,7 +592,9 @@ async fn run_group(cases: &[Scenario], options: &RunOptions, reporter: crate::re
         if let Some(out) = &options.driver.out_dir {
             let dir = out.join(first.group_name());
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            reporter.open_transcript(&dir.join("transcript.log")).with_context(|| format!("creating {}/transcript.log", dir.display()))?;
+            reporter
+                .open_transcript(&dir.join("transcript.log"))
+                .with_context(|| format!("creating {}/transcript.log", dir.display()))?;
             driver_options.out_dir = Some(dir);
         }
         Driver::new(nodes, driver_options).await
@@ -565,10 +628,15 @@ async fn run_group(cases: &[Scenario], options: &RunOptions, reporter: crate::re
         let name = name_of(case);
         let case_started = std::time::Instant::now();
         let result = match &broken {
-            Some(earlier) => Err(HarnessError(format!("not run: the earlier case {earlier} of its chain failed")).into()),
+            Some(earlier) => Err(HarnessError(format!(
+                "not run: the earlier case {earlier} of its chain failed"
+            ))
+            .into()),
             None => match tokio::time::timeout_at(deadline, (case.script)(&driver)).await {
                 Ok(r) => r,
-                Err(_) => Err(HarnessError(format!("the global timeout of {global:?} ran out")).into()),
+                Err(_) => {
+                    Err(HarnessError(format!("the global timeout of {global:?} ran out")).into())
+                }
             },
         };
         let harness_error = result.as_ref().err().is_some_and(is_harness_error);
@@ -576,7 +644,13 @@ async fn run_group(cases: &[Scenario], options: &RunOptions, reporter: crate::re
         if error.is_some() {
             broken.get_or_insert_with(|| name.clone());
         }
-        outcomes.push(reporter.end_case(&name, error, harness_error, case_started.elapsed(), std::mem::take(&mut setup)));
+        outcomes.push(reporter.end_case(
+            &name,
+            error,
+            harness_error,
+            case_started.elapsed(),
+            std::mem::take(&mut setup),
+        ));
     }
     let teardown = std::time::Instant::now();
     // Per-test logs: each machine's whole dmesg next to its console log and QMP events.
@@ -603,10 +677,25 @@ mod tests {
 
     #[test]
     fn scenarios_are_selected_by_name_and_pattern_in_registration_order_once() {
-        assert_eq!(names(&["hotremove_blk_tc2", "fio_nvme_basic"]).unwrap(), ["fio_nvme_basic", "hotremove_blk_tc2"]);
+        assert_eq!(
+            names(&["hotremove_blk_tc2", "fio_nvme_basic"]).unwrap(),
+            ["fio_nvme_basic", "hotremove_blk_tc2"]
+        );
         let all_blk = names(&["hotremove_blk_*"]).unwrap();
-        assert_eq!(all_blk, ["hotremove_blk_tc1", "hotremove_blk_tc2", "hotremove_blk_tc3", "hotremove_blk_tc4", "hotremove_blk_tc5"]);
-        assert_eq!(names(&["hotremove_blk_tc[12]", "hotremove_blk_tc1"]).unwrap(), ["hotremove_blk_tc1", "hotremove_blk_tc2"]);
+        assert_eq!(
+            all_blk,
+            [
+                "hotremove_blk_tc1",
+                "hotremove_blk_tc2",
+                "hotremove_blk_tc3",
+                "hotremove_blk_tc4",
+                "hotremove_blk_tc5"
+            ]
+        );
+        assert_eq!(
+            names(&["hotremove_blk_tc[12]", "hotremove_blk_tc1"]).unwrap(),
+            ["hotremove_blk_tc1", "hotremove_blk_tc2"]
+        );
         // Hidden scenarios by exact name only.
         assert_eq!(names(&["selftest-pass"]).unwrap(), ["selftest-pass"]);
         assert!(names(&["selftest-*"]).is_err());
@@ -623,7 +712,10 @@ mod tests {
                 assert_eq!(holders, 1, "{} is in {holders} of {n} shards", s.name);
                 if let Some(chain) = &s.chain {
                     let first = listed.iter().find(|c| c.chain.as_ref() == Some(chain)).unwrap();
-                    assert!(shards.iter().all(|sh| sh.contains(s) == sh.contains(first)), "chain {chain} split by {n} shards");
+                    assert!(
+                        shards.iter().all(|sh| sh.contains(s) == sh.contains(first)),
+                        "chain {chain} split by {n} shards"
+                    );
                 }
             }
         }
@@ -635,7 +727,10 @@ mod tests {
     #[test]
     fn a_pattern_that_matches_nothing_names_the_known_scenarios() {
         let e = names(&["hotremove_nope*"]).unwrap_err().to_string();
-        assert!(e.contains("no scenario matches \"hotremove_nope*\"") && e.contains("fio_nvme_basic"), "{e}");
+        assert!(
+            e.contains("no scenario matches \"hotremove_nope*\"") && e.contains("fio_nvme_basic"),
+            "{e}"
+        );
         let e = names(&["[unclosed"]).unwrap_err().to_string();
         assert!(e.contains("[unclosed"), "{e}");
     }
@@ -648,16 +743,30 @@ mod tests {
     #[test]
     fn a_bad_suite_is_refused_with_a_reason() {
         use crate::config::{NodeSpec, Role};
-        let one = |name: &str| Scenario::new(name, "d", nothing).machine(NodeSpec::new("vm", Role::Initiator, 2));
+        let one = |name: &str| {
+            Scenario::new(name, "d", nothing).machine(NodeSpec::new("vm", Role::Initiator, 2))
+        };
         let refused = |suite: Suite| suite.check().unwrap_err().to_string();
-        assert!(refused(Suite::new().with(one("a")).with(one("a"))).contains("two scenarios are named \"a\""));
+        assert!(refused(Suite::new().with(one("a")).with(one("a")))
+            .contains("two scenarios are named \"a\""));
         let twins = one("a").machine(NodeSpec::new("vm", Role::Target, 1));
         assert!(refused(Suite::new().with(twins)).contains("two machines are named \"vm\""));
-        let other_machines = Scenario::new("b", "d", nothing).machine(NodeSpec::new("other", Role::Initiator, 2)).chain("c");
+        let other_machines = Scenario::new("b", "d", nothing)
+            .machine(NodeSpec::new("other", Role::Initiator, 2))
+            .chain("c");
         let e = refused(Suite::new().with(one("a").chain("c")).with(other_machines));
-        assert!(e.contains("b declares other machines than the first case of its chain \"c\""), "{e}");
-        assert!(refused(Suite::new().with(one("a").after(["nope"]))).contains("a runs after \"nope\", which is no scenario"));
-        let e = refused(Suite::new().with(one("a").after(["b"])).with(one("b").after(["c"])).with(one("c").after(["a"])));
+        assert!(
+            e.contains("b declares other machines than the first case of its chain \"c\""),
+            "{e}"
+        );
+        assert!(refused(Suite::new().with(one("a").after(["nope"])))
+            .contains("a runs after \"nope\", which is no scenario"));
+        let e = refused(
+            Suite::new()
+                .with(one("a").after(["b"]))
+                .with(one("b").after(["c"]))
+                .with(one("c").after(["a"])),
+        );
         assert!(e.contains("cycle: a after b after c after a"), "{e}");
         assert!(refused(Suite::new().with(one("has space"))).contains("no spaces"));
     }
@@ -665,7 +774,9 @@ mod tests {
     #[test]
     fn groups_come_after_what_they_run_after_and_chains_keep_their_cases_whole() {
         use crate::config::{NodeSpec, Role};
-        let one = |name: &str| Scenario::new(name, "d", nothing).machine(NodeSpec::new("vm", Role::Initiator, 2));
+        let one = |name: &str| {
+            Scenario::new(name, "d", nothing).machine(NodeSpec::new("vm", Role::Initiator, 2))
+        };
         let suite = Suite::new()
             .with(one("io").after(["basic"]))
             .with(one("basic"))
@@ -673,7 +784,11 @@ mod tests {
             .with(one("tc2").chain("chain").after(["io"]));
         suite.check().unwrap();
         let chosen = suite.select(&["tc2".into(), "io".into(), "basic".into()]).unwrap();
-        let groups: Vec<Vec<String>> = suite.groups(&chosen).iter().map(|g| g.iter().map(|s| s.name.clone()).collect()).collect();
+        let groups: Vec<Vec<String>> = suite
+            .groups(&chosen)
+            .iter()
+            .map(|g| g.iter().map(|s| s.name.clone()).collect())
+            .collect();
         assert_eq!(groups, [vec!["basic"], vec!["io"], vec!["tc1", "tc2"]]);
     }
 
@@ -681,8 +796,11 @@ mod tests {
     async fn a_scenario_after_a_failed_one_is_skipped_with_the_reason() {
         use crate::config::{NodeSpec, Role};
         // Bad machines fail at driver set-up, before anything boots: a failure without a VM.
-        let broken = Scenario::new("basic", "d", nothing).machine(NodeSpec::new("bad-", Role::Initiator, 2));
-        let io = Scenario::new("io", "d", nothing).machine(NodeSpec::new("vm", Role::Initiator, 2)).after(["basic"]);
+        let broken =
+            Scenario::new("basic", "d", nothing).machine(NodeSpec::new("bad-", Role::Initiator, 2));
+        let io = Scenario::new("io", "d", nothing)
+            .machine(NodeSpec::new("vm", Role::Initiator, 2))
+            .after(["basic"]);
         let suite = Suite::new().with(broken).with(io);
         let reporter = crate::report::Reporter::in_memory();
         let mut options = RunOptions::default();
@@ -694,6 +812,10 @@ mod tests {
         assert!(skipped.contains("runs after basic, which did not pass"), "{outcomes:?}");
         assert_eq!(outcomes[1].verdict(), "skipped");
         assert_eq!(reporter.log_totals(), 1, "a skipped scenario is not a failure");
-        assert!(reporter.terminal_text().contains("0 passed, 1 failed, 1 skipped"), "{}", reporter.terminal_text());
+        assert!(
+            reporter.terminal_text().contains("0 passed, 1 failed, 1 skipped"),
+            "{}",
+            reporter.terminal_text()
+        );
     }
 }

@@ -36,7 +36,9 @@ const SECOND_PORT_ID: u16 = 100;
 const RECONNECT_BLOCK: Duration = Duration::from_secs(5);
 
 pub fn scenarios() -> Vec<Scenario> {
-    let s = |name, description, nodes: fn() -> Vec<NodeSpec>, script: ScriptFn| Scenario::new(name, description, script).machines(nodes());
+    let s = |name, description, nodes: fn() -> Vec<NodeSpec>, script: ScriptFn| {
+        Scenario::new(name, description, script).machines(nodes())
+    };
     vec![
         s(
             "disconnect",
@@ -99,7 +101,8 @@ fn one_target_two_initiators() -> Vec<NodeSpec> {
 /// (`aio:///dev/nvme0n1` on both targets otherwise), and Linux ignores a namespace whose IDs
 /// duplicate another subsystem's ("ignoring nsid 1 because of duplicate IDs").
 fn two_targets_one_initiator() -> Vec<NodeSpec> {
-    let target2 = NodeSpec::new("target2", Role::Target, 3).with_disk(DiskSpec::virtio("disk0", DISK_MIB));
+    let target2 =
+        NodeSpec::new("target2", Role::Target, 3).with_disk(DiskSpec::virtio("disk0", DISK_MIB));
     vec![target("target1", 1), target2, initiator("initiator", 2)]
 }
 fn two_vlans() -> Vec<NodeSpec> {
@@ -143,21 +146,39 @@ fn loss_bound(o: &FabricsOptions) -> Duration {
     let loss = o.ctrl_loss_tmo.unwrap_or(600).max(0) as u64;
     let delay = u64::from(o.reconnect_delay.unwrap_or(10)).max(1);
     let attempts = loss.div_ceil(delay);
-    Duration::from_secs((2 * kato).min(30) + kato + attempts * (3 + delay)) + Duration::from_secs_f64(30.0 * timeouts::factor())
+    Duration::from_secs((2 * kato).min(30) + kato + attempts * (3 + delay))
+        + Duration::from_secs_f64(30.0 * timeouts::factor())
 }
 
 /// `nvme connect` with `options`; waits for namespace 1 and returns its block device.
-async fn connect_with(initiator: &Machine, share: &Share, options: &FabricsOptions) -> Result<String> {
+async fn connect_with(
+    initiator: &Machine,
+    share: &Share,
+    options: &FabricsOptions,
+) -> Result<String> {
     connect_to(initiator, &share.addr.to_string(), share.port, &share.nqn, options).await
 }
 
-async fn connect_to(initiator: &Machine, addr: &str, port: u16, nqn: &str, options: &FabricsOptions) -> Result<String> {
-    initiator.succeed(&Nvme::connect(addr, port, nqn).options(options.clone()).command_line()).await?;
+async fn connect_to(
+    initiator: &Machine,
+    addr: &str,
+    port: u16,
+    nqn: &str,
+    options: &FabricsOptions,
+) -> Result<String> {
+    initiator
+        .succeed(&Nvme::connect(addr, port, nqn).options(options.clone()).command_line())
+        .await?;
     nvmeof::wait_for_namespace(initiator, nqn, 1, timeouts::hotplug()).await
 }
 
 /// Creates the bdev of `disk0` on `target` and shares it under `nqn` on the NVMe-oF port.
-async fn share_disk(d: &Driver, target: &Machine, client: &mut TargetClient, nqn: Option<&str>) -> Result<Share> {
+async fn share_disk(
+    d: &Driver,
+    target: &Machine,
+    client: &mut TargetClient,
+    nqn: Option<&str>,
+) -> Result<Share> {
     d.subtest(&format!("share disk0 of {} over NVMe-oF/TCP", target.name()), async {
         let bdev = nvmeof::create_disk_bdev(target, client, "disk0").await?;
         nvmeof::share_bdev(target, client, &bdev.name, nqn, NVMF_PORT).await
@@ -171,7 +192,12 @@ fn job(device: &str, runtime_secs: u64, offset_mib: u64) -> crate::tools::fio::F
     integrity_job(device, runtime_secs).opt("offset", format!("{offset_mib}m"))
 }
 
-async fn start_fio(vm: &Machine, device: &str, runtime_secs: u64, offset_mib: u64) -> Result<FioRun> {
+async fn start_fio(
+    vm: &Machine,
+    device: &str,
+    runtime_secs: u64,
+    offset_mib: u64,
+) -> Result<FioRun> {
     let run = FioRun::start(vm, &job(device, runtime_secs, offset_mib), device).await?;
     run.settle(SETTLE).await?;
     Ok(run)
@@ -179,16 +205,28 @@ async fn start_fio(vm: &Machine, device: &str, runtime_secs: u64, offset_mib: u6
 
 /// Waits at most `bound` for fio to end (it must end on its own); the outcome and how long it
 /// took from `since`.
-async fn fio_ends_within(vm: &Machine, run: &FioRun, since: Instant, bound: Duration) -> Result<(FioOutcome, Duration)> {
+async fn fio_ends_within(
+    vm: &Machine,
+    run: &FioRun,
+    since: Instant,
+    bound: Duration,
+) -> Result<(FioOutcome, Duration)> {
     let left = bound.saturating_sub(since.elapsed());
-    match poll::until(left, Pace::every(Duration::from_millis(500)), |_| async { Ok((!run.is_running().await?).then_some(())) }).await? {
+    match poll::until(left, Pace::every(Duration::from_millis(500)), |_| async {
+        Ok((!run.is_running().await?).then_some(()))
+    })
+    .await?
+    {
         Polled::Done(()) => {
             let took = since.elapsed();
             Ok((run.wait().await?, took))
         }
         // Left running: the machines are stopped with the failed test.
         Polled::TimedOut(_) => Err(vm.timeout_error(
-            format!("fio still ran {:.0} s after the fault; expected it to end within {bound:?}", since.elapsed().as_secs_f64()),
+            format!(
+                "fio still ran {:.0} s after the fault; expected it to end within {bound:?}",
+                since.elapsed().as_secs_f64()
+            ),
             "fio had not ended".into(),
             since.elapsed(),
         )),
@@ -222,7 +260,11 @@ async fn wait_for_controllers(
     .await?;
     match polled {
         Polled::Done(found) => {
-            log::line(&format!("{}: {what} after {:.1} s: {found:?}", vm.name(), started.elapsed().as_secs_f64()));
+            log::line(&format!(
+                "{}: {what} after {:.1} s: {found:?}",
+                vm.name(),
+                started.elapsed().as_secs_f64()
+            ));
             Ok(found)
         }
         Polled::TimedOut(waited) => Err(vm.timeout_error(
@@ -249,13 +291,27 @@ async fn add_port(target: &Machine, nqn: &str, addr: &str, port: u16) -> Result<
 /// port removed.
 async fn remove_port(target: &Machine, nqn: &str) -> Result<()> {
     let p = format!("ports/{SECOND_PORT_ID}");
-    target.succeed(&format!("set -e; cd /sys/kernel/config/nvmet; rm {p}/subsystems/{}; rmdir {p}", shell_quote(nqn))).await.map(drop)
+    target
+        .succeed(&format!(
+            "set -e; cd /sys/kernel/config/nvmet; rm {p}/subsystems/{}; rmdir {p}",
+            shell_quote(nqn)
+        ))
+        .await
+        .map(drop)
 }
 
 /// The TCP ports the daemon reports for subsystem `nqn`.
 async fn subsystem_ports(client: &mut TargetClient, nqn: &str) -> Result<Vec<proto::Port>> {
-    let subs = client.list_subsystems(proto::ListSubsystemsRequest {}).await.context("ListSubsystems")?.into_inner().subsystems;
-    let sub = subs.into_iter().find(|s| s.nqn == nqn).with_context(|| format!("ListSubsystems does not list {nqn}"))?;
+    let subs = client
+        .list_subsystems(proto::ListSubsystemsRequest {})
+        .await
+        .context("ListSubsystems")?
+        .into_inner()
+        .subsystems;
+    let sub = subs
+        .into_iter()
+        .find(|s| s.nqn == nqn)
+        .with_context(|| format!("ListSubsystems does not list {nqn}"))?;
     Ok(sub.ports)
 }
 
@@ -264,7 +320,11 @@ async fn subsystem_ports(client: &mut TargetClient, nqn: &str) -> Result<Vec<pro
 fn throughput(report: &crate::tools::fio::FioReport) -> String {
     let secs = report.jobs.iter().map(|j| j.job_runtime).max().unwrap_or(0) as f64 / 1000.0;
     let kib_s = |d| report.io_bytes(d) as f64 / 1024.0 / secs.max(0.001);
-    format!("{:.0} KiB/s written, {:.0} KiB/s read back to verify, over {secs:.1} s", kib_s(Direction::Write), kib_s(Direction::Read))
+    format!(
+        "{:.0} KiB/s written, {:.0} KiB/s read back to verify, over {secs:.1} s",
+        kib_s(Direction::Write),
+        kib_s(Direction::Read)
+    )
 }
 
 async fn disconnect(d: &Driver) -> Result<()> {
@@ -275,17 +335,26 @@ async fn disconnect(d: &Driver) -> Result<()> {
     let options = short_loss();
     let device = d
         .subtest(
-            &format!("connect (keep-alive {} s, controller loss {} s)", options.keep_alive_tmo.unwrap(), options.ctrl_loss_tmo.unwrap()),
+            &format!(
+                "connect (keep-alive {} s, controller loss {} s)",
+                options.keep_alive_tmo.unwrap(),
+                options.ctrl_loss_tmo.unwrap()
+            ),
             connect_with(&vm, &share, &options),
         )
         .await?;
-    let fio = d.subtest("run fio integrity on the namespace", start_fio(&vm, &device, 600, 0)).await?;
+    let fio =
+        d.subtest("run fio integrity on the namespace", start_fio(&vm, &device, 600, 0)).await?;
     let bound = loss_bound(&options);
     d.subtest(&format!("block the target: fio fails within {:.0} s", bound.as_secs_f64()), async {
         target.block().await?;
         let (outcome, took) = fio_ends_within(&vm, &fio, Instant::now(), bound).await?;
         let failure = outcome.expect_error()?;
-        log::line(&format!("fio failed {:.1} s after the block: errno {}", took.as_secs_f64(), failure.errno));
+        log::line(&format!(
+            "fio failed {:.1} s after the block: errno {}",
+            took.as_secs_f64(),
+            failure.errno
+        ));
         Ok(())
     })
     .await?;
@@ -309,27 +378,44 @@ async fn reconnect(d: &Driver) -> Result<()> {
     let share = share_disk(d, &target, &mut client, None).await?;
     let options = FabricsOptions::scaled_timeouts();
     let device = d
-        .subtest(&format!("connect with a long controller-loss timeout ({} s)", options.ctrl_loss_tmo.unwrap()), async {
-            connect_with(&vm, &share, &options).await
-        })
+        .subtest(
+            &format!(
+                "connect with a long controller-loss timeout ({} s)",
+                options.ctrl_loss_tmo.unwrap()
+            ),
+            async { connect_with(&vm, &share, &options).await },
+        )
         .await?;
     // Long enough to run well past the block: I/O must resume and be verified after it.
     let fio = d.subtest("run fio integrity with verify", start_fio(&vm, &device, 25, 0)).await?;
-    d.subtest(&format!("block the target for {} s, then unblock it", RECONNECT_BLOCK.as_secs()), async {
-        target.block().await?;
-        tokio::time::sleep(RECONNECT_BLOCK).await;
-        target.unblock().await?;
-        if !fio.is_running().await? {
-            bail!("fio ended while the target was blocked; {:?}", fio.wait().await?.expect_clean().err());
-        }
-        Ok(())
-    })
+    d.subtest(
+        &format!("block the target for {} s, then unblock it", RECONNECT_BLOCK.as_secs()),
+        async {
+            target.block().await?;
+            tokio::time::sleep(RECONNECT_BLOCK).await;
+            target.unblock().await?;
+            if !fio.is_running().await? {
+                bail!(
+                    "fio ended while the target was blocked; {:?}",
+                    fio.wait().await?.expect_clean().err()
+                );
+            }
+            Ok(())
+        },
+    )
     .await?;
     d.subtest("I/O resumes: fio with verify reports no error", async {
         let report = fio.wait().await?.expect_clean()?.clone();
         // The controller is live again (it may or may not have reconnected under the block).
-        wait_for_controllers(&vm, &share.nqn, "one live controller", timeouts::request(), |c| c.len() == 1 && c[0].state == "live").await?;
-        log::line(&format!("after a {} s block: {}", RECONNECT_BLOCK.as_secs(), report.summary_line()));
+        wait_for_controllers(&vm, &share.nqn, "one live controller", timeouts::request(), |c| {
+            c.len() == 1 && c[0].state == "live"
+        })
+        .await?;
+        log::line(&format!(
+            "after a {} s block: {}",
+            RECONNECT_BLOCK.as_secs(),
+            report.summary_line()
+        ));
         Ok(())
     })
     .await
@@ -342,18 +428,34 @@ async fn ctrl_loss(d: &Driver) -> Result<()> {
     let share = share_disk(d, &target, &mut client, None).await?;
     let options = short_loss();
     let device = d
-        .subtest(&format!("connect with controller loss {} s", options.ctrl_loss_tmo.unwrap()), connect_with(&vm, &share, &options))
+        .subtest(
+            &format!("connect with controller loss {} s", options.ctrl_loss_tmo.unwrap()),
+            connect_with(&vm, &share, &options),
+        )
         .await?;
     let fio = d.subtest("run fio integrity", start_fio(&vm, &device, 600, 0)).await?;
     let bound = loss_bound(&options);
-    d.subtest("block the target past the controller-loss timeout: the controller is removed", async {
-        target.block().await?;
-        let since = Instant::now();
-        wait_for_controllers(&vm, &share.nqn, "the controller removed", bound, <[Controller]>::is_empty).await?;
-        nvmeof::wait_for_no_namespace(&vm, &share.nqn, None, timeouts::request()).await?;
-        log::line(&format!("controller removed {:.1} s after the block", since.elapsed().as_secs_f64()));
-        Ok(())
-    })
+    d.subtest(
+        "block the target past the controller-loss timeout: the controller is removed",
+        async {
+            target.block().await?;
+            let since = Instant::now();
+            wait_for_controllers(
+                &vm,
+                &share.nqn,
+                "the controller removed",
+                bound,
+                <[Controller]>::is_empty,
+            )
+            .await?;
+            nvmeof::wait_for_no_namespace(&vm, &share.nqn, None, timeouts::request()).await?;
+            log::line(&format!(
+                "controller removed {:.1} s after the block",
+                since.elapsed().as_secs_f64()
+            ));
+            Ok(())
+        },
+    )
     .await?;
     d.subtest("fio fails cleanly (an I/O error, no verify failure)", async {
         let (outcome, _) = fio_ends_within(&vm, &fio, Instant::now(), timeouts::request()).await?;
@@ -389,9 +491,18 @@ async fn nvmf_ports(d: &Driver) -> Result<()> {
     })
     .await?;
     let options = short_loss();
-    let dev1 = d.subtest(&format!("vm1 connects through port {NVMF_PORT}"), connect_with(&vm1, &share, &options)).await?;
-    let dev2 =
-        d.subtest(&format!("vm2 connects through port {SECOND_PORT}"), connect_to(&vm2, &addr, SECOND_PORT, &share.nqn, &options)).await?;
+    let dev1 = d
+        .subtest(
+            &format!("vm1 connects through port {NVMF_PORT}"),
+            connect_with(&vm1, &share, &options),
+        )
+        .await?;
+    let dev2 = d
+        .subtest(
+            &format!("vm2 connects through port {SECOND_PORT}"),
+            connect_to(&vm2, &addr, SECOND_PORT, &share.nqn, &options),
+        )
+        .await?;
     let (fio1, fio2) = d
         .subtest("run fio integrity on both (separate regions)", async {
             let fio1 = FioRun::start(&vm1, &job(&dev1, 40, 0), &dev1).await?;
@@ -401,13 +512,24 @@ async fn nvmf_ports(d: &Driver) -> Result<()> {
         })
         .await?;
     let bound = loss_bound(&options);
-    d.subtest(&format!("take port {SECOND_PORT} away: vm2's controller is removed, its fio fails"), async {
-        remove_port(&target, &share.nqn).await?;
-        let since = Instant::now();
-        wait_for_controllers(&vm2, &share.nqn, "the controller removed", bound, <[Controller]>::is_empty).await?;
-        let (outcome, _) = fio_ends_within(&vm2, &fio2, since, bound + timeouts::request()).await?;
-        outcome.expect_error().map(drop)
-    })
+    d.subtest(
+        &format!("take port {SECOND_PORT} away: vm2's controller is removed, its fio fails"),
+        async {
+            remove_port(&target, &share.nqn).await?;
+            let since = Instant::now();
+            wait_for_controllers(
+                &vm2,
+                &share.nqn,
+                "the controller removed",
+                bound,
+                <[Controller]>::is_empty,
+            )
+            .await?;
+            let (outcome, _) =
+                fio_ends_within(&vm2, &fio2, since, bound + timeouts::request()).await?;
+            outcome.expect_error().map(drop)
+        },
+    )
     .await?;
     d.subtest(&format!("vm1's fio through port {NVMF_PORT} is clean"), async {
         let o = fio1.wait().await?;
@@ -452,7 +574,10 @@ async fn nvmf_distributed(d: &Driver) -> Result<()> {
         t1.block().await?;
         let (outcome, took) = fio_ends_within(&vm, &fio1, Instant::now(), bound).await?;
         outcome.expect_error()?;
-        log::line(&format!("fio on target1's namespace failed {:.1} s after the block", took.as_secs_f64()));
+        log::line(&format!(
+            "fio on target1's namespace failed {:.1} s after the block",
+            took.as_secs_f64()
+        ));
         Ok(())
     })
     .await?;
@@ -482,8 +607,11 @@ async fn multipath(d: &Driver) -> Result<()> {
     let addr2 = target.address_on(2).to_string();
     d.subtest(&format!("link the subsystem into a port on vlan 2, {addr2}:{SECOND_PORT}"), async {
         add_port(&target, &share.nqn, &addr2, SECOND_PORT).await?;
-        let ports: Vec<String> =
-            subsystem_ports(&mut client, &share.nqn).await?.iter().map(|p| format!("{}:{}", p.traddr, p.trsvcid)).collect();
+        let ports: Vec<String> = subsystem_ports(&mut client, &share.nqn)
+            .await?
+            .iter()
+            .map(|p| format!("{}:{}", p.traddr, p.trsvcid))
+            .collect();
         let want = [format!("{}:{NVMF_PORT}", share.addr), format!("{addr2}:{SECOND_PORT}")];
         if ports.len() != 2 || !want.iter().all(|w| ports.contains(w)) {
             bail!("expected the subsystem on {want:?}, the target lists {ports:?}");
@@ -515,12 +643,24 @@ async fn multipath(d: &Driver) -> Result<()> {
             Ok(dev)
         })
         .await?;
-    let fio = d.subtest("run fio integrity with verify on the multipath device", start_fio(&vm, &device, 45, 0)).await?;
+    let fio = d
+        .subtest(
+            "run fio integrity with verify on the multipath device",
+            start_fio(&vm, &device, 45, 0),
+        )
+        .await?;
     d.subtest("cut the vlan 2 path: its controller leaves live, the other stays live", async {
         target.link_down(2)?;
-        wait_for_controllers(&vm, &share.nqn, "the vlan 2 path down, the vlan 1 path live", loss_bound(&short_loss()), |c| {
-            c.len() == 2 && c.iter().all(|c| (c.state == "live") != c.reaches(&addr2, SECOND_PORT))
-        })
+        wait_for_controllers(
+            &vm,
+            &share.nqn,
+            "the vlan 2 path down, the vlan 1 path live",
+            loss_bound(&short_loss()),
+            |c| {
+                c.len() == 2
+                    && c.iter().all(|c| (c.state == "live") != c.reaches(&addr2, SECOND_PORT))
+            },
+        )
         .await
         .map(drop)
     })
@@ -547,7 +687,8 @@ async fn lossy_link(d: &Driver) -> Result<()> {
     let (target, vm) = (d.machine("target")?, d.machine("initiator")?);
     let mut client = target.target_client().await?;
     let share = share_disk(d, &target, &mut client, None).await?;
-    let device = d.subtest("connect", connect_with(&vm, &share, &FabricsOptions::scaled_timeouts())).await?;
+    let device =
+        d.subtest("connect", connect_with(&vm, &share, &FabricsOptions::scaled_timeouts())).await?;
     let before = target.link(1).context("the target has no vlan 1 link")?.1;
     d.subtest("5 % loss and 20 ms delay on the target's link: fio with verify passes", async {
         target.set_loss(0.05)?;
@@ -556,7 +697,11 @@ async fn lossy_link(d: &Driver) -> Result<()> {
         target.clear_link_faults()?;
         let outcome = outcome?;
         let report = outcome.expect_clean()?;
-        let line = format!("fio over 5 % loss and 20 ms delay: {} ({})", throughput(report), report.summary_line());
+        let line = format!(
+            "fio over 5 % loss and 20 ms delay: {} ({})",
+            throughput(report),
+            report.summary_line()
+        );
         log::line(&line);
         d.artifact("lossy_link-throughput.txt", &format!("{line}\n"));
         Ok(())
@@ -564,7 +709,8 @@ async fn lossy_link(d: &Driver) -> Result<()> {
     .await?;
     d.subtest("the switch dropped about 5 % of the target's frames", async {
         let after = target.link(1).context("the target has no vlan 1 link")?.1;
-        let lost = after.dropped_by[network::DropReason::Loss as usize] - before.dropped_by[network::DropReason::Loss as usize];
+        let lost = after.dropped_by[network::DropReason::Loss as usize]
+            - before.dropped_by[network::DropReason::Loss as usize];
         let frames = (after.from_passed + after.from_dropped + after.to_passed + after.to_dropped)
             - (before.from_passed + before.from_dropped + before.to_passed + before.to_dropped);
         let share = lost as f64 / frames.max(1) as f64;
@@ -583,9 +729,17 @@ mod tests {
 
     #[test]
     fn the_loss_bound_covers_detection_and_the_controller_loss_timeout() {
-        let o = FabricsOptions { keep_alive_tmo: Some(10), ctrl_loss_tmo: Some(10), reconnect_delay: Some(2), ..Default::default() };
+        let o = FabricsOptions {
+            keep_alive_tmo: Some(10),
+            ctrl_loss_tmo: Some(10),
+            reconnect_delay: Some(2),
+            ..Default::default()
+        };
         // 20 s to notice, 10 s to tear down, 5 attempts of up to 5 s, then slack.
-        assert_eq!(loss_bound(&o), Duration::from_secs(55) + Duration::from_secs_f64(30.0 * timeouts::factor()));
+        assert_eq!(
+            loss_bound(&o),
+            Duration::from_secs(55) + Duration::from_secs_f64(30.0 * timeouts::factor())
+        );
     }
 
     #[test]

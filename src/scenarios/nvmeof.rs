@@ -33,16 +33,33 @@ pub struct Share {
 }
 
 /// Makes an `aio://` bdev of the target's disk `disk_id` (found by serial); returns its name.
-pub async fn create_disk_bdev(target: &Machine, client: &mut TargetClient, disk_id: &str) -> Result<proto::Bdev> {
+pub async fn create_disk_bdev(
+    target: &Machine,
+    client: &mut TargetClient,
+    disk_id: &str,
+) -> Result<proto::Bdev> {
     let dev = target.disk_device(disk_id).await?;
-    let bdev = client.create_bdev(proto::CreateBdevRequest { uri: format!("aio://{dev}") }).await.context("CreateBdev")?.into_inner();
-    log::line(&format!("bdev {} ({} blocks of {} bytes) on disk {disk_id}", bdev.name, bdev.num_blocks, bdev.blk_size));
+    let bdev = client
+        .create_bdev(proto::CreateBdevRequest { uri: format!("aio://{dev}") })
+        .await
+        .context("CreateBdev")?
+        .into_inner();
+    log::line(&format!(
+        "bdev {} ({} blocks of {} bytes) on disk {disk_id}",
+        bdev.name, bdev.num_blocks, bdev.blk_size
+    ));
     Ok(bdev)
 }
 
 /// Shares `bdev` over NVMe-oF/TCP on the target's address and `port`, under `nqn` (the daemon's
 /// default NQN when `None`).
-pub async fn share_bdev(target: &Machine, client: &mut TargetClient, bdev: &str, nqn: Option<&str>, port: u16) -> Result<Share> {
+pub async fn share_bdev(
+    target: &Machine,
+    client: &mut TargetClient,
+    bdev: &str,
+    nqn: Option<&str>,
+    port: u16,
+) -> Result<Share> {
     let reply = client
         .share_bdev(proto::ShareBdevRequest {
             name: bdev.to_string(),
@@ -60,17 +77,26 @@ pub async fn share_bdev(target: &Machine, client: &mut TargetClient, bdev: &str,
 
 /// `nvme discover` from the initiator; the log must list `share`.
 pub async fn discover(initiator: &Machine, share: &Share) -> Result<DiscoveryLog> {
-    let out = initiator.succeed(&Nvme::discover(&share.addr.to_string(), share.port).command_line()).await?;
+    let out = initiator
+        .succeed(&Nvme::discover(&share.addr.to_string(), share.port).command_line())
+        .await?;
     let log = DiscoveryLog::parse(&out)?;
     if log.find(&share.nqn).is_none() {
-        bail!("the discovery log of {}:{} does not list {}: {log:?}", share.addr, share.port, share.nqn);
+        bail!(
+            "the discovery log of {}:{} does not list {}: {log:?}",
+            share.addr,
+            share.port,
+            share.nqn
+        );
     }
     Ok(log)
 }
 
 /// `nvme connect` to `share` with the TCG-scaled timeouts.
 pub async fn connect(initiator: &Machine, share: &Share) -> Result<()> {
-    let cmd = Nvme::connect(&share.addr.to_string(), share.port, &share.nqn).options(FabricsOptions::scaled_timeouts()).command_line();
+    let cmd = Nvme::connect(&share.addr.to_string(), share.port, &share.nqn)
+        .options(FabricsOptions::scaled_timeouts())
+        .command_line();
     initiator.succeed(&cmd).await.map(drop)
 }
 
@@ -93,7 +119,9 @@ const NAMESPACES: &str = "for b in /sys/block/nvme*; do [ -e $b ] || continue; [
 
 /// The initiator's NVMe namespaces now: (device, subsystem NQN, nsid).
 pub async fn namespaces(initiator: &Machine) -> Result<Vec<(String, String, u32)>> {
-    Ok(parse_namespaces(&initiator.execute_with_timeout(NAMESPACES, timeouts::request()).await?.stdout))
+    Ok(parse_namespaces(
+        &initiator.execute_with_timeout(NAMESPACES, timeouts::request()).await?.stdout,
+    ))
 }
 
 /// Parses the lines of the listing [`namespaces`] runs.
@@ -109,11 +137,17 @@ pub fn parse_namespaces(listing: &str) -> Vec<(String, String, u32)> {
 }
 
 /// Waits until namespace `nsid` of subsystem `nqn` has a block device on the initiator.
-pub async fn wait_for_namespace(initiator: &Machine, nqn: &str, nsid: u32, timeout: Duration) -> Result<String> {
+pub async fn wait_for_namespace(
+    initiator: &Machine,
+    nqn: &str,
+    nsid: u32,
+    timeout: Duration,
+) -> Result<String> {
     let seen = std::sync::Mutex::new(Vec::new());
     let polled = poll::until(timeout, timeouts::GUEST_POLL, |_| async {
         let found = namespaces(initiator).await?;
-        let dev = found.iter().find(|(_, n, id)| n == nqn && *id == nsid).map(|(dev, _, _)| dev.clone());
+        let dev =
+            found.iter().find(|(_, n, id)| n == nqn && *id == nsid).map(|(dev, _, _)| dev.clone());
         *seen.lock().unwrap() = found;
         Ok(dev)
     })
@@ -125,18 +159,29 @@ pub async fn wait_for_namespace(initiator: &Machine, nqn: &str, nsid: u32, timeo
         }
         Polled::TimedOut(_) => Err(initiator.error(
             format!("namespace {nsid} of {nqn} did not appear within {timeout:?}"),
-            format!("the initiator has these namespaces (device, nqn, nsid): {:?}", seen.into_inner().unwrap()),
+            format!(
+                "the initiator has these namespaces (device, nqn, nsid): {:?}",
+                seen.into_inner().unwrap()
+            ),
         )),
     }
 }
 
 /// Waits until subsystem `nqn` shows no block device on the initiator (only namespace `nsid`
 /// when given).
-pub async fn wait_for_no_namespace(initiator: &Machine, nqn: &str, nsid: Option<u32>, timeout: Duration) -> Result<()> {
+pub async fn wait_for_no_namespace(
+    initiator: &Machine,
+    nqn: &str,
+    nsid: Option<u32>,
+    timeout: Duration,
+) -> Result<()> {
     let left = std::sync::Mutex::new(Vec::new());
     let polled = poll::until(timeout, timeouts::GUEST_POLL, |_| async {
         let found = namespaces(initiator).await?;
-        let still: Vec<_> = found.into_iter().filter(|(_, n, id)| n == nqn && nsid.is_none_or(|want| *id == want)).collect();
+        let still: Vec<_> = found
+            .into_iter()
+            .filter(|(_, n, id)| n == nqn && nsid.is_none_or(|want| *id == want))
+            .collect();
         let gone = still.is_empty();
         *left.lock().unwrap() = still;
         Ok(gone.then_some(()))
@@ -144,8 +189,10 @@ pub async fn wait_for_no_namespace(initiator: &Machine, nqn: &str, nsid: Option<
     .await?;
     match polled {
         Polled::Done(()) => Ok(()),
-        Polled::TimedOut(_) => Err(initiator
-            .error(format!("{nqn} still shows {:?} after {timeout:?}", left.into_inner().unwrap()), "expected its namespace to be gone")),
+        Polled::TimedOut(_) => Err(initiator.error(
+            format!("{nqn} still shows {:?} after {timeout:?}", left.into_inner().unwrap()),
+            "expected its namespace to be gone",
+        )),
     }
 }
 
@@ -160,15 +207,23 @@ pub async fn expect_gone_from_lsblk(machine: &Machine, devices: &[&str]) -> Resu
     let still: Vec<_> = devices.iter().filter(|d| listed.find(d).is_some()).collect();
     if !still.is_empty() {
         let all: Vec<String> = listed.iter().map(|d| d.path()).collect();
-        return Err(machine.error(format!("lsblk still lists {still:?}"), format!("lsblk shows {all:?}")));
+        return Err(
+            machine.error(format!("lsblk still lists {still:?}"), format!("lsblk shows {all:?}"))
+        );
     }
     Ok(())
 }
 
 /// The plans' "the target doesn't crash and still works": the daemon answers Health and
 /// ListBdevs.
-pub async fn expect_target_alive(target: &Machine, client: &mut TargetClient) -> Result<Vec<proto::Bdev>> {
-    client.health(proto::HealthRequest {}).await.map_err(|e| target.error("the target daemon does not answer Health", format!("{e}")))?;
+pub async fn expect_target_alive(
+    target: &Machine,
+    client: &mut TargetClient,
+) -> Result<Vec<proto::Bdev>> {
+    client
+        .health(proto::HealthRequest {})
+        .await
+        .map_err(|e| target.error("the target daemon does not answer Health", format!("{e}")))?;
     let bdevs = client
         .list_bdevs(proto::ListBdevsRequest {})
         .await

@@ -15,7 +15,9 @@ fn one_machine() -> NodeSpec {
 }
 
 pub fn scenarios() -> Vec<Scenario> {
-    let s = |name, description, script: ScriptFn| Scenario::new(name, description, script).machine(one_machine()).hidden();
+    let s = |name, description, script: ScriptFn| {
+        Scenario::new(name, description, script).machine(one_machine()).hidden()
+    };
     vec![
         s("selftest-pass", "boots one machine and passes", |d| pass(d).boxed()),
         s("selftest-fail", "boots one machine and fails an assertion", |d| fail(d).boxed()),
@@ -50,7 +52,8 @@ async fn broken_machine(d: &Driver) -> Result<()> {
     d.start_all().await?;
     let m = d.machine("machine")?;
     m.crash().await?;
-    d.subtest("a command on a machine that is gone", async { m.succeed("true").await.map(drop) }).await
+    d.subtest("a command on a machine that is gone", async { m.succeed("true").await.map(drop) })
+        .await
 }
 
 async fn timeout(d: &Driver) -> Result<()> {

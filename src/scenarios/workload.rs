@@ -76,20 +76,35 @@ pub struct FioFailure {
 
 impl FioOutcome {
     fn describe(&self) -> String {
-        let summary = self.report.as_ref().map(FioReport::summary_line).unwrap_or_else(|| "no JSON report".into());
-        format!("fio on {}:{} exited {}: {summary}\nstderr:\n{}", self.machine, self.device, self.status, tail(&self.stderr, 15))
+        let summary = self
+            .report
+            .as_ref()
+            .map(FioReport::summary_line)
+            .unwrap_or_else(|| "no JSON report".into());
+        format!(
+            "fio on {}:{} exited {}: {summary}\nstderr:\n{}",
+            self.machine,
+            self.device,
+            self.status,
+            tail(&self.stderr, 15)
+        )
     }
 
     /// The plans' "finished status: write and read should be successful": exit 0, no job error,
     /// no verify failure, and both writes and verifying reads done.
     pub fn expect_clean(&self) -> Result<&FioReport> {
-        let Some(report) = &self.report else { bail!("expected a clean fio run; {}", self.describe()) };
+        let Some(report) = &self.report else {
+            bail!("expected a clean fio run; {}", self.describe())
+        };
         let problems = report.problems();
         if self.status != 0 || !problems.is_empty() {
             bail!("expected a clean fio run, got problems {problems:?}; {}", self.describe());
         }
         if report.io_bytes(Direction::Write) == 0 || report.io_bytes(Direction::Read) == 0 {
-            bail!("expected fio to write and read back (verify), but it moved no data one way; {}", self.describe());
+            bail!(
+                "expected fio to write and read back (verify), but it moved no data one way; {}",
+                self.describe()
+            );
         }
         log::line(&format!("{}: {} (clean)", self.machine, report.summary_line()));
         Ok(report)
@@ -106,12 +121,23 @@ impl FioOutcome {
                 bail!("fio failed on verify (corrupt data), not on I/O; {}", self.describe());
             }
         }
-        let from_job = self.report.as_ref().and_then(|r| r.jobs.iter().map(|j| j.error).find(|e| *e != 0));
+        let from_job =
+            self.report.as_ref().and_then(|r| r.jobs.iter().map(|j| j.error).find(|e| *e != 0));
         // fio's own line for the error; else its first message (a JSON report's warnings too).
-        let messages = self.stderr.lines().chain(self.report.iter().flat_map(|r| r.messages.iter().map(String::as_str)));
-        let mut message = self.stderr.lines().find(|l| l.contains("error")).unwrap_or_default().trim().to_string();
+        let messages = self
+            .stderr
+            .lines()
+            .chain(self.report.iter().flat_map(|r| r.messages.iter().map(String::as_str)));
+        let mut message = self
+            .stderr
+            .lines()
+            .find(|l| l.contains("error"))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
         if message.is_empty() {
-            message = messages.map(str::trim).find(|l| !l.is_empty()).unwrap_or_default().to_string();
+            message =
+                messages.map(str::trim).find(|l| !l.is_empty()).unwrap_or_default().to_string();
         }
         // With allow_file_create=0, fio's word for a path that does not exist names no errno.
         let missing = message.contains("file creation disallowed").then_some(ENOENT);

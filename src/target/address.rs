@@ -34,7 +34,8 @@ fn parse_fib_trie(text: &str) -> Vec<Ipv4Addr> {
 
 /// Picks the address to advertise, or says why none can be picked.
 pub fn choose(addrs: &[Ipv4Addr]) -> Result<Ipv4Addr, String> {
-    let candidates: Vec<Ipv4Addr> = addrs.iter().copied().filter(|a| !a.is_loopback() && !a.is_unspecified()).collect();
+    let candidates: Vec<Ipv4Addr> =
+        addrs.iter().copied().filter(|a| !a.is_loopback() && !a.is_unspecified()).collect();
     if let [only] = candidates.as_slice() {
         return Ok(*only);
     }
@@ -43,7 +44,10 @@ pub fn choose(addrs: &[Ipv4Addr]) -> Result<Ipv4Addr, String> {
         return Ok(*only);
     }
     let list: Vec<String> = candidates.iter().map(|a| a.to_string()).collect();
-    Err(format!("cannot pick the address to share on from [{}]; start vmcheck-target with --traddr", list.join(", ")))
+    Err(format!(
+        "cannot pick the address to share on from [{}]; start vmcheck-target with --traddr",
+        list.join(", ")
+    ))
 }
 
 fn in_test_subnet(addr: Ipv4Addr) -> bool {
@@ -81,7 +85,10 @@ Local:
     #[test]
     fn reads_local_addresses_from_the_trie() {
         let addrs = parse_fib_trie(TRIE);
-        assert_eq!(addrs, [Ipv4Addr::new(10, 0, 2, 15), Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(192, 0, 2, 1)]);
+        assert_eq!(
+            addrs,
+            [Ipv4Addr::new(10, 0, 2, 15), Ipv4Addr::new(127, 0, 0, 1), Ipv4Addr::new(192, 0, 2, 1)]
+        );
         assert_eq!(choose(&addrs).unwrap(), Ipv4Addr::new(192, 0, 2, 1));
     }
 

@@ -36,7 +36,12 @@ pub struct Backing {
 impl Backing {
     /// `sysfs` is the sysfs mount (`/sys`); `malloc_dir` should be on tmpfs.
     pub fn new(sysfs: impl Into<PathBuf>, malloc_dir: impl Into<PathBuf>) -> Self {
-        Backing { sysfs: sysfs.into(), malloc_dir: malloc_dir.into(), dev_dir: "/dev".into(), fake_kernel: false }
+        Backing {
+            sysfs: sysfs.into(),
+            malloc_dir: malloc_dir.into(),
+            dev_dir: "/dev".into(),
+            fake_kernel: false,
+        }
     }
 
     /// Tests: device nodes somewhere else than `/dev`.
@@ -58,13 +63,25 @@ impl Backing {
 
     /// Writes a partition table (or wipes one) on the disk `dev` and has the kernel re-read it.
     /// `parts` are the partitions the table holds, as (name, first byte, bytes).
-    pub fn write_partition_table(&self, dev: &str, writes: &[(u64, Vec<u8>)], parts: &[(String, u64, u64)]) -> Result<()> {
+    pub fn write_partition_table(
+        &self,
+        dev: &str,
+        writes: &[(u64, Vec<u8>)],
+        parts: &[(String, u64, u64)],
+    ) -> Result<()> {
         use std::os::unix::fs::FileExt;
         let node = self.dev_dir.join(dev);
-        let fail = |what: &str, err: &dyn std::fmt::Display| Error::Internal(format!("{what} /dev/{dev}: {err}"));
-        let file = fs::OpenOptions::new().read(true).write(true).open(&node).map_err(|e| fail("opening", &e))?;
+        let fail = |what: &str, err: &dyn std::fmt::Display| {
+            Error::Internal(format!("{what} /dev/{dev}: {err}"))
+        };
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&node)
+            .map_err(|e| fail("opening", &e))?;
         for (at, bytes) in writes {
-            file.write_all_at(bytes, *at).map_err(|e| fail("writing the partition table of", &e))?;
+            file.write_all_at(bytes, *at)
+                .map_err(|e| fail("writing the partition table of", &e))?;
         }
         file.sync_all().map_err(|e| fail("syncing", &e))?;
         if self.fake_kernel {
@@ -73,8 +90,14 @@ impl Backing {
         nix::ioctl_none!(blkrrpart, 0x12, 95);
         // SAFETY: BLKRRPART takes no argument; the descriptor is an open block device.
         unsafe { blkrrpart(std::os::fd::AsRawFd::as_raw_fd(&file)) }.map_err(|errno| {
-            let hint = if errno == nix::errno::Errno::EBUSY { " (a partition of it is open, e.g. in a namespace)" } else { "" };
-            Error::FailedPrecondition(format!("re-reading the partition table of /dev/{dev} (BLKRRPART): {errno}{hint}"))
+            let hint = if errno == nix::errno::Errno::EBUSY {
+                " (a partition of it is open, e.g. in a namespace)"
+            } else {
+                ""
+            };
+            Error::FailedPrecondition(format!(
+                "re-reading the partition table of /dev/{dev} (BLKRRPART): {errno}{hint}"
+            ))
         })?;
         Ok(())
     }
@@ -98,7 +121,8 @@ impl Backing {
             fs::create_dir_all(&dir).map_err(io)?;
             fs::write(dir.join("size"), format!("{}\n", bytes / SECTOR)).map_err(io)?;
             fs::write(dir.join("partition"), "1\n").map_err(io)?;
-            fs::create_dir_all(self.sysfs.join("class/block").join(dev).join("queue")).map_err(io)?;
+            fs::create_dir_all(self.sysfs.join("class/block").join(dev).join("queue"))
+                .map_err(io)?;
             // A partition's queue is its disk's: one level up, as in sysfs.
             let queue = self.sysfs_dir(dev).join("queue/logical_block_size");
             if !queue.exists() {
@@ -145,9 +169,9 @@ impl Backing {
             BdevUri::Malloc { .. } => {
                 let path = self.device_path(uri);
                 match fs::remove_file(&path) {
-                    Err(err) if err.kind() != io::ErrorKind::NotFound => {
-                        Err(Error::Internal(format!("removing malloc file {}: {err}", path.display())))
-                    }
+                    Err(err) if err.kind() != io::ErrorKind::NotFound => Err(Error::Internal(
+                        format!("removing malloc file {}: {err}", path.display()),
+                    )),
                     _ => Ok(()),
                 }
             }
@@ -176,10 +200,17 @@ impl Backing {
         if !dir.exists() {
             // Something of that name that is not a block device: say what it is.
             let node = self.dev_dir.join(dev);
-            if let Some(kind) = node.symlink_metadata().ok().and_then(|meta| not_a_block_device(&meta)) {
-                return Err(Error::InvalidArgument(format!("/dev/{dev} is {kind}, not a block device")));
+            if let Some(kind) =
+                node.symlink_metadata().ok().and_then(|meta| not_a_block_device(&meta))
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "/dev/{dev} is {kind}, not a block device"
+                )));
             }
-            return Err(Error::NotFound(format!("block device /dev/{dev} not found ({} is missing)", dir.display())));
+            return Err(Error::NotFound(format!(
+                "block device /dev/{dev} not found ({} is missing)",
+                dir.display()
+            )));
         }
         let sectors: u64 = read_number(&dir.join("size"))?;
         // A partition has no queue/ of its own; its parent disk's is one level up.
@@ -193,19 +224,26 @@ impl Backing {
             return Err(Error::FailedPrecondition(format!("block device /dev/{dev} has size 0")));
         }
         if blk_size < SECTOR as u32 || !blk_size.is_power_of_two() {
-            return Err(Error::Internal(format!("block device /dev/{dev} reports logical block size {blk_size}")));
+            return Err(Error::Internal(format!(
+                "block device /dev/{dev} reports logical block size {blk_size}"
+            )));
         }
-        let bytes =
-            sectors.checked_mul(SECTOR).ok_or_else(|| Error::Internal(format!("block device /dev/{dev} reports {sectors} sectors")))?;
+        let bytes = sectors.checked_mul(SECTOR).ok_or_else(|| {
+            Error::Internal(format!("block device /dev/{dev} reports {sectors} sectors"))
+        })?;
         Ok(Geometry { num_blocks: bytes / u64::from(blk_size), blk_size })
     }
 
     fn make_malloc(&self, path: &Path, size_mb: u64) -> Result<Geometry> {
-        let internal = |what: &str, err: &dyn std::fmt::Display| Error::Internal(format!("{what} {}: {err}", path.display()));
-        fs::create_dir_all(&self.malloc_dir).map_err(|e| internal("creating the directory of", &e))?;
+        let internal = |what: &str, err: &dyn std::fmt::Display| {
+            Error::Internal(format!("{what} {}: {err}", path.display()))
+        };
+        fs::create_dir_all(&self.malloc_dir)
+            .map_err(|e| internal("creating the directory of", &e))?;
         let bytes = size_mb * MIB;
         // The file is sparse: without this check a too-large bdev fails only on write.
-        let fs_stat = nix::sys::statvfs::statvfs(&self.malloc_dir).map_err(|e| internal("statvfs for", &e))?;
+        let fs_stat = nix::sys::statvfs::statvfs(&self.malloc_dir)
+            .map_err(|e| internal("statvfs for", &e))?;
         let free = fs_stat.blocks_available().saturating_mul(fs_stat.fragment_size());
         if bytes > free {
             return Err(Error::InvalidArgument(format!(
@@ -217,7 +255,10 @@ impl Backing {
         let file = match fs::OpenOptions::new().write(true).create_new(true).open(path) {
             Ok(file) => file,
             Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(Error::AlreadyExists(format!("malloc file {} exists already (left from an earlier run?)", path.display())));
+                return Err(Error::AlreadyExists(format!(
+                    "malloc file {} exists already (left from an earlier run?)",
+                    path.display()
+                )));
             }
             Err(err) => return Err(internal("creating", &err)),
         };
@@ -254,8 +295,11 @@ fn not_a_block_device(meta: &fs::Metadata) -> Option<&'static str> {
 }
 
 fn read_number<T: std::str::FromStr>(path: &Path) -> Result<T> {
-    let text = fs::read_to_string(path).map_err(|err| Error::Internal(format!("reading {}: {err}", path.display())))?;
-    text.trim().parse().map_err(|_| Error::Internal(format!("{} holds {:?}, not a number", path.display(), text.trim())))
+    let text = fs::read_to_string(path)
+        .map_err(|err| Error::Internal(format!("reading {}: {err}", path.display())))?;
+    text.trim().parse().map_err(|_| {
+        Error::Internal(format!("{} holds {:?}, not a number", path.display(), text.trim()))
+    })
 }
 
 /// A fake sysfs for tests: `class/block/<dev>/{size, queue/logical_block_size}`.
@@ -312,11 +356,19 @@ mod tests {
         fs::write(dev.join("file"), "").unwrap();
         std::os::unix::fs::symlink("file", dev.join("link")).unwrap();
         let backing = backing.with_dev_dir(&dev);
-        for (name, kind) in [("subdir", "a directory"), ("file", "a regular file"), ("link", "a symbolic link")] {
+        for (name, kind) in
+            [("subdir", "a directory"), ("file", "a regular file"), ("link", "a symbolic link")]
+        {
             let err = backing.open(&BdevUri::Aio { dev: name.into() }).unwrap_err();
-            assert_eq!((err.code(), err.to_string()), (Code::InvalidArgument, format!("/dev/{name} is {kind}, not a block device")));
+            assert_eq!(
+                (err.code(), err.to_string()),
+                (Code::InvalidArgument, format!("/dev/{name} is {kind}, not a block device"))
+            );
         }
-        assert_eq!(backing.open(&BdevUri::Aio { dev: "absent".into() }).unwrap_err().code(), Code::NotFound);
+        assert_eq!(
+            backing.open(&BdevUri::Aio { dev: "absent".into() }).unwrap_err().code(),
+            Code::NotFound
+        );
     }
 
     #[test]
@@ -338,10 +390,16 @@ mod tests {
     fn malloc_larger_than_free_space_is_refused() {
         let (dir, backing) = setup();
         let stat = nix::sys::statvfs::statvfs(dir.path()).unwrap();
-        if stat.blocks_available() * stat.fragment_size() >= crate::target::uri::MAX_MALLOC_MB * MIB {
+        if stat.blocks_available() * stat.fragment_size() >= crate::target::uri::MAX_MALLOC_MB * MIB
+        {
             return; // a filesystem this large cannot show the refusal
         }
-        let err = backing.open(&BdevUri::Malloc { name: "big".into(), size_mb: crate::target::uri::MAX_MALLOC_MB }).unwrap_err();
+        let err = backing
+            .open(&BdevUri::Malloc {
+                name: "big".into(),
+                size_mb: crate::target::uri::MAX_MALLOC_MB,
+            })
+            .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err}");
         assert!(err.to_string().contains("size_mb=1048576"), "{err}");
         assert!(backing.malloc_files().is_empty());

@@ -14,9 +14,9 @@ impl crate::Machine {
     /// of [`super::GRPC_PORT`]. It retries until the daemon answers (it may still be starting).
     pub async fn target_client(&self) -> anyhow::Result<TargetClient> {
         let addr = self.forwarded_addr(super::GRPC_PORT).await?;
-        connect(addr, crate::timeouts::boot())
-            .await
-            .map_err(|e| self.error("connecting to the target daemon", format!("through {addr}: {e:#}")))
+        connect(addr, crate::timeouts::boot()).await.map_err(|e| {
+            self.error("connecting to the target daemon", format!("through {addr}: {e:#}"))
+        })
     }
 }
 
@@ -55,9 +55,12 @@ pub async fn connect(addr: SocketAddr, timeout: Duration) -> anyhow::Result<Targ
     match polled {
         crate::poll::Polled::Done(client) => Ok(client),
         crate::poll::Polled::TimedOut(_) => {
-            let error = last.into_inner().unwrap().unwrap_or_else(|| anyhow!("no attempt finished"));
+            let error =
+                last.into_inner().unwrap().unwrap_or_else(|| anyhow!("no attempt finished"));
             let attempts = attempts.into_inner();
-            Err(error.context(format!("vmcheck-target at {addr} did not answer within {timeout:?} ({attempts} attempts)")))
+            Err(error.context(format!(
+                "vmcheck-target at {addr} did not answer within {timeout:?} ({attempts} attempts)"
+            )))
         }
     }
 }
@@ -131,13 +134,24 @@ mod tests {
         );
         let mut client = connect(addr, Duration::from_secs(20)).await.unwrap();
         let held = svc.hold_lock_for_tests().await;
-        let mut req = tonic::Request::new(proto::CreateBdevRequest { uri: "malloc:///slow?size_mb=1".into() });
+        let mut req = tonic::Request::new(proto::CreateBdevRequest {
+            uri: "malloc:///slow?size_mb=1".into(),
+        });
         req.set_timeout(Duration::from_millis(500));
         let err = client.create_bdev(req).await.unwrap_err();
         drop(held);
         assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
-        assert!(err.message().contains("nothing was changed"), "the daemon's answer, not the client's timer: {err:?}");
-        assert!(client.list_bdevs(proto::ListBdevsRequest {}).await.unwrap().into_inner().bdevs.is_empty());
+        assert!(
+            err.message().contains("nothing was changed"),
+            "the daemon's answer, not the client's timer: {err:?}"
+        );
+        assert!(client
+            .list_bdevs(proto::ListBdevsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .bdevs
+            .is_empty());
         assert!(!dir.path().join("malloc/slow").exists());
         server.abort();
     }

@@ -138,7 +138,11 @@ impl ConfigFs {
     /// Writes an attribute. The kernel's attribute files exist already, so nothing is created.
     pub fn write(&self, rel: &Path, value: &str) -> FsResult<()> {
         self.run(Op::Write, rel, |path| {
-            let mut file = fs::OpenOptions::new().write(true).create(self.is_emulated()).truncate(self.is_emulated()).open(path)?;
+            let mut file = fs::OpenOptions::new()
+                .write(true)
+                .create(self.is_emulated())
+                .truncate(self.is_emulated())
+                .open(path)?;
             // One write: a configfs store sees exactly what one write(2) passed.
             file.write_all(value.as_bytes())
         })
@@ -146,7 +150,9 @@ impl ConfigFs {
 
     /// Reads an attribute, without the trailing newline the kernel adds.
     pub fn read(&self, rel: &Path) -> FsResult<String> {
-        self.run(Op::Read, rel, |path| Ok(fs::read_to_string(path)?.trim_end_matches('\n').to_string()))
+        self.run(Op::Read, rel, |path| {
+            Ok(fs::read_to_string(path)?.trim_end_matches('\n').to_string())
+        })
     }
 
     /// Makes `link` a symlink to `target` (both relative to the root).
@@ -176,19 +182,28 @@ impl ConfigFs {
     #[cfg(test)]
     pub(crate) fn dump(&self) -> Vec<String> {
         fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) {
-            let mut entries: Vec<PathBuf> = fs::read_dir(dir).expect("readable tree").map(|e| e.expect("entry").path()).collect();
+            let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+                .expect("readable tree")
+                .map(|e| e.expect("entry").path())
+                .collect();
             entries.sort();
             for path in entries {
                 let rel = path.strip_prefix(root).unwrap_or(&path).display().to_string();
                 let meta = path.symlink_metadata().expect("entry metadata");
                 if meta.file_type().is_symlink() {
                     let target = fs::read_link(&path).expect("link target");
-                    out.push(format!("l {rel} -> {}", target.strip_prefix(root).unwrap_or(&target).display()));
+                    out.push(format!(
+                        "l {rel} -> {}",
+                        target.strip_prefix(root).unwrap_or(&target).display()
+                    ));
                 } else if meta.is_dir() {
                     out.push(format!("d {rel}"));
                     walk(root, &path, out);
                 } else {
-                    out.push(format!("f {rel} = {}", fs::read_to_string(&path).expect("readable file")));
+                    out.push(format!(
+                        "f {rel} = {}",
+                        fs::read_to_string(&path).expect("readable file")
+                    ));
                 }
             }
         }
@@ -232,7 +247,9 @@ impl ConfigFs {
         }
         // A default group's own attributes (layout attrs such as "attrib/enable") do not make it
         // non-empty; groups and links made in it do.
-        let is_attr = |dir: &str, name: &std::ffi::OsStr| layout.attrs.iter().any(|(a, _)| Path::new(a) == Path::new(dir).join(name));
+        let is_attr = |dir: &str, name: &std::ffi::OsStr| {
+            layout.attrs.iter().any(|(a, _)| Path::new(a) == Path::new(dir).join(name))
+        };
         for dir in layout.subdirs {
             for entry in fs::read_dir(path.join(dir))? {
                 if !is_attr(dir, &entry?.file_name()) {
@@ -299,7 +316,12 @@ impl<'a> Undo<'a> {
     }
 
     /// An attribute whose effect must be reverted before its group can go.
-    pub fn write_reverting(&mut self, rel: &Path, value: &str, revert: &'static str) -> FsResult<()> {
+    pub fn write_reverting(
+        &mut self,
+        rel: &Path,
+        value: &str,
+        revert: &'static str,
+    ) -> FsResult<()> {
         self.fs.write(rel, value)?;
         self.steps.push(Step::Write(rel.to_path_buf(), revert));
         Ok(())
@@ -335,9 +357,13 @@ mod tests {
     use super::*;
     use nix::errno::Errno;
 
-    const ROOT: GroupLayout = GroupLayout { subdirs: &["things"], attrs: &[], removable_when: None };
-    const THING: GroupLayout =
-        GroupLayout { subdirs: &["children"], attrs: &[("enable", "0"), ("name", "")], removable_when: Some(("enable", "0")) };
+    const ROOT: GroupLayout =
+        GroupLayout { subdirs: &["things"], attrs: &[], removable_when: None };
+    const THING: GroupLayout = GroupLayout {
+        subdirs: &["children"],
+        attrs: &[("enable", "0"), ("name", "")],
+        removable_when: Some(("enable", "0")),
+    };
 
     #[test]
     fn emulated_groups_come_and_go_with_their_defaults() {
@@ -368,7 +394,10 @@ mod tests {
         cfs.make_group(Path::new("things/a"), &THING).unwrap();
         let err = cfs.make_group(Path::new("things/b"), &THING).unwrap_err();
         assert_eq!(err.errno(), Some(Errno::ENOMEM as i32));
-        assert!(err.to_string().starts_with("mkdir ") && err.to_string().contains("things/b"), "{err}");
+        assert!(
+            err.to_string().starts_with("mkdir ") && err.to_string().contains("things/b"),
+            "{err}"
+        );
         cfs.make_group(Path::new("things/b"), &THING).unwrap();
     }
 

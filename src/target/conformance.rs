@@ -59,16 +59,26 @@ impl TargetApi for TargetClient {
     async fn call(&mut self, call: Call) -> Result<Reply, Status> {
         {
             Ok(match call {
-                Call::ListBdevs => Reply::Bdevs(self.list_bdevs(proto::ListBdevsRequest {}).await?.into_inner()),
-                Call::ListSubsystems => Reply::Subsystems(self.list_subsystems(proto::ListSubsystemsRequest {}).await?.into_inner()),
+                Call::ListBdevs => {
+                    Reply::Bdevs(self.list_bdevs(proto::ListBdevsRequest {}).await?.into_inner())
+                }
+                Call::ListSubsystems => Reply::Subsystems(
+                    self.list_subsystems(proto::ListSubsystemsRequest {}).await?.into_inner(),
+                ),
                 Call::CreateBdev(r) => Reply::Bdev(self.create_bdev(r).await?.into_inner()),
                 Call::DestroyBdev(r) => self.destroy_bdev(r).await.map(|_| Reply::Done)?,
                 Call::ShareBdev(r) => Reply::Shared(self.share_bdev(r).await?.into_inner()),
                 Call::UnshareBdev(r) => self.unshare_bdev(r).await.map(|_| Reply::Done)?,
-                Call::AddNamespace(r) => Reply::Namespace(self.add_namespace(r).await?.into_inner()),
+                Call::AddNamespace(r) => {
+                    Reply::Namespace(self.add_namespace(r).await?.into_inner())
+                }
                 Call::RemoveNamespace(r) => self.remove_namespace(r).await.map(|_| Reply::Done)?,
-                Call::CreateSubsystem(r) => Reply::Subsystem(self.create_subsystem(r).await?.into_inner()),
-                Call::DestroySubsystem(r) => self.destroy_subsystem(r).await.map(|_| Reply::Done)?,
+                Call::CreateSubsystem(r) => {
+                    Reply::Subsystem(self.create_subsystem(r).await?.into_inner())
+                }
+                Call::DestroySubsystem(r) => {
+                    self.destroy_subsystem(r).await.map(|_| Reply::Done)?
+                }
                 Call::SplitBdev(r) => Reply::Splits(self.split_bdev(r).await?.into_inner()),
                 Call::UnsplitBdev(r) => self.unsplit_bdev(r).await.map(|_| Reply::Done)?,
             })
@@ -82,20 +92,46 @@ impl TargetApi for &TargetService {
         let svc: &TargetService = self;
         {
             Ok(match call {
-                Call::ListBdevs => Reply::Bdevs(Target::list_bdevs(svc, Request::new(proto::ListBdevsRequest {})).await?.into_inner()),
-                Call::ListSubsystems => {
-                    Reply::Subsystems(Target::list_subsystems(svc, Request::new(proto::ListSubsystemsRequest {})).await?.into_inner())
+                Call::ListBdevs => Reply::Bdevs(
+                    Target::list_bdevs(svc, Request::new(proto::ListBdevsRequest {}))
+                        .await?
+                        .into_inner(),
+                ),
+                Call::ListSubsystems => Reply::Subsystems(
+                    Target::list_subsystems(svc, Request::new(proto::ListSubsystemsRequest {}))
+                        .await?
+                        .into_inner(),
+                ),
+                Call::CreateBdev(r) => {
+                    Reply::Bdev(Target::create_bdev(svc, Request::new(r)).await?.into_inner())
                 }
-                Call::CreateBdev(r) => Reply::Bdev(Target::create_bdev(svc, Request::new(r)).await?.into_inner()),
-                Call::DestroyBdev(r) => Target::destroy_bdev(svc, Request::new(r)).await.map(|_| Reply::Done)?,
-                Call::ShareBdev(r) => Reply::Shared(Target::share_bdev(svc, Request::new(r)).await?.into_inner()),
-                Call::UnshareBdev(r) => Target::unshare_bdev(svc, Request::new(r)).await.map(|_| Reply::Done)?,
-                Call::AddNamespace(r) => Reply::Namespace(Target::add_namespace(svc, Request::new(r)).await?.into_inner()),
-                Call::RemoveNamespace(r) => Target::remove_namespace(svc, Request::new(r)).await.map(|_| Reply::Done)?,
-                Call::CreateSubsystem(r) => Reply::Subsystem(Target::create_subsystem(svc, Request::new(r)).await?.into_inner()),
-                Call::DestroySubsystem(r) => Target::destroy_subsystem(svc, Request::new(r)).await.map(|_| Reply::Done)?,
-                Call::SplitBdev(r) => Reply::Splits(Target::split_bdev(svc, Request::new(r)).await?.into_inner()),
-                Call::UnsplitBdev(r) => Target::unsplit_bdev(svc, Request::new(r)).await.map(|_| Reply::Done)?,
+                Call::DestroyBdev(r) => {
+                    Target::destroy_bdev(svc, Request::new(r)).await.map(|_| Reply::Done)?
+                }
+                Call::ShareBdev(r) => {
+                    Reply::Shared(Target::share_bdev(svc, Request::new(r)).await?.into_inner())
+                }
+                Call::UnshareBdev(r) => {
+                    Target::unshare_bdev(svc, Request::new(r)).await.map(|_| Reply::Done)?
+                }
+                Call::AddNamespace(r) => Reply::Namespace(
+                    Target::add_namespace(svc, Request::new(r)).await?.into_inner(),
+                ),
+                Call::RemoveNamespace(r) => {
+                    Target::remove_namespace(svc, Request::new(r)).await.map(|_| Reply::Done)?
+                }
+                Call::CreateSubsystem(r) => Reply::Subsystem(
+                    Target::create_subsystem(svc, Request::new(r)).await?.into_inner(),
+                ),
+                Call::DestroySubsystem(r) => {
+                    Target::destroy_subsystem(svc, Request::new(r)).await.map(|_| Reply::Done)?
+                }
+                Call::SplitBdev(r) => {
+                    Reply::Splits(Target::split_bdev(svc, Request::new(r)).await?.into_inner())
+                }
+                Call::UnsplitBdev(r) => {
+                    Target::unsplit_bdev(svc, Request::new(r)).await.map(|_| Reply::Done)?
+                }
             })
         }
     }
@@ -158,16 +194,34 @@ fn unshare(name: &str) -> Call {
     Call::UnshareBdev(proto::UnshareBdevRequest { name: name.into() })
 }
 fn add_ns(nqn: &str, bdev: &str, nsid: Option<u32>) -> Call {
-    Call::AddNamespace(proto::AddNamespaceRequest { nqn: nqn.into(), bdev: bdev.into(), nsid, ..Default::default() })
+    Call::AddNamespace(proto::AddNamespaceRequest {
+        nqn: nqn.into(),
+        bdev: bdev.into(),
+        nsid,
+        ..Default::default()
+    })
 }
 fn remove_ns(nqn: &str, nsid: u32) -> Call {
-    Call::RemoveNamespace(proto::RemoveNamespaceRequest { nqn: nqn.into(), nsid, ..Default::default() })
+    Call::RemoveNamespace(proto::RemoveNamespaceRequest {
+        nqn: nqn.into(),
+        nsid,
+        ..Default::default()
+    })
 }
 fn add_lun(iqn: &str, bdev: &str, lun: Option<u32>) -> Call {
-    Call::AddNamespace(proto::AddNamespaceRequest { iqn: iqn.into(), bdev: bdev.into(), nsid: lun, ..Default::default() })
+    Call::AddNamespace(proto::AddNamespaceRequest {
+        iqn: iqn.into(),
+        bdev: bdev.into(),
+        nsid: lun,
+        ..Default::default()
+    })
 }
 fn remove_lun(iqn: &str, lun: u32) -> Call {
-    Call::RemoveNamespace(proto::RemoveNamespaceRequest { iqn: iqn.into(), nsid: lun, ..Default::default() })
+    Call::RemoveNamespace(proto::RemoveNamespaceRequest {
+        iqn: iqn.into(),
+        nsid: lun,
+        ..Default::default()
+    })
 }
 fn create_subsys(nqn: &str, port: u32) -> proto::CreateSubsystemRequest {
     proto::CreateSubsystemRequest { nqn: nqn.into(), port: Some(port), allowed_hosts: vec![] }
@@ -198,13 +252,19 @@ pub fn bad_request_table(p: &TableParams) -> Vec<BadRequestCase> {
     let missing_iqn = format!("iqn.2019-05.io.vmcheck:{prefix}-missing");
     let long_iqn = format!("iqn.2019-05.io.vmcheck:{}", "x".repeat(MAX_IQN_LEN));
     let long_uri = format!("malloc:///{}", "u".repeat(MAX_URI_LEN));
-    let share_a = proto::ShareBdevRequest { nqn: Some(nqn_a.clone()), port: Some(p.port), ..share(&a) };
+    let share_a =
+        proto::ShareBdevRequest { nqn: Some(nqn_a.clone()), port: Some(p.port), ..share(&a) };
     let share_b = |f: &dyn Fn(&mut proto::ShareBdevRequest)| {
         let mut r = proto::ShareBdevRequest { port: Some(p.port), ..share(&b) };
         f(&mut r);
         Call::ShareBdev(r)
     };
-    let row = |what: &str, call: Call, expect: Code, names: &str| BadRequestCase { what: what.into(), call, expect, names: names.into() };
+    let row = |what: &str, call: Call, expect: Code, names: &str| BadRequestCase {
+        what: what.into(),
+        call,
+        expect,
+        names: names.into(),
+    };
     let step = |what: &str, call: Call| row(what, call, Code::Ok, "");
     use Code::{AlreadyExists, FailedPrecondition, InvalidArgument, NotFound};
     vec![
@@ -214,50 +274,164 @@ pub fn bad_request_table(p: &TableParams) -> Vec<BadRequestCase> {
         // CreateBdev: malformed URIs.
         row("create with an empty URI", create(""), InvalidArgument, "empty"),
         row("create without a scheme", create("vdb"), InvalidArgument, "\"vdb\""),
-        row("create with an unknown scheme", create("nvme:///dev/vdb"), InvalidArgument, "\"nvme\""),
+        row(
+            "create with an unknown scheme",
+            create("nvme:///dev/vdb"),
+            InvalidArgument,
+            "\"nvme\"",
+        ),
         row("create with a host in the URI", create("aio://dev/vdb"), InvalidArgument, "\"dev\""),
         row("create aio without a device", create("aio:///dev/"), InvalidArgument, "aio:///dev/"),
-        row("create aio with an extra path part", create("aio:///dev/vdb/extra"), InvalidArgument, "/dev/vdb/extra"),
+        row(
+            "create aio with an extra path part",
+            create("aio:///dev/vdb/extra"),
+            InvalidArgument,
+            "/dev/vdb/extra",
+        ),
         row("create aio with '..'", create("aio:///dev/../etc/passwd"), InvalidArgument, "\"..\""),
-        row("create aio with a query", create("aio:///dev/vdb?size_mb=4"), InvalidArgument, "\"size_mb\""),
-        row("create aio of /dev/null, not a block device", create("aio:///dev/null"), InvalidArgument, "/dev/null is a character device"),
+        row(
+            "create aio with a query",
+            create("aio:///dev/vdb?size_mb=4"),
+            InvalidArgument,
+            "\"size_mb\"",
+        ),
+        row(
+            "create aio of /dev/null, not a block device",
+            create("aio:///dev/null"),
+            InvalidArgument,
+            "/dev/null is a character device",
+        ),
         row(
             "create with a URI over the bound",
             create(&long_uri),
             InvalidArgument,
             &format!("uri is {} bytes long; the limit is 1024", long_uri.len()),
         ),
-        row("create aio of a missing device", create(&format!("aio:///dev/{prefix}-none")), NotFound, &format!("/dev/{prefix}-none")),
-        row("create malloc without size_mb", create(&format!("malloc:///{prefix}-c")), InvalidArgument, "size_mb"),
-        row("create malloc of size 0", create(&format!("malloc:///{prefix}-c?size_mb=0")), InvalidArgument, "size_mb=0"),
-        row("create malloc with a non-number size", create(&format!("malloc:///{prefix}-c?size_mb=lots")), InvalidArgument, "\"lots\""),
-        row("create malloc with size_mb twice", create(&format!("malloc:///{prefix}-c?size_mb=4&size_mb=8")), InvalidArgument, "twice"),
-        row("create malloc with an unknown key", create(&format!("malloc:///{prefix}-c?size_mb=4&mode=ram")), InvalidArgument, "\"mode\""),
-        row("create malloc with '/' in the name", create("malloc:///a/b?size_mb=4"), InvalidArgument, "/a/b"),
-        row("create malloc named '..'", create("malloc:///..?size_mb=4"), InvalidArgument, "\"..\""),
+        row(
+            "create aio of a missing device",
+            create(&format!("aio:///dev/{prefix}-none")),
+            NotFound,
+            &format!("/dev/{prefix}-none"),
+        ),
+        row(
+            "create malloc without size_mb",
+            create(&format!("malloc:///{prefix}-c")),
+            InvalidArgument,
+            "size_mb",
+        ),
+        row(
+            "create malloc of size 0",
+            create(&format!("malloc:///{prefix}-c?size_mb=0")),
+            InvalidArgument,
+            "size_mb=0",
+        ),
+        row(
+            "create malloc with a non-number size",
+            create(&format!("malloc:///{prefix}-c?size_mb=lots")),
+            InvalidArgument,
+            "\"lots\"",
+        ),
+        row(
+            "create malloc with size_mb twice",
+            create(&format!("malloc:///{prefix}-c?size_mb=4&size_mb=8")),
+            InvalidArgument,
+            "twice",
+        ),
+        row(
+            "create malloc with an unknown key",
+            create(&format!("malloc:///{prefix}-c?size_mb=4&mode=ram")),
+            InvalidArgument,
+            "\"mode\"",
+        ),
+        row(
+            "create malloc with '/' in the name",
+            create("malloc:///a/b?size_mb=4"),
+            InvalidArgument,
+            "/a/b",
+        ),
+        row(
+            "create malloc named '..'",
+            create("malloc:///..?size_mb=4"),
+            InvalidArgument,
+            "\"..\"",
+        ),
         row("create bdev A again", create(&a), AlreadyExists, &a),
-        row("create A's malloc name with another size", create(&format!("malloc:///{prefix}-a?size_mb=8")), AlreadyExists, &a),
+        row(
+            "create A's malloc name with another size",
+            create(&format!("malloc:///{prefix}-a?size_mb=8")),
+            AlreadyExists,
+            &a,
+        ),
         // DestroyBdev.
         row("destroy with an empty name", destroy(""), InvalidArgument, "empty"),
-        row("destroy with a malformed name", destroy("not a uri"), InvalidArgument, "\"not a uri\""),
+        row(
+            "destroy with a malformed name",
+            destroy("not a uri"),
+            InvalidArgument,
+            "\"not a uri\"",
+        ),
         row("destroy a bdev that does not exist", destroy(&never), NotFound, &never),
         row("destroy A while shared", destroy(&a), FailedPrecondition, &a),
         // ShareBdev.
         row("share with an empty name", Call::ShareBdev(share("")), InvalidArgument, "empty"),
         row("share a bdev that does not exist", Call::ShareBdev(share(&never)), NotFound, &never),
         row("share A again", Call::ShareBdev(share_a), AlreadyExists, &a),
-        row("share with a malformed NQN", share_b(&|r| r.nqn = Some("not-an-nqn".into())), InvalidArgument, "\"not-an-nqn\""),
-        row("share with '/' in the NQN", share_b(&|r| r.nqn = Some("nqn.2019-05.io.vmcheck:a/b".into())), InvalidArgument, "a/b"),
-        row("share with an NQN over 223 bytes", share_b(&|r| r.nqn = Some(long_nqn.clone())), InvalidArgument, "223"),
-        row("share as the discovery NQN", share_b(&|r| r.nqn = Some(DISCOVERY_NQN.into())), InvalidArgument, DISCOVERY_NQN),
-        row("share B under A's NQN", share_b(&|r| r.nqn = Some(nqn_a.clone())), AlreadyExists, &nqn_a),
+        row(
+            "share with a malformed NQN",
+            share_b(&|r| r.nqn = Some("not-an-nqn".into())),
+            InvalidArgument,
+            "\"not-an-nqn\"",
+        ),
+        row(
+            "share with '/' in the NQN",
+            share_b(&|r| r.nqn = Some("nqn.2019-05.io.vmcheck:a/b".into())),
+            InvalidArgument,
+            "a/b",
+        ),
+        row(
+            "share with an NQN over 223 bytes",
+            share_b(&|r| r.nqn = Some(long_nqn.clone())),
+            InvalidArgument,
+            "223",
+        ),
+        row(
+            "share as the discovery NQN",
+            share_b(&|r| r.nqn = Some(DISCOVERY_NQN.into())),
+            InvalidArgument,
+            DISCOVERY_NQN,
+        ),
+        row(
+            "share B under A's NQN",
+            share_b(&|r| r.nqn = Some(nqn_a.clone())),
+            AlreadyExists,
+            &nqn_a,
+        ),
         row("share on port 0", share_b(&|r| r.port = Some(0)), InvalidArgument, "port 0"),
-        row("share on port 65536", share_b(&|r| r.port = Some(65536)), InvalidArgument, "port 65536"),
-        row("share with an unknown protocol", share_b(&|r| r.protocol = 7), InvalidArgument, "protocol 7"),
-        row("share with a malformed host NQN", share_b(&|r| r.allowed_hosts = vec!["host one".into()]), InvalidArgument, "\"host one\""),
+        row(
+            "share on port 65536",
+            share_b(&|r| r.port = Some(65536)),
+            InvalidArgument,
+            "port 65536",
+        ),
+        row(
+            "share with an unknown protocol",
+            share_b(&|r| r.protocol = 7),
+            InvalidArgument,
+            "protocol 7",
+        ),
+        row(
+            "share with a malformed host NQN",
+            share_b(&|r| r.allowed_hosts = vec!["host one".into()]),
+            InvalidArgument,
+            "\"host one\"",
+        ),
         row(
             "share with more allowed hosts than the bound",
-            share_b(&|r| r.allowed_hosts = (0..=MAX_ALLOWED_HOSTS).map(|i| format!("nqn.2019-05.io.vmcheck:h{i}")).collect()),
+            share_b(&|r| {
+                r.allowed_hosts = (0..=MAX_ALLOWED_HOSTS)
+                    .map(|i| format!("nqn.2019-05.io.vmcheck:h{i}"))
+                    .collect()
+            }),
             InvalidArgument,
             "allowed_hosts has 65 entries; the limit is 64",
         ),
@@ -273,41 +447,101 @@ pub fn bad_request_table(p: &TableParams) -> Vec<BadRequestCase> {
             InvalidArgument,
             "name is 1025 bytes",
         ),
-        row("share with a host listed twice", share_b(&|r| r.allowed_hosts = vec![host.into(), host.into()]), InvalidArgument, host),
+        row(
+            "share with a host listed twice",
+            share_b(&|r| r.allowed_hosts = vec![host.into(), host.into()]),
+            InvalidArgument,
+            host,
+        ),
         // UnshareBdev.
         row("unshare B, which is not shared", unshare(&b), FailedPrecondition, &b),
         row("unshare a bdev that does not exist", unshare(&never), NotFound, &never),
         row("unshare with a malformed name", unshare("garbage"), InvalidArgument, "\"garbage\""),
         // AddNamespace.
-        row("add a namespace to a missing subsystem", add_ns(&missing_nqn, &b, None), NotFound, &missing_nqn),
+        row(
+            "add a namespace to a missing subsystem",
+            add_ns(&missing_nqn, &b, None),
+            NotFound,
+            &missing_nqn,
+        ),
         row(
             "add a namespace with an NQN over 223 bytes",
             add_ns(&long_nqn, &b, None),
             InvalidArgument,
             &format!("nqn is {} bytes", long_nqn.len()),
         ),
-        row("add a namespace with a malformed NQN", add_ns("bad nqn", &b, None), InvalidArgument, "\"bad nqn\""),
+        row(
+            "add a namespace with a malformed NQN",
+            add_ns("bad nqn", &b, None),
+            InvalidArgument,
+            "\"bad nqn\"",
+        ),
         row("add a namespace of a missing bdev", add_ns(&nqn_a, &never, None), NotFound, &never),
-        row("add a namespace of A, already shared", add_ns(&nqn_a, &a, None), FailedPrecondition, &a),
-        row("add a namespace with a taken nsid", add_ns(&nqn_a, &b, Some(1)), AlreadyExists, "namespace 1"),
-        row("add a namespace with nsid 0", add_ns(&nqn_a, &b, Some(0)), InvalidArgument, "namespace id 0"),
-        row("add a namespace with nsid 0xffffffff", add_ns(&nqn_a, &b, Some(u32::MAX)), InvalidArgument, "4294967295"),
+        row(
+            "add a namespace of A, already shared",
+            add_ns(&nqn_a, &a, None),
+            FailedPrecondition,
+            &a,
+        ),
+        row(
+            "add a namespace with a taken nsid",
+            add_ns(&nqn_a, &b, Some(1)),
+            AlreadyExists,
+            "namespace 1",
+        ),
+        row(
+            "add a namespace with nsid 0",
+            add_ns(&nqn_a, &b, Some(0)),
+            InvalidArgument,
+            "namespace id 0",
+        ),
+        row(
+            "add a namespace with nsid 0xffffffff",
+            add_ns(&nqn_a, &b, Some(u32::MAX)),
+            InvalidArgument,
+            "4294967295",
+        ),
         // RemoveNamespace.
-        row("remove a namespace that does not exist", remove_ns(&nqn_a, 7), NotFound, "namespace 7"),
+        row(
+            "remove a namespace that does not exist",
+            remove_ns(&nqn_a, 7),
+            NotFound,
+            "namespace 7",
+        ),
         row("remove the shared bdev's own namespace", remove_ns(&nqn_a, 1), FailedPrecondition, &a),
-        row("remove a namespace of a missing subsystem", remove_ns(&missing_nqn, 1), NotFound, &missing_nqn),
+        row(
+            "remove a namespace of a missing subsystem",
+            remove_ns(&missing_nqn, 1),
+            NotFound,
+            &missing_nqn,
+        ),
         row("remove namespace 0", remove_ns(&nqn_a, 0), InvalidArgument, "namespace id 0"),
         row("remove with a malformed NQN", remove_ns("x", 1), InvalidArgument, "\"x\""),
         // AddNamespace/RemoveNamespace on an iSCSI target (a LUN of an IQN): bounds and
         // validation first, then the lookup. The table's bdevs are malloc, never iSCSI LUNs.
         row(
             "add a namespace naming both an NQN and an IQN",
-            Call::AddNamespace(proto::AddNamespaceRequest { nqn: nqn_a.clone(), iqn: missing_iqn.clone(), bdev: b.clone(), nsid: None }),
+            Call::AddNamespace(proto::AddNamespaceRequest {
+                nqn: nqn_a.clone(),
+                iqn: missing_iqn.clone(),
+                bdev: b.clone(),
+                nsid: None,
+            }),
             InvalidArgument,
             "not both",
         ),
-        row("add a LUN to a missing iSCSI target", add_lun(&missing_iqn, &b, None), NotFound, &missing_iqn),
-        row("add a LUN with a malformed IQN", add_lun("iqn.2019-05.io.vmcheck:A B", &b, None), InvalidArgument, "A B"),
+        row(
+            "add a LUN to a missing iSCSI target",
+            add_lun(&missing_iqn, &b, None),
+            NotFound,
+            &missing_iqn,
+        ),
+        row(
+            "add a LUN with a malformed IQN",
+            add_lun("iqn.2019-05.io.vmcheck:A B", &b, None),
+            InvalidArgument,
+            "A B",
+        ),
         row("add a LUN with an NQN as the IQN", add_lun(&nqn_a, &b, None), InvalidArgument, &nqn_a),
         row(
             "add a LUN with an IQN over 223 bytes",
@@ -315,14 +549,33 @@ pub fn bad_request_table(p: &TableParams) -> Vec<BadRequestCase> {
             InvalidArgument,
             &format!("iqn is {} bytes long; the limit is 223", long_iqn.len()),
         ),
-        row("add LUN 0, the shared bdev's", add_lun(&missing_iqn, &b, Some(0)), InvalidArgument, "LUN 0 is out of range 1..=255"),
+        row(
+            "add LUN 0, the shared bdev's",
+            add_lun(&missing_iqn, &b, Some(0)),
+            InvalidArgument,
+            "LUN 0 is out of range 1..=255",
+        ),
         row("add LUN 256", add_lun(&missing_iqn, &b, Some(256)), InvalidArgument, "LUN 256"),
-        row("add a LUN of a missing bdev to a missing target", add_lun(&missing_iqn, &never, None), NotFound, &missing_iqn),
+        row(
+            "add a LUN of a missing bdev to a missing target",
+            add_lun(&missing_iqn, &never, None),
+            NotFound,
+            &missing_iqn,
+        ),
         row("remove LUN 256", remove_lun(&missing_iqn, 256), InvalidArgument, "LUN 256"),
-        row("remove a LUN of a missing iSCSI target", remove_lun(&missing_iqn, 1), NotFound, &missing_iqn),
+        row(
+            "remove a LUN of a missing iSCSI target",
+            remove_lun(&missing_iqn, 1),
+            NotFound,
+            &missing_iqn,
+        ),
         row(
             "remove a namespace naming both an NQN and an IQN",
-            Call::RemoveNamespace(proto::RemoveNamespaceRequest { nqn: nqn_a.clone(), iqn: missing_iqn.clone(), nsid: 1 }),
+            Call::RemoveNamespace(proto::RemoveNamespaceRequest {
+                nqn: nqn_a.clone(),
+                iqn: missing_iqn.clone(),
+                nsid: 1,
+            }),
             InvalidArgument,
             "not both",
         ),
@@ -337,40 +590,114 @@ pub fn bad_request_table(p: &TableParams) -> Vec<BadRequestCase> {
         // Empty controllers.
         step("create an empty subsystem", subsys(&|_| {})),
         row("create it again", subsys(&|_| {}), AlreadyExists, &nqn_e),
-        row("create a subsystem under A's NQN", Call::CreateSubsystem(create_subsys(&nqn_a, p.port)), AlreadyExists, &nqn_a),
-        row("create a subsystem without an NQN", subsys(&|r| r.nqn = String::new()), InvalidArgument, "\"\""),
-        row("create a subsystem with a malformed NQN", subsys(&|r| r.nqn = "ctrlr1".into()), InvalidArgument, "\"ctrlr1\""),
-        row("create a subsystem with an NQN over 223 bytes", subsys(&|r| r.nqn = long_nqn.clone()), InvalidArgument, "nqn is"),
-        row("create a subsystem as the discovery NQN", subsys(&|r| r.nqn = DISCOVERY_NQN.into()), InvalidArgument, DISCOVERY_NQN),
-        row("create a subsystem on port 0", subsys(&|r| r.port = Some(0)), InvalidArgument, "port 0"),
+        row(
+            "create a subsystem under A's NQN",
+            Call::CreateSubsystem(create_subsys(&nqn_a, p.port)),
+            AlreadyExists,
+            &nqn_a,
+        ),
+        row(
+            "create a subsystem without an NQN",
+            subsys(&|r| r.nqn = String::new()),
+            InvalidArgument,
+            "\"\"",
+        ),
+        row(
+            "create a subsystem with a malformed NQN",
+            subsys(&|r| r.nqn = "ctrlr1".into()),
+            InvalidArgument,
+            "\"ctrlr1\"",
+        ),
+        row(
+            "create a subsystem with an NQN over 223 bytes",
+            subsys(&|r| r.nqn = long_nqn.clone()),
+            InvalidArgument,
+            "nqn is",
+        ),
+        row(
+            "create a subsystem as the discovery NQN",
+            subsys(&|r| r.nqn = DISCOVERY_NQN.into()),
+            InvalidArgument,
+            DISCOVERY_NQN,
+        ),
+        row(
+            "create a subsystem on port 0",
+            subsys(&|r| r.port = Some(0)),
+            InvalidArgument,
+            "port 0",
+        ),
         row(
             "create a subsystem with more hosts than the bound",
-            subsys(&|r| r.allowed_hosts = (0..=MAX_ALLOWED_HOSTS).map(|i| format!("nqn.2019-05.io.vmcheck:h{i}")).collect()),
+            subsys(&|r| {
+                r.allowed_hosts = (0..=MAX_ALLOWED_HOSTS)
+                    .map(|i| format!("nqn.2019-05.io.vmcheck:h{i}"))
+                    .collect()
+            }),
             InvalidArgument,
             "allowed_hosts has 65 entries; the limit is 64",
         ),
-        row("create a subsystem with a host twice", subsys(&|r| r.allowed_hosts = vec![host.into(), host.into()]), InvalidArgument, host),
-        row("destroy A's subsystem, made by ShareBdev", destroy_subsys(&nqn_a), FailedPrecondition, &a),
-        row("destroy a subsystem that does not exist", destroy_subsys(&missing_nqn), NotFound, &missing_nqn),
-        row("destroy a subsystem with a malformed NQN", destroy_subsys("x y"), InvalidArgument, "\"x y\""),
+        row(
+            "create a subsystem with a host twice",
+            subsys(&|r| r.allowed_hosts = vec![host.into(), host.into()]),
+            InvalidArgument,
+            host,
+        ),
+        row(
+            "destroy A's subsystem, made by ShareBdev",
+            destroy_subsys(&nqn_a),
+            FailedPrecondition,
+            &a,
+        ),
+        row(
+            "destroy a subsystem that does not exist",
+            destroy_subsys(&missing_nqn),
+            NotFound,
+            &missing_nqn,
+        ),
+        row(
+            "destroy a subsystem with a malformed NQN",
+            destroy_subsys("x y"),
+            InvalidArgument,
+            "\"x y\"",
+        ),
         step("add B to the empty subsystem", add_ns(&nqn_e, &b, None)),
         row("add B to A's subsystem too", add_ns(&nqn_a, &b, None), FailedPrecondition, &b),
         row("destroy B while in the empty subsystem", destroy(&b), FailedPrecondition, &b),
         step("destroy the subsystem with B in it", destroy_subsys(&nqn_e)),
         row("destroy it again", destroy_subsys(&nqn_e), NotFound, &nqn_e),
-        row("remove a namespace of the destroyed subsystem", remove_ns(&nqn_e, 1), NotFound, &nqn_e),
+        row(
+            "remove a namespace of the destroyed subsystem",
+            remove_ns(&nqn_e, 1),
+            NotFound,
+            &nqn_e,
+        ),
         // Split: the table has malloc bdevs only, so every split here is refused.
         row("split a malloc bdev", split(&b, 2), FailedPrecondition, &b),
         row("split into 0", split(&b, 0), InvalidArgument, "split_count 0"),
-        row("split into 129", split(&b, 129), InvalidArgument, "split_count 129 is out of range 1..=128"),
+        row(
+            "split into 129",
+            split(&b, 129),
+            InvalidArgument,
+            "split_count 129 is out of range 1..=128",
+        ),
         row("split a bdev that does not exist", split(&never, 2), NotFound, &never),
         row("split with a malformed name", split("disk", 2), InvalidArgument, "\"disk\""),
-        row("split with a name over the bound", split(&"n".repeat(MAX_URI_LEN + 1), 2), InvalidArgument, "name is 1025 bytes"),
+        row(
+            "split with a name over the bound",
+            split(&"n".repeat(MAX_URI_LEN + 1), 2),
+            InvalidArgument,
+            "name is 1025 bytes",
+        ),
         row("unsplit B, which is not split", unsplit(&b), FailedPrecondition, &b),
         row("unsplit a bdev that does not exist", unsplit(&never), NotFound, &never),
         step("unshare A", unshare(&a)),
         row("unshare A again", unshare(&a), FailedPrecondition, &a),
-        row("add a namespace to the unshared subsystem", add_ns(&nqn_a, &b, None), NotFound, &nqn_a),
+        row(
+            "add a namespace to the unshared subsystem",
+            add_ns(&nqn_a, &b, None),
+            NotFound,
+            &nqn_a,
+        ),
         step("destroy A", destroy(&a)),
         row("destroy A again", destroy(&a), NotFound, &a),
         step("destroy B", destroy(&b)),
@@ -391,7 +718,11 @@ pub struct CaseOutcome {
 impl fmt::Display for CaseOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let verdict = self.failure.as_deref().unwrap_or("ok");
-        write!(f, "{}: expected {:?}, got {:?} {:?}: {verdict}", self.what, self.expect, self.got, self.message)
+        write!(
+            f,
+            "{}: expected {:?}, got {:?} {:?}: {verdict}",
+            self.what, self.expect, self.got, self.message
+        )
     }
 }
 
@@ -403,7 +734,8 @@ struct Snapshot {
 }
 
 async fn snapshot(api: &mut impl TargetApi) -> anyhow::Result<Snapshot> {
-    let (Reply::Bdevs(bdevs), Reply::Subsystems(subsystems)) = (api.call(Call::ListBdevs).await?, api.call(Call::ListSubsystems).await?)
+    let (Reply::Bdevs(bdevs), Reply::Subsystems(subsystems)) =
+        (api.call(Call::ListBdevs).await?, api.call(Call::ListSubsystems).await?)
     else {
         bail!("list calls gave unexpected replies");
     };
@@ -412,7 +744,10 @@ async fn snapshot(api: &mut impl TargetApi) -> anyhow::Result<Snapshot> {
 
 /// Runs the table, checks each row's code and message, then checks that bdevs and subsystems
 /// are exactly as before. `Ok` holds every row's outcome; `Err` lists what went wrong.
-pub async fn run_bad_request_table(api: &mut impl TargetApi, params: &TableParams) -> anyhow::Result<Vec<CaseOutcome>> {
+pub async fn run_bad_request_table(
+    api: &mut impl TargetApi,
+    params: &TableParams,
+) -> anyhow::Result<Vec<CaseOutcome>> {
     let before = snapshot(api).await?;
     let mut outcomes = Vec::new();
     for case in bad_request_table(params) {
@@ -433,20 +768,33 @@ pub async fn run_bad_request_table(api: &mut impl TargetApi, params: &TableParam
     }
     let after = snapshot(api).await?;
     cleanup(api, params).await;
-    let mut failures: Vec<String> = outcomes.iter().filter(|o| o.failure.is_some()).map(|o| o.to_string()).collect();
+    let mut failures: Vec<String> =
+        outcomes.iter().filter(|o| o.failure.is_some()).map(|o| o.to_string()).collect();
     if after != before {
-        failures.push(format!("state differs after the table:\nbefore: {before:#?}\nafter: {after:#?}"));
+        failures.push(format!(
+            "state differs after the table:\nbefore: {before:#?}\nafter: {after:#?}"
+        ));
     }
     if !failures.is_empty() {
-        bail!("bad-request table: {} of {} rows failed:\n{}", failures.len(), outcomes.len(), failures.join("\n"));
+        bail!(
+            "bad-request table: {} of {} rows failed:\n{}",
+            failures.len(),
+            outcomes.len(),
+            failures.join("\n")
+        );
     }
     Ok(outcomes)
 }
 
 /// Best effort, after a failed table: whatever of the table's own state is left goes.
 async fn cleanup(api: &mut impl TargetApi, p: &TableParams) {
-    for call in [remove_ns(&p.nqn_a(), 2), destroy_subsys(&p.nqn_empty()), unshare(&p.bdev_a()), destroy(&p.bdev_a()), destroy(&p.bdev_b())]
-    {
+    for call in [
+        remove_ns(&p.nqn_a(), 2),
+        destroy_subsys(&p.nqn_empty()),
+        unshare(&p.bdev_a()),
+        destroy(&p.bdev_a()),
+        destroy(&p.bdev_b()),
+    ] {
         let _ = api.call(call).await;
     }
 }
@@ -470,10 +818,17 @@ mod tests {
 
     #[tokio::test]
     async fn the_runner_reports_every_row_that_got_the_wrong_code() {
-        let err = run_bad_request_table(&mut Yes, &TableParams::default()).await.unwrap_err().to_string();
-        let bad = bad_request_table(&TableParams::default()).iter().filter(|c| c.expect != Code::Ok).count();
+        let err =
+            run_bad_request_table(&mut Yes, &TableParams::default()).await.unwrap_err().to_string();
+        let bad = bad_request_table(&TableParams::default())
+            .iter()
+            .filter(|c| c.expect != Code::Ok)
+            .count();
         assert!(err.contains(&format!("{bad} of")), "{err}");
-        assert!(err.contains("destroy A while shared: expected FailedPrecondition, got Ok"), "{err}");
+        assert!(
+            err.contains("destroy A while shared: expected FailedPrecondition, got Ok"),
+            "{err}"
+        );
     }
 
     #[test]

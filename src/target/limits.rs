@@ -38,13 +38,19 @@ pub fn check_len(field: &str, value: &str, max: usize) -> Result<()> {
     if value.len() <= max {
         return Ok(());
     }
-    Err(Error::InvalidArgument(format!("{field} is {} bytes long; the limit is {max} bytes", value.len())))
+    Err(Error::InvalidArgument(format!(
+        "{field} is {} bytes long; the limit is {max} bytes",
+        value.len()
+    )))
 }
 
 /// A repeated field: at most `max` entries, each a string of at most `max_len` bytes.
 pub fn check_list(field: &str, values: &[String], max: usize, max_len: usize) -> Result<()> {
     if values.len() > max {
-        return Err(Error::InvalidArgument(format!("{field} has {} entries; the limit is {max}", values.len())));
+        return Err(Error::InvalidArgument(format!(
+            "{field} has {} entries; the limit is {max}",
+            values.len()
+        )));
     }
     for (i, value) in values.iter().enumerate() {
         check_len(&format!("{field}[{i}]"), value, max_len)?;
@@ -85,7 +91,9 @@ impl Deadline {
     /// From a request's `grpc-timeout` header; a malformed header is INVALID_ARGUMENT.
     pub fn from_metadata(metadata: &MetadataMap) -> Result<Self> {
         let Some(value) = metadata.get("grpc-timeout") else { return Ok(Deadline::none()) };
-        let text = value.to_str().map_err(|_| Error::InvalidArgument("grpc-timeout header is not ASCII".into()))?;
+        let text = value
+            .to_str()
+            .map_err(|_| Error::InvalidArgument("grpc-timeout header is not ASCII".into()))?;
         parse_grpc_timeout(text).map(Deadline::after).ok_or_else(|| {
             Error::InvalidArgument(format!("grpc-timeout header {text:?} is not a timeout (1 to 8 digits and one of H M S m u n)"))
         })
@@ -99,13 +107,17 @@ impl Deadline {
     /// The error for a passed deadline; `doing` says where the daemon was.
     pub fn exceeded(&self, doing: &str) -> Error {
         let timeout = self.timeout.unwrap_or_default();
-        Error::DeadlineExceeded(format!("the request's deadline ({timeout:?}) passed {doing}; nothing was changed"))
+        Error::DeadlineExceeded(format!(
+            "the request's deadline ({timeout:?}) passed {doing}; nothing was changed"
+        ))
     }
 
     /// DEADLINE_EXCEEDED once the deadline has passed; `doing` says where the daemon was.
     pub fn check(&self, doing: &str) -> Result<()> {
         let passed = match &self.checks_left {
-            Some(left) => left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err(),
+            Some(left) => {
+                left.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_err()
+            }
             None => self.at.is_some_and(|at| Instant::now() >= at),
         };
         if passed {
@@ -173,7 +185,13 @@ mod tests {
         let hosts = vec!["h".to_string(); MAX_ALLOWED_HOSTS + 1];
         let err = check_list("allowed_hosts", &hosts, MAX_ALLOWED_HOSTS, MAX_NQN_LEN).unwrap_err();
         assert_eq!(err.to_string(), "allowed_hosts has 65 entries; the limit is 64");
-        let err = check_list("allowed_hosts", &["h".into(), "y".repeat(224)], MAX_ALLOWED_HOSTS, MAX_NQN_LEN).unwrap_err();
+        let err = check_list(
+            "allowed_hosts",
+            &["h".into(), "y".repeat(224)],
+            MAX_ALLOWED_HOSTS,
+            MAX_NQN_LEN,
+        )
+        .unwrap_err();
         assert!(err.to_string().starts_with("allowed_hosts[1] is 224 bytes"), "{err}");
     }
 }

@@ -22,19 +22,34 @@ use super::limits::Deadline;
 use super::uri::quoted;
 
 /// `/sys/kernel/config/target` itself (made by target_core_mod).
-pub const ROOT_LAYOUT: GroupLayout =
-    GroupLayout { subdirs: &["core"], attrs: &[("version", "Target Engine Core ConfigFS Infrastructure")], removable_when: None };
-const FABRIC: GroupLayout =
-    GroupLayout { subdirs: &["discovery_auth"], attrs: &[("lio_version", ""), ("cpus_allowed_list", "")], removable_when: None };
-const HBA: GroupLayout = GroupLayout { subdirs: &[], attrs: &[("hba_info", ""), ("hba_mode", "0")], removable_when: None };
+pub const ROOT_LAYOUT: GroupLayout = GroupLayout {
+    subdirs: &["core"],
+    attrs: &[("version", "Target Engine Core ConfigFS Infrastructure")],
+    removable_when: None,
+};
+const FABRIC: GroupLayout = GroupLayout {
+    subdirs: &["discovery_auth"],
+    attrs: &[("lio_version", ""), ("cpus_allowed_list", "")],
+    removable_when: None,
+};
+const HBA: GroupLayout = GroupLayout {
+    subdirs: &[],
+    attrs: &[("hba_info", ""), ("hba_mode", "0")],
+    removable_when: None,
+};
 const DEVICE: GroupLayout = GroupLayout {
     subdirs: &["attrib", "pr", "wwn", "alua", "statistics"],
     attrs: &[("control", ""), ("udev_path", ""), ("enable", "0"), ("info", ""), ("alias", "")],
     removable_when: None,
 };
-const TARGET: GroupLayout = GroupLayout { subdirs: &["fabric_statistics"], attrs: &[], removable_when: None };
-const TPG_ATTRIBS: [(&str, &str); 4] =
-    [("generate_node_acls", "1"), ("demo_mode_write_protect", "0"), ("authentication", "0"), ("cache_dynamic_acls", "1")];
+const TARGET: GroupLayout =
+    GroupLayout { subdirs: &["fabric_statistics"], attrs: &[], removable_when: None };
+const TPG_ATTRIBS: [(&str, &str); 4] = [
+    ("generate_node_acls", "1"),
+    ("demo_mode_write_protect", "0"),
+    ("authentication", "0"),
+    ("cache_dynamic_acls", "1"),
+];
 const TPG: GroupLayout = GroupLayout {
     subdirs: &["acls", "attrib", "auth", "lun", "np", "param"],
     attrs: &[
@@ -50,7 +65,8 @@ const TPG: GroupLayout = GroupLayout {
     removable_when: Some(("enable", "0")),
 };
 const NP: GroupLayout = GroupLayout { subdirs: &[], attrs: &[("iser", "0")], removable_when: None };
-const LUN: GroupLayout = GroupLayout { subdirs: &["statistics"], attrs: &[("alua_tg_pt_gp", "")], removable_when: None };
+const LUN: GroupLayout =
+    GroupLayout { subdirs: &["statistics"], attrs: &[("alua_tg_pt_gp", "")], removable_when: None };
 
 pub const FABRIC_DIR: &str = "iscsi";
 pub const TPGT: &str = "tpgt_1";
@@ -64,8 +80,10 @@ pub const MAX_IQN_LEN: usize = 223;
 
 /// `iqn.yyyy-mm.<reverse domain>[:<name>]`, lower case as RFC 3722's stringprep leaves it;
 /// a configfs directory name, so no '/'.
-static IQN_RE: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^iqn\.[0-9]{4}-(0[1-9]|1[0-2])\.[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[a-z0-9.:_-]+)?$").expect("valid regex"));
+static IQN_RE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^iqn\.[0-9]{4}-(0[1-9]|1[0-2])\.[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[a-z0-9.:_-]+)?$")
+        .expect("valid regex")
+});
 
 /// Checks an IQN given by a caller; `what` says which field it came from.
 pub fn validate_iqn(what: &str, iqn: &str) -> Result<()> {
@@ -143,33 +161,44 @@ impl Lio {
         }
         let mut undo = Undo::new(&self.fs, "LIO");
         if !self.fs.exists(Path::new(FABRIC_DIR)) {
-            undo.make_group(Path::new(FABRIC_DIR), &FABRIC).context(|| "creating the iscsi fabric (is iscsi_target_mod loaded?)".into())?;
+            undo.make_group(Path::new(FABRIC_DIR), &FABRIC)
+                .context(|| "creating the iscsi fabric (is iscsi_target_mod loaded?)".into())?;
         }
         let hba = self.free_hba()?;
         let dev = hba.join(device_name(iqn));
         let path = spec.device_path.to_string_lossy();
-        undo.make_group(&hba, &HBA).context(|| format!("creating backstore HBA {}", hba.display()))?;
-        undo.make_group(&dev, &DEVICE).context(|| format!("creating backstore {}", dev.display()))?;
-        undo.write(&dev.join("control"), &format!("udev_path={path}")).context(|| format!("setting the backstore device to {path}"))?;
-        undo.write(&dev.join("udev_path"), &path).context(|| format!("setting udev_path {path}"))?;
+        undo.make_group(&hba, &HBA)
+            .context(|| format!("creating backstore HBA {}", hba.display()))?;
+        undo.make_group(&dev, &DEVICE)
+            .context(|| format!("creating backstore {}", dev.display()))?;
+        undo.write(&dev.join("control"), &format!("udev_path={path}"))
+            .context(|| format!("setting the backstore device to {path}"))?;
+        undo.write(&dev.join("udev_path"), &path)
+            .context(|| format!("setting udev_path {path}"))?;
         // iblock opens the device here: a vanished or busy device fails at this step.
-        undo.write(&dev.join("enable"), "1").context(|| format!("enabling backstore {} on {path}", dev.display()))?;
+        undo.write(&dev.join("enable"), "1")
+            .context(|| format!("enabling backstore {} on {path}", dev.display()))?;
         deadline.check(&format!("after backstore {} was made", dev.display()))?;
         let tpg = tpg_dir(iqn);
-        undo.make_group(&target_dir(iqn), &TARGET).context(|| format!("creating iSCSI target {iqn}"))?;
+        undo.make_group(&target_dir(iqn), &TARGET)
+            .context(|| format!("creating iSCSI target {iqn}"))?;
         undo.make_group(&tpg, &TPG).context(|| format!("creating {TPGT} of {iqn}"))?;
         for (attr, value) in TPG_ATTRIBS {
-            undo.write(&tpg.join("attrib").join(attr), value).context(|| format!("setting {attr}={value} on {iqn}"))?;
+            undo.write(&tpg.join("attrib").join(attr), value)
+                .context(|| format!("setting {attr}={value} on {iqn}"))?;
         }
         let lun = tpg.join("lun").join(LUN_0);
         undo.make_group(&lun, &LUN).context(|| format!("creating {LUN_0} of {iqn}"))?;
-        undo.symlink(&dev, &lun.join(device_name(iqn))).context(|| format!("linking {LUN_0} of {iqn} to {path}"))?;
+        undo.symlink(&dev, &lun.join(device_name(iqn)))
+            .context(|| format!("linking {LUN_0} of {iqn} to {path}"))?;
         deadline.check(&format!("before the portal of {iqn} was made"))?;
         let portal = format!("{}:{}", spec.addr, spec.port);
         // The portal binds here: a busy or foreign address fails at this step.
-        undo.make_group(&tpg.join("np").join(&portal), &NP).context(|| format!("creating portal {portal} of {iqn}"))?;
+        undo.make_group(&tpg.join("np").join(&portal), &NP)
+            .context(|| format!("creating portal {portal} of {iqn}"))?;
         deadline.check(&format!("before enabling {iqn}"))?;
-        undo.write_reverting(&tpg.join("enable"), "1", "0").context(|| format!("enabling {iqn}"))?;
+        undo.write_reverting(&tpg.join("enable"), "1", "0")
+            .context(|| format!("enabling {iqn}"))?;
         undo.commit();
         Ok(())
     }
@@ -192,15 +221,21 @@ impl Lio {
         let name = format!("{}_lun{lun}", device_name(iqn));
         let dev = hba.join(&name);
         let path = device.to_string_lossy();
-        undo.make_group(&hba, &HBA).context(|| format!("creating backstore HBA {}", hba.display()))?;
-        undo.make_group(&dev, &DEVICE).context(|| format!("creating backstore {}", dev.display()))?;
-        undo.write(&dev.join("control"), &format!("udev_path={path}")).context(|| format!("setting the backstore device to {path}"))?;
-        undo.write(&dev.join("udev_path"), &path).context(|| format!("setting udev_path {path}"))?;
-        undo.write(&dev.join("enable"), "1").context(|| format!("enabling backstore {} on {path}", dev.display()))?;
+        undo.make_group(&hba, &HBA)
+            .context(|| format!("creating backstore HBA {}", hba.display()))?;
+        undo.make_group(&dev, &DEVICE)
+            .context(|| format!("creating backstore {}", dev.display()))?;
+        undo.write(&dev.join("control"), &format!("udev_path={path}"))
+            .context(|| format!("setting the backstore device to {path}"))?;
+        undo.write(&dev.join("udev_path"), &path)
+            .context(|| format!("setting udev_path {path}"))?;
+        undo.write(&dev.join("enable"), "1")
+            .context(|| format!("enabling backstore {} on {path}", dev.display()))?;
         deadline.check(&format!("after backstore {} was made", dev.display()))?;
         let dir = lun_dir(iqn, lun);
         undo.make_group(&dir, &LUN).context(|| format!("creating LUN {lun} of {iqn}"))?;
-        undo.symlink(&dev, &dir.join(&name)).context(|| format!("linking LUN {lun} of {iqn} to {path}"))?;
+        undo.symlink(&dev, &dir.join(&name))
+            .context(|| format!("linking LUN {lun} of {iqn} to {path}"))?;
         undo.commit();
         Ok(())
     }
@@ -220,9 +255,9 @@ impl Lio {
 
     /// The lowest LUN from 1 that the target does not use.
     pub fn free_lun(&self, iqn: &str) -> Result<u32> {
-        (1..=MAX_LUN)
-            .find(|lun| !self.lun_exists(iqn, *lun))
-            .ok_or_else(|| Error::FailedPrecondition(format!("{iqn} has all LUNs 1..={MAX_LUN} in use")))
+        (1..=MAX_LUN).find(|lun| !self.lun_exists(iqn, *lun)).ok_or_else(|| {
+            Error::FailedPrecondition(format!("{iqn} has all LUNs 1..={MAX_LUN} in use"))
+        })
     }
 
     /// Takes a target down: disabled (sessions end), LUNs, portals, the target, then the
@@ -236,18 +271,27 @@ impl Lio {
         let tpg = tpg_dir(iqn);
         if self.fs.exists(&tpg) {
             self.fs.write(&tpg.join("enable"), "0").context(|| format!("disabling {iqn}"))?;
-            for lun in self.fs.list(&tpg.join("lun")).context(|| format!("listing LUNs of {iqn}"))? {
+            for lun in
+                self.fs.list(&tpg.join("lun")).context(|| format!("listing LUNs of {iqn}"))?
+            {
                 self.remove_lun(iqn, &lun)?;
             }
-            for portal in self.fs.list(&tpg.join("np")).context(|| format!("listing portals of {iqn}"))? {
-                self.fs.remove_group(&tpg.join("np").join(&portal), &NP).context(|| format!("removing portal {portal} of {iqn}"))?;
+            for portal in
+                self.fs.list(&tpg.join("np")).context(|| format!("listing portals of {iqn}"))?
+            {
+                self.fs
+                    .remove_group(&tpg.join("np").join(&portal), &NP)
+                    .context(|| format!("removing portal {portal} of {iqn}"))?;
             }
             self.fs.remove_group(&tpg, &TPG).context(|| format!("removing {TPGT} of {iqn}"))?;
         }
-        self.fs.remove_group(&target_dir(iqn), &TARGET).context(|| format!("removing iSCSI target {iqn}"))?;
+        self.fs
+            .remove_group(&target_dir(iqn), &TARGET)
+            .context(|| format!("removing iSCSI target {iqn}"))?;
         // The fabric group goes with its last target, so configfs is as it was before the first
         // share; a kernel that refuses is no failure of this unshare.
-        let left = self.fs.list(Path::new(FABRIC_DIR)).context(|| "listing iSCSI targets".into())?;
+        let left =
+            self.fs.list(Path::new(FABRIC_DIR)).context(|| "listing iSCSI targets".into())?;
         if !left.iter().any(|name| is_target_name(name)) {
             if let Err(err) = self.fs.remove_group(Path::new(FABRIC_DIR), &FABRIC) {
                 warn!("leaving the empty iscsi fabric group: {err}");
@@ -278,12 +322,20 @@ impl Lio {
             if lost.is_empty() {
                 continue;
             }
-            let empty = self.fs.list(&tpg.join("lun")).context(|| format!("listing LUNs of {}", target.iqn))?.is_empty();
+            let empty = self
+                .fs
+                .list(&tpg.join("lun"))
+                .context(|| format!("listing LUNs of {}", target.iqn))?
+                .is_empty();
             if empty {
                 self.unshare(&target.iqn)?;
             }
             info!(iqn = %target.iqn, luns = ?lost, target_removed = empty, device = %wanted, "removed LUNs of a vanished device");
-            removed.extend(lost.into_iter().map(|lun| RemovedLun { iqn: target.iqn.clone(), lun, target_removed: empty }));
+            removed.extend(lost.into_iter().map(|lun| RemovedLun {
+                iqn: target.iqn.clone(),
+                lun,
+                target_removed: empty,
+            }));
         }
         Ok(removed)
     }
@@ -300,19 +352,33 @@ impl Lio {
                 continue; // discovery_auth, lio_version, or a target without tpgt_1
             }
             let mut luns = Vec::new();
-            for name in self.fs.list(&tpg.join("lun")).context(|| format!("listing LUNs of {iqn}"))? {
-                let Some(lun) = name.strip_prefix("lun_").and_then(|n| n.parse().ok()) else { continue };
+            for name in
+                self.fs.list(&tpg.join("lun")).context(|| format!("listing LUNs of {iqn}"))?
+            {
+                let Some(lun) = name.strip_prefix("lun_").and_then(|n| n.parse().ok()) else {
+                    continue;
+                };
                 let backstore = self.lun_backstore(&tpg.join("lun").join(&name))?;
                 let udev_path = match &backstore {
-                    Some(dev) => self.fs.read(&dev.join("udev_path")).context(|| format!("reading the device of {name} of {iqn}"))?,
+                    Some(dev) => self
+                        .fs
+                        .read(&dev.join("udev_path"))
+                        .context(|| format!("reading the device of {name} of {iqn}"))?,
                     None => String::new(),
                 };
                 luns.push(LunState { lun, backstore, udev_path });
             }
             luns.sort_by_key(|l| l.lun);
             targets.push(TargetState {
-                portals: self.fs.list(&tpg.join("np")).context(|| format!("listing portals of {iqn}"))?,
-                enabled: self.fs.read(&tpg.join("enable")).context(|| format!("reading enable of {iqn}"))? == "1",
+                portals: self
+                    .fs
+                    .list(&tpg.join("np"))
+                    .context(|| format!("listing portals of {iqn}"))?,
+                enabled: self
+                    .fs
+                    .read(&tpg.join("enable"))
+                    .context(|| format!("reading enable of {iqn}"))?
+                    == "1",
                 luns,
                 iqn,
             });
@@ -328,7 +394,11 @@ impl Lio {
         }
         for hba in self.fs.list(Path::new("core")).context(|| "listing LIO backstores".into())? {
             let dir = Path::new("core").join(&hba);
-            if !hba.starts_with("iblock_") && !hba.starts_with("fileio_") && !hba.starts_with("rd_mcp_") && !hba.starts_with("pscsi_") {
+            if !hba.starts_with("iblock_")
+                && !hba.starts_with("fileio_")
+                && !hba.starts_with("rd_mcp_")
+                && !hba.starts_with("pscsi_")
+            {
                 continue; // alua and other non-HBA groups
             }
             for dev in self.fs.list(&dir).context(|| format!("listing {hba}"))? {
@@ -347,13 +417,17 @@ impl Lio {
         let backstore = self.lun_backstore(&lun)?;
         for link in self.fs.list(&lun).context(|| format!("listing {name} of {iqn}"))? {
             if self.is_link(&lun.join(&link)) {
-                self.fs.unlink(&lun.join(&link)).context(|| format!("unlinking {name} of {iqn}"))?;
+                self.fs
+                    .unlink(&lun.join(&link))
+                    .context(|| format!("unlinking {name} of {iqn}"))?;
             }
         }
         self.fs.remove_group(&lun, &LUN).context(|| format!("removing {name} of {iqn}"))?;
         if let Some(dev) = backstore {
             if !self.backstore_in_use(&dev)? {
-                self.fs.remove_group(&dev, &DEVICE).context(|| format!("removing backstore {}", dev.display()))?;
+                self.fs
+                    .remove_group(&dev, &DEVICE)
+                    .context(|| format!("removing backstore {}", dev.display()))?;
                 if let Some(hba) = dev.parent() {
                     if self
                         .fs
@@ -362,7 +436,9 @@ impl Lio {
                         .iter()
                         .all(|e| HBA.attrs.iter().any(|a| a.0 == e))
                     {
-                        self.fs.remove_group(hba, &HBA).context(|| format!("removing backstore HBA {}", hba.display()))?;
+                        self.fs
+                            .remove_group(hba, &HBA)
+                            .context(|| format!("removing backstore HBA {}", hba.display()))?;
                     }
                 }
             }
@@ -371,7 +447,11 @@ impl Lio {
     }
 
     fn backstore_in_use(&self, dev: &Path) -> Result<bool> {
-        Ok(self.targets()?.iter().flat_map(|t| &t.luns).any(|l| l.backstore.as_deref() == Some(dev)))
+        Ok(self
+            .targets()?
+            .iter()
+            .flat_map(|t| &t.luns)
+            .any(|l| l.backstore.as_deref() == Some(dev)))
     }
 
     /// The backstore a LUN links to, relative to the root.
@@ -380,9 +460,14 @@ impl Lio {
             let abs = self.fs.root().join(lun).join(&entry);
             if let Ok(target) = std::fs::read_link(&abs) {
                 // The kernel's links are relative (../../../../core/...); emulated ones absolute.
-                let resolved = if target.is_absolute() { target } else { abs.parent().unwrap_or(&abs).join(target) };
+                let resolved = if target.is_absolute() {
+                    target
+                } else {
+                    abs.parent().unwrap_or(&abs).join(target)
+                };
                 let canonical = std::fs::canonicalize(&resolved).unwrap_or(resolved);
-                let root = std::fs::canonicalize(self.fs.root()).unwrap_or_else(|_| self.fs.root().to_path_buf());
+                let root = std::fs::canonicalize(self.fs.root())
+                    .unwrap_or_else(|_| self.fs.root().to_path_buf());
                 return Ok(canonical.strip_prefix(&root).ok().map(Path::to_path_buf));
             }
         }
@@ -460,7 +545,12 @@ mod tests {
     }
 
     fn spec(iqn: &str, dev: &str) -> IscsiShareSpec {
-        IscsiShareSpec { iqn: iqn.into(), device_path: dev.into(), addr: Ipv4Addr::new(192, 0, 2, 1), port: 3260 }
+        IscsiShareSpec {
+            iqn: iqn.into(),
+            device_path: dev.into(),
+            addr: Ipv4Addr::new(192, 0, 2, 1),
+            port: 3260,
+        }
     }
 
     fn empty() -> Vec<String> {
@@ -494,11 +584,18 @@ mod tests {
                 iqn: IQN.into(),
                 enabled: true,
                 portals: vec!["192.0.2.1:3260".into()],
-                luns: vec![LunState { lun: 0, backstore: Some("core/iblock_0/test".into()), udev_path: "/dev/nvme0n1".into() }],
+                luns: vec![LunState {
+                    lun: 0,
+                    backstore: Some("core/iblock_0/test".into()),
+                    udev_path: "/dev/nvme0n1".into()
+                }],
             }]
         );
         assert_eq!(lio.backstores().unwrap(), [PathBuf::from("core/iblock_0/test")]);
-        assert_eq!(lio.share(&spec(IQN, "/dev/nvme1n1"), &Deadline::none()).unwrap_err().code(), tonic::Code::AlreadyExists);
+        assert_eq!(
+            lio.share(&spec(IQN, "/dev/nvme1n1"), &Deadline::none()).unwrap_err().code(),
+            tonic::Code::AlreadyExists
+        );
         lio.unshare(IQN).unwrap();
         assert_eq!(lio.fs().dump(), empty());
         assert_eq!(lio.unshare(IQN).unwrap_err().code(), tonic::Code::NotFound);
@@ -510,7 +607,10 @@ mod tests {
         let other = "iqn.2019-05.io.vmcheck:other";
         lio.share(&spec(IQN, "/dev/nvme0n1"), &Deadline::none()).unwrap();
         lio.share(&spec(other, "/dev/nvme1n1"), &Deadline::none()).unwrap();
-        assert_eq!(lio.backstores().unwrap(), [PathBuf::from("core/iblock_0/test"), PathBuf::from("core/iblock_1/other")]);
+        assert_eq!(
+            lio.backstores().unwrap(),
+            [PathBuf::from("core/iblock_0/test"), PathBuf::from("core/iblock_1/other")]
+        );
         lio.unshare(IQN).unwrap();
         assert!(lio.fs().exists(Path::new("iscsi")), "still used by {other}");
         assert_eq!(lio.targets().unwrap().len(), 1);
@@ -541,12 +641,16 @@ mod tests {
         for (op, suffix) in steps {
             let (_dir, lio) = fake();
             // Something else is there already and must survive the rollback untouched.
-            lio.share(&spec("iqn.2019-05.io.vmcheck:keep", "/dev/nvme1n1"), &Deadline::none()).unwrap();
+            lio.share(&spec("iqn.2019-05.io.vmcheck:keep", "/dev/nvme1n1"), &Deadline::none())
+                .unwrap();
             let before = lio.fs().dump();
             assert!(lio.fs().inject_fault(*op, suffix, Errno::EADDRINUSE as i32));
             let err = lio.share(&spec(IQN, "/dev/nvme0n1"), &Deadline::none()).expect_err(suffix);
             assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{op:?} {suffix}: {err}");
-            assert!(err.to_string().contains(suffix), "{op:?} {suffix}: message names the path: {err}");
+            assert!(
+                err.to_string().contains(suffix),
+                "{op:?} {suffix}: message names the path: {err}"
+            );
             assert_eq!(lio.fs().dump(), before, "after a fault on {op:?} {suffix}");
         }
     }
@@ -558,11 +662,16 @@ mod tests {
         let mut checks = 0;
         loop {
             let (_dir, lio) = fake();
-            lio.share(&spec("iqn.2019-05.io.vmcheck:keep", "/dev/nvme1n1"), &Deadline::none()).unwrap();
+            lio.share(&spec("iqn.2019-05.io.vmcheck:keep", "/dev/nvme1n1"), &Deadline::none())
+                .unwrap();
             let before = lio.fs().dump();
             match lio.share(&spec(IQN, "/dev/nvme0n1"), &Deadline::after_checks(checks)) {
                 Err(err) => {
-                    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "after {checks} checks: {err}");
+                    assert_eq!(
+                        err.code(),
+                        tonic::Code::DeadlineExceeded,
+                        "after {checks} checks: {err}"
+                    );
                     assert!(err.to_string().contains("nothing was changed"), "{err}");
                     assert_eq!(lio.fs().dump(), before, "after {checks} checks");
                 }
@@ -608,9 +717,16 @@ mod tests {
         let removed = lio.remove_luns_backed_by(Path::new("/dev/nvme0n1")).unwrap();
         assert_eq!(removed, [RemovedLun { iqn: IQN.into(), lun: 0, target_removed: true }]);
         assert!(!lio.target_exists(IQN));
-        assert_eq!(lio.backstores().unwrap(), [PathBuf::from("core/iblock_1/other")], "the vanished device's backstore went too");
+        assert_eq!(
+            lio.backstores().unwrap(),
+            [PathBuf::from("core/iblock_1/other")],
+            "the vanished device's backstore went too"
+        );
         assert!(lio.target_exists(other));
-        assert!(lio.remove_luns_backed_by(Path::new("/dev/nvme0n1")).unwrap().is_empty(), "a second call finds nothing");
+        assert!(
+            lio.remove_luns_backed_by(Path::new("/dev/nvme0n1")).unwrap().is_empty(),
+            "a second call finds nothing"
+        );
     }
 
     #[test]
@@ -627,7 +743,12 @@ mod tests {
 
     #[test]
     fn iqn_validation() {
-        for good in [IQN, "iqn.2004-10.com.ubuntu:01:abcdef", "iqn.1993-08.org.debian:01:1234", "iqn.2024-12.a"] {
+        for good in [
+            IQN,
+            "iqn.2004-10.com.ubuntu:01:abcdef",
+            "iqn.1993-08.org.debian:01:1234",
+            "iqn.2024-12.a",
+        ] {
             validate_iqn("iqn", good).unwrap();
         }
         let long = format!("iqn.2019-05.io.vmcheck:{}", "x".repeat(MAX_IQN_LEN));
@@ -664,40 +785,63 @@ mod tests {
 
         fn fx() -> Fx {
             let dir = tempfile::tempdir().unwrap();
-            let nvmet = Nvmet::new(ConfigFs::emulated(dir.path().join("nvmet"), &nvmet::ROOT_LAYOUT).unwrap());
-            let lio = Lio::new(ConfigFs::emulated(dir.path().join("target"), &ROOT_LAYOUT).unwrap());
+            let nvmet = Nvmet::new(
+                ConfigFs::emulated(dir.path().join("nvmet"), &nvmet::ROOT_LAYOUT).unwrap(),
+            );
+            let lio =
+                Lio::new(ConfigFs::emulated(dir.path().join("target"), &ROOT_LAYOUT).unwrap());
             let backing = Backing::new(dir.path().join("sys"), dir.path().join("malloc"));
             fake_block_device(&dir.path().join("sys"), "nvme0n1", 64 << 20, 512).unwrap();
-            let svc = TargetService::new(nvmet, backing, Traddr::Fixed(Ipv4Addr::new(192, 0, 2, 1))).with_lio(lio);
+            let svc =
+                TargetService::new(nvmet, backing, Traddr::Fixed(Ipv4Addr::new(192, 0, 2, 1)))
+                    .with_lio(lio);
             Fx { dir, svc }
         }
 
         const BDEV: &str = "aio:///dev/nvme0n1";
 
         fn iscsi(name: &str) -> proto::ShareBdevRequest {
-            proto::ShareBdevRequest { name: name.into(), protocol: proto::ShareProtocol::Iscsi as i32, ..Default::default() }
+            proto::ShareBdevRequest {
+                name: name.into(),
+                protocol: proto::ShareProtocol::Iscsi as i32,
+                ..Default::default()
+            }
         }
 
-        async fn share(fx: &Fx, req: proto::ShareBdevRequest) -> Result<proto::ShareBdevReply, tonic::Status> {
+        async fn share(
+            fx: &Fx,
+            req: proto::ShareBdevRequest,
+        ) -> Result<proto::ShareBdevReply, tonic::Status> {
             fx.svc.share_bdev(Request::new(req)).await.map(|r| r.into_inner())
         }
 
         async fn create(fx: &Fx, uri: &str) -> proto::Bdev {
-            fx.svc.create_bdev(Request::new(proto::CreateBdevRequest { uri: uri.into() })).await.unwrap().into_inner()
+            fx.svc
+                .create_bdev(Request::new(proto::CreateBdevRequest { uri: uri.into() }))
+                .await
+                .unwrap()
+                .into_inner()
         }
 
         async fn unshare(fx: &Fx, name: &str) -> Result<(), tonic::Status> {
-            fx.svc.unshare_bdev(Request::new(proto::UnshareBdevRequest { name: name.into() })).await.map(drop)
+            fx.svc
+                .unshare_bdev(Request::new(proto::UnshareBdevRequest { name: name.into() }))
+                .await
+                .map(drop)
         }
 
         async fn destroy(fx: &Fx, name: &str) -> Result<(), tonic::Status> {
-            fx.svc.destroy_bdev(Request::new(proto::DestroyBdevRequest { name: name.into() })).await.map(drop)
+            fx.svc
+                .destroy_bdev(Request::new(proto::DestroyBdevRequest { name: name.into() }))
+                .await
+                .map(drop)
         }
 
         #[tokio::test]
         async fn share_list_unshare_destroy() {
             let fx = fx();
-            let health = fx.svc.health(Request::new(proto::HealthRequest {})).await.unwrap().into_inner();
+            let health =
+                fx.svc.health(Request::new(proto::HealthRequest {})).await.unwrap().into_inner();
             assert!(health.lio && health.nvmet, "{health:?}");
             let bdev = create(&fx, BDEV).await;
             let reply = share(&fx, iscsi(BDEV)).await.unwrap();
@@ -705,7 +849,13 @@ mod tests {
             assert_eq!(reply.iqn, iqn);
             assert_eq!(reply.uri, format!("iscsi://192.0.2.1:3260/{iqn}/0"));
             assert!(reply.nqn.is_empty());
-            let listed = fx.svc.list_bdevs(Request::new(proto::ListBdevsRequest {})).await.unwrap().into_inner().bdevs;
+            let listed = fx
+                .svc
+                .list_bdevs(Request::new(proto::ListBdevsRequest {}))
+                .await
+                .unwrap()
+                .into_inner()
+                .bdevs;
             assert_eq!(
                 (listed[0].claimed, listed[0].claimed_by.as_str(), listed[0].share_uri.as_str()),
                 (true, CLAIMED_BY_ISCSI, reply.uri.as_str())
@@ -736,18 +886,39 @@ mod tests {
             let before = fx.svc.lio().fs().dump();
             let cases: Vec<(proto::ShareBdevRequest, Code, &str)> = vec![
                 (
-                    proto::ShareBdevRequest { nqn: Some("nqn.2019-05.io.x:a".into()), ..iscsi(BDEV) },
+                    proto::ShareBdevRequest {
+                        nqn: Some("nqn.2019-05.io.x:a".into()),
+                        ..iscsi(BDEV)
+                    },
                     Code::InvalidArgument,
                     "nqn.2019-05.io.x:a",
                 ),
                 (
-                    proto::ShareBdevRequest { allowed_hosts: vec!["nqn.2019-05.io.x:h".into()], ..iscsi(BDEV) },
+                    proto::ShareBdevRequest {
+                        allowed_hosts: vec!["nqn.2019-05.io.x:h".into()],
+                        ..iscsi(BDEV)
+                    },
                     Code::InvalidArgument,
                     "allowed_hosts",
                 ),
-                (proto::ShareBdevRequest { iqn: Some("iqn.2019-05.io.x:A B".into()), ..iscsi(BDEV) }, Code::InvalidArgument, "A B"),
-                (proto::ShareBdevRequest { port: Some(0), ..iscsi(BDEV) }, Code::InvalidArgument, "port 0"),
-                (proto::ShareBdevRequest { port: Some(70000), ..iscsi(BDEV) }, Code::InvalidArgument, "port 70000"),
+                (
+                    proto::ShareBdevRequest {
+                        iqn: Some("iqn.2019-05.io.x:A B".into()),
+                        ..iscsi(BDEV)
+                    },
+                    Code::InvalidArgument,
+                    "A B",
+                ),
+                (
+                    proto::ShareBdevRequest { port: Some(0), ..iscsi(BDEV) },
+                    Code::InvalidArgument,
+                    "port 0",
+                ),
+                (
+                    proto::ShareBdevRequest { port: Some(70000), ..iscsi(BDEV) },
+                    Code::InvalidArgument,
+                    "port 70000",
+                ),
                 (
                     proto::ShareBdevRequest {
                         iqn: Some("iqn.2019-05.io.x:a".into()),
@@ -775,7 +946,11 @@ mod tests {
         async fn a_kernel_refusal_rolls_back_and_the_bdev_stays_unshared() {
             let fx = fx();
             create(&fx, BDEV).await;
-            fx.svc.lio().fs().inject_fault(crate::target::configfs::Op::Mkdir, "np/192.0.2.1:3260", Errno::EADDRINUSE as i32);
+            fx.svc.lio().fs().inject_fault(
+                crate::target::configfs::Op::Mkdir,
+                "np/192.0.2.1:3260",
+                Errno::EADDRINUSE as i32,
+            );
             let err = share(&fx, iscsi(BDEV)).await.unwrap_err();
             assert_eq!(err.code(), Code::FailedPrecondition);
             assert!(err.message().contains("192.0.2.1:3260"), "{err:?}");
@@ -796,12 +971,25 @@ mod tests {
             std::fs::remove_dir_all(fx.dir.path().join("sys/class/block/nvme0n1")).unwrap();
             let report = fx.svc.reap_vanished().await;
             assert_eq!(report.len(), 1, "{report:?}");
-            assert!(report[0].contains(&format!("removed from LUN 0 of {}", reply.iqn)), "{report:?}");
+            assert!(
+                report[0].contains(&format!("removed from LUN 0 of {}", reply.iqn)),
+                "{report:?}"
+            );
             assert!(!fx.svc.lio().target_exists(&reply.iqn), "the daemon removed the target");
             assert_eq!(fx.svc.lio().fs().dump(), tests_empty(), "backstore and fabric went too");
             assert!(fx.svc.reap_vanished().await.is_empty(), "each removal is reported once");
-            let listed = fx.svc.list_bdevs(Request::new(proto::ListBdevsRequest {})).await.unwrap().into_inner().bdevs;
-            assert_eq!((listed[0].state.as_str(), listed[0].share_uri.as_str()), ("faulted", reply.uri.as_str()), "{listed:?}");
+            let listed = fx
+                .svc
+                .list_bdevs(Request::new(proto::ListBdevsRequest {}))
+                .await
+                .unwrap()
+                .into_inner()
+                .bdevs;
+            assert_eq!(
+                (listed[0].state.as_str(), listed[0].share_uri.as_str()),
+                ("faulted", reply.uri.as_str()),
+                "{listed:?}"
+            );
             unshare(&fx, BDEV).await.unwrap();
             destroy(&fx, BDEV).await.unwrap();
         }
@@ -813,19 +1001,36 @@ mod tests {
             let fx = fx();
             create(&fx, BDEV).await;
             let reply = share(&fx, iscsi(BDEV)).await.unwrap();
-            let destroy_sub = |nqn: String| fx.svc.destroy_subsystem(Request::new(proto::DestroySubsystemRequest { nqn }));
+            let destroy_sub = |nqn: String| {
+                fx.svc.destroy_subsystem(Request::new(proto::DestroySubsystemRequest { nqn }))
+            };
             let err = destroy_sub(reply.iqn.clone()).await.unwrap_err();
             assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-            assert!(err.message().contains("UnshareBdev") && err.message().contains(BDEV), "{err:?}");
+            assert!(
+                err.message().contains("UnshareBdev") && err.message().contains(BDEV),
+                "{err:?}"
+            );
             assert!(fx.svc.lio().target_exists(&reply.iqn), "refused, so untouched");
             let unknown = destroy_sub("iqn.2019-05.io.vmcheck:nobody".into()).await.unwrap_err();
             assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
             fake_block_device(&fx.dir.path().join("sys"), "nvme1n1", 64 << 20, 512).unwrap();
             create(&fx, "aio:///dev/nvme1n1").await;
-            let dup =
-                share(&fx, proto::ShareBdevRequest { iqn: Some(reply.iqn.clone()), ..iscsi("aio:///dev/nvme1n1") }).await.unwrap_err();
+            let dup = share(
+                &fx,
+                proto::ShareBdevRequest {
+                    iqn: Some(reply.iqn.clone()),
+                    ..iscsi("aio:///dev/nvme1n1")
+                },
+            )
+            .await
+            .unwrap_err();
             assert_eq!(dup.code(), Code::AlreadyExists, "{dup:?}");
-            let long = share(&fx, proto::ShareBdevRequest { iqn: Some("i".repeat(MAX_IQN_LEN + 1)), ..iscsi(BDEV) }).await.unwrap_err();
+            let long = share(
+                &fx,
+                proto::ShareBdevRequest { iqn: Some("i".repeat(MAX_IQN_LEN + 1)), ..iscsi(BDEV) },
+            )
+            .await
+            .unwrap_err();
             assert_eq!(long.code(), Code::InvalidArgument);
             assert_eq!(long.message(), "iqn is 224 bytes long; the limit is 223 bytes");
             unshare(&fx, BDEV).await.unwrap();
@@ -843,12 +1048,23 @@ mod tests {
             let err = fx.svc.share_bdev(req).await.unwrap_err();
             assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
             assert_eq!(fx.svc.lio().fs().dump(), tests_empty());
-            let listed = fx.svc.list_bdevs(Request::new(proto::ListBdevsRequest {})).await.unwrap().into_inner().bdevs;
+            let listed = fx
+                .svc
+                .list_bdevs(Request::new(proto::ListBdevsRequest {}))
+                .await
+                .unwrap()
+                .into_inner()
+                .bdevs;
             assert!(!listed[0].claimed && listed[0].share_uri.is_empty(), "{listed:?}");
         }
 
         fn add_lun(iqn: &str, bdev: &str, lun: Option<u32>) -> proto::AddNamespaceRequest {
-            proto::AddNamespaceRequest { iqn: iqn.into(), bdev: bdev.into(), nsid: lun, ..Default::default() }
+            proto::AddNamespaceRequest {
+                iqn: iqn.into(),
+                bdev: bdev.into(),
+                nsid: lun,
+                ..Default::default()
+            }
         }
 
         fn remove_lun(iqn: &str, lun: u32) -> proto::RemoveNamespaceRequest {
@@ -867,27 +1083,55 @@ mod tests {
             let b1 = create(&fx, BDEV1).await;
             let reply = share(&fx, iscsi(BDEV)).await.unwrap();
             let lio = fx.svc.lio();
-            let ns = fx.svc.add_namespace(Request::new(add_lun(&reply.iqn, BDEV1, None))).await.unwrap().into_inner();
+            let ns = fx
+                .svc
+                .add_namespace(Request::new(add_lun(&reply.iqn, BDEV1, None)))
+                .await
+                .unwrap()
+                .into_inner();
             assert_eq!(
                 (ns.nsid, ns.bdev.as_str(), ns.device_path.as_str(), ns.device_uuid.as_str()),
                 (1, BDEV1, "/dev/nvme1n1", b1.uuid.as_str())
             );
-            let luns: Vec<_> = lio.targets().unwrap()[0].luns.iter().map(|l| (l.lun, l.udev_path.clone())).collect();
+            let luns: Vec<_> = lio.targets().unwrap()[0]
+                .luns
+                .iter()
+                .map(|l| (l.lun, l.udev_path.clone()))
+                .collect();
             assert_eq!(luns, [(0, "/dev/nvme0n1".to_string()), (1, "/dev/nvme1n1".to_string())]);
-            let listed = fx.svc.list_bdevs(Request::new(proto::ListBdevsRequest {})).await.unwrap().into_inner().bdevs;
+            let listed = fx
+                .svc
+                .list_bdevs(Request::new(proto::ListBdevsRequest {}))
+                .await
+                .unwrap()
+                .into_inner()
+                .bdevs;
             let b1 = listed.iter().find(|b| b.name == BDEV1).unwrap();
-            assert_eq!((b1.claimed_by.as_str(), b1.share_uri.as_str()), (CLAIMED_BY_ISCSI, ""), "a LUN, not a share");
+            assert_eq!(
+                (b1.claimed_by.as_str(), b1.share_uri.as_str()),
+                (CLAIMED_BY_ISCSI, ""),
+                "a LUN, not a share"
+            );
             let busy = destroy(&fx, BDEV1).await.unwrap_err();
             assert!(busy.message().contains(&format!("LUN 1 of {}", reply.iqn)), "{busy:?}");
-            let again = fx.svc.add_namespace(Request::new(add_lun(&reply.iqn, BDEV1, Some(2)))).await.unwrap_err();
+            let again = fx
+                .svc
+                .add_namespace(Request::new(add_lun(&reply.iqn, BDEV1, Some(2))))
+                .await
+                .unwrap_err();
             assert_eq!(again.code(), Code::FailedPrecondition, "{again:?}");
-            let lun0 = fx.svc.remove_namespace(Request::new(remove_lun(&reply.iqn, 0))).await.unwrap_err();
+            let lun0 =
+                fx.svc.remove_namespace(Request::new(remove_lun(&reply.iqn, 0))).await.unwrap_err();
             assert_eq!(lun0.code(), Code::FailedPrecondition, "{lun0:?}");
-            assert!(lun0.message().contains("UnshareBdev") && lun0.message().contains(BDEV), "{lun0:?}");
+            assert!(
+                lun0.message().contains("UnshareBdev") && lun0.message().contains(BDEV),
+                "{lun0:?}"
+            );
             fx.svc.remove_namespace(Request::new(remove_lun(&reply.iqn, 1))).await.unwrap();
             assert_eq!(lio.targets().unwrap()[0].luns.len(), 1);
             assert_eq!(lio.backstores().unwrap().len(), 1, "LUN 1's backstore went with it");
-            let gone = fx.svc.remove_namespace(Request::new(remove_lun(&reply.iqn, 1))).await.unwrap_err();
+            let gone =
+                fx.svc.remove_namespace(Request::new(remove_lun(&reply.iqn, 1))).await.unwrap_err();
             assert_eq!(gone.code(), Code::NotFound, "{gone:?}");
             // Unshare takes LUNs added later with the target and frees their bdevs.
             fx.svc.add_namespace(Request::new(add_lun(&reply.iqn, BDEV1, Some(7)))).await.unwrap();
@@ -908,16 +1152,35 @@ mod tests {
             fx.svc.add_namespace(Request::new(add_lun(&reply.iqn, BDEV1, None))).await.unwrap();
             std::fs::remove_dir_all(fx.dir.path().join("sys/class/block/nvme1n1")).unwrap();
             let report = fx.svc.reap_vanished().await;
-            assert!(report.len() == 1 && report[0].contains(&format!("removed from LUN 1 of {}", reply.iqn)), "{report:?}");
+            assert!(
+                report.len() == 1
+                    && report[0].contains(&format!("removed from LUN 1 of {}", reply.iqn)),
+                "{report:?}"
+            );
             let t = &fx.svc.lio().targets().unwrap()[0];
             assert_eq!((t.luns.len(), t.luns[0].lun, t.enabled), (1, 0, true));
-            let refused = fx.svc.add_namespace(Request::new(add_lun(&reply.iqn, BDEV1, None))).await.unwrap_err();
-            assert!(refused.code() == Code::FailedPrecondition && refused.message().contains("hot-removed"), "{refused:?}");
+            let refused = fx
+                .svc
+                .add_namespace(Request::new(add_lun(&reply.iqn, BDEV1, None)))
+                .await
+                .unwrap_err();
+            assert!(
+                refused.code() == Code::FailedPrecondition
+                    && refused.message().contains("hot-removed"),
+                "{refused:?}"
+            );
             std::fs::remove_dir_all(fx.dir.path().join("sys/class/block/nvme0n1")).unwrap();
             fx.svc.reap_vanished().await;
             assert!(!fx.svc.lio().target_exists(&reply.iqn), "the target went with its last LUN");
-            let after = fx.svc.add_namespace(Request::new(add_lun(&reply.iqn, BDEV1, None))).await.unwrap_err();
-            assert!(after.code() == Code::FailedPrecondition && after.message().contains("UnshareBdev"), "{after:?}");
+            let after = fx
+                .svc
+                .add_namespace(Request::new(add_lun(&reply.iqn, BDEV1, None)))
+                .await
+                .unwrap_err();
+            assert!(
+                after.code() == Code::FailedPrecondition && after.message().contains("UnshareBdev"),
+                "{after:?}"
+            );
             unshare(&fx, BDEV).await.unwrap();
             assert_eq!(fx.svc.lio().fs().dump(), tests_empty());
         }
@@ -933,18 +1196,41 @@ mod tests {
             let reply = share(&fx, iscsi(BDEV)).await.unwrap();
             let before = fx.svc.lio().fs().dump();
             let name = reply.iqn.rsplit(':').next().unwrap().to_string();
-            fx.svc.lio().fs().inject_fault(crate::target::configfs::Op::Symlink, &format!("lun_1/{name}_lun1"), Errno::ENODEV as i32);
-            let err = fx.svc.add_namespace(Request::new(add_lun(&reply.iqn, BDEV1, None))).await.unwrap_err();
+            fx.svc.lio().fs().inject_fault(
+                crate::target::configfs::Op::Symlink,
+                &format!("lun_1/{name}_lun1"),
+                Errno::ENODEV as i32,
+            );
+            let err = fx
+                .svc
+                .add_namespace(Request::new(add_lun(&reply.iqn, BDEV1, None)))
+                .await
+                .unwrap_err();
             assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
             assert_eq!(fx.svc.lio().fs().dump(), before, "rolled back");
-            let late = fx.svc.lio().add_lun(&reply.iqn, 1, Path::new("/dev/nvme1n1"), &Deadline::after_checks(1));
+            let late = fx.svc.lio().add_lun(
+                &reply.iqn,
+                1,
+                Path::new("/dev/nvme1n1"),
+                &Deadline::after_checks(1),
+            );
             assert_eq!(late.unwrap_err().code(), Code::DeadlineExceeded);
-            assert_eq!(fx.svc.lio().fs().dump(), before, "a deadline between the steps rolls back too");
+            assert_eq!(
+                fx.svc.lio().fs().dump(),
+                before,
+                "a deadline between the steps rolls back too"
+            );
             let mut req = Request::new(add_lun(&reply.iqn, BDEV1, None));
             req.metadata_mut().insert("grpc-timeout", "1n".parse().unwrap());
             std::thread::sleep(std::time::Duration::from_millis(1));
             assert_eq!(fx.svc.add_namespace(req).await.unwrap_err().code(), Code::DeadlineExceeded);
-            let listed = fx.svc.list_bdevs(Request::new(proto::ListBdevsRequest {})).await.unwrap().into_inner().bdevs;
+            let listed = fx
+                .svc
+                .list_bdevs(Request::new(proto::ListBdevsRequest {}))
+                .await
+                .unwrap()
+                .into_inner()
+                .bdevs;
             assert!(!listed.iter().find(|b| b.name == BDEV1).unwrap().claimed, "{listed:?}");
             fx.svc.add_namespace(Request::new(add_lun(&reply.iqn, BDEV1, None))).await.unwrap();
         }

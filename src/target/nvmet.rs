@@ -22,12 +22,21 @@ use super::limits::Deadline;
 use super::uri::quoted;
 
 /// The nvmet root itself (made by the nvmet module).
-pub const ROOT_LAYOUT: GroupLayout = GroupLayout { subdirs: &["subsystems", "ports", "hosts"], attrs: &[], removable_when: None };
-const SUBSYSTEM: GroupLayout =
-    GroupLayout { subdirs: &["namespaces", "allowed_hosts"], attrs: &[("attr_allow_any_host", "0")], removable_when: None };
+pub const ROOT_LAYOUT: GroupLayout =
+    GroupLayout { subdirs: &["subsystems", "ports", "hosts"], attrs: &[], removable_when: None };
+const SUBSYSTEM: GroupLayout = GroupLayout {
+    subdirs: &["namespaces", "allowed_hosts"],
+    attrs: &[("attr_allow_any_host", "0")],
+    removable_when: None,
+};
 const NAMESPACE: GroupLayout = GroupLayout {
     subdirs: &[],
-    attrs: &[("device_path", ""), ("device_uuid", "00000000-0000-0000-0000-000000000000"), ("buffered_io", "0"), ("enable", "0")],
+    attrs: &[
+        ("device_path", ""),
+        ("device_uuid", "00000000-0000-0000-0000-000000000000"),
+        ("buffered_io", "0"),
+        ("enable", "0"),
+    ],
     removable_when: Some(("enable", "0")),
 };
 const PORT: GroupLayout = GroupLayout {
@@ -47,7 +56,10 @@ pub const MAX_NSID: u32 = 0xffff_fffe;
 /// `nqn.yyyy-mm.<reverse domain>[:<anything printable but '/'>]`; the NQN is a configfs
 /// directory name, so '/' is out even where the specification would allow it.
 static NQN_RE: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^nqn\.[0-9]{4}-(0[1-9]|1[0-2])\.[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[!-.0-~]+)?$").expect("valid regex")
+    Regex::new(
+        r"^nqn\.[0-9]{4}-(0[1-9]|1[0-2])\.[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[!-.0-~]+)?$",
+    )
+    .expect("valid regex")
 });
 
 /// Checks an NQN given by a caller; `what` says which field it came from.
@@ -126,9 +138,15 @@ impl Nvmet {
 
     /// The lowest namespace id a subsystem does not use.
     pub fn free_nsid(&self, nqn: &str) -> Result<u32> {
-        let used =
-            numeric_entries::<u32>(&self.fs.list(&subsys(nqn).join("namespaces")).context(|| format!("listing namespaces of {nqn}"))?);
-        lowest_free(&used, 1, MAX_NSID).ok_or_else(|| Error::FailedPrecondition(format!("subsystem {nqn} has no free namespace id")))
+        let used = numeric_entries::<u32>(
+            &self
+                .fs
+                .list(&subsys(nqn).join("namespaces"))
+                .context(|| format!("listing namespaces of {nqn}"))?,
+        );
+        lowest_free(&used, 1, MAX_NSID).ok_or_else(|| {
+            Error::FailedPrecondition(format!("subsystem {nqn} has no free namespace id"))
+        })
     }
 
     /// Makes the subsystem, its namespace and host list, and links it into the TCP port for
@@ -148,13 +166,18 @@ impl Nvmet {
                 undo.make_group(&dir, &HOST).context(|| format!("creating host {host}"))?;
             }
         }
-        undo.make_group(&subsys(nqn), &SUBSYSTEM).context(|| format!("creating subsystem {nqn}"))?;
+        undo.make_group(&subsys(nqn), &SUBSYSTEM)
+            .context(|| format!("creating subsystem {nqn}"))?;
         let any = if spec.allowed_hosts.is_empty() { "1" } else { "0" };
-        undo.write(&subsys(nqn).join("attr_allow_any_host"), any).context(|| format!("setting attr_allow_any_host of {nqn}"))?;
+        undo.write(&subsys(nqn).join("attr_allow_any_host"), any)
+            .context(|| format!("setting attr_allow_any_host of {nqn}"))?;
         for host in &spec.allowed_hosts {
             deadline.check(&format!("while allowing host {host} on {nqn}"))?;
-            undo.symlink(&Path::new("hosts").join(host), &subsys(nqn).join("allowed_hosts").join(host))
-                .context(|| format!("allowing host {host} on {nqn}"))?;
+            undo.symlink(
+                &Path::new("hosts").join(host),
+                &subsys(nqn).join("allowed_hosts").join(host),
+            )
+            .context(|| format!("allowing host {host} on {nqn}"))?;
         }
         if let Some(ns) = &spec.namespace {
             deadline.check(&format!("before enabling namespace {} of {nqn}", ns.nsid))?;
@@ -170,14 +193,16 @@ impl Nvmet {
                 ("addr_trsvcid", spec.trsvcid.to_string()),
             ];
             for (attr, value) in addr {
-                undo.write(&port.join(attr), &value).context(|| format!("setting {attr}={value} on port {port_id}"))?;
+                undo.write(&port.join(attr), &value)
+                    .context(|| format!("setting {attr}={value} on port {port_id}"))?;
             }
         }
         deadline.check(&format!("before linking {nqn} into port {port_id}"))?;
         // Linking enables the port: this is where nvmet-tcp binds, and where a busy or foreign
         // address fails.
-        undo.symlink(&subsys(nqn), &port.join("subsystems").join(nqn))
-            .context(|| format!("linking {nqn} into port {port_id} ({}:{})", spec.traddr, spec.trsvcid))?;
+        undo.symlink(&subsys(nqn), &port.join("subsystems").join(nqn)).context(|| {
+            format!("linking {nqn} into port {port_id} ({}:{})", spec.traddr, spec.trsvcid)
+        })?;
         undo.commit();
         Ok(port_id)
     }
@@ -208,14 +233,23 @@ impl Nvmet {
         for nsid in self.list_numeric::<u32>(&subsys(nqn).join("namespaces"))? {
             self.remove_namespace(nqn, nsid)?;
         }
-        let hosts = self.fs.list(&subsys(nqn).join("allowed_hosts")).context(|| format!("listing allowed hosts of {nqn}"))?;
+        let hosts = self
+            .fs
+            .list(&subsys(nqn).join("allowed_hosts"))
+            .context(|| format!("listing allowed hosts of {nqn}"))?;
         for host in &hosts {
-            self.fs.unlink(&subsys(nqn).join("allowed_hosts").join(host)).context(|| format!("disallowing host {host} on {nqn}"))?;
+            self.fs
+                .unlink(&subsys(nqn).join("allowed_hosts").join(host))
+                .context(|| format!("disallowing host {host} on {nqn}"))?;
         }
-        self.fs.remove_group(&subsys(nqn), &SUBSYSTEM).context(|| format!("removing subsystem {nqn}"))?;
+        self.fs
+            .remove_group(&subsys(nqn), &SUBSYSTEM)
+            .context(|| format!("removing subsystem {nqn}"))?;
         for host in &hosts {
             if !self.host_in_use(host)? {
-                self.fs.remove_group(&Path::new("hosts").join(host), &HOST).context(|| format!("removing host {host}"))?;
+                self.fs
+                    .remove_group(&Path::new("hosts").join(host), &HOST)
+                    .context(|| format!("removing host {host}"))?;
             }
         }
         Ok(())
@@ -237,8 +271,12 @@ impl Nvmet {
     pub fn remove_namespace(&self, nqn: &str, nsid: u32) -> Result<()> {
         self.require_available()?;
         let dir = namespace(nqn, nsid);
-        self.fs.write(&dir.join("enable"), "0").context(|| format!("disabling namespace {nsid} of {nqn}"))?;
-        self.fs.remove_group(&dir, &NAMESPACE).context(|| format!("removing namespace {nsid} of {nqn}"))
+        self.fs
+            .write(&dir.join("enable"), "0")
+            .context(|| format!("disabling namespace {nsid} of {nqn}"))?;
+        self.fs
+            .remove_group(&dir, &NAMESPACE)
+            .context(|| format!("removing namespace {nsid} of {nqn}"))
     }
 
     /// Everything in the tree, whoever made it.
@@ -262,7 +300,10 @@ impl Nvmet {
             }
             state.subsystems.push(SubsystemState {
                 allow_any_host: read(dir.join("attr_allow_any_host"))? == "1",
-                allowed_hosts: self.fs.list(&dir.join("allowed_hosts")).context(|| format!("listing allowed hosts of {nqn}"))?,
+                allowed_hosts: self
+                    .fs
+                    .list(&dir.join("allowed_hosts"))
+                    .context(|| format!("listing allowed hosts of {nqn}"))?,
                 namespaces,
                 nqn,
             });
@@ -275,7 +316,10 @@ impl Nvmet {
                 adrfam: read(dir.join("addr_adrfam"))?,
                 traddr: read(dir.join("addr_traddr"))?,
                 trsvcid: read(dir.join("addr_trsvcid"))?,
-                subsystems: self.fs.list(&dir.join("subsystems")).context(|| format!("listing subsystems of port {id}"))?,
+                subsystems: self
+                    .fs
+                    .list(&dir.join("subsystems"))
+                    .context(|| format!("listing subsystems of port {id}"))?,
             });
         }
         state.hosts = self.fs.list(Path::new("hosts")).context(|| "listing hosts".into())?;
@@ -297,7 +341,8 @@ impl Nvmet {
             )));
         }
         let used: Vec<u16> = state.ports.iter().map(|p| p.id).collect();
-        let id = lowest_free(&used, 1, u16::MAX).ok_or_else(|| Error::FailedPrecondition("no free nvmet port id".into()))?;
+        let id = lowest_free(&used, 1, u16::MAX)
+            .ok_or_else(|| Error::FailedPrecondition("no free nvmet port id".into()))?;
         Ok((id, false))
     }
 
@@ -357,13 +402,16 @@ fn enable_namespace(undo: &mut Undo, nqn: &str, ns: &NamespaceSpec) -> Result<()
     let nsid = ns.nsid;
     undo.make_group(&dir, &NAMESPACE).context(|| format!("creating namespace {nsid} of {nqn}"))?;
     let path = ns.device_path.to_string_lossy();
-    undo.write(&dir.join("device_path"), &path).context(|| format!("setting device_path {path} on namespace {nsid} of {nqn}"))?;
+    undo.write(&dir.join("device_path"), &path)
+        .context(|| format!("setting device_path {path} on namespace {nsid} of {nqn}"))?;
     undo.write(&dir.join("device_uuid"), &ns.device_uuid.to_string())
         .context(|| format!("setting device_uuid on namespace {nsid} of {nqn}"))?;
     if ns.buffered_io {
-        undo.write(&dir.join("buffered_io"), "1").context(|| format!("setting buffered_io on namespace {nsid} of {nqn}"))?;
+        undo.write(&dir.join("buffered_io"), "1")
+            .context(|| format!("setting buffered_io on namespace {nsid} of {nqn}"))?;
     }
-    undo.write_reverting(&dir.join("enable"), "1", "0").context(|| format!("enabling namespace {nsid} of {nqn} on {path}"))
+    undo.write_reverting(&dir.join("enable"), "1", "0")
+        .context(|| format!("enabling namespace {nsid} of {nqn} on {path}"))
 }
 
 /// nvmet's configfs contents.
@@ -416,15 +464,31 @@ impl State {
 impl fmt::Display for State {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for s in &self.subsystems {
-            let hosts = if s.allow_any_host { "any host".to_string() } else { format!("hosts [{}]", s.allowed_hosts.join(", ")) };
+            let hosts = if s.allow_any_host {
+                "any host".to_string()
+            } else {
+                format!("hosts [{}]", s.allowed_hosts.join(", "))
+            };
             writeln!(f, "subsystem {} ({hosts})", s.nqn)?;
             for ns in &s.namespaces {
                 let on = if ns.enabled { "enabled" } else { "disabled" };
-                writeln!(f, "  namespace {} {} uuid {} {on}", ns.nsid, ns.device_path, ns.device_uuid)?;
+                writeln!(
+                    f,
+                    "  namespace {} {} uuid {} {on}",
+                    ns.nsid, ns.device_path, ns.device_uuid
+                )?;
             }
         }
         for p in &self.ports {
-            writeln!(f, "port {} {} {}:{} subsystems [{}]", p.id, p.trtype, p.traddr, p.trsvcid, p.subsystems.join(", "))?;
+            writeln!(
+                f,
+                "port {} {} {}:{} subsystems [{}]",
+                p.id,
+                p.trtype,
+                p.traddr,
+                p.trsvcid,
+                p.subsystems.join(", ")
+            )?;
         }
         for h in &self.hosts {
             writeln!(f, "host {h}")?;
@@ -452,7 +516,12 @@ mod tests {
         ShareSpec {
             nqn: nqn.into(),
             allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
-            namespace: Some(NamespaceSpec { nsid: 1, device_path: "/dev/vdb".into(), device_uuid: Uuid::nil(), buffered_io: false }),
+            namespace: Some(NamespaceSpec {
+                nsid: 1,
+                device_path: "/dev/vdb".into(),
+                device_uuid: Uuid::nil(),
+                buffered_io: false,
+            }),
             traddr: Ipv4Addr::new(192, 0, 2, 1),
             trsvcid,
         }
@@ -525,7 +594,10 @@ mod tests {
     fn a_second_tcp_port_gets_the_next_id_and_a_foreign_address_is_refused() {
         let (_dir, nvmet) = fake();
         nvmet.share(&spec(NQN, &[], 4420), &Deadline::none()).unwrap();
-        assert_eq!(nvmet.share(&spec("nqn.2019-05.io.vmcheck:b", &[], 4421), &Deadline::none()).unwrap(), 2);
+        assert_eq!(
+            nvmet.share(&spec("nqn.2019-05.io.vmcheck:b", &[], 4421), &Deadline::none()).unwrap(),
+            2
+        );
         let mut clash = spec("nqn.2019-05.io.vmcheck:c", &[], 4420);
         clash.traddr = Ipv4Addr::new(192, 0, 2, 9);
         let err = nvmet.share(&clash, &Deadline::none()).unwrap_err();
@@ -556,14 +628,19 @@ mod tests {
         for (op, suffix) in steps {
             let (_dir, nvmet) = fake();
             // Something else is there already and must survive the rollback untouched.
-            nvmet.share(&spec("nqn.2019-05.io.vmcheck:keep", &[], 4421), &Deadline::none()).unwrap();
+            nvmet
+                .share(&spec("nqn.2019-05.io.vmcheck:keep", &[], 4421), &Deadline::none())
+                .unwrap();
             let before = tree(&nvmet);
             assert!(nvmet.fs().inject_fault(*op, suffix, Errno::EADDRINUSE as i32));
             let mut s = spec(NQN, &[HOST_NQN], 4420);
             s.namespace.as_mut().unwrap().buffered_io = true;
             let err = nvmet.share(&s, &Deadline::none()).expect_err(suffix);
             assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{op:?} {suffix}: {err}");
-            assert!(err.to_string().contains(suffix), "{op:?} {suffix}: message names the path: {err}");
+            assert!(
+                err.to_string().contains(suffix),
+                "{op:?} {suffix}: message names the path: {err}"
+            );
             assert_eq!(tree(&nvmet), before, "after a fault on {op:?} {suffix}");
         }
     }
@@ -575,12 +652,20 @@ mod tests {
         let mut checks = 0;
         loop {
             let (_dir, nvmet) = fake();
-            nvmet.share(&spec("nqn.2019-05.io.vmcheck:keep", &[HOST_NQN], 4420), &Deadline::none()).unwrap();
+            nvmet
+                .share(&spec("nqn.2019-05.io.vmcheck:keep", &[HOST_NQN], 4420), &Deadline::none())
+                .unwrap();
             let before = tree(&nvmet);
             let other_host = "nqn.2014-08.org.nvmexpress:uuid:11111111-2222-3333-4444-666666666666";
-            match nvmet.share(&spec(NQN, &[HOST_NQN, other_host], 4421), &Deadline::after_checks(checks)) {
+            match nvmet
+                .share(&spec(NQN, &[HOST_NQN, other_host], 4421), &Deadline::after_checks(checks))
+            {
                 Err(err) => {
-                    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "after {checks} checks: {err}");
+                    assert_eq!(
+                        err.code(),
+                        tonic::Code::DeadlineExceeded,
+                        "after {checks} checks: {err}"
+                    );
                     assert!(err.to_string().contains("nothing was changed"), "{err}");
                     assert_eq!(tree(&nvmet), before, "after {checks} checks");
                 }
@@ -608,13 +693,21 @@ mod tests {
         let (_dir, nvmet) = fake();
         nvmet.share(&spec(NQN, &[], 4420), &Deadline::none()).unwrap();
         assert_eq!(nvmet.free_nsid(NQN).unwrap(), 2);
-        let ns = NamespaceSpec { nsid: 2, device_path: "/run/m1".into(), device_uuid: Uuid::nil(), buffered_io: true };
+        let ns = NamespaceSpec {
+            nsid: 2,
+            device_path: "/run/m1".into(),
+            device_uuid: Uuid::nil(),
+            buffered_io: true,
+        };
         nvmet.fs().inject_fault(Op::Write, "namespaces/2/enable", Errno::ENOENT as i32);
         let err = nvmet.add_namespace(NQN, &ns, &Deadline::none()).unwrap_err();
         assert!(err.to_string().contains("/run/m1"), "{err}");
         assert!(!nvmet.namespace_exists(NQN, 2));
         nvmet.add_namespace(NQN, &ns, &Deadline::none()).unwrap();
-        assert!(nvmet.state().unwrap().subsystems[0].namespaces.iter().any(|n| n.nsid == 2 && n.enabled));
+        assert!(nvmet.state().unwrap().subsystems[0]
+            .namespaces
+            .iter()
+            .any(|n| n.nsid == 2 && n.enabled));
         nvmet.remove_namespace(NQN, 2).unwrap();
         assert!(!nvmet.namespace_exists(NQN, 2));
     }
@@ -643,7 +736,13 @@ mod tests {
 
     #[test]
     fn nqn_validation() {
-        for good in [NQN, HOST_NQN, "nqn.2014-08.org.nvmexpress:uuid:0", "nqn.2024-12.a", "nqn.2019-05.io.vmcheck:a.b-c_d:e"] {
+        for good in [
+            NQN,
+            HOST_NQN,
+            "nqn.2014-08.org.nvmexpress:uuid:0",
+            "nqn.2024-12.a",
+            "nqn.2019-05.io.vmcheck:a.b-c_d:e",
+        ] {
             validate_nqn("nqn", good).unwrap();
         }
         let long = format!("nqn.2019-05.io.vmcheck:{}", "x".repeat(MAX_NQN_LEN));

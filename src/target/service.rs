@@ -61,7 +61,9 @@ impl Traddr {
         match self {
             Traddr::Fixed(addr) => Ok(addr),
             Traddr::Detect => {
-                let addrs = address::local_ipv4().map_err(|e| Error::FailedPrecondition(format!("reading local addresses: {e}")))?;
+                let addrs = address::local_ipv4().map_err(|e| {
+                    Error::FailedPrecondition(format!("reading local addresses: {e}"))
+                })?;
                 address::choose(&addrs).map_err(Error::FailedPrecondition)
             }
         }
@@ -117,7 +119,15 @@ struct Registry {
 impl Entry {
     fn new(uri: BdevUri, geometry: Geometry) -> Self {
         let uuid = Uuid::new_v5(&UUID_NAMESPACE, uri.to_string().as_bytes());
-        Entry { uri, uuid, geometry, claim: None, splits: Vec::new(), split_of: None, removed: false }
+        Entry {
+            uri,
+            uuid,
+            geometry,
+            claim: None,
+            splits: Vec::new(),
+            split_of: None,
+            removed: false,
+        }
     }
 }
 
@@ -147,16 +157,23 @@ impl Registry {
 
     /// The subsystem a bdev made by ShareBdev, and its URI.
     fn share_of(&self, bdev: &str) -> Option<(&str, &Owned)> {
-        self.subsystems.iter().find(|(_, o)| o.shared_bdev.as_deref() == Some(bdev)).map(|(nqn, o)| (nqn.as_str(), o))
+        self.subsystems
+            .iter()
+            .find(|(_, o)| o.shared_bdev.as_deref() == Some(bdev))
+            .map(|(nqn, o)| (nqn.as_str(), o))
     }
 
     fn bdev_mut(&mut self, name: &str) -> Result<&mut Entry> {
-        self.bdevs.get_mut(name).ok_or_else(|| Error::Internal(format!("bdev {name} vanished from the registry")))
+        self.bdevs
+            .get_mut(name)
+            .ok_or_else(|| Error::Internal(format!("bdev {name} vanished from the registry")))
     }
 
     /// Every namespace of a subsystem went with it: their bdevs are free again.
     fn release_claims_of(&mut self, nqn: &str) {
-        for entry in self.bdevs.values_mut().filter(|e| e.claim.as_ref().is_some_and(|c| c.nqn == nqn)) {
+        for entry in
+            self.bdevs.values_mut().filter(|e| e.claim.as_ref().is_some_and(|c| c.nqn == nqn))
+        {
             entry.claim = None;
         }
     }
@@ -175,7 +192,12 @@ impl Registry {
                 (None, true) => String::new(),
             },
             split_base: entry.split_of.clone().unwrap_or_default(),
-            state: if !entry.removed && backing.present(&entry.uri) { STATE_ONLINE } else { STATE_FAULTED }.into(),
+            state: if !entry.removed && backing.present(&entry.uri) {
+                STATE_ONLINE
+            } else {
+                STATE_FAULTED
+            }
+            .into(),
             share_uri: self.share_of(&name).map(|(_, o)| o.uri.clone()).unwrap_or_default(),
             name,
         }
@@ -191,7 +213,14 @@ struct Claim {
 impl TargetService {
     pub fn new(nvmet: Nvmet, backing: Backing, traddr: Traddr) -> Self {
         let lio = Lio::new(super::configfs::ConfigFs::kernel(LIO_CONFIGFS));
-        TargetService { nvmet, lio, backing, traddr, started: Instant::now(), registry: Mutex::new(Registry::default()) }
+        TargetService {
+            nvmet,
+            lio,
+            backing,
+            traddr,
+            started: Instant::now(),
+            registry: Mutex::new(Registry::default()),
+        }
     }
 
     /// Replaces the LIO tree (another root, or an emulation for tests).
@@ -218,7 +247,12 @@ impl TargetService {
     pub fn leftovers(&self) -> Result<String> {
         let mut report = self.nvmet.state()?.to_string();
         for t in self.lio.targets()? {
-            report.push_str(&format!("iSCSI target {} portals [{}] luns {}\n", t.iqn, t.portals.join(", "), t.luns.len()));
+            report.push_str(&format!(
+                "iSCSI target {} portals [{}] luns {}\n",
+                t.iqn,
+                t.portals.join(", "),
+                t.luns.len()
+            ));
         }
         for b in self.lio.backstores()? {
             report.push_str(&format!("LIO backstore {}\n", b.display()));
@@ -255,10 +289,16 @@ impl TargetService {
 
     async fn list_bdevs(&self) -> Result<proto::ListBdevsReply> {
         let registry = self.registry.lock().await;
-        Ok(proto::ListBdevsReply { bdevs: registry.bdevs.values().map(|e| registry.to_proto(e, &self.backing)).collect() })
+        Ok(proto::ListBdevsReply {
+            bdevs: registry.bdevs.values().map(|e| registry.to_proto(e, &self.backing)).collect(),
+        })
     }
 
-    async fn create_bdev(&self, req: proto::CreateBdevRequest, deadline: Deadline) -> Result<proto::Bdev> {
+    async fn create_bdev(
+        &self,
+        req: proto::CreateBdevRequest,
+        deadline: Deadline,
+    ) -> Result<proto::Bdev> {
         limits::check_len("uri", &req.uri, MAX_NAME_LEN)?;
         let uri = BdevUri::parse(&req.uri)?;
         let name = uri.to_string();
@@ -267,8 +307,13 @@ impl TargetService {
         if registry.bdevs.contains_key(&name) {
             return Err(Error::AlreadyExists(format!("bdev {name} exists already")));
         }
-        if let Some(other) = registry.bdevs.values().find(|e| e.uri.backing_key() == uri.backing_key()) {
-            return Err(Error::AlreadyExists(format!("bdev {name} would use the same backing as existing bdev {}", other.uri)));
+        if let Some(other) =
+            registry.bdevs.values().find(|e| e.uri.backing_key() == uri.backing_key())
+        {
+            return Err(Error::AlreadyExists(format!(
+                "bdev {name} would use the same backing as existing bdev {}",
+                other.uri
+            )));
         }
         let geometry = self.backing.open(&uri)?;
         if let Err(err) = deadline.check("while the bdev was opened") {
@@ -281,13 +326,19 @@ impl TargetService {
         Ok(bdev)
     }
 
-    async fn destroy_bdev(&self, req: proto::DestroyBdevRequest, deadline: Deadline) -> Result<proto::DestroyBdevReply> {
+    async fn destroy_bdev(
+        &self,
+        req: proto::DestroyBdevRequest,
+        deadline: Deadline,
+    ) -> Result<proto::DestroyBdevReply> {
         let name = bdev_name("name", &req.name)?;
         let mut registry = self.lock(&deadline).await?;
         deadline.check("before the destroy started")?;
         let entry = lookup(&registry, &name)?;
         if let Some(base) = &entry.split_of {
-            return Err(Error::FailedPrecondition(format!("bdev {name} is a split of {base}; use UnsplitBdev on {base}")));
+            return Err(Error::FailedPrecondition(format!(
+                "bdev {name} is a split of {base}; use UnsplitBdev on {base}"
+            )));
         }
         require_unclaimed(&registry, entry)?;
         self.backing.release(&entry.uri)?;
@@ -295,7 +346,11 @@ impl TargetService {
         Ok(proto::DestroyBdevReply {})
     }
 
-    async fn share_bdev(&self, req: proto::ShareBdevRequest, deadline: Deadline) -> Result<proto::ShareBdevReply> {
+    async fn share_bdev(
+        &self,
+        req: proto::ShareBdevRequest,
+        deadline: Deadline,
+    ) -> Result<proto::ShareBdevReply> {
         let name = bdev_name("name", &req.name)?;
         if let Some(nqn) = &req.nqn {
             limits::check_len("nqn", nqn, MAX_NQN_LEN)?;
@@ -327,7 +382,10 @@ impl TargetService {
         let mut registry = self.lock(&deadline).await?;
         let entry = lookup(&registry, &name)?;
         if let Some((_, owned)) = registry.share_of(&name) {
-            return Err(Error::AlreadyExists(format!("bdev {name} is already shared as {}", owned.uri)));
+            return Err(Error::AlreadyExists(format!(
+                "bdev {name} is already shared as {}",
+                owned.uri
+            )));
         }
         require_unclaimed(&registry, entry)?;
         self.require_present(entry)?;
@@ -347,18 +405,30 @@ impl TargetService {
         let uri = format!("nvmf://{traddr}:{port}/{nqn}");
         info!(bdev = %name, %uri, port_id, "shared");
         registry.bdev_mut(&name)?.claim = Some(Claim { nqn: nqn.clone(), nsid: 1 });
-        registry.subsystems.insert(nqn.clone(), Owned { uri: uri.clone(), shared_bdev: Some(name) });
+        registry
+            .subsystems
+            .insert(nqn.clone(), Owned { uri: uri.clone(), shared_bdev: Some(name) });
         Ok(proto::ShareBdevReply { uri, nqn, iqn: String::new() })
     }
 
     /// ShareBdev over iSCSI: one LIO target per bdev, the bdev as LUN 0. In the registry it is
     /// a subsystem keyed by its IQN, and the bdev's claim is (IQN, 0).
-    async fn share_iscsi(&self, name: String, req: &proto::ShareBdevRequest, deadline: Deadline) -> Result<proto::ShareBdevReply> {
+    async fn share_iscsi(
+        &self,
+        name: String,
+        req: &proto::ShareBdevRequest,
+        deadline: Deadline,
+    ) -> Result<proto::ShareBdevReply> {
         if let Some(nqn) = &req.nqn {
-            return Err(Error::InvalidArgument(format!("nqn {} is for SHARE_PROTOCOL_NVMF; ISCSI takes iqn", quoted(nqn))));
+            return Err(Error::InvalidArgument(format!(
+                "nqn {} is for SHARE_PROTOCOL_NVMF; ISCSI takes iqn",
+                quoted(nqn)
+            )));
         }
         if !req.allowed_hosts.is_empty() {
-            return Err(Error::InvalidArgument("allowed_hosts is NVMF only; an iSCSI share admits any initiator".into()));
+            return Err(Error::InvalidArgument(
+                "allowed_hosts is NVMF only; an iSCSI share admits any initiator".into(),
+            ));
         }
         if let Some(iqn) = &req.iqn {
             lio::validate_iqn("target IQN", iqn)?;
@@ -367,35 +437,56 @@ impl TargetService {
         let mut registry = self.lock(&deadline).await?;
         let entry = lookup(&registry, &name)?;
         if let Some((_, owned)) = registry.share_of(&name) {
-            return Err(Error::AlreadyExists(format!("bdev {name} is already shared as {}", owned.uri)));
+            return Err(Error::AlreadyExists(format!(
+                "bdev {name} is already shared as {}",
+                owned.uri
+            )));
         }
         require_unclaimed(&registry, entry)?;
         self.require_present(entry)?;
         if Backing::buffered_io(&entry.uri) {
-            return Err(Error::FailedPrecondition(format!("bdev {name} is a malloc file; iSCSI shares serve block devices (aio://) only")));
+            return Err(Error::FailedPrecondition(format!(
+                "bdev {name} is a malloc file; iSCSI shares serve block devices (aio://) only"
+            )));
         }
         let iqn = req.iqn.clone().unwrap_or_else(|| format!("{IQN_PREFIX}{}", entry.uuid));
         if self.lio.target_exists(&iqn) || registry.subsystems.contains_key(&iqn) {
             return Err(Error::AlreadyExists(format!("iSCSI target {iqn} exists already")));
         }
         let addr = self.traddr.resolve()?;
-        let spec = IscsiShareSpec { iqn: iqn.clone(), device_path: self.backing.device_path(&entry.uri), addr, port };
+        let spec = IscsiShareSpec {
+            iqn: iqn.clone(),
+            device_path: self.backing.device_path(&entry.uri),
+            addr,
+            port,
+        };
         self.lio.share(&spec, &deadline)?;
         let uri = format!("{ISCSI_SCHEME}{addr}:{port}/{iqn}/0");
         info!(bdev = %name, %uri, "shared over iSCSI");
         registry.bdev_mut(&name)?.claim = Some(Claim { nqn: iqn.clone(), nsid: 0 });
-        registry.subsystems.insert(iqn.clone(), Owned { uri: uri.clone(), shared_bdev: Some(name) });
+        registry
+            .subsystems
+            .insert(iqn.clone(), Owned { uri: uri.clone(), shared_bdev: Some(name) });
         Ok(proto::ShareBdevReply { uri, nqn: String::new(), iqn })
     }
 
-    async fn unshare_bdev(&self, req: proto::UnshareBdevRequest, deadline: Deadline) -> Result<proto::UnshareBdevReply> {
+    async fn unshare_bdev(
+        &self,
+        req: proto::UnshareBdevRequest,
+        deadline: Deadline,
+    ) -> Result<proto::UnshareBdevReply> {
         let name = bdev_name("name", &req.name)?;
         let mut registry = self.lock(&deadline).await?;
         deadline.check("before the unshare started")?;
         let entry = lookup(&registry, &name)?;
-        let Some((nqn, iscsi)) = registry.share_of(&name).map(|(nqn, o)| (nqn.to_string(), o.is_iscsi())) else {
+        let Some((nqn, iscsi)) =
+            registry.share_of(&name).map(|(nqn, o)| (nqn.to_string(), o.is_iscsi()))
+        else {
             return Err(Error::FailedPrecondition(match &entry.claim {
-                Some(claim) => format!("bdev {name} is not shared itself but is {}; use RemoveNamespace", describe(claim)),
+                Some(claim) => format!(
+                    "bdev {name} is not shared itself but is {}; use RemoveNamespace",
+                    describe(claim)
+                ),
                 None => format!("bdev {name} is not shared"),
             }));
         };
@@ -413,7 +504,11 @@ impl TargetService {
         Ok(proto::UnshareBdevReply {})
     }
 
-    async fn create_subsystem(&self, req: proto::CreateSubsystemRequest, deadline: Deadline) -> Result<proto::CreateSubsystemReply> {
+    async fn create_subsystem(
+        &self,
+        req: proto::CreateSubsystemRequest,
+        deadline: Deadline,
+    ) -> Result<proto::CreateSubsystemReply> {
         limits::check_len("nqn", &req.nqn, MAX_NQN_LEN)?;
         limits::check_list("allowed_hosts", &req.allowed_hosts, MAX_ALLOWED_HOSTS, MAX_NQN_LEN)?;
         nvmet::validate_nqn("subsystem NQN", &req.nqn)?;
@@ -425,7 +520,13 @@ impl TargetService {
             return Err(Error::AlreadyExists(format!("subsystem {nqn} exists already")));
         }
         let traddr = self.traddr.resolve()?;
-        let spec = ShareSpec { nqn: nqn.clone(), allowed_hosts: req.allowed_hosts, namespace: None, traddr, trsvcid: port };
+        let spec = ShareSpec {
+            nqn: nqn.clone(),
+            allowed_hosts: req.allowed_hosts,
+            namespace: None,
+            traddr,
+            trsvcid: port,
+        };
         let port_id = self.nvmet.share(&spec, &deadline)?;
         let uri = format!("nvmf://{traddr}:{port}/{nqn}");
         info!(%uri, port_id, "empty subsystem created");
@@ -433,7 +534,11 @@ impl TargetService {
         Ok(proto::CreateSubsystemReply { uri, nqn })
     }
 
-    async fn destroy_subsystem(&self, req: proto::DestroySubsystemRequest, deadline: Deadline) -> Result<proto::DestroySubsystemReply> {
+    async fn destroy_subsystem(
+        &self,
+        req: proto::DestroySubsystemRequest,
+        deadline: Deadline,
+    ) -> Result<proto::DestroySubsystemReply> {
         limits::check_len("nqn", &req.nqn, MAX_NQN_LEN)?;
         // An IQN names an iSCSI share, refused below as made by ShareBdev (or not found).
         if lio::validate_iqn("target IQN", &req.nqn).is_err() {
@@ -443,7 +548,10 @@ impl TargetService {
         deadline.check("before the subsystem was destroyed")?;
         let owned = self.require_own_subsystem(&registry, &req.nqn)?;
         if let Some(bdev) = &owned.shared_bdev {
-            return Err(Error::FailedPrecondition(format!("subsystem {} was made by ShareBdev of {bdev}; use UnshareBdev", req.nqn)));
+            return Err(Error::FailedPrecondition(format!(
+                "subsystem {} was made by ShareBdev of {bdev}; use UnshareBdev",
+                req.nqn
+            )));
         }
         match self.nvmet.unshare(&req.nqn) {
             Ok(()) => {}
@@ -456,38 +564,70 @@ impl TargetService {
         Ok(proto::DestroySubsystemReply {})
     }
 
-    pub(crate) async fn split_bdev(&self, req: proto::SplitBdevRequest, deadline: Deadline) -> Result<proto::SplitBdevReply> {
+    pub(crate) async fn split_bdev(
+        &self,
+        req: proto::SplitBdevRequest,
+        deadline: Deadline,
+    ) -> Result<proto::SplitBdevReply> {
         let name = bdev_name("name", &req.name)?;
         if !(1..=split::MAX_SPLITS).contains(&req.split_count) {
-            return Err(Error::InvalidArgument(format!("split_count {} is out of range 1..={}", req.split_count, split::MAX_SPLITS)));
+            return Err(Error::InvalidArgument(format!(
+                "split_count {} is out of range 1..={}",
+                req.split_count,
+                split::MAX_SPLITS
+            )));
         }
         let mut registry = self.lock(&deadline).await?;
         let entry = lookup(&registry, &name)?;
         let BdevUri::Aio { dev } = &entry.uri else {
-            return Err(Error::FailedPrecondition(format!("bdev {name} is a malloc bdev; only aio bdevs of whole disks can be split")));
+            return Err(Error::FailedPrecondition(format!(
+                "bdev {name} is a malloc bdev; only aio bdevs of whole disks can be split"
+            )));
         };
         if let Some(base) = &entry.split_of {
-            return Err(Error::FailedPrecondition(format!("bdev {name} is a split of {base} already; split whole disks")));
+            return Err(Error::FailedPrecondition(format!(
+                "bdev {name} is a split of {base} already; split whole disks"
+            )));
         }
         if !entry.splits.is_empty() {
-            return Err(Error::FailedPrecondition(format!("bdev {name} is split already into {}; UnsplitBdev first", entry.splits.len())));
+            return Err(Error::FailedPrecondition(format!(
+                "bdev {name} is split already into {}; UnsplitBdev first",
+                entry.splits.len()
+            )));
         }
         require_unclaimed(&registry, entry)?;
         self.require_present(entry)?;
         if self.backing.is_partition(dev) {
-            return Err(Error::FailedPrecondition(format!("bdev {name} is a partition (/dev/{dev}); split whole disks")));
+            return Err(Error::FailedPrecondition(format!(
+                "bdev {name} is a partition (/dev/{dev}); split whole disks"
+            )));
         }
         // Re-reading the table replaces every partition of the disk: none may be a bdev.
-        if let Some(other) = registry.bdevs.values().find(|e| matches!(&e.uri, BdevUri::Aio { dev: d } if is_partition_of(d, dev))) {
-            return Err(Error::FailedPrecondition(format!("bdev {} is a partition of {name}; destroy it before splitting", other.uri)));
+        if let Some(other) = registry
+            .bdevs
+            .values()
+            .find(|e| matches!(&e.uri, BdevUri::Aio { dev: d } if is_partition_of(d, dev)))
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "bdev {} is a partition of {name}; destroy it before splitting",
+                other.uri
+            )));
         }
-        let layout = split::layout(dev, entry.geometry.num_blocks, entry.geometry.blk_size, req.split_count, req.split_size_mb)?;
+        let layout = split::layout(
+            dev,
+            entry.geometry.num_blocks,
+            entry.geometry.blk_size,
+            req.split_count,
+            req.split_size_mb,
+        )?;
         let blk = u64::from(entry.geometry.blk_size);
         let parts: Vec<(String, u64, u64)> = layout
             .parts
             .iter()
             .enumerate()
-            .map(|(i, (first, last))| (split::partition_name(dev, i + 1), first * blk, (last + 1 - first) * blk))
+            .map(|(i, (first, last))| {
+                (split::partition_name(dev, i + 1), first * blk, (last + 1 - first) * blk)
+            })
             .collect();
         let (dev, uuid, geometry) = (dev.clone(), entry.uuid, entry.geometry);
         deadline.check("before the partition table was written")?;
@@ -496,7 +636,9 @@ impl TargetService {
         // the future being dropped at an await (tonic drops it when the client's timeout passes).
         let guard = WipeOnDrop { backing: &self.backing, dev: &dev, geometry, armed: true };
         let settle = Instant::now() + split::SETTLE;
-        while let Some((missing, _, _)) = parts.iter().find(|(p, _, _)| !self.backing.partition_ready(p)) {
+        while let Some((missing, _, _)) =
+            parts.iter().find(|(p, _, _)| !self.backing.partition_ready(p))
+        {
             deadline.check("while the kernel made the partitions")?;
             if Instant::now() >= settle {
                 return Err(Error::Internal(format!(
@@ -532,12 +674,18 @@ impl TargetService {
         Ok(proto::SplitBdevReply { bdevs })
     }
 
-    async fn unsplit_bdev(&self, req: proto::UnsplitBdevRequest, deadline: Deadline) -> Result<proto::UnsplitBdevReply> {
+    async fn unsplit_bdev(
+        &self,
+        req: proto::UnsplitBdevRequest,
+        deadline: Deadline,
+    ) -> Result<proto::UnsplitBdevReply> {
         let name = bdev_name("name", &req.name)?;
         let mut registry = self.lock(&deadline).await?;
         let entry = lookup(&registry, &name)?;
         if let Some(base) = &entry.split_of {
-            return Err(Error::FailedPrecondition(format!("bdev {name} is a split of {base}; unsplit {base}")));
+            return Err(Error::FailedPrecondition(format!(
+                "bdev {name} is a split of {base}; unsplit {base}"
+            )));
         }
         if entry.splits.is_empty() {
             return Err(Error::FailedPrecondition(format!("bdev {name} is not split")));
@@ -561,7 +709,13 @@ impl TargetService {
     async fn list_subsystems(&self) -> Result<proto::ListSubsystemsReply> {
         let registry = self.registry.lock().await;
         let state = self.nvmet.state()?;
-        let holder = |claim: Claim| registry.bdevs.values().find(|e| e.claim.as_ref() == Some(&claim)).map(|e| e.uri.to_string());
+        let holder = |claim: Claim| {
+            registry
+                .bdevs
+                .values()
+                .find(|e| e.claim.as_ref() == Some(&claim))
+                .map(|e| e.uri.to_string())
+        };
         let subsystems = state
             .subsystems
             .iter()
@@ -572,7 +726,8 @@ impl TargetService {
                     .iter()
                     .map(|ns| proto::Namespace {
                         nsid: ns.nsid,
-                        bdev: holder(Claim { nqn: s.nqn.clone(), nsid: ns.nsid }).unwrap_or_default(),
+                        bdev: holder(Claim { nqn: s.nqn.clone(), nsid: ns.nsid })
+                            .unwrap_or_default(),
                         device_path: ns.device_path.clone(),
                         enabled: ns.enabled,
                         device_uuid: ns.device_uuid.clone(),
@@ -581,14 +736,26 @@ impl TargetService {
                 ports: state.ports_of(&s.nqn).map(port_to_proto).collect(),
                 allowed_hosts: s.allowed_hosts.clone(),
                 allow_any_host: s.allow_any_host,
-                shared_bdev: registry.subsystems.get(&s.nqn).and_then(|o| o.shared_bdev.clone()).unwrap_or_default(),
+                shared_bdev: registry
+                    .subsystems
+                    .get(&s.nqn)
+                    .and_then(|o| o.shared_bdev.clone())
+                    .unwrap_or_default(),
                 own: registry.subsystems.contains_key(&s.nqn),
             })
             .collect();
-        Ok(proto::ListSubsystemsReply { subsystems, ports: state.ports.iter().map(port_to_proto).collect(), hosts: state.hosts.clone() })
+        Ok(proto::ListSubsystemsReply {
+            subsystems,
+            ports: state.ports.iter().map(port_to_proto).collect(),
+            hosts: state.hosts.clone(),
+        })
     }
 
-    async fn add_namespace(&self, req: proto::AddNamespaceRequest, deadline: Deadline) -> Result<proto::Namespace> {
+    async fn add_namespace(
+        &self,
+        req: proto::AddNamespaceRequest,
+        deadline: Deadline,
+    ) -> Result<proto::Namespace> {
         if !one_target("AddNamespace", &req.nqn, &req.iqn)? {
             return self.add_lun(req, deadline).await;
         }
@@ -605,7 +772,10 @@ impl TargetService {
         self.require_present(entry)?;
         let nsid = match req.nsid {
             Some(nsid) if self.nvmet.namespace_exists(&req.nqn, nsid) => {
-                return Err(Error::AlreadyExists(format!("namespace {nsid} of {} exists already", req.nqn)));
+                return Err(Error::AlreadyExists(format!(
+                    "namespace {nsid} of {} exists already",
+                    req.nqn
+                )));
             }
             Some(nsid) => nsid,
             None => self.nvmet.free_nsid(&req.nqn)?,
@@ -623,7 +793,11 @@ impl TargetService {
         })
     }
 
-    async fn remove_namespace(&self, req: proto::RemoveNamespaceRequest, deadline: Deadline) -> Result<proto::RemoveNamespaceReply> {
+    async fn remove_namespace(
+        &self,
+        req: proto::RemoveNamespaceRequest,
+        deadline: Deadline,
+    ) -> Result<proto::RemoveNamespaceReply> {
         if !one_target("RemoveNamespace", &req.nqn, &req.iqn)? {
             return self.remove_lun(req, deadline).await;
         }
@@ -634,7 +808,11 @@ impl TargetService {
         deadline.check("before the namespace was removed")?;
         self.require_own_subsystem(&registry, &req.nqn)?;
         let claim = Claim { nqn: req.nqn.clone(), nsid: req.nsid };
-        let holder = registry.bdevs.iter().find(|(_, e)| e.claim.as_ref() == Some(&claim)).map(|(name, _)| name.clone());
+        let holder = registry
+            .bdevs
+            .iter()
+            .find(|(_, e)| e.claim.as_ref() == Some(&claim))
+            .map(|(name, _)| name.clone());
         if let Some(name) = &holder {
             if registry.share_of(name).is_some_and(|(nqn, _)| nqn == req.nqn) {
                 return Err(Error::FailedPrecondition(format!(
@@ -644,7 +822,10 @@ impl TargetService {
             }
         }
         if !self.nvmet.namespace_exists(&req.nqn, req.nsid) {
-            return Err(Error::NotFound(format!("namespace {} of {} not found", req.nsid, req.nqn)));
+            return Err(Error::NotFound(format!(
+                "namespace {} of {} not found",
+                req.nsid, req.nqn
+            )));
         }
         self.nvmet.remove_namespace(&req.nqn, req.nsid)?;
         info!(nqn = %req.nqn, nsid = req.nsid, bdev = holder.as_deref().unwrap_or("(unknown)"), "namespace detached");
@@ -656,7 +837,11 @@ impl TargetService {
 
     /// AddNamespace on an iSCSI target: the bdev becomes LUN `nsid` (the lowest free from 1 when
     /// unset) of a target made by ShareBdev ISCSI, claimed as (IQN, LUN).
-    async fn add_lun(&self, req: proto::AddNamespaceRequest, deadline: Deadline) -> Result<proto::Namespace> {
+    async fn add_lun(
+        &self,
+        req: proto::AddNamespaceRequest,
+        deadline: Deadline,
+    ) -> Result<proto::Namespace> {
         limits::check_len("iqn", &req.iqn, MAX_IQN_LEN)?;
         lio::validate_iqn("target IQN", &req.iqn)?;
         let name = bdev_name("bdev", &req.bdev)?;
@@ -669,11 +854,16 @@ impl TargetService {
         require_unclaimed(&registry, entry)?;
         self.require_present(entry)?;
         if Backing::buffered_io(&entry.uri) {
-            return Err(Error::FailedPrecondition(format!("bdev {name} is a malloc file; iSCSI LUNs serve block devices (aio://) only")));
+            return Err(Error::FailedPrecondition(format!(
+                "bdev {name} is a malloc file; iSCSI LUNs serve block devices (aio://) only"
+            )));
         }
         let lun = match req.nsid {
             Some(lun) if self.lio.lun_exists(&req.iqn, lun) => {
-                return Err(Error::AlreadyExists(format!("LUN {lun} of {} exists already", req.iqn)));
+                return Err(Error::AlreadyExists(format!(
+                    "LUN {lun} of {} exists already",
+                    req.iqn
+                )));
             }
             Some(lun) => lun,
             None => self.lio.free_lun(&req.iqn)?,
@@ -693,7 +883,11 @@ impl TargetService {
 
     /// RemoveNamespace on an iSCSI target: LUN `nsid` and its backstore go, not LUN 0 (the
     /// shared bdev's: UnshareBdev).
-    async fn remove_lun(&self, req: proto::RemoveNamespaceRequest, deadline: Deadline) -> Result<proto::RemoveNamespaceReply> {
+    async fn remove_lun(
+        &self,
+        req: proto::RemoveNamespaceRequest,
+        deadline: Deadline,
+    ) -> Result<proto::RemoveNamespaceReply> {
         limits::check_len("iqn", &req.iqn, MAX_IQN_LEN)?;
         lio::validate_iqn("target IQN", &req.iqn)?;
         validate_lun(req.nsid, 0)?;
@@ -702,14 +896,21 @@ impl TargetService {
         let owned = self.require_own_iscsi_target(&registry, &req.iqn)?;
         if req.nsid == 0 {
             let shared = owned.shared_bdev.clone().unwrap_or_default();
-            return Err(Error::FailedPrecondition(format!("LUN 0 of {} is the shared bdev {shared} itself; use UnshareBdev", req.iqn)));
+            return Err(Error::FailedPrecondition(format!(
+                "LUN 0 of {} is the shared bdev {shared} itself; use UnshareBdev",
+                req.iqn
+            )));
         }
         if !self.lio.lun_exists(&req.iqn, req.nsid) {
             return Err(Error::NotFound(format!("LUN {} of {} not found", req.nsid, req.iqn)));
         }
         self.lio.remove_lun_of(&req.iqn, req.nsid)?;
         let claim = Claim { nqn: req.iqn.clone(), nsid: req.nsid };
-        let holder = registry.bdevs.iter().find(|(_, e)| e.claim.as_ref() == Some(&claim)).map(|(name, _)| name.clone());
+        let holder = registry
+            .bdevs
+            .iter()
+            .find(|(_, e)| e.claim.as_ref() == Some(&claim))
+            .map(|(name, _)| name.clone());
         info!(iqn = %req.iqn, lun = req.nsid, bdev = holder.as_deref().unwrap_or("(unknown)"), "LUN detached");
         if let Some(name) = holder {
             registry.bdev_mut(&name)?.claim = None;
@@ -741,8 +942,12 @@ impl TargetService {
     /// and retried at the next call. Called by [`super::monitor`] every poll period.
     pub async fn reap_vanished(&self) -> Vec<String> {
         let mut registry = self.registry.lock().await;
-        let vanished: Vec<String> =
-            registry.bdevs.iter().filter(|(_, e)| !e.removed && !self.backing.present(&e.uri)).map(|(name, _)| name.clone()).collect();
+        let vanished: Vec<String> = registry
+            .bdevs
+            .iter()
+            .filter(|(_, e)| !e.removed && !self.backing.present(&e.uri))
+            .map(|(name, _)| name.clone())
+            .collect();
         let mut report = Vec::new();
         for name in vanished {
             let Some(entry) = registry.bdevs.get(&name) else { continue };
@@ -768,7 +973,10 @@ impl TargetService {
             let Ok(entry) = registry.bdev_mut(&name) else { continue };
             entry.claim = None;
             entry.removed = true;
-            let line = format!("hot-remove: {} vanished; bdev {name} is {STATE_FAULTED}, {what}", path.display());
+            let line = format!(
+                "hot-remove: {} vanished; bdev {name} is {STATE_FAULTED}, {what}",
+                path.display()
+            );
             warn!("{line}");
             report.push(line);
         }
@@ -913,7 +1121,9 @@ impl Drop for WipeOnDrop<'_> {
         let wipe = split::wipe_writes(self.geometry.num_blocks, self.geometry.blk_size);
         match self.backing.write_partition_table(self.dev, &wipe, &[]) {
             Ok(()) => info!("split of /dev/{} undone: partition table wiped", self.dev),
-            Err(err) => warn!("wiping the partition table of /dev/{} after a failed split: {err}", self.dev),
+            Err(err) => {
+                warn!("wiping the partition table of /dev/{} after a failed split: {err}", self.dev)
+            }
         }
     }
 }
@@ -921,7 +1131,11 @@ impl Drop for WipeOnDrop<'_> {
 /// Whether block device `part` is a partition of `disk` (`nvme0n1p2` of `nvme0n1`, `vdb1` of `vdb`).
 fn is_partition_of(part: &str, disk: &str) -> bool {
     let Some(rest) = part.strip_prefix(disk) else { return false };
-    let rest = if disk.ends_with(|c: char| c.is_ascii_digit()) { rest.strip_prefix('p').unwrap_or("") } else { rest };
+    let rest = if disk.ends_with(|c: char| c.is_ascii_digit()) {
+        rest.strip_prefix('p').unwrap_or("")
+    } else {
+        rest
+    };
     !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit())
 }
 
@@ -929,16 +1143,25 @@ fn is_partition_of(part: &str, disk: &str) -> bool {
 fn require_unclaimed(registry: &Registry, entry: &Entry) -> Result<()> {
     let name = entry.uri.to_string();
     if !entry.splits.is_empty() {
-        return Err(Error::FailedPrecondition(format!("bdev {name} is split into {} bdevs; UnsplitBdev first", entry.splits.len())));
+        return Err(Error::FailedPrecondition(format!(
+            "bdev {name} is split into {} bdevs; UnsplitBdev first",
+            entry.splits.len()
+        )));
     }
     match (&entry.claim, registry.share_of(&name)) {
         (None, None) => Ok(()),
         (Some(claim), shared) => {
-            let hint = if shared.is_some() { "unshare it first" } else { "remove the namespace first" };
-            Err(Error::FailedPrecondition(format!("bdev {name} is in use as {}; {hint}", registry.describe(claim))))
+            let hint =
+                if shared.is_some() { "unshare it first" } else { "remove the namespace first" };
+            Err(Error::FailedPrecondition(format!(
+                "bdev {name} is in use as {}; {hint}",
+                registry.describe(claim)
+            )))
         }
         // Its namespace went (the device was hot-removed) but the subsystem it made is there.
-        (None, Some((nqn, _))) => Err(Error::FailedPrecondition(format!("bdev {name} is shared as subsystem {nqn}; unshare it first"))),
+        (None, Some((nqn, _))) => Err(Error::FailedPrecondition(format!(
+            "bdev {name} is shared as subsystem {nqn}; unshare it first"
+        ))),
     }
 }
 
@@ -946,10 +1169,9 @@ fn require_unclaimed(registry: &Registry, entry: &Entry) -> Result<()> {
 fn validate_port(port: Option<u32>, default: u16) -> Result<u16> {
     match port {
         None => Ok(default),
-        Some(port) => u16::try_from(port)
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| Error::InvalidArgument(format!("port {port} is out of range 1..=65535"))),
+        Some(port) => u16::try_from(port).ok().filter(|p| *p != 0).ok_or_else(|| {
+            Error::InvalidArgument(format!("port {port} is out of range 1..=65535"))
+        }),
     }
 }
 
@@ -957,7 +1179,10 @@ fn validate_hosts(hosts: &[String]) -> Result<()> {
     for (i, host) in hosts.iter().enumerate() {
         nvmet::validate_nqn("allowed host NQN", host)?;
         if hosts[..i].contains(host) {
-            return Err(Error::InvalidArgument(format!("allowed host NQN {} is listed twice", quoted(host))));
+            return Err(Error::InvalidArgument(format!(
+                "allowed host NQN {} is listed twice",
+                quoted(host)
+            )));
         }
     }
     Ok(())
@@ -999,58 +1224,112 @@ async fn serve<R: std::fmt::Debug, T, F: Future<Output = Result<T>>>(
 
 #[tonic::async_trait]
 impl Target for TargetService {
-    async fn health(&self, req: Request<proto::HealthRequest>) -> Result<Response<proto::HealthReply>, Status> {
+    async fn health(
+        &self,
+        req: Request<proto::HealthRequest>,
+    ) -> Result<Response<proto::HealthReply>, Status> {
         serve("Health", req, |_, _| TargetService::health(self)).await
     }
 
-    async fn list_bdevs(&self, req: Request<proto::ListBdevsRequest>) -> Result<Response<proto::ListBdevsReply>, Status> {
+    async fn list_bdevs(
+        &self,
+        req: Request<proto::ListBdevsRequest>,
+    ) -> Result<Response<proto::ListBdevsReply>, Status> {
         serve("ListBdevs", req, |_, _| TargetService::list_bdevs(self)).await
     }
 
-    async fn create_bdev(&self, req: Request<proto::CreateBdevRequest>) -> Result<Response<proto::Bdev>, Status> {
-        serve("CreateBdev", req, |req, deadline| TargetService::create_bdev(self, req, deadline)).await
+    async fn create_bdev(
+        &self,
+        req: Request<proto::CreateBdevRequest>,
+    ) -> Result<Response<proto::Bdev>, Status> {
+        serve("CreateBdev", req, |req, deadline| TargetService::create_bdev(self, req, deadline))
+            .await
     }
 
-    async fn destroy_bdev(&self, req: Request<proto::DestroyBdevRequest>) -> Result<Response<proto::DestroyBdevReply>, Status> {
-        serve("DestroyBdev", req, |req, deadline| TargetService::destroy_bdev(self, req, deadline)).await
+    async fn destroy_bdev(
+        &self,
+        req: Request<proto::DestroyBdevRequest>,
+    ) -> Result<Response<proto::DestroyBdevReply>, Status> {
+        serve("DestroyBdev", req, |req, deadline| TargetService::destroy_bdev(self, req, deadline))
+            .await
     }
 
-    async fn share_bdev(&self, req: Request<proto::ShareBdevRequest>) -> Result<Response<proto::ShareBdevReply>, Status> {
-        serve("ShareBdev", req, |req, deadline| TargetService::share_bdev(self, req, deadline)).await
+    async fn share_bdev(
+        &self,
+        req: Request<proto::ShareBdevRequest>,
+    ) -> Result<Response<proto::ShareBdevReply>, Status> {
+        serve("ShareBdev", req, |req, deadline| TargetService::share_bdev(self, req, deadline))
+            .await
     }
 
-    async fn unshare_bdev(&self, req: Request<proto::UnshareBdevRequest>) -> Result<Response<proto::UnshareBdevReply>, Status> {
-        serve("UnshareBdev", req, |req, deadline| TargetService::unshare_bdev(self, req, deadline)).await
+    async fn unshare_bdev(
+        &self,
+        req: Request<proto::UnshareBdevRequest>,
+    ) -> Result<Response<proto::UnshareBdevReply>, Status> {
+        serve("UnshareBdev", req, |req, deadline| TargetService::unshare_bdev(self, req, deadline))
+            .await
     }
 
-    async fn list_subsystems(&self, req: Request<proto::ListSubsystemsRequest>) -> Result<Response<proto::ListSubsystemsReply>, Status> {
+    async fn list_subsystems(
+        &self,
+        req: Request<proto::ListSubsystemsRequest>,
+    ) -> Result<Response<proto::ListSubsystemsReply>, Status> {
         serve("ListSubsystems", req, |_, _| TargetService::list_subsystems(self)).await
     }
 
-    async fn add_namespace(&self, req: Request<proto::AddNamespaceRequest>) -> Result<Response<proto::Namespace>, Status> {
-        serve("AddNamespace", req, |req, deadline| TargetService::add_namespace(self, req, deadline)).await
+    async fn add_namespace(
+        &self,
+        req: Request<proto::AddNamespaceRequest>,
+    ) -> Result<Response<proto::Namespace>, Status> {
+        serve("AddNamespace", req, |req, deadline| {
+            TargetService::add_namespace(self, req, deadline)
+        })
+        .await
     }
 
-    async fn split_bdev(&self, req: Request<proto::SplitBdevRequest>) -> Result<Response<proto::SplitBdevReply>, Status> {
-        serve("SplitBdev", req, |req, deadline| TargetService::split_bdev(self, req, deadline)).await
+    async fn split_bdev(
+        &self,
+        req: Request<proto::SplitBdevRequest>,
+    ) -> Result<Response<proto::SplitBdevReply>, Status> {
+        serve("SplitBdev", req, |req, deadline| TargetService::split_bdev(self, req, deadline))
+            .await
     }
 
-    async fn unsplit_bdev(&self, req: Request<proto::UnsplitBdevRequest>) -> Result<Response<proto::UnsplitBdevReply>, Status> {
-        serve("UnsplitBdev", req, |req, deadline| TargetService::unsplit_bdev(self, req, deadline)).await
+    async fn unsplit_bdev(
+        &self,
+        req: Request<proto::UnsplitBdevRequest>,
+    ) -> Result<Response<proto::UnsplitBdevReply>, Status> {
+        serve("UnsplitBdev", req, |req, deadline| TargetService::unsplit_bdev(self, req, deadline))
+            .await
     }
 
-    async fn create_subsystem(&self, req: Request<proto::CreateSubsystemRequest>) -> Result<Response<proto::CreateSubsystemReply>, Status> {
-        serve("CreateSubsystem", req, |req, deadline| TargetService::create_subsystem(self, req, deadline)).await
+    async fn create_subsystem(
+        &self,
+        req: Request<proto::CreateSubsystemRequest>,
+    ) -> Result<Response<proto::CreateSubsystemReply>, Status> {
+        serve("CreateSubsystem", req, |req, deadline| {
+            TargetService::create_subsystem(self, req, deadline)
+        })
+        .await
     }
 
     async fn destroy_subsystem(
         &self,
         req: Request<proto::DestroySubsystemRequest>,
     ) -> Result<Response<proto::DestroySubsystemReply>, Status> {
-        serve("DestroySubsystem", req, |req, deadline| TargetService::destroy_subsystem(self, req, deadline)).await
+        serve("DestroySubsystem", req, |req, deadline| {
+            TargetService::destroy_subsystem(self, req, deadline)
+        })
+        .await
     }
 
-    async fn remove_namespace(&self, req: Request<proto::RemoveNamespaceRequest>) -> Result<Response<proto::RemoveNamespaceReply>, Status> {
-        serve("RemoveNamespace", req, |req, deadline| TargetService::remove_namespace(self, req, deadline)).await
+    async fn remove_namespace(
+        &self,
+        req: Request<proto::RemoveNamespaceRequest>,
+    ) -> Result<Response<proto::RemoveNamespaceReply>, Status> {
+        serve("RemoveNamespace", req, |req, deadline| {
+            TargetService::remove_namespace(self, req, deadline)
+        })
+        .await
     }
 }

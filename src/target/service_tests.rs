@@ -9,7 +9,9 @@ use tonic::Code;
 
 use super::backing::{fake_block_device, Backing};
 use super::configfs::{ConfigFs, Op};
-use super::conformance::{bad_request_table, run_bad_request_table, Call, Reply, TableParams, TargetApi};
+use super::conformance::{
+    bad_request_table, run_bad_request_table, Call, Reply, TableParams, TargetApi,
+};
 use super::limits::Deadline;
 use super::nvmet::{NamespaceSpec, Nvmet, ShareSpec, ROOT_LAYOUT};
 use super::proto;
@@ -41,8 +43,9 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let fs = ConfigFs::emulated(dir.path().join("nvmet"), &ROOT_LAYOUT).unwrap();
         std::fs::create_dir_all(dir.path().join("dev")).unwrap();
-        let backing =
-            Backing::new(dir.path().join("sys"), dir.path().join("malloc")).with_dev_dir(dir.path().join("dev")).with_fake_kernel();
+        let backing = Backing::new(dir.path().join("sys"), dir.path().join("malloc"))
+            .with_dev_dir(dir.path().join("dev"))
+            .with_fake_kernel();
         let svc = TargetService::new(Nvmet::new(fs), backing, Traddr::Fixed(TRADDR));
         Fixture { dir, svc }
     }
@@ -92,7 +95,10 @@ impl Fixture {
         }
     }
 
-    async fn share(&self, req: proto::ShareBdevRequest) -> Result<proto::ShareBdevReply, tonic::Status> {
+    async fn share(
+        &self,
+        req: proto::ShareBdevRequest,
+    ) -> Result<proto::ShareBdevReply, tonic::Status> {
         match self.call(Call::ShareBdev(req)).await? {
             Reply::Shared(reply) => Ok(reply),
             other => panic!("ShareBdev replied {other:?}"),
@@ -157,8 +163,14 @@ async fn create_share_hot_attach_detach_unshare_destroy() {
     let fx = Fixture::new();
     fx.add_disk("vdb", 512);
     let aio = fx.create("aio:///dev/vdb").await.unwrap();
-    assert_eq!((aio.name.as_str(), aio.num_blocks, aio.blk_size), ("aio:///dev/vdb", 1_048_576, 512));
-    assert_eq!((aio.claimed, aio.claimed_by.as_str(), aio.state.as_str()), (false, "", STATE_ONLINE));
+    assert_eq!(
+        (aio.name.as_str(), aio.num_blocks, aio.blk_size),
+        ("aio:///dev/vdb", 1_048_576, 512)
+    );
+    assert_eq!(
+        (aio.claimed, aio.claimed_by.as_str(), aio.state.as_str()),
+        (false, "", STATE_ONLINE)
+    );
     // The uuid is derived from the name: stable across daemon restarts.
     let restarted = Fixture::new();
     restarted.add_disk("vdb", 1);
@@ -171,7 +183,10 @@ async fn create_share_hot_attach_detach_unshare_destroy() {
     assert_eq!(shared.uri, format!("nvmf://192.0.2.1:4420/{}", shared.nqn));
     let listed = fx.bdevs().await;
     let vdb = listed.iter().find(|b| b.name == "aio:///dev/vdb").unwrap();
-    assert_eq!((vdb.claimed, vdb.claimed_by.as_str(), vdb.share_uri.as_str()), (true, CLAIMED_BY, shared.uri.as_str()));
+    assert_eq!(
+        (vdb.claimed, vdb.claimed_by.as_str(), vdb.share_uri.as_str()),
+        (true, CLAIMED_BY, shared.uri.as_str())
+    );
 
     // Hot attach m0 into the live subsystem, then detach it.
     let ns = match fx
@@ -191,13 +206,38 @@ async fn create_share_hot_attach_detach_unshare_destroy() {
     let subsystems = fx.subsystems().await;
     assert_eq!(subsystems.len(), 1);
     let s = &subsystems[0];
-    assert_eq!((s.nqn.as_str(), s.shared_bdev.as_str(), s.allow_any_host), (shared.nqn.as_str(), "aio:///dev/vdb", true));
-    let namespaces: Vec<(u32, &str, &str)> = s.namespaces.iter().map(|n| (n.nsid, n.bdev.as_str(), n.device_path.as_str())).collect();
+    assert_eq!(
+        (s.nqn.as_str(), s.shared_bdev.as_str(), s.allow_any_host),
+        (shared.nqn.as_str(), "aio:///dev/vdb", true)
+    );
+    let namespaces: Vec<(u32, &str, &str)> =
+        s.namespaces.iter().map(|n| (n.nsid, n.bdev.as_str(), n.device_path.as_str())).collect();
     let m0_path = fx.dir.path().join("malloc/m0");
-    assert_eq!(namespaces, [(1, "aio:///dev/vdb", "/dev/vdb"), (2, malloc.name.as_str(), m0_path.to_str().unwrap())]);
-    assert_eq!(s.ports, [proto::Port { id: 1, trtype: "tcp".into(), adrfam: "ipv4".into(), traddr: "192.0.2.1".into(), trsvcid: 4420 }]);
-    assert!(fx.tree().iter().any(|l| l.ends_with("namespaces/2/buffered_io = 1")), "files are served with buffered I/O");
-    fx.call(Call::RemoveNamespace(proto::RemoveNamespaceRequest { nqn: shared.nqn.clone(), nsid: 2, ..Default::default() })).await.unwrap();
+    assert_eq!(
+        namespaces,
+        [(1, "aio:///dev/vdb", "/dev/vdb"), (2, malloc.name.as_str(), m0_path.to_str().unwrap())]
+    );
+    assert_eq!(
+        s.ports,
+        [proto::Port {
+            id: 1,
+            trtype: "tcp".into(),
+            adrfam: "ipv4".into(),
+            traddr: "192.0.2.1".into(),
+            trsvcid: 4420
+        }]
+    );
+    assert!(
+        fx.tree().iter().any(|l| l.ends_with("namespaces/2/buffered_io = 1")),
+        "files are served with buffered I/O"
+    );
+    fx.call(Call::RemoveNamespace(proto::RemoveNamespaceRequest {
+        nqn: shared.nqn.clone(),
+        nsid: 2,
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
     assert!(!fx.bdevs().await.iter().find(|b| b.name == malloc.name).unwrap().claimed);
 
     // A second share on the same port reuses nvmet port 1; another port makes port 2.
@@ -208,11 +248,17 @@ async fn create_share_hot_attach_detach_unshare_destroy() {
     let custom = proto::ShareBdevRequest {
         nqn: Some("nqn.2019-05.io.vmcheck:custom".into()),
         port: Some(4421),
-        allowed_hosts: vec!["nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-00000000000a".into()],
+        allowed_hosts: vec![
+            "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-00000000000a".into()
+        ],
         ..share_req("aio:///dev/vdc")
     };
-    assert_eq!(fx.share(custom).await.unwrap().uri, "nvmf://192.0.2.1:4421/nqn.2019-05.io.vmcheck:custom");
-    let ports: Vec<u32> = fx.subsystems().await.iter().flat_map(|s| s.ports.iter().map(|p| p.id)).collect();
+    assert_eq!(
+        fx.share(custom).await.unwrap().uri,
+        "nvmf://192.0.2.1:4421/nqn.2019-05.io.vmcheck:custom"
+    );
+    let ports: Vec<u32> =
+        fx.subsystems().await.iter().flat_map(|s| s.ports.iter().map(|p| p.id)).collect();
     assert_eq!(ports, [1, 1, 2]);
 
     for name in ["aio:///dev/vdb", &malloc.name, "aio:///dev/vdc"] {
@@ -261,15 +307,28 @@ async fn a_share_that_fails_halfway_leaves_nothing_behind() {
         "ports/1/subsystems/nqn.2019-05.io.vmcheck:halfway",
         Errno::EADDRNOTAVAIL as i32
     ));
-    let err =
-        fx.share(proto::ShareBdevRequest { nqn: Some("nqn.2019-05.io.vmcheck:halfway".into()), ..share_req(name) }).await.unwrap_err();
+    let err = fx
+        .share(proto::ShareBdevRequest {
+            nqn: Some("nqn.2019-05.io.vmcheck:halfway".into()),
+            ..share_req(name)
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
-    assert!(err.message().contains("port 1") && err.message().contains("192.0.2.1:4420"), "{err:?}");
+    assert!(
+        err.message().contains("port 1") && err.message().contains("192.0.2.1:4420"),
+        "{err:?}"
+    );
     assert_eq!(fx.tree(), before);
     let bdev = fx.bdevs().await.remove(0);
     assert!(!bdev.claimed && bdev.share_uri.is_empty());
     // Nothing stale blocks the retry.
-    fx.share(proto::ShareBdevRequest { nqn: Some("nqn.2019-05.io.vmcheck:halfway".into()), ..share_req(name) }).await.unwrap();
+    fx.share(proto::ShareBdevRequest {
+        nqn: Some("nqn.2019-05.io.vmcheck:halfway".into()),
+        ..share_req(name)
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -279,22 +338,45 @@ async fn leftover_state_is_reported_listed_and_left_alone() {
     let leftover = "nqn.2019-05.io.vmcheck:leftover";
     {
         let earlier = Nvmet::new(ConfigFs::emulated(&root, &ROOT_LAYOUT).unwrap());
-        let ns = NamespaceSpec { nsid: 1, device_path: "/dev/vdz".into(), device_uuid: uuid::Uuid::nil(), buffered_io: false };
+        let ns = NamespaceSpec {
+            nsid: 1,
+            device_path: "/dev/vdz".into(),
+            device_uuid: uuid::Uuid::nil(),
+            buffered_io: false,
+        };
         earlier
             .share(
-                &ShareSpec { nqn: leftover.into(), allowed_hosts: vec![], namespace: Some(ns), traddr: TRADDR, trsvcid: 4420 },
+                &ShareSpec {
+                    nqn: leftover.into(),
+                    allowed_hosts: vec![],
+                    namespace: Some(ns),
+                    traddr: TRADDR,
+                    trsvcid: 4420,
+                },
                 &Deadline::none(),
             )
             .unwrap();
     }
     let fx = Fixture::with(dir, ConfigFs::emulated(&root, &ROOT_LAYOUT).unwrap());
     let report = fx.svc.leftovers().unwrap();
-    assert!(report.contains(leftover) && report.contains("/dev/vdz") && report.contains("port 1"), "{report}");
+    assert!(
+        report.contains(leftover) && report.contains("/dev/vdz") && report.contains("port 1"),
+        "{report}"
+    );
 
-    let Reply::Subsystems(all) = fx.call(Call::ListSubsystems).await.unwrap() else { panic!("ListSubsystems") };
+    let Reply::Subsystems(all) = fx.call(Call::ListSubsystems).await.unwrap() else {
+        panic!("ListSubsystems")
+    };
     assert_eq!(all.ports.iter().map(|p| (p.id, p.trsvcid)).collect::<Vec<_>>(), [(1, 4420)]);
     let listed = fx.subsystems().await;
-    assert_eq!((listed[0].nqn.as_str(), listed[0].shared_bdev.as_str(), listed[0].namespaces[0].bdev.as_str()), (leftover, "", ""));
+    assert_eq!(
+        (
+            listed[0].nqn.as_str(),
+            listed[0].shared_bdev.as_str(),
+            listed[0].namespaces[0].bdev.as_str()
+        ),
+        (leftover, "", "")
+    );
     fx.create("malloc:///m2?size_mb=4").await.unwrap();
     let add = Call::AddNamespace(proto::AddNamespaceRequest {
         nqn: leftover.into(),
@@ -303,10 +385,16 @@ async fn leftover_state_is_reported_listed_and_left_alone() {
         ..Default::default()
     });
     assert_eq!(fx.call(add).await.unwrap_err().code(), Code::FailedPrecondition);
-    let clash = proto::ShareBdevRequest { nqn: Some(leftover.into()), ..share_req("malloc:///m2?size_mb=4") };
+    let clash = proto::ShareBdevRequest {
+        nqn: Some(leftover.into()),
+        ..share_req("malloc:///m2?size_mb=4")
+    };
     assert_eq!(fx.share(clash).await.unwrap_err().code(), Code::AlreadyExists);
     // Its port is reused for a share on the same address.
-    assert_eq!(fx.share(share_req("malloc:///m2?size_mb=4")).await.unwrap().uri.split('/').nth(2), Some("192.0.2.1:4420"));
+    assert_eq!(
+        fx.share(share_req("malloc:///m2?size_mb=4")).await.unwrap().uri.split('/').nth(2),
+        Some("192.0.2.1:4420")
+    );
     fx.unshare("malloc:///m2?size_mb=4").await.unwrap();
     assert!(fx.svc.nvmet().subsystem_exists(leftover));
     assert_eq!(fx.svc.nvmet().state().unwrap().ports.len(), 1, "the leftover still uses its port");
@@ -315,14 +403,24 @@ async fn leftover_state_is_reported_listed_and_left_alone() {
 #[tokio::test]
 async fn health_reports_nvmet_and_version() {
     let fx = Fixture::new();
-    let reply = proto::target_server::Target::health(&fx.svc, tonic::Request::new(proto::HealthRequest {})).await.unwrap().into_inner();
+    let reply =
+        proto::target_server::Target::health(&fx.svc, tonic::Request::new(proto::HealthRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
     assert!(reply.nvmet);
     assert_eq!(reply.version, env!("CARGO_PKG_VERSION"));
 
     let dir = tempfile::tempdir().unwrap();
-    let without = Fixture::with(tempfile::tempdir().unwrap(), ConfigFs::kernel(dir.path().join("absent")));
-    let reply =
-        proto::target_server::Target::health(&without.svc, tonic::Request::new(proto::HealthRequest {})).await.unwrap().into_inner();
+    let without =
+        Fixture::with(tempfile::tempdir().unwrap(), ConfigFs::kernel(dir.path().join("absent")));
+    let reply = proto::target_server::Target::health(
+        &without.svc,
+        tonic::Request::new(proto::HealthRequest {}),
+    )
+    .await
+    .unwrap()
+    .into_inner();
     assert!(!reply.nvmet);
     without.create("malloc:///m3?size_mb=1").await.unwrap();
     let err = without.share(share_req("malloc:///m3?size_mb=1")).await.unwrap_err();
@@ -352,7 +450,9 @@ async fn concurrent_requests_are_serialised() {
     let shares: Vec<_> = (0..8)
         .map(|_| {
             let fx = fx.clone();
-            tokio::spawn(async move { fx.share(share_req(name)).await.map(|_| ()).map_err(|s| s.code()) })
+            tokio::spawn(async move {
+                fx.share(share_req(name)).await.map(|_| ()).map_err(|s| s.code())
+            })
         })
         .collect();
     let mut codes = Vec::new();
@@ -376,13 +476,23 @@ async fn a_passed_deadline_changes_nothing() {
     use proto::target_server::Target;
     let fx = Fixture::new();
     let name = "malloc:///late?size_mb=4";
-    let err = Target::create_bdev(&fx.svc, with_timeout(proto::CreateBdevRequest { uri: name.into() }, "1n")).await.unwrap_err();
+    let err = Target::create_bdev(
+        &fx.svc,
+        with_timeout(proto::CreateBdevRequest { uri: name.into() }, "1n"),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     assert!(err.message().contains("nothing was changed"), "{err:?}");
     assert!(fx.bdevs().await.is_empty());
     assert_eq!(fx.malloc_files(), 0);
 
-    Target::create_bdev(&fx.svc, with_timeout(proto::CreateBdevRequest { uri: name.into() }, "20S")).await.unwrap();
+    Target::create_bdev(
+        &fx.svc,
+        with_timeout(proto::CreateBdevRequest { uri: name.into() }, "20S"),
+    )
+    .await
+    .unwrap();
     let before = fx.tree();
     let err = Target::share_bdev(&fx.svc, with_timeout(share_req(name), "1u")).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
@@ -392,9 +502,17 @@ async fn a_passed_deadline_changes_nothing() {
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     assert!(err.message().contains("\"soon\""), "{err:?}");
     Target::share_bdev(&fx.svc, with_timeout(share_req(name), "20S")).await.unwrap();
-    let err = Target::unshare_bdev(&fx.svc, with_timeout(proto::UnshareBdevRequest { name: name.into() }, "1n")).await.unwrap_err();
+    let err = Target::unshare_bdev(
+        &fx.svc,
+        with_timeout(proto::UnshareBdevRequest { name: name.into() }, "1n"),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
-    assert!(fx.bdevs().await[0].claimed, "a removal whose deadline passed before it started did not start");
+    assert!(
+        fx.bdevs().await[0].claimed,
+        "a removal whose deadline passed before it started did not start"
+    );
 }
 
 /// A request waiting for the lock past its deadline gives up without touching anything.
@@ -403,7 +521,8 @@ async fn a_deadline_passing_while_another_request_holds_the_lock() {
     use proto::target_server::Target;
     let fx = Fixture::new();
     let held = fx.svc.hold_lock_for_tests().await;
-    let req = with_timeout(proto::CreateBdevRequest { uri: "malloc:///queued?size_mb=1".into() }, "200m");
+    let req =
+        with_timeout(proto::CreateBdevRequest { uri: "malloc:///queued?size_mb=1".into() }, "200m");
     let err = Target::create_bdev(&fx.svc, req).await.unwrap_err();
     drop(held);
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
@@ -412,11 +531,20 @@ async fn a_deadline_passing_while_another_request_holds_the_lock() {
 }
 
 fn create_subsys(nqn: &str) -> Call {
-    Call::CreateSubsystem(proto::CreateSubsystemRequest { nqn: nqn.into(), port: None, allowed_hosts: vec![] })
+    Call::CreateSubsystem(proto::CreateSubsystemRequest {
+        nqn: nqn.into(),
+        port: None,
+        allowed_hosts: vec![],
+    })
 }
 
 fn add_ns(nqn: &str, bdev: &str) -> Call {
-    Call::AddNamespace(proto::AddNamespaceRequest { nqn: nqn.into(), bdev: bdev.into(), nsid: None, ..Default::default() })
+    Call::AddNamespace(proto::AddNamespaceRequest {
+        nqn: nqn.into(),
+        bdev: bdev.into(),
+        nsid: None,
+        ..Default::default()
+    })
 }
 
 /// An empty controller: linked into its port with no namespace, namespaces come and go, and
@@ -425,13 +553,28 @@ fn add_ns(nqn: &str, bdev: &str) -> Call {
 async fn empty_controllers_take_namespaces_and_go_with_them() {
     let fx = Fixture::new();
     let ctrlr = "nqn.2019-05.io.vmcheck:ctrlr1";
-    let Reply::Subsystem(made) = fx.call(create_subsys(ctrlr)).await.unwrap() else { panic!("CreateSubsystem") };
-    assert_eq!((made.nqn.as_str(), made.uri.as_str()), (ctrlr, "nvmf://192.0.2.1:4420/nqn.2019-05.io.vmcheck:ctrlr1"));
+    let Reply::Subsystem(made) = fx.call(create_subsys(ctrlr)).await.unwrap() else {
+        panic!("CreateSubsystem")
+    };
+    assert_eq!(
+        (made.nqn.as_str(), made.uri.as_str()),
+        (ctrlr, "nvmf://192.0.2.1:4420/nqn.2019-05.io.vmcheck:ctrlr1")
+    );
     let tree = fx.tree();
-    assert!(tree.contains(&format!("l ports/1/subsystems/{ctrlr} -> subsystems/{ctrlr}")), "linked into port 1: {tree:#?}");
-    assert!(tree.contains(&format!("d subsystems/{ctrlr}/namespaces")) && !tree.iter().any(|l| l.contains("namespaces/1")), "{tree:#?}");
+    assert!(
+        tree.contains(&format!("l ports/1/subsystems/{ctrlr} -> subsystems/{ctrlr}")),
+        "linked into port 1: {tree:#?}"
+    );
+    assert!(
+        tree.contains(&format!("d subsystems/{ctrlr}/namespaces"))
+            && !tree.iter().any(|l| l.contains("namespaces/1")),
+        "{tree:#?}"
+    );
     let listed = fx.subsystems().await;
-    assert_eq!((listed[0].own, listed[0].shared_bdev.as_str(), listed[0].namespaces.len()), (true, "", 0));
+    assert_eq!(
+        (listed[0].own, listed[0].shared_bdev.as_str(), listed[0].namespaces.len()),
+        (true, "", 0)
+    );
 
     // A second empty controller on the same port shares the nvmet port.
     fx.call(create_subsys("nqn.2019-05.io.vmcheck:ctrlr2")).await.unwrap();
@@ -440,23 +583,43 @@ async fn empty_controllers_take_namespaces_and_go_with_them() {
     fx.add_disk("nvme0n1", 64);
     fx.create("aio:///dev/nvme0n1").await.unwrap();
     fx.create("malloc:///m5?size_mb=4").await.unwrap();
-    let Reply::Namespace(ns) = fx.call(add_ns(ctrlr, "aio:///dev/nvme0n1")).await.unwrap() else { panic!("AddNamespace") };
+    let Reply::Namespace(ns) = fx.call(add_ns(ctrlr, "aio:///dev/nvme0n1")).await.unwrap() else {
+        panic!("AddNamespace")
+    };
     assert_eq!((ns.nsid, ns.enabled), (1, true), "the first namespace of an empty controller is 1");
-    let Reply::Namespace(ns) = fx.call(add_ns(ctrlr, "malloc:///m5?size_mb=4")).await.unwrap() else { panic!("AddNamespace") };
+    let Reply::Namespace(ns) = fx.call(add_ns(ctrlr, "malloc:///m5?size_mb=4")).await.unwrap()
+    else {
+        panic!("AddNamespace")
+    };
     assert_eq!(ns.nsid, 2);
     let bdevs = fx.bdevs().await;
-    assert!(bdevs.iter().all(|b| b.claimed && b.share_uri.is_empty()), "claimed, not shared: {bdevs:?}");
+    assert!(
+        bdevs.iter().all(|b| b.claimed && b.share_uri.is_empty()),
+        "claimed, not shared: {bdevs:?}"
+    );
     // Namespace 1 of an empty controller is not a share: it can be detached.
-    fx.call(Call::RemoveNamespace(proto::RemoveNamespaceRequest { nqn: ctrlr.into(), nsid: 1, ..Default::default() })).await.unwrap();
+    fx.call(Call::RemoveNamespace(proto::RemoveNamespaceRequest {
+        nqn: ctrlr.into(),
+        nsid: 1,
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
     assert!(!fx.tree().iter().any(|l| l.contains(&format!("{ctrlr}/namespaces/1"))));
     let err = fx.destroy("malloc:///m5?size_mb=4").await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("namespace 2 of nqn.2019-05.io.vmcheck:ctrlr1"), "{err:?}");
 
-    fx.call(Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: ctrlr.into() })).await.unwrap();
+    fx.call(Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: ctrlr.into() }))
+        .await
+        .unwrap();
     assert!(fx.bdevs().await.iter().all(|b| !b.claimed), "its namespaces went with it");
     assert_eq!(fx.svc.nvmet().state().unwrap().ports.len(), 1, "ctrlr2 still uses the port");
-    fx.call(Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: "nqn.2019-05.io.vmcheck:ctrlr2".into() })).await.unwrap();
+    fx.call(Call::DestroySubsystem(proto::DestroySubsystemRequest {
+        nqn: "nqn.2019-05.io.vmcheck:ctrlr2".into(),
+    }))
+    .await
+    .unwrap();
     fx.destroy("malloc:///m5?size_mb=4").await.unwrap();
     fx.destroy("aio:///dev/nvme0n1").await.unwrap();
     assert_eq!(fx.tree(), EMPTY_TREE);
@@ -469,16 +632,24 @@ async fn a_failed_create_subsystem_leaves_nothing() {
     use proto::target_server::Target;
     let fx = Fixture::new();
     let ctrlr = "nqn.2019-05.io.vmcheck:ctrlr3";
-    fx.svc.nvmet().fs().inject_fault(Op::Symlink, &format!("ports/1/subsystems/{ctrlr}"), Errno::EADDRINUSE as i32);
+    fx.svc.nvmet().fs().inject_fault(
+        Op::Symlink,
+        &format!("ports/1/subsystems/{ctrlr}"),
+        Errno::EADDRINUSE as i32,
+    );
     let err = fx.call(create_subsys(ctrlr)).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains(ctrlr) && err.message().contains("192.0.2.1:4420"), "{err:?}");
     assert_eq!(fx.tree(), EMPTY_TREE);
-    let req = proto::CreateSubsystemRequest { nqn: ctrlr.into(), port: None, allowed_hosts: vec![] };
+    let req =
+        proto::CreateSubsystemRequest { nqn: ctrlr.into(), port: None, allowed_hosts: vec![] };
     let err = Target::create_subsystem(&fx.svc, with_timeout(req, "1n")).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     assert_eq!(fx.tree(), EMPTY_TREE);
-    let err = fx.call(Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: ctrlr.into() })).await.unwrap_err();
+    let err = fx
+        .call(Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: ctrlr.into() }))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::NotFound, "{err:?}");
     fx.call(create_subsys(ctrlr)).await.unwrap();
 }
@@ -503,7 +674,11 @@ async fn a_disk_splits_into_partition_bdevs_and_back() {
     let names: Vec<&str> = made.bdevs.iter().map(|b| b.name.as_str()).collect();
     assert_eq!(names, ["aio:///dev/nvme0n1p1", "aio:///dev/nvme0n1p2"]);
     for b in &made.bdevs {
-        assert_eq!((b.num_blocks * u64::from(b.blk_size), b.split_base.as_str(), b.claimed), (31 << 20, base, false), "{b:?}");
+        assert_eq!(
+            (b.num_blocks * u64::from(b.blk_size), b.split_base.as_str(), b.claimed),
+            (31 << 20, base, false),
+            "{b:?}"
+        );
     }
     assert_eq!(gpt_signature(&fx, "nvme0n1"), b"EFI PART");
     let listed = fx.bdevs().await;
@@ -516,28 +691,44 @@ async fn a_disk_splits_into_partition_bdevs_and_back() {
         (split(base, 2), "split already into 2"),
         (split("aio:///dev/nvme0n1p1", 2), "is a split of aio:///dev/nvme0n1"),
         (Call::DestroyBdev(proto::DestroyBdevRequest { name: base.into() }), "is split into 2"),
-        (Call::DestroyBdev(proto::DestroyBdevRequest { name: "aio:///dev/nvme0n1p2".into() }), "use UnsplitBdev on aio:///dev/nvme0n1"),
-        (Call::CreateBdev(proto::CreateBdevRequest { uri: "aio:///dev/nvme0n1p1".into() }), "exists already"),
+        (
+            Call::DestroyBdev(proto::DestroyBdevRequest { name: "aio:///dev/nvme0n1p2".into() }),
+            "use UnsplitBdev on aio:///dev/nvme0n1",
+        ),
+        (
+            Call::CreateBdev(proto::CreateBdevRequest { uri: "aio:///dev/nvme0n1p1".into() }),
+            "exists already",
+        ),
     ] {
         let err = fx.call(call.clone()).await.unwrap_err();
-        assert!(matches!(err.code(), Code::FailedPrecondition | Code::AlreadyExists), "{call:?}: {err:?}");
+        assert!(
+            matches!(err.code(), Code::FailedPrecondition | Code::AlreadyExists),
+            "{call:?}: {err:?}"
+        );
         assert!(err.message().contains(needle), "{call:?}: {err:?}");
     }
 
     let ctrlr = "nqn.2019-05.io.vmcheck:ctrlr5";
     fx.call(create_subsys(ctrlr)).await.unwrap();
     fx.call(add_ns(ctrlr, "aio:///dev/nvme0n1p2")).await.unwrap();
-    assert!(fx.tree().contains(&format!("f subsystems/{ctrlr}/namespaces/1/device_path = /dev/nvme0n1p2")));
+    assert!(fx
+        .tree()
+        .contains(&format!("f subsystems/{ctrlr}/namespaces/1/device_path = /dev/nvme0n1p2")));
     let unsplit = Call::UnsplitBdev(proto::UnsplitBdevRequest { name: base.into() });
     let err = fx.call(unsplit.clone()).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("aio:///dev/nvme0n1p2 is in use as namespace 1 of"), "{err:?}");
     assert_eq!(gpt_signature(&fx, "nvme0n1"), b"EFI PART", "a refused unsplit leaves the table");
-    fx.call(Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: ctrlr.into() })).await.unwrap();
+    fx.call(Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: ctrlr.into() }))
+        .await
+        .unwrap();
     fx.call(unsplit).await.unwrap();
     assert_eq!(fx.bdevs().await.iter().map(|b| b.name.as_str()).collect::<Vec<_>>(), [base]);
     assert_eq!(gpt_signature(&fx, "nvme0n1"), [0; 8], "the table is wiped");
-    assert!(!fx.sysfs().join("class/block/nvme0n1p1").exists(), "the kernel dropped the partitions");
+    assert!(
+        !fx.sysfs().join("class/block/nvme0n1p1").exists(),
+        "the kernel dropped the partitions"
+    );
     fx.destroy(base).await.unwrap();
     assert_eq!(fx.tree(), EMPTY_TREE);
 }
@@ -549,17 +740,31 @@ async fn splits_that_cannot_be_made_leave_the_disk_whole() {
     let fx = Fixture::with_fake_disks();
     fx.add_disk("vdb", 64);
     fx.create("aio:///dev/vdb").await.unwrap();
-    let sized = proto::SplitBdevRequest { name: "aio:///dev/vdb".into(), split_count: 2, split_size_mb: Some(40) };
+    let sized = proto::SplitBdevRequest {
+        name: "aio:///dev/vdb".into(),
+        split_count: 2,
+        split_size_mb: Some(40),
+    };
     let err = fx.call(Call::SplitBdev(sized)).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("/dev/vdb") || err.message().contains("vdb (64 MiB"), "{err:?}");
-    let req = proto::SplitBdevRequest { name: "aio:///dev/vdb".into(), split_count: 4, split_size_mb: None };
+    let req = proto::SplitBdevRequest {
+        name: "aio:///dev/vdb".into(),
+        split_count: 4,
+        split_size_mb: None,
+    };
     let err = Target::split_bdev(&fx.svc, with_timeout(req, "1n")).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
     assert_eq!(gpt_signature(&fx, "vdb"), [0; 8]);
     assert_eq!(fx.bdevs().await.len(), 1);
-    let sized = proto::SplitBdevRequest { name: "aio:///dev/vdb".into(), split_count: 3, split_size_mb: Some(8) };
-    let Reply::Splits(made) = fx.call(Call::SplitBdev(sized)).await.unwrap() else { panic!("SplitBdev") };
+    let sized = proto::SplitBdevRequest {
+        name: "aio:///dev/vdb".into(),
+        split_count: 3,
+        split_size_mb: Some(8),
+    };
+    let Reply::Splits(made) = fx.call(Call::SplitBdev(sized)).await.unwrap() else {
+        panic!("SplitBdev")
+    };
     let names: Vec<&str> = made.bdevs.iter().map(|b| b.name.as_str()).collect();
     assert_eq!(names, ["aio:///dev/vdb1", "aio:///dev/vdb2", "aio:///dev/vdb3"]);
     assert!(made.bdevs.iter().all(|b| b.num_blocks * u64::from(b.blk_size) == 8 << 20));
@@ -601,24 +806,39 @@ async fn a_hot_removed_disk_is_withdrawn_from_every_namespace() {
     );
     assert!(fx.svc.reap_vanished().await.is_empty(), "each removal is reported once");
     // configfs: only nvme2n1's namespace is left; both subsystems and the port stay.
-    let namespaces: Vec<String> = fx.tree().into_iter().filter(|l| l.starts_with("d subsystems/") && l.contains("/namespaces/")).collect();
+    let namespaces: Vec<String> = fx
+        .tree()
+        .into_iter()
+        .filter(|l| l.starts_with("d subsystems/") && l.contains("/namespaces/"))
+        .collect();
     assert_eq!(namespaces, [format!("d subsystems/{ctrlr}/namespaces/3")]);
     let subsystems = fx.subsystems().await;
     assert_eq!(subsystems.len(), 2);
     assert!(subsystems.iter().all(|s| s.own && s.ports.len() == 1), "{subsystems:?}");
     let bdevs = fx.bdevs().await;
-    let state = |name: &str| bdevs.iter().find(|b| b.name == name).map(|b| (b.state.clone(), b.claimed)).unwrap();
+    let state = |name: &str| {
+        bdevs.iter().find(|b| b.name == name).map(|b| (b.state.clone(), b.claimed)).unwrap()
+    };
     for name in ["aio:///dev/nvme0n1p1", "aio:///dev/nvme0n1p2", "aio:///dev/nvme1n1"] {
         assert_eq!(state(name), (STATE_FAULTED.to_string(), false), "{name}");
     }
     assert_eq!(state(base), (STATE_FAULTED.to_string(), true), "still claimed by its splits");
     assert_eq!(state("aio:///dev/nvme2n1"), (STATE_ONLINE.to_string(), true));
-    assert_eq!(bdevs.iter().find(|b| b.name == "aio:///dev/nvme1n1").unwrap().share_uri, shared.uri, "the share (controller) stays");
+    assert_eq!(
+        bdevs.iter().find(|b| b.name == "aio:///dev/nvme1n1").unwrap().share_uri,
+        shared.uri,
+        "the share (controller) stays"
+    );
 
     // The daemon answers, and a removed bdev stays faulted even if the name comes back.
-    proto::target_server::Target::health(&fx.svc, tonic::Request::new(proto::HealthRequest {})).await.unwrap();
+    proto::target_server::Target::health(&fx.svc, tonic::Request::new(proto::HealthRequest {}))
+        .await
+        .unwrap();
     fx.add_disk("nvme0n1", 64);
-    fx.svc.backing_for_tests().write_partition_table("nvme0n1", &[], &[("nvme0n1p1".into(), 1 << 20, 1 << 20)]).unwrap();
+    fx.svc
+        .backing_for_tests()
+        .write_partition_table("nvme0n1", &[], &[("nvme0n1p1".into(), 1 << 20, 1 << 20)])
+        .unwrap();
     let err = fx.call(add_ns(ctrlr, "aio:///dev/nvme0n1p1")).await.unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
     assert!(err.message().contains("hot-removed"), "{err:?}");
@@ -627,7 +847,9 @@ async fn a_hot_removed_disk_is_withdrawn_from_every_namespace() {
 
     // Clean-up: unshare, destroy the controller, unsplit (no disk to wipe), destroy.
     fx.unshare("aio:///dev/nvme1n1").await.unwrap();
-    fx.call(Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: ctrlr.into() })).await.unwrap();
+    fx.call(Call::DestroySubsystem(proto::DestroySubsystemRequest { nqn: ctrlr.into() }))
+        .await
+        .unwrap();
     fx.call(Call::UnsplitBdev(proto::UnsplitBdevRequest { name: base.into() })).await.unwrap();
     for name in [base, "aio:///dev/nvme1n1", "aio:///dev/nvme2n1"] {
         fx.destroy(name).await.unwrap();
@@ -664,7 +886,10 @@ async fn the_monitor_withdraws_a_vanished_disk_by_itself() {
     let ns = format!("subsystems/{}/namespaces/1", shared.nqn);
     let started = std::time::Instant::now();
     while fx.tree().iter().any(|l| l.contains(&ns)) {
-        assert!(started.elapsed() < std::time::Duration::from_secs(5), "namespace 1 still there after 5 s");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "namespace 1 still there after 5 s"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     monitor.abort();
@@ -680,7 +905,11 @@ async fn a_split_failing_after_the_table_was_written_wipes_it() {
     let fx = Fixture::with_fake_disks();
     fx.add_disk("nvme3n1", 32);
     fx.create("aio:///dev/nvme3n1").await.unwrap();
-    let req = proto::SplitBdevRequest { name: "aio:///dev/nvme3n1".into(), split_count: 2, split_size_mb: None };
+    let req = proto::SplitBdevRequest {
+        name: "aio:///dev/nvme3n1".into(),
+        split_count: 2,
+        split_size_mb: None,
+    };
     let err = fx.svc.split_bdev(req.clone(), Deadline::after_checks(1)).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err}");
     assert!(err.to_string().contains("after the kernel made the partitions"), "{err}");

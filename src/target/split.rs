@@ -47,9 +47,17 @@ impl Layout {
 }
 
 /// `count` partitions of `size_mb` MiB each, or of equal shares of the disk.
-pub fn layout(disk: &str, total_blocks: u64, blk_size: u32, count: u32, size_mb: Option<u64>) -> Result<Layout> {
+pub fn layout(
+    disk: &str,
+    total_blocks: u64,
+    blk_size: u32,
+    count: u32,
+    size_mb: Option<u64>,
+) -> Result<Layout> {
     if !(1..=MAX_SPLITS).contains(&count) {
-        return Err(Error::InvalidArgument(format!("split_count {count} is out of range 1..={MAX_SPLITS}")));
+        return Err(Error::InvalidArgument(format!(
+            "split_count {count} is out of range 1..={MAX_SPLITS}"
+        )));
     }
     let blk = u64::from(blk_size);
     let align = ALIGN_BYTES / blk;
@@ -57,16 +65,25 @@ pub fn layout(disk: &str, total_blocks: u64, blk_size: u32, count: u32, size_mb:
     let mib = (total_blocks * blk) >> 20;
     // The primary table, 1 MiB of alignment, and the backup table must fit with room left.
     if total_blocks < 2 * align + 2 * (l.entry_blocks() + 2) {
-        return Err(Error::FailedPrecondition(format!("disk {disk} ({mib} MiB) is too small to split")));
+        return Err(Error::FailedPrecondition(format!(
+            "disk {disk} ({mib} MiB) is too small to split"
+        )));
     }
     let usable = l.last_usable() + 1 - align;
     let per = match size_mb {
-        Some(0) => return Err(Error::InvalidArgument("split_size_mb 0 is out of range; at least 1".into())),
-        Some(mb) => mb.checked_mul(ALIGN_BYTES / blk).ok_or_else(|| Error::InvalidArgument(format!("split_size_mb {mb} is too large")))?,
+        Some(0) => {
+            return Err(Error::InvalidArgument(
+                "split_size_mb 0 is out of range; at least 1".into(),
+            ))
+        }
+        Some(mb) => mb
+            .checked_mul(ALIGN_BYTES / blk)
+            .ok_or_else(|| Error::InvalidArgument(format!("split_size_mb {mb} is too large")))?,
         None => usable / u64::from(count) / align * align,
     };
     if per == 0 || per.checked_mul(u64::from(count)).is_none_or(|all| all > usable) {
-        let want = size_mb.map_or_else(|| "at least 1 MiB each".to_string(), |mb| format!("{mb} MiB each"));
+        let want = size_mb
+            .map_or_else(|| "at least 1 MiB each".to_string(), |mb| format!("{mb} MiB each"));
         return Err(Error::FailedPrecondition(format!(
             "disk {disk} ({mib} MiB, {} MiB usable) cannot hold {count} splits of {want}",
             (usable * blk) >> 20
@@ -93,7 +110,9 @@ pub fn gpt_writes(l: &Layout, disk_guid: Uuid) -> Vec<(u64, Vec<u8>)> {
     for (i, (first, last)) in l.parts.iter().enumerate() {
         let e = &mut entries[i * ENTRY_SIZE..(i + 1) * ENTRY_SIZE];
         e[0..16].copy_from_slice(&LINUX_DATA.to_bytes_le());
-        e[16..32].copy_from_slice(&Uuid::new_v5(&disk_guid, format!("split{}", i + 1).as_bytes()).to_bytes_le());
+        e[16..32].copy_from_slice(
+            &Uuid::new_v5(&disk_guid, format!("split{}", i + 1).as_bytes()).to_bytes_le(),
+        );
         e[32..40].copy_from_slice(&first.to_le_bytes());
         e[40..48].copy_from_slice(&last.to_le_bytes());
         for (j, unit) in format!("vmcheck-split{}", i + 1).encode_utf16().enumerate() {
@@ -122,7 +141,8 @@ pub fn gpt_writes(l: &Layout, disk_guid: Uuid) -> Vec<(u64, Vec<u8>)> {
     };
     // Protective MBR: one partition of type 0xEE over the whole disk (capped at 2^32-1).
     let mut mbr = vec![0u8; blk];
-    mbr[446..462].copy_from_slice(&[0x00, 0x00, 0x02, 0x00, 0xee, 0xff, 0xff, 0xff, 1, 0, 0, 0, 0, 0, 0, 0]);
+    mbr[446..462]
+        .copy_from_slice(&[0x00, 0x00, 0x02, 0x00, 0xee, 0xff, 0xff, 0xff, 1, 0, 0, 0, 0, 0, 0, 0]);
     let size = u32::try_from(l.total_blocks - 1).unwrap_or(u32::MAX);
     mbr[458..462].copy_from_slice(&size.to_le_bytes());
     mbr[510] = 0x55;
@@ -186,7 +206,11 @@ mod tests {
             assert_eq!(l.parts.len(), 4);
             for (i, (first, last)) in l.parts.iter().enumerate() {
                 assert_eq!(first % align, 0, "{blk}: part {i} starts aligned");
-                assert_eq!((last + 1 - first) * u64::from(blk), 31 * MIB, "{blk}: 127 usable MiB in 4 is 31 MiB each");
+                assert_eq!(
+                    (last + 1 - first) * u64::from(blk),
+                    31 * MIB,
+                    "{blk}: 127 usable MiB in 4 is 31 MiB each"
+                );
                 assert!(*last <= l.last_usable());
             }
             assert_eq!(l.parts[0].0, align);
@@ -200,15 +224,28 @@ mod tests {
     fn impossible_splits_name_the_numbers() {
         let total = 64 * MIB / 512;
         let err = layout("nvme0n1", total, 512, 0, None).unwrap_err();
-        assert_eq!((err.code(), err.to_string()), (tonic::Code::InvalidArgument, "split_count 0 is out of range 1..=128".into()));
+        assert_eq!(
+            (err.code(), err.to_string()),
+            (tonic::Code::InvalidArgument, "split_count 0 is out of range 1..=128".into())
+        );
         assert!(layout("nvme0n1", total, 512, 129, None).unwrap_err().to_string().contains("129"));
         let err = layout("nvme0n1", total, 512, 2, Some(40)).unwrap_err();
         assert_eq!(err.code(), tonic::Code::FailedPrecondition);
-        assert!(err.to_string().contains("nvme0n1 (64 MiB") && err.to_string().contains("2 splits of 40 MiB each"), "{err}");
+        assert!(
+            err.to_string().contains("nvme0n1 (64 MiB")
+                && err.to_string().contains("2 splits of 40 MiB each"),
+            "{err}"
+        );
         let err = layout("nvme0n1", total, 512, 100, None).unwrap_err();
         assert!(err.to_string().contains("at least 1 MiB each"), "{err}");
-        assert_eq!(layout("nvme0n1", total, 512, 1, Some(0)).unwrap_err().code(), tonic::Code::InvalidArgument);
-        assert_eq!(layout("tiny", 1000, 512, 1, None).unwrap_err().code(), tonic::Code::FailedPrecondition);
+        assert_eq!(
+            layout("nvme0n1", total, 512, 1, Some(0)).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            layout("tiny", 1000, 512, 1, None).unwrap_err().code(),
+            tonic::Code::FailedPrecondition
+        );
     }
 
     /// The table reads back as UEFI says a reader checks it: signatures, CRCs, both copies.

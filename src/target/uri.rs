@@ -32,7 +32,10 @@ impl BdevUri {
     pub fn parse(input: &str) -> Result<Self, UriError> {
         let err = |why: String| UriError(format!("bdev URI {}: {why}", quoted(input)));
         if input.is_empty() {
-            return Err(UriError("bdev URI is empty; expected aio:///dev/<blockdev> or malloc:///<name>?size_mb=N".into()));
+            return Err(UriError(
+                "bdev URI is empty; expected aio:///dev/<blockdev> or malloc:///<name>?size_mb=N"
+                    .into(),
+            ));
         }
         if input.len() > MAX_URI_LEN {
             return Err(err(format!("longer than {MAX_URI_LEN} bytes")));
@@ -48,7 +51,9 @@ impl BdevUri {
         if let Some(c) = input.chars().find(|c| !c.is_ascii_graphic()) {
             return Err(err(format!("character {c:?} is not allowed")));
         }
-        let url = Url::parse(input).map_err(|e| err(format!("{e}; expected aio:///dev/<blockdev> or malloc:///<name>?size_mb=N")))?;
+        let url = Url::parse(input).map_err(|e| {
+            err(format!("{e}; expected aio:///dev/<blockdev> or malloc:///<name>?size_mb=N"))
+        })?;
         if !url.has_authority() {
             return Err(err(format!("expected {}:///...", url.scheme())));
         }
@@ -57,18 +62,28 @@ impl BdevUri {
         }
         if url.host_str().is_some_and(|h| !h.is_empty()) {
             let host = url.host_str().unwrap_or_default();
-            return Err(err(format!("unexpected host {}; write three slashes, as in {}:///...", quoted(host), url.scheme())));
+            return Err(err(format!(
+                "unexpected host {}; write three slashes, as in {}:///...",
+                quoted(host),
+                url.scheme()
+            )));
         }
         if let Some(fragment) = url.fragment() {
             return Err(err(format!("fragment {} is not allowed", quoted(fragment))));
         }
-        let segments: Vec<&str> = url.path().strip_prefix('/').unwrap_or(url.path()).split('/').collect();
+        let segments: Vec<&str> =
+            url.path().strip_prefix('/').unwrap_or(url.path()).split('/').collect();
         let mut query = Query::parse(&url).map_err(err)?;
         match url.scheme() {
             "aio" => {
                 let dev = match segments.as_slice() {
                     ["dev", dev] => *dev,
-                    _ => return Err(err(format!("path {} must be /dev/<blockdev>", quoted(url.path())))),
+                    _ => {
+                        return Err(err(format!(
+                            "path {} must be /dev/<blockdev>",
+                            quoted(url.path())
+                        )))
+                    }
                 };
                 validate_name("block device", dev).map_err(err)?;
                 query.finish(&[]).map_err(err)?;
@@ -77,7 +92,12 @@ impl BdevUri {
             "malloc" => {
                 let name = match segments.as_slice() {
                     [name] => *name,
-                    _ => return Err(err(format!("path {} must be /<name> (one segment, no '/')", quoted(url.path())))),
+                    _ => {
+                        return Err(err(format!(
+                            "path {} must be /<name> (one segment, no '/')",
+                            quoted(url.path())
+                        )))
+                    }
                 };
                 validate_name("malloc name", name).map_err(err)?;
                 let size_mb = query.size_mb().map_err(err)?;
@@ -148,8 +168,12 @@ impl Query {
     fn finish(self, known: &[&str]) -> Result<(), String> {
         match self.0.first() {
             None => Ok(()),
-            Some((key, _)) if known.is_empty() => Err(format!("query key {} is not allowed here (no query keys are)", quoted(key))),
-            Some((key, _)) => Err(format!("unknown query key {}; known: {}", quoted(key), known.join(", "))),
+            Some((key, _)) if known.is_empty() => {
+                Err(format!("query key {} is not allowed here (no query keys are)", quoted(key)))
+            }
+            Some((key, _)) => {
+                Err(format!("unknown query key {}; known: {}", quoted(key), known.join(", ")))
+            }
         }
     }
 }
@@ -165,8 +189,13 @@ fn validate_name(what: &str, name: &str) -> Result<(), String> {
     if name.starts_with('.') || name.starts_with('-') {
         return Err(format!("{what} {} must not start with '.' or '-'", quoted(name)));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))) {
-        return Err(format!("{what} {} has character {c:?}; allowed are letters, digits, '_', '-' and '.'", quoted(name)));
+    if let Some(c) =
+        name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        return Err(format!(
+            "{what} {} has character {c:?}; allowed are letters, digits, '_', '-' and '.'",
+            quoted(name)
+        ));
     }
     Ok(())
 }
@@ -200,7 +229,10 @@ mod tests {
         let uri = BdevUri::parse("aio:///dev/vdb").unwrap();
         assert_eq!(uri, BdevUri::Aio { dev: "vdb".into() });
         assert_eq!(uri.to_string(), "aio:///dev/vdb");
-        assert_eq!(BdevUri::parse("aio:///dev/nvme0n1").unwrap(), BdevUri::Aio { dev: "nvme0n1".into() });
+        assert_eq!(
+            BdevUri::parse("aio:///dev/nvme0n1").unwrap(),
+            BdevUri::Aio { dev: "nvme0n1".into() }
+        );
         // Schemes are case-insensitive in URLs; the canonical name is lower case.
         assert_eq!(BdevUri::parse("AIO:///dev/vdb").unwrap().to_string(), "aio:///dev/vdb");
     }
@@ -283,7 +315,9 @@ mod tests {
         for (input, needle) in &cases {
             match BdevUri::parse(input) {
                 Ok(parsed) => failures.push(format!("{input:?} parsed as {parsed:?}")),
-                Err(UriError(msg)) if !msg.contains(needle) => failures.push(format!("{input:?}: message {msg:?} lacks {needle:?}")),
+                Err(UriError(msg)) if !msg.contains(needle) => {
+                    failures.push(format!("{input:?}: message {msg:?} lacks {needle:?}"))
+                }
                 Err(_) => {}
             }
         }

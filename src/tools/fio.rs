@@ -508,7 +508,8 @@ impl FioLatency {
     /// The percentiles as (percent, ns) in numeric order (the map's string keys sort "10" before
     /// "5").
     pub fn percentiles_sorted(&self) -> Vec<(f64, u64)> {
-        let mut v: Vec<(f64, u64)> = self.percentile.iter().filter_map(|(k, v)| Some((k.parse().ok()?, *v))).collect();
+        let mut v: Vec<(f64, u64)> =
+            self.percentile.iter().filter_map(|(k, v)| Some((k.parse().ok()?, *v))).collect();
         v.sort_by(|a, b| a.0.total_cmp(&b.0));
         v
     }
@@ -604,7 +605,9 @@ impl FioReport {
     /// Parse fio's stdout, keeping its stderr's lines as messages (for verify failure counts).
     pub fn parse_with_stderr(stdout: &str, stderr: &str) -> Result<Self, ParseError> {
         let mut report = Self::parse(stdout)?;
-        report.messages.extend(stderr.lines().map(str::trim_end).filter(|l| !l.is_empty()).map(String::from));
+        report
+            .messages
+            .extend(stderr.lines().map(str::trim_end).filter(|l| !l.is_empty()).map(String::from));
         Ok(report)
     }
 
@@ -655,7 +658,12 @@ impl FioReport {
                     EILSEQ => "verify failed",
                     _ => "I/O error",
                 };
-                format!("fio job {}: {what}: error {errno} ({}), {} error(s)", j.name, errno_text(errno), j.errors())
+                format!(
+                    "fio job {}: {what}: error {errno} ({}), {} error(s)",
+                    j.name,
+                    errno_text(errno),
+                    j.errors()
+                )
             })
             .collect();
         out.extend(self.verify_failure_messages().map(|m| format!("fio: {m}")));
@@ -669,12 +677,18 @@ impl FioReport {
             [one] => format!("fio {}", one.name),
             jobs => format!("fio {} jobs", jobs.len()),
         };
-        let dir = |name: &str, d| format!("{name} {:.0} IOPS {} KiB/s", self.iops(d), self.bw_kib(d));
+        let dir =
+            |name: &str, d| format!("{name} {:.0} IOPS {} KiB/s", self.iops(d), self.bw_kib(d));
         let mut parts = vec![dir("read", Direction::Read), dir("write", Direction::Write)];
         if self.io_bytes(Direction::Trim) > 0 {
             parts.push(dir("trim", Direction::Trim));
         }
-        format!("{who}: {}, errors {}, verify failures {}", parts.join(", "), self.errors(), self.verify_failures())
+        format!(
+            "{who}: {}, errors {}, verify failures {}",
+            parts.join(", "),
+            self.errors(),
+            self.verify_failures()
+        )
     }
 }
 
@@ -695,7 +709,8 @@ mod tests {
     const SEED: &str = include_str!("testdata/fio-3.33_randrw_verify_libaio.json");
     const VERIFY_FAIL_STDOUT: &str = include_str!("testdata/fio-3.33_verify_only_crc_fail.stdout");
     const VERIFY_FAIL_STDERR: &str = include_str!("testdata/fio-3.33_verify_only_crc_fail.stderr");
-    const VERIFY_FAIL_MERGED: &str = include_str!("testdata/fio-3.33_verify_only_crc_fail_merged.txt");
+    const VERIFY_FAIL_MERGED: &str =
+        include_str!("testdata/fio-3.33_verify_only_crc_fail_merged.txt");
     const CONTINUE_STDOUT: &str = include_str!("testdata/fio-3.33_verify_continue_on_error.json");
     const CONTINUE_STDERR: &str = include_str!("testdata/fio-3.33_verify_continue_on_error.stderr");
     const PSYNC_NOTE: &str = include_str!("testdata/fio-3.33_psync_iodepth_note.stdout");
@@ -883,7 +898,8 @@ mod tests {
             .iodepth(4)
             .size("16M")
             .stderr_to_stdout(true);
-        let out = std::process::Command::new("sh").args(["-c", &fio.command_line()]).output().unwrap();
+        let out =
+            std::process::Command::new("sh").args(["-c", &fio.command_line()]).output().unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let r = FioReport::parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
         assert!(r.messages.iter().any(|m| m.starts_with("note: both iodepth")));

@@ -45,7 +45,17 @@ impl Iscsiadm {
 
     /// Forgets a discovered target's node record (so a later login needs a new discovery).
     pub fn delete_node(iqn: &str, addr: &str, port: u16) -> String {
-        shell_join(&["iscsiadm", "-m", "node", "-T", iqn, "-p", &portal(addr, port), "-o", "delete"])
+        shell_join(&[
+            "iscsiadm",
+            "-m",
+            "node",
+            "-T",
+            iqn,
+            "-p",
+            &portal(addr, port),
+            "-o",
+            "delete",
+        ])
     }
 
     /// Rescans the LUNs of a session (finds new LUNs and new sizes; removes none).
@@ -93,7 +103,11 @@ impl DiscoveredTarget {
             }
         }
         if targets.is_empty() && !text.trim().is_empty() {
-            return Err(ParseError::unexpected(TOOL, "no `<addr>:<port>,<tpgt> <iqn>` line in the discovery output", text));
+            return Err(ParseError::unexpected(
+                TOOL,
+                "no `<addr>:<port>,<tpgt> <iqn>` line in the discovery output",
+                text,
+            ));
         }
         Ok(targets)
     }
@@ -118,7 +132,11 @@ impl DiscoveredTarget {
 fn parse_portal(portal: &str) -> Option<(String, u16, u16)> {
     let (addr_port, tpgt) = portal.split_once(',')?;
     let (addr, port) = addr_port.rsplit_once(':')?;
-    Some((addr.trim_start_matches('[').trim_end_matches(']').to_string(), port.parse().ok()?, tpgt.parse().ok()?))
+    Some((
+        addr.trim_start_matches('[').trim_end_matches(']').to_string(),
+        port.parse().ok()?,
+        tpgt.parse().ok()?,
+    ))
 }
 
 /// One session of `iscsiadm -m session -P 3`.
@@ -185,8 +203,12 @@ impl Session {
             } else if let Some(rest) = line.strip_prefix("Current Portal: ") {
                 portal = parse_portal(rest.trim()).map(|(a, p, _)| (a, p));
             } else if let Some(rest) = line.strip_prefix("SID: ") {
-                let sid = rest.trim().parse().map_err(|_| ParseError::unexpected(TOOL, format!("SID {rest:?} is not a number"), text))?;
-                let iqn = iqn.clone().ok_or_else(|| ParseError::unexpected(TOOL, format!("SID {sid} before any Target line"), text))?;
+                let sid = rest.trim().parse().map_err(|_| {
+                    ParseError::unexpected(TOOL, format!("SID {rest:?} is not a number"), text)
+                })?;
+                let iqn = iqn.clone().ok_or_else(|| {
+                    ParseError::unexpected(TOOL, format!("SID {sid} before any Target line"), text)
+                })?;
                 let (addr, port) = portal.clone().unwrap_or_default();
                 sessions.push(Session {
                     sid,
@@ -216,14 +238,27 @@ impl Session {
                     // `Attached scsi disk sda\t\tState: running`
                     let mut words = v.split_whitespace();
                     let name = words.next().unwrap_or_default().to_string();
-                    let state = v.split_once("State:").map(|(_, s)| s.trim().to_string()).unwrap_or_default();
-                    let lun = lun.ok_or_else(|| ParseError::unexpected(TOOL, format!("disk {name} before its Lun line"), text))?;
+                    let state = v
+                        .split_once("State:")
+                        .map(|(_, s)| s.trim().to_string())
+                        .unwrap_or_default();
+                    let lun = lun.ok_or_else(|| {
+                        ParseError::unexpected(
+                            TOOL,
+                            format!("disk {name} before its Lun line"),
+                            text,
+                        )
+                    })?;
                     session.disks.push(ScsiDisk { lun, name, state });
                 }
             }
         }
         if sessions.is_empty() && text.lines().any(|l| l.trim_start().starts_with("Target: ")) {
-            return Err(ParseError::unexpected(TOOL, "a Target without a SID: was it printed with -P 3?", text));
+            return Err(ParseError::unexpected(
+                TOOL,
+                "a Target without a SID: was it printed with -P 3?",
+                text,
+            ));
         }
         Ok(sessions)
     }
@@ -245,7 +280,10 @@ mod tests {
 
     #[test]
     fn command_lines() {
-        assert_eq!(Iscsiadm::discover("192.0.2.1", 3260), "iscsiadm -m discovery -t sendtargets -p 192.0.2.1:3260");
+        assert_eq!(
+            Iscsiadm::discover("192.0.2.1", 3260),
+            "iscsiadm -m discovery -t sendtargets -p 192.0.2.1:3260"
+        );
         assert_eq!(
             Iscsiadm::login("iqn.2019-05.io.vmcheck:a", "192.0.2.1", 3260),
             "iscsiadm -m node -T iqn.2019-05.io.vmcheck:a -p 192.0.2.1:3260 --login"
@@ -257,7 +295,10 @@ mod tests {
         assert_eq!(Iscsiadm::rescan(3), "iscsiadm -m session -r 3 --rescan");
         let disk = ScsiDisk { lun: 0, name: "sdb".into(), state: "running".into() };
         assert_eq!(disk.delete_command(), "echo 1 > /sys/block/sdb/device/delete");
-        assert_eq!(Iscsiadm::sessions_or_none(), "iscsiadm -m session -P 3; rc=$?; [ $rc -eq 0 ] || [ $rc -eq 21 ]");
+        assert_eq!(
+            Iscsiadm::sessions_or_none(),
+            "iscsiadm -m session -P 3; rc=$?; [ $rc -eq 0 ] || [ $rc -eq 21 ]"
+        );
     }
 
     #[test]
@@ -266,12 +307,23 @@ mod tests {
         let targets = DiscoveredTarget::parse_all(text).unwrap();
         assert_eq!(
             targets[0],
-            DiscoveredTarget { addr: "192.0.2.1".into(), port: 3260, tpgt: 1, iqn: "iqn.2019-05.io.vmcheck:one".into() }
+            DiscoveredTarget {
+                addr: "192.0.2.1".into(),
+                port: 3260,
+                tpgt: 1,
+                iqn: "iqn.2019-05.io.vmcheck:one".into()
+            }
         );
         assert_eq!(targets[1].addr, "2001:db8::1");
-        assert_eq!(DiscoveredTarget::find(&targets, "iqn.2019-05.io.vmcheck:two").map(|t| t.port), Some(3261));
+        assert_eq!(
+            DiscoveredTarget::find(&targets, "iqn.2019-05.io.vmcheck:two").map(|t| t.port),
+            Some(3261)
+        );
         assert!(DiscoveredTarget::parse_all("").unwrap().is_empty());
-        let err = DiscoveredTarget::parse_all("iscsiadm: cannot make connection to 192.0.2.1: Connection refused\n").unwrap_err();
+        let err = DiscoveredTarget::parse_all(
+            "iscsiadm: cannot make connection to 192.0.2.1: Connection refused\n",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("Connection refused"), "{err}");
     }
 
@@ -280,9 +332,16 @@ mod tests {
     /// Real captures from vmcheck's initiator image against the target image's LIO.
     #[test]
     fn real_discovery_and_session_listing() {
-        let targets = DiscoveredTarget::parse_all(include_str!("testdata/iscsiadm-2.1.8_discovery.txt")).unwrap();
-        assert_eq!(targets, [DiscoveredTarget { addr: "192.0.2.1".into(), port: 3260, tpgt: 1, iqn: IQN.into() }]);
-        let sessions = Session::parse_all(include_str!("testdata/iscsiadm-2.1.8_session_P3_logged_in.txt")).unwrap();
+        let targets =
+            DiscoveredTarget::parse_all(include_str!("testdata/iscsiadm-2.1.8_discovery.txt"))
+                .unwrap();
+        assert_eq!(
+            targets,
+            [DiscoveredTarget { addr: "192.0.2.1".into(), port: 3260, tpgt: 1, iqn: IQN.into() }]
+        );
+        let sessions =
+            Session::parse_all(include_str!("testdata/iscsiadm-2.1.8_session_P3_logged_in.txt"))
+                .unwrap();
         assert_eq!(
             sessions,
             [Session {
@@ -297,15 +356,23 @@ mod tests {
                 disks: vec![ScsiDisk { lun: 0, name: "sda".into(), state: "running".into() }],
             }]
         );
-        assert_eq!(Session::find(&sessions, IQN).and_then(|s| s.disk(0)).map(ScsiDisk::path).as_deref(), Some("/dev/sda"));
+        assert_eq!(
+            Session::find(&sessions, IQN).and_then(|s| s.disk(0)).map(ScsiDisk::path).as_deref(),
+            Some("/dev/sda")
+        );
     }
 
     /// After the target went away: the session failed, iscsid re-logs in, the disk is blocked.
     #[test]
     fn real_session_listing_of_a_failed_session() {
-        let sessions = Session::parse_all(include_str!("testdata/iscsiadm-2.1.8_session_P3_failed.txt")).unwrap();
+        let sessions =
+            Session::parse_all(include_str!("testdata/iscsiadm-2.1.8_session_P3_failed.txt"))
+                .unwrap();
         let s = &sessions[0];
-        assert_eq!((s.state.as_str(), s.connection_state.as_str(), s.iscsid_state.as_str()), ("FAILED", "TRANSPORT WAIT", "REOPEN"));
+        assert_eq!(
+            (s.state.as_str(), s.connection_state.as_str(), s.iscsid_state.as_str()),
+            ("FAILED", "TRANSPORT WAIT", "REOPEN")
+        );
         assert_eq!(s.disk(0).map(|d| d.state.as_str()), Some("blocked"));
     }
 

@@ -40,7 +40,9 @@ pub struct BlockDevice {
 /// A size that must be a byte count: lsblk without `-b` prints "512M", which is refused with a
 /// hint instead of being guessed at.
 fn de_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-    de_u64(d).map_err(|e| serde::de::Error::custom(format!("{e} (lsblk prints sizes in bytes only with -b)")))
+    de_u64(d).map_err(|e| {
+        serde::de::Error::custom(format!("{e} (lsblk prints sizes in bytes only with -b)"))
+    })
 }
 
 impl BlockDevice {
@@ -110,7 +112,10 @@ mod tests {
         assert_eq!((loop0.size, loop0.kind.as_str()), (64 << 20, "loop"));
         assert_eq!(loop0.serial, None);
         let p1 = l.find("loop0p1").unwrap();
-        assert_eq!((p1.size, p1.kind.as_str(), p1.path()), (32 << 20, "part", "/dev/loop0p1".to_string()));
+        assert_eq!(
+            (p1.size, p1.kind.as_str(), p1.path()),
+            (32 << 20, "part", "/dev/loop0p1".to_string())
+        );
         let parts: u64 = loop0.children.iter().map(|c| c.size).sum();
         assert!(parts < loop0.size);
         assert!(l.find("vda").unwrap().is_disk());

@@ -115,16 +115,21 @@ pub(crate) struct Extracted<T> {
 /// before it ("note: both iodepth >= 1 and synchronous I/O engine...") or stderr merged into the
 /// same stream do not get in the way. Non-finite floats that C's `printf("%f")` prints (`nan`,
 /// `-nan`, `inf`) are read as JSON `null`.
-pub(crate) fn extract_json<T: DeserializeOwned>(tool: &'static str, text: &str) -> Result<Extracted<T>, ParseError> {
+pub(crate) fn extract_json<T: DeserializeOwned>(
+    tool: &'static str,
+    text: &str,
+) -> Result<Extracted<T>, ParseError> {
     let mut first_err = None;
     for start in object_starts(text) {
         let candidate = sanitize_nonfinite(&text[start..]);
-        let mut stream = serde_json::Deserializer::from_str(&candidate).into_iter::<serde_json::Value>();
+        let mut stream =
+            serde_json::Deserializer::from_str(&candidate).into_iter::<serde_json::Value>();
         match stream.next() {
             Some(Ok(value)) => {
                 // The sanitizer keeps lengths, so offsets in `candidate` are offsets in `text`.
                 let end = start + stream.byte_offset();
-                let value = serde_json::from_value::<T>(value).map_err(|source| ParseError::Json { tool, source, head: head(text) })?;
+                let value = serde_json::from_value::<T>(value)
+                    .map_err(|source| ParseError::Json { tool, source, head: head(text) })?;
                 let other_lines = text[..start]
                     .lines()
                     .chain(text[end..].lines())
@@ -184,9 +189,13 @@ fn sanitize_nonfinite(json: &str) -> Cow<'_, str> {
             continue;
         }
         let rest = &bytes[i..];
-        let token_end = |len: usize| rest.get(len).is_none_or(|c| !c.is_ascii_alphanumeric() && *c != b'.');
+        let token_end =
+            |len: usize| rest.get(len).is_none_or(|c| !c.is_ascii_alphanumeric() && *c != b'.');
         let four = (rest.starts_with(b"-nan") || rest.starts_with(b"-inf")) && token_end(4);
-        let three = (rest.starts_with(b"nan") || rest.starts_with(b"inf")) && token_end(3) && i > 0 && bytes[i - 1].is_ascii_whitespace();
+        let three = (rest.starts_with(b"nan") || rest.starts_with(b"inf"))
+            && token_end(3)
+            && i > 0
+            && bytes[i - 1].is_ascii_whitespace();
         if four {
             out[i..i + 4].copy_from_slice(b"null");
             i += 4;
@@ -227,7 +236,9 @@ pub(crate) fn de_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
             }
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
-            v.trim().parse().map_err(|_| E::custom(format!("{v:?} is not a count of bytes or items")))
+            v.trim()
+                .parse()
+                .map_err(|_| E::custom(format!("{v:?} is not a count of bytes or items")))
         }
         fn visit_unit<E: de::Error>(self) -> Result<u64, E> {
             Ok(0)
@@ -277,7 +288,8 @@ mod tests {
 
     #[test]
     fn extract_errors_quote_the_text() {
-        let e = extract_json::<serde_json::Value>("fio", "fio: unrecognized option '--bogus=1'\n").unwrap_err();
+        let e = extract_json::<serde_json::Value>("fio", "fio: unrecognized option '--bogus=1'\n")
+            .unwrap_err();
         let msg = e.to_string();
         assert!(msg.contains("no JSON object"), "{msg}");
         assert!(msg.contains("unrecognized option"), "{msg}");

@@ -149,7 +149,13 @@ pub struct NvmeFabrics {
 
 impl NvmeFabrics {
     fn new(verb: FabricsVerb, traddr: &str, trsvcid: u16) -> Self {
-        NvmeFabrics { verb, transport: Transport::Tcp, traddr: traddr.to_string(), trsvcid, options: FabricsOptions::default() }
+        NvmeFabrics {
+            verb,
+            transport: Transport::Tcp,
+            traddr: traddr.to_string(),
+            trsvcid,
+            options: FabricsOptions::default(),
+        }
     }
 
     /// `--transport` (default TCP).
@@ -205,8 +211,18 @@ impl NvmeFabrics {
             FabricsVerb::Connect(_) => "connect",
             FabricsVerb::ConnectAll => "connect-all",
         };
-        let mut argv: Vec<String> =
-            ["nvme", verb, "-t", self.transport.as_str(), "-a", &self.traddr, "-s", &self.trsvcid.to_string()].map(String::from).into();
+        let mut argv: Vec<String> = [
+            "nvme",
+            verb,
+            "-t",
+            self.transport.as_str(),
+            "-a",
+            &self.traddr,
+            "-s",
+            &self.trsvcid.to_string(),
+        ]
+        .map(String::from)
+        .into();
         if let FabricsVerb::Connect(nqn) = &self.verb {
             argv.extend(["-n".to_string(), nqn.clone()]);
         }
@@ -377,7 +393,11 @@ impl NvmeList {
                 output,
             ));
         }
-        serde_json::from_value(got.value).map_err(|source| ParseError::Json { tool: "nvme list", source, head: super::head(output) })
+        serde_json::from_value(got.value).map_err(|source| ParseError::Json {
+            tool: "nvme list",
+            source,
+            head: super::head(output),
+        })
     }
 
     /// The namespace whose device path (`/dev/nvme0n1`) or name (`nvme0n1`) is `path`.
@@ -413,7 +433,10 @@ impl ConnectOutput {
                 .lines()
                 .find_map(|l| l.trim().strip_prefix("device: "))
                 .map(|d| ConnectOutput { device: d.trim().to_string() })
-                .ok_or_else(|| ParseError::NoJson { tool: "nvme connect", head: super::head(output) }),
+                .ok_or_else(|| ParseError::NoJson {
+                    tool: "nvme connect",
+                    head: super::head(output),
+                }),
             Err(e) => Err(e),
         }
     }
@@ -439,7 +462,13 @@ impl DisconnectOutput {
                 let count = tail.strip_suffix(" controller(s)")?.trim().parse().ok()?;
                 Some(DisconnectOutput { nqn: nqn.to_string(), controllers: count })
             })
-            .ok_or_else(|| ParseError::unexpected("nvme disconnect", "no line \"NQN:<nqn> disconnected <n> controller(s)\"", output))
+            .ok_or_else(|| {
+                ParseError::unexpected(
+                    "nvme disconnect",
+                    "no line \"NQN:<nqn> disconnected <n> controller(s)\"",
+                    output,
+                )
+            })
     }
 }
 
@@ -476,7 +505,12 @@ pub fn parse_controllers(listing: &str) -> Vec<Controller> {
         .filter_map(|l| {
             let mut w = l.split_whitespace();
             let (name, nqn, state) = (w.next()?, w.next()?, w.next()?);
-            Some(Controller { name: name.into(), nqn: nqn.into(), state: state.into(), address: w.collect::<Vec<_>>().join(",") })
+            Some(Controller {
+                name: name.into(),
+                nqn: nqn.into(),
+                state: state.into(),
+                address: w.collect::<Vec<_>>().join(","),
+            })
         })
         .collect()
 }
@@ -497,7 +531,10 @@ mod tests {
 
     #[test]
     fn command_lines() {
-        assert_eq!(Nvme::discover("192.0.2.1", 4420).command_line(), "nvme discover -t tcp -a 192.0.2.1 -s 4420 -o json");
+        assert_eq!(
+            Nvme::discover("192.0.2.1", 4420).command_line(),
+            "nvme discover -t tcp -a 192.0.2.1 -s 4420 -o json"
+        );
         assert_eq!(
             Nvme::connect("192.0.2.1", 4420, NQN)
                 .keep_alive_tmo(30)
@@ -599,11 +636,16 @@ mod tests {
         let failed = "Failed to scan topology: No such file or directory\n";
         let e = NvmeList::parse(failed).unwrap_err().to_string();
         assert!(e.starts_with("nvme list: no JSON object") && e.contains("Failed to scan"), "{e}");
-        let e = DiscoveryLog::parse("failed to add controller, error connection refused\n").unwrap_err().to_string();
+        let e = DiscoveryLog::parse("failed to add controller, error connection refused\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("connection refused"), "{e}");
         let e = DisconnectOutput::parse("").unwrap_err().to_string();
         assert!(e.contains("no line"), "{e}");
-        assert!(ConnectOutput::parse("could not add new controller: failed to write to nvme-fabrics device\n").is_err());
+        assert!(ConnectOutput::parse(
+            "could not add new controller: failed to write to nvme-fabrics device\n"
+        )
+        .is_err());
         assert!(DiscoveryLog::parse("{\"genctr\":1}\n").is_err());
         assert!(NvmeList::parse("{\"Devices\":[{\"NameSpace\":1}]}").is_err());
     }

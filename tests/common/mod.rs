@@ -14,8 +14,11 @@ pub async fn driver(nodes: Vec<NodeSpec>) -> Driver {
 
 /// A target with NVMe disks of `disks` (id, MiB) and an initiator, both started and answering.
 pub async fn target_and_initiator(disks: &[(&str, u64)]) -> (Driver, Machine, Machine) {
-    let target = disks.iter().fold(NodeSpec::new("target", Role::Target, 1), |n, (id, mib)| n.with_disk(DiskSpec::nvme(id, *mib)));
-    let d = driver(vec![target, NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768)]).await;
+    let target = disks.iter().fold(NodeSpec::new("target", Role::Target, 1), |n, (id, mib)| {
+        n.with_disk(DiskSpec::nvme(id, *mib))
+    });
+    let d =
+        driver(vec![target, NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768)]).await;
     d.start_all().await.unwrap();
     let (target, initiator) = (d.machine("target").unwrap(), d.machine("initiator").unwrap());
     (d, target, initiator)

@@ -17,15 +17,18 @@ pub const IQN: &str = "iqn.2026-12.io.vmcheck.example:tgt";
 /// the archive, never installed on the host) and `tgtd` started at boot. tgtd keeps no state
 /// on disk: every target and LUN comes from `tgtadm` in the scenario.
 pub fn tgt_recipe() -> Recipe {
-    Recipe::new("tgt-target").debian_package("tgt").service("tgtd", "mkdir -p /var/run/tgtd && exec /usr/sbin/tgtd -f")
+    Recipe::new("tgt-target")
+        .debian_package("tgt")
+        .service("tgtd", "mkdir -p /var/run/tgtd && exec /usr/sbin/tgtd -f")
 }
 
 /// The target (`tgt`, with NVMe disks `disk0`.. of 256 MiB) and vmcheck's initiator (open-iscsi,
 /// fio).
 pub fn machines(disks: usize) -> Vec<NodeSpec> {
-    let target = (0..disks).fold(NodeSpec::new("tgt", Role::Target, 1).with_recipe(tgt_recipe()), |n, i| {
-        n.with_disk(DiskSpec::nvme(&format!("disk{i}"), 256))
-    });
+    let target = (0..disks)
+        .fold(NodeSpec::new("tgt", Role::Target, 1).with_recipe(tgt_recipe()), |n, i| {
+            n.with_disk(DiskSpec::nvme(&format!("disk{i}"), 256))
+        });
     vec![target, NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768)]
 }
 
@@ -36,7 +39,9 @@ pub async fn tgtadm(tgt: &Machine, args: &str) -> Result<String> {
 
 /// Waits until tgtd answers its admin tool (it starts at boot, beside the agent).
 pub async fn wait_for_tgtd(tgt: &Machine) -> Result<()> {
-    tgt.wait_until_succeeds("tgtadm --lld iscsi --op show --mode target", Duration::from_secs(30)).await.map(drop)
+    tgt.wait_until_succeeds("tgtadm --lld iscsi --op show --mode target", Duration::from_secs(30))
+        .await
+        .map(drop)
 }
 
 /// Creates the target with one LUN per disk (`disk0` is LUN 1, tgt's LUN 0 being its
@@ -45,7 +50,8 @@ pub async fn serve_disks(tgt: &Machine, disks: &[&str]) -> Result<iscsi::Target>
     tgtadm(tgt, &format!("target --op new --tid 1 --targetname {IQN}")).await?;
     for (i, disk) in disks.iter().enumerate() {
         let dev = tgt.disk_device(disk).await?;
-        tgtadm(tgt, &format!("logicalunit --op new --tid 1 --lun {} --backing-store {dev}", i + 1)).await?;
+        tgtadm(tgt, &format!("logicalunit --op new --tid 1 --lun {} --backing-store {dev}", i + 1))
+            .await?;
     }
     tgtadm(tgt, "target --op bind --tid 1 --initiator-address ALL").await?;
     Ok(iscsi::Target { iqn: IQN.into(), addr: tgt.address(), port: ISCSI_PORT, uri: String::new() })

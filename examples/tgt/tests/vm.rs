@@ -31,7 +31,10 @@ async fn fio_verify(d: &Driver) -> Result<()> {
         })
         .await?;
     d.subtest("fio with verify on LUN 1 finishes clean", async {
-        run_fio(&initiator, &integrity_job(&dev, FIO_CLEAN_SECS), &dev).await?.expect_clean().map(drop)
+        run_fio(&initiator, &integrity_job(&dev, FIO_CLEAN_SECS), &dev)
+            .await?
+            .expect_clean()
+            .map(drop)
     })
     .await?;
     d.subtest("tgtd still lists the target and its LUN", expect_target_answers(&tgt, 1)).await
@@ -41,7 +44,12 @@ async fn hotremove_tc3(d: &Driver) -> Result<()> {
     d.start_all().await?;
     let (tgt, initiator) = (d.machine("tgt")?, d.machine("initiator")?);
     d.subtest("tgtd answers tgtadm", wait_for_tgtd(&tgt)).await?;
-    let target = d.subtest("serve disk0 and disk1 as LUNs 1 and 2 of one target", serve_disks(&tgt, &["disk0", "disk1"])).await?;
+    let target = d
+        .subtest(
+            "serve disk0 and disk1 as LUNs 1 and 2 of one target",
+            serve_disks(&tgt, &["disk0", "disk1"]),
+        )
+        .await?;
     let (dev1, dev2) = d
         .subtest("log in; LUNs 1 and 2 are disks", async {
             iscsi::login(&initiator, &target).await?;
@@ -51,14 +59,19 @@ async fn hotremove_tc3(d: &Driver) -> Result<()> {
         .await?;
     let (fio1, fio2) = d
         .subtest("run fio with verify on both LUNs", async {
-            let fio1 = FioRun::start(&initiator, &integrity_job(&dev1, FIO_UNDER_REMOVAL_SECS), &dev1).await?;
-            let fio2 = FioRun::start(&initiator, &integrity_job(&dev2, FIO_UNDER_REMOVAL_SECS), &dev2).await?;
+            let fio1 =
+                FioRun::start(&initiator, &integrity_job(&dev1, FIO_UNDER_REMOVAL_SECS), &dev1)
+                    .await?;
+            let fio2 =
+                FioRun::start(&initiator, &integrity_job(&dev2, FIO_UNDER_REMOVAL_SECS), &dev2)
+                    .await?;
             fio1.settle(SETTLE).await?;
             fio2.settle(SETTLE).await?;
             Ok((fio1, fio2))
         })
         .await?;
-    d.subtest("hot remove disk1 from under tgtd (QMP device_del)", tgt.hot_remove_disk("disk1")).await?;
+    d.subtest("hot remove disk1 from under tgtd (QMP device_del)", tgt.hot_remove_disk("disk1"))
+        .await?;
     d.subtest("fio on LUN 2 fails with an I/O error", async {
         let failure = fio2.wait().await?.expect_error()?;
         vmcheck::log::line(&format!("fio on LUN 2: {failure:?}"));
@@ -66,7 +79,8 @@ async fn hotremove_tc3(d: &Driver) -> Result<()> {
     })
     .await?;
     d.subtest("tgtd still answers and lists the target", expect_target_answers(&tgt, 2)).await?;
-    d.subtest("fio on LUN 1 finishes clean", async { fio1.wait().await?.expect_clean().map(drop) }).await
+    d.subtest("fio on LUN 1 finishes clean", async { fio1.wait().await?.expect_clean().map(drop) })
+        .await
 }
 
 fn main() -> std::process::ExitCode {

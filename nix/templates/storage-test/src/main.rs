@@ -25,8 +25,10 @@ async fn disk_verify(d: &Driver) -> anyhow::Result<()> {
 /// The suite: every scenario of this repository (public for vmcheck's own test of this template).
 pub fn suite() -> Suite {
     Suite::new().with(
-        Scenario::new("disk_verify", "write an NVMe disk with fio and verify every block", |d| disk_verify(d).boxed())
-            .machine(NodeSpec::new("vm", Role::Initiator, 2).with_disk(DiskSpec::nvme("data", 64))),
+        Scenario::new("disk_verify", "write an NVMe disk with fio and verify every block", |d| {
+            disk_verify(d).boxed()
+        })
+        .machine(NodeSpec::new("vm", Role::Initiator, 2).with_disk(DiskSpec::nvme("data", 64))),
     )
 }
 
