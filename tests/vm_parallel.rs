@@ -102,7 +102,8 @@ fn two_scenarios_run_side_by_side_with_jobs_2() {
         out.to_str().unwrap(),
         "--junit",
         junit.to_str().unwrap(),
-        "hotremove_blk_tc1",
+        // No order between them (the NVMe-oF and iSCSI scenarios run after fio_nvme_basic).
+        "balloon_basic",
         "fio_nvme_basic",
     ];
     let mut run = start(&args, tmp.path());
@@ -113,7 +114,7 @@ fn two_scenarios_run_side_by_side_with_jobs_2() {
     let dirs = run.run_dirs();
     let names: Vec<_> = dirs.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names.len(), 2, "{dirs:?}\n{log}");
-    assert!(names.contains(&"fio_nvme_basic") && names.contains(&"hotremove_blk_tc1"), "{dirs:?}");
+    assert!(names.contains(&"fio_nvme_basic") && names.contains(&"balloon_basic"), "{dirs:?}");
     assert_ne!(dirs[0].1, dirs[1].1, "one run directory for both");
     for (_, dir) in &dirs {
         assert!(!dir.exists(), "{} is left behind", dir.display());
@@ -130,20 +131,20 @@ fn two_scenarios_run_side_by_side_with_jobs_2() {
     assert!(starts.len() == 2 && starts[1] < first_end, "not side by side:\n{log}");
     // The summary and JUnit list them in registration order, every subtest ok.
     let summary = &log[log.rfind("summary\n").expect("a summary")..];
-    let (fio, hot) =
-        (summary.find("fio_nvme_basic").unwrap(), summary.find("hotremove_blk_tc1").unwrap());
-    assert!(fio < hot, "{summary}");
+    let (fio, balloon) =
+        (summary.find("fio_nvme_basic").unwrap(), summary.find("balloon_basic").unwrap());
+    assert!(fio < balloon, "{summary}");
     assert!(log.contains("2 passed, 0 failed"), "{log}");
     let xml = std::fs::read_to_string(&junit).unwrap();
-    let (fio, hot) = (
+    let (fio, balloon) = (
         xml.find(r#"<testsuite name="fio_nvme_basic""#).unwrap(),
-        xml.find(r#"<testsuite name="hotremove_blk_tc1""#).unwrap(),
+        xml.find(r#"<testsuite name="balloon_basic""#).unwrap(),
     );
-    assert!(fio < hot, "{xml}");
+    assert!(fio < balloon, "{xml}");
     assert!(!xml.contains("<failure") && !xml.contains("<error"), "{xml}");
     assert!(xml.matches("<testcase ").count() >= 10, "{xml}");
     // Each has its own transcript, unprefixed; the run's transcript is the terminal's.
-    for name in ["fio_nvme_basic", "hotremove_blk_tc1"] {
+    for name in ["fio_nvme_basic", "balloon_basic"] {
         let text = std::fs::read_to_string(out.join(name).join("transcript.log")).unwrap();
         assert!(text.contains("subtest: ") && !text.contains("] subtest: "), "{name}:\n{text}");
         assert!(text.lines().all(|l| !l.starts_with('[')), "{name}:\n{text}");
@@ -160,8 +161,7 @@ fn two_scenarios_run_side_by_side_with_jobs_2() {
     }
     let whole = std::fs::read_to_string(out.join("transcript.log")).unwrap();
     assert!(
-        whole.contains("[fio_nvme_basic] subtest: ")
-            && whole.contains("[hotremove_blk_tc1] subtest: "),
+        whole.contains("[fio_nvme_basic] subtest: ") && whole.contains("[balloon_basic] subtest: "),
         "{whole}"
     );
 }
