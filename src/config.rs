@@ -202,8 +202,12 @@ pub const SCENARIO_LISTING_COMMAND: &str =
 /// `vmcheck list --json`: every listed scenario with the machines it declares, as the flake reads
 /// it from `nix/scenarios.json` (pretty-printed, keys sorted, a trailing newline, so the checked-in
 /// file diffs line by line). A scenario whose machine names the driver would refuse, or that names
-/// two machines alike, is an error here rather than a broken flake check.
-pub fn scenario_listing_json(scenarios: &[(&str, &str, Vec<NodeSpec>)]) -> Result<String> {
+/// two machines alike, is an error here rather than a broken flake check. `generated_by` is the
+/// command that writes the file ([`SCENARIO_LISTING_COMMAND`] for vmcheck's own).
+pub fn scenario_listing_json(
+    scenarios: &[(&str, &str, Vec<NodeSpec>)],
+    generated_by: &str,
+) -> Result<String> {
     let mut listing = serde_json::Map::new();
     for (name, description, nodes) in scenarios {
         if nodes.is_empty() {
@@ -237,7 +241,7 @@ pub fn scenario_listing_json(scenarios: &[(&str, &str, Vec<NodeSpec>)]) -> Resul
         }
     }
     let document = serde_json::json!({
-        "generated_by": SCENARIO_LISTING_COMMAND,
+        "generated_by": generated_by,
         "scenarios": listing,
     });
     Ok(serde_json::to_string_pretty(&document)? + "\n")
@@ -410,7 +414,9 @@ mod tests {
             NodeSpec::new("target", Role::Target, 1).with_disk(DiskSpec::virtio("d1", 64)),
             NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768),
         ];
-        let text = scenario_listing_json(&[("s", "one line", nodes.clone())]).unwrap();
+        let text =
+            scenario_listing_json(&[("s", "one line", nodes.clone())], SCENARIO_LISTING_COMMAND)
+                .unwrap();
         assert!(text.ends_with("}\n"), "{text}");
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["generated_by"], SCENARIO_LISTING_COMMAND);
@@ -423,7 +429,9 @@ mod tests {
         assert_eq!(s["nodes"][1]["memory_mib"], 768);
         assert_eq!(s["nodes"][1]["vlans"], serde_json::json!([1]));
 
-        let bad = |nodes: Vec<NodeSpec>| scenario_listing_json(&[("s", "d", nodes)]).unwrap_err();
+        let bad = |nodes: Vec<NodeSpec>| {
+            scenario_listing_json(&[("s", "d", nodes)], SCENARIO_LISTING_COMMAND).unwrap_err()
+        };
         assert!(format!("{:#}", bad(vec![NodeSpec::new("node-", Role::Target, 1)]))
             .contains("machine name"));
         assert!(bad(vec![
@@ -433,8 +441,11 @@ mod tests {
         .to_string()
         .contains("two machines"));
         assert!(bad(vec![]).to_string().contains("no machine"));
-        let twice =
-            scenario_listing_json(&[("s", "d", nodes.clone()), ("s", "d", nodes)]).unwrap_err();
+        let twice = scenario_listing_json(
+            &[("s", "d", nodes.clone()), ("s", "d", nodes)],
+            SCENARIO_LISTING_COMMAND,
+        )
+        .unwrap_err();
         assert!(twice.to_string().contains("two scenarios"), "{twice}");
     }
 }

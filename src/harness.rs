@@ -201,7 +201,7 @@ pub async fn dispatch(suite: &Suite, command: Command) -> ExitCode {
         Command::List { json: true } => {
             let listed: Vec<_> =
                 suite.listed().map(|s| (s.name(), s.description(), s.nodes().to_vec())).collect();
-            match crate::config::scenario_listing_json(&listed) {
+            match crate::config::scenario_listing_json(&listed, &listing_command()) {
                 Ok(text) => {
                     print!("{text}");
                     ExitCode::SUCCESS
@@ -255,6 +255,23 @@ pub async fn dispatch(suite: &Suite, command: Command) -> ExitCode {
             };
             run(suite, names, args).await
         }
+    }
+}
+
+/// The command that wrote a `list --json`: vmcheck's own (its `nix/scenarios.json`), else
+/// this binary's name.
+fn listing_command() -> String {
+    let argv0 = std::env::args().next().unwrap_or_default();
+    let name = std::path::Path::new(&argv0).file_name().and_then(|n| n.to_str()).unwrap_or("");
+    // cargo names a test binary `<test>-<16 hex digits>`.
+    let test = name
+        .rsplit_once('-')
+        .filter(|(_, h)| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    match (name, test) {
+        ("vmcheck", _) => crate::config::SCENARIO_LISTING_COMMAND.to_string(),
+        (_, Some((test, _))) => format!("cargo test --test {test} -- list --json"),
+        ("", _) => "list --json".to_string(),
+        _ => format!("{name} list --json"),
     }
 }
 

@@ -759,11 +759,10 @@ fn scenario_machines_get_a_test_interface_per_vlan_their_cpus_and_enough_memory(
         },
         NodeSpec { vlans: vec![2], ..NodeSpec::new("initiator", Role::Initiator, 8) },
     ];
-    let listing = vmcheck::config::scenario_listing_json(&[(
-        "two_nets",
-        "two test networks",
-        nodes.to_vec(),
-    )])
+    let listing = vmcheck::config::scenario_listing_json(
+        &[("two_nets", "two test networks", nodes.to_vec())],
+        SCENARIO_LISTING_COMMAND,
+    )
     .unwrap();
     let expr = format!(
         "let f = import ./nix/tests/flake-eval.nix; in (f.testSummary (f.scenarioTests (builtins.fromJSON {})).two_nets).nodes",
