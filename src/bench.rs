@@ -32,23 +32,58 @@ use crate::qapi_stream::JsonReader;
 use crate::qemu::{Console, NicLink, QemuProcess, QemuSpec};
 use crate::report::Reporter;
 
-/// Options of a bench run.
-#[derive(Debug, Clone)]
+/// Options of a bench run: `vmcheck bench`'s flags.
+#[derive(Debug, Clone, clap::Args)]
 pub struct BenchOptions {
+    /// Boots of each kind.
+    #[arg(long, default_value_t = 3)]
     pub boots: usize,
+    /// Exec round trips of each kind (at least 20).
+    #[arg(long, default_value_t = 30)]
     pub execs: usize,
+    /// MiB sent over the test network each way.
+    #[arg(long, default_value_t = 32)]
     pub transfer_mib: u64,
-    /// Run only the NVMe-oF network benchmark.
+    /// Only the NVMe-oF network benchmark: fio 128k sequential reads, iodepth 16, through
+    /// vmcheck's switch, a direct QEMU-to-QEMU link and vde_switch.
+    #[arg(long)]
     pub nvmeof: bool,
-    /// fio runs per network per round, and each run's seconds.
+    /// With --nvmeof: fio runs per network per round.
+    #[arg(long, default_value_t = 3)]
     pub fio_runs: usize,
+    /// With --nvmeof: seconds of each fio run.
+    #[arg(long, default_value_t = 10)]
     pub fio_secs: u64,
-    /// Rounds over the networks (each boots its VMs again), to spread host-load drift.
+    /// With --nvmeof: rounds over the networks (interleaved, so host-load drift hits all).
+    #[arg(long, default_value_t = 1)]
     pub rounds: usize,
-    /// The networks `--nvmeof` compares, in each round's order.
+    /// With --nvmeof: the networks compared, in each round's order (`switch-no-wait`: the
+    /// switch dropping for a full peer instead of queueing).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "switch,direct,vde")]
     pub networks: Vec<Network>,
-    /// Scenario names or patterns timed with `--jobs 1` and `--jobs 2` (none: not measured).
+    /// Also time these scenarios (names or patterns) with --jobs 1 and with --jobs 2.
+    #[arg(long, num_args = 1.., value_name = "PATTERN")]
     pub suite: Vec<String>,
+}
+
+impl BenchOptions {
+    /// Refuses options that would measure nothing.
+    pub fn check(&self) -> Result<()> {
+        if self.boots == 0
+            || self.execs < 20
+            || self.transfer_mib == 0
+            || self.fio_runs == 0
+            || self.fio_secs == 0
+            || self.rounds == 0
+            || self.networks.is_empty()
+        {
+            anyhow::bail!(
+                "bench needs --boots >= 1, --execs >= 20, --transfer-mib >= 1, --fio-runs >= 1, \
+                 --fio-secs >= 1 and --rounds >= 1"
+            );
+        }
+        Ok(())
+    }
 }
 
 /// One measured figure: vmcheck's, beside its floor where it has one.

@@ -332,20 +332,7 @@ impl Machine {
     async fn save_snapshot(&self, build: crate::snapshot::Build, boot_secs: f64) -> Result<u64> {
         let qmp = self.qmp().await?;
         super::power::enable_migration_events(&qmp).await?;
-        let mark = qmp.event_count();
-        let uri = format!("file:{}", build.state_path().display());
-        let saved = async {
-            qmp.execute(qapi::qmp::migrate {
-                uri: Some(uri.clone()),
-                channels: None,
-                detach: None,
-                resume: None,
-            })
-            .await
-            .map_err(|e| anyhow!("QMP migrate to {uri} was refused: {e:#}"))?;
-            self.wait_migration(&qmp, mark, "saving the snapshot").await
-        }
-        .await;
+        let saved = self.migrate_to_file(&qmp, &build.state_path(), "saving the snapshot").await;
         // Completed, the source stops (postmigrate); failed, it may run on already. The
         // MIGRATION event comes before the run state leaves finish-migrate, when `cont` is refused
         // ("Migration is not finalized yet").

@@ -143,19 +143,7 @@ impl Machine {
             enable_migration_events(&qmp)
                 .await
                 .map_err(|e| self.error("enabling migration events", format!("{e:#}")))?;
-            let mark = qmp.event_count();
-            let uri = format!("file:{}", path.display());
-            qmp.execute(qapi::qmp::migrate {
-                uri: Some(uri.clone()),
-                channels: None,
-                detach: None,
-                resume: None,
-            })
-            .await
-            .map_err(|e| {
-                self.error(format!("QMP migrate to {uri} was refused"), format!("{e:#}"))
-            })?;
-            self.wait_migration(&qmp, mark, "saving").await?;
+            self.migrate_to_file(&qmp, &path, "saving").await?;
             // The source stops once the state is written (postmigrate).
             let status = qmp.execute(qapi::qmp::query_status {}).await?;
             if status.running {
@@ -339,6 +327,22 @@ impl Machine {
 
     /// Waits for the MIGRATION event that ends a migration; anything but `completed` is an
     /// error with QEMU's reason.
+    /// Writes the machine's state to `path` (QMP `migrate` to `file:`) and waits until the
+    /// migration completes; migration events must be on. Shared by save/restore and snapshots.
+    pub(super) async fn migrate_to_file(&self, qmp: &Qmp, path: &Path, what: &str) -> Result<()> {
+        let mark = qmp.event_count();
+        let uri = format!("file:{}", path.display());
+        qmp.execute(qapi::qmp::migrate {
+            uri: Some(uri.clone()),
+            channels: None,
+            detach: None,
+            resume: None,
+        })
+        .await
+        .map_err(|e| self.error(format!("QMP migrate to {uri} was refused"), format!("{e:#}")))?;
+        self.wait_migration(qmp, mark, what).await
+    }
+
     pub(super) async fn wait_migration(&self, qmp: &Qmp, mark: usize, what: &str) -> Result<()> {
         let started = Instant::now();
         let end = qmp

@@ -885,10 +885,9 @@ mod tests {
         assert!(r.jobs[0].usr_cpu.is_nan());
     }
 
-    /// The rendered command line runs under a real shell and fio, and its output parses.
-    /// Opt-in (`cargo test -- --ignored`): needs fio on the host, and writes 16 MiB to a tempdir.
+    /// The rendered command line runs under a real shell and fio, and its output parses. Needs
+    /// fio on the host (`.ci/setup` installs it); writes 16 MiB to a tempdir, 0.8 s.
     #[test]
-    #[ignore]
     fn host_fio_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("disk with space");
