@@ -59,6 +59,15 @@ pub fn fresh_boot_from_env() -> bool {
 pub type SubtestGate =
     Arc<dyn Fn(String) -> futures::future::BoxFuture<'static, Result<()>> + Send + Sync>;
 
+/// Awaited with the driver, a failed subtest's name and its error, before
+/// [`Driver::subtest`] returns that error: `--pause-on-failure` opens the REPL there, on the
+/// machines as the failure left them. It is not called again while it runs.
+pub type FailureHook = Arc<
+    dyn for<'a> Fn(&'a Driver, &'a str, &'a anyhow::Error) -> futures::future::BoxFuture<'a, ()>
+        + Send
+        + Sync,
+>;
+
 /// A run: its machines and everything they share.
 pub struct Driver {
     machines: Vec<Machine>,
@@ -68,6 +77,7 @@ pub struct Driver {
     reporter: Reporter,
     started: Instant,
     gate: Mutex<Option<SubtestGate>>,
+    on_failure: Mutex<Option<FailureHook>>,
     /// The accelerator the machines run under (KVM when its probe passed, else TCG).
     pub accel: Accel,
 }
@@ -179,6 +189,7 @@ impl Driver {
             reporter,
             started: Instant::now(),
             gate: Mutex::new(None),
+            on_failure: Mutex::new(None),
             accel,
         })
     }
@@ -208,6 +219,12 @@ impl Driver {
     /// The run's reporter: its sinks (the REPL switches the console echo there) and record.
     pub fn reporter(&self) -> &Reporter {
         &self.reporter
+    }
+
+    /// Where the run keeps console logs, command lines and artifacts (`--out DIR`, else the run
+    /// directory's `logs/`).
+    pub fn log_dir(&self) -> &Path {
+        &self.env.log_dir
     }
 
     /// The run directory (`$TMPDIR/vmcheck-run-<pid>-XXXX`): sockets, disk files, logs without `--out`.
@@ -252,7 +269,25 @@ impl Driver {
             error,
             harness_error,
         });
+        if let Err(e) = &result {
+            self.failed(name, e).await;
+        }
         result.with_context(|| format!("subtest {name:?} failed"))
+    }
+
+    /// Runs the failure hook, if one is set, taken out meanwhile: a subtest that fails inside
+    /// it (the REPL's `run`) does not call it again.
+    async fn failed(&self, name: &str, error: &anyhow::Error) {
+        let hook = self.on_failure.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook(self, name, error).await;
+            *self.on_failure.lock().unwrap() = Some(hook);
+        }
+    }
+
+    /// Sets (or clears) the hook awaited when a subtest fails ([`FailureHook`]).
+    pub fn set_failure_hook(&self, hook: Option<FailureHook>) {
+        *self.on_failure.lock().unwrap() = hook;
     }
 
     /// Sets (or clears) the gate every subtest passes before it runs.

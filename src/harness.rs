@@ -23,7 +23,8 @@
 //!
 //! Two command lines, told apart by the first argument:
 //! - vmcheck's: `list [--json]`, `run [NAMES|PATTERNS] [--junit F] [--out D] [--jobs N]
-//!   [--shard K/N] [--fresh-boot] [--global-timeout S] [--keep-vm-state]`, `repl [SCENARIO]`,
+//!   [--shard K/N] [--fresh-boot] [--global-timeout S] [--keep-vm-state] [--pause-on-failure]`,
+//!   `repl [SCENARIO] | repl --attach SOCKET`,
 //!   `images build` ([`Command`]);
 //! - anything else is libtest's (`--list --format terse`, `--exact NAME`, `--ignored`,
 //!   `--nocapture`, a filter), as `cargo test` and `cargo nextest run` pass it: every listed
@@ -90,6 +91,11 @@ pub enum Command {
         /// VMCHECK_FRESH_BOOT=1).
         #[arg(long)]
         fresh_boot: bool,
+        /// When a subtest fails, keep the machines and open the REPL on them (at a terminal;
+        /// without one, wait for `vmcheck repl --attach <run dir>/repl.sock`), within the
+        /// global timeout; quitting it ends the run as it would have ended.
+        #[arg(long)]
+        pause_on_failure: bool,
     },
     /// Interactive driver: the scenario's machines (default fio_nvme_basic's, else the first),
     /// defined but not started; `help` at its prompt lists the commands.
@@ -99,6 +105,10 @@ pub enum Command {
         /// Driver configuration from nix/ (NixOS machines); names the scenario itself.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Attach to the REPL of a run paused by --pause-on-failure without a terminal (the
+        /// socket its log names) instead of starting machines.
+        #[arg(long, conflicts_with_all = ["scenario", "config"])]
+        attach: Option<PathBuf>,
     },
     /// Manage the default images.
     Images {
@@ -192,7 +202,13 @@ async fn interrupted() {
     else {
         return std::future::pending().await;
     };
-    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    loop {
+        tokio::select! {
+            // While --pause-on-failure's REPL is open, Ctrl-C is the REPL's (it cancels a command).
+            _ = int.recv() => if !crate::repl::pause::is_open() { return },
+            _ = term.recv() => return,
+        }
+    }
 }
 
 /// Runs one of the harness's subcommands on `suite`.
@@ -231,7 +247,10 @@ pub async fn dispatch(suite: &Suite, command: Command) -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
-        Command::Repl { scenario, config } => crate::repl::main(suite, scenario, config).await,
+        Command::Repl { attach: Some(path), .. } => crate::repl::pause::attach(&path).await,
+        Command::Repl { scenario, config, attach: None } => {
+            crate::repl::main(suite, scenario, config).await
+        }
         Command::Run {
             names,
             junit,
@@ -242,6 +261,7 @@ pub async fn dispatch(suite: &Suite, command: Command) -> ExitCode {
             shard,
             jobs,
             fresh_boot,
+            pause_on_failure,
         } => {
             let args = RunArgs {
                 junit,
@@ -252,6 +272,7 @@ pub async fn dispatch(suite: &Suite, command: Command) -> ExitCode {
                 shard,
                 jobs: usize::from(jobs),
                 fresh_boot,
+                pause_on_failure,
             };
             run(suite, names, args).await
         }
@@ -359,6 +380,7 @@ struct RunArgs {
     shard: Option<Shard>,
     jobs: usize,
     fresh_boot: bool,
+    pause_on_failure: bool,
 }
 
 async fn run(suite: &Suite, names: Vec<String>, args: RunArgs) -> ExitCode {
@@ -406,6 +428,7 @@ async fn run(suite: &Suite, names: Vec<String>, args: RunArgs) -> ExitCode {
         config: config.clone(),
         global_timeout: args.global_timeout.map(std::time::Duration::from_secs),
         jobs: args.jobs,
+        pause_on_failure: args.pause_on_failure,
     };
     suite.run(&chosen, &options).await;
     reporter.log_summary();

@@ -70,6 +70,42 @@ where
     }
 }
 
+/// The pace of [`retry`]: soon at first, then every second, as the NixOS driver's `retry`.
+pub const RETRY: Pace = Pace::backoff(Duration::from_millis(100), Duration::from_secs(1));
+
+/// What [`retry`] gives up with: what was awaited, for how long, how many tries.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: not done after {tries} tries in {waited:?}")]
+pub struct GaveUp {
+    /// What was awaited.
+    pub what: String,
+    /// How long it tried.
+    pub waited: Duration,
+    /// How many times it tried.
+    pub tries: u32,
+}
+
+/// Calls `attempt` until it returns `Ok(Some(value))`, an error (returned at once), or
+/// `timeout` has passed, at the [`RETRY`] pace: the NixOS driver's `retry`, bounded and typed.
+/// The timeout's error is a [`GaveUp`] naming `what`. Within a scenario, prefer
+/// `Machine::retry`, whose error also shows the machine's console.
+pub async fn retry<T, F, Fut>(what: &str, timeout: Duration, mut attempt: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let mut tries = 0u32;
+    match until(timeout, RETRY, |_| {
+        tries += 1;
+        attempt()
+    })
+    .await?
+    {
+        Polled::Done(v) => Ok(v),
+        Polled::TimedOut(waited) => Err(GaveUp { what: what.to_string(), waited, tries }.into()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,5 +175,30 @@ mod tests {
         assert!(gaps.len() >= 4, "{gaps:?}");
         assert!(gaps[0] >= 10 && gaps[1] >= 20 && gaps[2] >= 40, "{gaps:?}");
         assert!(gaps[3..].iter().all(|g| *g < 200), "{gaps:?}");
+    }
+
+    #[tokio::test]
+    async fn retry_returns_the_value_or_says_what_it_gave_up_on() {
+        let mut n = 0;
+        let v = retry("three tries", Duration::from_secs(5), || {
+            n += 1;
+            let n = n;
+            async move { Ok((n == 3).then_some(n)) }
+        })
+        .await
+        .unwrap();
+        assert_eq!(v, 3);
+        let e = retry("never", Duration::from_millis(150), || async { Ok(None::<()>) })
+            .await
+            .unwrap_err();
+        let gave_up = e.downcast_ref::<GaveUp>().expect("a GaveUp");
+        assert!(gave_up.tries >= 2, "{gave_up:?}");
+        assert!(e.to_string().starts_with("never: not done after"), "{e}");
+        let e = retry("fails", Duration::from_secs(5), || async {
+            anyhow::bail!("boom") as Result<Option<()>>
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(e.to_string(), "boom");
     }
 }

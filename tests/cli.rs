@@ -60,3 +60,17 @@ fn jobs_must_be_a_positive_number() {
         assert!(stderr.contains("--jobs"), "--jobs {bad:?}: {stderr}");
     }
 }
+
+#[test]
+fn attaching_to_no_paused_run_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("repl.sock");
+    let (code, _, stderr) = vmcheck(&["repl", "--attach", socket.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        stderr.contains("cannot attach to") && stderr.contains("--pause-on-failure"),
+        "{stderr}"
+    );
+    // --attach starts no machines: naming a scenario with it is a usage error.
+    assert_eq!(vmcheck(&["repl", "fio_nvme_basic", "--attach", "x"]).0, 2);
+}

@@ -206,3 +206,55 @@ fn nothing_survives_sigkill() {
     // SIGKILL leaves no chance to remove the run directory; the next run removes it.
     killed_by(nix::sys::signal::Signal::SIGKILL);
 }
+
+/// The socket a run paused without a terminal logs for `vmcheck repl --attach`.
+fn attach_socket(run: &Run) -> PathBuf {
+    let line = run.seen.iter().find(|l| l.contains("Attach with")).expect("an attach line");
+    let path = line.split("repl --attach ").nth(1).and_then(|r| r.split('`').next()).unwrap();
+    PathBuf::from(path)
+}
+
+#[test]
+fn a_paused_failure_serves_the_repl_to_an_attached_client_then_ends_as_it_would_have() {
+    let mut run = start_with("selftest-fail", &["--pause-on-failure"]);
+    run.wait_for_line("Attach with", RUN);
+    let socket = attach_socket(&run);
+    assert!(socket.starts_with(run.run_dir()), "{} outside the run directory", socket.display());
+    let mut client = Command::new(env!("CARGO_BIN_EXE_vmcheck"))
+        .args(["repl", "--attach"])
+        .arg(&socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The guest computes the number: the line ran there, on the machine the failure left.
+    let script =
+        "machine: echo attached-$((6*7))\nmachine.send_monitor_command info status\nquit\n";
+    std::io::Write::write_all(&mut client.stdin.take().unwrap(), script.as_bytes()).unwrap();
+    let out = client.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("expected 2, the guest said 1"), "the failure comes first:\n{text}");
+    assert!(text.contains("attached-42"), "{text}");
+    assert!(text.contains("VM status: running"), "{text}");
+    let status = run.wait_exit(RUN);
+    assert_eq!(status.code(), Some(1), "log:\n{}", run.seen.join("\n"));
+    run.assert_nothing_left();
+    assert!(!run.run_dir().exists(), "the run directory {} is left", run.run_dir().display());
+}
+
+#[test]
+fn a_paused_failure_nobody_attaches_to_ends_at_the_global_timeout() {
+    let mut run = start_with("selftest-fail", &["--pause-on-failure", "--global-timeout", "30"]);
+    let status = run.wait_exit(RUN);
+    assert_eq!(status.code(), Some(1), "log:\n{}", run.seen.join("\n"));
+    let log = run.seen.join("\n");
+    assert!(
+        log.contains("Attach with") && log.contains("the global timeout of 30s ran out"),
+        "{log}"
+    );
+    assert!(log.contains("at: an assertion that fails"), "the failed subtest is reported:\n{log}");
+    run.assert_nothing_left();
+    assert!(!run.run_dir().exists(), "the run directory {} is left", run.run_dir().display());
+}

@@ -123,3 +123,94 @@ async fn a_forwarded_port_is_reached_once_something_listens_and_named_when_nothi
     let e = err_text(m.wait_for_forwarded_port(7002, SHORT).await);
     assert!(e.contains("no forward of guest port 7002") && e.contains("[7000, 7001]"), "{e}");
 }
+
+/// What the NixOS driver's users have, on one VM: files in and out (binary, over a MiB, mode
+/// kept, parents created), a port closing, the human monitor, QMP events, systemd refused on a
+/// default image, `retry`, and a shutdown the guest does by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nixos_driver_operations_on_a_real_vm() {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::PermissionsExt;
+    let d = driver(vec![NodeSpec::new("machine", Role::Target, 1)]).await;
+    d.start_all().await.unwrap();
+    let m = d.machine("machine").unwrap();
+
+    // Every byte value, 3 MiB and a bit: more than one agent chunk, not a multiple of one.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let data: Vec<u8> = (0..3 * vmcheck::machine::FILE_CHUNK + 12345)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect();
+    let host = tempfile::tempdir().unwrap();
+    let src = host.path().join("blob.bin");
+    std::fs::write(&src, &data).unwrap();
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o640)).unwrap();
+    m.copy_from_host(&src, "/tmp/parity/deep/blob.bin").await.unwrap();
+    let sum = hex::encode(Sha256::digest(&data));
+    let guest = m
+        .succeed("sha256sum /tmp/parity/deep/blob.bin; stat -c %a /tmp/parity/deep/blob.bin")
+        .await
+        .unwrap();
+    assert_eq!(guest, format!("{sum}  /tmp/parity/deep/blob.bin\n640\n"));
+    let back =
+        m.copy_from_machine("/tmp/parity/deep/blob.bin", host.path().join("out")).await.unwrap();
+    assert_eq!(back, host.path().join("out/blob.bin"));
+    assert!(std::fs::read(&back).unwrap() == data, "the file came back changed");
+    let e = err_text(m.copy_from_machine("/tmp/no/such/file", host.path()).await);
+    assert!(e.contains("/tmp/no/such/file") && e.contains("last 20 console lines"), "{e}");
+    let e = err_text(m.copy_from_host(host.path(), "/tmp/x").await);
+    assert!(e.contains("is not a regular file"), "{e}");
+
+    // A port that closes.
+    m.succeed("setsid nc -l -p 5557 </dev/null >/dev/null 2>&1 & echo $! > /tmp/nc.pid")
+        .await
+        .unwrap();
+    m.wait_for_open_port(5557, Duration::from_secs(30)).await.unwrap();
+    let e = m.wait_for_closed_port(5557, SHORT).await.unwrap_err();
+    assert!(is_timeout(&e) && format!("{e:#}").contains("TCP port 5557 to be closed"), "{e:#}");
+    m.succeed("kill $(cat /tmp/nc.pid)").await.unwrap();
+    m.wait_for_closed_port(5557, Duration::from_secs(30)).await.unwrap();
+
+    // The human monitor, and the QMP events its commands cause, read as a queue.
+    let status = m.send_monitor_command("info status").await.unwrap();
+    assert!(status.contains("VM status: running"), "{status:?}");
+    m.send_monitor_command("stop").await.unwrap();
+    m.send_monitor_command("cont").await.unwrap();
+    let stop = m.wait_for_qmp_event("STOP", Duration::from_secs(30)).await.unwrap();
+    assert_eq!(stop["event"], "STOP");
+    let resume = m.wait_for_qmp_event("RESUME", Duration::from_secs(30)).await.unwrap();
+    assert!(resume["timestamp"].as_f64() >= stop["timestamp"].as_f64(), "{stop} {resume}");
+    // The STOP is consumed: the next one is awaited, not found again.
+    let e = m.wait_for_qmp_event("STOP", Duration::from_secs(1)).await.unwrap_err();
+    assert!(is_timeout(&e) && format!("{e:#}").contains("waiting for the QMP event STOP"), "{e:#}");
+    let unknown = m.send_monitor_command("no-such-command").await.unwrap();
+    assert!(unknown.contains("unknown command"), "{unknown:?}");
+
+    // systemd: not on a default image, and the error says what to use.
+    let e = err_text(m.wait_for_unit("multi-user.target", SHORT).await);
+    assert!(e.contains("needs systemd") && e.contains("wait_for_open_port"), "{e}");
+
+    // retry: a value once the condition holds; a bounded, named failure otherwise.
+    m.succeed("(sleep 1; echo 7 > /tmp/seven) >/dev/null 2>&1 &").await.unwrap();
+    let seven = m
+        .retry("/tmp/seven holds a number", Duration::from_secs(30), || async {
+            let out = m.execute("cat /tmp/seven").await?;
+            Ok(out.stdout.trim().parse::<u32>().ok())
+        })
+        .await
+        .unwrap();
+    assert_eq!(seven, 7);
+    let e =
+        m.retry("never", Duration::from_secs(1), || async { Ok(None::<()>) }).await.unwrap_err();
+    assert!(is_timeout(&e) && format!("{e:#}").contains("expected never within 1s"), "{e:#}");
+
+    // A poweroff by the guest itself ends QEMU.
+    m.spawn(&["poweroff".to_string()]).await.unwrap();
+    m.wait_for_shutdown(Duration::from_secs(60)).await.unwrap();
+    assert!(!m.is_up().await);
+    d.kill_all().await;
+}

@@ -234,6 +234,12 @@ impl Machine {
     /// boots the machine afresh.
     pub async fn wait_for_agent(&self) -> Result<()> {
         self.start().await?;
+        self.wait_for_agent_started().await?;
+        self.start_event_queue().await;
+        Ok(())
+    }
+
+    async fn wait_for_agent_started(&self) -> Result<()> {
         let mut pending = self.inner.pending.lock().await;
         match pending.take() {
             None => {

@@ -101,17 +101,18 @@ impl Machine {
     /// Retries `cmd` until it exits 0; returns its stdout.
     pub async fn wait_until_succeeds(&self, cmd: &str, timeout: Duration) -> Result<String> {
         let out = self
-            .retry(&format!("waiting for success: {cmd}"), cmd, timeout, |o| o.status == 0)
+            .retry_command(&format!("waiting for success: {cmd}"), cmd, timeout, |o| o.status == 0)
             .await?;
         Ok(out.stdout)
     }
 
     /// Retries `cmd` until it exits non-zero.
     pub async fn wait_until_fails(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput> {
-        self.retry(&format!("waiting for failure: {cmd}"), cmd, timeout, |o| o.status != 0).await
+        self.retry_command(&format!("waiting for failure: {cmd}"), cmd, timeout, |o| o.status != 0)
+            .await
     }
 
-    async fn retry(
+    async fn retry_command(
         &self,
         label: &str,
         cmd: &str,
@@ -208,8 +209,110 @@ impl Machine {
 
     /// Waits until something in the guest listens on TCP `port` (read from /proc/net/tcp*).
     pub async fn wait_for_open_port(&self, port: u16, timeout: Duration) -> Result<()> {
-        let cmd = format!("cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk '$4 == \"0A\" && $2 ~ /:{port:04X}$/ {{ found = 1 }} END {{ exit !found }}'");
-        self.wait_until_succeeds(&cmd, timeout).await.map(drop)
+        self.wait_until_succeeds(&listening(port), timeout).await.map(drop)
+    }
+
+    /// Waits until nothing in the guest listens on TCP `port` any more (the NixOS driver's
+    /// `wait_for_closed_port`; read from /proc/net/tcp*, on any address).
+    pub async fn wait_for_closed_port(&self, port: u16, timeout: Duration) -> Result<()> {
+        self.retry_command(
+            &format!("waiting for TCP port {port} to be closed"),
+            &listening(port),
+            timeout,
+            |o| o.status == 1,
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Calls `attempt` until it returns `Ok(Some(value))` (then returns the value), an error
+    /// (returned at once), or `timeout` has passed: the NixOS driver's `retry`, bounded and
+    /// typed, for a condition no other wait covers. `what` says what is awaited; the timeout's
+    /// error names it and shows the console. See [`crate::poll::retry`] for code without a
+    /// machine.
+    pub async fn retry<T, F, Fut>(&self, what: &str, timeout: Duration, attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<Option<T>>>,
+    {
+        log::nested(&format!("{}: retrying until {what}", self.name()), async {
+            poll::retry(what, timeout, attempt).await.map_err(|e| {
+                match e.downcast::<poll::GaveUp>() {
+                    Ok(gave_up) => self.timeout_error(
+                        format!("expected {what} within {timeout:?}"),
+                        gave_up.to_string(),
+                        gave_up.waited,
+                    ),
+                    Err(e) => e,
+                }
+            })
+        })
+        .await
+    }
+
+    /// Runs `systemctl ARGS` on a NixOS machine (`--config`); its status and output, whatever
+    /// the status (the NixOS driver's `systemctl`, without `user`). A machine of vmcheck's
+    /// default image has no systemd (busybox init): refused there, with what to use instead.
+    pub async fn systemctl(&self, args: &str) -> Result<ExecOutput> {
+        self.require_systemd("systemctl")?;
+        self.execute(&format!("systemctl {args}")).await
+    }
+
+    /// Waits until the systemd unit `unit` is active (the NixOS driver's `wait_for_unit`):
+    /// fails at once when it is `failed`, or `inactive` with no job pending (it will not start
+    /// by itself), and after `timeout`. NixOS machines only (see [`Machine::systemctl`]).
+    pub async fn wait_for_unit(&self, unit: &str, timeout: Duration) -> Result<()> {
+        self.require_systemd("wait_for_unit")?;
+        let cmd = format!(
+            "systemctl --no-pager show {u} --property=ActiveState; \
+             systemctl --no-pager list-jobs --full 2>&1",
+            u = shell_quote(unit)
+        );
+        log::nested(&format!("{}: waiting for unit {unit}", self.name()), async {
+            let last = std::sync::Mutex::new(String::new());
+            let polled = poll::until(timeout, timeouts::GUEST_POLL, |left| {
+                let (cmd, last) = (&cmd, &last);
+                async move {
+                    let out = match self.execute_with_timeout(cmd, left).await {
+                        Ok(out) => out,
+                        Err(e) if is_timeout(&e) => return Ok(None),
+                        Err(e) => return Err(e),
+                    };
+                    *last.lock().unwrap() = out.stdout.clone();
+                    match unit_state(unit, &out.stdout) {
+                        UnitState::Active => Ok(Some(())),
+                        UnitState::Waiting(_) => Ok(None),
+                        UnitState::Failed(why) => Err(self.error(
+                            format!("expected unit {unit} to become active"),
+                            format!("{why}\nsystemctl said:\n{}", out.stdout),
+                        )),
+                    }
+                }
+            })
+            .await?;
+            match polled {
+                Polled::Done(()) => Ok(()),
+                Polled::TimedOut(waited) => Err(self.timeout_error(
+                    format!("expected unit {unit} to become active within {timeout:?}"),
+                    format!("systemctl said last:\n{}", last.into_inner().unwrap()),
+                    waited,
+                )),
+            }
+        })
+        .await
+    }
+
+    fn require_systemd(&self, what: &str) -> Result<()> {
+        match self.inner.boot {
+            crate::qemu::Boot::StartScript { .. } => Ok(()),
+            _ => Err(self.error(
+                format!("{what} needs systemd, which only NixOS machines (--config) have"),
+                "this machine boots vmcheck's default image: busybox init runs the recipe's \
+                 services (Recipe::service); wait for what a service provides instead \
+                 (wait_for_open_port, wait_for_file, wait_until_succeeds), and read its exits \
+                 with recipe::service_exits",
+            )),
+        }
     }
 
     /// Waits for console text matching `regex` that no earlier wait consumed; returns the match.
@@ -272,6 +375,41 @@ impl Machine {
         let re = regex::Regex::new(regex)
             .with_context(|| format!("bad regular expression {regex:?}"))?;
         Ok(self.inner.console.contains(&re))
+    }
+}
+
+/// A shell line that exits 0 when something listens on TCP `port`, 1 when nothing does.
+fn listening(port: u16) -> String {
+    format!(
+        "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk '$4 == \"0A\" && $2 ~ /:{port:04X}$/ \
+         {{ found = 1 }} END {{ exit !found }}'"
+    )
+}
+
+/// Where a unit stands, from `systemctl show UNIT --property=ActiveState` followed by
+/// `systemctl list-jobs`.
+#[derive(Debug, PartialEq, Eq)]
+enum UnitState {
+    Active,
+    /// Not yet: its state (activating, or inactive with jobs pending).
+    Waiting(String),
+    /// It will not become active by itself: why.
+    Failed(String),
+}
+
+fn unit_state(unit: &str, output: &str) -> UnitState {
+    let state = output
+        .lines()
+        .find_map(|l| l.strip_prefix("ActiveState="))
+        .map(str::trim)
+        .unwrap_or_default();
+    match state {
+        "active" => UnitState::Active,
+        "failed" => UnitState::Failed(format!("unit {unit} reached state \"failed\"")),
+        "inactive" if output.contains("No jobs") => {
+            UnitState::Failed(format!("unit {unit} is inactive and there are no pending jobs"))
+        }
+        other => UnitState::Waiting(other.to_string()),
     }
 }
 
@@ -405,6 +543,22 @@ mod tests {
         // Serials are compared whole: a prefix is not a match; no serial, no device.
         assert_eq!(block_device_by_serial(qemu10, "vmcheck-disk"), None);
         assert_eq!(block_device_by_serial("loop0 0\nram0 0\n", "vmcheck-disk0"), None);
+    }
+
+    #[test]
+    fn a_unit_is_judged_as_the_nixos_driver_does() {
+        assert_eq!(unit_state("a", "ActiveState=active\nNo jobs running.\n"), UnitState::Active);
+        assert!(matches!(unit_state("a", "ActiveState=failed\n"), UnitState::Failed(_)));
+        assert!(matches!(
+            unit_state("a", "ActiveState=inactive\nNo jobs running.\n"),
+            UnitState::Failed(w) if w.contains("no pending jobs")
+        ));
+        let jobs = "ActiveState=inactive\nJOB UNIT TYPE STATE\n12 a.service start waiting\n";
+        assert_eq!(unit_state("a", jobs), UnitState::Waiting("inactive".into()));
+        assert_eq!(
+            unit_state("a", "ActiveState=activating\n"),
+            UnitState::Waiting("activating".into())
+        );
     }
 
     #[test]

@@ -11,10 +11,15 @@
 //!   (name, disks, the QEMU description, QMP and agent clients, forwards);
 //! - `boot.rs`: start (a boot, or a start from the snapshot store), the launch of a QEMU
 //!   process, the wait for the agent and what a restored machine does then;
-//! - `exec.rs`: guest commands (execute, succeed, fail, spawn and [`GuestProcess`]) and the
-//!   waits on the guest (commands, block devices, files, ports, console text, kernel messages);
-//! - `power.rs`: shutdown, reboot, crash, kill, pause and resume, save and restore, live
-//!   migration, a start with extra QEMU arguments, and the per-test logs ([`keep_logs`]);
+//! - `exec.rs`: guest commands (execute, succeed, fail, spawn and [`GuestProcess`]), the waits
+//!   on the guest (commands, block devices, files, open and closed ports, console text, kernel
+//!   messages, systemd units on NixOS machines), `systemctl`, and `retry`;
+//! - `files.rs`: files from the host into the guest and back (`copy_from_host`,
+//!   `copy_from_machine`), over the guest agent in chunks;
+//! - `power.rs`: shutdown, `wait_for_shutdown`, reboot, crash, kill, pause and resume, save and
+//!   restore, live migration, a start with extra QEMU arguments, the human monitor
+//!   (`send_monitor_command`), QMP events (`wait_for_qmp_event`), and the per-test logs
+//!   ([`keep_logs`]);
 //! - `memory.rs`: the virtio balloon and the guest's memory figures;
 //! - `hotplug.rs`: disk hot-add and hot-remove, PCI addresses;
 //! - `links.rs`: the test network's faults on a machine's links, and partitions between
@@ -25,6 +30,7 @@
 
 mod boot;
 mod exec;
+mod files;
 mod hotplug;
 mod links;
 mod memory;
@@ -32,6 +38,7 @@ mod power;
 
 pub use boot::{clock_is_plausible, logged_qemu_pids};
 pub use exec::{block_device_by_serial, GuestProcess};
+pub use files::CHUNK as FILE_CHUNK;
 pub use hotplug::pci_address_by_serial;
 pub use links::{heal, partition};
 pub use memory::{balloon_timeout, stat_matches, BalloonStats, BALLOON_POLL, BALLOON_QOM_PATH};
@@ -138,6 +145,9 @@ struct Inner {
     slots: std::sync::Mutex<HashMap<String, u8>>,
     /// Set by a start from the snapshot store, done by the next wait for the agent.
     pending: tokio::sync::Mutex<Option<Pending>>,
+    /// How far `wait_for_qmp_event` has read the events of which QMP connection (a new QEMU
+    /// process starts from its first event).
+    qmp_events_read: std::sync::Mutex<Option<(std::sync::Weak<Qmp>, usize)>>,
 }
 
 impl Machine {
@@ -165,6 +175,7 @@ impl Machine {
                 generation: std::sync::atomic::AtomicU32::new(0),
                 slots: std::sync::Mutex::new(HashMap::new()),
                 pending: tokio::sync::Mutex::new(None),
+                qmp_events_read: std::sync::Mutex::new(None),
             }),
         })
     }

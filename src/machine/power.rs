@@ -18,6 +18,7 @@
 //! (background commands started before the migration are still polled through the new socket).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
@@ -456,6 +457,101 @@ impl Machine {
             self.wait_for_exit(timeouts::quit()).await
         })
         .await
+    }
+
+    /// Waits until QEMU exits, the guest having powered itself off (a `poweroff` the test ran,
+    /// a panic with `panic=1` and no reboot): the NixOS driver's `wait_for_shutdown`, bounded.
+    /// A machine that is not running has nothing to wait for. `start` boots it again.
+    pub async fn wait_for_shutdown(&self, timeout: Duration) -> Result<()> {
+        log::nested(&format!("{}: waiting for the machine to power off", self.name()), async {
+            let mut running = self.inner.running.write().await;
+            let Some(r) = running.as_ref() else { return Ok(()) };
+            let mark = r.qmp.event_count();
+            match r.process.wait(timeout).await {
+                Ok(_) => {
+                    *running = None;
+                    Ok(())
+                }
+                Err(e) => {
+                    let seen: Vec<String> =
+                        r.qmp.events_since(mark).iter().map(|e| e.name.clone()).collect();
+                    Err(self.timeout_error(
+                        format!("expected the machine to power off within {timeout:?}"),
+                        format!("QEMU still runs ({e:#}); QMP events meanwhile: {seen:?}"),
+                        timeout,
+                    ))
+                }
+            }
+        })
+        .await
+    }
+
+    /// Sends `command` to QEMU's human monitor (HMP, through QMP's `human-monitor-command`) and
+    /// returns its text: the NixOS driver's `send_monitor_command` (`info block`, `info
+    /// status`, ...). A command HMP does not know answers with its own error text, as HMP does.
+    pub async fn send_monitor_command(&self, command: &str) -> Result<String> {
+        log::nested(&format!("{}: monitor: {command}", self.name()), async {
+            let qmp = self.qmp().await?;
+            qmp.execute(qapi::qmp::human_monitor_command {
+                command_line: command.to_string(),
+                cpu_index: None,
+            })
+            .await
+            .map_err(|e| {
+                self.error(format!("monitor command {command:?} failed"), format!("{e:#}"))
+            })
+        })
+        .await
+    }
+
+    /// Waits for the QMP event named `event` (`SHUTDOWN`, `DEVICE_DELETED`, ...) and returns it
+    /// as `{"event": NAME, "data": {...}, "timestamp": SECONDS}` (QEMU's event, its timestamp
+    /// in seconds since the epoch). Events are read as the NixOS
+    /// driver's `wait_for_qmp_event` reads them, from a queue: the first matching event since
+    /// the previous `wait_for_qmp_event` of this machine returned (for the first, since the
+    /// machine was up: its agent answered, after the driver's own snapshot work; or since QEMU
+    /// started, for a process the test started otherwise), so an event that came between the
+    /// command that caused it and this call is not lost; the ones skipped over are gone.
+    pub async fn wait_for_qmp_event(
+        &self,
+        event: &str,
+        timeout: Duration,
+    ) -> Result<serde_json::Value> {
+        log::nested(&format!("{}: waiting for the QMP event {event}", self.name()), async {
+            let qmp = self.qmp().await?;
+            let mark = {
+                let consumed = self.inner.qmp_events_read.lock().unwrap();
+                match &*consumed {
+                    Some((q, mark)) if std::ptr::eq(q.as_ptr(), Arc::as_ptr(&qmp)) => *mark,
+                    _ => 0,
+                }
+            };
+            let found = self.wait_event(&qmp, mark, event, timeout).await?;
+            // Past the one found: the next call reads on from there.
+            let index = qmp
+                .events_since(mark)
+                .iter()
+                .position(|e| e.name == found.name)
+                .map_or(qmp.event_count(), |i| mark + i + 1);
+            *self.inner.qmp_events_read.lock().unwrap() = Some((Arc::downgrade(&qmp), index));
+            Ok(serde_json::json!({
+                "event": found.name,
+                "data": found.data,
+                "timestamp": found.timestamp,
+            }))
+        })
+        .await
+    }
+
+    /// Starts `wait_for_qmp_event`'s queue of this QEMU process where the machine is up, once:
+    /// the events of the driver's own work before (a snapshot's save or restore) are not the
+    /// test's.
+    pub(super) async fn start_event_queue(&self) {
+        let Ok(qmp) = self.qmp().await else { return };
+        let mut read = self.inner.qmp_events_read.lock().unwrap();
+        if !matches!(&*read, Some((q, _)) if std::ptr::eq(q.as_ptr(), Arc::as_ptr(&qmp))) {
+            *read = Some((Arc::downgrade(&qmp), qmp.event_count()));
+        }
     }
 
     /// Ends QEMU at once, without asking the guest (cleanup).

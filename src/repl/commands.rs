@@ -59,7 +59,7 @@ impl Invocation {
     }
 }
 
-type Handler = for<'a> fn(&'a Session, &'a Invocation) -> BoxFuture<'a, Result<String>>;
+type Handler = for<'a> fn(&'a Session<'a>, &'a Invocation) -> BoxFuture<'a, Result<String>>;
 
 pub struct Command {
     pub name: &'static str,
@@ -268,6 +268,98 @@ pub static COMMANDS: &[Command] = &[
         },
     },
     Command {
+        name: "wait_for_closed_port",
+        scope: Scope::Machine,
+        args: Args::TimedText,
+        usage: "[--timeout SECS] <port>",
+        help: "wait until nothing in the guest listens on a TCP port",
+        run: |_, c| {
+            Box::pin(async move {
+                nothing(
+                    c.machine()
+                        .wait_for_closed_port(
+                            parse_port(&c.text)?,
+                            c.timeout_or(timeouts::command()),
+                        )
+                        .await,
+                )
+            })
+        },
+    },
+    Command {
+        name: "wait_for_unit",
+        scope: Scope::Machine,
+        args: Args::TimedText,
+        usage: "[--timeout SECS] <unit>",
+        help: "wait until a systemd unit is active (NixOS machines)",
+        run: |_, c| {
+            Box::pin(async move {
+                nothing(c.machine().wait_for_unit(&c.text, c.timeout_or(timeouts::command())).await)
+            })
+        },
+    },
+    Command {
+        name: "systemctl",
+        scope: Scope::Machine,
+        args: Args::Text,
+        usage: "<args>",
+        help: "run systemctl with these arguments (NixOS machines); print status and output",
+        run: |_, c| {
+            Box::pin(async move { c.machine().systemctl(&c.text).await.map(|o| format_exec(&o)) })
+        },
+    },
+    Command {
+        name: "copy_from_host",
+        scope: Scope::Machine,
+        args: Args::Text,
+        usage: "<host file> <guest path>",
+        help: "copy a host file into the guest (parents created, mode kept)",
+        run: |_, c| {
+            Box::pin(async move {
+                let (source, target) = two_words(&c.text, "<host file> <guest path>")?;
+                nothing(c.machine().copy_from_host(source, target).await)
+            })
+        },
+    },
+    Command {
+        name: "copy_from_machine",
+        scope: Scope::Machine,
+        args: Args::Text,
+        usage: "<guest file> [host dir]",
+        help: "copy a guest file to the host (a relative dir is under the run's logs); print where",
+        run: |_, c| {
+            Box::pin(async move {
+                let (source, dir) = super::parse::split_word(&c.text);
+                let path = c.machine().copy_from_machine(source, dir).await?;
+                Ok(path.display().to_string())
+            })
+        },
+    },
+    Command {
+        name: "send_monitor_command",
+        scope: Scope::Machine,
+        args: Args::Text,
+        usage: "<hmp command>",
+        help: "QEMU human monitor command, e.g. info block; print its text",
+        run: |_, c| Box::pin(c.machine().send_monitor_command(&c.text)),
+    },
+    Command {
+        name: "wait_for_qmp_event",
+        scope: Scope::Machine,
+        args: Args::TimedText,
+        usage: "[--timeout SECS] <event>",
+        help: "wait for a QMP event not read by an earlier wait; print it",
+        run: |_, c| {
+            Box::pin(async move {
+                let event = c
+                    .machine()
+                    .wait_for_qmp_event(c.text.trim(), c.timeout_or(timeouts::command()))
+                    .await?;
+                Ok(serde_json::to_string_pretty(&event)?)
+            })
+        },
+    },
+    Command {
         name: "wait_for_console_text",
         scope: Scope::Machine,
         args: Args::TimedText,
@@ -326,6 +418,18 @@ pub static COMMANDS: &[Command] = &[
         usage: "",
         help: "power the guest off cleanly",
         run: |_, c| Box::pin(async move { nothing(c.machine().shutdown().await) }),
+    },
+    Command {
+        name: "wait_for_shutdown",
+        scope: Scope::Machine,
+        args: Args::None,
+        usage: "",
+        help: "wait until the guest has powered itself off and QEMU exited",
+        run: |_, c| {
+            Box::pin(
+                async move { nothing(c.machine().wait_for_shutdown(timeouts::shutdown()).await) },
+            )
+        },
     },
     Command {
         name: "reboot",
@@ -408,6 +512,15 @@ fn help(topic: &str) -> Result<String> {
 
 pub(super) fn scenario_names() -> Vec<String> {
     super::SCENARIO_NAMES.get().cloned().unwrap_or_default()
+}
+
+/// Two words, or a usage error.
+fn two_words<'a>(text: &'a str, usage: &str) -> Result<(&'a str, &'a str)> {
+    let (a, b) = super::parse::split_word(text);
+    if a.is_empty() || b.is_empty() || b.contains(char::is_whitespace) {
+        bail!("expected {usage}, got {text:?}");
+    }
+    Ok((a, b))
 }
 
 fn parse_port(text: &str) -> Result<u16> {

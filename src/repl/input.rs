@@ -10,6 +10,56 @@ use tokio::sync::oneshot;
 
 use super::complete::Helper;
 
+/// Which of the two streams a piece of output belongs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// Results (stdout).
+    Out,
+    /// Messages and errors (stderr).
+    Err,
+}
+
+/// Where a session's output goes: this process's stdout and stderr, or the socket of an
+/// attached client (`vmcheck repl --attach`), which gets both.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// stdout and stderr.
+    Terminal,
+    /// The attached client's connection.
+    Socket(Arc<std::sync::Mutex<std::os::unix::net::UnixStream>>),
+}
+
+impl Output {
+    /// Writes `text` as it is (no newline added) and flushes.
+    pub fn write(&self, stream: Stream, text: &str) {
+        match (self, stream) {
+            (Output::Terminal, Stream::Out) => {
+                let mut o = std::io::stdout().lock();
+                let _ = o.write_all(text.as_bytes());
+                let _ = o.flush();
+            }
+            (Output::Terminal, Stream::Err) => {
+                let _ = std::io::stderr().lock().write_all(text.as_bytes());
+            }
+            // A client that went away reads nothing more: its end of input ends the session.
+            (Output::Socket(s), _) => {
+                let _ = s.lock().unwrap().write_all(text.as_bytes());
+            }
+        }
+    }
+
+    /// Writes `text` and a newline unless it ends with one; nothing for empty text.
+    pub fn line(&self, stream: Stream, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        match text.ends_with('\n') {
+            true => self.write(stream, text),
+            false => self.write(stream, &format!("{text}\n")),
+        }
+    }
+}
+
 /// What a read of one line gave.
 #[derive(Debug)]
 pub enum Line {
@@ -41,9 +91,16 @@ impl Input {
                     Err(e) => eprintln!("vmcheck: no line editing ({e}); reading plain lines"),
                 }
             }
-            serve_plain(rx)
+            serve_plain(std::io::stdin().lock(), rx, None)
         });
         Arc::new(Input { requests, pending: tokio::sync::Mutex::new(None), interactive })
+    }
+
+    /// Lines from an attached client (`vmcheck repl --attach`), each prompt written to it.
+    pub(super) fn attached(stream: std::os::unix::net::UnixStream, out: Output) -> Arc<Input> {
+        let (requests, rx) = std::sync::mpsc::channel::<ReadRequest>();
+        std::thread::spawn(move || serve_plain(std::io::BufReader::new(stream), rx, Some(out)));
+        Arc::new(Input { requests, pending: tokio::sync::Mutex::new(None), interactive: false })
     }
 
     /// Reads one line (cancel-safe: a dropped read is taken over by the next).
@@ -114,11 +171,17 @@ fn serve_terminal(
     }
 }
 
-fn serve_plain(requests: std::sync::mpsc::Receiver<ReadRequest>) {
-    let stdin = std::io::stdin();
-    for (_prompt, reply) in requests {
+fn serve_plain(
+    mut reader: impl BufRead,
+    requests: std::sync::mpsc::Receiver<ReadRequest>,
+    prompts: Option<Output>,
+) {
+    for (prompt, reply) in requests {
+        if let Some(out) = &prompts {
+            out.write(Stream::Out, &prompt);
+        }
         let mut s = String::new();
-        let line = match stdin.lock().read_line(&mut s) {
+        let line = match reader.read_line(&mut s) {
             Ok(0) | Err(_) => Line::Eof,
             Ok(_) => Line::Text(s.trim_end_matches(['\n', '\r']).to_string()),
         };

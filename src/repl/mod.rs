@@ -12,7 +12,9 @@
 //!
 //! One file per job: [`commands`] (the table), [`parse`], [`complete`] (tab completion),
 //! [`grpc`] (JSON to proto and back, generated from the proto by build.rs), [`qmp`] (QMP text),
-//! [`input`] (the input thread) and [`session`] (the loop).
+//! [`input`] (the input thread), [`session`] (the loop) and [`pause`] (`run
+//! --pause-on-failure`: the REPL on a failed run's machines, at its terminal or over a socket
+//! that `vmcheck repl --attach` connects to).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +30,7 @@ pub mod complete;
 pub mod grpc;
 pub mod input;
 pub mod parse;
+pub mod pause;
 pub mod qmp;
 pub mod session;
 
@@ -87,13 +90,14 @@ pub async fn main(
     };
     let machines = driver.machines().iter().map(|m| m.name().to_string()).collect();
     let session = Session {
-        driver,
+        driver: &driver,
         input: Input::start(machines, input::history_path()),
         suite: suite.clone(),
+        out: input::Output::Terminal,
     };
     let result = session.serve().await;
     eprintln!("vmcheck repl: stopping every machine");
-    session.driver.kill_all().await;
+    driver.kill_all().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

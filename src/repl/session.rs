@@ -1,7 +1,6 @@
 //! The session: the driver and the input, the read-parse-run-print loop, and the commands that
 //! need the session itself (`machines`, `grpc`, `console`, `run`, `step`).
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +10,7 @@ use futures::future::BoxFuture;
 
 use super::commands::Invocation;
 use super::grpc;
-use super::input::{Input, Line};
+use super::input::{Input, Line, Output, Stream};
 use super::parse::{parse, Parsed};
 use super::PROMPT;
 use crate::driver::Driver;
@@ -19,14 +18,20 @@ use crate::log;
 use crate::machine::Machine;
 use crate::scenarios;
 
-pub struct Session {
-    pub(super) driver: Driver,
+pub struct Session<'d> {
+    pub(super) driver: &'d Driver,
     pub(super) input: Arc<Input>,
     /// What `run` and `step` choose from.
     pub(super) suite: scenarios::Suite,
+    /// Where results and messages go.
+    pub(super) out: Output,
 }
 
-impl Session {
+impl Session<'_> {
+    fn print_error(&self, e: &anyhow::Error) {
+        self.out.line(Stream::Err, &format!("error: {e:#}"));
+    }
+
     fn machine_names(&self) -> Vec<&str> {
         self.driver.machines().iter().map(Machine::name).collect()
     }
@@ -84,7 +89,7 @@ impl Session {
         // Shown here, not also echoed to the log.
         self.driver.reporter().set_echo_console(false);
         for line in console.tail(10) {
-            println!("{} # {line}", machine.name());
+            self.out.line(Stream::Out, &format!("{} # {line}", machine.name()));
         }
         // A piped script's next line is a command, not a key: with a timeout, do not read it.
         let read_key = self.input.interactive || secs.is_none();
@@ -93,7 +98,7 @@ impl Session {
             (true, None) => "until Enter".to_string(),
             (false, s) => format!("for {} s", s.unwrap_or_default()),
         };
-        eprintln!("(following {}'s console {until})", machine.name());
+        self.out.line(Stream::Err, &format!("(following {}'s console {until})", machine.name()));
         let key = async {
             if read_key {
                 self.input.read_line("").await;
@@ -114,9 +119,8 @@ impl Session {
             let (text, next) = console.text_since(at);
             at = next;
             for line in text.lines() {
-                println!("{} # {line}", machine.name());
+                self.out.line(Stream::Out, &format!("{} # {line}", machine.name()));
             }
-            let _ = std::io::stdout().flush();
             tokio::select! {
                 _ = notified => {}
                 _ = &mut key => break,
@@ -138,10 +142,10 @@ impl Session {
             }
         }
         let _clear = step.then(|| {
-            self.driver.set_subtest_gate(Some(step_gate(self.input.clone())));
-            ClearGate(&self.driver)
+            self.driver.set_subtest_gate(Some(step_gate(self.input.clone(), self.out.clone())));
+            ClearGate(self.driver)
         });
-        let result = (scenario.script())(&self.driver).await;
+        let result = (scenario.script())(self.driver).await;
         let results = self.driver.subtest_results();
         let s = crate::report::summary_table(
             name,
@@ -158,16 +162,22 @@ impl Session {
 
     /// The loop: read, parse, run, print, until `quit`, end of input or SIGTERM.
     pub(super) async fn serve(&self) -> Result<()> {
+        let names = self.machine_names().join(", ");
+        self.out.line(
+            Stream::Err,
+            &format!("vmcheck repl: machines {names} (not started); `help` lists the commands"),
+        );
+        self.serve_lines().await
+    }
+
+    /// The loop without the banner.
+    pub(super) async fn serve_lines(&self) -> Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut int = signal(SignalKind::interrupt())?;
         let mut term = signal(SignalKind::terminate())?;
         let machines: Vec<String> = self.machine_names().into_iter().map(String::from).collect();
         let names: Vec<&str> = machines.iter().map(String::as_str).collect();
         let reporter = self.driver.reporter();
-        eprintln!(
-            "vmcheck repl: machines {} (not started); `help` lists the commands",
-            names.join(", ")
-        );
         loop {
             // Console lines would break into the prompt; `console <m>` shows them on demand.
             reporter.set_echo_console(false);
@@ -191,7 +201,7 @@ impl Session {
                 Ok(Some(p)) => p,
                 Ok(None) => continue,
                 Err(e) => {
-                    print_error(&e);
+                    self.print_error(&e);
                     continue;
                 }
             };
@@ -206,9 +216,9 @@ impl Session {
                 _ = term.recv() => { terminated = true; None }
             };
             match result {
-                Some(Ok(out)) => print_output(&out),
-                Some(Err(e)) => print_error(&e),
-                None => eprintln!("interrupted: {line}"),
+                Some(Ok(out)) => self.out.line(Stream::Out, &out),
+                Some(Err(e)) => self.print_error(&e),
+                None => self.out.line(Stream::Err, &format!("interrupted: {line}")),
             }
             if terminated {
                 break;
@@ -219,15 +229,15 @@ impl Session {
 }
 
 /// Asks before each subtest of `step`: Enter runs it, `c` runs the rest, `q` stops.
-fn step_gate(input: Arc<Input>) -> crate::driver::SubtestGate {
+fn step_gate(input: Arc<Input>, out: Output) -> crate::driver::SubtestGate {
     let go_on = Arc::new(AtomicBool::new(false));
     Arc::new(move |name: String| {
-        let (input, go_on) = (input.clone(), go_on.clone());
+        let (input, go_on, out) = (input.clone(), go_on.clone(), out.clone());
         Box::pin(async move {
             if go_on.load(Ordering::Relaxed) {
                 return Ok(());
             }
-            eprintln!("next subtest: {name}");
+            out.line(Stream::Err, &format!("next subtest: {name}"));
             loop {
                 match input.read_line("step (Enter: run it, c: run the rest, q: stop)> ").await {
                     Line::Text(l) => match l.trim() {
@@ -237,29 +247,14 @@ fn step_gate(input: Arc<Input>) -> crate::driver::SubtestGate {
                             return Ok(());
                         }
                         "q" | "quit" | "stop" => bail!("stopped before subtest {name:?}"),
-                        other => {
-                            eprintln!("{other:?}: Enter runs the subtest, c runs the rest, q stops")
-                        }
+                        other => out.line(
+                            Stream::Err,
+                            &format!("{other:?}: Enter runs the subtest, c runs the rest, q stops"),
+                        ),
                     },
                     Line::Interrupted | Line::Eof => bail!("stopped before subtest {name:?}"),
                 }
             }
         }) as BoxFuture<'static, Result<()>>
     })
-}
-
-fn print_output(out: &str) {
-    if out.is_empty() {
-        return;
-    }
-    let mut stdout = std::io::stdout().lock();
-    let _ = stdout.write_all(out.as_bytes());
-    if !out.ends_with('\n') {
-        let _ = stdout.write_all(b"\n");
-    }
-    let _ = stdout.flush();
-}
-
-fn print_error(e: &anyhow::Error) {
-    eprintln!("error: {e:#}");
 }

@@ -539,11 +539,20 @@ pub struct RunOptions {
     pub global_timeout: Option<std::time::Duration>,
     /// Scenarios (a chain counts as one) that run side by side, at least 1.
     pub jobs: usize,
+    /// Open the REPL on the machines when a subtest fails (`--pause-on-failure`, see
+    /// `repl::pause`); the run ends as it would have once it quits.
+    pub pause_on_failure: bool,
 }
 
 impl Default for RunOptions {
     fn default() -> RunOptions {
-        RunOptions { driver: Default::default(), config: None, global_timeout: None, jobs: 1 }
+        RunOptions {
+            driver: Default::default(),
+            config: None,
+            global_timeout: None,
+            jobs: 1,
+            pause_on_failure: false,
+        }
     }
 }
 
@@ -622,6 +631,11 @@ async fn run_group(
     // The first case also carries the driver's setup (images, accelerator, run directory).
     let mut setup = started.elapsed();
     let deadline = tokio::time::Instant::now() + global;
+    if options.pause_on_failure {
+        let mut cases_suite = Suite::new();
+        cases_suite.extend(cases.iter().cloned());
+        driver.set_failure_hook(Some(crate::repl::pause::hook(cases_suite, deadline)));
+    }
     let mut outcomes = Vec::new();
     let mut broken: Option<String> = None;
     for case in cases {
