@@ -84,6 +84,9 @@ grpc Health {}
 grpc CreateBdev {"uri": "malloc:///m0?size_mb=8"}
 grpc ListBdevs
 grpc CreateBdev {"url": "x"}
+machine.send_monitor_command info status
+machine.copy_from_host /proc/self/exe
+machine.wait_for_unit multi-user.target
 step selftest-fail
 
 machine: echo still-up
@@ -102,6 +105,7 @@ machine: echo after-quit
         "\"uptime_secs\": \"",
         "\"nvmet\": ",
         "\"name\": \"malloc:///m0?size_mb=8\"",
+        "VM status: running\n",
         "still-up",
     ] {
         assert!(s.stdout.contains(want), "stdout lacks {want:?}; {all}");
@@ -110,6 +114,8 @@ machine: echo after-quit
         "error: unknown command \"frobnicate\"",
         "error: no machine command \"frob\"",
         "CreateBdevRequest.url: unknown field `url`, expected `uri`",
+        "error: expected <host file> <guest path>",
+        "wait_for_unit needs systemd",
         "next subtest: an assertion that fails",
         "expected 2, the guest said 1",
         "selftest-fail: FAILED (the machines are left as they are)",

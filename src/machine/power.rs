@@ -487,8 +487,8 @@ impl Machine {
     }
 
     /// Sends `command` to QEMU's human monitor (HMP, through QMP's `human-monitor-command`) and
-    /// returns its text: the NixOS driver's `send_monitor_command` (`info block`, `info
-    /// status`, ...). A command HMP does not know answers with its own error text, as HMP does.
+    /// returns its text, its lines ended by `\n`: the NixOS driver's `send_monitor_command`
+    /// (`info block`, `info status`, ...). A command HMP does not know answers with its own error text, as HMP does.
     pub async fn send_monitor_command(&self, command: &str) -> Result<String> {
         log::nested(&format!("{}: monitor: {command}", self.name()), async {
             let qmp = self.qmp().await?;
@@ -497,6 +497,8 @@ impl Machine {
                 cpu_index: None,
             })
             .await
+            // HMP ends its lines with CRLF.
+            .map(|text| text.replace("\r\n", "\n"))
             .map_err(|e| {
                 self.error(format!("monitor command {command:?} failed"), format!("{e:#}"))
             })
