@@ -18,13 +18,17 @@
 //! - `memory.rs`: the virtio balloon and the guest's memory figures;
 //! - `hotplug.rs`: disk hot-add and hot-remove, PCI addresses;
 //! - `links.rs`: the test network's faults on a machine's links, and partitions between
-//!   machines ([`partition`], [`heal`]).
+//!   machines ([`partition`], [`heal`]);
+//! - `faults.rs`: media errors in a disk, injected and cleared at run time through QEMU's block
+//!   layer ([`MediaFault`], `inject_media_error`, `clear_media_error`), and the wait for QEMU's
+//!   `BLOCK_IO_ERROR` (with the pause a `werror=stop` disk makes).
 //!
 //! The dependencies go one way: this module uses [`crate::network`] (the switches), never the
 //! other way round.
 
 mod boot;
 mod exec;
+mod faults;
 mod hotplug;
 mod links;
 mod memory;
@@ -32,6 +36,9 @@ mod power;
 
 pub use boot::{clock_is_plausible, logged_qemu_pids};
 pub use exec::{block_device_by_serial, GuestProcess};
+pub use faults::{
+    fault_node, FaultOps, MediaFault, EIO, MAX_FAULT_AFTER, MAX_FAULT_SECTORS, SECTOR_BYTES,
+};
 pub use hotplug::pci_address_by_serial;
 pub use links::{heal, partition};
 pub use memory::{balloon_timeout, stat_matches, BalloonStats, BALLOON_POLL, BALLOON_QOM_PATH};
@@ -138,6 +145,8 @@ struct Inner {
     slots: std::sync::Mutex<HashMap<String, u8>>,
     /// Set by a start from the snapshot store, done by the next wait for the agent.
     pending: tokio::sync::Mutex<Option<Pending>>,
+    /// The media fault of each disk that has one, with the QEMU process it is in (faults.rs).
+    media_faults: std::sync::Mutex<HashMap<String, faults::Injected>>,
 }
 
 impl Machine {
@@ -165,6 +174,7 @@ impl Machine {
                 generation: std::sync::atomic::AtomicU32::new(0),
                 slots: std::sync::Mutex::new(HashMap::new()),
                 pending: tokio::sync::Mutex::new(None),
+                media_faults: std::sync::Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -296,6 +306,8 @@ impl Machine {
             pci_slot: matches!(self.inner.boot, Boot::Kernel { .. })
                 .then(|| self.disk_slot(&d.id))
                 .flatten(),
+            rerror: d.rerror,
+            werror: d.werror,
         }
     }
 
