@@ -370,6 +370,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_error_policy_needs_a_virtio_disk_and_is_left_out_of_json_when_unset() {
+        let nvme = DiskSpec::nvme("d0", 64).with_werror(OnError::stop);
+        let err = nvme.check().unwrap_err().to_string();
+        assert!(err.contains("nvme device has no rerror/werror"), "{err}");
+        let virtio = DiskSpec::virtio("d0", 64).with_werror(OnError::stop);
+        assert!(virtio.check().is_ok());
+        assert_eq!(serde_json::to_value(&virtio).unwrap()["werror"], "stop");
+        // A disk without a policy serializes as before (nix/scenarios.json is unchanged by it).
+        let plain = serde_json::to_value(DiskSpec::nvme("d0", 64)).unwrap();
+        assert!(plain.get("werror").is_none() && plain.get("rerror").is_none());
+        assert!(DiskSpec::nvme("d0", 0).check().is_err());
+    }
+
+    #[test]
     fn parses_and_applies_driver_config() {
         let json = r#"{"name":"fio_nvme_basic","scenario":"fio_nvme_basic","global_timeout":900,
             "machines":{"target":{"start_script":"/nix/store/x-target/bin/run-target-vm"}}}"#;
