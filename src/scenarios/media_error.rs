@@ -270,6 +270,49 @@ async fn read_eio(d: &Driver) -> Result<()> {
         target.inject_media_error("disk0", &fault),
     )
     .await?;
+    d.subtest("bad fault requests are refused with the reason", async {
+        let refusals = [
+            (
+                "a second fault on disk0",
+                target.inject_media_error("disk0", &MediaFault::writes()).await,
+                "already has a media fault",
+            ),
+            (
+                "a fault on an unknown disk",
+                target.inject_media_error("disk9", &fault).await,
+                "no disk \"disk9\"",
+            ),
+            (
+                "a range past the end",
+                target
+                    .inject_media_error(
+                        "disk1",
+                        &MediaFault::reads().sectors(DISK_MIB * 2048 - 8..DISK_MIB * 2048 + 8),
+                    )
+                    .await,
+                "past the disk's end",
+            ),
+            (
+                "clearing disk1, which has none",
+                target.clear_media_error("disk1").await,
+                "no media fault to clear",
+            ),
+        ];
+        for (what, result, reason) in refusals {
+            match result {
+                Ok(()) => bail!("{what} was accepted"),
+                Err(e) if format!("{e:#}").contains(reason) => {
+                    log::line(&format!("{what}: refused ({reason})"))
+                }
+                Err(e) => bail!("{what} was refused without saying {reason:?}: {e:#}"),
+            }
+        }
+        match target.media_error("disk0").await? {
+            Some(f) if f == fault => Ok(()),
+            other => bail!("disk0's fault should be in place, unchanged; it is {other:?}"),
+        }
+    })
+    .await?;
     let bad_bytes = BAD_SECTORS.start * SECTOR_BYTES..BAD_SECTORS.end * SECTOR_BYTES;
     d.subtest("fio verify on namespace 1 ends in an I/O error at the bad blocks, never bad data", async {
         let io_timeout: u64 = vm
