@@ -54,16 +54,62 @@ pub struct DiskSpec {
     /// virtio-blk instead of NVMe (the guest sees /dev/vdX).
     #[serde(default)]
     pub virtio: bool,
+    /// What the device does when a read of its image fails (QEMU's `rerror`); `None`: QEMU's
+    /// default (`auto`: report the error to the guest). virtio-blk only (see [`DiskSpec::check`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerror: Option<OnError>,
+    /// What the device does when a write fails (QEMU's `werror`); `None`: QEMU's default (`auto`:
+    /// stop the VM on ENOSPC, report anything else). `stop` pauses the VM (QMP `BLOCK_IO_ERROR`
+    /// and `STOP`, run state `io-error`) and retries the write on `cont`. virtio-blk only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub werror: Option<OnError>,
 }
+
+/// An error policy of a disk device (QEMU's `BlockdevOnError`: report, ignore, enospc, stop,
+/// auto).
+pub use qapi::qmp::BlockdevOnError as OnError;
 
 impl DiskSpec {
     /// An NVMe disk `id` of `size_mib` MiB, serial `vmcheck-<id>` ([`crate::Machine::disk_device`] finds it by that).
     pub fn nvme(id: &str, size_mib: u64) -> Self {
-        DiskSpec { id: id.to_string(), size_mib, serial: format!("vmcheck-{id}"), virtio: false }
+        DiskSpec {
+            id: id.to_string(),
+            size_mib,
+            serial: format!("vmcheck-{id}"),
+            virtio: false,
+            rerror: None,
+            werror: None,
+        }
     }
     /// A virtio-blk disk `id` of `size_mib` MiB (the guest sees `/dev/vdX`), serial `vmcheck-<id>`.
     pub fn virtio(id: &str, size_mib: u64) -> Self {
         DiskSpec { virtio: true, ..Self::nvme(id, size_mib) }
+    }
+    /// Sets the read error policy (`rerror`).
+    pub fn with_rerror(mut self, policy: OnError) -> Self {
+        self.rerror = Some(policy);
+        self
+    }
+    /// Sets the write error policy (`werror`).
+    pub fn with_werror(mut self, policy: OnError) -> Self {
+        self.werror = Some(policy);
+        self
+    }
+    /// Refuses what QEMU would refuse less clearly: an error policy on an NVMe disk (QEMU's `nvme`
+    /// device has no `rerror`/`werror`: it always completes a failed command with an error
+    /// status, Unrecovered Read Error or Write Fault), an empty id or size.
+    pub fn check(&self) -> Result<()> {
+        if self.id.is_empty() || self.size_mib == 0 {
+            bail!("disk {:?}: an id and a size above 0 MiB are needed", self.id);
+        }
+        if !self.virtio && (self.rerror.is_some() || self.werror.is_some()) {
+            bail!(
+                "disk {}: QEMU's nvme device has no rerror/werror (it reports every failed I/O to the guest \
+                 as an NVMe error status); an error policy needs a virtio-blk disk (DiskSpec::virtio)",
+                self.id
+            );
+        }
+        Ok(())
     }
 }
 
@@ -322,6 +368,20 @@ impl DriverConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_policy_needs_a_virtio_disk_and_is_left_out_of_json_when_unset() {
+        let nvme = DiskSpec::nvme("d0", 64).with_werror(OnError::stop);
+        let err = nvme.check().unwrap_err().to_string();
+        assert!(err.contains("nvme device has no rerror/werror"), "{err}");
+        let virtio = DiskSpec::virtio("d0", 64).with_werror(OnError::stop);
+        assert!(virtio.check().is_ok());
+        assert_eq!(serde_json::to_value(&virtio).unwrap()["werror"], "stop");
+        // A disk without a policy serializes as before (nix/scenarios.json is unchanged by it).
+        let plain = serde_json::to_value(DiskSpec::nvme("d0", 64)).unwrap();
+        assert!(plain.get("werror").is_none() && plain.get("rerror").is_none());
+        assert!(DiskSpec::nvme("d0", 0).check().is_err());
+    }
 
     #[test]
     fn parses_and_applies_driver_config() {

@@ -99,6 +99,9 @@ impl Driver {
             if !names.insert(n.name.clone()) {
                 bail!("two machines are named {}", n.name);
             }
+            for disk in &n.disks {
+                disk.check().with_context(|| format!("machine {}", n.name))?;
+            }
         }
         let qemu = crate::qemu::find_qemu()?;
         let images = Images::from_env()?;

@@ -94,11 +94,16 @@ pub use machine::Machine;
 /// [`Driver`](crate::driver::Driver) and its options, [`Machine`] and
 /// [`GuestProcess`](crate::machine::GuestProcess), and [`Scenario`](crate::scenarios::Scenario),
 /// [`Suite`](crate::scenarios::Suite) and [`RunOptions`](crate::scenarios::RunOptions), and
-/// [`Recipe`](crate::recipe::Recipe).
+/// [`Recipe`](crate::recipe::Recipe), and the disks' media faults and error policies
+/// ([`MediaFault`](crate::machine::MediaFault), [`OnError`](crate::config::OnError)).
 pub mod prelude {
     pub use crate::config::{BalloonSpec, DiskSpec, NodeSpec, Role};
     pub use crate::driver::{Driver, DriverOptions};
     pub use crate::machine::{GuestProcess, Machine};
     pub use crate::recipe::Recipe;
     pub use crate::scenarios::{RunOptions, Scenario, Suite};
+    pub use crate::{
+        config::OnError,
+        machine::{FaultOps, MediaFault},
+    };
 }

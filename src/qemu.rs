@@ -66,6 +66,10 @@ pub struct Disk {
     /// Its PCI slot on the root bus (`addr=`), the same at a cold boot and when hot-added after
     /// a restore ([`DISK_PCI_SLOTS`]); `None` lets QEMU choose.
     pub pci_slot: Option<u8>,
+    /// The device's read error policy (`rerror=`), virtio-blk only; `None`: QEMU's default.
+    pub rerror: Option<crate::config::OnError>,
+    /// The device's write error policy (`werror=`), virtio-blk only; `None`: QEMU's default.
+    pub werror: Option<crate::config::OnError>,
 }
 
 /// The PCI slots disks take, lowest free first (a disk keeps its slot while it is plugged). The
@@ -74,20 +78,47 @@ pub struct Disk {
 pub const DISK_PCI_SLOTS: std::ops::RangeInclusive<u8> = 0x08..=0x1c;
 
 impl Disk {
-    /// The `-drive` and `-device` arguments (also used by `device_add` for hot-attach).
+    /// The `-blockdev` and `-device` arguments of a cold boot. The block nodes are the ones a
+    /// hot-add makes (`Machine::attach_disk`): a `raw` node [`Disk::drive_id`] over a `file`
+    /// node [`Disk::file_node`], both named, so a media fault is put between them the same way
+    /// whichever way the disk came (`Machine::inject_media_error`).
     pub fn args(&self) -> Vec<String> {
-        vec!["-drive".into(), self.drive_arg(), "-device".into(), self.device_arg()]
+        vec!["-blockdev".into(), self.blockdev_arg(), "-device".into(), self.device_arg()]
     }
-    /// The `-drive` node's id: `drive-<id>`.
+    /// The disk's format (`raw`) node, which its device is attached to: `drive-<id>`.
     pub fn drive_id(&self) -> String {
         format!("drive-{}", self.id)
     }
-    fn drive_arg(&self) -> String {
+    /// The disk's protocol (`file`) node, under its format node: `file-<id>`.
+    pub fn file_node(&self) -> String {
+        format!("file-{}", self.id)
+    }
+    /// Writeback caching (`cache.direct=off`, `cache.no-flush=off`) is `-blockdev`'s default,
+    /// as it was `-drive cache=writeback`'s; `discard` is inherited by the inline file node.
+    fn blockdev_arg(&self) -> String {
         format!(
-            "if=none,id={},file={},format=raw,cache=writeback,discard=unmap",
+            "driver=raw,node-name={},discard=unmap,file.driver=file,file.filename={},file.node-name={}",
             self.drive_id(),
-            self.path.display()
+            self.path.display(),
+            self.file_node()
         )
+    }
+    /// The device's error policies as `(property, value)`: `rerror`, `werror` where set.
+    pub fn error_policies(&self) -> Vec<(&'static str, String)> {
+        let name = |p: crate::config::OnError| {
+            serde_json::to_value(p)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        };
+        let mut v = Vec::new();
+        if let Some(p) = self.rerror {
+            v.push(("rerror", name(p)));
+        }
+        if let Some(p) = self.werror {
+            v.push(("werror", name(p)));
+        }
+        v
     }
     /// The QEMU device model.
     pub fn device_model(&self) -> &'static str {
@@ -98,8 +129,10 @@ impl Disk {
     }
     fn device_arg(&self) -> String {
         let addr = self.pci_slot.map(|s| format!(",addr=0x{s:02x}")).unwrap_or_default();
+        let policies: String =
+            self.error_policies().iter().map(|(k, v)| format!(",{k}={v}")).collect();
         format!(
-            "{},id={},drive={},serial={}{addr}",
+            "{},id={},drive={},serial={}{addr}{policies}",
             self.device_model(),
             self.id,
             self.drive_id(),
@@ -848,6 +881,8 @@ mod tests {
                 serial: "vmcheck-disk0".into(),
                 kind: DiskKind::Nvme,
                 pci_slot: None,
+                rerror: None,
+                werror: None,
             }],
             nics: vec![Nic {
                 vlan: 1,
@@ -868,6 +903,19 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_disk_error_policy_is_a_device_property() {
+        let mut s = spec();
+        s.disks[0].kind = DiskKind::VirtioBlk;
+        s.disks[0].werror = Some(crate::config::OnError::stop);
+        s.disks[0].rerror = Some(crate::config::OnError::report);
+        let args = s.kernel_boot_args().unwrap();
+        assert_eq!(
+            after(&args, "-device", "drive-disk0"),
+            Some("virtio-blk-pci,id=disk0,drive=drive-disk0,serial=vmcheck-disk0,rerror=report,werror=stop")
+        );
+    }
+
     fn after<'a>(args: &'a [String], flag: &str, containing: &str) -> Option<&'a str> {
         args.windows(2).find(|w| w[0] == flag && w[1].contains(containing)).map(|w| w[1].as_str())
     }
@@ -881,7 +929,11 @@ mod tests {
             after(&args, "-device", "nvme"),
             Some("nvme,id=disk0,drive=drive-disk0,serial=vmcheck-disk0")
         );
-        assert!(after(&args, "-drive", "id=drive-disk0,file=/run/d0.img,format=raw").is_some());
+        // The nodes a hot-add makes, named alike, so a media fault goes between them either way.
+        assert_eq!(
+            after(&args, "-blockdev", "drive-disk0"),
+            Some("driver=raw,node-name=drive-disk0,discard=unmap,file.driver=file,file.filename=/run/d0.img,file.node-name=file-disk0")
+        );
         assert_eq!(
             after(&args, "-netdev", "dgram"),
             Some("dgram,id=vlan1,local.type=unix,local.path=/run/net/target-1.sock,remote.type=unix,remote.path=/run/net/switch-1.sock")

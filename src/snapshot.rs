@@ -252,6 +252,8 @@ mod tests {
                 serial: "s0".into(),
                 kind: DiskKind::Nvme,
                 pci_slot: Some(8),
+                rerror: None,
+                werror: None,
             }],
             nics: vec![Nic {
                 vlan: 1,

@@ -81,11 +81,13 @@ impl Machine {
                     started.elapsed(),
                 )
             })?;
-            // A disk added with blockdev-add keeps its block node; a boot disk's (-drive) went
-            // with the device. Either way nothing of it is left.
-            let _ = qmp
-                .execute_raw("blockdev-del", json!({ "node-name": format!("drive-{id}") }))
-                .await;
+            // Its block nodes (-blockdev or blockdev-add) outlive the device: delete them, a
+            // media fault's node first (it holds the file node), so nothing of the disk is left
+            // and a disk of the same id can be added again. Either may not exist.
+            let qemu_disk = self.qemu_disk(&disk);
+            for node in [super::faults::fault_node(id), qemu_disk.drive_id()] {
+                let _ = qmp.execute_raw("blockdev-del", json!({ "node-name": node })).await;
+            }
             self.set_disks(|d| d.retain(|d| d.id != id));
             self.wait_for_block_device(&disk.serial, false, timeouts::hotplug()).await?;
             log::line(&format!(
@@ -143,12 +145,16 @@ impl Machine {
     /// `device_add` in its PCI slot. Does not wait for the guest.
     pub(super) async fn attach_disk(&self, qmp: &crate::qmp::Qmp, disk: &DiskSpec) -> Result<()> {
         let path = self.create_disk_file(disk)?;
+        disk.check()
+            .map_err(|e| self.error(format!("disk {} is refused", disk.id), format!("{e:#}")))?;
         let qemu_disk = self.qemu_disk(disk);
         let node = qemu_disk.drive_id();
+        // The same named nodes as a cold boot's -blockdev (qemu::Disk::args).
         qmp.execute_raw(
             "blockdev-add",
             json!({"driver": "raw", "node-name": node, "discard": "unmap",
-                   "file": {"driver": "file", "filename": path.display().to_string()}}),
+                   "file": {"driver": "file", "filename": path.display().to_string(),
+                            "node-name": qemu_disk.file_node()}}),
         )
         .await
         .map_err(|e| {
@@ -161,6 +167,9 @@ impl Machine {
                 .collect();
         if let Some(slot) = qemu_disk.pci_slot {
             arguments.insert("addr".to_string(), json!(format!("0x{slot:02x}")));
+        }
+        for (property, value) in qemu_disk.error_policies() {
+            arguments.insert(property.to_string(), json!(value));
         }
         let added = qmp
             .execute(qapi::qmp::device_add {

@@ -23,7 +23,10 @@
 //! - `memory.rs`: the virtio balloon and the guest's memory figures;
 //! - `hotplug.rs`: disk hot-add and hot-remove, PCI addresses;
 //! - `links.rs`: the test network's faults on a machine's links, and partitions between
-//!   machines ([`partition`], [`heal`]).
+//!   machines ([`partition`], [`heal`]);
+//! - `faults.rs`: media errors in a disk, injected and cleared at run time through QEMU's block
+//!   layer ([`MediaFault`], `inject_media_error`, `clear_media_error`), and the wait for QEMU's
+//!   `BLOCK_IO_ERROR` (with the pause a `werror=stop` disk makes).
 //!
 //! The dependencies go one way: this module uses [`crate::network`] (the switches), never the
 //! other way round.
@@ -31,6 +34,7 @@
 mod boot;
 mod exec;
 mod files;
+mod faults;
 mod hotplug;
 mod links;
 mod memory;
@@ -39,6 +43,9 @@ mod power;
 pub use boot::{clock_is_plausible, logged_qemu_pids};
 pub use exec::{block_device_by_serial, GuestProcess};
 pub use files::CHUNK as FILE_CHUNK;
+pub use faults::{
+    fault_node, FaultOps, MediaFault, EIO, MAX_FAULT_AFTER, MAX_FAULT_SECTORS, SECTOR_BYTES,
+};
 pub use hotplug::pci_address_by_serial;
 pub use links::{heal, partition};
 pub use memory::{balloon_timeout, stat_matches, BalloonStats, BALLOON_POLL, BALLOON_QOM_PATH};
@@ -148,6 +155,8 @@ struct Inner {
     /// How far `wait_for_qmp_event` has read the events of which QMP connection (a new QEMU
     /// process starts from its first event).
     qmp_events_read: std::sync::Mutex<Option<(std::sync::Weak<Qmp>, usize)>>,
+    /// The media fault of each disk that has one, with the QEMU process it is in (faults.rs).
+    media_faults: std::sync::Mutex<HashMap<String, faults::Injected>>,
 }
 
 impl Machine {
@@ -176,6 +185,7 @@ impl Machine {
                 slots: std::sync::Mutex::new(HashMap::new()),
                 pending: tokio::sync::Mutex::new(None),
                 qmp_events_read: std::sync::Mutex::new(None),
+                media_faults: std::sync::Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -307,6 +317,8 @@ impl Machine {
             pci_slot: matches!(self.inner.boot, Boot::Kernel { .. })
                 .then(|| self.disk_slot(&d.id))
                 .flatten(),
+            rerror: d.rerror,
+            werror: d.werror,
         }
     }
 

@@ -30,6 +30,7 @@ pub mod fio_nvme_basic;
 mod hotremove;
 pub mod iscsi;
 mod lifecycle;
+mod media_error;
 mod network_faults;
 pub mod nvmeof;
 mod selftest;
@@ -239,6 +240,10 @@ impl Suite {
                     .with_context(|| format!("scenario {}", s.name))?;
                 if !machines.insert(n.name.as_str()) {
                     bail!("scenario {}: two machines are named {:?}", s.name, n.name);
+                }
+                for disk in &n.disks {
+                    disk.check()
+                        .with_context(|| format!("scenario {}, machine {}", s.name, n.name))?;
                 }
             }
             if let Some(chain) = &s.chain {
@@ -481,6 +486,7 @@ pub fn builtin() -> Suite {
     suite.extend(network_faults::scenarios().into_iter().map(io));
     suite.extend(balloon::scenarios());
     suite.extend(lifecycle::scenarios().into_iter().map(io));
+    suite.extend(media_error::scenarios().into_iter().map(io));
     suite
 }
 
