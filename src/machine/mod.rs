@@ -33,8 +33,8 @@
 
 mod boot;
 mod exec;
-mod files;
 mod faults;
+mod files;
 mod hotplug;
 mod links;
 mod memory;
@@ -42,10 +42,10 @@ mod power;
 
 pub use boot::{clock_is_plausible, logged_qemu_pids};
 pub use exec::{block_device_by_serial, GuestProcess};
-pub use files::CHUNK as FILE_CHUNK;
 pub use faults::{
     fault_node, FaultOps, MediaFault, EIO, MAX_FAULT_AFTER, MAX_FAULT_SECTORS, SECTOR_BYTES,
 };
+pub use files::CHUNK as FILE_CHUNK;
 pub use hotplug::pci_address_by_serial;
 pub use links::{heal, partition};
 pub use memory::{balloon_timeout, stat_matches, BalloonStats, BALLOON_POLL, BALLOON_QOM_PATH};
