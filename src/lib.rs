@@ -85,6 +85,7 @@ mod snapshot;
 pub mod target;
 pub mod timeouts;
 pub mod tools;
+pub mod watch;
 
 pub use machine::Machine;
 
@@ -101,4 +102,5 @@ pub mod prelude {
     pub use crate::machine::{GuestProcess, Machine};
     pub use crate::recipe::Recipe;
     pub use crate::scenarios::{RunOptions, Scenario, Suite};
+    pub use crate::watch::Condition;
 }

@@ -513,6 +513,8 @@ pub struct Console {
     state: Mutex<ConsoleState>,
     changed: Notify,
     log: Mutex<Option<std::fs::File>>,
+    /// Gets every line too (kernel splats, watched services' deaths: `crate::watch`).
+    watch: std::sync::OnceLock<Arc<crate::watch::ConsoleWatch>>,
 }
 
 impl Console {
@@ -531,7 +533,13 @@ impl Console {
             state: Mutex::default(),
             changed: Notify::new(),
             log: Mutex::new(log),
+            watch: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Feeds every line from now on to `watch` as well (set once, by the machine).
+    pub fn set_watch(&self, watch: Arc<crate::watch::ConsoleWatch>) {
+        let _ = self.watch.set(watch);
     }
 
     fn push(&self, line: String) {
@@ -539,6 +547,9 @@ impl Console {
         if let Some(f) = self.log.lock().unwrap().as_mut() {
             use std::io::Write;
             let _ = writeln!(f, "{line}");
+        }
+        if let Some(w) = self.watch.get() {
+            w.line(&line);
         }
         let mut s = self.state.lock().unwrap();
         s.history.push_str(&line);
