@@ -307,14 +307,14 @@ impl Driver {
         name: &str,
         f: impl std::future::Future<Output = Result<T>>,
     ) -> (Result<T>, Vec<String>) {
-        let mut from = self.findings.len();
+        // Findings from here on are this step's (those taken already are skipped).
+        let from = self.findings.len();
         let mut allowed = Vec::new();
         tokio::pin!(f);
         let result = loop {
             tokio::select! {
                 r = &mut f => break r,
                 (i, finding) = self.findings.next(from) => {
-                    from = i + 1;
                     self.findings.take(i);
                     match self.allowance(name, &finding) {
                         Some(note) => allowed.push(note),
@@ -342,7 +342,9 @@ impl Driver {
     fn allowance(&self, step: &str, finding: &crate::watch::Finding) -> Option<String> {
         let allowances = self.allowances.lock().unwrap();
         let (_, re) = allowances.iter().find(|(s, re)| {
-            s == step && finding.kind == crate::watch::FindingKind::Splat && re.is_match(&finding.detail)
+            s == step
+                && finding.kind == crate::watch::FindingKind::Splat
+                && re.is_match(&finding.detail)
         })?;
         let note = format!(
             "{} (allowed by /{re}/)",
@@ -469,7 +471,19 @@ impl Driver {
 
     /// Every finding of the watches not yet reported by a step (it appeared between steps, or
     /// outside any), after waiting for open splat blocks to end; each is reported once.
+    ///
+    /// Each steady machine's kernel log (`dmesg`) is read first: a splat there that its console
+    /// never showed (early boot under `quiet`, or a boot before this run, for a machine restored
+    /// from a snapshot) is a finding too.
     pub async fn unreported_findings(&self) -> Vec<crate::watch::Finding> {
+        for m in self.machines.iter().filter(|m| m.is_steady()) {
+            let Ok(out) = m.execute_with_timeout("dmesg", crate::timeouts::request()).await else {
+                continue;
+            };
+            for finding in m.console_watch().unseen_splats(&out.stdout) {
+                self.findings.push(finding);
+            }
+        }
         self.findings.take_rest(0).await
     }
 

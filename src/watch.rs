@@ -58,7 +58,8 @@ pub const SPLATS: &[(&str, &str)] = &[
     ("bug", r"\bBUG: "),
     ("bug", r"^kernel BUG at "),
     ("oops", r"^Oops\b"),
-    ("general protection fault", r"general protection fault"),
+    // The kernel's own; a user process's ("traps: sh[1] general protection fault ip:...") is not.
+    ("general protection fault", r"^general protection fault"),
     ("ubsan", r"^UBSAN: "),
     ("lockdep", r"possible (recursive|circular) locking|inconsistent lock state|lock inversion"),
     ("hung task", r"^INFO: task .* blocked for more than \d+ seconds"),
@@ -312,6 +313,9 @@ pub struct ConsoleWatch {
     findings: Arc<Findings>,
     power: Arc<PowerState>,
     open: Mutex<Option<Block>>,
+    /// The first line of each splat seen, from its time stamp on (a splat in `dmesg` that the
+    /// console never showed is told by it).
+    seen: Mutex<std::collections::HashSet<String>>,
 }
 
 fn stamp() -> &'static Regex {
@@ -352,7 +356,37 @@ impl ConsoleWatch {
             findings,
             power,
             open: Mutex::default(),
+            seen: Mutex::default(),
         }
+    }
+
+    /// The splats in `log` (the kernel's log, `dmesg`, in the console's format) whose first line
+    /// this console never showed: those of early boot, when the console level is still the
+    /// `quiet` one (a `WARNING:` is not printed then), or of a boot before this run's console
+    /// began (a machine restored from a snapshot).
+    pub fn unseen_splats(&self, log: &str) -> Vec<Finding> {
+        let findings = Arc::new(Findings::default());
+        let power = Arc::new(PowerState::default());
+        let scan = ConsoleWatch::new(&self.machine, findings.clone(), power);
+        for line in log.lines() {
+            scan.line(line);
+        }
+        let mut seen = self.seen.lock().unwrap();
+        let mut e = findings.entries.lock().unwrap();
+        e.iter_mut()
+            .filter(|x| x.counts())
+            .filter(|x| {
+                // Each once: a chain's next case reads the same log again.
+                let first = x.finding.detail.lines().next().unwrap_or_default();
+                let from = stamp().find(first).map_or(0, |m| m.start());
+                seen.insert(first[from..].to_string())
+            })
+            .map(|x| {
+                x.finding.what =
+                    format!("{} (in dmesg only: the console never showed it)", x.finding.what);
+                x.finding.clone()
+            })
+            .collect()
     }
 
     /// Watches the service `name` from now on.
@@ -385,7 +419,8 @@ impl ConsoleWatch {
                     *open = None;
                 } else if let Some(msg) = kernel {
                     self.findings.append(i, line);
-                    let lines = self.findings.entries.lock().unwrap()[i].finding.detail.lines().count();
+                    let lines =
+                        self.findings.entries.lock().unwrap()[i].finding.detail.lines().count();
                     if msg.starts_with("---[ end") || lines >= SPLAT_MAX_LINES {
                         self.findings.close(i);
                         *open = None;
@@ -414,6 +449,8 @@ impl ConsoleWatch {
         }
         if let Some(msg) = kernel {
             if let Some(kind) = splat_kind(msg) {
+                let from = stamp().find(line).map_or(0, |m| m.start());
+                self.seen.lock().unwrap().insert(line[from..].to_string());
                 let i = self.findings.open(
                     Finding {
                         kind: FindingKind::Splat,
@@ -537,9 +574,18 @@ pub(crate) async fn poll(condition: &Condition, baseline: &Baseline) -> Polled {
     let harness = |e: &anyhow::Error| crate::machine::is_harness_error(e);
     match condition {
         Condition::ProcessAlive { machine, name } => {
-            match machine.execute_with_timeout(&format!("pidof {}", crate::tools::shell_quote(name)), crate::timeouts::request()).await {
+            match machine
+                .execute_with_timeout(
+                    &format!("pidof {}", crate::tools::shell_quote(name)),
+                    crate::timeouts::request(),
+                )
+                .await
+            {
                 Ok(o) if o.status == 0 => Polled::Holds,
-                Ok(o) => Polled::Broken(format!("no process {name} runs"), format!("pidof exited {}: {}{}", o.status, o.stdout, o.stderr)),
+                Ok(o) => Polled::Broken(
+                    format!("no process {name} runs"),
+                    format!("pidof exited {}: {}{}", o.status, o.stdout, o.stderr),
+                ),
                 Err(e) if harness(&e) => Polled::Unknown,
                 Err(e) => Polled::Broken(format!("pidof {name} did not answer"), format!("{e:#}")),
             }
@@ -565,22 +611,31 @@ pub(crate) async fn poll(condition: &Condition, baseline: &Baseline) -> Polled {
             match answer.await {
                 Ok(()) => Polled::Holds,
                 Err(e) if harness(&e) => Polled::Unknown,
-                Err(e) => Polled::Broken("the target daemon did not answer Health".into(), format!("{e:#}")),
+                Err(e) => Polled::Broken(
+                    "the target daemon did not answer Health".into(),
+                    format!("{e:#}"),
+                ),
             }
         }
         Condition::ServiceSteady { machine, service } => {
             let dir = crate::recipe::SERVICE_STATE_DIR;
-            let cmd = format!(
-                "cat {dir}/{service}.exits 2>/dev/null | wc -l; cat {dir}/{service}.pid 2>/dev/null"
-            );
             let epoch = machine.power_epoch();
-            let out = match machine.execute_with_timeout(&cmd, crate::timeouts::request()).await {
-                Ok(o) if o.status == 0 => o.stdout,
-                _ => return Polled::Unknown,
+            // Read through the agent's file calls: no guest process to start (a shell and its
+            // pipeline cost ~150 ms of a TCG guest). A missing file is an empty one (no exit
+            // yet; between two runs of the service).
+            let Ok(qga) = machine.qga().await else { return Polled::Unknown };
+            let read = |name: String| {
+                let qga = qga.clone();
+                async move {
+                    let path = format!("{dir}/{name}");
+                    qga.read_file(&path)
+                        .await
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                        .unwrap_or_default()
+                }
             };
-            let mut words = out.split_whitespace();
-            let exits: usize = words.next().and_then(|w| w.parse().ok()).unwrap_or(0);
-            let pid = words.next().unwrap_or("").to_string();
+            let exits = read(format!("{service}.exits")).await.lines().count();
+            let pid = read(format!("{service}.pid")).await.trim().to_string();
             let known = baseline.lock().unwrap().clone();
             match known {
                 Some((e, was, before)) if e == epoch => {
@@ -679,8 +734,14 @@ vmcheck-target: 2026-12-04T12:00:00Z  INFO something interleaved
         let (i, finding) = tokio::time::timeout(Duration::from_secs(1), f.next(0)).await.unwrap();
         assert_eq!(i, 0);
         assert_eq!(finding.kind, FindingKind::Splat);
-        assert!(finding.what.starts_with("warning: WARNING: CPU: 0 PID: 123 at drivers/nvme"), "{}", finding.what);
-        assert!(finding.detail.contains("Call Trace:") && finding.detail.contains("---[ end trace"));
+        assert!(
+            finding.what.starts_with("warning: WARNING: CPU: 0 PID: 123 at drivers/nvme"),
+            "{}",
+            finding.what
+        );
+        assert!(
+            finding.detail.contains("Call Trace:") && finding.detail.contains("---[ end trace")
+        );
         assert!(!finding.detail.contains("interleaved") && !finding.detail.contains("after"));
     }
 
@@ -731,7 +792,11 @@ vmcheck-target: 2026-12-04T12:00:00Z  INFO something interleaved
         assert_eq!(rest.len(), 1, "{rest:?}");
         assert_eq!(rest[0].kind, FindingKind::ServiceExit);
         assert!(rest[0].what.contains("vmcheck-target exited with status 137"));
-        assert!(rest[0].detail.ends_with("its last lines:\nserving on 10124\nlast words"), "{}", rest[0].detail);
+        assert!(
+            rest[0].detail.ends_with("its last lines:\nserving on 10124\nlast words"),
+            "{}",
+            rest[0].detail
+        );
         // An unwatched service, and a watched one during a reboot, are not findings.
         w.line("vmcheck: service iscsid exited with status 1 (restarting in 1 s); its last lines:");
         w.power.begin();
@@ -740,13 +805,39 @@ vmcheck-target: 2026-12-04T12:00:00Z  INFO something interleaved
     }
 
     #[test]
+    fn a_splat_only_in_dmesg_is_found_once_and_one_the_console_showed_is_not() {
+        let (w, _) = watch();
+        let lockup = "[   60.000001] watchdog: BUG: soft lockup - CPU#0 stuck for 5s! [sh:1]";
+        w.line(&format!("iscsid: partial{lockup}"));
+        let dmesg = format!("{WARN}\n{lockup}\n[   60.1] Call Trace:");
+        let unseen = w.unseen_splats(&dmesg);
+        assert_eq!(unseen.len(), 1, "{unseen:?}");
+        assert!(
+            unseen[0].what.contains("WARNING: CPU: 0 PID: 123")
+                && unseen[0].what.contains("dmesg only")
+        );
+        assert!(w.unseen_splats(&dmesg).is_empty(), "reported once");
+    }
+
+    #[test]
     fn kernel_lines_are_told_by_their_time_stamp() {
         assert_eq!(kernel_message("[   12.345678] BUG: x"), Some("BUG: x"));
         assert_eq!(kernel_message("tgtd: hello[ 1.5] WARNING: y"), Some("WARNING: y"));
         assert_eq!(kernel_message("vmcheck: machine is up"), None);
         assert_eq!(splat_kind("Kernel panic - not syncing: sysrq triggered crash"), Some("panic"));
-        assert_eq!(splat_kind("rcu: INFO: rcu_sched self-detected stall on CPU"), Some("rcu stall"));
+        assert_eq!(
+            splat_kind("rcu: INFO: rcu_sched self-detected stall on CPU"),
+            Some("rcu stall")
+        );
         assert_eq!(splat_kind("Oops: 0002 [#1] PREEMPT SMP NOPTI"), Some("oops"));
         assert_eq!(splat_kind("nvme nvme0: I/O 12 QID 1 timeout, aborting"), None);
+        assert_eq!(
+            splat_kind("general protection fault, probably for non-canonical address 0xdead: 0000 [#1] PREEMPT SMP NOPTI"),
+            Some("general protection fault")
+        );
+        assert_eq!(
+            splat_kind("traps: sh[12] general protection fault ip:4011 sp:7ffd error:0 in sh"),
+            None
+        );
     }
 }

@@ -63,6 +63,8 @@ impl Machine {
     /// Pauses the guest (QMP `stop`): waits for the STOP event and checks `query-status` says
     /// paused.
     pub async fn pause(&self) -> Result<()> {
+        // A paused guest answers no poll: the watches wait for `resume`.
+        self.power_action();
         log::nested(&format!("{}: pausing (stop)", self.name()), async {
             let qmp = self.qmp().await?;
             let mark = qmp.event_count();
@@ -85,7 +87,9 @@ impl Machine {
                 .await
                 .map_err(|e| self.error("QMP cont was refused", format!("{e:#}")))?;
             self.wait_event(&qmp, mark, "RESUME", timeouts::request()).await?;
-            self.expect_run_state(true, "running").await
+            self.expect_run_state(true, "running").await?;
+            self.inner.power.steady();
+            Ok(())
         })
         .await
     }

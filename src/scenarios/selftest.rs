@@ -60,7 +60,8 @@ async fn kernel_splat(d: &Driver, allow: bool) -> Result<()> {
         m.succeed("echo 1 > /proc/sys/kernel/watchdog_thresh").await?;
         let busy = m.spawn(&["/bin/sh".into(), "-c".into(), "while :; do :; done".into()]).await?;
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let pid = m.pid().await.ok_or_else(|| m.harness_error("no QEMU pid", "it is not running"))?;
+        let pid =
+            m.pid().await.ok_or_else(|| m.harness_error("no QEMU pid", "it is not running"))?;
         let qemu = nix::unistd::Pid::from_raw(pid as i32);
         nix::sys::signal::kill(qemu, nix::sys::signal::Signal::SIGSTOP)?;
         tokio::time::sleep(Duration::from_secs(6)).await;
