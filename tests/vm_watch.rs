@@ -81,3 +81,26 @@ fn the_target_daemon_dying_fails_the_step_within_seconds_with_its_last_lines() {
     let took = case_seconds(&r.junit, "kill the target daemon, then carry on");
     assert!(took < Duration::from_secs(8).as_secs_f64(), "the step took {took} s");
 }
+
+#[test]
+fn a_broken_invariant_fails_the_step_within_its_period_and_names_it() {
+    let r = run("selftest-invariant-broken");
+    assert_eq!(r.code, Some(1), "log:\n{}", r.log);
+    assert!(r.junit.contains("<failure") && !r.junit.contains("<error"), "{}", r.junit);
+    assert!(
+        r.junit.contains("invariant broken on machine: sleep runs: no process sleep runs"),
+        "{}",
+        r.junit
+    );
+    // The other invariant held all along, and the first step passed.
+    assert!(!r.junit.contains("the daemon answers Health:"), "{}", r.junit);
+    let took = case_seconds(&r.junit, "kill the watched process, then carry on");
+    assert!(took < 8.0, "the step took {took} s");
+    // Each watch's cost is stated.
+    assert!(
+        r.log.contains(r#"watch "sleep runs": "#)
+            && r.log.contains(r#"watch "the daemon answers Health": "#),
+        "{}",
+        r.log
+    );
+}

@@ -9,6 +9,7 @@ use futures::FutureExt;
 use super::{Scenario, ScriptFn};
 use crate::config::{NodeSpec, Role};
 use crate::driver::Driver;
+use crate::watch::Condition;
 
 fn one_machine() -> NodeSpec {
     NodeSpec::new("machine", Role::Target, 1)
@@ -35,7 +36,45 @@ pub fn scenarios() -> Vec<Scenario> {
         s("selftest-daemon-dies", "kills the target's daemon mid-step: the daemon watch fails it", |d| {
             daemon_dies(d).boxed()
         }),
+        s("selftest-invariant-broken", "declares invariants (a guest process alive, the daemon's Health); the process killed mid-step fails it", |d| {
+            invariant_broken(d).boxed()
+        }),
     ]
+}
+
+/// The step that breaks the declared invariant.
+pub const INVARIANT_STEP: &str = "kill the watched process, then carry on";
+
+/// Two invariants polled every second: a guest process (`sleep`) alive and the target daemon's
+/// `Health` answer. The step kills the process and carries on with commands that succeed: only
+/// the invariant's watch can fail it, naming the invariant.
+async fn invariant_broken(d: &Driver) -> Result<()> {
+    d.start_all().await?;
+    let m = d.machine("machine")?;
+    m.target_client().await?;
+    let _sleeper = m.spawn(&["/bin/sleep".into(), "100000".into()]).await?;
+    m.wait_until_succeeds("pidof sleep", Duration::from_secs(10)).await?;
+    let period = Duration::from_secs(1);
+    d.watch("the daemon answers Health", period, Condition::TargetHealthy { machine: m.clone() });
+    d.watch(
+        "sleep runs",
+        period,
+        Condition::ProcessAlive { machine: m.clone(), name: "sleep".into() },
+    );
+    d.subtest("the invariants hold for 5 s", async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Ok(())
+    })
+    .await?;
+    d.subtest(INVARIANT_STEP, async {
+        m.succeed("kill $(pidof sleep)").await?;
+        for _ in 0..30 {
+            m.succeed("true").await?;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// The step that provokes the splat.
