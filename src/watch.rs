@@ -5,9 +5,9 @@
 //!   through [`ConsoleWatch::line`], which looks for what a kernel engineer never lets pass
 //!   ([`SPLATS`]: `WARNING:` with a call trace, `BUG:`, `kernel BUG at`, `Oops`, a general
 //!   protection fault, UBSAN, lockdep, hung tasks, soft and hard lockups, RCU stalls, a panic) and
-//!   collects the whole block: the kernel lines until the `---[ end` marker, [`SPLAT_MAX_LINES`]
-//!   lines, or [`SPLAT_QUIET`] without a further kernel line. Kernel lines are told from the
-//!   rest (services, `rc.sh`) by their printk time stamp (`[   12.345678] `).
+//!   collects the whole block: the kernel lines until the `---[ end` marker, the next splat,
+//!   [`SPLAT_MAX_LINES`] lines, or [`SPLAT_QUIET`] without a further kernel line. Kernel lines
+//!   are told from the rest (services, `rc.sh`) by their printk time stamp (`[   12.345678] `).
 //! - **Watched services**: `vmcheck: service NAME exited with status N (...); its last lines:`
 //!   (`src/images/service.sh`) for a watched service ([`TARGET_DAEMON`] on every machine whose
 //!   recipe runs it; more with `Driver::watch_service`), with the lines that follow. Deliberate
@@ -414,7 +414,8 @@ impl ConsoleWatch {
                     let e = self.findings.entries.lock().unwrap();
                     e[i].complete(now)
                 };
-                if stale {
+                if stale || kernel.is_some_and(|m| splat_kind(m).is_some()) {
+                    // Over, or the next splat begins (an Oops then its panic: two findings).
                     self.findings.close(i);
                     *open = None;
                 } else if let Some(msg) = kernel {
@@ -809,9 +810,12 @@ vmcheck-target: 2026-12-04T12:00:00Z  INFO something interleaved
         let (w, _) = watch();
         let lockup = "[   60.000001] watchdog: BUG: soft lockup - CPU#0 stuck for 5s! [sh:1]";
         w.line(&format!("iscsid: partial{lockup}"));
-        let dmesg = format!("{WARN}\n{lockup}\n[   60.1] Call Trace:");
+        let hung = "[   60.2] INFO: task dd:321 blocked for more than 2 seconds.";
+        let dmesg = format!("{WARN}\n{lockup}\n[   60.1] Call Trace:\n{hung}");
         let unseen = w.unseen_splats(&dmesg);
-        assert_eq!(unseen.len(), 1, "{unseen:?}");
+        assert_eq!(unseen.len(), 2, "{unseen:?}");
+        // A splat right after one the console showed is one of its own.
+        assert!(unseen[1].what.contains("INFO: task dd:321"), "{:?}", unseen[1]);
         assert!(
             unseen[0].what.contains("WARNING: CPU: 0 PID: 123")
                 && unseen[0].what.contains("dmesg only")
