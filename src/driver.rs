@@ -21,6 +21,7 @@ use crate::network::Switch;
 use crate::qemu::Boot;
 use crate::report::Reporter;
 pub use crate::report::{summary_table, SubtestResult};
+use crate::watch::{Condition, Findings, HealthError, PollStats};
 
 /// Kernel parameters of the default images: serial console, quiet boot (serial output is slow
 /// under TCG; the guest raises the console log level once it is up), reboot on panic. The
@@ -78,8 +79,28 @@ pub struct Driver {
     started: Instant,
     gate: Mutex<Option<SubtestGate>>,
     on_failure: Mutex<Option<FailureHook>>,
+    /// What the watches saw; the allowances of steps; the polled invariants (`crate::watch`).
+    findings: Arc<Findings>,
+    allowances: Mutex<Vec<(String, regex::Regex)>>,
+    watches: Mutex<Vec<Watch>>,
     /// The accelerator the machines run under (KVM when its probe passed, else TCG).
     pub accel: Accel,
+}
+
+/// A polled invariant: its task, and what its polls cost.
+struct Watch {
+    name: String,
+    period: Duration,
+    stats: Arc<Mutex<PollStats>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        for w in self.watches.lock().unwrap().iter() {
+            w.task.abort();
+        }
+    }
 }
 
 impl Driver {
@@ -151,6 +172,7 @@ impl Driver {
         } else {
             Some(Arc::new(crate::snapshot::Store::new(&images.cache_dir, &qemu)?))
         };
+        let findings = Arc::new(Findings::default());
         let env = Arc::new(MachineEnv {
             run_dir: path,
             qemu,
@@ -159,6 +181,7 @@ impl Driver {
             log_dir,
             reporter: reporter.clone(),
             snapshots,
+            findings: findings.clone(),
         });
         let mut machines = Vec::new();
         for node in nodes {
@@ -185,7 +208,7 @@ impl Driver {
         } else {
             Some(run_dir)
         };
-        Ok(Driver {
+        let driver = Driver {
             machines,
             env,
             _run_dir: run_dir,
@@ -193,8 +216,26 @@ impl Driver {
             started: Instant::now(),
             gate: Mutex::new(None),
             on_failure: Mutex::new(None),
+            findings,
+            allowances: Mutex::default(),
+            watches: Mutex::default(),
             accel,
-        })
+        };
+        // The target's daemon: its console line is instant; a poll of its pid and exits is the
+        // backstop that catches a restart the console did not show.
+        for m in &driver.machines {
+            if m.console_watch().services().iter().any(|s| s == crate::watch::TARGET_DAEMON) {
+                driver.watch(
+                    &format!("{} on {} keeps running", crate::watch::TARGET_DAEMON, m.name()),
+                    crate::watch::DAEMON_WATCH_PERIOD,
+                    Condition::ServiceSteady {
+                        machine: m.clone(),
+                        service: crate::watch::TARGET_DAEMON.to_string(),
+                    },
+                );
+            }
+        }
+        Ok(driver)
     }
 
     /// Every machine of the run, in the order the scenario declared them.
@@ -261,9 +302,12 @@ impl Driver {
             gate(name.to_string()).await?;
         }
         let started = Instant::now();
-        let result =
-            log::scope(self.reporter.clone(), self.reporter.nested(&format!("subtest: {name}"), f))
-                .await;
+        // Raced against the watches: a kernel splat or a broken invariant fails the step now.
+        let (result, allowed) = log::scope(
+            self.reporter.clone(),
+            self.reporter.nested(&format!("subtest: {name}"), self.watched(name, f)),
+        )
+        .await;
         let error = result.as_ref().err().map(|e| format!("{e:#}"));
         let harness_error = result.as_ref().err().is_some_and(crate::machine::is_harness_error);
         self.reporter.record_subtest(SubtestResult {
@@ -271,6 +315,7 @@ impl Driver {
             duration: started.elapsed(),
             error,
             harness_error,
+            allowed,
         });
         if let Err(e) = &result {
             self.failed(name, e).await;
@@ -291,6 +336,193 @@ impl Driver {
     /// Sets (or clears) the hook awaited when a subtest fails ([`FailureHook`]).
     pub fn set_failure_hook(&self, hook: Option<FailureHook>) {
         *self.on_failure.lock().unwrap() = hook;
+    }
+
+    /// Runs step `name` against the watches: the first finding (not allowed for this step) while
+    /// it runs ends it with a [`HealthError`]. Returns its result and what was allowed.
+    async fn watched<T>(
+        &self,
+        name: &str,
+        f: impl std::future::Future<Output = Result<T>>,
+    ) -> (Result<T>, Vec<String>) {
+        // Findings from here on are this step's (those taken already are skipped).
+        let from = self.findings.len();
+        let mut allowed = Vec::new();
+        tokio::pin!(f);
+        let result = loop {
+            tokio::select! {
+                r = &mut f => break r,
+                (i, finding) = self.findings.next(from) => {
+                    self.findings.take(i);
+                    match self.allowance(name, &finding) {
+                        Some(note) => allowed.push(note),
+                        None => {
+                            return (Err(HealthError { finding, step_error: None }.into()), allowed)
+                        }
+                    }
+                }
+            }
+        };
+        // What began during the step and ended with it (a splat's last lines come after).
+        for finding in self.findings.take_rest(from).await {
+            match self.allowance(name, &finding) {
+                Some(note) => allowed.push(note),
+                None => {
+                    let step_error = result.err().map(|e| format!("{e:#}"));
+                    return (Err(HealthError { finding, step_error }.into()), allowed);
+                }
+            }
+        }
+        (result, allowed)
+    }
+
+    /// The note of an allowance of step `step` that covers `finding`, logged.
+    fn allowance(&self, step: &str, finding: &crate::watch::Finding) -> Option<String> {
+        let allowances = self.allowances.lock().unwrap();
+        let (_, re) = allowances.iter().find(|(s, re)| {
+            s == step
+                && finding.kind == crate::watch::FindingKind::Splat
+                && re.is_match(&finding.detail)
+        })?;
+        let note = format!(
+            "{} (allowed by /{re}/)",
+            finding.to_string().lines().next().unwrap_or_default()
+        );
+        self.reporter.line(&format!("allowed in step {step:?}: {note}"));
+        Some(note)
+    }
+
+    /// Allows a kernel splat whose text matches `pattern` while step `step` runs: what a plan
+    /// expects is not a finding. The allowance is shown with the step in the report (each splat
+    /// it covered: "allowed: ..."). A bad pattern is an error.
+    pub fn allow_kernel_message(&self, step: &str, pattern: &str) -> Result<()> {
+        let re = regex::Regex::new(pattern)
+            .with_context(|| format!("bad regular expression {pattern:?}"))?;
+        self.allowances.lock().unwrap().push((step.to_string(), re));
+        Ok(())
+    }
+
+    /// Declares a condition that must hold while the scenario runs (nixpkgs'
+    /// `polling_condition`): it is polled every `period` from now until the driver ends, each
+    /// poll bounded by `timeouts::request()`; the first time it does not hold, the step running
+    /// then fails (or the scenario, at its end, when no step ran). A poll is skipped while its
+    /// machine is not steady (a deliberate start, reboot, restore... under way, or down), and
+    /// discarded when such an action began during it; a poll that the harness could not make
+    /// (a harness error) proves nothing and is skipped too. What the polls cost is logged when
+    /// the scenario ends ([`Driver::watch_costs`]).
+    pub fn watch(&self, name: &str, period: Duration, condition: Condition) {
+        let stats = Arc::new(Mutex::new(PollStats::default()));
+        let findings = self.findings.clone();
+        let machines = self.machines.clone();
+        let (task_name, task_stats) = (name.to_string(), stats.clone());
+        let task = tokio::spawn(async move {
+            let baseline = crate::watch::Baseline::default();
+            loop {
+                tokio::time::sleep(period).await;
+                // A check of its own (no machine named) runs whatever the machines do; what it
+                // saw is discarded below when a deliberate action began meanwhile.
+                if condition.machine().is_some_and(|m| !m.is_steady()) {
+                    task_stats.lock().unwrap().skipped += 1;
+                    continue;
+                }
+                let epochs: Vec<u64> = machines.iter().map(Machine::power_epoch).collect();
+                let started = Instant::now();
+                let polled = tokio::time::timeout(
+                    crate::timeouts::request(),
+                    crate::watch::poll(&condition, &baseline),
+                )
+                .await;
+                let took = started.elapsed();
+                let moved = machines.iter().map(Machine::power_epoch).ne(epochs.iter().copied());
+                let (what, detail) = match polled {
+                    _ if moved => {
+                        task_stats.lock().unwrap().skipped += 1;
+                        continue;
+                    }
+                    Ok(crate::watch::Polled::Unknown) => {
+                        task_stats.lock().unwrap().skipped += 1;
+                        continue;
+                    }
+                    Ok(crate::watch::Polled::Holds) => {
+                        task_stats.lock().unwrap().add(took);
+                        continue;
+                    }
+                    Ok(crate::watch::Polled::Broken(what, detail)) => (what, detail),
+                    Err(_) => (
+                        format!("the check did not end within {:?}", crate::timeouts::request()),
+                        String::new(),
+                    ),
+                };
+                task_stats.lock().unwrap().add(took);
+                findings.push(crate::watch::Finding {
+                    kind: crate::watch::FindingKind::Invariant,
+                    machine: condition.machine().map(|m| m.name().to_string()),
+                    what: format!("{task_name}: {what}"),
+                    detail,
+                    at: Instant::now(),
+                });
+                // Reported once; the scenario fails.
+                return;
+            }
+        });
+        self.watches.lock().unwrap().push(Watch { name: name.to_string(), period, stats, task });
+    }
+
+    /// Watches the recipe service `service` of `machine` as the target's daemon is watched:
+    /// its exit (the console line, instant) outside a deliberate power action fails the step
+    /// running then, with its last lines.
+    pub fn watch_service(&self, machine: &str, service: &str) -> Result<()> {
+        self.machine(machine)?.console_watch().watch_service(service);
+        Ok(())
+    }
+
+    /// What each polled invariant cost so far: one line each (polls, period, mean and longest
+    /// poll, polls skipped).
+    pub fn watch_costs(&self) -> Vec<String> {
+        self.watches
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                let s = w.stats.lock().unwrap().clone();
+                let mean = if s.polls > 0 { s.total / s.polls as u32 } else { Duration::ZERO };
+                format!(
+                    "watch {:?}: {} poll(s) every {:?}, {:.1} ms each on average (longest {:.1} ms, {:.2} s in all), {} skipped",
+                    w.name,
+                    s.polls,
+                    w.period,
+                    mean.as_secs_f64() * 1e3,
+                    s.max.as_secs_f64() * 1e3,
+                    s.total.as_secs_f64(),
+                    s.skipped
+                )
+            })
+            .collect()
+    }
+
+    /// Stops polling the invariants (the scenario is over).
+    pub fn stop_watches(&self) {
+        for w in self.watches.lock().unwrap().iter() {
+            w.task.abort();
+        }
+    }
+
+    /// Every finding of the watches not yet reported by a step (it appeared between steps, or
+    /// outside any), after waiting for open splat blocks to end; each is reported once.
+    ///
+    /// Each steady machine's kernel log (`dmesg`) is read first: a splat there that its console
+    /// never showed (early boot under `quiet`, or a boot before this run, for a machine restored
+    /// from a snapshot) is a finding too.
+    pub async fn unreported_findings(&self) -> Vec<crate::watch::Finding> {
+        for m in self.machines.iter().filter(|m| m.is_steady()) {
+            let Ok(out) = m.execute_with_timeout("dmesg", crate::timeouts::request()).await else {
+                continue;
+            };
+            for finding in m.console_watch().unseen_splats(&out.stdout) {
+                self.findings.push(finding);
+            }
+        }
+        self.findings.take_rest(0).await
     }
 
     /// Sets (or clears) the gate every subtest passes before it runs.

@@ -85,6 +85,7 @@ mod snapshot;
 pub mod target;
 pub mod timeouts;
 pub mod tools;
+pub mod watch;
 
 pub use machine::Machine;
 
@@ -102,6 +103,7 @@ pub mod prelude {
     pub use crate::machine::{GuestProcess, Machine};
     pub use crate::recipe::Recipe;
     pub use crate::scenarios::{RunOptions, Scenario, Suite};
+    pub use crate::watch::Condition;
     pub use crate::{
         config::OnError,
         machine::{FaultOps, MediaFault},

@@ -546,6 +546,8 @@ pub struct Console {
     state: Mutex<ConsoleState>,
     changed: Notify,
     log: Mutex<Option<std::fs::File>>,
+    /// Gets every line too (kernel splats, watched services' deaths: `crate::watch`).
+    watch: std::sync::OnceLock<Arc<crate::watch::ConsoleWatch>>,
 }
 
 impl Console {
@@ -564,7 +566,13 @@ impl Console {
             state: Mutex::default(),
             changed: Notify::new(),
             log: Mutex::new(log),
+            watch: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Feeds every line from now on to `watch` as well (set once, by the machine).
+    pub fn set_watch(&self, watch: Arc<crate::watch::ConsoleWatch>) {
+        let _ = self.watch.set(watch);
     }
 
     fn push(&self, line: String) {
@@ -572,6 +580,9 @@ impl Console {
         if let Some(f) = self.log.lock().unwrap().as_mut() {
             use std::io::Write;
             let _ = writeln!(f, "{line}");
+        }
+        if let Some(w) = self.watch.get() {
+            w.line(&line);
         }
         let mut s = self.state.lock().unwrap();
         s.history.push_str(&line);

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 
 /// One subtest's outcome.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct SubtestResult {
     /// The subtest's name, as given to [`Driver::subtest`](crate::driver::Driver::subtest).
     pub name: String,
@@ -34,6 +34,9 @@ pub struct SubtestResult {
     /// The error is the harness's or a machine's (JUnit `<error>`), not a failed expectation
     /// about the system under test (JUnit `<failure>`).
     pub harness_error: bool,
+    /// What the watches saw during the step that the scenario allowed for it
+    /// (`Driver::allow_kernel_message`): shown under the step, and in JUnit's system-out.
+    pub allowed: Vec<String>,
 }
 
 impl SubtestResult {
@@ -272,6 +275,7 @@ impl Reporter {
                     duration: took,
                     error: Some(e.clone()),
                     harness_error,
+                    allowed: Vec::new(),
                 });
             }
         }
@@ -367,6 +371,9 @@ pub fn summary_table(test: &str, results: &[SubtestResult], total: Duration) -> 
             r.duration.as_secs_f64(),
             r.verdict()
         );
+        for a in &r.allowed {
+            s += &format!("    allowed: {a}\n");
+        }
     }
     s += &format!("  {:<width$}  {:>8.2} s\n", "total", total.as_secs_f64());
     s
@@ -425,6 +432,11 @@ fn junit(outcomes: &[Outcome]) -> quick_junit::Report {
             let mut case = TestCase::new(r.name.as_str(), status);
             case.set_classname(o.name.as_str());
             case.set_time(r.duration);
+            if !r.allowed.is_empty() {
+                let notes: Vec<String> =
+                    r.allowed.iter().map(|a| format!("allowed in step {}: {a}", r.name)).collect();
+                case.set_system_out(notes.join("\n"));
+            }
             suite.add_test_case(case);
         }
         report.add_test_suite(suite);
@@ -442,6 +454,7 @@ mod tests {
             duration: Duration::from_millis(10),
             error: None,
             harness_error: false,
+            allowed: Vec::new(),
         }
     }
 

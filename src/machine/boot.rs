@@ -33,6 +33,7 @@ impl Machine {
             }
         }
         *running = None;
+        self.power_action();
         let spec = self.qemu_spec();
         for disk in self.disks() {
             self.create_disk_file(&disk)?;
@@ -233,6 +234,15 @@ impl Machine {
     /// not answer within `timeouts::restore()` (or whose fix-up fails) deletes the snapshot and
     /// boots the machine afresh.
     pub async fn wait_for_agent(&self) -> Result<()> {
+        let waited = self.wait_for_agent_inner().await;
+        if waited.is_ok() {
+            // Up: the watches may poll it, and a watched service's death is news again.
+            self.inner.power.steady();
+        }
+        waited
+    }
+
+    async fn wait_for_agent_inner(&self) -> Result<()> {
         self.start().await?;
         self.wait_for_agent_started().await?;
         self.start_event_queue().await;

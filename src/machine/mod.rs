@@ -84,6 +84,8 @@ pub(crate) struct MachineEnv {
     pub reporter: crate::report::Reporter,
     /// Saved machine states to start from (`None`: every start boots, `--fresh-boot`).
     pub snapshots: Option<Arc<crate::snapshot::Store>>,
+    /// What the run's watches saw (`crate::watch`).
+    pub findings: Arc<crate::watch::Findings>,
 }
 
 /// What a start from the snapshot store leaves to do once the agent answers
@@ -157,6 +159,10 @@ struct Inner {
     qmp_events_read: std::sync::Mutex<Option<(std::sync::Weak<Qmp>, usize)>>,
     /// The media fault of each disk that has one, with the QEMU process it is in (faults.rs).
     media_faults: std::sync::Mutex<HashMap<String, faults::Injected>>,
+    /// Whether a deliberate power action is under way (the watches ignore what it ends).
+    power: Arc<crate::watch::PowerState>,
+    /// The console's watch: kernel splats, watched services.
+    watch: Arc<crate::watch::ConsoleWatch>,
 }
 
 impl Machine {
@@ -169,6 +175,19 @@ impl Machine {
             Some(&env.log_dir.join(format!("{}.console.log", node.name))),
             env.reporter.clone(),
         );
+        let power = Arc::new(crate::watch::PowerState::default());
+        let watch = Arc::new(crate::watch::ConsoleWatch::new(
+            &node.name,
+            env.findings.clone(),
+            power.clone(),
+        ));
+        // The target's daemon is watched wherever the machine's recipe runs it.
+        if node.start_script.is_none()
+            && node.recipe().services().iter().any(|s| s.name == crate::watch::TARGET_DAEMON)
+        {
+            watch.watch_service(crate::watch::TARGET_DAEMON);
+        }
+        console.set_watch(watch.clone());
         let disks = std::sync::Mutex::new(node.disks.clone());
         let balloon = std::sync::Mutex::new(node.balloon);
         Ok(Machine {
@@ -186,8 +205,33 @@ impl Machine {
                 pending: tokio::sync::Mutex::new(None),
                 qmp_events_read: std::sync::Mutex::new(None),
                 media_faults: std::sync::Mutex::new(HashMap::new()),
+                power,
+                watch,
             }),
         })
+    }
+
+    /// The console's watch (kernel splats, watched services; `crate::watch`).
+    pub fn console_watch(&self) -> &Arc<crate::watch::ConsoleWatch> {
+        &self.inner.watch
+    }
+
+    /// Whether the machine is up and in no deliberate power action (start, reboot, shutdown,
+    /// crash, kill, save, restore, migration): the watches poll only such a machine.
+    pub fn is_steady(&self) -> bool {
+        self.inner.power.is_steady()
+    }
+
+    /// Counts the deliberate power actions begun so far: a poll that saw it change discards
+    /// what it saw.
+    pub fn power_epoch(&self) -> u64 {
+        self.inner.power.epoch()
+    }
+
+    /// A deliberate power action begins: what it ends (services) is not a finding until the
+    /// agent answers again.
+    fn power_action(&self) {
+        self.inner.power.begin();
     }
 
     /// The machine's name, as its [`NodeSpec`] gave it.

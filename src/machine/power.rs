@@ -64,6 +64,8 @@ impl Machine {
     /// Pauses the guest (QMP `stop`): waits for the STOP event and checks `query-status` says
     /// paused.
     pub async fn pause(&self) -> Result<()> {
+        // A paused guest answers no poll: the watches wait for `resume`.
+        self.power_action();
         log::nested(&format!("{}: pausing (stop)", self.name()), async {
             let qmp = self.qmp().await?;
             let mark = qmp.event_count();
@@ -86,7 +88,9 @@ impl Machine {
                 .await
                 .map_err(|e| self.error("QMP cont was refused", format!("{e:#}")))?;
             self.wait_event(&qmp, mark, "RESUME", timeouts::request()).await?;
-            self.expect_run_state(true, "running").await
+            self.expect_run_state(true, "running").await?;
+            self.inner.power.steady();
+            Ok(())
         })
         .await
     }
@@ -128,6 +132,7 @@ impl Machine {
         if slot.as_ref().is_some_and(|r| r.process.exited().is_none()) {
             return Err(self.error("the machine runs already", "shut it down first"));
         }
+        self.power_action();
         let mut spec = self.qemu_spec();
         spec.extra_args.extend(extra.iter().cloned());
         *slot = Some(self.launch(&spec).await?);
@@ -138,6 +143,7 @@ impl Machine {
     /// is down until [`Machine::restore_state`].
     pub async fn save_state(&self) -> Result<SavedState> {
         let path = self.dir().join(format!("saved-{}.state", self.next_generation()));
+        self.power_action();
         log::nested(&format!("{}: saving the machine to {}", self.name(), path.display()), async {
             let mut slot = self.running_slot().write().await;
             let qmp = self.alive(&slot)?.qmp.clone();
@@ -165,6 +171,7 @@ impl Machine {
     /// Starts a new QEMU from a saved state (`-incoming defer`, `migrate-incoming file:`),
     /// resumes it and waits until its agent answers.
     pub async fn restore_state(&self, saved: &SavedState) -> Result<()> {
+        self.power_action();
         log::nested(
             &format!("{}: restoring the machine from {}", self.name(), saved.path.display()),
             async {
@@ -202,6 +209,7 @@ impl Machine {
     /// source keeps running and the target is gone.
     pub async fn migrate(&self) -> Result<MigrationReport> {
         let generation = self.next_generation();
+        self.power_action();
         log::nested(&format!("{}: live migration (generation {generation})", self.name()), async {
             let report = {
                 let mut slot = self.running_slot().write().await;
@@ -400,6 +408,7 @@ impl Machine {
     /// Powers the guest off cleanly: waits for QEMU's SHUTDOWN event (a guest-initiated
     /// poweroff) and for QEMU to exit. `start` boots the machine again.
     pub async fn shutdown(&self) -> Result<()> {
+        self.power_action();
         log::nested(&format!("{}: shutting down", self.name()), async {
             let qga = self.qga().await?;
             let qmp = self.qmp().await?;
@@ -429,6 +438,7 @@ impl Machine {
 
     /// Reboots the guest and waits until its agent answers again.
     pub async fn reboot(&self) -> Result<()> {
+        self.power_action();
         log::nested(&format!("{}: rebooting", self.name()), async {
             let qmp = self.qmp().await?;
             let qga = self.qga().await?;
@@ -451,6 +461,7 @@ impl Machine {
 
     /// Simulates a sudden power failure: QEMU quits at once. `start` boots the machine again.
     pub async fn crash(&self) -> Result<()> {
+        self.power_action();
         log::nested(&format!("{}: crashing", self.name()), async {
             let qmp = self.qmp().await?;
             let _ = qmp.execute(qapi::qmp::quit {}).await;
@@ -558,6 +569,7 @@ impl Machine {
 
     /// Ends QEMU at once, without asking the guest (cleanup).
     pub async fn kill(&self) {
+        self.power_action();
         let running = self.inner.running.write().await.take();
         if let Some(r) = running {
             let _ = r.process.kill().await;

@@ -576,6 +576,33 @@ fn console_tails(driver: &Driver) -> String {
     s
 }
 
+/// The step name under which findings of the watches outside any step are recorded.
+pub const OUTSIDE_STEPS: &str = "health watches (outside steps)";
+
+/// A case's result with what the watches saw outside its steps (between them, before the first,
+/// in its last moments): recorded as a failed subtest [`OUTSIDE_STEPS`], and the case fails
+/// (unless it failed already).
+async fn with_unreported_findings(
+    driver: &Driver,
+    reporter: &crate::report::Reporter,
+    result: Result<()>,
+) -> Result<()> {
+    let found = driver.unreported_findings().await;
+    if found.is_empty() {
+        return result;
+    }
+    let text = found.iter().map(|f| f.to_string()).collect::<Vec<_>>().join("\n\n");
+    reporter.record_subtest(crate::report::SubtestResult {
+        name: OUTSIDE_STEPS.into(),
+        error: Some(text.clone()),
+        ..Default::default()
+    });
+    match result {
+        Ok(()) => Err(anyhow::anyhow!("{OUTSIDE_STEPS}: {text}")),
+        Err(e) => Err(e.context(format!("also, {OUTSIDE_STEPS}: {text}"))),
+    }
+}
+
 /// Runs `cases` one after another on one driver; a failed case fails the ones after it. The
 /// outcomes are recorded in `reporter`, the group's view of the run's reporter.
 async fn run_group(
@@ -659,6 +686,7 @@ async fn run_group(
                 }
             },
         };
+        let result = with_unreported_findings(&driver, &reporter, result).await;
         let harness_error = result.as_ref().err().is_some_and(is_harness_error);
         let error = result.err().map(|e| format!("{e:#}{}", console_tails(&driver)));
         if error.is_some() {
@@ -673,6 +701,10 @@ async fn run_group(
         ));
     }
     let teardown = std::time::Instant::now();
+    driver.stop_watches();
+    for cost in driver.watch_costs() {
+        reporter.line(&cost);
+    }
     // Per-test logs: each machine's whole dmesg next to its console log and QMP events.
     crate::machine::keep_logs(driver.machines()).await;
     driver.kill_all().await;
