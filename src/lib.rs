@@ -62,6 +62,7 @@ pub mod accel;
 // `vmcheck bench` (src/bin/vmcheck.rs) runs it; not part of the library.
 #[doc(hidden)]
 pub mod bench;
+pub mod cache;
 pub mod config;
 pub mod driver;
 pub mod harness;
@@ -81,7 +82,7 @@ pub mod recipe;
 mod repl;
 pub mod report;
 pub mod scenarios;
-mod snapshot;
+pub(crate) mod snapshot;
 pub mod target;
 pub mod timeouts;
 pub mod tools;

@@ -74,6 +74,8 @@ impl Machine {
         let mut base = spec.clone();
         base.disks.clear();
         let name = self.name();
+        // Held against `vmcheck cache prune` from before the look-up until the driver ends.
+        store.hold(&key)?;
         match store.find(&key) {
             Ok(Some(state)) => {
                 let started = Instant::now();
