@@ -127,7 +127,7 @@ impl Images {
 
     fn say(&self, what: &str) {
         if self.verbose {
-            eprintln!("images: {what}");
+            crate::progress::write_stderr(format!("images: {what}\n").as_bytes());
         }
     }
 

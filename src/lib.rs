@@ -71,6 +71,7 @@ pub mod log;
 pub mod machine;
 pub mod network;
 pub mod poll;
+pub mod progress;
 // tests/vm_hygiene.rs and tests/vm_repl.rs check for leftover processes with `process::is_alive`.
 #[doc(hidden)]
 pub mod process;

@@ -236,7 +236,14 @@ impl Machine {
     /// boots the machine afresh.
     pub async fn wait_for_agent(&self) -> Result<()> {
         self.start().await?;
-        self.wait_for_agent_started().await?;
+        let doing = match self.inner.pending.lock().await.as_ref() {
+            None => "booting",
+            Some(Pending::Restored { .. }) => "restoring from snapshot",
+            Some(Pending::Build { .. }) => "booting to save a snapshot",
+        };
+        // At a terminal, a live line per machine while it comes up.
+        let _line = crate::progress::spinner(format!("{}: {doing}", self.name()));
+        crate::progress::quietly(self.wait_for_agent_started()).await?;
         self.start_event_queue().await;
         Ok(())
     }
