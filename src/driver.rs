@@ -83,6 +83,8 @@ pub struct Driver {
     findings: Arc<Findings>,
     allowances: Mutex<Vec<(String, regex::Regex)>>,
     watches: Mutex<Vec<Watch>>,
+    /// The images this driver boots, held against `vmcheck cache prune` while it lives.
+    _cache_holds: Vec<crate::cache::Hold>,
     /// The accelerator the machines run under (KVM when its probe passed, else TCG).
     pub accel: Accel,
 }
@@ -129,11 +131,15 @@ impl Driver {
         let images_started = Instant::now();
         // One image per distinct recipe (keyed by the recipe as JSON).
         let mut recipe_images: HashMap<String, Image> = HashMap::new();
+        let mut cache_holds = Vec::new();
         for recipe in nodes.iter().filter(|n| n.start_script.is_none()).map(|n| n.recipe()) {
             let key = serde_json::to_string(&recipe)?;
             if let std::collections::hash_map::Entry::Vacant(slot) = recipe_images.entry(key) {
                 let images = images.clone();
-                slot.insert(tokio::task::spawn_blocking(move || images.ensure(recipe)).await??);
+                let (image, hold) =
+                    tokio::task::spawn_blocking(move || images.ensure_held(recipe)).await??;
+                slot.insert(image);
+                cache_holds.push(hold);
             }
         }
         // The probe boots a real kernel: a default image's, else the one a start script boots.
@@ -219,6 +225,7 @@ impl Driver {
             findings,
             allowances: Mutex::default(),
             watches: Mutex::default(),
+            _cache_holds: cache_holds,
             accel,
         };
         // The target's daemon: its console line is instant; a poll of its pid and exits is the

@@ -25,7 +25,8 @@
 //! - vmcheck's: `list [--json]`, `run [NAMES|PATTERNS] [--junit F] [--out D] [--jobs N]
 //!   [--shard K/N] [--fresh-boot] [--global-timeout S] [--keep-vm-state] [--pause-on-failure]`,
 //!   `repl [SCENARIO] | repl --attach SOCKET`,
-//!   `images build` ([`Command`]);
+//!   `images build`, `cache [list [--json] | prune [--unused] [--older-than AGE]
+//!   [--max-size SIZE] [--dry-run]]` ([`Command`]);
 //! - anything else is libtest's (`--list --format terse`, `--exact NAME`, `--ignored`,
 //!   `--nocapture`, a filter), as `cargo test` and `cargo nextest run` pass it: every listed
 //!   scenario is a test (a chain is one test, named after the chain) and every hidden one an
@@ -46,7 +47,7 @@ use crate::scenarios::{RunOptions, Scenario, Shard, Suite};
 
 /// The words that start vmcheck's command line; anything else is libtest's.
 const COMMANDS: &[&str] =
-    &["list", "run", "repl", "images", "help", "--help", "-h", "--version", "-V"];
+    &["list", "run", "repl", "images", "cache", "help", "--help", "-h", "--version", "-V"];
 
 /// The harness's subcommands. A binary that adds its own (vmcheck's adds `bench`) flattens
 /// this into its clap command and hands it to [`dispatch`].
@@ -115,6 +116,42 @@ pub enum Command {
         #[command(subcommand)]
         /// What to do with them.
         command: ImagesCommand,
+    },
+    /// What the image and snapshot cache ($VMCHECK_CACHE, default ~/.cache/vmcheck) holds, and
+    /// its pruning; no subcommand lists it.
+    Cache {
+        #[command(subcommand)]
+        /// What to do (default: list).
+        command: Option<CacheCommand>,
+    },
+}
+
+/// `cache` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum CacheCommand {
+    /// Each image and snapshot: size, last use, whether a running test holds it, whether a
+    /// recipe of the suite uses it.
+    List {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove images and snapshots (never one a running test holds): those no recipe of the
+    /// suite uses, those unused for a time, then the least recently used down to a size.
+    Prune {
+        /// Those no recipe of the suite's scenarios uses (nor snapshots of another QEMU).
+        #[arg(long)]
+        unused: bool,
+        /// Those not used for longer than this (`7d`, `12h`, `30m`).
+        #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+        /// Then the least recently used until images and snapshots take at most this (`20G`,
+        /// `500MiB`; G is 10^9 bytes, GiB 2^30).
+        #[arg(long, value_name = "SIZE", value_parser = crate::cache::parse_size)]
+        max_size: Option<u64>,
+        /// Say what would be removed; remove nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -247,6 +284,16 @@ pub async fn dispatch(suite: &Suite, command: Command) -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
+        Command::Cache { command } => {
+            let command = command.unwrap_or(CacheCommand::List { json: false });
+            let nodes: Vec<_> =
+                suite.scenarios().iter().flat_map(|s| s.nodes().iter().cloned()).collect();
+            match tokio::task::spawn_blocking(move || cache(&nodes, command)).await {
+                Ok(Ok(code)) => code,
+                Ok(Err(e)) => fail(&e),
+                Err(e) => fail(&e.into()),
+            }
+        }
         Command::Repl { attach: Some(path), .. } => crate::repl::pause::attach(&path).await,
         Command::Repl { scenario, config, attach: None } => {
             crate::repl::main(suite, scenario, config).await
@@ -319,6 +366,146 @@ fn build_images(nodes: &[crate::config::NodeSpec]) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What the suite's recipes use now: the image of each (when the cache has it up to date) and
+/// this host's QEMU.
+fn current_use(
+    images: &crate::images::Images,
+    nodes: &[crate::config::NodeSpec],
+) -> anyhow::Result<crate::cache::Current> {
+    let mut current = crate::cache::Current::default();
+    let mut seen = std::collections::HashSet::new();
+    for recipe in nodes.iter().filter(|n| n.start_script.is_none()).map(|n| n.recipe()) {
+        if !seen.insert(serde_json::to_string(&recipe)?) {
+            continue;
+        }
+        if let Some(image) = images.find(recipe)? {
+            let dir = image.initrd.parent().and_then(|d| d.file_name());
+            current.images.extend(dir.map(|d| d.to_string_lossy().into_owned()));
+        }
+    }
+    if let Ok(qemu) = crate::qemu::find_qemu() {
+        let store = crate::snapshot::Store::new(&images.cache_dir, &qemu)?;
+        current.qemu_version = Some(store.qemu_version);
+    }
+    Ok(current)
+}
+
+/// `cache`: lists or prunes the cache of `Images::from_env`, judged against the suite's recipes.
+fn cache(nodes: &[crate::config::NodeSpec], command: CacheCommand) -> anyhow::Result<ExitCode> {
+    let images = crate::images::Images { verbose: false, ..crate::images::Images::from_env()? };
+    // Written at the end, a write error ignored: `vmcheck cache | head` is no panic.
+    let mut out = String::new();
+    let code = cache_command(&images, nodes, command, &mut out)?;
+    let _ = std::io::Write::write_all(&mut std::io::stdout(), out.as_bytes());
+    Ok(code)
+}
+
+fn cache_command(
+    images: &crate::images::Images,
+    nodes: &[crate::config::NodeSpec],
+    command: CacheCommand,
+    out: &mut String,
+) -> anyhow::Result<ExitCode> {
+    use crate::cache::{ago, human_bytes, Kind};
+    let dir = images.cache_dir.clone();
+    macro_rules! outln {
+        ($($arg:tt)*) => {{ *out += &format!($($arg)*); out.push('\n'); }};
+    }
+    match command {
+        CacheCommand::List { json } => {
+            let mut entries = crate::cache::list(&dir)?;
+            crate::cache::mark_current(&mut entries, &current_use(images, nodes)?);
+            let others = crate::cache::others(&dir);
+            let total: u64 = entries.iter().map(|e| e.bytes).sum();
+            let max = crate::cache::max_from_env()?;
+            if json {
+                let value = serde_json::json!({
+                    "cache": dir,
+                    "entries": entries,
+                    "bytes": total,
+                    "max_bytes": max,
+                    "others": others.iter().map(|(d, b)| serde_json::json!({"dir": d, "bytes": b})).collect::<Vec<_>>(),
+                });
+                outln!("{}", serde_json::to_string_pretty(&value)?);
+                return Ok(ExitCode::SUCCESS);
+            }
+            outln!("cache {}", dir.display());
+            outln!(
+                "{:<8}  {:<36}  {:>10}  {:<14}  {:<6}  {:<5}  image",
+                "kind",
+                "name",
+                "size",
+                "last used",
+                "in use",
+                "suite"
+            );
+            for e in &entries {
+                let (kind, name) = match e.kind {
+                    Kind::Image => ("image", e.name.clone()),
+                    Kind::Snapshot => ("snapshot", e.name[..e.name.len().min(16)].to_string()),
+                };
+                outln!(
+                    "{kind:<8}  {name:<36}  {:>10}  {:<14}  {:<6}  {:<5}  {}",
+                    human_bytes(e.bytes),
+                    ago(e.last_used),
+                    if e.in_use { "yes" } else { "no" },
+                    match e.current {
+                        Some(true) => "yes",
+                        Some(false) => "no",
+                        None => "?",
+                    },
+                    e.image.as_deref().unwrap_or(if e.kind == Kind::Snapshot { "?" } else { "" }),
+                );
+            }
+            let count = |k| entries.iter().filter(|e| e.kind == k).count();
+            outln!(
+                "{} in {} images and {} snapshots (bound {}); not pruned: {}",
+                human_bytes(total),
+                count(Kind::Image),
+                count(Kind::Snapshot),
+                max.map_or("off".to_string(), |m| format!("VMCHECK_CACHE_MAX {}", human_bytes(m))),
+                others
+                    .iter()
+                    .map(|(d, b)| format!("{d}/ {}", human_bytes(*b)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        CacheCommand::Prune { unused, older_than, max_size, dry_run } => {
+            if !unused && older_than.is_none() && max_size.is_none() {
+                eprintln!("vmcheck: cache prune: say what to remove: --unused, --older-than AGE or --max-size SIZE");
+                return Ok(ExitCode::from(2));
+            }
+            let policy = crate::cache::Policy { unused, older_than, max_bytes: max_size };
+            let current = if unused { Some(current_use(images, nodes)?) } else { None };
+            let pruned = crate::cache::prune(&dir, &policy, current.as_ref(), dry_run)?;
+            let verb = if dry_run { "would remove" } else { "removed" };
+            for (e, reason) in &pruned.removed {
+                outln!(
+                    "{verb} {:?} {} ({}, last used {}): {reason}",
+                    e.kind,
+                    e.name,
+                    human_bytes(e.bytes),
+                    ago(e.last_used)
+                );
+            }
+            for e in &pruned.held {
+                outln!("kept {:?} {}: a running test holds it", e.kind, e.name);
+            }
+            let freed: u64 = pruned.removed.iter().map(|(e, _)| e.bytes).sum();
+            outln!(
+                "{verb} {} entries ({}); {} held kept; {} left",
+                pruned.removed.len(),
+                human_bytes(freed),
+                pruned.held.len(),
+                human_bytes(pruned.left_bytes)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 /// Starts the machines of every listed scenario once, so that their states are saved

@@ -94,7 +94,15 @@ pub struct Images {
     pub cache_dir: PathBuf,
     /// Print what is being done (to stderr).
     pub verbose: bool,
+    /// Fetch and unpack a kernel or Debian package the cache lacks (the default); without it a
+    /// missing one is [`NotCached`] ([`Images::find`]).
+    pub fetch: bool,
 }
+
+/// A kernel or Debian package an image needs is not in the cache, and [`Images::fetch`] is off.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} is not in the cache")]
+pub struct NotCached(pub String);
 
 /// A Debian package unpacked in the cache.
 #[derive(Debug, Clone)]
@@ -114,12 +122,12 @@ impl Images {
                 .ok_or_else(|| anyhow!("no user cache directory; set VMCHECK_CACHE"))?
                 .join("vmcheck"),
         };
-        Ok(Images { cache_dir, verbose: true })
+        Ok(Images { cache_dir, verbose: true, fetch: true })
     }
 
     fn say(&self, what: &str) {
         if self.verbose {
-            eprintln!("images: {what}");
+            crate::progress::write_stderr(format!("images: {what}\n").as_bytes());
         }
     }
 
@@ -134,13 +142,44 @@ impl Images {
     /// service's name, mode and command line, and the forwarded ports. Two recipes that differ
     /// in anything get two images, and so two snapshot keys (the key holds the image paths).
     pub fn ensure(&self, recipe: impl Into<Recipe>) -> Result<Image> {
+        self.ensure_held(recipe).map(|(image, _)| image)
+    }
+
+    /// [`Images::ensure`], and the image held in use (against `vmcheck cache prune`, see
+    /// [`crate::cache`]) while the [`Hold`](crate::cache::Hold) lives: what a driver does.
+    pub fn ensure_held(&self, recipe: impl Into<Recipe>) -> Result<(Image, crate::cache::Hold)> {
         let recipe = self.with_built_daemon(recipe.into())?;
         recipe.check()?;
         let name = recipe.name().to_string();
-        self.ensure_checked(&recipe).with_context(|| format!("building the image of recipe {name}"))
+        match self.ensure_checked(&recipe, true) {
+            Ok(Some((image, Some(hold)))) => Ok((image, hold)),
+            Ok(_) => Err(anyhow!("the image was neither found nor built")),
+            Err(e) => Err(e.context(format!("building the image of recipe {name}"))),
+        }
     }
 
-    fn ensure_checked(&self, recipe: &Recipe) -> Result<Image> {
+    /// The image of `recipe` if the cache has it up to date, without building it, fetching
+    /// anything or marking it used (`vmcheck cache` asks which images the suite's recipes boot).
+    pub fn find(&self, recipe: impl Into<Recipe>) -> Result<Option<Image>> {
+        let recipe = self.with_built_daemon(recipe.into())?;
+        recipe.check()?;
+        let name = recipe.name().to_string();
+        let looking = Images { fetch: false, ..self.clone() };
+        match looking.ensure_checked(&recipe, false) {
+            Ok(found) => Ok(found.map(|(image, _)| image)),
+            // Without its kernel or packages the image cannot be there.
+            Err(e) if e.chain().any(|c| c.is::<NotCached>()) => Ok(None),
+            Err(e) => Err(e.context(format!("looking up the image of recipe {name}"))),
+        }
+    }
+
+    /// The image, held when `build` (and built when missing); `None` when missing and not
+    /// `build`.
+    fn ensure_checked(
+        &self,
+        recipe: &Recipe,
+        build: bool,
+    ) -> Result<Option<(Image, Option<crate::cache::Hold>)>> {
         let name = recipe.name();
         fs::create_dir_all(&self.cache_dir)
             .with_context(|| format!("creating cache {}", self.cache_dir.display()))?;
@@ -159,8 +198,16 @@ impl Images {
             hash: hash.clone(),
         };
         if image.initrd.exists() && image.tools.exists() {
+            if !build {
+                return Ok(Some((image, None)));
+            }
             self.say(&format!("{name} image up to date ({})", &hash[..16]));
-            return Ok(image);
+            // Held under the cache's lock, which a prune of images takes: never half-removed.
+            let hold = crate::cache::hold(&dir)?;
+            return Ok(Some((image, Some(hold))));
+        }
+        if !build {
+            return Ok(None);
         }
         self.say(&format!(
             "building the {name} image ({} boot files, {} tools files, {} Debian packages, kernel {})",
@@ -194,7 +241,14 @@ impl Images {
             size as f64 / 1048576.0,
             tools_size as f64 / 1048576.0
         ));
-        Ok(image)
+        let hold = crate::cache::hold(&dir)?;
+        // Written: keep the cache under its bound (never removing an image a run holds).
+        match crate::cache::bound(&self.cache_dir, true) {
+            Ok(Some(pruned)) => self.say(&crate::cache::bound_summary(&pruned)),
+            Ok(None) => {}
+            Err(e) => self.say(&format!("cache: not kept under its bound: {e:#}")),
+        }
+        Ok(Some((image, Some(hold))))
     }
 
     /// The recipe's kernel: a package downloaded and unpacked once per version, or a host file
@@ -258,6 +312,9 @@ impl Images {
     /// kernel version.
     fn unpack_kernel_package(&self, package: &str, version: &str) -> Result<PathBuf> {
         let dir = self.cache_dir.join("kernel").join(format!("{package}_{version}"));
+        if !dir.join("done").exists() && !self.fetch {
+            return Err(NotCached(format!("the kernel {package} {version}")).into());
+        }
         if !dir.join("done").exists() {
             self.say(&format!("fetching {package} {version} (apt-get download, dpkg -x)"));
             let work = tempfile::Builder::new().prefix(".kernel-").tempdir_in(&self.cache_dir)?;
@@ -271,6 +328,9 @@ impl Images {
     /// (no modules; its version is `file`).
     fn unpack_kernel_file(&self, path: &Path, hash: &str) -> Result<PathBuf> {
         let dir = self.cache_dir.join("kernel").join(format!("file-{}", &hash[..16]));
+        if !dir.join("done").exists() && !self.fetch {
+            return Err(NotCached(format!("the kernel {}", path.display())).into());
+        }
         if !dir.join("done").exists() {
             let work = tempfile::Builder::new().prefix(".kernel-").tempdir_in(&self.cache_dir)?;
             let unpacked = work.path().join("x");
@@ -353,6 +413,9 @@ impl Images {
             .candidate_version(package)
             .with_context(|| format!("the Debian package {package}"))?;
         let dir = self.cache_dir.join("debs").join(format!("{package}_{version}"));
+        if !dir.join("done").exists() && !self.fetch {
+            return Err(NotCached(format!("the Debian package {package} {version}")).into());
+        }
         if !dir.join("done").exists() {
             self.say(&format!("fetching {package} {version} (apt-get download, dpkg -x)"));
             let work = tempfile::Builder::new().prefix(".deb-").tempdir_in(&self.cache_dir)?;

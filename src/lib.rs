@@ -62,6 +62,7 @@ pub mod accel;
 // `vmcheck bench` (src/bin/vmcheck.rs) runs it; not part of the library.
 #[doc(hidden)]
 pub mod bench;
+pub mod cache;
 pub mod config;
 pub mod driver;
 pub mod harness;
@@ -70,6 +71,7 @@ pub mod log;
 pub mod machine;
 pub mod network;
 pub mod poll;
+pub mod progress;
 // tests/vm_hygiene.rs and tests/vm_repl.rs check for leftover processes with `process::is_alive`.
 #[doc(hidden)]
 pub mod process;
@@ -81,7 +83,7 @@ pub mod recipe;
 mod repl;
 pub mod report;
 pub mod scenarios;
-mod snapshot;
+pub(crate) mod snapshot;
 pub mod target;
 pub mod timeouts;
 pub mod tools;

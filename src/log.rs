@@ -35,7 +35,7 @@ pub fn current() -> Option<Reporter> {
 pub fn line(text: &str) {
     if CURRENT.try_with(|r| r.line(text)).is_err() {
         for l in text.lines() {
-            eprintln!("{l}");
+            crate::progress::write_stderr(format!("{l}\n").as_bytes());
         }
     }
 }

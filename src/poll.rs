@@ -54,7 +54,13 @@ where
     let started = Instant::now();
     let deadline = started + timeout;
     let mut pause = pace.first;
+    // At a terminal, a wait that lasts shows its elapsed time against its bound.
+    let mut line: Option<crate::progress::Line> = None;
     loop {
+        match &line {
+            Some(l) => l.set_position(started.elapsed()),
+            None => line = crate::progress::wait_line(started, timeout),
+        }
         let left = deadline.saturating_duration_since(Instant::now());
         if let Some(v) = attempt(left).await? {
             return Ok(Polled::Done(v));

@@ -173,6 +173,11 @@ impl Reporter {
         }
     }
 
+    /// `[name] ` when this view's scenario runs side by side with others, else empty.
+    pub fn prefix(&self) -> &str {
+        &self.view.prefix
+    }
+
     /// Also writes this view's lines, unprefixed, to `path` (`DIR/<name>/transcript.log`).
     pub fn open_transcript(&self, path: &Path) -> std::io::Result<()> {
         *self.view.transcript.lock().unwrap() = Some(std::fs::File::create(path)?);
@@ -195,9 +200,8 @@ impl Reporter {
             let text = format!("{}{line}\n", self.view.prefix);
             match &self.run.terminal {
                 // One write per line: lines of scenarios running side by side do not mix.
-                Terminal::Stderr => {
-                    let _ = std::io::stderr().lock().write_all(text.as_bytes());
-                }
+                // Through the progress lines, when a terminal shows them, so none tears.
+                Terminal::Stderr => crate::progress::write_stderr(text.as_bytes()),
                 Terminal::Buffer(b) => b.lock().unwrap().extend_from_slice(text.as_bytes()),
             }
         }

@@ -19,8 +19,10 @@
 //! snapshot that fails the check, that QEMU refuses, or whose guest does not answer soon after
 //! the restore is deleted and the machine boots afresh (and builds it again).
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -33,6 +35,9 @@ use crate::qemu::{Boot, NicLink, QemuSpec};
 pub struct Store {
     pub dir: PathBuf,
     pub qemu_version: String,
+    /// The snapshots this store's driver uses, held against `vmcheck cache prune` until the
+    /// store is dropped (with the driver), by key.
+    held: Arc<Mutex<HashMap<String, crate::cache::Hold>>>,
 }
 
 /// What `meta.json` says of a snapshot.
@@ -92,7 +97,22 @@ impl Store {
         if qemu_version.is_empty() {
             return Err(anyhow!("{} --version printed nothing", qemu.display()));
         }
-        Ok(Store { dir: cache_dir.join("snapshots"), qemu_version })
+        Ok(Store::with_version(cache_dir, qemu_version))
+    }
+
+    /// The store of `cache_dir` for a QEMU whose `--version` said `qemu_version`.
+    pub fn with_version(cache_dir: &Path, qemu_version: String) -> Store {
+        Store { dir: cache_dir.join("snapshots"), qemu_version, held: Arc::default() }
+    }
+
+    /// Holds the snapshot of `key` (there or not yet) in use until this store is dropped, so
+    /// that no prune removes it meanwhile; records the use. Called before `find`.
+    pub fn hold(&self, key: &Key) -> Result<()> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if !held.contains_key(&key.key) {
+            held.insert(key.key.clone(), crate::cache::hold(&self.path(key))?);
+        }
+        Ok(())
     }
 
     /// The key of a machine's disk-less spec; `None` for a machine that cannot have a snapshot
@@ -202,6 +222,13 @@ impl Store {
             .with_context(|| format!("renaming {} into place", staging.display()))?;
         // The directory moved: keep the TempDir from deleting anything (its path is gone).
         let _ = build.staging.keep();
+        // Written: keep the cache under its bound (never removing a snapshot a run holds).
+        let cache_dir = self.dir.parent().unwrap_or(&self.dir);
+        match crate::cache::bound(cache_dir, false) {
+            Ok(Some(pruned)) => crate::log::line(&crate::cache::bound_summary(&pruned)),
+            Ok(None) => {}
+            Err(e) => crate::log::line(&format!("cache: not kept under its bound: {e:#}")),
+        }
         Ok(state_bytes)
     }
 }
@@ -275,7 +302,7 @@ mod tests {
     }
 
     fn store() -> Store {
-        Store { dir: "/nonexistent".into(), qemu_version: "QEMU emulator version 10.0.2".into() }
+        Store::with_version(Path::new("/nonexistent"), "QEMU emulator version 10.0.2".into())
     }
 
     #[test]
@@ -317,7 +344,7 @@ mod tests {
     #[test]
     fn a_snapshot_is_found_only_when_complete() {
         let cache = tempfile::tempdir().unwrap();
-        let s = Store { dir: cache.path().join("snapshots"), ..store() };
+        let s = Store::with_version(cache.path(), store().qemu_version);
         let key = s.key(&spec("/r")).unwrap();
         assert!(s.find(&key).unwrap().is_none());
         let build = s.try_build(&key).unwrap().unwrap();
@@ -350,5 +377,39 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(left, [format!("{}.lock", key.key)]);
+    }
+
+    #[test]
+    fn a_snapshot_a_driver_holds_survives_a_prune() {
+        let cache = tempfile::tempdir().unwrap();
+        let policy = crate::cache::Policy { max_bytes: Some(0), ..Default::default() };
+        let prune = || crate::cache::prune(cache.path(), &policy, None, false).unwrap();
+        let s = Store::with_version(cache.path(), store().qemu_version);
+        let key = s.key(&spec("/r")).unwrap();
+        // As a machine's start does: hold the key, look it up, build it.
+        s.hold(&key).unwrap();
+        assert!(s.find(&key).unwrap().is_none());
+        let build = s.try_build(&key).unwrap().unwrap();
+        fs::write(build.state_path(), b"QEVM....").unwrap();
+        s.finish(build, 1.0).unwrap();
+        // A bound of 0 bytes would remove everything: the held snapshot stays, said to be held.
+        let pruned = prune();
+        assert!(pruned.removed.is_empty(), "{pruned:?}");
+        assert_eq!(pruned.held.len(), 1);
+        assert!(s.find(&key).unwrap().is_some());
+        let listed = crate::cache::list(cache.path()).unwrap();
+        assert!(listed[0].in_use && listed[0].bytes > 0, "{listed:?}");
+        // A second store (another run) holding it too; dropping the first does not free it.
+        let other = Store::with_version(cache.path(), store().qemu_version);
+        other.hold(&key).unwrap();
+        drop(s);
+        assert!(prune().removed.is_empty());
+        // Nobody holds it: it goes.
+        drop(other);
+        let pruned = prune();
+        assert_eq!(pruned.removed.len(), 1, "{pruned:?}");
+        let s = Store::with_version(cache.path(), store().qemu_version);
+        assert!(s.find(&key).unwrap().is_none());
+        assert!(!crate::cache::use_file(&s.path(&key)).exists());
     }
 }

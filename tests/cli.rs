@@ -74,3 +74,41 @@ fn attaching_to_no_paused_run_says_so() {
     // --attach starts no machines: naming a scenario with it is a usage error.
     assert_eq!(vmcheck(&["repl", "fio_nvme_basic", "--attach", "x"]).0, 2);
 }
+
+/// `cache` on a cache of its own (never the user's): lists entries, prunes what is asked, keeps
+/// nothing it was not asked to remove, and refuses a prune that says nothing.
+#[test]
+fn cache_lists_and_prunes_a_cache_of_its_own() {
+    let cache = tempfile::tempdir().unwrap();
+    let image = cache.path().join("images/old-0123456789abcdef");
+    std::fs::create_dir_all(&image).unwrap();
+    std::fs::write(image.join("initrd"), vec![1u8; 64 << 10]).unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_vmcheck"))
+            .args(args)
+            .env("VMCHECK_CACHE", cache.path())
+            .output()
+            .unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, stdout) = run(&["cache", "list", "--json"]);
+    assert_eq!(code, 0, "{stdout}");
+    let listed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let entries = listed["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{stdout}");
+    assert_eq!(entries[0]["name"], "old-0123456789abcdef");
+    // Not an image of the suite's recipes (their kernel is not in this cache).
+    assert_eq!(entries[0]["current"], false);
+    assert_eq!(run(&["cache", "prune"]).0, 2);
+    let (code, stdout) = run(&["cache", "prune", "--older-than", "1d"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("removed 0 entries"), "{stdout}");
+    let (code, stdout) = run(&["cache", "prune", "--unused", "--dry-run"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("would remove Image old-0123456789abcdef"), "{stdout}");
+    assert!(image.exists());
+    let (code, stdout) = run(&["cache", "prune", "--unused"]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("removed 1 entries"), "{stdout}");
+    assert!(!image.exists());
+}

@@ -1,5 +1,5 @@
-//! `vmcheck`: vmcheck's own suite through the harness (`list`, `run`, `repl`, `images build`),
-//! plus `bench`, which measures the driver against bare QEMU.
+//! `vmcheck`: vmcheck's own suite through the harness (`list`, `run`, `repl`, `images build`,
+//! `cache`), plus `bench`, which measures the driver against bare QEMU.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

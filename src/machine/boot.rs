@@ -75,6 +75,8 @@ impl Machine {
         let mut base = spec.clone();
         base.disks.clear();
         let name = self.name();
+        // Held against `vmcheck cache prune` from before the look-up until the driver ends.
+        store.hold(&key)?;
         match store.find(&key) {
             Ok(Some(state)) => {
                 let started = Instant::now();
@@ -244,7 +246,14 @@ impl Machine {
 
     async fn wait_for_agent_inner(&self) -> Result<()> {
         self.start().await?;
-        self.wait_for_agent_started().await?;
+        let doing = match self.inner.pending.lock().await.as_ref() {
+            None => "booting",
+            Some(Pending::Restored { .. }) => "restoring from snapshot",
+            Some(Pending::Build { .. }) => "booting to save a snapshot",
+        };
+        // At a terminal, a live line per machine while it comes up.
+        let _line = crate::progress::spinner(format!("{}: {doing}", self.name()));
+        crate::progress::quietly(self.wait_for_agent_started()).await?;
         self.start_event_queue().await;
         Ok(())
     }

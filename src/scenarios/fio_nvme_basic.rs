@@ -157,8 +157,10 @@ pub async fn run(d: &Driver) -> Result<Report> {
     let fio = d
         .subtest("should be able to run FIO with verify=crc32", async {
             let job = Fio::seed_randrw_verify(&device, FIO_RUNTIME_SECS);
-            let out =
-                initiator.execute_with_timeout(&job.command_line(), timeouts::command()).await?;
+            let line = job.command_line();
+            let run = initiator.execute_with_timeout(&line, timeouts::command());
+            let runtime = std::time::Duration::from_secs(FIO_RUNTIME_SECS);
+            let out = crate::progress::fio(&initiator, &device, runtime, run).await?;
             d.artifact("fio.json", &out.stdout);
             let report = FioReport::parse_with_stderr(&out.stdout, &out.stderr)
                 .with_context(|| format!("fio exited {}; stderr:\n{}", out.status, out.stderr))?;

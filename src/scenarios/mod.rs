@@ -623,6 +623,9 @@ async fn run_group(
         })
         .unwrap_or_else(crate::timeouts::global);
     let mut nodes = first.nodes.clone();
+    // At a terminal: a line per running scenario side by side, and a chain's case k of n.
+    let group_line = (cases.len() > 1 || !reporter.prefix().is_empty())
+        .then(|| crate::progress::spinner("setting up"));
     let driver = async {
         if let Some(config) = &options.config {
             config.apply(&mut nodes)?;
@@ -671,8 +674,20 @@ async fn run_group(
     }
     let mut outcomes = Vec::new();
     let mut broken: Option<String> = None;
-    for case in cases {
+    for (k, case) in cases.iter().enumerate() {
         let name = name_of(case);
+        if let Some(line) = &group_line {
+            // Side by side, the line's `[name] ` prefix already names the scenario or chain.
+            let group = if reporter.prefix().is_empty() {
+                format!("{}: ", first.group_name())
+            } else {
+                String::new()
+            };
+            line.set_message(match cases.len() {
+                1 => format!("{group}running"),
+                n => format!("{group}case {} of {n}: {name}", k + 1),
+            });
+        }
         let case_started = std::time::Instant::now();
         let result = match &broken {
             Some(earlier) => Err(HarnessError(format!(

@@ -159,18 +159,26 @@ impl FioOutcome {
 pub struct FioRun {
     process: GuestProcess,
     device: String,
+    /// The job's `--runtime`, for the progress line.
+    runtime: Option<Duration>,
 }
 
 impl FioRun {
     /// Starts `job` on `machine` (on `device`, for messages) and returns at once.
     pub async fn start(machine: &Machine, job: &Fio, device: &str) -> Result<FioRun> {
         let process = machine.spawn(&job.argv()).await?;
-        Ok(FioRun { process, device: device.to_string() })
+        Ok(FioRun { process, device: device.to_string(), runtime: job.runtime() })
     }
 
     /// Waits for fio to end, at most `timeouts::command()` (far longer than any run time here).
     pub async fn wait(&self) -> Result<FioOutcome> {
-        let out = self.process.wait(timeouts::command()).await?;
+        let wait = self.process.wait(timeouts::command());
+        let out = match self.runtime {
+            Some(runtime) => {
+                crate::progress::fio(self.process.machine(), &self.device, runtime, wait).await?
+            }
+            None => wait.await?,
+        };
         let report = FioReport::parse_with_stderr(&out.stdout, &out.stderr).ok();
         Ok(FioOutcome {
             machine: self.process.machine().name().to_string(),

@@ -286,6 +286,17 @@ impl Fio {
         self
     }
 
+    /// The value of `--key`, if set (`Some("")` for a bare flag).
+    pub fn option(&self, key: &str) -> Option<&str> {
+        let (_, value) = self.options.iter().find(|(k, _)| k == key.trim_start_matches('-'))?;
+        Some(value.as_deref().unwrap_or(""))
+    }
+
+    /// `--runtime` as a duration, if set in seconds.
+    pub fn runtime(&self) -> Option<std::time::Duration> {
+        self.option("runtime")?.parse().ok().map(std::time::Duration::from_secs)
+    }
+
     /// The argument vector, starting with `fio`, for running without a shell. A job without a
     /// name gets `--name=job` (fio runs nothing without one).
     pub fn argv(&self) -> Vec<String> {
