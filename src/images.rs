@@ -146,8 +146,11 @@ impl Images {
     }
 
     /// [`Images::ensure`], and the image held in use (against `vmcheck cache prune`, see
-    /// [`crate::cache`]) while the [`Hold`](crate::cache::Hold) lives: what a driver does.
-    pub fn ensure_held(&self, recipe: impl Into<Recipe>) -> Result<(Image, crate::cache::Hold)> {
+    /// `crate::cache`) while the hold lives: what a driver does.
+    pub(crate) fn ensure_held(
+        &self,
+        recipe: impl Into<Recipe>,
+    ) -> Result<(Image, crate::cache::Hold)> {
         let recipe = self.with_built_daemon(recipe.into())?;
         recipe.check()?;
         let name = recipe.name().to_string();

@@ -62,7 +62,7 @@ pub mod accel;
 // `vmcheck bench` (src/bin/vmcheck.rs) runs it; not part of the library.
 #[doc(hidden)]
 pub mod bench;
-pub mod cache;
+pub(crate) mod cache;
 pub mod config;
 pub mod driver;
 pub mod harness;
@@ -71,7 +71,7 @@ pub mod log;
 pub mod machine;
 pub mod network;
 pub mod poll;
-pub mod progress;
+pub(crate) mod progress;
 // tests/vm_hygiene.rs and tests/vm_repl.rs check for leftover processes with `process::is_alive`.
 #[doc(hidden)]
 pub mod process;

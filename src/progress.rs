@@ -23,12 +23,8 @@ tokio::task_local! {
     static QUIET: bool;
 }
 
-/// Whether progress is drawn: stderr is a terminal, `TERM` is not `dumb`, `VMCHECK_PROGRESS` is
-/// not `0`.
-pub fn enabled() -> bool {
-    multi().is_some()
-}
-
+/// The bars' owner when progress is drawn: stderr is a terminal, `TERM` is not `dumb`,
+/// `VMCHECK_PROGRESS` is not `0`.
 fn multi() -> Option<&'static MultiProgress> {
     static MULTI: OnceLock<Option<MultiProgress>> = OnceLock::new();
     MULTI
@@ -246,7 +242,7 @@ mod tests {
         if std::io::stderr().is_terminal() {
             return;
         }
-        assert!(!enabled());
+        assert!(multi().is_none());
         let line = timed("x", Duration::from_secs(1));
         line.set_message("y");
         assert!(line.bar.is_none());
