@@ -158,14 +158,7 @@ pub fn hold(entry_dir: &Path) -> Result<Hold> {
         fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     }
     loop {
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        let lock = Flock::lock(file, FlockArg::LockShared)
-            .map_err(|(_, e)| anyhow!("locking {}: {e}", path.display()))?;
+        let Some(lock) = lock_file(&path, FlockArg::LockShared)? else { continue };
         // A prune that held the lock before us removed the file: lock the one at the path now.
         if same_file(&lock, &path) {
             let _ = lock.set_modified(SystemTime::now());
@@ -356,14 +349,18 @@ pub fn parse_size(text: &str) -> Result<u64> {
 /// The cache's `lock` (the image builder's), waiting for it or not; `None` when not waiting
 /// and it is taken.
 fn lock_cache(cache_dir: &Path, wait: bool) -> Result<Option<Flock<fs::File>>> {
-    let path = cache_dir.join("lock");
+    let arg = if wait { FlockArg::LockExclusive } else { FlockArg::LockExclusiveNonblock };
+    lock_file(&cache_dir.join("lock"), arg)
+}
+
+/// `path` (created if need be) locked with `arg`; `None` when a non-blocking lock is taken.
+fn lock_file(path: &Path, arg: FlockArg) -> Result<Option<Flock<fs::File>>> {
     let file = fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&path)
+        .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    let arg = if wait { FlockArg::LockExclusive } else { FlockArg::LockExclusiveNonblock };
     match Flock::lock(file, arg) {
         Ok(l) => Ok(Some(l)),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
@@ -415,17 +412,7 @@ fn prune_locked(
 /// `.use` file (and for a snapshot its build lock), both taken without waiting.
 fn remove(e: &Entry) -> Result<bool> {
     let path = e.use_file();
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(l) => l,
-        Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Ok(false),
-        Err((_, e)) => return Err(anyhow!("locking {}: {e}", path.display())),
-    };
+    let Some(lock) = lock_file(&path, FlockArg::LockExclusiveNonblock)? else { return Ok(false) };
     // Another prune removed it (and its file) meanwhile, and perhaps a driver holds a new one.
     if !same_file(&lock, &path) {
         return Ok(false);
