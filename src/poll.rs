@@ -180,7 +180,9 @@ mod tests {
         let gaps: Vec<u128> = t.windows(2).map(|w| (w[1] - w[0]).as_millis()).collect();
         assert!(gaps.len() >= 4, "{gaps:?}");
         assert!(gaps[0] >= 10 && gaps[1] >= 20 && gaps[2] >= 40, "{gaps:?}");
-        assert!(gaps[3..].iter().all(|g| *g < 200), "{gaps:?}");
+        // Capped at 40 ms: were the pauses still doubling, every later gap would be 80 ms or more
+        // (a pause is never shorter than asked; a busy machine only makes some longer).
+        assert!(gaps[3..].iter().any(|g| *g < 80), "{gaps:?}");
     }
 
     #[tokio::test]
