@@ -2,12 +2,13 @@
 //! pulled, and its outcome judged the plans' way: clean (no error, no verify failure, I/O in both
 //! directions), or failed with a typed error (the errno fio stopped on), never just an exit code.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
 use crate::log;
 use crate::machine::{GuestProcess, Machine};
+use crate::timeline::FioSeries;
 use crate::timeouts;
 use crate::tools::fio::{Direction, Fio, FioReport, Rw, Verify};
 
@@ -161,13 +162,36 @@ pub struct FioRun {
     device: String,
     /// The job's `--runtime`, for the progress line.
     runtime: Option<Duration>,
+    /// Where fio writes its interval logs in the guest (`PREFIX_iops.N.log`, `PREFIX_lat.N.log`).
+    log_prefix: String,
+    /// When the spawn was requested (fio's time 0 is placed there on the timeline).
+    spawned: Instant,
+    /// The scenario's reporter, whose timeline gets the series; taken once they are recorded.
+    timeline: std::sync::Mutex<Option<crate::report::Reporter>>,
 }
 
 impl FioRun {
-    /// Starts `job` on `machine` (on `device`, for messages) and returns at once.
+    /// Starts `job` on `machine` (on `device`, for messages) and returns at once. fio also
+    /// writes its IOPS and latency once a second (`--write_iops_log`, `--write_lat_log`,
+    /// `--log_avg_msec=1000`, in the guest's `/tmp`): read back when it ends, they become the
+    /// scenario's timeline series ([`crate::timeline`]).
     pub async fn start(machine: &Machine, job: &Fio, device: &str) -> Result<FioRun> {
-        let process = machine.spawn(&job.argv()).await?;
-        Ok(FioRun { process, device: device.to_string(), runtime: job.runtime() })
+        let log_prefix = format!("/tmp/vmcheck-fio-{}", uuid::Uuid::new_v4().simple());
+        let logged = job
+            .clone()
+            .opt("write_iops_log", &log_prefix)
+            .opt("write_lat_log", &log_prefix)
+            .opt("log_avg_msec", 1000);
+        let spawned = Instant::now();
+        let process = machine.spawn(&logged.argv()).await?;
+        Ok(FioRun {
+            process,
+            device: device.to_string(),
+            runtime: job.runtime(),
+            log_prefix,
+            spawned,
+            timeline: std::sync::Mutex::new(log::current()),
+        })
     }
 
     /// Waits for fio to end, at most `timeouts::command()` (far longer than any run time here).
@@ -179,6 +203,11 @@ impl FioRun {
             }
             None => wait.await?,
         };
+        let ended = Instant::now();
+        let reporter = self.timeline.lock().unwrap().take();
+        if let Some(reporter) = reporter {
+            self.record_series(&reporter, ended, out.status).await;
+        }
         let report = FioReport::parse_with_stderr(&out.stdout, &out.stderr).ok();
         Ok(FioOutcome {
             machine: self.process.machine().name().to_string(),
@@ -187,6 +216,67 @@ impl FioRun {
             report,
             stderr: out.stderr,
         })
+    }
+
+    /// Reads fio's interval logs back from the guest (and removes them there) onto the
+    /// scenario's timeline. A machine that cannot answer loses the series, not the run.
+    async fn record_series(&self, reporter: &crate::report::Reporter, ended: Instant, status: i32) {
+        let m = self.process.machine();
+        let p = &self.log_prefix;
+        let cmd = format!(
+            "for f in {p}_iops.*.log {p}_lat.*.log; do [ -e \"$f\" ] && echo \"== $f\" && cat \"$f\"; done; rm -f {p}_*.log; true"
+        );
+        let text = match m.execute_with_timeout(&cmd, timeouts::request()).await {
+            Ok(out) => out.stdout,
+            Err(e) => {
+                log::line(&format!("{}: fio's interval logs not read: {e:#}", m.name()));
+                return;
+            }
+        };
+        let started = reporter.seconds(self.spawned);
+        let mut jobs: std::collections::BTreeMap<u32, FioSeries> = Default::default();
+        let mut section: Option<(u32, bool)> = None;
+        let mut body = String::new();
+        let mut flush = |section: Option<(u32, bool)>, body: &mut String| {
+            if let Some((job, lat)) = section {
+                let series = jobs.entry(job).or_insert_with(|| FioSeries {
+                    machine: m.name().to_string(),
+                    device: self.device.clone(),
+                    job,
+                    started,
+                    ended: reporter.seconds(ended),
+                    status,
+                    ..FioSeries::default()
+                });
+                series.add_log(body, lat);
+            }
+            body.clear();
+        };
+        for line in text.lines() {
+            if let Some(file) = line.strip_prefix("== ") {
+                flush(section.take(), &mut body);
+                // PREFIX_iops.N.log or PREFIX_lat.N.log
+                let rest = file.strip_prefix(p.as_str()).unwrap_or(file);
+                let lat = rest.starts_with("_lat.");
+                let job = rest.split('.').nth(1).and_then(|n| n.parse().ok()).unwrap_or(1);
+                section = Some((job, lat));
+            } else {
+                body.push_str(line);
+                body.push('\n');
+            }
+        }
+        flush(section, &mut body);
+        for (_, mut series) in jobs {
+            series.bound_start();
+            log::line(&format!(
+                "{}: fio's series of {}: {} interval(s), placed within {:.2} s",
+                m.name(),
+                series.label(),
+                series.write_iops.len().max(series.read_iops.len()),
+                series.start_bound
+            ));
+            reporter.add_fio_series(series);
+        }
     }
 
     /// Whether fio still runs.
