@@ -203,6 +203,42 @@ impl FioSeries {
     }
 }
 
+/// The series of one fio run from its logs as `for f in P_iops.*.log P_lat.*.log; do echo "== $f";
+/// cat "$f"; done` prints them (`prefix` is P): one per job, each a copy of `template` (machine,
+/// device, times, status) with its samples and [`FioSeries::start_bound`] set.
+pub fn series_from_logs(text: &str, prefix: &str, template: &FioSeries) -> Vec<FioSeries> {
+    let mut jobs: std::collections::BTreeMap<u32, FioSeries> = Default::default();
+    let mut section: Option<(u32, bool)> = None;
+    let mut body = String::new();
+    let mut flush = |section: Option<(u32, bool)>, body: &mut String| {
+        if let Some((job, lat)) = section {
+            let series = jobs.entry(job).or_insert_with(|| FioSeries { job, ..template.clone() });
+            series.add_log(body, lat);
+        }
+        body.clear();
+    };
+    for line in text.lines() {
+        if let Some(file) = line.strip_prefix("== ") {
+            flush(section.take(), &mut body);
+            // P_iops.N.log or P_lat.N.log
+            let rest = file.strip_prefix(prefix).unwrap_or(file);
+            let lat = rest.starts_with("_lat.");
+            let job = rest.split('.').nth(1).and_then(|n| n.parse().ok()).unwrap_or(1);
+            section = Some((job, lat));
+        } else {
+            body.push_str(line);
+            body.push('\n');
+        }
+    }
+    flush(section, &mut body);
+    jobs.into_values()
+        .map(|mut s| {
+            s.bound_start();
+            s
+        })
+        .collect()
+}
+
 impl Timeline {
     /// The last time anything happened (an event, a sample, a fio run's end).
     pub fn end(&self) -> f64 {
@@ -490,6 +526,26 @@ mod tests {
         // Ended at 9 s, last sample 3 s after a start requested at 2 s: at most 4 s later.
         assert!((f.start_bound - 4.0).abs() < 1e-9, "{}", f.start_bound);
         assert!(parse_fio_log("garbage\n\n1, x, 1\n").is_empty());
+    }
+
+    #[test]
+    fn logs_of_two_jobs_become_two_series() {
+        let text = "== /tmp/p_iops.1.log\n1000, 50, 1, 4096, 0\n== /tmp/p_iops.2.log\n\
+                    1000, 70, 1, 4096, 0\n2000, 0, 1, 4096, 0\n== /tmp/p_lat.2.log\n\
+                    1000, 1000000, 1, 4096, 0\n";
+        let template =
+            FioSeries { machine: "vm1".into(), started: 1.0, ended: 4.0, ..FioSeries::default() };
+        let s = series_from_logs(text, "/tmp/p", &template);
+        assert_eq!(
+            s.iter().map(|s| (s.job, s.write_iops.len())).collect::<Vec<_>>(),
+            [(1, 1), (2, 2)]
+        );
+        assert_eq!(s[1].write_lat_ms, [Sample { t: 2.0, v: 1.0 }]);
+        assert_eq!(s[1].machine, "vm1");
+        assert!(
+            (s[1].start_bound - 1.0).abs() < 1e-9,
+            "ended 3 s after the spawn, last sample at 2 s"
+        );
     }
 
     #[test]

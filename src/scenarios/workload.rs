@@ -233,41 +233,15 @@ impl FioRun {
                 return;
             }
         };
-        let started = reporter.seconds(self.spawned);
-        let mut jobs: std::collections::BTreeMap<u32, FioSeries> = Default::default();
-        let mut section: Option<(u32, bool)> = None;
-        let mut body = String::new();
-        let mut flush = |section: Option<(u32, bool)>, body: &mut String| {
-            if let Some((job, lat)) = section {
-                let series = jobs.entry(job).or_insert_with(|| FioSeries {
-                    machine: m.name().to_string(),
-                    device: self.device.clone(),
-                    job,
-                    started,
-                    ended: reporter.seconds(ended),
-                    status,
-                    ..FioSeries::default()
-                });
-                series.add_log(body, lat);
-            }
-            body.clear();
+        let template = FioSeries {
+            machine: m.name().to_string(),
+            device: self.device.clone(),
+            started: reporter.seconds(self.spawned),
+            ended: reporter.seconds(ended),
+            status,
+            ..FioSeries::default()
         };
-        for line in text.lines() {
-            if let Some(file) = line.strip_prefix("== ") {
-                flush(section.take(), &mut body);
-                // PREFIX_iops.N.log or PREFIX_lat.N.log
-                let rest = file.strip_prefix(p.as_str()).unwrap_or(file);
-                let lat = rest.starts_with("_lat.");
-                let job = rest.split('.').nth(1).and_then(|n| n.parse().ok()).unwrap_or(1);
-                section = Some((job, lat));
-            } else {
-                body.push_str(line);
-                body.push('\n');
-            }
-        }
-        flush(section, &mut body);
-        for (_, mut series) in jobs {
-            series.bound_start();
+        for series in crate::timeline::series_from_logs(&text, p, &template) {
             log::line(&format!(
                 "{}: fio's series of {}: {} interval(s), placed within {:.2} s",
                 m.name(),
