@@ -218,6 +218,11 @@ impl Reporter {
         self.view.clock.seconds(at)
     }
 
+    /// The host's wall clock (seconds since the epoch) at this view's timeline start.
+    pub fn started_unix(&self) -> f64 {
+        self.view.clock.unix()
+    }
+
     /// Adds a fio run's series to this view's timeline.
     pub fn add_fio_series(&self, series: FioSeries) {
         self.view.timeline.lock().unwrap().fio.push(series);

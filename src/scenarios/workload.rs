@@ -181,7 +181,8 @@ impl FioRun {
             .clone()
             .opt("write_iops_log", &log_prefix)
             .opt("write_lat_log", &log_prefix)
-            .opt("log_avg_msec", 1000);
+            .opt("log_avg_msec", 1000)
+            .opt("log_unix_epoch", 1);
         let spawned = Instant::now();
         let process = machine.spawn(&logged.argv()).await?;
         Ok(FioRun {
@@ -204,11 +205,12 @@ impl FioRun {
             None => wait.await?,
         };
         let ended = Instant::now();
+        let report = FioReport::parse_with_stderr(&out.stdout, &out.stderr).ok();
         let reporter = self.timeline.lock().unwrap().take();
         if let Some(reporter) = reporter {
-            self.record_series(&reporter, ended, out.status).await;
+            let report_ms = report.as_ref().map(|r| r.timestamp_ms).filter(|ms| *ms > 0);
+            self.record_series(&reporter, ended, out.status, report_ms).await;
         }
-        let report = FioReport::parse_with_stderr(&out.stdout, &out.stderr).ok();
         Ok(FioOutcome {
             machine: self.process.machine().name().to_string(),
             device: self.device.clone(),
@@ -219,9 +221,23 @@ impl FioRun {
     }
 
     /// Reads fio's interval logs back from the guest (and removes them there) onto the
-    /// scenario's timeline. A machine that cannot answer loses the series, not the run.
-    async fn record_series(&self, reporter: &crate::report::Reporter, ended: Instant, status: i32) {
+    /// scenario's timeline, their guest times moved to the host's clock by the guest's clock
+    /// offset, read now. A machine that cannot answer loses the series, not the run.
+    async fn record_series(
+        &self,
+        reporter: &crate::report::Reporter,
+        ended: Instant,
+        status: i32,
+        report_ms: Option<u64>,
+    ) {
         let m = self.process.machine();
+        let (offset, bound) = match guest_clock_offset(m).await {
+            Ok(o) => o,
+            Err(e) => {
+                log::line(&format!("{}: fio's interval logs not read: {e:#}", m.name()));
+                return;
+            }
+        };
         let p = &self.log_prefix;
         let cmd = format!(
             "for f in {p}_iops.*.log {p}_lat.*.log; do [ -e \"$f\" ] && echo \"== $f\" && cat \"$f\"; done; rm -f {p}_*.log; true"
@@ -237,17 +253,23 @@ impl FioRun {
             machine: m.name().to_string(),
             device: self.device.clone(),
             started: reporter.seconds(self.spawned),
+            guest_clock_offset: offset,
+            time_bound: bound,
             ended: reporter.seconds(ended),
             status,
             ..FioSeries::default()
         };
-        for series in crate::timeline::series_from_logs(&text, p, &template) {
+        // The guest's Unix time at the timeline's start.
+        let zero = reporter.started_unix() + offset;
+        let template =
+            FioSeries { exited: report_ms.map(|ms| ms as f64 / 1000.0 - zero), ..template };
+        for series in crate::timeline::series_from_logs(&text, p, &template, zero) {
             log::line(&format!(
-                "{}: fio's series of {}: {} interval(s), placed within {:.2} s",
+                "{}: fio's series of {}: {} interval(s), guest clock {offset:+.3} s off the host's, times within {:.3} s",
                 m.name(),
                 series.label(),
                 series.write_iops.len().max(series.read_iops.len()),
-                series.start_bound
+                series.time_bound
             ));
             reporter.add_fio_series(series);
         }
@@ -268,6 +290,27 @@ impl FioRun {
         }
         Ok(())
     }
+}
+
+/// The guest's wall clock less the host's, in seconds, and the bound of that measure (half the
+/// round trip of the agent's `guest-get-time` between two host readings).
+async fn guest_clock_offset(m: &Machine) -> Result<(f64, f64)> {
+    let unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64()
+    };
+    let qga = m.qga().await?;
+    let before = unix();
+    let guest_ns =
+        tokio::time::timeout(timeouts::request(), qga.execute(qapi::qga::guest_get_time {}))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("guest-get-time did not answer within {:?}", timeouts::request())
+            })??;
+    let after = unix();
+    Ok((guest_ns as f64 / 1e9 - (before + after) / 2.0, (after - before) / 2.0))
 }
 
 /// Runs `job` to its end on `machine`.
