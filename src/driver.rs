@@ -309,6 +309,7 @@ impl Driver {
             gate(name.to_string()).await?;
         }
         let started = Instant::now();
+        self.reporter.event(crate::timeline::EventKind::SubtestStart, None, name);
         // Raced against the watches: a kernel splat or a broken invariant fails the step now.
         let (result, allowed) = log::scope(
             self.reporter.clone(),
@@ -361,6 +362,7 @@ impl Driver {
                 r = &mut f => break r,
                 (i, finding) = self.findings.next(from) => {
                     self.findings.take(i);
+                    self.mark(&finding);
                     match self.allowance(name, &finding) {
                         Some(note) => allowed.push(note),
                         None => {
@@ -372,6 +374,7 @@ impl Driver {
         };
         // What began during the step and ended with it (a splat's last lines come after).
         for finding in self.findings.take_rest(from).await {
+            self.mark(&finding);
             match self.allowance(name, &finding) {
                 Some(note) => allowed.push(note),
                 None => {
@@ -529,7 +532,19 @@ impl Driver {
                 self.findings.push(finding);
             }
         }
-        self.findings.take_rest(0).await
+        let rest = self.findings.take_rest(0).await;
+        for finding in &rest {
+            self.mark(finding);
+        }
+        rest
+    }
+
+    /// Marks what a watch found on the scenario's timeline, at the time it was seen.
+    fn mark(&self, finding: &crate::watch::Finding) {
+        let text = finding.to_string();
+        let text = text.lines().next().unwrap_or_default();
+        let kind = crate::timeline::EventKind::Kernel;
+        self.reporter.event_at(finding.at, kind, finding.machine.as_deref(), text);
     }
 
     /// Sets (or clears) the gate every subtest passes before it runs.

@@ -617,8 +617,17 @@ async fn run(suite: &Suite, names: Vec<String>, args: RunArgs) -> ExitCode {
         jobs: args.jobs,
         pause_on_failure: args.pause_on_failure,
     };
+    let started = std::time::Instant::now();
     suite.run(&chosen, &options).await;
     reporter.log_summary();
+    if let Some(dir) = &args.out {
+        // The report (index.html) before JUnit, which points to it.
+        reporter.set_out_dir(dir);
+        match crate::run_report::write_index(dir, &reporter, started.elapsed()) {
+            Ok(path) => reporter.line(&format!("report: {}", path.display())),
+            Err(e) => return fail(&e),
+        }
+    }
     if let Some(path) = args.junit {
         if let Err(e) = reporter.write_junit(&path) {
             return fail(&e);

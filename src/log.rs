@@ -40,6 +40,12 @@ pub fn line(text: &str) {
     }
 }
 
+/// Marks an event of `machine` on the current scenario's timeline ([`crate::timeline`]), now.
+/// Outside any scope it is not recorded.
+pub fn event(kind: crate::timeline::EventKind, machine: &str, text: &str) {
+    let _ = CURRENT.try_with(|r| r.event(kind, Some(machine), text));
+}
+
 /// Logs `label`, runs `f`, then logs `(N.NN seconds)`.
 pub async fn nested<T>(label: &str, f: impl std::future::Future<Output = T>) -> T {
     match current() {

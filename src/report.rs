@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 
+use crate::timeline::{Event, EventKind, FioSeries, Timeline};
+
 /// One subtest's outcome.
 #[derive(Debug, Clone, Default)]
 pub struct SubtestResult {
@@ -97,6 +99,10 @@ struct Run {
     /// (view, outcome), in the order the cases ended.
     outcomes: Mutex<Vec<(usize, Outcome)>>,
     views: AtomicUsize,
+    /// Each view's directory under `--out` (where its transcript is).
+    dirs: Mutex<std::collections::HashMap<usize, std::path::PathBuf>>,
+    /// `--out DIR`: JUnit points to its `index.html`.
+    out_dir: Mutex<Option<std::path::PathBuf>>,
 }
 
 /// One scenario's (or chain's) part of the run.
@@ -110,6 +116,9 @@ struct View {
     subtests: Mutex<Vec<SubtestResult>>,
     /// Subtests up to here belong to cases that have ended.
     closed: AtomicUsize,
+    /// Its events and fio series, on the clock started when the view was made.
+    clock: crate::timeline::Clock,
+    timeline: Mutex<crate::timeline::Timeline>,
 }
 
 /// A run's sinks and record. Cheap to clone; clones share both.
@@ -157,6 +166,8 @@ impl Reporter {
             echo_console: AtomicBool::new(true),
             outcomes: Mutex::default(),
             views: AtomicUsize::new(0),
+            dirs: Mutex::default(),
+            out_dir: Mutex::default(),
         };
         Reporter { run: Arc::new(run), view: Arc::default() }
     }
@@ -173,6 +184,59 @@ impl Reporter {
         }
     }
 
+    /// Records an event on this view's timeline, now.
+    pub fn event(&self, kind: EventKind, machine: Option<&str>, text: &str) {
+        self.event_at_secs(self.view.clock.seconds(Instant::now()), kind, machine, text, false);
+    }
+
+    /// Records an event that happened at `at`.
+    pub fn event_at(&self, at: Instant, kind: EventKind, machine: Option<&str>, text: &str) {
+        self.event_at_secs(self.view.clock.seconds(at), kind, machine, text, false);
+    }
+
+    /// Records an event that happened at the wall-clock time `unix` (seconds since the epoch:
+    /// QEMU's QMP timestamps).
+    pub fn event_at_unix(&self, unix: f64, kind: EventKind, machine: Option<&str>, text: &str) {
+        self.event_at_secs(self.view.clock.seconds_unix(unix), kind, machine, text, false);
+    }
+
+    fn event_at_secs(
+        &self,
+        t: f64,
+        kind: EventKind,
+        machine: Option<&str>,
+        text: &str,
+        failed: bool,
+    ) {
+        let event =
+            Event { t, kind, machine: machine.map(str::to_string), text: text.to_string(), failed };
+        self.view.timeline.lock().unwrap().events.push(event);
+    }
+
+    /// Seconds from this view's start (its timeline's `t = 0`) to `at`.
+    pub fn seconds(&self, at: Instant) -> f64 {
+        self.view.clock.seconds(at)
+    }
+
+    /// The host's wall clock (seconds since the epoch) at this view's timeline start.
+    pub fn started_unix(&self) -> f64 {
+        self.view.clock.unix()
+    }
+
+    /// Adds a fio run's series to this view's timeline.
+    pub fn add_fio_series(&self, series: FioSeries) {
+        self.view.timeline.lock().unwrap().fio.push(series);
+    }
+
+    /// This view's timeline so far, named `scenario`, its events sorted by time.
+    pub fn timeline(&self, scenario: &str) -> Timeline {
+        let mut t = self.view.timeline.lock().unwrap().clone();
+        t.scenario = scenario.to_string();
+        t.started_unix = self.view.clock.unix();
+        t.sort();
+        t
+    }
+
     /// `[name] ` when this view's scenario runs side by side with others, else empty.
     pub fn prefix(&self) -> &str {
         &self.view.prefix
@@ -181,6 +245,9 @@ impl Reporter {
     /// Also writes this view's lines, unprefixed, to `path` (`DIR/<name>/transcript.log`).
     pub fn open_transcript(&self, path: &Path) -> std::io::Result<()> {
         *self.view.transcript.lock().unwrap() = Some(std::fs::File::create(path)?);
+        if let Some(dir) = path.parent() {
+            self.run.dirs.lock().unwrap().insert(self.view.order, dir.to_path_buf());
+        }
         Ok(())
     }
 
@@ -246,6 +313,8 @@ impl Reporter {
 
     /// Records a subtest of this view.
     pub fn record_subtest(&self, result: SubtestResult) {
+        let t = self.view.clock.seconds(Instant::now());
+        self.event_at_secs(t, EventKind::SubtestEnd, None, &result.name, result.error.is_some());
         self.view.subtests.lock().unwrap().push(result);
     }
 
@@ -314,10 +383,23 @@ impl Reporter {
 
     /// Every outcome of the run, in the order of their views.
     pub fn outcomes(&self) -> Vec<Outcome> {
+        self.outcomes_with_dirs().into_iter().map(|(o, _)| o).collect()
+    }
+
+    /// Every outcome of the run, in the order of their views, each with its scenario's (or
+    /// chain's) directory under `--out`, if it has one.
+    pub fn outcomes_with_dirs(&self) -> Vec<(Outcome, Option<std::path::PathBuf>)> {
         let mut all = self.run.outcomes.lock().unwrap().clone();
         // Stable: a chain's cases keep the order they ended in.
         all.sort_by_key(|(order, _)| *order);
-        all.into_iter().map(|(_, o)| o).collect()
+        let dirs = self.run.dirs.lock().unwrap();
+        all.into_iter().map(|(order, o)| (o, dirs.get(&order).cloned())).collect()
+    }
+
+    /// Sets the run's `--out DIR`: JUnit then points to `DIR/index.html` and each scenario's
+    /// timeline (`[[ATTACHMENT|path]]` in its test cases' system-out).
+    pub fn set_out_dir(&self, dir: &Path) {
+        *self.run.out_dir.lock().unwrap() = Some(dir.to_path_buf());
     }
 
     /// Logs the end of a run: each scenario's verdict and error, then the summary table.
@@ -360,7 +442,10 @@ impl Reporter {
     pub fn write_junit(&self, path: &Path) -> Result<()> {
         let file =
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-        junit(&self.outcomes()).serialize(file).map_err(|e| anyhow!("writing JUnit XML: {e}"))
+        let out = self.run.out_dir.lock().unwrap().clone();
+        junit(&self.outcomes_with_dirs(), out.as_deref())
+            .serialize(file)
+            .map_err(|e| anyhow!("writing JUnit XML: {e}"))
     }
 }
 
@@ -405,11 +490,23 @@ pub fn outcomes_table(outcomes: &[Outcome]) -> String {
 }
 
 /// JUnit: one test suite per scenario, one test case per subtest, `<failure>` or, for a harness
-/// error, `<error>`.
-fn junit(outcomes: &[Outcome]) -> quick_junit::Report {
+/// error, `<error>`. With `--out` (`out`), each test case's system-out attaches the run's
+/// `index.html` and its scenario's timeline picture (`[[ATTACHMENT|path]]`, the convention
+/// Jenkins and GitLab read).
+fn junit(
+    outcomes: &[(Outcome, Option<std::path::PathBuf>)],
+    out: Option<&Path>,
+) -> quick_junit::Report {
     use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
     let mut report = Report::new("vmcheck");
-    for o in outcomes {
+    for (o, dir) in outcomes {
+        let mut attachments = Vec::new();
+        if let Some(out) = out {
+            attachments.push(format!("[[ATTACHMENT|{}]]", out.join("index.html").display()));
+        }
+        if let Some(svg) = dir.as_ref().map(|d| d.join("timeline.svg")).filter(|p| p.exists()) {
+            attachments.push(format!("[[ATTACHMENT|{}]]", svg.display()));
+        }
         let mut suite = TestSuite::new(o.name.as_str());
         if let Some(why) = &o.skipped {
             let mut status = TestCaseStatus::skipped();
@@ -436,9 +533,10 @@ fn junit(outcomes: &[Outcome]) -> quick_junit::Report {
             let mut case = TestCase::new(r.name.as_str(), status);
             case.set_classname(o.name.as_str());
             case.set_time(r.duration);
-            if !r.allowed.is_empty() {
-                let notes: Vec<String> =
-                    r.allowed.iter().map(|a| format!("allowed in step {}: {a}", r.name)).collect();
+            let mut notes: Vec<String> =
+                r.allowed.iter().map(|a| format!("allowed in step {}: {a}", r.name)).collect();
+            notes.extend(attachments.iter().cloned());
+            if !notes.is_empty() {
                 case.set_system_out(notes.join("\n"));
             }
             suite.add_test_case(case);
@@ -474,7 +572,7 @@ mod tests {
             run.outcomes().into_iter().map(|o| (o.name, o.subtests.len())).collect();
         // a's error outside any subtest shows as "test script".
         assert_eq!(names, [("a".to_string(), 2), ("b".to_string(), 1)]);
-        let xml = junit(&run.outcomes()).to_string().unwrap();
+        let xml = junit(&run.outcomes_with_dirs(), None).to_string().unwrap();
         assert!(xml.find(r#"<testsuite name="a""#) < xml.find(r#"<testsuite name="b""#), "{xml}");
         assert!(
             xml.contains(r#"<testcase name="test script""#) && xml.contains("<failure"),

@@ -297,6 +297,11 @@ impl Machine {
             .unwrap()
             .insert(id.to_string(), Injected { qmp: Arc::downgrade(&qmp), fault: fault.clone() });
         log::line(&format!("{}: disk {id}: media fault injected: {fault} ({node})", self.name()));
+        log::event(
+            crate::timeline::EventKind::MediaFault,
+            self.name(),
+            &format!("{id}: media fault {fault}"),
+        );
         Ok(())
     }
 
@@ -327,6 +332,11 @@ impl Machine {
             )
         })?;
         log::line(&format!("{}: disk {id}: media fault cleared ({fault})", self.name()));
+        log::event(
+            crate::timeline::EventKind::MediaFault,
+            self.name(),
+            &format!("{id}: media fault cleared"),
+        );
         Ok(())
     }
 

@@ -67,6 +67,11 @@ impl Machine {
             qmp.execute(qapi::qmp::device_del { id: id.to_string() }).await.map_err(|e| {
                 self.error(format!("device_del {id} was refused"), format!("{e:#}"))
             })?;
+            log::event(
+                crate::timeline::EventKind::HotRemove,
+                self.name(),
+                &format!("device_del {id}"),
+            );
             let started = Instant::now();
             qmp.wait_for_event(mark, timeouts::hotplug(), |e| {
                 e.name == "DEVICE_DELETED"
@@ -108,6 +113,11 @@ impl Machine {
         log::nested(
             &format!("{}: hot-removing disk {id} from the guest (PCI {bdf})", self.name()),
             async {
+                log::event(
+                    crate::timeline::EventKind::HotRemove,
+                    self.name(),
+                    &format!("sysfs remove {id} ({bdf})"),
+                );
                 self.succeed(&format!("echo 1 > /sys/bus/pci/devices/{bdf}/remove")).await?;
                 self.wait_for_block_device(&disk.serial, false, timeouts::hotplug()).await?;
                 Ok(bdf)
@@ -130,6 +140,11 @@ impl Machine {
             async {
                 let qmp = self.qmp().await?;
                 self.attach_disk(&qmp, &disk).await?;
+                log::event(
+                    crate::timeline::EventKind::HotAdd,
+                    self.name(),
+                    &format!("device_add {}", disk.id),
+                );
                 self.set_disks(|d| d.push(disk.clone()));
                 let dev =
                     self.wait_for_block_device(&disk.serial, true, timeouts::hotplug()).await?;

@@ -16,12 +16,14 @@ impl Machine {
     /// would.
     pub async fn block(&self) -> Result<()> {
         log::line(&format!("{}: network blocked", self.name()));
+        log::event(crate::timeline::EventKind::Link, self.name(), "network blocked");
         self.change_links(|l| l.up = false)
     }
 
     /// Reconnects this machine to the test network.
     pub async fn unblock(&self) -> Result<()> {
         log::line(&format!("{}: network unblocked", self.name()));
+        log::event(crate::timeline::EventKind::Link, self.name(), "network unblocked");
         self.change_links(|l| l.up = true)
     }
 

@@ -82,6 +82,11 @@ impl Machine {
     /// typed [`QmpError`].
     pub async fn balloon_request(&self, mib: u64) -> Result<()> {
         log::line(&format!("{}: balloon target {mib} MiB", self.name()));
+        log::event(
+            crate::timeline::EventKind::Balloon,
+            self.name(),
+            &format!("balloon target {mib} MiB"),
+        );
         self.balloon_request_bytes((mib << 20) as i64).await
     }
 
@@ -261,6 +266,7 @@ impl Machine {
     /// Hot-plugs the balloon and waits until the guest's driver has bound it and QEMU answers
     /// `query-balloon`.
     pub async fn hot_add_balloon(&self, balloon: Balloon) -> Result<()> {
+        log::event(crate::timeline::EventKind::Balloon, self.name(), "balloon plugged");
         log::nested(&format!("{}: hot-plugging the balloon", self.name()), async {
             self.device_add_balloon(BALLOON_ID, balloon).await.map_err(|e| {
                 self.error("device_add of the balloon was refused", format!("{e:#}"))
@@ -279,6 +285,7 @@ impl Machine {
     /// Hot-unplugs the balloon (QMP `device_del`): waits for DEVICE_DELETED, for the guest's
     /// driver to let it go, and for `query-balloon` to say `DeviceNotActive`.
     pub async fn hot_remove_balloon(&self) -> Result<()> {
+        log::event(crate::timeline::EventKind::Balloon, self.name(), "balloon unplugged");
         log::nested(&format!("{}: hot-unplugging the balloon", self.name()), async {
             let qmp = self.qmp().await?;
             let mark = qmp.event_count();

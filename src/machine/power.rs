@@ -66,6 +66,7 @@ impl Machine {
     pub async fn pause(&self) -> Result<()> {
         // A paused guest answers no poll: the watches wait for `resume`.
         self.power_action();
+        log::event(crate::timeline::EventKind::Power, self.name(), "pause (stop)");
         log::nested(&format!("{}: pausing (stop)", self.name()), async {
             let qmp = self.qmp().await?;
             let mark = qmp.event_count();
@@ -81,6 +82,7 @@ impl Machine {
     /// Resumes a paused guest (QMP `cont`): waits for RESUME and checks `query-status` says
     /// running.
     pub async fn resume(&self) -> Result<()> {
+        log::event(crate::timeline::EventKind::Power, self.name(), "resume (cont)");
         log::nested(&format!("{}: resuming (cont)", self.name()), async {
             let qmp = self.qmp().await?;
             let mark = qmp.event_count();
@@ -144,6 +146,7 @@ impl Machine {
     pub async fn save_state(&self) -> Result<SavedState> {
         let path = self.dir().join(format!("saved-{}.state", self.next_generation()));
         self.power_action();
+        log::event(crate::timeline::EventKind::Power, self.name(), "save state");
         log::nested(&format!("{}: saving the machine to {}", self.name(), path.display()), async {
             let mut slot = self.running_slot().write().await;
             let qmp = self.alive(&slot)?.qmp.clone();
@@ -172,6 +175,7 @@ impl Machine {
     /// resumes it and waits until its agent answers.
     pub async fn restore_state(&self, saved: &SavedState) -> Result<()> {
         self.power_action();
+        log::event(crate::timeline::EventKind::Power, self.name(), "restore state");
         log::nested(
             &format!("{}: restoring the machine from {}", self.name(), saved.path.display()),
             async {
@@ -210,6 +214,11 @@ impl Machine {
     pub async fn migrate(&self) -> Result<MigrationReport> {
         let generation = self.next_generation();
         self.power_action();
+        log::event(
+            crate::timeline::EventKind::Power,
+            self.name(),
+            &format!("live migration (generation {generation})"),
+        );
         log::nested(&format!("{}: live migration (generation {generation})", self.name()), async {
             let report = {
                 let mut slot = self.running_slot().write().await;
@@ -409,6 +418,7 @@ impl Machine {
     /// poweroff) and for QEMU to exit. `start` boots the machine again.
     pub async fn shutdown(&self) -> Result<()> {
         self.power_action();
+        log::event(crate::timeline::EventKind::Power, self.name(), "shutdown");
         log::nested(&format!("{}: shutting down", self.name()), async {
             let qga = self.qga().await?;
             let qmp = self.qmp().await?;
@@ -439,6 +449,7 @@ impl Machine {
     /// Reboots the guest and waits until its agent answers again.
     pub async fn reboot(&self) -> Result<()> {
         self.power_action();
+        log::event(crate::timeline::EventKind::Power, self.name(), "reboot");
         log::nested(&format!("{}: rebooting", self.name()), async {
             let qmp = self.qmp().await?;
             let qga = self.qga().await?;
@@ -462,6 +473,7 @@ impl Machine {
     /// Simulates a sudden power failure: QEMU quits at once. `start` boots the machine again.
     pub async fn crash(&self) -> Result<()> {
         self.power_action();
+        log::event(crate::timeline::EventKind::Power, self.name(), "crash (QMP quit)");
         log::nested(&format!("{}: crashing", self.name()), async {
             let qmp = self.qmp().await?;
             let _ = qmp.execute(qapi::qmp::quit {}).await;
@@ -633,6 +645,8 @@ async fn wait_for_path(path: &Path, timeout: Duration) -> Result<()> {
 pub(super) fn log_qmp_events(machine: &Machine, qmp: &std::sync::Arc<Qmp>, pid: u32) {
     let path = machine.env().log_dir.join(format!("{}.qmp-events.log", machine.name()));
     let qmp = qmp.clone();
+    // The scenario's timeline gets each event too, at QEMU's (host) timestamp.
+    let (reporter, name) = (machine.env().reporter.clone(), machine.name().to_string());
     tokio::spawn(async move {
         use std::io::Write;
         let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(&path) else {
@@ -648,6 +662,12 @@ pub(super) fn log_qmp_events(machine: &Machine, qmp: &std::sync::Arc<Qmp>, pid: 
                     "{}",
                     json!({"timestamp": e.timestamp, "event": e.name, "data": e.data})
                 );
+                let text = match &e.data {
+                    serde_json::Value::Null => e.name.clone(),
+                    data => format!("{} {data}", e.name),
+                };
+                let kind = crate::timeline::EventKind::Qmp;
+                reporter.event_at_unix(e.timestamp, kind, Some(&name), &text);
                 mark += 1;
             }
             if waited.is_err() && qmp.closed().is_some() {

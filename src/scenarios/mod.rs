@@ -724,6 +724,13 @@ async fn run_group(
     crate::machine::keep_logs(driver.machines()).await;
     driver.kill_all().await;
     reporter.line(&format!("machines stopped in {:.2} s", teardown.elapsed().as_secs_f64()));
+    // The group's timeline (events and fio series) as JSON and SVG, next to its logs.
+    if options.driver.out_dir.is_some() {
+        let timeline = reporter.timeline(first.group_name());
+        if let Err(e) = timeline.write(driver.log_dir()) {
+            reporter.line(&format!("timeline not written: {e:#}"));
+        }
+    }
     outcomes
 }
 

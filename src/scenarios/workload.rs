@@ -2,12 +2,13 @@
 //! pulled, and its outcome judged the plans' way: clean (no error, no verify failure, I/O in both
 //! directions), or failed with a typed error (the errno fio stopped on), never just an exit code.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
 use crate::log;
 use crate::machine::{GuestProcess, Machine};
+use crate::timeline::FioSeries;
 use crate::timeouts;
 use crate::tools::fio::{Direction, Fio, FioReport, Rw, Verify};
 
@@ -161,13 +162,37 @@ pub struct FioRun {
     device: String,
     /// The job's `--runtime`, for the progress line.
     runtime: Option<Duration>,
+    /// Where fio writes its interval logs in the guest (`PREFIX_iops.N.log`, `PREFIX_lat.N.log`).
+    log_prefix: String,
+    /// When the spawn was requested (fio's time 0 is placed there on the timeline).
+    spawned: Instant,
+    /// The scenario's reporter, whose timeline gets the series; taken once they are recorded.
+    timeline: std::sync::Mutex<Option<crate::report::Reporter>>,
 }
 
 impl FioRun {
-    /// Starts `job` on `machine` (on `device`, for messages) and returns at once.
+    /// Starts `job` on `machine` (on `device`, for messages) and returns at once. fio also
+    /// writes its IOPS and latency once a second (`--write_iops_log`, `--write_lat_log`,
+    /// `--log_avg_msec=1000`, in the guest's `/tmp`): read back when it ends, they become the
+    /// scenario's timeline series ([`crate::timeline`]).
     pub async fn start(machine: &Machine, job: &Fio, device: &str) -> Result<FioRun> {
-        let process = machine.spawn(&job.argv()).await?;
-        Ok(FioRun { process, device: device.to_string(), runtime: job.runtime() })
+        let log_prefix = format!("/tmp/vmcheck-fio-{}", uuid::Uuid::new_v4().simple());
+        let logged = job
+            .clone()
+            .opt("write_iops_log", &log_prefix)
+            .opt("write_lat_log", &log_prefix)
+            .opt("log_avg_msec", 1000)
+            .opt("log_unix_epoch", 1);
+        let spawned = Instant::now();
+        let process = machine.spawn(&logged.argv()).await?;
+        Ok(FioRun {
+            process,
+            device: device.to_string(),
+            runtime: job.runtime(),
+            log_prefix,
+            spawned,
+            timeline: std::sync::Mutex::new(log::current()),
+        })
     }
 
     /// Waits for fio to end, at most `timeouts::command()` (far longer than any run time here).
@@ -179,7 +204,13 @@ impl FioRun {
             }
             None => wait.await?,
         };
+        let ended = Instant::now();
         let report = FioReport::parse_with_stderr(&out.stdout, &out.stderr).ok();
+        let reporter = self.timeline.lock().unwrap().take();
+        if let Some(reporter) = reporter {
+            let report_ms = report.as_ref().map(|r| r.timestamp_ms).filter(|ms| *ms > 0);
+            self.record_series(&reporter, ended, out.status, report_ms).await;
+        }
         Ok(FioOutcome {
             machine: self.process.machine().name().to_string(),
             device: self.device.clone(),
@@ -187,6 +218,61 @@ impl FioRun {
             report,
             stderr: out.stderr,
         })
+    }
+
+    /// Reads fio's interval logs back from the guest (and removes them there) onto the
+    /// scenario's timeline, their guest times moved to the host's clock by the guest's clock
+    /// offset, read now. A machine that cannot answer loses the series, not the run.
+    async fn record_series(
+        &self,
+        reporter: &crate::report::Reporter,
+        ended: Instant,
+        status: i32,
+        report_ms: Option<u64>,
+    ) {
+        let m = self.process.machine();
+        let (offset, bound) = match guest_clock_offset(m).await {
+            Ok(o) => o,
+            Err(e) => {
+                log::line(&format!("{}: fio's interval logs not read: {e:#}", m.name()));
+                return;
+            }
+        };
+        let p = &self.log_prefix;
+        let cmd = format!(
+            "for f in {p}_iops.*.log {p}_lat.*.log; do [ -e \"$f\" ] && echo \"== $f\" && cat \"$f\"; done; rm -f {p}_*.log; true"
+        );
+        let text = match m.execute_with_timeout(&cmd, timeouts::request()).await {
+            Ok(out) => out.stdout,
+            Err(e) => {
+                log::line(&format!("{}: fio's interval logs not read: {e:#}", m.name()));
+                return;
+            }
+        };
+        let template = FioSeries {
+            machine: m.name().to_string(),
+            device: self.device.clone(),
+            started: reporter.seconds(self.spawned),
+            guest_clock_offset: offset,
+            time_bound: bound,
+            ended: reporter.seconds(ended),
+            status,
+            ..FioSeries::default()
+        };
+        // The guest's Unix time at the timeline's start.
+        let zero = reporter.started_unix() + offset;
+        let template =
+            FioSeries { exited: report_ms.map(|ms| ms as f64 / 1000.0 - zero), ..template };
+        for series in crate::timeline::series_from_logs(&text, p, &template, zero) {
+            log::line(&format!(
+                "{}: fio's series of {}: {} interval(s), guest clock {offset:+.3} s off the host's, times within {:.3} s",
+                m.name(),
+                series.label(),
+                series.write_iops.len().max(series.read_iops.len()),
+                series.time_bound
+            ));
+            reporter.add_fio_series(series);
+        }
     }
 
     /// Whether fio still runs.
@@ -204,6 +290,27 @@ impl FioRun {
         }
         Ok(())
     }
+}
+
+/// The guest's wall clock less the host's, in seconds, and the bound of that measure (half the
+/// round trip of the agent's `guest-get-time` between two host readings).
+async fn guest_clock_offset(m: &Machine) -> Result<(f64, f64)> {
+    let unix = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64()
+    };
+    let qga = m.qga().await?;
+    let before = unix();
+    let guest_ns =
+        tokio::time::timeout(timeouts::request(), qga.execute(qapi::qga::guest_get_time {}))
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!("guest-get-time did not answer within {:?}", timeouts::request())
+            })??;
+    let after = unix();
+    Ok((guest_ns as f64 / 1e9 - (before + after) / 2.0, (after - before) / 2.0))
 }
 
 /// Runs `job` to its end on `machine`.

@@ -353,6 +353,9 @@ pub struct FioReport {
     /// When fio wrote the report, seconds since the epoch.
     #[serde(default)]
     pub timestamp: u64,
+    /// The same in milliseconds (the guest's wall clock).
+    #[serde(default)]
+    pub timestamp_ms: u64,
     /// When fio wrote the report, as text.
     #[serde(default)]
     pub time: String,
