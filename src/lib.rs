@@ -82,7 +82,7 @@ pub mod qmp;
 pub mod recipe;
 mod repl;
 pub mod report;
-pub mod run_report;
+pub(crate) mod run_report;
 pub mod scenarios;
 pub(crate) mod snapshot;
 pub mod target;
