@@ -11,6 +11,7 @@ use super::Scenario;
 use crate::config::{DiskSpec, NodeSpec, Role};
 use crate::driver::Driver;
 use crate::log;
+use crate::scenarios::workload::IntervalLogs;
 use crate::target::proto;
 use crate::timeouts;
 use crate::tools::fio::{Direction, Fio, FioReport};
@@ -156,13 +157,17 @@ pub async fn run(d: &Driver) -> Result<Report> {
 
     let fio = d
         .subtest("should be able to run FIO with verify=crc32", async {
-            let job = Fio::seed_randrw_verify(&device, FIO_RUNTIME_SECS);
+            let seed = Fio::seed_randrw_verify(&device, FIO_RUNTIME_SECS);
+            // fio's IOPS and latency per second, for the scenario's timeline.
+            let (job, logs) = IntervalLogs::add_to(&seed, &device);
             let line = job.command_line();
             let run = initiator.execute_with_timeout(&line, timeouts::command());
             let runtime = std::time::Duration::from_secs(FIO_RUNTIME_SECS);
             let out = crate::progress::fio(&initiator, &device, runtime, run).await?;
             d.artifact("fio.json", &out.stdout);
-            let report = FioReport::parse_with_stderr(&out.stdout, &out.stderr)
+            let report = FioReport::parse_with_stderr(&out.stdout, &out.stderr);
+            logs.record(&initiator, out.status, report.as_ref().ok()).await;
+            let report = report
                 .with_context(|| format!("fio exited {}; stderr:\n{}", out.status, out.stderr))?;
             log::line(&report.summary_line());
             let problems = report.problems();

@@ -156,81 +156,48 @@ impl FioOutcome {
     }
 }
 
-/// fio running in the background on a guest.
-pub struct FioRun {
-    process: GuestProcess,
+/// fio's interval logs (`--write_iops_log`, `--write_lat_log`, `--log_avg_msec=1000`, in the
+/// guest's `/tmp`) for one run: read back when it ends, they become the scenario's timeline
+/// series ([`crate::timeline`]). [`FioRun`] adds them to every run; a scenario that runs fio in
+/// the foreground adds them itself.
+pub struct IntervalLogs {
+    /// Where fio writes them in the guest (`PREFIX_iops.N.log`, `PREFIX_lat.N.log`).
+    prefix: String,
     device: String,
-    /// The job's `--runtime`, for the progress line.
-    runtime: Option<Duration>,
-    /// Where fio writes its interval logs in the guest (`PREFIX_iops.N.log`, `PREFIX_lat.N.log`).
-    log_prefix: String,
-    /// When the spawn was requested (fio's time 0 is placed there on the timeline).
+    /// When the run was started (fio's time 0 is placed there on the timeline).
     spawned: Instant,
-    /// The scenario's reporter, whose timeline gets the series; taken once they are recorded.
-    timeline: std::sync::Mutex<Option<crate::report::Reporter>>,
+    /// The scenario's reporter, whose timeline gets the series.
+    reporter: Option<crate::report::Reporter>,
 }
 
-impl FioRun {
-    /// Starts `job` on `machine` (on `device`, for messages) and returns at once. fio also
-    /// writes its IOPS and latency once a second (`--write_iops_log`, `--write_lat_log`,
-    /// `--log_avg_msec=1000`, in the guest's `/tmp`): read back when it ends, they become the
-    /// scenario's timeline series ([`crate::timeline`]).
-    pub async fn start(machine: &Machine, job: &Fio, device: &str) -> Result<FioRun> {
-        let log_prefix = format!("/tmp/vmcheck-fio-{}", uuid::Uuid::new_v4().simple());
+impl IntervalLogs {
+    /// `job` with the interval logs asked for, and what reads them back: start the job right
+    /// after (its start is taken as now).
+    pub fn add_to(job: &Fio, device: &str) -> (Fio, IntervalLogs) {
+        let prefix = format!("/tmp/vmcheck-fio-{}", uuid::Uuid::new_v4().simple());
         let logged = job
             .clone()
-            .opt("write_iops_log", &log_prefix)
-            .opt("write_lat_log", &log_prefix)
+            .opt("write_iops_log", &prefix)
+            .opt("write_lat_log", &prefix)
             .opt("log_avg_msec", 1000)
             .opt("log_unix_epoch", 1);
-        let spawned = Instant::now();
-        let process = machine.spawn(&logged.argv()).await?;
-        Ok(FioRun {
-            process,
+        let logs = IntervalLogs {
+            prefix,
             device: device.to_string(),
-            runtime: job.runtime(),
-            log_prefix,
-            spawned,
-            timeline: std::sync::Mutex::new(log::current()),
-        })
-    }
-
-    /// Waits for fio to end, at most `timeouts::command()` (far longer than any run time here).
-    pub async fn wait(&self) -> Result<FioOutcome> {
-        let wait = self.process.wait(timeouts::command());
-        let out = match self.runtime {
-            Some(runtime) => {
-                crate::progress::fio(self.process.machine(), &self.device, runtime, wait).await?
-            }
-            None => wait.await?,
+            spawned: Instant::now(),
+            reporter: log::current(),
         };
-        let ended = Instant::now();
-        let report = FioReport::parse_with_stderr(&out.stdout, &out.stderr).ok();
-        let reporter = self.timeline.lock().unwrap().take();
-        if let Some(reporter) = reporter {
-            let report_ms = report.as_ref().map(|r| r.timestamp_ms).filter(|ms| *ms > 0);
-            self.record_series(&reporter, ended, out.status, report_ms).await;
-        }
-        Ok(FioOutcome {
-            machine: self.process.machine().name().to_string(),
-            device: self.device.clone(),
-            status: out.status,
-            report,
-            stderr: out.stderr,
-        })
+        (logged, logs)
     }
 
     /// Reads fio's interval logs back from the guest (and removes them there) onto the
     /// scenario's timeline, their guest times moved to the host's clock by the guest's clock
     /// offset, read now. A machine that cannot answer loses the series, not the run.
-    async fn record_series(
-        &self,
-        reporter: &crate::report::Reporter,
-        ended: Instant,
-        status: i32,
-        report_ms: Option<u64>,
-    ) {
-        let m = self.process.machine();
+    pub async fn record(self, m: &Machine, status: i32, report: Option<&FioReport>) {
+        let ended = Instant::now();
+        let Some(reporter) = self.reporter else { return };
+        let reporter = &reporter;
+        let report_ms = report.map(|r| r.timestamp_ms).filter(|ms| *ms > 0);
         let (offset, bound) = match guest_clock_offset(m).await {
             Ok(o) => o,
             Err(e) => {
@@ -238,7 +205,7 @@ impl FioRun {
                 return;
             }
         };
-        let p = &self.log_prefix;
+        let p = &self.prefix;
         let cmd = format!(
             "for f in {p}_iops.*.log {p}_lat.*.log; do [ -e \"$f\" ] && echo \"== $f\" && cat \"$f\"; done; rm -f {p}_*.log; true"
         );
@@ -273,6 +240,56 @@ impl FioRun {
             ));
             reporter.add_fio_series(series);
         }
+    }
+}
+
+/// fio running in the background on a guest.
+pub struct FioRun {
+    process: GuestProcess,
+    device: String,
+    /// The job's `--runtime`, for the progress line.
+    runtime: Option<Duration>,
+    /// fio's interval logs, read back onto the timeline once, when it ends.
+    logs: std::sync::Mutex<Option<IntervalLogs>>,
+}
+
+impl FioRun {
+    /// Starts `job` on `machine` (on `device`, for messages) and returns at once. fio also
+    /// writes its IOPS and latency once a second (`--write_iops_log`, `--write_lat_log`,
+    /// `--log_avg_msec=1000`, in the guest's `/tmp`): read back when it ends, they become the
+    /// scenario's timeline series ([`crate::timeline`]).
+    pub async fn start(machine: &Machine, job: &Fio, device: &str) -> Result<FioRun> {
+        let (logged, logs) = IntervalLogs::add_to(job, device);
+        let process = machine.spawn(&logged.argv()).await?;
+        Ok(FioRun {
+            process,
+            device: device.to_string(),
+            runtime: job.runtime(),
+            logs: std::sync::Mutex::new(Some(logs)),
+        })
+    }
+
+    /// Waits for fio to end, at most `timeouts::command()` (far longer than any run time here).
+    pub async fn wait(&self) -> Result<FioOutcome> {
+        let wait = self.process.wait(timeouts::command());
+        let out = match self.runtime {
+            Some(runtime) => {
+                crate::progress::fio(self.process.machine(), &self.device, runtime, wait).await?
+            }
+            None => wait.await?,
+        };
+        let report = FioReport::parse_with_stderr(&out.stdout, &out.stderr).ok();
+        let logs = self.logs.lock().unwrap().take();
+        if let Some(logs) = logs {
+            logs.record(self.process.machine(), out.status, report.as_ref()).await;
+        }
+        Ok(FioOutcome {
+            machine: self.process.machine().name().to_string(),
+            device: self.device.clone(),
+            status: out.status,
+            report,
+            stderr: out.stderr,
+        })
     }
 
     /// Whether fio still runs.
