@@ -120,6 +120,14 @@ pub struct Pruned {
 }
 
 impl Entry {
+    /// How a person is shown it: ("image", its name) or ("snapshot", its key's first 16 digits).
+    pub fn label(&self) -> (&'static str, &str) {
+        match self.kind {
+            Kind::Image => ("image", &self.name),
+            Kind::Snapshot => ("snapshot", &self.name[..self.name.len().min(16)]),
+        }
+    }
+
     /// Its `.use` file, beside the directory.
     fn use_file(&self) -> PathBuf {
         use_file(&self.path)

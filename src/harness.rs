@@ -442,10 +442,7 @@ fn cache_command(
                 "suite"
             );
             for e in &entries {
-                let (kind, name) = match e.kind {
-                    Kind::Image => ("image", e.name.clone()),
-                    Kind::Snapshot => ("snapshot", e.name[..e.name.len().min(16)].to_string()),
-                };
+                let (kind, name) = e.label();
                 outln!(
                     "{kind:<8}  {name:<36}  {:>10}  {:<14}  {:<6}  {:<5}  {}",
                     human_bytes(e.bytes),
@@ -484,16 +481,16 @@ fn cache_command(
             let pruned = crate::cache::prune(&dir, &policy, current.as_ref(), dry_run)?;
             let verb = if dry_run { "would remove" } else { "removed" };
             for (e, reason) in &pruned.removed {
+                let (kind, name) = e.label();
                 outln!(
-                    "{verb} {:?} {} ({}, last used {}): {reason}",
-                    e.kind,
-                    e.name,
+                    "{verb} {kind} {name} ({}, last used {}): {reason}",
                     human_bytes(e.bytes),
                     ago(e.last_used)
                 );
             }
             for e in &pruned.held {
-                outln!("kept {:?} {}: a running test holds it", e.kind, e.name);
+                let (kind, name) = e.label();
+                outln!("kept {kind} {name}: a running test holds it");
             }
             let freed: u64 = pruned.removed.iter().map(|(e, _)| e.bytes).sum();
             outln!(

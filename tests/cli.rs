@@ -105,7 +105,7 @@ fn cache_lists_and_prunes_a_cache_of_its_own() {
     assert!(stdout.contains("removed 0 entries"), "{stdout}");
     let (code, stdout) = run(&["cache", "prune", "--unused", "--dry-run"]);
     assert_eq!(code, 0);
-    assert!(stdout.contains("would remove Image old-0123456789abcdef"), "{stdout}");
+    assert!(stdout.contains("would remove image old-0123456789abcdef"), "{stdout}");
     assert!(image.exists());
     let (code, stdout) = run(&["cache", "prune", "--unused"]);
     assert_eq!(code, 0);
