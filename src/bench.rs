@@ -1,23 +1,34 @@
 //! `vmcheck bench`: what the driver costs over bare QEMU, measured, not asserted.
 //!
-//! - boot until the guest agent answers: vmcheck (`start` + `wait_for_agent`) beside a bare
-//!   `qemu-system-x86_64` of the same kernel, initramfs and devices with qemu-ga talked to
+//! Every figure with a floor is measured in rounds: in each, vmcheck's measurement and the
+//! floor's, one right after the other, vmcheck first in even rounds and the floor first in odd
+//! ones, so that a drift in the host's load hits both alike. A figure is the median over its
+//! rounds with the smallest and largest round beside it, its ratio the median of the per-round
+//! ratios ([`Figure`]). The figures:
+//!
+//! - boot until the guest agent answers, one VM at a time: vmcheck (`start` + `wait_for_agent`)
+//!   beside a bare `qemu-system-x86_64` of the same command line less QMP, with qemu-ga talked to
 //!   directly (`guest-ping` until it answers);
-//! - restore from a snapshot until the agent answers (`src/snapshot.rs`) beside a bare
-//!   `qemu -incoming file:STATE` of the same state file;
-//! - the round trip of `succeed("true")` beside a bare `guest-exec` of `/bin/true` with tight
-//!   `guest-exec-status` polling (median and p90);
+//! - the round trip of `succeed("true")` beside a bare `guest-exec` of `/bin/true` and of
+//!   `sh -c true`, with tight `guest-exec-status` polling (per round the median and p90 of
+//!   `--execs` calls; both VMs up, the three kinds in a rotating order);
 //! - test-network throughput through the driver's switch beside a direct QEMU-to-QEMU link;
-//! - fio_nvme_basic's wall time split into setup, boot, NVMe-oF steps, fio and teardown, its fio
-//!   step beside fio's own job runtime;
+//! - restore from a snapshot until the agent answers (`src/snapshot.rs`), clock and random seed
+//!   set, beside a bare `qemu -incoming file:STATE` of the same state file;
+//! - fio_nvme_basic's two machines booting at once beside two bare QEMUs booting at once;
+//! - fio_nvme_basic from its snapshots as `vmcheck run` runs it (this binary, a process of its
+//!   own), its wall time in parts read from the run's timeline: process start, driver set-up,
+//!   restore, disks plugged, NVMe-oF steps, fio's step beside fio's own job runtime, the
+//!   disconnect step and the teardown to the process's exit;
 //! - with `--suite PATTERN..`, those scenarios run with `--jobs 1`, then with `--jobs 2`;
 //! - with `--nvmeof`, only this: fio 128 KiB sequential reads at queue depth 16 over NVMe-oF/TCP
 //!   through vmcheck's switch, a direct QEMU-to-QEMU link and `vde_switch` (what NixOS tests
 //!   use), in the same run, on the same bare VMs (`nvmeof`).
 //!
 //! Each figure is logged as it is measured and ends up in one table ([`BenchResult::table`]) and,
-//! with `--json FILE`, in JSON: vmcheck's figure, its floor (measured in the same run) and the
-//! ratio of the two.
+//! with `--json FILE`, in JSON: vmcheck's figure, its floor (measured in the same run), the
+//! ratio, their spreads and the per-round values; with when the run started and the host's
+//! load before and after ([`Taken`]).
 
 use std::time::{Duration, Instant};
 
@@ -38,9 +49,12 @@ pub struct BenchOptions {
     /// Boots of each kind.
     #[arg(long, default_value_t = 3)]
     pub boots: usize,
-    /// Exec round trips of each kind (at least 20).
+    /// Exec round trips of each kind per round (at least 20).
     #[arg(long, default_value_t = 30)]
     pub execs: usize,
+    /// Rounds of exec round trips: in each, `--execs` calls of each kind, the kinds in turn.
+    #[arg(long, default_value_t = 5)]
+    pub exec_rounds: usize,
     /// MiB sent over the test network each way.
     #[arg(long, default_value_t = 32)]
     pub transfer_mib: u64,
@@ -71,6 +85,7 @@ impl BenchOptions {
     pub fn check(&self) -> Result<()> {
         if self.boots == 0
             || self.execs < 20
+            || self.exec_rounds == 0
             || self.transfer_mib == 0
             || self.fio_runs == 0
             || self.fio_secs == 0
@@ -78,37 +93,100 @@ impl BenchOptions {
             || self.networks.is_empty()
         {
             anyhow::bail!(
-                "bench needs --boots >= 1, --execs >= 20, --transfer-mib >= 1, --fio-runs >= 1, \
-                 --fio-secs >= 1 and --rounds >= 1"
+                "bench needs --boots >= 1, --execs >= 20, --exec-rounds >= 1, --transfer-mib >= 1, \
+                 --fio-runs >= 1, --fio-secs >= 1 and --rounds >= 1"
             );
         }
         Ok(())
     }
 }
 
-/// One measured figure: vmcheck's, beside its floor where it has one.
+/// The smallest and largest of the per-round values of a figure.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Spread {
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    fn of(values: &[f64]) -> Option<Spread> {
+        let min = values.iter().copied().reduce(f64::min)?;
+        let max = values.iter().copied().reduce(f64::max)?;
+        Some(Spread { min, max })
+    }
+}
+
+/// One measured figure: vmcheck's, beside its floor where it has one, over rounds.
+///
+/// A figure is measured in rounds, each a vmcheck measurement and a floor measurement taken one
+/// right after the other (their order alternating from round to round), so that drift in the
+/// host's load hits both alike. `vmcheck` and `floor` are the medians of the per-round values,
+/// `ratio` the median of the per-round ratios (each round's vmcheck value over the same round's
+/// floor); the spreads are the smallest and largest per-round values, and the per-round values
+/// themselves are kept (`vmcheck_rounds`, `floor_rounds`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Figure {
     pub what: String,
     /// `s`, `ms` or `MiB/s`.
     pub unit: &'static str,
+    /// The median over rounds.
     pub vmcheck: f64,
     /// What the floor is (bare QEMU, the direct link, fio's own runtime, `--jobs 1`).
     pub floor_what: Option<String>,
+    /// The floor's median over rounds.
     pub floor: Option<f64>,
-    /// vmcheck / floor.
+    /// The median of the per-round ratios vmcheck / floor.
     pub ratio: Option<f64>,
+    /// How many rounds.
+    pub rounds: usize,
+    pub vmcheck_spread: Option<Spread>,
+    pub floor_spread: Option<Spread>,
+    pub ratio_spread: Option<Spread>,
+    /// Each round's vmcheck value.
+    pub vmcheck_rounds: Vec<f64>,
+    /// Each round's floor value (as many as `vmcheck_rounds`, or none).
+    pub floor_rounds: Vec<f64>,
 }
 
 impl Figure {
+    /// A figure measured once.
     pub fn new(what: &str, unit: &'static str, vmcheck: f64, floor: Option<(&str, f64)>) -> Figure {
+        Figure::rounds(what, unit, vec![vmcheck], floor.map(|(w, f)| (w, vec![f])))
+    }
+
+    /// A figure measured in rounds: vmcheck's value in each, and the floor's in the same rounds.
+    ///
+    /// # Panics
+    ///
+    /// When there are no rounds, or the floor has another number of rounds than vmcheck.
+    pub fn rounds(
+        what: &str,
+        unit: &'static str,
+        vmcheck: Vec<f64>,
+        floor: Option<(&str, Vec<f64>)>,
+    ) -> Figure {
+        assert!(!vmcheck.is_empty(), "{what}: no rounds");
+        let (floor_what, floor_rounds) = match floor {
+            Some((w, f)) => {
+                assert_eq!(f.len(), vmcheck.len(), "{what}: a floor value per round");
+                (Some(w.to_string()), f)
+            }
+            None => (None, Vec::new()),
+        };
+        let ratios: Vec<f64> = floor_rounds.iter().zip(&vmcheck).map(|(f, v)| v / f).collect();
         Figure {
             what: what.to_string(),
             unit,
-            vmcheck,
-            floor_what: floor.map(|(w, _)| w.to_string()),
-            floor: floor.map(|(_, f)| f),
-            ratio: floor.map(|(_, f)| vmcheck / f),
+            vmcheck: median(&vmcheck),
+            floor_what,
+            floor: (!floor_rounds.is_empty()).then(|| median(&floor_rounds)),
+            ratio: (!ratios.is_empty()).then(|| median(&ratios)),
+            rounds: vmcheck.len(),
+            vmcheck_spread: Spread::of(&vmcheck),
+            floor_spread: Spread::of(&floor_rounds),
+            ratio_spread: Spread::of(&ratios),
+            vmcheck_rounds: vmcheck,
+            floor_rounds,
         }
     }
 
@@ -118,39 +196,110 @@ impl Figure {
             unit => format!("{v:.1} {unit}"),
         }
     }
+
+    /// `value (min..max)`, the spread only with more than one round.
+    fn with_spread(&self, v: f64, spread: Option<Spread>, digits: usize) -> String {
+        let number = |x: f64| match self.unit {
+            "s" => format!("{x:.2}"),
+            _ => format!("{x:.digits$}"),
+        };
+        let head = if digits == 3 { format!("{v:.3}") } else { self.value(v) };
+        match spread {
+            Some(s) if self.rounds > 1 => format!("{head} ({}..{})", number(s.min), number(s.max)),
+            _ => head,
+        }
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count); NaN for none.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// When and where a bench ran: what a reader needs to judge its figures.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Taken {
+    /// When the run started (UTC, RFC 3339).
+    pub started: String,
+    /// The host's CPUs.
+    pub cpus: usize,
+    /// The host's load averages (1, 5, 15 minutes) when the run started and when it ended.
+    pub load_before: String,
+    pub load_after: String,
+    /// How long the run took, in seconds.
+    pub seconds: f64,
+    #[serde(skip)]
+    started_at: Option<Instant>,
+}
+
+impl Taken {
+    fn now() -> Taken {
+        Taken {
+            started: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            cpus: std::thread::available_parallelism().map(usize::from).unwrap_or(0),
+            load_before: load_average(),
+            started_at: Some(Instant::now()),
+            ..Taken::default()
+        }
+    }
+}
+
+/// The first three fields of `/proc/loadavg`.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// What a bench run measured.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BenchResult {
     pub accelerator: String,
+    /// When, on how many CPUs and under what load.
+    pub taken: Taken,
     pub figures: Vec<Figure>,
 }
 
 impl BenchResult {
-    /// The figures as a table: what, vmcheck, floor, ratio.
+    /// The figures as a table: what, rounds, vmcheck, floor, ratio (each a median over rounds,
+    /// with the smallest and largest per-round value), and what the floor is.
     pub fn table(&self) -> String {
-        let rows: Vec<[String; 4]> = self
+        let rows: Vec<[String; 6]> = self
             .figures
             .iter()
             .map(|f| {
-                let floor = match (&f.floor_what, f.floor) {
-                    (Some(w), Some(v)) => format!("{} ({w})", f.value(v)),
-                    _ => "-".into(),
+                let floor = match f.floor {
+                    Some(v) => f.with_spread(v, f.floor_spread, 1),
+                    None => "-".into(),
                 };
                 [
                     f.what.clone(),
-                    f.value(f.vmcheck),
+                    f.rounds.to_string(),
+                    f.with_spread(f.vmcheck, f.vmcheck_spread, 1),
                     floor,
-                    f.ratio.map_or("-".into(), |r| format!("{r:.3}")),
+                    f.ratio.map_or("-".into(), |r| f.with_spread(r, f.ratio_spread, 3)),
+                    f.floor_what.clone().unwrap_or_default(),
                 ]
             })
             .collect();
-        let head = ["what".to_string(), "vmcheck".into(), "floor".into(), "ratio".into()];
-        let widths: Vec<usize> = (0..4)
+        let head = ["what", "rounds", "vmcheck", "floor", "ratio", "floor is"].map(String::from);
+        let widths: Vec<usize> = (0..head.len())
             .map(|c| rows.iter().chain([&head]).map(|r| r[c].chars().count()).max().unwrap_or(0))
             .collect();
-        let mut out = format!("accelerator: {}\n", self.accelerator);
+        let t = &self.taken;
+        let mut out = format!(
+            "accelerator: {}; started {}, {} CPUs, load {} at the start, {} at the end, {:.0} s\n",
+            self.accelerator, t.started, t.cpus, t.load_before, t.load_after, t.seconds
+        );
+        out.push_str(
+            "each figure: the median over rounds (smallest..largest round); ratio: the median of the per-round ratios\n",
+        );
         for row in [&head].into_iter().chain(&rows) {
             let cells: Vec<String> =
                 row.iter().zip(&widths).map(|(cell, w)| format!("{cell:<w$}")).collect();
@@ -161,14 +310,14 @@ impl BenchResult {
     }
 }
 
-/// Median and 90th percentile of `samples`, in seconds.
+/// Median and 90th percentile of `samples` (the nearest rank).
 pub fn median_p90(samples: &mut [f64]) -> (f64, f64) {
     if samples.is_empty() {
         return (f64::NAN, f64::NAN);
     }
     samples.sort_by(|a, b| a.total_cmp(b));
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    (at(0.5), at(0.9))
+    (median(samples), at(0.9))
 }
 
 /// The bare command line: vmcheck's own, less the QMP monitor (whose wait=on holds QEMU until a
@@ -334,7 +483,11 @@ impl Report {
     fn new(log: &Reporter) -> Report {
         Report {
             log: log.clone(),
-            result: BenchResult { accelerator: String::new(), figures: Vec::new() },
+            result: BenchResult {
+                accelerator: String::new(),
+                taken: Taken::now(),
+                figures: Vec::new(),
+            },
         }
     }
 
@@ -342,8 +495,40 @@ impl Report {
         self.log.line(&s);
     }
 
+    /// Logs `figure` as a line and keeps it for the table.
+    fn add(&mut self, f: Figure) {
+        let mut line =
+            format!("{}: vmcheck {}", f.what, f.with_spread(f.vmcheck, f.vmcheck_spread, 1));
+        if let (Some(w), Some(v), Some(r)) = (&f.floor_what, f.floor, f.ratio) {
+            line.push_str(&format!(
+                ", {w} {}, ratio {}",
+                f.with_spread(v, f.floor_spread, 1),
+                f.with_spread(r, f.ratio_spread, 3)
+            ));
+        }
+        self.line(line);
+        self.result.figures.push(f);
+    }
+
     fn figure(&mut self, what: &str, unit: &'static str, vmcheck: f64, floor: Option<(&str, f64)>) {
-        self.result.figures.push(Figure::new(what, unit, vmcheck, floor));
+        self.add(Figure::new(what, unit, vmcheck, floor));
+    }
+
+    fn finish(mut self) -> BenchResult {
+        self.result.taken.load_after = load_average();
+        self.result.taken.seconds =
+            self.result.taken.started_at.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        self.result
+    }
+}
+
+/// Whether vmcheck's measurement comes first in round `round`: in even rounds it does, in odd
+/// ones the floor's does, so neither always follows the other (ABBA ABBA ...).
+fn vmcheck_first(round: usize) -> [bool; 2] {
+    if round.is_multiple_of(2) {
+        [true, false]
+    } else {
+        [false, true]
     }
 }
 
@@ -358,165 +543,180 @@ pub async fn run(options: &BenchOptions) -> Result<BenchResult> {
     crate::log::scope(reporter.clone(), machine_api(options, reporter)).await
 }
 
-/// Boot to agent, exec round trip and network throughput, the driver's and bare QEMU's.
+/// A bare VM's command line and sockets beside a machine's: the same devices, only QMP left
+/// out, its agent socket and NICs in `dir` under `tag` (each NIC linked to nothing: QEMU drops
+/// what it sends, there is no socket at the remote path).
+fn bare_beside(spec: &QemuSpec, dir: &std::path::Path, tag: &str) -> QemuSpec {
+    let mut bare = spec.clone();
+    bare.qga_socket = dir.join(format!("{tag}-qga.sock"));
+    for (i, nic) in bare.nics.iter_mut().enumerate() {
+        nic.link = NicLink::Unix {
+            local: dir.join(format!("{tag}-net{i}.sock")),
+            remote: dir.join("no-switch.sock"),
+        };
+    }
+    bare
+}
+
+/// Boot to agent, exec round trip and network throughput, the driver's and bare QEMU's, each
+/// pair interleaved round by round; then restores, two boots at once and fio_nvme_basic's
+/// parts.
 async fn machine_api(options: &BenchOptions, reporter: Reporter) -> Result<BenchResult> {
     let mut report = Report::new(&reporter);
+    // The machines' own lines (every succeed() logs two) stay out of the bench's output.
+    let quiet = Reporter::in_memory();
+    quiet.set_echo_console(false);
     // Boots are measured as boots: no machine starts from a snapshot here.
     let driver_options =
-        DriverOptions { reporter: reporter.clone(), fresh_boot: true, ..DriverOptions::default() };
+        DriverOptions { reporter: quiet.clone(), fresh_boot: true, ..DriverOptions::default() };
     let driver =
         Driver::new(vec![one_node("bench", 1), one_node("peer", 2)], driver_options).await?;
     report.result.accelerator = driver.accel.name().to_string();
-    report.line(format!("accelerator: {}", driver.accel.name()));
+    report.line(format!(
+        "accelerator: {}; load {} on {} CPUs",
+        driver.accel.name(),
+        report.result.taken.load_before,
+        report.result.taken.cpus
+    ));
     let m = driver.machine("bench")?;
-    let spec = m.qemu_spec();
     let bare_dir = driver.run_dir().join("bare");
     std::fs::create_dir_all(&bare_dir)?;
-    // The same devices as vmcheck's machine; only the QMP monitor is left out.
-    let mut bare_spec = spec.clone();
-    bare_spec.qga_socket = bare_dir.join("qga.sock");
-    // A NIC linked to nothing: QEMU drops what it sends (no socket at the remote path).
-    for nic in &mut bare_spec.nics {
-        nic.link = NicLink::Unix {
-            local: bare_dir.join("net.sock"),
-            remote: bare_dir.join("no-switch.sock"),
-        };
-    }
+    let bare_spec = bare_beside(&m.qemu_spec(), &bare_dir, "bench");
 
-    // Boot to agent, alternating so that drift in host load hits both alike.
+    // Boot to agent, one VM at a time, vmcheck's and the bare one in turn.
     let (mut ours, mut bare) = (Vec::new(), Vec::new());
-    let mut bare_vm = None;
-    for _ in 0..options.boots {
-        let started = Instant::now();
-        m.wait_for_agent().await?;
-        ours.push(started.elapsed().as_secs_f64());
-        m.kill().await;
-        // The previous bare VM goes before the next boots: one VM at a time.
-        drop(bare_vm.take());
-        let (vm, t) = Bare::boot(&bare_spec).await?;
-        bare.push(t.as_secs_f64());
-        bare_vm = Some(vm);
+    for round in 0..options.boots {
+        for vmcheck in vmcheck_first(round) {
+            if vmcheck {
+                let started = Instant::now();
+                m.wait_for_agent().await?;
+                ours.push(started.elapsed().as_secs_f64());
+                m.kill().await;
+            } else {
+                let (vm, t) = Bare::boot(&bare_spec).await?;
+                bare.push(t.as_secs_f64());
+                drop(vm);
+            }
+        }
     }
-    let (om, _) = median_p90(&mut ours);
-    let (bare_boot, _) = median_p90(&mut bare);
-    report.line(format!(
-        "boot to agent (median of {}): vmcheck {om:.2} s, bare {bare_boot:.2} s, ratio {:.3}",
-        options.boots,
-        om / bare_boot
-    ));
-    report.figure(
-        &format!("boot to agent, one VM (median of {})", options.boots),
+    report.add(Figure::rounds(
+        "boot to agent, one VM",
         "s",
-        om,
-        Some(("bare QEMU", bare_boot)),
-    );
+        ours,
+        Some(("bare QEMU, the same command line", bare)),
+    ));
 
-    // Exec round trip: the bare VM is still up; boot ours again beside it.
-    let mut bare_vm = bare_vm.context("no bare VM")?;
+    // Exec round trip: vmcheck's machine and a bare VM of the same command line, both up; each
+    // round runs `execs` calls of each kind, the kinds in a rotating order.
+    let (mut bare_vm, _) = Bare::boot(&bare_spec).await?;
+    m.wait_for_agent().await?;
     // Both VMs get the same settling time after boot and the same warm-up calls: a guest just
     // booted still finishes start-up work (the daemon, the network), which skews the first calls.
     const SETTLE: Duration = Duration::from_secs(5);
     const WARM_UP: usize = 10;
-    let (mut ours, mut bare, mut bare_sh) = (Vec::new(), Vec::new(), Vec::new());
     tokio::time::sleep(SETTLE).await;
     for _ in 0..WARM_UP {
+        m.succeed("true").await?;
         bare_vm.exec(&["/bin/true"]).await?;
-    }
-    // succeed() runs its command with `sh -c`: this shows what the shell itself costs.
-    for _ in 0..options.execs {
-        let t = Instant::now();
         bare_vm.exec(&["/bin/sh", "-c", "true"]).await?;
-        bare_sh.push(t.elapsed().as_secs_f64());
     }
-    for _ in 0..options.execs {
-        let t = Instant::now();
-        let status = bare_vm.exec(&["/bin/true"]).await?;
-        bare.push(t.elapsed().as_secs_f64());
-        if status["exitcode"] != 0 {
-            bail!("bare /bin/true: {status}");
+    // Per kind (vmcheck's succeed, bare /bin/true, bare sh -c true): each round's median and p90.
+    let mut rounds: [Vec<(f64, f64)>; 3] = Default::default();
+    for round in 0..options.exec_rounds {
+        for k in 0..3 {
+            let kind = (k + round) % 3;
+            let mut samples = Vec::with_capacity(options.execs);
+            for _ in 0..options.execs {
+                let t = Instant::now();
+                match kind {
+                    0 => drop(m.succeed("true").await?),
+                    1 => {
+                        let status = bare_vm.exec(&["/bin/true"]).await?;
+                        if status["exitcode"] != 0 {
+                            bail!("bare /bin/true: {status}");
+                        }
+                    }
+                    _ => drop(bare_vm.exec(&["/bin/sh", "-c", "true"]).await?),
+                }
+                samples.push(t.elapsed().as_secs_f64() * 1e3);
+            }
+            rounds[kind].push(median_p90(&mut samples));
         }
     }
     drop(bare_vm);
-    m.wait_for_agent().await?;
-    tokio::time::sleep(SETTLE).await;
-    for _ in 0..WARM_UP {
-        m.execute("true").await?;
-    }
-    for _ in 0..options.execs {
-        let t = Instant::now();
-        m.execute("true").await?;
-        ours.push(t.elapsed().as_secs_f64());
-    }
-    let (om, o90) = median_p90(&mut ours);
-    let (bm, b90) = median_p90(&mut bare);
-    let (sm, s90) = median_p90(&mut bare_sh);
-    report.figure(
-        &format!("succeed(\"true\") round trip, median of {}", options.execs),
+    let medians = |k: usize| rounds[k].iter().map(|r| r.0).collect::<Vec<_>>();
+    let p90s = |k: usize| rounds[k].iter().map(|r| r.1).collect::<Vec<_>>();
+    let n = options.execs;
+    report.add(Figure::rounds(
+        &format!("succeed(\"true\") round trip, median of {n}"),
         "ms",
-        om * 1e3,
-        Some(("bare guest-exec", bm * 1e3)),
-    );
-    report.figure(
-        &format!("succeed(\"true\") round trip, p90 of {}", options.execs),
-        "ms",
-        o90 * 1e3,
-        Some(("bare guest-exec", b90 * 1e3)),
-    );
-    report.figure(
-        "succeed(\"true\") round trip, median",
-        "ms",
-        om * 1e3,
-        Some(("bare guest-exec of sh -c true", sm * 1e3)),
-    );
-    report.line(format!(
-        "succeed(\"true\") round trip over {} calls: vmcheck median {:.1} ms p90 {:.1} ms; bare guest-exec median {:.1} ms p90 {:.1} ms; ratio {:.3}",
-        options.execs,
-        om * 1e3,
-        o90 * 1e3,
-        bm * 1e3,
-        b90 * 1e3,
-        om / bm
+        medians(0),
+        Some(("bare guest-exec of /bin/true", medians(1))),
     ));
-    report.line(format!(
-        "  (bare guest-exec of `sh -c true`: median {:.1} ms p90 {:.1} ms; vmcheck over it: ratio {:.3})",
-        sm * 1e3,
-        s90 * 1e3,
-        om / sm
+    report.add(Figure::rounds(
+        &format!("succeed(\"true\") round trip, p90 of {n}"),
+        "ms",
+        p90s(0),
+        Some(("bare guest-exec of /bin/true", p90s(1))),
+    ));
+    report.add(Figure::rounds(
+        &format!("succeed(\"true\") round trip, median of {n}"),
+        "ms",
+        medians(0),
+        Some(("bare guest-exec of sh -c true", medians(2))),
     ));
 
-    // Throughput: through the switch, then over a direct link between two bare QEMUs.
+    // Throughput: through the switch between vmcheck's machines, and over a direct link
+    // between two bare QEMUs, all four up; the transfers in turn.
     let peer = driver.machine("peer")?;
     peer.wait_for_agent().await?;
-    let switched = transfer(&m, &peer, options.transfer_mib).await?;
-    m.kill().await;
-    peer.kill().await;
-    let direct = direct_transfer(&driver, options.transfer_mib).await?;
-    report.figure(
-        &format!("test network, {} MiB over TCP", options.transfer_mib),
+    let mib = options.transfer_mib;
+    let (serve, fetch) = transfer_commands(mib);
+    peer.succeed(&serve).await?;
+    peer.wait_for_open_port(8080, crate::timeouts::request()).await?;
+    let (mut va, mut vb) = direct_pair(&driver).await?;
+    let served = vb.exec(&["/bin/sh", "-c", &serve]).await?;
+    if served["exitcode"] != 0 {
+        bail!("direct link: serving failed: {served}");
+    }
+    let (mut switched, mut direct) = (Vec::new(), Vec::new());
+    for round in 0..options.boots {
+        for vmcheck in vmcheck_first(round) {
+            let t = Instant::now();
+            if vmcheck {
+                m.succeed(&fetch).await?;
+                switched.push(mib as f64 / t.elapsed().as_secs_f64());
+            } else {
+                let status = va.exec(&["/bin/sh", "-c", &fetch]).await?;
+                if status["exitcode"] != 0 {
+                    bail!("direct link: the transfer failed: {status}");
+                }
+                direct.push(mib as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+    }
+    drop((va, vb));
+    driver.kill_all().await;
+    report.add(Figure::rounds(
+        &format!("test network, {mib} MiB over TCP"),
         "MiB/s",
         switched,
         Some(("direct QEMU-to-QEMU link", direct)),
-    );
-    report.line(format!(
-        "test network, {} MiB over TCP (busybox httpd, wget): switch {:.1} MiB/s, direct QEMU-to-QEMU link {:.1} MiB/s, ratio {:.3}",
-        options.transfer_mib,
-        switched,
-        direct,
-        switched / direct
     ));
-    driver.kill_all().await;
-    restore_to_agent(&mut report, &reporter, options.boots).await.context("restore to agent")?;
-    fio_nvme_basic_split(&mut report, &reporter, bare_boot).await.context("fio_nvme_basic")?;
+    drop(driver);
+    restore_to_agent(&mut report, &quiet, options.boots).await.context("restore to agent")?;
+    two_boots_at_once(&mut report, &quiet, options.boots).await.context("two boots at once")?;
+    fio_nvme_basic_split(&mut report, options.boots).await.context("fio_nvme_basic")?;
     if !options.suite.is_empty() {
         suite_jobs(&mut report, &reporter, &options.suite).await?;
     }
-    Ok(report.result)
+    Ok(report.finish())
 }
 
 /// Restore to agent: vmcheck's start from the machine's snapshot (saved first if there is none)
 /// until its agent answers, clock and random seed set, beside a bare `qemu -incoming file:STATE`
-/// of the same state file until its agent answers `guest-ping`.
-async fn restore_to_agent(report: &mut Report, reporter: &Reporter, boots: usize) -> Result<()> {
+/// of the same state file until its agent answers `guest-ping`; one VM at a time, in turn.
+async fn restore_to_agent(report: &mut Report, reporter: &Reporter, rounds: usize) -> Result<()> {
     let driver = Driver::new(
         vec![one_node("bench", 1)],
         DriverOptions { reporter: reporter.clone(), ..DriverOptions::default() },
@@ -537,111 +737,256 @@ async fn restore_to_agent(report: &mut Report, reporter: &Reporter, boots: usize
     };
     let bare_dir = driver.run_dir().join("bare");
     std::fs::create_dir_all(&bare_dir)?;
-    let mut bare_spec = m.qemu_spec();
+    let mut bare_spec = bare_beside(&m.qemu_spec(), &bare_dir, "bench");
     bare_spec.disks.clear();
-    bare_spec.qga_socket = bare_dir.join("qga.sock");
-    // A NIC linked to nothing: QEMU drops what it sends (no socket at the remote path).
-    for nic in &mut bare_spec.nics {
-        nic.link = NicLink::Unix {
-            local: bare_dir.join("net.sock"),
-            remote: bare_dir.join("no-switch.sock"),
-        };
-    }
     let mut bare_args = bare_args(&bare_spec)?;
     bare_args.extend(["-incoming".to_string(), format!("file:{}", state.display())]);
     let (mut ours, mut bare) = (Vec::new(), Vec::new());
-    for _ in 0..boots {
-        let started = Instant::now();
-        m.wait_for_agent().await?;
-        ours.push(started.elapsed().as_secs_f64());
-        m.kill().await;
-        let (vm, t) = Bare::boot_args(&bare_spec, bare_args.clone()).await?;
-        bare.push(t.as_secs_f64());
-        drop(vm);
+    for round in 0..rounds {
+        for vmcheck in vmcheck_first(round) {
+            if vmcheck {
+                let started = Instant::now();
+                m.wait_for_agent().await?;
+                ours.push(started.elapsed().as_secs_f64());
+                m.kill().await;
+            } else {
+                let (vm, t) = Bare::boot_args(&bare_spec, bare_args.clone()).await?;
+                bare.push(t.as_secs_f64());
+                drop(vm);
+            }
+        }
     }
     driver.kill_all().await;
-    let (om, _) = median_p90(&mut ours);
-    let (bm, _) = median_p90(&mut bare);
-    report.line(format!("restore to agent (median of {boots}): vmcheck {om:.2} s, bare qemu -incoming {bm:.2} s, ratio {:.3}", om / bm));
-    report.figure(
-        &format!("restore to agent, one VM (median of {boots})"),
+    report.add(Figure::rounds(
+        "restore to agent, one VM",
         "s",
-        om,
-        Some(("bare qemu -incoming", bm)),
-    );
+        ours,
+        Some(("bare qemu -incoming of the same state", bare)),
+    ));
     Ok(())
 }
 
-/// fio_nvme_basic's wall time in parts: setup (images, accelerator, run directory), boot (both
-/// machines at once, beside one bare VM's boot), the NVMe-oF steps before fio, fio (beside
-/// fio's own job runtime) and teardown (disconnect, then stopping the machines).
-async fn fio_nvme_basic_split(
-    report: &mut Report,
-    reporter: &Reporter,
-    bare_boot: f64,
-) -> Result<()> {
+/// fio_nvme_basic's two machines booted at once (fresh boots, `start_all`), beside two bare
+/// QEMUs of the same command lines booted at once, in turn.
+async fn two_boots_at_once(report: &mut Report, reporter: &Reporter, rounds: usize) -> Result<()> {
     use crate::scenarios::fio_nvme_basic;
-    let view = reporter.scenario(fio_nvme_basic::NAME, false);
-    let wall = Instant::now();
     let driver = Driver::new(
         fio_nvme_basic::nodes(),
-        DriverOptions { reporter: view, fresh_boot: true, ..DriverOptions::default() },
+        DriverOptions { reporter: reporter.clone(), fresh_boot: true, ..DriverOptions::default() },
     )
     .await?;
-    let setup = wall.elapsed();
-    let t = Instant::now();
-    let booted = driver.start_all().await;
-    let boot = t.elapsed();
-    let ran = match booted {
-        Ok(()) => fio_nvme_basic::run(&driver).await,
-        Err(e) => Err(e),
-    };
-    let t = Instant::now();
-    driver.kill_all().await;
-    let stop = t.elapsed();
-    let total = wall.elapsed();
-    let ran = ran?;
-    let steps = driver.subtest_results();
-    let took = |part: &str| {
-        steps.iter().filter(|s| s.name.contains(part)).map(|s| s.duration).sum::<Duration>()
-    };
-    let (fio, disconnect) = (took("FIO"), took("disconnect"));
-    let nvmeof =
-        steps.iter().map(|s| s.duration).sum::<Duration>().saturating_sub(fio + disconnect);
-    let job_runtime =
-        ran.fio.jobs.iter().map(|j| j.job_runtime).max().context("fio reported no job")? as f64
-            / 1e3;
-    let secs = |d: Duration| d.as_secs_f64();
-    report.line(format!(
-        "fio_nvme_basic {:.2} s: setup {:.2} s, boot {:.2} s, NVMe-oF steps {:.2} s, fio {:.2} s (its job ran {job_runtime:.2} s), teardown {:.2} s",
-        secs(total),
-        secs(setup),
-        secs(boot),
-        secs(nvmeof),
-        secs(fio),
-        secs(disconnect + stop)
+    let dir = driver.run_dir().join("bare");
+    std::fs::create_dir_all(&dir)?;
+    let specs: Vec<QemuSpec> =
+        driver.machines().iter().map(|m| bare_beside(&m.qemu_spec(), &dir, m.name())).collect();
+    // The disks of the command line: the bare VMs use vmcheck's files (never both at once).
+    for disk in specs.iter().flat_map(|s| s.disks.iter()) {
+        if !disk.path.exists() {
+            let size = driver
+                .machines()
+                .iter()
+                .flat_map(|m| m.disks())
+                .find(|d| d.id == disk.id)
+                .map_or(0, |d| d.size_mib << 20);
+            std::fs::File::create(&disk.path)?.set_len(size)?;
+        }
+    }
+    let (mut ours, mut bare) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        for vmcheck in vmcheck_first(round) {
+            let started = Instant::now();
+            if vmcheck {
+                driver.start_all().await?;
+                ours.push(started.elapsed().as_secs_f64());
+                driver.kill_all().await;
+            } else {
+                let vms = futures::future::try_join_all(specs.iter().map(Bare::boot)).await?;
+                bare.push(started.elapsed().as_secs_f64());
+                drop(vms);
+            }
+        }
+    }
+    report.add(Figure::rounds(
+        "boot to agent, two VMs at once (fio_nvme_basic's)",
+        "s",
+        ours,
+        Some(("two bare QEMUs at once", bare)),
     ));
-    report.figure("fio_nvme_basic: wall", "s", secs(total), None);
-    report.figure("fio_nvme_basic: setup (images, accelerator)", "s", secs(setup), None);
-    report.figure(
-        "fio_nvme_basic: boot (two VMs at once)",
+    Ok(())
+}
+
+/// One `vmcheck run fio_nvme_basic` in parts, from its timeline (seconds).
+#[derive(Debug, Clone, Default)]
+struct Split {
+    wall: f64,
+    process_start: f64,
+    setup: f64,
+    restore: f64,
+    disks: f64,
+    nvmeof: f64,
+    fio_step: f64,
+    fio_job: f64,
+    disconnect: f64,
+    teardown: f64,
+}
+
+impl Split {
+    /// The parts of a run that took `wall` seconds from its spawn at `spawned_unix`, from its
+    /// timeline and fio's job runtime (seconds).
+    fn of(
+        timeline: &crate::timeline::Timeline,
+        spawned_unix: f64,
+        wall: f64,
+        fio_job: f64,
+    ) -> Result<Split> {
+        use crate::timeline::EventKind;
+        let find = |kind: EventKind, text: &str| {
+            timeline.events.iter().find(|e| e.kind == kind && e.text.contains(text)).map(|e| e.t)
+        };
+        let last = |kind: EventKind, text: &str| {
+            timeline
+                .events
+                .iter()
+                .filter(|e| e.kind == kind && e.text.contains(text))
+                .map(|e| e.t)
+                .reduce(f64::max)
+        };
+        let need = |t: Option<f64>, what: &str| {
+            t.with_context(|| format!("the timeline has no event {what:?}"))
+        };
+        let ready = need(find(EventKind::Note, crate::driver::DRIVER_READY), "driver ready")?;
+        let restored = need(last(EventKind::Power, crate::machine::RESTORED), "restored")?;
+        let up = need(find(EventKind::Note, crate::driver::MACHINES_UP), "machines up")?;
+        let fio_start = need(find(EventKind::SubtestStart, "FIO"), "the fio step's start")?;
+        let fio_end = need(find(EventKind::SubtestEnd, "FIO"), "the fio step's end")?;
+        let disc_start =
+            need(find(EventKind::SubtestStart, "disconnect"), "the disconnect step's start")?;
+        let disc_end =
+            need(find(EventKind::SubtestEnd, "disconnect"), "the disconnect step's end")?;
+        let zero = timeline.started_unix - spawned_unix;
+        Ok(Split {
+            wall,
+            process_start: zero,
+            setup: ready,
+            restore: restored - ready,
+            disks: up - restored,
+            nvmeof: fio_start - up,
+            fio_step: fio_end - fio_start,
+            fio_job,
+            disconnect: disc_end - disc_start,
+            // From the disconnect step's end to the process's exit.
+            teardown: wall - zero - disc_end,
+        })
+    }
+}
+
+/// fio_nvme_basic as `vmcheck run` runs it, from its machines' snapshots: this binary run as a
+/// process, `runs` times, each run's wall time in parts read from its timeline
+/// (`timeline.json` under `--out`), fio's step beside fio's own job runtime.
+async fn fio_nvme_basic_split(report: &mut Report, runs: usize) -> Result<()> {
+    use crate::scenarios::fio_nvme_basic;
+    let exe = std::env::current_exe().context("finding this binary")?;
+    let work = tempfile::Builder::new().prefix("vmcheck-bench-").tempdir()?;
+    // From snapshots: a first run saves any that are missing, and is not counted.
+    let missing = {
+        let quiet = Reporter::in_memory();
+        let driver = Driver::new(
+            fio_nvme_basic::nodes(),
+            DriverOptions { reporter: quiet, ..DriverOptions::default() },
+        )
+        .await?;
+        driver.machines().iter().any(|m| m.snapshot_state().is_none())
+    };
+    if missing {
+        report.line(
+            "fio_nvme_basic: saving its machines' snapshots first (a run not counted)".into(),
+        );
+        run_vmcheck(&exe, &work.path().join("first")).await?;
+    }
+    let mut splits = Vec::new();
+    for run in 0..runs {
+        let out = work.path().join(format!("run{run}"));
+        let spawned_unix = unix_now();
+        let started = Instant::now();
+        run_vmcheck(&exe, &out).await?;
+        let wall = started.elapsed().as_secs_f64();
+        let dir = out.join(fio_nvme_basic::NAME);
+        let timeline: crate::timeline::Timeline = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("timeline.json")).context("its timeline.json")?,
+        )?;
+        let fio = crate::tools::fio::FioReport::parse(
+            &std::fs::read_to_string(dir.join("fio.json")).context("its fio.json")?,
+        )?;
+        let job = fio.jobs.iter().map(|j| j.job_runtime).max().context("fio reported no job")?
+            as f64
+            / 1e3;
+        let split = Split::of(&timeline, spawned_unix, wall, job)?;
+        report.line(format!("fio_nvme_basic run {}: {split:.2?}", run + 1));
+        splits.push(split);
+    }
+    let col = |f: fn(&Split) -> f64| splits.iter().map(f).collect::<Vec<f64>>();
+    let name = "fio_nvme_basic from snapshots";
+    let job = ("fio's job runtime", col(|s| s.fio_job));
+    report.add(Figure::rounds(&format!("{name}: wall"), "s", col(|s| s.wall), Some(job.clone())));
+    report.add(Figure::rounds(
+        &format!("{name}: overhead (wall less fio's job)"),
         "s",
-        secs(boot),
-        Some(("one bare QEMU boot", bare_boot)),
-    );
-    report.figure("fio_nvme_basic: NVMe-oF steps before fio", "s", secs(nvmeof), None);
-    report.figure(
-        "fio_nvme_basic: fio step",
-        "s",
-        secs(fio),
-        Some(("fio's job runtime", job_runtime)),
-    );
-    report.figure(
-        "fio_nvme_basic: teardown (disconnect, stop)",
-        "s",
-        secs(disconnect + stop),
+        col(|s| s.wall - s.fio_job),
         None,
-    );
+    ));
+    type Part = fn(&Split) -> f64;
+    let parts: [(&str, Part); 8] = [
+        ("process start", |s| s.process_start),
+        ("driver set-up (images checked)", |s| s.setup),
+        ("restore (two VMs at once)", |s| s.restore),
+        ("disks plugged", |s| s.disks),
+        ("NVMe-oF steps before fio", |s| s.nvmeof),
+        ("fio's start and end (its step less its job)", |s| s.fio_step - s.fio_job),
+        ("disconnect step", |s| s.disconnect),
+        ("teardown (after the last step, to exit)", |s| s.teardown),
+    ];
+    for (part, f) in parts {
+        report.add(Figure::rounds(&format!("{name}: {part}"), "s", col(f), None));
+    }
+    report.add(Figure::rounds(&format!("{name}: fio step"), "s", col(|s| s.fio_step), Some(job)));
+    Ok(())
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// `vmcheck run --out OUT fio_nvme_basic` with this binary, which must pass; its terminal output
+/// goes to `OUT.log`.
+async fn run_vmcheck(exe: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    use crate::scenarios::fio_nvme_basic;
+    let log = out.with_extension("log");
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("run")
+        .arg("--out")
+        .arg(out)
+        .arg(fio_nvme_basic::NAME)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(&log)?.try_clone()?);
+    let mut child = crate::process::spawn(cmd).await?;
+    let bound = crate::timeouts::global();
+    let status = match tokio::time::timeout(bound, child.wait()).await {
+        Ok(status) => status?,
+        Err(_) => bail!("`vmcheck run {}` did not end within {bound:?}", fio_nvme_basic::NAME),
+    };
+    if !status.success() {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(30).collect();
+        bail!(
+            "`vmcheck run {}` exited {status}; its last lines:\n{}",
+            fio_nvme_basic::NAME,
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
     Ok(())
 }
 
@@ -690,17 +1035,8 @@ fn transfer_commands(mib: u64) -> (String, String) {
     )
 }
 
-async fn transfer(from: &crate::Machine, to: &crate::Machine, mib: u64) -> Result<f64> {
-    let (serve, fetch) = transfer_commands(mib);
-    to.succeed(&serve).await?;
-    to.wait_for_open_port(8080, crate::timeouts::request()).await?;
-    let t = Instant::now();
-    from.succeed(&fetch).await?;
-    Ok(mib as f64 / t.elapsed().as_secs_f64())
-}
-
-/// The same transfer between two bare QEMUs whose NICs point at each other.
-async fn direct_transfer(driver: &Driver, mib: u64) -> Result<f64> {
+/// Two bare QEMUs of the bench's machines whose NICs point at each other.
+async fn direct_pair(driver: &Driver) -> Result<(Bare, Bare)> {
     let dir = driver.run_dir().join("direct");
     std::fs::create_dir_all(&dir)?;
     let mut a = driver.machine("bench")?.qemu_spec();
@@ -713,19 +1049,9 @@ async fn direct_transfer(driver: &Driver, mib: u64) -> Result<f64> {
         NicLink::Unix { local: dir.join("a-net.sock"), remote: dir.join("b-net.sock") };
     b.nics[0].link =
         NicLink::Unix { local: dir.join("b-net.sock"), remote: dir.join("a-net.sock") };
-    let (mut va, _) = Bare::boot(&a).await?;
-    let (mut vb, _) = Bare::boot(&b).await?;
-    let (serve, fetch) = transfer_commands(mib);
-    let served = vb.exec(&["/bin/sh", "-c", &serve]).await?;
-    if served["exitcode"] != 0 {
-        bail!("direct link: serving failed: {served}");
-    }
-    let t = Instant::now();
-    let status = va.exec(&["/bin/sh", "-c", &fetch]).await?;
-    if status["exitcode"] != 0 {
-        bail!("direct link: the transfer failed: {status}");
-    }
-    Ok(mib as f64 / t.elapsed().as_secs_f64())
+    let (va, _) = Bare::boot(&a).await?;
+    let (vb, _) = Bare::boot(&b).await?;
+    Ok((va, vb))
 }
 
 /// The networks the NVMe-oF benchmark compares.
@@ -825,7 +1151,7 @@ async fn nvmeof(options: &BenchOptions, reporter: Reporter) -> Result<BenchResul
         }
     }
     driver.kill_all().await;
-    Ok(report.result)
+    Ok(report.finish())
 }
 
 /// Boots the target and initiator on `network`, shares the RAM file, connects, and runs fio
@@ -997,41 +1323,116 @@ mod tests {
     fn figures_render_as_a_table_and_json_with_their_ratio() {
         let result = BenchResult {
             accelerator: "tcg".into(),
+            taken: Taken {
+                started: "2026-12-04T16:00:00Z".into(),
+                cpus: 2,
+                load_before: "0.10 0.20 0.30".into(),
+                load_after: "1.00 0.50 0.40".into(),
+                seconds: 120.0,
+                started_at: None,
+            },
             figures: vec![
                 Figure::new("boot to agent", "s", 7.5, Some(("bare QEMU", 5.0))),
-                Figure::new("round trip", "ms", 15.25, Some(("bare guest-exec", 12.2))),
+                Figure::rounds(
+                    "round trip",
+                    "ms",
+                    vec![15.25, 14.0, 16.0],
+                    Some(("bare guest-exec", vec![12.2, 14.0, 12.8])),
+                ),
                 Figure::new("setup", "s", 0.123, None),
             ],
         };
         assert_eq!(result.figures[0].ratio, Some(1.5));
         let table = result.table();
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines[0], "accelerator: tcg");
-        assert!(lines[1].starts_with("what") && lines[1].ends_with("ratio"), "{table}");
         assert!(
-            lines[2].contains("7.50 s")
-                && lines[2].contains("5.00 s (bare QEMU)")
-                && lines[2].ends_with("1.500"),
+            lines[0].starts_with(
+                "accelerator: tcg; started 2026-12-04T16:00:00Z, 2 CPUs, load 0.10 0.20 0.30"
+            ),
             "{table}"
         );
+        assert!(lines[2].starts_with("what") && lines[2].ends_with("floor is"), "{table}");
         assert!(
-            lines[3].contains("15.2 ms")
-                && lines[3].contains("12.2 ms (bare guest-exec)")
-                && lines[3].ends_with("1.250"),
+            lines[3].contains("7.50 s")
+                && lines[3].contains("5.00 s")
+                && lines[3].contains("1.500")
+                && lines[3].ends_with("bare QEMU"),
             "{table}"
         );
-        assert!(lines[4].contains("0.12 s") && lines[4].trim_end().ends_with('-'), "{table}");
+        // Medians over the rounds, the smallest and largest round beside them; the ratio is the
+        // median of the per-round ratios (1.250, 1.000, 1.250).
+        assert!(
+            lines[4].contains("15.2 ms (14.0..16.0)")
+                && lines[4].contains("12.8 ms (12.2..14.0)")
+                && lines[4].contains("1.250 (1.000..1.250)")
+                && lines[4].ends_with("bare guest-exec"),
+            "{table}"
+        );
+        assert!(lines[5].contains("0.12 s") && lines[5].trim_end().ends_with('-'), "{table}");
         // The columns line up: every row's vmcheck figure starts where the heading's does.
-        let col = lines[1].find("vmcheck").unwrap();
+        let col = lines[2].find("vmcheck").unwrap();
         assert!(
-            lines[2..].iter().all(|l| l[col..].starts_with(|c: char| c.is_ascii_digit())),
+            lines[3..].iter().all(|l| l[col..].starts_with(|c: char| c.is_ascii_digit())),
             "{table}"
         );
         let json: Value = serde_json::to_value(&result).unwrap();
         assert_eq!(
             json["figures"][0],
-            json!({"what": "boot to agent", "unit": "s", "vmcheck": 7.5, "floor_what": "bare QEMU", "floor": 5.0, "ratio": 1.5})
+            json!({"what": "boot to agent", "unit": "s", "vmcheck": 7.5, "floor_what": "bare QEMU",
+                   "floor": 5.0, "ratio": 1.5, "rounds": 1,
+                   "vmcheck_spread": {"min": 7.5, "max": 7.5}, "floor_spread": {"min": 5.0, "max": 5.0},
+                   "ratio_spread": {"min": 1.5, "max": 1.5},
+                   "vmcheck_rounds": [7.5], "floor_rounds": [5.0]})
         );
+        assert_eq!(json["figures"][1]["ratio_spread"], json!({"min": 1.0, "max": 1.25}));
         assert_eq!(json["figures"][2]["ratio"], Value::Null);
+        assert_eq!(json["taken"]["load_after"], "1.00 0.50 0.40");
+    }
+
+    #[test]
+    fn medians_take_the_middle_and_rounds_alternate() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+        assert_eq!(vmcheck_first(0), [true, false]);
+        assert_eq!(vmcheck_first(1), [false, true]);
+    }
+
+    #[test]
+    fn a_run_is_split_by_its_timeline() {
+        use crate::timeline::{Event, EventKind, Timeline};
+        let ev = |t: f64, kind: EventKind, text: &str| Event {
+            t,
+            kind,
+            machine: None,
+            text: text.into(),
+            failed: false,
+        };
+        let timeline = Timeline {
+            scenario: "fio_nvme_basic".into(),
+            started_unix: 1000.25,
+            events: vec![
+                ev(0.5, EventKind::Note, crate::driver::DRIVER_READY),
+                ev(0.8, EventKind::Power, "restored from snapshot aaaa"),
+                ev(0.9, EventKind::Power, "restored from snapshot bbbb"),
+                ev(1.4, EventKind::Note, crate::driver::MACHINES_UP),
+                ev(1.5, EventKind::SubtestStart, "the bdev of the target should be listed"),
+                ev(2.5, EventKind::SubtestStart, "should be able to run FIO with verify=crc32"),
+                ev(18.0, EventKind::SubtestEnd, "should be able to run FIO with verify=crc32"),
+                ev(18.0, EventKind::SubtestStart, "should be able to disconnect from the target"),
+                ev(18.5, EventKind::SubtestEnd, "should be able to disconnect from the target"),
+            ],
+            fio: Vec::new(),
+        };
+        let s = Split::of(&timeline, 1000.0, 19.25, 15.0).unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        assert!(close(s.process_start, 0.25), "{s:?}");
+        assert!(close(s.setup, 0.5) && close(s.restore, 0.4) && close(s.disks, 0.5), "{s:?}");
+        assert!(close(s.nvmeof, 1.1) && close(s.fio_step, 15.5) && close(s.disconnect, 0.5));
+        assert!(close(s.teardown, 0.5), "{s:?}");
+        let mut partial = timeline.clone();
+        partial.events.retain(|e| e.kind != EventKind::Power);
+        let e = Split::of(&partial, 1000.0, 19.25, 15.0).unwrap_err();
+        assert!(e.to_string().contains("restored"), "{e}");
     }
 }

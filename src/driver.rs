@@ -23,6 +23,13 @@ use crate::report::Reporter;
 pub use crate::report::{summary_table, SubtestResult};
 use crate::watch::{Condition, Findings, HealthError, PollStats};
 
+/// The note on a scenario's timeline when its driver is set up (images checked, accelerator
+/// chosen, run directory made): the end of a run's set-up (`vmcheck bench` splits runs by it).
+pub const DRIVER_READY: &str = "driver ready";
+/// The note on a scenario's timeline when [`Driver::start_all`] has every machine up (booted or
+/// restored, its disks plugged in).
+pub const MACHINES_UP: &str = "machines up";
+
 /// Kernel parameters of the default images: serial console, quiet boot (serial output is slow
 /// under TCG; the guest raises the console log level once it is up), reboot on panic. The
 /// crypto self-tests are skipped (`cryptomgr.notests`, and the KDF's own test, which does not
@@ -242,6 +249,7 @@ impl Driver {
                 );
             }
         }
+        driver.reporter.event(crate::timeline::EventKind::Note, None, DRIVER_READY);
         Ok(driver)
     }
 
@@ -293,6 +301,7 @@ impl Driver {
             for r in futures::future::join_all(waits).await {
                 r?;
             }
+            self.reporter.event(crate::timeline::EventKind::Note, None, MACHINES_UP);
             Ok(())
         });
         log::scope(self.reporter.clone(), start).await

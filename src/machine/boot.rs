@@ -275,6 +275,11 @@ impl Machine {
                 .await;
                 match restored {
                     Ok(fixing) => {
+                        log::event(
+                            crate::timeline::EventKind::Power,
+                            self.name(),
+                            &format!("{RESTORED} {}", key.short()),
+                        );
                         log::line(&format!(
                             "{}: restored from snapshot {} in {:.2} s (clock and random seed: {:.2} s)",
                             self.name(),
@@ -417,10 +422,11 @@ impl Machine {
         for d in &disks {
             self.wait_for_block_device(&d.serial, true, timeouts::hotplug()).await?;
         }
+        let plugged = format!("{} disk(s) plugged", disks.len());
+        log::event(crate::timeline::EventKind::HotAdd, self.name(), &plugged);
         log::line(&format!(
-            "{}: {} disk(s) plugged in {:.2} s",
+            "{}: {plugged} in {:.2} s",
             self.name(),
-            disks.len(),
             started.elapsed().as_secs_f64()
         ));
         Ok(())
@@ -459,6 +465,11 @@ impl Machine {
 pub fn clock_is_plausible(guest_secs: f64, host_secs: f64) -> bool {
     guest_secs <= host_secs * 1.05 + 1.0
 }
+
+/// The power event on a scenario's timeline when a machine restored from its snapshot has its
+/// agent answering, clock and random seed set (`restored from snapshot KEY`); its disks are
+/// plugged in after it.
+pub const RESTORED: &str = "restored from snapshot";
 
 /// How the log announces a machine's QEMU process: `<machine>: QEMU running (pid N)`.
 const QEMU_RUNNING: &str = "QEMU running (pid ";

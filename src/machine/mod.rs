@@ -40,7 +40,7 @@ mod links;
 mod memory;
 mod power;
 
-pub use boot::{clock_is_plausible, logged_qemu_pids};
+pub use boot::{clock_is_plausible, logged_qemu_pids, RESTORED};
 pub use exec::{block_device_by_serial, GuestProcess};
 pub use faults::{
     fault_node, FaultOps, MediaFault, EIO, MAX_FAULT_AFTER, MAX_FAULT_SECTORS, SECTOR_BYTES,
