@@ -1,21 +1,12 @@
 #!/bin/sh
 # Regenerate the fio-<version>_* fixtures from a real fio on the host: the fio on PATH names the
-# files (Debian 12: fio 3.33; `PATH=/opt/fio-3.38/bin:$PATH ./capture_fio.sh` for a fio built
+# files (Debian 12: fio 3.33; `PATH=/path/to/fio-3.38:$PATH ./capture_fio.sh` for a fio built
 # from its fio-3.38 tag). Needs no devices: every job runs on files under $dir. Run from this
 # directory.
 set -u
 dir=${1:-/tmp/fio-seed}
 out=$(pwd)
 v=$(fio --version) || exit 1
-# The interval logs the timeline asks for (workload::IntervalLogs): IOPS and latency once a
-# second, Unix-epoch times, for the seed's job for 3 s; fio names them PREFIX_iops.1.log etc.
-fio --thread=1 --ioengine=libaio --direct=1 --bs=4k --iodepth=1 --rw=randrw --verify=crc32 \
-  --numjobs=1 --group_reporting=1 --runtime=3 --time_based=1 --name=job --filename="$dir/disk" \
-  --size=64M --write_iops_log="$dir/p" --write_lat_log="$dir/p" --log_avg_msec=1000 \
-  --log_unix_epoch=1 --output-format=json >/dev/null
-cp "$dir/p_iops.1.log" "$out/${v}_randrw_iops.1.log"
-cp "$dir/p_lat.1.log" "$out/${v}_randrw_lat.1.log"
-
 rm -rf "$dir" && mkdir -p "$dir" || exit 1
 cd "$dir" || exit 1
 
@@ -60,5 +51,17 @@ fio --thread=1 --ioengine=libaio --direct=1 --bs=4k --iodepth=1 --rw=randrw --ve
   --log_unix_epoch=1 --output-format=json >/dev/null
 cp "$dir/p_iops.1.log" "$out/${v}_randrw_iops.1.log"
 cp "$dir/p_lat.1.log" "$out/${v}_randrw_lat.1.log"
+
+# vmcheck's integrity job (workload::integrity_job) stopped by SIGINT after 2 s, as FioRun::stop
+# does: "fio: terminating on signal 2" before the JSON; the exit status (128) in .status.
+fio --thread=1 --ioengine=libaio --direct=1 --bs=4k --iodepth=8 --rw=randwrite --verify=crc32c \
+  --verify_backlog=16 --do_verify=1 --size=64m --time_based=1 --runtime=60 --numjobs=1 \
+  --group_reporting=1 --name=integrity --filename="$dir/disk" --output-format=json \
+  >"$out/${v}_integrity_sigint.stdout" 2>/dev/null &
+pid=$!
+sleep 2
+kill -INT $pid
+wait $pid
+echo "exit status $?" >"$out/${v}_integrity_sigint.status"
 
 rm -rf "$dir"
