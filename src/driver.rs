@@ -291,12 +291,11 @@ impl Driver {
         &self.env.run_dir
     }
 
-    /// Starts every machine and waits until every agent answers (in parallel).
+    /// Starts every machine and waits until every agent answers, all at once: the machines'
+    /// starts (QEMU launched, a snapshot loaded) and their waits overlap.
     pub async fn start_all(&self) -> Result<()> {
         let start = self.reporter.nested("start all VMs", async {
-            for m in &self.machines {
-                m.start().await?;
-            }
+            // wait_for_agent starts the machine first.
             let waits = self.machines.iter().map(|m| m.wait_for_agent());
             for r in futures::future::join_all(waits).await {
                 r?;
