@@ -4,6 +4,10 @@
 //! The agent answers requests in order and without ids, and requests written before it runs are
 //! delivered when it starts. So the channel is synchronised with `guest-sync-delimited` (a fresh
 //! id each time, stale answers skipped) on connect, after every timeout, and after a reboot.
+//!
+//! Requests may also be sent ahead ([`Qga::send_ahead`]): written at once, their answers read
+//! (and an error among them reported) before the next request is written. The agent handles one
+//! request at a time, in order, so whatever is sent later runs after them in the guest.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -55,6 +59,8 @@ struct Conn {
     reader: JsonReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
     in_sync: bool,
+    /// The requests sent ahead whose answers have not been read yet, oldest first.
+    owed: std::collections::VecDeque<String>,
 }
 
 /// A guest agent reached through the unix socket of its virtio-serial chardev.
@@ -82,6 +88,7 @@ impl Qga {
         let mut guard = self.conn.lock().await;
         let deadline = Instant::now() + timeout;
         let conn = self.connected(&mut guard, deadline).await?;
+        settle(conn, deadline).await?;
         sync_conn(conn, deadline).await
     }
 
@@ -96,7 +103,12 @@ impl Qga {
                 .await
                 .context("connecting to the guest agent socket")?;
             let (r, w) = stream.into_split();
-            *guard = Some(Conn { reader: JsonReader::new(r), writer: w, in_sync: false });
+            *guard = Some(Conn {
+                reader: JsonReader::new(r),
+                writer: w,
+                in_sync: false,
+                owed: Default::default(),
+            });
         }
         Ok(guard.as_mut().expect("just connected"))
     }
@@ -114,15 +126,11 @@ impl Qga {
         let deadline = Instant::now() + timeout;
         let mut guard = self.conn.lock().await;
         let conn = self.connected(&mut guard, deadline).await?;
+        settle(conn, deadline).await?;
         if !conn.in_sync {
             sync_conn(conn, deadline).await.with_context(|| format!("guest agent {name}"))?;
         }
-        let mut request = json!({"execute": name});
-        if !arguments.is_null() && arguments != json!({}) {
-            request["arguments"] = arguments;
-        }
-        let mut line = serde_json::to_vec(&request)?;
-        line.push(b'\n');
+        let line = request_line(name, arguments)?;
         conn.writer
             .write_all(&line)
             .await
@@ -148,6 +156,38 @@ impl Qga {
                     bail!("guest agent {name}: malformed answer {reply}")
                 }
             },
+        }
+    }
+
+    /// Writes `requests` (command name, arguments) at once and returns without waiting for
+    /// their answers. The agent runs them in order before anything sent later; their answers are
+    /// read before the next request is written ([`Qga::settle`]), and an error among them fails
+    /// that request (naming the request sent ahead).
+    pub async fn send_ahead(&self, requests: &[(&str, Value)]) -> Result<()> {
+        let deadline = Instant::now() + crate::timeouts::request();
+        let mut guard = self.conn.lock().await;
+        let conn = self.connected(&mut guard, deadline).await?;
+        settle(conn, deadline).await?;
+        if !conn.in_sync {
+            sync_conn(conn, deadline).await.context("guest agent")?;
+        }
+        let mut lines = Vec::new();
+        for (name, arguments) in requests {
+            lines.extend(request_line(name, arguments.clone())?);
+        }
+        conn.writer.write_all(&lines).await.context("guest agent: write failed")?;
+        conn.owed.extend(requests.iter().map(|(name, _)| name.to_string()));
+        Ok(())
+    }
+
+    /// Waits for the answers to what was sent ahead ([`Qga::send_ahead`]); an error among them
+    /// is this call's error.
+    pub async fn settle(&self) -> Result<()> {
+        let deadline = Instant::now() + crate::timeouts::request();
+        let mut guard = self.conn.lock().await;
+        match guard.as_mut() {
+            Some(conn) => settle(conn, deadline).await,
+            None => Ok(()),
         }
     }
 
@@ -276,6 +316,55 @@ impl Qga {
     pub async fn memory_stats(&self) -> Result<MemoryStats> {
         let text = String::from_utf8_lossy(&self.read_file("/proc/meminfo").await?).into_owned();
         MemoryStats::parse(&text)
+    }
+}
+
+/// One request as the agent reads it: a JSON object and a newline.
+fn request_line(name: &str, arguments: Value) -> Result<Vec<u8>> {
+    let mut request = json!({"execute": name});
+    if !arguments.is_null() && arguments != json!({}) {
+        request["arguments"] = arguments;
+    }
+    let mut line = serde_json::to_vec(&request)?;
+    line.push(b'\n');
+    Ok(line)
+}
+
+/// Reads the answers owed for requests sent ahead, oldest first; the first error among them is
+/// returned once all are read. Out of sync, they cannot be told from stale answers: the
+/// resynchronisation skips them.
+async fn settle(conn: &mut Conn, deadline: Instant) -> Result<()> {
+    if !conn.in_sync {
+        conn.owed.clear();
+        return Ok(());
+    }
+    let mut failed = None;
+    while let Some(name) = conn.owed.pop_front() {
+        match tokio::time::timeout_at(deadline.into(), conn.reader.next()).await {
+            Err(_) => {
+                conn.in_sync = false;
+                conn.owed.clear();
+                bail!("guest agent {name} (sent ahead): no answer in time");
+            }
+            Ok(Err(e)) => {
+                conn.owed.clear();
+                bail!("guest agent {name} (sent ahead): connection lost: {e}");
+            }
+            Ok(Ok(reply)) => {
+                if let Some(e) = reply.get("error") {
+                    let desc = e["desc"].as_str().unwrap_or("unknown error").to_string();
+                    failed.get_or_insert(format!("guest agent {name} (sent ahead) failed: {desc}"));
+                } else if reply.get("return").is_none() {
+                    conn.in_sync = false;
+                    conn.owed.clear();
+                    bail!("guest agent {name} (sent ahead): malformed answer {reply}");
+                }
+            }
+        }
+    }
+    match failed {
+        Some(e) => Err(anyhow!(e)),
+        None => Ok(()),
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod common;
 
+use serde_json::Value;
 use vmcheck::config::{DiskSpec, NodeSpec, Role};
 use vmcheck::driver::{Driver, DriverOptions};
 use vmcheck::report::Reporter;
@@ -82,6 +83,17 @@ async fn snapshots_are_saved_checked_rebuilt_and_restored() {
     let (d, log) = start(&token).await;
     assert!(log.contains("restored from snapshot"), "{log}");
     let m = d.machine("snap").unwrap();
+    // The restore sent the clock ahead without waiting for it: the agent's first answer after
+    // it already has the host's time, to within its round trip.
+    let unix_ns = || {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+            as i64
+    };
+    let before = unix_ns();
+    let guest_ns = m.qga().await.unwrap().execute_raw("guest-get-time", Value::Null).await.unwrap();
+    let after = unix_ns();
+    let off = guest_ns.as_i64().unwrap() - (before + after) / 2;
+    assert!(off.abs() < 1_000_000_000, "guest clock {off} ns off the host's");
     let guest: i64 = m.succeed("date +%s").await.unwrap().trim().parse().unwrap();
     let host = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
         as i64;
