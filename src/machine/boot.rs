@@ -346,6 +346,7 @@ impl Machine {
                     drop(build);
                     return self.plug_disks().await;
                 }
+                self.warm_up().await;
                 let saving = Instant::now();
                 match self.save_snapshot(build, booted).await {
                     Ok(bytes) => log::line(&format!(
@@ -360,6 +361,23 @@ impl Machine {
                 }
                 self.plug_disks().await
             }
+        }
+    }
+
+    /// Runs the recipe's warm-up script ([`crate::recipe::Recipe::warm_up`]) if the guest has
+    /// one, before its snapshot is saved. A failure is logged: the snapshot is only slower.
+    async fn warm_up(&self) {
+        let path = crate::recipe::WARM_UP_PATH;
+        let started = Instant::now();
+        let cmd = format!("if [ -f {path} ]; then sh {path} >/dev/null 2>&1; echo ran; fi");
+        match self.execute_with_timeout(&cmd, timeouts::request()).await {
+            Ok(out) if out.stdout.trim() == "ran" => log::line(&format!(
+                "{}: warm-up ({path}) ran in {:.2} s",
+                self.name(),
+                started.elapsed().as_secs_f64()
+            )),
+            Ok(_) => {}
+            Err(e) => log::line(&format!("{}: warm-up ({path}) failed: {e:#}", self.name())),
         }
     }
 
