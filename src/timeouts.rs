@@ -10,6 +10,11 @@ use crate::poll::Pace;
 /// Between tries of a guest-side wait (`wait_until_succeeds`, a device appearing): each try is
 /// a guest command, which costs the guest's vCPU under TCG.
 pub const GUEST_POLL: Pace = Pace::every(Duration::from_millis(250));
+/// A block device appearing or going (a disk hot-added or removed, the guest probing it): soon at
+/// first, since a hot-added NVMe disk shows within a few hundred ms under TCG, then from 25 ms
+/// doubling to [`GUEST_POLL`]'s 250 ms. Each try is one guest shell without child processes.
+pub const BLOCK_DEVICE_POLL: Pace =
+    Pace::backoff(Duration::from_millis(25), Duration::from_millis(250));
 /// Between looks at a background command (fio runs for seconds).
 pub const BACKGROUND_POLL: Pace = Pace::every(Duration::from_millis(200));
 /// A foreground guest command's end: back to back for 100 ms (a short command ends within tens

@@ -113,9 +113,11 @@ pub async fn disconnect(initiator: &Machine, nqn: &str) -> Result<()> {
 }
 
 /// One line per NVMe block device the guest can open: name, subsystem NQN, nsid. Hidden
-/// multipath path nodes are left out (their head node is the device).
-const NAMESPACES: &str = "for b in /sys/block/nvme*; do [ -e $b ] || continue; [ \"$(cat $b/hidden 2>/dev/null)\" = 1 ] && continue; \
-                          echo ${b##*/} $(cat $b/device/subsysnqn 2>/dev/null || echo -) $(cat $b/nsid 2>/dev/null || echo 0); done; true";
+/// multipath path nodes are left out (their head node is the device). Shell builtins only (no
+/// process per file read).
+const NAMESPACES: &str = "for b in /sys/block/nvme*; do [ -e $b ] || continue; h=0; read -r h 2>/dev/null <$b/hidden; \
+                          [ \"$h\" = 1 ] && continue; q=-; n=0; read -r q 2>/dev/null <$b/device/subsysnqn; \
+                          read -r n 2>/dev/null <$b/nsid; echo ${b##*/} ${q:--} ${n:-0}; done; true";
 
 /// The initiator's NVMe namespaces now: (device, subsystem NQN, nsid).
 pub async fn namespaces(initiator: &Machine) -> Result<Vec<(String, String, u32)>> {
