@@ -84,8 +84,21 @@ impl Machine {
                 incoming.extra_args.extend(["-incoming", "defer", "-S"].map(String::from));
                 let dest = self.launch(&incoming).await?;
                 let uri = format!("file:{}", state.display());
-                let restored = async {
-                    self.incoming(&dest, &uri, "restoring from snapshot").await?;
+                let restored = self.incoming(&dest, &uri, "restoring from snapshot").await;
+                // The disks go in while the restored guest is still paused: it finds them as it
+                // resumes and probes them (about 0.5 s under TCG) while the host waits for its
+                // agent, where it was plugged only once the agent had answered.
+                let plugging = Instant::now();
+                if restored.is_ok() {
+                    for d in &self.disks() {
+                        if let Err(e) = self.attach_disk(&dest.qmp, d).await {
+                            let _ = dest.process.kill().await;
+                            return Err(e);
+                        }
+                    }
+                }
+                let resumed = async {
+                    restored?;
                     let mark = dest.qmp.event_count();
                     dest.qmp.execute(qapi::qmp::cont {}).await.map_err(|e| {
                         self.error("QMP cont after restore was refused", format!("{e:#}"))
@@ -93,8 +106,11 @@ impl Machine {
                     self.wait_event(&dest.qmp, mark, "RESUME", timeouts::request()).await.map(drop)
                 }
                 .await;
-                match restored {
-                    Ok(()) => return Ok(Some((dest, Pending::Restored { key, started }))),
+                match resumed {
+                    Ok(()) => {
+                        let pending = Pending::Restored { key, started, plugging };
+                        return Ok(Some((dest, pending)));
+                    }
                     Err(e) => {
                         let _ = dest.process.kill().await;
                         let why = e.to_string().lines().next().unwrap_or_default().to_string();
@@ -231,10 +247,11 @@ impl Machine {
     /// Waits until the machine has booted and its guest agent answers.
     ///
     /// After a start from the snapshot store it also finishes that start: a restored guest gets
-    /// the host's clock and fresh random bytes, a freshly booted one is saved as the snapshot;
-    /// then the plugged disks are hot-added and awaited in the guest. A restore whose agent does
-    /// not answer within `timeouts::restore()` (or whose fix-up fails) deletes the snapshot and
-    /// boots the machine afresh.
+    /// the host's clock and fresh random bytes (sent ahead of any later request, not waited for:
+    /// the guest's `hwclock` may still run when this returns, and the next request waits for it),
+    /// a freshly booted one is saved as the snapshot; then the plugged disks are hot-added and
+    /// awaited in the guest. A restore whose agent does not answer within `timeouts::restore()`
+    /// (or whose fix-up cannot be sent) deletes the snapshot and boots the machine afresh.
     pub async fn wait_for_agent(&self) -> Result<()> {
         let waited = self.wait_for_agent_inner().await;
         if waited.is_ok() {
@@ -265,7 +282,7 @@ impl Machine {
                 drop(pending);
                 self.sync_agent(timeouts::boot()).await
             }
-            Some(Pending::Restored { key, started }) => {
+            Some(Pending::Restored { key, started, plugging }) => {
                 let restored = async {
                     self.sync_agent(timeouts::restore()).await?;
                     let fixing = Instant::now();
@@ -287,7 +304,7 @@ impl Machine {
                             started.elapsed().as_secs_f64(),
                             fixing.as_secs_f64()
                         ));
-                        self.plug_disks().await
+                        self.wait_for_disks(plugging).await
                     }
                     Err(e) => {
                         let why = e.to_string().lines().next().unwrap_or_default().to_string();
@@ -477,6 +494,15 @@ impl Machine {
         let qmp = self.qmp().await?;
         for d in &disks {
             self.attach_disk(&qmp, d).await?;
+        }
+        self.wait_for_disks(started).await
+    }
+
+    /// Waits until the guest shows each plugged disk, hot-added since `started`.
+    async fn wait_for_disks(&self, started: Instant) -> Result<()> {
+        let disks = self.disks();
+        if disks.is_empty() {
+            return Ok(());
         }
         for d in &disks {
             self.wait_for_block_device(&d.serial, true, timeouts::hotplug()).await?;

@@ -91,8 +91,9 @@ pub(crate) struct MachineEnv {
 /// What a start from the snapshot store leaves to do once the agent answers
 /// ([`Machine::wait_for_agent`]).
 enum Pending {
-    /// Restored: make the guest differ where it must, then plug the disks.
-    Restored { key: crate::snapshot::Key, started: Instant },
+    /// Restored, its disks hot-added (at `plugging`) before it resumed: make the guest differ
+    /// where it must, then wait for the disks.
+    Restored { key: crate::snapshot::Key, started: Instant, plugging: Instant },
     /// Booted disk-less to build a snapshot: save it, resume, then plug the disks.
     Build { build: crate::snapshot::Build, started: Instant },
 }
