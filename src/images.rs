@@ -548,6 +548,60 @@ impl Images {
     }
 
     /// Everything that decides what the image holds.
+    /// The shared libraries `ldd` names for the host binary `path` (remembered, see
+    /// [`Images::memo`]; a remembered library that is gone is asked again).
+    fn libraries(&self, path: &Path) -> Result<Vec<PathBuf>> {
+        let libs = self
+            .memo(path, Fact::Libraries, || shared_libraries(path).map(Remembered::Libraries))?
+            .libraries()?;
+        if libs.iter().all(|l| l.exists()) {
+            return Ok(libs);
+        }
+        let libs = shared_libraries(path)?;
+        self.remember(path, Fact::Libraries, Remembered::Libraries(libs.clone()));
+        Ok(libs)
+    }
+
+    /// A fact about the host file `path` (its content hash, or its libraries), computed by
+    /// `compute` once and remembered in `host-files.json` of the cache while the file keeps its
+    /// size, mtime and inode (and, for libraries, while `/etc/ld.so.cache` keeps its own): each
+    /// run used to hash every recipe file again (the target daemon alone is about 60 MiB, 0.3 s)
+    /// and ask `ldd` about each binary.
+    fn memo(
+        &self,
+        path: &Path,
+        fact: Fact,
+        compute: impl FnOnce() -> Result<Remembered>,
+    ) -> Result<Remembered> {
+        let stamp = memo_stamp(path, fact);
+        if let Some(stamp) = &stamp {
+            let found = read_memo(&self.cache_dir).remove(&memo_key(path, fact));
+            if let Some(entry) = found.filter(|e| &e.stamp == stamp) {
+                return Ok(entry.value);
+            }
+        }
+        let value = compute()?;
+        self.remember(path, fact, value.clone());
+        Ok(value)
+    }
+
+    fn remember(&self, path: &Path, fact: Fact, value: Remembered) {
+        let Some(stamp) = memo_stamp(path, fact) else { return };
+        let mut memo = read_memo(&self.cache_dir);
+        // One entry per file and fact: a file that changed replaces its entry.
+        memo.insert(memo_key(path, fact), MemoEntry { stamp, value });
+        // Written aside and renamed: a reader never sees half a file; of two runs writing at
+        // once one's entry may be lost, and is computed again next time.
+        let file = self.cache_dir.join(MEMO_FILE);
+        let written = tempfile::NamedTempFile::new_in(&self.cache_dir).and_then(|mut tmp| {
+            serde_json::to_writer(&mut tmp, &memo)?;
+            tmp.persist(&file).map(drop).map_err(|e| e.error)
+        });
+        if let Err(e) = written {
+            self.say(&format!("{} not written: {e}", file.display()));
+        }
+    }
+
     fn inputs(&self, recipe: &Recipe, kernel: &Kernel) -> Result<Inputs> {
         let mut files = BTreeSet::new();
         files.insert(PathBuf::from(BUSYBOX.0));
@@ -555,20 +609,22 @@ impl Images {
         for (path, package) in BOOT_BINARIES {
             require_file(path, package)?;
             files.insert(PathBuf::from(path));
-            files.extend(shared_libraries(Path::new(path))?);
+            files.extend(self.libraries(Path::new(path))?);
         }
         let mut tools = BTreeSet::new();
         for (path, package) in COMMON_BINARIES {
             require_file(path, package)?;
             tools.insert(PathBuf::from(path));
-            tools.extend(shared_libraries(Path::new(path))?);
+            tools.extend(self.libraries(Path::new(path))?);
         }
         let mut own = BTreeMap::new();
         for f in recipe.host_files() {
-            let hash = file_sha256(&f.host)
-                .with_context(|| format!("reading the host file {}", f.host.display()))?;
+            let hash = self
+                .memo(&f.host, Fact::Sha256, || file_sha256(&f.host).map(Remembered::Sha256))
+                .with_context(|| format!("reading the host file {}", f.host.display()))?
+                .sha256()?;
             if is_elf(&f.host) {
-                tools.extend(shared_libraries(&f.host)?);
+                tools.extend(self.libraries(&f.host)?);
             }
             own.insert(crate::recipe::normalize(&f.guest), (f.host.clone(), hash));
         }
@@ -946,6 +1002,77 @@ fn apt_lists_mtime() -> Option<std::time::SystemTime> {
 
 fn sha256_hex(data: &[u8]) -> String {
     hex::encode(Sha256::digest(data))
+}
+
+/// Where the facts about host files are remembered, in the cache ([`Images::memo`]).
+const MEMO_FILE: &str = "host-files.json";
+
+/// What is remembered about a host file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fact {
+    Sha256,
+    Libraries,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Remembered {
+    Sha256(String),
+    Libraries(Vec<PathBuf>),
+}
+
+impl Remembered {
+    fn sha256(self) -> Result<String> {
+        match self {
+            Remembered::Sha256(h) => Ok(h),
+            other => Err(anyhow!("{MEMO_FILE}: expected a hash, found {other:?}")),
+        }
+    }
+    fn libraries(self) -> Result<Vec<PathBuf>> {
+        match self {
+            Remembered::Libraries(l) => Ok(l),
+            other => Err(anyhow!("{MEMO_FILE}: expected libraries, found {other:?}")),
+        }
+    }
+}
+
+/// A remembered fact and what says the file is still the one it is about.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct MemoEntry {
+    stamp: String,
+    value: Remembered,
+}
+
+fn memo_key(path: &Path, fact: Fact) -> String {
+    format!("{fact:?} {}", path.display())
+}
+
+/// What says `path` is the same file: its size, mtime (ns) and inode; for its libraries, also
+/// `/etc/ld.so.cache`'s. `None` when the file cannot be looked at (then nothing is remembered).
+fn memo_stamp(path: &Path, fact: Fact) -> Option<String> {
+    let stamp = |p: &Path| {
+        fs::metadata(p)
+            .ok()
+            .map(|m| format!("{}:{}.{}:{}", m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
+    };
+    let file = stamp(path)?;
+    Some(match fact {
+        Fact::Sha256 => file,
+        Fact::Libraries => {
+            format!(
+                "{file} ld.so.cache {}",
+                stamp(Path::new("/etc/ld.so.cache")).unwrap_or_default()
+            )
+        }
+    })
+}
+
+/// The remembered facts; none when the file is missing or unreadable.
+fn read_memo(cache_dir: &Path) -> BTreeMap<String, MemoEntry> {
+    fs::read(cache_dir.join(MEMO_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
 }
 
 fn file_sha256(path: &Path) -> Result<String> {
@@ -1442,6 +1569,33 @@ mod tests {
 kernel/drivers/nvme/host/nvme-fabrics.ko: kernel/drivers/nvme/host/nvme-core.ko\n\
 kernel/drivers/nvme/host/nvme-core.ko: kernel/lib/crc64.ko\n\
 kernel/lib/crc64.ko:\n";
+
+    #[test]
+    fn a_host_files_hash_is_remembered_until_the_file_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = Images { cache_dir: dir.path().to_path_buf(), verbose: false, fetch: false };
+        let file = dir.path().join("tool");
+        fs::write(&file, "one").unwrap();
+        let computed = std::cell::Cell::new(0);
+        let hash = || {
+            images
+                .memo(&file, Fact::Sha256, || {
+                    computed.set(computed.get() + 1);
+                    file_sha256(&file).map(Remembered::Sha256)
+                })
+                .unwrap()
+                .sha256()
+                .unwrap()
+        };
+        let first = hash();
+        assert_eq!((hash(), computed.get()), (first.clone(), 1), "remembered");
+        // Another content (and length): asked again, and the entry replaced.
+        fs::write(&file, "two!").unwrap();
+        let second = hash();
+        assert_ne!(second, first);
+        assert_eq!((hash(), computed.get()), (second, 2));
+        assert_eq!(read_memo(dir.path()).len(), 1);
+    }
 
     #[test]
     fn modules_come_after_their_dependencies() {
