@@ -94,6 +94,8 @@ pub struct Driver {
     _cache_holds: Vec<crate::cache::Hold>,
     /// The accelerator the machines run under (KVM when its probe passed, else TCG).
     pub accel: Accel,
+    /// The machines whose dmesg the last [`Driver::unreported_findings`] read and kept.
+    dmesg_kept: Mutex<Vec<String>>,
 }
 
 /// A polled invariant: its task, and what its polls cost.
@@ -234,6 +236,7 @@ impl Driver {
             watches: Mutex::default(),
             _cache_holds: cache_holds,
             accel,
+            dmesg_kept: Mutex::default(),
         };
         // The target's daemon: its console line is instant; a poll of its pid and exits is the
         // backstop that catches a restart the console did not show.
@@ -532,19 +535,37 @@ impl Driver {
     /// never showed (early boot under `quiet`, or a boot before this run, for a machine restored
     /// from a snapshot) is a finding too.
     pub async fn unreported_findings(&self) -> Vec<crate::watch::Finding> {
-        for m in self.machines.iter().filter(|m| m.is_steady()) {
-            let Ok(out) = m.execute_with_timeout("dmesg", crate::timeouts::request()).await else {
-                continue;
-            };
-            for finding in m.console_watch().unseen_splats(&out.stdout) {
+        // Every steady machine's dmesg at once; each is also kept among the run's logs, so that
+        // the end of the run (`keep_logs`) need not read it again.
+        let scanned = self.machines.iter().filter(|m| m.is_steady()).map(|m| async move {
+            let out = m.execute_with_timeout("dmesg", crate::timeouts::request()).await.ok()?;
+            let kept = m.keep_dmesg(&out.stdout).is_ok();
+            Some((m, out.stdout, kept))
+        });
+        let mut kept = Vec::new();
+        for (m, dmesg, was_kept) in futures::future::join_all(scanned).await.into_iter().flatten() {
+            for finding in m.console_watch().unseen_splats(&dmesg) {
                 self.findings.push(finding);
             }
+            if was_kept {
+                kept.push(m.name().to_string());
+            }
         }
+        *self.dmesg_kept.lock().unwrap() = kept;
         let rest = self.findings.take_rest(0).await;
         for finding in &rest {
             self.mark(finding);
         }
         rest
+    }
+
+    /// Keeps each running machine's dmesg among the run's logs ([`crate::machine::keep_logs`]),
+    /// but for those the last [`Driver::unreported_findings`] has just kept.
+    pub async fn keep_logs(&self) {
+        let kept = std::mem::take(&mut *self.dmesg_kept.lock().unwrap());
+        let rest: Vec<Machine> =
+            self.machines.iter().filter(|m| !kept.iter().any(|k| k == m.name())).cloned().collect();
+        crate::machine::keep_logs(&rest).await;
     }
 
     /// Marks what a watch found on the scenario's timeline, at the time it was seen.

@@ -406,8 +406,13 @@ impl Machine {
     /// Keeps the guest's whole kernel log (`dmesg`, boot messages the quiet console left out
     /// included) as `<machine>.dmesg` among the run's logs; a machine that is down keeps none.
     pub async fn save_dmesg(&self) -> Result<PathBuf> {
-        let path = self.env().log_dir.join(format!("{}.dmesg", self.name()));
         let text = self.execute_with_timeout("dmesg", timeouts::request()).await?.stdout;
+        self.keep_dmesg(&text)
+    }
+
+    /// Keeps `text`, the guest's dmesg just read, as [`Machine::save_dmesg`] does.
+    pub(crate) fn keep_dmesg(&self, text: &str) -> Result<PathBuf> {
+        let path = self.env().log_dir.join(format!("{}.dmesg", self.name()));
         std::fs::write(&path, text)?;
         Ok(path)
     }
@@ -677,10 +682,15 @@ pub(super) fn log_qmp_events(machine: &Machine, qmp: &std::sync::Arc<Qmp>, pid: 
     });
 }
 
-/// Keeps each running machine's dmesg among the run's logs (before the machines are stopped).
+/// Keeps each running machine's dmesg among the run's logs (before the machines are stopped),
+/// all machines at once.
 pub async fn keep_logs(machines: &[Machine]) {
-    for m in machines {
-        if m.is_up().await {
+    let keep = |m: &Machine| {
+        let m = m.clone();
+        async move {
+            if !m.is_up().await {
+                return;
+            }
             match tokio::time::timeout(Duration::from_secs(15), m.save_dmesg()).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => log::line(&format!(
@@ -694,5 +704,6 @@ pub async fn keep_logs(machines: &[Machine]) {
                 )),
             }
         }
-    }
+    };
+    futures::future::join_all(machines.iter().map(keep)).await;
 }

@@ -721,7 +721,7 @@ async fn run_group(
         reporter.line(&cost);
     }
     // Per-test logs: each machine's whole dmesg next to its console log and QMP events.
-    crate::machine::keep_logs(driver.machines()).await;
+    driver.keep_logs().await;
     driver.kill_all().await;
     reporter.line(&format!("machines stopped in {:.2} s", teardown.elapsed().as_secs_f64()));
     // The group's timeline (events and fio series) as JSON and SVG, next to its logs.
