@@ -5,9 +5,10 @@
 //! delivered when it starts. So the channel is synchronised with `guest-sync-delimited` (a fresh
 //! id each time, stale answers skipped) on connect, after every timeout, and after a reboot.
 //!
-//! Requests may also be sent ahead ([`Qga::send_ahead`]): written at once, their answers read
-//! (and an error among them reported) before the next request is written. The agent handles one
-//! request at a time, in order, so whatever is sent later runs after them in the guest.
+//! Requests may also be sent ahead (`Qga::send_ahead`): written at once, their answers read (and
+//! an error among them reported) before the next request is written, a request's follow-ups sent
+//! ahead as its answer is read. The agent handles one request at a time, in order, so whatever
+//! is sent later runs after them in the guest.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -60,7 +61,34 @@ struct Conn {
     writer: OwnedWriteHalf,
     in_sync: bool,
     /// The requests sent ahead whose answers have not been read yet, oldest first.
-    owed: std::collections::VecDeque<String>,
+    owed: std::collections::VecDeque<Ahead>,
+}
+
+/// A request sent ahead ([`Qga::send_ahead`]), and what to send ahead in turn once its answer
+/// has been read.
+pub(crate) struct Ahead {
+    name: String,
+    arguments: Value,
+    then: Option<FollowUp>,
+}
+
+/// Computes the requests that follow a request sent ahead from its answer (the `return` value).
+type FollowUp = Box<dyn FnOnce(&Value) -> Vec<Ahead> + Send>;
+
+impl Ahead {
+    /// The request `name` with `arguments`.
+    pub(crate) fn new(name: &str, arguments: Value) -> Ahead {
+        Ahead { name: name.to_string(), arguments, then: None }
+    }
+
+    /// Once this request's answer is read, `follow_up` of its `return` value is sent ahead too
+    /// (a file written with the handle its opening returned, say); not after an error.
+    pub(crate) fn then(
+        self,
+        follow_up: impl FnOnce(&Value) -> Vec<Ahead> + Send + 'static,
+    ) -> Ahead {
+        Ahead { then: Some(Box::new(follow_up)), ..self }
+    }
 }
 
 /// A guest agent reached through the unix socket of its virtio-serial chardev.
@@ -159,11 +187,11 @@ impl Qga {
         }
     }
 
-    /// Writes `requests` (command name, arguments) at once and returns without waiting for
-    /// their answers. The agent runs them in order before anything sent later; their answers are
-    /// read before the next request is written ([`Qga::settle`]), and an error among them fails
-    /// that request (naming the request sent ahead).
-    pub async fn send_ahead(&self, requests: &[(&str, Value)]) -> Result<()> {
+    /// Writes `requests` at once and returns without waiting for their answers. The agent runs
+    /// them in order before anything sent later; their answers are read before the next request
+    /// is written ([`Qga::settle`]), and their follow-ups ([`Ahead::then`]) sent ahead as each
+    /// answer is read; an error among them fails that request (naming the request sent ahead).
+    pub(crate) async fn send_ahead(&self, requests: Vec<Ahead>) -> Result<()> {
         let deadline = Instant::now() + crate::timeouts::request();
         let mut guard = self.conn.lock().await;
         let conn = self.connected(&mut guard, deadline).await?;
@@ -171,18 +199,12 @@ impl Qga {
         if !conn.in_sync {
             sync_conn(conn, deadline).await.context("guest agent")?;
         }
-        let mut lines = Vec::new();
-        for (name, arguments) in requests {
-            lines.extend(request_line(name, arguments.clone())?);
-        }
-        conn.writer.write_all(&lines).await.context("guest agent: write failed")?;
-        conn.owed.extend(requests.iter().map(|(name, _)| name.to_string()));
-        Ok(())
+        write_ahead(conn, requests).await
     }
 
-    /// Waits for the answers to what was sent ahead ([`Qga::send_ahead`]); an error among them
-    /// is this call's error.
-    pub async fn settle(&self) -> Result<()> {
+    /// Waits for the answers to what was sent ahead ([`Qga::send_ahead`]), follow-ups included;
+    /// an error among them is this call's error.
+    pub(crate) async fn settle(&self) -> Result<()> {
         let deadline = Instant::now() + crate::timeouts::request();
         let mut guard = self.conn.lock().await;
         match guard.as_mut() {
@@ -330,16 +352,27 @@ fn request_line(name: &str, arguments: Value) -> Result<Vec<u8>> {
     Ok(line)
 }
 
-/// Reads the answers owed for requests sent ahead, oldest first; the first error among them is
-/// returned once all are read. Out of sync, they cannot be told from stale answers: the
-/// resynchronisation skips them.
+/// Writes `requests` in one write and owes their answers.
+async fn write_ahead(conn: &mut Conn, requests: Vec<Ahead>) -> Result<()> {
+    let mut lines = Vec::new();
+    for r in &requests {
+        lines.extend(request_line(&r.name, r.arguments.clone())?);
+    }
+    conn.writer.write_all(&lines).await.context("guest agent: write failed")?;
+    conn.owed.extend(requests);
+    Ok(())
+}
+
+/// Reads the answers owed for requests sent ahead, oldest first, sending each one's follow-ups
+/// ahead once its answer is read; the first error among them is returned once all are read.
+/// Out of sync, they cannot be told from stale answers: the resynchronisation skips them.
 async fn settle(conn: &mut Conn, deadline: Instant) -> Result<()> {
     if !conn.in_sync {
         conn.owed.clear();
         return Ok(());
     }
     let mut failed = None;
-    while let Some(name) = conn.owed.pop_front() {
+    while let Some(Ahead { name, then, .. }) = conn.owed.pop_front() {
         match tokio::time::timeout_at(deadline.into(), conn.reader.next()).await {
             Err(_) => {
                 conn.in_sync = false;
@@ -350,16 +383,22 @@ async fn settle(conn: &mut Conn, deadline: Instant) -> Result<()> {
                 conn.owed.clear();
                 bail!("guest agent {name} (sent ahead): connection lost: {e}");
             }
-            Ok(Ok(reply)) => {
-                if let Some(e) = reply.get("error") {
+            Ok(Ok(reply)) => match (reply.get("return"), reply.get("error")) {
+                (Some(value), _) => {
+                    if let Some(then) = then {
+                        write_ahead(conn, then(value)).await?;
+                    }
+                }
+                (None, Some(e)) => {
                     let desc = e["desc"].as_str().unwrap_or("unknown error").to_string();
                     failed.get_or_insert(format!("guest agent {name} (sent ahead) failed: {desc}"));
-                } else if reply.get("return").is_none() {
+                }
+                (None, None) => {
                     conn.in_sync = false;
                     conn.owed.clear();
                     bail!("guest agent {name} (sent ahead): malformed answer {reply}");
                 }
-            }
+            },
         }
     }
     match failed {
@@ -463,6 +502,89 @@ impl MemoryStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in for qemu-ga on a unix socket: answers each request in order (the sync with its
+    /// id, `guest-file-open` with handle 7, `guest-set-time` with an error when `fail_time`,
+    /// anything else with `{}`), and records the requests it read.
+    async fn fake_agent(
+        listener: tokio::net::UnixListener,
+        fail_time: bool,
+        seen: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    ) {
+        use tokio::io::AsyncBufReadExt;
+        let (stream, _) = listener.accept().await.unwrap();
+        let (r, mut w) = stream.into_split();
+        let mut reader = tokio::io::BufReader::new(r);
+        loop {
+            let mut line = Vec::new();
+            if reader.read_until(b'\n', &mut line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            // The sync's leading 0xFF byte is no JSON (nor UTF-8).
+            line.retain(|b| *b != 0xff);
+            let request: Value = serde_json::from_slice(&line).unwrap();
+            let answer = match request["execute"].as_str().unwrap() {
+                "guest-sync-delimited" => json!({"return": request["arguments"]["id"]}),
+                "guest-file-open" => json!({"return": 7}),
+                "guest-set-time" if fail_time => json!({"error": {"desc": "hwclock failed"}}),
+                _ => json!({"return": {}}),
+            };
+            seen.lock().unwrap().push(request);
+            let mut out = serde_json::to_vec(&answer).unwrap();
+            out.push(b'\n');
+            w.write_all(&out).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn requests_sent_ahead_run_before_the_next_and_their_follow_ups_get_the_answer() {
+        for fail_time in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("qga.sock");
+            let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let listener = tokio::net::UnixListener::bind(&path).unwrap();
+            tokio::spawn(fake_agent(listener, fail_time, seen.clone()));
+            let qga = Qga::new(&path);
+            qga.sync(Duration::from_secs(5)).await.unwrap();
+            qga.send_ahead(vec![
+                Ahead::new("guest-file-open", json!({"path": "/dev/urandom"})).then(|handle| {
+                    vec![Ahead::new("guest-file-close", json!({ "handle": handle }))]
+                }),
+                Ahead::new("guest-set-time", json!({"time": 1})),
+            ])
+            .await
+            .unwrap();
+            let next = qga.execute_raw("guest-ping", Value::Null).await;
+            let names: Vec<String> = seen
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|r| format!("{} {}", r["execute"], r["arguments"]["handle"]))
+                .collect();
+            // The follow-up went out with the opening's answer, all before the next request.
+            assert_eq!(
+                names[1..],
+                [
+                    "\"guest-file-open\" null",
+                    "\"guest-set-time\" null",
+                    "\"guest-file-close\" 7",
+                    "\"guest-ping\" null"
+                ][..(if fail_time { 3 } else { 4 })],
+                "{names:?}"
+            );
+            match (fail_time, next) {
+                (false, Ok(_)) => {}
+                (true, Err(e)) => {
+                    assert!(
+                        e.to_string()
+                            .contains("guest-set-time (sent ahead) failed: hwclock failed"),
+                        "{e}"
+                    )
+                }
+                (_, other) => panic!("fail_time {fail_time}: {other:?}"),
+            }
+        }
+    }
 
     #[test]
     fn meminfo_is_parsed() {

@@ -446,39 +446,38 @@ impl Machine {
     /// `guest-set-time`) and its random state (fresh bytes from the host mixed into
     /// `/dev/urandom`).
     ///
-    /// Only the opening of `/dev/urandom` is waited for. The rest is sent ahead
-    /// ([`Qga::send_ahead`]): the bytes written, the file closed, the clock set. The agent runs
-    /// them before any later request, so every guest command after the restore (and the target
-    /// daemon's first gRPC call, [`Machine::target_client`] settles them first) sees the guest's
-    /// clock set and the bytes mixed in, and a failure among them fails that command. What it
-    /// saves: `guest-set-time` has qemu-ga run `hwclock -w`, the first process the guest starts
-    /// after the restore, which under TCG takes about 0.2 s (its code is translated afresh);
-    /// the host meanwhile plugs disks in, restores the other machines, talks to the daemon.
+    /// Nothing of it is waited for: all is sent ahead (`Qga::send_ahead`): `/dev/urandom`
+    /// opened, the clock set, and once the opening's answer is read, the bytes written and the
+    /// file closed. The agent runs them before any later request, so every guest command after
+    /// the restore (and the target daemon's first gRPC call: [`Machine::target_client`] settles
+    /// them first) sees the guest's clock set and the bytes mixed in, and a failure among them
+    /// fails that command. What it saves: the first requests after a restore are slow under TCG,
+    /// every code path they take translated afresh: the opening about 0.1 s, and
+    /// `guest-set-time`, whose qemu-ga runs `hwclock -w`, the first process the guest starts,
+    /// about 0.2 s; the host meanwhile plugs disks in, restores the other machines, talks to the
+    /// daemon.
     async fn after_restore(&self) -> Result<()> {
+        use crate::qga::Ahead;
+        use base64::Engine;
         let qga = self.qga().await?;
         let mut seed = [0u8; 64];
         std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut seed)?;
-        let handle = qga
-            .execute(qapi::qga::guest_file_open {
-                path: "/dev/urandom".into(),
-                mode: Some("w".into()),
-            })
-            .await
-            .context("opening /dev/urandom")?;
-        use base64::Engine;
+        let seed = base64::engine::general_purpose::STANDARD.encode(seed);
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as i64;
-        qga.send_ahead(&[
-            (
-                "guest-file-write",
-                serde_json::json!({
-                    "handle": handle,
-                    "buf-b64": base64::engine::general_purpose::STANDARD.encode(seed),
-                }),
-            ),
-            // Closing flushes what was written.
-            ("guest-file-close", serde_json::json!({ "handle": handle })),
-            ("guest-set-time", serde_json::json!({ "time": now })),
+        let open = serde_json::json!({ "path": "/dev/urandom", "mode": "w" });
+        qga.send_ahead(vec![
+            Ahead::new("guest-file-open", open).then(move |handle| {
+                vec![
+                    Ahead::new(
+                        "guest-file-write",
+                        serde_json::json!({ "handle": handle, "buf-b64": seed }),
+                    ),
+                    // Closing flushes what was written.
+                    Ahead::new("guest-file-close", serde_json::json!({ "handle": handle })),
+                ]
+            }),
+            Ahead::new("guest-set-time", serde_json::json!({ "time": now })),
         ])
         .await
     }
