@@ -570,6 +570,30 @@ fn bare_beside(spec: &QemuSpec, dir: &std::path::Path, tag: &str) -> QemuSpec {
     bare
 }
 
+/// Reads `paths` through, so that the host's page cache holds them: the first of two compared
+/// starts would otherwise read its kernel, initramfs or saved state from the disk alone.
+fn read_through(paths: &[&std::path::Path]) {
+    for p in paths {
+        if let Ok(mut f) = std::fs::File::open(p) {
+            let _ = std::io::copy(&mut f, &mut std::io::sink());
+        }
+    }
+}
+
+/// The kernel, initramfs and tools disk a kernel boot of `spec` reads.
+fn boot_files(spec: &QemuSpec) -> Vec<&std::path::Path> {
+    match &spec.boot {
+        crate::qemu::Boot::Kernel { kernel, initrd, tools, .. } => {
+            [Some(kernel), Some(initrd), tools.as_ref()]
+                .into_iter()
+                .flatten()
+                .map(|p| p.as_path())
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// Boot to agent, exec round trip and network throughput, the driver's and bare QEMU's, each
 /// pair interleaved round by round; then restores, two boots at once and fio_nvme_basic's
 /// parts.
@@ -596,6 +620,7 @@ async fn machine_api(options: &BenchOptions, reporter: Reporter) -> Result<Bench
     let bare_spec = bare_beside(&m.qemu_spec(), &bare_dir, "bench");
 
     // Boot to agent, one VM at a time, vmcheck's and the bare one in turn.
+    read_through(&boot_files(&bare_spec));
     let (mut ours, mut bare) = (Vec::new(), Vec::new());
     for round in 0..options.boots {
         for vmcheck in vmcheck_first(round) {
@@ -754,6 +779,9 @@ async fn restore_to_agent(report: &mut Report, reporter: &Reporter, rounds: usiz
     bare_spec.disks.clear();
     let mut bare_args = bare_args(&bare_spec)?;
     bare_args.extend(["-incoming".to_string(), format!("file:{}", state.display())]);
+    let mut files = boot_files(&bare_spec);
+    files.push(&state);
+    read_through(&files);
     // Until the agent answers; and until a first command has run, the first process the
     // restored guest starts (which vmcheck's restore leaves its clock's hwclock to run before).
     let (mut ours, mut bare, mut ours_first, mut bare_first) =
@@ -821,6 +849,7 @@ async fn two_boots_at_once(report: &mut Report, reporter: &Reporter, rounds: usi
             std::fs::File::create(&disk.path)?.set_len(size)?;
         }
     }
+    read_through(&specs.iter().flat_map(boot_files).collect::<Vec<_>>());
     let (mut ours, mut bare) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         for vmcheck in vmcheck_first(round) {
