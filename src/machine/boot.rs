@@ -446,16 +446,16 @@ impl Machine {
     /// `guest-set-time`) and its random state (fresh bytes from the host mixed into
     /// `/dev/urandom`).
     ///
-    /// Nothing of it is waited for: all is sent ahead (`Qga::send_ahead`): `/dev/urandom`
-    /// opened, the clock set, and once the opening's answer is read, the bytes written and the
-    /// file closed. The agent runs them before any later request, so every guest command after
-    /// the restore (and the target daemon's first gRPC call: [`Machine::target_client`] settles
-    /// them first) sees the guest's clock set and the bytes mixed in, and a failure among them
-    /// fails that command. What it saves: the first requests after a restore are slow under TCG,
-    /// every code path they take translated afresh: the opening about 0.1 s, and
-    /// `guest-set-time`, whose qemu-ga runs `hwclock -w`, the first process the guest starts,
-    /// about 0.2 s; the host meanwhile plugs disks in, restores the other machines, talks to the
-    /// daemon.
+    /// Nothing of it is waited for: all is sent ahead (`Qga::send_ahead`): the clock set (first,
+    /// since it is set to the time it was sent at), `/dev/urandom` opened, and once the
+    /// opening's answer is read, the bytes written and the file closed. The agent runs them
+    /// before any later request, so every guest command after the restore (and the target
+    /// daemon's first gRPC call: [`Machine::target_client`] settles them first) sees the guest's
+    /// clock set and the bytes mixed in, and a failure among them fails that command. What it
+    /// saves: the first requests after a restore are slow under TCG, every code path they take
+    /// translated afresh: `guest-set-time`, whose qemu-ga runs `hwclock -w`, the first process
+    /// the guest starts, about 0.2 s, and the opening about 0.1 s; the host meanwhile plugs
+    /// disks in, restores the other machines, talks to the daemon.
     async fn after_restore(&self) -> Result<()> {
         use crate::qga::Ahead;
         use base64::Engine;
@@ -466,7 +466,9 @@ impl Machine {
         let now =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos() as i64;
         let open = serde_json::json!({ "path": "/dev/urandom", "mode": "w" });
+        // The clock first: it is set to the time it was sent at, so nothing may queue before it.
         qga.send_ahead(vec![
+            Ahead::new("guest-set-time", serde_json::json!({ "time": now })),
             Ahead::new("guest-file-open", open).then(move |handle| {
                 vec![
                     Ahead::new(
@@ -477,7 +479,6 @@ impl Machine {
                     Ahead::new("guest-file-close", serde_json::json!({ "handle": handle })),
                 ]
             }),
-            Ahead::new("guest-set-time", serde_json::json!({ "time": now })),
         ])
         .await
     }
