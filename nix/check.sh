@@ -18,8 +18,9 @@
 #                                       (lib.buildDriver) and its check (makeTest with `driver`)
 #   6. bad input is refused, with the field named: the driver configuration function, and
 #      makeTest/the modules (an option that does not exist, a wrong type, the guest agent off,
-#      a node name the driver refuses, a package set for another system, a driver without a
-#      main program, a Cargo.lock missing or with a git dependency and no way to fetch it, ...).
+#      a node name the driver refuses, a package set for another system or without nixpkgs'
+#      `_type = "pkgs"` mark, a driver without a main program, a Cargo.lock missing or with a
+#      git dependency and no way to fetch it, ...).
 #
 # tests/nix_config.rs reads the same evaluations: it parses every driver configuration with the
 # driver's own parser, checks the checks against `vmcheck list --json`, and fails when
@@ -157,6 +158,7 @@ refused_test "guest agent" 'f.testSummary { name = "t"; nodes.target.virtualisat
 refused_test "machine name" 'f.testSummary { name = "t"; nodes.target_ = { }; }'
 refused_test "eth0" 'f.testSummary { name = "t"; nodes.target = { imports = [ f.modules.target ]; vmcheck.testInterfaces = [ "eth0" ]; }; }'
 refused_test "x86_64-linux only" 'f.testSummary { name = "t"; system = null; pkgs = (import ./nix/tests/stub-nixpkgs).legacyPackages.aarch64-linux; nodes.target = { }; }'
+refused_test "is not of type \`Nixpkgs package set'" 'f.testSummary { name = "t"; system = null; pkgs = removeAttrs f.pkgs [ "_type" ]; nodes.target = { }; }'
 refused_test "accel" 'f.testSummary { name = "t"; accel = "hvf"; nodes.target = { }; }'
 refused_test "tcgTimeoutFactor" 'f.testSummary { name = "t"; tcgTimeoutFactor = 0; nodes.target = { }; }'
 refused_test "nodes is empty" 'f.testSummary { name = "t"; nodes = { }; }'

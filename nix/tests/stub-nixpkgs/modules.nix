@@ -155,10 +155,12 @@ lib: let
       description = "package";
       check = v: lib.isDerivation v || (isAttrs v && v ? outPath);
     };
-    pkgs = mkType {
+    # As nixpkgs' lib/types.nix: a package set is marked `_type = "pkgs"` (pkgs/top-level/
+    # stage.nix), anything else is refused, and two definitions are not merged.
+    pkgs = unique {message = "A Nixpkgs pkgs set can not be merged with another pkgs set.";} (mkType {
       description = "Nixpkgs package set";
-      check = isAttrs;
-    };
+      check = v: isAttrs v && (v._type or null) == "pkgs";
+    });
     raw = mkType {
       description = "raw value";
       merge = loc: defs:

@@ -37,6 +37,9 @@
     };
 
   pkgs = {
+    # As pkgs/top-level/stage.nix marks the package set; the nixpkgs.pkgs option refuses a
+    # value without it.
+    _type = "pkgs";
     inherit lib system;
     path = ./.;
     stdenv = rec {
