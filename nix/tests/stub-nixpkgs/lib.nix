@@ -14,6 +14,8 @@ let
       then acc
       else acc ++ [x]) [];
     mapAttrsToList = f: set: map (name: f name set.${name}) (attrNames set);
+    mapAttrs' = f: set: listToAttrs (map (name: f name set.${name}) (attrNames set));
+    reverseList = list: genList (i: builtins.elemAt list (length list - 1 - i)) (length list);
     optional = cond: x:
       if cond
       then [x]
@@ -31,6 +33,10 @@ let
       then set
       else {};
     concatMapStringsSep = sep: f: list: concatStringsSep sep (map f list);
+    concatStrings = concatStringsSep "";
+    concatMapStrings = f: list: concatStringsSep "" (map f list);
+    stringToCharacters = s: genList (i: builtins.substring i 1 s) (builtins.stringLength s);
+    toLower = replaceStrings (lib.stringToCharacters "ABCDEFGHIJKLMNOPQRSTUVWXYZ") (lib.stringToCharacters "abcdefghijklmnopqrstuvwxyz");
     inherit concatStringsSep;
     nameValuePair = name: value: {inherit name value;};
     genAttrs = names: f: listToAttrs (map (n: lib.nameValuePair n (f n)) names);
