@@ -157,6 +157,7 @@ refused_test "is not of type" 'f.testSummary { name = "t"; nodes.target.virtuali
 refused_test "guest agent" 'f.testSummary { name = "t"; nodes.target.virtualisation.qemu.guestAgent.enable = false; }'
 refused_test "machine name" 'f.testSummary { name = "t"; nodes.target_ = { }; }'
 refused_test "eth0" 'f.testSummary { name = "t"; nodes.target = { imports = [ f.modules.target ]; vmcheck.testInterfaces = [ "eth0" ]; }; }'
+refused_test "one name per vlan" 'f.testSummary { name = "t"; nodes.target = { vmcheck.vlans = [ 1 2 ]; vmcheck.testInterfaces = [ "eth1" ]; }; }'
 refused_test "x86_64-linux only" 'f.testSummary { name = "t"; system = null; pkgs = (import ./nix/tests/stub-nixpkgs).legacyPackages.aarch64-linux; nodes.target = { }; }'
 refused_test "is not of type \`Nixpkgs package set'" 'f.testSummary { name = "t"; system = null; pkgs = removeAttrs f.pkgs [ "_type" ]; nodes.target = { }; }'
 refused_test "accel" 'f.testSummary { name = "t"; accel = "hvf"; nodes.target = { }; }'

@@ -6,9 +6,10 @@
 #
 # returns, for every scenario, the arguments of makeTest (nix/make-test.nix): the scenario's
 # name, and for each machine it declares, a NixOS module of its role with the machine's address,
-# one test interface per test network (eth1, eth2, ... in the order of its vlans, as the driver
-# adds the NICs), its CPUs and its memory (at least 1024 MiB: a NixOS machine runs systemd and a
-# tmpfs root where the default images run an initramfs; a node may set more).
+# its test networks (vlans: the guest module names one test interface per vlan, eth1, eth2, ...,
+# by the MAC the driver gives that NIC), its CPUs and its memory (at least 1024 MiB: a NixOS
+# machine runs systemd and a tmpfs root where the default images run an initramfs; a node may
+# set more).
 {
   listing,
   modules,
@@ -34,7 +35,7 @@
     value = {lib, ...}: {
       imports = [role];
       vmcheck.address = node.address;
-      vmcheck.testInterfaces = lib.imap1 (i: _: "eth${toString i}") node.vlans;
+      vmcheck.vlans = node.vlans;
       virtualisation.memorySize = lib.mkDefault memory;
       virtualisation.cores = lib.mkDefault node.cpus;
     };

@@ -401,9 +401,24 @@ fn every_listed_scenario_is_a_flake_check_whose_machines_are_the_scenarios() {
                 "{name}.{}: and in the driver configuration",
                 node.name
             );
-            // One test NIC per vlan, after qemu-vm's own eth0, each with the machine's address.
+            // One test NIC per vlan, after qemu-vm's own eth0, each with the machine's address,
+            // named in the initrd by the MAC the driver gives it (as nixpkgs' test network
+            // names its own), not by the order in which the kernel finds the NICs.
             let expected: Vec<String> = (1..=node.vlans.len()).map(|i| format!("eth{i}")).collect();
             assert_eq!(n["testInterfaces"], serde_json::json!(expected), "{name}.{}", node.name);
+            assert_eq!(n["vlans"], serde_json::json!(node.vlans), "{name}.{}", node.name);
+            let rules: String = node
+                .vlans
+                .iter()
+                .zip(&expected)
+                .map(|(vlan, nic)| {
+                    format!(
+                        "SUBSYSTEM==\"net\",ACTION==\"add\",ATTR{{address}}==\"{}\",NAME=\"{nic}\"\n",
+                        vmcheck::qemu::test_mac(*vlan, node.address)
+                    )
+                })
+                .collect();
+            assert_eq!(n["initrdUdevRules"], rules.as_str(), "{name}.{}", node.name);
             for interface in &expected {
                 assert_eq!(
                     n["interfaces"][interface],

@@ -41,7 +41,9 @@ let
   in {
     inherit (c.networking) hostName;
     systemName = c.system.name;
-    inherit (c.vmcheck) address testInterfaces controlNetwork;
+    inherit (c.vmcheck) address vlans testInterfaces controlNetwork;
+    # The udev rules in the initrd (naming the test NICs by MAC).
+    initrdUdevRules = c.system.build.initialRamdisk.udevRules;
     interfaces = mapAttrs (_: i: map (a: "${a.address}/${toString a.prefixLength}") i.ipv4.addresses) c.networking.interfaces;
     inherit (c.virtualisation) memorySize cores graphics diskImage;
     qemu = c.virtualisation.qemu.package.outPath;

@@ -42,6 +42,12 @@ let
     genAttrs = names: f: listToAttrs (map (n: lib.nameValuePair n (f n)) names);
     hasPrefix = prefix: s: builtins.substring 0 (builtins.stringLength prefix) s == prefix;
     last = list: builtins.elemAt list (length list - 1);
+    take = count: list:
+      genList (builtins.elemAt list) (
+        if count < length list
+        then count
+        else length list
+      );
     flatten = x:
       if isList x
       then concatMap lib.flatten x
