@@ -26,8 +26,10 @@
     # Written by `vmcheck list --json` (tests/nix_config.rs keeps it equal to the driver's list).
     listing = builtins.fromJSON (builtins.readFile ./nix/scenarios.json);
 
-    vmcheckFor = pkgs:
-      self.packages.${pkgs.stdenv.hostPlatform.system}.vmcheck or (pkgs.callPackage ./nix/package.nix {});
+    # vmcheck from the package set it is used with: a caller's overlays (its rustPlatform, its
+    # rustc, ...) reach it. From the flake's own nixpkgs this is packages.<system>.vmcheck, the
+    # same derivation.
+    vmcheckFor = pkgs: pkgs.callPackage ./nix/package.nix {};
 
     # `vmcheck.lib.makeTest { system = "x86_64-linux"; name; nodes; scenario; ... }`, or with
     # `pkgs = <a nixpkgs package set>` instead of `system` to build the machines from your own
@@ -72,7 +74,7 @@
   in {
     packages = forAllSystems (system: let
       pkgs = nixpkgs.legacyPackages.${system};
-      vmcheck = pkgs.callPackage ./nix/package.nix {};
+      vmcheck = vmcheckFor pkgs;
     in {
       inherit vmcheck;
       default = vmcheck;

@@ -59,6 +59,10 @@ let
         then lib.recursiveUpdate a.${n} v
         else v)
       b;
+    fix = f: let
+      x = f x;
+    in
+      x;
     isDerivation = x: isAttrs x && (x.type or null) == "derivation";
     showOption = concatStringsSep ".";
 

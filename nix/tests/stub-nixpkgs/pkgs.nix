@@ -1,5 +1,10 @@
-# The package set of the nixpkgs stand-in (see default.nix): records, not builds.
-{system}: let
+# The package set of the nixpkgs stand-in (see default.nix): records, not builds. A fixed point
+# with overlays, as nixpkgs' is: `pkgs.extend (final: prev: { ... })` gives a set whose
+# callPackage and packages see the overlay's attributes.
+{
+  system,
+  overlays ? [],
+}: let
   lib = import ./lib.nix;
   inherit (builtins) all attrNames filter functionArgs hashString intersectAttrs isBool isFunction isInt isList isPath isString removeAttrs substring;
 
@@ -36,7 +41,7 @@
       meta.mainProgram = builtins.head (bins ++ [pname]);
     };
 
-  pkgs = {
+  base = pkgs: {
     # As pkgs/top-level/stage.nix marks the package set; the nixpkgs.pkgs option refuses a
     # value without it.
     _type = "pkgs";
@@ -54,7 +59,12 @@
       buildPlatform = hostPlatform;
     };
     config = {};
-    overlays = [];
+    inherit overlays;
+    extend = overlay:
+      import ./pkgs.nix {
+        inherit system;
+        overlays = overlays ++ [overlay];
+      };
 
     callPackage = fn: overrides: let
       f =
@@ -102,5 +112,6 @@
     bash = package "bash" ["bash"];
     runtimeShell = "${pkgs.bash}/bin/bash";
   };
+  pkgs = lib.fix (self: builtins.foldl' (prev: overlay: prev // overlay self prev) (base self) overlays);
 in
   pkgs
