@@ -87,7 +87,8 @@
     nixosModules = {
       # The guest contract: qemu-guest-agent, serial console, static test-network addresses.
       guest = {imports = [./nix/modules/guest.nix];};
-      # nvmet + nvmet-tcp, configfs, and vmcheck-target started at boot (this flake's package).
+      # The guest contract + nvmet + nvmet-tcp, configfs, and vmcheck-target started at boot
+      # (this flake's package): a machine vmcheck's driver starts.
       target = {
         lib,
         pkgs,
@@ -96,8 +97,19 @@
         imports = [./nix/modules/target.nix];
         vmcheck.target.package = lib.mkDefault (vmcheckFor pkgs);
       };
-      # nvme-tcp, nvme-cli, fio, lsblk, /etc/nvme/hostnqn and hostid.
+      # The guest contract + nvme-tcp, nvme-cli, fio, lsblk, /etc/nvme/hostnqn and hostid.
       initiator = {imports = [./nix/modules/initiator.nix];};
+      # The roles alone, without the guest contract (addresses, agent, control network): for
+      # machines vmcheck's driver does not start, such as nodes of nixpkgs' own test driver.
+      target-role = {
+        lib,
+        pkgs,
+        ...
+      }: {
+        imports = [./nix/modules/roles/target.nix];
+        vmcheck.target.package = lib.mkDefault (vmcheckFor pkgs);
+      };
+      initiator-role = {imports = [./nix/modules/roles/initiator.nix];};
     };
 
     lib = {

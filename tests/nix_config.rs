@@ -732,7 +732,13 @@ fn the_flake_offers_x86_64_linux_with_the_promised_outputs() {
     assert_eq!(summary["formatter"], "vmcheck-alejandra");
     assert_eq!(
         summary["nixosModules"],
-        serde_json::json!({"guest": "set", "initiator": "set", "target": "lambda"})
+        serde_json::json!({
+            "guest": "set",
+            "initiator": "set",
+            "initiator-role": "set",
+            "target": "lambda",
+            "target-role": "lambda"
+        })
     );
     assert_eq!(summary["lib"], serde_json::json!(["buildDriver", "driverConfig", "makeTest"]));
     // `nix flake init -t`: a path with the template's files, and a description.
