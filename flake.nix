@@ -25,6 +25,8 @@
 
     # Written by `vmcheck list --json` (tests/nix_config.rs keeps it equal to the driver's list).
     listing = builtins.fromJSON (builtins.readFile ./nix/scenarios.json);
+    # What it says about each scenario (where it runs, whether it migrates): nix/listing.nix.
+    scenarioList = import ./nix/listing.nix listing;
 
     # vmcheck from the package set it is used with: a caller's overlays (its rustPlatform, its
     # rustc, ...) reach it. From the flake's own nixpkgs this is packages.<system>.vmcheck, the
@@ -45,7 +47,7 @@
       ...
     } @ args:
       import ./nix/make-test.nix {
-        inherit pkgs vmcheck;
+        inherit pkgs vmcheck scenarioList;
         guestModule = self.nixosModules.guest;
       } (builtins.removeAttrs args ["system" "pkgs" "vmcheck"]);
 

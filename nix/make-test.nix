@@ -48,6 +48,8 @@
   pkgs,
   vmcheck,
   guestModule,
+  # nix/listing.nix applied to nix/scenarios.json: what vmcheck's own scenarios need.
+  scenarioList,
 }: {
   name,
   nodes,
@@ -93,6 +95,7 @@
         {
           networking.hostName = lib.mkDefault nodeName;
           vmcheck.address = lib.mkDefault "192.0.2.${toString nodeNumbers.${nodeName}}";
+          vmcheck.migrates = lib.mkDefault migrates;
         }
         defaults
         module
@@ -100,6 +103,10 @@
     };
 
   evaluatedNodes = builtins.mapAttrs evalNode nodes;
+
+  # Whether the scenario migrates its machines, for the guest module's assertion that no 9p
+  # export is mounted then: known for vmcheck's own scenarios run by vmcheck's own driver.
+  migrates = driver.outPath == vmcheck.outPath && scenarioList.known scenario && scenarioList.migrates scenario;
 
   startScript = node: "${node.config.system.build.vm}/bin/run-${node.config.system.name}-vm";
 

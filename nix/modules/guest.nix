@@ -32,6 +32,8 @@
   testMac = vlan: "52:54:00:12:${hex2 vlan}:${hex2 (hostByte cfg.address)}";
   # The names, vlan by vlan; a rule only where both lists have an entry (the assertion below
   # reports lists of different lengths).
+  # The 9p file systems mounted at boot: qemu-vm.nix mounts the host's store, xchg and shared.
+  mounted9p = builtins.filter (fs: fs.fsType == "9p" && !(builtins.elem "noauto" fs.options)) (builtins.attrValues config.fileSystems);
   namedNics = lib.imap0 (i: name: {
     inherit name;
     vlan = builtins.elemAt cfg.vlans i;
@@ -79,6 +81,19 @@ in {
       '';
     };
 
+    migrates = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = ''
+        Whether the scenario live-migrates this machine, or saves it to a file and restores it.
+        QEMU refuses both while a 9p export is mounted in the guest, and nixpkgs' qemu-vm.nix
+        mounts three (the host's store, xchg and shared), so an assertion then requires that no
+        9p file system is mounted. `vmcheck.lib.makeTest` sets it for the machines of vmcheck's
+        own scenarios that migrate (the scenario list, nix/scenarios.json); the flake's checks
+        leave those scenarios out.
+      '';
+    };
+
     controlNetwork = lib.mkOption {
       type = lib.types.bool;
       default = false;
@@ -112,6 +127,19 @@ in {
       {
         assertion = lib.unique cfg.testInterfaces == cfg.testInterfaces;
         message = "vmcheck.testInterfaces names an interface twice: ${builtins.toJSON cfg.testInterfaces}";
+      }
+      {
+        assertion = cfg.migrates -> mounted9p == [];
+        message = ''
+          vmcheck: the scenario migrates this machine (vmcheck.migrates: live migration, or save
+          and restore), but QEMU refuses to migrate a machine while a 9p export is mounted, and
+          this one mounts ${lib.concatMapStringsSep ", " (fs: "${fs.mountPoint} (9p tag ${fs.device})") mounted9p}
+          (nixpkgs' qemu-vm.nix shares the host's store, xchg and shared over 9p). Run this
+          scenario on vmcheck's default images, or take the mounts away on this machine: the
+          store from an image (virtualisation.useNixStoreImage = true) and no shared directories
+          (virtualisation.sharedDirectories = lib.mkForce { }; vmcheck's driver copies files
+          through the guest agent, not through them). The latter has not been tried with nixpkgs.
+        '';
       }
       {
         assertion = cfg.address != null;

@@ -41,7 +41,9 @@ let
   in {
     inherit (c.networking) hostName;
     systemName = c.system.name;
-    inherit (c.vmcheck) address vlans testInterfaces controlNetwork;
+    inherit (c.vmcheck) address vlans testInterfaces controlNetwork migrates;
+    # Where 9p file systems are mounted (nixpkgs' qemu-vm.nix: the host's store, xchg, shared).
+    mounted9p = map (fs: fs.mountPoint) (builtins.filter (fs: fs.fsType == "9p") (builtins.attrValues c.fileSystems));
     # The udev rules in the initrd (naming the test NICs by MAC).
     initrdUdevRules = c.system.build.initialRamdisk.udevRules;
     interfaces = mapAttrs (_: i: map (a: "${a.address}/${toString a.prefixLength}") i.ipv4.addresses) c.networking.interfaces;
@@ -132,6 +134,8 @@ in {
     devShell = map packageName outputs.devShells.${system}.default.packages;
     formatter = outputs.formatter.${system}.meta.mainProgram;
     checks = mapAttrs (_: testSummary') outputs.checks.${system};
+    # The listed scenarios the checks leave out, with why (nix/listing.nix).
+    leftOutOfNixChecks = (import ../listing.nix (builtins.fromJSON (builtins.readFile ../scenarios.json))).leftOutOfNixChecks;
     templates =
       mapAttrs (_: t: {
         path = toString t.path;
