@@ -131,9 +131,15 @@
     };
 
     # `nix build .#checks.x86_64-linux.fio_nvme_basic` runs the scenario in the build sandbox;
-    # `.driver` on it runs it outside, `.driverInteractive` opens the REPL. `nix flake check`
-    # builds them all.
+    # `.driver` on it runs it outside (`.driver -I`, or `.driverInteractive`, opens the REPL).
+    # `nix flake check` builds them all.
     checks = forAllSystems (system: builtins.mapAttrs (_: args: makeTest (args // {inherit system;})) scenarioTests);
+
+    # The same checks where `nix build .#checks.fio_nvme_basic` finds them: for `nix build .#X`
+    # Nix tries packages.<system>.X, then legacyPackages.<system>.X, then X. `nix flake check`
+    # does not descend into legacyPackages, so nothing runs twice. (nix/check.sh resolves the
+    # command with the Nix CI has.)
+    legacyPackages = forAllSystems (system: {checks = self.checks.${system};});
 
     devShells = forAllSystems (system: let
       pkgs = nixpkgs.legacyPackages.${system};

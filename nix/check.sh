@@ -16,7 +16,12 @@
 #                                       storage-test) with this flake as its input vmcheck and
 #                                       nix/tests/template-checkout as its source: its driver
 #                                       (lib.buildDriver) and its check (makeTest with `driver`)
-#   6. bad input is refused, with the field named: the driver configuration function, and
+#   6. the card's commands resolve             nix eval (Nix 2.8, nix-command and flakes on):
+#        `.#checks.fio_nvme_basic`, its `.driver` and `.driverInteractive`, found where
+#        `nix build` finds them (legacyPackages.x86_64-linux.checks), with the stand-in as the
+#        input nixpkgs (--override-input nixpkgs path:nix/tests/stub-nixpkgs); a scenario left out
+#        of the checks is not found, and Nix says where it looked
+#   7. bad input is refused, with the field named: the driver configuration function, and
 #      makeTest/the modules (an option that does not exist, a wrong type, the guest agent off,
 #      a node name the driver refuses, a package set for another system or without nixpkgs'
 #      `_type = "pkgs"` mark, a driver without a main program, a Cargo.lock missing or with a
@@ -28,14 +33,15 @@
 #
 # Usage: nix/check.sh [OUT_DIR]       (or VMCHECK_NIX_OUT=OUT_DIR; default: a temporary directory)
 #
-# Needs on PATH: nix-instantiate (Debian: apt-get install nix-bin), deadnix and vmcheck-alejandra
+# Needs on PATH: nix-instantiate and nix (Debian: apt-get install nix-bin), deadnix and vmcheck-alejandra
 # (cargo install --locked deadnix@1.3.1; cargo install --locked --path nix/tools/alejandra).
 # statix is not published on crates.io (the crate named statix there is an unrelated web
 # server), so it runs when it is on PATH and is skipped with a message otherwise;
 # VMCHECK_NIX_REQUIRE_STATIX=1 makes its absence an error.
 #
 # Evaluation uses the dummy store (--option store dummy://): nothing is written under /nix, and
-# it works as any user.
+# it works as any user. Step 6 needs the flake's source in a store: it uses a store of its own,
+# the directory OUT/store (a copy of the files git sees, OUT/flake, is put there), and no network.
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -58,6 +64,7 @@ need() {
 }
 
 need nix-instantiate "install it with: apt-get install -y nix-bin"
+need nix "install it with: apt-get install -y nix-bin"
 need deadnix "install it with: cargo install --locked deadnix --version 1.3.1"
 need vmcheck-alejandra "install it with: cargo install --locked --path nix/tools/alejandra"
 
@@ -131,6 +138,46 @@ holds "the flake's checks leave out exactly the scenarios that migrate (nixpkgs'
   'let out = builtins.attrNames f.summary.leftOutOfNixChecks; in out == [ "balloon_migrate" "lifecycle_migrate_fio" "lifecycle_save_restore" ] && builtins.all (n: !(f.summary.checks ? ${n})) out && builtins.all (why: builtins.match ".*9p export is mounted.*" why != null) (builtins.attrValues f.summary.leftOutOfNixChecks)'
 holds "a migrating scenario evaluates on machines without 9p mounts (store image, no shared directories), and with a driver of ones own the listing is not consulted" \
   'let vm1 = { imports = [ f.modules.initiator ]; virtualisation.useNixStoreImage = true; virtualisation.sharedDirectories = f.lib.mkForce { }; }; t = f.testSummary { name = "t"; scenario = "balloon_migrate"; nodes = { inherit vm1; }; }; own = f.testSummary { name = "t"; scenario = "balloon_migrate"; driver = f.pkgs.writeShellScriptBin "my-driver" ""; nodes.vm1.imports = [ f.modules.initiator ]; }; in t.nodes.vm1.migrates && t.nodes.vm1.mounted9p == [ ] && !own.nodes.vm1.migrates && own.nodes.vm1.mounted9p == [ "/nix/.ro-store" "/tmp/shared" "/tmp/xchg" ]'
+holds "the checks are also legacyPackages.x86_64-linux.checks (nix build .#checks.<name>)" 'f.summary.legacyChecks == f.summary.checkPaths && f.summary.systems.legacyPackages == [ "x86_64-linux" ]'
+
+# The card's command, `nix build .#checks.fio_nvme_basic`, resolved by the Nix at hand (flakes
+# need nix-command and flakes turned on in Nix 2.8): `nix eval` resolves an installable as
+# `nix build` does (packages.<system>.X, legacyPackages.<system>.X, X), with the stand-in given
+# as the input nixpkgs. The flake is a copy of the files git sees (as a git flake would: no
+# target/, new files included) in OUT/flake, evaluated in a store of its own, OUT/store (the
+# dummy store cannot hold the flake's source), without the network.
+step "the card's commands resolve: nix build .#checks.fio_nvme_basic, .driver ($(nix --version))"
+flake="$out/flake"
+rm -rf "$flake"
+mkdir -p "$flake"
+if git -C "$repo" rev-parse --git-dir >/dev/null 2>&1; then
+  git -C "$repo" ls-files -z --cached --others --exclude-standard |
+    while IFS= read -r -d '' f; do [[ -e $f ]] && printf '%s\0' "$f"; done |
+    tar --null -T - -cf - | tar -xf - -C "$flake"
+else
+  tar --exclude=./target --exclude='./result*' -cf - . | tar -xf - -C "$flake"
+fi
+nix_flake() {
+  (cd "$flake" && XDG_CACHE_HOME="$out/cache" nix --extra-experimental-features 'nix-command flakes' \
+    --store "$out/store" --option build-users-group '' \
+    "$1" --no-write-lock-file --override-input nixpkgs path:./nix/tests/stub-nixpkgs "${@:2}")
+}
+resolves() {
+  local installable=$1 apply=$2 expect=$3 got
+  got=$(nix_flake eval --json "$installable" --apply "$apply" 2>"$out/nix-eval.err") ||
+    die "nix eval $installable failed: $(cat "$out/nix-eval.err")"
+  [[ $got == "$expect" ]] || die "nix eval $installable --apply '$apply' gave $got, not $expect"
+  echo "ok: $installable -> $got"
+}
+resolves .#checks.fio_nvme_basic 't: t.name' '"vmcheck-test-fio_nvme_basic"'
+resolves .#checks.fio_nvme_basic.driver 'd: [ d.name d.meta.mainProgram ]' '["vmcheck-driver","vmcheck-driver"]'
+resolves .#checks.fio_nvme_basic.driverInteractive 'd: d.name' '"vmcheck-driver"'
+if nix_flake eval --json .#checks.balloon_migrate --apply 't: t.name' >/dev/null 2>"$out/nix-eval.err"; then
+  die "nix eval .#checks.balloon_migrate resolved; it is left out of the checks"
+fi
+grep -q "does not provide attribute 'packages.x86_64-linux.checks.balloon_migrate', 'legacyPackages.x86_64-linux.checks.balloon_migrate' or 'checks.balloon_migrate'" "$out/nix-eval.err" ||
+  die "nix eval .#checks.balloon_migrate did not say where it looked: $(cat "$out/nix-eval.err")"
+echo "ok: .#checks.balloon_migrate is not found, where Nix looked said"
 
 step "bad test definitions are refused, naming the field"
 refused() {

@@ -121,6 +121,7 @@ in {
     systems = {
       packages = attrNames outputs.packages;
       checks = attrNames outputs.checks;
+      legacyPackages = attrNames outputs.legacyPackages;
       devShells = attrNames outputs.devShells;
       formatter = attrNames outputs.formatter;
     };
@@ -134,6 +135,9 @@ in {
     devShell = map packageName outputs.devShells.${system}.default.packages;
     formatter = outputs.formatter.${system}.meta.mainProgram;
     checks = mapAttrs (_: testSummary') outputs.checks.${system};
+    # `nix build .#checks.<name>` finds them here (outPaths, to compare).
+    legacyChecks = mapAttrs (_: t: t.outPath) outputs.legacyPackages.${system}.checks;
+    checkPaths = mapAttrs (_: t: t.outPath) outputs.checks.${system};
     # The listed scenarios the checks leave out, with why (nix/listing.nix).
     leftOutOfNixChecks = (import ../listing.nix (builtins.fromJSON (builtins.readFile ../scenarios.json))).leftOutOfNixChecks;
     templates =
