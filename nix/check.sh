@@ -69,6 +69,8 @@ need deadnix "install it with: cargo install --locked deadnix --version 1.3.1"
 need vmcheck-alejandra "install it with: cargo install --locked --path nix/tools/alejandra"
 
 nix_eval() { nix-instantiate --option store dummy:// --eval --strict --json "$@"; }
+# A string, as it is (nix-instantiate prints strings quoted).
+nix_raw() { nix --extra-experimental-features nix-command --store dummy:// eval --impure --raw --expr "$1"; }
 
 # The repository's Nix files, tracked or new, without build output.
 mapfile -t files < <(find . \( -name .git -o -name target -o -name 'result*' \) -prune -o -type f -name '*.nix' -print | sed 's|^\./||' | sort)
@@ -124,14 +126,14 @@ holds() {
 holds "templates.default and templates.storage-test have a path with a flake.nix and a description" \
   'builtins.all (t: builtins.elem "flake.nix" t.files && builtins.elem "Cargo.toml" t.files && t.description != "") (builtins.attrValues f.summary.templates) && f.summary.templates.default == f.summary.templates.storage-test'
 holds "the template's check runs its own driver (build, .driver, .driverInteractive)" \
-  'let t = f.template.checks.disk_verify; in t.driverPackage == "storage-tests-0.1.0" && builtins.match ".*\nstorage-tests run --config [^ ]+ --global-timeout.*" t.buildCommand != null && builtins.match ".*-storage-tests-0.1.0/bin/storage-tests run --config .*" t.driver.text != null && builtins.match ".*-storage-tests-0.1.0/bin/storage-tests repl --config .*" t.driverInteractive.text != null'
+  'let t = f.template.checks.disk_verify; in t.driverPackage == "storage-tests-0.1.0" && builtins.match ".*\nstorage-tests run --config [^ ]+ --global-timeout.*" t.buildCommand != null && builtins.match ".*-storage-tests-0.1.0/bin/storage-tests \"[$]command\" --config .*" t.driver.text != null && builtins.match ".*-storage-tests-0.1.0/bin/storage-tests repl --config .*" t.driverInteractive.text != null'
 holds "the template's checks are also legacyPackages.x86_64-linux.checks" 'f.template.legacyChecks == f.template.checkPaths'
 holds "the template's driver: a [[bin]] built alone, untested in the build, vmcheck from git by builtins.fetchGit" \
   'let d = f.template.driver; in d.mainProgram == "storage-tests" && d.cargoBuildFlags == [ "--bin" "storage-tests" ] && !d.doCheck && builtins.any (c: c.name == "vmcheck" && c.fetch == "builtins.fetchGit") d.crates'
 holds "buildDriver from a path, with pname, version and bin given, passing the rest to buildRustPackage" \
   'let d = f.outputs.lib.buildDriver { system = "x86_64-linux"; src = ./nix/tests/template-checkout; pname = "p"; version = "1"; bin = "b"; cargoBuildFlags = [ "--locked" ]; buildInputs = [ f.pkgs.fio ]; }; in d.name == "p-1" && d.meta.mainProgram == "b" && d.cargoBuildFlags == [ "--bin" "b" "--locked" ] && map (p: p.pname) d.buildInputs == [ "fio" ] && !d.doCheck && !(d ? bin)'
 holds "makeTest with a driver of its own: its main program everywhere, vmcheck nowhere" \
-  'let t = f.testSummary { name = "t"; scenario = "fio_nvme_basic"; driver = f.pkgs.writeShellScriptBin "my-driver" ""; nodes.target = { }; nodes.initiator = { }; }; in builtins.match ".*\nmy-driver run --config .*" t.buildCommand != null && builtins.match ".*/bin/my-driver run --config .*" t.driver.text != null && builtins.match ".*/bin/my-driver repl --config .*" t.driverInteractive.text != null && builtins.match ".*vmcheck (run|repl).*" (t.buildCommand + t.driver.text + t.driverInteractive.text) == null && t.nativeBuildInputs == [ "my-driver" "qemu-host-cpu-only" ]'
+  'let t = f.testSummary { name = "t"; scenario = "fio_nvme_basic"; driver = f.pkgs.writeShellScriptBin "my-driver" ""; nodes.target = { }; nodes.initiator = { }; }; in builtins.match ".*\nmy-driver run --config .*" t.buildCommand != null && builtins.match ".*/bin/my-driver \"[$]command\" --config .*" t.driver.text != null && builtins.match ".*/bin/my-driver repl --config .*" t.driverInteractive.text != null && builtins.match ".*vmcheck (run|repl).*" (t.buildCommand + t.driver.text + t.driverInteractive.text) == null && t.nativeBuildInputs == [ "my-driver" "qemu-host-cpu-only" ]'
 holds "makeTest and the target module take vmcheck from the package set given (its overlays reach it); from the flake's own, it is packages.vmcheck" \
   'let patched = f.pkgs.extend (final: prev: { rustPlatform = prev.rustPlatform // { buildRustPackage = a: prev.rustPlatform.buildRustPackage (a // { pname = "vmcheck-from-overlay"; }); }; }); nodes = { target.imports = [ f.modules.target ]; initiator.imports = [ f.modules.initiator ]; }; t = f.testSummary { name = "t"; scenario = "fio_nvme_basic"; system = null; pkgs = patched; inherit nodes; }; own = f.outputs.lib.makeTest { name = "t"; scenario = "fio_nvme_basic"; system = "x86_64-linux"; inherit nodes; }; in t.driverPackage == "vmcheck-from-overlay-0.1.0" && builtins.match ".*-vmcheck-from-overlay-0.1.0/bin/vmcheck-target.*" t.nodes.target.units.vmcheck-target.ExecStart != null && own.driverPackage.outPath == f.outputs.packages.x86_64-linux.vmcheck.outPath && own.nodes.target.config.vmcheck.target.package.outPath == f.outputs.packages.x86_64-linux.vmcheck.outPath'
 holds "the flake's checks leave out exactly the scenarios that migrate (nixpkgs' VMs mount 9p shares), saying why" \
@@ -146,6 +148,32 @@ holds "the checks are also legacyPackages.x86_64-linux.checks (nix build .#check
 # as the input nixpkgs. The flake is a copy of the files git sees (as a git flake would: no
 # target/, new files included) in OUT/flake, evaluated in a store of its own, OUT/store (the
 # dummy store cannot hold the flake's source), without the network.
+# `.driver` as nixpkgs' takes it: -I or --interactive anywhere opens the REPL, everything else is
+# the run's. Its evaluated text runs here with a stand-in for the driver's program that writes
+# down its arguments (tests/nix_config.rs runs it with the real vmcheck, into the REPL).
+nix_raw '(import ./nix/tests/flake-eval.nix).summary.checks.fio_nvme_basic.driver.text' >"$out/driver-script" ||
+  die "the driver script of check fio_nvme_basic does not evaluate"
+program=$(nix_raw '"${(import ./nix/tests/flake-eval.nix).outputs.packages.x86_64-linux.vmcheck}/bin/vmcheck"')
+config=$(nix_raw '(import ./nix/tests/flake-eval.nix).summary.checks.fio_nvme_basic.configFile.path')
+printf '#!/usr/bin/env bash\nprintf "%%s|" "$@" >"%s"\n' "$out/driver-args" >"$out/fake-driver"
+chmod +x "$out/fake-driver"
+sed -i "s|$program|$out/fake-driver|" "$out/driver-script"
+grep -q "$out/fake-driver" "$out/driver-script" || die "the driver script does not run $program: $(cat "$out/driver-script")"
+driver_gets() {
+  local expect=$1 got
+  shift
+  bash "$out/driver-script" "$@" || die ".driver $* failed"
+  got=$(<"$out/driver-args")
+  [[ $got == "$expect|" ]] || die ".driver $*: the driver's program got '$got' (arguments ended by |), not '$expect|'"
+  echo "ok: .driver $* -> $expect"
+}
+driver_gets "run|--config|$config"
+driver_gets "run|--config|$config|--out|./logs|--junit|./j.xml|--keep-vm-state" --out ./logs --junit ./j.xml --keep-vm-state
+driver_gets "repl|--config|$config" -I
+driver_gets "repl|--config|$config" --interactive
+driver_gets "repl|--config|$config|--keep-vm-state" --keep-vm-state -I
+driver_gets "run|--config|$config|--out|a b" --out "a b"
+
 step "the card's commands resolve: nix build .#checks.fio_nvme_basic, .driver ($(nix --version))"
 flake="$out/flake"
 rm -rf "$flake"

@@ -557,11 +557,14 @@ fn every_listed_scenario_is_a_flake_check_whose_machines_are_the_scenarios() {
                 && inputs.iter().any(|p| p.as_str().unwrap().starts_with("qemu")),
             "{inputs:?}"
         );
-        // .driver runs the test, .driverInteractive opens the REPL, on the same file.
+        // .driver runs the test (or the REPL, given -I: the test below runs it), and
+        // .driverInteractive opens the REPL, on the same file.
         let driver = check["driver"]["text"].as_str().unwrap();
         let interactive = check["driverInteractive"]["text"].as_str().unwrap();
         assert!(
-            driver.contains(&format!("/bin/vmcheck run --config {config_path} \"$@\"")),
+            driver.contains(&format!(
+                "/bin/vmcheck \"$command\" --config {config_path} \"${{args[@]}}\""
+            )) && driver.contains("command=run\n"),
             "{driver}"
         );
         assert!(
@@ -579,6 +582,69 @@ fn every_listed_scenario_is_a_flake_check_whose_machines_are_the_scenarios() {
             check["driverPackage"]
         );
     }
+}
+
+/// `.driver -I` as nixpkgs' is: the evaluated script of check fio_nvme_basic, with the real
+/// vmcheck binary for its program and the evaluated driver configuration for its file, reaches
+/// the REPL (which answers `help` and, at the end of its input, stops); without -I, the same
+/// arguments go to `vmcheck run`. Nothing is booted: the REPL starts machines on `start`.
+#[test]
+fn the_driver_script_given_dash_i_opens_the_repl() {
+    if !have_nix("the_driver_script_given_dash_i_opens_the_repl") {
+        return;
+    }
+    let summary = flake_summary();
+    let check = &summary["checks"]["fio_nvme_basic"];
+    let text = check["driver"]["text"].as_str().unwrap();
+    let program = text
+        .split_whitespace()
+        .find(|w| w.ends_with("/bin/vmcheck"))
+        .unwrap_or_else(|| panic!("the script runs no .../bin/vmcheck: {text}"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, check["configFile"]["text"].as_str().unwrap()).unwrap();
+    let script = dir.path().join("vmcheck-driver");
+    std::fs::write(
+        &script,
+        text.replace(program, env!("CARGO_BIN_EXE_vmcheck"))
+            .replace(check["configFile"]["path"].as_str().unwrap(), config.to_str().unwrap()),
+    )
+    .unwrap();
+    let driver = |args: &[&str], input: &str| {
+        use std::io::Write;
+        let mut child = Command::new("bash")
+            .arg(&script)
+            .args(args)
+            .env("VMCHECK_ACCEL", "tcg")
+            .env("VMCHECK_CACHE", dir.path().join("cache"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status, text)
+    };
+    for flag in ["-I", "--interactive"] {
+        let (status, out) = driver(&[flag], "help\n");
+        assert!(status.success(), ".driver {flag}: {status}\n{out}");
+        assert!(
+            out.contains("vmcheck repl: machines target, initiator (not started)")
+                && out.contains("commands (<m> is a machine name):")
+                && out.contains("vmcheck repl: stopping every machine"),
+            ".driver {flag}: {out}"
+        );
+    }
+    // Without it, the arguments are the run's: `vmcheck run` refuses one it does not know.
+    let (status, out) = driver(&["--no-such-flag"], "");
+    assert_eq!(status.code(), Some(2), "{out}");
+    assert!(out.contains("Usage: vmcheck run"), "{out}");
 }
 
 #[test]
@@ -677,7 +743,7 @@ fn a_repository_made_from_the_template_runs_its_own_driver_on_its_own_machines()
             check["driver"]["text"]
                 .as_str()
                 .unwrap()
-                .contains(&format!("{exe} run --config {config_path} \"$@\"")),
+                .contains(&format!("{exe} \"$command\" --config {config_path} \"${{args[@]}}\"")),
             "{check}"
         );
         assert!(check["driverInteractive"]["text"]
