@@ -57,6 +57,7 @@
         is32bit = false;
       };
       buildPlatform = hostPlatform;
+      mkDerivation = attrs: derivation attrs.name (builtins.removeAttrs attrs ["name"]);
     };
     config = {};
     inherit overlays;
@@ -85,6 +86,16 @@
     mkShell = attrs: derivation "nix-shell" attrs;
     rustPlatform = import ./rust.nix {inherit lib derivation;};
 
+    # pkgs/build-support/testers/default.nix: a NixOS test (nixos/lib/testing) on this package
+    # set, whose nodes use it read-only.
+    testers.runNixOSTest = testModule:
+      (import ./nixos/lib {inherit lib;}).runTest {
+        _file = "pkgs.runNixOSTest implementation";
+        hostPkgs = pkgs;
+        imports = [(lib.setDefaultModuleLocation "the argument that was passed to pkgs.runNixOSTest" testModule)];
+        node.pkgs = pkgs;
+      };
+
     qemu = package "qemu" ["qemu-system-x86_64" "qemu-system-aarch64" "qemu-img"];
     # nixpkgs' qemu_kvm holds only the host's own system emulator.
     qemu_kvm = package "qemu-host-cpu-only" [
@@ -95,6 +106,17 @@
       )
       "qemu-img"
     ];
+    # nixpkgs' QEMU for NixOS tests (the test framework's default qemu.package).
+    qemu_test = package "qemu-test" [
+      (
+        if system == "x86_64-linux"
+        then "qemu-system-x86_64"
+        else "qemu-system-aarch64"
+      )
+      "qemu-img"
+    ];
+    nixos-test-driver = package "nixos-test-driver" ["nixos-test-driver" "generate-driver-symbols"];
+    mypy = package "mypy" ["mypy"];
     nvme-cli = package "nvme-cli" ["nvme"];
     makeWrapper = package "make-shell-wrapper-hook" [];
     fio = package "fio" ["fio"];
