@@ -73,6 +73,18 @@
       inherit listing;
       modules = {inherit (self.nixosModules) target initiator;};
     };
+
+    # The same scenarios the other way round, for those that run in a guest: nixpkgs' own test
+    # driver (runNixOSTest) starts the machines with the roles alone, on its own test network,
+    # and vmcheck runs the scenario inside the initiator (nix/nixos-tests.nix). Checks
+    # `<scenario>-nixos-test`, beside `<scenario>`.
+    nixosTests = import ./nix/nixos-tests.nix {
+      inherit listing vmcheckFor;
+      modules = {
+        target = self.nixosModules.target-role;
+        initiator = self.nixosModules.initiator-role;
+      };
+    };
   in {
     packages = forAllSystems (system: let
       pkgs = nixpkgs.legacyPackages.${system};
@@ -130,10 +142,18 @@
       default = storage-test;
     };
 
-    # `nix build .#checks.x86_64-linux.fio_nvme_basic` runs the scenario in the build sandbox;
-    # `.driver` on it runs it outside (`.driver -I`, or `.driverInteractive`, opens the REPL).
-    # `nix flake check` builds them all.
-    checks = forAllSystems (system: builtins.mapAttrs (_: args: makeTest (args // {inherit system;})) scenarioTests);
+    # `nix build .#checks.x86_64-linux.fio_nvme_basic` runs the scenario in the build sandbox,
+    # vmcheck's driver on the host starting the machines; `.driver` on it runs it outside
+    # (`.driver -I`, or `.driverInteractive`, opens vmcheck's REPL). `fio_nvme_basic-nixos-test`
+    # runs it with nixpkgs' test driver, vmcheck inside the initiator; its `.driver` and
+    # `.driverInteractive` are nixpkgs'. `nix flake check` builds them all.
+    checks = forAllSystems (system:
+      builtins.mapAttrs (_: args: makeTest (args // {inherit system;})) scenarioTests
+      // builtins.mapAttrs (name: test:
+        if scenarioTests ? ${name}
+        then throw "check ${name}: a scenario has the name of another's nixos-test check"
+        else nixpkgs.legacyPackages.${system}.testers.runNixOSTest test)
+      nixosTests);
 
     # The same checks where `nix build .#checks.fio_nvme_basic` finds them: for `nix build .#X`
     # Nix tries packages.<system>.X, then legacyPackages.<system>.X, then X. `nix flake check`

@@ -140,6 +140,12 @@ holds "the flake's checks leave out exactly the scenarios that migrate (nixpkgs'
   'let out = builtins.attrNames f.summary.leftOutOfNixChecks; in out == [ "balloon_migrate" "lifecycle_migrate_fio" "lifecycle_save_restore" ] && builtins.all (n: !(f.summary.checks ? ${n})) out && builtins.all (why: builtins.match ".*9p export is mounted.*" why != null) (builtins.attrValues f.summary.leftOutOfNixChecks)'
 holds "a migrating scenario evaluates on machines without 9p mounts (store image, no shared directories), and with a driver of ones own the listing is not consulted" \
   'let vm1 = { imports = [ f.modules.initiator ]; virtualisation.useNixStoreImage = true; virtualisation.sharedDirectories = f.lib.mkForce { }; }; t = f.testSummary { name = "t"; scenario = "balloon_migrate"; nodes = { inherit vm1; }; }; own = f.testSummary { name = "t"; scenario = "balloon_migrate"; driver = f.pkgs.writeShellScriptBin "my-driver" ""; nodes.vm1.imports = [ f.modules.initiator ]; }; in t.nodes.vm1.migrates && t.nodes.vm1.mounted9p == [ ] && !own.nodes.vm1.migrates && own.nodes.vm1.mounted9p == [ "/nix/.ro-store" "/tmp/shared" "/tmp/xchg" ]'
+holds "a <scenario>-nixos-test check per scenario that runs in a guest: nixpkgs' test driver (runNixOSTest), its .driver and .driverInteractive, vmcheck inside the first initiator" \
+  'let ts = f.summary.nixosTests; in builtins.attrNames ts == map (s: s + "-nixos-test") f.summary.runsInGuest && builtins.all (n: let t = ts.${n}; in t.name == "vm-test-run-${n}" && t.requiredSystemFeatures == [ "nixos-test" "kvm" ] && t.driver.mainProgram == "nixos-test-driver" && t.driverInteractive.mainProgram == "nixos-test-driver" && builtins.match ".*--add-flags. .--interactive.*" t.driverInteractive.buildCommand != null && builtins.match ".*--interactive.*" t.driver.buildCommand == null && builtins.match ".*nixos-test-driver -o [$]out.*" t.buildCommand != null && builtins.match ".*[.]execute[(]\"vmcheck run --local [^ ]+ (--peer [^ ]+ )+--out /tmp/vmcheck-out --junit /tmp/vmcheck-out/junit.xml [a-z0-9_]+ 2>&1\".*[.]copy_from_vm[(]\"/tmp/vmcheck-out\".*" t.testScript != null) (builtins.attrNames ts)'
+holds "the nixos-test nodes have the roles alone: no guest contract, nixpkgs' addresses and host names, the firewall off, vmcheck on the initiators" \
+  'let t = f.summary.nixosTests.fio_nvme_basic-nixos-test; in !t.nodes.target.guestContract && !t.nodes.initiator.guestContract && t.nodes.initiator.interfaces == { eth1 = [ "192.168.1.1/24" ]; } && t.nodes.target.interfaces == { eth1 = [ "192.168.1.2/24" ]; } && t.nodes.initiator.extraHosts == "192.168.1.1 initiator\n192.168.1.2 target\n" && !t.nodes.target.firewall && builtins.elem "vmcheck" t.nodes.initiator.packages && t.nodes.target.units.vmcheck-target.ExecStart != null && builtins.elem "-device nvme,id=disk0,drive=vmcheck-disk0,serial=vmcheck-disk0" t.nodes.target.qemuOptions'
+holds "the stand-in's runNixOSTest calls a testScript function with the evaluated nodes" \
+  '(f.nixosTestSummary { name = "t"; nodes.a = { }; testScript = { nodes, ... }: "a.succeed(\"ping -c1 ${nodes.a.networking.primaryIPAddress}\")"; }).testScript == "a.succeed(\"ping -c1 192.168.1.1\")"'
 holds "the checks are also legacyPackages.x86_64-linux.checks (nix build .#checks.<name>)" 'f.summary.legacyChecks == f.summary.checkPaths && f.summary.systems.legacyPackages == [ "x86_64-linux" ]'
 
 # The card's command, `nix build .#checks.fio_nvme_basic`, resolved by the Nix at hand (flakes
@@ -200,6 +206,9 @@ resolves() {
 resolves .#checks.fio_nvme_basic 't: t.name' '"vmcheck-test-fio_nvme_basic"'
 resolves .#checks.fio_nvme_basic.driver 'd: [ d.name d.meta.mainProgram ]' '["vmcheck-driver","vmcheck-driver"]'
 resolves .#checks.fio_nvme_basic.driverInteractive 'd: d.name' '"vmcheck-driver"'
+resolves .#checks.fio_nvme_basic-nixos-test 't: t.name' '"vm-test-run-fio_nvme_basic-nixos-test"'
+resolves .#checks.fio_nvme_basic-nixos-test.driver 'd: [ d.name d.meta.mainProgram ]' '["nixos-test-driver-fio_nvme_basic-nixos-test","nixos-test-driver"]'
+resolves .#checks.fio_nvme_basic-nixos-test.driverInteractive 'd: d.meta.mainProgram' '"nixos-test-driver"'
 if nix_flake eval --json .#checks.balloon_migrate --apply 't: t.name' >/dev/null 2>"$out/nix-eval.err"; then
   die "nix eval .#checks.balloon_migrate resolved; it is left out of the checks"
 fi
@@ -251,6 +260,12 @@ refused_test "must be a file name" 'f.testSummary { name = "t"; driver = f.pkgs.
 refused_test "Cargo.lock does not exist" 'f.driverSummary { src = ./nix/templates/storage-test; }'
 refused_test "No hash was found while vendoring the git dependency vmcheck-0.1.0" 'f.driverSummary { src = ./nix/tests/template-checkout; cargoLock.lockFile = ./nix/tests/template-checkout/Cargo.lock; }'
 refused_test "but there is no corresponding git dependency" 'f.driverSummary { src = ./nix/tests/template-checkout; cargoLock = { lockFile = ./nix/tests/template-checkout/Cargo.lock; outputHashes."vmcheck-0.2.0" = ""; }; }'
+# nixpkgs' test framework, through the stand-in's pkgs.testers.runNixOSTest.
+refused_test "The option \`globalTimout in the argument that was passed to pkgs.runNixOSTest' does not exist" 'f.nixosTestSummary { name = "t"; nodes.a = { }; testScript = ""; globalTimout = 1; }'
+refused_test "The option \`virtualisation.memorysize in" 'f.nixosTestSummary { name = "t"; nodes.a.virtualisation.memorysize = 2048; testScript = ""; }'
+refused_test "A definition for option \`testScript' is not of type" 'f.nixosTestSummary { name = "t"; nodes.a = { }; testScript = 1; }'
+refused_test "A definition for option \`testScript.<function body>' is not of type \`string'" 'f.nixosTestSummary { name = "t"; nodes.a = { }; testScript = { nodes, ... }: builtins.attrNames nodes; }'
+refused_test "The option \`vmcheck.address in" 'f.nixosTestSummary { name = "t"; nodes.a = { imports = [ f.modules.initiator-role ]; vmcheck.address = "192.0.2.1"; }; testScript = ""; }'
 refused_test "has no NixOS module" '((f.scenarioTests { scenarios.s.nodes = [ { name = "x"; role = "storage"; address = "192.0.2.1"; memory_mib = 512; cpus = 1; vlans = [ 1 ]; disks = [ ]; } ]; }).s.nodes.x { lib = f.lib; }).imports'
 
 printf '\nnix/check.sh: all Nix checks passed (JSON in %s)\n' "$out"

@@ -34,6 +34,8 @@ let
   outputs = outputsAt {outPath = toString ../..;};
   system = "x86_64-linux";
   inherit (builtins) attrNames mapAttrs;
+  inherit (nixpkgs) lib;
+  scenarioList = import ../listing.nix (builtins.fromJSON (builtins.readFile ../scenarios.json));
   packageName = p: p.pname or p.name;
 
   nodeSummary = node: let
@@ -84,6 +86,41 @@ let
     inherit (t.meta) timeout;
     nodes = mapAttrs (_: nodeSummary) t.nodes;
   };
+  # A check of nixpkgs' test driver (runNixOSTest, nix/nixos-tests.nix).
+  nixosTestSummary = t: {
+    inherit (t) name requiredSystemFeatures buildCommand;
+    inherit (t.driver) testScript;
+    driver = {
+      inherit (t.driver) name buildCommand;
+      inherit (t.driver.meta) mainProgram;
+      inherit (t.driver.stubRecorded) vlans globalTimeout skipLint skipTypeCheck pythonizedNames;
+    };
+    driverInteractive = {
+      inherit (t.driverInteractive) name buildCommand;
+      inherit (t.driverInteractive.meta) mainProgram;
+    };
+    nodes =
+      mapAttrs (_: c: {
+        inherit (c.networking) hostName primaryIPAddress extraHosts;
+        interfaces = mapAttrs (_: i: map (a: "${a.address}/${toString a.prefixLength}") i.ipv4.addresses) c.networking.interfaces;
+        inherit (c.virtualisation) vlans memorySize cores;
+        inherit (c.virtualisation.test) nodeNumber;
+        qemuOptions = c.virtualisation.qemu.options;
+        initrdUdevRules = c.system.build.initialRamdisk.udevRules;
+        firewall = c.networking.firewall.enable;
+        # Whether the guest contract (nixosModules.guest) is in: it must not be.
+        guestContract = c ? vmcheck.address;
+        packages = map packageName c.environment.systemPackages;
+        units = mapAttrs (_: u: {
+          inherit (u) wantedBy;
+          ExecStart = u.serviceConfig.ExecStart or null;
+        }) (builtins.removeAttrs c.systemd.services ["qemu-guest-agent"]);
+        inherit (c.boot) kernelModules;
+        inherit (c.system.build.vm) startScript;
+      })
+      t.nodes;
+  };
+
   driverSummary' = d: {
     inherit (d) name pname version cargoBuildFlags doCheck;
     inherit (d.meta) mainProgram platforms;
@@ -134,12 +171,17 @@ in {
     lib = attrNames outputs.lib;
     devShell = map packageName outputs.devShells.${system}.default.packages;
     formatter = outputs.formatter.${system}.meta.mainProgram;
-    checks = mapAttrs (_: testSummary') outputs.checks.${system};
+    # vmcheck's driver on the host (makeTest), and nixpkgs' driver with vmcheck inside the
+    # initiator (runNixOSTest: `<scenario>-nixos-test`).
+    checks = mapAttrs (_: testSummary') (lib.filterAttrs (_: t: t ? driverConfiguration) outputs.checks.${system});
+    nixosTests = mapAttrs (_: nixosTestSummary) (lib.filterAttrs (_: t: !(t ? driverConfiguration)) outputs.checks.${system});
+    # What nix/listing.nix says runs in a guest.
+    runsInGuest = builtins.filter scenarioList.runsInGuest (attrNames scenarioList.scenarios);
     # `nix build .#checks.<name>` finds them here (outPaths, to compare).
     legacyChecks = mapAttrs (_: t: t.outPath) outputs.legacyPackages.${system}.checks;
     checkPaths = mapAttrs (_: t: t.outPath) outputs.checks.${system};
     # The listed scenarios the checks leave out, with why (nix/listing.nix).
-    leftOutOfNixChecks = (import ../listing.nix (builtins.fromJSON (builtins.readFile ../scenarios.json))).leftOutOfNixChecks;
+    inherit (scenarioList) leftOutOfNixChecks;
     templates =
       mapAttrs (_: t: {
         path = toString t.path;
@@ -156,9 +198,11 @@ in {
 
   testSummary = args: testSummary' (outputs.lib.makeTest ({inherit system;} // args));
 
-  inherit outputs;
+  # The same for a test module of one's own, through the stand-in's runNixOSTest.
+  nixosTestSummary = module: nixosTestSummary (nixpkgs.legacyPackages.${system}.testers.runNixOSTest module);
+
+  inherit outputs lib;
   modules = outputs.nixosModules;
-  inherit (nixpkgs) lib;
   pkgs = nixpkgs.legacyPackages.${system};
 
   scenarioTests = listing:
