@@ -17,7 +17,7 @@
 # initiators, runs
 #
 #   vmcheck run --local <first initiator> --peer <other machine>=<its name> ...
-#     --out /tmp/vmcheck-out --junit /tmp/vmcheck-out/junit.xml <scenario>
+#     --global-timeout 3000 --out /tmp/vmcheck-out --junit /tmp/vmcheck-out/junit.xml <scenario>
 #
 # inside the first initiator (the scenario's order), copies /tmp/vmcheck-out (JUnit, transcript,
 # logs) to the test's $out/vmcheck-out whether it passed or not, and fails when vmcheck did.
@@ -38,9 +38,11 @@
 
   # Where vmcheck's target daemon listens (src/target, GRPC_PORT).
   grpcPort = 10124;
-  # Seconds for the guest-mode run itself, inside the test's global timeout.
-  runTimeout = 3000;
+  # Seconds: the test's (nixpkgs' driver kills everything after it), the wait for the guest-mode
+  # run inside it, and the run's own, shorter, so that vmcheck stops first, with its report.
   globalTimeout = 3600;
+  runTimeout = 3300;
+  vmcheckTimeout = 3000;
 
   diskOptions = disk: let
     drive = "vmcheck-${disk.id}";
@@ -70,7 +72,7 @@
     command = builtins.concatStringsSep " " (
       ["vmcheck" "run" "--local" local.name]
       ++ builtins.concatMap (p: ["--peer" "${p.name}=${p.name}"]) peers
-      ++ ["--out" "/tmp/vmcheck-out" "--junit" "/tmp/vmcheck-out/junit.xml" scenario]
+      ++ ["--global-timeout" (toString vmcheckTimeout) "--out" "/tmp/vmcheck-out" "--junit" "/tmp/vmcheck-out/junit.xml" scenario]
     );
     node = machine: {
       lib,

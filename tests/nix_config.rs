@@ -711,7 +711,7 @@ fn every_scenario_that_runs_in_a_guest_is_a_nixos_test_check() {
             .map(|n| format!(" --peer {0}={0}", n.name))
             .collect();
         let command = format!(
-            "vmcheck run --local {}{peers} --out /tmp/vmcheck-out --junit /tmp/vmcheck-out/junit.xml {scenario_name}",
+            "vmcheck run --local {}{peers} --global-timeout 3000 --out /tmp/vmcheck-out --junit /tmp/vmcheck-out/junit.xml {scenario_name}",
             local.name
         );
         assert!(
