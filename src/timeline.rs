@@ -544,6 +544,43 @@ mod tests {
         assert!(parse_fio_log("garbage\n\n1, x, 1\n").is_empty());
     }
 
+    /// Real interval logs of fio 3.33 (Debian 12) and 3.38 (nixpkgs), the seed's randrw job for
+    /// 3 s with `log_avg_msec=1000` and `log_unix_epoch=1` (`tools/testdata/capture_fio.sh`).
+    #[test]
+    fn captured_logs_of_both_fio_versions_parse() {
+        for (v, iops, lat) in [
+            (
+                "3.33",
+                include_str!("tools/testdata/fio-3.33_randrw_iops.1.log"),
+                include_str!("tools/testdata/fio-3.33_randrw_lat.1.log"),
+            ),
+            (
+                "3.38",
+                include_str!("tools/testdata/fio-3.38_randrw_iops.1.log"),
+                include_str!("tools/testdata/fio-3.38_randrw_lat.1.log"),
+            ),
+        ] {
+            let text = format!("== /tmp/p_iops.1.log\n{iops}== /tmp/p_lat.1.log\n{lat}");
+            let first = parse_fio_log(iops)[0].0 as f64 / 1000.0;
+            let s = series_from_logs(&text, "/tmp/p", &FioSeries::default(), first - 1.0);
+            assert_eq!(s.len(), 1, "fio {v}: one job");
+            let s = &s[0];
+            for (what, samples) in [
+                ("read IOPS", &s.read_iops),
+                ("write IOPS", &s.write_iops),
+                ("read latency", &s.read_lat_ms),
+                ("write latency", &s.write_lat_ms),
+            ] {
+                assert!(samples.len() >= 2, "fio {v}: {what}: {samples:?}");
+                assert!(samples.iter().all(|x| x.v > 0.0), "fio {v}: {what}: {samples:?}");
+                // Once a second, from about 1 s after the first: times are Unix ms.
+                assert!((samples[0].t - 1.0).abs() < 0.1, "fio {v}: {what}: {samples:?}");
+                assert!(samples.windows(2).all(|w| (w[1].t - w[0].t - 1.0).abs() < 0.1));
+            }
+            assert!(s.read_lat_ms.iter().all(|x| x.v < 1000.0), "fio {v}: ns became ms");
+        }
+    }
+
     #[test]
     fn logs_of_two_jobs_become_two_series() {
         let text = "== /tmp/p_iops.1.log\n1000, 50, 1, 4096, 0\n== /tmp/p_iops.2.log\n\

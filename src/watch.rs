@@ -360,31 +360,42 @@ impl ConsoleWatch {
         }
     }
 
-    /// The splats in `log` (the kernel's log, `dmesg`, in the console's format) whose first line
-    /// this console never showed: those of early boot, when the console level is still the
-    /// `quiet` one (a `WARNING:` is not printed then), or of a boot before this run's console
-    /// began (a machine restored from a snapshot).
-    pub fn unseen_splats(&self, log: &str) -> Vec<Finding> {
+    /// Every splat in `log` (the kernel's log, `dmesg`, in the console's format), whether or
+    /// not this console showed it; nothing is marked as seen.
+    pub fn splats_in(&self, log: &str) -> Vec<Finding> {
+        self.scan(log).into_iter().map(|x| x.finding).collect()
+    }
+
+    fn scan(&self, log: &str) -> Vec<Entry> {
         let findings = Arc::new(Findings::default());
         let power = Arc::new(PowerState::default());
         let scan = ConsoleWatch::new(&self.machine, findings.clone(), power);
         for line in log.lines() {
             scan.line(line);
         }
-        let mut seen = self.seen.lock().unwrap();
         let mut e = findings.entries.lock().unwrap();
-        e.iter_mut()
-            .filter(|x| x.counts())
+        e.drain(..).filter(|x| x.counts()).collect()
+    }
+
+    /// The splats in `log` (the kernel's log, `dmesg`, in the console's format) whose first line
+    /// this console never showed: those of early boot, when the console level is still the
+    /// `quiet` one (a `WARNING:` is not printed then), or of a boot before this run's console
+    /// began (a machine restored from a snapshot: snapshots are not saved from a boot that
+    /// logged one, see `Machine::start`).
+    pub fn unseen_splats(&self, log: &str) -> Vec<Finding> {
+        let mut seen = self.seen.lock().unwrap();
+        self.scan(log)
+            .into_iter()
             .filter(|x| {
                 // Each once: a chain's next case reads the same log again.
                 let first = x.finding.detail.lines().next().unwrap_or_default();
                 let from = stamp().find(first).map_or(0, |m| m.start());
                 seen.insert(first[from..].to_string())
             })
-            .map(|x| {
+            .map(|mut x| {
                 x.finding.what =
                     format!("{} (in dmesg only: the console never showed it)", x.finding.what);
-                x.finding.clone()
+                x.finding
             })
             .collect()
     }
@@ -821,6 +832,12 @@ vmcheck-target: 2026-12-04T12:00:00Z  INFO something interleaved
                 && unseen[0].what.contains("dmesg only")
         );
         assert!(w.unseen_splats(&dmesg).is_empty(), "reported once");
+        // The check before a snapshot is saved sees every splat, shown or not, and marks none.
+        let all = w.splats_in(&dmesg);
+        assert_eq!(all.len(), 3, "{all:?}");
+        assert!(all[1].what.contains("soft lockup") && !all[1].what.contains("dmesg only"));
+        assert_eq!(w.splats_in(&dmesg).len(), 3);
+        assert!(w.splats_in("[    1.0] x86/mm: Checked W+X mappings: passed\n").is_empty());
     }
 
     #[test]

@@ -499,6 +499,12 @@ impl GuestProcess {
         }
     }
 
+    /// Sends it SIGINT, as Ctrl-C would (a program such as fio then ends its work and reports
+    /// it); [`GuestProcess::wait`] collects how it ended.
+    pub async fn interrupt(&self) -> Result<()> {
+        self.machine.succeed(&format!("kill -INT {}", self.exec.pid)).await.map(drop)
+    }
+
     /// Kills it and every process it started; returns what it printed.
     pub async fn kill(&self) -> ExecOutput {
         let mut done = self.done.lock().await;

@@ -128,14 +128,16 @@ pub async fn run(d: &Driver) -> Result<Report> {
                         .command_line(),
                 )
                 .await?;
-            let list = initiator
-                .wait_until_succeeds(
-                    &format!("{} | grep -q DevicePath && {}", Nvme::list(), Nvme::list()),
-                    timeouts::request(),
-                )
+            // Parsed, not grepped: nvme-cli 2.11 (nixpkgs') prints `list -o json` in its
+            // detailed format, without the simple format's keys.
+            let (text, list) = initiator
+                .retry("nvme list shows a namespace", timeouts::request(), || async {
+                    let text = initiator.succeed(&Nvme::list()).await?;
+                    let list = NvmeList::parse(&text)?;
+                    Ok((!list.devices.is_empty()).then_some((text, list)))
+                })
                 .await?;
-            d.artifact("nvme-list.json", &list);
-            let list = NvmeList::parse(&list)?;
+            d.artifact("nvme-list.json", &text);
             let device = match list.devices.as_slice() {
                 [one] => one.device_path.clone(),
                 other => {

@@ -454,6 +454,7 @@ mod tests {
             status: 1,
             report: None,
             stderr: "fio: io_u error on file /dev/nvme1n1: No data available: read offset=1048576, buflen=4096\n".into(),
+            stopped: false,
         };
         assert_eq!(failed_offset(&o), Some(1 << 20));
     }

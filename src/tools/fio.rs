@@ -720,17 +720,63 @@ fn errno_text(errno: i32) -> String {
 mod tests {
     use super::*;
 
-    const SEED: &str = include_str!("testdata/fio-3.33_randrw_verify_libaio.json");
-    const VERIFY_FAIL_STDOUT: &str = include_str!("testdata/fio-3.33_verify_only_crc_fail.stdout");
-    const VERIFY_FAIL_STDERR: &str = include_str!("testdata/fio-3.33_verify_only_crc_fail.stderr");
-    const VERIFY_FAIL_MERGED: &str =
-        include_str!("testdata/fio-3.33_verify_only_crc_fail_merged.txt");
-    const CONTINUE_STDOUT: &str = include_str!("testdata/fio-3.33_verify_continue_on_error.json");
-    const CONTINUE_STDERR: &str = include_str!("testdata/fio-3.33_verify_continue_on_error.stderr");
-    const PSYNC_NOTE: &str = include_str!("testdata/fio-3.33_psync_iodepth_note.stdout");
-    const ENOSPC: &str = include_str!("testdata/fio-3.33_write_dev_full_enospc.stdout");
-    const TWO_JOBS: &str = include_str!("testdata/fio-3.33_two_jobs.json");
+    /// One fio version's captures (`testdata/capture_fio.sh`): Debian 12's 3.33 and 3.38, the
+    /// version nixpkgs ships, built from its tag. Every parser test reads both.
+    struct Captures {
+        version: &'static str,
+        seed: &'static str,
+        verify_fail_stdout: &'static str,
+        verify_fail_stderr: &'static str,
+        verify_fail_merged: &'static str,
+        continue_stdout: &'static str,
+        continue_stderr: &'static str,
+        psync_note: &'static str,
+        enospc: &'static str,
+        two_jobs: &'static str,
+    }
 
+    macro_rules! captures {
+        ($v:literal) => {
+            Captures {
+                version: concat!("fio-", $v),
+                seed: include_str!(concat!("testdata/fio-", $v, "_randrw_verify_libaio.json")),
+                verify_fail_stdout: include_str!(concat!(
+                    "testdata/fio-",
+                    $v,
+                    "_verify_only_crc_fail.stdout"
+                )),
+                verify_fail_stderr: include_str!(concat!(
+                    "testdata/fio-",
+                    $v,
+                    "_verify_only_crc_fail.stderr"
+                )),
+                verify_fail_merged: include_str!(concat!(
+                    "testdata/fio-",
+                    $v,
+                    "_verify_only_crc_fail_merged.txt"
+                )),
+                continue_stdout: include_str!(concat!(
+                    "testdata/fio-",
+                    $v,
+                    "_verify_continue_on_error.json"
+                )),
+                continue_stderr: include_str!(concat!(
+                    "testdata/fio-",
+                    $v,
+                    "_verify_continue_on_error.stderr"
+                )),
+                psync_note: include_str!(concat!(
+                    "testdata/fio-",
+                    $v,
+                    "_psync_iodepth_note.stdout"
+                )),
+                enospc: include_str!(concat!("testdata/fio-", $v, "_write_dev_full_enospc.stdout")),
+                two_jobs: include_str!(concat!("testdata/fio-", $v, "_two_jobs.json")),
+            }
+        };
+    }
+
+    const CAPTURES: [Captures; 2] = [captures!("3.33"), captures!("3.38")];
     #[test]
     fn seed_command_line() {
         assert_eq!(
@@ -768,135 +814,160 @@ mod tests {
 
     #[test]
     fn parses_seed_like_run() {
-        let r = FioReport::parse(SEED).unwrap();
-        assert_eq!(r.fio_version, "fio-3.33");
-        assert_eq!(r.global_options["verify"], "crc32");
-        assert_eq!(r.jobs.len(), 1);
-        let job = &r.jobs[0];
-        assert_eq!(job.name, "job");
-        assert_eq!(job.error, 0);
-        assert_eq!(job.options["filename"], "/tmp/fio-seed/disk");
-        for d in [Direction::Read, Direction::Write] {
-            let s = job.dir(d);
-            assert!(s.io_bytes > 0 && s.total_ios > 0 && s.iops > 0.0 && s.bw > 0, "{d:?}");
-            assert_eq!(s.io_kbytes, s.io_bytes / 1024);
-            assert_eq!(s.io_bytes, s.total_ios * 4096, "{d:?}: 4k blocks");
-            assert!(s.runtime >= 2000, "{d:?} ran for the 2 s runtime");
-            assert_eq!((s.short_ios, s.dropped_ios), (0, 0));
-            let p99 = s.clat_ns.percentile(99.0).unwrap();
-            assert!(s.clat_ns.min <= p99 && p99 <= s.clat_ns.max.next_power_of_two());
-            assert!(s.clat_ns.mean > 0.0 && s.lat_ns.mean >= s.clat_ns.mean);
-            assert!(s.clat_ns.percentile.contains_key("99.990000"));
-            let sorted = s.clat_ns.percentiles_sorted();
-            assert_eq!((sorted.len(), sorted[0].0, sorted[16].0), (17, 1.0, 99.99));
-            assert!(sorted.windows(2).all(|w| w[0].1 <= w[1].1), "monotonic");
+        for c in &CAPTURES {
+            let r = FioReport::parse(c.seed).unwrap();
+            assert_eq!(r.fio_version, c.version);
+            assert_eq!(r.global_options["verify"], "crc32");
+            assert_eq!(r.jobs.len(), 1);
+            let job = &r.jobs[0];
+            assert_eq!(job.name, "job");
+            assert_eq!(job.error, 0);
+            assert_eq!(job.options["filename"], "/tmp/fio-seed/disk");
+            for d in [Direction::Read, Direction::Write] {
+                let s = job.dir(d);
+                assert!(
+                    s.io_bytes > 0 && s.total_ios > 0 && s.iops > 0.0 && s.bw > 0,
+                    "{}: {d:?}",
+                    c.version
+                );
+                assert_eq!(s.io_kbytes, s.io_bytes / 1024);
+                assert_eq!(s.io_bytes, s.total_ios * 4096, "{}: {d:?}: 4k blocks", c.version);
+                assert!(s.runtime >= 2000, "{}: {d:?} ran for the 2 s runtime", c.version);
+                assert_eq!((s.short_ios, s.dropped_ios), (0, 0));
+                let p99 = s.clat_ns.percentile(99.0).unwrap();
+                assert!(s.clat_ns.min <= p99 && p99 <= s.clat_ns.max.next_power_of_two());
+                assert!(s.clat_ns.mean > 0.0 && s.lat_ns.mean >= s.clat_ns.mean);
+                assert!(s.clat_ns.percentile.contains_key("99.990000"));
+                let sorted = s.clat_ns.percentiles_sorted();
+                assert_eq!((sorted.len(), sorted[0].0, sorted[16].0), (17, 1.0, 99.99));
+                assert!(sorted.windows(2).all(|w| w[0].1 <= w[1].1), "monotonic");
+            }
+            assert_eq!(job.trim.io_bytes, 0);
+            assert_eq!(job.sync.as_ref().map(|s| s.total_ios), Some(0));
+            assert!(!job.verify_failed());
+            assert_eq!(r.errors(), 0);
+            assert_eq!(r.verify_failures(), 0);
+            assert!(r.problems().is_empty());
+            assert!(r.messages.is_empty());
+            assert_eq!(r.disk_util.len(), 1);
+            assert_eq!(r.disk_util[0].name, "vda");
+            assert!(r.disk_util[0].read_ios > 0 && r.disk_util[0].aggr_util.is_none());
         }
-        assert_eq!(job.trim.io_bytes, 0);
-        assert_eq!(job.sync.as_ref().map(|s| s.total_ios), Some(0));
-        assert!(!job.verify_failed());
-        assert_eq!(r.errors(), 0);
-        assert_eq!(r.verify_failures(), 0);
-        assert!(r.problems().is_empty());
-        assert!(r.messages.is_empty());
-        assert_eq!(r.disk_util.len(), 1);
-        assert_eq!(r.disk_util[0].name, "vda");
-        assert!(r.disk_util[0].read_ios > 0 && r.disk_util[0].aggr_util.is_none());
     }
 
     #[test]
     fn summary_line_format() {
-        let r = FioReport::parse(SEED).unwrap();
-        let line = r.summary_line();
-        let job = &r.jobs[0];
-        assert_eq!(
-            line,
-            format!(
-                "fio job: read {:.0} IOPS {} KiB/s, write {:.0} IOPS {} KiB/s, errors 0, verify failures 0",
-                job.read.iops, job.read.bw, job.write.iops, job.write.bw
-            )
-        );
+        for c in &CAPTURES {
+            let r = FioReport::parse(c.seed).unwrap();
+            let line = r.summary_line();
+            let job = &r.jobs[0];
+            assert_eq!(
+                line,
+                format!(
+                    "fio job: read {:.0} IOPS {} KiB/s, write {:.0} IOPS {} KiB/s, errors 0, verify failures 0",
+                    job.read.iops, job.read.bw, job.write.iops, job.write.bw
+                )
+            );
+        }
     }
 
     #[test]
     fn verify_failure_from_json_alone() {
-        let r = FioReport::parse(VERIFY_FAIL_STDOUT).unwrap();
-        let job = &r.jobs[0];
-        assert_eq!(job.error, EILSEQ);
-        assert!(job.verify_failed());
-        // Stopped at the corrupted block: blocks 0..=10 were read.
-        assert_eq!(job.read.total_ios, 11);
-        assert_eq!(r.verify_failures(), 1);
-        assert_eq!(r.errors(), 1);
-        let problems = r.problems();
-        assert_eq!(problems.len(), 1);
-        assert!(problems[0].contains("verify failed: error 84"), "{problems:?}");
-        assert!(r.summary_line().ends_with("errors 1, verify failures 1"));
+        for c in &CAPTURES {
+            let r = FioReport::parse(c.verify_fail_stdout).unwrap();
+            let job = &r.jobs[0];
+            assert_eq!(job.error, EILSEQ);
+            assert!(job.verify_failed());
+            // Stopped at the corrupted block: blocks 0..=10 were read.
+            assert_eq!(job.read.total_ios, 11);
+            assert_eq!(r.verify_failures(), 1);
+            assert_eq!(r.errors(), 1);
+            let problems = r.problems();
+            assert_eq!(problems.len(), 1);
+            assert!(problems[0].contains("verify failed: error 84"), "{problems:?}");
+            assert!(r.summary_line().ends_with("errors 1, verify failures 1"));
+        }
     }
 
     #[test]
     fn verify_failure_with_stderr() {
-        let r = FioReport::parse_with_stderr(VERIFY_FAIL_STDOUT, VERIFY_FAIL_STDERR).unwrap();
-        let msgs: Vec<_> = r.verify_failure_messages().collect();
-        assert_eq!(msgs.len(), 1);
-        assert!(msgs[0].starts_with("crc32: verify failed at file "), "{msgs:?}");
-        assert_eq!(r.verify_failures(), 1);
-        assert!(r.messages.iter().any(|m| m.starts_with("fio: pid=") && m.contains("err=84")));
+        for c in &CAPTURES {
+            let r =
+                FioReport::parse_with_stderr(c.verify_fail_stdout, c.verify_fail_stderr).unwrap();
+            let msgs: Vec<_> = r.verify_failure_messages().collect();
+            assert_eq!(msgs.len(), 1);
+            assert!(msgs[0].starts_with("crc32: verify failed at file "), "{msgs:?}");
+            assert_eq!(r.verify_failures(), 1);
+            assert!(r.messages.iter().any(|m| m.starts_with("fio: pid=") && m.contains("err=84")));
+        }
     }
 
     #[test]
     fn verify_failure_merged_output() {
-        let r = FioReport::parse(VERIFY_FAIL_MERGED).unwrap();
-        assert_eq!(r.jobs[0].error, EILSEQ);
-        assert_eq!(r.verify_failure_messages().count(), 1);
-        assert_eq!(r.messages.len(), 4, "{:?}", r.messages);
+        for c in &CAPTURES {
+            let r = FioReport::parse(c.verify_fail_merged).unwrap();
+            assert_eq!(r.jobs[0].error, EILSEQ);
+            assert_eq!(r.verify_failure_messages().count(), 1);
+            assert_eq!(r.messages.len(), 4, "{:?}", r.messages);
+        }
     }
 
     #[test]
     fn continue_on_error_counts_every_bad_block() {
-        let r = FioReport::parse_with_stderr(CONTINUE_STDOUT, CONTINUE_STDERR).unwrap();
-        let job = &r.jobs[0];
-        assert_eq!((job.total_err, job.first_error), (Some(2), Some(EILSEQ)));
-        // fio carried on over the whole file.
-        assert_eq!(job.read.io_bytes, 4 << 20);
-        assert_eq!(r.errors(), 2);
-        assert_eq!(r.verify_failures(), 2);
-        let msgs: Vec<_> = r.verify_failure_messages().collect();
-        assert!(msgs[1].starts_with("verify: bad magic header"), "{msgs:?}");
-        assert_eq!(r.problems().len(), 3);
+        for c in &CAPTURES {
+            let r = FioReport::parse_with_stderr(c.continue_stdout, c.continue_stderr).unwrap();
+            let job = &r.jobs[0];
+            assert_eq!((job.total_err, job.first_error), (Some(2), Some(EILSEQ)));
+            // fio carried on over the whole file.
+            assert_eq!(job.read.io_bytes, 4 << 20);
+            assert_eq!(r.errors(), 2);
+            assert_eq!(r.verify_failures(), 2);
+            let msgs: Vec<_> = r.verify_failure_messages().collect();
+            assert!(msgs[1].starts_with("verify: bad magic header"), "{msgs:?}");
+            assert_eq!(r.problems().len(), 3);
+        }
     }
 
     #[test]
     fn io_error_is_not_a_verify_failure() {
-        let r = FioReport::parse(ENOSPC).unwrap();
-        let job = &r.jobs[0];
-        assert_eq!(job.error, 28);
-        assert!(!job.verify_failed());
-        assert_eq!(r.verify_failures(), 0);
-        assert_eq!(r.errors(), 1);
-        assert!(r.problems()[0].contains("I/O error: error 28 (No space left on device)"));
+        for c in &CAPTURES {
+            let r = FioReport::parse(c.enospc).unwrap();
+            let job = &r.jobs[0];
+            assert_eq!(job.error, 28);
+            assert!(!job.verify_failed());
+            assert_eq!(r.verify_failures(), 0);
+            assert_eq!(r.errors(), 1);
+            assert!(r.problems()[0].contains("I/O error: error 28 (No space left on device)"));
+        }
     }
 
     #[test]
     fn warning_before_json() {
-        let r = FioReport::parse(PSYNC_NOTE).unwrap();
-        assert_eq!(r.messages, vec!["note: both iodepth >= 1 and synchronous I/O engine are selected, queue depth will be capped at 1"]);
-        assert_eq!(r.jobs[0].read.io_bytes, 1 << 20);
+        for c in &CAPTURES {
+            let r = FioReport::parse(c.psync_note).unwrap();
+            assert_eq!(r.messages, vec!["note: both iodepth >= 1 and synchronous I/O engine are selected, queue depth will be capped at 1"]);
+            assert_eq!(r.jobs[0].read.io_bytes, 1 << 20);
+        }
     }
 
     #[test]
     fn two_jobs_are_summed() {
-        let r = FioReport::parse(TWO_JOBS).unwrap();
-        assert_eq!(r.jobs.len(), 2);
-        let total: u64 = r.jobs.iter().map(|j| j.write.io_bytes).sum();
-        assert_eq!(r.io_bytes(Direction::Write), total);
-        assert!(r.summary_line().starts_with("fio 2 jobs: read 0 IOPS 0 KiB/s, write "));
+        for c in &CAPTURES {
+            let r = FioReport::parse(c.two_jobs).unwrap();
+            assert_eq!(r.jobs.len(), 2);
+            let total: u64 = r.jobs.iter().map(|j| j.write.io_bytes).sum();
+            assert_eq!(r.io_bytes(Direction::Write), total);
+            assert!(r.summary_line().starts_with("fio 2 jobs: read 0 IOPS 0 KiB/s, write "));
+        }
     }
 
     #[test]
     fn nan_and_negative_fields_do_not_break_parsing() {
-        let text = SEED.replacen("\"usr_cpu\" : ", "\"usr_cpu\" : -nan, \"x\" : ", 1);
-        let r = FioReport::parse(&text).unwrap();
-        assert!(r.jobs[0].usr_cpu.is_nan());
+        for c in &CAPTURES {
+            let text = c.seed.replacen("\"usr_cpu\" : ", "\"usr_cpu\" : -nan, \"x\" : ", 1);
+            let r = FioReport::parse(&text).unwrap();
+            assert!(r.jobs[0].usr_cpu.is_nan(), "{}", c.version);
+        }
     }
 
     /// The rendered command line runs under a real shell and fio, and its output parses. Needs
@@ -929,7 +1000,8 @@ mod tests {
             "{\n  \"fio version\" : \"fio-3.33\",\n  \"jobs\" : [\n    {\n",
             "{\n  \"fio version\" : \"fio-3.33\"\n}\n",
             "{\n  \"jobs\" : [ { \"jobname\" : 1 } ]\n}\n",
-            &SEED[..SEED.len() / 2],
+            &CAPTURES[0].seed[..CAPTURES[0].seed.len() / 2],
+            &CAPTURES[1].seed[..CAPTURES[1].seed.len() / 2],
         ] {
             let err = FioReport::parse(bad).unwrap_err().to_string();
             assert!(err.starts_with("fio: "), "{err}");

@@ -378,26 +378,25 @@ impl NvmeDevice {
 }
 
 impl NvmeList {
-    /// Reads the JSON of `nvme list -o json` from `output`; fails on the verbose (`-v`) format.
+    /// Reads the JSON of `nvme list -o json` from `output`, in either of nvme-cli's formats:
+    /// the simple one (one entry per namespace: nvme-cli up to 2.10, and again after 2.11) or
+    /// the detailed one (hosts, subsystems, controllers, namespaces: what `-v` prints, and what
+    /// nvme-cli 2.11, nixpkgs' version, prints for `-o json` alone). The detailed format is
+    /// flattened to one entry per namespace block device, with its controller's serial, model
+    /// and firmware.
     pub fn parse(output: &str) -> Result<Self, ParseError> {
         let got = extract_json::<serde_json::Value>("nvme list", output)?;
-        // `nvme list -v -o json` nests Subsystems under hosts; say so instead of a missing field.
-        let verbose = got.value["Devices"]
+        let detailed = got.value["Devices"]
             .as_array()
             .and_then(|d| d.first())
             .is_some_and(|d| d.get("Subsystems").is_some() || d.get("HostNQN").is_some());
-        if verbose {
-            return Err(ParseError::unexpected(
-                "nvme list",
-                "this is the verbose (-v) format; parse `nvme list -o json` without -v",
-                output,
-            ));
+        let json_error =
+            |source| ParseError::Json { tool: "nvme list", source, head: super::head(output) };
+        if detailed {
+            let list: DetailedList = serde_json::from_value(got.value).map_err(json_error)?;
+            return Ok(list.flatten());
         }
-        serde_json::from_value(got.value).map_err(|source| ParseError::Json {
-            tool: "nvme list",
-            source,
-            head: super::head(output),
-        })
+        serde_json::from_value(got.value).map_err(json_error)
     }
 
     /// The namespace whose device path (`/dev/nvme0n1`) or name (`nvme0n1`) is `path`.
@@ -413,6 +412,88 @@ impl NvmeList {
     /// The first namespace whose model number, trimmed, is `model`.
     pub fn find_by_model(&self, model: &str) -> Option<&NvmeDevice> {
         self.devices.iter().find(|d| d.model_number.trim() == model)
+    }
+}
+
+/// `nvme list -o json` in nvme-cli's detailed format (nvme-print-json.c `json_detail_list`).
+#[derive(Deserialize)]
+struct DetailedList {
+    #[serde(rename = "Devices")]
+    hosts: Vec<DetailedHost>,
+}
+
+#[derive(Deserialize)]
+struct DetailedHost {
+    #[serde(rename = "Subsystems", default)]
+    subsystems: Vec<DetailedSubsystem>,
+}
+
+#[derive(Deserialize)]
+struct DetailedSubsystem {
+    #[serde(rename = "Controllers", default)]
+    controllers: Vec<DetailedController>,
+    /// Namespaces of the subsystem (native multipath: `nvme1n1` over the paths `nvme1c1n1`).
+    #[serde(rename = "Namespaces", default)]
+    namespaces: Vec<DetailedNamespace>,
+}
+
+#[derive(Deserialize)]
+struct DetailedController {
+    #[serde(rename = "SerialNumber", default)]
+    serial_number: String,
+    #[serde(rename = "ModelNumber", default)]
+    model_number: String,
+    #[serde(rename = "Firmware", default)]
+    firmware: String,
+    /// The controller's own namespaces (without native multipath).
+    #[serde(rename = "Namespaces", default)]
+    namespaces: Vec<DetailedNamespace>,
+}
+
+#[derive(Deserialize)]
+struct DetailedNamespace {
+    /// The block device's name, `nvme1n1`.
+    #[serde(rename = "NameSpace")]
+    name: String,
+    #[serde(rename = "NSID", default, deserialize_with = "de_u32")]
+    nsid: u32,
+    #[serde(rename = "UsedBytes", default, deserialize_with = "de_u64")]
+    used_bytes: u64,
+    #[serde(rename = "MaximumLBA", default, deserialize_with = "de_u64")]
+    maximum_lba: u64,
+    #[serde(rename = "PhysicalSize", default, deserialize_with = "de_u64")]
+    physical_size: u64,
+    #[serde(rename = "SectorSize", default, deserialize_with = "de_u32")]
+    sector_size: u32,
+}
+
+impl DetailedNamespace {
+    fn device(&self, c: Option<&DetailedController>) -> NvmeDevice {
+        NvmeDevice {
+            nsid: self.nsid,
+            device_path: format!("/dev/{}", self.name),
+            firmware: c.map(|c| c.firmware.clone()).unwrap_or_default(),
+            model_number: c.map(|c| c.model_number.clone()).unwrap_or_default(),
+            serial_number: c.map(|c| c.serial_number.clone()).unwrap_or_default(),
+            used_bytes: self.used_bytes,
+            maximum_lba: self.maximum_lba,
+            physical_size: self.physical_size,
+            sector_size: self.sector_size,
+        }
+    }
+}
+
+impl DetailedList {
+    /// One entry per namespace block device, as the simple format lists them.
+    fn flatten(&self) -> NvmeList {
+        let mut devices = Vec::new();
+        for s in self.hosts.iter().flat_map(|h| &h.subsystems) {
+            devices.extend(s.namespaces.iter().map(|n| n.device(s.controllers.first())));
+            for c in &s.controllers {
+                devices.extend(c.namespaces.iter().map(|n| n.device(Some(c))));
+            }
+        }
+        NvmeList { devices }
     }
 }
 
@@ -526,6 +607,11 @@ mod tests {
     const LIST_EMPTY: &str = include_str!("testdata/nvme-cli-2.3_list_empty.json");
     const CONNECT: &str = include_str!("testdata/nvme-cli-2.3_connect.json");
     const DISCONNECT: &str = include_str!("testdata/nvme-cli-2.3_disconnect.txt");
+    // nvme-cli 2.11 (nixpkgs): shapes from its source (testdata/gen_nvme_cli_shapes.py).
+    const DISCOVER_2_11: &str = include_str!("testdata/nvme-cli-2.11_discover.json");
+    const LIST_2_11: &str = include_str!("testdata/nvme-cli-2.11_list.json");
+    const LIST_EMPTY_2_11: &str = include_str!("testdata/nvme-cli-2.11_list_empty.json");
+    const CONNECT_2_11: &str = include_str!("testdata/nvme-cli-2.11_connect.json");
 
     const NQN: &str = "nqn.2019-05.io.vmcheck:626210a5-c960-50b7-bcde-50bfb7e8543f";
 
@@ -562,7 +648,13 @@ mod tests {
 
     #[test]
     fn parses_discovery_log() {
-        let log = DiscoveryLog::parse(DISCOVER).unwrap();
+        for text in [DISCOVER, DISCOVER_2_11] {
+            parses_discovery_log_of(text);
+        }
+    }
+
+    fn parses_discovery_log_of(text: &str) {
+        let log = DiscoveryLog::parse(text).unwrap();
         assert_eq!(log.genctr, 2);
         assert_eq!(log.records.len(), 2);
         assert_eq!(log.records[0].subnqn, DISCOVERY_NQN);
@@ -591,7 +683,17 @@ mod tests {
 
     #[test]
     fn parses_list() {
-        let list = NvmeList::parse(LIST).unwrap();
+        // 2.11 prints the detailed format for `-o json`: the same namespace comes out of both.
+        for (text, empty) in [(LIST, LIST_EMPTY), (LIST_2_11, LIST_EMPTY_2_11)] {
+            parses_list_of(text, empty);
+        }
+        let simple = NvmeList::parse(LIST).unwrap().devices;
+        let detailed = NvmeList::parse(LIST_2_11).unwrap().devices;
+        assert_eq!(format!("{simple:?}"), format!("{detailed:?}"));
+    }
+
+    fn parses_list_of(text: &str, empty: &str) {
+        let list = NvmeList::parse(text).unwrap();
         assert_eq!(list.devices.len(), 1);
         let d = &list.devices[0];
         assert_eq!((d.nsid, d.device_path.as_str(), d.name()), (1, "/dev/nvme1n1", "nvme1n1"));
@@ -603,7 +705,7 @@ mod tests {
         assert!(list.find_by_path("nvme1n1").is_some());
         assert!(list.find_by_serial("0c6f912a28281702eb29").is_some());
         assert!(list.find_by_model("Linux").is_some());
-        assert!(NvmeList::parse(LIST_EMPTY).unwrap().devices.is_empty());
+        assert!(NvmeList::parse(empty).unwrap().devices.is_empty());
     }
 
     #[test]
@@ -615,15 +717,25 @@ mod tests {
     }
 
     #[test]
-    fn list_verbose_format_is_refused_clearly() {
-        let text = r#"{"Devices":[{"HostNQN":"nqn.h","Subsystems":[]}]}"#;
-        let e = NvmeList::parse(text).unwrap_err().to_string();
-        assert!(e.contains("verbose (-v) format"), "{e}");
+    fn detailed_format_without_multipath_lists_the_controllers_namespaces() {
+        let text = r#"{"Devices":[{"HostNQN":"nqn.h","Subsystems":[{"Subsystem":"nvme-subsys0",
+            "Controllers":[{"Controller":"nvme0","SerialNumber":"s0","ModelNumber":"m",
+            "Firmware":"f","Namespaces":[{"NameSpace":"nvme0n1","NSID":1,"PhysicalSize":4096,
+            "SectorSize":512},{"NameSpace":"nvme0n2","NSID":2}],"Paths":[]}],
+            "Namespaces":[]}]}]}"#;
+        let list = NvmeList::parse(text).unwrap();
+        let got: Vec<_> =
+            list.devices.iter().map(|d| (d.nsid, d.name(), d.serial_number.as_str())).collect();
+        assert_eq!(got, [(1, "nvme0n1", "s0"), (2, "nvme0n2", "s0")]);
+        let bad = r#"{"Devices":[{"HostNQN":"nqn.h","Subsystems":[{"Namespaces":[{"NSID":1}]}]}]}"#;
+        let e = NvmeList::parse(bad).unwrap_err().to_string();
+        assert!(e.contains("NameSpace"), "{e}");
     }
 
     #[test]
     fn parses_connect_and_disconnect() {
         assert_eq!(ConnectOutput::parse(CONNECT).unwrap().device, "nvme0");
+        assert_eq!(ConnectOutput::parse(CONNECT_2_11).unwrap().device, "nvme1");
         assert_eq!(ConnectOutput::parse("device: nvme2\n").unwrap().device, "nvme2");
         let out = DisconnectOutput::parse(DISCONNECT).unwrap();
         assert_eq!((out.nqn.as_str(), out.controllers), (NQN, 1));

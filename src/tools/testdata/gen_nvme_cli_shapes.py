@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the nvme-cli-2.3_* fixtures: the shape nvme-cli 2.3 (libnvme 1.3) prints, not a capture.
+"""Write the nvme-cli-2.3_* and nvme-cli-2.11_* fixtures: the shapes nvme-cli prints, not captures.
 
 This host has no NVMe devices and no nvme-fabrics module, so the JSON is built here with the same
 keys, key order and value types as nvme-cli 2.3's source (fabrics.c json_discovery_log and
@@ -13,6 +13,7 @@ the files with captures from a VM (and drop that line) when there is one.
 import ctypes as C
 
 MARK = "# shape from nvme-cli 2.3 source; to be replaced with VM capture\n"
+MARK_2_11 = "# shape from nvme-cli 2.11 source (nvme-print-json.c json_detail_list, json_discovery_log, json_connect_msg)\n"
 PRETTY, NOSLASHESCAPE = 1 << 1, 1 << 4
 
 j = C.CDLL("libjson-c.so.5")
@@ -52,10 +53,10 @@ def array(items):
     return a
 
 
-def write(path, root):
+def write(path, root, mark=MARK):
     text = j.json_object_to_json_string_ext(root, PRETTY | NOSLASHESCAPE).decode()
     with open(path, "w") as f:
-        f.write(MARK + text + "\n")
+        f.write(mark + text + "\n")
 
 
 DISC_NQN = "nqn.2014-08.org.nvmexpress.discovery"
@@ -113,3 +114,67 @@ write("nvme-cli-2.3_connect.json", obj([("device", "str", "nvme0")]))
 # nvme disconnect -n NQN prints plain text (fabrics.c nvmf_disconnect).
 with open("nvme-cli-2.3_disconnect.txt", "w") as f:
     f.write(MARK + "NQN:%s disconnected %d controller(s)\n" % (SUBNQN, 1))
+
+
+# nvme-cli 2.11 (libnvme 1.11, what nixpkgs ships): `nvme list -o json` prints the detailed
+# format whether or not -v is given (nvme-print-json.c json_print_list_items calls
+# json_detail_list only: commit 929f4619a "display only verbose output", reverted after 2.11).
+# Hosts, their subsystems, each subsystem's controllers (with their paths) and, under native
+# multipath (Debian's and NixOS's kernels), the namespaces under the subsystem, by name. The
+# values are those of the 2.3 capture of nvme-cli-2.3_list.json: one 512 MiB nvmet namespace.
+HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:3d1c6ad0-1f4e-4b8e-9c59-2f7d7c3a5b10"
+HOSTID = "3d1c6ad0-1f4e-4b8e-9c59-2f7d7c3a5b10"
+CAPTURED_NQN = "nqn.2019-05.io.vmcheck:626210a5-c960-50b7-bcde-50bfb7e8543f"
+write("nvme-cli-2.11_list.json", obj([
+    ("Devices", "raw", array([obj([
+        ("HostNQN", "str", HOSTNQN),
+        ("HostID", "str", HOSTID),
+        ("Subsystems", "raw", array([obj([
+            ("Subsystem", "str", "nvme-subsys1"),
+            ("SubsystemNQN", "str", CAPTURED_NQN),
+            ("Controllers", "raw", array([obj([
+                ("Controller", "str", "nvme1"),
+                ("Cntlid", "str", "1"),
+                ("SerialNumber", "str", "0c6f912a28281702eb29"),
+                ("ModelNumber", "str", "Linux"),
+                ("Firmware", "str", "6.1.0-56"),
+                ("Transport", "str", "tcp"),
+                ("Address", "str", "traddr=192.0.2.1,trsvcid=4420,src_addr=192.0.2.2"),
+                ("Slot", "str", ""),
+                ("Namespaces", "raw", array([])),
+                ("Paths", "raw", array([obj([
+                    ("Path", "str", "nvme1c1n1"),
+                    ("ANAState", "str", "optimized"),
+                ])])),
+            ])])),
+            ("Namespaces", "raw", array([obj([
+                ("NameSpace", "str", "nvme1n1"),
+                ("Generic", "str", "ng1n1"),
+                ("NSID", "int", 1),
+                ("UsedBytes", "u64", lba * lbas),
+                ("MaximumLBA", "u64", lbas),
+                ("PhysicalSize", "u64", lba * lbas),
+                ("SectorSize", "int", lba),
+            ])])),
+        ])])),
+    ])])),
+]), MARK_2_11)
+
+# nvme list -o json with nothing connected: the host, no subsystems.
+write("nvme-cli-2.11_list_empty.json", obj([
+    ("Devices", "raw", array([obj([
+        ("HostNQN", "str", HOSTNQN),
+        ("HostID", "str", HOSTID),
+        ("Subsystems", "raw", array([])),
+    ])])),
+]), MARK_2_11)
+
+# Discovery and connect: the same keys and order as 2.3 (json_discovery_log, json_connect_msg).
+write("nvme-cli-2.11_discover.json", obj([
+    ("genctr", "u64", 2),
+    ("records", "raw", array([
+        disc_entry("current discovery subsystem", DISC_NQN),
+        disc_entry("nvme subsystem", CAPTURED_NQN),
+    ])),
+]), MARK_2_11)
+write("nvme-cli-2.11_connect.json", obj([("device", "str", "nvme1")]), MARK_2_11)
