@@ -11,7 +11,9 @@
 #                                       nix/make-test.nix, nix/scenario-tests.nix and nix/modules,
 #                                       against the nixpkgs stand-in nix/tests/stub-nixpkgs (a lib
 #                                       subset, a module system, eval-config.nix, qemu-vm.nix)
-#                                    -> OUT/driver-config.<scenario>.json, one per flake check
+#                                    -> OUT/driver-config.<scenario>.json, one per check of
+#                                       vmcheck's driver (the <scenario>-nixos-test checks, of
+#                                       nixpkgs' driver, are in OUT/flake.json: nixosTests)
 #        ... .template               -> OUT/template.json: the template's flake.nix (nix/templates/
 #                                       storage-test) with this flake as its input vmcheck and
 #                                       nix/tests/template-checkout as its source: its driver

@@ -39,6 +39,8 @@
 # Every node gets nixosModules.guest (the guest contract), `networking.hostName = <node name>`
 # and, unless it sets one, `vmcheck.address = 192.0.2.<n>` (n = its place in the sorted node
 # names, from 1). The address each node ends up with is written into the driver configuration.
+# When the scenario is one of vmcheck's that migrates a machine (the scenario list), every node
+# gets `vmcheck.migrates = true`, and the guest module refuses its 9p mounts.
 #
 # $out holds only what is the same on every passing run (a `passed` file), as nixpkgs' tests
 # keep timings and logs out of $out, so `nix build --rebuild` can compare two runs. The run's

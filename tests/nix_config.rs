@@ -3,9 +3,16 @@
 //! - `nix/scenarios.json`, the scenario list the flake turns into checks, is exactly what
 //!   `vmcheck list --json` prints (no Nix needed; the failure names the command that rewrites it);
 //! - the flake's real outputs, evaluated against the nixpkgs stand-in (`nix/tests/flake-eval.nix`),
-//!   have one check per listed scenario, whose driver configuration the driver's own parser
-//!   accepts and applies to the scenario's machines, and whose NixOS machines carry what the
-//!   driver relies on (host name, addresses, test interfaces, memory, the guest agent, ...);
+//!   have one check per listed scenario but those left out (they migrate: nixpkgs' VMs mount 9p
+//!   shares), whose driver configuration the driver's own parser accepts and applies to the
+//!   scenario's machines, and whose NixOS machines carry what the driver relies on (host name,
+//!   addresses, test interfaces named by the driver's MACs, memory, the guest agent, ...);
+//! - the other reading: one `<scenario>-nixos-test` check (nixpkgs' runNixOSTest, through the
+//!   stand-in's) per scenario that runs in a guest, whose nodes are the scenario's machines with
+//!   the roles alone on nixpkgs' test network, the target's disks with their serials, and whose
+//!   test script runs vmcheck's guest mode inside the initiator;
+//! - `.driver -I` (as nixpkgs' `.driver`) reaches vmcheck's REPL: the evaluated script runs the
+//!   real binary;
 //! - a user's repository made from the template (`nix/templates/storage-test`): its flake.nix,
 //!   evaluated with this flake as its input, builds its own driver (`lib.buildDriver`) and runs
 //!   it in its check (`lib.makeTest { driver; }`), on NixOS machines whose driver configuration

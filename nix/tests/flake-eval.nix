@@ -1,15 +1,22 @@
-# flake.nix's real outputs function, with nix/make-test.nix, nix/scenario-tests.nix and the NixOS
-# modules, evaluated against the nixpkgs stand-in (./stub-nixpkgs): a mistake in any of them
-# (wiring, an option that does not exist, a wrong type, conflicting definitions, a failed
-# assertion, a bad argument) fails this evaluation as it would fail against nixpkgs.
+# flake.nix's real outputs function, with nix/make-test.nix, nix/scenario-tests.nix,
+# nix/nixos-tests.nix, nix/listing.nix and the NixOS modules, evaluated against the nixpkgs
+# stand-in (./stub-nixpkgs, with its runNixOSTest): a mistake in any of them (wiring, an option
+# that does not exist, a wrong type, conflicting definitions, a failed assertion, a bad argument)
+# fails this evaluation as it would fail against nixpkgs.
 #
-#   summary          what the outputs are, as JSON-able data: per check the driver
-#                    configuration, the build command, both driver scripts and every node's
-#                    evaluated NixOS options that the driver depends on. nix/check.sh writes it
-#                    out; tests/nix_config.rs compares it with the driver's scenarios and parses
-#                    the driver configurations with the driver's own parser.
+#   summary          what the outputs are, as JSON-able data: per check of vmcheck's driver
+#                    (`checks`) the driver configuration, the build command, both driver
+#                    scripts and every node's evaluated NixOS options that the driver depends
+#                    on; per check of nixpkgs' driver (`nixosTests`, `<scenario>-nixos-test`)
+#                    the test script, nixpkgs' drivers and every node's options on nixpkgs' test
+#                    network; which scenarios run in a guest (`runsInGuest`) and which are left
+#                    out, with why (`leftOutOfNixChecks`); the checks as legacyPackages has them.
+#                    nix/check.sh writes it out; tests/nix_config.rs compares it with the
+#                    driver's scenarios and parses the driver configurations with the driver's
+#                    own parser.
 #   testSummary ARGS the same for `lib.makeTest ({ system = "x86_64-linux"; } // ARGS)`, for
 #                    checks of what makeTest refuses (nix/check.sh, tests/nix_config.rs).
+#   nixosTestSummary MODULE  the same for the stand-in's `pkgs.testers.runNixOSTest MODULE`.
 #   scenarioTests LISTING  nix/scenario-tests.nix applied to LISTING with the flake's modules.
 #   driverSummary ARGS     `lib.buildDriver ({ system = "x86_64-linux"; } // ARGS)`, summarised.
 #   template         the template (nix/templates/storage-test): its flake.nix's real outputs
