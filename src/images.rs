@@ -1204,7 +1204,7 @@ fn module_name(path: &str) -> String {
 }
 
 /// The shared libraries `ldd` says `binary` needs, with the dynamic loader.
-fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
     let out = Command::new("ldd")
         .arg(binary)
         .output()
@@ -1267,8 +1267,9 @@ fn copy_host_file(src: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Copies the project's own binary without its debug info: image size costs boot time.
-fn strip_copy(src: &Path, dest: &Path) -> Result<()> {
+/// Copies the project's own binary without its debug info: image size costs boot time (and,
+/// for `--in-guest`, copy time). Without `strip` on the host it is copied as it is. Mode 0755.
+pub(crate) fn strip_copy(src: &Path, dest: &Path) -> Result<()> {
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent)?;
     }

@@ -67,6 +67,7 @@ pub mod config;
 pub mod driver;
 pub mod harness;
 pub mod images;
+pub(crate) mod in_guest;
 pub mod log;
 pub mod machine;
 pub mod network;
