@@ -49,7 +49,7 @@ fn fio_nvme_basic_runs_inside_the_initiator() {
     let (code, stderr) = in_guest(tmp.path(), &["fio_nvme_basic"]);
     assert_eq!(code, Some(0), "{stderr}");
     // The host's log shows the copy and the in-guest run's own lines, relayed.
-    assert!(stderr.contains("copied to /tmp/vmcheck-in-guest in"), "{stderr}");
+    assert!(stderr.contains("put in on a read-only disk"), "{stderr}");
     assert!(
         stderr.contains("run --local initiator --peer target=192.0.2.1"),
         "the guest-mode command line: {stderr}"

@@ -54,9 +54,9 @@ impl Machine {
             self.harness_error(format!("could not start: {label}"), format!("{e:#}"))
         };
         let exec = match self.backend() {
-            Backend::Local => {
-                Started::Local(super::local::LocalProcess::start(&args).await.map_err(could_not)?)
-            }
+            Backend::Local => Started::Local(Box::new(
+                super::local::LocalProcess::start(&args).await.map_err(could_not)?,
+            )),
             _ => Started::Agent(self.qga().await?.exec_start(&args).await.map_err(could_not)?),
         };
         Ok(GuestProcess {
@@ -505,7 +505,7 @@ pub fn block_device_by_serial(listing: &str, serial: &str) -> Option<String> {
 /// (guest mode).
 enum Started {
     Agent(crate::qga::GuestExec),
-    Local(super::local::LocalProcess),
+    Local(Box<super::local::LocalProcess>),
 }
 
 /// A command running in the background in a guest ([`Machine::spawn`]).
