@@ -562,7 +562,31 @@ impl Driver {
     /// discarded when such an action began during it; a poll that the harness could not make
     /// (a harness error) proves nothing and is skipped too. What the polls cost is logged when
     /// the scenario ends ([`Driver::watch_costs`]).
+    ///
+    /// In guest mode a condition that runs commands (`ProcessAlive`, `Succeeds`) on a peer
+    /// cannot be polled (commands run only on the local machine): declaring one is a finding at
+    /// once, which fails the scenario, rather than an invariant that silently never holds or
+    /// breaks.
     pub fn watch(&self, name: &str, period: Duration, condition: Condition) {
+        if let Condition::ProcessAlive { machine, .. } | Condition::Succeeds { machine, .. } =
+            &condition
+        {
+            if machine.backend() == crate::machine::Backend::Peer {
+                self.findings.push(crate::watch::Finding {
+                    kind: crate::watch::FindingKind::Invariant,
+                    machine: Some(machine.name().to_string()),
+                    what: format!("{name}: cannot be polled in guest mode"),
+                    detail: format!(
+                        "it runs commands on {}, a peer of this guest-mode driver, and commands \
+                         run only on the machine the driver runs on; declare the scenario \
+                         host_only, or watch what the local machine or the daemon's gRPC can tell",
+                        machine.name()
+                    ),
+                    at: Instant::now(),
+                });
+                return;
+            }
+        }
         let stats = Arc::new(Mutex::new(PollStats::default()));
         let findings = self.findings.clone();
         let machines = self.machines.clone();
@@ -804,6 +828,18 @@ mod tests {
         );
         let e = format!("{:#}", peer.qmp().await.err().unwrap());
         assert!(e.contains("QEMU's monitor and guest agent needs the host"), "{e}");
+        // An invariant that needs a peer's commands is a finding at once, not a silent pass.
+        d.watch(
+            "sleep runs",
+            Duration::from_secs(1),
+            Condition::ProcessAlive { machine: peer.clone(), name: "sleep".into() },
+        );
+        let found = d.unreported_findings().await;
+        assert!(
+            found.len() == 1
+                && found[0].what.contains("sleep runs: cannot be polled in guest mode"),
+            "{found:?}"
+        );
         // Not this driver's to stop: the local machine (this process's) goes on.
         d.kill_all().await;
         assert_eq!(local.succeed("echo still").await.unwrap(), "still\n");

@@ -576,6 +576,9 @@ pub(crate) struct Baseline {
     service: Mutex<Option<(u64, String, usize)>>,
     /// A peer's daemon: when it started (host seconds since the epoch, from its uptime).
     daemon_started: Mutex<Option<f64>>,
+    /// A peer's daemon: the client of the last poll, kept while it answers (a poll is then one
+    /// `Health` call, not a new connection).
+    daemon_client: Mutex<Option<crate::target::client::TargetClient>>,
 }
 
 /// How far a peer daemon's start, reckoned from whole seconds of uptime and a round trip, may
@@ -711,11 +714,15 @@ pub(crate) async fn poll(condition: &Condition, baseline: &Baseline) -> Polled {
 /// A guest-mode peer's target daemon keeps running: it answers `Health` at the peer's address,
 /// and the start its uptime gives stays where the first poll put it.
 async fn peer_daemon_steady(machine: &crate::Machine, baseline: &Baseline) -> Polled {
+    let kept = baseline.daemon_client.lock().unwrap().take();
     let asked = async {
         let addr = machine.tcp_addr(crate::target::GRPC_PORT).await?;
-        let mut client =
-            crate::target::client::connect(addr, crate::timeouts::DAEMON_ATTEMPT).await?;
+        let mut client = match kept {
+            Some(client) => client,
+            None => crate::target::client::connect(addr, crate::timeouts::DAEMON_ATTEMPT).await?,
+        };
         let reply = client.health(crate::target::proto::HealthRequest {}).await?.into_inner();
+        *baseline.daemon_client.lock().unwrap() = Some(client);
         anyhow::Ok((addr, reply.uptime_secs))
     };
     let (addr, uptime) = match asked.await {
