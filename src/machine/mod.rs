@@ -389,7 +389,8 @@ impl Machine {
         self.inner.dir.join(format!("{id}.img"))
     }
 
-    /// The QEMU description this machine boots with.
+    /// The QEMU description this machine boots with (a guest-mode machine has none: its boot
+    /// is then an empty start script, which nothing starts).
     pub fn qemu_spec(&self) -> QemuSpec {
         let node = &self.inner.node;
         let nics = node
