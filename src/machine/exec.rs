@@ -592,7 +592,12 @@ impl GuestProcess {
     /// Sends it SIGINT, as Ctrl-C would (a program such as fio then ends its work and reports
     /// it); [`GuestProcess::wait`] collects how it ended.
     pub async fn interrupt(&self) -> Result<()> {
-        self.machine.succeed(&format!("kill -INT {}", self.exec.pid)).await.map(drop)
+        match &self.exec {
+            Started::Agent(exec) => {
+                self.machine.succeed(&format!("kill -INT {}", exec.pid)).await.map(drop)
+            }
+            Started::Local(process) => process.interrupt(),
+        }
     }
 
     /// Kills it and every process it started; returns what it printed.

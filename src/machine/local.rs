@@ -141,6 +141,13 @@ impl LocalProcess {
         }
     }
 
+    /// SIGINT to the process itself (`GuestProcess::interrupt`).
+    pub fn interrupt(&self) -> Result<()> {
+        use nix::sys::signal::{kill, Signal};
+        kill(nix::unistd::Pid::from_raw(self.pid), Signal::SIGINT)
+            .map_err(|e| anyhow!("SIGINT to pid {}: {e}", self.pid))
+    }
+
     /// SIGKILL to its process group and to every process that carries its tag.
     fn kill_now(&self) {
         use nix::sys::signal::{kill, killpg, Signal};
