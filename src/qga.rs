@@ -250,6 +250,33 @@ impl Qga {
         Ok(data)
     }
 
+    /// Reads a guest file from byte `offset` to its end (what a growing log gained since).
+    pub async fn read_file_from(&self, path: &str, offset: u64) -> Result<Vec<u8>> {
+        let handle = self
+            .execute(qga::guest_file_open { path: path.into(), mode: Some("r".into()) })
+            .await?;
+        let mut data = Vec::new();
+        let result = async {
+            self.execute_raw(
+                "guest-file-seek",
+                json!({"handle": handle, "offset": offset, "whence": "set"}),
+            )
+            .await?;
+            loop {
+                let chunk =
+                    self.execute(qga::guest_file_read { handle, count: Some(1 << 20) }).await?;
+                data.extend_from_slice(&chunk.buf_b64);
+                if chunk.eof || chunk.count == 0 {
+                    return Ok::<_, anyhow::Error>(());
+                }
+            }
+        }
+        .await;
+        let _ = self.execute(qga::guest_file_close { handle }).await;
+        result.with_context(|| format!("reading guest file {path} from byte {offset}"))?;
+        Ok(data)
+    }
+
     /// Writes (creates or truncates) a guest file.
     pub async fn write_file(&self, path: &str, data: &[u8]) -> Result<()> {
         let handle = self
@@ -310,7 +337,7 @@ async fn sync_conn(conn: &mut Conn, deadline: Instant) -> Result<()> {
 }
 
 /// A tag no other command of this or another driver carries.
-fn exec_tag() -> String {
+pub(crate) fn exec_tag() -> String {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{}-{}-{n}", std::process::id(), rand_id())

@@ -71,7 +71,7 @@ pub fn scenarios() -> Vec<Scenario> {
     let s = |name, description, nodes: fn() -> Vec<NodeSpec>, script: ScriptFn| {
         Scenario::new(name, description, script).machines(nodes())
     };
-    vec![
+    let all = vec![
         s(
             "hotremove_blk_tc1",
             "hot remove: one subsystem, one NVMe bdev; pull the disk (guest sysfs); the target keeps working",
@@ -126,7 +126,16 @@ pub fn scenarios() -> Vec<Scenario> {
             two_disks_two_vms,
             |d| one_of_two_removed(d, Fabric::Iscsi, &TWO_CONTROLLERS_TWO_VMS).boxed(),
         ),
-    ]
+    ];
+    all.into_iter().map(host_only).collect()
+}
+
+/// Every hot-remove plan needs the host: guest mode refuses it, with this reason.
+fn host_only(s: Scenario) -> Scenario {
+    s.host_only(
+        "pulls a disk out of the target VM (QMP device_del, or the target's sysfs at the PCI \
+         address QMP query-pci gives)",
+    )
 }
 
 fn target(disks: &[&str]) -> NodeSpec {

@@ -11,9 +11,10 @@ use super::proto::{self, target_client};
 
 impl crate::Machine {
     /// A gRPC client of the target daemon in this machine, through the run's loopback forward
-    /// of [`super::GRPC_PORT`]. It retries until the daemon answers (it may still be starting).
+    /// of [`super::GRPC_PORT`] (in guest mode: at a peer's address). It retries until the daemon
+    /// answers (it may still be starting).
     pub async fn target_client(&self) -> anyhow::Result<TargetClient> {
-        let addr = self.forwarded_addr(super::GRPC_PORT).await?;
+        let addr = self.tcp_addr(super::GRPC_PORT).await?;
         connect(addr, crate::timeouts::boot()).await.map_err(|e| {
             self.error("connecting to the target daemon", format!("through {addr}: {e:#}"))
         })
