@@ -15,10 +15,10 @@
 #                    NixOS machine runs systemd and a tmpfs root where the default images run an
 #                    initramfs)
 #
-# `runs_in_guest` and `host_needs` (a list of words, "migration" among them) are what
-# `vmcheck list --json` prints for each scenario. A listing written before the driver printed
-# them has neither; for it, the scenarios known to run in the guest, and the three that migrate,
-# are named here.
+# `runs_in_guest` is what `vmcheck list --json` prints for each scenario (with `host_only`, why
+# not, in words). Whether a scenario migrates is not printed in a form to match, so the three
+# that do are named here; a `host_needs` list holding "migration", if the driver prints one, is
+# read instead.
 listing: let
   scenarios =
     if builtins.isAttrs listing && listing ? scenarios
@@ -27,15 +27,9 @@ listing: let
 
   entry = name: scenarios.${name} or (throw "nix/scenarios.json has no scenario ${builtins.toJSON name}");
 
-  # For a listing without `runs_in_guest`: the scenarios the guest mode runs (fio_nvme_basic and
-  # the first three of the hot-attach chain; the others need the host or commands on a second
-  # machine).
-  inGuestBeforeTheField = ["fio_nvme_basic" "hotattach_tc1" "hotattach_tc2" "hotattach_tc3"];
-  # For a listing without `host_needs`, which the driver does not print (yet): its `host_only`
-  # says why in words, not in a form to match.
   migratingBeforeTheField = ["balloon_migrate" "lifecycle_migrate_fio" "lifecycle_save_restore"];
 
-  runsInGuest = name: (entry name).runs_in_guest or (builtins.elem name inGuestBeforeTheField);
+  runsInGuest = name: (entry name).runs_in_guest or (throw "nix/scenarios.json: scenario ${name} has no runs_in_guest; rewrite it with: cargo run --quiet --bin vmcheck -- list --json > nix/scenarios.json");
   migrates = name: let
     e = entry name;
   in
