@@ -253,14 +253,42 @@ impl Driver {
             };
             machines.push(Machine::new(node, boot, env.clone())?);
         }
-        let run_dir = if options.keep_state {
+        let driver = Driver::assemble(
+            machines,
+            env,
+            (run_dir, options.keep_state),
+            reporter,
+            findings,
+            (cache_holds, Some(accel)),
+        );
+        // The target's daemon: its console line is instant; a poll of its pid and exits is the
+        // backstop that catches a restart the console did not show.
+        for m in &driver.machines {
+            if m.console_watch().services().iter().any(|s| s == crate::watch::TARGET_DAEMON) {
+                driver.watch_daemon(m);
+            }
+        }
+        Ok(driver)
+    }
+
+    /// The driver of `machines`, in both modes; the run directory is kept (and said so) when
+    /// asked.
+    fn assemble(
+        machines: Vec<Machine>,
+        env: Arc<MachineEnv>,
+        (run_dir, keep): (tempfile::TempDir, bool),
+        reporter: Reporter,
+        findings: Arc<Findings>,
+        (cache_holds, accel): (Vec<crate::cache::Hold>, Option<Accel>),
+    ) -> Driver {
+        let run_dir = if keep {
             let kept = run_dir.keep();
             log::line(&format!("keeping the run directory {}", kept.display()));
             None
         } else {
             Some(run_dir)
         };
-        let driver = Driver {
+        Driver {
             machines,
             env,
             _run_dir: run_dir,
@@ -272,16 +300,8 @@ impl Driver {
             allowances: Mutex::default(),
             watches: Mutex::default(),
             _cache_holds: cache_holds,
-            accel: Some(accel),
-        };
-        // The target's daemon: its console line is instant; a poll of its pid and exits is the
-        // backstop that catches a restart the console did not show.
-        for m in &driver.machines {
-            if m.console_watch().services().iter().any(|s| s == crate::watch::TARGET_DAEMON) {
-                driver.watch_daemon(m);
-            }
+            accel,
         }
-        Ok(driver)
     }
 
     /// Polls the target daemon of `m` ([`Condition::ServiceSteady`]) until the driver ends.
@@ -357,27 +377,14 @@ impl Driver {
             };
             machines.push(Machine::guest(node, backend, env.clone())?);
         }
-        let run_dir = if options.keep_state {
-            let kept = run_dir.keep();
-            log::line(&format!("keeping the run directory {}", kept.display()));
-            None
-        } else {
-            Some(run_dir)
-        };
-        let driver = Driver {
+        let driver = Driver::assemble(
             machines,
             env,
-            _run_dir: run_dir,
+            (run_dir, options.keep_state),
             reporter,
-            started: Instant::now(),
-            gate: Mutex::new(None),
-            on_failure: Mutex::new(None),
             findings,
-            allowances: Mutex::default(),
-            watches: Mutex::default(),
-            _cache_holds: Vec::new(),
-            accel: None,
-        };
+            (Vec::new(), None),
+        );
         for m in &driver.machines {
             let daemon = m.forward_ports().contains(&crate::target::GRPC_PORT);
             if daemon && m.backend() == crate::machine::Backend::Peer {

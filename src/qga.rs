@@ -230,24 +230,7 @@ impl Qga {
 
     /// Reads a whole guest file.
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>> {
-        let handle = self
-            .execute(qga::guest_file_open { path: path.into(), mode: Some("r".into()) })
-            .await?;
-        let mut data = Vec::new();
-        let result = async {
-            loop {
-                let chunk =
-                    self.execute(qga::guest_file_read { handle, count: Some(1 << 20) }).await?;
-                data.extend_from_slice(&chunk.buf_b64);
-                if chunk.eof || chunk.count == 0 {
-                    return Ok::<_, anyhow::Error>(());
-                }
-            }
-        }
-        .await;
-        let _ = self.execute(qga::guest_file_close { handle }).await;
-        result.with_context(|| format!("reading guest file {path}"))?;
-        Ok(data)
+        self.read_file_from(path, 0).await
     }
 
     /// Reads a guest file from byte `offset` to its end (what a growing log gained since).
@@ -257,11 +240,13 @@ impl Qga {
             .await?;
         let mut data = Vec::new();
         let result = async {
-            self.execute_raw(
-                "guest-file-seek",
-                json!({"handle": handle, "offset": offset, "whence": "set"}),
-            )
-            .await?;
+            if offset > 0 {
+                self.execute_raw(
+                    "guest-file-seek",
+                    json!({"handle": handle, "offset": offset, "whence": "set"}),
+                )
+                .await?;
+            }
             loop {
                 let chunk =
                     self.execute(qga::guest_file_read { handle, count: Some(1 << 20) }).await?;
