@@ -798,13 +798,27 @@ fn libtest(suite: Suite) -> ExitCode {
     libtest_mimic::run(&args, trials).exit_code()
 }
 
+/// The stack of the thread a libtest test's scenarios are polled on (a main thread's).
+const TRIAL_STACK_BYTES: usize = 8 << 20;
+
 /// One libtest test: the cases on machines of their own, as `run NAMES` runs them; it fails
 /// with every failed case's verdict and error.
 fn run_trial(suite: &Suite, cases: &[Scenario]) -> Result<(), libtest_mimic::Failed> {
     init_tracing();
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let outcomes = runtime.block_on(suite.run(cases, &RunOptions::default()));
+    // On a thread with a main thread's stack: libtest's test threads have 2 MiB, which a
+    // scenario's futures, polled from block_on, overflowed (balloon_migrate and balloon_power
+    // aborted so in a CI replay); `vmcheck run` polls them on its 8 MiB main thread.
+    let outcomes = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name(cases.first().map(|c| c.name().to_string()).unwrap_or_default())
+            .stack_size(TRIAL_STACK_BYTES)
+            .spawn_scoped(scope, || runtime.block_on(suite.run(cases, &RunOptions::default())))
+            .map_err(|e| format!("cannot start the test's thread: {e}"))?
+            .join()
+            .map_err(|_| "the test's thread panicked".to_string())
+    })?;
     let failed: Vec<String> = outcomes
         .iter()
         .filter(|o| !o.passed())
