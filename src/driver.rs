@@ -36,6 +36,16 @@ pub const DEFAULT_KERNEL_PARAMS: &str =
     "console=ttyS0,115200 quiet panic=1 mitigations=off random.trust_cpu=on no_timer_check \
      clocksource=hpet 8250.nr_uarts=1 cryptomgr.notests initcall_blacklist=crypto_kdf108_init";
 
+/// Where a run's logs go: `--out DIR`, else `logs/` in the run directory `run_dir`; created.
+fn log_dir(options: &DriverOptions, run_dir: &Path) -> Result<PathBuf> {
+    let dir = match &options.out_dir {
+        Some(d) => d.clone(),
+        None => run_dir.join("logs"),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
 /// How a run is set up.
 #[derive(Debug, Clone, Default)]
 pub struct DriverOptions {
@@ -204,14 +214,7 @@ impl Driver {
             .context("creating the run directory")?;
         let path = run_dir.path().to_path_buf();
         log::line(&format!("run directory: {} (accelerator: {})", path.display(), accel.name()));
-        let log_dir = match &options.out_dir {
-            Some(d) => {
-                std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-                d.clone()
-            }
-            None => path.join("logs"),
-        };
-        std::fs::create_dir_all(&log_dir)?;
+        let log_dir = log_dir(&options, &path)?;
         let mut switches = HashMap::new();
         for vlan in nodes.iter().flat_map(|n| n.vlans.iter().copied()) {
             if let std::collections::hash_map::Entry::Vacant(e) = switches.entry(vlan) {
@@ -346,14 +349,7 @@ impl Driver {
                     .join(", "),
             }
         ));
-        let log_dir = match &options.out_dir {
-            Some(d) => {
-                std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-                d.clone()
-            }
-            None => path.join("logs"),
-        };
-        std::fs::create_dir_all(&log_dir)?;
+        let log_dir = log_dir(&options, &path)?;
         let findings = Arc::new(Findings::default());
         let reporter = options.reporter.clone();
         let env = Arc::new(MachineEnv {

@@ -308,6 +308,11 @@ mod tests {
         assert_eq!(timeout.stdout, "before\n");
         assert!(started.elapsed() < Duration::from_secs(30), "{:?}", started.elapsed());
         let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        assert!(gone_within_5s(pid).await, "the setsid child {pid} still runs");
+    }
+
+    /// Whether process `pid` is gone within 5 s.
+    async fn gone_within_5s(pid: u32) -> bool {
         let gone = poll::until(
             Duration::from_secs(5),
             poll::Pace::every(Duration::from_millis(50)),
@@ -315,7 +320,7 @@ mod tests {
         )
         .await
         .unwrap();
-        assert!(matches!(gone, Polled::Done(())), "the setsid child {pid} still runs");
+        matches!(gone, Polled::Done(()))
     }
 
     #[tokio::test]
@@ -338,13 +343,6 @@ mod tests {
         let p = LocalProcess::start(&["/bin/sleep", "600"]).await.unwrap();
         let pid = p.pid as u32;
         drop(p);
-        let gone = poll::until(
-            Duration::from_secs(5),
-            poll::Pace::every(Duration::from_millis(50)),
-            |_| async move { Ok((!crate::process::is_alive(pid)).then_some(())) },
-        )
-        .await
-        .unwrap();
-        assert!(matches!(gone, Polled::Done(())), "the dropped command {pid} still runs");
+        assert!(gone_within_5s(pid).await, "the dropped command {pid} still runs");
     }
 }
