@@ -314,15 +314,25 @@ async fn start_one_controller(
 async fn attach(d: &Driver, vm: &Machine, ctrl: &Ctrl, ids: &[u32]) -> Result<Vec<VmDisk>> {
     d.subtest(&format!("run {}, attach to {}", vm.name(), ctrl.name()), async {
         ctrl.connect(vm).await?;
-        let mut disks = Vec::new();
-        for id in ids {
-            disks.push(VmDisk {
-                ctrl: ctrl.clone(),
-                id: *id,
-                device: ctrl.find_disk(vm, *id).await?,
-            });
-        }
-        Ok(disks)
+        let devices = match ctrl {
+            // Several LUNs on one VM: names in LUN order, so a reboot after one is pulled
+            // gives the survivor its own name back, never the pulled one's.
+            Ctrl::Iscsi(t) if ids.len() > 1 => {
+                iscsi::name_in_lun_order(vm, &t.iqn, ids, crate::timeouts::hotplug()).await?
+            }
+            _ => {
+                let mut devices = Vec::new();
+                for id in ids {
+                    devices.push(ctrl.find_disk(vm, *id).await?);
+                }
+                devices
+            }
+        };
+        Ok(ids
+            .iter()
+            .zip(devices)
+            .map(|(id, device)| VmDisk { ctrl: ctrl.clone(), id: *id, device })
+            .collect())
     })
     .await
 }
