@@ -25,9 +25,13 @@
 
     # Written by `vmcheck list --json` (tests/nix_config.rs keeps it equal to the driver's list).
     listing = builtins.fromJSON (builtins.readFile ./nix/scenarios.json);
+    # What it says about each scenario (where it runs, whether it migrates): nix/listing.nix.
+    scenarioList = import ./nix/listing.nix listing;
 
-    vmcheckFor = pkgs:
-      self.packages.${pkgs.stdenv.hostPlatform.system}.vmcheck or (pkgs.callPackage ./nix/package.nix {});
+    # vmcheck from the package set it is used with: a caller's overlays (its rustPlatform, its
+    # rustc, ...) reach it. From the flake's own nixpkgs this is packages.<system>.vmcheck, the
+    # same derivation.
+    vmcheckFor = pkgs: pkgs.callPackage ./nix/package.nix {};
 
     # `vmcheck.lib.makeTest { system = "x86_64-linux"; name; nodes; scenario; ... }`, or with
     # `pkgs = <a nixpkgs package set>` instead of `system` to build the machines from your own
@@ -43,7 +47,7 @@
       ...
     } @ args:
       import ./nix/make-test.nix {
-        inherit pkgs vmcheck;
+        inherit pkgs vmcheck scenarioList;
         guestModule = self.nixosModules.guest;
       } (builtins.removeAttrs args ["system" "pkgs" "vmcheck"]);
 
@@ -69,10 +73,22 @@
       inherit listing;
       modules = {inherit (self.nixosModules) target initiator;};
     };
+
+    # The same scenarios the other way round, for those that run in a guest: nixpkgs' own test
+    # driver (runNixOSTest) starts the machines with the roles alone, on its own test network,
+    # and vmcheck runs the scenario inside the initiator (nix/nixos-tests.nix). Checks
+    # `<scenario>-nixos-test`, beside `<scenario>`.
+    nixosTests = import ./nix/nixos-tests.nix {
+      inherit listing vmcheckFor;
+      modules = {
+        target = self.nixosModules.target-role;
+        initiator = self.nixosModules.initiator-role;
+      };
+    };
   in {
     packages = forAllSystems (system: let
       pkgs = nixpkgs.legacyPackages.${system};
-      vmcheck = pkgs.callPackage ./nix/package.nix {};
+      vmcheck = vmcheckFor pkgs;
     in {
       inherit vmcheck;
       default = vmcheck;
@@ -85,7 +101,8 @@
     nixosModules = {
       # The guest contract: qemu-guest-agent, serial console, static test-network addresses.
       guest = {imports = [./nix/modules/guest.nix];};
-      # nvmet + nvmet-tcp, configfs, and vmcheck-target started at boot (this flake's package).
+      # The guest contract + nvmet + nvmet-tcp, configfs, and vmcheck-target started at boot
+      # (this flake's package): a machine vmcheck's driver starts.
       target = {
         lib,
         pkgs,
@@ -94,8 +111,19 @@
         imports = [./nix/modules/target.nix];
         vmcheck.target.package = lib.mkDefault (vmcheckFor pkgs);
       };
-      # nvme-tcp, nvme-cli, fio, lsblk, /etc/nvme/hostnqn and hostid.
+      # The guest contract + nvme-tcp, nvme-cli, fio, lsblk, /etc/nvme/hostnqn and hostid.
       initiator = {imports = [./nix/modules/initiator.nix];};
+      # The roles alone, without the guest contract (addresses, agent, control network): for
+      # machines vmcheck's driver does not start, such as nodes of nixpkgs' own test driver.
+      target-role = {
+        lib,
+        pkgs,
+        ...
+      }: {
+        imports = [./nix/modules/roles/target.nix];
+        vmcheck.target.package = lib.mkDefault (vmcheckFor pkgs);
+      };
+      initiator-role = {imports = [./nix/modules/roles/initiator.nix];};
     };
 
     lib = {
@@ -114,10 +142,24 @@
       default = storage-test;
     };
 
-    # `nix build .#checks.x86_64-linux.fio_nvme_basic` runs the scenario in the build sandbox;
-    # `.driver` on it runs it outside, `.driverInteractive` opens the REPL. `nix flake check`
-    # builds them all.
-    checks = forAllSystems (system: builtins.mapAttrs (_: args: makeTest (args // {inherit system;})) scenarioTests);
+    # `nix build .#checks.x86_64-linux.fio_nvme_basic` runs the scenario in the build sandbox,
+    # vmcheck's driver on the host starting the machines; `.driver` on it runs it outside
+    # (`.driver -I`, or `.driverInteractive`, opens vmcheck's REPL). `fio_nvme_basic-nixos-test`
+    # runs it with nixpkgs' test driver, vmcheck inside the initiator; its `.driver` and
+    # `.driverInteractive` are nixpkgs'. `nix flake check` builds them all.
+    checks = forAllSystems (system:
+      builtins.mapAttrs (_: args: makeTest (args // {inherit system;})) scenarioTests
+      // builtins.mapAttrs (name: test:
+        if scenarioTests ? ${name}
+        then throw "check ${name}: a scenario has the name of another's nixos-test check"
+        else nixpkgs.legacyPackages.${system}.testers.runNixOSTest test)
+      nixosTests);
+
+    # The same checks where `nix build .#checks.fio_nvme_basic` finds them: for `nix build .#X`
+    # Nix tries packages.<system>.X, then legacyPackages.<system>.X, then X. `nix flake check`
+    # does not descend into legacyPackages, so nothing runs twice. (nix/check.sh resolves the
+    # command with the Nix CI has.)
+    legacyPackages = forAllSystems (system: {checks = self.checks.${system};});
 
     devShells = forAllSystems (system: let
       pkgs = nixpkgs.legacyPackages.${system};

@@ -4,7 +4,8 @@
 # configuration built as a QEMU VM by qemu-vm.nix (`system.build.vm`); a JSON driver
 # configuration names their start scripts (the role of nixpkgs' driverConfiguration.json); the
 # test is a derivation whose build runs the driver. As in nixpkgs, `.driver` runs the test
-# outside the sandbox and `.driverInteractive` opens the interactive driver (the REPL).
+# outside the sandbox (with -I or --interactive it opens the REPL instead) and
+# `.driverInteractive` opens the interactive driver (the REPL).
 # What differs: the test script is a scenario compiled into the driver, chosen by name, and the
 # driver, not the NixOS modules, adds the QEMU plumbing (QMP, serial console, guest agent port,
 # test-network NICs, NVMe disks) through $QEMU_OPTS. The driver is vmcheck's own package (its
@@ -32,12 +33,14 @@
 #
 # `driver` is a package whose meta.mainProgram speaks the harness's command line:
 # `<main program> run --config FILE --global-timeout S --out DIR --junit FILE` (the test and
-# `.driver`) and `<main program> repl --config FILE` (`.driverInteractive`). Default: vmcheck's
-# own package, whose scenarios are vmcheck's.
+# `.driver`) and `<main program> repl --config FILE` (`.driverInteractive`, and `.driver -I`).
+# Default: vmcheck's own package, whose scenarios are vmcheck's.
 #
 # Every node gets nixosModules.guest (the guest contract), `networking.hostName = <node name>`
 # and, unless it sets one, `vmcheck.address = 192.0.2.<n>` (n = its place in the sorted node
 # names, from 1). The address each node ends up with is written into the driver configuration.
+# When the scenario is one of vmcheck's that migrates a machine (the scenario list), every node
+# gets `vmcheck.migrates = true`, and the guest module refuses its 9p mounts.
 #
 # $out holds only what is the same on every passing run (a `passed` file), as nixpkgs' tests
 # keep timings and logs out of $out, so `nix build --rebuild` can compare two runs. The run's
@@ -48,6 +51,8 @@
   pkgs,
   vmcheck,
   guestModule,
+  # nix/listing.nix applied to nix/scenarios.json: what vmcheck's own scenarios need.
+  scenarioList,
 }: {
   name,
   nodes,
@@ -93,6 +98,7 @@
         {
           networking.hostName = lib.mkDefault nodeName;
           vmcheck.address = lib.mkDefault "192.0.2.${toString nodeNumbers.${nodeName}}";
+          vmcheck.migrates = lib.mkDefault migrates;
         }
         defaults
         module
@@ -100,6 +106,10 @@
     };
 
   evaluatedNodes = builtins.mapAttrs evalNode nodes;
+
+  # Whether the scenario migrates its machines, for the guest module's assertion that no 9p
+  # export is mounted then: known for vmcheck's own scenarios run by vmcheck's own driver.
+  migrates = driver.outPath == vmcheck.outPath && scenarioList.known scenario && scenarioList.migrates scenario;
 
   startScript = node: "${node.config.system.build.vm}/bin/run-${node.config.system.name}-vm";
 
@@ -142,16 +152,29 @@
     else driver.meta.mainProgram;
 
   # `driver`: the test itself, run outside the sandbox (`run` takes --out DIR, --junit FILE,
-  # --keep-vm-state); `driverInteractive`: the REPL on the same machines. The same program name
-  # in both, as nixpkgs' nixos-test-driver.
-  driverScript = command:
-    pkgs.writeShellScriptBin "vmcheck-driver" ''
-      export PATH=${lib.makeBinPath qemus}''${PATH:+:$PATH}
-      ${accelEnv}
-      exec ${driver}/bin/${mainProgram} ${command} --config ${configFile} "$@"
-    '';
-  driverRun = driverScript "run";
-  driverInteractive = driverScript "repl";
+  # --keep-vm-state), or, given -I or --interactive anywhere among its arguments as nixpkgs'
+  # `.driver` is, the REPL (`repl`, the other arguments passed on); `driverInteractive`: the
+  # REPL on the same machines. The same program name in both, as nixpkgs' nixos-test-driver.
+  driverEnv = ''
+    export PATH=${lib.makeBinPath qemus}''${PATH:+:$PATH}
+    ${accelEnv}
+  '';
+  driverRun = pkgs.writeShellScriptBin "vmcheck-driver" ''
+    ${driverEnv}
+    command=run
+    args=()
+    for arg in "$@"; do
+      case "$arg" in
+        -I | --interactive) command=repl ;;
+        *) args+=("$arg") ;;
+      esac
+    done
+    exec ${driver}/bin/${mainProgram} "$command" --config ${configFile} "''${args[@]}"
+  '';
+  driverInteractive = pkgs.writeShellScriptBin "vmcheck-driver" ''
+    ${driverEnv}
+    exec ${driver}/bin/${mainProgram} repl --config ${configFile} "$@"
+  '';
 
   test =
     pkgs.runCommand "vmcheck-test-${name}" {

@@ -4,38 +4,31 @@
 #
 #   import ./scenario-tests.nix { listing = <nix/scenarios.json, parsed>; modules = <role -> module>; }
 #
-# returns, for every scenario, the arguments of makeTest (nix/make-test.nix): the scenario's
-# name, and for each machine it declares, a NixOS module of its role with the machine's address,
-# one test interface per test network (eth1, eth2, ... in the order of its vlans, as the driver
-# adds the NICs), its CPUs and its memory (at least 1024 MiB: a NixOS machine runs systemd and a
+# returns, for every scenario but those nix/listing.nix leaves out of the Nix checks (the ones
+# that migrate a machine: nixpkgs' VMs mount 9p shares, which QEMU does not migrate), the
+# arguments of makeTest (nix/make-test.nix): the scenario's name, and for each machine it
+# declares, a NixOS module of its role with the machine's address, its test networks (vlans: the
+# guest module names one test interface per vlan, eth1, eth2, ..., by the MAC the driver gives
+# that NIC), its CPUs and its memory (at least 1024 MiB: a NixOS machine runs systemd and a
 # tmpfs root where the default images run an initramfs; a node may set more).
 {
   listing,
   modules,
 }: let
-  nixosMinMemoryMiB = 1024;
-
-  scenarios =
-    if builtins.isAttrs listing && listing ? scenarios
-    then listing.scenarios
-    else throw "nix/scenarios.json has no `scenarios`; rewrite it with: cargo run --quiet --bin vmcheck -- list --json > nix/scenarios.json";
+  scenarioList = import ./listing.nix listing;
 
   machine = scenario: node: let
     where = "nix/scenarios.json: scenario ${scenario}, machine ${node.name or "?"}";
     role =
       modules.${node.role}
       or (throw "${where}: role ${builtins.toJSON (node.role or null)} has no NixOS module; known roles: ${builtins.toJSON (builtins.attrNames modules)}");
-    memory =
-      if node.memory_mib > nixosMinMemoryMiB
-      then node.memory_mib
-      else nixosMinMemoryMiB;
   in {
     inherit (node) name;
     value = {lib, ...}: {
       imports = [role];
       vmcheck.address = node.address;
-      vmcheck.testInterfaces = lib.imap1 (i: _: "eth${toString i}") node.vlans;
-      virtualisation.memorySize = lib.mkDefault memory;
+      vmcheck.vlans = node.vlans;
+      virtualisation.memorySize = lib.mkDefault (scenarioList.nixosMemoryMiB node);
       virtualisation.cores = lib.mkDefault node.cpus;
     };
   };
@@ -45,4 +38,4 @@ in
     inherit scenario;
     nodes = builtins.listToAttrs (map (machine scenario) entry.nodes);
   })
-  scenarios
+  (builtins.removeAttrs scenarioList.scenarios (builtins.attrNames scenarioList.leftOutOfNixChecks))

@@ -607,12 +607,11 @@ async fn machine_api(options: &BenchOptions, reporter: Reporter) -> Result<Bench
         DriverOptions { reporter: quiet.clone(), fresh_boot: true, ..DriverOptions::default() };
     let driver =
         Driver::new(vec![one_node("bench", 1), one_node("peer", 2)], driver_options).await?;
-    report.result.accelerator = driver.accel.name().to_string();
+    let accel = driver.accel.map_or("none", |a| a.name());
+    report.result.accelerator = accel.to_string();
     report.line(format!(
-        "accelerator: {}; load {} on {} CPUs",
-        driver.accel.name(),
-        report.result.taken.load_before,
-        report.result.taken.cpus
+        "accelerator: {accel}; load {} on {} CPUs",
+        report.result.taken.load_before, report.result.taken.cpus
     ));
     let m = driver.machine("bench")?;
     let bare_dir = driver.run_dir().join("bare");
@@ -1182,10 +1181,10 @@ async fn nvmeof(options: &BenchOptions, reporter: Reporter) -> Result<BenchResul
         NodeSpec::new("initiator", Role::Initiator, 2).with_memory(768),
     ];
     let driver = Driver::new(nodes, DriverOptions { reporter, ..DriverOptions::default() }).await?;
-    report.result.accelerator = driver.accel.name().to_string();
+    report.result.accelerator = driver.accel.map_or("none", |a| a.name()).to_string();
     report.line(format!(
         "accelerator: {}; fio 128k sequential read, iodepth 16, libaio, direct, {} s per run, {} run(s) per network per round, {} round(s)",
-        driver.accel.name(),
+        driver.accel.map_or("none", |a| a.name()),
         options.fio_secs,
         options.fio_runs,
         options.rounds

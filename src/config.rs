@@ -245,17 +245,41 @@ pub fn validate_machine_name(name: &str) -> Result<()> {
 pub const SCENARIO_LISTING_COMMAND: &str =
     "cargo run --quiet --bin vmcheck -- list --json > nix/scenarios.json";
 
-/// `vmcheck list --json`: every listed scenario with the machines it declares, as the flake reads
-/// it from `nix/scenarios.json` (pretty-printed, keys sorted, a trailing newline, so the checked-in
-/// file diffs line by line). A scenario whose machine names the driver would refuse, or that names
-/// two machines alike, is an error here rather than a broken flake check. `generated_by` is the
-/// command that writes the file ([`SCENARIO_LISTING_COMMAND`] for vmcheck's own).
-pub fn scenario_listing_json(
-    scenarios: &[(&str, &str, Vec<NodeSpec>)],
+/// A scenario as `vmcheck list --json` lists it ([`scenario_listing_json`]).
+#[derive(Debug, Clone)]
+pub struct Listed<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// Its one-line description.
+    pub description: &'a str,
+    /// The machines it declares.
+    pub nodes: Vec<NodeSpec>,
+    /// Why it needs the host, when guest mode refuses it (`Scenario::host_only`).
+    pub host_only: Option<&'a str>,
+}
+
+impl<'a> From<(&'a str, &'a str, Vec<NodeSpec>)> for Listed<'a> {
+    /// A scenario that runs in guest mode too.
+    fn from((name, description, nodes): (&'a str, &'a str, Vec<NodeSpec>)) -> Listed<'a> {
+        Listed { name, description, nodes, host_only: None }
+    }
+}
+
+/// `vmcheck list --json`: every listed scenario with the machines it declares and where it runs
+/// (`runs_in_guest`, and `host_only` with the reason when guest mode refuses it), as the flake
+/// reads it from `nix/scenarios.json` (pretty-printed, keys sorted, a trailing newline, so the
+/// checked-in file diffs line by line). A scenario whose machine names the driver would refuse,
+/// or that names two machines alike, is an error here rather than a broken flake check.
+/// `generated_by` is the command that writes the file ([`SCENARIO_LISTING_COMMAND`] for
+/// vmcheck's own).
+pub fn scenario_listing_json<'a>(
+    scenarios: &[impl Into<Listed<'a>> + Clone],
     generated_by: &str,
 ) -> Result<String> {
     let mut listing = serde_json::Map::new();
-    for (name, description, nodes) in scenarios {
+    for scenario in scenarios {
+        let Listed { name, description, nodes, host_only } = scenario.clone().into();
+        let nodes = &nodes;
         if nodes.is_empty() {
             bail!("scenario {name} declares no machine");
         }
@@ -276,13 +300,15 @@ pub fn scenario_listing_json(
                 "disks": node.disks,
             }));
         }
-        if listing
-            .insert(
-                name.to_string(),
-                serde_json::json!({"description": description, "nodes": machines}),
-            )
-            .is_some()
-        {
+        let mut entry = serde_json::json!({
+            "description": description,
+            "nodes": machines,
+            "runs_in_guest": host_only.is_none(),
+        });
+        if let Some(why) = host_only {
+            entry["host_only"] = why.into();
+        }
+        if listing.insert(name.to_string(), entry).is_some() {
             bail!("two scenarios are named {name}");
         }
     }

@@ -43,6 +43,16 @@ pub const DEFAULT_KERNEL_PARAMS: &str =
     "console=ttyS0,115200 quiet panic=1 mitigations=off random.trust_cpu=on no_timer_check \
      clocksource=hpet 8250.nr_uarts=1 cryptomgr.notests initcall_blacklist=crypto_kdf108_init";
 
+/// Where a run's logs go: `--out DIR`, else `logs/` in the run directory `run_dir`; created.
+fn log_dir(options: &DriverOptions, run_dir: &Path) -> Result<PathBuf> {
+    let dir = match &options.out_dir {
+        Some(d) => d.clone(),
+        None => run_dir.join("logs"),
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
 /// How a run is set up.
 #[derive(Debug, Clone, Default)]
 pub struct DriverOptions {
@@ -55,6 +65,48 @@ pub struct DriverOptions {
     /// Boot every machine, never start one from a saved state (`--fresh-boot`; also
     /// `VMCHECK_FRESH_BOOT=1`). See `src/snapshot.rs`.
     pub fresh_boot: bool,
+    /// Guest mode: the driver runs inside one of the machines and reaches the others by
+    /// address; no QEMU, no image, no switch (`vmcheck run --local M --peer N=ADDR`).
+    pub guest: Option<GuestMode>,
+}
+
+/// Where a guest-mode driver's machines are (`vmcheck run --local MACHINE --peer NAME[=ADDR]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GuestMode {
+    /// The scenario's machine this process runs on: its commands are local processes.
+    pub local: String,
+    /// Every other machine of the scenario, by name, with the address it is reached at (its
+    /// target daemon's gRPC, NVMe-oF, iSCSI), which replaces the scenario's own.
+    pub peers: std::collections::BTreeMap<String, std::net::Ipv4Addr>,
+}
+
+impl GuestMode {
+    /// Checks that `nodes` are exactly the local machine and the peers (no machine left
+    /// unplaced, no unknown name); the error says which.
+    pub fn check(&self, nodes: &[NodeSpec]) -> Result<()> {
+        let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        if !names.contains(&self.local.as_str()) {
+            bail!(
+                "--local {}: the scenario has no such machine; its machines: {names:?}",
+                self.local
+            );
+        }
+        if self.peers.contains_key(&self.local) {
+            bail!("{} is --local, so it cannot be a --peer too", self.local);
+        }
+        let unplaced: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| *n != self.local && !self.peers.contains_key(*n))
+            .collect();
+        if !unplaced.is_empty() {
+            bail!(
+                "guest mode reaches every other machine by address: name {} with --peer NAME[=ADDR]",
+                unplaced.join(", ")
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Whether `VMCHECK_FRESH_BOOT` asks for fresh boots (any value but empty or `0`).
@@ -92,8 +144,9 @@ pub struct Driver {
     watches: Mutex<Vec<Watch>>,
     /// The images this driver boots, held against `vmcheck cache prune` while it lives.
     _cache_holds: Vec<crate::cache::Hold>,
-    /// The accelerator the machines run under (KVM when its probe passed, else TCG).
-    pub accel: Accel,
+    /// The accelerator the machines run under (KVM when its probe passed, else TCG); `None` in
+    /// guest mode, which starts no QEMU.
+    pub accel: Option<Accel>,
     /// The machines whose dmesg the last [`Driver::unreported_findings`] read and kept.
     dmesg_kept: Mutex<Vec<String>>,
 }
@@ -135,6 +188,9 @@ impl Driver {
                 disk.check().with_context(|| format!("machine {}", n.name))?;
             }
         }
+        if let Some(guest) = options.guest.clone() {
+            return Driver::set_up_guest(nodes, guest, options);
+        }
         let qemu = crate::qemu::find_qemu()?;
         let images = Images::from_env()?;
         let images_started = Instant::now();
@@ -167,14 +223,7 @@ impl Driver {
             .context("creating the run directory")?;
         let path = run_dir.path().to_path_buf();
         log::line(&format!("run directory: {} (accelerator: {})", path.display(), accel.name()));
-        let log_dir = match &options.out_dir {
-            Some(d) => {
-                std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-                d.clone()
-            }
-            None => path.join("logs"),
-        };
-        std::fs::create_dir_all(&log_dir)?;
+        let log_dir = log_dir(&options, &path)?;
         let mut switches = HashMap::new();
         for vlan in nodes.iter().flat_map(|n| n.vlans.iter().copied()) {
             if let std::collections::hash_map::Entry::Vacant(e) = switches.entry(vlan) {
@@ -216,14 +265,43 @@ impl Driver {
             };
             machines.push(Machine::new(node, boot, env.clone())?);
         }
-        let run_dir = if options.keep_state {
+        let driver = Driver::assemble(
+            machines,
+            env,
+            (run_dir, options.keep_state),
+            reporter,
+            findings,
+            (cache_holds, Some(accel)),
+        );
+        // The target's daemon: its console line is instant; a poll of its pid and exits is the
+        // backstop that catches a restart the console did not show.
+        for m in &driver.machines {
+            if m.console_watch().services().iter().any(|s| s == crate::watch::TARGET_DAEMON) {
+                driver.watch_daemon(m);
+            }
+        }
+        driver.reporter.event(crate::timeline::EventKind::Note, None, DRIVER_READY);
+        Ok(driver)
+    }
+
+    /// The driver of `machines`, in both modes; the run directory is kept (and said so) when
+    /// asked.
+    fn assemble(
+        machines: Vec<Machine>,
+        env: Arc<MachineEnv>,
+        (run_dir, keep): (tempfile::TempDir, bool),
+        reporter: Reporter,
+        findings: Arc<Findings>,
+        (cache_holds, accel): (Vec<crate::cache::Hold>, Option<Accel>),
+    ) -> Driver {
+        let run_dir = if keep {
             let kept = run_dir.keep();
             log::line(&format!("keeping the run directory {}", kept.display()));
             None
         } else {
             Some(run_dir)
         };
-        let driver = Driver {
+        Driver {
             machines,
             env,
             _run_dir: run_dir,
@@ -237,22 +315,89 @@ impl Driver {
             _cache_holds: cache_holds,
             accel,
             dmesg_kept: Mutex::default(),
-        };
-        // The target's daemon: its console line is instant; a poll of its pid and exits is the
-        // backstop that catches a restart the console did not show.
+        }
+    }
+
+    /// Polls the target daemon of `m` ([`Condition::ServiceSteady`]) until the driver ends.
+    fn watch_daemon(&self, m: &Machine) {
+        self.watch(
+            &format!("{} on {} keeps running", crate::watch::TARGET_DAEMON, m.name()),
+            crate::watch::DAEMON_WATCH_PERIOD,
+            Condition::ServiceSteady {
+                machine: m.clone(),
+                service: crate::watch::TARGET_DAEMON.to_string(),
+            },
+        );
+    }
+
+    /// Guest mode's set-up: a run directory for the logs, and the machines as they are (the
+    /// local one, and peers at their addresses); no image, QEMU, accelerator or switch. A peer
+    /// that runs the target daemon (it declares the daemon's port) has its daemon polled over
+    /// gRPC, the console being the host's.
+    fn set_up_guest(
+        nodes: Vec<NodeSpec>,
+        guest: GuestMode,
+        options: DriverOptions,
+    ) -> Result<Driver> {
+        guest.check(&nodes)?;
+        remove_stale_run_dirs();
+        let run_dir = tempfile::Builder::new()
+            .prefix(&format!("vmcheck-run-{}-", std::process::id()))
+            .tempdir()
+            .context("creating the run directory")?;
+        let path = run_dir.path().to_path_buf();
+        log::line(&format!(
+            "run directory: {} (guest mode: this is {}; {})",
+            path.display(),
+            guest.local,
+            match guest.peers.is_empty() {
+                true => "no peers".to_string(),
+                false => guest
+                    .peers
+                    .iter()
+                    .map(|(n, a)| format!("{n} at {a}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }
+        ));
+        let log_dir = log_dir(&options, &path)?;
+        let findings = Arc::new(Findings::default());
+        let reporter = options.reporter.clone();
+        let env = Arc::new(MachineEnv {
+            run_dir: path,
+            qemu: PathBuf::new(),
+            accel: Accel::Tcg,
+            switches: HashMap::new(),
+            log_dir,
+            reporter: reporter.clone(),
+            snapshots: None,
+            findings: findings.clone(),
+        });
+        let mut machines = Vec::new();
+        for mut node in nodes {
+            let backend = match guest.peers.get(&node.name) {
+                Some(addr) => {
+                    node.address = *addr;
+                    crate::machine::Backend::Peer
+                }
+                None => crate::machine::Backend::Local,
+            };
+            machines.push(Machine::guest(node, backend, env.clone())?);
+        }
+        let driver = Driver::assemble(
+            machines,
+            env,
+            (run_dir, options.keep_state),
+            reporter,
+            findings,
+            (Vec::new(), None),
+        );
         for m in &driver.machines {
-            if m.console_watch().services().iter().any(|s| s == crate::watch::TARGET_DAEMON) {
-                driver.watch(
-                    &format!("{} on {} keeps running", crate::watch::TARGET_DAEMON, m.name()),
-                    crate::watch::DAEMON_WATCH_PERIOD,
-                    Condition::ServiceSteady {
-                        machine: m.clone(),
-                        service: crate::watch::TARGET_DAEMON.to_string(),
-                    },
-                );
+            let daemon = m.forward_ports().contains(&crate::target::GRPC_PORT);
+            if daemon && m.backend() == crate::machine::Backend::Peer {
+                driver.watch_daemon(m);
             }
         }
-        driver.reporter.event(crate::timeline::EventKind::Note, None, DRIVER_READY);
         Ok(driver)
     }
 
@@ -431,7 +576,31 @@ impl Driver {
     /// discarded when such an action began during it; a poll that the harness could not make
     /// (a harness error) proves nothing and is skipped too. What the polls cost is logged when
     /// the scenario ends ([`Driver::watch_costs`]).
+    ///
+    /// In guest mode a condition that runs commands (`ProcessAlive`, `Succeeds`) on a peer
+    /// cannot be polled (commands run only on the local machine): declaring one is a finding at
+    /// once, which fails the scenario, rather than an invariant that silently never holds or
+    /// breaks.
     pub fn watch(&self, name: &str, period: Duration, condition: Condition) {
+        if let Condition::ProcessAlive { machine, .. } | Condition::Succeeds { machine, .. } =
+            &condition
+        {
+            if machine.backend() == crate::machine::Backend::Peer {
+                self.findings.push(crate::watch::Finding {
+                    kind: crate::watch::FindingKind::Invariant,
+                    machine: Some(machine.name().to_string()),
+                    what: format!("{name}: cannot be polled in guest mode"),
+                    detail: format!(
+                        "it runs commands on {}, a peer of this guest-mode driver, and commands \
+                         run only on the machine the driver runs on; declare the scenario \
+                         host_only, or watch what the local machine or the daemon's gRPC can tell",
+                        machine.name()
+                    ),
+                    at: Instant::now(),
+                });
+                return;
+            }
+        }
         let stats = Arc::new(Mutex::new(PollStats::default()));
         let findings = self.findings.clone();
         let machines = self.machines.clone();
@@ -592,8 +761,13 @@ impl Driver {
     }
 
     /// Stops every machine at once (no clean shutdown: the test is over), and keeps the test
-    /// network's per-link counters and fault events as `network.txt`.
+    /// network's per-link counters and fault events as `network.txt`. In guest mode the
+    /// machines are not this driver's to stop, and the test network is not its to count:
+    /// nothing happens.
     pub async fn kill_all(&self) {
+        if self.accel.is_none() {
+            return;
+        }
         log::scope(self.reporter.clone(), async {
             for m in &self.machines {
                 m.kill().await;
@@ -604,6 +778,11 @@ impl Driver {
             "network.txt",
             &crate::network::report(self.env.switches.values().map(|s| &**s)),
         );
+    }
+
+    /// Whether this driver runs in guest mode (no QEMU: a local machine and peers).
+    pub fn is_guest_mode(&self) -> bool {
+        self.accel.is_none()
     }
 
     /// The subtest table printed at the end of a run.
@@ -624,5 +803,86 @@ fn remove_stale_run_dirs() {
         if pid != std::process::id() && !crate::process::is_alive(pid) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Role;
+    use crate::machine::Backend;
+
+    /// A guest-mode driver here: this process's machine is local, the target a peer at an
+    /// address where nothing answers. What each cannot do fails at once, naming what and why.
+    #[tokio::test]
+    async fn a_guest_mode_driver_runs_locally_and_refuses_the_hosts_operations() {
+        let tmp = tempfile::tempdir().unwrap();
+        let guest = GuestMode {
+            local: "initiator".into(),
+            peers: [("target".to_string(), std::net::Ipv4Addr::new(192, 0, 2, 99))].into(),
+        };
+        let nodes = vec![
+            NodeSpec::new("target", Role::Target, 1),
+            NodeSpec::new("initiator", Role::Initiator, 2),
+        ];
+        let options = DriverOptions {
+            guest: Some(guest),
+            out_dir: Some(tmp.path().to_path_buf()),
+            reporter: Reporter::in_memory(),
+            ..Default::default()
+        };
+        let d = Driver::new(nodes, options).await.unwrap();
+        assert!(d.is_guest_mode() && d.accel.is_none());
+        let (local, peer) = (d.machine("initiator").unwrap(), d.machine("target").unwrap());
+        assert_eq!((local.backend(), peer.backend()), (Backend::Local, Backend::Peer));
+        assert_eq!(peer.address(), std::net::Ipv4Addr::new(192, 0, 2, 99), "--peer's address");
+        assert_eq!(
+            peer.tcp_addr(crate::target::GRPC_PORT).await.unwrap().to_string(),
+            "192.0.2.99:10124"
+        );
+        assert_eq!(local.succeed("echo $((6 * 7))").await.unwrap(), "42\n");
+        let e = format!("{:#}", local.reboot().await.unwrap_err());
+        assert!(
+            e.contains("reboot (power, through QEMU) needs the host")
+                && e.contains("the machine this guest-mode driver runs on"),
+            "{e}"
+        );
+        assert!(crate::machine::is_harness_error(
+            &local.hot_add_disk(crate::config::DiskSpec::nvme("d", 1)).await.unwrap_err()
+        ));
+        let e = format!("{:#}", local.block().await.unwrap_err());
+        assert!(e.contains("the host's switch"), "{e}");
+        let e = format!("{:#}", peer.succeed("true").await.unwrap_err());
+        assert!(
+            e.contains("running `true`: this machine is a peer")
+                && e.contains("reached at 192.0.2.99"),
+            "{e}"
+        );
+        let e = format!("{:#}", peer.qmp().await.err().unwrap());
+        assert!(e.contains("QEMU's monitor and guest agent needs the host"), "{e}");
+        // An invariant that needs a peer's commands is a finding at once, not a silent pass.
+        d.watch(
+            "sleep runs",
+            Duration::from_secs(1),
+            Condition::ProcessAlive { machine: peer.clone(), name: "sleep".into() },
+        );
+        let found = d.unreported_findings().await;
+        assert!(
+            found.len() == 1
+                && found[0].what.contains("sleep runs: cannot be polled in guest mode"),
+            "{found:?}"
+        );
+        // Not this driver's to stop: the local machine (this process's) goes on.
+        d.kill_all().await;
+        assert_eq!(local.succeed("echo still").await.unwrap(), "still\n");
+        // Every machine must be placed.
+        let bad = GuestMode { local: "initiator".into(), peers: Default::default() };
+        let e = bad
+            .check(&[
+                NodeSpec::new("target", Role::Target, 1),
+                NodeSpec::new("initiator", Role::Initiator, 2),
+            ])
+            .unwrap_err();
+        assert!(e.to_string().contains("name target with --peer"), "{e}");
     }
 }

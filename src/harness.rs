@@ -23,7 +23,8 @@
 //!
 //! Two command lines, told apart by the first argument:
 //! - vmcheck's: `list [--json]`, `run [NAMES|PATTERNS] [--junit F] [--out D] [--jobs N]
-//!   [--shard K/N] [--fresh-boot] [--global-timeout S] [--keep-vm-state] [--pause-on-failure]`,
+//!   [--shard K/N] [--fresh-boot] [--global-timeout S] [--keep-vm-state] [--pause-on-failure]
+//!   [--in-guest | --local MACHINE --peer NAME[=ADDR]...]` (guest mode: ARCHITECTURE.md),
 //!   `repl [SCENARIO] | repl --attach SOCKET`,
 //!   `images build`, `cache [list [--json] | prune [--unused] [--older-than AGE]
 //!   [--max-size SIZE] [--dry-run]]` ([`Command`]);
@@ -38,6 +39,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use crate::config::DriverConfig;
@@ -97,6 +99,22 @@ pub enum Command {
         /// global timeout; quitting it ends the run as it would have ended.
         #[arg(long)]
         pause_on_failure: bool,
+        /// Guest mode: this process runs inside the scenario's machine MACHINE, as the test's
+        /// driver; its commands are local processes. Every other machine is a --peer. Scenarios
+        /// that need the host are refused (exit 2); with no names, those that run in guest mode
+        /// run.
+        #[arg(long, value_name = "MACHINE", conflicts_with_all = ["config", "in_guest", "pause_on_failure"])]
+        local: Option<String>,
+        /// Guest mode: another machine of the scenario, reached at ADDR (default: NAME through
+        /// the system resolver, as nixpkgs' /etc/hosts names test nodes): its target daemon's
+        /// gRPC on port 10124, its NVMe-oF and iSCSI ports.
+        #[arg(long, value_name = "NAME[=ADDR]", requires = "local")]
+        peer: Vec<String>,
+        /// Boot each scenario's machines here, put vmcheck itself into the first initiator and
+        /// run the scenario from there in guest mode (--local, --peer); its JUnit and
+        /// transcript come back and are reported as a host run's.
+        #[arg(long, conflicts_with_all = ["config", "pause_on_failure"])]
+        in_guest: bool,
     },
     /// Interactive driver: the scenario's machines (default fio_nvme_basic's, else the first),
     /// defined but not started; `help` at its prompt lists the commands.
@@ -252,8 +270,15 @@ async fn interrupted() {
 pub async fn dispatch(suite: &Suite, command: Command) -> ExitCode {
     match command {
         Command::List { json: true } => {
-            let listed: Vec<_> =
-                suite.listed().map(|s| (s.name(), s.description(), s.nodes().to_vec())).collect();
+            let listed: Vec<_> = suite
+                .listed()
+                .map(|s| crate::config::Listed {
+                    name: s.name(),
+                    description: s.description(),
+                    nodes: s.nodes().to_vec(),
+                    host_only: s.host_only_reason(),
+                })
+                .collect();
             match crate::config::scenario_listing_json(&listed, &listing_command()) {
                 Ok(text) => {
                     print!("{text}");
@@ -263,8 +288,11 @@ pub async fn dispatch(suite: &Suite, command: Command) -> ExitCode {
             }
         }
         Command::List { json: false } => {
+            // Where each runs: `host+guest`, or `host` (guest mode refuses it; `list --json`
+            // says why).
             for s in suite.listed() {
-                println!("{:<28} {}", s.name(), s.description());
+                let place = if s.runs_in_guest() { "host+guest" } else { "host" };
+                println!("{:<28} {place:<10} {}", s.name(), s.description());
             }
             ExitCode::SUCCESS
         }
@@ -309,6 +337,9 @@ pub async fn dispatch(suite: &Suite, command: Command) -> ExitCode {
             jobs,
             fresh_boot,
             pause_on_failure,
+            local,
+            peer,
+            in_guest,
         } => {
             let args = RunArgs {
                 junit,
@@ -320,6 +351,9 @@ pub async fn dispatch(suite: &Suite, command: Command) -> ExitCode {
                 jobs: usize::from(jobs),
                 fresh_boot,
                 pause_on_failure,
+                local,
+                peers: peer,
+                in_guest,
             };
             run(suite, names, args).await
         }
@@ -565,6 +599,63 @@ struct RunArgs {
     jobs: usize,
     fresh_boot: bool,
     pause_on_failure: bool,
+    local: Option<String>,
+    peers: Vec<String>,
+    in_guest: bool,
+}
+
+/// `--peer NAME[=ADDR]`s as names and IPv4 addresses: ADDR (an address or a host name), else
+/// NAME, through the system resolver. The error names the peer that does not resolve.
+async fn resolve_peers(
+    peers: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, std::net::Ipv4Addr>> {
+    let mut resolved = std::collections::BTreeMap::new();
+    for p in peers {
+        let (name, host) = p.split_once('=').unwrap_or((p.as_str(), p.as_str()));
+        crate::config::validate_machine_name(name).with_context(|| format!("--peer {p}"))?;
+        if host.is_empty() {
+            anyhow::bail!("--peer {p}: an empty address");
+        }
+        let addrs = tokio::net::lookup_host((host, 0))
+            .await
+            .with_context(|| format!("--peer {p}: {host:?} does not resolve"))?;
+        let v4 = addrs
+            .filter_map(|a| match a.ip() {
+                std::net::IpAddr::V4(v4) => Some(v4),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .next()
+            .with_context(|| format!("--peer {p}: {host:?} has no IPv4 address"))?;
+        if resolved.insert(name.to_string(), v4).is_some() {
+            anyhow::bail!("--peer {name} is given twice");
+        }
+    }
+    Ok(resolved)
+}
+
+/// Guest mode's and `--in-guest`'s checks of `chosen`, before anything runs: no host-only
+/// scenario (or earlier case of a chosen chain case); under `--local`, every group's machines
+/// placed; under `--in-guest`, an initiator in every group.
+fn check_guest(
+    suite: &Suite,
+    chosen: &[Scenario],
+    guest: Option<&crate::driver::GuestMode>,
+) -> anyhow::Result<()> {
+    if let Some(why) = suite.guest_refusal(chosen) {
+        anyhow::bail!(
+            "refused in guest mode (`vmcheck list` shows where each scenario runs):\n{why}"
+        );
+    }
+    for (group, nodes) in suite.group_machines(chosen) {
+        match guest {
+            Some(g) => g.check(&nodes).with_context(|| format!("scenario {group}"))?,
+            None => drop(
+                crate::in_guest::local_machine(&nodes)
+                    .with_context(|| format!("scenario {group}"))?,
+            ),
+        }
+    }
+    Ok(())
 }
 
 async fn run(suite: &Suite, names: Vec<String>, args: RunArgs) -> ExitCode {
@@ -576,9 +667,18 @@ async fn run(suite: &Suite, names: Vec<String>, args: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return usage(format!("{e:#}")),
     };
+    let guest_mode = args.local.is_some() || args.in_guest;
+    let all = names.is_empty();
     let names = match (&config, names.is_empty()) {
         (Some(c), true) => vec![c.scenario.clone()],
         (Some(_), false) => return usage("--config names the scenario; do not name others".into()),
+        // In guest mode, every listed scenario that runs there (a chain case with all its
+        // earlier cases).
+        (None, true) if guest_mode => suite
+            .listed()
+            .filter(|s| suite.guest_refusal(std::slice::from_ref(*s)).is_none())
+            .map(|s| s.name().to_string())
+            .collect(),
         (None, true) => suite.listed().map(|s| s.name().to_string()).collect(),
         (None, false) => names,
     };
@@ -588,6 +688,36 @@ async fn run(suite: &Suite, names: Vec<String>, args: RunArgs) -> ExitCode {
     };
     let chosen: Vec<Scenario> =
         chosen.into_iter().filter(|s| args.shard.is_none_or(|sh| sh.contains(s))).collect();
+    if args.jobs > 1 && args.local.is_some() {
+        return usage("--jobs: a guest-mode driver runs one scenario at a time (they share the machine it runs on)".into());
+    }
+    let guest = match &args.local {
+        None => None,
+        Some(local) => match resolve_peers(&args.peers).await {
+            Ok(peers) => Some(crate::driver::GuestMode { local: local.clone(), peers }),
+            Err(e) => return usage(format!("{e:#}")),
+        },
+    };
+    if guest_mode {
+        // Peers of no chosen scenario are typos.
+        if let Some(g) = &guest {
+            let known: std::collections::BTreeSet<String> = suite
+                .group_machines(&chosen)
+                .into_iter()
+                .flat_map(|(_, nodes)| nodes.into_iter().map(|n| n.name))
+                .collect();
+            if let Some(p) = g.peers.keys().find(|p| !known.contains(*p)) {
+                return usage(format!("--peer {p}: no chosen scenario has a machine of that name; they have {known:?}"));
+            }
+        }
+        if let Err(e) = check_guest(suite, &chosen, guest.as_ref()) {
+            return usage(format!("{e:#}"));
+        }
+        if all {
+            let left = suite.listed().count() - chosen.len();
+            eprintln!("vmcheck: guest mode: {} scenario(s) that run there; {left} that need the host left out", chosen.len());
+        }
+    }
     // The run's one reporter: the terminal, `--out`'s transcript, the record of every result.
     let reporter = match &args.out {
         None => Reporter::new(),
@@ -608,11 +738,13 @@ async fn run(suite: &Suite, names: Vec<String>, args: RunArgs) -> ExitCode {
             out_dir: args.out.clone(),
             reporter: reporter.clone(),
             fresh_boot: args.fresh_boot,
+            guest,
         },
         config: config.clone(),
         global_timeout: args.global_timeout.map(std::time::Duration::from_secs),
         jobs: args.jobs,
         pause_on_failure: args.pause_on_failure,
+        in_guest: args.in_guest,
     };
     let started = std::time::Instant::now();
     suite.run(&chosen, &options).await;
@@ -666,13 +798,27 @@ fn libtest(suite: Suite) -> ExitCode {
     libtest_mimic::run(&args, trials).exit_code()
 }
 
+/// The stack of the thread a libtest test's scenarios are polled on (a main thread's).
+const TRIAL_STACK_BYTES: usize = 8 << 20;
+
 /// One libtest test: the cases on machines of their own, as `run NAMES` runs them; it fails
 /// with every failed case's verdict and error.
 fn run_trial(suite: &Suite, cases: &[Scenario]) -> Result<(), libtest_mimic::Failed> {
     init_tracing();
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let outcomes = runtime.block_on(suite.run(cases, &RunOptions::default()));
+    // On a thread with a main thread's stack: libtest's test threads have 2 MiB, which a
+    // scenario's futures, polled from block_on, overflowed (balloon_migrate and balloon_power
+    // aborted so in a CI replay); `vmcheck run` polls them on its 8 MiB main thread.
+    let outcomes = std::thread::scope(|scope| {
+        std::thread::Builder::new()
+            .name(cases.first().map(|c| c.name().to_string()).unwrap_or_default())
+            .stack_size(TRIAL_STACK_BYTES)
+            .spawn_scoped(scope, || runtime.block_on(suite.run(cases, &RunOptions::default())))
+            .map_err(|e| format!("cannot start the test's thread: {e}"))?
+            .join()
+            .map_err(|_| "the test's thread panicked".to_string())
+    })?;
     let failed: Vec<String> = outcomes
         .iter()
         .filter(|o| !o.passed())

@@ -226,7 +226,7 @@ impl Images {
         let out = staging.path().join("initrd");
         write_cpio(&root, &out)?;
         let tools_out = staging.path().join("tools.img");
-        write_ext4(&tools_root, &tools_out)?;
+        write_ext4(&tools_root, &tools_out, TOOLS_SERIAL)?;
         let size = fs::metadata(&out)?.len();
         let tools_size = fs::metadata(&tools_out)?.len();
         fs::create_dir_all(dir.parent().unwrap_or(&self.cache_dir))?;
@@ -1132,8 +1132,9 @@ fn ext4_size_kib(bytes: u64, files: u64) -> u64 {
     data + data / 4 + 4096
 }
 
-/// Packs `dir` as a read-only ext4 image with `mke2fs -d` (no root, no journal: nothing writes it).
-fn write_ext4(dir: &Path, out: &Path) -> Result<()> {
+/// Packs `dir` as a read-only ext4 image labelled `label` with `mke2fs -d` (no root, no journal:
+/// nothing writes it), just big enough.
+pub(crate) fn write_ext4(dir: &Path, out: &Path, label: &str) -> Result<()> {
     let (mut bytes, mut files) = (0u64, 0u64);
     let mut paths = Vec::new();
     collect_paths(dir, dir, &mut paths)?;
@@ -1156,7 +1157,7 @@ fn write_ext4(dir: &Path, out: &Path) -> Result<()> {
             "-b",
             "4096",
             "-L",
-            TOOLS_SERIAL,
+            label,
             "-E",
             "root_owner=0:0",
             "-d",
@@ -1164,7 +1165,7 @@ fn write_ext4(dir: &Path, out: &Path) -> Result<()> {
         .arg(dir)
         .arg(out)
         .arg(format!("{kib}k")))
-    .context("building the tools disk")
+    .with_context(|| format!("building the ext4 image {}", out.display()))
 }
 
 /// Unpacks the xz payload of the bzImage `vmlinuz` into `vmlinux`. True when the result is an
@@ -1331,7 +1332,7 @@ fn module_name(path: &str) -> String {
 }
 
 /// The shared libraries `ldd` says `binary` needs, with the dynamic loader.
-fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn shared_libraries(binary: &Path) -> Result<Vec<PathBuf>> {
     let out = Command::new("ldd")
         .arg(binary)
         .output()
@@ -1394,8 +1395,9 @@ fn copy_host_file(src: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Copies the project's own binary without its debug info: image size costs boot time.
-fn strip_copy(src: &Path, dest: &Path) -> Result<()> {
+/// Copies the project's own binary without its debug info: image size costs boot time (and,
+/// for `--in-guest`, copy time). Without `strip` on the host it is copied as it is. Mode 0755.
+pub(crate) fn strip_copy(src: &Path, dest: &Path) -> Result<()> {
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent)?;
     }

@@ -21,6 +21,9 @@
 //!   client), [`timeouts`] and [`log`].
 //! - [`Recipe`](recipe::Recipe): what a machine's guest holds beyond the base image: Debian
 //!   packages, host binaries, files, kernel modules, services started at boot, forwarded ports.
+//! - Guest mode (`vmcheck run --local MACHINE --peer NAME=ADDR`, `--in-guest`): the driver runs
+//!   inside one of the machines; [`machine::Backend`], [`driver::GuestMode`],
+//!   [`Scenario::host_only`](scenarios::Scenario::host_only).
 //!
 //! The rest is what those return: [`config`], [`report`], [`network`], [`qmp`], [`qga`],
 //! [`qemu`], [`accel`], [`images`], [`poll`].
@@ -67,6 +70,7 @@ pub mod config;
 pub mod driver;
 pub mod harness;
 pub mod images;
+pub(crate) mod in_guest;
 pub mod log;
 pub mod machine;
 pub mod network;

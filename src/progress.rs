@@ -205,9 +205,8 @@ fn stat_files(device: &str) -> String {
 /// Reads and writes completed on a guest block device so far (fields 1 and 5 of its stat): the
 /// device's own count, else (a multipath head that counts nothing) its paths' together.
 async fn completed_ios(machine: &crate::Machine, stat_files: &str) -> Option<u64> {
-    let qga = machine.qga().await.ok()?;
     let cmd = format!("cat {stat_files} 2>/dev/null");
-    let out = qga.exec(&["/bin/sh", "-c", &cmd], Duration::from_secs(5)).await.ok()?;
+    let out = machine.execute_with_timeout(&cmd, Duration::from_secs(5)).await.ok()?;
     let counts: Vec<u64> = out
         .stdout
         .lines()

@@ -575,6 +575,12 @@ impl Console {
         let _ = self.watch.set(watch);
     }
 
+    /// Adds one line, as the capture of a QEMU's serial console does (the guest-mode local
+    /// machine's kernel log comes this way too).
+    pub(crate) fn push_line(&self, line: String) {
+        self.push(line);
+    }
+
     fn push(&self, line: String) {
         self.reporter.console_line(&self.name, &line);
         if let Some(f) = self.log.lock().unwrap().as_mut() {

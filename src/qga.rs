@@ -292,11 +292,23 @@ impl Qga {
 
     /// Reads a whole guest file.
     pub async fn read_file(&self, path: &str) -> Result<Vec<u8>> {
+        self.read_file_from(path, 0).await
+    }
+
+    /// Reads a guest file from byte `offset` to its end (what a growing log gained since).
+    pub async fn read_file_from(&self, path: &str, offset: u64) -> Result<Vec<u8>> {
         let handle = self
             .execute(qga::guest_file_open { path: path.into(), mode: Some("r".into()) })
             .await?;
         let mut data = Vec::new();
         let result = async {
+            if offset > 0 {
+                self.execute_raw(
+                    "guest-file-seek",
+                    json!({"handle": handle, "offset": offset, "whence": "set"}),
+                )
+                .await?;
+            }
             loop {
                 let chunk =
                     self.execute(qga::guest_file_read { handle, count: Some(1 << 20) }).await?;
@@ -308,7 +320,7 @@ impl Qga {
         }
         .await;
         let _ = self.execute(qga::guest_file_close { handle }).await;
-        result.with_context(|| format!("reading guest file {path}"))?;
+        result.with_context(|| format!("reading guest file {path} from byte {offset}"))?;
         Ok(data)
     }
 
@@ -438,7 +450,7 @@ async fn sync_conn(conn: &mut Conn, deadline: Instant) -> Result<()> {
 }
 
 /// A tag no other command of this or another driver carries.
-fn exec_tag() -> String {
+pub(crate) fn exec_tag() -> String {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     format!("{}-{}-{n}", std::process::id(), rand_id())

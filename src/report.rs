@@ -508,6 +508,8 @@ fn junit(
             attachments.push(format!("[[ATTACHMENT|{}]]", svg.display()));
         }
         let mut suite = TestSuite::new(o.name.as_str());
+        // The case's own time, set-up included (what `--in-guest` reads back).
+        suite.time = Some(o.duration);
         if let Some(why) = &o.skipped {
             let mut status = TestCaseStatus::skipped();
             status.set_message(why.as_str());

@@ -536,6 +536,8 @@ pub enum Condition {
     },
     /// The recipe service `service` on `machine` keeps running: the same pid and no new exit
     /// (`/run/vmcheck/services/`) since the machine was last started (the daemon's backstop).
+    /// On a guest-mode peer, whose files the driver cannot read, the target daemon itself is
+    /// asked instead: it must answer `Health`, and its uptime must not start again (a restart).
     ServiceSteady {
         /// The machine.
         machine: crate::Machine,
@@ -578,8 +580,21 @@ pub(crate) enum Polled {
     Unknown,
 }
 
-/// The state a [`Condition::ServiceSteady`] compares against: (power epoch, pid, exits).
-pub(crate) type Baseline = Mutex<Option<(u64, String, usize)>>;
+/// The state a [`Condition::ServiceSteady`] compares against.
+#[derive(Default)]
+pub(crate) struct Baseline {
+    /// (power epoch, pid, exits) of the service, read from its files.
+    service: Mutex<Option<(u64, String, usize)>>,
+    /// A peer's daemon: when it started (host seconds since the epoch, from its uptime).
+    daemon_started: Mutex<Option<f64>>,
+    /// A peer's daemon: the client of the last poll, kept while it answers (a poll is then one
+    /// `Health` call, not a new connection).
+    daemon_client: Mutex<Option<crate::target::client::TargetClient>>,
+}
+
+/// How far a peer daemon's start, reckoned from whole seconds of uptime and a round trip, may
+/// move without being a restart.
+const DAEMON_START_SLACK_SECS: f64 = 2.5;
 
 /// Polls `condition` once (the caller bounds it in time).
 pub(crate) async fn poll(condition: &Condition, baseline: &Baseline) -> Polled {
@@ -615,7 +630,7 @@ pub(crate) async fn poll(condition: &Condition, baseline: &Baseline) -> Polled {
         }
         Condition::TargetHealthy { machine } => {
             let answer = async {
-                let addr = machine.forwarded_addr(crate::target::GRPC_PORT).await?;
+                let addr = machine.tcp_addr(crate::target::GRPC_PORT).await?;
                 // connect ends with a Health call; one attempt's time, no retries for minutes.
                 crate::target::client::connect(addr, crate::timeouts::DAEMON_ATTEMPT).await?;
                 anyhow::Ok(())
@@ -629,26 +644,42 @@ pub(crate) async fn poll(condition: &Condition, baseline: &Baseline) -> Polled {
                 ),
             }
         }
+        Condition::ServiceSteady { machine, .. }
+            if machine.backend() == crate::machine::Backend::Peer =>
+        {
+            peer_daemon_steady(machine, baseline).await
+        }
         Condition::ServiceSteady { machine, service } => {
             let dir = crate::recipe::SERVICE_STATE_DIR;
             let epoch = machine.power_epoch();
             // Read through the agent's file calls: no guest process to start (a shell and its
             // pipeline cost ~150 ms of a TCG guest). A missing file is an empty one (no exit
-            // yet; between two runs of the service).
-            let Ok(qga) = machine.qga().await else { return Polled::Unknown };
+            // yet; between two runs of the service). The local machine's are read directly.
+            let local = machine.backend() == crate::machine::Backend::Local;
+            let qga = match local {
+                true => None,
+                false => match machine.qga().await {
+                    Ok(qga) => Some(qga),
+                    Err(_) => return Polled::Unknown,
+                },
+            };
             let read = |name: String| {
                 let qga = qga.clone();
                 async move {
                     let path = format!("{dir}/{name}");
-                    qga.read_file(&path)
-                        .await
-                        .map(|b| String::from_utf8_lossy(&b).into_owned())
-                        .unwrap_or_default()
+                    match qga {
+                        Some(qga) => qga
+                            .read_file(&path)
+                            .await
+                            .map(|b| String::from_utf8_lossy(&b).into_owned())
+                            .unwrap_or_default(),
+                        None => std::fs::read_to_string(&path).unwrap_or_default(),
+                    }
                 }
             };
             let exits = read(format!("{service}.exits")).await.lines().count();
             let pid = read(format!("{service}.pid")).await.trim().to_string();
-            let known = baseline.lock().unwrap().clone();
+            let known = baseline.service.lock().unwrap().clone();
             match known {
                 Some((e, was, before)) if e == epoch => {
                     if exits <= before && (pid.is_empty() || pid == was) {
@@ -674,7 +705,7 @@ pub(crate) async fn poll(condition: &Condition, baseline: &Baseline) -> Polled {
                     // The first look since the machine was (re)started: the baseline, once the
                     // service runs.
                     if !pid.is_empty() {
-                        *baseline.lock().unwrap() = Some((epoch, pid, exits));
+                        *baseline.service.lock().unwrap() = Some((epoch, pid, exits));
                     }
                     Polled::Holds
                 }
@@ -688,6 +719,53 @@ pub(crate) async fn poll(condition: &Condition, baseline: &Baseline) -> Polled {
                 format!("{e:#}"),
             ),
         },
+    }
+}
+
+/// A guest-mode peer's target daemon keeps running: it answers `Health` at the peer's address,
+/// and the start its uptime gives stays where the first poll put it.
+async fn peer_daemon_steady(machine: &crate::Machine, baseline: &Baseline) -> Polled {
+    let kept = baseline.daemon_client.lock().unwrap().take();
+    let asked = async {
+        let addr = machine.tcp_addr(crate::target::GRPC_PORT).await?;
+        let mut client = match kept {
+            Some(client) => client,
+            None => crate::target::client::connect(addr, crate::timeouts::DAEMON_ATTEMPT).await?,
+        };
+        let reply = client.health(crate::target::proto::HealthRequest {}).await?.into_inner();
+        *baseline.daemon_client.lock().unwrap() = Some(client);
+        anyhow::Ok((addr, reply.uptime_secs))
+    };
+    let (addr, uptime) = match asked.await {
+        Ok(answer) => answer,
+        Err(e) => {
+            return Polled::Broken(
+                format!("the target daemon of {} does not answer Health", machine.name()),
+                format!("{e:#}"),
+            )
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let started = now - uptime as f64;
+    let mut known = baseline.daemon_started.lock().unwrap();
+    match *known {
+        Some(was) if started > was + DAEMON_START_SLACK_SECS => Polled::Broken(
+            format!("the target daemon of {} restarted", machine.name()),
+            format!(
+                "at {addr} it reports {uptime} s of uptime where {:.0} s were due (it answered \
+                 before): it started again (its console and service files are the host's, which \
+                 a guest-mode driver sees neither of)",
+                now - was
+            ),
+        ),
+        Some(_) => Polled::Holds,
+        None => {
+            *known = Some(started);
+            Polled::Holds
+        }
     }
 }
 

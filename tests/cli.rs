@@ -112,3 +112,108 @@ fn cache_lists_and_prunes_a_cache_of_its_own() {
     assert!(stdout.contains("removed 1 entries"), "{stdout}");
     assert!(!image.exists());
 }
+
+#[test]
+fn list_shows_where_each_scenario_runs() {
+    let (code, stdout, _) = vmcheck(&["list"]);
+    assert_eq!(code, 0);
+    let line = |name: &str| {
+        stdout.lines().find(|l| l.starts_with(&format!("{name} "))).unwrap_or_default().to_string()
+    };
+    assert!(line("fio_nvme_basic").contains(" host+guest "), "{stdout}");
+    assert!(line("hotattach_tc3").contains(" host+guest "), "{stdout}");
+    assert!(line("hotattach_tc4").contains(" host "), "{stdout}");
+    assert!(line("balloon_basic").contains(" host "), "{stdout}");
+    let (code, json, _) = vmcheck(&["list", "--json"]);
+    assert_eq!(code, 0);
+    let listed: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let s = &listed["scenarios"];
+    assert_eq!(s["fio_nvme_basic"]["runs_in_guest"], true);
+    assert!(s["fio_nvme_basic"].get("host_only").is_none());
+    assert_eq!(s["balloon_basic"]["runs_in_guest"], false);
+    assert!(s["balloon_basic"]["host_only"].as_str().unwrap().contains("balloon"));
+}
+
+/// Guest mode's usage errors (exit 2), before anything runs: a scenario that needs the host,
+/// with its reason; a machine neither local nor a peer; a peer that does not resolve or that no
+/// scenario has.
+#[test]
+fn guest_mode_refuses_what_it_cannot_run_before_anything_runs() {
+    let peers = ["--peer", "target=127.0.0.1", "--peer", "vm2=127.0.0.1"];
+    let (code, _, stderr) =
+        vmcheck(&[&["run", "--local", "vm1"][..], &peers, &["hotattach_tc4"]].concat());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("hotattach_tc4 needs the host") && stderr.contains("reboot"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = vmcheck(&["run", "--in-guest", "balloon_basic"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("balloon_basic needs the host: the virtio balloon (QMP)"), "{stderr}");
+    let (code, _, stderr) = vmcheck(&["run", "--local", "initiator", "fio_nvme_basic"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("name target with --peer"), "{stderr}");
+    let (code, _, stderr) = vmcheck(&[
+        "run",
+        "--local",
+        "initiator",
+        "--peer",
+        "target=no-such-host.invalid",
+        "fio_nvme_basic",
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("no-such-host.invalid") && stderr.contains("does not resolve"),
+        "{stderr}"
+    );
+    let (code, _, stderr) =
+        vmcheck(&["run", "--local", "nope", "--peer", "target=127.0.0.1", "fio_nvme_basic"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--local nope: the scenario has no such machine"), "{stderr}");
+    let (code, _, stderr) = vmcheck(&[
+        "run",
+        "--local",
+        "initiator",
+        "--peer",
+        "target=127.0.0.1",
+        "--peer",
+        "other=127.0.0.1",
+        "fio_nvme_basic",
+    ]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--peer other: no chosen scenario has a machine"), "{stderr}");
+    assert_eq!(vmcheck(&["run", "--peer", "target=127.0.0.1", "fio_nvme_basic"]).0, 2);
+}
+
+/// Guest mode on the machine this test runs on: the self-tests' one machine is local, its
+/// commands are processes here; JUnit and the transcript come out as a host run's.
+#[test]
+fn guest_mode_runs_commands_locally_and_reports_as_a_host_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (junit, out) = (tmp.path().join("junit.xml"), tmp.path().join("out"));
+    let status = Command::new(env!("CARGO_BIN_EXE_vmcheck"))
+        .args(["run", "--local", "machine", "selftest-pass", "selftest-fail", "--junit"])
+        .arg(&junit)
+        .arg("--out")
+        .arg(&out)
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert_eq!(status.status.code(), Some(1), "one scenario fails: {stderr}");
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains(r#"<testsuite name="selftest-pass""#), "{xml}");
+    assert!(
+        xml.contains(r#"<testcase name="an assertion that fails" classname="selftest-fail""#)
+            && xml.contains("expected 2, the guest said 1"),
+        "{xml}"
+    );
+    let transcript = std::fs::read_to_string(out.join("selftest-fail/transcript.log")).unwrap();
+    assert!(transcript.contains("guest mode: this is machine"), "{transcript}");
+    assert!(transcript.contains("machine: must succeed: echo 1"), "{transcript}");
+    assert!(stderr.contains("1 passed, 1 failed"), "{stderr}");
+    // A self-test of the host side is refused, with its reason.
+    let (code, _, stderr) = vmcheck(&["run", "--local", "machine", "selftest-broken-machine"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("a self-test of the driver's host side"), "{stderr}");
+}

@@ -3,9 +3,16 @@
 //! - `nix/scenarios.json`, the scenario list the flake turns into checks, is exactly what
 //!   `vmcheck list --json` prints (no Nix needed; the failure names the command that rewrites it);
 //! - the flake's real outputs, evaluated against the nixpkgs stand-in (`nix/tests/flake-eval.nix`),
-//!   have one check per listed scenario, whose driver configuration the driver's own parser
-//!   accepts and applies to the scenario's machines, and whose NixOS machines carry what the
-//!   driver relies on (host name, addresses, test interfaces, memory, the guest agent, ...);
+//!   have one check per listed scenario but those left out (they migrate: nixpkgs' VMs mount 9p
+//!   shares), whose driver configuration the driver's own parser accepts and applies to the
+//!   scenario's machines, and whose NixOS machines carry what the driver relies on (host name,
+//!   addresses, test interfaces named by the driver's MACs, memory, the guest agent, ...);
+//! - the other reading: one `<scenario>-nixos-test` check (nixpkgs' runNixOSTest, through the
+//!   stand-in's) per scenario that runs in a guest, whose nodes are the scenario's machines with
+//!   the roles alone on nixpkgs' test network, the target's disks with their serials, and whose
+//!   test script runs vmcheck's guest mode inside the initiator;
+//! - `.driver -I` (as nixpkgs' `.driver`) reaches vmcheck's REPL: the evaluated script runs the
+//!   real binary;
 //! - a user's repository made from the template (`nix/templates/storage-test`): its flake.nix,
 //!   evaluated with this flake as its input, builds its own driver (`lib.buildDriver`) and runs
 //!   it in its check (`lib.makeTest { driver; }`), on NixOS machines whose driver configuration
@@ -349,11 +356,20 @@ fn every_listed_scenario_is_a_flake_check_whose_machines_are_the_scenarios() {
     let summary = flake_summary();
     let listing: Value = serde_json::from_str(&driver_listing()).unwrap();
     let checks = summary["checks"].as_object().expect("checks");
+    let left_out = summary["leftOutOfNixChecks"].as_object().expect("leftOutOfNixChecks");
     let mut listed: Vec<_> = listing["scenarios"].as_object().unwrap().keys().cloned().collect();
-    let mut checked: Vec<_> = checks.keys().cloned().collect();
+    let mut checked: Vec<_> = checks.keys().chain(left_out.keys()).cloned().collect();
     listed.sort();
     checked.sort();
-    assert_eq!(checked, listed, "one flake check per listed scenario");
+    assert_eq!(
+        checked, listed,
+        "one flake check per listed scenario, but those left out of the Nix checks"
+    );
+    for (name, why) in left_out {
+        assert!(!checks.contains_key(name), "{name} is left out and a check");
+        // nixpkgs' VMs mount 9p shares, which QEMU does not migrate (nix/listing.nix).
+        assert!(why.as_str().unwrap().contains("9p export is mounted"), "{name}: {why}");
+    }
 
     let suite = vmcheck::scenarios::builtin();
     for (name, check) in checks {
@@ -401,9 +417,24 @@ fn every_listed_scenario_is_a_flake_check_whose_machines_are_the_scenarios() {
                 "{name}.{}: and in the driver configuration",
                 node.name
             );
-            // One test NIC per vlan, after qemu-vm's own eth0, each with the machine's address.
+            // One test NIC per vlan, after qemu-vm's own eth0, each with the machine's address,
+            // named in the initrd by the MAC the driver gives it (as nixpkgs' test network
+            // names its own), not by the order in which the kernel finds the NICs.
             let expected: Vec<String> = (1..=node.vlans.len()).map(|i| format!("eth{i}")).collect();
             assert_eq!(n["testInterfaces"], serde_json::json!(expected), "{name}.{}", node.name);
+            assert_eq!(n["vlans"], serde_json::json!(node.vlans), "{name}.{}", node.name);
+            let rules: String = node
+                .vlans
+                .iter()
+                .zip(&expected)
+                .map(|(vlan, nic)| {
+                    format!(
+                        "SUBSYSTEM==\"net\",ACTION==\"add\",ATTR{{address}}==\"{}\",NAME=\"{nic}\"\n",
+                        vmcheck::qemu::test_mac(*vlan, node.address)
+                    )
+                })
+                .collect();
+            assert_eq!(n["initrdUdevRules"], rules.as_str(), "{name}.{}", node.name);
             for interface in &expected {
                 assert_eq!(
                     n["interfaces"][interface],
@@ -420,6 +451,14 @@ fn every_listed_scenario_is_a_flake_check_whose_machines_are_the_scenarios() {
             );
             assert_eq!(n["cores"], node.cpus);
             assert_eq!(n["qemuGuestAgent"], true);
+            // The checks' scenarios do not migrate: their machines keep nixpkgs' 9p shares.
+            assert_eq!(n["migrates"], false, "{name}.{}", node.name);
+            assert_eq!(
+                n["mounted9p"],
+                serde_json::json!(["/nix/.ro-store", "/tmp/shared", "/tmp/xchg"]),
+                "{name}.{}",
+                node.name
+            );
             assert_eq!(n["agentPath"], serde_json::json!(["/run/current-system/sw"]));
             assert_eq!(
                 (&n["graphics"], &n["diskImage"]),
@@ -525,11 +564,14 @@ fn every_listed_scenario_is_a_flake_check_whose_machines_are_the_scenarios() {
                 && inputs.iter().any(|p| p.as_str().unwrap().starts_with("qemu")),
             "{inputs:?}"
         );
-        // .driver runs the test, .driverInteractive opens the REPL, on the same file.
+        // .driver runs the test (or the REPL, given -I: the test below runs it), and
+        // .driverInteractive opens the REPL, on the same file.
         let driver = check["driver"]["text"].as_str().unwrap();
         let interactive = check["driverInteractive"]["text"].as_str().unwrap();
         assert!(
-            driver.contains(&format!("/bin/vmcheck run --config {config_path} \"$@\"")),
+            driver.contains(&format!(
+                "/bin/vmcheck \"$command\" --config {config_path} \"${{args[@]}}\""
+            )) && driver.contains("command=run\n"),
             "{driver}"
         );
         assert!(
@@ -547,6 +589,256 @@ fn every_listed_scenario_is_a_flake_check_whose_machines_are_the_scenarios() {
             check["driverPackage"]
         );
     }
+}
+
+/// The other reading of the card: for every scenario that runs in a guest, a check
+/// `<scenario>-nixos-test` built with nixpkgs' runNixOSTest (here the stand-in's, which evaluates
+/// the nodes through the module system as nixpkgs does): nixpkgs' driver starts one node per
+/// machine of the scenario, with its role alone (no guest contract) on nixpkgs' test network,
+/// and the test script runs vmcheck inside the first initiator with every other machine as a
+/// peer by name. Checked against the scenario as the driver declares it.
+#[test]
+fn every_scenario_that_runs_in_a_guest_is_a_nixos_test_check() {
+    if !have_nix("every_scenario_that_runs_in_a_guest_is_a_nixos_test_check") {
+        return;
+    }
+    let summary = flake_summary();
+    let listing: Value = serde_json::from_str(&driver_listing()).unwrap();
+    let tests = summary["nixosTests"].as_object().expect("nixosTests");
+    let in_guest: Vec<&str> =
+        summary["runsInGuest"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+    assert!(in_guest.contains(&"fio_nvme_basic"), "{in_guest:?}");
+    // nix/listing.nix reads where each scenario runs from the driver's listing.
+    for (name, entry) in listing["scenarios"].as_object().unwrap() {
+        let runs = entry["runs_in_guest"].as_bool().unwrap_or_else(|| panic!("{name}: {entry}"));
+        assert_eq!(runs, in_guest.contains(&name.as_str()), "{name}");
+    }
+    let mut expected: Vec<String> = in_guest.iter().map(|s| format!("{s}-nixos-test")).collect();
+    let mut checks: Vec<String> = tests.keys().cloned().collect();
+    expected.sort();
+    checks.sort();
+    assert_eq!(checks, expected, "one nixos-test check per scenario that runs in a guest");
+
+    let suite = vmcheck::scenarios::builtin();
+    for scenario_name in in_guest {
+        let check = format!("{scenario_name}-nixos-test");
+        let t = &tests[&check];
+        let nodes = suite.find(scenario_name).unwrap().nodes();
+        // nixpkgs numbers the nodes 1, 2, ... in the order of their sorted names.
+        let mut names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+        names.sort();
+        let number = |name: &str| names.iter().position(|n| *n == name).unwrap() + 1;
+        assert_eq!(
+            t["nodes"].as_object().unwrap().keys().map(String::as_str).collect::<Vec<_>>(),
+            names,
+            "{check}: a node per machine of the scenario"
+        );
+        for node in nodes {
+            let n = &t["nodes"][&node.name];
+            let k = number(&node.name);
+            let what = format!("{check}.{}", node.name);
+            assert_eq!(n["guestContract"], false, "{what}: the role alone");
+            assert_eq!(n["hostName"], node.name.as_str(), "{what}");
+            assert_eq!(n["nodeNumber"], k, "{what}");
+            assert_eq!(n["vlans"], serde_json::json!(node.vlans), "{what}");
+            assert_eq!(n["firewall"], false, "{what}: nvmet's ports are chosen at run time");
+            let memory = n["memorySize"].as_u64().unwrap();
+            assert!(memory >= node.memory_mib && memory >= 1024, "{what}: {memory} MiB");
+            assert_eq!(n["cores"], node.cpus, "{what}");
+            // nixpkgs' test network: ethI on the I-th vlan V, 192.168.V.k, named by the MAC
+            // 52:54:00:12:V:k, which is vmcheck's own scheme for a machine whose host byte is k.
+            let rules = n["initrdUdevRules"].as_str().unwrap();
+            for (i, vlan) in node.vlans.iter().enumerate() {
+                let interface = format!("eth{}", i + 1);
+                let address = Ipv4Addr::new(192, 168, *vlan as u8, k as u8);
+                assert_eq!(
+                    n["interfaces"][&interface],
+                    serde_json::json!([format!("{address}/24")]),
+                    "{what}"
+                );
+                let rule = format!(
+                    "ATTR{{address}}==\"{}\",NAME=\"{interface}\"",
+                    vmcheck::qemu::test_mac(*vlan, address)
+                );
+                assert!(rules.contains(&rule), "{what}: {rule} in {rules}");
+            }
+            // Every machine's /etc/hosts names every machine: the peers resolve by name.
+            let hosts = n["extraHosts"].as_str().unwrap();
+            for other in nodes {
+                let line =
+                    format!("192.168.{}.{} {}\n", other.vlans[0], number(&other.name), other.name);
+                assert!(hosts.contains(&line), "{what}: {line:?} in {hosts:?}");
+            }
+            let options: Vec<&str> =
+                n["qemuOptions"].as_array().unwrap().iter().map(|o| o.as_str().unwrap()).collect();
+            let has_module =
+                |m: &str| n["kernelModules"].as_array().unwrap().iter().any(|x| x == m);
+            let has_package = |p: &str| n["packages"].as_array().unwrap().iter().any(|x| x == p);
+            match node.role {
+                Role::Target => {
+                    let exec = n["units"]["vmcheck-target"]["ExecStart"].as_str().unwrap();
+                    let listen = format!("'--listen' '0.0.0.0:{}'", vmcheck::target::GRPC_PORT);
+                    assert!(
+                        exec.contains("/bin/vmcheck-target'") && exec.contains(&listen),
+                        "{exec}"
+                    );
+                    assert!(has_module("nvmet_tcp"), "{what}");
+                    // The scenario's disks, by serial, NVMe or virtio as declared, of their size.
+                    for disk in &node.disks {
+                        let model = if disk.virtio { "virtio-blk-pci" } else { "nvme" };
+                        let device = format!(
+                            "-device {model},id={0},drive=vmcheck-{0},serial={1}",
+                            disk.id, disk.serial
+                        );
+                        assert!(options.iter().any(|o| o.starts_with(&device)), "{what}: {device}");
+                        let drive = format!(
+                            "-drive if=none,id=vmcheck-{},format=raw,file=null-co://,file.size={},",
+                            disk.id,
+                            disk.size_mib << 20
+                        );
+                        assert!(options.iter().any(|o| o.starts_with(&drive)), "{what}: {drive}");
+                    }
+                }
+                Role::Initiator => {
+                    assert!(has_package("vmcheck"), "{what}: vmcheck installed");
+                    assert!(has_module("nvme_tcp"), "{what}");
+                    for p in ["nvme-cli-with-host-identity", "fio", "util-linux"] {
+                        assert!(has_package(p), "{what}: {p}");
+                    }
+                }
+            }
+        }
+        // The script: vmcheck in the first initiator, every other machine a peer by its name.
+        let script = t["testScript"].as_str().unwrap();
+        let local = nodes.iter().find(|n| n.role == Role::Initiator).unwrap();
+        let peers: String = nodes
+            .iter()
+            .filter(|n| n.name != local.name)
+            .map(|n| format!(" --peer {0}={0}", n.name))
+            .collect();
+        let command = format!(
+            "vmcheck run --local {}{peers} --global-timeout 3000 --out /tmp/vmcheck-out --junit /tmp/vmcheck-out/junit.xml {scenario_name}",
+            local.name
+        );
+        assert!(
+            script.contains(&format!("{}.execute(\"{command} 2>&1\", timeout=", local.name)),
+            "{check}: {script}"
+        );
+        assert!(
+            script.contains(&format!("{}.copy_from_vm(\"/tmp/vmcheck-out\", \"\")", local.name)),
+            "{script}"
+        );
+        // What pyflakes and mypy would say in nixpkgs' driver build: every call is on a machine
+        // of the test (the names the driver defines) and is a method of its Machine class.
+        const MACHINE_API: [&str; 5] =
+            ["wait_for_unit", "wait_for_open_port", "execute", "copy_from_vm", "succeed"];
+        let machines = t["driver"]["pythonizedNames"].as_array().unwrap();
+        let mut calls = 0;
+        for line in script.lines().filter(|l| !l.trim_start().starts_with('#')) {
+            // The code without its string literals, then every `name.method(`.
+            let code: String = line.split('"').step_by(2).collect::<Vec<_>>().join("\"\"");
+            for (dot, _) in code.match_indices('.') {
+                let object: String = code[..dot]
+                    .chars()
+                    .rev()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect();
+                let method = code[dot + 1..].split('(').next().unwrap();
+                assert!(machines.iter().any(|m| *m == object), "{check}: {object} in {line}");
+                assert!(MACHINE_API.contains(&method), "{check}: {method} in {line}");
+                calls += 1;
+            }
+        }
+        assert!(calls >= 2 + nodes.len(), "{check}: {calls} machine calls in {script}");
+        assert!(script.starts_with("start_all()\n"), "{script}");
+        // nixpkgs' own drivers and test derivation.
+        assert_eq!(t["name"], format!("vm-test-run-{check}"));
+        assert_eq!(t["requiredSystemFeatures"], serde_json::json!(["nixos-test", "kvm"]));
+        assert_eq!(t["driver"]["mainProgram"], "nixos-test-driver");
+        assert_eq!(t["driverInteractive"]["mainProgram"], "nixos-test-driver");
+        assert!(t["driverInteractive"]["buildCommand"]
+            .as_str()
+            .unwrap()
+            .contains("'--interactive'"));
+        assert_eq!(
+            t["driver"]["vlans"],
+            serde_json::json!(names
+                .iter()
+                .map(|n| nodes.iter().find(|x| x.name == *n).unwrap().vlans.clone())
+                .collect::<Vec<_>>()),
+            "{check}"
+        );
+        assert_eq!(
+            (&t["driver"]["skipLint"], &t["driver"]["skipTypeCheck"]),
+            (&false.into(), &false.into())
+        );
+    }
+}
+
+/// `.driver -I` as nixpkgs' is: the evaluated script of check fio_nvme_basic, with the real
+/// vmcheck binary for its program and the evaluated driver configuration for its file, reaches
+/// the REPL (which answers `help` and, at the end of its input, stops); without -I, the same
+/// arguments go to `vmcheck run`. Nothing is booted: the REPL starts machines on `start`.
+#[test]
+fn the_driver_script_given_dash_i_opens_the_repl() {
+    if !have_nix("the_driver_script_given_dash_i_opens_the_repl") {
+        return;
+    }
+    let summary = flake_summary();
+    let check = &summary["checks"]["fio_nvme_basic"];
+    let text = check["driver"]["text"].as_str().unwrap();
+    let program = text
+        .split_whitespace()
+        .find(|w| w.ends_with("/bin/vmcheck"))
+        .unwrap_or_else(|| panic!("the script runs no .../bin/vmcheck: {text}"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.json");
+    std::fs::write(&config, check["configFile"]["text"].as_str().unwrap()).unwrap();
+    let script = dir.path().join("vmcheck-driver");
+    std::fs::write(
+        &script,
+        text.replace(program, env!("CARGO_BIN_EXE_vmcheck"))
+            .replace(check["configFile"]["path"].as_str().unwrap(), config.to_str().unwrap()),
+    )
+    .unwrap();
+    let driver = |args: &[&str], input: &str| {
+        use std::io::Write;
+        let mut child = Command::new("bash")
+            .arg(&script)
+            .args(args)
+            .env("VMCHECK_ACCEL", "tcg")
+            .env("VMCHECK_CACHE", dir.path().join("cache"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status, text)
+    };
+    for flag in ["-I", "--interactive"] {
+        let (status, out) = driver(&[flag], "help\n");
+        assert!(status.success(), ".driver {flag}: {status}\n{out}");
+        assert!(
+            out.contains("vmcheck repl: machines target, initiator (not started)")
+                && out.contains("commands (<m> is a machine name):")
+                && out.contains("vmcheck repl: stopping every machine"),
+            ".driver {flag}: {out}"
+        );
+    }
+    // Without it, the arguments are the run's: `vmcheck run` refuses one it does not know.
+    let (status, out) = driver(&["--no-such-flag"], "");
+    assert_eq!(status.code(), Some(2), "{out}");
+    assert!(out.contains("Usage: vmcheck run"), "{out}");
 }
 
 #[test]
@@ -645,7 +937,7 @@ fn a_repository_made_from_the_template_runs_its_own_driver_on_its_own_machines()
             check["driver"]["text"]
                 .as_str()
                 .unwrap()
-                .contains(&format!("{exe} run --config {config_path} \"$@\"")),
+                .contains(&format!("{exe} \"$command\" --config {config_path} \"${{args[@]}}\"")),
             "{check}"
         );
         assert!(check["driverInteractive"]["text"]
@@ -717,7 +1009,13 @@ fn the_flake_offers_x86_64_linux_with_the_promised_outputs() {
     assert_eq!(summary["formatter"], "vmcheck-alejandra");
     assert_eq!(
         summary["nixosModules"],
-        serde_json::json!({"guest": "set", "initiator": "set", "target": "lambda"})
+        serde_json::json!({
+            "guest": "set",
+            "initiator": "set",
+            "initiator-role": "set",
+            "target": "lambda",
+            "target-role": "lambda"
+        })
     );
     assert_eq!(summary["lib"], serde_json::json!(["buildDriver", "driverConfig", "makeTest"]));
     // `nix flake init -t`: a path with the template's files, and a description.

@@ -1,6 +1,7 @@
 //! Recipes (`src/recipe.rs`) as a user on another project writes them: a machine booted from a
 //! recipe derived from the initiator with a real Debian package (tgt, never installed on the
-//! host), a text file and services, one of which dies; and the errors of bad recipes.
+//! host), a text file and services, one of which dies; tgt from a recipe serving two LUNs whose
+//! names `iscsi::name_in_lun_order` puts back in LUN order; and the errors of bad recipes.
 
 mod common;
 
@@ -13,6 +14,7 @@ use vmcheck::recipe::{service_exits, Recipe};
 use vmcheck::scenarios::iscsi;
 use vmcheck::scenarios::workload::{integrity_job, run_fio};
 use vmcheck::timeouts;
+use vmcheck::tools::iscsi::{Iscsiadm, Session};
 
 const BOOT_WAIT: Duration = Duration::from_secs(60);
 
@@ -112,18 +114,52 @@ async fn tgt_from_a_recipe_serves_an_nvme_disk_over_iscsi() {
     for args in [
         format!("--op new --mode target --tid 1 --targetname {IQN}"),
         format!("--op new --mode logicalunit --tid 1 --lun 1 --backing-store {dev}"),
+        // A second, file-backed LUN: the two disks' names are put in LUN order below.
+        "--op new --mode logicalunit --tid 1 --lun 2 --backing-store /tmp/lun2".to_string(),
         "--op bind --mode target --tid 1 --initiator-address ALL".to_string(),
     ] {
+        if args.contains("/tmp/lun2") {
+            tgt.succeed("dd if=/dev/zero of=/tmp/lun2 bs=1M count=16 2>/dev/null").await.unwrap();
+        }
         tgt.succeed(&format!("tgtadm --lld iscsi {args}")).await.unwrap();
     }
     let served =
         iscsi::Target { iqn: IQN.into(), addr: tgt.address(), port: 3260, uri: String::new() };
     iscsi::login(&initiator, &served).await.unwrap();
-    let disk = iscsi::wait_for_disk(&initiator, IQN, 1, timeouts::hotplug()).await.unwrap();
+    // Names against LUN order, as sd's asynchronous probes sometimes give them: both disks
+    // deleted, LUN 2 scanned back first. name_in_lun_order puts them right.
+    let host = iscsi_host(&initiator, IQN).await;
+    for lun in [1, 2] {
+        iscsi::wait_for_disk(&initiator, IQN, lun, timeouts::hotplug()).await.unwrap();
+    }
+    for (_, disk) in iscsi::disks(&initiator).await.unwrap() {
+        initiator.succeed(&disk.delete_command()).await.unwrap();
+    }
+    for lun in [2, 1] {
+        initiator
+            .succeed(&format!("echo '- - {lun}' > /sys/class/scsi_host/host{host}/scan"))
+            .await
+            .unwrap();
+        iscsi::wait_for_disk(&initiator, IQN, lun, timeouts::hotplug()).await.unwrap();
+    }
+    let disks = iscsi::disks(&initiator).await.unwrap();
+    let reversed = [1, 2].map(|lun| disks.iter().find(|(_, d)| d.lun == lun).unwrap().1.path());
+    assert_eq!(reversed, ["/dev/sdb", "/dev/sda"], "the set-up should name LUN 2 first");
+    let named =
+        iscsi::name_in_lun_order(&initiator, IQN, &[1, 2], timeouts::hotplug()).await.unwrap();
+    assert_eq!(named, ["/dev/sda", "/dev/sdb"]);
+    let disk = named[0].clone();
     let outcome = run_fio(&initiator, &integrity_job(&disk, 10), &disk).await.unwrap();
     let report = outcome.expect_clean().unwrap();
     assert!(report.jobs.iter().any(|j| j.write.io_kbytes > 0), "fio wrote nothing: {report:?}");
     assert!(service_exits(&tgt, "tgtd").await.unwrap().is_empty(), "tgtd never exited");
+}
+
+/// The SCSI host number of `iqn`'s session on `m`.
+async fn iscsi_host(m: &vmcheck::machine::Machine, iqn: &str) -> u32 {
+    let listing = m.succeed(&Iscsiadm::sessions()).await.unwrap();
+    let sessions = Session::parse_all(&listing).unwrap();
+    Session::find(&sessions, iqn).and_then(|s| s.host).expect("the session has a SCSI host")
 }
 
 #[test]

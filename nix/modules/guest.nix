@@ -1,7 +1,10 @@
 # The guest contract of ARCHITECTURE.md, for every machine of a vmcheck test:
 #   - the QEMU guest agent, answering on the virtio-serial port `org.qemu.guest_agent.0`;
 #   - the kernel console on the first serial port (ttyS0: the machines are x86_64);
-#   - a static address on each test network, and on qemu-vm's NIC where the driver forwards a port.
+#   - a static address on each test network, and on qemu-vm's NIC where the driver forwards a port;
+#   - each test NIC named by its MAC (udev, in the initrd), as nixpkgs' test network names its
+#     own: the driver gives the NIC on vlan V of the machine at A.B.C.H the MAC
+#     52:54:00:12:VV:HH (src/qemu.rs, test_mac), nixpkgs 52:54:00:12:VV:<node number>.
 #
 # The machine is a NixOS VM from nixpkgs' qemu-vm module (`system.build.vm`, whose
 # bin/run-<name>-vm the driver runs). The driver brings all of the plumbing through the
@@ -16,6 +19,25 @@
   ...
 }: let
   cfg = config.vmcheck;
+
+  # Two lower-case hex digits, as the MACs are written (QEMU and sysfs write them in lower case,
+  # and udev compares case-sensitively).
+  hex2 = n: let
+    digits = "0123456789abcdef";
+    digit = d: builtins.substring d 1 digits;
+  in
+    digit (n / 16) + digit (n - n / 16 * 16);
+  hostByte = address: builtins.fromJSON (builtins.head (builtins.match "[0-9]+[.][0-9]+[.][0-9]+[.]([0-9]+)" address));
+  # The driver's test_mac (src/qemu.rs): 52:54:00 (QEMU's prefix), 12, the vlan, the host byte.
+  testMac = vlan: "52:54:00:12:${hex2 vlan}:${hex2 (hostByte cfg.address)}";
+  # The names, vlan by vlan; a rule only where both lists have an entry (the assertion below
+  # reports lists of different lengths).
+  # The 9p file systems mounted at boot: qemu-vm.nix mounts the host's store, xchg and shared.
+  mounted9p = builtins.filter (fs: fs.fsType == "9p" && !(builtins.elem "noauto" fs.options)) (builtins.attrValues config.fileSystems);
+  namedNics = lib.imap0 (i: name: {
+    inherit name;
+    vlan = builtins.elemAt cfg.vlans i;
+  }) (lib.take (builtins.length cfg.vlans) cfg.testInterfaces);
 in {
   imports = [(modulesPath + "/virtualisation/qemu-vm.nix")];
 
@@ -36,15 +58,39 @@ in {
       description = "Prefix length of the test network (the default subnet is 192.0.2.0/24).";
     };
 
+    vlans = lib.mkOption {
+      type = lib.types.listOf (lib.types.ints.between 0 255);
+      default = [1];
+      description = ''
+        The test networks (vlans) the machine is on, in the order of the scenario's vlans: the
+        driver adds one NIC per vlan, with the MAC 52:54:00:12:<vlan>:<last byte of address>
+        (in hex). The flake's checks set this from the scenario.
+      '';
+    };
+
     testInterfaces = lib.mkOption {
       type = lib.types.listOf lib.types.str;
-      default = ["eth1"];
+      default = lib.imap1 (i: _: "eth${toString i}") cfg.vlans;
+      defaultText = lib.literalExpression ''[ "eth1" "eth2" ... ] (one per entry of vmcheck.vlans)'';
       description = ''
-        The guest's names for the NICs the driver adds, one per test network (vlan) the machine
-        is on, in the order of the scenario's vlans; each gets `address`. qemu-vm.nix turns
-        predictable interface names off and puts its own user-mode NIC first, on `eth0`; the
-        driver's NICs come after it on the QEMU command line, so the guest calls them `eth1`,
-        `eth2`, ... The flake's checks set this from the scenario's vlans.
+        The guest's names for the driver's NICs, one per entry of `vlans`, in the same order;
+        each gets `address`. udev names each NIC by its MAC in the initrd, as nixpkgs' test
+        network does (nixos/lib/testing/network.nix), so the names do not depend on the order
+        in which the kernel finds the NICs. qemu-vm.nix turns predictable interface names off and
+        its own user-mode NIC is `eth0`.
+      '';
+    };
+
+    migrates = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      description = ''
+        Whether the scenario live-migrates this machine, or saves it to a file and restores it.
+        QEMU refuses both while a 9p export is mounted in the guest, and nixpkgs' qemu-vm.nix
+        mounts three (the host's store, xchg and shared), so an assertion then requires that no
+        9p file system is mounted. `vmcheck.lib.makeTest` sets it for the machines of vmcheck's
+        own scenarios that migrate (the scenario list, nix/scenarios.json); the flake's checks
+        leave those scenarios out.
       '';
     };
 
@@ -75,8 +121,25 @@ in {
         message = "vmcheck.testInterfaces holds eth0, qemu-vm's user-mode NIC, which carries the driver's control forward here; the test NICs are eth1, eth2, ...";
       }
       {
+        assertion = builtins.length cfg.testInterfaces == builtins.length cfg.vlans;
+        message = "vmcheck.testInterfaces names ${toString (builtins.length cfg.testInterfaces)} interface(s) ${builtins.toJSON cfg.testInterfaces} for ${toString (builtins.length cfg.vlans)} vlan(s) ${builtins.toJSON cfg.vlans}: one name per vlan, in the same order";
+      }
+      {
         assertion = lib.unique cfg.testInterfaces == cfg.testInterfaces;
         message = "vmcheck.testInterfaces names an interface twice: ${builtins.toJSON cfg.testInterfaces}";
+      }
+      {
+        assertion = cfg.migrates -> mounted9p == [];
+        message = ''
+          vmcheck: the scenario migrates this machine (vmcheck.migrates: live migration, or save
+          and restore), but QEMU refuses to migrate a machine while a 9p export is mounted, and
+          this one mounts ${lib.concatMapStringsSep ", " (fs: "${fs.mountPoint} (9p tag ${fs.device})") mounted9p}
+          (nixpkgs' qemu-vm.nix shares the host's store, xchg and shared over 9p). Run this
+          scenario on vmcheck's default images, or take the mounts away on this machine: the
+          store from an image (virtualisation.useNixStoreImage = true) and no shared directories
+          (virtualisation.sharedDirectories = lib.mkForce { }; vmcheck's driver copies files
+          through the guest agent, not through them). The latter has not been tried with nixpkgs.
+        '';
       }
       {
         assertion = cfg.address != null;
@@ -114,6 +177,13 @@ in {
       # runs side by side share no disk image.
       diskImage = lib.mkDefault null;
     };
+
+    # Each test NIC by its MAC, in the initrd (where qemu-guest.nix loads virtio_net), as
+    # nixpkgs' test network names its own (nixos/lib/testing/network.nix).
+    boot.initrd.services.udev.rules = lib.mkIf (cfg.address != null) (lib.concatMapStrings (nic: ''
+        SUBSYSTEM=="net",ACTION=="add",ATTR{address}=="${testMac nic.vlan}",NAME="${nic.name}"
+      '')
+      namedNics);
 
     # Kernel messages (nvme connect, nvmet, I/O errors) on the console, so the driver's log shows
     # them as `<machine> # ...` lines.

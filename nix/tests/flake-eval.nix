@@ -1,15 +1,22 @@
-# flake.nix's real outputs function, with nix/make-test.nix, nix/scenario-tests.nix and the NixOS
-# modules, evaluated against the nixpkgs stand-in (./stub-nixpkgs): a mistake in any of them
-# (wiring, an option that does not exist, a wrong type, conflicting definitions, a failed
-# assertion, a bad argument) fails this evaluation as it would fail against nixpkgs.
+# flake.nix's real outputs function, with nix/make-test.nix, nix/scenario-tests.nix,
+# nix/nixos-tests.nix, nix/listing.nix and the NixOS modules, evaluated against the nixpkgs
+# stand-in (./stub-nixpkgs, with its runNixOSTest): a mistake in any of them (wiring, an option
+# that does not exist, a wrong type, conflicting definitions, a failed assertion, a bad argument)
+# fails this evaluation as it would fail against nixpkgs.
 #
-#   summary          what the outputs are, as JSON-able data: per check the driver
-#                    configuration, the build command, both driver scripts and every node's
-#                    evaluated NixOS options that the driver depends on. nix/check.sh writes it
-#                    out; tests/nix_config.rs compares it with the driver's scenarios and parses
-#                    the driver configurations with the driver's own parser.
+#   summary          what the outputs are, as JSON-able data: per check of vmcheck's driver
+#                    (`checks`) the driver configuration, the build command, both driver
+#                    scripts and every node's evaluated NixOS options that the driver depends
+#                    on; per check of nixpkgs' driver (`nixosTests`, `<scenario>-nixos-test`)
+#                    the test script, nixpkgs' drivers and every node's options on nixpkgs' test
+#                    network; which scenarios run in a guest (`runsInGuest`) and which are left
+#                    out, with why (`leftOutOfNixChecks`); the checks as legacyPackages has them.
+#                    nix/check.sh writes it out; tests/nix_config.rs compares it with the
+#                    driver's scenarios and parses the driver configurations with the driver's
+#                    own parser.
 #   testSummary ARGS the same for `lib.makeTest ({ system = "x86_64-linux"; } // ARGS)`, for
 #                    checks of what makeTest refuses (nix/check.sh, tests/nix_config.rs).
+#   nixosTestSummary MODULE  the same for the stand-in's `pkgs.testers.runNixOSTest MODULE`.
 #   scenarioTests LISTING  nix/scenario-tests.nix applied to LISTING with the flake's modules.
 #   driverSummary ARGS     `lib.buildDriver ({ system = "x86_64-linux"; } // ARGS)`, summarised.
 #   template         the template (nix/templates/storage-test): its flake.nix's real outputs
@@ -34,6 +41,9 @@ let
   outputs = outputsAt {outPath = toString ../..;};
   system = "x86_64-linux";
   inherit (builtins) attrNames mapAttrs;
+  inherit (nixpkgs) lib;
+  scenarioList = import ../listing.nix (builtins.fromJSON (builtins.readFile ../scenarios.json));
+  isNixosTest = name: builtins.match ".*-nixos-test" name != null;
   packageName = p: p.pname or p.name;
 
   nodeSummary = node: let
@@ -41,7 +51,11 @@ let
   in {
     inherit (c.networking) hostName;
     systemName = c.system.name;
-    inherit (c.vmcheck) address testInterfaces controlNetwork;
+    inherit (c.vmcheck) address vlans testInterfaces controlNetwork migrates;
+    # Where 9p file systems are mounted (nixpkgs' qemu-vm.nix: the host's store, xchg, shared).
+    mounted9p = map (fs: fs.mountPoint) (builtins.filter (fs: fs.fsType == "9p") (builtins.attrValues c.fileSystems));
+    # The udev rules in the initrd (naming the test NICs by MAC).
+    initrdUdevRules = c.system.build.initialRamdisk.udevRules;
     interfaces = mapAttrs (_: i: map (a: "${a.address}/${toString a.prefixLength}") i.ipv4.addresses) c.networking.interfaces;
     inherit (c.virtualisation) memorySize cores graphics diskImage;
     qemu = c.virtualisation.qemu.package.outPath;
@@ -80,6 +94,41 @@ let
     inherit (t.meta) timeout;
     nodes = mapAttrs (_: nodeSummary) t.nodes;
   };
+  # A check of nixpkgs' test driver (runNixOSTest, nix/nixos-tests.nix).
+  nixosTestSummary = t: {
+    inherit (t) name requiredSystemFeatures buildCommand;
+    inherit (t.driver) testScript;
+    driver = {
+      inherit (t.driver) name buildCommand;
+      inherit (t.driver.meta) mainProgram;
+      inherit (t.driver.stubRecorded) vlans globalTimeout skipLint skipTypeCheck pythonizedNames;
+    };
+    driverInteractive = {
+      inherit (t.driverInteractive) name buildCommand;
+      inherit (t.driverInteractive.meta) mainProgram;
+    };
+    nodes =
+      mapAttrs (_: c: {
+        inherit (c.networking) hostName primaryIPAddress extraHosts;
+        interfaces = mapAttrs (_: i: map (a: "${a.address}/${toString a.prefixLength}") i.ipv4.addresses) c.networking.interfaces;
+        inherit (c.virtualisation) vlans memorySize cores;
+        inherit (c.virtualisation.test) nodeNumber;
+        qemuOptions = c.virtualisation.qemu.options;
+        initrdUdevRules = c.system.build.initialRamdisk.udevRules;
+        firewall = c.networking.firewall.enable;
+        # Whether the guest contract (nixosModules.guest) is in: it must not be.
+        guestContract = c ? vmcheck.address;
+        packages = map packageName c.environment.systemPackages;
+        units = mapAttrs (_: u: {
+          inherit (u) wantedBy;
+          ExecStart = u.serviceConfig.ExecStart or null;
+        }) (builtins.removeAttrs c.systemd.services ["qemu-guest-agent"]);
+        inherit (c.boot) kernelModules;
+        inherit (c.system.build.vm) startScript;
+      })
+      t.nodes;
+  };
+
   driverSummary' = d: {
     inherit (d) name pname version cargoBuildFlags doCheck;
     inherit (d.meta) mainProgram platforms;
@@ -117,6 +166,7 @@ in {
     systems = {
       packages = attrNames outputs.packages;
       checks = attrNames outputs.checks;
+      legacyPackages = attrNames outputs.legacyPackages;
       devShells = attrNames outputs.devShells;
       formatter = attrNames outputs.formatter;
     };
@@ -129,7 +179,18 @@ in {
     lib = attrNames outputs.lib;
     devShell = map packageName outputs.devShells.${system}.default.packages;
     formatter = outputs.formatter.${system}.meta.mainProgram;
-    checks = mapAttrs (_: testSummary') outputs.checks.${system};
+    # vmcheck's driver on the host (makeTest), and nixpkgs' driver with vmcheck inside the
+    # initiator (runNixOSTest: `<scenario>-nixos-test`).
+    # (Told apart by name, so that reading one check evaluates no other.)
+    checks = mapAttrs (_: testSummary') (lib.filterAttrs (name: _: !(isNixosTest name)) outputs.checks.${system});
+    nixosTests = mapAttrs (_: nixosTestSummary) (lib.filterAttrs (name: _: isNixosTest name) outputs.checks.${system});
+    # What nix/listing.nix says runs in a guest.
+    runsInGuest = builtins.filter scenarioList.runsInGuest (attrNames scenarioList.scenarios);
+    # `nix build .#checks.<name>` finds them here (outPaths, to compare).
+    legacyChecks = mapAttrs (_: t: t.outPath) outputs.legacyPackages.${system}.checks;
+    checkPaths = mapAttrs (_: t: t.outPath) outputs.checks.${system};
+    # The listed scenarios the checks leave out, with why (nix/listing.nix).
+    inherit (scenarioList) leftOutOfNixChecks;
     templates =
       mapAttrs (_: t: {
         path = toString t.path;
@@ -146,9 +207,11 @@ in {
 
   testSummary = args: testSummary' (outputs.lib.makeTest ({inherit system;} // args));
 
-  inherit outputs;
+  # The same for a test module of one's own, through the stand-in's runNixOSTest.
+  nixosTestSummary = module: nixosTestSummary (nixpkgs.legacyPackages.${system}.testers.runNixOSTest module);
+
+  inherit outputs lib;
   modules = outputs.nixosModules;
-  inherit (nixpkgs) lib;
   pkgs = nixpkgs.legacyPackages.${system};
 
   scenarioTests = listing:

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
 
-use super::{Machine, Pending, Running};
+use super::{Backend, Machine, Pending, Running};
 use crate::config::DiskSpec;
 use crate::log;
 use crate::poll::{self, Polled};
@@ -20,9 +20,56 @@ use crate::timeouts;
 
 impl Machine {
     /// Starts QEMU (a no-op when it runs). Disks are created on first start and kept across
-    /// restarts.
+    /// restarts. In guest mode nothing starts (the machines run already): the local machine's
+    /// kernel log becomes its console, a peer is named with its address.
     pub async fn start(&self) -> Result<()> {
-        Box::pin(self.start_inner()).await
+        match self.backend() {
+            Backend::Qemu => Box::pin(self.start_inner()).await,
+            _ => {
+                self.start_guest();
+                Ok(())
+            }
+        }
+    }
+
+    /// A guest-mode machine's start, once: the local machine's console follows its kernel log.
+    fn start_guest(&self) {
+        if self.inner.guest_started.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let name = self.name();
+        match self.backend() {
+            Backend::Local => {
+                log::line(&format!("{name}: the machine this driver runs on (guest mode)"));
+                if let Err(e) = super::local::follow_kernel_log(self.console()) {
+                    log::line(&format!(
+                        "{name}: kernel messages are not watched ({e:#}): its splats are found \
+                         only by the dmesg read at each case's end, if at all"
+                    ));
+                }
+            }
+            _ => log::line(&format!("{name}: a peer at {} (guest mode)", self.address())),
+        }
+    }
+
+    /// A guest-mode machine's wait: the local one is there; a peer that runs the target daemon
+    /// (it declares the daemon's port) is ready once the daemon answers `Health` at its address.
+    async fn wait_for_guest(&self) -> Result<()> {
+        self.start_guest();
+        if self.backend() == Backend::Peer
+            && self.forward_ports().contains(&crate::target::GRPC_PORT)
+        {
+            let started = Instant::now();
+            self.target_client().await?;
+            log::line(&format!(
+                "{}: its target daemon answers at {}:{} ({:.2} s)",
+                self.name(),
+                self.address(),
+                crate::target::GRPC_PORT,
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        Ok(())
     }
 
     async fn start_inner(&self) -> Result<()> {
@@ -253,7 +300,10 @@ impl Machine {
     /// awaited in the guest. A restore whose agent does not answer within `timeouts::restore()`
     /// (or whose fix-up cannot be sent) deletes the snapshot and boots the machine afresh.
     pub async fn wait_for_agent(&self) -> Result<()> {
-        let waited = self.wait_for_agent_inner().await;
+        let waited = match self.backend() {
+            Backend::Qemu => self.wait_for_agent_inner().await,
+            _ => self.wait_for_guest().await,
+        };
         if waited.is_ok() {
             // Up: the watches may poll it, and a watched service's death is news again.
             self.inner.power.steady();

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use super::{is_timeout, Machine};
+use super::{is_timeout, Backend, Machine};
 use crate::log;
 use crate::poll::{self, Polled};
 use crate::qga::{ExecOutput, ExecTimeout};
@@ -26,9 +26,13 @@ impl Machine {
     }
 
     async fn execute_inner(&self, cmd: &str, timeout: Duration) -> Result<ExecOutput> {
-        let qga = self.qga().await?;
+        self.not_peer(&format!("running `{cmd}`"))?;
         let argv = ["/bin/sh", "-c", cmd];
-        match qga.exec(&argv, timeout).await {
+        let ran = match self.backend() {
+            Backend::Local => super::local::exec(&argv, timeout).await,
+            _ => self.qga().await?.exec(&argv, timeout).await,
+        };
+        match ran {
             Ok(out) => Ok(out),
             Err(e) => match e.downcast_ref::<ExecTimeout>() {
                 Some(t) => Err(self.timeout_error(
@@ -48,12 +52,18 @@ impl Machine {
     /// hot-remove, say). Its processes carry a tag, so [`GuestProcess::kill`] ends them all.
     pub async fn spawn(&self, argv: &[String]) -> Result<GuestProcess> {
         let label = crate::tools::shell_join(argv);
+        self.not_peer(&format!("starting `{label}`"))?;
         log::line(&format!("{}: spawned: {label}", self.name()));
-        let qga = self.qga().await?;
         let args: Vec<&str> = argv.iter().map(String::as_str).collect();
-        let exec = qga.exec_start(&args).await.map_err(|e| {
+        let could_not = |e: anyhow::Error| {
             self.harness_error(format!("could not start: {label}"), format!("{e:#}"))
-        })?;
+        };
+        let exec = match self.backend() {
+            Backend::Local => Started::Local(Box::new(
+                super::local::LocalProcess::start(&args).await.map_err(could_not)?,
+            )),
+            _ => Started::Agent(self.qga().await?.exec_start(&args).await.map_err(could_not)?),
+        };
         Ok(GuestProcess {
             machine: self.clone(),
             exec,
@@ -174,6 +184,9 @@ impl Machine {
         present: bool,
         timeout: Duration,
     ) -> Result<Option<String>> {
+        if self.backend() == Backend::Peer {
+            return self.wait_for_peer_disk(serial, present, timeout).await;
+        }
         // One line per block device: name, hidden flag, serial (NVMe pads serials with spaces;
         // `read` drops them). The choice is made on the host, by `block_device_by_serial`. Shell
         // builtins only: a `$(cat ..)` per file forked a process each, tens of ms under TCG.
@@ -201,6 +214,56 @@ impl Machine {
                         "/sys/block shows (name, hidden, serial):\n{}",
                         listing.into_inner().unwrap()
                     ),
+                    waited,
+                ))
+            }
+        }
+    }
+
+    /// [`Machine::wait_for_block_device`] on a peer: its target daemon lists its disks
+    /// (`ListDisks`), as the commands of a QEMU machine's agent would.
+    async fn wait_for_peer_disk(
+        &self,
+        serial: &str,
+        present: bool,
+        timeout: Duration,
+    ) -> Result<Option<String>> {
+        use crate::target::proto;
+        if !self.forward_ports().contains(&crate::target::GRPC_PORT) {
+            self.not_peer(&format!("looking for the disk with serial {serial:?}"))?;
+        }
+        let client = self.target_client().await?;
+        let listing = std::sync::Mutex::new(Vec::new());
+        let polled = poll::until(timeout, timeouts::GUEST_POLL, |_| {
+            let (listing, client) = (&listing, client.clone());
+            async move {
+                let mut client = client;
+                let disks = client
+                    .list_disks(proto::ListDisksRequest {})
+                    .await
+                    .map_err(|e| self.error("ListDisks of the target daemon", format!("{e}")))?
+                    .into_inner()
+                    .disks;
+                let found =
+                    disks.iter().find(|d| d.serial == serial).map(|d| format!("/dev/{}", d.name));
+                *listing.lock().unwrap() = disks;
+                Ok((found.is_some() == present).then_some(found))
+            }
+        })
+        .await?;
+        match polled {
+            Polled::Done(found) => Ok(found),
+            Polled::TimedOut(waited) => {
+                let what = if present { "to appear" } else { "to go away" };
+                let seen: Vec<String> = listing
+                    .into_inner()
+                    .unwrap()
+                    .iter()
+                    .map(|d| format!("{} {}", d.name, d.serial))
+                    .collect();
+                Err(self.timeout_error(
+                    format!("waited {timeout:?} for the disk with serial {serial:?} {what}"),
+                    format!("the target daemon lists (name, serial):\n{}", seen.join("\n")),
                     waited,
                 ))
             }
@@ -308,8 +371,18 @@ impl Machine {
     }
 
     fn require_systemd(&self, what: &str) -> Result<()> {
-        match self.inner.boot {
-            crate::qemu::Boot::StartScript { .. } => Ok(()),
+        match (&self.inner.boot, self.backend()) {
+            (Some(crate::qemu::Boot::StartScript { .. }), _) => Ok(()),
+            // Guest mode on a machine booted by systemd (a NixOS test node).
+            (None, Backend::Local) if std::path::Path::new("/run/systemd/system").is_dir() => {
+                Ok(())
+            }
+            (None, Backend::Peer) => self.not_peer(what),
+            (None, _) => Err(self.error(
+                format!("{what} needs systemd, and the machine this driver runs on has none"),
+                "no /run/systemd/system: wait for what a service provides instead \
+                 (wait_for_open_port, wait_for_file, wait_until_succeeds)",
+            )),
             _ => Err(self.error(
                 format!("{what} needs systemd, which only NixOS machines (--config) have"),
                 "this machine boots vmcheck's default image: busybox init runs the recipe's \
@@ -326,6 +399,7 @@ impl Machine {
     pub async fn wait_for_console_text(&self, regex: &str, timeout: Duration) -> Result<String> {
         let re = regex::Regex::new(regex)
             .with_context(|| format!("bad regular expression {regex:?}"))?;
+        self.not_peer("waiting for console text")?;
         let started = Instant::now();
         log::nested(&format!("{}: waiting for console text /{regex}/", self.name()), async {
             self.inner.console.wait_for(&re, timeout).await.map_err(|e| {
@@ -379,6 +453,7 @@ impl Machine {
     pub fn console_contains(&self, regex: &str) -> Result<bool> {
         let re = regex::Regex::new(regex)
             .with_context(|| format!("bad regular expression {regex:?}"))?;
+        self.not_peer("reading the console")?;
         Ok(self.inner.console.contains(&re))
     }
 }
@@ -431,10 +506,17 @@ pub fn block_device_by_serial(listing: &str, serial: &str) -> Option<String> {
     })
 }
 
+/// How a background command was started: through a QEMU machine's agent, or as a local process
+/// (guest mode).
+enum Started {
+    Agent(crate::qga::GuestExec),
+    Local(Box<super::local::LocalProcess>),
+}
+
 /// A command running in the background in a guest ([`Machine::spawn`]).
 pub struct GuestProcess {
     machine: Machine,
-    exec: crate::qga::GuestExec,
+    exec: Started,
     label: String,
     started: Instant,
     /// Its output once seen: the agent reports an end only once.
@@ -454,6 +536,14 @@ impl GuestProcess {
     /// Its output if it has ended, `None` while it runs.
     pub async fn try_wait(&self) -> Result<Option<ExecOutput>> {
         let mut done = self.done.lock().await;
+        if let (None, Started::Local(process)) = (done.as_ref(), &self.exec) {
+            *done = process.try_wait().await.map_err(|e| {
+                self.machine
+                    .error(format!("asking whether it ended: {}", self.label), format!("{e:#}"))
+            })?;
+            return Ok(done.clone());
+        }
+        let Started::Agent(exec) = &self.exec else { return Ok(done.clone()) };
         if done.is_none() {
             // The guest's agent keeps its commands across a migration or a restore; the request
             // goes to the QEMU process of now, under the slot's read lock so a migration does not
@@ -468,7 +558,7 @@ impl GuestProcess {
                     ))
                 }
             };
-            *done = qga.exec_status(&self.exec).await.map_err(|e| {
+            *done = qga.exec_status(exec).await.map_err(|e| {
                 self.machine
                     .error(format!("asking whether it ended: {}", self.label), format!("{e:#}"))
             })?;
@@ -507,7 +597,12 @@ impl GuestProcess {
     /// Sends it SIGINT, as Ctrl-C would (a program such as fio then ends its work and reports
     /// it); [`GuestProcess::wait`] collects how it ended.
     pub async fn interrupt(&self) -> Result<()> {
-        self.machine.succeed(&format!("kill -INT {}", self.exec.pid)).await.map(drop)
+        match &self.exec {
+            Started::Agent(exec) => {
+                self.machine.succeed(&format!("kill -INT {}", exec.pid)).await.map(drop)
+            }
+            Started::Local(process) => process.interrupt(),
+        }
     }
 
     /// Kills it and every process it started; returns what it printed.
@@ -516,9 +611,10 @@ impl GuestProcess {
         if let Some(out) = done.as_ref() {
             return out.clone();
         }
-        let out = match self.machine.qga().await {
-            Ok(qga) => qga.exec_kill(&self.exec).await,
-            Err(e) => ExecOutput {
+        let out = match (&self.exec, self.machine.qga().await) {
+            (Started::Local(process), _) => process.kill().await,
+            (Started::Agent(exec), Ok(qga)) => qga.exec_kill(exec).await,
+            (Started::Agent(_), Err(e)) => ExecOutput {
                 status: -1,
                 signal: None,
                 stdout: String::new(),

@@ -263,6 +263,7 @@ impl Machine {
     /// that [`MediaFault::check`] refuses, and a second fault on a disk that has one. Logged with
     /// the time.
     pub async fn inject_media_error(&self, id: &str, fault: &MediaFault) -> Result<()> {
+        self.host_only("inject_media_error (QEMU's block layer over QMP)")?;
         let disk = self.disk(id)?;
         fault.check(disk.size_mib * (1 << 20) / SECTOR_BYTES).map_err(|why| {
             self.error(format!("media fault on disk {id} refused: {why}"), format!("{fault:?}"))
@@ -308,6 +309,7 @@ impl Machine {
     /// Removes disk `id`'s media fault: its I/O reaches the image again. Refuses a disk without
     /// one. Logged with the time.
     pub async fn clear_media_error(&self, id: &str) -> Result<()> {
+        self.host_only("clear_media_error (QEMU's block layer over QMP)")?;
         let disk = self.disk(id)?;
         let qmp = self.qmp().await?;
         let Some(fault) = self.injected(id, &qmp) else {
@@ -342,6 +344,7 @@ impl Machine {
 
     /// The media fault disk `id` has now, if any.
     pub async fn media_error(&self, id: &str) -> Result<Option<MediaFault>> {
+        self.host_only("media_error (QEMU's block layer)")?;
         self.disk(id)?;
         let qmp = self.qmp().await?;
         Ok(self.injected(id, &qmp))
@@ -357,6 +360,7 @@ impl Machine {
         mark: usize,
         timeout: Duration,
     ) -> Result<qapi::qmp::BLOCK_IO_ERROR> {
+        self.host_only("wait_for_block_io_error (QMP BLOCK_IO_ERROR)")?;
         let disk = self.disk(id)?;
         let node = self.qemu_disk(&disk).drive_id();
         let qmp = self.qmp().await?;

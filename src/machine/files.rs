@@ -24,6 +24,7 @@ impl Machine {
     /// file's permission bits, owned by root, as the NixOS driver's `copy_from_host` does.
     /// Files only: a directory is refused.
     pub async fn copy_from_host(&self, source: impl AsRef<Path>, target: &str) -> Result<()> {
+        self.host_only("copy_from_host (the guest agent's file calls)")?;
         let source = source.as_ref();
         let what = format!("copying {} from the host to {target}", source.display());
         log::nested(&format!("{}: {what}", self.name()), async {
@@ -103,6 +104,7 @@ impl Machine {
         source: &str,
         target_dir: impl AsRef<Path>,
     ) -> Result<PathBuf> {
+        self.host_only("copy_from_machine (the guest agent's file calls)")?;
         let name = Path::new(source).file_name().ok_or_else(|| {
             self.error(format!("copying {source} from the guest"), "the path names no file")
         })?;

@@ -21,6 +21,7 @@ impl Machine {
     /// The PCI address (`0000:00:05.0`) of disk `id` as the guest sees it, checked against where
     /// QEMU says it put the device (`query-pci`): a disagreement is an error.
     pub async fn pci_address(&self, id: &str) -> Result<String> {
+        self.host_only("PCI addresses (matched against QMP query-pci)")?;
         let disk = self.disk(id)?;
         // One line per NVMe controller and virtio disk: PCI address, serial.
         let cmd = "for c in /sys/class/nvme/*; do [ -e $c/device ] && echo $(basename $(readlink -f $c/device)) $(cat $c/serial); done; \
@@ -45,6 +46,7 @@ impl Machine {
 
     /// Where QEMU placed device `id` on the PCI bus (`query-pci`).
     pub async fn qemu_pci_address(&self, id: &str) -> Result<String> {
+        self.host_only("PCI addresses (QMP query-pci)")?;
         let buses = self.qmp().await?.execute(qapi::qmp::query_pci {}).await?;
         buses
             .iter()
@@ -60,6 +62,7 @@ impl Machine {
     /// `DEVICE_DELETED` event (the guest acknowledged the ACPI eject) and for the block device to
     /// leave the guest.
     pub async fn hot_remove_disk(&self, id: &str) -> Result<()> {
+        self.host_only("hot_remove_disk (QMP device_del)")?;
         let disk = self.disk(id)?;
         log::nested(&format!("{}: hot-removing disk {id} (QMP device_del)", self.name()), async {
             let qmp = self.qmp().await?;
@@ -108,6 +111,7 @@ impl Machine {
     /// Hot-removes disk `id` from inside the guest: `echo 1 > /sys/bus/pci/devices/BDF/remove`,
     /// as SPDK's hot-plug tests do on their host. Returns the PCI address it removed.
     pub async fn guest_remove_disk(&self, id: &str) -> Result<String> {
+        self.host_only("guest_remove_disk (the PCI address matched against QMP query-pci)")?;
         let disk = self.disk(id)?;
         let bdf = self.pci_address(id).await?;
         log::nested(
@@ -129,6 +133,7 @@ impl Machine {
     /// Hot-adds `disk` (a new raw image in the run directory): QMP `blockdev-add` and
     /// `device_add`, then waits for its block device in the guest and returns its `/dev` node.
     pub async fn hot_add_disk(&self, disk: DiskSpec) -> Result<String> {
+        self.host_only("hot_add_disk (QMP blockdev-add, device_add)")?;
         if self.disk(&disk.id).is_ok() {
             return Err(self.error(
                 format!("a disk {} is plugged in already", disk.id),

@@ -15,6 +15,7 @@ impl Machine {
     /// Cuts this machine off the test network (both directions, every vlan), as a pulled cable
     /// would.
     pub async fn block(&self) -> Result<()> {
+        self.host_only("the test network's link faults (the host's switch)")?;
         log::line(&format!("{}: network blocked", self.name()));
         log::event(crate::timeline::EventKind::Link, self.name(), "network blocked");
         self.change_links(|l| l.up = false)
@@ -22,6 +23,7 @@ impl Machine {
 
     /// Reconnects this machine to the test network.
     pub async fn unblock(&self) -> Result<()> {
+        self.host_only("the test network's link faults (the host's switch)")?;
         log::line(&format!("{}: network unblocked", self.name()));
         log::event(crate::timeline::EventKind::Link, self.name(), "network unblocked");
         self.change_links(|l| l.up = true)
@@ -29,22 +31,26 @@ impl Machine {
 
     /// Cuts this machine's link on `vlan` only (its other vlans keep working).
     pub fn link_down(&self, vlan: u32) -> Result<()> {
+        self.host_only("the test network's link faults (the host's switch)")?;
         self.change_link(vlan, |l| l.up = false)
     }
 
     /// Restores this machine's link on `vlan`.
     pub fn link_up(&self, vlan: u32) -> Result<()> {
+        self.host_only("the test network's link faults (the host's switch)")?;
         self.change_link(vlan, |l| l.up = true)
     }
 
     /// Drops a share (0.0 to 1.0) of the frames on every link of this machine, each direction.
     pub fn set_loss(&self, share: f64) -> Result<()> {
+        self.host_only("the test network's link faults (the host's switch)")?;
         self.change_links(|l| l.loss = share)
     }
 
     /// Delays every frame on this machine's links by `delay`, varied by up to `jitter` either
     /// way (frames keep their order), each direction.
     pub fn set_delay(&self, delay: Duration, jitter: Duration) -> Result<()> {
+        self.host_only("the test network's link faults (the host's switch)")?;
         self.change_links(|l| {
             l.delay = delay;
             l.jitter = jitter;
@@ -53,17 +59,20 @@ impl Machine {
 
     /// Caps this machine's links at `bytes_per_sec` each direction; `None` lifts the cap.
     pub fn set_rate(&self, bytes_per_sec: Option<u64>) -> Result<()> {
+        self.host_only("the test network's link faults (the host's switch)")?;
         self.change_links(|l| l.rate = bytes_per_sec)
     }
 
     /// Every link of this machine back to up and clean (no loss, delay or cap).
     pub fn clear_link_faults(&self) -> Result<()> {
+        self.host_only("the test network's link faults (the host's switch)")?;
         self.change_links(|l| *l = Link::default())
     }
 
     /// Changes this machine's links on every vlan it is on (up, loss, delay, jitter, cap); each
     /// change is logged and takes effect on the next frame.
     pub fn change_links(&self, change: impl Fn(&mut Link)) -> Result<()> {
+        self.host_only("the test network's link faults (the host's switch)")?;
         for v in &self.inner.node.vlans {
             self.change_link(*v, &change)?;
         }
@@ -72,6 +81,7 @@ impl Machine {
 
     /// Changes this machine's link on `vlan`.
     pub fn change_link(&self, vlan: u32, change: impl FnOnce(&mut Link)) -> Result<()> {
+        self.host_only("the test network's link faults (the host's switch)")?;
         let sw = self.inner.env.switches.get(&vlan).ok_or_else(|| {
             self.error(
                 format!("no test network vlan {vlan}"),

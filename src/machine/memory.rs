@@ -74,6 +74,7 @@ impl Machine {
     /// The balloon's size as QEMU reports it (`query-balloon` actual, bytes). Without a balloon
     /// this is QEMU's `DeviceNotActive` error, typed.
     pub async fn balloon_actual(&self) -> Result<u64> {
+        self.host_only("the virtio balloon (QMP)")?;
         let info = self.qmp().await?.execute(qapi::qmp::query_balloon {}).await?;
         Ok(info.actual as u64)
     }
@@ -81,6 +82,7 @@ impl Machine {
     /// Asks for a balloon target of `mib` MiB (QMP `balloon`) without waiting; a refusal is the
     /// typed [`QmpError`].
     pub async fn balloon_request(&self, mib: u64) -> Result<()> {
+        self.host_only("the virtio balloon (QMP)")?;
         log::line(&format!("{}: balloon target {mib} MiB", self.name()));
         log::event(
             crate::timeline::EventKind::Balloon,
@@ -92,12 +94,14 @@ impl Machine {
 
     /// QMP `balloon` with a raw value in bytes (zero and negative values included).
     pub async fn balloon_request_bytes(&self, bytes: i64) -> Result<()> {
+        self.host_only("the virtio balloon (QMP)")?;
         self.qmp().await?.execute(qapi::qmp::balloon { value: bytes }).await.map(drop)
     }
 
     /// Sets the balloon to `mib` MiB and waits until `query-balloon` reports exactly that and
     /// QEMU has announced it (`BALLOON_CHANGE`); returns the guest's memory afterwards.
     pub async fn balloon(&self, mib: u64) -> Result<MemoryStats> {
+        self.host_only("the virtio balloon (QMP)")?;
         log::nested(&format!("{}: balloon to {mib} MiB", self.name()), async {
             let qmp = self.qmp().await?;
             let before = self.balloon_actual().await?;
@@ -120,6 +124,7 @@ impl Machine {
         mark: usize,
         timeout: Duration,
     ) -> Result<()> {
+        self.host_only("the virtio balloon (QMP)")?;
         let started = Instant::now();
         let last = std::sync::atomic::AtomicU64::new(0);
         let polled = poll::until(timeout, BALLOON_POLL, |_| async {
@@ -168,6 +173,7 @@ impl Machine {
 
     /// Asks the guest to report balloon statistics every `secs` seconds (0 stops it).
     pub async fn set_balloon_stats_interval(&self, secs: u32) -> Result<()> {
+        self.host_only("the virtio balloon (QMP)")?;
         self.qmp()
             .await?
             .execute(qapi::qmp::qom_set {
@@ -181,6 +187,7 @@ impl Machine {
 
     /// The balloon statistics QEMU holds now.
     pub async fn balloon_stats(&self) -> Result<BalloonStats> {
+        self.host_only("the virtio balloon (QMP)")?;
         let v = self
             .qmp()
             .await?
@@ -198,6 +205,7 @@ impl Machine {
         after: i64,
         timeout: Duration,
     ) -> Result<BalloonStats> {
+        self.host_only("the virtio balloon (QMP)")?;
         let last = std::sync::Mutex::new(Value::Null);
         let polled = poll::until(timeout, BALLOON_POLL, |_| async {
             let s = self.balloon_stats().await?;
@@ -244,6 +252,7 @@ impl Machine {
     /// Hot-plugs a balloon device with id `id` (QMP `device_add`), without waiting for the
     /// guest: QEMU refuses a second balloon, and the refusal is the typed [`QmpError`].
     pub async fn device_add_balloon(&self, id: &str, balloon: Balloon) -> Result<()> {
+        self.host_only("the virtio balloon (QMP)")?;
         // device_add checks JSON types: the slot is a string, deflate-on-oom a boolean.
         let arguments = [
             ("addr".to_string(), json!(crate::qemu::BALLOON_PCI_SLOT)),
@@ -266,6 +275,7 @@ impl Machine {
     /// Hot-plugs the balloon and waits until the guest's driver has bound it and QEMU answers
     /// `query-balloon`.
     pub async fn hot_add_balloon(&self, balloon: Balloon) -> Result<()> {
+        self.host_only("the virtio balloon (QMP)")?;
         log::event(crate::timeline::EventKind::Balloon, self.name(), "balloon plugged");
         log::nested(&format!("{}: hot-plugging the balloon", self.name()), async {
             self.device_add_balloon(BALLOON_ID, balloon).await.map_err(|e| {
@@ -285,6 +295,7 @@ impl Machine {
     /// Hot-unplugs the balloon (QMP `device_del`): waits for DEVICE_DELETED, for the guest's
     /// driver to let it go, and for `query-balloon` to say `DeviceNotActive`.
     pub async fn hot_remove_balloon(&self) -> Result<()> {
+        self.host_only("the virtio balloon (QMP)")?;
         log::event(crate::timeline::EventKind::Balloon, self.name(), "balloon unplugged");
         log::nested(&format!("{}: hot-unplugging the balloon", self.name()), async {
             let qmp = self.qmp().await?;
@@ -313,6 +324,7 @@ impl Machine {
 
     /// `query-balloon` must be refused with `DeviceNotActive`.
     pub async fn expect_no_balloon(&self) -> Result<()> {
+        self.host_only("the virtio balloon (QMP)")?;
         match self.balloon_actual().await {
             Ok(actual) => Err(self.error(
                 "expected no balloon device",
@@ -332,7 +344,11 @@ impl Machine {
 impl Machine {
     /// The guest's memory figures.
     pub async fn memory_stats(&self) -> Result<MemoryStats> {
-        self.qga().await?.memory_stats().await
+        match self.backend() {
+            super::Backend::Local => MemoryStats::parse(&std::fs::read_to_string("/proc/meminfo")?),
+            super::Backend::Peer => Err(self.peer_error("memory_stats")),
+            super::Backend::Qemu => self.qga().await?.memory_stats().await,
+        }
     }
 }
 

@@ -26,7 +26,15 @@
 //!   machines ([`partition`], [`heal`]);
 //! - `faults.rs`: media errors in a disk, injected and cleared at run time through QEMU's block
 //!   layer ([`MediaFault`], `inject_media_error`, `clear_media_error`), and the wait for QEMU's
-//!   `BLOCK_IO_ERROR` (with the pause a `werror=stop` disk makes).
+//!   `BLOCK_IO_ERROR` (with the pause a `werror=stop` disk makes);
+//! - `local.rs`: the guest mode's machine that the driver runs on ([`Backend::Local`]): its
+//!   commands as local processes, its kernel log as its console.
+//!
+//! A machine has a [`Backend`]: a QEMU process this driver starts (a host run), or, in guest
+//! mode (the driver runs inside one of the scenario's machines), the machine the driver runs on
+//! ([`Backend::Local`]) or another one reached by its address ([`Backend::Peer`]). What a
+//! backend cannot do (QMP, the agent, the switch, power, hot-plug on a local or peer machine;
+//! commands on a peer) fails at once with a harness error that names the operation and why.
 //!
 //! The dependencies go one way: this module uses [`crate::network`] (the switches), never the
 //! other way round.
@@ -37,6 +45,7 @@ mod faults;
 mod files;
 mod hotplug;
 mod links;
+mod local;
 mod memory;
 mod power;
 
@@ -75,6 +84,8 @@ pub const ERROR_CONSOLE_LINES: usize = 20;
 /// What every machine of a run shares.
 pub(crate) struct MachineEnv {
     pub run_dir: PathBuf,
+    /// The host's QEMU and accelerator (guest mode starts no QEMU: an empty path and TCG, never
+    /// read, as every QEMU operation refuses a local or peer machine first).
     pub qemu: PathBuf,
     pub accel: Accel,
     pub switches: HashMap<u32, Arc<Switch>>,
@@ -130,6 +141,32 @@ struct Running {
     forwards: Vec<(u16, u16)>,
 }
 
+/// Where a machine is and how the driver reaches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A QEMU process the driver starts on the host: every operation of the API.
+    Qemu,
+    /// Guest mode: the machine the driver itself runs on. Commands are local processes (same
+    /// typed results, timeouts and tags as the agent's), its console is the kernel's log
+    /// (`/dev/kmsg`); QMP, the agent, the switch and power are the host's and refused.
+    Local,
+    /// Guest mode: another machine of the scenario, reached by its address only (the target
+    /// daemon's gRPC, NVMe-oF, iSCSI). A target's disks are found through its daemon
+    /// (`ListDisks`); commands, console waits and everything of the host are refused.
+    Peer,
+}
+
+impl Backend {
+    /// How an error names it: "a QEMU machine", "the local machine", "a peer".
+    fn describe(self) -> &'static str {
+        match self {
+            Backend::Qemu => "a QEMU machine of this driver",
+            Backend::Local => "the machine this guest-mode driver runs on",
+            Backend::Peer => "a peer of this guest-mode driver, reached by its address only",
+        }
+    }
+}
+
 /// A machine of a test. Cheap to clone; clones share the machine.
 #[derive(Clone)]
 pub struct Machine {
@@ -138,7 +175,9 @@ pub struct Machine {
 
 struct Inner {
     node: NodeSpec,
-    boot: Boot,
+    backend: Backend,
+    /// How QEMU boots it (`None` for a local or peer machine: no QEMU).
+    boot: Option<Boot>,
     env: Arc<MachineEnv>,
     dir: PathBuf,
     console: Arc<Console>,
@@ -164,10 +203,26 @@ struct Inner {
     power: Arc<crate::watch::PowerState>,
     /// The console's watch: kernel splats, watched services.
     watch: Arc<crate::watch::ConsoleWatch>,
+    /// A guest-mode machine was started (its kernel log followed, its address logged).
+    guest_started: std::sync::atomic::AtomicBool,
 }
 
 impl Machine {
     pub(crate) fn new(node: NodeSpec, boot: Boot, env: Arc<MachineEnv>) -> Result<Machine> {
+        Machine::with_backend(node, Backend::Qemu, Some(boot), env)
+    }
+
+    /// A machine of guest mode: the local one or a peer (its `node.address` the one to reach).
+    pub(crate) fn guest(node: NodeSpec, backend: Backend, env: Arc<MachineEnv>) -> Result<Machine> {
+        Machine::with_backend(node, backend, None, env)
+    }
+
+    fn with_backend(
+        node: NodeSpec,
+        backend: Backend,
+        boot: Option<Boot>,
+        env: Arc<MachineEnv>,
+    ) -> Result<Machine> {
         crate::config::validate_machine_name(&node.name)?;
         let dir = env.run_dir.join(&node.name);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -182,8 +237,11 @@ impl Machine {
             env.findings.clone(),
             power.clone(),
         ));
-        // The target's daemon is watched wherever the machine's recipe runs it.
-        if node.start_script.is_none()
+        // The target's daemon is watched wherever the machine's recipe runs it (its console
+        // line on a QEMU machine; a peer's daemon is polled over gRPC instead, see
+        // `Driver::new`).
+        if backend == Backend::Qemu
+            && node.start_script.is_none()
             && node.recipe().services().iter().any(|s| s.name == crate::watch::TARGET_DAEMON)
         {
             watch.watch_service(crate::watch::TARGET_DAEMON);
@@ -194,6 +252,7 @@ impl Machine {
         Ok(Machine {
             inner: Arc::new(Inner {
                 node,
+                backend,
                 boot,
                 env,
                 dir,
@@ -208,6 +267,7 @@ impl Machine {
                 media_faults: std::sync::Mutex::new(HashMap::new()),
                 power,
                 watch,
+                guest_started: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -235,6 +295,48 @@ impl Machine {
         self.inner.power.begin();
     }
 
+    /// Where the machine is: a QEMU process of this driver, or (guest mode) the local machine or
+    /// a peer.
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    /// Fails, naming `operation` and why, unless the machine is a QEMU process of this driver:
+    /// what only the host can do (QMP, the agent, the switch, power, hot-plug).
+    pub(crate) fn host_only(&self, operation: &str) -> Result<()> {
+        match self.inner.backend {
+            Backend::Qemu => Ok(()),
+            other => Err(self.harness_error(
+                format!("{operation} needs the host, and this machine is {}", other.describe()),
+                "guest mode reaches the host's side of a machine (QEMU, its monitor and agent, \
+                 the test network's switch) for no machine; declare the scenario \
+                 `.host_only(..)` and run it on the host",
+            )),
+        }
+    }
+
+    /// Fails, naming `operation`, on a peer: commands and console waits run only on the
+    /// machine the driver runs on (or a QEMU machine's agent).
+    pub(crate) fn not_peer(&self, operation: &str) -> Result<()> {
+        match self.inner.backend {
+            Backend::Peer => Err(self.peer_error(operation)),
+            _ => Ok(()),
+        }
+    }
+
+    /// The error of `operation` on a peer (see [`Machine::not_peer`]).
+    pub(crate) fn peer_error(&self, operation: &str) -> anyhow::Error {
+        self.harness_error(
+            format!("{operation}: this machine is {}", Backend::Peer.describe()),
+            format!(
+                "a guest-mode driver runs commands only on the machine it runs on; {} is \
+                 reached at {} by its services (gRPC, NVMe-oF, iSCSI)",
+                self.name(),
+                self.address()
+            ),
+        )
+    }
+
     /// The machine's name, as its [`NodeSpec`] gave it.
     pub fn name(&self) -> &str {
         &self.inner.node.name
@@ -247,7 +349,8 @@ impl Machine {
     pub fn console(&self) -> &Arc<Console> {
         &self.inner.console
     }
-    /// The machine's address on the test network (as configured, `--config` included).
+    /// The machine's address on the test network (as configured, `--config` included; a peer's
+    /// as `--peer NAME=ADDR` gave it or the resolver found it).
     pub fn address(&self) -> std::net::Ipv4Addr {
         self.inner.node.address
     }
@@ -287,7 +390,8 @@ impl Machine {
         self.inner.dir.join(format!("{id}.img"))
     }
 
-    /// The QEMU description this machine boots with.
+    /// The QEMU description this machine boots with (a guest-mode machine has none: its boot
+    /// is then an empty start script, which nothing starts).
     pub fn qemu_spec(&self) -> QemuSpec {
         let node = &self.inner.node;
         let nics = node
@@ -308,7 +412,10 @@ impl Machine {
             name: node.name.clone(),
             qemu: self.inner.env.qemu.clone(),
             accel: self.inner.env.accel,
-            boot: self.inner.boot.clone(),
+            boot: self.inner.boot.clone().unwrap_or(Boot::StartScript {
+                path: PathBuf::new(),
+                kernel_params: String::new(),
+            }),
             memory_mib: node.memory_mib,
             cpus: node.cpus,
             disks,
@@ -359,7 +466,7 @@ impl Machine {
             serial: d.serial.clone(),
             kind: if d.virtio { DiskKind::VirtioBlk } else { DiskKind::Nvme },
             // A NixOS start script places devices of its own before ours: QEMU chooses there.
-            pci_slot: matches!(self.inner.boot, Boot::Kernel { .. })
+            pci_slot: matches!(self.inner.boot, Some(Boot::Kernel { .. }))
                 .then(|| self.disk_slot(&d.id))
                 .flatten(),
             rerror: d.rerror,
@@ -418,6 +525,7 @@ impl Machine {
     }
 
     async fn with_running<T>(&self, f: impl FnOnce(&Running) -> T) -> Result<T> {
+        self.host_only("QEMU's monitor and guest agent")?;
         let running = self.inner.running.read().await;
         match running.as_ref() {
             Some(r) if r.process.exited().is_none() => Ok(f(r)),
@@ -445,14 +553,29 @@ impl Machine {
     pub async fn pid(&self) -> Option<u32> {
         self.with_running(|r| r.process.pid).await.ok()
     }
-    /// Whether QEMU runs.
+    /// Whether QEMU runs (guest mode: the local machine always is; a peer is not this
+    /// driver's to tell).
     pub async fn is_up(&self) -> bool {
-        self.with_running(|_| ()).await.is_ok()
+        match self.inner.backend {
+            Backend::Qemu => self.with_running(|_| ()).await.is_ok(),
+            Backend::Local => true,
+            Backend::Peer => false,
+        }
     }
 
     /// The guest ports this machine forwards to loopback (its `forward_ports`).
     pub fn forward_ports(&self) -> &[u16] {
         &self.inner.node.forward_ports
+    }
+
+    /// Where the driver reaches the machine's TCP port `port`: a QEMU machine's loopback forward
+    /// ([`Machine::forwarded_addr`]), a peer's address, the local machine's loopback.
+    pub async fn tcp_addr(&self, port: u16) -> Result<SocketAddr> {
+        match self.inner.backend {
+            Backend::Qemu => self.forwarded_addr(port).await,
+            Backend::Local => Ok(SocketAddr::from(([127, 0, 0, 1], port))),
+            Backend::Peer => Ok(SocketAddr::from((self.address(), port))),
+        }
     }
 
     /// Where the driver reaches guest TCP port `guest_port` (a loopback forward of this run).

@@ -58,12 +58,14 @@ fn migration_timeout() -> Duration {
 impl Machine {
     /// QEMU's run state (`query-status`).
     pub async fn run_state(&self) -> Result<qapi::qmp::StatusInfo> {
+        self.host_only("QEMU's run state (QMP query-status)")?;
         self.qmp().await?.execute(qapi::qmp::query_status {}).await
     }
 
     /// Pauses the guest (QMP `stop`): waits for the STOP event and checks `query-status` says
     /// paused.
     pub async fn pause(&self) -> Result<()> {
+        self.host_only("pause (QMP stop)")?;
         // A paused guest answers no poll: the watches wait for `resume`.
         self.power_action();
         log::event(crate::timeline::EventKind::Power, self.name(), "pause (stop)");
@@ -82,6 +84,7 @@ impl Machine {
     /// Resumes a paused guest (QMP `cont`): waits for RESUME and checks `query-status` says
     /// running.
     pub async fn resume(&self) -> Result<()> {
+        self.host_only("resume (QMP cont)")?;
         log::event(crate::timeline::EventKind::Power, self.name(), "resume (cont)");
         log::nested(&format!("{}: resuming (cont)", self.name()), async {
             let qmp = self.qmp().await?;
@@ -130,6 +133,7 @@ impl Machine {
     /// Starts the machine with `extra` QEMU arguments after its own (a second balloon, say); for
     /// what QEMU must refuse, the error carries QEMU's stderr.
     pub async fn start_with_args(&self, extra: &[String]) -> Result<()> {
+        self.host_only("a start with extra QEMU arguments")?;
         let mut slot = self.running_slot().write().await;
         if slot.as_ref().is_some_and(|r| r.process.exited().is_none()) {
             return Err(self.error("the machine runs already", "shut it down first"));
@@ -144,6 +148,7 @@ impl Machine {
     /// Saves the whole machine to a file (migration to `file:`) and ends its QEMU; the machine
     /// is down until [`Machine::restore_state`].
     pub async fn save_state(&self) -> Result<SavedState> {
+        self.host_only("save_state (QEMU's migration to a file)")?;
         let path = self.dir().join(format!("saved-{}.state", self.next_generation()));
         self.power_action();
         log::event(crate::timeline::EventKind::Power, self.name(), "save state");
@@ -174,6 +179,7 @@ impl Machine {
     /// Starts a new QEMU from a saved state (`-incoming defer`, `migrate-incoming file:`),
     /// resumes it and waits until its agent answers.
     pub async fn restore_state(&self, saved: &SavedState) -> Result<()> {
+        self.host_only("restore_state (a QEMU started from a saved state)")?;
         self.power_action();
         log::event(crate::timeline::EventKind::Power, self.name(), "restore state");
         log::nested(
@@ -212,6 +218,7 @@ impl Machine {
     /// follows it (QMP, agent, console, test-network links, disks, balloon). On failure the
     /// source keeps running and the target is gone.
     pub async fn migrate(&self) -> Result<MigrationReport> {
+        self.host_only("live migration (a second QEMU)")?;
         let generation = self.next_generation();
         self.power_action();
         log::event(
@@ -422,6 +429,7 @@ impl Machine {
     /// Powers the guest off cleanly: waits for QEMU's SHUTDOWN event (a guest-initiated
     /// poweroff) and for QEMU to exit. `start` boots the machine again.
     pub async fn shutdown(&self) -> Result<()> {
+        self.host_only("shutdown (power, QEMU's SHUTDOWN event)")?;
         self.power_action();
         log::event(crate::timeline::EventKind::Power, self.name(), "shutdown");
         log::nested(&format!("{}: shutting down", self.name()), async {
@@ -453,6 +461,7 @@ impl Machine {
 
     /// Reboots the guest and waits until its agent answers again.
     pub async fn reboot(&self) -> Result<()> {
+        self.host_only("reboot (power, through QEMU)")?;
         self.power_action();
         log::event(crate::timeline::EventKind::Power, self.name(), "reboot");
         log::nested(&format!("{}: rebooting", self.name()), async {
@@ -477,6 +486,7 @@ impl Machine {
 
     /// Simulates a sudden power failure: QEMU quits at once. `start` boots the machine again.
     pub async fn crash(&self) -> Result<()> {
+        self.host_only("crash (power)")?;
         self.power_action();
         log::event(crate::timeline::EventKind::Power, self.name(), "crash (QMP quit)");
         log::nested(&format!("{}: crashing", self.name()), async {
@@ -491,6 +501,7 @@ impl Machine {
     /// a panic with `panic=1` and no reboot): the NixOS driver's `wait_for_shutdown`, bounded.
     /// A machine that is not running has nothing to wait for. `start` boots it again.
     pub async fn wait_for_shutdown(&self, timeout: Duration) -> Result<()> {
+        self.host_only("wait_for_shutdown (QEMU's exit)")?;
         log::nested(&format!("{}: waiting for the machine to power off", self.name()), async {
             let mut running = self.inner.running.write().await;
             let Some(r) = running.as_ref() else { return Ok(()) };
@@ -518,6 +529,7 @@ impl Machine {
     /// returns its text, its lines ended by `\n`: the NixOS driver's `send_monitor_command`
     /// (`info block`, `info status`, ...). A command HMP does not know answers with its own error text, as HMP does.
     pub async fn send_monitor_command(&self, command: &str) -> Result<String> {
+        self.host_only("the human monitor (QMP)")?;
         log::nested(&format!("{}: monitor: {command}", self.name()), async {
             let qmp = self.qmp().await?;
             qmp.execute(qapi::qmp::human_monitor_command {
@@ -547,6 +559,7 @@ impl Machine {
         event: &str,
         timeout: Duration,
     ) -> Result<serde_json::Value> {
+        self.host_only("QMP events")?;
         log::nested(&format!("{}: waiting for the QMP event {event}", self.name()), async {
             let qmp = self.qmp().await?;
             let mark = {
@@ -585,7 +598,13 @@ impl Machine {
     }
 
     /// Ends QEMU at once, without asking the guest (cleanup).
+    ///
+    /// A guest-mode machine is not this driver's to stop: nothing happens (the local one is the
+    /// machine the driver runs on).
     pub async fn kill(&self) {
+        if self.backend() != super::Backend::Qemu {
+            return;
+        }
         self.power_action();
         let running = self.inner.running.write().await.take();
         if let Some(r) = running {

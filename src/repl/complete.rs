@@ -94,7 +94,14 @@ mod tests {
         assert_eq!(c("qmp in"), (4, vec!["initiator".to_string()]));
         assert_eq!(
             c("grpc List"),
-            (5, vec!["ListBdevs".to_string(), "ListSubsystems".to_string()])
+            (
+                5,
+                vec![
+                    "ListBdevs".to_string(),
+                    "ListSubsystems".to_string(),
+                    "ListDisks".to_string()
+                ]
+            )
         );
         assert_eq!(c("run fio"), (4, vec!["fio_nvme_basic".to_string()]));
         assert_eq!(c("qmp target qu"), (11, vec![]));

@@ -32,7 +32,7 @@ pub fn scenarios() -> Vec<Scenario> {
     let s = |name, description, nodes: fn() -> Vec<NodeSpec>, script: ScriptFn| {
         Scenario::new(name, description, script).machines(nodes())
     };
-    vec![
+    let all = vec![
         s(
             "balloon_basic",
             "balloon: evict, enlarge, evict then enlarge, ratios 0.5/0.75/0.8, stats, illegal values, stop/cont during evict and enlarge",
@@ -60,7 +60,20 @@ pub fn scenarios() -> Vec<Scenario> {
             one_vm,
             |d| migrate(d).boxed(),
         ),
-    ]
+    ];
+    all.into_iter().map(host_only).collect()
+}
+
+/// Why each balloon plan needs the host: guest mode refuses it, with the reason.
+fn host_only(s: Scenario) -> Scenario {
+    let why = match s.name() {
+        "balloon_cmdline" => "the virtio balloon (QMP) and QEMU started with extra arguments",
+        "balloon_power" => "the virtio balloon (QMP), shutdown and reboot (power)",
+        "balloon_hotplug" => "the virtio balloon hot-plugged (QMP), reboot and shutdown (power)",
+        "balloon_migrate" => "the virtio balloon (QMP) and live migration",
+        _ => "the virtio balloon (QMP)",
+    };
+    s.host_only(why)
 }
 
 fn vm() -> NodeSpec {

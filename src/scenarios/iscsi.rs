@@ -131,6 +131,68 @@ pub async fn wait_for_disk(vm: &Machine, iqn: &str, lun: u32, timeout: Duration)
     }
 }
 
+/// Waits for the disks of `luns` (ascending) of `iqn` on `vm` and makes their names follow
+/// LUN order (LUN 0 `sda`, LUN 1 `sdb`); returns their devices in the order of `luns`.
+///
+/// A login's scan adds the LUNs in order, but sd probes each disk asynchronously and names it
+/// when its probe runs, so LUN 1 is sometimes `sda`. A test that pulls one LUN and reboots must
+/// know which name the survivor gets back (the lowest free one). Names out of order are put
+/// right by deleting those disks and scanning their LUNs back one at a time
+/// (`/sys/class/scsi_host/hostN/scan`), each disk named before the next scan.
+pub async fn name_in_lun_order(
+    vm: &Machine,
+    iqn: &str,
+    luns: &[u32],
+    timeout: Duration,
+) -> Result<Vec<String>> {
+    let mut devices = Vec::new();
+    for lun in luns {
+        devices.push(wait_for_disk(vm, iqn, *lun, timeout).await?);
+    }
+    if in_name_order(&devices) {
+        return Ok(devices);
+    }
+    log::line(&format!(
+        "{}: LUNs {luns:?} of {iqn} were named {devices:?}; deleting them and scanning them back \
+         one at a time",
+        vm.name()
+    ));
+    let listing =
+        vm.succeed_with_timeout(&Iscsiadm::sessions_or_none(), timeouts::request()).await?;
+    let sessions = Session::parse_all(&listing)?;
+    let session = Session::find(&sessions, iqn)
+        .with_context(|| format!("{} has no session with {iqn}: {sessions:?}", vm.name()))?;
+    let host = session
+        .host
+        .with_context(|| format!("the session with {iqn} on {} has no SCSI host", vm.name()))?;
+    for disk in session.disks.iter().filter(|d| luns.iter().any(|l| u64::from(*l) == d.lun)) {
+        vm.succeed_with_timeout(&disk.delete_command(), timeouts::hotplug()).await?;
+    }
+    devices.clear();
+    for lun in luns {
+        vm.succeed_with_timeout(
+            &format!("echo '- - {lun}' > /sys/class/scsi_host/host{host}/scan"),
+            timeouts::hotplug(),
+        )
+        .await?;
+        devices.push(wait_for_disk(vm, iqn, *lun, timeout).await?);
+    }
+    if !in_name_order(&devices) {
+        return Err(vm.error(
+            format!(
+                "LUNs {luns:?} of {iqn} are still named out of order after a scan one at a time"
+            ),
+            format!("their disks: {devices:?}"),
+        ));
+    }
+    Ok(devices)
+}
+
+/// Whether sd names (`/dev/sdb`, `/dev/sdaa`) are in the order sd hands them out.
+fn in_name_order(devices: &[String]) -> bool {
+    devices.windows(2).all(|w| (w[0].len(), &w[0]) < (w[1].len(), &w[1]))
+}
+
 /// The disk of LUN `lun` of `iqn` is gone from `vm`: no session shows it, and lsblk does not
 /// list `device` (the name it had).
 pub async fn expect_no_disk(vm: &Machine, iqn: &str, lun: u32, device: &str) -> Result<()> {
@@ -224,4 +286,19 @@ pub async fn relogin(vm: &Machine, targets: &[&Target]) -> Result<()> {
         vm.succeed(&Iscsiadm::login(&t.iqn, &t.addr.to_string(), t.port)).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_name_order;
+
+    #[test]
+    fn sd_names_are_ordered_by_length_then_letters() {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(in_name_order(&names(&["/dev/sda", "/dev/sdb"])));
+        assert!(in_name_order(&names(&["/dev/sdz", "/dev/sdaa"])));
+        assert!(!in_name_order(&names(&["/dev/sdb", "/dev/sda"])));
+        assert!(!in_name_order(&names(&["/dev/sdaa", "/dev/sdz"])));
+        assert!(in_name_order(&names(&["/dev/sda"])));
+    }
 }

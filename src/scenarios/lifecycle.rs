@@ -29,7 +29,7 @@ pub fn scenarios() -> Vec<Scenario> {
     let s = |name, description, script: ScriptFn| {
         Scenario::new(name, description, script).machines(nodes()).chain("lifecycle")
     };
-    vec![
+    let all = vec![
         s(
             "lifecycle_save_restore",
             "save an initiator to a file at a quiet moment and restore it: data written before reads back, fio with verify passes",
@@ -42,7 +42,19 @@ pub fn scenarios() -> Vec<Scenario> {
         s("balloon_fio", "balloon: evict and enlarge in a loop while the guest runs fio with verify over NVMe-oF", |d| {
             balloon_fio(d).boxed()
         }),
-    ]
+    ];
+    all.into_iter().map(host_only).collect()
+}
+
+/// Why each lifecycle case needs the host: guest mode refuses it, with the reason.
+fn host_only(s: Scenario) -> Scenario {
+    let why = match s.name() {
+        "lifecycle_save_restore" => "saves an initiator's QEMU to a file and restores it",
+        "lifecycle_pause_fio" => "pauses and resumes an initiator (QMP stop, cont)",
+        "lifecycle_migrate_fio" => "live-migrates an initiator to a second QEMU",
+        _ => "the virtio balloon (QMP)",
+    };
+    s.host_only(why)
 }
 
 fn nodes() -> Vec<NodeSpec> {

@@ -65,7 +65,7 @@ const ENODATA: i32 = 61;
 
 /// The media-error scenarios.
 pub fn scenarios() -> Vec<Scenario> {
-    vec![
+    let all = vec![
         Scenario::new(
             "media_error_read_eio",
             "media errors: reads of one namespace's disk fail (QEMU blkdebug, at run time); fio verify there \
@@ -93,7 +93,20 @@ pub fn scenarios() -> Vec<Scenario> {
             ),
             initiator(),
         ]),
-    ]
+    ];
+    all.into_iter().map(host_only).collect()
+}
+
+/// Why each media-error plan needs the host: guest mode refuses it, with the reason.
+fn host_only(s: Scenario) -> Scenario {
+    let why = match s.name() {
+        "media_error_werror_stop" => {
+            "media errors under the target's disk (QEMU's block layer over QMP) and the target \
+             VM's pause (werror=stop)"
+        }
+        _ => "media errors under the target's disk (QEMU's block layer over QMP)",
+    };
+    s.host_only(why)
 }
 
 fn initiator() -> NodeSpec {

@@ -68,6 +68,7 @@ pub struct Scenario {
     hidden: bool,
     chain: Option<String>,
     after: Vec<String>,
+    host_only: Option<String>,
 }
 
 impl std::fmt::Debug for Scenario {
@@ -77,6 +78,7 @@ impl std::fmt::Debug for Scenario {
             .field("chain", &self.chain)
             .field("after", &self.after)
             .field("hidden", &self.hidden)
+            .field("host_only", &self.host_only)
             .field("machines", &self.nodes.iter().map(|n| n.name.as_str()).collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
@@ -100,6 +102,7 @@ impl Scenario {
             hidden: false,
             chain: None,
             after: Vec::new(),
+            host_only: None,
         }
     }
 
@@ -138,6 +141,26 @@ impl Scenario {
     pub fn hidden(mut self) -> Scenario {
         self.hidden = true;
         self
+    }
+
+    /// Declares that the scenario needs the host, and why (`"hot-plug through QMP"`): QMP, the
+    /// guest agent, the test network's switch, the balloon, power, migration, or commands on
+    /// more than the one machine a guest-mode driver runs on. Guest mode (`vmcheck run --local`,
+    /// `--in-guest`) refuses it before anything runs, with this reason; `vmcheck list` shows
+    /// where each scenario runs. A scenario without it runs unchanged in both modes.
+    pub fn host_only(mut self, why: impl Into<String>) -> Scenario {
+        self.host_only = Some(why.into());
+        self
+    }
+
+    /// Why it needs the host ([`Scenario::host_only`]), if it does.
+    pub fn host_only_reason(&self) -> Option<&str> {
+        self.host_only.as_deref()
+    }
+
+    /// Whether guest mode runs it (it is not [`Scenario::host_only`]).
+    pub fn runs_in_guest(&self) -> bool {
+        self.host_only.is_none()
     }
 
     /// Its name.
@@ -337,6 +360,38 @@ impl Suite {
             chosen.extend(matching);
         }
         Ok(chosen.into_iter().map(|i| all[i].clone()).collect())
+    }
+
+    /// Why guest mode cannot run `selected` (`None` when it can): each host-only scenario among
+    /// them, and each host-only earlier case of a selected chain case (which runs first), with
+    /// its reason.
+    pub fn guest_refusal(&self, selected: &[Scenario]) -> Option<String> {
+        let mut why = Vec::new();
+        for group in self.groups(selected) {
+            for case in &group {
+                if let Some(reason) = &case.host_only {
+                    let chosen = selected.iter().any(|s| s.name == case.name);
+                    let pulled = match (&case.chain, chosen) {
+                        (Some(chain), false) => {
+                            format!(" (an earlier case of chain {chain}, which runs first)")
+                        }
+                        _ => String::new(),
+                    };
+                    why.push(format!("{}{pulled} needs the host: {reason}", case.name));
+                }
+            }
+        }
+        (!why.is_empty()).then(|| why.join("\n"))
+    }
+
+    /// The machines of each group `selected` runs as (a scenario alone, a chain's cases
+    /// together), with the group's name: what guest mode checks its `--local` and `--peer`
+    /// against, and `--in-guest` boots.
+    pub fn group_machines(&self, selected: &[Scenario]) -> Vec<(String, Vec<NodeSpec>)> {
+        self.groups(selected)
+            .into_iter()
+            .map(|g| (g[0].group_name().to_string(), g[0].nodes.clone()))
+            .collect()
     }
 
     /// The scenario named `name`; an unknown name lists the known ones.
@@ -548,6 +603,10 @@ pub struct RunOptions {
     /// Open the REPL on the machines when a subtest fails (`--pause-on-failure`, see
     /// `repl::pause`); the run ends as it would have once it quits.
     pub pause_on_failure: bool,
+    /// `--in-guest`: boot each group's machines here, but let vmcheck itself run the cases
+    /// inside the first initiator, in guest mode, and report what it reports (see
+    /// ARCHITECTURE.md, "Guest mode").
+    pub in_guest: bool,
 }
 
 impl Default for RunOptions {
@@ -558,6 +617,7 @@ impl Default for RunOptions {
             global_timeout: None,
             jobs: 1,
             pause_on_failure: false,
+            in_guest: false,
         }
     }
 }
@@ -672,6 +732,22 @@ async fn run_group(
         cases_suite.extend(cases.iter().cloned());
         driver.set_failure_hook(Some(crate::repl::pause::hook(cases_suite, deadline)));
     }
+    // --in-guest: the cases run inside the initiator, by vmcheck in guest mode; what it
+    // reported comes back case by case below. Its time before the first case (boot, copy) is
+    // set-up.
+    let mut in_guest = match options.in_guest {
+        true => {
+            let began = std::time::Instant::now();
+            let ran = crate::in_guest::run(&driver, cases, deadline).await;
+            let guest_time: std::time::Duration = match &ran {
+                Ok(c) => c.iter().map(|c| c.duration).sum(),
+                Err(_) => std::time::Duration::ZERO,
+            };
+            setup += began.elapsed().saturating_sub(guest_time);
+            Some(ran.map(|c| c.into_iter()))
+        }
+        false => None,
+    };
     let mut outcomes = Vec::new();
     let mut broken: Option<String> = None;
     for (k, case) in cases.iter().enumerate() {
@@ -689,19 +765,36 @@ async fn run_group(
             });
         }
         let case_started = std::time::Instant::now();
-        let result = match &broken {
-            Some(earlier) => Err(HarnessError(format!(
+        let mut took = None;
+        let result = match (&broken, in_guest.as_mut()) {
+            (Some(earlier), _) => Err(HarnessError(format!(
                 "not run: the earlier case {earlier} of its chain failed"
             ))
             .into()),
-            None => match tokio::time::timeout_at(deadline, (case.script)(&driver)).await {
+            (None, Some(Ok(reported))) => match reported.next() {
+                Some(c) if c.name == case.name => {
+                    took = Some(c.duration);
+                    c.replay(&reporter)
+                }
+                _ => {
+                    Err(HarnessError(format!("the in-guest run reported nothing of {}", case.name))
+                        .into())
+                }
+            },
+            (None, Some(Err(e))) => Err(HarnessError(format!("{e:#}")).into()),
+            (None, None) => match tokio::time::timeout_at(deadline, (case.script)(&driver)).await {
                 Ok(r) => r,
                 Err(_) => {
                     Err(HarnessError(format!("the global timeout of {global:?} ran out")).into())
                 }
             },
         };
-        let result = with_unreported_findings(&driver, &reporter, result).await;
+        // What the host's watches saw during an in-guest run goes with its last case that ran
+        // (the host cannot tell the cases apart in time).
+        let result = match in_guest.is_some() && result.is_ok() && k + 1 < cases.len() {
+            true => result,
+            false => with_unreported_findings(&driver, &reporter, result).await,
+        };
         let harness_error = result.as_ref().err().is_some_and(is_harness_error);
         let error = result.err().map(|e| format!("{e:#}{}", console_tails(&driver)));
         if error.is_some() {
@@ -711,7 +804,7 @@ async fn run_group(
             &name,
             error,
             harness_error,
-            case_started.elapsed(),
+            took.unwrap_or_else(|| case_started.elapsed()),
             std::mem::take(&mut setup),
         ));
     }
@@ -723,7 +816,15 @@ async fn run_group(
     // Per-test logs: each machine's whole dmesg next to its console log and QMP events.
     driver.keep_logs().await;
     driver.kill_all().await;
-    reporter.line(&format!("machines stopped in {:.2} s", teardown.elapsed().as_secs_f64()));
+    match driver.is_guest_mode() {
+        true => reporter.line(&format!(
+            "guest mode: no machine stopped (logs kept in {:.2} s)",
+            teardown.elapsed().as_secs_f64()
+        )),
+        false => {
+            reporter.line(&format!("machines stopped in {:.2} s", teardown.elapsed().as_secs_f64()))
+        }
+    }
     // The group's timeline (events and fio series) as JSON and SVG, next to its logs.
     if options.driver.out_dir.is_some() {
         let timeline = reporter.timeline(first.group_name());

@@ -39,7 +39,7 @@ pub fn scenarios() -> Vec<Scenario> {
     let s = |name, description, nodes: fn() -> Vec<NodeSpec>, script: ScriptFn| {
         Scenario::new(name, description, script).machines(nodes())
     };
-    vec![
+    let all = vec![
         s(
             "disconnect",
             "block the target under fio: fio fails within a bound; after unblock, nvme disconnect-all succeeds",
@@ -82,7 +82,25 @@ pub fn scenarios() -> Vec<Scenario> {
             one_target_one_initiator,
             |d| lossy_link(d).boxed(),
         ),
-    ]
+    ];
+    all.into_iter().map(host_only).collect()
+}
+
+/// Why each path-failure plan needs the host: guest mode refuses it, with the reason.
+fn host_only(s: Scenario) -> Scenario {
+    let why = match s.name() {
+        "lossy_link" => "loss and delay on the target's link (the host's switch)",
+        "multipath" => {
+            "cuts a vlan's link (the host's switch) and adds an nvmet port with a command in the \
+             target"
+        }
+        "nvmf_ports" => {
+            "adds and removes an nvmet port with commands in the target, and runs fio on two \
+             initiators (vm1, vm2): a guest-mode driver runs commands only where it runs"
+        }
+        _ => "blocks a target's link on the test network (the host's switch)",
+    };
+    s.host_only(why)
 }
 
 fn target(name: &str, host: u8) -> NodeSpec {

@@ -178,6 +178,30 @@ impl Backing {
         }
     }
 
+    /// The whole disks sysfs shows with a serial, as (name, serial, bytes), sorted by name: the
+    /// serial from `device/serial` (NVMe: the controller's, padded with spaces) or `serial`
+    /// (virtio-blk), trimmed. Partitions and hidden multipath path nodes are left out.
+    pub fn disks(&self) -> Vec<(String, String, u64)> {
+        let Ok(entries) = fs::read_dir(self.sysfs.join("class/block")) else { return Vec::new() };
+        let mut disks: Vec<(String, String, u64)> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let dir = e.path();
+                let read = |f: &str| fs::read_to_string(dir.join(f)).ok();
+                if dir.join("partition").exists() || read("hidden").is_some_and(|h| h.trim() == "1")
+                {
+                    return None;
+                }
+                let serial = read("device/serial").or_else(|| read("serial"))?.trim().to_string();
+                let sectors: u64 = read("size")?.trim().parse().ok()?;
+                (!serial.is_empty()).then(|| (name, serial, sectors.saturating_mul(SECTOR)))
+            })
+            .collect();
+        disks.sort();
+        disks
+    }
+
     /// Malloc files already there, e.g. from an earlier run of the daemon.
     pub fn malloc_files(&self) -> Vec<PathBuf> {
         let Ok(entries) = fs::read_dir(&self.malloc_dir) else { return Vec::new() };
@@ -302,12 +326,18 @@ fn read_number<T: std::str::FromStr>(path: &Path) -> Result<T> {
     })
 }
 
-/// A fake sysfs for tests: `class/block/<dev>/{size, queue/logical_block_size}`.
+/// A fake sysfs for tests: `class/block/<dev>/{size, queue/logical_block_size}` (and `serial`
+/// with [`fake_serial`]).
 pub fn fake_block_device(sysfs: &Path, dev: &str, bytes: u64, blk_size: u32) -> io::Result<()> {
     let dir = sysfs.join("class/block").join(dev);
     fs::create_dir_all(dir.join("queue"))?;
     fs::write(dir.join("size"), format!("{}\n", bytes / SECTOR))?;
     fs::write(dir.join("queue/logical_block_size"), format!("{blk_size}\n"))
+}
+
+/// Tests: gives a fake block device (see [`fake_block_device`]) a serial, as virtio-blk shows it.
+pub fn fake_serial(sysfs: &Path, dev: &str, serial: &str) -> io::Result<()> {
+    fs::write(sysfs.join("class/block").join(dev).join("serial"), format!("{serial}\n"))
 }
 
 #[cfg(test)]

@@ -11,14 +11,17 @@ use super::proto::{self, target_client};
 
 impl crate::Machine {
     /// A gRPC client of the target daemon in this machine, through the run's loopback forward
-    /// of [`super::GRPC_PORT`]. It retries until the daemon answers (it may still be starting).
-    /// What the guest agent still owes from a restore (the clock set) is awaited first, so the
-    /// daemon is only reached once the guest's clock is the host's.
+    /// of [`super::GRPC_PORT`] (in guest mode: at a peer's address). It retries until the daemon
+    /// answers (it may still be starting). On a VM of this run, what the guest agent still owes
+    /// from a restore (the clock set) is awaited first, so the daemon is only reached once the
+    /// guest's clock is the host's.
     pub async fn target_client(&self) -> anyhow::Result<TargetClient> {
-        self.qga().await?.settle().await.map_err(|e| {
-            self.harness_error("the guest agent's requests sent ahead failed", format!("{e:#}"))
-        })?;
-        let addr = self.forwarded_addr(super::GRPC_PORT).await?;
+        if self.backend() == crate::machine::Backend::Qemu {
+            self.qga().await?.settle().await.map_err(|e| {
+                self.harness_error("the guest agent's requests sent ahead failed", format!("{e:#}"))
+            })?;
+        }
+        let addr = self.tcp_addr(super::GRPC_PORT).await?;
         connect(addr, crate::timeouts::boot()).await.map_err(|e| {
             self.error("connecting to the target daemon", format!("through {addr}: {e:#}"))
         })

@@ -294,6 +294,16 @@ impl TargetService {
         })
     }
 
+    /// The target's disks with serials (sysfs, no lock: nothing of the registry is read).
+    fn list_disks(&self) -> proto::ListDisksReply {
+        let disks = self.backing.disks().into_iter();
+        proto::ListDisksReply {
+            disks: disks
+                .map(|(name, serial, size_bytes)| proto::Disk { name, serial, size_bytes })
+                .collect(),
+        }
+    }
+
     async fn create_bdev(
         &self,
         req: proto::CreateBdevRequest,
@@ -1236,6 +1246,13 @@ impl Target for TargetService {
         req: Request<proto::ListBdevsRequest>,
     ) -> Result<Response<proto::ListBdevsReply>, Status> {
         serve("ListBdevs", req, |_, _| TargetService::list_bdevs(self)).await
+    }
+
+    async fn list_disks(
+        &self,
+        req: Request<proto::ListDisksRequest>,
+    ) -> Result<Response<proto::ListDisksReply>, Status> {
+        serve("ListDisks", req, |_, _| async { Ok(TargetService::list_disks(self)) }).await
     }
 
     async fn create_bdev(

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use nix::errno::Errno;
 use tonic::Code;
 
-use super::backing::{fake_block_device, Backing};
+use super::backing::{fake_block_device, fake_serial, Backing};
 use super::configfs::{ConfigFs, Op};
 use super::conformance::{
     bad_request_table, run_bad_request_table, Call, Reply, TableParams, TargetApi,
@@ -427,6 +427,41 @@ async fn health_reports_nvmet_and_version() {
     assert_eq!(err.code(), Code::FailedPrecondition);
     assert!(err.message().contains("nvmet module"), "{err:?}");
     assert!(without.subsystems().await.is_empty());
+}
+
+/// ListDisks: whole disks with serials (virtio-blk's `serial`, NVMe's controller serial padded
+/// with spaces), by name; no partitions, no hidden multipath path nodes, nothing without a serial.
+#[tokio::test]
+async fn disks_are_listed_with_their_serials() {
+    let fx = Fixture::new();
+    let sys = fx.sysfs();
+    fx.add_disk("vdb", 64);
+    fake_serial(&sys, "vdb", "vmcheck-disk1").unwrap();
+    fx.add_disk("nvme0n1", 512);
+    let controller = sys.join("class/block/nvme0n1/device");
+    std::fs::create_dir_all(&controller).unwrap();
+    std::fs::write(controller.join("serial"), "vmcheck-disk0       \n").unwrap();
+    // The hidden path node of the same namespace, a partition, a disk without a serial.
+    fx.add_disk("nvme0c0n1", 512);
+    fake_serial(&sys, "nvme0c0n1", "vmcheck-disk0").unwrap();
+    std::fs::write(sys.join("class/block/nvme0c0n1/hidden"), "1\n").unwrap();
+    fx.add_disk("vdb1", 32);
+    fake_serial(&sys, "vdb1", "vmcheck-disk1").unwrap();
+    std::fs::write(sys.join("class/block/vdb1/partition"), "1\n").unwrap();
+    fx.add_disk("loop0", 8);
+    let reply = proto::target_server::Target::list_disks(
+        &fx.svc,
+        tonic::Request::new(proto::ListDisksRequest {}),
+    )
+    .await
+    .unwrap()
+    .into_inner();
+    let disks: Vec<_> =
+        reply.disks.iter().map(|d| (d.name.as_str(), d.serial.as_str(), d.size_bytes)).collect();
+    assert_eq!(
+        disks,
+        [("nvme0n1", "vmcheck-disk0", 512 << 20), ("vdb", "vmcheck-disk1", 64 << 20)]
+    );
 }
 
 /// Requests race; the lock makes exactly one share and one create win.

@@ -40,7 +40,8 @@
     packages.${system}.default = driver;
 
     # `nix build .#checks.x86_64-linux.disk_verify` runs it in the build sandbox,
-    # `.driver` outside it, `.driverInteractive` opens the REPL; `nix flake check` runs them all.
+    # `.driver` outside it, `.driverInteractive` (or `.driver -I`) opens the REPL; `nix flake
+    # check` runs them all.
     checks.${system} = checks;
     # So that `nix build .#checks.disk_verify` finds them too.
     legacyPackages.${system}.checks = checks;

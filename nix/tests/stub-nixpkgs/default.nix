@@ -1,6 +1,8 @@
-# A stand-in for the nixpkgs flake input, for nix/tests/flake-eval.nix: what flake.nix takes from
-# `nixpkgs` (legacyPackages.<system>, and through `pkgs.path` NixOS's eval-config.nix and
-# modules), written from builtins, so that the flake's real outputs function, nix/make-test.nix
+# A stand-in for the nixpkgs flake input, for nix/tests/flake-eval.nix (and, as the flake
+# ./flake.nix, for `nix eval --override-input nixpkgs`): what flake.nix takes from `nixpkgs`
+# (legacyPackages.<system> with testers.runNixOSTest and its NixOS test framework,
+# nixos/lib/testing, and through `pkgs.path` NixOS's eval-config.nix and modules), written from
+# builtins, so that the flake's real outputs function, nix/make-test.nix, nix/nixos-tests.nix
 # and nix/modules are evaluated in CI where nixpkgs cannot be fetched. Packages are recorded,
 # not built: each is an attribute set shaped like a derivation (type, name, outPath) that keeps
 # what it was given (the script of runCommand, the text of writeText, ...), for the checks to

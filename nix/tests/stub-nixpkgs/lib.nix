@@ -6,6 +6,16 @@ let
   inherit (builtins) attrNames concatMap concatStringsSep elem filter foldl' genList head isAttrs isList length listToAttrs map replaceStrings;
 
   lib = {
+    # --- builtins that nixpkgs' lib also offers under their own names
+    inherit (builtins) attrNames attrValues concatMap elem elemAt filter head intersectAttrs isAttrs isList isString length listToAttrs mapAttrs replaceStrings stringLength substring tail;
+    # Functions and functors (an attribute set with __functor, and __functionArgs for its
+    # arguments), as nixpkgs' lib/trivial.nix.
+    isFunction = f: builtins.isFunction f || (isAttrs f && f ? __functor && lib.isFunction (f.__functor f));
+    functionArgs = f:
+      if isAttrs f && f ? __functor
+      then f.__functionArgs or (lib.functionArgs (f.__functor f))
+      else builtins.functionArgs f;
+
     # --- lists and attribute sets
     imap1 = f: list: genList (i: f (i + 1) (builtins.elemAt list i)) (length list);
     imap0 = f: list: genList (i: f i (builtins.elemAt list i)) (length list);
@@ -14,6 +24,21 @@ let
       then acc
       else acc ++ [x]) [];
     mapAttrsToList = f: set: map (name: f name set.${name}) (attrNames set);
+    range = first: last:
+      if first > last
+      then []
+      else genList (i: first + i) (last - first + 1);
+    zipListsWith = f: a: b:
+      genList (i: f (builtins.elemAt a i) (builtins.elemAt b i)) (
+        if length a < length b
+        then length a
+        else length b
+      );
+    zipLists = lib.zipListsWith (fst: snd: {inherit fst snd;});
+    forEach = xs: f: map f xs;
+    flip = f: a: b: f b a;
+    mapAttrs' = f: set: listToAttrs (map (name: f name set.${name}) (attrNames set));
+    reverseList = list: genList (i: builtins.elemAt list (length list - 1 - i)) (length list);
     optional = cond: x:
       if cond
       then [x]
@@ -31,15 +56,26 @@ let
       then set
       else {};
     concatMapStringsSep = sep: f: list: concatStringsSep sep (map f list);
+    concatStrings = concatStringsSep "";
+    concatMapStrings = f: list: concatStringsSep "" (map f list);
+    stringToCharacters = s: genList (i: builtins.substring i 1 s) (builtins.stringLength s);
+    toLower = replaceStrings (lib.stringToCharacters "ABCDEFGHIJKLMNOPQRSTUVWXYZ") (lib.stringToCharacters "abcdefghijklmnopqrstuvwxyz");
     inherit concatStringsSep;
     nameValuePair = name: value: {inherit name value;};
     genAttrs = names: f: listToAttrs (map (n: lib.nameValuePair n (f n)) names);
     hasPrefix = prefix: s: builtins.substring 0 (builtins.stringLength prefix) s == prefix;
     last = list: builtins.elemAt list (length list - 1);
+    take = count: list:
+      genList (builtins.elemAt list) (
+        if count < length list
+        then count
+        else length list
+      );
     flatten = x:
       if isList x
       then concatMap lib.flatten x
       else [x];
+    filterAttrs = pred: set: listToAttrs (concatMap (name: lib.optional (pred name set.${name}) (lib.nameValuePair name set.${name})) (attrNames set));
     recursiveUpdate = a: b:
       a
       // builtins.mapAttrs (n: v:
@@ -47,6 +83,10 @@ let
         then lib.recursiveUpdate a.${n} v
         else v)
       b;
+    fix = f: let
+      x = f x;
+    in
+      x;
     isDerivation = x: isAttrs x && (x.type or null) == "derivation";
     showOption = concatStringsSep ".";
 
@@ -64,6 +104,10 @@ let
 
     # --- the module system's definitions and options (nix/tests/stub-nixpkgs/modules.nix uses them)
     mkOption = attrs: attrs // {_type = "option";};
+    setDefaultModuleLocation = file: m: {
+      _file = file;
+      imports = [m];
+    };
     mkEnableOption = what:
       lib.mkOption {
         type = lib.types.bool;

@@ -11,7 +11,10 @@
 #     definitions of the highest priority count; the type merges them (lists concatenate,
 #     attribute sets merge by name, submodules evaluate, single values must agree, or
 #     "conflicting definition values");
-#   - a value that is not of the option's type is an error naming the option and the file.
+#   - a value that is not of the option's type is an error naming the option and the file;
+#   - an option's `apply` gives its value from the merged definitions;
+#   - types deferredModule (definitions kept as modules) and functionTo, for nixpkgs' test
+#     framework (nixos/lib/testing).
 #
 # Returns { config; options; }. `config` checks every definition first; the modules themselves
 # see the unchecked one, so a module may read options while others are still being defined.
@@ -155,10 +158,12 @@ lib: let
       description = "package";
       check = v: lib.isDerivation v || (isAttrs v && v ? outPath);
     };
-    pkgs = mkType {
+    # As nixpkgs' lib/types.nix: a package set is marked `_type = "pkgs"` (pkgs/top-level/
+    # stage.nix), anything else is refused, and two definitions are not merged.
+    pkgs = unique {message = "A Nixpkgs pkgs set can not be merged with another pkgs set.";} (mkType {
       description = "Nixpkgs package set";
-      check = isAttrs;
-    };
+      check = v: isAttrs v && (v._type or null) == "pkgs";
+    });
     raw = mkType {
       description = "raw value";
       merge = loc: defs:
@@ -263,6 +268,35 @@ lib: let
             if here == []
             then throw "The option `${showPath (loc ++ [name])}' is used but not defined (all its definitions are disabled)"
             else elemType.merge (loc ++ [name]) here);
+      };
+    # A module as a value: the definitions are kept, as modules to import elsewhere.
+    deferredModule = mkType {
+      description = "module";
+      check = v: isAttrs v || isFunction v || isPath v;
+      merge = _: defs: {
+        imports =
+          map (d: {
+            _file = d.file;
+            imports = [d.value];
+          })
+          defs;
+      };
+    };
+    # A function whose result is of `elemType`; definitions are merged on each call. The merged
+    # function keeps the definitions' arguments (a functor with __functionArgs), as nixpkgs'.
+    functionTo = elemType:
+      mkType {
+        description = "function that evaluates to a(n) ${elemType.description}";
+        check = isFunction;
+        merge = loc: defs: {
+          __functionArgs = zipAttrsWith (_: all (x: x)) (map (d: functionArgs d.value) defs);
+          __functor = _: args:
+            elemType.merge (loc ++ ["<function body>"]) (map (d: {
+                inherit (d) file;
+                value = d.value args;
+              })
+              defs);
+        };
       };
     # A module (attribute set or function) whose options the value's attributes are.
     submodule = module:
@@ -371,12 +405,17 @@ lib: let
           value = m.config;
         })
       allModules);
+      value =
+        if defs != []
+        then (opt.type or types.anything).merge loc defs
+        else if opt ? default
+        then opt.default
+        else throw "The option `${showPath loc}' is used but not defined.";
     in
-      if defs != []
-      then (opt.type or types.anything).merge loc defs
-      else if opt ? default
-      then opt.default
-      else throw "The option `${showPath loc}' is used but not defined.";
+      # `apply` turns the merged value into the option's value, as in nixpkgs.
+      if opt ? apply
+      then opt.apply value
+      else value;
 
     configAt = path: decl:
       if isOption decl

@@ -1,5 +1,10 @@
-# The package set of the nixpkgs stand-in (see default.nix): records, not builds.
-{system}: let
+# The package set of the nixpkgs stand-in (see default.nix): records, not builds. A fixed point
+# with overlays, as nixpkgs' is: `pkgs.extend (final: prev: { ... })` gives a set whose
+# callPackage and packages see the overlay's attributes.
+{
+  system,
+  overlays ? [],
+}: let
   lib = import ./lib.nix;
   inherit (builtins) all attrNames filter functionArgs hashString intersectAttrs isBool isFunction isInt isList isPath isString removeAttrs substring;
 
@@ -36,7 +41,10 @@
       meta.mainProgram = builtins.head (bins ++ [pname]);
     };
 
-  pkgs = {
+  base = pkgs: {
+    # As pkgs/top-level/stage.nix marks the package set; the nixpkgs.pkgs option refuses a
+    # value without it.
+    _type = "pkgs";
     inherit lib system;
     path = ./.;
     stdenv = rec {
@@ -49,9 +57,15 @@
         is32bit = false;
       };
       buildPlatform = hostPlatform;
+      mkDerivation = attrs: derivation attrs.name (builtins.removeAttrs attrs ["name"]);
     };
     config = {};
-    overlays = [];
+    inherit overlays;
+    extend = overlay:
+      import ./pkgs.nix {
+        inherit system;
+        overlays = overlays ++ [overlay];
+      };
 
     callPackage = fn: overrides: let
       f =
@@ -72,6 +86,16 @@
     mkShell = attrs: derivation "nix-shell" attrs;
     rustPlatform = import ./rust.nix {inherit lib derivation;};
 
+    # pkgs/build-support/testers/default.nix: a NixOS test (nixos/lib/testing) on this package
+    # set, whose nodes use it read-only.
+    testers.runNixOSTest = testModule:
+      (import ./nixos/lib {inherit lib;}).runTest {
+        _file = "pkgs.runNixOSTest implementation";
+        hostPkgs = pkgs;
+        imports = [(lib.setDefaultModuleLocation "the argument that was passed to pkgs.runNixOSTest" testModule)];
+        node.pkgs = pkgs;
+      };
+
     qemu = package "qemu" ["qemu-system-x86_64" "qemu-system-aarch64" "qemu-img"];
     # nixpkgs' qemu_kvm holds only the host's own system emulator.
     qemu_kvm = package "qemu-host-cpu-only" [
@@ -82,6 +106,17 @@
       )
       "qemu-img"
     ];
+    # nixpkgs' QEMU for NixOS tests (the test framework's default qemu.package).
+    qemu_test = package "qemu-test" [
+      (
+        if system == "x86_64-linux"
+        then "qemu-system-x86_64"
+        else "qemu-system-aarch64"
+      )
+      "qemu-img"
+    ];
+    nixos-test-driver = package "nixos-test-driver" ["nixos-test-driver" "generate-driver-symbols"];
+    mypy = package "mypy" ["mypy"];
     nvme-cli = package "nvme-cli" ["nvme"];
     makeWrapper = package "make-shell-wrapper-hook" [];
     fio = package "fio" ["fio"];
@@ -99,5 +134,6 @@
     bash = package "bash" ["bash"];
     runtimeShell = "${pkgs.bash}/bin/bash";
   };
+  pkgs = lib.fix (self: builtins.foldl' (prev: overlay: prev // overlay self prev) (base self) overlays);
 in
   pkgs

@@ -1,0 +1,3 @@
+# Stand-in for nixpkgs' nixos/lib/default.nix: the NixOS test framework's entry points
+# (nixos/lib/testing/default.nix), which pkgs.testers.runNixOSTest calls.
+{lib ? import ../../lib.nix}: import ./testing {inherit lib;}
