@@ -190,34 +190,23 @@ impl Machine {
         // One line per block device: name, hidden flag, serial (NVMe pads serials with spaces;
         // `read` drops them). The choice is made on the host, by `block_device_by_serial`. Shell
         // builtins only: a `$(cat ..)` per file forked a process each, tens of ms under TCG.
-        let cmd = LIST_BLOCK_DEVICES;
-        let listing = std::sync::Mutex::new(String::new());
-        let polled = poll::until(timeout, timeouts::BLOCK_DEVICE_POLL, |_| {
-            let listing = &listing;
-            async move {
-                let now = self.execute_with_timeout(cmd, timeouts::request()).await?.stdout;
-                let found = block_device_by_serial(&now, serial);
-                *listing.lock().unwrap() = now;
-                Ok((found.is_some() == present).then_some(found))
-            }
-        })
-        .await?;
-        match polled {
-            Polled::Done(found) => Ok(found),
-            Polled::TimedOut(waited) => {
-                let what = if present { "to appear" } else { "to go away" };
-                Err(self.timeout_error(
-                    format!(
-                        "waited {timeout:?} for the block device with serial {serial:?} {what}"
-                    ),
-                    format!(
-                        "/sys/block shows (name, hidden, serial):\n{}",
-                        listing.into_inner().unwrap()
-                    ),
-                    waited,
-                ))
-            }
-        }
+        let what = format!("the block device with serial {serial:?}");
+        let shows = "/sys/block shows (name, hidden, serial)";
+        self.wait_for_listed_disk(
+            &what,
+            shows,
+            present,
+            timeout,
+            timeouts::BLOCK_DEVICE_POLL,
+            || async {
+                let now = self
+                    .execute_with_timeout(LIST_BLOCK_DEVICES, timeouts::request())
+                    .await?
+                    .stdout;
+                Ok((block_device_by_serial(&now, serial), now))
+            },
+        )
+        .await
     }
 
     /// [`Machine::wait_for_block_device`] on a peer: its target daemon lists its disks
@@ -233,11 +222,11 @@ impl Machine {
             self.not_peer(&format!("looking for the disk with serial {serial:?}"))?;
         }
         let client = self.target_client().await?;
-        let listing = std::sync::Mutex::new(Vec::new());
-        let polled = poll::until(timeout, timeouts::GUEST_POLL, |_| {
-            let (listing, client) = (&listing, client.clone());
+        let what = format!("the disk with serial {serial:?}");
+        let shows = "the target daemon lists (name, serial)";
+        self.wait_for_listed_disk(&what, shows, present, timeout, timeouts::GUEST_POLL, || {
+            let mut client = client.clone();
             async move {
-                let mut client = client;
                 let disks = client
                     .list_disks(proto::ListDisksRequest {})
                     .await
@@ -246,24 +235,43 @@ impl Machine {
                     .disks;
                 let found =
                     disks.iter().find(|d| d.serial == serial).map(|d| format!("/dev/{}", d.name));
-                *listing.lock().unwrap() = disks;
-                Ok((found.is_some() == present).then_some(found))
+                let shown: Vec<String> =
+                    disks.iter().map(|d| format!("{} {}", d.name, d.serial)).collect();
+                Ok((found, shown.join("\n")))
             }
+        })
+        .await
+    }
+
+    /// Polls `list` (the disk it finds, and the listing as text) at `period` until the disk
+    /// `what` is there (`present`) or gone; on a timeout the error shows the last listing.
+    async fn wait_for_listed_disk<F, Fut>(
+        &self,
+        what: &str,
+        shows: &str,
+        present: bool,
+        timeout: Duration,
+        period: poll::Pace,
+        list: F,
+    ) -> Result<Option<String>>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<(Option<String>, String)>>,
+    {
+        let listing = std::sync::Mutex::new(String::new());
+        let polled = poll::until(timeout, period, |_| async {
+            let (found, shown) = list().await?;
+            *listing.lock().unwrap() = shown;
+            Ok((found.is_some() == present).then_some(found))
         })
         .await?;
         match polled {
             Polled::Done(found) => Ok(found),
             Polled::TimedOut(waited) => {
-                let what = if present { "to appear" } else { "to go away" };
-                let seen: Vec<String> = listing
-                    .into_inner()
-                    .unwrap()
-                    .iter()
-                    .map(|d| format!("{} {}", d.name, d.serial))
-                    .collect();
+                let how = if present { "to appear" } else { "to go away" };
                 Err(self.timeout_error(
-                    format!("waited {timeout:?} for the disk with serial {serial:?} {what}"),
-                    format!("the target daemon lists (name, serial):\n{}", seen.join("\n")),
+                    format!("waited {timeout:?} for {what} {how}"),
+                    format!("{shows}:\n{}", listing.into_inner().unwrap()),
                     waited,
                 ))
             }
