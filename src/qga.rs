@@ -81,6 +81,21 @@ impl Ahead {
         Ahead { name: name.to_string(), arguments, then: None }
     }
 
+    /// `guest-exec` of `sh -c command_line`, its output not kept and its end never asked for:
+    /// a process left to run in the background.
+    pub(crate) fn detached_exec(command_line: &str) -> Ahead {
+        let env: Vec<String> = GUEST_ENV.iter().map(|e| e.to_string()).collect();
+        Ahead::new(
+            "guest-exec",
+            serde_json::json!({
+                "path": "/bin/sh",
+                "arg": ["-c", command_line],
+                "env": env,
+                "capture-output": false,
+            }),
+        )
+    }
+
     /// Once this request's answer is read, `follow_up` of its `return` value is sent ahead too
     /// (a file written with the handle its opening returned, say); not after an error.
     pub(crate) fn then(

@@ -505,7 +505,9 @@ impl Machine {
     /// saves: the first requests after a restore are slow under TCG, every code path they take
     /// translated afresh: `guest-set-time`, whose qemu-ga runs `hwclock -w`, the first process
     /// the guest starts, about 0.2 s, and the opening about 0.1 s; the host meanwhile plugs
-    /// disks in, restores the other machines, talks to the daemon.
+    /// disks in, restores the other machines, talks to the daemon. Last, the recipe's warm-up
+    /// script is started in the background (never waited for, `nice -n 19` in the guest), so
+    /// that its tools' code is translated again before a step needs it.
     async fn after_restore(&self) -> Result<()> {
         use crate::qga::Ahead;
         use base64::Engine;
@@ -529,6 +531,15 @@ impl Machine {
                     Ahead::new("guest-file-close", serde_json::json!({ "handle": handle })),
                 ]
             }),
+            // The warm-up again, in the background at the lowest priority: the page cache came
+            // back warm with the state, but TCG translates every code path afresh after a
+            // restore, and the machine is mostly idle while the host plugs disks in and drives
+            // the other machines. Measured on a restored initiator: a first fio job 1.23 s,
+            // the next 0.66 s.
+            Ahead::detached_exec(&format!(
+                "[ -f {path} ] || exit 0; command -v nice >/dev/null && exec nice -n 19 sh {path} >/dev/null 2>&1; exec sh {path} >/dev/null 2>&1",
+                path = crate::recipe::WARM_UP_PATH
+            )),
         ])
         .await
     }
