@@ -84,16 +84,15 @@ impl Ahead {
     /// `guest-exec` of `sh -c command_line`, its output not kept and its end never asked for:
     /// a process left to run in the background.
     pub(crate) fn detached_exec(command_line: &str) -> Ahead {
-        let env: Vec<String> = GUEST_ENV.iter().map(|e| e.to_string()).collect();
-        Ahead::new(
-            "guest-exec",
-            serde_json::json!({
-                "path": "/bin/sh",
-                "arg": ["-c", command_line],
-                "env": env,
-                "capture-output": false,
-            }),
-        )
+        let request = qga::guest_exec {
+            path: "/bin/sh".into(),
+            arg: Some(vec!["-c".into(), command_line.into()]),
+            env: Some(guest_env()),
+            input_data: None,
+            capture_output: Some(qga::GuestExecCaptureOutput::flag(false)),
+        };
+        let arguments = serde_json::to_value(request).expect("a guest-exec request serializes");
+        Ahead::new("guest-exec", arguments)
     }
 
     /// Once this request's answer is read, `follow_up` of its `return` value is sent ahead too
@@ -119,6 +118,11 @@ const GUEST_ENV: &[&str] = &[
     "TERM=dumb",
     "LC_ALL=C",
 ];
+
+/// [`GUEST_ENV`] as a guest-exec request's `env`.
+fn guest_env() -> Vec<String> {
+    GUEST_ENV.iter().map(|e| e.to_string()).collect()
+}
 
 impl Qga {
     /// A client of the agent socket at `path`; nothing connects until the first request.
@@ -250,7 +254,7 @@ impl Qga {
         // still holds stdout open; a kill goes by the tag. (A process-group wrapper such as
         // setsid would cost another exec, a few ms under TCG, on every command.)
         let tag = exec_tag();
-        let mut env: Vec<String> = GUEST_ENV.iter().map(|e| e.to_string()).collect();
+        let mut env = guest_env();
         env.push(format!("VMCHECK_EXEC_ID={tag}"));
         let started = self
             .execute(qga::guest_exec {
@@ -283,7 +287,7 @@ impl Qga {
             .execute(qga::guest_exec {
                 path: "/bin/sh".into(),
                 arg: Some(vec!["-c".into(), kill]),
-                env: Some(GUEST_ENV.iter().map(|e| e.to_string()).collect()),
+                env: Some(guest_env()),
                 input_data: None,
                 capture_output: None,
             })
@@ -529,6 +533,21 @@ impl MemoryStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_detached_exec_runs_sh_with_the_guest_env_and_keeps_no_output() {
+        let ahead = Ahead::detached_exec("sleep 1");
+        assert_eq!(ahead.name, "guest-exec");
+        assert_eq!(
+            ahead.arguments,
+            serde_json::json!({
+                "path": "/bin/sh",
+                "arg": ["-c", "sleep 1"],
+                "env": GUEST_ENV,
+                "capture-output": false,
+            })
+        );
+    }
 
     /// A stand-in for qemu-ga on a unix socket: answers each request in order (the sync with its
     /// id, `guest-file-open` with handle 7, `guest-set-time` with an error when `fail_time`,
