@@ -18,20 +18,33 @@ pub struct Pace {
     pub first: Duration,
     /// ... up to this.
     pub max: Duration,
+    /// Past `max`, a long wait's pause grows to a twentieth of the time waited so far, up to
+    /// this (zero: never past `max`): what ends after a long wait is seen at most 5% late, and
+    /// the wait costs fewer tries.
+    pub stretch_to: Duration,
 }
 
 impl Pace {
     /// A fixed pause between tries.
     pub const fn every(pause: Duration) -> Pace {
-        Pace { tight: Duration::ZERO, first: pause, max: pause }
+        Pace { tight: Duration::ZERO, first: pause, max: pause, stretch_to: Duration::ZERO }
     }
     /// Pauses that start at `first` and double up to `max`.
     pub const fn backoff(first: Duration, max: Duration) -> Pace {
-        Pace { tight: Duration::ZERO, first, max }
+        Pace { tight: Duration::ZERO, first, max, stretch_to: Duration::ZERO }
     }
     /// Back to back for `tight`, then as `self`.
     pub const fn after_tight(self, tight: Duration) -> Pace {
         Pace { tight, ..self }
+    }
+    /// As `self`, and past its `max` the pause grows with the time waited, up to `longest`
+    /// (see [`Pace::stretch_to`](Pace#structfield.stretch_to)).
+    pub const fn stretch_to(self, longest: Duration) -> Pace {
+        Pace { stretch_to: longest, ..self }
+    }
+    /// The pause after `pause`, `waited` into the wait.
+    fn next(&self, pause: Duration, waited: Duration) -> Duration {
+        (pause * 2).min(self.max).max((waited / 20).min(self.stretch_to))
     }
 }
 
@@ -71,7 +84,7 @@ where
         }
         if started.elapsed() >= pace.tight {
             tokio::time::sleep(pause.min(left)).await;
-            pause = (pause * 2).min(pace.max);
+            pause = pace.next(pause, started.elapsed());
         }
     }
 }
@@ -183,6 +196,18 @@ mod tests {
         // Capped at 40 ms: were the pauses still doubling, every later gap would be 80 ms or more
         // (a pause is never shorter than asked; a busy machine only makes some longer).
         assert!(gaps[3..].iter().any(|g| *g < 80), "{gaps:?}");
+    }
+
+    #[test]
+    fn a_long_wait_stretches_its_pause_to_a_twentieth_of_the_wait_up_to_its_bound() {
+        let ms = Duration::from_millis;
+        let pace = Pace::backoff(ms(1), ms(16)).stretch_to(ms(100));
+        assert_eq!(pace.next(ms(4), ms(50)), ms(8), "doubling first");
+        assert_eq!(pace.next(ms(16), ms(200)), ms(16), "at max while 1/20 of the wait is less");
+        assert_eq!(pace.next(ms(16), ms(1000)), ms(50), "1/20 of a second waited");
+        assert_eq!(pace.next(ms(50), ms(60_000)), ms(100), "never past stretch_to");
+        // Without stretch_to, a wait's pause never passes max, however long it lasts.
+        assert_eq!(Pace::backoff(ms(1), ms(16)).next(ms(16), ms(60_000)), ms(16));
     }
 
     #[tokio::test]
