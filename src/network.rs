@@ -1129,45 +1129,4 @@ mod tests {
         let dropped = received(0);
         assert!(dropped < 200, "without the wait all {dropped} frames arrived: the test does not fill the reader's queue");
     }
-
-    /// Frames per second the switch forwards between two host sockets (`cargo test --lib
-    /// forwarding_rate -- --ignored --nocapture`): what one switch thread can carry, beside the
-    /// same frames sent straight from socket to socket.
-    #[test]
-    #[ignore]
-    fn forwarding_rate() {
-        let rate = |through_switch: bool| -> f64 {
-            let sw = Switch::start(1).unwrap();
-            let bind = |n: &str| {
-                let (s, port) = Switch::socket_pair().unwrap();
-                sw.add_port(n, port);
-                s
-            };
-            let (mut a, mut b) = (bind("a"), bind("b"));
-            b.send(&frame(BCAST, B)).unwrap();
-            a.recv(&mut [0u8; 64]).unwrap();
-            if !through_switch {
-                (a, b) = UnixDatagram::pair().unwrap();
-            }
-            const N: usize = 200_000;
-            let reader = std::thread::spawn(move || {
-                b.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-                let mut buf = [0u8; 2048];
-                let mut n = 0;
-                while n < N && b.recv(&mut buf).is_ok() {
-                    n += 1;
-                }
-                n
-            });
-            let mut f = frame(B, A);
-            f.resize(1514, 0);
-            let t = Instant::now();
-            for _ in 0..N {
-                a.send(&f).unwrap();
-            }
-            let got = reader.join().unwrap();
-            got as f64 / t.elapsed().as_secs_f64()
-        };
-        eprintln!("switch: {:.0} frames/s; direct: {:.0} frames/s", rate(true), rate(false));
-    }
 }
