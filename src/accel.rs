@@ -68,32 +68,124 @@ pub async fn choose(qemu: &Path, kernel: Option<&Path>, cache_dir: Option<&Path>
     if !Path::new("/dev/kvm").exists() {
         return Ok(Accel::Tcg);
     }
-    let boot_id = format!(
+    let key = format!(
         "{} {}",
-        std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default().trim(),
+        host_boot_id(),
         kernel.map(|k| k.display().to_string()).unwrap_or_default()
     );
     let cache = cache_dir.map(|d| d.join("accel-probe"));
-    if let Some(cached) = cache.as_ref().and_then(|c| std::fs::read_to_string(c).ok()) {
-        if let Some((id, verdict)) = cached.split_once('\n') {
-            if id == boot_id.trim() {
-                return Ok(if verdict.trim() == "kvm" { Accel::Kvm } else { Accel::Tcg });
-            }
-        }
+    if let Some(verdict) = cache.as_deref().and_then(|c| read_cached(c, &key)) {
+        return Ok(if verdict == "kvm" { Accel::Kvm } else { Accel::Tcg });
     }
     let verdict = probe_verdict(qemu, kernel).await;
     if let Some(c) = cache {
-        // Written aside and renamed: a run side by side never reads half a verdict.
-        let dir = c.parent().unwrap_or(Path::new("."));
-        let _ = std::fs::create_dir_all(dir);
-        if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) {
-            use std::io::Write;
-            if write!(tmp, "{}\n{}\n", boot_id.trim(), verdict.name()).is_ok() {
-                let _ = tmp.persist(&c);
-            }
-        }
+        write_cached(&c, &key, verdict.name());
     }
     Ok(verdict)
+}
+
+/// This boot of the host (`/proc/sys/kernel/random/boot_id`): what the host-probe caches are
+/// valid for.
+fn host_boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// The value cached in `file` for `key` (its first line), if `key` is what it was cached for.
+fn read_cached(file: &Path, key: &str) -> Option<String> {
+    let cached = std::fs::read_to_string(file).ok()?;
+    let (k, value) = cached.split_once('\n')?;
+    (k == key.trim()).then(|| value.trim().to_string())
+}
+
+/// Caches `value` for `key` in `file`, written aside and renamed: a run side by side never
+/// reads half of it. A cache that cannot be written is only a cache.
+fn write_cached(file: &Path, key: &str, value: &str) {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    let _ = std::fs::create_dir_all(dir);
+    if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) {
+        use std::io::Write;
+        if write!(tmp, "{}\n{value}\n", key.trim()).is_ok() {
+            let _ = tmp.persist(file);
+        }
+    }
+}
+
+/// The kernel parameters that choose the guest's clock under `accel`.
+///
+/// Under TCG, QEMU hands the guest the host's own TSC (it reads the host's counter, stopped
+/// while the machine is stopped, carried across a snapshot's save and restore), so a guest told
+/// the host's TSC rate keeps time with the TSC without calibrating it at boot, the step that
+/// starved vCPUs upset (ARCHITECTURE.md, "Under TCG"). The kernel still refines the rate against
+/// the HPET a second after boot and keeps the given one if the two differ by more than 1 %. A
+/// TSC read costs the guest one instruction; the HPET is an emulated device, each read an exit
+/// to QEMU, and the guest reads its clock on every I/O (fio's IOPS 21 % higher on the TSC,
+/// fio_nvme_basic's machines up 0.5 s sooner). The HPET stays where the host does not keep time
+/// with its own TSC (its kernel's clock source is not `tsc`: the rate is then not trusted), under
+/// KVM (unchanged), and on other architectures. The host's rate is measured once per host boot
+/// and cached in `cache_dir`.
+pub fn guest_clock_params(accel: Accel, cache_dir: Option<&Path>) -> String {
+    const HPET: &str = "clocksource=hpet";
+    if accel != Accel::Tcg {
+        return HPET.into();
+    }
+    let cache = cache_dir.map(|d| d.join("host-tsc-khz"));
+    let key = host_boot_id();
+    let khz = match cache.as_deref().and_then(|c| read_cached(c, &key)) {
+        Some(cached) => cached.parse::<u64>().ok().filter(|k| *k > 0),
+        None => {
+            let khz = host_tsc_khz();
+            if let Some(c) = &cache {
+                write_cached(c, &key, &khz.unwrap_or(0).to_string());
+            }
+            khz
+        }
+    };
+    match khz {
+        Some(khz) => format!("clocksource=tsc tsc_early_khz={khz}"),
+        None => HPET.into(),
+    }
+}
+
+/// The host's TSC rate in kHz, rounded to whole MHz (so that measurements on one host agree,
+/// and so do the kernel command lines snapshots are keyed by; the guest's kernel refines the
+/// rate itself). None when the host's kernel does not keep time with the TSC.
+#[cfg(target_arch = "x86_64")]
+pub fn host_tsc_khz() -> Option<u64> {
+    let source =
+        std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+            .ok()?;
+    if source.trim() != "tsc" {
+        return None;
+    }
+    // A TSC reading and the time between two TSC reads, from the closest of a few tries: a
+    // preemption between the reads would put the time anywhere in the gap.
+    let reading = || {
+        (0..32)
+            .map(|_| {
+                // SAFETY: RDTSC has no preconditions on x86-64.
+                let before = unsafe { std::arch::x86_64::_rdtsc() };
+                let at = Instant::now();
+                let after = unsafe { std::arch::x86_64::_rdtsc() };
+                (after.wrapping_sub(before), before / 2 + after / 2, at)
+            })
+            .min_by_key(|(gap, _, _)| *gap)
+            .map(|(_, tsc, at)| (tsc, at))
+    };
+    let (tsc0, t0) = reading()?;
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let (tsc1, t1) = reading()?;
+    let hz = tsc1.checked_sub(tsc0)? as f64 / (t1 - t0).as_secs_f64();
+    let mhz = (hz / 1e6).round() as u64;
+    (mhz > 0).then_some(mhz * 1000)
+}
+
+/// Off x86-64 there is no TSC to give the guest.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn host_tsc_khz() -> Option<u64> {
+    None
 }
 
 /// Both probe steps under KVM, uncached: KVM only when the boot sector and then `kernel` (when
@@ -225,6 +317,43 @@ async fn run_probe(
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn under_tcg_the_guest_keeps_time_with_the_tsc_at_the_hosts_measured_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(guest_clock_params(Accel::Kvm, Some(dir.path())), "clocksource=hpet");
+        let tcg = guest_clock_params(Accel::Tcg, Some(dir.path()));
+        let cached = std::fs::read_to_string(dir.path().join("host-tsc-khz")).unwrap();
+        let (boot, khz) = cached.split_once('\n').unwrap();
+        assert_eq!(boot, host_boot_id());
+        let khz: u64 = khz.trim().parse().unwrap();
+        if khz == 0 {
+            // This host does not keep time with its TSC.
+            assert_eq!(tcg, "clocksource=hpet");
+        } else {
+            assert_eq!(tcg, format!("clocksource=tsc tsc_early_khz={khz}"));
+            assert!(
+                khz.is_multiple_of(1000) && khz >= 100_000,
+                "{khz} kHz: whole MHz, at least 100"
+            );
+        }
+        // Later runs read the cache; a rate of 0 is "not trusted"; another boot's is measured again.
+        let write = |boot: &str, value: &str| {
+            std::fs::write(dir.path().join("host-tsc-khz"), format!("{boot}\n{value}\n")).unwrap()
+        };
+        write(&host_boot_id(), "1234000");
+        assert_eq!(
+            guest_clock_params(Accel::Tcg, Some(dir.path())),
+            "clocksource=tsc tsc_early_khz=1234000"
+        );
+        write(&host_boot_id(), "0");
+        assert_eq!(guest_clock_params(Accel::Tcg, Some(dir.path())), "clocksource=hpet");
+        write("another-boot", "1234000");
+        assert_ne!(
+            guest_clock_params(Accel::Tcg, Some(dir.path())),
+            "clocksource=tsc tsc_early_khz=1234000"
+        );
+    }
 
     /// A start script in the shape nixpkgs' qemu-vm.nix writes (direct boot, the default): the
     /// kernel is a shell default the environment may override.

@@ -33,15 +33,12 @@ pub const MACHINES_UP: &str = "machines up";
 /// Kernel parameters of the default images: serial console, quiet boot (serial output is slow
 /// under TCG; the guest raises the console log level once it is up), reboot on panic. The
 /// crypto self-tests are skipped (`cryptomgr.notests`, and the KDF's own test, which does not
-/// heed it): under TCG they cost about 0.8 s of every boot. The guest keeps time with the HPET,
-/// not the TSC: with two VM tests side by side, a guest on the TSC was seen keeping time about
-/// ten times too fast (fio's timed runs ended early, keep-alives expired at once). The TSC's rate
-/// is calibrated at boot against other timers, which starved vCPUs upset; the HPET counts QEMU's
-/// virtual clock, needs no calibration, and is carried across a snapshot's save and restore
-/// (ARCHITECTURE.md, "Under TCG").
+/// heed it): under TCG they cost about 0.8 s of every boot. The guest's clock source is added
+/// beside these: [`crate::accel::guest_clock_params`] (the TSC at the host's measured rate under
+/// TCG, else the HPET).
 pub const DEFAULT_KERNEL_PARAMS: &str =
     "console=ttyS0,115200 quiet panic=1 mitigations=off random.trust_cpu=on no_timer_check \
-     clocksource=hpet 8250.nr_uarts=1 cryptomgr.notests initcall_blacklist=crypto_kdf108_init";
+     8250.nr_uarts=1 cryptomgr.notests initcall_blacklist=crypto_kdf108_init";
 
 /// Where a run's logs go: `--out DIR`, else `logs/` in the run directory `run_dir`; created.
 fn log_dir(options: &DriverOptions, run_dir: &Path) -> Result<PathBuf> {
@@ -247,6 +244,10 @@ impl Driver {
             snapshots,
             findings: findings.clone(),
         });
+        let kernel_params = format!(
+            "{DEFAULT_KERNEL_PARAMS} {}",
+            accel::guest_clock_params(accel, Some(&images.cache_dir))
+        );
         let mut machines = Vec::new();
         for node in nodes {
             let boot = match &node.start_script {
@@ -259,7 +260,7 @@ impl Driver {
                         kernel: image.kernel.clone(),
                         initrd: image.initrd.clone(),
                         tools: Some(image.tools.clone()),
-                        append: DEFAULT_KERNEL_PARAMS.to_string(),
+                        append: kernel_params.clone(),
                     }
                 }
             };
