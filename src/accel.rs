@@ -153,7 +153,7 @@ pub fn guest_clock_params(accel: Accel, cache_dir: Option<&Path>) -> String {
 /// and so do the kernel command lines snapshots are keyed by; the guest's kernel refines the
 /// rate itself). None when the host's kernel does not keep time with the TSC.
 #[cfg(target_arch = "x86_64")]
-pub fn host_tsc_khz() -> Option<u64> {
+fn host_tsc_khz() -> Option<u64> {
     let source =
         std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
             .ok()?;
@@ -184,7 +184,7 @@ pub fn host_tsc_khz() -> Option<u64> {
 
 /// Off x86-64 there is no TSC to give the guest.
 #[cfg(not(target_arch = "x86_64"))]
-pub fn host_tsc_khz() -> Option<u64> {
+fn host_tsc_khz() -> Option<u64> {
     None
 }
 
