@@ -244,10 +244,14 @@ impl Driver {
             snapshots,
             findings: findings.clone(),
         });
-        let kernel_params = format!(
-            "{DEFAULT_KERNEL_PARAMS} {}",
-            accel::guest_clock_params(accel, Some(&images.cache_dir))
-        );
+        // Off the runtime's threads: a first run after the host's boot measures the host's TSC
+        // for 100 ms.
+        let cache_dir = images.cache_dir.clone();
+        let clock =
+            tokio::task::spawn_blocking(move || accel::guest_clock_params(accel, Some(&cache_dir)))
+                .await
+                .context("choosing the guest's clock source")?;
+        let kernel_params = format!("{DEFAULT_KERNEL_PARAMS} {clock}");
         let mut machines = Vec::new();
         for node in nodes {
             let boot = match &node.start_script {
