@@ -14,17 +14,68 @@ impl crate::Machine {
     /// of [`super::GRPC_PORT`] (in guest mode: at a peer's address). It retries until the daemon
     /// answers (it may still be starting). On a VM of this run, what the guest agent still owes
     /// from a restore (the clock set) is awaited first, so the daemon is only reached once the
-    /// guest's clock is the host's.
+    /// guest's clock is the host's. After a restore, that work was started while the host
+    /// plugged the disks in: the first call's client comes from it.
     pub async fn target_client(&self) -> anyhow::Result<TargetClient> {
-        if self.backend() == crate::machine::Backend::Qemu {
-            self.qga().await?.settle().await.map_err(|e| {
+        let connected = match self.take_daemon_ahead().await {
+            Some(mut ahead) => (&mut ahead.0).await.ok(),
+            None => None,
+        };
+        let connected = match connected {
+            Some(done) => done,
+            None => {
+                let qga = match self.backend() {
+                    crate::machine::Backend::Qemu => Some(self.qga().await?),
+                    _ => None,
+                };
+                let addr = self.tcp_addr(super::GRPC_PORT).await?;
+                settle_and_connect(qga, addr).await
+            }
+        };
+        connected.map_err(|e| match e {
+            Unready::Agent(e) => {
                 self.harness_error("the guest agent's requests sent ahead failed", format!("{e:#}"))
-            })?;
-        }
-        let addr = self.tcp_addr(super::GRPC_PORT).await?;
-        connect(addr, crate::timeouts::boot()).await.map_err(|e| {
-            self.error("connecting to the target daemon", format!("through {addr}: {e:#}"))
+            }
+            Unready::Daemon(addr, e) => {
+                self.error("connecting to the target daemon", format!("through {addr}: {e:#}"))
+            }
         })
+    }
+}
+
+/// Why [`Machine::target_client`] has no client.
+enum Unready {
+    /// The guest agent's requests sent ahead by a restore failed.
+    Agent(anyhow::Error),
+    /// The daemon did not answer at this address.
+    Daemon(SocketAddr, anyhow::Error),
+}
+
+/// What the guest agent still owes from a restore (the clock set) is awaited first, so the daemon
+/// is only reached once the guest's clock is the host's; then [`connect`].
+async fn settle_and_connect(
+    qga: Option<std::sync::Arc<crate::qga::Qga>>,
+    addr: SocketAddr,
+) -> Result<TargetClient, Unready> {
+    if let Some(qga) = qga {
+        qga.settle().await.map_err(Unready::Agent)?;
+    }
+    connect(addr, crate::timeouts::boot()).await.map_err(|e| Unready::Daemon(addr, e))
+}
+
+/// [`Machine::target_client`]'s work started early, by a restore (machine/boot.rs); aborted
+/// when dropped with its QEMU process.
+pub(crate) struct ConnectAhead(tokio::task::JoinHandle<Result<TargetClient, Unready>>);
+
+impl ConnectAhead {
+    pub(crate) fn spawn(qga: std::sync::Arc<crate::qga::Qga>, addr: SocketAddr) -> ConnectAhead {
+        ConnectAhead(tokio::spawn(settle_and_connect(Some(qga), addr)))
+    }
+}
+
+impl Drop for ConnectAhead {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
