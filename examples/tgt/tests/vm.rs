@@ -16,8 +16,9 @@ use vmcheck::scenarios::workload::{integrity_job, run_fio, FioRun, FIO_CLEAN_SEC
 use vmcheck::timeouts;
 use vmcheck_example_tgt::{expect_target_answers, machines, serve_disks, wait_for_tgtd, IQN};
 
-/// fio's run time under the removal: long enough that the removal lands mid-run.
-const FIO_UNDER_REMOVAL_SECS: u64 = 30;
+/// fio's run time under the removal: long enough that the removal lands mid-run (it lands
+/// after [`SETTLE`], about 3 s in), and the other LUN's job runs to its end.
+const FIO_UNDER_REMOVAL_SECS: u64 = 15;
 
 async fn fio_verify(d: &Driver) -> Result<()> {
     d.start_all().await?;
