@@ -542,6 +542,7 @@ impl Machine {
             None => Err(self.harness_error("the machine is not running", "start it first")),
         }
     }
+
     /// The target daemon's client connected ahead by this QEMU process's restore, once.
     pub(crate) async fn take_daemon_ahead(&self) -> Option<crate::target::client::ConnectAhead> {
         self.with_running(|r| r.daemon_ahead.lock().unwrap().take()).await.ok().flatten()

@@ -143,16 +143,13 @@ mod tests {
     use std::time::Instant;
     use tokio_stream::wrappers::TcpListenerStream;
 
-    /// The daemon's stack on loopback, started late: connect waits for it, and the bad-request
-    /// table runs over real gRPC.
-    #[tokio::test]
-    async fn connect_waits_for_a_late_daemon_and_the_table_runs_over_grpc() {
-        let dir = tempfile::tempdir().unwrap();
+    /// The daemon's stack on loopback, started 400 ms late at a free address: the first
+    /// attempts to reach it fail as they would while the guest boots.
+    fn late_daemon(dir: &std::path::Path) -> (SocketAddr, tokio::task::JoinHandle<()>) {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        // Not accepting yet: the first attempts fail as they would while the guest boots.
         drop(listener);
-        let root = dir.path().to_path_buf();
+        let root = dir.to_path_buf();
         let server = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(400)).await;
             let fs = ConfigFs::emulated(root.join("nvmet"), &ROOT_LAYOUT).unwrap();
@@ -168,9 +165,31 @@ mod tests {
                 .await
                 .unwrap();
         });
+        (addr, server)
+    }
+
+    /// Connect waits for a late daemon, and the bad-request table runs over real gRPC.
+    #[tokio::test]
+    async fn connect_waits_for_a_late_daemon_and_the_table_runs_over_grpc() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, server) = late_daemon(dir.path());
         let mut client = connect(addr, Duration::from_secs(20)).await.unwrap();
         let outcomes = run_bad_request_table(&mut client, &TableParams::default()).await.unwrap();
         assert!(outcomes.len() >= 30);
+        server.abort();
+    }
+
+    /// The work started ahead by a restore settles the agent's requests (none here: no agent
+    /// connection yet), waits for the late daemon like `connect`, and hands over a client that
+    /// works.
+    #[tokio::test]
+    async fn a_connection_made_ahead_waits_for_the_daemon_and_its_client_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let (addr, server) = late_daemon(dir.path());
+        let qga = std::sync::Arc::new(crate::qga::Qga::new(&dir.path().join("no-agent.sock")));
+        let mut ahead = ConnectAhead::spawn(qga, addr);
+        let Ok(Ok(mut client)) = (&mut ahead.0).await else { panic!("no client from ahead") };
+        assert!(client.list_bdevs(proto::ListBdevsRequest {}).await.is_ok());
         server.abort();
     }
 
