@@ -277,13 +277,7 @@ impl Machine {
         }
         log::line(&format!("{}: {QEMU_RUNNING}{pid})", self.name()));
         super::power::log_qmp_events(self, &qmp, pid);
-        Ok(Running {
-            process,
-            qmp,
-            qga: Arc::new(Qga::new(&spec.qga_socket)),
-            forwards,
-            daemon_ahead: Default::default(),
-        })
+        Ok(Running { process, qmp, qga: Arc::new(Qga::new(&spec.qga_socket)), forwards })
     }
 
     /// Creates the raw image of `disk` unless it exists (its data survives restarts).
@@ -360,7 +354,6 @@ impl Machine {
                             started.elapsed().as_secs_f64(),
                             fixing.as_secs_f64()
                         ));
-                        self.connect_daemon_ahead().await;
                         self.wait_for_disks(plugging).await
                     }
                     Err(e) => {
@@ -549,24 +542,6 @@ impl Machine {
             )),
         ])
         .await
-    }
-
-    /// On a restored machine that runs the target daemon (it forwards its port), connects to
-    /// the daemon in the background while the host waits for the disks: the first gRPC call
-    /// after a restore is slow under TCG (the daemon's code translated afresh), and a
-    /// scenario's first step is nearly always the daemon's. [`Machine::target_client`] takes
-    /// the client. Only after a restore: a snapshot must not carry an open connection.
-    async fn connect_daemon_ahead(&self) {
-        if !self.forward_ports().contains(&crate::target::GRPC_PORT) {
-            return;
-        }
-        let Ok(addr) = self.forwarded_addr(crate::target::GRPC_PORT).await else { return };
-        let _ = self
-            .with_running(|r| {
-                let ahead = crate::target::client::ConnectAhead::spawn(r.qga.clone(), addr);
-                *r.daemon_ahead.lock().unwrap() = Some(ahead);
-            })
-            .await;
     }
 
     /// Hot-adds every plugged disk (a machine from the snapshot store starts without them), each

@@ -139,8 +139,6 @@ struct Running {
     qga: Arc<Qga>,
     /// (guest port, loopback port) of each forward of the control NIC.
     forwards: Vec<(u16, u16)>,
-    /// The target daemon's client, connected ahead after a restore (target/client.rs).
-    daemon_ahead: std::sync::Mutex<Option<crate::target::client::ConnectAhead>>,
 }
 
 /// Where a machine is and how the driver reaches it.
@@ -541,11 +539,6 @@ impl Machine {
             )),
             None => Err(self.harness_error("the machine is not running", "start it first")),
         }
-    }
-
-    /// The target daemon's client connected ahead by this QEMU process's restore, once.
-    pub(crate) async fn take_daemon_ahead(&self) -> Option<crate::target::client::ConnectAhead> {
-        self.with_running(|r| r.daemon_ahead.lock().unwrap().take()).await.ok().flatten()
     }
 
     /// The QMP monitor.

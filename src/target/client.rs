@@ -14,68 +14,17 @@ impl crate::Machine {
     /// of [`super::GRPC_PORT`] (in guest mode: at a peer's address). It retries until the daemon
     /// answers (it may still be starting). On a VM of this run, what the guest agent still owes
     /// from a restore (the clock set) is awaited first, so the daemon is only reached once the
-    /// guest's clock is the host's. After a restore, that work was started while the host
-    /// plugged the disks in: the first call's client comes from it.
+    /// guest's clock is the host's.
     pub async fn target_client(&self) -> anyhow::Result<TargetClient> {
-        let connected = match self.take_daemon_ahead().await {
-            Some(mut ahead) => (&mut ahead.0).await.ok(),
-            None => None,
-        };
-        let connected = match connected {
-            Some(done) => done,
-            None => {
-                let qga = match self.backend() {
-                    crate::machine::Backend::Qemu => Some(self.qga().await?),
-                    _ => None,
-                };
-                let addr = self.tcp_addr(super::GRPC_PORT).await?;
-                settle_and_connect(qga, addr).await
-            }
-        };
-        connected.map_err(|e| match e {
-            Unready::Agent(e) => {
+        if self.backend() == crate::machine::Backend::Qemu {
+            self.qga().await?.settle().await.map_err(|e| {
                 self.harness_error("the guest agent's requests sent ahead failed", format!("{e:#}"))
-            }
-            Unready::Daemon(addr, e) => {
-                self.error("connecting to the target daemon", format!("through {addr}: {e:#}"))
-            }
+            })?;
+        }
+        let addr = self.tcp_addr(super::GRPC_PORT).await?;
+        connect(addr, crate::timeouts::boot()).await.map_err(|e| {
+            self.error("connecting to the target daemon", format!("through {addr}: {e:#}"))
         })
-    }
-}
-
-/// Why [`Machine::target_client`] has no client.
-enum Unready {
-    /// The guest agent's requests sent ahead by a restore failed.
-    Agent(anyhow::Error),
-    /// The daemon did not answer at this address.
-    Daemon(SocketAddr, anyhow::Error),
-}
-
-/// What the guest agent still owes from a restore (the clock set) is awaited first, so the daemon
-/// is only reached once the guest's clock is the host's; then [`connect`].
-async fn settle_and_connect(
-    qga: Option<std::sync::Arc<crate::qga::Qga>>,
-    addr: SocketAddr,
-) -> Result<TargetClient, Unready> {
-    if let Some(qga) = qga {
-        qga.settle().await.map_err(Unready::Agent)?;
-    }
-    connect(addr, crate::timeouts::boot()).await.map_err(|e| Unready::Daemon(addr, e))
-}
-
-/// [`Machine::target_client`]'s work started early, by a restore (machine/boot.rs); aborted
-/// when dropped with its QEMU process.
-pub(crate) struct ConnectAhead(tokio::task::JoinHandle<Result<TargetClient, Unready>>);
-
-impl ConnectAhead {
-    pub(crate) fn spawn(qga: std::sync::Arc<crate::qga::Qga>, addr: SocketAddr) -> ConnectAhead {
-        ConnectAhead(tokio::spawn(settle_and_connect(Some(qga), addr)))
-    }
-}
-
-impl Drop for ConnectAhead {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
@@ -143,13 +92,16 @@ mod tests {
     use std::time::Instant;
     use tokio_stream::wrappers::TcpListenerStream;
 
-    /// The daemon's stack on loopback, started 400 ms late at a free address: the first
-    /// attempts to reach it fail as they would while the guest boots.
-    fn late_daemon(dir: &std::path::Path) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    /// The daemon's stack on loopback, started late: connect waits for it, and the bad-request
+    /// table runs over real gRPC.
+    #[tokio::test]
+    async fn connect_waits_for_a_late_daemon_and_the_table_runs_over_grpc() {
+        let dir = tempfile::tempdir().unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
+        // Not accepting yet: the first attempts fail as they would while the guest boots.
         drop(listener);
-        let root = dir.to_path_buf();
+        let root = dir.path().to_path_buf();
         let server = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(400)).await;
             let fs = ConfigFs::emulated(root.join("nvmet"), &ROOT_LAYOUT).unwrap();
@@ -165,31 +117,9 @@ mod tests {
                 .await
                 .unwrap();
         });
-        (addr, server)
-    }
-
-    /// Connect waits for a late daemon, and the bad-request table runs over real gRPC.
-    #[tokio::test]
-    async fn connect_waits_for_a_late_daemon_and_the_table_runs_over_grpc() {
-        let dir = tempfile::tempdir().unwrap();
-        let (addr, server) = late_daemon(dir.path());
         let mut client = connect(addr, Duration::from_secs(20)).await.unwrap();
         let outcomes = run_bad_request_table(&mut client, &TableParams::default()).await.unwrap();
         assert!(outcomes.len() >= 30);
-        server.abort();
-    }
-
-    /// The work started ahead by a restore settles the agent's requests (none here: no agent
-    /// connection yet), waits for the late daemon like `connect`, and hands over a client that
-    /// works.
-    #[tokio::test]
-    async fn a_connection_made_ahead_waits_for_the_daemon_and_its_client_works() {
-        let dir = tempfile::tempdir().unwrap();
-        let (addr, server) = late_daemon(dir.path());
-        let qga = std::sync::Arc::new(crate::qga::Qga::new(&dir.path().join("no-agent.sock")));
-        let mut ahead = ConnectAhead::spawn(qga, addr);
-        let Ok(Ok(mut client)) = (&mut ahead.0).await else { panic!("no client from ahead") };
-        assert!(client.list_bdevs(proto::ListBdevsRequest {}).await.is_ok());
         server.abort();
     }
 
