@@ -147,13 +147,19 @@ pub async fn run(d: &Driver) -> Result<Report> {
                     bail!("expected one NVMe namespace on the initiator, nvme list shows {other:?}")
                 }
             };
-            let shows = |out: &str| Lsblk::parse(out).is_ok_and(|l| l.find(&device).is_some());
-            let out = match shown {
-                Ok(out) if shows(&out) => out,
-                _ => initiator.succeed(Lsblk::command()).await?,
+            let showing = shown.ok().and_then(|out| {
+                let lsblk = Lsblk::parse(&out).ok().filter(|l| l.find(&device).is_some())?;
+                Some((out, lsblk))
+            });
+            let (out, lsblk) = match showing {
+                Some(both) => both,
+                None => {
+                    let out = initiator.succeed(Lsblk::command()).await?;
+                    let lsblk = Lsblk::parse(&out)?;
+                    (out, lsblk)
+                }
             };
             d.artifact("lsblk.json", &out);
-            let lsblk = Lsblk::parse(&out)?;
             let seen =
                 lsblk.find(&device).with_context(|| format!("lsblk does not show {device}"))?;
             if seen.size != 512 << 20 {
