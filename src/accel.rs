@@ -28,12 +28,16 @@ impl Accel {
     pub fn qemu_args(self) -> Vec<String> {
         match self {
             Accel::Kvm => vec!["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()],
-            // One translation thread per vCPU; `max` gives the guest the most features TCG has.
+            // One translation thread per vCPU; `max` gives the guest the most features TCG has,
+            // less the fast-string flags (ERMS, FSRM): with them the guest kernel copies and
+            // clears memory with `rep movsb`/`stosb`, which TCG runs a byte per iteration.
+            // Measured in a restored initiator, 125 MiB through a pipe (`dd | cat`): 2.24 s with
+            // them, 0.71 s without.
             Accel::Tcg => vec![
                 "-accel".into(),
                 "tcg,thread=multi,tb-size=256".into(),
                 "-cpu".into(),
-                "max".into(),
+                TCG_CPU.into(),
             ],
         }
     }
@@ -45,6 +49,9 @@ impl Accel {
         }
     }
 }
+
+/// The CPU model under TCG (see [`Accel::qemu_args`]).
+pub const TCG_CPU: &str = "max,-erms,-fsrm";
 
 /// `mov al, 0x31; out 0xf4, al; hlt; jmp $-1`, padded, with the boot signature.
 fn probe_boot_sector() -> Vec<u8> {

@@ -941,7 +941,7 @@ mod tests {
     fn kernel_boot_command_line() {
         let args = spec().kernel_boot_args().unwrap();
         assert_eq!(after(&args, "-m", ""), Some("512"));
-        assert_eq!(after(&args, "-cpu", ""), Some("max"));
+        assert_eq!(after(&args, "-cpu", ""), Some(crate::accel::TCG_CPU));
         assert_eq!(
             after(&args, "-device", "nvme"),
             Some("nvme,id=disk0,drive=drive-disk0,serial=vmcheck-disk0")

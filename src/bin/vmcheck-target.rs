@@ -6,7 +6,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use tokio_stream::wrappers::TcpListenerStream;
 use tracing::{info, warn};
 
 use vmcheck::target::backing::Backing;
@@ -123,7 +122,12 @@ async fn main() -> anyhow::Result<()> {
     );
     tonic::transport::Server::builder()
         .add_service(TargetServer::from_arc(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown())
+        // TCP_NODELAY, as tonic's own `serve` sets it (its `serve_with_incoming` does not):
+        // without it a reply written in parts waits for the peer's ACK of the first.
+        .serve_with_incoming_shutdown(
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown(),
+        )
         .await
         .context("serving gRPC")?;
     monitor.abort();
