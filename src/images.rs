@@ -13,7 +13,7 @@
 //! such file's usual path into `/tools`. An image is rebuilt only when the hash of its inputs
 //! changes: everything in the recipe, resolved (see [`Images::ensure`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -1288,34 +1288,34 @@ pub fn module_load_order(modules_dir: &Path, wanted: &[&str]) -> Result<Vec<Stri
 }
 
 fn module_order_from(dep_text: &str, builtin: &str, wanted: &[&str]) -> Result<Vec<String>> {
-    let deps: BTreeMap<&str, Vec<&str>> = dep_text
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(m, d)| (m.trim(), d.split_whitespace().collect()))
-        .collect();
-    let by_name = |name: &str| -> Option<&str> {
-        let want = name.replace('-', "_");
-        deps.keys().copied().find(|p| module_name(p) == want)
-    };
+    // Indexed once, each line's dependencies split only when visited: a scan of modules.dep's
+    // ~4,000 lines per wanted module made this 40 ms of every run's set-up.
+    let mut deps: HashMap<&str, &str> = HashMap::new();
+    let mut paths: HashMap<String, &str> = HashMap::new();
+    for (m, d) in dep_text.lines().filter_map(|l| l.split_once(':')) {
+        let m = m.trim();
+        deps.insert(m, d);
+        paths.entry(module_name(m)).or_insert(m);
+    }
     let is_builtin = |name: &str| builtin.lines().any(|p| module_name(p) == name.replace('-', "_"));
     let mut order = Vec::new();
     let mut seen = BTreeSet::new();
     fn visit<'a>(
         m: &'a str,
-        deps: &BTreeMap<&'a str, Vec<&'a str>>,
+        deps: &HashMap<&'a str, &'a str>,
         seen: &mut BTreeSet<&'a str>,
         order: &mut Vec<String>,
     ) {
         if !seen.insert(m) {
             return;
         }
-        for d in deps.get(m).map(Vec::as_slice).unwrap_or_default() {
+        for d in deps.get(m).map(|d| d.split_whitespace()).into_iter().flatten() {
             visit(d, deps, seen, order);
         }
         order.push(m.to_string());
     }
     for name in wanted {
-        match by_name(name) {
+        match paths.get(&name.replace('-', "_")) {
             Some(path) => visit(path, &deps, &mut seen, &mut order),
             None if is_builtin(name) => {}
             None => bail!("kernel module {name} is neither in modules.dep nor built in"),
