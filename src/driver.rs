@@ -189,6 +189,11 @@ impl Driver {
             return Driver::set_up_guest(nodes, guest, options);
         }
         let qemu = crate::qemu::find_qemu()?;
+        // Asked while the images are checked (a process start, about 15 ms).
+        let qemu_version = tokio::task::spawn_blocking({
+            let qemu = qemu.clone();
+            move || crate::snapshot::qemu_version(&qemu)
+        });
         let images = Images::from_env()?;
         let images_started = Instant::now();
         // One image per distinct recipe (keyed by the recipe as JSON).
@@ -231,7 +236,10 @@ impl Driver {
         let snapshots = if options.fresh_boot || fresh_boot_from_env() || recipe_images.is_empty() {
             None
         } else {
-            Some(Arc::new(crate::snapshot::Store::new(&images.cache_dir, &qemu)?))
+            Some(Arc::new(crate::snapshot::Store::with_version(
+                &images.cache_dir,
+                qemu_version.await??,
+            )))
         };
         let findings = Arc::new(Findings::default());
         let env = Arc::new(MachineEnv {

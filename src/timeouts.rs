@@ -25,7 +25,7 @@ pub const BACKGROUND_POLL: Pace = Pace::every(Duration::from_millis(200));
 /// a fifth of a host core in tries alone (a `sleep 10` in a guest: QEMU and vmcheck 28.6 CPU
 /// ticks a second against 9.5 idle; now 13).
 pub const EXEC_POLL: Pace = Pace::backoff(Duration::from_millis(1), Duration::from_millis(16))
-    .after_tight(Duration::from_millis(20))
+    .after_tight(Duration::from_millis(30))
     .stretch_to(Duration::from_millis(100));
 /// One connection attempt to the target daemon (its whole wait is the caller's).
 pub const DAEMON_ATTEMPT: Duration = Duration::from_secs(5);

@@ -204,8 +204,16 @@ pub async fn run(d: &Driver) -> Result<Report> {
     let after_disconnect = d
         .subtest("should be able to disconnect from the target", async {
             initiator.succeed(&Nvme::disconnect_all()).await?;
-            initiator.wait_until_fails(&format!("test -e {device}"), timeouts::hotplug()).await?;
-            let list = NvmeList::parse(&initiator.succeed(&Nvme::list()).await?)?;
+            // The device's end awaited and nvme list run at once; the listing again if it ran
+            // while the device was still there.
+            let (exists, list_cmd) = (format!("test -e {device}"), Nvme::list());
+            let gone = initiator.wait_until_fails(&exists, timeouts::hotplug());
+            let (gone, listed) = tokio::join!(gone, initiator.succeed(&list_cmd));
+            gone?;
+            let mut list = NvmeList::parse(&listed?)?;
+            if !list.devices.is_empty() {
+                list = NvmeList::parse(&initiator.succeed(&Nvme::list()).await?)?;
+            }
             if !list.devices.is_empty() {
                 bail!("after disconnect-all, nvme list still shows {:?}", list.devices);
             }
