@@ -17,13 +17,13 @@ pub const BLOCK_DEVICE_POLL: Pace =
     Pace::backoff(Duration::from_millis(25), Duration::from_millis(250));
 /// Between looks at a background command (fio runs for seconds).
 pub const BACKGROUND_POLL: Pace = Pace::every(Duration::from_millis(200));
-/// A foreground guest command's end: back to back for 20 ms (`true` ends within that under
-/// TCG), then from 1 ms doubling to 16 ms, and past 0.32 s a twentieth of the time waited, up to
-/// 100 ms: each try is a guest-exec-status, whose answer takes guest vCPU and host CPU from the
-/// command (back to back for 100 ms made fio_nvme_basic's nvme-cli steps about 0.07 s slower
-/// each), and at a steady 16 ms a long command that waits cost its machine and the driver about
-/// a fifth of a host core in tries alone (a `sleep 10` in a guest: QEMU and vmcheck 28.6 CPU
-/// ticks a second against 9.5 idle; now 13).
+/// A foreground guest command's end: back to back for 30 ms (`true` ends within that under TCG,
+/// its p90 too), then from 1 ms doubling to 16 ms, and past 0.32 s a twentieth of the time
+/// waited, up to 100 ms: each try is a guest-exec-status, whose answer takes guest vCPU and host
+/// CPU from the command (back to back for 100 ms made fio_nvme_basic's nvme-cli steps about
+/// 0.07 s slower each), and at a steady 16 ms a long command that waits cost its machine and the
+/// driver about a fifth of a host core in tries alone (a `sleep 10` in a guest: QEMU and vmcheck
+/// 28.6 CPU ticks a second against 9.5 idle; now 13).
 pub const EXEC_POLL: Pace = Pace::backoff(Duration::from_millis(1), Duration::from_millis(16))
     .after_tight(Duration::from_millis(30))
     .stretch_to(Duration::from_millis(100));

@@ -505,9 +505,9 @@ impl Machine {
     /// saves: the first requests after a restore are slow under TCG, every code path they take
     /// translated afresh: `guest-set-time`, whose qemu-ga runs `hwclock -w`, the first process
     /// the guest starts, about 0.2 s, and the opening about 0.1 s; the host meanwhile plugs
-    /// disks in, restores the other machines, talks to the daemon. Last, the recipe's warm-up
-    /// script is started in the background (never waited for, `nice -n 19` in the guest), so
-    /// that its tools' code is translated again before a step needs it.
+    /// disks in, restores the other machines, talks to the daemon. Last, where the recipe has a
+    /// warm-up script, it is started in the background (never waited for, `nice -n 19` in the
+    /// guest), so that its tools' code is translated again before a step needs it.
     async fn after_restore(&self) -> Result<()> {
         use crate::qga::Ahead;
         use base64::Engine;
