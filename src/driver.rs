@@ -188,12 +188,7 @@ impl Driver {
         if let Some(guest) = options.guest.clone() {
             return Driver::set_up_guest(nodes, guest, options);
         }
-        let qemu = crate::qemu::find_qemu()?;
-        // Asked while the images are checked (a process start, about 15 ms).
-        let qemu_version = tokio::task::spawn_blocking({
-            let qemu = qemu.clone();
-            move || crate::snapshot::qemu_version(&qemu)
-        });
+        let (qemu, qemu_version) = crate::qemu::find_qemu_with_version()?;
         let images = Images::from_env()?;
         let images_started = Instant::now();
         // One image per distinct recipe (keyed by the recipe as JSON).
@@ -236,10 +231,7 @@ impl Driver {
         let snapshots = if options.fresh_boot || fresh_boot_from_env() || recipe_images.is_empty() {
             None
         } else {
-            Some(Arc::new(crate::snapshot::Store::with_version(
-                &images.cache_dir,
-                qemu_version.await??,
-            )))
+            Some(Arc::new(crate::snapshot::Store::with_version(&images.cache_dir, qemu_version)))
         };
         let findings = Arc::new(Findings::default());
         let env = Arc::new(MachineEnv {

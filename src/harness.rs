@@ -419,9 +419,8 @@ fn current_use(
             current.images.extend(dir.map(|d| d.to_string_lossy().into_owned()));
         }
     }
-    if let Ok(qemu) = crate::qemu::find_qemu() {
-        let store = crate::snapshot::Store::new(&images.cache_dir, &qemu)?;
-        current.qemu_version = Some(store.qemu_version);
+    if let Ok((_, qemu_version)) = crate::qemu::find_qemu_with_version() {
+        current.qemu_version = Some(qemu_version);
     }
     Ok(current)
 }

@@ -299,12 +299,20 @@ pub const MIN_QEMU_VERSION: (u32, u32) = (7, 2);
 
 /// Finds `qemu-system-x86_64` on PATH and checks its version; the error says what to install.
 pub fn find_qemu() -> Result<PathBuf> {
+    Ok(find_qemu_with_version()?.0)
+}
+
+/// [`find_qemu`], with the first line of its `--version` (part of every snapshot's key): one
+/// run of it serves both.
+pub(crate) fn find_qemu_with_version() -> Result<(PathBuf, String)> {
     check_host_arch(std::env::consts::ARCH)?;
     let qemu = which::which("qemu-system-x86_64").map_err(|_| {
         anyhow::anyhow!("qemu-system-x86_64 is not on PATH; install it with: bash .ci/setup (QEMU from bookworm-backports)")
     })?;
-    check_qemu_version(&qemu)?;
-    Ok(qemu)
+    let text = version_text(&qemu)?;
+    check_version_text(&qemu, &text)?;
+    let line = text.lines().next().unwrap_or_default().trim().to_string();
+    Ok((qemu, line))
 }
 
 /// The machines are x86_64 throughout (QEMU's `pc` machine, `ttyS0`, the KVM probe's x86 boot
@@ -322,13 +330,23 @@ pub fn check_host_arch(arch: &str) -> Result<()> {
 
 /// Runs `qemu --version` and refuses a QEMU older than [`MIN_QEMU_VERSION`].
 pub fn check_qemu_version(qemu: &Path) -> Result<(u32, u32, u32)> {
+    check_version_text(qemu, &version_text(qemu)?)
+}
+
+/// What `qemu --version` prints.
+fn version_text(qemu: &Path) -> Result<String> {
     let out = std::process::Command::new(qemu)
         .arg("--version")
         .stdin(Stdio::null())
         .output()
         .with_context(|| format!("running {} --version", qemu.display()))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let version = parse_qemu_version(&text)
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The version `text` (from `qemu --version`) names, refused when older than
+/// [`MIN_QEMU_VERSION`].
+fn check_version_text(qemu: &Path, text: &str) -> Result<(u32, u32, u32)> {
+    let version = parse_qemu_version(text)
         .with_context(|| format!("{} --version printed no version: {text:?}", qemu.display()))?;
     let (major, minor) = MIN_QEMU_VERSION;
     if (version.0, version.1) < (major, minor) {

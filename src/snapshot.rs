@@ -80,27 +80,7 @@ impl Build {
     }
 }
 
-/// The first line of `qemu --version`: part of every snapshot's key.
-pub fn qemu_version(qemu: &Path) -> Result<String> {
-    let out = std::process::Command::new(qemu)
-        .arg("--version")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .with_context(|| format!("running {} --version", qemu.display()))?;
-    let qemu_version =
-        String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or_default().trim().to_string();
-    if qemu_version.is_empty() {
-        return Err(anyhow!("{} --version printed nothing", qemu.display()));
-    }
-    Ok(qemu_version)
-}
-
 impl Store {
-    /// The store of `cache_dir`, for `qemu`'s version.
-    pub fn new(cache_dir: &Path, qemu: &Path) -> Result<Store> {
-        Ok(Store::with_version(cache_dir, qemu_version(qemu)?))
-    }
-
     /// The store of `cache_dir` for a QEMU whose `--version` said `qemu_version`.
     pub fn with_version(cache_dir: &Path, qemu_version: String) -> Store {
         Store { dir: cache_dir.join("snapshots"), qemu_version, held: Arc::default() }

@@ -233,8 +233,7 @@ impl Machine {
                     .map_err(|e| self.error("ListDisks of the target daemon", format!("{e}")))?
                     .into_inner()
                     .disks;
-                let found =
-                    disks.iter().find(|d| d.serial == serial).map(|d| format!("/dev/{}", d.name));
+                let found = crate::target::client::disk_node(&disks, serial);
                 let shown: Vec<String> =
                     disks.iter().map(|d| format!("{} {}", d.name, d.serial)).collect();
                 Ok((found, shown.join("\n")))

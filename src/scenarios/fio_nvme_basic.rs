@@ -148,19 +148,13 @@ pub async fn run(d: &Driver) -> Result<Report> {
                     bail!("expected one NVMe namespace on the initiator, nvme list shows {other:?}")
                 }
             };
-            let showing = shown.ok().and_then(|out| {
-                let lsblk = Lsblk::parse(&out).ok().filter(|l| l.find(&device).is_some())?;
-                Some((out, lsblk))
-            });
-            let (out, lsblk) = match showing {
-                Some(both) => both,
-                None => {
-                    let out = initiator.succeed(Lsblk::command()).await?;
-                    let lsblk = Lsblk::parse(&out)?;
-                    (out, lsblk)
-                }
+            let shows = |out: &str| Lsblk::parse(out).is_ok_and(|l| l.find(&device).is_some());
+            let out = match shown {
+                Ok(out) if shows(&out) => out,
+                _ => initiator.succeed(Lsblk::command()).await?,
             };
             d.artifact("lsblk.json", &out);
+            let lsblk = Lsblk::parse(&out)?;
             let seen =
                 lsblk.find(&device).with_context(|| format!("lsblk does not show {device}"))?;
             if seen.size != 512 << 20 {
@@ -204,16 +198,8 @@ pub async fn run(d: &Driver) -> Result<Report> {
     let after_disconnect = d
         .subtest("should be able to disconnect from the target", async {
             initiator.succeed(&Nvme::disconnect_all()).await?;
-            // The device's end awaited and nvme list run at once; the listing again if it ran
-            // while the device was still there.
-            let (exists, list_cmd) = (format!("test -e {device}"), Nvme::list());
-            let gone = initiator.wait_until_fails(&exists, timeouts::hotplug());
-            let (gone, listed) = tokio::join!(gone, initiator.succeed(&list_cmd));
-            gone?;
-            let mut list = NvmeList::parse(&listed?)?;
-            if !list.devices.is_empty() {
-                list = NvmeList::parse(&initiator.succeed(&Nvme::list()).await?)?;
-            }
+            initiator.wait_until_fails(&format!("test -e {device}"), timeouts::hotplug()).await?;
+            let list = NvmeList::parse(&initiator.succeed(&Nvme::list()).await?)?;
             if !list.devices.is_empty() {
                 bail!("after disconnect-all, nvme list still shows {:?}", list.devices);
             }

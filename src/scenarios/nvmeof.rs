@@ -63,8 +63,8 @@ async fn disk_device_from_daemon(
     let serial = target.disk(disk_id)?.serial;
     let listed =
         client.list_disks(proto::ListDisksRequest {}).await.context("ListDisks")?.into_inner();
-    match listed.disks.iter().find(|d| d.serial == serial) {
-        Some(d) => Ok(format!("/dev/{}", d.name)),
+    match crate::target::client::disk_node(&listed.disks, &serial) {
+        Some(dev) => Ok(dev),
         None => target.disk_device(disk_id).await,
     }
 }

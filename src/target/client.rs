@@ -31,6 +31,11 @@ impl crate::Machine {
 /// The generated client over a tonic channel.
 pub type TargetClient = target_client::TargetClient<Channel>;
 
+/// The `/dev` node of the disk with `serial` among those `ListDisks` answered.
+pub(crate) fn disk_node(disks: &[proto::Disk], serial: &str) -> Option<String> {
+    disks.iter().find(|d| d.serial == serial).map(|d| format!("/dev/{}", d.name))
+}
+
 /// Longest single attempt; the whole wait is the caller's `timeout`.
 const ATTEMPT: Duration = crate::timeouts::DAEMON_ATTEMPT;
 
