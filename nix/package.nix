@@ -1,5 +1,5 @@
-# The vmcheck crate: bin/vmcheck (the driver) and bin/vmcheck-target (the in-guest storage
-# target daemon), built from Cargo.lock.
+# vmcheck's workspace: bin/vmcheck (the driver) and bin/vmcheck-target (the in-guest storage
+# target daemon, the package in daemon/), built from Cargo.lock.
 {
   lib,
   rustPlatform,
@@ -18,6 +18,7 @@
         (root + "/Cargo.lock")
         (root + "/build.rs")
         (root + "/src")
+        (root + "/daemon")
         (root + "/proto")
       ]
       ++ optionalDirs);

@@ -1489,8 +1489,9 @@ impl Images {
     }
 
     /// Builds `vmcheck-target` from the source of the vmcheck crate this program was compiled
-    /// with (a path, git or registry dependency: cargo has its source), for a crate that depends
-    /// on vmcheck and so has no vmcheck binaries of its own. The build goes to vmcheck's own
+    /// with (a path or git dependency: cargo has the whole checkout, the daemon's package in
+    /// `daemon/` with it), for a crate that depends on vmcheck and so has no vmcheck binaries of
+    /// its own. The build goes to vmcheck's own
     /// `target/` when its checkout is writable (a path dependency: what `cargo build` there made
     /// is reused), else to `<cache>/target-daemon`. cargo decides whether anything is to do:
     /// the first build takes minutes, later ones about a second.
@@ -1507,14 +1508,22 @@ impl Images {
             _ => self.cache_dir.join("target-daemon"),
         };
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let manifest = source.join("daemon").join("Cargo.toml");
+        if !manifest.is_file() {
+            bail!(
+                "vmcheck's source in {} has no daemon/Cargo.toml (vmcheck-target's package): depend on vmcheck by path or git, or set VMCHECK_TARGET_BIN",
+                source.display()
+            );
+        }
         self.say(&format!(
-            "building vmcheck-target from {} into {} (cargo build --bin vmcheck-target)",
+            "building vmcheck-target from {} into {} (cargo build --manifest-path {})",
             source.display(),
-            target_dir.display()
+            target_dir.display(),
+            manifest.display()
         ));
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "--bin", "vmcheck-target", "--manifest-path"])
-            .arg(source.join("Cargo.toml"))
+        cmd.args(["build", "--quiet", "--manifest-path"])
+            .arg(&manifest)
             .arg("--target-dir")
             .arg(&target_dir);
         if source.join("Cargo.lock").is_file() {

@@ -7,7 +7,7 @@
 //! wrap the usual calls.
 //!
 //! The daemon's own pieces (bdev URIs, backing devices, configfs, nvmet, LIO, splits, the
-//! removal monitor, request limits, error codes) are internal: src/bin/vmcheck-target.rs and
+//! removal monitor, request limits, error codes) are internal: daemon/src/main.rs and
 //! vmcheck's tests use some of them, so those are public but hidden from these docs.
 //!
 //! Rules the API leaves open, as decided here:
@@ -40,7 +40,7 @@ pub mod proto {
     tonic::include_proto!("vmcheck.target.v1");
 }
 
-// The daemon's own pieces. src/bin/vmcheck-target.rs builds the server from service, nvmet,
+// The daemon's own pieces. daemon/src/main.rs builds the server from service, nvmet,
 // lio, configfs and backing, and tests/ drive them (and monitor, conformance) directly, so those
 // stay reachable but out of the manual; the rest is private.
 mod address;
