@@ -1491,10 +1491,10 @@ impl Images {
     /// Builds `vmcheck-target` from the source of the vmcheck crate this program was compiled
     /// with (a path or git dependency: cargo has the whole checkout, the daemon's package in
     /// `daemon/` with it), for a crate that depends on vmcheck and so has no vmcheck binaries of
-    /// its own. The build goes to vmcheck's own
-    /// `target/` when its checkout is writable (a path dependency: what `cargo build` there made
-    /// is reused), else to `<cache>/target-daemon`. cargo decides whether anything is to do:
-    /// the first build takes minutes, later ones about a second.
+    /// its own. The build goes to vmcheck's own `target/` when its checkout is writable (a path
+    /// dependency: what `cargo build` there made is reused), else to `<cache>/target-daemon`.
+    /// cargo decides whether anything is to do: the first build takes minutes, later ones about
+    /// a second.
     pub fn build_target_daemon(&self) -> Result<PathBuf> {
         let source = Path::new(env!("CARGO_MANIFEST_DIR"));
         let writable =
