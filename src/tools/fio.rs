@@ -982,8 +982,12 @@ mod tests {
             .iodepth(4)
             .size("16M")
             .stderr_to_stdout(true);
-        let out =
-            std::process::Command::new("sh").args(["-c", &fio.command_line()]).output().unwrap();
+        // In the tempdir: fio leaves its verify state (`local-job-0-verify.state`) where it runs.
+        let out = std::process::Command::new("sh")
+            .args(["-c", &fio.command_line()])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let r = FioReport::parse(&String::from_utf8_lossy(&out.stdout)).unwrap();
         assert!(r.messages.iter().any(|m| m.starts_with("note: both iodepth")));
