@@ -663,11 +663,12 @@ async fn machine_api(options: &BenchOptions, reporter: Reporter) -> Result<Bench
     // /bin/true through its agent client, no shell): each round's median and p90. The calls
     // alternate between the two VMs: succeed, bare /bin/true, the agent's /bin/true, bare
     // sh -c true, and so on, so that every call finds its VM idle for exactly one call of the
-    // other's and meets the same host load. The last kind is a floor in the same VM: the two VMs
-    // differ by a few per cent from round to round, the shell's start is about 5 % on its own. In blocks of one kind the p90 ratio moved from 0.75
-    // to 1.39 between the rounds of one run; in a rotation of the three kinds vmcheck's VM was
-    // idle twice as long before each of its calls as the bare VM, and the median ratio was 1.15
-    // to 1.31 in every round (1.16 in all), against 0.99 to 1.13 (1.02) in this order.
+    // other's and meets the same host load. In blocks of one kind the p90 ratio moved from 0.75
+    // to 1.39 between the rounds of one run; in a rotation of three kinds where vmcheck's VM was
+    // idle twice as long before each of its calls as the bare VM, the median ratio was 1.15 to
+    // 1.31 in every round (1.16 in all), against 0.99 to 1.13 (1.02) with the VMs taking turns.
+    // The last kind is a floor without the other VM's round-to-round difference: what is left
+    // over it is the shell's start (about 5 %) and the client's wrapping of the command.
     let agent = m.qga().await?;
     let mut rounds: [Vec<(f64, f64)>; 4] = Default::default();
     for _ in 0..options.exec_rounds {
