@@ -700,48 +700,29 @@ async fn machine_api(options: &BenchOptions, reporter: Reporter) -> Result<Bench
         }
     }
     drop(bare_vm);
-    let medians = |k: usize| rounds[k].iter().map(|r| r.0).collect::<Vec<_>>();
-    let p90s = |k: usize| rounds[k].iter().map(|r| r.1).collect::<Vec<_>>();
     let n = options.execs;
-    report.add(Figure::rounds(
-        &format!("succeed(\"true\") round trip, median of {n}"),
-        "ms",
-        medians(0),
-        Some(("bare guest-exec of /bin/true", medians(1))),
-    ));
-    report.add(Figure::rounds(
-        &format!("succeed(\"true\") round trip, p90 of {n}"),
-        "ms",
-        p90s(0),
-        Some(("bare guest-exec of /bin/true", p90s(1))),
-    ));
-    report.add(Figure::rounds(
-        &format!("succeed(\"true\") round trip, median of {n}"),
-        "ms",
-        medians(0),
-        Some(("bare guest-exec of sh -c true", medians(2))),
-    ));
-    // `succeed` runs its command with `sh -c`: this is its tail's own floor.
-    report.add(Figure::rounds(
-        &format!("succeed(\"true\") round trip, p90 of {n}"),
-        "ms",
-        p90s(0),
-        Some(("bare guest-exec of sh -c true", p90s(2))),
-    ));
-    // In the same VM, so the VMs' difference is out: what is left is the shell's start.
-    let same_vm = "the same VM's agent: /bin/true, no shell";
-    report.add(Figure::rounds(
-        &format!("succeed(\"true\") round trip, median of {n}"),
-        "ms",
-        medians(0),
-        Some((same_vm, medians(3))),
-    ));
-    report.add(Figure::rounds(
-        &format!("succeed(\"true\") round trip, p90 of {n}"),
-        "ms",
-        p90s(0),
-        Some((same_vm, p90s(3))),
-    ));
+    // Each floor beside succeed's median, then its p90: the bare VM's /bin/true; its `sh -c
+    // true` (what `succeed` runs: its own floor); /bin/true in the same VM through the agent
+    // client (the VMs' difference out: what is left is the shell's start and the client's
+    // wrapping of the command).
+    let floors = [
+        (1, "bare guest-exec of /bin/true"),
+        (2, "bare guest-exec of sh -c true"),
+        (3, "the same VM's agent: /bin/true, no shell"),
+    ];
+    type Pick = fn(&(f64, f64)) -> f64;
+    let stats: [(&str, Pick); 2] = [("median", |r| r.0), ("p90", |r| r.1)];
+    for (kind, floor) in floors {
+        for (what, pick) in stats {
+            let of = |k: usize| rounds[k].iter().map(pick).collect::<Vec<f64>>();
+            report.add(Figure::rounds(
+                &format!("succeed(\"true\") round trip, {what} of {n}"),
+                "ms",
+                of(0),
+                Some((floor, of(kind))),
+            ));
+        }
+    }
 
     // Throughput: through the switch between vmcheck's machines, and over a direct link
     // between two bare QEMUs, all four up; the transfers in turn.
